@@ -1,0 +1,61 @@
+// Package wire defines the udpmapsync datagram format: a fixed header
+// followed by map sections of change records, or by map descriptors.
+//
+// Encoding appends into caller-owned buffers and never allocates; decoding
+// validates every length before it reads and returns slices into the input.
+// FORMAT.md in this directory is the byte-by-byte specification.
+package wire
+
+import "errors"
+
+// Header layout. All multi-byte fields are big-endian.
+const (
+	Magic   uint16 = 0x756d // "um"
+	Version uint8  = 1
+
+	HeaderSize        = 28 // magic..seq, see FORMAT.md
+	SectionHeaderSize = 8  // map fingerprint, record count, byte length
+	DescriptorSize    = 21 // fixed part of a descriptor, before the name
+	MaxNameLen        = 15 // BPF_OBJ_NAME_LEN - 1
+)
+
+// Kind says what follows the header.
+type Kind uint8
+
+// Datagram kinds.
+const (
+	KindChanges  Kind = 1 // map sections of change records
+	KindAnnounce Kind = 2 // the sender's map descriptors and latest sequence number
+)
+
+// Op is the operation of one change record.
+type Op uint8
+
+// Record operations.
+const (
+	OpUpdate Op = 1 // key and value follow
+	OpDelete Op = 2 // only the key follows
+)
+
+// Errors returned by decoding. Use errors.Is.
+var (
+	ErrShortBuffer = errors.New("wire: buffer too short")
+	ErrBadMagic    = errors.New("wire: bad magic")
+	ErrBadVersion  = errors.New("wire: unsupported version")
+	ErrBadKind     = errors.New("wire: unknown datagram kind")
+	ErrBadFlags    = errors.New("wire: unknown flags")
+	ErrBadOp       = errors.New("wire: unknown record operation")
+	ErrBadLength   = errors.New("wire: length does not match content")
+	ErrBadCount    = errors.New("wire: record count does not match content")
+	ErrBadName     = errors.New("wire: invalid map name")
+)
+
+// Header is the fixed start of every datagram.
+type Header struct {
+	Kind  Kind
+	Flags uint8  // must be zero in version 1
+	Count uint16 // change records (KindChanges) or descriptors (KindAnnounce)
+	Node  uint32 // sender node id
+	Epoch uint64 // sender boot epoch: changes whenever the sender restarts
+	Seq   uint64 // sender sequence number of this datagram
+}
