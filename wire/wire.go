@@ -44,6 +44,7 @@ var (
 	ErrBadVersion  = errors.New("wire: unsupported version")
 	ErrBadKind     = errors.New("wire: unknown datagram kind")
 	ErrBadFlags    = errors.New("wire: unknown flags")
+	ErrBadSeal     = errors.New("wire: authentication seal not supported")
 	ErrBadOp       = errors.New("wire: unknown record operation")
 	ErrBadLength   = errors.New("wire: length does not match content")
 	ErrBadCount    = errors.New("wire: record count does not match content")

@@ -1,0 +1,114 @@
+package wire_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// goldenBytes reads the example datagram that follows the marker
+// "<!-- golden name -->" in FORMAT.md: the rows of its table are
+// "offset | hex bytes | field", and each offset must be where the previous
+// rows end, so the table cannot drift from the bytes it lists.
+func goldenBytes(t *testing.T, name string) []byte {
+	t.Helper()
+	f, err := os.Open("FORMAT.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var (
+		b     []byte
+		state int // 0 before the marker, 1 before the block, 2 in it
+	)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case state == 0 && line == "<!-- golden "+name+" -->":
+			state = 1
+		case state == 1 && strings.HasPrefix(line, "```"):
+			state = 2
+		case state == 2 && strings.HasPrefix(line, "```"):
+			return b
+		case state == 2:
+			cols := strings.Split(line, "|")
+			if len(cols) != 3 {
+				t.Fatalf("FORMAT.md %s: row %q does not have three columns", name, line)
+			}
+			off, err := strconv.ParseUint(strings.TrimSpace(cols[0]), 16, 32)
+			if err != nil {
+				continue // the column titles
+			}
+			if int(off) != len(b) {
+				t.Fatalf("FORMAT.md %s: row %q is at offset %#x, want %#x", name, line, off, len(b))
+			}
+			row, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(cols[1]), " ", ""))
+			if err != nil || len(row) == 0 {
+				t.Fatalf("FORMAT.md %s: row %q: bad hex bytes: %v", name, line, err)
+			}
+			b = append(b, row...)
+		}
+	}
+	t.Fatalf("FORMAT.md has no complete golden %s example", name)
+	return nil
+}
+
+// TestGolden checks the examples in FORMAT.md against the encoders, and
+// decodes them back.
+func TestGolden(t *testing.T) {
+	h := wire.Header{Node: 0x0a000001, Epoch: 1700000000, Seq: 42}
+
+	t.Run("changes", func(t *testing.T) {
+		want := []change{
+			{flows.Fingerprint(), wire.OpUpdate, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
+			{flows.Fingerprint(), wire.OpDelete, []byte{10, 0, 0, 3}, nil},
+			{ports.Fingerprint(), wire.OpUpdate, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}},
+		}
+		d := encodeAll(t, 1400, h, want)
+		golden := goldenBytes(t, "changes")
+		if !bytes.Equal(d, golden) {
+			t.Fatalf("encoded\n%s\nFORMAT.md has\n%s", hex.Dump(d), hex.Dump(golden))
+		}
+		got, records, _, err := decodeAll(golden, sizesOf(flows, ports))
+		h.Kind, h.Count = wire.KindChanges, 3
+		if err != nil || got != h || !reflect.DeepEqual(records, want) {
+			t.Fatalf("decoding the golden changes = %+v, %+v, %v", got, records, err)
+		}
+	})
+
+	t.Run("announce", func(t *testing.T) {
+		want := []wire.Descriptor{flows, ports}
+		h := h
+		h.Kind, h.Count = wire.KindAnnounce, 2
+		d := make([]byte, wire.HeaderSize)
+		if _, err := h.MarshalTo(d); err != nil {
+			t.Fatal(err)
+		}
+		for i := range want {
+			var err error
+			if d, err = wire.AppendDescriptor(d, &want[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		golden := goldenBytes(t, "announce")
+		if !bytes.Equal(d, golden) {
+			t.Fatalf("encoded\n%s\nFORMAT.md has\n%s", hex.Dump(d), hex.Dump(golden))
+		}
+		var got wire.Header
+		if err := got.Unmarshal(golden); err != nil || got != h {
+			t.Fatalf("golden announce header = %+v, %v; want %+v", got, err, h)
+		}
+		descs, err := wire.ParseDescriptors(golden[wire.HeaderSize:], int(got.Count), nil)
+		if err != nil || !reflect.DeepEqual(descs, want) {
+			t.Fatalf("golden announce descriptors = %+v, %v; want %+v", descs, err, want)
+		}
+	})
+}
