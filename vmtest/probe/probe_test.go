@@ -1,0 +1,194 @@
+package probe
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// requireVM skips on the host: this kernel refuses fentry and is not
+// Debian's, so these checks only mean something inside the VM.
+func requireVM(t *testing.T) {
+	t.Helper()
+	if os.Getenv("UDPMAPSYNC_VM") != "1" {
+		t.Skip("not inside the vmtest VM (UDPMAPSYNC_VM unset); go test ./vmtest runs these in it")
+	}
+}
+
+func TestDebianKernel(t *testing.T) {
+	requireVM(t)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	if !strings.HasPrefix(release, "6.1.") {
+		t.Errorf("kernel release %s, want 6.1.*", release)
+	}
+	version, err := os.ReadFile("/proc/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(version, []byte("Debian")) {
+		t.Errorf("/proc/version does not name Debian: %s", version)
+	}
+}
+
+func TestKernelBTF(t *testing.T) {
+	requireVM(t)
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatalf("load kernel BTF: %v", err)
+	}
+	var fn *btf.Func
+	if err := spec.TypeByName("htab_map_update_elem", &fn); err != nil {
+		t.Fatalf("htab_map_update_elem in kernel BTF: %v", err)
+	}
+}
+
+// TestFentry is the reason the VM exists: the host kernel refuses fentry
+// programs with EPERM. The program counts calls of htab_map_update_elem in
+// an array map; the test updates a hash map and expects the count to grow.
+func TestFentry(t *testing.T) {
+	requireVM(t)
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer counter.Close()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.Tracing,
+		AttachType: ebpf.AttachTraceFEntry,
+		AttachTo:   "htab_map_update_elem",
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, counter.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "exit"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		t.Fatalf("load fentry/htab_map_update_elem: %v", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		t.Fatalf("attach fentry/htab_map_update_elem: %v", err)
+	}
+	defer l.Close()
+
+	hash, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hash.Close()
+	const writes = 5
+	for i := range uint32(writes) {
+		if err := hash.Put(i, uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls uint64
+	if err := counter.Lookup(uint32(0), &calls); err != nil {
+		t.Fatal(err)
+	}
+	// Other writers in the VM can only add calls.
+	if calls < writes {
+		t.Errorf("fentry counted %d calls of htab_map_update_elem, want at least %d", calls, writes)
+	}
+}
+
+// TestVethBridgeInNetns uses iproute2's ip (not busybox's) and nsenter the
+// way the netns tests do, and checks the result through netlink.
+func TestVethBridgeInNetns(t *testing.T) {
+	requireVM(t)
+	const ns = "vmtest-probe"
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("/usr/sbin/ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("/usr/sbin/ip", "netns", "del", ns).Run() })
+	ip("-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
+	ip("-n", ns, "link", "add", "br0", "type", "bridge")
+	ip("-n", ns, "link", "set", "veth0", "master", "br0", "up")
+
+	handle, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer handle.Close()
+	nl, err := netlink.NewHandleAt(handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	veth, err := nl.LinkByName("veth0")
+	if err != nil {
+		t.Fatalf("veth0 in %s: %v", ns, err)
+	}
+	if _, ok := veth.(*netlink.Veth); !ok {
+		t.Errorf("veth0 is a %s link, want veth", veth.Type())
+	}
+	br, err := nl.LinkByName("br0")
+	if err != nil {
+		t.Fatalf("br0 in %s: %v", ns, err)
+	}
+	if veth.Attrs().MasterIndex != br.Attrs().Index {
+		t.Errorf("veth0 master index %d, want br0's %d", veth.Attrs().MasterIndex, br.Attrs().Index)
+	}
+
+	out, err := exec.Command("/usr/bin/nsenter", "--net=/run/netns/"+ns, "/usr/sbin/ip", "-o", "link", "show", "veth1").CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("veth1@veth0")) {
+		t.Errorf("nsenter ip link show veth1: %v: %s", err, out)
+	}
+}
+
+// TestMounts checks the file systems /init mounts, by their magic numbers.
+func TestMounts(t *testing.T) {
+	requireVM(t)
+	for path, magic := range map[string]int64{
+		"/sys/fs/bpf":         unix.BPF_FS_MAGIC,
+		"/sys/kernel/debug":   unix.DEBUGFS_MAGIC,
+		"/sys/kernel/tracing": unix.TRACEFS_MAGIC,
+		"/sys/fs/cgroup":      unix.CGROUP2_SUPER_MAGIC,
+	} {
+		var st unix.Statfs_t
+		if err := unix.Statfs(path, &st); err != nil {
+			t.Errorf("statfs %s: %v", path, err)
+		} else if st.Type != magic {
+			t.Errorf("%s: file system magic %#x, want %#x", path, st.Type, magic)
+		}
+	}
+}
+
+// TestTestdata holds wherever the binary runs: go test runs it in the
+// package directory, and vmrun recreates that with testdata inside the VM.
+func TestTestdata(t *testing.T) {
+	b, err := os.ReadFile("testdata/marker.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != "reachable from the VM\n" {
+		t.Errorf("testdata/marker.txt: got %q", b)
+	}
+}

@@ -1,0 +1,120 @@
+package vmtest_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/vmtest"
+)
+
+// These tests boot real VMs (TCG, several seconds each); the first run also
+// downloads Debian's kernel package into the cache.
+
+// requireTools installs what the VM needs, skipping only when that is
+// impossible (not root, no apt).
+func requireTools(t *testing.T) {
+	t.Helper()
+	if err := vmtest.EnsureTools(testLog{t}); err != nil {
+		t.Skipf("cannot boot the test VM: %v", err)
+	}
+}
+
+// TestProbeInVM runs ./probe through go test -exec vmrun, exactly as the
+// Makefile does for real packages, and checks every probe passed rather
+// than skipped: a skip would mean the binary did not run in the VM.
+func TestProbeInVM(t *testing.T) {
+	requireTools(t)
+	t.Parallel()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go not in PATH: %v", err)
+	}
+	vmrun := filepath.Join(t.TempDir(), "vmrun")
+	if out, err := exec.Command(goTool, "build", "-o", vmrun, "./cmd/vmrun").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/vmrun: %v\n%s", err, out)
+	}
+	start := time.Now()
+	cmd := exec.Command(goTool, "test", "-count=1", "-v", "-exec", vmrun, "./probe")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	t.Logf("go test -exec vmrun ./probe: %v (build, boot and run)", time.Since(start).Round(100*time.Millisecond))
+	if err != nil {
+		t.Fatalf("go test -exec vmrun ./probe: %v\n%s", err, out)
+	}
+	for _, name := range []string{"TestDebianKernel", "TestKernelBTF", "TestFentry", "TestVethBridgeInNetns", "TestMounts", "TestTestdata"} {
+		if !regexp.MustCompile(`(?m)^--- PASS: ` + name + ` `).Match(out) {
+			t.Errorf("%s did not pass in the VM", name)
+		}
+	}
+	if bytes.Contains(out, []byte("--- SKIP")) {
+		t.Errorf("probes skipped: they did not run inside the VM\n%s", out)
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
+	}
+}
+
+// TestExitStatusAndOutput checks what go test relies on: a failing
+// program's exit status comes back, its output arrives without kernel
+// noise, and environment and working directory are as asked. /bin/sh is
+// the host's dash, dynamically linked, so its libraries must come along.
+func TestExitStatusAndOutput(t *testing.T) {
+	requireTools(t)
+	t.Parallel()
+	var out bytes.Buffer
+	dir := t.TempDir()
+	res, err := vmtest.Run(context.Background(), vmtest.Options{
+		Stdout: &out,
+		Log:    testLog{t},
+		Env:    []string{"GREETING=it's 'quoted'"},
+	}, vmtest.Command{
+		Path: "/bin/sh",
+		Args: []string{"-c", `echo "$GREETING $UDPMAPSYNC_VM $(pwd)"; exit 7`},
+		Dir:  dir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel %s (%s): boot %v, total %v", res.Kernel.Release, filepath.Base(res.Kernel.Image),
+		res.Boot.Round(100*time.Millisecond), res.Total.Round(100*time.Millisecond))
+	if res.ExitCode != 7 {
+		t.Errorf("exit status %d, want 7", res.ExitCode)
+	}
+	if want := "it's 'quoted' 1 " + dir + "\n"; out.String() != want {
+		t.Errorf("output %q, want %q", out.String(), want)
+	}
+	if !strings.HasPrefix(res.Kernel.Release, "6.1.") {
+		t.Errorf("kernel release %s, want 6.1.*", res.Kernel.Release)
+	}
+}
+
+// TestTimeout: Run returns only after qemu exited, so ErrTimeout also
+// shows that qemu was killed rather than left running.
+func TestTimeout(t *testing.T) {
+	requireTools(t)
+	t.Parallel()
+	_, err := vmtest.Run(context.Background(), vmtest.Options{
+		Timeout: 3 * time.Second,
+		Stdout:  testLog{t},
+		Log:     testLog{t},
+	}, vmtest.Command{Path: "/bin/sleep", Args: []string{"600"}})
+	if !errors.Is(err, vmtest.ErrTimeout) {
+		t.Fatalf("got %v, want ErrTimeout", err)
+	}
+}
+
+// testLog sends harness output to the test log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
