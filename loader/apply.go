@@ -107,7 +107,7 @@ func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err e
 	// batchWorks records that the kernel took a batch command for this map,
 	// after which a batch error is about an entry, not about the command.
 	batchWorks := false
-	failed, firstAt := 0, 0
+	failed, firstAt, retries := 0, 0, 0
 	var first unix.Errno
 	for i := 0; i < n; {
 		k, v := keys[i*ks:], values[i*vs:]
@@ -132,6 +132,9 @@ func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err e
 		}
 		switch {
 		case errno == 0:
+		case transient(errno) && retries < maxRetries:
+			retries++
+			continue // the same entry again
 		case errno == unix.ENOENT && cmd == cmdMapDeleteBatch:
 			missing++
 		default:
@@ -140,9 +143,21 @@ func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err e
 			}
 			failed++
 		}
+		retries = 0
 		i++
 	}
 	return missing, m.applyErr(cmd, n, failed, firstAt, first)
+}
+
+// maxRetries bounds how often one entry is retried after a transient error.
+const maxRetries = 8
+
+// transient reports whether errno is a bucket lock that gave up rather than
+// a refusal of the entry: since 6.15 hash maps take resilient spin locks that
+// return ETIMEDOUT or EDEADLK under contention instead of waiting, and the
+// same write succeeds when tried again.
+func transient(errno unix.Errno) bool {
+	return errno == unix.ETIMEDOUT || errno == unix.EDEADLK || errno == unix.EBUSY
 }
 
 func (m *Map) applyErr(cmd uintptr, n, failed, firstAt int, first unix.Errno) error {
