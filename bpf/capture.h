@@ -1,0 +1,388 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * capture.h: what both capture backends (fentry.c, syscall.c) share: the
+ * ring-buffer record, the maps and settings the loader fills in, the
+ * filters, and the code that turns one change into one record.
+ *
+ * A backend includes this after defining CAPTURE_SLOTS, the number of its
+ * programs; each program passes its own slot number to the emit functions.
+ */
+#pragma once
+
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#define CAPTURE_MAX_KEY 512
+#define CAPTURE_MAX_VALUE 4096
+
+/*
+ * Masks at least as large as the limits, for the verifier: see emit. The
+ * record buffer holds a masked key plus a masked value.
+ */
+#define CAPTURE_KEY_MASK 1023
+#define CAPTURE_VALUE_MASK 8191
+_Static_assert(CAPTURE_KEY_MASK >= CAPTURE_MAX_KEY, "key mask below the key limit");
+_Static_assert(CAPTURE_VALUE_MASK >= CAPTURE_MAX_VALUE, "value mask below the value limit");
+
+#define CAPTURE_OP_UPDATE 1
+#define CAPTURE_OP_DELETE 2
+
+/* bpf_loop refuses more iterations than this. */
+#define CAPTURE_MAX_LOOP (1 << 23)
+
+/*
+ * A writer that was quiet for this long gets an immediate wake-up for its
+ * next record; see wake_flags.
+ */
+#define CAPTURE_IDLE_NS 1000000
+
+/*
+ * change is the header of one ring record, in the machine's byte order. The
+ * key and value bytes follow it directly; the record is exactly
+ * sizeof(struct change) + key_size + value_size long. value_size is 0 for a
+ * delete.
+ */
+struct change {
+	__u32 map_id;
+	__u8 op;
+	__u8 pad;
+	__u16 key_size;
+	__u32 value_size;
+};
+
+/*
+ * record is a change being assembled: a record's length depends on the
+ * change, and bpf_ringbuf_reserve only takes constant sizes, so it is built
+ * here and copied with bpf_ringbuf_output, which takes a bounded length.
+ */
+struct record {
+	struct change hdr;
+	__u8 data[CAPTURE_KEY_MASK + 1 + CAPTURE_VALUE_MASK + 1];
+};
+
+/* Sized by the loader (CaptureOptions.RingSize). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} ring SEC(".maps");
+
+/* Map ids to report (value unused); filled by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} watched SEC(".maps");
+
+/*
+ * One record buffer per program and CPU. A program never runs twice at once
+ * on one CPU (the kernel skips a nested run and counts it as a recursion
+ * miss), but an interrupt can run a different program on the same CPU in
+ * the middle of another, so programs do not share a buffer.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAPTURE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct record);
+} scratch SEC(".maps");
+
+/*
+ * The daemon's own process: its writes are the changes it applies for its
+ * peers and must not be sent back. Identified by pid namespace (device and
+ * inode of /proc/self/ns/pid) and the tgid inside it, so it is right when
+ * the daemon runs in a PID namespace.
+ */
+volatile const __u64 self_pidns_dev;
+volatile const __u64 self_pidns_ino;
+volatile const __u32 self_tgid;
+
+/* Queue length in bytes from which every record wakes the reader. */
+volatile const __u64 wake_bytes = 1 << 21;
+
+/*
+ * Changes that were made but could not be queued: ring full, or their bytes
+ * could not be read. The loader reads it.
+ */
+__u64 overflows;
+
+/* When the last record was queued (bpf_ktime_get_ns), for wake_flags. */
+__u64 last_emit_ns;
+
+static __always_inline void lost(__u64 n)
+{
+	__sync_fetch_and_add(&overflows, n);
+}
+
+/*
+ * wake_flags decides whether queuing a record of size bytes wakes the
+ * reader. Waking it for every record costs more than the write itself, so
+ * records normally go in silently and are collected in bulk; a wake-up is
+ * forced when the queue reaches wake_bytes, or when nothing was queued for
+ * CAPTURE_IDLE_NS, so the first change after a quiet spell is not delayed.
+ *
+ * Why a silent record cannot be stranded. The reader (replication.Sender)
+ * polls with a short deadline while records flow, and blocks without one
+ * only after it found the ring empty at some time B with no record received
+ * during the 2 * CAPTURE_IDLE_NS before B. Let F be the first record
+ * committed after B, and suppose it went in silently. Then F decided at d_F
+ * less than CAPTURE_IDLE_NS after the stamp it read, which was written
+ * right after some record E was committed (last_emit_ns is only written
+ * after a successful bpf_ringbuf_output). E was committed before F, so
+ * before B, and the reader, finding the ring empty at B, had received it
+ * between E's commit and B: at least 2 * CAPTURE_IDLE_NS before B. So F
+ * decided, and committed, less than CAPTURE_IDLE_NS + 2e after the reader
+ * received E, where e bounds the time from committing to stamping and from
+ * deciding to committing (microseconds): before B, a contradiction. So F
+ * forced a wake-up, which reaches the reader whether it is already in
+ * epoll_wait or about to enter it (the ring polls readable until drained);
+ * records after F are read with F. The argument needs e well below
+ * CAPTURE_IDLE_NS: a program preempted that long in between (preemptible
+ * kernels only) can leave records queued until the next change or deadline.
+ */
+static __always_inline __u64 wake_flags(__u64 size)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (now - last_emit_ns > CAPTURE_IDLE_NS)
+		return BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) + size >= wake_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+/*
+ * emit queues one change. key and value point to user memory when user is
+ * set (the bpf(2) caller's buffers), to kernel memory otherwise; value is
+ * only read for updates. Sizes over the limits cannot occur for maps the
+ * loader accepts; they are clamped out by dropping and counting the change
+ * rather than sending a truncated one.
+ */
+static __always_inline void emit(__u32 slot, __u32 map_id, __u8 op, __u64 key_size,
+				 __u64 value_size, const void *key, const void *value,
+				 bool user)
+{
+	struct record *rec;
+	__u64 size;
+	long err;
+
+	rec = bpf_map_lookup_elem(&scratch, &slot);
+	if (!rec)
+		return;
+	if (op != CAPTURE_OP_UPDATE)
+		value_size = 0;
+	if (key_size > CAPTURE_MAX_KEY || value_size > CAPTURE_MAX_VALUE) {
+		lost(1);
+		return;
+	}
+	/*
+	 * Older verifiers (Linux 6.1) lose the bounds checked above when the
+	 * compiler spills a size to the stack and reloads it; they never lose
+	 * those of a mask. barrier_var keeps the compiler from dropping masks
+	 * it can prove change nothing.
+	 */
+	barrier_var(key_size);
+	barrier_var(value_size);
+	key_size &= CAPTURE_KEY_MASK;
+	value_size &= CAPTURE_VALUE_MASK;
+
+	rec->hdr.map_id = map_id;
+	rec->hdr.op = op;
+	rec->hdr.pad = 0;
+	rec->hdr.key_size = key_size;
+	rec->hdr.value_size = value_size;
+	if (user)
+		err = bpf_probe_read_user(rec->data, key_size, key);
+	else
+		err = bpf_probe_read_kernel(rec->data, key_size, key);
+	if (!err && value_size) {
+		if (user)
+			err = bpf_probe_read_user(rec->data + key_size, value_size, value);
+		else
+			err = bpf_probe_read_kernel(rec->data + key_size, value_size, value);
+	}
+	if (err) {
+		lost(1);
+		return;
+	}
+
+	size = sizeof(rec->hdr) + key_size + value_size;
+	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(size))) {
+		lost(1);
+		return;
+	}
+	last_emit_ns = bpf_ktime_get_ns();
+}
+
+/* own_process reports whether the current task belongs to the daemon. */
+static __always_inline bool own_process(void)
+{
+	struct bpf_pidns_info ns;
+
+	if (bpf_get_ns_current_pid_tgid(self_pidns_dev, self_pidns_ino, &ns, sizeof(ns)))
+		return false;
+	return ns.tgid == self_tgid;
+}
+
+/* watched_map returns the id of map if it is reported, else 0. */
+static __always_inline __u32 watched_map(struct bpf_map *map)
+{
+	__u32 id = BPF_CORE_READ(map, id);
+
+	if (!bpf_map_lookup_elem(&watched, &id))
+		return 0;
+	return id;
+}
+
+/* fd_map returns the map behind file descriptor fd of the current task. */
+static __always_inline struct bpf_map *fd_map(__u32 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	return BPF_CORE_READ(f, private_data);
+}
+
+static __always_inline bool is_batch(__u64 cmd)
+{
+	return cmd == BPF_MAP_UPDATE_BATCH || cmd == BPF_MAP_DELETE_BATCH ||
+	       cmd == BPF_MAP_LOOKUP_AND_DELETE_BATCH;
+}
+
+/*
+ * attr_map returns the map a bpf(2) map command with user attribute uattr
+ * names, or NULL when cmd is not one of the commands captured here.
+ */
+static __always_inline struct bpf_map *attr_map(__u64 cmd, __u64 uattr)
+{
+	__u32 fd;
+	long off;
+
+	switch (cmd) {
+	case BPF_MAP_UPDATE_ELEM:
+	case BPF_MAP_DELETE_ELEM:
+	case BPF_MAP_LOOKUP_AND_DELETE_ELEM:
+		off = __builtin_offsetof(struct bpf_attr_elem, map_fd);
+		break;
+	case BPF_MAP_UPDATE_BATCH:
+	case BPF_MAP_DELETE_BATCH:
+	case BPF_MAP_LOOKUP_AND_DELETE_BATCH:
+		off = __builtin_offsetof(struct bpf_attr_batch, map_fd);
+		break;
+	default:
+		return NULL;
+	}
+	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(uattr + off)))
+		return NULL;
+	return fd_map(fd);
+}
+
+/*
+ * batch_done returns how many elements of a finished batch command took
+ * effect, from its return value and the count the kernel wrote back into
+ * the user's attr.batch.count. The kernel sets that count to 0 before
+ * touching the map and then to the number of elements processed, also when
+ * an element fails (Linux 6.7 and stable kernels; the batch lookup-and-
+ * delete of hash maps always did). The errors below are the ones returned
+ * before that reset, when the count still holds the caller's request: no
+ * element was touched. Cost of the rule: a batch whose key buffer faults
+ * midway (EFAULT) is not reported at all.
+ */
+static __always_inline __u32 batch_done(long ret, __u32 count)
+{
+	switch (-ret) {
+	case EPERM:
+	case EBADF:
+	case EFAULT:
+	case EINVAL:
+	case EOPNOTSUPP:
+	case ENOTSUPP:
+		return 0;
+	}
+	return count;
+}
+
+/* What emit needs for the elements of one batch command. */
+struct batch_args {
+	__u64 keys;
+	__u64 values;
+	__u64 key_size;
+	__u64 value_size;
+	__u32 map_id;
+	__u8 op;
+};
+
+/*
+ * The arguments reach the bpf_loop callback through a map, not the
+ * caller's stack. Linux 6.1 verifies a callback once, with one caller
+ * state: seeing op constant on the stack, it could verify only the update
+ * path (or only the delete path) and then remove the other as dead code.
+ * Values loaded from a map are unknown to it, so every path is kept.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAPTURE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct batch_args);
+} batch_args SEC(".maps");
+
+static long emit_batch_elem(__u32 i, __u32 *slot)
+{
+	struct batch_args *a = bpf_map_lookup_elem(&batch_args, slot);
+
+	if (!a)
+		return 1;
+	emit(*slot, a->map_id, a->op, a->key_size, a->value_size,
+	     (const void *)(a->keys + i * a->key_size),
+	     (const void *)(a->values + i * a->value_size), true);
+	return 0;
+}
+
+/*
+ * emit_user_batch queues one record per element a finished batch command
+ * processed, in the order of the caller's buffers, which is the order the
+ * kernel applied them (later duplicates win). For a lookup-and-delete batch
+ * the keys are the ones the kernel wrote back.
+ */
+static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u32 map_id,
+					    __u8 op, __u64 uattr, long ret)
+{
+	struct bpf_attr_batch attr;
+	struct batch_args *a;
+	__u32 n;
+
+	if (bpf_probe_read_user(&attr, sizeof(attr), (void *)uattr)) {
+		lost(1);
+		return;
+	}
+	n = batch_done(ret, attr.count);
+	if (!n)
+		return;
+	a = bpf_map_lookup_elem(&batch_args, &slot);
+	if (!a) {
+		lost(n);
+		return;
+	}
+	if (n > CAPTURE_MAX_LOOP) {
+		lost(n - CAPTURE_MAX_LOOP);
+		n = CAPTURE_MAX_LOOP;
+	}
+	a->keys = attr.keys;
+	a->values = attr.values;
+	a->key_size = BPF_CORE_READ(map, key_size);
+	a->value_size = BPF_CORE_READ(map, value_size);
+	a->map_id = map_id;
+	a->op = op;
+	bpf_loop(n, emit_batch_elem, &slot, 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kernel.h: the few kernel types and constants the capture programs use,
+ * instead of a generated vmlinux.h of several megabytes.
+ *
+ * The first part is user-space ABI (stable numbers and layouts). The second
+ * part is kernel-internal structures: they carry preserve_access_index, so
+ * every field access is a CO-RE relocation resolved against the running
+ * kernel's BTF at load time, and only the members named here must exist.
+ */
+#pragma once
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef int __s32;
+typedef unsigned int __u32;
+typedef long long __s64;
+typedef unsigned long long __u64;
+/* bpf_helper_defs.h names these. */
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+#define true 1
+#define false 0
+#define NULL ((void *)0)
+
+/* Syscall number of bpf(2) on x86_64 (the only target, see loader/gen.go). */
+#define NR_BPF 321
+
+/* bpf(2) commands (enum bpf_cmd). */
+#define BPF_MAP_UPDATE_ELEM 2
+#define BPF_MAP_DELETE_ELEM 3
+#define BPF_MAP_LOOKUP_AND_DELETE_ELEM 21
+#define BPF_MAP_LOOKUP_AND_DELETE_BATCH 25
+#define BPF_MAP_UPDATE_BATCH 26
+#define BPF_MAP_DELETE_BATCH 27
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+/* Ring buffer flags of bpf_ringbuf_output and bpf_ringbuf_query. */
+#define BPF_RB_NO_WAKEUP 1
+#define BPF_RB_FORCE_WAKEUP 2
+#define BPF_RB_AVAIL_DATA 0
+
+/* Error numbers the batch commands can return. */
+#define EPERM 1
+#define EBADF 9
+#define EFAULT 14
+#define EINVAL 22
+#define EOPNOTSUPP 95
+#define ENOTSUPP 524
+
+/* The single-element commands' part of union bpf_attr. */
+struct bpf_attr_elem {
+	__u32 map_fd;
+	__u32 pad;
+	__u64 key;
+	__u64 value;
+};
+
+/* The batch commands' part of union bpf_attr (attr.batch). */
+struct bpf_attr_batch {
+	__u64 in_batch;
+	__u64 out_batch;
+	__u64 keys;
+	__u64 values;
+	__u32 count;
+	__u32 map_fd;
+};
+
+struct bpf_pidns_info {
+	__u32 pid;
+	__u32 tgid;
+};
+
+/* Kernel internals, relocated with CO-RE. */
+
+struct bpf_map {
+	__u32 key_size;
+	__u32 value_size;
+	enum bpf_map_type map_type;
+	__u32 id;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+struct file {
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));

@@ -1,0 +1,389 @@
+package loader
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// Op is what a captured write did to its key.
+type Op uint8
+
+// The ops of a [Change]; the numbers are the kernel programs' (bpf/capture.h).
+const (
+	OpUpdate Op = 1 // the key was created or overwritten
+	OpDelete Op = 2 // the key was removed
+)
+
+// Change is one successful write to a watched map, as [Capture.Read]
+// returns it. Key and Value alias the capture's buffer until the next Read;
+// Value is nil for [OpDelete].
+type Change struct {
+	MapID ebpf.MapID
+	Op    Op
+	Key   []byte
+	Value []byte
+}
+
+// Backend names the kernel mechanism a [Capture] uses to see map writes.
+type Backend string
+
+// The capture backends.
+const (
+	// BackendAuto uses [BackendFentry] where the kernel allows it and
+	// [BackendSyscall] otherwise; [Capture.Fallback] says why.
+	BackendAuto Backend = "auto"
+	// BackendFentry traces the map implementations (fexit), so it also sees
+	// writes made by BPF programs.
+	BackendFentry Backend = "fentry"
+	// BackendSyscall traces bpf(2) returns (tp_btf/sys_exit): writes from
+	// user space only, and a small cost on every syscall of the machine.
+	BackendSyscall Backend = "syscall"
+)
+
+// CaptureOptions configure [NewCapture].
+type CaptureOptions struct {
+	Backend Backend // zero means BackendAuto
+	Maps    []*Map  // the maps whose writes are reported
+	// RingSize is the ring buffer size in bytes: a power of two, at least a
+	// page. Zero means 16 MiB.
+	RingSize int
+	// WakeBytes is how much must be queued before every new change wakes the
+	// reader; below it changes are delivered in batches. Zero means
+	// RingSize/8.
+	WakeBytes int
+}
+
+const defaultRingSize = 16 << 20
+
+// Layout of a ring record (struct change in bpf/capture.h, machine byte
+// order): a header, then key_size key bytes, then value_size value bytes.
+const (
+	recordMapID     = 0
+	recordOp        = 4
+	recordKeySize   = 6
+	recordValueSize = 8
+	recordHeaderLen = 12
+)
+
+// btfPath is where the running kernel's BTF is; both backends need it.
+const btfPath = "/sys/kernel/btf/vmlinux"
+
+// errFentryRefused replaces cilium/ebpf's advice to raise MEMLOCK, which is
+// wrong when the kernel refuses trampolines outright (a locked-down or
+// sandboxed kernel).
+var errFentryRefused = errors.New("kernel refused fentry/fexit programs (EPERM); use --capture syscall")
+
+// fentryRequired are the fexit targets without which the fentry backend
+// would miss plain updates and deletes; the others (lookup-and-delete) are
+// attached where the kernel has them.
+var fentryRequired = []string{
+	"htab_map_update_elem",
+	"htab_map_delete_elem",
+	"htab_lru_map_update_elem",
+	"htab_lru_map_delete_elem",
+	"array_map_update_elem",
+}
+
+// Capture reports successful writes to a set of maps, made by other
+// processes (and, with [BackendFentry], by BPF programs), through a BPF ring
+// buffer. Writes by this process are not reported: they are the changes the
+// daemon applies for its peers. Read is for one goroutine; SetDeadline,
+// Buffered, Overflows and Close may be called from others.
+type Capture struct {
+	backend  Backend
+	fallback error
+
+	coll      *ebpf.Collection
+	links     []link.Link
+	reader    *ringbuf.Reader
+	overflows *ebpf.Variable
+	rec       ringbuf.Record
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewCapture loads and attaches the capture programs for opts.Maps. The
+// caller closes the Capture.
+func NewCapture(opts CaptureOptions) (*Capture, error) {
+	if err := checkCaptureOptions(&opts); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(btfPath); err != nil {
+		return nil, fmt.Errorf("capture: kernel without BTF (CONFIG_DEBUG_INFO_BTF): %w", err)
+	}
+	switch opts.Backend {
+	case BackendFentry, BackendSyscall:
+		return newCapture(opts.Backend, &opts)
+	}
+	c, err := newCapture(BackendFentry, &opts)
+	if err == nil {
+		return c, nil
+	}
+	c, err2 := newCapture(BackendSyscall, &opts)
+	if err2 != nil {
+		return nil, fmt.Errorf("capture: fentry: %v; syscall: %w", err, err2)
+	}
+	c.fallback = err
+	return c, nil
+}
+
+func checkCaptureOptions(opts *CaptureOptions) error {
+	switch opts.Backend {
+	case "":
+		opts.Backend = BackendAuto
+	case BackendAuto, BackendFentry, BackendSyscall:
+	default:
+		return fmt.Errorf("--capture %s: unknown backend; use auto, fentry or syscall", opts.Backend)
+	}
+	if opts.RingSize == 0 {
+		opts.RingSize = defaultRingSize
+	}
+	if page := os.Getpagesize(); opts.RingSize < page || opts.RingSize&(opts.RingSize-1) != 0 {
+		return fmt.Errorf("capture ring size %d: want a power of two of at least %d bytes", opts.RingSize, page)
+	}
+	if opts.WakeBytes == 0 {
+		opts.WakeBytes = opts.RingSize / 8
+	}
+	if opts.WakeBytes < 0 || opts.WakeBytes > opts.RingSize {
+		return fmt.Errorf("capture wake bytes %d: want 1 to the ring size %d", opts.WakeBytes, opts.RingSize)
+	}
+	if len(opts.Maps) == 0 {
+		return errors.New("capture: no maps to watch")
+	}
+	for _, m := range opts.Maps {
+		if m.KeySize > MaxKeySize || m.ValueSize > MaxValueSize {
+			return fmt.Errorf("capture %s: keys up to %d B and values up to %d B can be captured",
+				m, MaxKeySize, MaxValueSize)
+		}
+	}
+	return nil
+}
+
+func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
+	spec, err := captureSpec(backend, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load %s capture: %w", backend, err)
+	}
+	c := &Capture{backend: backend}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if c.coll, err = ebpf.NewCollection(spec); err != nil {
+		if backend == BackendFentry && errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("load %s capture: %w", backend, errFentryRefused)
+		}
+		return nil, fmt.Errorf("load %s capture: %w", backend, err)
+	}
+	watched := c.coll.Maps["watched"]
+	for _, m := range opts.Maps {
+		if err := watched.Update(uint32(m.ID), uint32(1), ebpf.UpdateAny); err != nil {
+			return nil, fmt.Errorf("watch %s: %w", m, err)
+		}
+	}
+	c.overflows = c.coll.Variables["overflows"]
+	if c.reader, err = ringbuf.NewReader(c.coll.Maps["ring"]); err != nil {
+		return nil, fmt.Errorf("capture ring reader: %w", err)
+	}
+	// Attach last, in a fixed order, once everything a record needs exists.
+	names := make([]string, 0, len(c.coll.Programs))
+	for name := range c.coll.Programs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		prog := c.coll.Programs[name]
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			section := spec.Programs[name].SectionName
+			if backend == BackendFentry && errors.Is(err, unix.EPERM) {
+				err = errFentryRefused
+			}
+			return nil, fmt.Errorf("attach %s: %w", section, err)
+		}
+		c.links = append(c.links, l)
+	}
+	return c, nil
+}
+
+// captureSpec returns the backend's programs configured for opts and this
+// process, without the fexit programs whose target this kernel lacks.
+func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, error) {
+	var spec *ebpf.CollectionSpec
+	var err error
+	if backend == BackendFentry {
+		spec, err = loadCaptureFentry()
+	} else {
+		spec, err = loadCaptureSyscall()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if backend == BackendFentry {
+		if err := dropMissingTargets(spec); err != nil {
+			return nil, err
+		}
+	}
+	spec.Maps["ring"].MaxEntries = uint32(opts.RingSize)
+	spec.Maps["watched"].MaxEntries = uint32(len(opts.Maps))
+
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return nil, fmt.Errorf("own pid namespace: %w", err)
+	}
+	// The kernel compares its internal dev_t encoding (major<<20 | minor).
+	dev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
+	for name, v := range map[string]any{
+		"self_pidns_dev": dev,
+		"self_pidns_ino": st.Ino,
+		"self_tgid":      uint32(os.Getpid()),
+		"wake_bytes":     uint64(opts.WakeBytes),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return spec, nil
+}
+
+func dropMissingTargets(spec *ebpf.CollectionSpec) error {
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("kernel BTF: %w", err)
+	}
+	for name, prog := range spec.Programs {
+		var fn *btf.Func
+		if err := kernel.TypeByName(prog.AttachTo, &fn); err == nil {
+			continue
+		} else if !errors.Is(err, btf.ErrNotFound) {
+			return fmt.Errorf("kernel BTF %s: %w", prog.AttachTo, err)
+		}
+		if slices.Contains(fentryRequired, prog.AttachTo) {
+			return fmt.Errorf("kernel has no %s to attach fexit to", prog.AttachTo)
+		}
+		delete(spec.Programs, name)
+	}
+	return nil
+}
+
+// Backend returns the backend actually attached.
+func (c *Capture) Backend() Backend { return c.backend }
+
+// Fallback returns, for a capture made with [BackendAuto], why
+// [BackendFentry] could not be used; nil if it is in use or was not asked for.
+func (c *Capture) Fallback() error { return c.fallback }
+
+// SeesProgramWrites reports whether writes made by BPF programs are
+// captured too; only [BackendFentry] sees them.
+func (c *Capture) SeesProgramWrites() bool { return c.backend == BackendFentry }
+
+// SetDeadline bounds Read: once t has passed and the ring is drained, Read
+// returns os.ErrDeadlineExceeded. The zero time means no deadline.
+//
+// The kernel only wakes the reader for the first change after a quiet
+// millisecond or once [CaptureOptions.WakeBytes] are queued; changes in
+// between are collected by the next Read. A reader that keeps a short
+// deadline while changes flow, and blocks without one only after 2 ms
+// without any, never leaves a change waiting (see bpf/capture.h).
+func (c *Capture) SetDeadline(t time.Time) { c.reader.SetDeadline(t) }
+
+// Read fills ch with the next captured change, blocking until there is one
+// or the deadline passes (os.ErrDeadlineExceeded). After [Capture.Close] it
+// returns an error wrapping os.ErrClosed. ch's Key and Value stay valid
+// until the next Read. A malformed record is an error; it means the kernel
+// programs and this loader disagree.
+func (c *Capture) Read(ch *Change) error {
+	if err := c.reader.ReadInto(&c.rec); err != nil {
+		return err
+	}
+	return parseRecord(c.rec.RawSample, ch)
+}
+
+// parseRecord decodes one ring record into ch; ch's slices alias b.
+func parseRecord(b []byte, ch *Change) error {
+	if len(b) < recordHeaderLen {
+		return fmt.Errorf("capture record of %d bytes: shorter than its %d-byte header", len(b), recordHeaderLen)
+	}
+	op := Op(b[recordOp])
+	keySize := int(binary.NativeEndian.Uint16(b[recordKeySize:]))
+	valueSize := int(binary.NativeEndian.Uint32(b[recordValueSize:]))
+	switch {
+	case op != OpUpdate && op != OpDelete:
+		return fmt.Errorf("capture record: unknown op %d", op)
+	case keySize == 0 || keySize > MaxKeySize || valueSize > MaxValueSize:
+		return fmt.Errorf("capture record: key %d B, value %d B out of range", keySize, valueSize)
+	case op == OpDelete && valueSize != 0:
+		return fmt.Errorf("capture record: delete with a %d-byte value", valueSize)
+	case len(b) != recordHeaderLen+keySize+valueSize:
+		return fmt.Errorf("capture record of %d bytes: header says %d", len(b), recordHeaderLen+keySize+valueSize)
+	}
+	ch.MapID = ebpf.MapID(binary.NativeEndian.Uint32(b[recordMapID:]))
+	ch.Op = op
+	end := recordHeaderLen + keySize
+	ch.Key = b[recordHeaderLen:end:end]
+	ch.Value = nil
+	if op == OpUpdate {
+		ch.Value = b[end:]
+	}
+	return nil
+}
+
+// Buffered returns how many bytes of records wait in the ring: zero means
+// the next Read would block.
+func (c *Capture) Buffered() int { return c.reader.AvailableBytes() }
+
+// Overflows returns how many changes were lost since the capture started:
+// made while the ring was full, or whose bytes the kernel could not read.
+// It also counts the runs of the capture programs the kernel skipped
+// because one was already running on that CPU (a nested call from an
+// interrupt, or preemption on preemptible kernels); such a run may have been
+// an unwatched write, so that part can overcount. Any loss means the peers
+// may now differ from this node.
+func (c *Capture) Overflows() (uint64, error) {
+	var n uint64
+	if err := c.overflows.Get(&n); err != nil {
+		return 0, fmt.Errorf("read capture overflows: %w", err)
+	}
+	for name, prog := range c.coll.Programs {
+		stats, err := prog.Stats()
+		if err != nil {
+			return 0, fmt.Errorf("capture program %s stats: %w", name, err)
+		}
+		n += stats.RecursionMisses
+	}
+	return n, nil
+}
+
+// Close detaches the capture programs and releases the ring; a blocked Read
+// returns. It may be called more than once.
+func (c *Capture) Close() error {
+	c.closeOnce.Do(func() {
+		var errs []error
+		if c.reader != nil {
+			errs = append(errs, c.reader.Close())
+		}
+		for _, l := range c.links {
+			errs = append(errs, l.Close())
+		}
+		if c.coll != nil {
+			c.coll.Close()
+		}
+		if err := errors.Join(errs...); err != nil {
+			c.closeErr = fmt.Errorf("close capture: %w", err)
+		}
+	})
+	return c.closeErr
+}

@@ -1,0 +1,872 @@
+package loader
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+)
+
+// The capture tests write maps from a second process, because a capture
+// ignores the writes of its own process: the test binary runs again as
+// TestCaptureWriterProcess, selected by this variable.
+const (
+	envCaptureWriter = "UDPMAPSYNC_CAPTURE_WRITER" // "script" or "feed"
+	envCaptureScript = "UDPMAPSYNC_CAPTURE_SCRIPT" // script: file of JSON steps; feed: the map id
+	envCaptureOut    = "UDPMAPSYNC_CAPTURE_OUT"    // script: where to write the results
+)
+
+const fentryRefusedText = "kernel refused fentry/fexit programs (EPERM); use --capture syscall"
+
+var fentryProbe struct {
+	once sync.Once
+	err  error
+}
+
+// captureBackends are the backends to test: syscall everywhere, fentry
+// where the kernel allows it (the VM harness; this host refuses it). Any
+// other fentry failure fails the test.
+func captureBackends(t *testing.T) []Backend {
+	t.Helper()
+	fentryProbe.once.Do(func() {
+		m := captureTestMap(t, "probe", ebpf.Hash, 4, 4, 1)
+		c, err := NewCapture(CaptureOptions{Backend: BackendFentry, Maps: []*Map{m}, RingSize: 4096})
+		if err == nil {
+			c.Close()
+		}
+		fentryProbe.err = err
+	})
+	if err := fentryProbe.err; err != nil {
+		if !strings.Contains(err.Error(), fentryRefusedText) {
+			t.Fatalf("fentry backend: %v", err)
+		}
+		return []Backend{BackendSyscall}
+	}
+	return []Backend{BackendSyscall, BackendFentry}
+}
+
+// captureTestMap creates a kernel map and wraps it as OpenMaps would.
+func captureTestMap(t testing.TB, name string, typ ebpf.MapType, keySize, valueSize, maxEntries uint32) *Map {
+	t.Helper()
+	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries})
+	if err != nil {
+		t.Fatalf("create %s map: %v", typ, err)
+	}
+	t.Cleanup(func() { em.Close() })
+	info, err := em.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatal("kernel does not report map ids")
+	}
+	return &Map{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries, ID: id, m: em}
+}
+
+func startCapture(t testing.TB, opts CaptureOptions) *Capture {
+	t.Helper()
+	c, err := NewCapture(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if c.Backend() != opts.Backend {
+		t.Fatalf("asked for backend %s, got %s", opts.Backend, c.Backend())
+	}
+	return c
+}
+
+// drain reads every queued change. The writer process has exited, so all
+// its records are in the ring already.
+func drain(t *testing.T, c *Capture) []Change {
+	t.Helper()
+	var got []Change
+	c.SetDeadline(time.Now())
+	for {
+		var ch Change
+		err := c.Read(&ch)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read change %d: %v", len(got), err)
+		}
+		got = append(got, Change{MapID: ch.MapID, Op: ch.Op, Key: slices.Clone(ch.Key), Value: slices.Clone(ch.Value)})
+	}
+	if n := c.Buffered(); n != 0 {
+		t.Errorf("drained, yet %d bytes buffered", n)
+	}
+	return got
+}
+
+func changeString(c Change) string {
+	s := fmt.Sprintf("map %d op %d key %x", c.MapID, c.Op, c.Key)
+	if c.Value != nil {
+		s += fmt.Sprintf(" value %x", c.Value)
+	}
+	return s
+}
+
+func checkChanges(t *testing.T, got, want []Change) {
+	t.Helper()
+	g := make([]string, len(got))
+	for i, c := range got {
+		g[i] = changeString(c)
+	}
+	w := make([]string, len(want))
+	for i, c := range want {
+		w[i] = changeString(c)
+	}
+	if !slices.Equal(g, w) {
+		t.Errorf("captured %d changes:\n\t%s\nwant %d:\n\t%s", len(g), strings.Join(g, "\n\t"), len(w), strings.Join(w, "\n\t"))
+	}
+}
+
+// key returns key number i of m: an array index, or a pattern that starts
+// with i.
+func key(m *Map, i int) []byte {
+	k := make([]byte, m.KeySize)
+	for j := range k {
+		k[j] = byte(i*13 + j*7 + 1)
+	}
+	binary.NativeEndian.PutUint32(k, uint32(i))
+	return k
+}
+
+// value returns version ver of a value for key i of m.
+func value(m *Map, i, ver int) []byte {
+	v := make([]byte, m.ValueSize)
+	for j := range v {
+		v[j] = byte(i*31 + ver*17 + j*3)
+	}
+	return v
+}
+
+// A writeStep is one write the writer process makes with cilium/ebpf.
+type writeStep struct {
+	Map  ebpf.MapID `json:"map"`
+	Do   string     `json:"do"`
+	Keys [][]byte   `json:"keys"`
+	Vals [][]byte   `json:"vals,omitempty"`
+	// Fail: the kernel must refuse this write; a refused batch touched no
+	// element (its count is not checked: the kernel left it as requested).
+	Fail bool `json:"fail,omitempty"`
+	// Done: how many elements the kernel must report a batch processed.
+	Done int `json:"done,omitempty"`
+	// Flags: elem_flags of a batch update.
+	Flags uint64 `json:"flags,omitempty"`
+}
+
+// writeScript is what the writer process does and what a capture should
+// report for it.
+type writeScript struct {
+	steps []writeStep
+	want  []func(deleted [][]byte) []Change
+}
+
+func (s *writeScript) add(st writeStep, want func(deleted [][]byte) []Change) {
+	s.steps = append(s.steps, st)
+	s.want = append(s.want, want)
+}
+
+func reports(cs ...Change) func([][]byte) []Change {
+	return func([][]byte) []Change { return cs }
+}
+
+func upd(m *Map, k, v []byte) Change { return Change{MapID: m.ID, Op: OpUpdate, Key: k, Value: v} }
+func del(m *Map, k []byte) Change    { return Change{MapID: m.ID, Op: OpDelete, Key: k} }
+
+func (s *writeScript) put(m *Map, k, v []byte) {
+	s.add(writeStep{Map: m.ID, Do: "update", Keys: [][]byte{k}, Vals: [][]byte{v}}, reports(upd(m, k, v)))
+}
+
+// refused adds a write the kernel rejects without touching the map:
+// nothing to report.
+func (s *writeScript) refused(m *Map, do string, keys, vals [][]byte, flags uint64) {
+	s.add(writeStep{Map: m.ID, Do: do, Keys: keys, Vals: vals, Fail: true, Flags: flags}, reports())
+}
+
+func one(b []byte) [][]byte {
+	if b == nil {
+		return nil
+	}
+	return [][]byte{b}
+}
+
+func (s *writeScript) delete(m *Map, k []byte) {
+	s.add(writeStep{Map: m.ID, Do: "delete", Keys: [][]byte{k}}, reports(del(m, k)))
+}
+
+func (s *writeScript) lookupDelete(m *Map, k []byte) {
+	s.add(writeStep{Map: m.ID, Do: "lookup-delete", Keys: [][]byte{k}}, reports(del(m, k)))
+}
+
+// batchUpdate writes keys and values with one BPF_MAP_UPDATE_BATCH of
+// which the kernel applies the first done.
+func (s *writeScript) batchUpdate(m *Map, keys, vals [][]byte, done int, flags uint64) {
+	var want []Change
+	for i := range done {
+		want = append(want, upd(m, keys[i], vals[i]))
+	}
+	s.add(writeStep{Map: m.ID, Do: "batch-update", Keys: keys, Vals: vals, Done: done, Flags: flags}, reports(want...))
+}
+
+func (s *writeScript) batchDelete(m *Map, keys [][]byte, done int) {
+	var want []Change
+	for i := range done {
+		want = append(want, del(m, keys[i]))
+	}
+	s.add(writeStep{Map: m.ID, Do: "batch-delete", Keys: keys, Done: done}, reports(want...))
+}
+
+// lookupDeleteBatch empties m with one BPF_MAP_LOOKUP_AND_DELETE_BATCH that
+// must return done keys; they are reported in the order the kernel returned
+// them.
+func (s *writeScript) lookupDeleteBatch(m *Map, done int) {
+	s.add(writeStep{Map: m.ID, Do: "batch-lookup-delete", Done: done}, func(deleted [][]byte) []Change {
+		var want []Change
+		for _, k := range deleted {
+			want = append(want, del(m, k))
+		}
+		return want
+	})
+}
+
+// run makes the writes in a writer process and returns the changes a
+// capture of the watched maps must report, in order.
+func (s *writeScript) run(t *testing.T, watched ...*Map) []Change {
+	t.Helper()
+	b, err := json.Marshal(s.steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	script, out := filepath.Join(dir, "script.json"), filepath.Join(dir, "deleted.json")
+	if err := os.WriteFile(script, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCaptureWriterProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), envCaptureWriter+"=script", envCaptureScript+"="+script, envCaptureOut+"="+out)
+	if b, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(b), "--- PASS: TestCaptureWriterProcess") {
+		t.Fatalf("writer process: %v\n%s", err, b)
+	}
+	b, err = os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deleted [][][]byte
+	if err := json.Unmarshal(b, &deleted); err != nil {
+		t.Fatal(err)
+	}
+	var want []Change
+	for i, w := range s.want {
+		for _, c := range w(deleted[i]) {
+			if slices.ContainsFunc(watched, func(m *Map) bool { return m.ID == c.MapID }) {
+				want = append(want, c)
+			}
+		}
+	}
+	return want
+}
+
+// TestCaptureWriterProcess is the writer process of the capture tests; it
+// does nothing unless one of them starts it.
+func TestCaptureWriterProcess(t *testing.T) {
+	switch os.Getenv(envCaptureWriter) {
+	case "script":
+		writeFromScript(t)
+	case "feed":
+		writeOnRequest(t)
+	default:
+		t.Skip("the writer process of the capture tests; they start it")
+	}
+}
+
+// packed returns elems as a slice of size-byte arrays, the shape
+// cilium/ebpf's batch calls take.
+func packed(size int, elems [][]byte) reflect.Value {
+	s := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), len(elems), len(elems))
+	for i, e := range elems {
+		reflect.Copy(s.Index(i), reflect.ValueOf(e))
+	}
+	return s
+}
+
+func writeFromScript(t *testing.T) {
+	b, err := os.ReadFile(os.Getenv(envCaptureScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []writeStep
+	if err := json.Unmarshal(b, &steps); err != nil {
+		t.Fatal(err)
+	}
+	maps := map[ebpf.MapID]*ebpf.Map{}
+	deleted := make([][][]byte, len(steps))
+	for i, st := range steps {
+		m := maps[st.Map]
+		if m == nil {
+			var err error
+			if m, err = ebpf.NewMapFromID(st.Map); err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			maps[st.Map] = m
+		}
+		ks, vs := int(m.KeySize()), int(m.ValueSize())
+		var err error
+		n := -1
+		switch st.Do {
+		case "update":
+			err = m.Update(st.Keys[0], st.Vals[0], ebpf.UpdateAny)
+		case "create":
+			err = m.Update(st.Keys[0], st.Vals[0], ebpf.UpdateNoExist)
+		case "delete":
+			err = m.Delete(st.Keys[0])
+		case "lookup-delete":
+			err = m.LookupAndDelete(st.Keys[0], make([]byte, vs))
+		case "batch-update":
+			n, err = m.BatchUpdate(packed(ks, st.Keys).Interface(), packed(vs, st.Vals).Interface(), &ebpf.BatchOptions{ElemFlags: st.Flags})
+		case "batch-delete":
+			n, err = m.BatchDelete(packed(ks, st.Keys).Interface(), nil)
+		case "batch-lookup-delete":
+			var cursor ebpf.MapBatchCursor
+			keys := packed(ks, make([][]byte, m.MaxEntries()))
+			vals := packed(vs, make([][]byte, m.MaxEntries()))
+			n, err = m.BatchLookupAndDelete(&cursor, keys.Interface(), vals.Interface(), nil)
+			for j := range max(n, 0) {
+				deleted[i] = append(deleted[i], keys.Index(j).Bytes())
+			}
+		default:
+			t.Fatalf("step %d: unknown %q", i, st.Do)
+		}
+		switch {
+		case (err != nil) != st.Fail && (n < 0 || st.Fail):
+			t.Errorf("step %d %s: error %v, want failure %v", i, st.Do, err, st.Fail)
+		case n >= 0 && !st.Fail && n != st.Done:
+			t.Errorf("step %d %s: kernel processed %d, want %d (%v)", i, st.Do, n, st.Done, err)
+		}
+	}
+	b, err = json.Marshal(deleted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(os.Getenv(envCaptureOut), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeOnRequest serves the benchmark: for every number n read from stdin
+// it updates n entries of the map named by the script variable with one
+// batch, then answers on file descriptor 3.
+func writeOnRequest(t *testing.T) {
+	id, err := strconv.Atoi(os.Getenv(envCaptureScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ack := os.NewFile(3, "ack")
+	in := bufio.NewScanner(os.Stdin)
+	for ver := 0; in.Scan(); ver++ {
+		n, err := strconv.Atoi(in.Text())
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := make([]uint32, n)
+		vals := make([]uint64, n)
+		for i := range keys {
+			keys[i], vals[i] = uint32(i), uint64(ver)
+		}
+		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ack.Write([]byte{'\n'}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// addHashSteps writes m (a hash or LRU hash map) in every way the kernel
+// offers, successful or refused, touching the unwatched map u in between.
+func addHashSteps(s *writeScript, m, u *Map) {
+	s.put(m, key(m, 1), value(m, 1, 1))
+	s.put(m, key(m, 2), value(m, 2, 1))
+	s.put(u, key(u, 1), value(u, 1, 1))
+	s.put(m, key(m, 1), value(m, 1, 2))
+	s.refused(m, "create", one(key(m, 1)), one(value(m, 1, 3)), 0)
+	s.delete(m, key(m, 2))
+	s.refused(m, "delete", one(key(m, 2)), nil, 0)
+	// In order, duplicates included: the later value is the one kept.
+	s.batchUpdate(m, [][]byte{key(m, 3), key(m, 4), key(m, 3)},
+		[][]byte{value(m, 3, 1), value(m, 4, 1), value(m, 3, 2)}, 3, 0)
+	// Stops at the missing key: only the first delete happened.
+	s.batchDelete(m, [][]byte{key(m, 3), key(m, 9), key(m, 4)}, 1)
+	// BPF_F_LOCK on a map without a spin lock: refused before any element.
+	s.refused(m, "batch-update", one(key(m, 5)), one(value(m, 5, 1)), uint64(ebpf.UpdateLock))
+	s.lookupDelete(m, key(m, 1))
+	s.refused(m, "lookup-delete", one(key(m, 1)), nil, 0)
+	s.put(m, key(m, 6), value(m, 6, 1))
+	s.put(m, key(m, 7), value(m, 7, 1))
+	s.lookupDeleteBatch(m, 3) // keys 4, 6 and 7
+	s.batchDelete(u, [][]byte{key(u, 1)}, 1)
+}
+
+func addArraySteps(s *writeScript, m *Map) {
+	s.put(m, key(m, 1), value(m, 1, 1))
+	s.put(m, key(m, 1), value(m, 1, 2))
+	s.refused(m, "create", one(key(m, 1)), one(value(m, 1, 3)), 0)
+	s.refused(m, "update", one(key(m, int(m.MaxEntries))), one(value(m, 0, 1)), 0)
+	s.refused(m, "delete", one(key(m, 1)), nil, 0)
+	s.refused(m, "lookup-delete", one(key(m, 1)), nil, 0)
+	s.batchUpdate(m, [][]byte{key(m, 2), key(m, 3)}, [][]byte{value(m, 2, 1), value(m, 3, 1)}, 2, 0)
+	// Stops at the index out of range.
+	s.batchUpdate(m, [][]byte{key(m, 4), key(m, 99), key(m, 5)},
+		[][]byte{value(m, 4, 1), value(m, 99, 1), value(m, 5, 1)}, 1, 0)
+	// Arrays have no delete batch.
+	s.refused(m, "batch-delete", one(key(m, 2)), nil, 0)
+	// Arrays have no lookup-and-delete batch: refused before the kernel
+	// writes the count back, which still holds the request.
+	s.refused(m, "batch-lookup-delete", nil, nil, 0)
+}
+
+func TestCaptureWrites(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			for _, tc := range []struct {
+				name          string
+				typ           ebpf.MapType
+				keySz, valSz  uint32
+				maxEntries    uint32
+				steps         func(s *writeScript, m, u *Map)
+				unwatchedType ebpf.MapType
+			}{
+				{"hash", ebpf.Hash, 4, 8, 64, addHashSteps, ebpf.Hash},
+				{"hash odd sizes", ebpf.Hash, 13, 37, 64, addHashSteps, ebpf.Hash},
+				{"hash largest", ebpf.Hash, MaxKeySize, MaxValueSize, 16, addHashSteps, ebpf.Hash},
+				// Each CPU takes up to 128 free LRU elements for itself and
+				// evicts when another CPU holds the rest: size for that.
+				{"lru hash", ebpf.LRUHash, 4, 8, uint32(256 * ebpf.MustPossibleCPU()), addHashSteps, ebpf.LRUHash},
+				{"array", ebpf.Array, 4, 8, 64, func(s *writeScript, m, _ *Map) { addArraySteps(s, m) }, ebpf.Array},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					m := captureTestMap(t, "watched", tc.typ, tc.keySz, tc.valSz, tc.maxEntries)
+					u := captureTestMap(t, "unwatched", tc.unwatchedType, tc.keySz, tc.valSz, tc.maxEntries)
+					c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+					var s writeScript
+					tc.steps(&s, m, u)
+					want := s.run(t, m)
+					checkChanges(t, drain(t, c), want)
+					if n, err := c.Overflows(); err != nil || n != 0 {
+						t.Errorf("overflows %d, %v; want 0", n, err)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestCaptureBatchFull checks a batch that fails midway because the map is
+// full: the elements before the failure are reported, none after.
+func TestCaptureBatchFull(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			m := captureTestMap(t, "full", ebpf.Hash, 4, 8, 4)
+			for i := range 3 {
+				// Our own writes: not reported.
+				if err := m.m.Put(key(m, 100+i), value(m, 100+i, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+			var s writeScript
+			s.batchUpdate(m, [][]byte{key(m, 1), key(m, 2), key(m, 3)},
+				[][]byte{value(m, 1, 1), value(m, 2, 1), value(m, 3, 1)}, 1, 0)
+			want := s.run(t, m)
+			checkChanges(t, drain(t, c), want)
+		})
+	}
+}
+
+// TestCaptureSkipsOwnWrites writes from the capturing process, the way the
+// daemon applies its peers' changes, then once from another process: only
+// that one is reported.
+func TestCaptureSkipsOwnWrites(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			m := captureTestMap(t, "own", ebpf.Hash, 4, 8, 64)
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+			if err := m.m.Put(key(m, 1), value(m, 1, 1)); err != nil {
+				t.Fatal(err)
+			}
+			keys := slices.Concat(key(m, 2), key(m, 3))
+			if err := m.UpdateBatch(keys, slices.Concat(value(m, 2, 1), value(m, 3, 1))); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.DeleteBatch(keys); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.m.Delete(key(m, 1)); err != nil {
+				t.Fatal(err)
+			}
+			var s writeScript
+			s.put(m, key(m, 4), value(m, 4, 1))
+			want := s.run(t, m)
+			checkChanges(t, drain(t, c), want)
+		})
+	}
+}
+
+// TestCaptureProgramWrites writes the watched map from a BPF program (run
+// with BPF_PROG_TEST_RUN): reported exactly when the backend says it sees
+// program writes.
+func TestCaptureProgramWrites(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			m := captureTestMap(t, "progwrite", ebpf.Hash, 4, 8, 4)
+			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+				Type:    ebpf.XDP,
+				License: "GPL",
+				Instructions: asm.Instructions{
+					asm.StoreImm(asm.RFP, -4, 7, asm.Word),
+					asm.Mov.Imm(asm.R0, 0x0102_0304),
+					asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
+					asm.LoadMapPtr(asm.R1, m.m.FD()),
+					asm.Mov.Reg(asm.R2, asm.RFP),
+					asm.Add.Imm(asm.R2, -4),
+					asm.Mov.Reg(asm.R3, asm.RFP),
+					asm.Add.Imm(asm.R3, -16),
+					asm.Mov.Imm(asm.R4, 0),
+					asm.FnMapUpdateElem.Call(),
+					asm.Mov.Imm(asm.R0, 2), // XDP_PASS
+					asm.Return(),
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog.Close()
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+			if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
+				t.Fatal(err)
+			}
+			var want []Change
+			if c.SeesProgramWrites() {
+				want = append(want, upd(m, binary.NativeEndian.AppendUint32(nil, 7), binary.NativeEndian.AppendUint64(nil, 0x0102_0304)))
+			}
+			checkChanges(t, drain(t, c), want)
+		})
+	}
+}
+
+// TestCaptureOverflow fills a one-page ring without reading it: the changes
+// that did not fit are counted, and the ones that did are the first ones.
+func TestCaptureOverflow(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			const n = 500
+			m := captureTestMap(t, "overflow", ebpf.Hash, 4, 8, n)
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}, RingSize: 4096})
+			var s writeScript
+			var keys, vals [][]byte
+			for i := range n {
+				keys, vals = append(keys, key(m, i)), append(vals, value(m, i, 1))
+			}
+			s.batchUpdate(m, keys, vals, n, 0)
+			want := s.run(t, m)
+			got := drain(t, c)
+			lost, err := c.Overflows()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lost == 0 || len(got)+int(lost) != n {
+				t.Errorf("read %d changes and %d overflows; want %d in all, some lost", len(got), lost, n)
+			}
+			checkChanges(t, got, want[:min(len(got), n)])
+		})
+	}
+}
+
+// TestCaptureFentryOrFallback: this host refuses fentry/fexit, the VM
+// harness allows it. Either way the outcome and BackendAuto must agree.
+func TestCaptureFentryOrFallback(t *testing.T) {
+	m := captureTestMap(t, "fallback", ebpf.Hash, 4, 8, 4)
+	c, fentryErr := NewCapture(CaptureOptions{Backend: BackendFentry, Maps: []*Map{m}, RingSize: 4096})
+	if fentryErr == nil {
+		if !c.SeesProgramWrites() || c.Fallback() != nil {
+			t.Errorf("fentry capture: sees program writes %v, fallback %v", c.SeesProgramWrites(), c.Fallback())
+		}
+		c.Close()
+	} else if !strings.Contains(fentryErr.Error(), fentryRefusedText) || strings.Contains(fentryErr.Error(), "MEMLOCK") {
+		t.Fatalf("fentry backend: %v; want it to work or say %q", fentryErr, fentryRefusedText)
+	}
+	t.Logf("fentry: %v", fentryErr)
+
+	auto, err := NewCapture(CaptureOptions{Maps: []*Map{m}, RingSize: 4096, Backend: BackendAuto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer auto.Close()
+	if fentryErr == nil {
+		if auto.Backend() != BackendFentry || auto.Fallback() != nil {
+			t.Errorf("auto: backend %s, fallback %v; want fentry and none", auto.Backend(), auto.Fallback())
+		}
+		return
+	}
+	if auto.Backend() != BackendSyscall || auto.Fallback() == nil || !strings.Contains(auto.Fallback().Error(), fentryRefusedText) {
+		t.Errorf("auto: backend %s, fallback %v; want syscall because %q", auto.Backend(), auto.Fallback(), fentryRefusedText)
+	}
+	if auto.SeesProgramWrites() {
+		t.Error("syscall backend claims to see program writes")
+	}
+}
+
+// TestCaptureClose checks that Close wakes a blocked Read, is idempotent,
+// and detaches and frees every capture program.
+func TestCaptureClose(t *testing.T) {
+	m := captureTestMap(t, "close", ebpf.Hash, 4, 8, 4)
+	c, err := NewCapture(CaptureOptions{Backend: BackendSyscall, Maps: []*Map{m}, RingSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range c.coll.Programs {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		ids = append(ids, id)
+	}
+	done := make(chan error)
+	go func() {
+		var ch Change
+		done <- c.Read(&ch)
+	}()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Errorf("blocked Read after Close: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still blocked 10s after Close")
+	}
+	var ch Change
+	if err := c.Read(&ch); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Read after Close: %v, want os.ErrClosed", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	// Programs are freed after an RCU grace period.
+	for _, id := range ids {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			p, err := ebpf.NewProgramFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if err == nil {
+				p.Close()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("program %d still exists after Close (%v)", id, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func TestCaptureOptionErrors(t *testing.T) {
+	m := captureTestMap(t, "opts", ebpf.Hash, 4, 8, 4)
+	big := &Map{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: MaxValueSize + 1, ID: m.ID}
+	for _, tc := range []struct {
+		opts CaptureOptions
+		want string
+	}{
+		{CaptureOptions{Backend: "kprobe", Maps: []*Map{m}}, `--capture kprobe: unknown backend; use auto, fentry or syscall`},
+		{CaptureOptions{Maps: []*Map{m}, RingSize: 3 << 12}, "capture ring size 12288: want a power of two"},
+		{CaptureOptions{Maps: []*Map{m}, RingSize: 1024}, "capture ring size 1024: want a power of two"},
+		{CaptureOptions{Maps: []*Map{m}, RingSize: 4096, WakeBytes: 8192}, "capture wake bytes 8192"},
+		{CaptureOptions{}, "capture: no maps to watch"},
+		{CaptureOptions{Maps: []*Map{m, big}}, "capture big (Hash, key 4 B, value 4097 B, max 0, id "},
+	} {
+		c, err := NewCapture(tc.opts)
+		if err == nil {
+			c.Close()
+			t.Errorf("%+v: no error, want %q", tc.opts, tc.want)
+		} else if !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.opts, err, tc.want)
+		}
+	}
+}
+
+// TestCaptureRecordLayout checks the Go side's record offsets against the
+// type bpf2go generated from bpf/capture.h for both objects.
+func TestCaptureRecordLayout(t *testing.T) {
+	for _, typ := range []reflect.Type{reflect.TypeFor[captureSyscallChange](), reflect.TypeFor[captureFentryChange]()} {
+		if typ.Size() != recordHeaderLen {
+			t.Errorf("%s: %d bytes, want %d", typ, typ.Size(), recordHeaderLen)
+		}
+		for name, off := range map[string]uintptr{"MapId": recordMapID, "Op": recordOp, "KeySize": recordKeySize, "ValueSize": recordValueSize} {
+			if f, ok := typ.FieldByName(name); !ok || f.Offset != off {
+				t.Errorf("%s.%s: at %d (found %v), want %d", typ, name, f.Offset, ok, off)
+			}
+		}
+	}
+}
+
+func record(mapID uint32, op Op, keySize uint16, valueSize uint32, payload int) []byte {
+	b := binary.NativeEndian.AppendUint32(nil, mapID)
+	b = append(b, byte(op), 0)
+	b = binary.NativeEndian.AppendUint16(b, keySize)
+	b = binary.NativeEndian.AppendUint32(b, valueSize)
+	for i := range payload {
+		b = append(b, byte(i))
+	}
+	return b
+}
+
+func TestCaptureParseRecord(t *testing.T) {
+	var ch Change
+	b := record(42, OpUpdate, 3, 2, 5)
+	if err := parseRecord(b, &ch); err != nil {
+		t.Fatal(err)
+	}
+	if ch.MapID != 42 || ch.Op != OpUpdate || string(ch.Key) != "\x00\x01\x02" || string(ch.Value) != "\x03\x04" {
+		t.Errorf("parsed %s", changeString(ch))
+	}
+	if unsafe.SliceData(ch.Key) != &b[recordHeaderLen] || cap(ch.Key) != 3 {
+		t.Error("key does not alias the record, or its capacity reaches into the value")
+	}
+	if err := parseRecord(record(42, OpDelete, 3, 0, 3), &ch); err != nil || ch.Op != OpDelete || ch.Value != nil || len(ch.Key) != 3 {
+		t.Errorf("delete: %v, %s", err, changeString(ch))
+	}
+	for name, b := range map[string][]byte{
+		"empty":               nil,
+		"short header":        record(1, OpUpdate, 4, 8, 12)[:recordHeaderLen-1],
+		"unknown op":          record(1, 3, 4, 0, 4),
+		"no key":              record(1, OpDelete, 0, 0, 0),
+		"key too big":         record(1, OpDelete, MaxKeySize+1, 0, MaxKeySize+1),
+		"value too big":       record(1, OpUpdate, 4, MaxValueSize+1, 4+MaxValueSize+1),
+		"delete with a value": record(1, OpDelete, 4, 8, 12),
+		"truncated":           record(1, OpUpdate, 4, 8, 11),
+		"trailing bytes":      record(1, OpUpdate, 4, 8, 13),
+		"huge value size":     record(1, OpUpdate, 4, 1<<31, 12),
+	} {
+		if err := parseRecord(b, &ch); err == nil {
+			t.Errorf("%s: parsed as %s", name, changeString(ch))
+		}
+	}
+}
+
+// fill has the writer process make n updates of m and waits for it.
+func fill(t *testing.T, m *Map, n int) {
+	t.Helper()
+	var s writeScript
+	var keys, vals [][]byte
+	for i := range n {
+		keys, vals = append(keys, key(m, i)), append(vals, value(m, i, 1))
+	}
+	s.batchUpdate(m, keys, vals, n, 0)
+	s.run(t, m)
+}
+
+func TestCaptureReadAllocs(t *testing.T) {
+	const runs = 500
+	m := captureTestMap(t, "allocs", ebpf.Hash, 4, 8, 2*runs)
+	c := startCapture(t, CaptureOptions{Backend: BackendSyscall, Maps: []*Map{m}})
+	fill(t, m, 2*runs)
+	c.SetDeadline(time.Now())
+	var ch Change
+	var failed error
+	allocs := testing.AllocsPerRun(runs, func() {
+		if err := c.Read(&ch); err != nil && failed == nil {
+			failed = err
+		}
+	})
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if allocs != 0 {
+		t.Errorf("Read allocates %.1f times per change", allocs)
+	}
+}
+
+// BenchmarkCaptureRead measures Read per change: a writer process refills
+// the ring between timed stretches with 4096-element batch updates (4-byte
+// keys, 8-byte values).
+func BenchmarkCaptureRead(b *testing.B) {
+	const batch = 4096
+	m := captureTestMap(b, "bench", ebpf.Hash, 4, 8, batch)
+	c := startCapture(b, CaptureOptions{Backend: BackendSyscall, Maps: []*Map{m}})
+
+	ackR, ackW, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ackR.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCaptureWriterProcess$")
+	cmd.Env = append(os.Environ(), envCaptureWriter+"=feed", fmt.Sprint(envCaptureScript, "=", m.ID))
+	cmd.ExtraFiles = []*os.File{ackW}
+	cmd.Stderr = os.Stderr
+	req, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	ackW.Close()
+	defer func() {
+		req.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("writer process: %v", err)
+		}
+	}()
+	ack := make([]byte, 1)
+	// Records queued without a wake-up are only found by polling.
+	c.SetDeadline(time.Now())
+
+	var ch Change
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; {
+		if c.Buffered() == 0 {
+			b.StopTimer()
+			if _, err := fmt.Fprintln(req, batch); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := ackR.Read(ack); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+		if err := c.Read(&ch); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
