@@ -1,0 +1,314 @@
+package replication
+
+// In-memory fakes for the protocol's three interfaces. They stand in for the
+// ring buffer, the kernel map and the socket where a test is about the
+// protocol logic alone; netns_test.go runs the same code over real sockets
+// and a real kernel map.
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+var errFakeClosed = errors.New("fake closed")
+
+// step is one scripted Read of a [scriptSource].
+type step struct {
+	change   loader.Change
+	buffered int           // what Buffered reports after this change
+	sleep    time.Duration // before the change is returned
+	timeout  bool          // return os.ErrDeadlineExceeded instead of a change
+}
+
+// scriptSource replays steps, then fails like a closed capture.
+type scriptSource struct {
+	steps     []step
+	next      int
+	buffered  int
+	deadlines []deadlineCall
+}
+
+type deadlineCall struct{ at, deadline time.Time }
+
+func (s *scriptSource) Read(ch *loader.Change) error {
+	if s.next == len(s.steps) {
+		return errFakeClosed
+	}
+	st := &s.steps[s.next]
+	s.next++
+	time.Sleep(st.sleep)
+	if st.timeout {
+		return os.ErrDeadlineExceeded
+	}
+	*ch = st.change
+	s.buffered = st.buffered
+	return nil
+}
+
+func (s *scriptSource) SetDeadline(t time.Time) {
+	s.deadlines = append(s.deadlines, deadlineCall{time.Now(), t})
+}
+
+func (s *scriptSource) Buffered() int { return s.buffered }
+
+// chanSource delivers changes sent on a channel and honours deadlines like
+// the capture does; closing the channel closes it.
+type chanSource struct {
+	ch       chan loader.Change
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+func (s *chanSource) Read(ch *loader.Change) error {
+	s.mu.Lock()
+	d := s.deadline
+	s.mu.Unlock()
+	var timeout <-chan time.Time
+	if !d.IsZero() {
+		t := time.NewTimer(time.Until(d))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case c, ok := <-s.ch:
+		if !ok {
+			return errFakeClosed
+		}
+		*ch = c
+		return nil
+	case <-timeout:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (s *chanSource) SetDeadline(t time.Time) {
+	s.mu.Lock()
+	s.deadline = t
+	s.mu.Unlock()
+}
+
+func (s *chanSource) Buffered() int { return len(s.ch) }
+
+// fakeTransport keeps copies of what is sent and delivers what a test
+// queues with deliver.
+type fakeTransport struct {
+	mu      sync.Mutex
+	batches [][][]byte
+	in      chan Packet
+}
+
+func newFakeTransport() *fakeTransport { return &fakeTransport{in: make(chan Packet, 256)} }
+
+func (f *fakeTransport) Send(dgrams [][]byte) error {
+	batch := make([][]byte, len(dgrams))
+	for i, d := range dgrams {
+		batch[i] = bytes.Clone(d)
+	}
+	f.mu.Lock()
+	f.batches = append(f.batches, batch)
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeTransport) Receive(pkts []Packet) (int, error) {
+	p, ok := <-f.in
+	if !ok {
+		return 0, errFakeClosed
+	}
+	pkts[0] = p
+	return 1, nil
+}
+
+// sent returns the batches sent so far, announces and changes alike.
+func (f *fakeTransport) sent() [][][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.batches)
+}
+
+// nopTransport drops everything without allocating: for allocation tests.
+type nopTransport struct{}
+
+func (nopTransport) Send([][]byte) error           { return nil }
+func (nopTransport) Receive([]Packet) (int, error) { return 0, io.EOF }
+
+// fakeTarget is a map in memory that logs every batch applied to it.
+type fakeTarget struct {
+	keySize, valueSize int
+	state              map[string]string
+	calls              []call
+	fail               error
+}
+
+type call struct {
+	op         wire.Op
+	keys, vals []byte
+}
+
+func newFakeTarget(keySize, valueSize int) *fakeTarget {
+	return &fakeTarget{keySize: keySize, valueSize: valueSize, state: map[string]string{}}
+}
+
+func (f *fakeTarget) UpdateBatch(keys, values []byte) error {
+	f.calls = append(f.calls, call{wire.OpUpdate, bytes.Clone(keys), bytes.Clone(values)})
+	if f.fail != nil {
+		return f.fail
+	}
+	for i := 0; i < len(keys)/f.keySize; i++ {
+		f.state[string(keys[i*f.keySize:][:f.keySize])] = string(values[i*f.valueSize:][:f.valueSize])
+	}
+	return nil
+}
+
+func (f *fakeTarget) DeleteBatch(keys []byte) (int, error) {
+	f.calls = append(f.calls, call{wire.OpDelete, bytes.Clone(keys), nil})
+	missing := 0
+	for i := 0; i < len(keys)/f.keySize; i++ {
+		k := string(keys[i*f.keySize:][:f.keySize])
+		if _, ok := f.state[k]; !ok {
+			missing++
+		}
+		delete(f.state, k)
+	}
+	return missing, nil
+}
+
+// nopTarget accepts everything without allocating: for allocation tests.
+type nopTarget struct{}
+
+func (nopTarget) UpdateBatch(keys, values []byte) error { return nil }
+func (nopTarget) DeleteBatch(keys []byte) (int, error)  { return 0, nil }
+
+// testMap describes a hash map for a table.
+func testMap(name string, id ebpf.MapID, keySize, valueSize uint32, target Target) Map {
+	return Map{
+		Desc: wire.Descriptor{Name: name, Type: uint32(ebpf.Hash), KeySize: keySize,
+			ValueSize: valueSize, MaxEntries: 1024},
+		ID:     id,
+		Target: target,
+	}
+}
+
+func mustTable(t testing.TB, payload int, maps ...Map) *Table {
+	t.Helper()
+	tab, err := NewTable(maps, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
+}
+
+// logBuffer collects log lines for a test to inspect.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// record is one decoded change, for comparing datagrams.
+type record struct {
+	fp         uint32
+	op         wire.Op
+	key, value string
+}
+
+// decodeChanges decodes a change datagram with the key and value sizes of
+// tab's maps, failing the test on any error.
+func decodeChanges(t testing.TB, tab *Table, d []byte) (wire.Header, []record) {
+	t.Helper()
+	var h wire.Header
+	if err := h.Unmarshal(d); err != nil {
+		t.Fatalf("header: %v", err)
+	}
+	if h.Kind != wire.KindChanges {
+		t.Fatalf("kind %d, want changes", h.Kind)
+	}
+	var out []record
+	var secs wire.Sections
+	secs.Reset(d[wire.HeaderSize:], h.Count)
+	for {
+		sec, err := secs.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("section: %v", err)
+		}
+		m := tab.byFP[sec.Map]
+		if m == nil {
+			t.Fatalf("section for unknown map %#x", sec.Map)
+		}
+		var recs wire.Records
+		recs.Reset(sec, m.keySize, m.valueSize)
+		for {
+			r, err := recs.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("record: %v", err)
+			}
+			out = append(out, record{sec.Map, r.Op, string(r.Key), string(r.Value)})
+		}
+	}
+	return h, out
+}
+
+// changesBuilder encodes change datagrams for receiver tests.
+type changesBuilder struct {
+	w   wire.ChangeWriter
+	buf []byte
+}
+
+func (b *changesBuilder) start() {
+	b.buf = make([]byte, 1472)
+	b.w.Reset(b.buf)
+}
+
+func (b *changesBuilder) add(t testing.TB, fp uint32, op wire.Op, key, value string) {
+	t.Helper()
+	var v []byte
+	if op == wire.OpUpdate {
+		v = []byte(value)
+	}
+	if !b.w.Append(fp, op, []byte(key), v) {
+		t.Fatal("test datagram full")
+	}
+}
+
+func (b *changesBuilder) finish(node uint32, epoch, seq uint64) []byte {
+	return bytes.Clone(b.w.Finish(wire.Header{Node: node, Epoch: epoch, Seq: seq}))
+}
+
+var (
+	peerA = netip.MustParseAddrPort("10.0.0.1:3870")
+	peerB = netip.MustParseAddrPort("10.0.0.2:3870")
+)

@@ -1,0 +1,394 @@
+package replication
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// receiveBatch is how many datagrams one Receive may return.
+const receiveBatch = 64
+
+// errZeroSeq rejects a change datagram numbered 0: senders count from 1.
+var errZeroSeq = errors.New("change datagram with sequence number 0")
+
+// ReceiverConfig configures a [Receiver].
+type ReceiverConfig struct {
+	Transport Transport
+	Table     *Table
+	Node      uint32 // this node's id: datagrams carrying it are dropped
+	// Peers, when set, are the only source addresses accepted; datagrams
+	// from anywhere else count as forged. Zones are ignored.
+	Peers []netip.Addr
+	Stats *Stats
+	Log   *slog.Logger
+}
+
+// Receiver applies the change datagrams of its peers to the local maps and
+// checks their announced map schemas against the local ones.
+type Receiver struct {
+	tr    Transport
+	table *Table
+	node  uint32
+	allow []netip.Addr
+	stats *Stats
+	log   *slog.Logger
+	limit limiter
+
+	mu    sync.Mutex // guards peers against Peers
+	peers map[uint32]*peer
+
+	pkts  []Packet
+	secs  wire.Sections
+	recs  wire.Records
+	keys  []byte // the current run's keys, packed for a batch syscall
+	vals  []byte // the current run's values
+	descs []wire.Descriptor
+}
+
+// peer is what the receiver knows of one sending node in its current
+// epoch. Sequence numbers are per (node, epoch): a new epoch means the
+// peer restarted and numbers from 1 again.
+type peer struct {
+	node      uint32
+	addr      netip.AddrPort
+	epoch     uint64
+	seen      uint64 // highest sequence number the peer is known to have sent
+	applied   uint64 // sequence number of the latest change datagram applied
+	lastHeard time.Time
+	datagrams uint64
+	gaps      uint64
+	// mismatch holds, per map name, the fingerprint of the peer's schema
+	// already reported as differing from ours, so it is reported once.
+	mismatch map[string]uint32
+}
+
+// NewReceiver prepares a receiver; nothing is read before [Receiver.Run].
+func NewReceiver(cfg ReceiverConfig) *Receiver {
+	r := &Receiver{
+		tr:    cfg.Transport,
+		table: cfg.Table,
+		node:  cfg.Node,
+		stats: cfg.Stats,
+		log:   cfg.Log,
+		peers: make(map[uint32]*peer),
+		pkts:  make([]Packet, receiveBatch),
+		keys:  make([]byte, 0, 1<<16),
+		vals:  make([]byte, 0, 1<<16),
+	}
+	for _, a := range cfg.Peers {
+		r.allow = append(r.allow, a.Unmap().WithZone(""))
+	}
+	return r
+}
+
+// Run receives and applies datagrams until the transport fails. Once ctx
+// is done, the transport's closing error makes it return nil.
+func (r *Receiver) Run(ctx context.Context) error {
+	for {
+		n, err := r.tr.Receive(r.pkts)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("receive datagrams: %w", err)
+		}
+		now := time.Now()
+		r.mu.Lock()
+		for i := range r.pkts[:n] {
+			r.handle(now, r.pkts[i].From, r.pkts[i].Data)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// handle checks one datagram and applies it. Anything wrong with it is
+// counted and dropped before a local map is touched.
+func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
+	var h wire.Header
+	if err := h.Unmarshal(d); err != nil {
+		r.malformed(from, err)
+		return
+	}
+	if h.Node == r.node {
+		r.stats.OwnDropped.Add(1)
+		return
+	}
+	if r.allow != nil && !slices.Contains(r.allow, from.Addr()) {
+		r.forged(from, &h, "source address not in --peers")
+		return
+	}
+	p := r.peers[h.Node]
+	if p != nil && p.epoch == h.Epoch && p.addr != from {
+		r.forged(from, &h, "node id already heard from another address")
+		return
+	}
+	body := d[wire.HeaderSize:]
+	switch h.Kind {
+	case wire.KindChanges:
+		if h.Seq == 0 {
+			r.malformed(from, errZeroSeq)
+			return
+		}
+		if err := r.check(body, h.Count); err != nil {
+			r.malformed(from, err)
+			return
+		}
+		p = r.accept(p, from, &h, now, h.Seq-1)
+		if h.Seq <= p.applied {
+			r.stats.Reordered.Add(1)
+			return
+		}
+		if h.Seq > p.seen+1 {
+			p.gap(r.stats, h.Seq-p.seen-1)
+		}
+		p.seen = max(p.seen, h.Seq)
+		p.applied = h.Seq
+		r.stats.DatagramsReceived.Add(1)
+		r.apply(p, body, h.Count)
+	case wire.KindAnnounce:
+		descs, err := wire.ParseDescriptors(body, int(h.Count), r.descs[:0])
+		r.descs = descs
+		if err != nil {
+			r.malformed(from, err)
+			return
+		}
+		p = r.accept(p, from, &h, now, h.Seq)
+		if h.Seq > p.seen {
+			p.gap(r.stats, h.Seq-p.seen)
+			p.seen = h.Seq
+		}
+		r.stats.DatagramsReceived.Add(1)
+		r.compare(p, descs)
+	}
+}
+
+// accept returns the state of the datagram's sender, starting it afresh
+// for a new node or a new epoch. A fresh state takes everything up to
+// base as done: what a peer sent before we heard of it is not a gap.
+func (r *Receiver) accept(p *peer, from netip.AddrPort, h *wire.Header, now time.Time, base uint64) *peer {
+	if p == nil || p.epoch != h.Epoch {
+		if p == nil {
+			r.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch)
+		} else {
+			r.log.Info("peer restarted", "node", h.Node, "addr", from, "epoch", h.Epoch,
+				"previous_addr", p.addr, "previous_epoch", p.epoch)
+		}
+		p = &peer{node: h.Node, addr: from, epoch: h.Epoch, seen: base, applied: base}
+		r.peers[h.Node] = p
+	}
+	p.lastHeard = now
+	p.datagrams++
+	return p
+}
+
+func (p *peer) gap(stats *Stats, missing uint64) {
+	p.gaps += missing
+	stats.GapsSeen.Add(missing)
+}
+
+// check validates every section, and every record of the known maps,
+// before anything is applied, so a damaged datagram changes nothing.
+func (r *Receiver) check(body []byte, count uint16) error {
+	r.secs.Reset(body, count)
+	for {
+		sec, err := r.secs.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		m := r.table.byFP[sec.Map]
+		if m == nil {
+			continue
+		}
+		r.recs.Reset(sec, m.keySize, m.valueSize)
+		for {
+			_, err := r.recs.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("map %s: %w", m.Desc.Name, err)
+			}
+		}
+	}
+}
+
+// apply writes a checked datagram to the local maps: each run of
+// consecutive records with the same operation becomes one batch syscall,
+// so the order of changes to any one key is kept.
+func (r *Receiver) apply(p *peer, body []byte, count uint16) {
+	r.secs.Reset(body, count)
+	for sec, err := r.secs.Next(); err == nil; sec, err = r.secs.Next() {
+		m := r.table.byFP[sec.Map]
+		if m == nil {
+			r.unknownMap(p, sec)
+			continue
+		}
+		r.recs.Reset(sec, m.keySize, m.valueSize)
+		var op wire.Op
+		n := 0
+		for rec, err := r.recs.Next(); err == nil; rec, err = r.recs.Next() {
+			if rec.Op != op && n > 0 {
+				r.applyRun(p, m, op, n)
+				n = 0
+			}
+			op = rec.Op
+			r.keys = append(r.keys, rec.Key...)
+			r.vals = append(r.vals, rec.Value...)
+			n++
+		}
+		if n > 0 {
+			r.applyRun(p, m, op, n)
+		}
+	}
+}
+
+// applyRun applies the n records collected in keys and vals.
+func (r *Receiver) applyRun(p *peer, m *localMap, op wire.Op, n int) {
+	var err error
+	applied := n
+	if op == wire.OpUpdate {
+		err = m.Target.UpdateBatch(r.keys, r.vals)
+	} else {
+		var missing int
+		missing, err = m.Target.DeleteBatch(r.keys)
+		applied -= missing
+		r.stats.DeletesMissing.Add(uint64(missing))
+	}
+	r.keys, r.vals = r.keys[:0], r.vals[:0]
+	if err != nil {
+		r.stats.ApplyErrors.Add(1)
+		if s, ok := r.limit.allow(reasonApply); ok {
+			r.log.Error("applying changes failed", "map", m.Desc.Name, "peer", p.node, "op", opName(op),
+				"changes", n, "error", err, "suppressed", s)
+		}
+		return
+	}
+	r.stats.ChangesApplied.Add(uint64(applied))
+}
+
+func opName(op wire.Op) string {
+	if op == wire.OpUpdate {
+		return "update"
+	}
+	return "delete"
+}
+
+// compare checks the peer's map descriptors against the local maps of the
+// same names. A differing schema is reported once per peer and schema;
+// the peer's changes to that map then carry a fingerprint no local map
+// has, and are counted as unknown.
+func (r *Receiver) compare(p *peer, descs []wire.Descriptor) {
+	for i := range descs {
+		d := &descs[i]
+		m := r.table.byName(d.Name)
+		if m == nil {
+			continue
+		}
+		fp := d.Fingerprint()
+		if fp == m.fp {
+			delete(p.mismatch, d.Name)
+			continue
+		}
+		if reported, ok := p.mismatch[d.Name]; ok && reported == fp {
+			continue
+		}
+		s, ok := r.limit.allow(reasonSchema)
+		if !ok {
+			continue
+		}
+		if p.mismatch == nil {
+			p.mismatch = make(map[string]uint32)
+		}
+		p.mismatch[d.Name] = fp
+		args := []any{"map", d.Name, "peer", p.node, "addr", p.addr}
+		args = append(args, schemaDiff(&m.Desc, d)...)
+		r.log.Error("peer's map schema differs from the local map; its changes to this map are dropped", append(args, "suppressed", s)...)
+	}
+}
+
+// schemaDiff returns a log group per schema field that differs.
+func schemaDiff(local, peer *wire.Descriptor) []any {
+	var out []any
+	field := func(name string, l, p any) {
+		out = append(out, slog.Group(name, "local", l, "peer", p))
+	}
+	if local.Type != peer.Type {
+		field("type", ebpf.MapType(local.Type).String(), ebpf.MapType(peer.Type).String())
+	}
+	if local.KeySize != peer.KeySize {
+		field("key_size", local.KeySize, peer.KeySize)
+	}
+	if local.ValueSize != peer.ValueSize {
+		field("value_size", local.ValueSize, peer.ValueSize)
+	}
+	if local.MaxEntries != peer.MaxEntries {
+		field("max_entries", local.MaxEntries, peer.MaxEntries)
+	}
+	return out
+}
+
+func (r *Receiver) unknownMap(p *peer, sec wire.Section) {
+	r.stats.UnknownMap.Add(uint64(sec.Count))
+	if s, ok := r.limit.allow(reasonUnknownMap); ok {
+		r.log.Warn("dropping changes for a map with no local match", "peer", p.node, "fingerprint", fmt.Sprintf("%#08x", sec.Map),
+			"changes", sec.Count, "suppressed", s)
+	}
+}
+
+func (r *Receiver) malformed(from netip.AddrPort, err error) {
+	r.stats.Malformed.Add(1)
+	if s, ok := r.limit.allow(reasonMalformed); ok {
+		r.log.Warn("dropping malformed datagram", "from", from, "error", err, "suppressed", s)
+	}
+}
+
+func (r *Receiver) forged(from netip.AddrPort, h *wire.Header, why string) {
+	r.stats.Forged.Add(1)
+	if s, ok := r.limit.allow(reasonForged); ok {
+		args := []any{"from", from, "node", h.Node, "epoch", h.Epoch, "reason", why, "suppressed", s}
+		if p := r.peers[h.Node]; p != nil {
+			args = append(args, "known_addr", p.addr)
+		}
+		r.log.Warn("dropping datagram from an unexpected address", args...)
+	}
+}
+
+// PeerStatus is what the receiver knows about one peer.
+type PeerStatus struct {
+	Node      uint32
+	Addr      netip.AddrPort
+	Epoch     uint64
+	Seq       uint64 // highest sequence number the peer is known to have sent
+	LastHeard time.Time
+	Datagrams uint64 // accepted in this epoch
+	Gaps      uint64 // change datagrams missed in this epoch
+}
+
+// Peers lists the peers heard from, ordered by node id. It is safe to call
+// while [Receiver.Run] runs.
+func (r *Receiver) Peers() []PeerStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]PeerStatus, 0, len(r.peers))
+	for _, p := range r.peers {
+		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Seq: p.seen,
+			LastHeard: p.lastHeard, Datagrams: p.datagrams, Gaps: p.gaps})
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
+	return out
+}

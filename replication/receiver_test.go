@@ -1,0 +1,407 @@
+package replication
+
+// These tests feed datagrams straight to the receiver and apply them to
+// the in-memory fakeTarget of fakes_test.go instead of a kernel map
+// (netns_test.go applies to a real one).
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+const ourNode, peerNode = 1, 2
+
+type receiverFixture struct {
+	r      *Receiver
+	stats  *Stats
+	flows  *fakeTarget
+	nat    *fakeTarget
+	tab    *Table
+	logs   *logBuffer
+	fpFlow uint32
+	fpNAT  uint32
+}
+
+func newReceiverFixture(t testing.TB, peers ...netip.Addr) *receiverFixture {
+	t.Helper()
+	f := &receiverFixture{stats: new(Stats), flows: newFakeTarget(4, 8), nat: newFakeTarget(2, 2), logs: new(logBuffer)}
+	f.tab = mustTable(t, testPayload, testMap("flows", 10, 4, 8, f.flows), testMap("nat", 11, 2, 2, f.nat))
+	f.fpFlow, f.fpNAT = f.tab.byID(10).fp, f.tab.byID(11).fp
+	f.r = NewReceiver(ReceiverConfig{Table: f.tab, Node: ourNode, Peers: peers, Stats: f.stats, Log: newLogger(f.logs)})
+	return f
+}
+
+func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
+	f.r.handle(time.Now(), from, d)
+}
+
+func (f *receiverFixture) untouched(t *testing.T) {
+	t.Helper()
+	if len(f.flows.calls)+len(f.nat.calls) != 0 {
+		t.Errorf("targets touched: %v %v", f.flows.calls, f.nat.calls)
+	}
+}
+
+// Runs of one operation become one batch each, in datagram order, so the
+// last change of every key wins exactly as it did on the sender.
+func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
+	f := newReceiverFixture(t)
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+	b.add(t, f.fpFlow, wire.OpUpdate, "key2", "value--2")
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value-1b") // duplicate in one run
+	b.add(t, f.fpFlow, wire.OpDelete, "key1", "")
+	b.add(t, f.fpFlow, wire.OpDelete, "key3", "")
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--3")
+	b.add(t, f.fpNAT, wire.OpUpdate, "n1", "v1")
+	b.add(t, f.fpFlow, wire.OpDelete, "key2", "")
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+
+	want := []call{
+		{wire.OpUpdate, []byte("key1key2key1"), []byte("value--1value--2value-1b")},
+		{wire.OpDelete, []byte("key1key3"), nil},
+		{wire.OpUpdate, []byte("key1"), []byte("value--3")},
+		{wire.OpDelete, []byte("key2"), nil},
+	}
+	if !slices.EqualFunc(f.flows.calls, want, func(a, b call) bool {
+		return a.op == b.op && string(a.keys) == string(b.keys) && string(a.vals) == string(b.vals)
+	}) {
+		t.Errorf("flows batches:\n got %q\nwant %q", f.flows.calls, want)
+	}
+	if got := f.flows.state; len(got) != 1 || got["key1"] != "value--3" {
+		t.Errorf("flows holds %q, want only key1=value--3", got)
+	}
+	if got := f.nat.state; len(got) != 1 || got["n1"] != "v1" {
+		t.Errorf("nat holds %q, want only n1=v1", got)
+	}
+	s := f.stats.Snapshot()
+	if s.ChangesApplied != 7 || s.DeletesMissing != 1 || s.DatagramsReceived != 1 {
+		t.Errorf("stats %+v, want 7 applied (8 less the missing key3), 1 missing, 1 datagram", s)
+	}
+}
+
+func TestUnknownMapSkipped(t *testing.T) {
+	f := newReceiverFixture(t)
+	var b changesBuilder
+	b.start()
+	b.add(t, 0xdeadbeef, wire.OpUpdate, "whatever-size", "x")
+	b.add(t, 0xdeadbeef, wire.OpDelete, "whatever-size", "")
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+	if s := f.stats.Snapshot(); s.UnknownMap != 2 || s.ChangesApplied != 1 {
+		t.Errorf("unknown_map %d changes_applied %d, want 2 and 1", s.UnknownMap, s.ChangesApplied)
+	}
+	if f.flows.state["key1"] != "value--1" {
+		t.Error("the known map's section was not applied")
+	}
+	if !strings.Contains(f.logs.String(), "0xdeadbeef") {
+		t.Errorf("log does not name the unknown fingerprint:\n%s", f.logs)
+	}
+}
+
+func TestApplyErrorCounted(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.flows.fail = errors.New("no space")
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+	if s := f.stats.Snapshot(); s.ApplyErrors != 1 || s.ChangesApplied != 0 {
+		t.Errorf("apply_errors %d changes_applied %d, want 1 and 0", s.ApplyErrors, s.ChangesApplied)
+	}
+	if l := f.logs.String(); !strings.Contains(l, "map=flows") || !strings.Contains(l, "no space") {
+		t.Errorf("log does not name the map and error:\n%s", l)
+	}
+}
+
+func TestMalformedDropped(t *testing.T) {
+	var b changesBuilder
+	valid := func(f *receiverFixture) []byte {
+		b.start()
+		b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+		b.add(t, f.fpNAT, wire.OpUpdate, "n1", "v1")
+		return b.finish(peerNode, 1, 1)
+	}
+	for _, tc := range []struct {
+		name    string
+		corrupt func(f *receiverFixture, d []byte) []byte
+	}{
+		{"empty", func(_ *receiverFixture, d []byte) []byte { return nil }},
+		{"short header", func(_ *receiverFixture, d []byte) []byte { return d[:wire.HeaderSize-1] }},
+		{"bad magic", func(_ *receiverFixture, d []byte) []byte { d[0] ^= 0xff; return d }},
+		{"bad version", func(_ *receiverFixture, d []byte) []byte { d[2] = 99; return d }},
+		{"count too high", func(_ *receiverFixture, d []byte) []byte { d[7]++; return d }},
+		// The first section is fine, the second is cut: nothing is applied.
+		{"truncated last section", func(_ *receiverFixture, d []byte) []byte { return d[:len(d)-1] }},
+		{"trailing garbage", func(_ *receiverFixture, d []byte) []byte { return append(d, 0) }},
+		{"bad op in last section", func(_ *receiverFixture, d []byte) []byte { d[len(d)-5] = 9; return d }},
+		{"sequence zero", func(_ *receiverFixture, d []byte) []byte { clear(d[20:28]); return d }},
+		{"record size not the map's", func(f *receiverFixture, _ []byte) []byte {
+			b.start()
+			b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1-too-long")
+			return b.finish(peerNode, 1, 1)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newReceiverFixture(t)
+			f.handle(peerA, tc.corrupt(f, valid(f)))
+			if s := f.stats.Snapshot(); s.Malformed != 1 || s.DatagramsReceived != 0 {
+				t.Errorf("malformed %d received %d, want 1 and 0", s.Malformed, s.DatagramsReceived)
+			}
+			f.untouched(t)
+			if len(f.r.Peers()) != 0 {
+				t.Error("a malformed datagram created peer state")
+			}
+		})
+	}
+}
+
+func TestForgedDropped(t *testing.T) {
+	datagram := func(f *receiverFixture, epoch, seq uint64) []byte {
+		var b changesBuilder
+		b.start()
+		b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+		return b.finish(peerNode, epoch, seq)
+	}
+	t.Run("known node from another address", func(t *testing.T) {
+		f := newReceiverFixture(t)
+		f.handle(peerA, datagram(f, 1, 1))
+		f.flows.calls = nil
+		f.handle(peerB, datagram(f, 1, 2))
+		if s := f.stats.Snapshot(); s.Forged != 1 || s.DatagramsReceived != 1 {
+			t.Errorf("forged %d received %d, want 1 and 1", s.Forged, s.DatagramsReceived)
+		}
+		f.untouched(t)
+		if l := f.logs.String(); !strings.Contains(l, "from="+peerB.String()) || !strings.Contains(l, "known_addr="+peerA.String()) {
+			t.Errorf("log does not name both addresses:\n%s", l)
+		}
+	})
+	t.Run("new epoch from another address is a restart", func(t *testing.T) {
+		f := newReceiverFixture(t)
+		f.handle(peerA, datagram(f, 1, 1))
+		f.handle(peerB, datagram(f, 2, 1))
+		if s := f.stats.Snapshot(); s.Forged != 0 || s.DatagramsReceived != 2 {
+			t.Errorf("forged %d received %d, want 0 and 2", s.Forged, s.DatagramsReceived)
+		}
+		if p := f.r.Peers(); len(p) != 1 || p[0].Addr != peerB || p[0].Epoch != 2 {
+			t.Errorf("peers %+v, want node %d at %s in epoch 2", p, peerNode, peerB)
+		}
+	})
+	t.Run("not in --peers", func(t *testing.T) {
+		f := newReceiverFixture(t, peerA.Addr())
+		f.handle(peerB, datagram(f, 1, 1))
+		if s := f.stats.Snapshot(); s.Forged != 1 {
+			t.Errorf("forged %d, want 1", s.Forged)
+		}
+		f.untouched(t)
+		f.handle(peerA, datagram(f, 1, 1))
+		if s := f.stats.Snapshot(); s.DatagramsReceived != 1 {
+			t.Errorf("received %d from a listed peer, want 1", s.DatagramsReceived)
+		}
+	})
+	t.Run("own node id", func(t *testing.T) {
+		f := newReceiverFixture(t)
+		var b changesBuilder
+		b.start()
+		b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+		f.handle(peerA, b.finish(ourNode, 1, 1))
+		if s := f.stats.Snapshot(); s.OwnDropped != 1 || s.DatagramsReceived != 0 {
+			t.Errorf("own_dropped %d received %d, want 1 and 0", s.OwnDropped, s.DatagramsReceived)
+		}
+		f.untouched(t)
+	})
+}
+
+func announce(t testing.TB, node uint32, epoch, seq uint64, descs ...wire.Descriptor) []byte {
+	t.Helper()
+	b := make([]byte, wire.HeaderSize)
+	for i := range descs {
+		var err error
+		if b, err = wire.AppendDescriptor(b, &descs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := wire.Header{Kind: wire.KindAnnounce, Count: uint16(len(descs)), Node: node, Epoch: epoch, Seq: seq}
+	if _, err := h.MarshalTo(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestSchemaMismatch(t *testing.T) {
+	f := newReceiverFixture(t)
+	theirs := f.tab.byID(10).Desc
+	theirs.KeySize = 8
+	theirs.Type = uint32(ebpf.LRUHash)
+	same := f.tab.byID(11).Desc
+	other := wire.Descriptor{Name: "only_theirs", Type: uint32(ebpf.Hash), KeySize: 4, ValueSize: 4, MaxEntries: 8}
+
+	f.handle(peerA, announce(t, peerNode, 1, 0, theirs, same, other))
+	logs := f.logs.String()
+	for _, want := range []string{"level=ERROR", "map=flows", "peer=2", "type.local=Hash", "type.peer=LRUHash",
+		"key_size.local=4", "key_size.peer=8"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	for _, unwanted := range []string{"value_size", "max_entries", "map=nat", "only_theirs"} {
+		if strings.Contains(logs, unwanted) {
+			t.Errorf("log mentions %q, which matches or is not ours:\n%s", unwanted, logs)
+		}
+	}
+
+	// Reported once per peer and schema, not every announce.
+	time.Sleep(logInterval) // past the rate limit, so only the dedup holds it back
+	f.handle(peerA, announce(t, peerNode, 1, 0, theirs, same))
+	if n := strings.Count(f.logs.String(), "schema differs"); n != 1 {
+		t.Errorf("mismatch logged %d times, want once", n)
+	}
+
+	// Their changes to that map carry their fingerprint: unknown here.
+	var b changesBuilder
+	b.start()
+	b.add(t, theirs.Fingerprint(), wire.OpUpdate, "key-key1", "value--1")
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+	if s := f.stats.Snapshot(); s.UnknownMap != 1 {
+		t.Errorf("unknown_map %d, want 1", s.UnknownMap)
+	}
+	f.untouched(t)
+}
+
+func TestSequenceGaps(t *testing.T) {
+	f := newReceiverFixture(t)
+	send := func(epoch, seq uint64, key string) {
+		var b changesBuilder
+		b.start()
+		b.add(t, f.fpFlow, wire.OpUpdate, key, "value--1")
+		f.handle(peerA, b.finish(peerNode, epoch, seq))
+	}
+	send(1, 5, "key5") // joining mid-stream is not a gap
+	send(1, 6, "key6")
+	send(1, 9, "key9")                            // 7 and 8 missing
+	f.handle(peerA, announce(t, peerNode, 1, 11)) // 10 and 11 missing
+	send(1, 8, "key8")                            // late: older than 9, dropped
+	send(1, 11, "keyb")                           // late but newer than anything applied
+	send(1, 12, "keyc")
+	send(2, 1, "key1") // restart
+	s := f.stats.Snapshot()
+	if s.GapsSeen != 4 || s.Reordered != 1 || s.DatagramsReceived != 7 {
+		t.Errorf("gaps %d reordered %d received %d, want 4, 1, 7", s.GapsSeen, s.Reordered, s.DatagramsReceived)
+	}
+	if _, ok := f.flows.state["key8"]; ok {
+		t.Error("the late datagram 8 was applied after 9")
+	}
+	if _, ok := f.flows.state["keyb"]; !ok {
+		t.Error("datagram 11 was dropped although nothing newer was applied")
+	}
+	p := f.r.Peers()
+	if len(p) != 1 || p[0].Epoch != 2 || p[0].Seq != 1 || p[0].Gaps != 0 || p[0].Datagrams != 1 {
+		t.Errorf("peer after restart %+v, want epoch 2 seq 1 fresh counters", p)
+	}
+}
+
+// Run hands every received packet to handle and returns cleanly once the
+// transport is closed after cancellation.
+func TestReceiverRun(t *testing.T) {
+	f := newReceiverFixture(t)
+	tr := newFakeTransport()
+	f.r.tr = tr
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+	tr.in <- Packet{Data: b.finish(peerNode, 1, 1), From: peerA}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.r.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.stats.ChangesApplied.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	close(tr.in)
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if f.stats.ChangesApplied.Load() != 1 {
+		t.Error("the change was not applied")
+	}
+}
+
+// Decoding and applying a datagram allocates nothing.
+func TestReceiverAllocs(t *testing.T) {
+	stats := new(Stats)
+	tab := mustTable(t, testPayload, testMap("flows", 10, 4, 8, nopTarget{}))
+	r := NewReceiver(ReceiverConfig{Table: tab, Node: ourNode, Stats: stats, Log: slog.New(slog.DiscardHandler)})
+	d := benchDatagram(t, tab.byID(10).fp)
+	seq := uint64(1)
+	now := time.Now()
+	step := func() {
+		setSeq(d, seq)
+		seq++
+		r.handle(now, peerA, d)
+	}
+	step() // the first datagram creates the peer
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	if a := testing.AllocsPerRun(1000, step); a != 0 {
+		t.Errorf("%v allocations per datagram, want 0", a)
+	}
+	if s := stats.Snapshot(); s.Malformed != 0 || s.ChangesApplied == 0 {
+		t.Errorf("stats %+v: datagrams not applied", s)
+	}
+}
+
+// benchDatagram is a full datagram of alternating runs of updates and
+// deletes.
+func benchDatagram(t testing.TB, fp uint32) []byte {
+	var b changesBuilder
+	b.start()
+	for i := 0; ; i++ {
+		op, v := wire.OpUpdate, []byte("value--1")
+		if i%8 >= 6 {
+			op, v = wire.OpDelete, nil
+		}
+		if !b.w.Append(fp, op, []byte(key(i)), v) {
+			break
+		}
+	}
+	return b.finish(peerNode, 1, 1)
+}
+
+func setSeq(d []byte, seq uint64) {
+	var h wire.Header
+	_ = h.Unmarshal(d)
+	h.Seq = seq
+	_, _ = h.MarshalTo(d)
+}
+
+func BenchmarkDecodeApply(b *testing.B) {
+	stats := new(Stats)
+	tab := mustTable(b, testPayload, testMap("flows", 10, 4, 8, nopTarget{}))
+	r := NewReceiver(ReceiverConfig{Table: tab, Node: ourNode, Stats: stats, Log: slog.New(slog.DiscardHandler)})
+	d := benchDatagram(b, tab.byID(10).fp)
+	var h wire.Header
+	_ = h.Unmarshal(d)
+	now := time.Now()
+	seq := uint64(1)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(d)))
+	for b.Loop() {
+		setSeq(d, seq)
+		seq++
+		r.handle(now, peerA, d)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(uint64(b.N)*uint64(h.Count)), "ns/change")
+}

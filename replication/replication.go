@@ -1,0 +1,56 @@
+// Package replication is the udpmapsync protocol: a [Sender] that turns
+// captured map changes into sequenced datagrams, a [Receiver] that applies
+// the datagrams of its peers to the local maps, and the [UDP] transport
+// between them.
+//
+// It reaches the kernel and the network only through the small interfaces
+// [Source], [Target] and [Transport], so the protocol logic runs the same
+// against in-memory fakes and against real maps and sockets.
+package replication
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+)
+
+// Source yields the changes the sender replicates. [*loader.Capture]
+// implements it.
+type Source interface {
+	// Read fills ch with the next change. Key and Value alias the source's
+	// buffer until the next Read. Once the deadline has passed and nothing
+	// is queued it returns an error wrapping os.ErrDeadlineExceeded.
+	Read(ch *loader.Change) error
+	// SetDeadline bounds the next Reads; the zero time means no deadline.
+	SetDeadline(t time.Time)
+	// Buffered reports the bytes queued behind the last Read: zero means the
+	// source is drained.
+	Buffered() int
+}
+
+// Target is a local map the receiver applies changes to. [*loader.Map]
+// implements it.
+type Target interface {
+	// UpdateBatch writes len(keys)/keySize pairs packed back to back, in
+	// order: a later duplicate key wins.
+	UpdateBatch(keys, values []byte) error
+	// DeleteBatch deletes the packed keys; absent keys are skipped and
+	// counted in missing.
+	DeleteBatch(keys []byte) (missing int, err error)
+}
+
+// Packet is one received datagram.
+type Packet struct {
+	Data []byte // aliases a transport buffer until the next Receive
+	From netip.AddrPort
+}
+
+// Transport moves datagrams between nodes. [*UDP] implements it.
+type Transport interface {
+	// Send sends every datagram to the group, or to every configured peer.
+	Send(dgrams [][]byte) error
+	// Receive blocks until at least one datagram arrives and fills up to
+	// len(pkts) packets. It returns an error once the transport is closed.
+	Receive(pkts []Packet) (int, error)
+}

@@ -1,0 +1,296 @@
+package replication
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// Sender defaults.
+const (
+	DefaultFlushInterval    = 200 * time.Microsecond
+	DefaultAnnounceInterval = time.Second
+)
+
+const (
+	// sendBatch is how many sealed datagrams go to the transport in one
+	// batched write.
+	sendBatch = 64
+	// activeWindow is how long after the last change the sender keeps
+	// polling the source every flush interval. The capture wakes the reader
+	// only after enough bytes are queued or after an idle gap of about a
+	// millisecond, so while changes flow, polling is what bounds latency;
+	// once idle, the kernel's wake-up for the next change is enough.
+	activeWindow = 2 * time.Millisecond
+)
+
+// SenderConfig configures a [Sender].
+type SenderConfig struct {
+	Source    Source
+	Transport Transport
+	Table     *Table
+	Node      uint32 // this node's id, in every header
+	Epoch     uint64 // this run's boot epoch, in every header
+	// FlushInterval bounds how long a captured change waits for more
+	// changes to share its datagram (default [DefaultFlushInterval]).
+	FlushInterval time.Duration
+	// AnnounceInterval is the period of announce datagrams (default
+	// [DefaultAnnounceInterval]).
+	AnnounceInterval time.Duration
+	Stats            *Stats
+	Log              *slog.Logger
+}
+
+// Sender reads changes from a [Source], coalesces them per key, packs them
+// into sequenced datagrams and sends them in batches. It also announces the
+// local maps' descriptors periodically. All its methods run on the
+// goroutine that calls [Sender.Run].
+type Sender struct {
+	src           Source
+	tr            Transport
+	table         *Table
+	stats         *Stats
+	log           *slog.Logger
+	limit         limiter
+	payload       int
+	flushInterval time.Duration
+	announceEvery time.Duration
+	activeWindow  time.Duration
+
+	header wire.Header // Node and Epoch set; Seq of the last sealed datagram
+	pend   pending
+	since  time.Time // arrival of the oldest pending change
+	w      wire.ChangeWriter
+	bufs   [sendBatch][]byte
+	queued [][]byte // sealed datagrams, slices of bufs
+
+	announces      [][]byte // descriptors prebuilt after a header-sized gap
+	announceCounts []uint16 // descriptors in each announce
+
+	// Counted locally and published at each send, to keep atomics off the
+	// per-change path.
+	captured, coalesced, bad, changes uint64
+
+	last *localMap // map of the previous change: changes come in runs
+	ch   loader.Change
+}
+
+// NewSender prepares a sender for datagrams of the table's payload size;
+// nothing is sent before [Sender.Run].
+func NewSender(cfg SenderConfig) *Sender {
+	s := &Sender{
+		src:           cfg.Source,
+		tr:            cfg.Transport,
+		table:         cfg.Table,
+		stats:         cfg.Stats,
+		log:           cfg.Log,
+		payload:       cfg.Table.payload,
+		flushInterval: cmp.Or(cfg.FlushInterval, DefaultFlushInterval),
+		announceEvery: cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),
+		activeWindow:  activeWindow,
+		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch},
+		pend:          newPending(cfg.Table),
+		queued:        make([][]byte, 0, sendBatch),
+	}
+	for i := range s.bufs {
+		s.bufs[i] = make([]byte, s.payload)
+	}
+	s.announces, s.announceCounts = buildAnnounces(cfg.Table)
+	return s
+}
+
+// buildAnnounces lays out the descriptors of every local map in as few
+// datagrams as fit the payload, leaving each datagram's header to be
+// written at send time, and counts the descriptors in each.
+func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
+	payload := t.payload
+	cur := make([]byte, wire.HeaderSize, payload)
+	var n uint16
+	for i := range t.maps {
+		d := &t.maps[i].Desc
+		if wire.DescriptorSize+len(d.Name) > payload-len(cur) {
+			dgrams, counts = append(dgrams, cur), append(counts, n)
+			cur, n = make([]byte, wire.HeaderSize, payload), 0
+		}
+		cur, _ = wire.AppendDescriptor(cur, d) // NewTable checked every descriptor
+		n++
+	}
+	return append(dgrams, cur), append(counts, n)
+}
+
+// Run replicates changes until the source fails. After ctx is done it
+// flushes what it holds and returns nil at the next read error or
+// deadline; close the source to make that immediate.
+func (s *Sender) Run(ctx context.Context) error {
+	s.announce()
+	now := time.Now()
+	nextAnnounce := now.Add(s.announceEvery)
+	var lastChange time.Time
+	polling := false
+	s.src.SetDeadline(nextAnnounce)
+	for {
+		err := s.src.Read(&s.ch)
+		now = time.Now()
+		switch {
+		case err == nil:
+			if !polling {
+				polling = true
+				s.src.SetDeadline(now.Add(s.flushInterval))
+			}
+			lastChange = now
+			s.add(&s.ch, now)
+			if s.src.Buffered() == 0 || now.Sub(s.since) >= s.flushInterval {
+				s.flush()
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.flush()
+			if ctx.Err() != nil {
+				return nil
+			}
+			if polling = now.Sub(lastChange) < s.activeWindow; polling {
+				s.src.SetDeadline(now.Add(s.flushInterval))
+			} else {
+				s.src.SetDeadline(nextAnnounce)
+			}
+		default:
+			s.flush()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read changes: %w", err)
+		}
+		if !now.Before(nextAnnounce) {
+			s.flush()
+			s.announce()
+			nextAnnounce = now.Add(s.announceEvery)
+			if !polling {
+				s.src.SetDeadline(nextAnnounce)
+			}
+		}
+	}
+}
+
+// add coalesces one change into the datagram being built, sealing that
+// datagram first when the change would not fit.
+func (s *Sender) add(ch *loader.Change, now time.Time) {
+	s.captured++
+	m := s.last
+	if m == nil || m.ID != ch.MapID {
+		if m = s.table.byID(ch.MapID); m == nil {
+			s.badChange(ch, "map not replicated")
+			return
+		}
+		s.last = m
+	}
+	op := wire.Op(ch.Op)
+	switch {
+	case op != wire.OpUpdate && op != wire.OpDelete:
+		s.badChange(ch, "unknown operation")
+		return
+	case len(ch.Key) != m.keySize || (op == wire.OpUpdate && len(ch.Value) != m.valueSize):
+		s.badChange(ch, "key or value size differs from the map's")
+		return
+	}
+
+	p := &s.pend
+	h := p.hash(m, ch.Key)
+	e, slot := p.find(m, ch.Key, h)
+	grow := p.growth(e, m, op)
+	if p.size+grow > s.payload {
+		s.seal()
+		e, slot = p.find(m, ch.Key, h)
+		grow = p.growth(e, m, op)
+	}
+	if p.empty() {
+		s.since = now
+	}
+	p.size += grow
+	if e != nil {
+		s.coalesced++
+		p.set(e, op, ch.Value)
+		return
+	}
+	p.insert(slot, m, op, ch.Key, ch.Value)
+}
+
+// badChange drops a change the source should never have produced.
+func (s *Sender) badChange(ch *loader.Change, why string) {
+	s.bad++
+	if n, ok := s.limit.allow(reasonMalformed); ok {
+		s.log.Warn("dropping captured change", "reason", why, "map_id", ch.MapID, "op", ch.Op,
+			"key_len", len(ch.Key), "value_len", len(ch.Value), "suppressed", n)
+	}
+}
+
+// seal encodes the pending changes into the next free buffer as one
+// datagram with the next sequence number, and sends the queue if full.
+func (s *Sender) seal() {
+	if s.pend.empty() {
+		return
+	}
+	s.w.Reset(s.bufs[len(s.queued)])
+	s.pend.encode(&s.w)
+	s.changes += uint64(s.w.Count())
+	s.header.Seq++
+	s.queued = append(s.queued, s.w.Finish(s.header))
+	s.pend.reset()
+	if len(s.queued) == sendBatch {
+		s.send()
+	}
+}
+
+// flush seals and sends everything held.
+func (s *Sender) flush() {
+	s.seal()
+	s.send()
+}
+
+// send hands the sealed datagrams to the transport in one batch and
+// publishes the counters.
+func (s *Sender) send() {
+	if len(s.queued) > 0 {
+		var bytes uint64
+		for _, d := range s.queued {
+			bytes += uint64(len(d))
+		}
+		if err := s.tr.Send(s.queued); err != nil {
+			s.sendFailed(err, len(s.queued))
+		}
+		s.stats.DatagramsSent.Add(uint64(len(s.queued)))
+		s.stats.BytesSent.Add(bytes)
+		s.queued = s.queued[:0]
+	}
+	s.stats.Captured.Add(s.captured)
+	s.stats.Coalesced.Add(s.coalesced)
+	s.stats.BadChanges.Add(s.bad)
+	s.stats.ChangesSent.Add(s.changes)
+	s.captured, s.coalesced, s.bad, s.changes = 0, 0, 0, 0
+}
+
+// announce sends the descriptors of the local maps with the sequence
+// number of the latest change datagram, so peers notice a lost tail.
+func (s *Sender) announce() {
+	h := s.header
+	h.Kind = wire.KindAnnounce
+	for i, d := range s.announces {
+		h.Count = s.announceCounts[i]
+		_, _ = h.MarshalTo(d) // cannot fail: d starts with a header-sized gap
+	}
+	if err := s.tr.Send(s.announces); err != nil {
+		s.sendFailed(err, len(s.announces))
+	}
+}
+
+func (s *Sender) sendFailed(err error, datagrams int) {
+	s.stats.SendErrors.Add(1)
+	if n, ok := s.limit.allow(reasonSend); ok {
+		s.log.Error("sending datagrams failed; they are lost", "datagrams", datagrams, "error", err, "suppressed", n)
+	}
+}

@@ -1,0 +1,482 @@
+package replication
+
+// These tests drive the sender with the in-memory fakes of fakes_test.go:
+// a scripted source instead of the ring buffer and a recording transport
+// instead of the socket.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+const testPayload = 1472 // 1500-byte MTU over IPv4
+
+func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg SenderConfig) (*Sender, *Stats) {
+	t.Helper()
+	stats := new(Stats)
+	cfg.Source, cfg.Transport, cfg.Table, cfg.Stats = src, tr, tab, stats
+	cfg.Node, cfg.Epoch = 7, 1000
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return NewSender(cfg), stats
+}
+
+func upd(id ebpf.MapID, key, value string) loader.Change {
+	return loader.Change{MapID: id, Op: loader.OpUpdate, Key: []byte(key), Value: []byte(value)}
+}
+
+func del(id ebpf.MapID, key string) loader.Change {
+	return loader.Change{MapID: id, Op: loader.OpDelete, Key: []byte(key)}
+}
+
+// changeDatagrams returns the change datagrams sent, in order, skipping
+// announces.
+func changeDatagrams(tr *fakeTransport) [][]byte {
+	var out [][]byte
+	for _, b := range tr.sent() {
+		for _, d := range b {
+			var h wire.Header
+			if h.Unmarshal(d) == nil && h.Kind == wire.KindChanges {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+func TestCoalesce(t *testing.T) {
+	tab := mustTable(t, testPayload,
+		testMap("flows", 1, 4, 8, nil),
+		testMap("nat", 2, 4, 8, nil))
+	flows, nat := tab.byID(1).fp, tab.byID(2).fp
+	for _, tc := range []struct {
+		name      string
+		in        []loader.Change
+		want      []record
+		coalesced uint64
+	}{
+		{"update then update", []loader.Change{upd(1, "key1", "value--1"), upd(1, "key1", "value--2")},
+			[]record{{flows, wire.OpUpdate, "key1", "value--2"}}, 1},
+		{"update then delete", []loader.Change{upd(1, "key1", "value--1"), del(1, "key1")},
+			[]record{{flows, wire.OpDelete, "key1", ""}}, 1},
+		{"delete then update", []loader.Change{del(1, "key1"), upd(1, "key1", "value--2")},
+			[]record{{flows, wire.OpUpdate, "key1", "value--2"}}, 1},
+		{"update delete update", []loader.Change{upd(1, "key1", "value--1"), del(1, "key1"), upd(1, "key1", "value--3")},
+			[]record{{flows, wire.OpUpdate, "key1", "value--3"}}, 2},
+		{"same key bytes in two maps", []loader.Change{upd(1, "key1", "value--1"), upd(2, "key1", "value--2")},
+			[]record{{flows, wire.OpUpdate, "key1", "value--1"}, {nat, wire.OpUpdate, "key1", "value--2"}}, 0},
+		{"keys keep their first position", []loader.Change{
+			upd(1, "key1", "value--1"), upd(2, "key9", "value--9"), upd(1, "key2", "value--2"), del(1, "key1")},
+			[]record{{flows, wire.OpDelete, "key1", ""}, {flows, wire.OpUpdate, "key2", "value--2"},
+				{nat, wire.OpUpdate, "key9", "value--9"}}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newFakeTransport()
+			s, stats := newTestSender(t, tab, nil, tr, SenderConfig{})
+			for i := range tc.in {
+				s.add(&tc.in[i], time.Now())
+			}
+			s.flush()
+			ds := changeDatagrams(tr)
+			if len(ds) != 1 {
+				t.Fatalf("%d datagrams, want 1", len(ds))
+			}
+			h, got := decodeChanges(t, tab, ds[0])
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("records:\n got %v\nwant %v", got, tc.want)
+			}
+			if h.Node != 7 || h.Epoch != 1000 || h.Seq != 1 {
+				t.Errorf("header %+v, want node 7 epoch 1000 seq 1", h)
+			}
+			snap := stats.Snapshot()
+			if snap.Coalesced != tc.coalesced || snap.Captured != uint64(len(tc.in)) ||
+				snap.ChangesSent != uint64(len(tc.want)) || snap.DatagramsSent != 1 {
+				t.Errorf("stats %+v", snap)
+			}
+		})
+	}
+}
+
+func TestBadChangesDropped(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	tr := newFakeTransport()
+	s, stats := newTestSender(t, tab, nil, tr, SenderConfig{})
+	for _, c := range []loader.Change{
+		upd(99, "key1", "value--1"),            // map not replicated
+		upd(1, "key", "value--1"),              // short key
+		upd(1, "key1", "value"),                // short value
+		{MapID: 1, Op: 3, Key: []byte("key1")}, // unknown op
+		upd(1, "key2", "value--2"),             // fine
+	} {
+		s.add(&c, time.Now())
+	}
+	s.flush()
+	ds := changeDatagrams(tr)
+	if len(ds) != 1 {
+		t.Fatalf("%d datagrams, want 1", len(ds))
+	}
+	if _, got := decodeChanges(t, tab, ds[0]); len(got) != 1 || got[0].key != "key2" {
+		t.Errorf("records %v, want only key2", got)
+	}
+	if n := stats.Snapshot().BadChanges; n != 4 {
+		t.Errorf("bad_changes %d, want 4", n)
+	}
+}
+
+func key(i int) string { return string(binary.BigEndian.AppendUint32(nil, uint32(i))) }
+
+func TestSealWhenFull(t *testing.T) {
+	const valueSize = 100
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
+	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
+	tr := newFakeTransport()
+	s, _ := newTestSender(t, tab, nil, tr, SenderConfig{})
+	value := string(make([]byte, valueSize))
+	const n = 40
+	for i := range n {
+		c := upd(1, key(i), value)
+		s.add(&c, time.Now())
+	}
+	s.flush()
+	ds := changeDatagrams(tr)
+	if want := (n + perDatagram - 1) / perDatagram; len(ds) != want {
+		t.Fatalf("%d datagrams, want %d", len(ds), want)
+	}
+	next := 0
+	for i, d := range ds {
+		h, recs := decodeChanges(t, tab, d)
+		if h.Seq != uint64(i+1) {
+			t.Errorf("datagram %d: seq %d, want %d", i, h.Seq, i+1)
+		}
+		if len(d) > testPayload {
+			t.Errorf("datagram %d: %d bytes, more than the payload", i, len(d))
+		}
+		if i < len(ds)-1 && len(recs) != perDatagram {
+			t.Errorf("datagram %d: %d records, want %d (full)", i, len(recs), perDatagram)
+		}
+		for _, r := range recs {
+			if r.key != key(next) {
+				t.Fatalf("datagram %d: key %x, want %x: order lost", i, r.key, key(next))
+			}
+			next++
+		}
+	}
+	if next != n {
+		t.Errorf("%d records sent, want %d", next, n)
+	}
+}
+
+// A delete that coalesced into a full datagram cannot grow back into an
+// update there: the datagram is sealed with the delete and the update
+// follows in the next one, so the peer sees both in order.
+func TestSealWhenCoalescedChangeGrows(t *testing.T) {
+	const valueSize = 100
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
+	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
+	tr := newFakeTransport()
+	s, stats := newTestSender(t, tab, nil, tr, SenderConfig{})
+	value := string(make([]byte, valueSize))
+	changes := []loader.Change{del(1, key(0))}
+	for i := 1; i <= perDatagram; i++ {
+		changes = append(changes, upd(1, key(i), value))
+	}
+	room := testPayload - wire.HeaderSize - wire.SectionHeaderSize - 5 - perDatagram*(1+4+valueSize)
+	if room < 0 || room >= valueSize {
+		t.Fatalf("test layout: %d bytes left, want room for the delete but not for its value", room)
+	}
+	changes = append(changes, upd(1, key(0), value))
+	for i := range changes {
+		s.add(&changes[i], time.Now())
+	}
+	s.flush()
+	ds := changeDatagrams(tr)
+	if len(ds) != 2 {
+		t.Fatalf("%d datagrams, want 2", len(ds))
+	}
+	_, first := decodeChanges(t, tab, ds[0])
+	_, second := decodeChanges(t, tab, ds[1])
+	if first[0].op != wire.OpDelete || first[0].key != key(0) {
+		t.Errorf("first datagram starts with %v, want the delete of key 0", first[0])
+	}
+	if len(second) != 1 || second[0].op != wire.OpUpdate || second[0].key != key(0) {
+		t.Errorf("second datagram %v, want only the update of key 0", second)
+	}
+	if c := stats.Snapshot().Coalesced; c != 0 {
+		t.Errorf("coalesced %d, want 0", c)
+	}
+}
+
+// runScript runs a sender over a scripted source until the script ends.
+// tweak, if not nil, adjusts the sender before it runs.
+func runScript(t *testing.T, tab *Table, steps []step, cfg SenderConfig, tweak func(*Sender)) (*fakeTransport, *scriptSource) {
+	t.Helper()
+	src := &scriptSource{steps: steps}
+	tr := newFakeTransport()
+	s, _ := newTestSender(t, tab, src, tr, cfg)
+	if tweak != nil {
+		tweak(s)
+	}
+	if err := s.Run(context.Background()); !errors.Is(err, errFakeClosed) {
+		t.Fatalf("run: %v, want the source's error at the end of the script", err)
+	}
+	return tr, src
+}
+
+// recordCounts returns the number of records of each change datagram in
+// each batch sent, skipping announce-only batches.
+func recordCounts(t *testing.T, tab *Table, tr *fakeTransport) [][]int {
+	var out [][]int
+	for _, b := range tr.sent() {
+		var counts []int
+		for _, d := range b {
+			var h wire.Header
+			if err := h.Unmarshal(d); err != nil {
+				t.Fatal(err)
+			}
+			if h.Kind == wire.KindChanges {
+				counts = append(counts, int(h.Count))
+			}
+		}
+		if counts != nil {
+			out = append(out, counts)
+		}
+	}
+	return out
+}
+
+func TestFlushWhenDrained(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	tr, _ := runScript(t, tab, []step{
+		{change: upd(1, "key1", "value--1"), buffered: 64},
+		{change: upd(1, "key2", "value--2"), buffered: 32},
+		{change: upd(1, "key3", "value--3"), buffered: 0},
+		{change: upd(1, "key4", "value--4"), buffered: 0},
+	}, SenderConfig{FlushInterval: time.Hour}, nil)
+	if got, want := recordCounts(t, tab, tr), [][]int{{3}, {1}}; !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("batches of record counts %v, want %v", got, want)
+	}
+}
+
+func TestFlushWhenBatchFull(t *testing.T) {
+	const valueSize = 1400 // one change per datagram
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
+	value := string(make([]byte, valueSize))
+	var steps []step
+	for i := range sendBatch + 3 {
+		steps = append(steps, step{change: upd(1, key(i), value), buffered: 1 << 20})
+	}
+	tr, _ := runScript(t, tab, steps, SenderConfig{FlushInterval: time.Hour}, nil)
+	got := recordCounts(t, tab, tr)
+	if len(got) != 2 || len(got[0]) != sendBatch || len(got[1]) != 3 {
+		t.Errorf("batches of sizes %v, want one of %d then the rest at shutdown", got, sendBatch)
+	}
+}
+
+func TestFlushAfterInterval(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	const interval = time.Millisecond
+	tr, _ := runScript(t, tab, []step{
+		{change: upd(1, "key1", "value--1"), buffered: 1 << 20},
+		// The source never drains, but the first change is now older than
+		// the flush interval.
+		{change: upd(1, "key2", "value--2"), buffered: 1 << 20, sleep: 2 * interval},
+		{change: upd(1, "key3", "value--3"), buffered: 1 << 20},
+	}, SenderConfig{FlushInterval: interval}, nil)
+	if got, want := recordCounts(t, tab, tr), [][]int{{2}, {1}}; !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("batches of record counts %v, want %v", got, want)
+	}
+}
+
+// The sender polls the source every flush interval while changes flow and
+// sleeps until the next announce once they stop. The active window is set
+// per run so that the outcome does not depend on the machine's speed.
+func TestReadDeadlines(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	const interval = 100 * time.Microsecond
+	script := []step{
+		{timeout: true},
+		{change: upd(1, "key1", "value--1")},
+		{timeout: true},
+	}
+	for _, tc := range []struct {
+		name   string
+		window time.Duration
+		want   []string
+	}{
+		// start, timeout before any change, first change, timeout after it
+		{"within the active window", time.Hour, []string{"idle", "idle", "poll", "poll"}},
+		{"after the active window", time.Nanosecond, []string{"idle", "idle", "poll", "idle"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, src := runScript(t, tab, script, SenderConfig{FlushInterval: interval, AnnounceInterval: time.Hour},
+				func(s *Sender) { s.activeWindow = tc.window })
+			kinds := make([]string, len(src.deadlines))
+			for i, d := range src.deadlines {
+				switch ahead := d.deadline.Sub(d.at); {
+				case ahead <= interval:
+					kinds[i] = "poll"
+				case ahead > time.Hour/2:
+					kinds[i] = "idle"
+				default:
+					kinds[i] = fmt.Sprint(ahead)
+				}
+			}
+			if !slices.Equal(kinds, tc.want) {
+				t.Errorf("deadlines %v, want %v", kinds, tc.want)
+			}
+		})
+	}
+}
+
+func TestAnnounce(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil), testMap("nat", 2, 16, 32, nil))
+	tr, _ := runScript(t, tab, []step{
+		{change: upd(1, "key1", "value--1")},
+		{change: upd(1, "key2", "value--2")},
+		{timeout: true, sleep: 20 * time.Millisecond},
+	}, SenderConfig{AnnounceInterval: 10 * time.Millisecond}, nil)
+	var seqs []uint64
+	for _, b := range tr.sent() {
+		for _, d := range b {
+			var h wire.Header
+			if err := h.Unmarshal(d); err != nil {
+				t.Fatal(err)
+			}
+			if h.Kind != wire.KindAnnounce {
+				continue
+			}
+			seqs = append(seqs, h.Seq)
+			descs, err := wire.ParseDescriptors(d[wire.HeaderSize:], int(h.Count), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(descs) != 2 || descs[0] != tab.maps[0].Desc || descs[1] != tab.maps[1].Desc {
+				t.Errorf("announced %+v, want the table's descriptors", descs)
+			}
+		}
+	}
+	// One at start-up before any change, the last once the interval passed
+	// after both changes (a slow machine may add one in between).
+	if len(seqs) < 2 || seqs[0] != 0 || seqs[len(seqs)-1] != 2 || !slices.IsSorted(seqs) {
+		t.Errorf("announce sequence numbers %v, want 0 first and 2 last", seqs)
+	}
+}
+
+func TestAnnounceSplitsDescriptors(t *testing.T) {
+	var maps []Map
+	for i := range 50 {
+		maps = append(maps, testMap(fmt.Sprintf("map_%02d_padded", i), ebpf.MapID(i+1), 4, 4, nil))
+	}
+	const payload = 576 - 28
+	tab := mustTable(t, payload, maps...)
+	dgrams, counts := buildAnnounces(tab)
+	total := 0
+	for i, d := range dgrams {
+		if len(d) > payload {
+			t.Errorf("announce %d: %d bytes, more than %d", i, len(d), payload)
+		}
+		descs, err := wire.ParseDescriptors(d[wire.HeaderSize:], int(counts[i]), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, desc := range descs {
+			if desc != maps[total].Desc {
+				t.Fatalf("descriptor %d: %+v, want %+v", total, desc, maps[total].Desc)
+			}
+			total++
+		}
+	}
+	if total != len(maps) {
+		t.Errorf("%d descriptors announced, want %d", total, len(maps))
+	}
+}
+
+func TestTableRefusesOversizedMap(t *testing.T) {
+	_, err := NewTable([]Map{testMap("big", 1, 64, 4096, nil)}, testPayload)
+	if err == nil {
+		t.Fatal("a 4 KiB value fits a 1472-byte payload?")
+	}
+	for _, want := range []string{`"big"`, "4161", "1472", "MTU"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+// cycleSource returns the same changes over and over without allocating.
+type cycleSource struct {
+	changes []loader.Change
+	i       int
+}
+
+func (c *cycleSource) Read(ch *loader.Change) error {
+	*ch = c.changes[c.i%len(c.changes)]
+	c.i++
+	return nil
+}
+func (c *cycleSource) SetDeadline(time.Time) {}
+func (c *cycleSource) Buffered() int         { return 1 }
+
+func newCycle(n int) *cycleSource {
+	src := &cycleSource{}
+	for i := range n {
+		if i%5 == 4 {
+			src.changes = append(src.changes, del(1, key(i/2)))
+		} else {
+			src.changes = append(src.changes, upd(1, key(i/2), "value-"+key(i)[2:]))
+		}
+	}
+	return src
+}
+
+// Read, coalesce and encode allocate nothing per change once warm.
+func TestSenderAllocs(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil), testMap("nat", 2, 4, 8, nil))
+	src := newCycle(1000)
+	s, _ := newTestSender(t, tab, src, nopTransport{}, SenderConfig{})
+	now := time.Now()
+	step := func() {
+		if err := s.src.Read(&s.ch); err != nil {
+			t.Fatal(err)
+		}
+		s.add(&s.ch, now)
+	}
+	for range 10000 {
+		step()
+	}
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	if a := testing.AllocsPerRun(10000, step); a != 0 {
+		t.Errorf("%v allocations per change, want 0", a)
+	}
+	if a := testing.AllocsPerRun(100, s.flush); a != 0 {
+		t.Errorf("%v allocations per flush, want 0", a)
+	}
+}
+
+func BenchmarkCoalesceEncode(b *testing.B) {
+	tab := mustTable(b, testPayload, testMap("flows", 1, 4, 8, nil))
+	src := newCycle(4096)
+	s, _ := newTestSender(b, tab, src, nopTransport{}, SenderConfig{})
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = s.src.Read(&s.ch)
+		s.add(&s.ch, now)
+	}
+	s.flush()
+}

@@ -1,0 +1,90 @@
+package replication
+
+import (
+	"log/slog"
+	"sync/atomic"
+)
+
+// Stats counts what the sender and receiver did and everything they
+// dropped. The fields are updated concurrently; read them with
+// [Stats.Snapshot].
+type Stats struct {
+	// Sender.
+	Captured      atomic.Uint64 // changes read from the source
+	Coalesced     atomic.Uint64 // changes merged into a pending change of the same key
+	DatagramsSent atomic.Uint64 // change datagrams handed to the transport
+	BytesSent     atomic.Uint64 // bytes of those datagrams
+	ChangesSent   atomic.Uint64 // change records in those datagrams
+	BadChanges    atomic.Uint64 // captured changes of an unknown map, op or size, dropped
+	SendErrors    atomic.Uint64 // transport sends that failed (their datagrams are lost)
+	RingOverflows atomic.Uint64 // changes the kernel could not queue; set by the owner of the capture
+
+	// Receiver.
+	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
+	ChangesApplied    atomic.Uint64 // records written to or deleted from local maps
+	DeletesMissing    atomic.Uint64 // deletes of keys that were not in the local map
+	ApplyErrors       atomic.Uint64 // batches the kernel refused
+	UnknownMap        atomic.Uint64 // records for a map fingerprint with no local map
+	Malformed         atomic.Uint64 // datagrams that failed to decode
+	Forged            atomic.Uint64 // datagrams from an unexpected address for their node id
+	OwnDropped        atomic.Uint64 // datagrams carrying this node's id
+	GapsSeen          atomic.Uint64 // change datagrams missing from a peer's sequence
+	Reordered         atomic.Uint64 // change datagrams older than the peer's latest, dropped
+}
+
+// StatsSnapshot is a copy of [Stats] at one moment.
+type StatsSnapshot struct {
+	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors, RingOverflows uint64
+
+	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
+	Malformed, Forged, OwnDropped, GapsSeen, Reordered uint64
+}
+
+// Snapshot copies the counters.
+func (s *Stats) Snapshot() StatsSnapshot {
+	return StatsSnapshot{
+		Captured:          s.Captured.Load(),
+		Coalesced:         s.Coalesced.Load(),
+		DatagramsSent:     s.DatagramsSent.Load(),
+		BytesSent:         s.BytesSent.Load(),
+		ChangesSent:       s.ChangesSent.Load(),
+		BadChanges:        s.BadChanges.Load(),
+		SendErrors:        s.SendErrors.Load(),
+		RingOverflows:     s.RingOverflows.Load(),
+		DatagramsReceived: s.DatagramsReceived.Load(),
+		ChangesApplied:    s.ChangesApplied.Load(),
+		DeletesMissing:    s.DeletesMissing.Load(),
+		ApplyErrors:       s.ApplyErrors.Load(),
+		UnknownMap:        s.UnknownMap.Load(),
+		Malformed:         s.Malformed.Load(),
+		Forged:            s.Forged.Load(),
+		OwnDropped:        s.OwnDropped.Load(),
+		GapsSeen:          s.GapsSeen.Load(),
+		Reordered:         s.Reordered.Load(),
+	}
+}
+
+// Attrs returns the counters as log attributes named like the metrics
+// (captured, datagrams_sent, ...), for a one-line summary.
+func (s StatsSnapshot) Attrs() []slog.Attr {
+	return []slog.Attr{
+		slog.Uint64("captured", s.Captured),
+		slog.Uint64("coalesced", s.Coalesced),
+		slog.Uint64("datagrams_sent", s.DatagramsSent),
+		slog.Uint64("bytes_sent", s.BytesSent),
+		slog.Uint64("changes_sent", s.ChangesSent),
+		slog.Uint64("bad_changes", s.BadChanges),
+		slog.Uint64("send_errors", s.SendErrors),
+		slog.Uint64("ring_overflows", s.RingOverflows),
+		slog.Uint64("datagrams_received", s.DatagramsReceived),
+		slog.Uint64("changes_applied", s.ChangesApplied),
+		slog.Uint64("deletes_missing", s.DeletesMissing),
+		slog.Uint64("apply_errors", s.ApplyErrors),
+		slog.Uint64("unknown_map", s.UnknownMap),
+		slog.Uint64("malformed", s.Malformed),
+		slog.Uint64("forged", s.Forged),
+		slog.Uint64("own_dropped", s.OwnDropped),
+		slog.Uint64("gaps_seen", s.GapsSeen),
+		slog.Uint64("reordered", s.Reordered),
+	}
+}

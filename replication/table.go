@@ -1,0 +1,133 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// Map is one local map as the protocol sees it: the schema peers compare,
+// the local id the [Source] reports, and where received changes go.
+type Map struct {
+	Desc   wire.Descriptor
+	ID     ebpf.MapID
+	Target Target
+}
+
+// MapFromLoader describes a map opened by the loader for [NewTable].
+func MapFromLoader(m *loader.Map) Map {
+	return Map{
+		Desc: wire.Descriptor{
+			Name:       m.Name,
+			Type:       uint32(m.Type),
+			KeySize:    m.KeySize,
+			ValueSize:  m.ValueSize,
+			MaxEntries: m.MaxEntries,
+			Flags:      m.Flags,
+		},
+		ID:     m.ID,
+		Target: m,
+	}
+}
+
+// localMap is a [Map] with what the hot paths need precomputed.
+type localMap struct {
+	Map
+	index     int // position in Table.maps
+	fp        uint32
+	keySize   int
+	valueSize int
+}
+
+// maxRecord is the size of this map's largest record: an update.
+func (m *localMap) maxRecord() int { return 1 + m.keySize + m.valueSize }
+
+// Table is the set of replicated local maps, indexed by local id for the
+// sender and by schema fingerprint for the receiver.
+type Table struct {
+	maps    []localMap
+	byFP    map[uint32]*localMap
+	payload int
+}
+
+// Datagram payload limits: the smallest fits a header and one descriptor
+// with the longest name, so every announce can be sent; the largest is
+// what UDP carries.
+const (
+	minPayload = wire.HeaderSize + wire.DescriptorSize + wire.MaxNameLen
+	maxPayload = 0xffff
+)
+
+// NewTable checks that every map can be replicated in datagrams of at most
+// payload bytes and indexes them. It refuses maps whose largest change
+// would not fit one datagram, two maps of one name, and fingerprint
+// collisions.
+func NewTable(maps []Map, payload int) (*Table, error) {
+	if len(maps) == 0 {
+		return nil, errors.New("no maps to replicate")
+	}
+	if payload < minPayload || payload > maxPayload {
+		return nil, fmt.Errorf("datagram payload of %d bytes is outside %d..%d: check the MTU", payload, minPayload, maxPayload)
+	}
+	t := &Table{
+		maps:    make([]localMap, len(maps)),
+		byFP:    make(map[uint32]*localMap, len(maps)),
+		payload: payload,
+	}
+	for i, m := range maps {
+		if _, err := wire.AppendDescriptor(nil, &m.Desc); err != nil {
+			return nil, fmt.Errorf("map %q: %w", m.Desc.Name, err)
+		}
+		lm := &t.maps[i]
+		*lm = localMap{
+			Map:       m,
+			index:     i,
+			fp:        m.Desc.Fingerprint(),
+			keySize:   int(m.Desc.KeySize),
+			valueSize: int(m.Desc.ValueSize),
+		}
+		if lm.keySize == 0 {
+			return nil, fmt.Errorf("map %q: key size 0 cannot be replicated", m.Desc.Name)
+		}
+		if need := wire.HeaderSize + wire.SectionHeaderSize + lm.maxRecord(); need > payload {
+			return nil, fmt.Errorf("map %q: a change needs %d bytes (op 1 + key %d + value %d) plus %d bytes of headers, "+
+				"more than the %d-byte datagram payload: raise the interface MTU (and --mtu) by at least %d bytes",
+				m.Desc.Name, lm.maxRecord(), lm.keySize, lm.valueSize,
+				wire.HeaderSize+wire.SectionHeaderSize, payload, need-payload)
+		}
+		for _, prev := range t.maps[:i] {
+			switch {
+			case prev.Desc.Name == m.Desc.Name:
+				return nil, fmt.Errorf("map %q: two maps with this name (ids %d and %d); peers match maps by name", m.Desc.Name, prev.ID, m.ID)
+			case prev.fp == lm.fp:
+				return nil, fmt.Errorf("maps %q and %q: same schema fingerprint %#08x; rename one", prev.Desc.Name, m.Desc.Name, lm.fp)
+			}
+		}
+		t.byFP[lm.fp] = lm
+	}
+	return t, nil
+}
+
+// byID finds the map the source reports as id; nil if it is not replicated.
+func (t *Table) byID(id ebpf.MapID) *localMap {
+	for i := range t.maps {
+		if t.maps[i].ID == id {
+			return &t.maps[i]
+		}
+	}
+	return nil
+}
+
+// byName finds the local map named name; nil if there is none.
+func (t *Table) byName(name string) *localMap {
+	for i := range t.maps {
+		if t.maps[i].Desc.Name == name {
+			return &t.maps[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,308 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+)
+
+// Socket settings.
+const (
+	// DefaultPort is the UDP port nodes send to and listen on.
+	DefaultPort = 3870
+	// socketBuffer absorbs bursts of datagrams while the receiver applies
+	// the previous batch.
+	socketBuffer = 32 << 20
+	// receiveBufferSize holds the largest UDP payload, so a datagram from a
+	// peer with a larger MTU is never truncated.
+	receiveBufferSize = 1 << 16
+
+	ipv4HeaderSize = 20
+	ipv6HeaderSize = 40
+	udpHeaderSize  = 8
+	maxIPPacket    = 0xffff // IPv4 total length, IPv6 payload length
+)
+
+// UDPConfig says where a [UDP] transport sends and listens.
+type UDPConfig struct {
+	Iface *net.Interface
+	// Group is the multicast group (IPv4 or IPv6) datagrams go to, unless
+	// Peers is set.
+	Group netip.Addr
+	// Peers switches to unicast: every datagram goes to each of them (the
+	// interface's own addresses are skipped, so every node can share one
+	// list). All must be of one address family.
+	Peers []netip.Addr
+	Port  uint16
+	// MTU sizes datagrams; 0 means the interface's MTU.
+	MTU int
+}
+
+// UDP is the [Transport] over one UDP socket bound to the wildcard address,
+// so it receives both the group's datagrams and unicast ones. It sends and
+// receives in batches (sendmmsg, recvmmsg). Sending allocates nothing;
+// receiving allocates the source address of each datagram (x/net's
+// ReadBatch does), two small objects per datagram and none per change.
+type UDP struct {
+	conn    *net.UDPConn
+	pc      batchConn
+	dests   []*net.UDPAddr
+	payload int
+
+	out []ipv4.Message // Send's messages, Buffers preallocated
+	in  []ipv4.Message // Receive's messages, each over its own buffer
+}
+
+// batchConn is what [ipv4.PacketConn] and [ipv6.PacketConn] share: their
+// Message types are the same type.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// ListenUDP opens the socket, joins the group on the interface (unless
+// peers are configured) and sets it up for link-local replication:
+// multicast TTL/hop limit 1, no loopback of our own datagrams, large
+// socket buffers.
+func ListenUDP(cfg UDPConfig) (*UDP, error) {
+	v6 := cfg.Group.Is6()
+	if len(cfg.Peers) > 0 {
+		v6 = cfg.Peers[0].Is6()
+		for _, p := range cfg.Peers {
+			if p.Is6() != v6 {
+				return nil, fmt.Errorf("peers %s and %s: mixed IPv4 and IPv6; use one family", cfg.Peers[0], p)
+			}
+		}
+	} else if !cfg.Group.IsMulticast() {
+		return nil, fmt.Errorf("group %s: not a multicast address", cfg.Group)
+	}
+
+	network, wildcard, ipHeader := "udp4", "0.0.0.0", ipv4HeaderSize
+	if v6 {
+		network, wildcard, ipHeader = "udp6", "::", ipv6HeaderSize
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = cfg.Iface.MTU
+	}
+	maxMTU := maxIPPacket // the IPv4 total length includes the header
+	if v6 {
+		maxMTU += ipv6HeaderSize // the IPv6 payload length does not
+	}
+	u := &UDP{payload: min(mtu, maxMTU) - ipHeader - udpHeaderSize}
+
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = setSocketOptions(int(fd), v6) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	addr := net.JoinHostPort(wildcard, strconv.Itoa(int(cfg.Port)))
+	pconn, err := lc.ListenPacket(context.Background(), network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	u.conn = pconn.(*net.UDPConn)
+	if err := u.setup(cfg, v6); err != nil {
+		u.conn.Close()
+		return nil, err
+	}
+
+	u.out = make([]ipv4.Message, sendBatch*len(u.dests))
+	for i := range u.out {
+		u.out[i].Buffers = make([][]byte, 1)
+	}
+	u.in = make([]ipv4.Message, receiveBatch)
+	for i := range u.in {
+		u.in[i].Buffers = [][]byte{make([]byte, receiveBufferSize)}
+	}
+	return u, nil
+}
+
+// multicastConn is the part of [ipv4.PacketConn] and [ipv6.PacketConn]
+// that setup needs besides the multicast TTL or hop limit.
+type multicastConn interface {
+	batchConn
+	SetMulticastInterface(ifi *net.Interface) error
+	SetMulticastLoopback(on bool) error
+	JoinGroup(ifi *net.Interface, group net.Addr) error
+}
+
+// setup joins the group or resolves the peers, and points multicast at the
+// interface: without IP_MULTICAST_IF, sending to a group over a link with
+// only a connected route fails with ENETUNREACH.
+func (u *UDP) setup(cfg UDPConfig, v6 bool) error {
+	var pc multicastConn
+	var setHops func(int) error
+	if v6 {
+		c := ipv6.NewPacketConn(u.conn)
+		pc, setHops = c, c.SetMulticastHopLimit
+	} else {
+		c := ipv4.NewPacketConn(u.conn)
+		pc, setHops = c, c.SetMulticastTTL
+	}
+	u.pc = pc
+	if err := pc.SetMulticastInterface(cfg.Iface); err != nil {
+		return fmt.Errorf("set multicast interface %s: %w", cfg.Iface.Name, err)
+	}
+	if err := setHops(1); err != nil {
+		return fmt.Errorf("set multicast hop limit: %w", err)
+	}
+	if err := pc.SetMulticastLoopback(false); err != nil {
+		return fmt.Errorf("disable multicast loopback: %w", err)
+	}
+	group := &net.UDPAddr{IP: cfg.Group.AsSlice(), Port: int(cfg.Port)}
+	if len(cfg.Peers) == 0 {
+		if err := pc.JoinGroup(cfg.Iface, group); err != nil {
+			return fmt.Errorf("join group %s on %s: %w", cfg.Group, cfg.Iface.Name, err)
+		}
+	}
+	if len(cfg.Peers) == 0 {
+		u.dests = []*net.UDPAddr{group}
+		return nil
+	}
+
+	own, err := interfaceAddrs(cfg.Iface)
+	if err != nil {
+		return err
+	}
+	for _, p := range cfg.Peers {
+		if slices.Contains(own, p.WithZone("")) {
+			continue
+		}
+		dst := &net.UDPAddr{IP: p.AsSlice(), Port: int(cfg.Port), Zone: p.Zone()}
+		if dst.Zone == "" && p.Is6() && p.IsLinkLocalUnicast() {
+			dst.Zone = cfg.Iface.Name
+		}
+		u.dests = append(u.dests, dst)
+	}
+	if len(u.dests) == 0 {
+		return errors.New("peers: every listed address is this node's own; list the other nodes")
+	}
+	return nil
+}
+
+// interfaceAddrs lists the addresses of ifi, without zones.
+func interfaceAddrs(ifi *net.Interface) ([]netip.Addr, error) {
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", ifi.Name, err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
+// setSocketOptions runs before bind. Without CAP_NET_ADMIN the FORCE
+// variants fail and the buffers are capped by net.core.[rw]mem_max.
+func setSocketOptions(fd int, v6 bool) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fmt.Errorf("set SO_REUSEADDR: %w", err)
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer) != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer); err != nil {
+			return fmt.Errorf("set SO_RCVBUF: %w", err)
+		}
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer) != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer); err != nil {
+			return fmt.Errorf("set SO_SNDBUF: %w", err)
+		}
+	}
+	// A wildcard-bound socket would otherwise also receive every group any
+	// other socket on the host joined for this port.
+	level, opt := unix.IPPROTO_IP, unix.IP_MULTICAST_ALL
+	if v6 {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_ALL
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 0); err != nil {
+		return fmt.Errorf("disable multicast all: %w", err)
+	}
+	return nil
+}
+
+// Payload is the largest datagram that fits the MTU unfragmented.
+func (u *UDP) Payload() int { return u.payload }
+
+// Send sends each datagram to the group, or to every peer, in as few
+// sendmmsg calls as possible. A message the kernel refuses is skipped, so
+// one unreachable peer does not stop the others; the first error is
+// returned.
+func (u *UDP) Send(dgrams [][]byte) error {
+	var first error
+	n := 0
+	for _, d := range dgrams {
+		for _, dst := range u.dests {
+			u.out[n].Buffers[0] = d
+			u.out[n].Addr = dst
+			if n++; n == len(u.out) {
+				first = firstErr(first, u.write(u.out[:n]))
+				n = 0
+			}
+		}
+	}
+	return firstErr(first, u.write(u.out[:n]))
+}
+
+// firstErr keeps the first non-nil error.
+func firstErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+func (u *UDP) write(ms []ipv4.Message) error {
+	var first error
+	for len(ms) > 0 {
+		n, err := u.pc.WriteBatch(ms, 0)
+		if err != nil {
+			if first == nil {
+				first = fmt.Errorf("send to %s: %w", ms[0].Addr, err)
+			}
+			n = 1
+		}
+		ms = ms[n:]
+	}
+	return first
+}
+
+// Receive blocks for at least one datagram and returns up to len(pkts) of
+// them. Packet.From carries no IPv6 zone, so a peer's address compares
+// equal however the kernel reported it.
+func (u *UDP) Receive(pkts []Packet) (int, error) {
+	ms := u.in[:min(len(pkts), len(u.in))]
+	n, err := u.pc.ReadBatch(ms, 0)
+	if err != nil {
+		return 0, err
+	}
+	for i := range ms[:n] {
+		m := &ms[i]
+		pkts[i].Data = m.Buffers[0][:m.N]
+		pkts[i].From = netip.AddrPort{}
+		if a, ok := m.Addr.(*net.UDPAddr); ok {
+			ap := a.AddrPort()
+			pkts[i].From = netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+		}
+	}
+	return n, nil
+}
+
+// Close closes the socket, which also ends a blocked Receive.
+func (u *UDP) Close() error { return u.conn.Close() }
