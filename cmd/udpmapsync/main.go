@@ -1,0 +1,364 @@
+// Command udpmapsync replicates BPF maps between the nodes of a link: it
+// captures every change to the local maps in the kernel and sends it to the
+// other nodes over UDP multicast (or unicast), and applies theirs.
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/replication"
+)
+
+// version is set at build time: go build -ldflags "-X main.version=...".
+var version = "dev"
+
+// Flags are the command line options.
+type Flags struct {
+	Iface            string
+	Group            string
+	Port             uint16
+	Peers            []string
+	Maps             []string
+	Capture          string
+	FlushInterval    time.Duration
+	AnnounceInterval time.Duration
+	MTU              int
+	NodeID           uint32
+	RingSize         byteSize
+	StatsInterval    time.Duration
+	LogLevel         string
+	Version          bool
+	ReadyFile        string
+}
+
+// register adds the options to fs with their defaults.
+func (f *Flags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.Iface, "iface", "", "interface to replicate over (required)")
+	fs.StringVar(&f.Group, "group", "239.1.1.1", "multicast group, IPv4 or IPv6 (e.g. ff02::1:3)")
+	fs.Uint16Var(&f.Port, "port", replication.DefaultPort, "UDP port to send to and listen on")
+	fs.StringSliceVar(&f.Peers, "peers", nil, "unicast to these nodes instead of multicast (ip,ip,...); only they are accepted")
+	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
+	fs.StringVar(&f.Capture, "capture", string(loader.BackendAuto), "capture backend: auto, fentry or syscall")
+	fs.DurationVar(&f.FlushInterval, "flush-interval", replication.DefaultFlushInterval, "longest a change waits to share a datagram")
+	fs.DurationVar(&f.AnnounceInterval, "announce-interval", replication.DefaultAnnounceInterval, "period of map schema announcements")
+	fs.IntVar(&f.MTU, "mtu", 0, "MTU to size datagrams for (0: the interface's)")
+	fs.Uint32Var(&f.NodeID, "node-id", 0, "this node's id (0: derived from the interface's MAC address)")
+	f.RingSize = 16 << 20
+	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB)")
+	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
+	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file once attached and listening (for scripts and tests)")
+	_ = fs.MarkHidden("ready-file")
+}
+
+func main() {
+	var flags Flags
+	fs := pflag.NewFlagSet("udpmapsync", pflag.ContinueOnError)
+	flags.register(fs)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: udpmapsync --iface IFACE [--map SPEC]... [options]\n\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "udpmapsync: %v\n", err)
+		os.Exit(2)
+	}
+	if flags.Version {
+		fmt.Println(version)
+		return
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "udpmapsync: unexpected argument %q; maps are given with --map\n", fs.Arg(0))
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, &flags); err != nil {
+		fmt.Fprintf(os.Stderr, "udpmapsync: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// config is what run needs, resolved and checked from [Flags].
+type config struct {
+	iface *net.Interface
+	group netip.Addr
+	peers []netip.Addr
+	level slog.Level
+	node  uint32
+}
+
+// check validates the flags that need no privileges, so a typo is reported
+// before anything is opened. The capture backend and ring size are checked
+// by [loader.NewCapture].
+func (f *Flags) check() (*config, error) {
+	var c config
+	if f.Iface == "" {
+		return nil, errors.New("--iface is required: the interface to replicate over (see ip link)")
+	}
+	var err error
+	if c.iface, err = net.InterfaceByName(f.Iface); err != nil {
+		return nil, fmt.Errorf("--iface %s: no such interface; see ip link", f.Iface)
+	}
+	if c.group, err = netip.ParseAddr(f.Group); err != nil || !c.group.IsMulticast() {
+		return nil, fmt.Errorf("--group %s: not a multicast address (e.g. 239.1.1.1 or ff02::1:3)", f.Group)
+	}
+	for _, p := range f.Peers {
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("--peers %s: not an IP address", p)
+		}
+		c.peers = append(c.peers, a.Unmap())
+	}
+	if f.FlushInterval <= 0 || f.AnnounceInterval <= 0 || f.StatsInterval < 0 {
+		return nil, errors.New("--flush-interval and --announce-interval must be positive, --stats-interval not negative")
+	}
+	if f.MTU < 0 {
+		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
+	}
+	if err := c.level.UnmarshalText([]byte(f.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %s: use debug, info, warn or error", f.LogLevel)
+	}
+	if c.node = f.NodeID; c.node == 0 {
+		if c.node, err = nodeID(c.iface); err != nil {
+			return nil, err
+		}
+	}
+	return &c, nil
+}
+
+// nodeID derives a node id from the interface's MAC address, so it stays
+// the same across restarts.
+func nodeID(iface *net.Interface) (uint32, error) {
+	if len(iface.HardwareAddr) == 0 {
+		return 0, fmt.Errorf("--iface %s has no MAC address to derive a node id from; set --node-id", iface.Name)
+	}
+	h := fnv.New32a()
+	h.Write(iface.HardwareAddr)
+	return max(h.Sum32(), 1), nil // 0 means "derive"
+}
+
+// checkPrivileges fails early, with the fix, where opening maps or loading
+// the capture would fail with a bare EPERM.
+func checkPrivileges() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	has := func(c int) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	var missing []string
+	if !has(unix.CAP_BPF) && !has(unix.CAP_SYS_ADMIN) {
+		missing = append(missing, "CAP_BPF")
+	}
+	if !has(unix.CAP_PERFMON) && !has(unix.CAP_SYS_ADMIN) {
+		missing = append(missing, "CAP_PERFMON")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: run udpmapsync as root (it loads BPF programs and opens BPF maps)", strings.Join(missing, " and "))
+	}
+	return nil
+}
+
+func run(ctx context.Context, f *Flags) error {
+	c, err := f.check()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: c.level}))
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
+
+	maps, err := loader.OpenMaps(f.Maps)
+	if err != nil {
+		return fmt.Errorf("open maps: %w", err)
+	}
+	defer func() {
+		for _, m := range maps {
+			m.Close()
+		}
+	}()
+
+	tr, err := replication.ListenUDP(replication.UDPConfig{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
+	if err != nil {
+		return fmt.Errorf("--iface %s: %w", c.iface.Name, err)
+	}
+	closeTransport := sync.OnceValue(tr.Close)
+	defer closeTransport()
+	local := make([]replication.Map, len(maps))
+	for i, m := range maps {
+		local[i] = replication.MapFromLoader(m)
+	}
+	table, err := replication.NewTable(local, tr.Payload())
+	if err != nil {
+		return fmt.Errorf("--iface %s (MTU %d): %w", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
+	}
+
+	capture, err := loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: maps, RingSize: int(f.RingSize)})
+	if err != nil {
+		return err
+	}
+	defer capture.Close()
+
+	epoch := uint64(time.Now().UnixNano())
+	logStartup(log, c, f, maps, capture, tr, epoch)
+	stats := new(replication.Stats)
+	sender := replication.NewSender(replication.SenderConfig{
+		Source: capture, Transport: tr, Table: table, Node: c.node, Epoch: epoch,
+		FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval, Stats: stats, Log: log,
+	})
+	receiver := replication.NewReceiver(replication.ReceiverConfig{
+		Transport: tr, Table: table, Node: c.node, Peers: c.peers, Stats: stats, Log: log,
+	})
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 2)
+	go func() { done <- sender.Run(ctx) }()
+	go func() { done <- receiver.Run(ctx) }()
+	running := 2
+
+	var first error
+	if f.ReadyFile != "" {
+		if err := os.WriteFile(f.ReadyFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			first = fmt.Errorf("--ready-file: %w", err)
+		}
+	}
+	var tick <-chan time.Time
+	if f.StatsInterval > 0 {
+		t := time.NewTicker(f.StatsInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for first == nil && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case first = <-done: // nil only once ctx is done
+			running--
+		case <-tick:
+			countOverflows(stats, capture)
+			logStats(ctx, log, stats, receiver)
+		}
+	}
+
+	// The reads block in the kernel: closing the capture and the socket is
+	// what ends them.
+	countOverflows(stats, capture)
+	cancel()
+	capture.Close()
+	closeTransport()
+	for ; running > 0; running-- {
+		if err := <-done; first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return first
+	}
+	logStats(context.Background(), log, stats, receiver)
+	log.Info("detached and stopped")
+	return nil
+}
+
+// logStartup says what is replicated, how changes are captured and where
+// they go.
+func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, capture *loader.Capture, tr *replication.UDP, epoch uint64) {
+	for _, m := range maps {
+		log.Info("replicating map", "name", m.Name, "type", m.Type, "key_size", m.KeySize,
+			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID)
+	}
+	log.Info("capture attached", "backend", capture.Backend())
+	if !capture.SeesProgramWrites() {
+		args := []any{"backend", capture.Backend()}
+		if why := capture.Fallback(); why != nil {
+			args = append(args, "fentry_unavailable", why)
+		}
+		log.Warn("this capture backend sees only writes made from user space; writes by BPF programs are not replicated", args...)
+	}
+	dest := []any{"group", c.group}
+	if len(c.peers) > 0 {
+		dest = []any{"peers", c.peers}
+	}
+	log.Info("listening", append(dest, "iface", c.iface.Name, "port", f.Port, "payload", tr.Payload(),
+		"node", c.node, "epoch", epoch, "version", version)...)
+}
+
+// countOverflows copies the capture's count of changes lost to a full ring
+// into stats.
+func countOverflows(stats *replication.Stats, capture *loader.Capture) {
+	if n, err := capture.Overflows(); err == nil {
+		stats.RingOverflows.Store(n)
+	}
+}
+
+// logStats writes the one-line summary, and a line per peer at debug level.
+func logStats(ctx context.Context, log *slog.Logger, stats *replication.Stats, r *replication.Receiver) {
+	peers := r.Peers()
+	log.LogAttrs(ctx, slog.LevelInfo, "stats", append(stats.Snapshot().Attrs(), slog.Int("peers", len(peers)))...)
+	for _, p := range peers {
+		log.LogAttrs(ctx, slog.LevelDebug, "peer", slog.Any("node", p.Node), slog.Any("addr", p.Addr),
+			slog.Any("epoch", p.Epoch), slog.Any("seq", p.Seq),
+			slog.Duration("silent", time.Since(p.LastHeard).Round(time.Millisecond)),
+			slog.Any("datagrams", p.Datagrams), slog.Any("gaps", p.Gaps))
+	}
+}
+
+// byteSize is a flag value in bytes that accepts binary suffixes: 16MiB,
+// 16M, 512KiB, 4096.
+type byteSize int
+
+var sizeSuffixes = []struct {
+	suffix string
+	shift  uint
+}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"G", 30}, {"M", 20}, {"K", 10}}
+
+func (b *byteSize) Set(s string) error {
+	shift := uint(0)
+	num := s
+	for _, u := range sizeSuffixes {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, shift = n, u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(num), 10, 32)
+	if err != nil || n<<shift > 1<<31 {
+		return fmt.Errorf("%q: want a size such as 16MiB, 512KiB or 4096", s)
+	}
+	*b = byteSize(n << shift)
+	return nil
+}
+
+func (b byteSize) String() string {
+	for _, u := range sizeSuffixes[:3] {
+		if b != 0 && int(b)%(1<<u.shift) == 0 {
+			return strconv.Itoa(int(b)>>u.shift) + u.suffix
+		}
+	}
+	return strconv.Itoa(int(b))
+}
+
+func (*byteSize) Type() string { return "size" }

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+// parse registers the flags on a fresh set and parses args, as main does.
+func parse(t *testing.T, args ...string) *Flags {
+	t.Helper()
+	var f Flags
+	fs := pflag.NewFlagSet("udpmapsync", pflag.ContinueOnError)
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return &f
+}
+
+func TestDefaults(t *testing.T) {
+	f := parse(t, "--iface", "lo", "--node-id", "9")
+	c, err := f.check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.group.String() != "239.1.1.1" || f.Port != 3870 || f.Capture != "auto" || c.node != 9 ||
+		f.RingSize != 16<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 {
+		t.Errorf("defaults %+v %+v", f, c)
+	}
+}
+
+// Every refusal names the problem and what to do about it.
+func TestCheckErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, []string{"--iface is required", "ip link"}},
+		{[]string{"--iface", "nosuch9"}, []string{"--iface nosuch9: no such interface", "see ip link"}},
+		{[]string{"--iface", "lo", "--group", "10.0.0.1"}, []string{"--group 10.0.0.1", "not a multicast address"}},
+		{[]string{"--iface", "lo", "--peers", "10.0.0.1,nope"}, []string{"--peers nope", "not an IP address"}},
+		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
+		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
+		// lo has no MAC address to derive the node id from.
+		{[]string{"--iface", "lo"}, []string{"--iface lo has no MAC address", "--node-id"}},
+	} {
+		_, err := parse(t, tc.args...).check()
+		if err == nil {
+			t.Errorf("%q: accepted", tc.args)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: error %q lacks %q", tc.args, err, w)
+			}
+		}
+	}
+}
+
+// run reports flag errors before touching the kernel.
+func TestRunRefusesBadFlags(t *testing.T) {
+	err := run(context.Background(), parse(t, "--iface", "nosuch9"))
+	if err == nil || !strings.Contains(err.Error(), "see ip link") {
+		t.Errorf("run: %v, want the interface error", err)
+	}
+}
+
+func TestNodeIDStable(t *testing.T) {
+	mac, _ := net.ParseMAC("02:fc:00:00:00:01")
+	a, err := nodeID(&net.Interface{Name: "eth0", HardwareAddr: mac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := nodeID(&net.Interface{Name: "eth0", HardwareAddr: mac})
+	other, _ := net.ParseMAC("02:fc:00:00:00:02")
+	c, _ := nodeID(&net.Interface{Name: "eth0", HardwareAddr: other})
+	if a == 0 || a != b || a == c {
+		t.Errorf("node ids %d %d (same MAC) %d (other MAC): want equal, non-zero, distinct", a, b, c)
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]int{"4096": 4096, "16MiB": 16 << 20, "16M": 16 << 20, "512KiB": 512 << 10, "1GiB": 1 << 30} {
+		var b byteSize
+		if err := b.Set(in); err != nil || int(b) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1TiB", "8GiB", "1.5M"} {
+		var b byteSize
+		if err := b.Set(in); err == nil {
+			t.Errorf("Set(%q) accepted: %d", in, b)
+		}
+	}
+	if s := byteSize(16 << 20).String(); s != "16MiB" {
+		t.Errorf("String() = %q, want 16MiB", s)
+	}
+}
