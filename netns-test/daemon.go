@@ -1,0 +1,196 @@
+package netnstest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Where the daemons of a cluster meet.
+const (
+	Group = "239.1.1.1"
+	Port  = 3870
+)
+
+// DaemonConfig is how to start one udpmapsync daemon.
+type DaemonConfig struct {
+	// Binary is the udpmapsync executable.
+	Binary string
+	// Maps are the pinned paths passed as --map.
+	Maps []string
+	// LogFile receives the daemon's stdout and stderr.
+	LogFile string
+	// ReadyFile is passed as --ready-file; it must not exist yet.
+	ReadyFile string
+	// Capture is --capture; empty means auto.
+	Capture string
+	// LogLevel is --log-level; empty means info.
+	LogLevel string
+	// Args are appended to the command line.
+	Args []string
+	// ReadyTimeout bounds the wait for the ready file; zero means 30 s.
+	ReadyTimeout time.Duration
+}
+
+// Daemon is a udpmapsync process running inside a node's network
+// namespace (and only there: it shares the harness's mounts, so it sees
+// the bpffs holding the maps).
+type Daemon struct {
+	// Node is where the daemon runs.
+	Node *Node
+	// LogFile holds its stdout and stderr.
+	LogFile string
+
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has been waited for
+	err  error         // what Wait returned; valid once done is closed
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// StartDaemon starts the daemon in node's namespace and waits until it has
+// written its ready file. If it exits first or is not ready in time, the
+// error ends with the last lines of its log.
+func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
+	if cfg.Capture == "" {
+		cfg.Capture = "auto"
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "info"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 30 * time.Second
+	}
+	args := []string{
+		"--iface", NodeIface,
+		"--group", Group,
+		"--port", strconv.Itoa(Port),
+		"--capture", cfg.Capture,
+		"--log-level", cfg.LogLevel,
+		"--stats-interval", "5s",
+		"--ready-file", cfg.ReadyFile,
+	}
+	for _, m := range cfg.Maps {
+		args = append(args, "--map", m)
+	}
+	args = append(args, cfg.Args...)
+
+	log, err := os.Create(cfg.LogFile)
+	if err != nil {
+		return nil, fmt.Errorf("start daemon on %s: %w", node.Name, err)
+	}
+	defer log.Close() // the child has its own copy
+	// The daemon is stopped with SIGTERM by Stop, not by a context.
+	cmd := node.Command(context.Background(), cfg.Binary, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start daemon on %s: %w", node.Name, err)
+	}
+	d := &Daemon{Node: node, LogFile: cfg.LogFile, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		d.err = cmd.Wait()
+		close(d.done)
+	}()
+
+	timeout := time.NewTimer(cfg.ReadyTimeout)
+	defer timeout.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(cfg.ReadyFile); err == nil {
+			return d, nil
+		}
+		select {
+		case <-d.done:
+			return nil, fmt.Errorf("daemon on %s exited before it was ready: %v; %s", node.Name, d.err, d.Tail(20))
+		case <-timeout.C:
+			d.kill()
+			return nil, fmt.Errorf("daemon on %s: no ready file %s after %v; %s", node.Name, cfg.ReadyFile, cfg.ReadyTimeout, d.Tail(20))
+		case <-tick.C:
+		}
+	}
+}
+
+// kill ends the process at once and waits for it.
+func (d *Daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.done
+}
+
+// Pid is the daemon's process id.
+func (d *Daemon) Pid() int {
+	return d.cmd.Process.Pid
+}
+
+// Exited reports whether the daemon has exited, and how. A daemon exits on
+// its own only when something went wrong.
+func (d *Daemon) Exited() (bool, error) {
+	select {
+	case <-d.done:
+		return true, d.err
+	default:
+		return false, nil
+	}
+}
+
+// Stop sends SIGTERM and waits up to grace for the daemon to exit, then
+// kills it. It returns an error unless the daemon was running and exited
+// with status 0 within grace. Later calls return the first call's result.
+func (d *Daemon) Stop(grace time.Duration) error {
+	d.stopOnce.Do(func() { d.stopErr = d.stop(grace) })
+	return d.stopErr
+}
+
+func (d *Daemon) stop(grace time.Duration) error {
+	if exited, err := d.Exited(); exited {
+		return fmt.Errorf("daemon on %s had exited before it was stopped: %v", d.Node.Name, err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		d.kill()
+		return fmt.Errorf("stop daemon on %s: %w", d.Node.Name, err)
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-d.done:
+		if d.err != nil {
+			return fmt.Errorf("daemon on %s exited after SIGTERM: %w", d.Node.Name, d.err)
+		}
+		return nil
+	case <-t.C:
+		d.kill()
+		return fmt.Errorf("daemon on %s still running %v after SIGTERM; killed it", d.Node.Name, grace)
+	}
+}
+
+// Tail returns the last n lines of the daemon's log, introduced by where
+// the log is.
+func (d *Daemon) Tail(n int) string {
+	b, err := os.ReadFile(d.LogFile)
+	if err != nil {
+		return fmt.Sprintf("log %s: %v", d.LogFile, err)
+	}
+	b = bytes.TrimRight(b, "\n")
+	lines := bytes.Split(b, []byte("\n"))
+	if len(b) == 0 {
+		lines = nil
+	}
+	head := fmt.Sprintf("last %d lines of %s:", min(n, len(lines)), d.LogFile)
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	var out bytes.Buffer
+	out.WriteString(head)
+	for _, l := range lines {
+		out.WriteString("\n  | ")
+		out.Write(l)
+	}
+	return out.String()
+}

@@ -1,0 +1,389 @@
+package netnstest
+
+// Tests of the harness itself, without the daemon: if these pass, a failed
+// convergence test is the daemon's failure, not the harness's.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/net/ipv4"
+)
+
+// requireHarness skips t where the harness cannot run at all.
+func requireHarness(t *testing.T) {
+	t.Helper()
+	if err := Requirements(); err != nil {
+		t.Skip(err)
+	}
+}
+
+// TestTopologyMulticast proves the bridge floods multicast: every node
+// sends to the group from a plain UDP socket and every other node must
+// receive it, from the sender's address.
+func TestTopologyMulticast(t *testing.T) {
+	requireHarness(t)
+	topo, err := NewTopology(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+
+	sw, err := netns.GetFromName(topo.Switch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sw.Close()
+	h, err := netlink.NewHandleAt(sw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	br, err := h.LinkByName(BridgeName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := br.(*netlink.Bridge).MulticastSnooping; s == nil || *s {
+		t.Errorf("bridge %s: multicast snooping is not off", BridgeName)
+	}
+
+	group := net.ParseIP(Group)
+	conns := make([]*ipv4.PacketConn, len(topo.Nodes))
+	for i, n := range topo.Nodes {
+		err := n.Do(func() error {
+			c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", Port))
+			if err != nil {
+				return err
+			}
+			p := ipv4.NewPacketConn(c)
+			conns[i] = p
+			ifi, err := net.InterfaceByName(NodeIface)
+			if err != nil {
+				return err
+			}
+			if err := p.JoinGroup(ifi, &net.UDPAddr{IP: group}); err != nil {
+				return err
+			}
+			if err := p.SetMulticastLoopback(false); err != nil {
+				return err
+			}
+			return p.SetMulticastInterface(ifi)
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+		defer conns[i].Close()
+	}
+
+	// Receivers run until each has heard every other node; senders repeat
+	// until then, so a datagram lost while interfaces settle does not fail
+	// the test, and a bridge that never forwards does.
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make([]error, len(topo.Nodes))
+	for i, n := range topo.Nodes {
+		wg.Go(func() {
+			heard := map[string]bool{}
+			buf := make([]byte, 100)
+			conns[i].SetReadDeadline(time.Now().Add(10 * time.Second))
+			for len(heard) < len(topo.Nodes)-1 {
+				k, _, src, err := conns[i].ReadFrom(buf)
+				if err != nil {
+					errs[i] = fmt.Errorf("%s heard only %v: %w", n.Name, heard, err)
+					return
+				}
+				from := string(buf[:k])
+				want := fmt.Sprintf("%s:%d", topo.Nodes[nodeIndex(t, from)].Addr, Port)
+				if from == n.Name || src.String() != want {
+					errs[i] = fmt.Errorf("%s got %q from %v, want another node's name from %s", n.Name, from, src, want)
+					return
+				}
+				heard[from] = true
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	dst := &net.UDPAddr{IP: group, Port: Port}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for sending := true; sending; {
+		for i, n := range topo.Nodes {
+			if _, err := conns[i].WriteTo([]byte(n.Name), nil, dst); err != nil {
+				t.Fatalf("%s: send to %v: %v", n.Name, dst, err)
+			}
+		}
+		select {
+		case <-done:
+			sending = false
+		case <-tick.C:
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := topo.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range append([]string{topo.Switch}, topo.Nodes[0].Netns) {
+		if _, err := os.Stat(filepath.Join(netnsDir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("namespace %s still there after Close: %v", name, err)
+		}
+	}
+}
+
+// nodeIndex maps "nodeN" to N-1.
+func nodeIndex(t *testing.T, name string) int {
+	var i int
+	if _, err := fmt.Sscanf(name, "node%d", &i); err != nil || i < 1 {
+		t.Errorf("bad node name %q", name)
+		return 0
+	}
+	return i - 1
+}
+
+// TestWriteAndRead checks the harness's writer (bpftool batch), reader
+// (batch lookups) and comparison against each other with no daemon: what
+// the workload says it wrote is what the node holds, the other node's maps
+// stay empty, and a single changed byte is reported.
+func TestWriteAndRead(t *testing.T) {
+	requireHarness(t)
+	ctx := t.Context()
+	c, err := NewCluster(ctx, ClusterConfig{Nodes: 2, Maps: DefaultMaps(), Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	w, err := NewWorkload(WorkloadConfig{Maps: c.Maps, Writer: 1, Writers: 2, Keys: 300, DeleteRatio: 0.3, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deletes, updates int
+	written := map[string]int{}
+	for range 6 {
+		var batch []Change
+		for range 500 {
+			ch := w.Next()
+			if ch.Delete {
+				deletes++
+			} else {
+				updates++
+				written[ch.Map+string(ch.Key)]++
+			}
+			batch = append(batch, ch)
+		}
+		if err := c.Write(ctx, 0, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rewritten := 0
+	for _, n := range written {
+		if n > 1 {
+			rewritten++
+		}
+	}
+	if deletes == 0 || rewritten == 0 {
+		t.Errorf("workload made %d deletes and rewrote %d keys; want some of both", deletes, rewritten)
+	}
+
+	s, err := c.Status(w.Want())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j, d := range s.Diffs[0] {
+		if !d.Equal() || d.Want == 0 {
+			t.Errorf("node1 %s: %s", s.Maps[j], d)
+		}
+	}
+	for j, d := range s.Diffs[1] {
+		if d.Have != 0 || d.Missing != d.Want {
+			t.Errorf("node2 %s was not written to, but: %s", s.Maps[j], d)
+		}
+	}
+
+	// Flip the last byte of one value behind the workload's back.
+	var key, value string
+	for key, value = range w.Want()["odd"] {
+		break
+	}
+	changed := []byte(value)
+	changed[len(changed)-1] ^= 0xff
+	if err := c.Write(ctx, 0, []Change{{Map: "odd", Key: []byte(key), Value: changed}}); err != nil {
+		t.Fatal(err)
+	}
+	have, err := c.Read(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Compare(w.Want()["odd"], have["odd"])
+	if d.Wrong != 1 || d.Missing != 0 || d.Extra != 0 || len(d.First) != 1 || !strings.Contains(d.First[0], fmt.Sprintf("%x", key)) {
+		t.Errorf("after changing key %x: %s; want exactly that key wrong", key, d)
+	}
+}
+
+// TestReadContentsArray checks the array convention of [Contents]: slots
+// holding zeros read as absent, all others are read.
+func TestReadContentsArray(t *testing.T) {
+	requireHarness(t)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 3, MaxEntries: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	want := Contents{}
+	for i := uint32(0); i < 10000; i += 7 {
+		v := []byte{0, 0, byte(i)}
+		if byte(i) == 0 {
+			v[0] = 1
+		}
+		if err := m.Put(i, v); err != nil {
+			t.Fatal(err)
+		}
+		want[string([]byte{byte(i), byte(i >> 8), 0, 0})] = string(v)
+	}
+	have, err := ReadContents(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Compare(want, have); !d.Equal() {
+		t.Error(d)
+	}
+}
+
+// fakeDaemon stands in for udpmapsync in TestDaemonRunner: the runner's
+// own job (namespace, flags, ready file, log, SIGTERM then SIGKILL) is
+// what is tested, and must be testable before the daemon exists. It
+// writes its network namespace into the ready file.
+const fakeDaemon = `#!/bin/sh
+echo "args: $*"
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--ready-file) ready=$2; shift ;;
+	--fake) mode=$2; shift ;;
+	esac
+	shift
+done
+case "$mode" in
+fail) echo "attach capture: operation not permitted" >&2; exit 3 ;;
+ignore-term) trap '' TERM ;;
+*) trap 'echo "stopping"; exit 0' TERM ;;
+esac
+if [ "$mode" != never-ready ]; then
+	readlink /proc/self/ns/net > "$ready.tmp" && mv "$ready.tmp" "$ready"
+fi
+while :; do sleep 0.05; done
+`
+
+func TestDaemonRunner(t *testing.T) {
+	requireHarness(t)
+	topo, err := NewTopology(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	node := topo.Nodes[0]
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "fake-udpmapsync")
+	if err := os.WriteFile(bin, []byte(fakeDaemon), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := func(mode string) (*Daemon, error) {
+		return StartDaemon(node, DaemonConfig{
+			Binary:       bin,
+			Maps:         []string{"/pinned/a", "/pinned/b"},
+			LogFile:      filepath.Join(dir, mode+".log"),
+			ReadyFile:    filepath.Join(dir, mode+".ready"),
+			Args:         []string{"--fake", mode},
+			ReadyTimeout: 2 * time.Second,
+		})
+	}
+
+	t.Run("ready", func(t *testing.T) {
+		d, err := start("ok")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Stop(time.Second)
+		ready, err := os.ReadFile(filepath.Join(dir, "ok.ready"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(node.NetnsPath(), &st); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.TrimSpace(string(ready)), fmt.Sprintf("net:[%d]", st.Ino); got != want {
+			t.Errorf("daemon ran in namespace %s, want %s (%s)", got, want, node.Netns)
+		}
+		if exited, err := d.Exited(); exited {
+			t.Fatalf("exited: %v", err)
+		}
+		if err := d.Stop(time.Second); err != nil {
+			t.Fatal(err)
+		}
+		log := d.Tail(10)
+		for _, want := range []string{
+			"--iface eth1 --group 239.1.1.1 --port 3870 --capture auto --log-level info --stats-interval 5s --ready-file ",
+			"--map /pinned/a --map /pinned/b --fake ok",
+			"stopping",
+		} {
+			if !strings.Contains(log, want) {
+				t.Errorf("log lacks %q: %s", want, log)
+			}
+		}
+	})
+
+	t.Run("exits early", func(t *testing.T) {
+		_, err := start("fail")
+		if err == nil || !strings.Contains(err.Error(), "exited before it was ready") || !strings.Contains(err.Error(), "operation not permitted") {
+			t.Fatalf("got %v, want an early exit error quoting the log", err)
+		}
+	})
+
+	t.Run("never ready", func(t *testing.T) {
+		_, err := start("never-ready")
+		if err == nil || !strings.Contains(err.Error(), "no ready file") {
+			t.Fatalf("got %v, want a ready timeout", err)
+		}
+	})
+
+	t.Run("ignores SIGTERM", func(t *testing.T) {
+		d, err := start("ignore-term")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = d.Stop(300 * time.Millisecond)
+		if err == nil || !strings.Contains(err.Error(), "killed") {
+			t.Fatalf("got %v, want a kill after the grace period", err)
+		}
+		if exited, _ := d.Exited(); !exited {
+			t.Fatal("still running after Stop")
+		}
+	})
+}
