@@ -1,0 +1,71 @@
+# udpmapsync — replicate BPF maps between nodes over UDP multicast.
+# `make help` lists the targets. Tests and the demo need root (BPF, namespaces).
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/udpmapsync
+LDFLAGS := -X main.version=$(VERSION)
+
+# Debian packages the tests, demo and generate need at run time.
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux
+GENERATE_PKGS := clang llvm libbpf-dev
+
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: build
+build: ## Build the daemon into bin/udpmapsync (default)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/udpmapsync
+
+.PHONY: deps
+deps: ## Install the Debian packages tests and demo need (root; apt)
+	@missing=""; for p in $(RUNTIME_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+.PHONY: generate
+generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
+	@missing=""; for p in $(GENERATE_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(GO) generate ./...
+
+.PHONY: test
+test: deps ## Run every test against the real kernel (root)
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
+
+.PHONY: vmtest
+vmtest: ## Run the kernel-facing tests inside a Debian-kernel VM (qemu; downloads the kernel once)
+	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 15m -exec "$(CURDIR)/bin/vmrun" ./vmtest/probe
+
+.PHONY: demo
+demo: deps build ## Three nodes in network namespaces: write on one, watch the others converge
+	$(GO) run ./netns-test/demo --daemon $(BIN)
+
+.PHONY: bench
+bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
+	$(GO) test -run '^$$' -bench . -benchmem ./wire ./loader ./replication
+
+.PHONY: fuzz
+fuzz: ## Fuzz the wire decoders for 30s each
+	$(GO) test ./wire -run '^$$' -fuzz '^FuzzHeader$$' -fuzztime 30s
+	$(GO) test ./wire -run '^$$' -fuzz '^FuzzChanges$$' -fuzztime 30s
+	$(GO) test ./wire -run '^$$' -fuzz '^FuzzDescriptors$$' -fuzztime 30s
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf bin
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.DEFAULT_GOAL := build
