@@ -31,15 +31,26 @@ generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
 	$(GO) generate ./...
 
 .PHONY: test
-test: deps ## Run every test against the real kernel (root)
+test: deps ## Run every test against the real kernel, then the fentry ones in a VM (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
+	$(MAKE) --no-print-directory vmtest
 
 .PHONY: vmtest
-vmtest: ## Run the kernel-facing tests inside a Debian-kernel VM (qemu; downloads the kernel once)
+vmtest: VMRUN := $(CURDIR)/bin/vmrun
+vmtest: VMDAEMON := $(CURDIR)/bin/udpmapsync-vm
+vmtest: ## Prove the fentry capture path in a Debian 6.1 VM (qemu TCG, a few minutes; root; downloads the kernel once)
 	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
-	CGO_ENABLED=0 $(GO) test -count=1 -timeout 15m -exec "$(CURDIR)/bin/vmrun" ./vmtest/probe
+	CGO_ENABLED=0 $(GO) build -o $(VMDAEMON) ./cmd/udpmapsync
+	@echo "vmtest: checking the VM (kernel with BTF, fentry, veth, bridge)"
+	@CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN)" ./vmtest/probe || { \
+		echo "vmtest: CANNOT RUN: the test VM does not boot or lacks what the tests need (see above;" >&2; \
+		echo "vmtest: it needs root, qemu-system-x86 and the Debian kernel package, installed on first use)." >&2; \
+		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -short -run '^TestConverge$$' \
+		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
 .PHONY: demo
 demo: deps build ## Three nodes in network namespaces: write on one, watch the others converge

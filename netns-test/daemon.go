@@ -18,6 +18,12 @@ const (
 	Port  = 3870
 )
 
+// EnvCapture, when set, is the --capture of every daemon whose
+// [DaemonConfig] leaves Capture empty: `make vmtest` sets it to fentry so
+// the convergence test runs on the fentry backend in a VM whose kernel
+// allows it.
+const EnvCapture = "UDPMAPSYNC_CAPTURE"
+
 // DaemonConfig is how to start one udpmapsync daemon.
 type DaemonConfig struct {
 	// Binary is the udpmapsync executable.
@@ -28,7 +34,8 @@ type DaemonConfig struct {
 	LogFile string
 	// ReadyFile is passed as --ready-file; it must not exist yet.
 	ReadyFile string
-	// Capture is --capture; empty means auto.
+	// Capture is --capture; empty means $UDPMAPSYNC_CAPTURE ([EnvCapture]),
+	// else auto.
 	Capture string
 	// LogLevel is --log-level; empty means info.
 	LogLevel string
@@ -59,6 +66,9 @@ type Daemon struct {
 // written its ready file. If it exits first or is not ready in time, the
 // error ends with the last lines of its log.
 func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
+	if cfg.Capture == "" {
+		cfg.Capture = os.Getenv(EnvCapture)
+	}
 	if cfg.Capture == "" {
 		cfg.Capture = "auto"
 	}

@@ -70,6 +70,15 @@ func writeInitramfs(w io.Writer, k *Kernel, opts *Options, cmd Command, mark str
 		}
 	}
 
+	for _, file := range opts.Files {
+		if !filepath.IsAbs(file) {
+			return fmt.Errorf("file %s: want an absolute path (it is the path in the VM too)", file)
+		}
+		if err := f.addProgram(file, file); err != nil {
+			return err
+		}
+	}
+
 	prog, err := exec.LookPath(cmd.Path)
 	if err != nil {
 		return fmt.Errorf("program %s: %w", cmd.Path, err)

@@ -44,6 +44,7 @@ type Options struct {
 	Timeout       time.Duration // whole run including boot; default 10 minutes
 	Modules       []string      // kernel modules to load; nil means [DefaultModules]
 	Env           []string      // KEY=VALUE pairs for the program, besides UDPMAPSYNC_VM=1
+	Files         []string      // host executables the program runs, copied in (with their libraries) at the same absolute path
 	Verbose       bool          // show the boot log and kernel messages on Log
 	Stdout        io.Writer     // the program's output (stdout and stderr merged); default os.Stdout
 	Log           io.Writer     // harness progress and diagnostics; default os.Stderr

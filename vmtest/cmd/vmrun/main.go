@@ -62,6 +62,7 @@ func main() {
 	var modules []string
 	fs.StringSliceVar(&modules, "modules", nil, "kernel modules to load besides "+strings.Join(vmtest.DefaultModules, ",")+" (dependencies come along)")
 	fs.StringArrayVar(&f.Env, "env", nil, "NAME=VALUE for the program (repeatable)")
+	fs.StringArrayVar(&f.Files, "file", nil, "absolute path of a host executable the program runs, copied in at the same path with its libraries (repeatable)")
 	fs.BoolVarP(&f.Verbose, "verbose", "v", false, "show the boot log, kernel messages and timings on stderr")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: vmrun [flags] program [args...]\n\n%s", fs.FlagUsages())
