@@ -85,3 +85,21 @@ func FuzzDescriptors(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNack checks that a repair request that decodes encodes to the same
+// bytes.
+func FuzzNack(f *testing.F) {
+	f.Fuzz(func(t *testing.T, count uint16, body []byte) {
+		var n wire.Nack
+		if n.Unmarshal(body, count) != nil {
+			return
+		}
+		b, err := n.AppendTo(nil)
+		if err != nil {
+			t.Fatalf("AppendTo(%+v): %v", n, err)
+		}
+		if !bytes.Equal(b, body) {
+			t.Fatalf("nack %+v re-encodes to %x, decoded from %x", n, b, body)
+		}
+	})
+}

@@ -49,9 +49,10 @@ func (h *Header) Unmarshal(b []byte) error {
 		return ErrBadMagic
 	case b[offsetVersion] != Version:
 		return ErrBadVersion
-	case Kind(b[offsetKind]) != KindChanges && Kind(b[offsetKind]) != KindAnnounce:
+	case b[offsetKind] < uint8(KindChanges) || b[offsetKind] > uint8(KindGone):
 		return ErrBadKind
-	case b[offsetFlags] != 0:
+	case b[offsetFlags]&^FlagRetransmit != 0,
+		b[offsetFlags] != 0 && Kind(b[offsetKind]) != KindChanges:
 		return ErrBadFlags
 	case b[offsetSeal] != 0:
 		// Reserved for datagram authentication, which a later version
@@ -61,6 +62,7 @@ func (h *Header) Unmarshal(b []byte) error {
 	}
 	*h = Header{
 		Kind:  Kind(b[offsetKind]),
+		Flags: b[offsetFlags],
 		Count: binary.BigEndian.Uint16(b[offsetCount:]),
 		Node:  binary.BigEndian.Uint32(b[offsetNode:]),
 		Epoch: binary.BigEndian.Uint64(b[offsetEpoch:]),

@@ -26,6 +26,16 @@ type Kind uint8
 const (
 	KindChanges  Kind = 1 // map sections of change records
 	KindAnnounce Kind = 2 // the sender's map descriptors and latest sequence number
+	KindNack     Kind = 3 // a receiver's request to resend ranges of change datagrams, see [Nack]
+	KindGone     Kind = 4 // the sender's answer to a [KindNack]: these ranges are no longer held
+)
+
+// Header flags.
+const (
+	// FlagRetransmit marks a change datagram resent in answer to a
+	// [KindNack]: otherwise the same bytes as the original. It is the only
+	// flag, and only change datagrams may carry it.
+	FlagRetransmit uint8 = 1 << 0
 )
 
 // Op is the operation of one change record.
@@ -49,13 +59,14 @@ var (
 	ErrBadLength   = errors.New("wire: length does not match content")
 	ErrBadCount    = errors.New("wire: record count does not match content")
 	ErrBadName     = errors.New("wire: invalid map name")
+	ErrBadRange    = errors.New("wire: invalid sequence range")
 )
 
 // Header is the fixed start of every datagram.
 type Header struct {
 	Kind  Kind
-	Flags uint8  // must be zero in version 1
-	Count uint16 // change records (KindChanges) or descriptors (KindAnnounce)
+	Flags uint8  // [FlagRetransmit] on a resent change datagram, else zero
+	Count uint16 // change records (KindChanges), descriptors (KindAnnounce) or ranges (KindNack, KindGone)
 	Node  uint32 // sender node id
 	Epoch uint64 // sender boot epoch: changes whenever the sender restarts
 	Seq   uint64 // sender sequence number of this datagram
