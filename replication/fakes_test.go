@@ -107,7 +107,14 @@ func (s *chanSource) Buffered() int { return len(s.ch) }
 type fakeTransport struct {
 	mu      sync.Mutex
 	batches [][][]byte
+	unicast []unicast
 	in      chan Packet
+}
+
+// unicast is one SendTo call of a [fakeTransport].
+type unicast struct {
+	to     netip.AddrPort
+	dgrams [][]byte
 }
 
 func newFakeTransport() *fakeTransport { return &fakeTransport{in: make(chan Packet, 256)} }
@@ -121,6 +128,26 @@ func (f *fakeTransport) Send(dgrams [][]byte) error {
 	f.batches = append(f.batches, batch)
 	f.mu.Unlock()
 	return nil
+}
+
+func (f *fakeTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	u := unicast{to: addr, dgrams: make([][]byte, len(dgrams))}
+	for i, d := range dgrams {
+		u.dgrams[i] = bytes.Clone(d)
+	}
+	f.mu.Lock()
+	f.unicast = append(f.unicast, u)
+	f.mu.Unlock()
+	return nil
+}
+
+// sentTo returns and forgets the SendTo calls so far.
+func (f *fakeTransport) sentTo() []unicast {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.unicast
+	f.unicast = nil
+	return u
 }
 
 func (f *fakeTransport) Receive(pkts []Packet) (int, error) {
@@ -142,8 +169,9 @@ func (f *fakeTransport) sent() [][][]byte {
 // nopTransport drops everything without allocating: for allocation tests.
 type nopTransport struct{}
 
-func (nopTransport) Send([][]byte) error           { return nil }
-func (nopTransport) Receive([]Packet) (int, error) { return 0, io.EOF }
+func (nopTransport) Send([][]byte) error                   { return nil }
+func (nopTransport) SendTo(netip.AddrPort, [][]byte) error { return nil }
+func (nopTransport) Receive([]Packet) (int, error)         { return 0, io.EOF }
 
 // fakeTarget is a map in memory that logs every batch applied to it.
 type fakeTarget struct {

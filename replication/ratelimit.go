@@ -12,6 +12,7 @@ const (
 	reasonApply
 	reasonSchema
 	reasonSend
+	reasonResync
 	numReasons
 )
 

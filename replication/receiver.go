@@ -28,6 +28,11 @@ type ReceiverConfig struct {
 	Transport Transport
 	Table     *Table
 	Node      uint32 // this node's id: datagrams carrying it are dropped
+	Epoch     uint64 // this run's boot epoch, in repair requests and answers
+	// Resend is this node's own [Resend] buffer, from which the receiver
+	// answers peers' repair requests. Without it every request is answered
+	// as gone.
+	Resend *Resend
 	// Peers, when set, are the only source addresses accepted; datagrams
 	// from anywhere else count as forged. Zones are ignored.
 	Peers []netip.Addr
@@ -38,13 +43,15 @@ type ReceiverConfig struct {
 // Receiver applies the change datagrams of its peers to the local maps and
 // checks their announced map schemas against the local ones.
 type Receiver struct {
-	tr    Transport
-	table *Table
-	node  uint32
-	allow []netip.Addr
-	stats *Stats
-	log   *slog.Logger
-	limit limiter
+	tr     Transport
+	table  *Table
+	node   uint32
+	epoch  uint64
+	resend *Resend
+	allow  []netip.Addr
+	stats  *Stats
+	log    *slog.Logger
+	limit  limiter
 
 	mu    sync.Mutex // guards peers against Peers
 	peers map[uint32]*peer
@@ -55,6 +62,13 @@ type Receiver struct {
 	keys  []byte // the current run's keys, packed for a batch syscall
 	vals  []byte // the current run's values
 	descs []wire.Descriptor
+
+	spare     [][]byte  // buffers for held datagrams, reused
+	nack      wire.Nack // the request or answer being built
+	out       []byte    // its datagram
+	outv      [1][]byte // out, as the transport takes it
+	repair    [][]byte  // resent datagrams of one batch, slices of repairBuf
+	repairBuf []byte
 }
 
 // peer is what the receiver knows of one sending node in its current
@@ -65,7 +79,8 @@ type peer struct {
 	addr      netip.AddrPort
 	epoch     uint64
 	seen      uint64 // highest sequence number the peer is known to have sent
-	applied   uint64 // sequence number of the latest change datagram applied
+	next      uint64 // sequence number of the next change datagram to apply
+	repair    repairState
 	lastHeard time.Time
 	datagrams uint64
 	gaps      uint64
@@ -77,15 +92,17 @@ type peer struct {
 // NewReceiver prepares a receiver; nothing is read before [Receiver.Run].
 func NewReceiver(cfg ReceiverConfig) *Receiver {
 	r := &Receiver{
-		tr:    cfg.Transport,
-		table: cfg.Table,
-		node:  cfg.Node,
-		stats: cfg.Stats,
-		log:   cfg.Log,
-		peers: make(map[uint32]*peer),
-		pkts:  make([]Packet, receiveBatch),
-		keys:  make([]byte, 0, 1<<16),
-		vals:  make([]byte, 0, 1<<16),
+		tr:     cfg.Transport,
+		table:  cfg.Table,
+		node:   cfg.Node,
+		epoch:  cfg.Epoch,
+		resend: cfg.Resend,
+		stats:  cfg.Stats,
+		log:    cfg.Log,
+		peers:  make(map[uint32]*peer),
+		pkts:   make([]Packet, receiveBatch),
+		keys:   make([]byte, 0, 1<<16),
+		vals:   make([]byte, 0, 1<<16),
 	}
 	for _, a := range cfg.Peers {
 		r.allow = append(r.allow, a.Unmap().WithZone(""))
@@ -96,6 +113,9 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 // Run receives and applies datagrams until the transport fails. Once ctx
 // is done, the transport's closing error makes it return nil.
 func (r *Receiver) Run(ctx context.Context) error {
+	stop := make(chan struct{})
+	defer close(stop)
+	go r.retryLoop(stop)
 	for {
 		n, err := r.tr.Receive(r.pkts)
 		if err != nil {
@@ -145,18 +165,14 @@ func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 			r.malformed(from, err)
 			return
 		}
-		p = r.accept(p, from, &h, now, h.Seq-1)
-		if h.Seq <= p.applied {
-			r.stats.Reordered.Add(1)
+		if h.Flags&wire.FlagRetransmit != 0 && (p == nil || p.epoch != h.Epoch) {
+			// A resend for an epoch we no longer track: what it
+			// repairs was given up on when the epoch changed.
+			r.stats.Duplicates.Add(1)
 			return
 		}
-		if h.Seq > p.seen+1 {
-			p.gap(r.stats, h.Seq-p.seen-1)
-		}
-		p.seen = max(p.seen, h.Seq)
-		p.applied = h.Seq
-		r.stats.DatagramsReceived.Add(1)
-		r.apply(p, body, h.Count)
+		p = r.accept(p, from, &h, now, h.Seq)
+		r.changes(p, now, &h, d)
 	case wire.KindAnnounce:
 		descs, err := wire.ParseDescriptors(body, int(h.Count), r.descs[:0])
 		r.descs = descs
@@ -164,28 +180,44 @@ func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 			r.malformed(from, err)
 			return
 		}
-		p = r.accept(p, from, &h, now, h.Seq)
-		if h.Seq > p.seen {
-			p.gap(r.stats, h.Seq-p.seen)
-			p.seen = h.Seq
-		}
+		p = r.accept(p, from, &h, now, h.Seq+1)
 		r.stats.DatagramsReceived.Add(1)
+		r.heartbeat(p, now, h.Seq)
 		r.compare(p, descs)
+	case wire.KindNack:
+		if err := r.nack.Unmarshal(body, h.Count); err != nil {
+			r.malformed(from, err)
+			return
+		}
+		r.serveNack(from)
+	case wire.KindGone:
+		if err := r.nack.Unmarshal(body, h.Count); err != nil {
+			r.malformed(from, err)
+			return
+		}
+		if p != nil && r.nack.Node == p.node && r.nack.Epoch == p.epoch {
+			r.gone(p, now)
+		}
 	}
 }
 
 // accept returns the state of the datagram's sender, starting it afresh
-// for a new node or a new epoch. A fresh state takes everything up to
-// base as done: what a peer sent before we heard of it is not a gap.
-func (r *Receiver) accept(p *peer, from netip.AddrPort, h *wire.Header, now time.Time, base uint64) *peer {
+// for a new node or a new epoch. A node heard for the first time starts
+// at first, the sequence number its datagram shows to be next: what it
+// sent before we heard of it is for the initial sync, not repair. A known
+// node in a new epoch restarted, so it starts at 1 and everything it sent
+// before this datagram is missing.
+func (r *Receiver) accept(p *peer, from netip.AddrPort, h *wire.Header, now time.Time, first uint64) *peer {
 	if p == nil || p.epoch != h.Epoch {
 		if p == nil {
 			r.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch)
 		} else {
 			r.log.Info("peer restarted", "node", h.Node, "addr", from, "epoch", h.Epoch,
 				"previous_addr", p.addr, "previous_epoch", p.epoch)
+			r.release(p)
+			first = 1
 		}
-		p = &peer{node: h.Node, addr: from, epoch: h.Epoch, seen: base, applied: base}
+		p = &peer{node: h.Node, addr: from, epoch: h.Epoch, seen: first - 1, next: first}
 		r.peers[h.Node] = p
 	}
 	p.lastHeard = now

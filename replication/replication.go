@@ -50,6 +50,10 @@ type Packet struct {
 type Transport interface {
 	// Send sends every datagram to the group, or to every configured peer.
 	Send(dgrams [][]byte) error
+	// SendTo sends every datagram to one address: repairs and repair
+	// requests go only to the node that needs them. It may run
+	// concurrently with Send and Receive.
+	SendTo(addr netip.AddrPort, dgrams [][]byte) error
 	// Receive blocks until at least one datagram arrives and fills up to
 	// len(pkts) packets. It returns an error once the transport is closed.
 	Receive(pkts []Packet) (int, error)

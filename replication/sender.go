@@ -44,8 +44,11 @@ type SenderConfig struct {
 	// AnnounceInterval is the period of announce datagrams (default
 	// [DefaultAnnounceInterval]).
 	AnnounceInterval time.Duration
-	Stats            *Stats
-	Log              *slog.Logger
+	// Resend, when set, keeps every sealed datagram so that the receiver
+	// can answer repair requests for it.
+	Resend *Resend
+	Stats  *Stats
+	Log    *slog.Logger
 }
 
 // Sender reads changes from a [Source], coalesces them per key, packs them
@@ -56,6 +59,7 @@ type Sender struct {
 	src           Source
 	tr            Transport
 	table         *Table
+	resend        *Resend
 	stats         *Stats
 	log           *slog.Logger
 	limit         limiter
@@ -89,6 +93,7 @@ func NewSender(cfg SenderConfig) *Sender {
 		src:           cfg.Source,
 		tr:            cfg.Transport,
 		table:         cfg.Table,
+		resend:        cfg.Resend,
 		stats:         cfg.Stats,
 		log:           cfg.Log,
 		payload:       cfg.Table.payload,
@@ -239,7 +244,11 @@ func (s *Sender) seal() {
 	s.pend.encode(&s.w)
 	s.changes += uint64(s.w.Count())
 	s.header.Seq++
-	s.queued = append(s.queued, s.w.Finish(s.header))
+	d := s.w.Finish(s.header)
+	if s.resend != nil {
+		s.resend.add(s.header.Seq, d)
+	}
+	s.queued = append(s.queued, d)
 	s.pend.reset()
 	if len(s.queued) == sendBatch {
 		s.send()

@@ -442,11 +442,17 @@ func newCycle(n int) *cycleSource {
 	return src
 }
 
-// Read, coalesce and encode allocate nothing per change once warm.
+// Read, coalesce, encode and keeping sealed datagrams for resends allocate
+// nothing per change once warm. The resend buffer is small, so it wraps
+// and evicts all through the test.
 func TestSenderAllocs(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil), testMap("nat", 2, 4, 8, nil))
 	src := newCycle(1000)
-	s, _ := newTestSender(t, tab, src, nopTransport{}, SenderConfig{})
+	resend, err := NewResend(16*testPayload, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSender(t, tab, src, nopTransport{}, SenderConfig{Resend: resend})
 	now := time.Now()
 	step := func() {
 		if err := s.src.Read(&s.ch); err != nil {
@@ -465,6 +471,9 @@ func TestSenderAllocs(t *testing.T) {
 	}
 	if a := testing.AllocsPerRun(100, s.flush); a != 0 {
 		t.Errorf("%v allocations per flush, want 0", a)
+	}
+	if _, last, ok := resend.held(); !ok || last != s.header.Seq {
+		t.Errorf("resend buffer ends at %d (held %v), want the last sealed %d", last, ok, s.header.Seq)
 	}
 }
 

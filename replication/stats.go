@@ -10,14 +10,15 @@ import (
 // [Stats.Snapshot].
 type Stats struct {
 	// Sender.
-	Captured      atomic.Uint64 // changes read from the source
-	Coalesced     atomic.Uint64 // changes merged into a pending change of the same key
-	DatagramsSent atomic.Uint64 // change datagrams handed to the transport
-	BytesSent     atomic.Uint64 // bytes of those datagrams
-	ChangesSent   atomic.Uint64 // change records in those datagrams
-	BadChanges    atomic.Uint64 // captured changes of an unknown map, op or size, dropped
-	SendErrors    atomic.Uint64 // transport sends that failed (their datagrams are lost)
-	RingOverflows atomic.Uint64 // changes the kernel could not queue; set by the owner of the capture
+	Captured        atomic.Uint64 // changes read from the source
+	Coalesced       atomic.Uint64 // changes merged into a pending change of the same key
+	DatagramsSent   atomic.Uint64 // change datagrams handed to the transport
+	BytesSent       atomic.Uint64 // bytes of those datagrams
+	ChangesSent     atomic.Uint64 // change records in those datagrams
+	BadChanges      atomic.Uint64 // captured changes of an unknown map, op or size, dropped
+	SendErrors      atomic.Uint64 // transport sends that failed (their datagrams are lost)
+	DatagramsResent atomic.Uint64 // change datagrams resent in answer to peers' repair requests
+	RingOverflows   atomic.Uint64 // changes the kernel could not queue; set by the owner of the capture
 
 	// Receiver.
 	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
@@ -29,15 +30,22 @@ type Stats struct {
 	Forged            atomic.Uint64 // datagrams from an unexpected address for their node id
 	OwnDropped        atomic.Uint64 // datagrams carrying this node's id
 	GapsSeen          atomic.Uint64 // change datagrams missing from a peer's sequence
-	Reordered         atomic.Uint64 // change datagrams older than the peer's latest, dropped
+	NacksSent         atomic.Uint64 // repair requests sent to peers
+	RangesRequested   atomic.Uint64 // sequence ranges in those requests
+	Repaired          atomic.Uint64 // missing change datagrams filled by a peer's resend
+	Duplicates        atomic.Uint64 // change datagrams already applied (or held), dropped
+	Held              atomic.Uint64 // change datagrams held back waiting for a missing one (a gauge)
+	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: the peer's changes were skipped
 }
 
 // StatsSnapshot is a copy of [Stats] at one moment.
 type StatsSnapshot struct {
-	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors, RingOverflows uint64
+	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
+	DatagramsResent, RingOverflows uint64
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
-	Malformed, Forged, OwnDropped, GapsSeen, Reordered uint64
+	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
+	Duplicates, Held, ResyncNeeded uint64
 }
 
 // Snapshot copies the counters.
@@ -50,6 +58,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		ChangesSent:       s.ChangesSent.Load(),
 		BadChanges:        s.BadChanges.Load(),
 		SendErrors:        s.SendErrors.Load(),
+		DatagramsResent:   s.DatagramsResent.Load(),
 		RingOverflows:     s.RingOverflows.Load(),
 		DatagramsReceived: s.DatagramsReceived.Load(),
 		ChangesApplied:    s.ChangesApplied.Load(),
@@ -60,7 +69,12 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		Forged:            s.Forged.Load(),
 		OwnDropped:        s.OwnDropped.Load(),
 		GapsSeen:          s.GapsSeen.Load(),
-		Reordered:         s.Reordered.Load(),
+		NacksSent:         s.NacksSent.Load(),
+		RangesRequested:   s.RangesRequested.Load(),
+		Repaired:          s.Repaired.Load(),
+		Duplicates:        s.Duplicates.Load(),
+		Held:              s.Held.Load(),
+		ResyncNeeded:      s.ResyncNeeded.Load(),
 	}
 }
 
@@ -75,6 +89,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("changes_sent", s.ChangesSent),
 		slog.Uint64("bad_changes", s.BadChanges),
 		slog.Uint64("send_errors", s.SendErrors),
+		slog.Uint64("datagrams_resent", s.DatagramsResent),
 		slog.Uint64("ring_overflows", s.RingOverflows),
 		slog.Uint64("datagrams_received", s.DatagramsReceived),
 		slog.Uint64("changes_applied", s.ChangesApplied),
@@ -85,6 +100,11 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("forged", s.Forged),
 		slog.Uint64("own_dropped", s.OwnDropped),
 		slog.Uint64("gaps_seen", s.GapsSeen),
-		slog.Uint64("reordered", s.Reordered),
+		slog.Uint64("nacks_sent", s.NacksSent),
+		slog.Uint64("ranges_requested", s.RangesRequested),
+		slog.Uint64("repaired", s.Repaired),
+		slog.Uint64("duplicates", s.Duplicates),
+		slog.Uint64("held", s.Held),
+		slog.Uint64("resync_needed", s.ResyncNeeded),
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -59,7 +60,10 @@ type UDP struct {
 	payload int
 
 	out []ipv4.Message // Send's messages, Buffers preallocated
-	in  []ipv4.Message // Receive's messages, each over its own buffer
+
+	toMu sync.Mutex     // SendTo is called by the receiver and its retry timer
+	to   []ipv4.Message // SendTo's messages
+	in   []ipv4.Message // Receive's messages, each over its own buffer
 }
 
 // batchConn is what [ipv4.PacketConn] and [ipv6.PacketConn] share: their
@@ -121,6 +125,10 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 	u.out = make([]ipv4.Message, sendBatch*len(u.dests))
 	for i := range u.out {
 		u.out[i].Buffers = make([][]byte, 1)
+	}
+	u.to = make([]ipv4.Message, sendBatch)
+	for i := range u.to {
+		u.to[i].Buffers = make([][]byte, 1)
 	}
 	u.in = make([]ipv4.Message, receiveBatch)
 	for i := range u.in {
@@ -258,6 +266,25 @@ func (u *UDP) Send(dgrams [][]byte) error {
 		}
 	}
 	return firstErr(first, u.write(u.out[:n]))
+}
+
+// SendTo sends the datagrams to addr alone, in as few sendmmsg calls as
+// possible. It is off the hot path: it allocates the address.
+func (u *UDP) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	dst := net.UDPAddrFromAddrPort(addr)
+	u.toMu.Lock()
+	defer u.toMu.Unlock()
+	var first error
+	for len(dgrams) > 0 {
+		n := min(len(dgrams), len(u.to))
+		for i, d := range dgrams[:n] {
+			u.to[i].Buffers[0] = d
+			u.to[i].Addr = dst
+		}
+		first = firstErr(first, u.write(u.to[:n]))
+		dgrams = dgrams[n:]
+	}
+	return first
 }
 
 // firstErr keeps the first non-nil error.

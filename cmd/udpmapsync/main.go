@@ -43,6 +43,7 @@ type Flags struct {
 	MTU              int
 	NodeID           uint32
 	RingSize         byteSize
+	ResendBuffer     byteSize
 	StatsInterval    time.Duration
 	LogLevel         string
 	Version          bool
@@ -58,11 +59,13 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
 	fs.StringVar(&f.Capture, "capture", string(loader.BackendAuto), "capture backend: auto, fentry or syscall")
 	fs.DurationVar(&f.FlushInterval, "flush-interval", replication.DefaultFlushInterval, "longest a change waits to share a datagram")
-	fs.DurationVar(&f.AnnounceInterval, "announce-interval", replication.DefaultAnnounceInterval, "period of map schema announcements")
+	fs.DurationVar(&f.AnnounceInterval, "announce-interval", replication.DefaultAnnounceInterval, "period of announcements: map schemas and the latest sequence number, the heartbeat that reveals a lost tail")
 	fs.IntVar(&f.MTU, "mtu", 0, "MTU to size datagrams for (0: the interface's)")
 	fs.Uint32Var(&f.NodeID, "node-id", 0, "this node's id (0: derived from the interface's MAC address)")
 	f.RingSize = 16 << 20
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB)")
+	f.ResendBuffer = replication.DefaultResendBytes
+	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
@@ -223,15 +226,20 @@ func run(ctx context.Context, f *Flags) error {
 	}
 	defer capture.Close()
 
+	resend, err := replication.NewResend(int(f.ResendBuffer), tr.Payload())
+	if err != nil {
+		return fmt.Errorf("--resend-buffer: %w", err)
+	}
+
 	epoch := uint64(time.Now().UnixNano())
 	logStartup(log, c, f, maps, capture, tr, epoch)
 	stats := new(replication.Stats)
 	sender := replication.NewSender(replication.SenderConfig{
 		Source: capture, Transport: tr, Table: table, Node: c.node, Epoch: epoch,
-		FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval, Stats: stats, Log: log,
+		FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval, Resend: resend, Stats: stats, Log: log,
 	})
 	receiver := replication.NewReceiver(replication.ReceiverConfig{
-		Transport: tr, Table: table, Node: c.node, Peers: c.peers, Stats: stats, Log: log,
+		Transport: tr, Table: table, Node: c.node, Epoch: epoch, Resend: resend, Peers: c.peers, Stats: stats, Log: log,
 	})
 
 	ctx, cancel := context.WithCancel(ctx)

@@ -1,0 +1,338 @@
+package replication
+
+// Loss repair against the in-memory fakes of fakes_test.go: datagrams are
+// handed to the receiver directly, "lost" ones simply are not, and the
+// fake transport records the unicast requests and resends.
+// TestRepairOverLossyLink in netns_test.go runs the same over real sockets
+// with random loss.
+
+import (
+	"encoding/binary"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// peerDatagram is change datagram seq of peerNode setting flows key k to
+// value v (8 bytes).
+func (f *receiverFixture) peerDatagram(t testing.TB, epoch, seq uint64, k, v string) []byte {
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, wire.OpUpdate, k, fmt.Sprintf("%8s", v))
+	return b.finish(peerNode, epoch, seq)
+}
+
+func retransmitted(d []byte) []byte {
+	d = append([]byte(nil), d...)
+	d[4] |= wire.FlagRetransmit
+	return d
+}
+
+// nacks decodes the requests sent so far (and forgets them), failing on
+// anything else.
+func (f *receiverFixture) nacks(t *testing.T, kind wire.Kind) [][]wire.Range {
+	t.Helper()
+	var out [][]wire.Range
+	for _, u := range f.tr.sentTo() {
+		for _, d := range u.dgrams {
+			var h wire.Header
+			var n wire.Nack
+			if err := h.Unmarshal(d); err != nil || h.Kind != kind || h.Node != ourNode || h.Epoch != ourEpoch {
+				t.Fatalf("sent %+v (%v), want kind %d from us", h, err, kind)
+			}
+			if err := n.Unmarshal(d[wire.HeaderSize:], h.Count); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, n.Ranges[:n.N])
+		}
+	}
+	return out
+}
+
+func (f *receiverFixture) value(k string) string { return f.flows.state[k] }
+
+// One datagram lost in the middle: the next one is held back, the missing
+// one requested, and when the resend arrives both are applied in order,
+// so the later value of the key wins.
+func TestRepairMiddleLoss(t *testing.T) {
+	f := newReceiverFixture(t)
+	d := make([][]byte, 5)
+	for i := range d {
+		d[i] = f.peerDatagram(t, 1, uint64(i+1), "key"+fmt.Sprint(i%3), fmt.Sprint(i+1))
+	}
+	f.handle(peerA, d[0])
+	f.handle(peerA, d[1])
+	f.handle(peerA, d[3]) // 3 lost
+	f.handle(peerA, d[4])
+	if got := f.nacks(t, wire.KindNack); len(got) != 1 || got[0][0] != (wire.Range{First: 3, Last: 3}) || len(got[0]) != 1 {
+		t.Fatalf("requests %v, want one for [3,3]", got)
+	}
+	if s := f.stats.Snapshot(); s.Held != 2 || s.GapsSeen != 1 {
+		t.Fatalf("held %d gaps %d, want 2, 1", s.Held, s.GapsSeen)
+	}
+	if got := f.value("key0"); got != "       1" {
+		t.Fatalf("key0 = %q before the gap is filled: datagram 4 was applied before 3", got)
+	}
+	f.handle(peerA, retransmitted(d[2]))
+	for k, want := range map[string]string{"key0": "       4", "key1": "       5", "key2": "       3"} {
+		if got := f.value(k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	f.handle(peerA, d[2]) // the original, late
+	s := f.stats.Snapshot()
+	if s.Repaired != 1 || s.Held != 0 || s.Duplicates != 1 || s.ResyncNeeded != 0 || s.NacksSent != 1 || s.RangesRequested != 1 {
+		t.Errorf("stats %+v, want 1 repaired, 0 held, 1 duplicate, 1 request of 1 range", s)
+	}
+}
+
+// The tail of a burst is lost: only the heartbeat shows it.
+func TestRepairTailByHeartbeat(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handle(peerA, announce(t, peerNode, 1, 1))
+	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
+		t.Fatalf("requests %v with nothing missing", got)
+	}
+	f.handle(peerA, announce(t, peerNode, 1, 3))
+	if got := f.nacks(t, wire.KindNack); len(got) != 1 || got[0][0] != (wire.Range{First: 2, Last: 3}) {
+		t.Fatalf("requests %v, want [2,3]", got)
+	}
+	f.handle(peerA, retransmitted(f.peerDatagram(t, 1, 2, "key1", "2")))
+	f.handle(peerA, retransmitted(f.peerDatagram(t, 1, 3, "key1", "3")))
+	if got := f.value("key1"); got != "       3" {
+		t.Errorf("key1 = %q, want 3", got)
+	}
+}
+
+// Requests are repeated with growing intervals until the gap is filled or
+// the repair timeout passes; then the gap is given up and what was held
+// behind it applied.
+func TestRepairRetryAndGiveUp(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.r.handle(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.r.handle(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
+	f.r.handle(t0, peerA, f.peerDatagram(t, 1, 5, "key5", "5"))
+	if got := f.nacks(t, wire.KindNack); len(got) != 2 {
+		t.Fatalf("requests %v, want one per new gap", got)
+	}
+	f.r.retry(t0.Add(firstRetry / 2))
+	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
+		t.Fatalf("requests %v before the first retry is due", got)
+	}
+	f.r.retry(t0.Add(firstRetry))
+	got := f.nacks(t, wire.KindNack)
+	if len(got) != 1 || len(got[0]) != 2 || got[0][0] != (wire.Range{First: 2, Last: 2}) || got[0][1] != (wire.Range{First: 4, Last: 4}) {
+		t.Fatalf("retry %v, want [2,2] [4,4]", got)
+	}
+	f.r.retry(t0.Add(firstRetry + firstRetry)) // the interval doubled: not yet
+	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
+		t.Fatalf("requests %v before the doubled interval passed", got)
+	}
+	f.r.retry(t0.Add(repairTimeout))
+	s := f.stats.Snapshot()
+	if s.ResyncNeeded != 1 || f.value("key3") != "       3" {
+		t.Fatalf("after the timeout: resync_needed %d, key3 %q; want 1 and datagram 3 applied", s.ResyncNeeded, f.value("key3"))
+	}
+	if f.value("key5") != "" {
+		t.Fatal("datagram 5 applied although 4 is still being repaired")
+	}
+	// The second gap gets its own time.
+	f.r.retry(t0.Add(repairTimeout + repairTimeout))
+	if s := f.stats.Snapshot(); s.ResyncNeeded != 2 || s.Held != 0 || f.value("key5") != "       5" {
+		t.Errorf("after the second timeout: resync_needed %d held %d key5 %q; want 2, 0, applied", s.ResyncNeeded, s.Held, f.value("key5"))
+	}
+}
+
+// More datagrams behind a gap than the hold takes: the gap is given up
+// and live changes keep flowing.
+func TestRepairHoldOverflow(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	for seq := uint64(3); seq <= maxHeld+1; seq++ { // all the hold takes while 2 is missing
+		f.handle(peerA, f.peerDatagram(t, 1, seq, "key1", fmt.Sprint(seq)))
+	}
+	if s := f.stats.Snapshot(); s.Held != maxHeld-1 || s.ResyncNeeded != 0 {
+		t.Fatalf("held %d resync %d, want %d, 0", s.Held, s.ResyncNeeded, maxHeld-1)
+	}
+	f.handle(peerA, f.peerDatagram(t, 1, maxHeld+2, "key1", "last"))
+	s := f.stats.Snapshot()
+	if s.ResyncNeeded != 1 || s.Held != 0 || f.value("key1") != "    last" {
+		t.Errorf("resync_needed %d held %d key1 %q, want 1, 0, the last value", s.ResyncNeeded, s.Held, f.value("key1"))
+	}
+}
+
+// A peer that restarted numbers from 1 again: whatever came before its
+// first datagram we heard in the new epoch is requested.
+func TestRepairNewEpochFromOne(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.peerDatagram(t, 1, 50, "key1", "1")) // joined mid-stream: no request
+	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
+		t.Fatalf("requests %v for a peer first heard mid-stream", got)
+	}
+	f.handle(peerA, f.peerDatagram(t, 2, 4, "key1", "2"))
+	got := f.nacks(t, wire.KindNack)
+	if len(got) != 1 || got[0][0] != (wire.Range{First: 1, Last: 3}) {
+		t.Fatalf("requests %v, want [1,3] of the new epoch", got)
+	}
+	// A resend of the old epoch is not applied.
+	f.handle(peerA, retransmitted(f.peerDatagram(t, 1, 49, "key1", "old")))
+	if f.value("key1") != "       1" {
+		t.Errorf("key1 = %q, want the value of the old epoch's datagram 50, still", f.value("key1"))
+	}
+}
+
+// ownDatagrams fills a resend buffer with n change datagrams of ourNode.
+func ownDatagrams(t *testing.T, f *receiverFixture, size, n int) *Resend {
+	t.Helper()
+	rs, err := NewResend(size, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := 1; seq <= n; seq++ {
+		var b changesBuilder
+		b.start()
+		b.add(t, f.fpFlow, wire.OpUpdate, "key1", fmt.Sprintf("%8d", seq))
+		rs.add(uint64(seq), b.finish(ourNode, ourEpoch, uint64(seq)))
+	}
+	f.r.resend = rs
+	return rs
+}
+
+func (f *receiverFixture) request(t *testing.T, kind wire.Kind, node uint32, epoch uint64, ranges ...wire.Range) {
+	n := wire.Nack{Node: node, Epoch: epoch, N: len(ranges)}
+	copy(n.Ranges[:], ranges)
+	h := wire.Header{Kind: kind, Count: uint16(n.N), Node: peerNode, Epoch: 1}
+	d := make([]byte, wire.HeaderSize)
+	_, _ = h.MarshalTo(d)
+	d, err := n.AppendTo(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handle(peerA, d)
+}
+
+// A request is answered by unicast with the datagrams verbatim, flagged as
+// resent; one request cannot make us resend more than maxResendPerNack.
+func TestServeNackLimited(t *testing.T) {
+	f := newReceiverFixture(t)
+	rs := ownDatagrams(t, f, 64<<20, 3000)
+	f.request(t, wire.KindNack, ourNode, ourEpoch, wire.Range{First: 2, Last: 2}, wire.Range{First: 10, Last: 1 << 40})
+	total := 0
+	for i, u := range f.tr.sentTo() {
+		if u.to != peerA {
+			t.Fatalf("resent to %s, want %s", u.to, peerA)
+		}
+		for j, d := range u.dgrams {
+			var h wire.Header
+			if err := h.Unmarshal(d); err != nil || h.Kind != wire.KindChanges || h.Flags != wire.FlagRetransmit {
+				t.Fatalf("resend %+v: %v", h, err)
+			}
+			want := uint64(10 + total - 1)
+			if i == 0 && j == 0 {
+				want = 2
+			}
+			orig, _ := rs.copyOut(h.Seq, nil)
+			d[4] &^= wire.FlagRetransmit
+			if h.Seq != want || string(orig) != string(d) {
+				t.Fatalf("resend %d is seq %d (same bytes: %v), want seq %d verbatim", total, h.Seq, string(orig) == string(d), want)
+			}
+			total++
+		}
+	}
+	if total != maxResendPerNack || f.stats.DatagramsResent.Load() != maxResendPerNack {
+		t.Errorf("resent %d (counted %d), want the limit %d", total, f.stats.DatagramsResent.Load(), maxResendPerNack)
+	}
+	// Not our node: dropped as malformed, nothing sent.
+	f.request(t, wire.KindNack, 99, ourEpoch, wire.Range{First: 1, Last: 5})
+	if u := f.tr.sentTo(); len(u) != 0 || f.stats.Malformed.Load() != 1 {
+		t.Errorf("request for another node: sent %d, malformed %d; want nothing, 1", len(u), f.stats.Malformed.Load())
+	}
+}
+
+// What the resend buffer no longer holds is answered as gone; the
+// requester then gives up on it, counts a needed resync and goes on.
+func TestNackEvictedGone(t *testing.T) {
+	server := newReceiverFixture(t)
+	rs := ownDatagrams(t, server, 4*testPayload, 200) // holds only the latest few
+	first, _, _ := rs.held()
+	if first < 10 {
+		t.Fatalf("resend buffer still holds seq %d; make it smaller", first)
+	}
+	server.request(t, wire.KindNack, ourNode, ourEpoch, wire.Range{First: 3, Last: first})
+	var gone *wire.Nack
+	resent := 0
+	for _, u := range server.tr.sentTo() {
+		for _, d := range u.dgrams {
+			var h wire.Header
+			_ = h.Unmarshal(d)
+			switch h.Kind {
+			case wire.KindGone:
+				gone = new(wire.Nack)
+				if err := gone.Unmarshal(d[wire.HeaderSize:], h.Count); err != nil {
+					t.Fatal(err)
+				}
+			case wire.KindChanges:
+				resent++
+			}
+		}
+	}
+	if gone == nil || gone.N != 1 || gone.Ranges[0] != (wire.Range{First: 3, Last: first - 1}) || gone.Node != ourNode || gone.Epoch != ourEpoch {
+		t.Fatalf("gone %+v, want [3,%d] of our node and epoch", gone, first-1)
+	}
+	if resent != 1 {
+		t.Errorf("resent %d, want 1 (seq %d)", resent, first)
+	}
+
+	// The requester's side: peerNode lost 2..4 and holds 5.
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handle(peerA, f.peerDatagram(t, 1, 5, "key5", "5"))
+	f.nacks(t, wire.KindNack)
+	h := wire.Header{Kind: wire.KindGone, Count: 1, Node: peerNode, Epoch: 1}
+	d := make([]byte, wire.HeaderSize)
+	_, _ = h.MarshalTo(d)
+	n := wire.Nack{Node: peerNode, Epoch: 1, N: 1, Ranges: [wire.MaxNackRanges]wire.Range{{First: 2, Last: 4}}}
+	d, _ = n.AppendTo(d)
+	f.handle(peerA, d)
+	if s := f.stats.Snapshot(); s.ResyncNeeded != 1 || s.Held != 0 || f.value("key5") != "       5" {
+		t.Errorf("after gone: resync_needed %d held %d key5 %q; want 1, 0, applied", s.ResyncNeeded, s.Held, f.value("key5"))
+	}
+}
+
+// The resend buffer finds datagrams by sequence number across wrap-arounds
+// and evicts exactly the oldest.
+func TestResendRing(t *testing.T) {
+	rs, err := NewResend(1000, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= 500; seq++ {
+		d := make([]byte, 40+seq%50)
+		binary.BigEndian.PutUint64(d, seq)
+		rs.add(seq, d)
+		first, last, _ := rs.held()
+		if last != seq {
+			t.Fatalf("after adding %d the buffer ends at %d", seq, last)
+		}
+		used := 0
+		for s := first; s <= last; s++ {
+			got, ok := rs.copyOut(s, nil)
+			if !ok || binary.BigEndian.Uint64(got) != s || len(got) != int(40+s%50) {
+				t.Fatalf("after adding %d: seq %d held %v, reads back as %x", seq, s, ok, got)
+			}
+			used += len(got)
+		}
+		// At most one datagram's worth is skipped at the end of the arena
+		// and at most one more lies free in front of the oldest.
+		if used+2*90 < 1000 && first > 1 {
+			t.Fatalf("after adding %d: evicted down to %d with only %d bytes in use", seq, first, used)
+		}
+		if _, ok := rs.copyOut(first-1, nil); ok && first > 1 {
+			t.Fatalf("seq %d still readable after eviction", first-1)
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package replication
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// DefaultResendBytes is the default size of a [Resend] buffer: about
+// 45,000 full 1400-byte datagrams, several seconds of a busy sender.
+const DefaultResendBytes = 64 << 20
+
+// minResendRecord is the smallest change datagram: a header, a section
+// header and a delete of a one-byte key. It sizes the index so that the
+// bytes, not the index, bound what a buffer holds.
+const minResendRecord = wire.HeaderSize + wire.SectionHeaderSize + 2
+
+// Resend keeps the latest sealed change datagrams of this node, byte for
+// byte, so that a peer that missed some can get them again. The [Sender]
+// adds every datagram it seals; the [Receiver] serves repair requests from
+// it. Datagrams are copied into one preallocated arena, oldest evicted
+// first, so adding allocates nothing.
+//
+// Sequence numbers in the buffer are consecutive, which lets a datagram be
+// found by its number alone: entry seq lives at index seq % len(offs).
+type Resend struct {
+	mu     sync.Mutex // held only to copy one datagram in or out
+	arena  []byte
+	offs   []uint32 // arena offset per index slot
+	lens   []uint16 // datagram length per index slot
+	first  uint64   // oldest sequence number held; valid when n > 0
+	n      uint64   // datagrams held
+	w      int      // where the next datagram goes
+	oldest int      // arena offset of the oldest datagram held
+}
+
+// NewResend allocates a resend buffer of size bytes for datagrams of at
+// most payload bytes.
+func NewResend(size, payload int) (*Resend, error) {
+	if size < 2*payload || size > 1<<32-1 {
+		return nil, fmt.Errorf("resend buffer of %d bytes: want between two datagrams (%d bytes) and 4 GiB", size, 2*payload)
+	}
+	slots := size / minResendRecord
+	return &Resend{
+		arena: make([]byte, size),
+		offs:  make([]uint32, slots),
+		lens:  make([]uint16, slots),
+	}, nil
+}
+
+// add copies datagram seq, which must follow the previous one added (or be
+// the first), evicting the oldest datagrams it needs room for.
+func (b *Resend) add(seq uint64, d []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n > 0 && seq != b.first+b.n {
+		b.n = 0 // cannot happen with one sender; start afresh rather than mislabel
+	}
+	if b.n == 0 {
+		b.first, b.w, b.oldest = seq, 0, 0
+	}
+	if b.w+len(d) > len(b.arena) {
+		// The rest of the arena is left unused this round, so the older
+		// datagrams still there, at or after w, go first.
+		for b.n > 0 && b.oldest >= b.w {
+			b.evict()
+		}
+		b.w = 0
+	}
+	for b.n > 0 && (b.n == uint64(len(b.offs)) || b.overlapsOldest(len(d))) {
+		b.evict()
+	}
+	copy(b.arena[b.w:], d)
+	i := seq % uint64(len(b.offs))
+	b.offs[i], b.lens[i] = uint32(b.w), uint16(len(d))
+	b.w += len(d)
+	b.n++
+}
+
+// evict forgets the oldest datagram.
+func (b *Resend) evict() {
+	b.first++
+	b.n--
+	if b.n > 0 {
+		b.oldest = int(b.offs[b.first%uint64(len(b.offs))])
+	}
+}
+
+// overlapsOldest reports whether writing size bytes at w would overwrite
+// the oldest datagram. Datagrams sit in the arena in sequence order from
+// the oldest round to w, so the oldest is the first in the way.
+func (b *Resend) overlapsOldest(size int) bool {
+	o := b.oldest
+	l := int(b.lens[b.first%uint64(len(b.offs))])
+	return b.w < o+l && o < b.w+size
+}
+
+// held returns the range of sequence numbers held; ok is false when the
+// buffer is empty.
+func (b *Resend) held() (first, last uint64, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.first, b.first + b.n - 1, b.n > 0
+}
+
+// copyOut appends datagram seq to dst and reports whether it is held.
+func (b *Resend) copyOut(seq uint64, dst []byte) ([]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == 0 || seq < b.first || seq >= b.first+b.n {
+		return dst, false
+	}
+	i := seq % uint64(len(b.offs))
+	o := int(b.offs[i])
+	return append(dst, b.arena[o:o+int(b.lens[i])]...), true
+}
