@@ -18,6 +18,7 @@ const (
 	cmdMapUpdateElem  = 2
 	cmdMapDeleteElem  = 3
 	cmdObjGet         = 7
+	cmdMapLookupBatch = 24
 	cmdMapUpdateBatch = 26
 	cmdMapDeleteBatch = 27
 )
@@ -34,8 +35,9 @@ var _ [unsafe.Sizeof(unsafe.Pointer(nil)) - 8]struct{}
 
 // batchAttr is the batch member of union bpf_attr.
 type batchAttr struct {
-	inBatch   uint64
-	outBatch  uint64
+	inBatch  unsafe.Pointer // lookups only: where to resume
+	outBatch unsafe.Pointer // lookups only: where the next one resumes
+
 	keys      unsafe.Pointer
 	values    unsafe.Pointer
 	count     uint32
