@@ -105,12 +105,16 @@ func (w *ChangeWriter) Count() int { return w.count }
 func (w *ChangeWriter) Len() int { return w.n }
 
 // Finish writes h as the datagram header, with Kind set to [KindChanges]
-// and Count to the records appended, and returns the datagram: the
+// (unless h is a [KindSnapshot], which has the same body) and Count to
+// the records appended, and returns the datagram: the
 // buffer's first [ChangeWriter.Len] bytes. A datagram without records is
 // valid. Appending after Finish continues the same datagram; Finish again
 // to rewrite its header.
 func (w *ChangeWriter) Finish(h Header) []byte {
-	h.Kind, h.Count = KindChanges, uint16(w.count)
+	if h.Kind != KindSnapshot {
+		h.Kind = KindChanges
+	}
+	h.Count = uint16(w.count)
 	h.MarshalTo(w.buf) // cannot fail: Reset checked the buffer's length
 	return w.buf[:w.n]
 }

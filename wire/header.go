@@ -49,10 +49,9 @@ func (h *Header) Unmarshal(b []byte) error {
 		return ErrBadMagic
 	case b[offsetVersion] != Version:
 		return ErrBadVersion
-	case b[offsetKind] < uint8(KindChanges) || b[offsetKind] > uint8(KindGone):
+	case b[offsetKind] < uint8(KindChanges) || b[offsetKind] > uint8(maxKind):
 		return ErrBadKind
-	case b[offsetFlags]&^FlagRetransmit != 0,
-		b[offsetFlags] != 0 && Kind(b[offsetKind]) != KindChanges:
+	case b[offsetFlags]&^allowedFlags(Kind(b[offsetKind])) != 0:
 		return ErrBadFlags
 	case b[offsetSeal] != 0:
 		// Reserved for datagram authentication, which a later version
@@ -69,4 +68,15 @@ func (h *Header) Unmarshal(b []byte) error {
 		Seq:   binary.BigEndian.Uint64(b[offsetSeq:]),
 	}
 	return nil
+}
+
+// allowedFlags is the set of flags a datagram of kind k may carry.
+func allowedFlags(k Kind) uint8 {
+	switch k {
+	case KindChanges:
+		return FlagRetransmit
+	case KindAnnounce:
+		return FlagReady
+	}
+	return 0
 }

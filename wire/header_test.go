@@ -64,7 +64,7 @@ func TestHeaderUnmarshalErrors(t *testing.T) {
 		{"version 0", with(2, 0), wire.ErrBadVersion},
 		{"version 2", with(2, 2), wire.ErrBadVersion},
 		{"kind 0", with(3, 0), wire.ErrBadKind},
-		{"kind 5", with(3, 5), wire.ErrBadKind},
+		{"kind 10", with(3, 10), wire.ErrBadKind},
 		{"retransmit flag on an announce", with(4, wire.FlagRetransmit), wire.ErrBadFlags},
 		{"kind 255", with(3, 255), wire.ErrBadKind},
 		{"flags", with(4, 0x80), wire.ErrBadFlags},

@@ -28,14 +28,27 @@ const (
 	KindAnnounce Kind = 2 // the sender's map descriptors and latest sequence number
 	KindNack     Kind = 3 // a receiver's request to resend ranges of change datagrams, see [Nack]
 	KindGone     Kind = 4 // the sender's answer to a [KindNack]: these ranges are no longer held
+
+	// A full resync is a transfer of one node's maps to one requester, by
+	// unicast; see [SyncStart] and FORMAT.md.
+	KindSyncRequest Kind = 5 // a node asks a peer for a snapshot of its maps
+	KindSyncStart   Kind = 6 // the peer's answer: refused, or where the snapshot stands, see [SyncStart]
+	KindSnapshot    Kind = 7 // snapshot records: a [KindChanges] body of updates
+	KindSyncEnd     Kind = 8 // the snapshot's last datagram number: nothing follows
+	KindSyncAck     Kind = 9 // the requester's progress: a [Nack] body of missing datagram numbers, or none
+
+	maxKind = KindSyncAck
 )
 
 // Header flags.
 const (
 	// FlagRetransmit marks a change datagram resent in answer to a
-	// [KindNack]: otherwise the same bytes as the original. It is the only
-	// flag, and only change datagrams may carry it.
+	// [KindNack]: otherwise the same bytes as the original. Only change
+	// datagrams may carry it.
 	FlagRetransmit uint8 = 1 << 0
+	// FlagReady marks the announce of a node that has completed its
+	// initial sync, and so may serve snapshots. Only announces carry it.
+	FlagReady uint8 = 1 << 1
 )
 
 // Op is the operation of one change record.
@@ -60,14 +73,24 @@ var (
 	ErrBadCount    = errors.New("wire: record count does not match content")
 	ErrBadName     = errors.New("wire: invalid map name")
 	ErrBadRange    = errors.New("wire: invalid sequence range")
+	ErrBadStatus   = errors.New("wire: unknown sync status")
 )
 
 // Header is the fixed start of every datagram.
 type Header struct {
 	Kind  Kind
-	Flags uint8  // [FlagRetransmit] on a resent change datagram, else zero
-	Count uint16 // change records (KindChanges), descriptors (KindAnnounce) or ranges (KindNack, KindGone)
+	Flags uint8  // [FlagRetransmit] on a resent change datagram, [FlagReady] on an announce, else zero
+	Count uint16 // records (KindChanges, KindSnapshot), descriptors (KindAnnounce) or ranges (KindNack, KindGone, KindSyncAck)
 	Node  uint32 // sender node id
 	Epoch uint64 // sender boot epoch: changes whenever the sender restarts
-	Seq   uint64 // sender sequence number of this datagram
+	Seq   uint64 // sender sequence number of this datagram; for the sync kinds, see [SyncSeq]
 }
+
+// SyncSeq packs a resync's request id and a datagram number of its
+// snapshot into the Seq of a sync datagram: the id in the high 32 bits.
+// A request carries number 0, a [KindSyncAck] the highest number below
+// which every datagram arrived, a [KindSyncEnd] the number of the last.
+func SyncSeq(id, n uint32) uint64 { return uint64(id)<<32 | uint64(n) }
+
+// SplitSyncSeq is the inverse of [SyncSeq].
+func SplitSyncSeq(seq uint64) (id, n uint32) { return uint32(seq >> 32), uint32(seq) }

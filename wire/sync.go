@@ -1,0 +1,56 @@
+package wire
+
+import "encoding/binary"
+
+// SyncStartSize is the length of a [KindSyncStart] body.
+const SyncStartSize = 17
+
+// Answers to a [KindSyncRequest], in [SyncStart].Status.
+const (
+	SyncOK       uint8 = 0 // the snapshot follows
+	SyncNotReady uint8 = 1 // the peer has not completed its own initial sync: ask another
+	SyncBusy     uint8 = 2 // the peer serves as many snapshots as it will: ask again later
+)
+
+// SyncStart is the body of a [KindSyncStart] datagram: a node's answer to
+// a request for a snapshot of its maps.
+type SyncStart struct {
+	// Status is [SyncOK], [SyncNotReady] or [SyncBusy].
+	Status uint8
+	// AsOf is the sequence number of the serving node's latest change
+	// datagram when it began to read its maps: every change after it is
+	// in a later datagram, so the requester continues that node's stream
+	// at AsOf+1.
+	AsOf uint64
+	// Applied is how far the serving node had applied the requester's own
+	// change datagrams (in the requester's epoch of the request), 0 if not
+	// at all: the requester's later changes are not in the snapshot.
+	Applied uint64
+}
+
+// AppendTo appends the encoded body to b.
+func (s *SyncStart) AppendTo(b []byte) []byte {
+	b = append(b, s.Status)
+	b = binary.BigEndian.AppendUint64(b, s.AsOf)
+	return binary.BigEndian.AppendUint64(b, s.Applied)
+}
+
+// Unmarshal decodes a [KindSyncStart] body. It returns [ErrShortBuffer] or
+// [ErrBadLength] unless the body is exactly [SyncStartSize] bytes, and
+// [ErrBadStatus] for a status it does not know.
+func (s *SyncStart) Unmarshal(body []byte) error {
+	switch {
+	case len(body) < SyncStartSize:
+		return ErrShortBuffer
+	case len(body) > SyncStartSize:
+		return ErrBadLength
+	case body[0] > SyncBusy:
+		return ErrBadStatus
+	}
+	*s = SyncStart{
+		Status:  body[0],
+		AsOf:    binary.BigEndian.Uint64(body[1:]),
+		Applied: binary.BigEndian.Uint64(body[9:]),
+	}
+	return nil
+}

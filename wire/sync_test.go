@@ -1,0 +1,91 @@
+package wire_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+func TestSyncStartRoundTrip(t *testing.T) {
+	for _, s := range []wire.SyncStart{
+		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Applied: 7},
+		{Status: wire.SyncNotReady},
+		{Status: wire.SyncBusy, AsOf: 3},
+	} {
+		b := s.AppendTo(nil)
+		if len(b) != wire.SyncStartSize {
+			t.Fatalf("AppendTo(%+v) wrote %d bytes, want %d", s, len(b), wire.SyncStartSize)
+		}
+		var got wire.SyncStart
+		if err := got.Unmarshal(b); err != nil || got != s {
+			t.Errorf("Unmarshal(AppendTo(%+v)) = %+v, %v", s, got, err)
+		}
+	}
+}
+
+func TestSyncStartRejects(t *testing.T) {
+	ok := (&wire.SyncStart{AsOf: 1}).AppendTo(nil)
+	bad := append([]byte(nil), ok...)
+	bad[0] = 3
+	for _, tc := range []struct {
+		name string
+		body []byte
+		want error
+	}{
+		{"short", ok[:wire.SyncStartSize-1], wire.ErrShortBuffer},
+		{"long", append(append([]byte(nil), ok...), 0), wire.ErrBadLength},
+		{"status", bad, wire.ErrBadStatus},
+	} {
+		s := wire.SyncStart{Status: 9}
+		if err := s.Unmarshal(tc.body); !errors.Is(err, tc.want) {
+			t.Errorf("%s: Unmarshal = %v, want %v", tc.name, err, tc.want)
+		}
+		if s.Status != 9 {
+			t.Errorf("%s: a refused body changed the SyncStart: %+v", tc.name, s)
+		}
+	}
+}
+
+func TestSyncSeq(t *testing.T) {
+	seq := wire.SyncSeq(0xdeadbeef, 42)
+	if id, n := wire.SplitSyncSeq(seq); id != 0xdeadbeef || n != 42 {
+		t.Fatalf("SplitSyncSeq(SyncSeq(0xdeadbeef, 42)) = %#x, %d", id, n)
+	}
+}
+
+// Each flag is valid on its own kind of datagram only.
+func TestHeaderFlagsPerKind(t *testing.T) {
+	for _, tc := range []struct {
+		kind  wire.Kind
+		flags uint8
+		ok    bool
+	}{
+		{wire.KindChanges, wire.FlagRetransmit, true},
+		{wire.KindChanges, wire.FlagReady, false},
+		{wire.KindAnnounce, wire.FlagReady, true},
+		{wire.KindAnnounce, wire.FlagRetransmit, false},
+		{wire.KindSnapshot, wire.FlagRetransmit, false},
+		{wire.KindSyncAck, 0, true},
+	} {
+		b := make([]byte, wire.HeaderSize)
+		h := wire.Header{Kind: tc.kind, Flags: tc.flags}
+		h.MarshalTo(b)
+		err := new(wire.Header).Unmarshal(b)
+		if tc.ok && err != nil || !tc.ok && !errors.Is(err, wire.ErrBadFlags) {
+			t.Errorf("kind %d flags %#x: Unmarshal = %v, want ok=%v", tc.kind, tc.flags, err, tc.ok)
+		}
+	}
+}
+
+// A snapshot datagram has the body of a change datagram.
+func TestChangeWriterSnapshot(t *testing.T) {
+	var w wire.ChangeWriter
+	w.Reset(make([]byte, 200))
+	w.Append(1, wire.OpUpdate, []byte{1}, []byte{2})
+	d := w.Finish(wire.Header{Kind: wire.KindSnapshot, Seq: wire.SyncSeq(1, 1)})
+	var h wire.Header
+	if err := h.Unmarshal(d); err != nil || h.Kind != wire.KindSnapshot || h.Count != 1 {
+		t.Fatalf("snapshot header = %+v, %v", h, err)
+	}
+}
