@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -38,6 +39,7 @@ type scriptSource struct {
 	steps     []step
 	next      int
 	buffered  int
+	overflows uint64 // what Overflows reports
 	deadlines []deadlineCall
 }
 
@@ -63,6 +65,8 @@ func (s *scriptSource) SetDeadline(t time.Time) {
 }
 
 func (s *scriptSource) Buffered() int { return s.buffered }
+
+func (s *scriptSource) Overflows() (uint64, error) { return s.overflows, nil }
 
 // chanSource delivers changes sent on a channel and honours deadlines like
 // the capture does; closing the channel closes it.
@@ -101,6 +105,8 @@ func (s *chanSource) SetDeadline(t time.Time) {
 }
 
 func (s *chanSource) Buffered() int { return len(s.ch) }
+
+func (s *chanSource) Overflows() (uint64, error) { return 0, nil }
 
 // fakeTransport keeps copies of what is sent and delivers what a test
 // queues with deliver.
@@ -173,8 +179,10 @@ func (nopTransport) Send([][]byte) error                   { return nil }
 func (nopTransport) SendTo(netip.AddrPort, [][]byte) error { return nil }
 func (nopTransport) Receive([]Packet) (int, error)         { return 0, io.EOF }
 
-// fakeTarget is a map in memory that logs every batch applied to it.
+// fakeTarget is a map in memory that logs every batch applied to it. A
+// snapshot transfer dumps it from its own goroutine, hence the lock.
 type fakeTarget struct {
+	mu                 sync.Mutex
 	keySize, valueSize int
 	state              map[string]string
 	calls              []call
@@ -191,6 +199,8 @@ func newFakeTarget(keySize, valueSize int) *fakeTarget {
 }
 
 func (f *fakeTarget) UpdateBatch(keys, values []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls = append(f.calls, call{wire.OpUpdate, bytes.Clone(keys), bytes.Clone(values)})
 	if f.fail != nil {
 		return f.fail
@@ -202,6 +212,8 @@ func (f *fakeTarget) UpdateBatch(keys, values []byte) error {
 }
 
 func (f *fakeTarget) DeleteBatch(keys []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls = append(f.calls, call{wire.OpDelete, bytes.Clone(keys), nil})
 	missing := 0
 	for i := 0; i < len(keys)/f.keySize; i++ {
@@ -214,11 +226,45 @@ func (f *fakeTarget) DeleteBatch(keys []byte) (int, error) {
 	return missing, nil
 }
 
+// Dump hands out the entries in key order, batch by batch.
+func (f *fakeTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	f.mu.Lock()
+	ks := slices.Sorted(maps.Keys(f.state))
+	vs := make([]string, len(ks))
+	for i, k := range ks {
+		vs[i] = f.state[k]
+	}
+	f.mu.Unlock()
+	batch := len(keys) / f.keySize
+	for len(ks) > 0 {
+		n := min(batch, len(ks))
+		for i := range n {
+			copy(keys[i*f.keySize:], ks[i])
+			copy(values[i*f.valueSize:], vs[i])
+		}
+		if err := fn(keys[:n*f.keySize], values[:n*f.valueSize]); err != nil {
+			return err
+		}
+		ks, vs = ks[n:], vs[n:]
+	}
+	return nil
+}
+
+// snapshot copies the state.
+func (f *fakeTarget) snapshot() map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.state)
+}
+
 // nopTarget accepts everything without allocating: for allocation tests.
 type nopTarget struct{}
 
 func (nopTarget) UpdateBatch(keys, values []byte) error { return nil }
 func (nopTarget) DeleteBatch(keys []byte) (int, error)  { return 0, nil }
+func (nopTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	return nil
+}
 
 // testMap describes a hash map for a table.
 func testMap(name string, id ebpf.MapID, keySize, valueSize uint32, target Target) Map {

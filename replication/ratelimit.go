@@ -13,6 +13,8 @@ const (
 	reasonSchema
 	reasonSend
 	reasonResync
+	reasonOverflow
+	reasonSync
 	numReasons
 )
 

@@ -36,8 +36,12 @@ type ReceiverConfig struct {
 	// Peers, when set, are the only source addresses accepted; datagrams
 	// from anywhere else count as forged. Zones are ignored.
 	Peers []netip.Addr
-	Stats *Stats
-	Log   *slog.Logger
+	// AnnounceInterval is the peers' announce period (default
+	// [DefaultAnnounceInterval]): a starting node that hears no ready peer
+	// for twice as long decides its initial sync alone.
+	AnnounceInterval time.Duration
+	Stats            *Stats
+	Log              *slog.Logger
 }
 
 // Receiver applies the change datagrams of its peers to the local maps and
@@ -53,8 +57,12 @@ type Receiver struct {
 	log    *slog.Logger
 	limit  limiter
 
-	mu    sync.Mutex // guards peers against Peers
-	peers map[uint32]*peer
+	mu        sync.Mutex // guards the state below against Peers and the timers
+	peers     map[uint32]*peer
+	sync      resync
+	ready     readiness
+	transfers map[uint32]*transfer // snapshots being served, by requester node
+	stop      chan struct{}        // closed when Run returns
 
 	pkts  []Packet
 	secs  wire.Sections
@@ -81,6 +89,8 @@ type peer struct {
 	seen      uint64 // highest sequence number the peer is known to have sent
 	next      uint64 // sequence number of the next change datagram to apply
 	repair    repairState
+	ready     bool // its announces say it completed its initial sync
+	needSync  bool // its changes were lost beyond repair: a full resync from it is due
 	lastHeard time.Time
 	datagrams uint64
 	gaps      uint64
@@ -100,9 +110,15 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		stats:  cfg.Stats,
 		log:    cfg.Log,
 		peers:  make(map[uint32]*peer),
-		pkts:   make([]Packet, receiveBatch),
-		keys:   make([]byte, 0, 1<<16),
-		vals:   make([]byte, 0, 1<<16),
+		ready: readiness{
+			wait: 2 * cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),
+			done: make(chan struct{}),
+		},
+		transfers: make(map[uint32]*transfer),
+		stop:      make(chan struct{}),
+		pkts:      make([]Packet, receiveBatch),
+		keys:      make([]byte, 0, 1<<16),
+		vals:      make([]byte, 0, 1<<16),
 	}
 	for _, a := range cfg.Peers {
 		r.allow = append(r.allow, a.Unmap().WithZone(""))
@@ -113,9 +129,11 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 // Run receives and applies datagrams until the transport fails. Once ctx
 // is done, the transport's closing error makes it return nil.
 func (r *Receiver) Run(ctx context.Context) error {
-	stop := make(chan struct{})
-	defer close(stop)
-	go r.retryLoop(stop)
+	r.mu.Lock()
+	r.ready.started = time.Now()
+	r.mu.Unlock()
+	defer close(r.stop)
+	go r.retryLoop(r.stop)
 	for {
 		n, err := r.tr.Receive(r.pkts)
 		if err != nil {
@@ -181,6 +199,7 @@ func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 			return
 		}
 		p = r.accept(p, from, &h, now, h.Seq+1)
+		p.ready = h.Flags&wire.FlagReady != 0
 		r.stats.DatagramsReceived.Add(1)
 		r.heartbeat(p, now, h.Seq)
 		r.compare(p, descs)
@@ -198,6 +217,36 @@ func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 		if p != nil && r.nack.Node == p.node && r.nack.Epoch == p.epoch {
 			r.gone(p, now)
 		}
+	case wire.KindSyncRequest:
+		r.serveSync(from, &h)
+	case wire.KindSyncAck:
+		r.syncAcked(from, &h, body)
+	default:
+		r.syncData(p, now, from, &h, d)
+	}
+}
+
+// syncData takes a datagram of a snapshot this node asked p for.
+func (r *Receiver) syncData(p *peer, now time.Time, from netip.AddrPort, h *wire.Header, d []byte) {
+	body := d[wire.HeaderSize:]
+	if p == nil || p.epoch != h.Epoch {
+		return // no request of ours is open with this peer
+	}
+	switch h.Kind {
+	case wire.KindSyncStart:
+		r.syncStart(p, now, h, body)
+	case wire.KindSnapshot:
+		if err := r.check(body, h.Count); err != nil {
+			r.malformed(from, err)
+			return
+		}
+		r.snapshot(p, now, h, d)
+	case wire.KindSyncEnd:
+		if len(body) > 0 || h.Count > 0 {
+			r.malformed(from, wire.ErrBadLength)
+			return
+		}
+		r.syncEnd(p, now, h)
 	}
 }
 
@@ -215,6 +264,7 @@ func (r *Receiver) accept(p *peer, from netip.AddrPort, h *wire.Header, now time
 			r.log.Info("peer restarted", "node", h.Node, "addr", from, "epoch", h.Epoch,
 				"previous_addr", p.addr, "previous_epoch", p.epoch)
 			r.release(p)
+			r.forgetSync(p, now)
 			first = 1
 		}
 		p = &peer{node: h.Node, addr: from, epoch: h.Epoch, seen: first - 1, next: first}
@@ -275,6 +325,7 @@ func (r *Receiver) apply(p *peer, body []byte, count uint16) {
 		n := 0
 		for rec, err := r.recs.Next(); err == nil; rec, err = r.recs.Next() {
 			if rec.Op != op && n > 0 {
+				r.touch(m, r.keys)
 				r.applyRun(p, m, op, n)
 				n = 0
 			}
@@ -284,6 +335,7 @@ func (r *Receiver) apply(p *peer, body []byte, count uint16) {
 			n++
 		}
 		if n > 0 {
+			r.touch(m, r.keys)
 			r.applyRun(p, m, op, n)
 		}
 	}

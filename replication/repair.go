@@ -72,6 +72,13 @@ func (r *Receiver) changes(p *peer, now time.Time, h *wire.Header, d []byte) {
 		r.sendNack(p)
 	}
 	p.seen = max(p.seen, s)
+	if r.holding(p) {
+		if s < p.next+maxHeld && rs.bytes+len(d) <= maxHeldBytes {
+			r.hold(p, s, d)
+			return
+		}
+		r.abandonSync(now, "too many datagrams held back waiting for the answer")
+	}
 	if s != p.next && (s >= p.next+maxHeld || rs.bytes+len(d) > maxHeldBytes) {
 		r.resyncNeeded(p, "too many datagrams held back behind a gap")
 		r.skipTo(p, s)
@@ -234,6 +241,7 @@ func (r *Receiver) retry(now time.Time) {
 		rs.interval = min(2*rs.interval, maxRetry)
 		rs.retryAt = now.Add(rs.interval)
 	}
+	r.syncTick(now)
 }
 
 // firstHeld is the lowest sequence number held for p, or the one after
@@ -328,6 +336,8 @@ func (r *Receiver) serveNack(from netip.AddrPort) {
 		for seq := max(rg.First, first); seq <= min(rg.Last, last) && budget > 0; seq++ {
 			if r.queueRepair(from, seq) {
 				budget--
+			} else {
+				r.nack.Add(seq, seq) // lost to a capture overflow
 			}
 		}
 	}
@@ -376,12 +386,13 @@ func (r *Receiver) flushRepairs(to netip.AddrPort) {
 	r.repair, r.repairBuf = r.repair[:0], r.repairBuf[:0]
 }
 
-// resyncNeeded records that p's changes before its current gap are lost
-// for good until a full resync.
+// resyncNeeded records that p's changes before its current gap are lost,
+// so a full resync from p is due.
 func (r *Receiver) resyncNeeded(p *peer, why string) {
 	r.stats.ResyncNeeded.Add(1)
+	p.needSync = true
 	if s, ok := r.limit.allow(reasonResync); ok {
-		r.log.Warn("giving up on missing datagrams; the peer's maps need a full resync", "peer", p.node, "addr", p.addr,
+		r.log.Warn("giving up on missing datagrams; a full resync from the peer follows", "peer", p.node, "addr", p.addr,
 			"epoch", p.epoch, "next", p.next, "latest", p.seen, "reason", why, "suppressed", s)
 	}
 }

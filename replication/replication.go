@@ -27,6 +27,9 @@ type Source interface {
 	// Buffered reports the bytes queued behind the last Read: zero means the
 	// source is drained.
 	Buffered() int
+	// Overflows counts the changes the source lost since it started because
+	// they could not be queued: the peers then need a full resync.
+	Overflows() (uint64, error)
 }
 
 // Target is a local map the receiver applies changes to. [*loader.Map]
@@ -38,6 +41,10 @@ type Target interface {
 	// DeleteBatch deletes the packed keys; absent keys are skipped and
 	// counted in missing.
 	DeleteBatch(keys []byte) (missing int, err error)
+	// Dump calls fn with every entry of the map, a batch at a time, packed
+	// into prefixes of keys and values; it stops at fn's first error. It
+	// reads snapshots for peers and the local keys a snapshot may delete.
+	Dump(keys, values []byte, fn func(keys, values []byte) error) error
 }
 
 // Packet is one received datagram.

@@ -50,7 +50,8 @@ func NewResend(size, payload int) (*Resend, error) {
 }
 
 // add copies datagram seq, which must follow the previous one added (or be
-// the first), evicting the oldest datagrams it needs room for.
+// the first), evicting the oldest datagrams it needs room for. An empty d
+// records seq as lost: requests for it are answered as gone.
 func (b *Resend) add(seq uint64, d []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -108,10 +109,10 @@ func (b *Resend) held() (first, last uint64, ok bool) {
 func (b *Resend) copyOut(seq uint64, dst []byte) ([]byte, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.n == 0 || seq < b.first || seq >= b.first+b.n {
+	i := seq % uint64(len(b.offs))
+	if b.n == 0 || seq < b.first || seq >= b.first+b.n || b.lens[i] == 0 {
 		return dst, false
 	}
-	i := seq % uint64(len(b.offs))
 	o := int(b.offs[i])
 	return append(dst, b.arena[o:o+int(b.lens[i])]...), true
 }

@@ -29,6 +29,9 @@ const (
 	// millisecond, so while changes flow, polling is what bounds latency;
 	// once idle, the kernel's wake-up for the next change is enough.
 	activeWindow = 2 * time.Millisecond
+	// overflowCheck is how often the sender asks the source whether it
+	// lost changes.
+	overflowCheck = 10 * time.Millisecond
 )
 
 // SenderConfig configures a [Sender].
@@ -47,8 +50,11 @@ type SenderConfig struct {
 	// Resend, when set, keeps every sealed datagram so that the receiver
 	// can answer repair requests for it.
 	Resend *Resend
-	Stats  *Stats
-	Log    *slog.Logger
+	// Ready reports whether this node completed its initial sync, which
+	// its announces advertise ([wire.FlagReady]); nil means always.
+	Ready func() bool
+	Stats *Stats
+	Log   *slog.Logger
 }
 
 // Sender reads changes from a [Source], coalesces them per key, packs them
@@ -60,6 +66,7 @@ type Sender struct {
 	tr            Transport
 	table         *Table
 	resend        *Resend
+	ready         func() bool
 	stats         *Stats
 	log           *slog.Logger
 	limit         limiter
@@ -82,6 +89,9 @@ type Sender struct {
 	// per-change path.
 	captured, coalesced, bad, changes uint64
 
+	overflows        uint64    // the source's count when last checked
+	overflowsChecked time.Time // when that was
+
 	last *localMap // map of the previous change: changes come in runs
 	ch   loader.Change
 }
@@ -94,6 +104,7 @@ func NewSender(cfg SenderConfig) *Sender {
 		tr:            cfg.Transport,
 		table:         cfg.Table,
 		resend:        cfg.Resend,
+		ready:         cfg.Ready,
 		stats:         cfg.Stats,
 		log:           cfg.Log,
 		payload:       cfg.Table.payload,
@@ -170,6 +181,9 @@ func (s *Sender) Run(ctx context.Context) error {
 				return nil
 			}
 			return fmt.Errorf("read changes: %w", err)
+		}
+		if now.Sub(s.overflowsChecked) >= overflowCheck {
+			s.checkOverflows(now)
 		}
 		if !now.Before(nextAnnounce) {
 			s.flush()
@@ -283,11 +297,38 @@ func (s *Sender) send() {
 	s.captured, s.coalesced, s.bad, s.changes = 0, 0, 0, 0
 }
 
+// checkOverflows asks the source whether it lost changes since the last
+// check. If it did, the peers cannot be told which: the sender skips a
+// sequence number, recorded as lost in the resend buffer, so every peer
+// sees a gap that cannot be repaired and asks this node for a full resync.
+func (s *Sender) checkOverflows(now time.Time) {
+	s.overflowsChecked = now
+	n, err := s.src.Overflows()
+	if err != nil || n <= s.overflows {
+		return
+	}
+	lost := n - s.overflows
+	s.overflows = n
+	s.stats.RingOverflows.Store(n)
+	s.flush()
+	s.header.Seq++
+	if s.resend != nil {
+		s.resend.add(s.header.Seq, nil)
+	}
+	if m, ok := s.limit.allow(reasonOverflow); ok {
+		s.log.Warn("capture ring buffer overflowed: changes were lost before they reached the daemon; peers will resync from this node. "+
+			"Raise --ring-size if this repeats", "lost", lost, "lost_total", n, "seq", s.header.Seq, "suppressed", m)
+	}
+}
+
 // announce sends the descriptors of the local maps with the sequence
 // number of the latest change datagram, so peers notice a lost tail.
 func (s *Sender) announce() {
 	h := s.header
 	h.Kind = wire.KindAnnounce
+	if s.ready == nil || s.ready() {
+		h.Flags = wire.FlagReady
+	}
 	for i, d := range s.announces {
 		h.Count = s.announceCounts[i]
 		_, _ = h.MarshalTo(d) // cannot fail: d starts with a header-sized gap

@@ -427,8 +427,9 @@ func (c *cycleSource) Read(ch *loader.Change) error {
 	c.i++
 	return nil
 }
-func (c *cycleSource) SetDeadline(time.Time) {}
-func (c *cycleSource) Buffered() int         { return 1 }
+func (c *cycleSource) SetDeadline(time.Time)      {}
+func (c *cycleSource) Buffered() int              { return 1 }
+func (c *cycleSource) Overflows() (uint64, error) { return 0, nil }
 
 func newCycle(n int) *cycleSource {
 	src := &cycleSource{}

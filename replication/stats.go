@@ -35,7 +35,13 @@ type Stats struct {
 	Repaired          atomic.Uint64 // missing change datagrams filled by a peer's resend
 	Duplicates        atomic.Uint64 // change datagrams already applied (or held), dropped
 	Held              atomic.Uint64 // change datagrams held back waiting for a missing one (a gauge)
-	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: the peer's changes were skipped
+	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: a full resync from the peer follows
+
+	// Full resync.
+	ResyncsSent     atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
+	ResyncsReceived atomic.Uint64 // snapshots received from a peer to the end and applied
+	SyncDeleted     atomic.Uint64 // local entries a snapshot showed deleted, removed
+	Ready           atomic.Bool   // the initial sync is complete
 }
 
 // StatsSnapshot is a copy of [Stats] at one moment.
@@ -46,6 +52,9 @@ type StatsSnapshot struct {
 	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
 	Duplicates, Held, ResyncNeeded uint64
+
+	ResyncsSent, ResyncsReceived, SyncDeleted uint64
+	Ready                                     bool
 }
 
 // Snapshot copies the counters.
@@ -75,6 +84,10 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		Duplicates:        s.Duplicates.Load(),
 		Held:              s.Held.Load(),
 		ResyncNeeded:      s.ResyncNeeded.Load(),
+		ResyncsSent:       s.ResyncsSent.Load(),
+		ResyncsReceived:   s.ResyncsReceived.Load(),
+		SyncDeleted:       s.SyncDeleted.Load(),
+		Ready:             s.Ready.Load(),
 	}
 }
 
@@ -106,5 +119,9 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("duplicates", s.Duplicates),
 		slog.Uint64("held", s.Held),
 		slog.Uint64("resync_needed", s.ResyncNeeded),
+		slog.Uint64("resyncs_sent", s.ResyncsSent),
+		slog.Uint64("resyncs_received", s.ResyncsReceived),
+		slog.Uint64("sync_deleted", s.SyncDeleted),
+		slog.Bool("ready", s.Ready),
 	}
 }

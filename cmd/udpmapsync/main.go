@@ -69,8 +69,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
-	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file once attached and listening (for scripts and tests)")
-	_ = fs.MarkHidden("ready-file")
+	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file (with the pid) once the initial sync with the peers is complete")
 }
 
 func main() {
@@ -234,12 +233,14 @@ func run(ctx context.Context, f *Flags) error {
 	epoch := uint64(time.Now().UnixNano())
 	logStartup(log, c, f, maps, capture, tr, epoch)
 	stats := new(replication.Stats)
+	receiver := replication.NewReceiver(replication.ReceiverConfig{
+		Transport: tr, Table: table, Node: c.node, Epoch: epoch, Resend: resend, Peers: c.peers,
+		AnnounceInterval: f.AnnounceInterval, Stats: stats, Log: log,
+	})
 	sender := replication.NewSender(replication.SenderConfig{
 		Source: capture, Transport: tr, Table: table, Node: c.node, Epoch: epoch,
-		FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval, Resend: resend, Stats: stats, Log: log,
-	})
-	receiver := replication.NewReceiver(replication.ReceiverConfig{
-		Transport: tr, Table: table, Node: c.node, Epoch: epoch, Resend: resend, Peers: c.peers, Stats: stats, Log: log,
+		FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval, Resend: resend,
+		Ready: receiver.IsReady, Stats: stats, Log: log,
 	})
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -250,11 +251,7 @@ func run(ctx context.Context, f *Flags) error {
 	running := 2
 
 	var first error
-	if f.ReadyFile != "" {
-		if err := os.WriteFile(f.ReadyFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-			first = fmt.Errorf("--ready-file: %w", err)
-		}
-	}
+	ready := receiver.Ready()
 	var tick <-chan time.Time
 	if f.StatsInterval > 0 {
 		t := time.NewTicker(f.StatsInterval)
@@ -266,15 +263,20 @@ func run(ctx context.Context, f *Flags) error {
 		case <-ctx.Done():
 		case first = <-done: // nil only once ctx is done
 			running--
+		case <-ready:
+			ready = nil
+			if f.ReadyFile != "" {
+				if err := os.WriteFile(f.ReadyFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+					first = fmt.Errorf("--ready-file: %w", err)
+				}
+			}
 		case <-tick:
-			countOverflows(stats, capture)
 			logStats(ctx, log, stats, receiver)
 		}
 	}
 
 	// The reads block in the kernel: closing the capture and the socket is
 	// what ends them.
-	countOverflows(stats, capture)
 	cancel()
 	capture.Close()
 	closeTransport()
@@ -312,14 +314,6 @@ func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, captu
 	}
 	log.Info("listening", append(dest, "iface", c.iface.Name, "port", f.Port, "payload", tr.Payload(),
 		"node", c.node, "epoch", epoch, "version", version)...)
-}
-
-// countOverflows copies the capture's count of changes lost to a full ring
-// into stats.
-func countOverflows(stats *replication.Stats, capture *loader.Capture) {
-	if n, err := capture.Overflows(); err == nil {
-		stats.RingOverflows.Store(n)
-	}
 }
 
 // logStats writes the one-line summary, and a line per peer at debug level.

@@ -1,0 +1,303 @@
+package replication
+
+// Full resync between whole nodes (Sender and Receiver each) over an
+// in-memory network with fake maps: the network and the kernel maps are
+// mocked so the protocol's timing can be driven and its loss chosen. The
+// same scenarios run over real sockets, maps and daemons in netns-test.
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// memNet delivers datagrams between memTransports like a LAN that drops
+// what drop says, and what a full receive queue cannot take.
+type memNet struct {
+	mu    sync.Mutex
+	nodes map[netip.AddrPort]*memTransport
+	drop  func(d []byte) bool
+}
+
+type memTransport struct {
+	net  *memNet
+	addr netip.AddrPort
+	in   chan Packet
+	done chan struct{}
+}
+
+func (n *memNet) attach(addr netip.AddrPort) *memTransport {
+	t := &memTransport{net: n, addr: addr, in: make(chan Packet, 1<<14), done: make(chan struct{})}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.nodes == nil {
+		n.nodes = map[netip.AddrPort]*memTransport{}
+	}
+	n.nodes[addr] = t
+	return t
+}
+
+func (t *memTransport) deliver(to *memTransport, d []byte) {
+	t.net.mu.Lock()
+	drop := t.net.drop
+	t.net.mu.Unlock()
+	if drop != nil && drop(d) {
+		return
+	}
+	select {
+	case to.in <- Packet{Data: append([]byte(nil), d...), From: t.addr}:
+	default:
+	}
+}
+
+func (t *memTransport) Send(dgrams [][]byte) error {
+	t.net.mu.Lock()
+	others := make([]*memTransport, 0, len(t.net.nodes))
+	for a, o := range t.net.nodes {
+		if a != t.addr {
+			others = append(others, o)
+		}
+	}
+	t.net.mu.Unlock()
+	for _, o := range others {
+		for _, d := range dgrams {
+			t.deliver(o, d)
+		}
+	}
+	return nil
+}
+
+func (t *memTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	t.net.mu.Lock()
+	o := t.net.nodes[addr]
+	t.net.mu.Unlock()
+	for _, d := range dgrams {
+		if o != nil {
+			t.deliver(o, d)
+		}
+	}
+	return nil
+}
+
+func (t *memTransport) Receive(pkts []Packet) (int, error) {
+	select {
+	case p := <-t.in:
+		pkts[0] = p
+		return 1, nil
+	case <-t.done:
+		return 0, errFakeClosed
+	}
+}
+
+// memNode is one node: its map, the changes its "capture" reports, and
+// the daemon's sender and receiver.
+type memNode struct {
+	flows  *fakeTarget
+	src    *overflowSource
+	stats  *Stats
+	r      *Receiver
+	stop   func()
+	logs   *logBuffer
+	flowID ebpf.MapID
+}
+
+// overflowSource is a chanSource whose overflow count a test sets.
+type overflowSource struct {
+	chanSource
+	lost atomic.Uint64
+}
+
+func (s *overflowSource) Overflows() (uint64, error) { return s.lost.Load(), nil }
+
+const memAnnounce = 20 * time.Millisecond
+
+func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string) *memNode {
+	t.Helper()
+	m := &memNode{flows: newFakeTarget(4, 8), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
+		stats: new(Stats), logs: new(logBuffer), flowID: 10}
+	maps.Copy(m.flows.state, state)
+	tab := mustTable(t, testPayload, testMap("flows", m.flowID, 4, 8, m.flows))
+	tr := n.attach(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(node)}), 3870))
+	resend, err := NewResend(1<<20, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := newLogger(m.logs)
+	m.r = NewReceiver(ReceiverConfig{Transport: tr, Table: tab, Node: node, Epoch: uint64(node) * 1000,
+		Resend: resend, AnnounceInterval: memAnnounce, Stats: m.stats, Log: log})
+	s := NewSender(SenderConfig{Source: m.src, Transport: tr, Table: tab, Node: node, Epoch: uint64(node) * 1000,
+		AnnounceInterval: memAnnounce, Resend: resend, Ready: m.r.IsReady, Stats: m.stats, Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	go func() { defer wg.Done(); _ = m.r.Run(ctx) }()
+	m.stop = sync.OnceFunc(func() {
+		cancel()
+		close(tr.done)
+		close(m.src.ch)
+		wg.Wait()
+	})
+	t.Cleanup(m.stop)
+	return m
+}
+
+// write changes the node's map as a local program would, and reports it
+// to the capture unless lost says the ring had no room.
+func (m *memNode) write(k, v string, lost bool) {
+	m.flows.mu.Lock()
+	if v == "" {
+		delete(m.flows.state, k)
+	} else {
+		m.flows.state[k] = v
+	}
+	m.flows.mu.Unlock()
+	if lost {
+		return
+	}
+	c := loader.Change{MapID: m.flowID, Op: loader.OpUpdate, Key: []byte(k), Value: []byte(v)}
+	if v == "" {
+		c.Op, c.Value = loader.OpDelete, nil
+	}
+	m.src.ch <- c
+}
+
+func (m *memNode) waitReady(t *testing.T) {
+	t.Helper()
+	select {
+	case <-m.r.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not ready after 10s; log:\n%s", m.logs)
+	}
+}
+
+// waitSame waits until every node holds the first node's state.
+func waitSame(t *testing.T, nodes ...*memNode) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		want, diff := nodes[0].flows.snapshot(), ""
+		for i, n := range nodes[1:] {
+			if got := n.flows.snapshot(); !maps.Equal(got, want) {
+				diff = fmt.Sprintf("node %d holds %d entries, node 0 %d", i+1, len(got), len(want))
+			}
+		}
+		if diff == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not converged after 10s: %s; logs:\n%s\n%s", diff, nodes[0].logs, nodes[1].logs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitCount waits until counter c reaches want: the serving side counts a
+// resync once the requester's last acknowledgement arrives, after the
+// requester is done.
+func waitCount(t *testing.T, what string, c *atomic.Uint64, want uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); c.Load() < want && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := c.Load(); got != want {
+		t.Errorf("%s = %d, want %d", what, got, want)
+	}
+}
+
+func entries(n int, prefix byte, ver int) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		m[string([]byte{prefix, byte(i >> 16), byte(i >> 8), byte(i)})] = fmt.Sprintf("v%07d", ver*1_000_000+i)
+	}
+	return m
+}
+
+// A node that starts with a stale map (entries the group deleted, old
+// values) becomes ready only once a snapshot from a ready peer replaced
+// it, while that peer keeps writing, with a fifth of the snapshot lost on
+// the way.
+func TestResyncLateJoiner(t *testing.T) {
+	var n memNet
+	n.drop = func(d []byte) bool { return d[3] == byte(wire.KindSnapshot) && rand.IntN(5) == 0 }
+	a := startMemNode(t, &n, 1, entries(3000, 'a', 1))
+	a.waitReady(t)
+	if s := a.stats.Snapshot(); !s.Ready || s.ResyncsReceived != 0 {
+		t.Fatalf("a lone node: ready %v after %d resyncs; want ready without one", s.Ready, s.ResyncsReceived)
+	}
+
+	stale := entries(500, 'a', 0)          // old values of keys a holds
+	maps.Copy(stale, entries(200, 'z', 0)) // keys the group deleted
+	b := startMemNode(t, &n, 2, stale)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 2000; i++ {
+			a.write(string([]byte{'a', 0, byte(i >> 8), byte(i)}), fmt.Sprintf("w%07d", i), false)
+			if i%100 == 0 {
+				a.write(string([]byte{'a', 1, 0, byte(i / 100)}), "", false)
+			}
+		}
+	}()
+	b.waitReady(t)
+	<-done
+	waitSame(t, a, b)
+	if s := b.stats.Snapshot(); s.ResyncsReceived != 1 || s.SyncDeleted < 200 {
+		t.Errorf("b: %d resyncs received, %d entries deleted; want 1 and at least the 200 the group deleted", s.ResyncsReceived, s.SyncDeleted)
+	}
+	waitCount(t, "a's resyncs_sent", &a.stats.ResyncsSent, 1)
+}
+
+// Changes the capture lost to a full ring are never sent: the sender
+// skips a sequence number, the peer's repair request for it is answered
+// as gone, and the peer takes a full resync that brings the lost changes.
+func TestResyncAfterOverflow(t *testing.T) {
+	var n memNet
+	a := startMemNode(t, &n, 1, entries(100, 'a', 1))
+	a.waitReady(t)
+	b := startMemNode(t, &n, 2, nil)
+	b.waitReady(t)
+	waitSame(t, a, b)
+
+	for i := range 50 {
+		a.write(string([]byte{'l', 0, 0, byte(i)}), fmt.Sprintf("lost%04d", i), true)
+	}
+	a.src.lost.Store(50)
+	a.write("last", "latest!!", false)
+	waitSame(t, a, b)
+	waitCount(t, "a's resyncs_sent (b's initial sync, the overflow)", &a.stats.ResyncsSent, 2)
+	if got := a.stats.RingOverflows.Load(); got != 50 {
+		t.Errorf("a: ring_overflows %d, want 50", got)
+	}
+	if s := b.stats.Snapshot(); s.ResyncNeeded == 0 || s.ResyncsReceived != 2 {
+		t.Errorf("b: resync_needed %d, resyncs_received %d; want >0 and 2 (initial, overflow)", s.ResyncNeeded, s.ResyncsReceived)
+	}
+}
+
+// Two nodes with no ready peer: the lower node id seeds the group with its
+// maps, here empty, and the other adopts them.
+func TestResyncColdStart(t *testing.T) {
+	var n memNet
+	hi := startMemNode(t, &n, 9, entries(10, 'h', 1))
+	lo := startMemNode(t, &n, 3, nil)
+	hi.waitReady(t)
+	lo.waitReady(t)
+	waitSame(t, lo, hi)
+	if got := hi.flows.snapshot(); len(got) != 0 {
+		t.Errorf("node 9 holds %d entries, want node 3's empty map", len(got))
+	}
+	if s := lo.stats.Snapshot(); s.ResyncsReceived != 0 {
+		t.Errorf("the seed received %d resyncs, want 0", s.ResyncsReceived)
+	}
+}
