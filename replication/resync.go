@@ -296,7 +296,7 @@ func (r *Receiver) syncEnd(p *peer, now time.Time, h *wire.Header) {
 	s := &r.sync
 	id, n := wire.SplitSyncSeq(h.Seq)
 	if s.phase == syncIdle && s.doneFrom == p && id == s.id {
-		ack := wire.Header{Kind: wire.KindSyncAck, Node: r.node, Epoch: r.epoch, Seq: h.Seq}
+		ack := wire.Header{Kind: wire.KindSyncAck, Node: r.node, Epoch: r.epoch, Seq: wire.SyncSeq(id, n+1)}
 		r.sendControl(p.addr, &ack, nil)
 		return
 	}
@@ -327,7 +327,13 @@ func (r *Receiver) sendSyncAck(now time.Time) {
 			break
 		}
 	}
-	h := wire.Header{Kind: wire.KindSyncAck, Count: uint16(r.nack.N), Node: r.node, Epoch: r.epoch, Seq: wire.SyncSeq(s.id, s.cum)}
+	// Once the end has arrived too, the acknowledgement counts it as one
+	// more datagram, so the peer can tell "all of it" from "all so far".
+	cum := s.cum
+	if s.ended && s.cum >= s.total {
+		cum = s.total + 1
+	}
+	h := wire.Header{Kind: wire.KindSyncAck, Count: uint16(r.nack.N), Node: r.node, Epoch: r.epoch, Seq: wire.SyncSeq(s.id, cum)}
 	var body []byte
 	if r.nack.N > 0 {
 		body, _ = r.nack.AppendTo(nil) // the ranges are ascending and start after cum

@@ -274,7 +274,7 @@ func (s *stream) wait(done func() bool) error {
 			now := time.Now()
 			s.heard = now
 			s.acked = max(s.acked, min(a.cum, s.sealed))
-			s.done = s.end != nil && a.cum >= s.sealed
+			s.done = s.end != nil && a.cum > s.sealed // the end counts as one more
 			for _, rg := range a.missing.Ranges[:a.missing.N] {
 				for k := max(rg.First, uint64(s.acked)+1); k <= min(rg.Last, uint64(s.sealed)); k++ {
 					s.resend(uint32(k), now, transferRTO/4)

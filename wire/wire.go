@@ -88,8 +88,9 @@ type Header struct {
 
 // SyncSeq packs a resync's request id and a datagram number of its
 // snapshot into the Seq of a sync datagram: the id in the high 32 bits.
-// A request carries number 0, a [KindSyncAck] the highest number below
-// which every datagram arrived, a [KindSyncEnd] the number of the last.
+// A request carries number 0, a [KindSyncAck] the highest number up to
+// which every datagram arrived (the last one + 1 once the end arrived
+// too), a [KindSyncEnd] the number of the last.
 func SyncSeq(id, n uint32) uint64 { return uint64(id)<<32 | uint64(n) }
 
 // SplitSyncSeq is the inverse of [SyncSeq].
