@@ -172,6 +172,12 @@ func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 		r.forged(from, &h, "node id already heard from another address")
 		return
 	}
+	if p != nil && h.Epoch < p.epoch {
+		// From before the node restarted (epochs grow): late, or
+		// replayed. Taking it would reset the node's state.
+		r.stats.Duplicates.Add(1)
+		return
+	}
 	body := d[wire.HeaderSize:]
 	switch h.Kind {
 	case wire.KindChanges:

@@ -183,6 +183,15 @@ func TestRepairNewEpochFromOne(t *testing.T) {
 	if f.value("key1") != "       1" {
 		t.Errorf("key1 = %q, want the value of the old epoch's datagram 50, still", f.value("key1"))
 	}
+	// Nor is a late original of the old epoch, and it does not reset the
+	// peer: the new epoch's held datagram 4 applies once 1 to 3 arrive.
+	f.handle(peerA, f.peerDatagram(t, 1, 51, "key1", "late"))
+	for seq := uint64(1); seq <= 3; seq++ {
+		f.handle(peerA, retransmitted(f.peerDatagram(t, 2, seq, "key2", fmt.Sprint(seq))))
+	}
+	if f.value("key1") != "       2" || f.value("key2") != "       3" {
+		t.Errorf("key1, key2 = %q, %q; want the new epoch's 2 and 3", f.value("key1"), f.value("key2"))
+	}
 }
 
 // ownDatagrams fills a resend buffer with n change datagrams of ourNode.

@@ -33,7 +33,7 @@ type Stats struct {
 	NacksSent         atomic.Uint64 // repair requests sent to peers
 	RangesRequested   atomic.Uint64 // sequence ranges in those requests
 	Repaired          atomic.Uint64 // missing change datagrams filled by a peer's resend
-	Duplicates        atomic.Uint64 // change datagrams already applied (or held), dropped
+	Duplicates        atomic.Uint64 // datagrams already applied (or held), or from a peer's previous epoch, dropped
 	Held              atomic.Uint64 // change datagrams held back waiting for a missing one (a gauge)
 	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: a full resync from the peer follows
 
