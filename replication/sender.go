@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -158,7 +160,7 @@ func (s *Sender) Run(ctx context.Context) error {
 		case err == nil:
 			if !polling {
 				polling = true
-				s.src.SetDeadline(now.Add(s.flushInterval))
+				s.src.SetDeadline(now) // read what is queued without waiting
 			}
 			lastChange = now
 			s.add(&s.ch, now)
@@ -171,7 +173,8 @@ func (s *Sender) Run(ctx context.Context) error {
 				return nil
 			}
 			if polling = now.Sub(lastChange) < s.activeWindow; polling {
-				s.src.SetDeadline(now.Add(s.flushInterval))
+				pause(s.flushInterval)
+				s.src.SetDeadline(time.Now())
 			} else {
 				s.src.SetDeadline(nextAnnounce)
 			}
@@ -193,6 +196,16 @@ func (s *Sender) Run(ctx context.Context) error {
 				s.src.SetDeadline(nextAnnounce)
 			}
 		}
+	}
+}
+
+// pause sleeps for d on this thread. Polling needs sub-millisecond
+// sleeps, which neither the ring buffer's epoll deadline (it rounds down
+// to whole milliseconds, so a shorter deadline returns at once and the
+// poll loop spins) nor Go's timers (about 1 ms here) provide.
+func pause(d time.Duration) {
+	ts := unix.NsecToTimespec(d.Nanoseconds())
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
 	}
 }
 
