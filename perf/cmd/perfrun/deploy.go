@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	netnstest "github.com/udpmapsync/udpmapsync/netns-test"
+	"github.com/udpmapsync/udpmapsync/perf/grpcsync"
+	"github.com/udpmapsync/udpmapsync/perf/report"
+	"github.com/udpmapsync/udpmapsync/perf/workload"
+)
+
+// mapName is the replicated map's name on every node.
+const mapName = "perf"
+
+// deployment is one system running on a fresh cluster of nodes, each with
+// an empty map.
+type deployment struct {
+	system string
+	c      *netnstest.Cluster
+	// pids[i] is the replicator on node i; for udpmapsync the cluster's
+	// daemons, for the baselines procs.
+	pids  []int
+	procs []*proc
+}
+
+// proc is a baseline replicator process.
+type proc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+// deploy builds a cluster of nodes with the map shaped by prof and starts
+// system on every node. extra are added to udpmapsync's command line.
+func deploy(ctx context.Context, f *Flags, system string, nodes int, prof workload.Profile, maxEntries uint32, extra []string) (_ *deployment, err error) {
+	dir, err := os.MkdirTemp(f.Work, strings.ReplaceAll(system, " ", "-")+"-")
+	if err != nil {
+		return nil, err
+	}
+	cfg := netnstest.ClusterConfig{
+		Nodes: nodes,
+		Maps:  []netnstest.MapSpec{{Name: mapName, Type: ebpf.Hash, KeySize: uint32(prof.KeySize), ValueSize: uint32(prof.ValueSize), MaxEntries: maxEntries}},
+		Dir:   dir,
+	}
+	if system == report.UDPMapSync {
+		cfg.Daemon = netnstest.DaemonConfig{Binary: f.Daemon, Args: append([]string{"--announce-interval", "200ms"}, extra...)}
+	}
+	c, err := netnstest.NewCluster(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("deploy %s on %d nodes: %w", system, nodes, err)
+	}
+	d := &deployment{system: system, c: c}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	if system == report.UDPMapSync {
+		for _, dm := range c.Daemons {
+			d.pids = append(d.pids, dm.Pid())
+		}
+		return d, nil
+	}
+	mode := grpcsync.Stream
+	if system == report.GRPCUnary {
+		mode = grpcsync.Unary
+	}
+	for i, n := range c.Topology.Nodes {
+		var peers []string
+		for _, o := range c.Topology.Nodes {
+			if o != n {
+				peers = append(peers, o.Addr.String())
+			}
+		}
+		args := []string{"--mode", string(mode), "--map", c.PinPath(i, mapName), "--peers", strings.Join(peers, ","),
+			"--ring-size", strconv.Itoa(f.RingSize), "--ready-file", filepath.Join(dir, n.Name+".ready")}
+		p, err := startProc(n, f.GRPCSync, args, filepath.Join(dir, n.Name+".log"))
+		if err != nil {
+			return nil, err
+		}
+		d.procs = append(d.procs, p)
+		d.pids = append(d.pids, p.cmd.Process.Pid)
+	}
+	for i, p := range d.procs {
+		if err := p.waitReady(filepath.Join(dir, c.Topology.Nodes[i].Name+".ready"), 30*time.Second); err != nil {
+			return nil, fmt.Errorf("grpcsync on %s: %w", c.Topology.Nodes[i].Name, err)
+		}
+	}
+	return d, nil
+}
+
+func startProc(n *netnstest.Node, bin string, args []string, logPath string) (*proc, error) {
+	log, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	cmd := n.Command(context.Background(), bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s on %s: %w", bin, n.Name, err)
+	}
+	p := &proc{cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) waitReady(file string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(file); err == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("exited before it was ready: %v; see %s", p.err, p.log)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("not ready after %v; see %s", timeout, p.log)
+}
+
+func (p *proc) stop() error {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		return errors.New("killed after 5 s")
+	}
+}
+
+// close stops the replicators and removes the cluster.
+func (d *deployment) close() error {
+	var errs []error
+	for _, p := range d.procs {
+		errs = append(errs, p.stop())
+	}
+	return errors.Join(append(errs, d.c.Close())...)
+}
+
+// daemonStats reads the last "stats" line of udpmapsync's log on node i,
+// which the daemon writes when it stops.
+func (d *deployment) daemonStats(i int) (map[string]uint64, error) {
+	if d.system != report.UDPMapSync {
+		return nil, nil
+	}
+	f, err := os.Open(d.c.Daemons[i].LogFile)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var last string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "msg=stats") {
+			last = sc.Text()
+		}
+	}
+	if last == "" {
+		return nil, fmt.Errorf("no stats line in %s", d.c.Daemons[i].LogFile)
+	}
+	out := make(map[string]uint64)
+	for _, kv := range strings.Fields(last) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out, nil
+}

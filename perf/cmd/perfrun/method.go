@@ -1,0 +1,76 @@
+package main
+
+// method is the report's "How it was measured" section.
+const method = `
+**Topology.** netns-test's: one network namespace per node, each with a veth on one Linux bridge
+(multicast flooded), a private bpffs per run, the same hash map created with bpftool on every
+node. Every run builds a fresh cluster and tears it down. All namespaces share one kernel, one
+clock and the machine's 2 cores: the writer, every replicator, the kernel's softirq work for the
+bridge and the measuring itself compete for them, so absolute figures are lower than on separate
+machines, and a 3-node run has one more process on the same 2 cores.
+
+**Workload.** perf/workload writes on node1 with BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH
+(loader.Map.UpdateBatch/DeleteBatch), from a thread of the harness (not a replicator, so every
+capture reports it). Updates cycle over changes/2 keys; a share of whole batches delete keys the
+map holds. The last change is an update of a sentinel key. Every value starts with the number of
+the batch that wrote it and the change's sequence number; the writer records when each batch
+syscall started and returned.
+
+**Raw rate.** The same workload into a map with no capture attached and no replicator running,
+in the same run, before the replicated runs: the ceiling replication is compared with.
+
+**Throughput.** The writer writes as fast as it can. The harness looks the sentinel up on every
+peer every 0.5 ms; the rate is changes / (sentinel held by the last peer − first batch started).
+Every replicator here keeps each sender's order (udpmapsync holds datagrams behind a gap until it
+is repaired; TCP keeps order), so once the sentinel is there every earlier change has been
+applied; the harness then compares every peer's whole map with the state the writer left
+(netns-test ReadContents/Compare), for up to the settle time, and counts every missing, extra or
+wrong entry as lost.
+
+**Latency.** The writer writes at a fixed rate, one batch per millisecond (10 changes per batch at
+10k/s, 100 at 100k/s). On every peer the harness attaches the project's own capture
+(loader.NewCapture, woken for every record) to the peer's map: the capture reports writes made by
+any process but its own, so it sees the replicator's apply syscalls from the kernel as they
+return; the harness reads the batch number from the value and notes the time. Latency = that time
+− the start of the batch syscall that wrote the change on node1 (one process, one monotonic
+clock). The start, not the return: on 2 cores the writer is often preempted on its way out of
+the syscall by the replicator the capture just woke, and would read the clock after the peer
+had applied; counting from the start adds the syscall's own time (tens of µs for 100 entries). This does not touch the daemon: no flag, no code path, no extra socket. Its cost is one
+more capture program on the machine (a few hundred ns per apply syscall, charged to the applying
+process) and the observer's wake-ups, which is why CPU is taken from the throughput runs, where no
+observer runs. The time includes the observer's wake-up (tens of µs on a busy 2-core machine), so
+it is an upper bound. Deletes carry no value and are not timed. A system whose full-speed rate is
+below 1.2× the offered rate is not run at that rate (changes would queue without bound).
+
+**CPU.** utime + stime of each replicator process from /proc/PID/stat (all threads, 10 ms ticks),
+from just before the first write to the sentinel's arrival, divided by the changes written. The
+capture program itself runs inside the writer's syscalls and is charged to the writer ("writer"
+column; compare with the raw CPU per change).
+
+**Wire.** tx_bytes and tx_packets of every node's interface (netlink), summed over the nodes,
+over the same window, per change: headers, acknowledgements (TCP), announces and repair requests
+included. udpmapsync's own counters (changes and bytes per datagram) are in the notes.
+
+**Memory.** VmHWM from /proc/PID/status at the end of each run. The memory run fills a map of
+2^20 entries with 1,000,000 distinct keys through a 2-node cluster, at a rate the daemon sustains,
+with the daemon's default ring and resend buffer.
+
+**gRPC baselines.** perf/cmd/grpcsync, a separate Go module (perf/go.mod) so the daemon never
+links gRPC. Same capture (loader.NewCapture, as a replication.Source), same apply
+(loader.Map.UpdateBatch/DeleteBatch, as a replication.Target); only the transport differs. Unary:
+one call per change, answered before the next, to each peer in turn — the proof of concept's
+design, except that it keeps one connection per peer instead of dialling per change. Stream: one
+bidirectional stream per peer carrying batches of records (op | key | value, raw bytes, no Any,
+no JSON), flushed like udpmapsync's datagrams (capture drained, 64 KiB, or 200 µs), each batch
+acknowledged. The service is defined with a hand-written gRPC codec over raw bytes
+(encoding.RegisterCodecV2, content subtype "raw") instead of protoc-generated protobuf code:
+protoc is in Debian (protobuf-compiler 3.21) but would also need the protoc-gen-go and
+protoc-gen-go-grpc plugins and generated code to maintain; raw bytes cost nothing to encode, so
+the baselines are measured at their most favourable.
+
+**conntrackd.** perf/conntrackd/run (another engineer's) prints one JSON line, which is shown as
+given; see its notes for what it measures (conntrack entries reaching the peer's external cache).
+
+**Go benchmarks.** make bench's benchmarks (go test -bench . -benchmem) of wire, loader and
+replication, run by make perf before the scenarios.
+`

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	netnstest "github.com/udpmapsync/udpmapsync/netns-test"
+	"github.com/udpmapsync/udpmapsync/perf/report"
+	"github.com/udpmapsync/udpmapsync/perf/workload"
+)
+
+// sentinelPoll is how often the peers' maps are looked up for the
+// sentinel: one lookup syscall per peer, cheap next to the replication.
+const sentinelPoll = 500 * time.Microsecond
+
+// measure writes cfg's workload on node1 of d, waits until every peer holds
+// the final state, and returns what it cost. With observe, observers on the
+// peers time every change's arrival.
+func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config, observe bool) (*report.Run, error) {
+	nodes := len(d.c.Topology.Nodes)
+	run := &report.Run{System: d.system, Nodes: nodes, Profile: cfg.Profile.Name, Rate: cfg.Rate, Changes: cfg.Changes}
+	w, err := workload.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	src, err := loader.OpenMaps([]string{d.c.PinPath(0, mapName)})
+	if err != nil {
+		return nil, err
+	}
+	defer src[0].Close()
+	var peers []*ebpf.Map
+	defer func() {
+		for _, m := range peers {
+			m.Close()
+		}
+	}()
+	for i := 1; i < nodes; i++ {
+		m, err := ebpf.LoadPinnedMap(d.c.PinPath(i, mapName), nil)
+		if err != nil {
+			return nil, fmt.Errorf("open peer map: %w", err)
+		}
+		peers = append(peers, m)
+	}
+	var obs *observer
+	if observe {
+		var paths []string
+		for i := 1; i < nodes; i++ {
+			paths = append(paths, d.c.PinPath(i, mapName))
+		}
+		if obs, err = startObserver(paths, cfg.Changes); err != nil {
+			return nil, err
+		}
+		defer obs.stop()
+	}
+
+	before, err := d.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	res, err := w.Run(ctx, src[0])
+	if err != nil {
+		return nil, err
+	}
+	key, value := w.Sentinel(len(res.Batches))
+	arrived, err := waitSentinel(ctx, peers, key, value, f.Timeout)
+	after, err2 := d.snapshot()
+	if err2 != nil {
+		return nil, err2
+	}
+	for _, pid := range d.pids[:1] {
+		if run.RSSSender, err2 = peakRSS(pid); err2 != nil {
+			return nil, err2
+		}
+	}
+	for _, pid := range d.pids[1:] {
+		rss, err2 := peakRSS(pid)
+		if err2 != nil {
+			return nil, err2
+		}
+		run.RSSReceiver = max(run.RSSReceiver, rss)
+	}
+	var samples [][]sample
+	if obs != nil {
+		samples = obs.stop()
+	}
+
+	n := float64(cfg.Changes)
+	run.WriterPerSec = n / res.Seconds()
+	run.WriterCPU = us(res.CPU) / n
+	run.CPUSender = us(after.cpu[0]-before.cpu[0]) / n
+	var recv time.Duration
+	for i := 1; i < nodes; i++ {
+		recv += after.cpu[i] - before.cpu[i]
+	}
+	run.CPUReceiver = us(recv) / float64(nodes-1) / n
+	run.BytesPerChange = float64(after.bytes-before.bytes) / n
+	run.PacketsPerChange = float64(after.packets-before.packets) / n
+
+	// The sentinel says when the last change arrived; the maps say whether
+	// everything before it did.
+	want := netnstest.Contents(w.Want())
+	diffs, converged := compareWait(ctx, peers, want, f.Settle)
+	run.Converged = err == nil && converged
+	for _, df := range diffs {
+		run.Lost += df.Missing + df.Extra + df.Wrong
+		if !df.Equal() {
+			run.Notes = append(run.Notes, "peer differs: "+df.String())
+		}
+	}
+	if err != nil {
+		run.Notes = append(run.Notes, err.Error())
+	} else {
+		run.Seconds = float64(arrived-res.Start) / 1e9
+		run.PerSec = n / run.Seconds
+	}
+	if obs != nil {
+		// From the start of the batch syscall: its return cannot serve, as
+		// the writer is often preempted on its way out by the replicator
+		// the capture just woke, and reads the clock after the peer applied.
+		var lat []float64
+		for _, peer := range samples {
+			for _, s := range peer {
+				if int(s.batch) < len(res.Batches) {
+					lat = append(lat, float64(s.seen-res.Batches[s.batch].Start)/1e3)
+				}
+			}
+		}
+		run.Latency = report.NewLatency(lat)
+	}
+	return run, nil
+}
+
+func us(d time.Duration) float64 { return float64(d) / 1e3 }
+
+// waitSentinel polls every peer until it holds the sentinel and returns when
+// the last one did, in [workload.Now]'s clock.
+func waitSentinel(ctx context.Context, peers []*ebpf.Map, key, value []byte, timeout time.Duration) (int64, error) {
+	deadline := time.Now().Add(timeout)
+	got := make([]byte, len(value))
+	var last int64
+	for _, m := range peers {
+		for {
+			err := m.Lookup(key, &got)
+			if err == nil && bytes.Equal(got, value) {
+				last = workload.Now()
+				break
+			}
+			if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return 0, fmt.Errorf("look up sentinel: %w", err)
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return 0, fmt.Errorf("the last change did not reach every peer within %v", timeout)
+			}
+			time.Sleep(sentinelPoll)
+		}
+	}
+	return last, nil
+}
+
+// compareWait compares every peer's map with want, again every 100 ms
+// until they match or settle has passed: a replicator that reorders may
+// still be applying older changes when the sentinel arrives.
+func compareWait(ctx context.Context, peers []*ebpf.Map, want netnstest.Contents, settle time.Duration) ([]netnstest.Diff, bool) {
+	deadline := time.Now().Add(settle)
+	for {
+		var diffs []netnstest.Diff
+		ok := true
+		for _, m := range peers {
+			have, err := netnstest.ReadContents(m)
+			if err != nil {
+				diffs = append(diffs, netnstest.Diff{Want: len(want), Missing: len(want), First: []string{err.Error()}})
+				ok = false
+				continue
+			}
+			df := netnstest.Compare(want, have)
+			ok = ok && df.Equal()
+			diffs = append(diffs, df)
+		}
+		if ok || time.Now().After(deadline) || ctx.Err() != nil {
+			return diffs, ok
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sample is one change seen applied on a peer: the batch that wrote it and
+// when it was seen.
+type sample struct {
+	batch uint32
+	seen  int64
+}
+
+// observer times the changes the replicator applies to peers' maps. It
+// watches them with the project's own capture (loader.Capture) in this
+// process: the capture reports writes by every other process, so it sees
+// the replicator's batch updates, from the kernel, as they return. It is
+// woken for every record (WakeBytes 1) so the time read is the apply's,
+// not a batch deadline's.
+type observer struct {
+	caps    []*loader.Capture
+	maps    []*loader.Map
+	samples [][]sample
+	wg      sync.WaitGroup
+	once    sync.Once
+}
+
+func startObserver(paths []string, expect int) (_ *observer, err error) {
+	o := &observer{}
+	defer func() {
+		if err != nil {
+			o.stop()
+		}
+	}()
+	for _, p := range paths {
+		ms, err := loader.OpenMaps([]string{p})
+		if err != nil {
+			return nil, err
+		}
+		o.maps = append(o.maps, ms...)
+		c, err := loader.NewCapture(loader.CaptureOptions{Maps: ms, RingSize: 64 << 20, WakeBytes: 1})
+		if err != nil {
+			return nil, fmt.Errorf("observer: %w", err)
+		}
+		o.caps = append(o.caps, c)
+		o.samples = append(o.samples, make([]sample, 0, expect))
+	}
+	for i, c := range o.caps {
+		o.wg.Go(func() {
+			var ch loader.Change
+			for c.Read(&ch) == nil {
+				if b, ok := workload.BatchOf(ch.Value); ok && ch.Op == loader.OpUpdate {
+					o.samples[i] = append(o.samples[i], sample{batch: b, seen: workload.Now()})
+				}
+			}
+		})
+	}
+	return o, nil
+}
+
+// stop detaches the observers and returns their samples, per peer.
+func (o *observer) stop() [][]sample {
+	o.once.Do(func() {
+		for _, c := range o.caps {
+			if n, err := c.Overflows(); err == nil && n > 0 {
+				fmt.Fprintf(os.Stderr, "perfrun: observer ring overflowed %d times; latency samples are missing\n", n)
+			}
+			c.Close()
+		}
+		o.wg.Wait()
+		for _, m := range o.maps {
+			m.Close()
+		}
+	})
+	return o.samples
+}

@@ -1,0 +1,174 @@
+package report
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Write writes the report into dir as <date>-<host>.md, with its charts
+// (<date>-<host>-throughput.png, -latency.png) and the results as JSON
+// beside it, and returns the report's path. method is the text explaining
+// how the figures were taken.
+func (r *Results) Write(dir, method string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("write report: %w", err)
+	}
+	stem := r.Date.Format("2006-01-02") + "-" + r.Host
+	throughputPNG, latencyPNG := stem+"-throughput.png", stem+"-latency.png"
+	if err := r.throughputChart(filepath.Join(dir, throughputPNG)); err != nil {
+		return "", err
+	}
+	if err := r.latencyChart(filepath.Join(dir, latencyPNG)); err != nil {
+		return "", err
+	}
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		return "", fmt.Errorf("write report: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, stem+".json"), js.Bytes(), 0o644); err != nil {
+		return "", fmt.Errorf("write report: %w", err)
+	}
+	md := r.markdown(method, throughputPNG, latencyPNG)
+	path := filepath.Join(dir, stem+".md")
+	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+		return "", fmt.Errorf("write report: %w", err)
+	}
+	return path, nil
+}
+
+func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# udpmapsync performance, %s on %s\n\n", r.Date.Format("2006-01-02 15:04 MST"), r.Host)
+	p("Daemon %s; %s; %d cores (%s); kernel %s. Produced by `make perf`; every figure below was measured in this run.\n\n",
+		r.Version, r.GoVersion, r.Cores, r.CPU, r.Kernel)
+	p("Load average (/proc/loadavg) before the run: %s; after: %s. The machine is shared: figures from a busy machine are lower and noisier, so compare ratios within one report rather than across reports.\n\n", r.LoadBefore, r.LoadAfter)
+
+	profile := ""
+	if len(r.Raw) > 0 {
+		profile = r.Raw[0].Profile
+	}
+	p("## Targets\n\n| target | measured | |\n|---|---|---|\n")
+	for _, t := range r.Targets(profile) {
+		verdict := "not measured"
+		if t.Met != nil {
+			verdict = map[bool]string{true: "**met**", false: "**missed**"}[*t.Met]
+		}
+		p("| %s | %s | %s |\n", t.Goal, t.Measured, verdict)
+	}
+
+	p("\n## Throughput\n\nChanges written on node1 as fast as the writer can, replicated to every other node; the rate counts from the first write until every peer holds the final state (checked by comparing whole maps). Raw: the same writes into a map with no capture and no replicator.\n\n")
+	p("![throughput](%s)\n\n", throughputPNG)
+	p("| profile | raw batch writes | |\n|---|---|---|\n")
+	for _, x := range r.Raw {
+		p("| %s | %s changes/s | %.2f µs CPU per change (%d changes) |\n", x.Profile, si(x.PerSec), x.CPUPerChange, x.Changes)
+	}
+	p("\n| system | nodes | profile | changes | changes/s | of raw | writer changes/s | CPU µs/change sender | receiver | writer | bytes/change | packets/change | RSS sender | receiver | lost |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Runs {
+		if x.Rate != 0 {
+			continue
+		}
+		if x.Skipped != "" {
+			p("| %s | %d | %s | | not measured: %s | | | | | | | | | | |\n", x.System, x.Nodes, x.Profile, x.Skipped)
+			continue
+		}
+		ofRaw := ""
+		if raw := r.RawRate(x.Profile); raw > 0 {
+			ofRaw = fmt.Sprintf("%.2f", x.PerSec/raw)
+		}
+		p("| %s | %d | %s | %d | **%s** | %s | %s | %.2f | %.2f | %.2f | %.1f | %.3f | %s | %s | %s |\n",
+			x.System, x.Nodes, x.Profile, x.Changes, si(x.PerSec), ofRaw, si(x.WriterPerSec),
+			x.CPUSender, x.CPUReceiver, x.WriterCPU, x.BytesPerChange, x.PacketsPerChange,
+			mib(x.RSSSender), mib(x.RSSReceiver), lostCell(&x))
+	}
+	if c := r.Conntrackd; c != nil {
+		p("| conntrackd | %d | conntrack entries | | **%s** | | | %.2f | %.2f | | | | | | |\n",
+			c.Nodes, si(c.ChangesPerSec), c.CPUPerChangeSender, c.CPUPerChangeReceiver)
+	} else {
+		p("| conntrackd | 2 | | | not measured: %s | | | | | | | | | | |\n", r.ConntrackdNote)
+	}
+	if c := r.Conntrackd; c != nil && c.Notes != "" {
+		p("\nconntrackd (perf/conntrackd/run): %s\n", c.Notes)
+	}
+
+	p("\n## Latency\n\nChanges written at a fixed rate; time from the start of the batch syscall that wrote a change on node1 to its apply on a peer (all peers pooled). \n\n")
+	p("![latency CDF](%s)\n\n", latencyPNG)
+	p("| system | nodes | rate | samples | p50 | p99 | p99.9 | max | CPU µs/change sender | receiver | lost |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Runs {
+		if x.Rate == 0 {
+			continue
+		}
+		if x.Skipped != "" || x.Latency == nil {
+			why := x.Skipped
+			if why == "" {
+				why = "no samples"
+			}
+			p("| %s | %d | %s/s | | not measured: %s | | | | | | |\n", x.System, x.Nodes, si(float64(x.Rate)), why)
+			continue
+		}
+		l := x.Latency
+		p("| %s | %d | %s/s | %d | %s | **%s** | %s | %s | %.2f | %.2f | %s |\n", x.System, x.Nodes, si(float64(x.Rate)),
+			l.Samples, us(l.P50), us(l.P99), us(l.P999), us(l.Max), x.CPUSender, x.CPUReceiver, lostCell(&x))
+	}
+
+	if m := r.Memory; m != nil {
+		p("\n## Memory\n\n")
+		if m.Skipped != "" {
+			p("Not measured: %s\n", m.Skipped)
+		} else {
+			p("%s, %d nodes, %s: %d changes written at %s/s. Peak RSS (VmHWM): sender **%s**, receiver **%s**; lost %s.\n",
+				m.System, m.Nodes, m.Profile, m.Changes, si(float64(m.Rate)), mib(m.RSSSender), mib(m.RSSReceiver), lostCell(m))
+		}
+		for _, n := range m.Notes {
+			p("\n- %s", n)
+		}
+		p("\n")
+	}
+
+	p("\n## Go benchmarks (`make bench`)\n\n")
+	if len(r.Benchmarks) == 0 {
+		p("Not measured: %s\n", r.BenchNote)
+	} else {
+		p("| package | benchmark | ns/op | B/op | allocs/op | other |\n|---|---|---|---|---|---|\n")
+		for _, x := range r.Benchmarks {
+			p("| %s | %s | %.0f | %.0f | %.0f | %s |\n", x.Package, x.Name, x.NsPerOp, x.BytesPerOp, x.AllocsPerOp, strings.Join(x.Metrics, ", "))
+		}
+	}
+
+	notes := false
+	for _, x := range r.Runs {
+		if len(x.Notes) == 0 {
+			continue
+		}
+		if !notes {
+			p("\n## Notes on individual runs\n\n")
+			notes = true
+		}
+		rate := "full speed"
+		if x.Rate > 0 {
+			rate = si(float64(x.Rate)) + "/s"
+		}
+		p("- %s, %d nodes, %s, %s: %s\n", x.System, x.Nodes, x.Profile, rate, strings.Join(x.Notes, "; "))
+	}
+	if r.Profile != "" {
+		p("\n## Where the daemon's time goes\n\n```\n%s\n```\n", strings.TrimSpace(r.Profile))
+	}
+
+	p("\n## How it was measured\n\n%s\n", strings.TrimSpace(method))
+	p("\n### Settings\n\n| setting | value |\n|---|---|\n")
+	for _, s := range r.Settings {
+		p("| %s | %s |\n", s[0], s[1])
+	}
+	return b.String()
+}
+
+func lostCell(x *Run) string {
+	if !x.Converged {
+		return fmt.Sprintf("**%d (never converged)**", x.Lost)
+	}
+	return fmt.Sprint(x.Lost)
+}

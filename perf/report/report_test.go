@@ -1,0 +1,93 @@
+package report
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseConntrackd(t *testing.T) {
+	out := []byte("starting\n{\"not\":\"it\"}\n" +
+		`{"system":"conntrackd","nodes":2,"changes_per_sec":162436,"cpu_us_per_change_sender":5.4,"cpu_us_per_change_receiver":3.1,"notes":"ftfw"}` + "\n")
+	r, err := ParseConntrackd(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ChangesPerSec != 162436 || r.CPUPerChangeReceiver != 3.1 || r.Notes != "ftfw" {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, err := ParseConntrackd([]byte("crashed\n")); err == nil {
+		t.Fatal("no JSON line: want an error")
+	}
+	if _, err := ParseConntrackd([]byte(`{"system":"conntrackd","nodes":2,"changes_per_sec":0}`)); err == nil {
+		t.Fatal("zero rate: want an error")
+	}
+}
+
+func TestParseBench(t *testing.T) {
+	out := []byte(`goos: linux
+pkg: github.com/udpmapsync/udpmapsync/replication
+BenchmarkDecodeApply-2   	  500000	      4500 ns/op	        68.20 ns/change	       0 B/op	       0 allocs/op
+PASS
+pkg: github.com/udpmapsync/udpmapsync/wire
+BenchmarkEncode-2   	 1000000	       700.5 ns/op	 2000.00 MB/s	      16 B/op	       1 allocs/op
+`)
+	bs := ParseBench(out)
+	if len(bs) != 2 {
+		t.Fatalf("parsed %d benchmarks, want 2: %+v", len(bs), bs)
+	}
+	if b := bs[0]; b.Package != "replication" || b.Name != "DecodeApply" || b.NsPerOp != 4500 || b.AllocsPerOp != 0 || len(b.Metrics) != 1 {
+		t.Fatalf("first: %+v", b)
+	}
+	if b := bs[1]; b.Name != "Encode" || b.AllocsPerOp != 1 || b.BytesPerOp != 16 {
+		t.Fatalf("second: %+v", b)
+	}
+}
+
+func TestLatencyQuantiles(t *testing.T) {
+	var s []float64
+	for i := 1000; i >= 1; i-- {
+		s = append(s, float64(i))
+	}
+	l := NewLatency(s)
+	if l.P50 != 500 || l.P99 != 990 || l.P999 != 999 || l.Max != 1000 || l.Samples != 1000 {
+		t.Fatalf("got p50 %v p99 %v p99.9 %v max %v", l.P50, l.P99, l.P999, l.Max)
+	}
+	if last := l.CDF[len(l.CDF)-1]; last != [2]float64{1000, 1} {
+		t.Fatalf("CDF ends at %v", last)
+	}
+}
+
+func TestTargets(t *testing.T) {
+	p := "16 B / 64 B"
+	r := &Results{
+		Raw: []Raw{{Profile: p, PerSec: 1000}},
+		Runs: []Run{
+			{System: UDPMapSync, Nodes: 2, Profile: p, PerSec: 600, Converged: true},
+			{System: GRPCUnary, Nodes: 2, Profile: p, PerSec: 10},
+			{System: GRPCStream, Nodes: 2, Profile: p, PerSec: 300},
+			{System: UDPMapSync, Nodes: 2, Profile: p, Rate: 10000, Latency: &Latency{P99: 1500}, Converged: true, Lost: 2},
+		},
+		ConntrackdNote: "perf/conntrackd/run is missing",
+	}
+	got := map[string]string{}
+	for _, tg := range r.Targets(p) {
+		v := "n/a"
+		if tg.Met != nil {
+			v = map[bool]string{true: "met", false: "missed"}[*tg.Met]
+		}
+		got[tg.Goal] = v + ": " + tg.Measured
+	}
+	for goal, want := range map[string]string{
+		"replication ≥ ½ of the raw batch-write rate": "met",
+		"≥ 100× gRPC unary":                           "missed",
+		"≥ 3× gRPC stream":                            "missed",
+		"above conntrackd":                            "n/a: not measured: perf/conntrackd/run",
+		"p99 < 1 ms at 10k changes/s":                 "missed",
+		"0 changes lost (udpmapsync, every run)":      "missed: 2 lost over 2 runs",
+		"daemon RSS < 64 MiB with a 1M-entry map":     "n/a",
+	} {
+		if !strings.HasPrefix(got[goal], want) {
+			t.Errorf("%s: got %q, want prefix %q", goal, got[goal], want)
+		}
+	}
+}
