@@ -8,8 +8,10 @@ import (
 )
 
 // DefaultResendBytes is the default size of a [Resend] buffer: about
-// 45,000 full 1400-byte datagrams, several seconds of a busy sender.
-const DefaultResendBytes = 64 << 20
+// 11,000 full 1400-byte datagrams, a second or more of a busy sender.
+// Losses older than that are repaired by a full resync, so the buffer is
+// sized for the daemon's memory budget rather than for a long outage.
+const DefaultResendBytes = 16 << 20
 
 // minResendRecord is the smallest change datagram: a header, a section
 // header and a delete of a one-byte key. It sizes the index so that the
