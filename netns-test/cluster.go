@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,12 @@ type ClusterConfig struct {
 	// Binary no daemon is started, to test the harness itself. The cluster
 	// fills in Maps, LogFile and ReadyFile.
 	Daemon DaemonConfig
+	// NodeArgs[i] are appended to Daemon.Args for the daemon of node i (an
+	// index into Topology.Nodes) alone.
+	NodeArgs map[int][]string
+	// Later are the nodes whose daemon [NewCluster] does not start: a test
+	// starts them with [Cluster.Start], to join late.
+	Later []int
 	// Dir receives the daemons' logs (NODE.log) and ready files.
 	Dir string
 }
@@ -50,17 +57,20 @@ type Cluster struct {
 	Topology *Topology
 	FS       *BPFFS
 	Maps     []MapSpec
-	// Daemons[i] runs on Topology.Nodes[i]; empty without a daemon.
+	// Daemons[i] runs on Topology.Nodes[i]; empty without a daemon, nil
+	// for a node whose daemon has not been started yet.
 	Daemons []*Daemon
 
-	open [][]*ebpf.Map // [node][map], for reading
+	cfg    ClusterConfig
+	starts []int         // [node] daemons started so far, to name their files
+	open   [][]*ebpf.Map // [node][map], for reading
 }
 
 // NewCluster builds the topology, creates the maps with bpftool and starts
-// the daemons, returning once every daemon is ready. On error nothing is
-// left behind.
+// the daemons (but those of [ClusterConfig.Later]), returning once every
+// daemon started is ready. On error nothing is left behind.
 func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) {
-	c := &Cluster{Maps: cfg.Maps}
+	c := &Cluster{Maps: cfg.Maps, cfg: cfg}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, c.Close())
@@ -94,23 +104,52 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	// One after the other, a start takes about as long as attaching the
 	// capture: start them together.
 	c.Daemons = make([]*Daemon, len(c.Topology.Nodes))
+	c.starts = make([]int, len(c.Topology.Nodes))
 	errs := make([]error, len(c.Topology.Nodes))
 	var wg sync.WaitGroup
-	for i, n := range c.Topology.Nodes {
-		dc := cfg.Daemon
-		dc.Maps = nil
-		for _, spec := range cfg.Maps {
-			dc.Maps = append(dc.Maps, c.PinPath(i, spec.Name))
+	for i := range c.Topology.Nodes {
+		if !slices.Contains(cfg.Later, i) {
+			wg.Go(func() { errs[i] = c.Start(i) })
 		}
-		dc.LogFile = filepath.Join(cfg.Dir, n.Name+".log")
-		dc.ReadyFile = filepath.Join(cfg.Dir, n.Name+".ready")
-		wg.Go(func() { c.Daemons[i], errs[i] = StartDaemon(n, dc) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Start starts the daemon of node i (an index into Topology.Nodes) and
+// returns once it is ready: a daemon left for later
+// ([ClusterConfig.Later]), or one that was stopped or killed, which then
+// restarts on the maps as they are. Every start has a log and a ready
+// file of its own (node3.log, then node3.2.log, ...).
+func (c *Cluster) Start(i int) error {
+	n := c.Topology.Nodes[i]
+	if d := c.Daemons[i]; d != nil {
+		if exited, _ := d.Exited(); !exited {
+			return fmt.Errorf("start daemon on %s: it is running", n.Name)
+		}
+	}
+	c.starts[i]++
+	name := n.Name
+	if c.starts[i] > 1 {
+		name = fmt.Sprintf("%s.%d", n.Name, c.starts[i])
+	}
+	dc := c.cfg.Daemon
+	dc.Maps = nil
+	for _, spec := range c.Maps {
+		dc.Maps = append(dc.Maps, c.PinPath(i, spec.Name))
+	}
+	dc.Args = append(slices.Clone(dc.Args), c.cfg.NodeArgs[i]...)
+	dc.LogFile = filepath.Join(c.cfg.Dir, name+".log")
+	dc.ReadyFile = filepath.Join(c.cfg.Dir, name+".ready")
+	d, err := StartDaemon(n, dc)
+	if err != nil {
+		return err
+	}
+	c.Daemons[i] = d
+	return nil
 }
 
 // PinPath is where map name of node i (an index into Topology.Nodes) is
@@ -182,13 +221,17 @@ type Status struct {
 }
 
 // Status compares every node's maps with want (contents by map name; a map
-// missing from want is wanted empty).
+// missing from want is wanted empty). A node whose daemon is yet to be
+// started ([ClusterConfig.Later]) is left out.
 func (c *Cluster) Status(want map[string]Contents) (*Status, error) {
 	s := &Status{}
 	for _, spec := range c.Maps {
 		s.Maps = append(s.Maps, spec.Name)
 	}
 	for i, n := range c.Topology.Nodes {
+		if len(c.Daemons) > 0 && c.Daemons[i] == nil {
+			continue
+		}
 		have, err := c.Read(i)
 		if err != nil {
 			return nil, err
@@ -215,8 +258,8 @@ func (s *Status) Converged() bool {
 	return true
 }
 
-// Held sums over node i's maps the entries held with the wanted value and
-// the entries wanted.
+// Held sums over the maps of node i (an index into Nodes) the entries held
+// with the wanted value and the entries wanted.
 func (s *Status) Held(i int) (matching, want int) {
 	for _, d := range s.Diffs[i] {
 		matching += d.Matching()
@@ -250,6 +293,9 @@ func (c *Cluster) WaitConverged(ctx context.Context, want map[string]Contents, p
 	defer t.Stop()
 	for {
 		for _, d := range c.Daemons {
+			if d == nil {
+				continue
+			}
 			if exited, err := d.Exited(); exited {
 				return nil, fmt.Errorf("wait for convergence: daemon on %s exited: %v", d.Node.Name, err)
 			}

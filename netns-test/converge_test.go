@@ -47,23 +47,18 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-// TestConverge runs three daemons on three nodes, writes thousands of
-// random updates and deletes with bpftool on node1 and, at the same time,
-// on node2 (other keys, other array slots), and waits until every map on
-// every node holds exactly what was written.
-func TestConverge(t *testing.T) {
+// startCluster builds cfg's cluster with the daemon TestMain built (it
+// fills in Daemon.Binary and Dir) and closes it when the test ends, after
+// showing the daemons' logs if the test failed.
+func startCluster(t *testing.T, cfg ClusterConfig) *Cluster {
+	t.Helper()
 	requireHarness(t)
 	if daemon.err != nil {
 		t.Fatal(daemon.err)
 	}
-	ctx := t.Context()
-	begin := time.Now()
-	c, err := NewCluster(ctx, ClusterConfig{
-		Nodes:  3,
-		Maps:   DefaultMaps(),
-		Daemon: DaemonConfig{Binary: daemon.path},
-		Dir:    t.TempDir(),
-	})
+	cfg.Daemon.Binary = daemon.path
+	cfg.Dir = t.TempDir()
+	c, err := NewCluster(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,8 +70,18 @@ func TestConverge(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	return c
+}
 
+// TestConverge runs three daemons on three nodes, writes thousands of
+// random updates and deletes with bpftool on node1 and, at the same time,
+// on node2 (other keys, other array slots), and waits until every map on
+// every node holds exactly what was written.
+func TestConverge(t *testing.T) {
+	begin := time.Now()
+	c := startCluster(t, ClusterConfig{Nodes: 3, Maps: DefaultMaps()})
 	t.Logf("3 nodes with ready daemons in %v", time.Since(begin).Round(time.Millisecond))
+	ctx := t.Context()
 
 	seed := *seedFlag
 	if seed == 0 {

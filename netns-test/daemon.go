@@ -39,6 +39,9 @@ type DaemonConfig struct {
 	Capture string
 	// LogLevel is --log-level; empty means info.
 	LogLevel string
+	// StatsInterval is --stats-interval, the period of the "stats" line
+	// [Daemon.Stats] reads; zero means 5 s.
+	StatsInterval time.Duration
 	// Args are appended to the command line.
 	Args []string
 	// ReadyTimeout bounds the wait for the ready file; zero means 30 s.
@@ -78,13 +81,16 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 30 * time.Second
 	}
+	if cfg.StatsInterval == 0 {
+		cfg.StatsInterval = 5 * time.Second
+	}
 	args := []string{
 		"--iface", NodeIface,
 		"--group", Group,
 		"--port", strconv.Itoa(Port),
 		"--capture", cfg.Capture,
 		"--log-level", cfg.LogLevel,
-		"--stats-interval", "5s",
+		"--stats-interval", cfg.StatsInterval.String(),
 		"--ready-file", cfg.ReadyFile,
 	}
 	for _, m := range cfg.Maps {
@@ -121,15 +127,16 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 		case <-d.done:
 			return nil, fmt.Errorf("daemon on %s exited before it was ready: %v; %s", node.Name, d.err, d.Tail(20))
 		case <-timeout.C:
-			d.kill()
+			d.Kill()
 			return nil, fmt.Errorf("daemon on %s: no ready file %s after %v; %s", node.Name, cfg.ReadyFile, cfg.ReadyTimeout, d.Tail(20))
 		case <-tick.C:
 		}
 	}
 }
 
-// kill ends the process at once and waits for it.
-func (d *Daemon) kill() {
+// Kill ends the daemon at once with SIGKILL, as a crash would, and waits
+// for it. A later [Daemon.Stop] reports that it had exited.
+func (d *Daemon) Kill() {
 	d.cmd.Process.Kill()
 	<-d.done
 }
@@ -163,7 +170,7 @@ func (d *Daemon) stop(grace time.Duration) error {
 		return fmt.Errorf("daemon on %s had exited before it was stopped: %v", d.Node.Name, err)
 	}
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		d.kill()
+		d.Kill()
 		return fmt.Errorf("stop daemon on %s: %w", d.Node.Name, err)
 	}
 	t := time.NewTimer(grace)
@@ -175,7 +182,7 @@ func (d *Daemon) stop(grace time.Duration) error {
 		}
 		return nil
 	case <-t.C:
-		d.kill()
+		d.Kill()
 		return fmt.Errorf("daemon on %s still running %v after SIGTERM; killed it", d.Node.Name, grace)
 	}
 }

@@ -4,10 +4,14 @@ package netnstest
 // convergence test is the daemon's failure, not the harness's.
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +23,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv4"
+
+	"github.com/udpmapsync/udpmapsync/replication"
 )
 
 // requireHarness skips t where the harness cannot run at all.
@@ -29,12 +35,11 @@ func requireHarness(t *testing.T) {
 	}
 }
 
-// TestTopologyMulticast proves the bridge floods multicast: every node
-// sends to the group from a plain UDP socket and every other node must
-// receive it, from the sender's address.
-func TestTopologyMulticast(t *testing.T) {
-	requireHarness(t)
-	topo, err := NewTopology(3)
+// newTopology builds a topology of nodes nodes, removed when the test
+// ends.
+func newTopology(t *testing.T, nodes int) *Topology {
+	t.Helper()
+	topo, err := NewTopology(nodes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +48,15 @@ func TestTopologyMulticast(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	return topo
+}
+
+// TestTopologyMulticast proves the bridge floods multicast: every node
+// sends to the group from a plain UDP socket and every other node must
+// receive it, from the sender's address.
+func TestTopologyMulticast(t *testing.T) {
+	requireHarness(t)
+	topo := newTopology(t, 3)
 
 	sw, err := netns.GetFromName(topo.Switch)
 	if err != nil {
@@ -298,15 +312,7 @@ while :; do sleep 0.05; done
 
 func TestDaemonRunner(t *testing.T) {
 	requireHarness(t)
-	topo, err := NewTopology(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	topo := newTopology(t, 1)
 	node := topo.Nodes[0]
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "fake-udpmapsync")
@@ -386,4 +392,131 @@ func TestDaemonRunner(t *testing.T) {
 			t.Fatal("still running after Stop")
 		}
 	})
+}
+
+// TestParseStats reads back a stats line made as the daemon makes it:
+// the replication counters' attributes through log/slog's text handler.
+func TestParseStats(t *testing.T) {
+	var st replication.Stats
+	st.Repaired.Store(7)
+	st.DatagramsResent.Store(1 << 40)
+	st.Ready.Store(true)
+	var b bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&b, nil))
+	log.Info("peer restarted", "node", 5)
+	log.LogAttrs(t.Context(), slog.LevelInfo, "stats", append(st.Snapshot().Attrs(), slog.Int("peers", 2))...)
+	log.Info("stopping")
+
+	var got Stats
+	for line := range strings.Lines(b.String()) {
+		if s, ok := ParseStats(line); ok {
+			if got != nil {
+				t.Errorf("two stats lines in:\n%s", b.String())
+			}
+			got = s
+		}
+	}
+	want := Stats{"repaired": 7, "datagrams_resent": 1 << 40, "ready": 1, "peers": 2}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d; parsed %v from:\n%s", k, got[k], v, got, b.String())
+		}
+	}
+	if n := len(st.Snapshot().Attrs()) + 1; len(got) != n {
+		t.Errorf("parsed %d counters, want %d: %v", len(got), n, got)
+	}
+}
+
+// TestFilters checks the loss and partition filters with plain UDP
+// between two nodes: a filter drops what it says, in the direction it
+// says, and nothing once removed.
+func TestFilters(t *testing.T) {
+	requireHarness(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	topo := newTopology(t, 2)
+	a, b := topo.Nodes[0], topo.Nodes[1]
+	conns := map[*Node]*net.UDPConn{}
+	for _, n := range topo.Nodes {
+		err := n.Do(func() (err error) {
+			conns[n], err = net.ListenUDP("udp4", &net.UDPAddr{Port: Port})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conns[n].Close()
+	}
+	// delivered sends count datagrams from one node to the other, 100 at
+	// a time so that the receive buffer holds them, and counts those that
+	// arrive. Waiting only briefly for stragglers can only make a filter
+	// look better than it is.
+	delivered := func(from, to *Node, count int) int {
+		t.Helper()
+		dst := &net.UDPAddr{IP: to.Addr.AsSlice(), Port: Port}
+		got := 0
+		buf := make([]byte, 10)
+		for sent := 0; sent < count; {
+			chunk := min(count-sent, 100)
+			for range chunk {
+				// An output filter refuses the send (EPERM): not delivered.
+				if _, err := conns[from].WriteToUDP([]byte("x"), dst); err != nil && !errors.Is(err, syscall.EPERM) {
+					t.Fatal(err)
+				}
+			}
+			sent += chunk
+			for got < sent {
+				conns[to].SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				if _, _, err := conns[to].ReadFromUDP(buf); err != nil {
+					break
+				}
+				got++
+			}
+		}
+		return got
+	}
+	both := func(what string, ab, ba int) {
+		t.Helper()
+		if got := delivered(a, b, 1); got != ab {
+			t.Errorf("%s: node1 to node2: %d of 1 datagram delivered, want %d", what, got, ab)
+		}
+		if got := delivered(b, a, 1); got != ba {
+			t.Errorf("%s: node2 to node1: %d of 1 datagram delivered, want %d", what, got, ba)
+		}
+	}
+	ctx := t.Context()
+	both("no filter", 1, 1)
+
+	cut, err := b.Isolate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both("node2 isolated", 0, 0)
+	if err := cut.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	both("partition healed", 1, 1)
+
+	drop, err := b.DropDatagrams(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both("node2 drops all it receives", 0, 1)
+	if err := drop.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	loss, err := b.DropDatagrams(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loss.Remove(context.Background())
+	// 1000 datagrams at 30% loss: 700 arrive, give or take 14.5 (one
+	// standard deviation); the bounds are 10 of them away.
+	got := delivered(a, b, 1000)
+	if got < 555 || got > 845 {
+		t.Errorf("node2 drops 30%%: %d of 1000 datagrams delivered, want about 700", got)
+	}
+	t.Logf("node2 drops 30%%: %d of 1000 datagrams delivered", got)
 }

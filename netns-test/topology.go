@@ -1,8 +1,9 @@
 // Package netnstest runs udpmapsync end to end on one kernel: nodes in
 // network namespaces on a shared bridge, maps created and written with
 // bpftool, daemons started inside the namespaces, and a byte-for-byte
-// comparison of every node's maps. The convergence test and `make demo`
-// (./demo) are built from it.
+// comparison of every node's maps. The convergence test, the failure
+// scenarios (loss, partitions, restarts, ...) and `make demo` (./demo) are
+// built from it.
 //
 // The topology [NewTopology] builds (names carry a random suffix, shown as
 // <rand>, so parallel and leftover runs never collide):
@@ -10,6 +11,7 @@
 //	┌── ums-<rand>-node1 ──┐   ┌── ums-<rand>-node2 ──┐   ┌── ums-<rand>-node3 ──┐
 //	│ udpmapsync           │   │ udpmapsync           │   │ udpmapsync           │
 //	│ eth1 10.77.0.1/24    │   │ eth1 10.77.0.2/24    │   │ eth1 10.77.0.3/24    │
+//	│      fd77::1/64      │   │      fd77::2/64      │   │      fd77::3/64      │
 //	└──────────┬───────────┘   └──────────┬───────────┘   └──────────┬───────────┘
 //	           │ veth                     │ veth                     │ veth
 //	┌──────────┴──────────────────────────┴──────────────────────────┴───────────┐
@@ -20,8 +22,9 @@
 // Every namespace is named under /run/netns, so a process enters one with
 // `nsenter --net=/run/netns/NAME` and keeps the mount namespace (and with
 // it the bpffs holding the maps); `ip netns exec` would remount /sys. The
-// nodes have no route besides 10.77.0.0/24: a multicast sender must pick
-// its interface (IP_MULTICAST_IF), as the daemon's --iface does.
+// nodes have no route besides 10.77.0.0/24 and fd77::/64: a multicast
+// sender must pick its interface (IP_MULTICAST_IF), as the daemon's --iface
+// does.
 //
 // BPF maps are global to the kernel, not per namespace, so each node gets
 // its own maps under a private bpffs ([MountBPFFS]).
@@ -39,9 +42,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Names and addresses of the topology.
@@ -50,7 +55,8 @@ const (
 	NodeIface = "eth1"
 	// BridgeName is the bridge in the switch namespace.
 	BridgeName = "br0"
-	// MaxNodes bounds the nodes of one topology: addresses are 10.77.0.N/24.
+	// MaxNodes bounds the nodes of one topology: addresses are 10.77.0.N/24
+	// and fd77::N/64.
 	MaxNodes = 250
 
 	netnsDir = "/run/netns"
@@ -63,7 +69,8 @@ type Topology struct {
 	Suffix string
 	// Switch is the name of the namespace holding the bridge.
 	Switch string
-	// Nodes are the node namespaces, Nodes[i] having address 10.77.0.(i+1).
+	// Nodes are the node namespaces, Nodes[i] having addresses
+	// 10.77.0.(i+1) and fd77::(i+1).
 	Nodes []*Node
 
 	created []string // named namespaces to delete on Close
@@ -78,11 +85,13 @@ type Node struct {
 	Netns string
 	// Addr is the node's IPv4 address on [NodeIface], with a /24.
 	Addr netip.Addr
+	// Addr6 is the node's IPv6 address on [NodeIface], with a /64.
+	Addr6 netip.Addr
 }
 
 // NewTopology creates nodes node namespaces, the switch namespace and the
-// bridge, with every interface up and addressed. On error nothing is left
-// behind.
+// bridge, with every interface up, addressed and ready for IPv4 and IPv6
+// multicast. On error nothing is left behind.
 func NewTopology(nodes int) (_ *Topology, err error) {
 	if nodes < 1 || nodes > MaxNodes {
 		return nil, fmt.Errorf("create topology: %d nodes, want 1 to %d", nodes, MaxNodes)
@@ -99,6 +108,7 @@ func NewTopology(nodes int) (_ *Topology, err error) {
 			Name:  name,
 			Netns: "ums-" + sfx + "-" + name,
 			Addr:  netip.AddrFrom4([4]byte{10, 77, 0, byte(i)}),
+			Addr6: netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x77, 15: byte(i)}),
 		})
 	}
 	defer func() {
@@ -123,6 +133,22 @@ func NewTopology(nodes int) (_ *Topology, err error) {
 // createNamespaces creates named namespaces on a thread of its own:
 // netns.NewNamed moves the calling thread into the new namespace.
 func (t *Topology) createNamespaces(names []string) error {
+	return inThread(func() error {
+		for _, name := range names {
+			h, err := netns.NewNamed(name)
+			if err != nil {
+				return fmt.Errorf("create network namespace %s: %w", name, err)
+			}
+			h.Close()
+			t.created = append(t.created, name)
+		}
+		return nil
+	})
+}
+
+// inThread runs fn on a locked OS thread that fn may move to other network
+// namespaces, and brings the thread back to its own namespace afterwards.
+func inThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -134,16 +160,7 @@ func (t *Topology) createNamespaces(names []string) error {
 			return
 		}
 		defer orig.Close()
-		for _, name := range names {
-			var h netns.NsHandle
-			h, err = netns.NewNamed(name)
-			if err != nil {
-				err = fmt.Errorf("create network namespace %s: %w", name, err)
-				break
-			}
-			h.Close()
-			t.created = append(t.created, name)
-		}
+		err = fn()
 		// A thread left in a test namespace must not run other goroutines:
 		// it is only unlocked once it is back home, else it dies with this
 		// goroutine.
@@ -193,7 +210,7 @@ func (t *Topology) wire() error {
 }
 
 // plug creates the node's veth pair with one end on the bridge and gives
-// the other end, inside the node, its address.
+// the other end, inside the node, its addresses.
 func (n *Node) plug(hsw *netlink.Handle, br netlink.Link) error {
 	ns, err := netns.GetFromName(n.Netns)
 	if err != nil {
@@ -232,14 +249,44 @@ func (n *Node) plug(hsw *netlink.Handle, br netlink.Link) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", NodeIface, n.Netns, err)
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.Addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}
-	if err := h.AddrAdd(eth, addr); err != nil {
-		return fmt.Errorf("add %s to %s in %s: %w", addr, NodeIface, n.Netns, err)
+	// Without duplicate address detection the IPv6 address is usable at
+	// once instead of after a second.
+	for _, addr := range []*netlink.Addr{
+		{IPNet: &net.IPNet{IP: n.Addr.AsSlice(), Mask: net.CIDRMask(24, 32)}},
+		{IPNet: &net.IPNet{IP: n.Addr6.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD},
+	} {
+		if err := h.AddrAdd(eth, addr); err != nil {
+			return fmt.Errorf("add %s to %s in %s: %w", addr, NodeIface, n.Netns, err)
+		}
 	}
 	if err := h.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", NodeIface, n.Netns, err)
 	}
+	if err := waitIPv6Multicast(h, eth); err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
 	return nil
+}
+
+// waitIPv6Multicast waits for the kernel to route IPv6 multicast on link.
+// The route appears only once the link-watch work has seen the carrier
+// come up (at once here, up to a second after `ip link set up` by hand);
+// until then IPv6 multicast arriving on the link is dropped and counted in
+// Ip6InNoRoutes. IPv4 multicast has no such delay.
+func waitIPv6Multicast(h *netlink.Handle, link netlink.Link) error {
+	filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: link.Attrs().Index}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		routes, err := h.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+		if err != nil {
+			return fmt.Errorf("list IPv6 routes of %s: %w", link.Attrs().Name, err)
+		}
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.IP.IsMulticast() {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no IPv6 multicast route on %s after 10s", link.Attrs().Name)
 }
 
 func linkUp(h *netlink.Handle, name string) error {
@@ -291,28 +338,10 @@ func (n *Node) Do(fn func() error) error {
 		return fmt.Errorf("open namespace %s: %w", n.Netns, err)
 	}
 	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	return inThread(func() error {
 		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter namespace %s: %w", n.Netns, err)
-			return
+			return fmt.Errorf("enter namespace %s: %w", n.Netns, err)
 		}
-		err = fn()
-		// Same rule as in createNamespaces: only a thread back home may
-		// be reused.
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
+		return fn()
+	})
 }
