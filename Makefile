@@ -52,6 +52,59 @@ vmtest: ## Prove the fentry capture path in a Debian 6.1 VM (qemu TCG, a few min
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -short -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
+# VMBENCH_TABLE is the awk program that passes the benchmark output through
+# and then prints a table. Per cell: the median and range over the rounds of
+# its ratio to the same writer without a hook in the same round, then its
+# fastest round's ns/write and that over the fastest no-hook round. The
+# host's other tenants slow whole stretches down, up to twice: both figures
+# are ways around that, and when they disagree the machine was busy.
+define VMBENCH_TABLE
+{ print }
+/^ok/ { ok = 1 }
+/^BenchmarkCaptureCost\// {
+	cell = $$1; sub(/^BenchmarkCaptureCost\//, "", cell); sub(/-[0-9]+$$/, "", cell); gsub(/#[0-9]+/, "", cell)
+	for (i = 3; i < NF; i++) if ($$(i + 1) == "ns/write") ns[cell, ++n[cell]] = $$i
+}
+function least(v, k,   i, m) {
+	for (m = v[1]; ++i <= k;) if (v[i] < m) m = v[i]
+	return m
+}
+# median also leaves the smallest and largest in lo and hi.
+function median(v, k,   a, i, j, t) {
+	for (i = 1; i <= k; i++) {
+		a[i] = v[i]
+		for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+	}
+	lo = a[1]; hi = a[k]
+	return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+}
+END {
+	if (!ok) exit 1
+	printf "\ncapture cost per map write, %d rounds (in the VM the ratios matter, not the ns)\n", n["none/user"]
+	printf "%-24s %10s %11s %17s %10s\n", "writer/hook/map", "x no hook", "range", "fastest ns/write", "fastest x"
+	split("user/none user/syscall/unwatched user/syscall/watched user/fentry/unwatched user/fentry/watched " \
+		"prog/none prog/fentry/unwatched prog/fentry/watched", rows, " ")
+	for (r = 1; r in rows; r++) {
+		split(rows[r], p, "/"); base = "none/" p[1]; cell = p[2] "/" p[1] (p[3] == "" ? "" : "/" p[3])
+		if (!n[cell]) { printf "%-24s %10s\n", rows[r], "skipped"; continue }
+		if (n[cell] != n[base]) { print "vmbench: " cell " lacks figures for some rounds" > "/dev/stderr"; exit 1 }
+		split("", x); split("", y); split("", z)
+		for (k = 1; k <= n[cell]; k++) { x[k] = ns[cell, k]; z[k] = ns[base, k]; y[k] = x[k] / z[k] }
+		ratio = median(y, n[cell]); fastest = least(x, n[cell])
+		printf "%-24s %10.2f %11s %17.0f %10.2f\n", rows[r], ratio, sprintf("%.2f-%.2f", lo, hi),
+			fastest, fastest / least(z, n[cell])
+	}
+}
+endef
+export VMBENCH_TABLE
+
+.PHONY: vmbench
+vmbench: VMRUN := $(CURDIR)/bin/vmrun
+vmbench: ## Measure the capture cost per map write in the Debian 6.1 VM and print a table (qemu TCG, about 2 minutes; root)
+	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 8m -run '^$$' -bench '^BenchmarkCaptureCost$$' -benchtime 20000x \
+		-exec "$(VMRUN)" ./loader -args -capture-cost-rounds=9 | awk "$$VMBENCH_TABLE"
+
 .PHONY: demo
 demo: deps build ## Three nodes in network namespaces: write on one, watch the others converge
 	$(GO) run ./netns-test/demo --daemon $(BIN)
@@ -59,6 +112,14 @@ demo: deps build ## Three nodes in network namespaces: write on one, watch the o
 .PHONY: bench
 bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
 	$(GO) test -run '^$$' -bench . -benchmem ./wire ./loader ./replication
+
+.PHONY: perf
+perf: PERFFLAGS ?=
+perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~10 min)
+	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./replication > bin/perf-bench.txt
+	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
+		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 
 .PHONY: fuzz
 fuzz: ## Fuzz the wire decoders for 30s each
