@@ -40,6 +40,7 @@ const (
 type resync struct {
 	phase   syncPhase
 	from    *peer
+	owed    bool   // from's changes were lost: this is not only the initial sync
 	id      uint32 // of the current request; the next is id+1
 	start   wire.SyncStart
 	since   time.Time // the phase began
@@ -166,7 +167,7 @@ func (r *Receiver) startSync(p *peer, now time.Time) {
 	if id == 0 {
 		id = 1
 	}
-	*s = resync{phase: syncRequested, from: p, id: id, since: now, got: s.got[:0], keys: s.keys[:0]}
+	*s = resync{phase: syncRequested, from: p, owed: p.needSync, id: id, since: now, got: s.got[:0], keys: s.keys[:0]}
 	for range r.table.maps {
 		s.keys = append(s.keys, make(map[string]bool))
 	}
@@ -453,9 +454,9 @@ func (r *Receiver) deleteAbsent(p *peer) int {
 func (r *Receiver) abandonSync(now time.Time, why string) {
 	s := &r.sync
 	p := s.from
-	if p.needSync = true; !r.IsReady() && s.phase == syncRequested {
-		p.needSync = false // the initial sync may try another ready peer
-	}
+	// Ask this peer again, unless this was a request for the initial
+	// sync that the peer did not take up: another ready peer may.
+	p.needSync = s.owed || r.IsReady() || s.phase != syncRequested
 	if n, ok := r.limit.allow(reasonSync); ok {
 		r.log.Warn("full resync abandoned; asking again", "peer", p.node, "reason", why,
 			"retry_in", syncRetryWait, "suppressed", n)

@@ -301,3 +301,24 @@ func TestResyncColdStart(t *testing.T) {
 		t.Errorf("the seed received %d resyncs, want 0", s.ResyncsReceived)
 	}
 }
+
+// A peer that refuses a request because it is not ready yet is asked
+// again later if it owes us lost changes, and passed over if we only
+// wanted it for our initial sync.
+func TestResyncRefusedByPeerNotReady(t *testing.T) {
+	for _, owed := range []bool{true, false} {
+		f := newReceiverFixture(t)
+		f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+		p := f.r.peers[peerNode]
+		p.needSync, p.ready = owed, true
+		f.r.startSync(p, time.Now())
+		h := wire.Header{Kind: wire.KindSyncStart, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 0)}
+		b := make([]byte, wire.HeaderSize)
+		h.MarshalTo(b)
+		f.handle(peerA, (&wire.SyncStart{Status: wire.SyncNotReady}).AppendTo(b))
+		if f.r.sync.phase != syncIdle || p.needSync != owed || p.ready {
+			t.Errorf("owed %v: after the refusal phase %d, needSync %v, ready %v; want idle, %v, false",
+				owed, f.r.sync.phase, p.needSync, p.ready, owed)
+		}
+	}
+}
