@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +49,7 @@ type Flags struct {
 	LogLevel         string
 	Version          bool
 	ReadyFile        string
+	CPUProfile       string
 }
 
 // register adds the options to fs with their defaults.
@@ -70,6 +72,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file (with the pid) once the initial sync with the peers is complete")
+	fs.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of the running daemon to this file (for perf/PROFILE.md)")
+	_ = fs.MarkHidden("cpuprofile")
 }
 
 func main() {
@@ -232,6 +236,13 @@ func run(ctx context.Context, f *Flags) error {
 
 	epoch := uint64(time.Now().UnixNano())
 	logStartup(log, c, f, maps, capture, tr, epoch)
+	if f.CPUProfile != "" {
+		stopProfile, err := startCPUProfile(f.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
 	stats := new(replication.Stats)
 	receiver := replication.NewReceiver(replication.ReceiverConfig{
 		Transport: tr, Table: table, Node: c.node, Epoch: epoch, Resend: resend, Peers: c.peers,
@@ -291,6 +302,23 @@ func run(ctx context.Context, f *Flags) error {
 	logStats(context.Background(), log, stats, receiver)
 	log.Info("detached and stopped")
 	return nil
+}
+
+// startCPUProfile profiles the daemon into path until the returned function
+// is called: the setup is left out, so the profile shows the replication.
+func startCPUProfile(path string) (func(), error) {
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("--cpuprofile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		out.Close()
+	}, nil
 }
 
 // logStartup says what is replicated, how changes are captured and where
