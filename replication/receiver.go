@@ -347,8 +347,9 @@ func (r *Receiver) apply(p *peer, body []byte, count uint16) {
 	}
 }
 
-// applyRun applies the n records collected in keys and vals.
-func (r *Receiver) applyRun(p *peer, m *localMap, op wire.Op, n int) {
+// applyRun applies the n records collected in keys and vals and returns
+// how many took effect: not the deletes of absent keys, none on an error.
+func (r *Receiver) applyRun(p *peer, m *localMap, op wire.Op, n int) int {
 	var err error
 	applied := n
 	if op == wire.OpUpdate {
@@ -366,9 +367,10 @@ func (r *Receiver) applyRun(p *peer, m *localMap, op wire.Op, n int) {
 			r.log.Error("applying changes failed", "map", m.Desc.Name, "peer", p.node, "op", opName(op),
 				"changes", n, "error", err, "suppressed", s)
 		}
-		return
+		return 0
 	}
 	r.stats.ChangesApplied.Add(uint64(applied))
+	return applied
 }
 
 func opName(op wire.Op) string {

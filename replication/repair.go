@@ -151,10 +151,17 @@ func (r *Receiver) take(p *peer, s uint64) []byte {
 
 // applyHeld applies a datagram taken from the hold and recycles its buffer.
 func (r *Receiver) applyHeld(p *peer, d []byte) {
-	var h wire.Header
-	_ = h.Unmarshal(d) // checked before it was held
-	r.apply(p, d[wire.HeaderSize:], h.Count)
+	r.applySealed(p, d)
 	r.spare = append(r.spare, d)
+}
+
+// applySealed applies a whole change datagram checked before, a held one
+// or one of our own, and returns how many changes it carries.
+func (r *Receiver) applySealed(p *peer, d []byte) int {
+	var h wire.Header
+	_ = h.Unmarshal(d) // checked, or sealed by us
+	r.apply(p, d[wire.HeaderSize:], h.Count)
+	return int(h.Count)
 }
 
 // settle applies the held datagrams that are next in sequence, then
@@ -282,27 +289,35 @@ func (r *Receiver) sendNack(p *peer) {
 	if r.nack.N == 0 {
 		return
 	}
-	if err := r.sendNackKind(p.addr, wire.KindNack); err != nil {
-		r.sendFailed(err)
+	if r.sendControl(p.addr, wire.KindNack, 0) != nil {
 		return
 	}
 	r.stats.NacksSent.Add(1)
 	r.stats.RangesRequested.Add(uint64(r.nack.N))
 }
 
-// sendNackKind sends r.nack as a datagram of kind k to addr.
-func (r *Receiver) sendNackKind(addr netip.AddrPort, k wire.Kind) error {
-	h := wire.Header{Kind: k, Count: uint16(r.nack.N), Node: r.node, Epoch: r.epoch}
+// sendControl sends a control datagram of kind k with sequence field seq
+// to addr; its body is the ranges of r.nack, if it has any. A failure is
+// counted and logged, and returned.
+func (r *Receiver) sendControl(addr netip.AddrPort, k wire.Kind, seq uint64) error {
+	h := wire.Header{Kind: k, Count: uint16(r.nack.N), Node: r.node, Epoch: r.epoch, Seq: seq}
 	if r.out == nil {
 		r.out = make([]byte, wire.HeaderSize, wire.HeaderSize+wire.NackFixedSize+wire.MaxNackRanges*wire.NackRangeSize)
 	}
 	_, _ = h.MarshalTo(r.out) // r.out holds a header
-	b, err := r.nack.AppendTo(r.out[:wire.HeaderSize])
-	if err != nil {
-		return err
+	b := r.out[:wire.HeaderSize]
+	var err error
+	if r.nack.N > 0 {
+		b, err = r.nack.AppendTo(b)
 	}
-	r.outv[0] = b
-	return r.tr.SendTo(addr, r.outv[:])
+	if err == nil {
+		r.outv[0] = b
+		err = r.tr.SendTo(addr, r.outv[:])
+	}
+	if err != nil {
+		r.sendFailed(err)
+	}
+	return err
 }
 
 // serveNack answers a peer's repair request in r.nack: it resends what the
@@ -343,9 +358,7 @@ func (r *Receiver) serveNack(from netip.AddrPort) {
 	}
 	r.flushRepairs(from)
 	if r.nack.N > 0 {
-		if err := r.sendNackKind(from, wire.KindGone); err != nil {
-			r.sendFailed(err)
-		}
+		_ = r.sendControl(from, wire.KindGone, 0)
 	}
 }
 

@@ -2,7 +2,6 @@ package replication
 
 import (
 	"math/rand/v2"
-	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -179,19 +178,8 @@ func (r *Receiver) startSync(p *peer, now time.Time) {
 func (r *Receiver) sendSyncRequest(now time.Time) {
 	s := &r.sync
 	s.sent = now
-	h := wire.Header{Kind: wire.KindSyncRequest, Node: r.node, Epoch: r.epoch, Seq: wire.SyncSeq(s.id, 0)}
-	r.sendControl(s.from.addr, &h, nil)
-}
-
-// sendControl sends a header and a small body to one address. Control
-// datagrams are rare, so it allocates.
-func (r *Receiver) sendControl(to netip.AddrPort, h *wire.Header, body []byte) {
-	b := make([]byte, wire.HeaderSize, wire.HeaderSize+len(body))
-	_, _ = h.MarshalTo(b)
-	b = append(b, body...)
-	if err := r.tr.SendTo(to, [][]byte{b}); err != nil {
-		r.sendFailed(err)
-	}
+	r.nack.N = 0
+	_ = r.sendControl(s.from.addr, wire.KindSyncRequest, wire.SyncSeq(s.id, 0))
 }
 
 // syncStart takes the peer's answer to the request.
@@ -297,8 +285,8 @@ func (r *Receiver) syncEnd(p *peer, now time.Time, h *wire.Header) {
 	s := &r.sync
 	id, n := wire.SplitSyncSeq(h.Seq)
 	if s.phase == syncIdle && s.doneFrom == p && id == s.id {
-		ack := wire.Header{Kind: wire.KindSyncAck, Node: r.node, Epoch: r.epoch, Seq: wire.SyncSeq(id, n+1)}
-		r.sendControl(p.addr, &ack, nil)
+		r.nack.N = 0
+		_ = r.sendControl(p.addr, wire.KindSyncAck, wire.SyncSeq(id, n+1))
 		return
 	}
 	if s.phase != syncStreaming || s.from != p || id != s.id {
@@ -334,12 +322,7 @@ func (r *Receiver) sendSyncAck(now time.Time) {
 	if s.ended && s.cum >= s.total {
 		cum = s.total + 1
 	}
-	h := wire.Header{Kind: wire.KindSyncAck, Count: uint16(r.nack.N), Node: r.node, Epoch: r.epoch, Seq: wire.SyncSeq(s.id, cum)}
-	var body []byte
-	if r.nack.N > 0 {
-		body, _ = r.nack.AppendTo(nil) // the ranges are ascending and start after cum
-	}
-	r.sendControl(s.from.addr, &h, body)
+	_ = r.sendControl(s.from.addr, wire.KindSyncAck, wire.SyncSeq(s.id, cum))
 }
 
 // syncDone finishes the resync once every datagram up to the last has
@@ -404,10 +387,7 @@ func (r *Receiver) replayOwn(p *peer, seq uint64) int {
 		if buf, held = r.resend.copyOut(seq, buf[:0]); !held {
 			continue // lost to a capture overflow: the peers resync from us for it
 		}
-		var h wire.Header
-		_ = h.Unmarshal(buf) // we sealed it
-		r.apply(p, buf[wire.HeaderSize:], h.Count)
-		n += int(h.Count)
+		n += r.applySealed(p, buf)
 	}
 	return n
 }
@@ -439,9 +419,7 @@ func (r *Receiver) deleteAbsent(p *peer) int {
 		for len(gone) > 0 {
 			n := min(len(gone), dumpBatch*m.keySize)
 			r.keys = append(r.keys[:0], gone[:n]...)
-			before := r.stats.ChangesApplied.Load()
-			r.applyRun(p, m, wire.OpDelete, n/m.keySize)
-			deleted += int(r.stats.ChangesApplied.Load() - before)
+			deleted += r.applyRun(p, m, wire.OpDelete, n/m.keySize)
 			gone = gone[n:]
 		}
 	}

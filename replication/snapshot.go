@@ -190,9 +190,7 @@ func (s *stream) run() error {
 					s.entries++
 					continue
 				}
-				if err := s.seal(); err != nil {
-					return err
-				}
+				s.seal()
 				if err := s.open(); err != nil {
 					return err
 				}
@@ -206,9 +204,7 @@ func (s *stream) run() error {
 		}
 	}
 	if s.w.Count() > 0 {
-		if err := s.seal(); err != nil {
-			return err
-		}
+		s.seal()
 	}
 	end := wire.Header{Kind: wire.KindSyncEnd, Node: s.r.node, Epoch: s.r.epoch, Seq: wire.SyncSeq(s.t.id, s.sealed)}
 	s.end = make([]byte, wire.HeaderSize)
@@ -228,7 +224,7 @@ func (s *stream) open() error {
 }
 
 // seal numbers the datagram being built and sends it.
-func (s *stream) seal() error {
+func (s *stream) seal() {
 	s.sealed++
 	s.header.Seq = wire.SyncSeq(s.t.id, s.sealed)
 	d := s.w.Finish(s.header)
@@ -236,7 +232,6 @@ func (s *stream) seal() error {
 	s.lens[i] = len(d)
 	s.sentAt[i] = time.Now()
 	s.send(d)
-	return nil
 }
 
 // send sends one datagram to the requester. A failure is counted; the
