@@ -346,7 +346,7 @@ func (c *Cluster) Stop(grace time.Duration) error {
 // Close stops the daemons, unpins the maps and removes the namespaces. It
 // returns what went wrong, daemons that did not exit cleanly included.
 func (c *Cluster) Close() error {
-	errs := []error{c.Stop(5 * time.Second)}
+	errs := []error{c.Stop(StopGrace)}
 	for _, open := range c.open {
 		for _, m := range open {
 			errs = append(errs, m.Close())

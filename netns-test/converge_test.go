@@ -141,7 +141,7 @@ func TestConverge(t *testing.T) {
 		writers[0].changes, writers[1].changes, wrote.Round(time.Millisecond), s, (time.Since(start) - wrote).Round(time.Millisecond))
 
 	stopping := time.Now()
-	if err := c.Stop(5 * time.Second); err != nil {
+	if err := c.Stop(StopGrace); err != nil {
 		t.Error(err)
 	}
 	t.Logf("daemons stopped in %v", time.Since(stopping).Round(time.Millisecond))

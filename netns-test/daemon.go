@@ -157,6 +157,14 @@ func (d *Daemon) Exited() (bool, error) {
 	}
 }
 
+// StopGrace is how long a daemon is given to exit after SIGTERM before it
+// is killed and reported. Exiting detaches the capture: with the fentry
+// backend that is nine fexit trampolines, each unregistered from ftrace
+// under one global lock with an RCU-tasks grace period, about 1.2 s per
+// daemon on an idle TCG VM and several seconds with three daemons
+// detaching at once. A daemon that hangs on exit still fails the test.
+const StopGrace = 30 * time.Second
+
 // Stop sends SIGTERM and waits up to grace for the daemon to exit, then
 // kills it. It returns an error unless the daemon was running and exited
 // with status 0 within grace. Later calls return the first call's result.

@@ -376,7 +376,7 @@ func TestScenarioSenderRestart(t *testing.T) {
 	// makes what every node must hold in the end plain.
 	converge(t, c, w1.Want())
 
-	if err := c.Daemons[node1].Stop(5 * time.Second); err != nil {
+	if err := c.Daemons[node1].Stop(StopGrace); err != nil {
 		t.Fatal(err)
 	}
 	write(t, c, node2, w2, scale(1000), 200)

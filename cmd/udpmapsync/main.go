@@ -287,7 +287,9 @@ func run(ctx context.Context, f *Flags) error {
 	}
 
 	// The reads block in the kernel: closing the capture and the socket is
-	// what ends them.
+	// what ends them. Detaching fentry hooks waits for RCU grace periods,
+	// so stopping can take a second or more.
+	stopping := time.Now()
 	cancel()
 	capture.Close()
 	closeTransport()
@@ -300,7 +302,7 @@ func run(ctx context.Context, f *Flags) error {
 		return first
 	}
 	logStats(context.Background(), log, stats, receiver)
-	log.Info("detached and stopped")
+	log.Info("detached and stopped", "took", time.Since(stopping).Round(time.Millisecond))
 	return nil
 }
 

@@ -166,7 +166,7 @@ func run(ctx context.Context, f Flags) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := c.Stop(5 * time.Second); err != nil {
+	if err := c.Stop(netnstest.StopGrace); err != nil {
 		return err
 	}
 	return nil
