@@ -11,6 +11,7 @@ package workload
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
@@ -34,6 +35,26 @@ var (
 	Small     = Profile{Name: "16 B / 64 B", KeySize: 16, ValueSize: 64}
 	Conntrack = Profile{Name: "40 B / 128 B", KeySize: 40, ValueSize: 128}
 )
+
+// Profiles looks up profiles by the names perfrun's --profiles takes:
+// small ([Small]) and conntrack ([Conntrack]).
+func Profiles(names []string) ([]Profile, error) {
+	var out []Profile
+	for _, n := range names {
+		switch n {
+		case "small":
+			out = append(out, Small)
+		case "conntrack":
+			out = append(out, Conntrack)
+		default:
+			return nil, fmt.Errorf("profile %q: unknown; use small or conntrack", n)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no profile to measure")
+	}
+	return out, nil
+}
 
 // valueHeader is the batch number and sequence number every value starts
 // with.

@@ -44,9 +44,10 @@ type Flags struct {
 	DeleteShare                                       float64
 	Rates                                             []int
 	Nodes                                             []int
-	Systems                                           []string
+	Systems, Profiles                                 []string
 	LatencyFor, Timeout, Settle, ConntrackdTimeout    time.Duration
 	Work                                              string
+	Keep                                              bool
 }
 
 func main() {
@@ -67,9 +68,11 @@ func main() {
 	fs.IntSliceVar(&f.Rates, "rates", []int{10_000, 100_000}, "fixed rates of the latency runs, changes/s")
 	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3}, "cluster sizes")
 	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.GRPCStream, report.GRPCUnary}, "systems to measure")
+	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B)")
 	fs.DurationVar(&f.LatencyFor, "latency-for", 3*time.Second, "length of a latency run")
 	fs.DurationVar(&f.Timeout, "timeout", 2*time.Minute, "give up on a run whose last change has not reached every peer this long after it was written")
-	fs.DurationVar(&f.Settle, "settle", 5*time.Second, "after the last change arrived, how long maps may take to match before the differences count as lost")
+	fs.DurationVar(&f.Settle, "settle", 30*time.Second, "after the last change arrived, how long maps may take to match before the differences count as lost")
+	fs.BoolVar(&f.Keep, "keep", false, "keep the daemons' logs and the other files of each run, and say where")
 	fs.DurationVar(&f.ConntrackdTimeout, "conntrackd-timeout", 4*time.Minute, "bound on perf/conntrackd/run")
 	fs.Parse(os.Args[1:])
 
@@ -102,7 +105,11 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	if f.Work, err = os.MkdirTemp("", "udpmapsync-perf-"); err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(f.Work)
+	if f.Keep {
+		log.Info("keeping the runs' files", "dir", f.Work)
+	} else {
+		defer os.RemoveAll(f.Work)
+	}
 
 	r := newResults(f)
 	if f.Bench != "" {
@@ -115,7 +122,10 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 		r.BenchNote = "perfrun ran without --bench"
 	}
 
-	profiles := []workload.Profile{workload.Small, workload.Conntrack}
+	profiles, err := workload.Profiles(f.Profiles)
+	if err != nil {
+		return "", err
+	}
 	for _, p := range profiles {
 		raw, err := measureRaw(ctx, f, p)
 		if err != nil {

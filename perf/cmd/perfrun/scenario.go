@@ -107,7 +107,7 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	// The sentinel says when the last change arrived; the maps say whether
 	// everything before it did.
 	want := netnstest.Contents(w.Want())
-	diffs, converged := compareWait(ctx, peers, want, f.Settle)
+	diffs, converged, at := compareWait(ctx, peers, want, f.Settle)
 	run.Converged = err == nil && converged
 	for _, df := range diffs {
 		run.Lost += df.Missing + df.Extra + df.Wrong
@@ -118,7 +118,15 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	if err != nil {
 		run.Notes = append(run.Notes, err.Error())
 	} else {
-		run.Seconds = float64(arrived-res.Start) / 1e9
+		// Changes are applied in order, so the maps usually match as the
+		// sentinel arrives. When they do not, a change was given up on and
+		// a resync repaired it: the run lasted until the maps matched.
+		end := arrived
+		if converged && at > arrived {
+			end = at
+			run.Notes = append(run.Notes, fmt.Sprintf("the maps matched %.1f s after the last change arrived (a resync ran)", float64(at-arrived)/1e9))
+		}
+		run.Seconds = float64(end-res.Start) / 1e9
 		run.PerSec = n / run.Seconds
 	}
 	if obs != nil {
@@ -166,11 +174,16 @@ func waitSentinel(ctx context.Context, peers []*ebpf.Map, key, value []byte, tim
 }
 
 // compareWait compares every peer's map with want, again every 100 ms
-// until they match or settle has passed: a replicator that reorders may
-// still be applying older changes when the sentinel arrives.
-func compareWait(ctx context.Context, peers []*ebpf.Map, want netnstest.Contents, settle time.Duration) ([]netnstest.Diff, bool) {
+// until they match or settle has passed: a replicator that reorders, or
+// repairs a loss with a resync, may still be applying older changes when
+// the sentinel arrives. at is when the pass that matched began, in
+// [workload.Now]'s clock, or 0 if the first pass matched.
+func compareWait(ctx context.Context, peers []*ebpf.Map, want netnstest.Contents, settle time.Duration) (_ []netnstest.Diff, converged bool, at int64) {
 	deadline := time.Now().Add(settle)
-	for {
+	for first := true; ; first = false {
+		if !first {
+			at = workload.Now()
+		}
 		var diffs []netnstest.Diff
 		ok := true
 		for _, m := range peers {
@@ -185,7 +198,7 @@ func compareWait(ctx context.Context, peers []*ebpf.Map, want netnstest.Contents
 			diffs = append(diffs, df)
 		}
 		if ok || time.Now().After(deadline) || ctx.Err() != nil {
-			return diffs, ok
+			return diffs, ok, at
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
