@@ -67,8 +67,9 @@ type Receiver struct {
 	pkts  []Packet
 	secs  wire.Sections
 	recs  wire.Records
-	keys  []byte // the current run's keys, packed for a batch syscall
-	vals  []byte // the current run's values
+	run   changeRun // the changes being collected for one batch syscall
+	keys  []byte    // the run's keys, packed for a batch syscall
+	vals  []byte    // the run's values
 	descs []wire.Descriptor
 
 	spare     [][]byte  // buffers for held datagrams, reused
@@ -77,6 +78,22 @@ type Receiver struct {
 	outv      [1][]byte // out, as the transport takes it
 	repair    [][]byte  // resent datagrams of one batch, slices of repairBuf
 	repairBuf []byte
+}
+
+// Run buffers: a run of changes is applied once it holds this many bytes
+// of keys or of values.
+const (
+	runKeyBytes   = 64 << 10
+	runValueBytes = 256 << 10
+)
+
+// changeRun is the run of changes being collected: n changes of peer p to
+// map m, all with operation op.
+type changeRun struct {
+	p  *peer
+	m  *localMap
+	op wire.Op
+	n  int
 }
 
 // peer is what the receiver knows of one sending node in its current
@@ -117,8 +134,8 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		transfers: make(map[uint32]*transfer),
 		stop:      make(chan struct{}),
 		pkts:      make([]Packet, receiveBatch),
-		keys:      make([]byte, 0, 1<<16),
-		vals:      make([]byte, 0, 1<<16),
+		keys:      make([]byte, 0, runKeyBytes),
+		vals:      make([]byte, 0, runValueBytes),
 	}
 	for _, a := range cfg.Peers {
 		r.allow = append(r.allow, a.Unmap().WithZone(""))
@@ -147,12 +164,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 		for i := range r.pkts[:n] {
 			r.handle(now, r.pkts[i].From, r.pkts[i].Data)
 		}
+		r.flush()
 		r.mu.Unlock()
 	}
 }
 
-// handle checks one datagram and applies it. Anything wrong with it is
-// counted and dropped before a local map is touched.
+// handle checks one datagram and acts on it; its changes are collected
+// into runs that the caller flushes. Anything wrong with it is counted and
+// dropped before a local map is touched.
 func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 	var h wire.Header
 	if err := h.Unmarshal(d); err != nil {
@@ -179,6 +198,10 @@ func (r *Receiver) handle(now time.Time, from netip.AddrPort, d []byte) {
 		return
 	}
 	body := d[wire.HeaderSize:]
+	if h.Kind != wire.KindChanges {
+		// What follows may read the maps or report what was applied.
+		r.flush()
+	}
 	switch h.Kind {
 	case wire.KindChanges:
 		if h.Seq == 0 {
@@ -315,9 +338,8 @@ func (r *Receiver) check(body []byte, count uint16) error {
 	}
 }
 
-// apply writes a checked datagram to the local maps: each run of
-// consecutive records with the same operation becomes one batch syscall,
-// so the order of changes to any one key is kept.
+// apply collects a checked datagram's records into runs for the local
+// maps (see [Receiver.collect]).
 func (r *Receiver) apply(p *peer, body []byte, count uint16) {
 	r.secs.Reset(body, count)
 	for sec, err := r.secs.Next(); err == nil; sec, err = r.secs.Next() {
@@ -327,24 +349,39 @@ func (r *Receiver) apply(p *peer, body []byte, count uint16) {
 			continue
 		}
 		r.recs.Reset(sec, m.keySize, m.valueSize)
-		var op wire.Op
-		n := 0
 		for rec, err := r.recs.Next(); err == nil; rec, err = r.recs.Next() {
-			if rec.Op != op && n > 0 {
-				r.touch(m, r.keys)
-				r.applyRun(p, m, op, n)
-				n = 0
-			}
-			op = rec.Op
-			r.keys = append(r.keys, rec.Key...)
-			r.vals = append(r.vals, rec.Value...)
-			n++
-		}
-		if n > 0 {
-			r.touch(m, r.keys)
-			r.applyRun(p, m, op, n)
+			r.collect(p, m, rec.Op, rec.Key, rec.Value)
 		}
 	}
+}
+
+// collect adds one change to the run being collected. A run is a sequence
+// of consecutive changes of one peer to one map with one operation, across
+// the datagrams of a receive batch; each becomes one batch syscall. Runs
+// are applied in order, so every key sees its changes in the order they
+// were made. The run is applied when the next change does not belong to
+// it, when it fills its buffers, and by [Receiver.flush].
+func (r *Receiver) collect(p *peer, m *localMap, op wire.Op, key, value []byte) {
+	if r.run.n > 0 && (r.run.m != m || r.run.op != op || r.run.p != p ||
+		len(r.keys)+len(key) > cap(r.keys) || len(r.vals)+len(value) > cap(r.vals)) {
+		r.flush()
+	}
+	r.run.p, r.run.m, r.run.op = p, m, op
+	r.run.n++
+	r.keys = append(r.keys, key...)
+	r.vals = append(r.vals, value...)
+}
+
+// flush applies the run being collected. Whatever reads the local maps or
+// reports how far a peer's changes were applied flushes first; so does
+// every holder of r.mu before releasing it.
+func (r *Receiver) flush() {
+	if r.run.n == 0 {
+		return
+	}
+	r.touch(r.run.m, r.keys)
+	r.applyRun(r.run.p, r.run.m, r.run.op, r.run.n)
+	r.run = changeRun{}
 }
 
 // applyRun applies the n records collected in keys and vals and returns

@@ -48,7 +48,13 @@ func newReceiverFixture(t testing.TB, peers ...netip.Addr) *receiverFixture {
 }
 
 func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
-	f.r.handle(time.Now(), from, d)
+	f.handleAt(time.Now(), from, d)
+}
+
+// handleAt hands d to the receiver as a receive batch of its own.
+func (f *receiverFixture) handleAt(now time.Time, from netip.AddrPort, d []byte) {
+	f.r.handle(now, from, d)
+	f.r.flush()
 }
 
 func (f *receiverFixture) untouched(t *testing.T) {
@@ -95,6 +101,54 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 	if s.ChangesApplied != 7 || s.DeletesMissing != 1 || s.DatagramsReceived != 1 {
 		t.Errorf("stats %+v, want 7 applied (8 less the missing key3), 1 missing, 1 datagram", s)
 	}
+}
+
+// A run continues across the datagrams of one receive batch, so a batch of
+// small datagrams costs one syscall per run, not one per datagram. A
+// datagram of another kind ends the run first: it may read the maps or
+// report how far they were written.
+func TestApplyRunsSpanDatagrams(t *testing.T) {
+	f := newReceiverFixture(t)
+	now := time.Now()
+	f.r.handle(now, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.r.handle(now, peerA, f.peerDatagram(t, 1, 2, "key2", "2"))
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, wire.OpUpdate, "key3", "       3")
+	b.add(t, f.fpFlow, wire.OpDelete, "key1", "")
+	f.r.handle(now, peerA, b.finish(peerNode, 1, 3))
+	if len(f.flows.calls) != 1 {
+		t.Fatalf("batches before the delete ended the run: %q, want one", f.flows.calls)
+	}
+	// The sync request reads what was applied: the open delete run goes first.
+	f.r.handle(now, peerA, syncRequest(peerNode, 1, 9))
+	if len(f.flows.calls) != 2 {
+		t.Fatalf("batches when the sync request was handled: %q, want the delete applied too", f.flows.calls)
+	}
+	f.r.handle(now, peerA, f.peerDatagram(t, 1, 4, "key4", "4"))
+	f.r.flush()
+
+	want := []call{
+		{wire.OpUpdate, []byte("key1key2key3"), []byte("       1       2       3")},
+		{wire.OpDelete, []byte("key1"), nil},
+		{wire.OpUpdate, []byte("key4"), []byte("       4")},
+	}
+	if !slices.EqualFunc(f.flows.calls, want, func(a, b call) bool {
+		return a.op == b.op && string(a.keys) == string(b.keys) && string(a.vals) == string(b.vals)
+	}) {
+		t.Errorf("flows batches:\n got %q\nwant %q", f.flows.calls, want)
+	}
+	if s := f.stats.Snapshot(); s.ChangesApplied != 5 {
+		t.Errorf("changes_applied %d, want 5", s.ChangesApplied)
+	}
+}
+
+// syncRequest is node's request, in epoch, for a snapshot of our maps.
+func syncRequest(node uint32, epoch uint64, id uint32) []byte {
+	h := wire.Header{Kind: wire.KindSyncRequest, Node: node, Epoch: epoch, Seq: wire.SyncSeq(id, 0)}
+	d := make([]byte, wire.HeaderSize)
+	_, _ = h.MarshalTo(d)
+	return d
 }
 
 func TestUnknownMapSkipped(t *testing.T) {
@@ -324,6 +378,7 @@ func TestReceiverAllocs(t *testing.T) {
 		setSeq(d, seq)
 		seq++
 		r.handle(now, peerA, d)
+		r.flush()
 	}
 	step() // the first datagram creates the peer
 	if raceEnabled {

@@ -249,6 +249,7 @@ func (r *Receiver) retry(now time.Time) {
 		rs.retryAt = now.Add(rs.interval)
 	}
 	r.syncTick(now)
+	r.flush()
 }
 
 // firstHeld is the lowest sequence number held for p, or the one after

@@ -113,9 +113,9 @@ func TestRepairTailByHeartbeat(t *testing.T) {
 func TestRepairRetryAndGiveUp(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
-	f.r.handle(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
-	f.r.handle(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
-	f.r.handle(t0, peerA, f.peerDatagram(t, 1, 5, "key5", "5"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 5, "key5", "5"))
 	if got := f.nacks(t, wire.KindNack); len(got) != 2 {
 		t.Fatalf("requests %v, want one per new gap", got)
 	}

@@ -248,6 +248,7 @@ func (r *Receiver) snapshot(p *peer, now time.Time, h *wire.Header, d []byte) {
 			c++
 		}
 		if c > 0 {
+			// Not a run of live changes: these keys are not marked.
 			r.applyRun(p, m, wire.OpUpdate, c)
 			s.received += uint64(c)
 		}
@@ -389,12 +390,14 @@ func (r *Receiver) replayOwn(p *peer, seq uint64) int {
 		}
 		n += r.applySealed(p, buf)
 	}
+	r.flush()
 	return n
 }
 
 // deleteAbsent deletes the local entries the snapshot did not carry and no
 // live change touched. Array entries always exist and are left alone.
 func (r *Receiver) deleteAbsent(p *peer) int {
+	r.flush()
 	deleted := 0
 	for i := range r.table.maps {
 		m := &r.table.maps[i]
