@@ -31,6 +31,9 @@ const (
 	// millisecond, so while changes flow, polling is what bounds latency;
 	// once idle, the kernel's wake-up for the next change is enough.
 	activeWindow = 2 * time.Millisecond
+	// clockEvery is how many changes the sender reads between two clock
+	// reads while it drains the source.
+	clockEvery = 32
 	// overflowCheck is how often the sender asks the source whether it
 	// lost changes.
 	overflowCheck = 10 * time.Millisecond
@@ -153,21 +156,33 @@ func (s *Sender) Run(ctx context.Context) error {
 	var lastChange time.Time
 	polling := false
 	s.src.SetDeadline(nextAnnounce)
+	reads := 0
 	for {
 		err := s.src.Read(&s.ch)
-		now = time.Now()
 		switch {
 		case err == nil:
+			// While the ring is being drained the clock is read once every
+			// clockEvery changes, not per change: a clock read costs as
+			// much as coalescing the change. now is then at most that
+			// many changes old, far less than the flush interval.
+			if reads++; !polling || reads%clockEvery == 0 {
+				now = time.Now()
+				lastChange = now
+			}
 			if !polling {
 				polling = true
 				s.src.SetDeadline(now) // read what is queued without waiting
 			}
-			lastChange = now
 			s.add(&s.ch, now)
-			if s.src.Buffered() == 0 || now.Sub(s.since) >= s.flushInterval {
+			if s.src.Buffered() == 0 {
+				now = time.Now()
+				lastChange = now
+				s.flush()
+			} else if now.Sub(s.since) >= s.flushInterval {
 				s.flush()
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			now = time.Now()
 			s.flush()
 			if ctx.Err() != nil {
 				return nil

@@ -285,17 +285,22 @@ func TestFlushWhenBatchFull(t *testing.T) {
 	}
 }
 
+// While the source never drains, the sender looks at the clock every
+// clockEvery changes and flushes once the oldest pending change is older
+// than the flush interval.
 func TestFlushAfterInterval(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
 	const interval = time.Millisecond
-	tr, _ := runScript(t, tab, []step{
-		{change: upd(1, "key1", "value--1"), buffered: 1 << 20},
-		// The source never drains, but the first change is now older than
-		// the flush interval.
-		{change: upd(1, "key2", "value--2"), buffered: 1 << 20, sleep: 2 * interval},
-		{change: upd(1, "key3", "value--3"), buffered: 1 << 20},
-	}, SenderConfig{FlushInterval: interval}, nil)
-	if got, want := recordCounts(t, tab, tr), [][]int{{2}, {1}}; !slices.EqualFunc(got, want, slices.Equal) {
+	var script []step
+	for i := range clockEvery + 1 {
+		st := step{change: upd(1, fmt.Sprintf("k%03d", i), "value--1"), buffered: 1 << 20}
+		if i == 1 {
+			st.sleep = 2 * interval // the first change is now older than the interval
+		}
+		script = append(script, st)
+	}
+	tr, _ := runScript(t, tab, script, SenderConfig{FlushInterval: interval}, nil)
+	if got, want := recordCounts(t, tab, tr), [][]int{{clockEvery}, {1}}; !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("batches of record counts %v, want %v", got, want)
 	}
 }
