@@ -56,7 +56,7 @@ type CaptureOptions struct {
 	Backend Backend // zero means BackendAuto
 	Maps    []*Map  // the maps whose writes are reported
 	// RingSize is the ring buffer size in bytes: a power of two, at least a
-	// page. Zero means 16 MiB.
+	// page. Zero means [DefaultRingSize].
 	RingSize int
 	// WakeBytes is how much must be queued before every new change wakes the
 	// reader; below it changes are delivered in batches. Zero means
@@ -64,7 +64,10 @@ type CaptureOptions struct {
 	WakeBytes int
 }
 
-const defaultRingSize = 16 << 20
+// DefaultRingSize is the default capture ring: about 80,000 changes of a
+// 16-byte key and 64-byte value. The kernel maps its pages twice (for
+// wrap-around), so it counts twice in the daemon's resident set size.
+const DefaultRingSize = 8 << 20
 
 // Layout of a ring record (struct change in bpf/capture.h, machine byte
 // order): a header, then key_size key bytes, then value_size value bytes.
@@ -148,7 +151,7 @@ func checkCaptureOptions(opts *CaptureOptions) error {
 		return fmt.Errorf("--capture %s: unknown backend; use auto, fentry or syscall", opts.Backend)
 	}
 	if opts.RingSize == 0 {
-		opts.RingSize = defaultRingSize
+		opts.RingSize = DefaultRingSize
 	}
 	if page := os.Getpagesize(); opts.RingSize < page || opts.RingSize&(opts.RingSize-1) != 0 {
 		return fmt.Errorf("capture ring size %d: want a power of two of at least %d bytes", opts.RingSize, page)

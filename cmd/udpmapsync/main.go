@@ -64,8 +64,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.AnnounceInterval, "announce-interval", replication.DefaultAnnounceInterval, "period of announcements: map schemas and the latest sequence number, the heartbeat that reveals a lost tail")
 	fs.IntVar(&f.MTU, "mtu", 0, "MTU to size datagrams for (0: the interface's)")
 	fs.Uint32Var(&f.NodeID, "node-id", 0, "this node's id (0: derived from the interface's MAC address)")
-	f.RingSize = 16 << 20
-	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB)")
+	f.RingSize = loader.DefaultRingSize
+	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")

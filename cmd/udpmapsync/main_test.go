@@ -28,7 +28,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.group.String() != "239.1.1.1" || f.Port != 3870 || f.Capture != "auto" || c.node != 9 ||
-		f.RingSize != 16<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 {
+		f.RingSize != 8<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 {
 		t.Errorf("defaults %+v %+v", f, c)
 	}
 }

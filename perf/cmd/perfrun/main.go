@@ -303,7 +303,7 @@ func measureMemory(ctx context.Context, f *Flags, log *slog.Logger, r *report.Re
 		return nil, fmt.Errorf("memory run: %w", err)
 	}
 	addStats(d, x)
-	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (16 MiB) and --resend-buffer (16 MiB)", maxEntries, f.MemoryEntries))
+	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (8 MiB) and --resend-buffer (16 MiB)", maxEntries, f.MemoryEntries))
 	log.Info("result", "rss_sender_kib", x.RSSSender, "rss_receiver_kib", x.RSSReceiver, "lost", x.Lost)
 	return x, nil
 }
