@@ -166,13 +166,12 @@ func (f *fakeTransport) sentTo() []unicast {
 	return u
 }
 
-func (f *fakeTransport) Receive(pkts []Packet) (int, error) {
+func (f *fakeTransport) Receive() ([]Packet, error) {
 	p, ok := <-f.in
 	if !ok {
-		return 0, errFakeClosed
+		return nil, errFakeClosed
 	}
-	pkts[0] = p
-	return 1, nil
+	return []Packet{p}, nil
 }
 
 // sent returns the batches sent so far, announces and changes alike.
@@ -187,7 +186,7 @@ type nopTransport struct{}
 
 func (nopTransport) Send([][]byte) error                   { return nil }
 func (nopTransport) SendTo(netip.AddrPort, [][]byte) error { return nil }
-func (nopTransport) Receive([]Packet) (int, error)         { return 0, io.EOF }
+func (nopTransport) Receive() ([]Packet, error)            { return nil, io.EOF }
 
 // fakeTarget is a map in memory that logs every batch applied to it. A
 // snapshot transfer dumps it from its own goroutine, hence the lock.

@@ -79,14 +79,13 @@ func receive(t *testing.T, u *UDP, want int) []Packet {
 	var got []Packet
 	done := make(chan error, 1)
 	go func() {
-		pkts := make([]Packet, receiveBatch)
 		for len(got) < want {
-			n, err := u.Receive(pkts)
+			pkts, err := u.Receive()
 			if err != nil {
 				done <- err
 				return
 			}
-			for _, p := range pkts[:n] {
+			for _, p := range pkts {
 				got = append(got, Packet{Data: bytes.Clone(p.Data), From: p.From})
 			}
 		}
@@ -150,6 +149,60 @@ func TestUDPTransport(t *testing.T) {
 				t.Errorf("%v allocations per Send, want 0", allocs)
 			}
 		})
+	}
+}
+
+// A burst of same-sized datagrams goes down the stack as one GSO message
+// and comes up as one GRO message, which Receive splits back into the
+// datagrams sent, in order, the shorter last one included.
+func TestUDPSegmentationOffload(t *testing.T) {
+	a, b := newNodePair(t)
+	cfg := UDPConfig{Group: netip.MustParseAddr("239.1.1.1"), Port: DefaultPort}
+	ua, ub := listen(t, a, cfg), listen(t, b, cfg)
+	if !ua.gso.Load() {
+		t.Fatal("GSO off on a kernel that has it")
+	}
+	var sent [][]byte
+	for i := range 40 {
+		sent = append(sent, bytes.Repeat([]byte{byte(i)}, ua.Payload()))
+	}
+	sent = append(sent, []byte("the shorter rest"))
+	if err := ua.Send(sent); err != nil {
+		t.Fatal(err)
+	}
+	got := receive(t, ub, len(sent))
+	for i, p := range got {
+		if !bytes.Equal(p.Data, sent[i]) {
+			t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(p.Data), p.Data[0], len(sent[i]), sent[i][0])
+		}
+	}
+	if size := groSize(ub.in[0].OOB[:ub.in[0].NN]); size != ua.Payload() {
+		t.Errorf("the first message read has GRO segment size %d, want %d: GRO is not in effect", size, ua.Payload())
+	}
+	if !ua.gso.Load() {
+		t.Error("GSO turned off after a send that worked")
+	}
+}
+
+// A kernel that refuses a GSO message (here: segments larger than the
+// link's MTU, from a --mtu set too high) gets the datagrams one by one,
+// and GSO stays off.
+func TestUDPSegmentationRefused(t *testing.T) {
+	a, b := newNodePair(t)
+	cfg := UDPConfig{Group: netip.MustParseAddr("239.1.1.1"), Port: DefaultPort, MTU: 3000}
+	ua, ub := listen(t, a, cfg), listen(t, b, cfg)
+	sent := [][]byte{bytes.Repeat([]byte{1}, 2900), bytes.Repeat([]byte{2}, 2900)}
+	if err := ua.Send(sent); err != nil {
+		t.Fatal(err)
+	}
+	got := receive(t, ub, len(sent))
+	for i, p := range got {
+		if !bytes.Equal(p.Data, sent[i]) {
+			t.Errorf("datagram %d: %d bytes, want the %d sent", i, len(p.Data), len(sent[i]))
+		}
+	}
+	if ua.gso.Load() {
+		t.Error("GSO still on after the kernel refused it")
 	}
 }
 

@@ -17,9 +17,6 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// receiveBatch is how many datagrams one Receive may return.
-const receiveBatch = 64
-
 // errZeroSeq rejects a change datagram numbered 0: senders count from 1.
 var errZeroSeq = errors.New("change datagram with sequence number 0")
 
@@ -64,7 +61,6 @@ type Receiver struct {
 	transfers map[uint32]*transfer // snapshots being served, by requester node
 	stop      chan struct{}        // closed when Run returns
 
-	pkts  []Packet
 	secs  wire.Sections
 	recs  wire.Records
 	run   changeRun // the changes being collected for one batch syscall
@@ -133,7 +129,6 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		},
 		transfers: make(map[uint32]*transfer),
 		stop:      make(chan struct{}),
-		pkts:      make([]Packet, receiveBatch),
 		keys:      make([]byte, 0, runKeyBytes),
 		vals:      make([]byte, 0, runValueBytes),
 	}
@@ -152,7 +147,7 @@ func (r *Receiver) Run(ctx context.Context) error {
 	defer close(r.stop)
 	go r.retryLoop(r.stop)
 	for {
-		n, err := r.tr.Receive(r.pkts)
+		pkts, err := r.tr.Receive()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -161,8 +156,8 @@ func (r *Receiver) Run(ctx context.Context) error {
 		}
 		now := time.Now()
 		r.mu.Lock()
-		for i := range r.pkts[:n] {
-			r.handle(now, r.pkts[i].From, r.pkts[i].Data)
+		for i := range pkts {
+			r.handle(now, pkts[i].From, pkts[i].Data)
 		}
 		r.flush()
 		r.mu.Unlock()

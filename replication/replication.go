@@ -61,7 +61,8 @@ type Transport interface {
 	// requests go only to the node that needs them. It may run
 	// concurrently with Send and Receive.
 	SendTo(addr netip.AddrPort, dgrams [][]byte) error
-	// Receive blocks until at least one datagram arrives and fills up to
-	// len(pkts) packets. It returns an error once the transport is closed.
-	Receive(pkts []Packet) (int, error)
+	// Receive blocks until at least one datagram arrives and returns what
+	// arrived, in order; the packets alias the transport's buffers until the
+	// next Receive. It returns an error once the transport is closed.
+	Receive() ([]Packet, error)
 }

@@ -90,13 +90,12 @@ func (t *memTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	return nil
 }
 
-func (t *memTransport) Receive(pkts []Packet) (int, error) {
+func (t *memTransport) Receive() ([]Packet, error) {
 	select {
 	case p := <-t.in:
-		pkts[0] = p
-		return 1, nil
+		return []Packet{p}, nil
 	case <-t.done:
-		return 0, errFakeClosed
+		return nil, errFakeClosed
 	}
 }
 

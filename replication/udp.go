@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -9,7 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -23,9 +26,14 @@ const (
 	// socketBuffer absorbs bursts of datagrams while the receiver applies
 	// the previous batch.
 	socketBuffer = 32 << 20
-	// receiveBufferSize holds the largest UDP payload, so a datagram from a
-	// peer with a larger MTU is never truncated.
+	// receiveBufferSize holds the largest UDP payload, so neither a
+	// datagram from a peer with a larger MTU nor a GRO message is truncated.
 	receiveBufferSize = 1 << 16
+	// receiveBatch is how many messages one Receive reads.
+	receiveBatch = 64
+	// maxSegments bounds the datagrams of one GSO message: the kernel's
+	// UDP_MAX_SEGMENTS, 64 before Linux 6.10.
+	maxSegments = 64
 
 	ipv4HeaderSize = 20
 	ipv6HeaderSize = 40
@@ -50,20 +58,27 @@ type UDPConfig struct {
 
 // UDP is the [Transport] over one UDP socket bound to the wildcard address,
 // so it receives both the group's datagrams and unicast ones. It sends and
-// receives in batches (sendmmsg, recvmmsg). Sending allocates nothing;
-// receiving allocates the source address of each datagram (x/net's
-// ReadBatch does), two small objects per datagram and none per change.
+// receives in batches (sendmmsg, recvmmsg) and, where the kernel and the
+// interface allow, with UDP segmentation offload: a run of datagrams of
+// one size goes down the stack as one message (GSO, UDP_SEGMENT) and
+// datagrams of one peer come up as one (GRO, UDP_GRO), split here. The
+// datagrams on the wire are the same either way. Sending allocates
+// nothing; receiving allocates the source address of each message (x/net's
+// ReadBatch does), two small objects per message and none per change.
 type UDP struct {
 	conn    *net.UDPConn
 	pc      batchConn
 	dests   []*net.UDPAddr
 	payload int
+	maxGSO  int         // bytes of datagrams one GSO message may carry
+	gso     atomic.Bool // runs of datagrams are sent as GSO messages
 
-	out []ipv4.Message // Send's messages, Buffers preallocated
+	out []ipv4.Message // Send's messages, Buffers and OOB preallocated
 
 	toMu sync.Mutex     // SendTo is called by the receiver and its retry timer
 	to   []ipv4.Message // SendTo's messages
 	in   []ipv4.Message // Receive's messages, each over its own buffer
+	pkts []Packet       // Receive's result: the datagrams of in
 }
 
 // batchConn is what [ipv4.PacketConn] and [ipv6.PacketConn] share: their
@@ -103,6 +118,10 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		maxMTU += ipv6HeaderSize // the IPv6 payload length does not
 	}
 	u := &UDP{payload: min(mtu, maxMTU) - ipHeader - udpHeaderSize}
+	u.maxGSO = maxIPPacket - udpHeaderSize
+	if !v6 {
+		u.maxGSO -= ipv4HeaderSize
+	}
 
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var err error
@@ -122,19 +141,45 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		return nil, err
 	}
 
-	u.out = make([]ipv4.Message, sendBatch*len(u.dests))
-	for i := range u.out {
-		u.out[i].Buffers = make([][]byte, 1)
-	}
-	u.to = make([]ipv4.Message, sendBatch)
-	for i := range u.to {
-		u.to[i].Buffers = make([][]byte, 1)
-	}
+	u.gso.Store(u.enableOffload())
+	u.out = newMessages(sendBatch * len(u.dests))
+	u.to = newMessages(sendBatch)
 	u.in = make([]ipv4.Message, receiveBatch)
 	for i := range u.in {
 		u.in[i].Buffers = [][]byte{make([]byte, receiveBufferSize)}
+		u.in[i].OOB = make([]byte, unix.CmsgSpace(4))
 	}
+	u.pkts = make([]Packet, 0, receiveBatch)
 	return u, nil
+}
+
+// newMessages returns n messages with room for a GSO message's datagrams
+// and its segment size.
+func newMessages(n int) []ipv4.Message {
+	ms := make([]ipv4.Message, n)
+	for i := range ms {
+		ms[i].Buffers = make([][]byte, 0, maxSegments)
+		ms[i].OOB = make([]byte, 0, unix.CmsgSpace(2))
+	}
+	return ms
+}
+
+// enableOffload asks for GRO on receive and reports whether the kernel
+// knows GSO. Neither is needed: without GRO datagrams arrive one by one,
+// and without GSO they are sent one by one.
+func (u *UDP) enableOffload() bool {
+	rc, err := u.conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gso := false
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+		// Setting the socket's segment size to 0 (none) fails on
+		// kernels without UDP GSO.
+		gso = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT, 0) == nil
+	})
+	return gso
 }
 
 // multicastConn is the part of [ipv4.PacketConn] and [ipv6.PacketConn]
@@ -249,42 +294,82 @@ func setSocketOptions(fd int, v6 bool) error {
 func (u *UDP) Payload() int { return u.payload }
 
 // Send sends each datagram to the group, or to every peer, in as few
-// sendmmsg calls as possible. A message the kernel refuses is skipped, so
-// one unreachable peer does not stop the others; the first error is
-// returned.
+// sendmmsg calls, and with GSO as few messages, as possible. A message
+// the kernel refuses is skipped, so one unreachable peer does not stop the
+// others; the first error is returned.
 func (u *UDP) Send(dgrams [][]byte) error {
 	var first error
 	n := 0
-	for _, d := range dgrams {
+	for len(dgrams) > 0 {
+		k := u.segments(dgrams)
 		for _, dst := range u.dests {
-			u.out[n].Buffers[0] = d
-			u.out[n].Addr = dst
+			setMessage(&u.out[n], dgrams[:k], dst)
 			if n++; n == len(u.out) {
 				first = firstErr(first, u.write(u.out[:n]))
 				n = 0
 			}
 		}
+		dgrams = dgrams[k:]
 	}
 	return firstErr(first, u.write(u.out[:n]))
 }
 
-// SendTo sends the datagrams to addr alone, in as few sendmmsg calls as
-// possible. It is off the hot path: it allocates the address.
+// SendTo sends the datagrams to addr alone, like Send. It is off the hot
+// path: it allocates the address.
 func (u *UDP) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	dst := net.UDPAddrFromAddrPort(addr)
 	u.toMu.Lock()
 	defer u.toMu.Unlock()
 	var first error
 	for len(dgrams) > 0 {
-		n := min(len(dgrams), len(u.to))
-		for i, d := range dgrams[:n] {
-			u.to[i].Buffers[0] = d
-			u.to[i].Addr = dst
+		n := 0
+		for ; n < len(u.to) && len(dgrams) > 0; n++ {
+			k := u.segments(dgrams)
+			setMessage(&u.to[n], dgrams[:k], dst)
+			dgrams = dgrams[k:]
 		}
 		first = firstErr(first, u.write(u.to[:n]))
-		dgrams = dgrams[n:]
 	}
 	return first
+}
+
+// segments returns how many of the leading datagrams go in one message:
+// with GSO, a run of datagrams of the first one's size, the last of which
+// may be shorter (the kernel cuts a GSO message into segments of one size
+// and a shorter rest); without GSO, one.
+func (u *UDP) segments(dgrams [][]byte) int {
+	if !u.gso.Load() {
+		return 1
+	}
+	size := len(dgrams[0])
+	total, k := size, 1
+	for k < len(dgrams) && k < maxSegments {
+		l := len(dgrams[k])
+		if l > size || total+l > u.maxGSO {
+			break
+		}
+		total += l
+		k++
+		if l < size {
+			break
+		}
+	}
+	return k
+}
+
+// setMessage makes m carry dgrams to dst: one datagram plainly, several
+// as one GSO message of the first one's size.
+func setMessage(m *ipv4.Message, dgrams [][]byte, dst net.Addr) {
+	m.Buffers = append(m.Buffers[:0], dgrams...)
+	m.Addr = dst
+	m.OOB = m.OOB[:0]
+	if len(dgrams) > 1 {
+		m.OOB = m.OOB[:unix.CmsgSpace(2)]
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&m.OOB[0]))
+		h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
+		binary.NativeEndian.PutUint16(m.OOB[unix.CmsgLen(0):], uint16(len(dgrams[0])))
+	}
 }
 
 // firstErr keeps the first non-nil error.
@@ -300,7 +385,13 @@ func (u *UDP) write(ms []ipv4.Message) error {
 	for len(ms) > 0 {
 		n, err := u.pc.WriteBatch(ms, 0)
 		if err != nil {
-			if first == nil {
+			if len(ms[0].Buffers) > 1 && gsoRefused(err) {
+				// The interface cannot segment (no checksum offload) or
+				// the kernel refuses: from now on, one datagram each.
+				u.gso.Store(false)
+				err = u.writeEach(&ms[0])
+			}
+			if err != nil && first == nil {
 				first = fmt.Errorf("send to %s: %w", ms[0].Addr, err)
 			}
 			n = 1
@@ -310,25 +401,78 @@ func (u *UDP) write(ms []ipv4.Message) error {
 	return first
 }
 
-// Receive blocks for at least one datagram and returns up to len(pkts) of
-// them. Packet.From carries no IPv6 zone, so a peer's address compares
-// equal however the kernel reported it.
-func (u *UDP) Receive(pkts []Packet) (int, error) {
-	ms := u.in[:min(len(pkts), len(u.in))]
-	n, err := u.pc.ReadBatch(ms, 0)
-	if err != nil {
-		return 0, err
+// gsoRefused reports whether err is how the kernel refuses a GSO message
+// it could send as separate datagrams.
+func gsoRefused(err error) bool {
+	return errors.Is(err, unix.EIO) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EMSGSIZE) ||
+		errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT)
+}
+
+// writeEach sends the datagrams of GSO message m one by one.
+func (u *UDP) writeEach(m *ipv4.Message) error {
+	ms := make([]ipv4.Message, len(m.Buffers))
+	for i, d := range m.Buffers {
+		ms[i] = ipv4.Message{Buffers: [][]byte{d}, Addr: m.Addr}
 	}
-	for i := range ms[:n] {
-		m := &ms[i]
-		pkts[i].Data = m.Buffers[0][:m.N]
-		pkts[i].From = netip.AddrPort{}
+	for len(ms) > 0 {
+		n, err := u.pc.WriteBatch(ms, 0)
+		if err != nil {
+			return err
+		}
+		ms = ms[n:]
+	}
+	return nil
+}
+
+// Receive blocks for at least one datagram and returns what one recvmmsg
+// brought, GRO messages split into their datagrams. Packet.From carries no
+// IPv6 zone, so a peer's address compares equal however the kernel
+// reported it.
+func (u *UDP) Receive() ([]Packet, error) {
+	for i := range u.in {
+		u.in[i].OOB = u.in[i].OOB[:cap(u.in[i].OOB)]
+	}
+	n, err := u.pc.ReadBatch(u.in, 0)
+	if err != nil {
+		return nil, err
+	}
+	u.pkts = u.pkts[:0]
+	for i := range u.in[:n] {
+		m := &u.in[i]
+		var from netip.AddrPort
 		if a, ok := m.Addr.(*net.UDPAddr); ok {
 			ap := a.AddrPort()
-			pkts[i].From = netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+			from = netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
 		}
+		data := m.Buffers[0][:m.N]
+		size := groSize(m.OOB[:m.NN])
+		if size <= 0 {
+			size = len(data)
+		}
+		for len(data) > size {
+			u.pkts = append(u.pkts, Packet{Data: data[:size:size], From: from})
+			data = data[size:]
+		}
+		u.pkts = append(u.pkts, Packet{Data: data[:len(data):len(data)], From: from})
 	}
-	return n, nil
+	return u.pkts, nil
+}
+
+// groSize returns the segment size of a GRO message from its control
+// messages, or 0 if the message is a single datagram.
+func groSize(oob []byte) int {
+	for len(oob) >= unix.CmsgLen(0) {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.CmsgLen(0) || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.IPPROTO_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(int32(binary.NativeEndian.Uint32(oob[unix.CmsgLen(0):])))
+		}
+		oob = oob[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(oob)):]
+	}
+	return 0
 }
 
 // Close closes the socket, which also ends a blocked Receive.
