@@ -53,6 +53,7 @@ type Receiver struct {
 	stats  *Stats
 	log    *slog.Logger
 	limit  limiter
+	window uint64 // datagrams a peer's receive window spans; see maxHeld
 
 	mu        sync.Mutex // guards the state below against Peers and the timers
 	peers     map[uint32]*peer
@@ -122,6 +123,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		resend: cfg.Resend,
 		stats:  cfg.Stats,
 		log:    cfg.Log,
+		window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		peers:  make(map[uint32]*peer),
 		ready: readiness{
 			wait: 2 * cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),

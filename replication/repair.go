@@ -11,12 +11,13 @@ import (
 // Loss repair limits. See "Loss repair" in docs/ARCHITECTURE.md.
 const (
 	// maxHeld and maxHeldBytes bound the change datagrams held back per
-	// peer behind a missing one; past them the gap is given up.
+	// peer behind a missing one: the receive window. A datagram beyond it
+	// is dropped and asked for again once the window has moved on.
 	maxHeld      = 4096
 	maxHeldBytes = 8 << 20
 	// A repair request is repeated after firstRetry, then after twice as
-	// long each time up to maxRetry, until the gap is filled or
-	// repairTimeout has passed since it was noticed.
+	// long each time up to maxRetry, until the gap is filled or the oldest
+	// missing datagram has been missing for repairTimeout.
 	firstRetry    = 10 * time.Millisecond
 	maxRetry      = 200 * time.Millisecond
 	repairTimeout = 2 * time.Second
@@ -37,7 +38,8 @@ type repairState struct {
 	held     []heldDatagram // by seq % maxHeld; allocated at the first gap
 	n        int            // datagrams held
 	bytes    int            // their size
-	since    time.Time      // when the oldest unfilled gap was noticed; zero without a gap
+	since    time.Time      // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
+	gapAt    uint64
 	retryAt  time.Time
 	interval time.Duration
 }
@@ -52,7 +54,11 @@ type heldDatagram struct {
 // changes applies a checked change datagram in sequence order: the next
 // one expected is applied at once, together with what it unblocks; a
 // later one is held back and the missing ones are requested; an earlier
-// one was applied already.
+// one was applied already. One beyond the receive window (see maxHeld) is
+// dropped like a lost one, to be asked for again once the window has
+// moved: a receiver that falls behind repairs at the pace it can apply
+// rather than giving the gap up. While a resync request to p waits for its
+// answer, p's datagrams are all held.
 func (r *Receiver) changes(p *peer, now time.Time, h *wire.Header, d []byte) {
 	s := h.Seq
 	rs := &p.repair
@@ -60,36 +66,38 @@ func (r *Receiver) changes(p *peer, now time.Time, h *wire.Header, d []byte) {
 		r.stats.Duplicates.Add(1)
 		return
 	}
-	r.stats.DatagramsReceived.Add(1)
-	if h.Flags&wire.FlagRetransmit != 0 {
-		r.stats.Repaired.Add(1)
-	}
 	if s > p.seen+1 {
 		p.gap(r.stats, s-p.seen-1)
 		r.noticeGap(p, now)
 		r.nack.Node, r.nack.Epoch, r.nack.N = p.node, p.epoch, 0
-		r.nack.Add(max(p.seen+1, p.next), s-1)
+		r.requestInWindow(p, p.seen+1, s-1)
 		r.sendNack(p)
 	}
 	p.seen = max(p.seen, s)
-	if r.holding(p) {
-		if s < p.next+maxHeld && rs.bytes+len(d) <= maxHeldBytes {
-			r.hold(p, s, d)
-			return
-		}
-		r.abandonSync(now, "too many datagrams held back waiting for the answer")
+	if (s != p.next || r.holding(p)) && (s >= p.next+r.window || rs.bytes+len(d) > maxHeldBytes) {
+		r.stats.HoldFull.Add(1)
+		return
 	}
-	if s != p.next && (s >= p.next+maxHeld || rs.bytes+len(d) > maxHeldBytes) {
-		r.resyncNeeded(p, "too many datagrams held back behind a gap")
-		r.skipTo(p, s)
+	r.stats.DatagramsReceived.Add(1)
+	if h.Flags&wire.FlagRetransmit != 0 {
+		r.stats.Repaired.Add(1)
 	}
-	if s == p.next {
+	if s == p.next && !r.holding(p) {
 		r.apply(p, d[wire.HeaderSize:], h.Count)
 		p.next++
 		r.settle(p, now)
 		return
 	}
 	r.hold(p, s, d)
+}
+
+// requestInWindow adds to r.nack the part of p's datagrams first..last
+// that is not applied yet and lies in the receive window.
+func (r *Receiver) requestInWindow(p *peer, first, last uint64) {
+	first, last = max(first, p.next), min(last, p.next+r.window-1)
+	if first <= last {
+		r.nack.Add(first, last)
+	}
 }
 
 // heartbeat takes the latest sequence number a peer announced: if it
@@ -101,7 +109,7 @@ func (r *Receiver) heartbeat(p *peer, now time.Time, seq uint64) {
 	p.gap(r.stats, seq-p.seen)
 	r.noticeGap(p, now)
 	r.nack.Node, r.nack.Epoch, r.nack.N = p.node, p.epoch, 0
-	r.nack.Add(max(p.seen+1, p.next), seq)
+	r.requestInWindow(p, p.seen+1, seq)
 	p.seen = seq
 	r.sendNack(p)
 }
@@ -110,7 +118,7 @@ func (r *Receiver) heartbeat(p *peer, now time.Time, seq uint64) {
 func (r *Receiver) noticeGap(p *peer, now time.Time) {
 	rs := &p.repair
 	if rs.since.IsZero() {
-		rs.since, rs.interval = now, firstRetry
+		rs.since, rs.gapAt, rs.interval = now, p.next, firstRetry
 		rs.retryAt = now.Add(firstRetry)
 	}
 }
@@ -164,17 +172,23 @@ func (r *Receiver) applySealed(p *peer, d []byte) int {
 	return int(h.Count)
 }
 
-// settle applies the held datagrams that are next in sequence, then
-// stops the retry timer if nothing is missing any more, or starts it if
-// something still is.
+// settle applies the held datagrams that are next in sequence, unless a
+// resync request holds them, then stops the retry timer if nothing is
+// missing any more, or restarts it if the oldest missing datagram is a
+// newer one than when it started.
 func (r *Receiver) settle(p *peer, now time.Time) {
-	for d := r.take(p, p.next); d != nil; d = r.take(p, p.next) {
+	for !r.holding(p) {
+		d := r.take(p, p.next)
+		if d == nil {
+			break
+		}
 		r.applyHeld(p, d)
 		p.next++
 	}
-	if p.next > p.seen {
+	if p.next > p.seen || p.next != p.repair.gapAt {
 		p.repair.since = time.Time{}
-	} else {
+	}
+	if p.next <= p.seen {
 		r.noticeGap(p, now)
 	}
 }
@@ -205,8 +219,8 @@ func (r *Receiver) release(p *peer) {
 // asked for: those changes can only come back with a full resync.
 func (r *Receiver) gone(p *peer, now time.Time) {
 	last := r.nack.Ranges[r.nack.N-1].Last
-	if last < p.next {
-		return // about datagrams we got in the meantime
+	if last < p.next || r.holding(p) {
+		return // about datagrams we got in the meantime, or that a resync covers
 	}
 	r.resyncNeeded(p, "peer no longer holds the missing datagrams")
 	r.skipTo(p, min(last, p.seen)+1)
@@ -234,7 +248,8 @@ func (r *Receiver) retryLoop(stop <-chan struct{}) {
 func (r *Receiver) retry(now time.Time) {
 	for _, p := range r.peers {
 		rs := &p.repair
-		if rs.since.IsZero() || now.Before(rs.retryAt) {
+		if rs.since.IsZero() || now.Before(rs.retryAt) || r.holding(p) {
+			// A resync request to p moots its gaps until the answer.
 			continue
 		}
 		if now.Sub(rs.since) >= repairTimeout {
@@ -265,11 +280,12 @@ func (r *Receiver) firstHeld(p *peer) uint64 {
 	return p.seen + 1
 }
 
-// missing fills r.nack with the ranges of p's sequence not applied and
-// not held, as many as one request carries.
+// missing fills r.nack with the ranges of p's sequence in the receive
+// window that are neither applied nor held, as many as one request
+// carries.
 func (r *Receiver) missing(p *peer) {
 	r.nack.Node, r.nack.Epoch, r.nack.N = p.node, p.epoch, 0
-	end := min(p.seen, p.next+maxHeld-1)
+	end := min(p.seen, p.next+r.window-1)
 	for seq := p.next; seq <= end; seq++ {
 		if p.repair.held != nil {
 			if hd := p.repair.held[seq%maxHeld]; hd.d != nil && hd.seq == seq {
@@ -279,9 +295,6 @@ func (r *Receiver) missing(p *peer) {
 		if !r.nack.Add(seq, seq) {
 			return
 		}
-	}
-	if end < p.seen {
-		r.nack.Add(end+1, p.seen)
 	}
 }
 

@@ -108,8 +108,9 @@ func TestRepairTailByHeartbeat(t *testing.T) {
 }
 
 // Requests are repeated with growing intervals until the gap is filled or
-// the repair timeout passes; then the gap is given up and what was held
-// behind it applied.
+// the repair timeout passes; then the gap is given up, what was held
+// behind it applied and a full resync from the peer requested. A gap
+// behind that waits for the resync's answer, then gets its own time.
 func TestRepairRetryAndGiveUp(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
@@ -132,7 +133,8 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the doubled interval passed", got)
 	}
-	f.r.retry(t0.Add(repairTimeout))
+	t1 := t0.Add(repairTimeout)
+	f.r.retry(t1)
 	s := f.stats.Snapshot()
 	if s.ResyncNeeded != 1 || f.value("key3") != "       3" {
 		t.Fatalf("after the timeout: resync_needed %d, key3 %q; want 1 and datagram 3 applied", s.ResyncNeeded, f.value("key3"))
@@ -140,28 +142,48 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if f.value("key5") != "" {
 		t.Fatal("datagram 5 applied although 4 is still being repaired")
 	}
-	// The second gap gets its own time.
-	f.r.retry(t0.Add(repairTimeout + repairTimeout))
+	if f.r.sync.phase != syncRequested || len(f.tr.sentTo()) != 1 {
+		t.Fatal("no full resync requested after giving up")
+	}
+	f.r.retry(t1.Add(repairTimeout))
+	if s := f.stats.Snapshot(); s.ResyncNeeded != 1 || f.value("key5") != "" {
+		t.Fatalf("the second gap was given up while the resync request waits: resync_needed %d key5 %q", s.ResyncNeeded, f.value("key5"))
+	}
+	// The peer read its maps after datagram 3: 4 is still missing.
+	t2 := t1.Add(repairTimeout + time.Millisecond)
+	f.handleAt(t2, peerA, f.syncStart(wire.SyncStart{AsOf: 3}))
+	f.r.retry(t2.Add(repairTimeout))
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 2 || s.Held != 0 || f.value("key5") != "       5" {
 		t.Errorf("after the second timeout: resync_needed %d held %d key5 %q; want 2, 0, applied", s.ResyncNeeded, s.Held, f.value("key5"))
 	}
 }
 
-// More datagrams behind a gap than the hold takes: the gap is given up
-// and live changes keep flowing.
-func TestRepairHoldOverflow(t *testing.T) {
+// More datagrams behind a gap than the receive window takes: those beyond
+// it are dropped and counted, asked for again once the gap is filled, and
+// nothing is given up.
+func TestRepairHoldFull(t *testing.T) {
 	f := newReceiverFixture(t)
+	w := f.r.window
 	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
-	for seq := uint64(3); seq <= maxHeld+1; seq++ { // all the hold takes while 2 is missing
+	for seq := uint64(3); seq <= w+1; seq++ { // all the window takes while 2 is missing
 		f.handle(peerA, f.peerDatagram(t, 1, seq, "key1", fmt.Sprint(seq)))
 	}
-	if s := f.stats.Snapshot(); s.Held != maxHeld-1 || s.ResyncNeeded != 0 {
-		t.Fatalf("held %d resync %d, want %d, 0", s.Held, s.ResyncNeeded, maxHeld-1)
+	f.handle(peerA, f.peerDatagram(t, 1, w+2, "key1", "last"))
+	if s := f.stats.Snapshot(); s.Held != w-1 || s.HoldFull != 1 || s.ResyncNeeded != 0 {
+		t.Fatalf("held %d hold_full %d resync_needed %d, want %d, 1, 0", s.Held, s.HoldFull, s.ResyncNeeded, w-1)
 	}
-	f.handle(peerA, f.peerDatagram(t, 1, maxHeld+2, "key1", "last"))
-	s := f.stats.Snapshot()
-	if s.ResyncNeeded != 1 || s.Held != 0 || f.value("key1") != "    last" {
-		t.Errorf("resync_needed %d held %d key1 %q, want 1, 0, the last value", s.ResyncNeeded, s.Held, f.value("key1"))
+	f.nacks(t, wire.KindNack)
+	f.handle(peerA, retransmitted(f.peerDatagram(t, 1, 2, "key1", "2")))
+	if got := f.value("key1"); got != fmt.Sprintf("%8d", w+1) {
+		t.Fatalf("key1 = %q once the gap was filled, want %d", got, w+1)
+	}
+	f.r.retry(time.Now().Add(firstRetry))
+	if got := f.nacks(t, wire.KindNack); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: w + 2, Last: w + 2}) {
+		t.Fatalf("requests %v, want the dropped datagram %d", got, w+2)
+	}
+	f.handle(peerA, retransmitted(f.peerDatagram(t, 1, w+2, "key1", "last")))
+	if s := f.stats.Snapshot(); s.ResyncNeeded != 0 || s.Held != 0 || f.value("key1") != "    last" {
+		t.Errorf("resync_needed %d held %d key1 %q, want 0, 0, the last value", s.ResyncNeeded, s.Held, f.value("key1"))
 	}
 }
 

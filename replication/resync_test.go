@@ -301,6 +301,14 @@ func TestResyncColdStart(t *testing.T) {
 	}
 }
 
+// syncStart is the peer's answer, in epoch 1, to our open resync request.
+func (f *receiverFixture) syncStart(st wire.SyncStart) []byte {
+	h := wire.Header{Kind: wire.KindSyncStart, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 0)}
+	b := make([]byte, wire.HeaderSize)
+	_, _ = h.MarshalTo(b)
+	return st.AppendTo(b)
+}
+
 // A peer that refuses a request because it is not ready yet is asked
 // again later if it owes us lost changes, and passed over if we only
 // wanted it for our initial sync.
@@ -311,10 +319,7 @@ func TestResyncRefusedByPeerNotReady(t *testing.T) {
 		p := f.r.peers[peerNode]
 		p.needSync, p.ready = owed, true
 		f.r.startSync(p, time.Now())
-		h := wire.Header{Kind: wire.KindSyncStart, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 0)}
-		b := make([]byte, wire.HeaderSize)
-		h.MarshalTo(b)
-		f.handle(peerA, (&wire.SyncStart{Status: wire.SyncNotReady}).AppendTo(b))
+		f.handle(peerA, f.syncStart(wire.SyncStart{Status: wire.SyncNotReady}))
 		if f.r.sync.phase != syncIdle || p.needSync != owed || p.ready {
 			t.Errorf("owed %v: after the refusal phase %d, needSync %v, ready %v; want idle, %v, false",
 				owed, f.r.sync.phase, p.needSync, p.ready, owed)

@@ -35,6 +35,7 @@ type Stats struct {
 	Repaired          atomic.Uint64 // missing change datagrams filled by a peer's resend
 	Duplicates        atomic.Uint64 // datagrams already applied (or held), or from a peer's previous epoch, dropped
 	Held              atomic.Uint64 // change datagrams held back waiting for a missing one (a gauge)
+	HoldFull          atomic.Uint64 // change datagrams beyond the receive window, dropped to be asked for again
 	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: a full resync from the peer follows
 
 	// Full resync.
@@ -51,7 +52,7 @@ type StatsSnapshot struct {
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
-	Duplicates, Held, ResyncNeeded uint64
+	Duplicates, Held, HoldFull, ResyncNeeded uint64
 
 	ResyncsSent, ResyncsReceived, SyncDeleted uint64
 	Ready                                     bool
@@ -83,6 +84,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		Repaired:          s.Repaired.Load(),
 		Duplicates:        s.Duplicates.Load(),
 		Held:              s.Held.Load(),
+		HoldFull:          s.HoldFull.Load(),
 		ResyncNeeded:      s.ResyncNeeded.Load(),
 		ResyncsSent:       s.ResyncsSent.Load(),
 		ResyncsReceived:   s.ResyncsReceived.Load(),
@@ -118,6 +120,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("repaired", s.Repaired),
 		slog.Uint64("duplicates", s.Duplicates),
 		slog.Uint64("held", s.Held),
+		slog.Uint64("hold_full", s.HoldFull),
 		slog.Uint64("resync_needed", s.ResyncNeeded),
 		slog.Uint64("resyncs_sent", s.ResyncsSent),
 		slog.Uint64("resyncs_received", s.ResyncsReceived),
