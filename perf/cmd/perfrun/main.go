@@ -232,7 +232,7 @@ func addStats(d *deployment, x *report.Run) {
 			x.Notes = append(x.Notes, err.Error())
 			continue
 		}
-		for _, k := range []string{"gaps_seen", "nacks_sent", "repaired", "resync_needed", "apply_errors", "malformed", "duplicates"} {
+		for _, k := range []string{"gaps_seen", "nacks_sent", "repaired", "hold_full", "resync_needed", "apply_errors", "malformed", "duplicates"} {
 			if p[k] > 0 {
 				x.Notes = append(x.Notes, fmt.Sprintf("%s %s=%d", d.c.Topology.Nodes[i].Name, k, p[k]))
 			}
