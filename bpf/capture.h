@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * capture.h: what both capture backends (fentry.c, syscall.c) share: the
- * ring-buffer record, the maps and settings the loader fills in, the
- * filters, and the code that turns one change into one record.
+ * ring-buffer sample, the maps and settings the loader fills in, the
+ * filters, and the code that turns changes into samples.
  *
  * A backend includes this after defining CAPTURE_SLOTS, the number of its
  * programs; each program passes its own slot number to the emit functions.
@@ -18,13 +18,17 @@
 #define CAPTURE_MAX_VALUE 4096
 
 /*
- * Masks at least as large as the limits, for the verifier: see emit. The
- * record buffer holds a masked key plus a masked value.
+ * A sample is assembled in a scratch buffer whose data holds a key region
+ * (all the keys of the sample, at its start) and then a value region (all
+ * the values, right after the keys). Their lengths are kept below these
+ * masks, which the verifier needs: see emit. A batch is cut into chunks of
+ * as many elements as fit both regions, one sample each; the largest
+ * element must fit a chunk of its own.
  */
-#define CAPTURE_KEY_MASK 1023
-#define CAPTURE_VALUE_MASK 8191
-_Static_assert(CAPTURE_KEY_MASK >= CAPTURE_MAX_KEY, "key mask below the key limit");
-_Static_assert(CAPTURE_VALUE_MASK >= CAPTURE_MAX_VALUE, "value mask below the value limit");
+#define CAPTURE_KEYS_MASK 8191
+#define CAPTURE_VALUES_MASK 16383
+_Static_assert(CAPTURE_KEYS_MASK >= CAPTURE_MAX_KEY, "key region below the key limit");
+_Static_assert(CAPTURE_VALUES_MASK >= CAPTURE_MAX_VALUE, "value region below the value limit");
 
 #define CAPTURE_OP_UPDATE 1
 #define CAPTURE_OP_DELETE 2
@@ -39,10 +43,12 @@ _Static_assert(CAPTURE_VALUE_MASK >= CAPTURE_MAX_VALUE, "value mask below the va
 #define CAPTURE_IDLE_NS 1000000
 
 /*
- * change is the header of one ring record, in the machine's byte order. The
- * key and value bytes follow it directly; the record is exactly
- * sizeof(struct change) + key_size + value_size long. value_size is 0 for a
- * delete.
+ * change is the header of one ring sample, in the machine's byte order: a
+ * run of count (at least 1) changes of one map with one op, in the order
+ * they were made. count keys of key_size bytes follow the header back to
+ * back, then count values of value_size bytes back to back; value_size is 0
+ * for deletes. The sample is exactly sizeof(struct change) + count *
+ * (key_size + value_size) long. loader/capture.go mirrors this layout.
  */
 struct change {
 	__u32 map_id;
@@ -50,17 +56,21 @@ struct change {
 	__u8 pad;
 	__u16 key_size;
 	__u32 value_size;
+	__u32 count;
 };
+_Static_assert(sizeof(struct change) == 16, "sample header not 16 bytes");
 
 /*
- * record is a change being assembled: a record's length depends on the
- * change, and bpf_ringbuf_reserve only takes constant sizes, so it is built
- * here and copied with bpf_ringbuf_output, which takes a bounded length.
+ * record is a sample being assembled: its length depends on the changes,
+ * and bpf_ringbuf_reserve only takes constant sizes, so it is built here
+ * and copied with bpf_ringbuf_output, which takes a bounded length.
  */
 struct record {
 	struct change hdr;
-	__u8 data[CAPTURE_KEY_MASK + 1 + CAPTURE_VALUE_MASK + 1];
+	__u8 data[CAPTURE_KEYS_MASK + 1 + CAPTURE_VALUES_MASK + 1];
 };
+/* The kernel's limit for the values of per-CPU arrays (PCPU_MIN_UNIT_SIZE). */
+_Static_assert(sizeof(struct record) <= 32768, "record too large for a per-CPU array");
 
 /* Sized by the loader (CaptureOptions.RingSize). */
 struct {
@@ -99,7 +109,7 @@ volatile const __u64 self_pidns_dev;
 volatile const __u64 self_pidns_ino;
 volatile const __u32 self_tgid;
 
-/* Queue length in bytes from which every record wakes the reader. */
+/* Queue length in bytes from which every sample wakes the reader. */
 volatile const __u64 wake_bytes = 1 << 21;
 
 /*
@@ -108,7 +118,7 @@ volatile const __u64 wake_bytes = 1 << 21;
  */
 __u64 overflows;
 
-/* When the last record was queued (bpf_ktime_get_ns), for wake_flags. */
+/* When the last sample was queued (bpf_ktime_get_ns), for wake_flags. */
 __u64 last_emit_ns;
 
 static __always_inline void lost(__u64 n)
@@ -117,19 +127,19 @@ static __always_inline void lost(__u64 n)
 }
 
 /*
- * wake_flags decides whether queuing a record of size bytes wakes the
- * reader. Waking it for every record costs more than the write itself, so
- * records normally go in silently and are collected in bulk; a wake-up is
+ * wake_flags decides whether queuing a sample of size bytes wakes the
+ * reader. Waking it for every sample costs more than the write itself, so
+ * samples normally go in silently and are collected in bulk; a wake-up is
  * forced when the queue reaches wake_bytes, or when nothing was queued for
  * CAPTURE_IDLE_NS, so the first change after a quiet spell is not delayed.
  *
- * Why a silent record cannot be stranded. The reader (replication.Sender)
- * polls with a short deadline while records flow, and blocks without one
- * only after it found the ring empty at some time B with no record received
- * during the 2 * CAPTURE_IDLE_NS before B. Let F be the first record
+ * Why a silent sample cannot be stranded. The reader (replication.Sender)
+ * polls with a short deadline while samples flow, and blocks without one
+ * only after it found the ring empty at some time B with no sample received
+ * during the 2 * CAPTURE_IDLE_NS before B. Let F be the first sample
  * committed after B, and suppose it went in silently. Then F decided at d_F
  * less than CAPTURE_IDLE_NS after the stamp it read, which was written
- * right after some record E was committed (last_emit_ns is only written
+ * right after some sample E was committed (last_emit_ns is only written
  * after a successful bpf_ringbuf_output). E was committed before F, so
  * before B, and the reader, finding the ring empty at B, had received it
  * between E's commit and B: at least 2 * CAPTURE_IDLE_NS before B. So F
@@ -138,9 +148,9 @@ static __always_inline void lost(__u64 n)
  * deciding to committing (microseconds): before B, a contradiction. So F
  * forced a wake-up, which reaches the reader whether it is already in
  * epoll_wait or about to enter it (the ring polls readable until drained);
- * records after F are read with F. The argument needs e well below
+ * samples after F are read with F. The argument needs e well below
  * CAPTURE_IDLE_NS: a program preempted that long in between (preemptible
- * kernels only) can leave records queued until the next change or deadline.
+ * kernels only) can leave samples queued until the next change or deadline.
  */
 static __always_inline __u64 wake_flags(__u64 size)
 {
@@ -154,23 +164,45 @@ static __always_inline __u64 wake_flags(__u64 size)
 }
 
 /*
- * emit queues one change. key and value point to user memory when user is
- * set (the bpf(2) caller's buffers), to kernel memory otherwise; value is
- * only read for updates. Sizes over the limits cannot occur for maps the
- * loader accepts; they are clamped out by dropping and counting the change
- * rather than sending a truncated one.
+ * output queues the sample in rec: count changes whose keys fill keys_len
+ * bytes of its data and whose values the values_len bytes after them.
+ */
+static __always_inline void output(struct record *rec, __u64 keys_len, __u64 values_len,
+				   __u32 count)
+{
+	__u64 size;
+
+	/* The callers' lengths are within the masks; see emit. */
+	barrier_var(keys_len);
+	barrier_var(values_len);
+	size = sizeof(rec->hdr) + (keys_len & CAPTURE_KEYS_MASK) +
+	       (values_len & CAPTURE_VALUES_MASK);
+	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(size))) {
+		lost(count);
+		return;
+	}
+	last_emit_ns = bpf_ktime_get_ns();
+}
+
+/*
+ * emit queues one change as a sample of its own. key and value point to
+ * user memory when user is set (the bpf(2) caller's buffers), to kernel
+ * memory otherwise; value is only read for updates. Sizes over the limits
+ * cannot occur for maps the loader accepts; they are clamped out by
+ * dropping and counting the change rather than sending a truncated one.
  */
 static __always_inline void emit(__u32 slot, __u32 map_id, __u8 op, __u64 key_size,
 				 __u64 value_size, const void *key, const void *value,
 				 bool user)
 {
 	struct record *rec;
-	__u64 size;
 	long err;
 
 	rec = bpf_map_lookup_elem(&scratch, &slot);
-	if (!rec)
+	if (!rec) {
+		lost(1);
 		return;
+	}
 	if (op != CAPTURE_OP_UPDATE)
 		value_size = 0;
 	if (key_size > CAPTURE_MAX_KEY || value_size > CAPTURE_MAX_VALUE) {
@@ -185,14 +217,15 @@ static __always_inline void emit(__u32 slot, __u32 map_id, __u8 op, __u64 key_si
 	 */
 	barrier_var(key_size);
 	barrier_var(value_size);
-	key_size &= CAPTURE_KEY_MASK;
-	value_size &= CAPTURE_VALUE_MASK;
+	key_size &= CAPTURE_KEYS_MASK;
+	value_size &= CAPTURE_VALUES_MASK;
 
 	rec->hdr.map_id = map_id;
 	rec->hdr.op = op;
 	rec->hdr.pad = 0;
 	rec->hdr.key_size = key_size;
 	rec->hdr.value_size = value_size;
+	rec->hdr.count = 1;
 	if (user)
 		err = bpf_probe_read_user(rec->data, key_size, key);
 	else
@@ -207,13 +240,7 @@ static __always_inline void emit(__u32 slot, __u32 map_id, __u8 op, __u64 key_si
 		lost(1);
 		return;
 	}
-
-	size = sizeof(rec->hdr) + key_size + value_size;
-	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(size))) {
-		lost(1);
-		return;
-	}
-	last_emit_ns = bpf_ktime_get_ns();
+	output(rec, key_size, value_size, 1);
 }
 
 /* own_process reports whether the current task belongs to the daemon. */
@@ -311,12 +338,14 @@ static __always_inline __u32 batch_done(long ret, __u32 count)
 	return count;
 }
 
-/* What emit needs for the elements of one batch command. */
+/* What emit_batch_chunk needs for the elements of one batch command. */
 struct batch_args {
-	__u64 keys;
-	__u64 values;
+	__u64 keys;	  /* the caller's keys, back to back */
+	__u64 values;	  /* the caller's values, back to back */
 	__u64 key_size;
-	__u64 value_size;
+	__u64 value_size; /* 0 for deletes */
+	__u64 count;	  /* elements to report */
+	__u64 per_chunk;  /* elements per sample, at least 1 */
 	__u32 map_id;
 	__u8 op;
 };
@@ -335,30 +364,77 @@ struct {
 	__type(value, struct batch_args);
 } batch_args SEC(".maps");
 
-static long emit_batch_elem(__u32 i, __u32 *slot)
+/*
+ * emit_batch_chunk queues chunk i of a batch as one sample: its keys with
+ * one read of the caller's keys, which are back to back, and its values
+ * with one read. Elements that cannot be read or queued are counted lost,
+ * and the next chunk is still tried, as single changes are.
+ */
+static long emit_batch_chunk(__u32 i, __u32 *slot)
 {
 	struct batch_args *a = bpf_map_lookup_elem(&batch_args, slot);
+	__u64 first, n, key_size, value_size, keys_len, values_len;
+	struct record *rec;
+	long err;
 
 	if (!a)
 		return 1;
-	emit(*slot, a->map_id, a->op, a->key_size, a->value_size,
-	     (const void *)(a->keys + i * a->key_size),
-	     (const void *)(a->values + i * a->value_size), true);
+	first = (__u64)i * a->per_chunk;
+	if (first >= a->count)
+		return 1;
+	n = a->count - first;
+	if (n > a->per_chunk)
+		n = a->per_chunk;
+	rec = bpf_map_lookup_elem(&scratch, slot);
+	if (!rec) {
+		lost(n);
+		return 0;
+	}
+	key_size = a->key_size;
+	value_size = a->value_size;
+	keys_len = n * key_size;
+	values_len = n * value_size;
+	/* emit_user_batch sized the chunks for this; see emit for the masks. */
+	if (keys_len > CAPTURE_KEYS_MASK || values_len > CAPTURE_VALUES_MASK) {
+		lost(n);
+		return 0;
+	}
+	barrier_var(keys_len);
+	barrier_var(values_len);
+	keys_len &= CAPTURE_KEYS_MASK;
+	values_len &= CAPTURE_VALUES_MASK;
+
+	rec->hdr.map_id = a->map_id;
+	rec->hdr.op = a->op;
+	rec->hdr.pad = 0;
+	rec->hdr.key_size = key_size;
+	rec->hdr.value_size = value_size;
+	rec->hdr.count = n;
+	err = bpf_probe_read_user(rec->data, keys_len, (const void *)(a->keys + first * key_size));
+	if (!err && values_len)
+		err = bpf_probe_read_user(rec->data + keys_len, values_len,
+					  (const void *)(a->values + first * value_size));
+	if (err) {
+		lost(n);
+		return 0;
+	}
+	output(rec, keys_len, values_len, n);
 	return 0;
 }
 
 /*
- * emit_user_batch queues one record per element a finished batch command
- * processed, in the order of the caller's buffers, which is the order the
- * kernel applied them (later duplicates win). For a lookup-and-delete batch
- * the keys are the ones the kernel wrote back.
+ * emit_user_batch queues the elements a finished batch command processed,
+ * in the order of the caller's buffers, which is the order the kernel
+ * applied them (later duplicates win): chunks of as many as fit a sample,
+ * one sample each. For a lookup-and-delete batch the keys are the ones the
+ * kernel wrote back.
  */
 static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u32 map_id,
 					    __u8 op, __u64 uattr, long ret)
 {
 	struct bpf_attr_batch attr;
 	struct batch_args *a;
-	__u32 n;
+	__u64 n, key_size, value_size, per_chunk, chunks;
 
 	if (bpf_probe_read_user(&attr, sizeof(attr), (void *)uattr)) {
 		lost(1);
@@ -372,17 +448,33 @@ static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u
 		lost(n);
 		return;
 	}
-	if (n > CAPTURE_MAX_LOOP) {
-		lost(n - CAPTURE_MAX_LOOP);
-		n = CAPTURE_MAX_LOOP;
+	key_size = BPF_CORE_READ(map, key_size);
+	value_size = 0;
+	if (op == CAPTURE_OP_UPDATE)
+		value_size = BPF_CORE_READ(map, value_size);
+	/* As in emit; this also keeps the divisions below from being by 0. */
+	if (!key_size || key_size > CAPTURE_MAX_KEY || value_size > CAPTURE_MAX_VALUE) {
+		lost(n);
+		return;
+	}
+	per_chunk = CAPTURE_KEYS_MASK / key_size;
+	if (value_size && CAPTURE_VALUES_MASK / value_size < per_chunk)
+		per_chunk = CAPTURE_VALUES_MASK / value_size;
+	chunks = (n + per_chunk - 1) / per_chunk;
+	if (chunks > CAPTURE_MAX_LOOP) {
+		lost(n - CAPTURE_MAX_LOOP * per_chunk);
+		n = CAPTURE_MAX_LOOP * per_chunk;
+		chunks = CAPTURE_MAX_LOOP;
 	}
 	a->keys = attr.keys;
 	a->values = attr.values;
-	a->key_size = BPF_CORE_READ(map, key_size);
-	a->value_size = BPF_CORE_READ(map, value_size);
+	a->key_size = key_size;
+	a->value_size = value_size;
+	a->count = n;
+	a->per_chunk = per_chunk;
 	a->map_id = map_id;
 	a->op = op;
-	bpf_loop(n, emit_batch_elem, &slot, 0);
+	bpf_loop(chunks, emit_batch_chunk, &slot, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -56,7 +57,9 @@ type CaptureOptions struct {
 	Backend Backend // zero means BackendAuto
 	Maps    []*Map  // the maps whose writes are reported
 	// RingSize is the ring buffer size in bytes: a power of two, at least a
-	// page. Zero means [DefaultRingSize].
+	// page. Zero means [DefaultRingSize]. The changes of a batch command are
+	// queued in samples of up to 24 KiB, each queued or lost whole, so a
+	// ring should be several times that.
 	RingSize int
 	// WakeBytes is how much must be queued before every new change wakes the
 	// reader; below it changes are delivered in batches. Zero means
@@ -69,14 +72,20 @@ type CaptureOptions struct {
 // wrap-around), so it counts twice in the daemon's resident set size.
 const DefaultRingSize = 8 << 20
 
-// Layout of a ring record (struct change in bpf/capture.h, machine byte
-// order): a header, then key_size key bytes, then value_size value bytes.
+// Layout of a ring sample (struct change in bpf/capture.h, machine byte
+// order): a run of count changes of one map with one op. The header, then
+// count keys of key_size bytes back to back, then count values of
+// value_size bytes back to back (none for deletes).
 const (
 	recordMapID     = 0
 	recordOp        = 4
 	recordKeySize   = 6
 	recordValueSize = 8
-	recordHeaderLen = 12
+	recordCount     = 12
+	recordHeaderLen = 16
+	// recordMaxLen bounds a sample: the kernel programs assemble one in a
+	// buffer of this size (struct record in bpf/capture.h).
+	recordMaxLen = recordHeaderLen + 8192 + 16384
 )
 
 // btfPath is where the running kernel's BTF is; both backends need it.
@@ -111,7 +120,12 @@ type Capture struct {
 	links     []link.Link
 	reader    *ringbuf.Reader
 	overflows *ebpf.Variable
-	rec       ringbuf.Record
+	rec       ringbuf.Record // the sample being read
+	cur       sample         // its changes not yet read
+	// pending is, for Buffered, the bytes of the changes cur had left after
+	// its first was read, until its last is read; then zero.
+	pending atomic.Int64
+	closed  atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -179,7 +193,8 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load %s capture: %w", backend, err)
 	}
-	c := &Capture{backend: backend}
+	// Sized for the largest sample once, so that Read never allocates.
+	c := &Capture{backend: backend, rec: ringbuf.Record{RawSample: make([]byte, 0, recordMaxLen)}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -306,47 +321,109 @@ func (c *Capture) SetDeadline(t time.Time) { c.reader.SetDeadline(t) }
 // Read fills ch with the next captured change, blocking until there is one
 // or the deadline passes (os.ErrDeadlineExceeded). After [Capture.Close] it
 // returns an error wrapping os.ErrClosed. ch's Key and Value stay valid
-// until the next Read. A malformed record is an error; it means the kernel
+// until the next Read. A malformed sample is an error; it means the kernel
 // programs and this loader disagree.
+//
+// The kernel queues changes in samples of up to about 2,000 (all of one map
+// and op, from one batch command); Read returns them one at a time and
+// takes the next sample from the ring once the current one is used up.
 func (c *Capture) Read(ch *Change) error {
-	if err := c.reader.ReadInto(&c.rec); err != nil {
-		return err
+	if len(c.cur.keys) == 0 {
+		// ReadInto reuses the buffer of the sample read before: only now
+		// that all of its changes were returned.
+		if err := c.reader.ReadInto(&c.rec); err != nil {
+			return err
+		}
+		if err := parseRecord(c.rec.RawSample, &c.cur); err != nil {
+			return err
+		}
+		c.cur.next(ch)
+		if len(c.cur.keys) > 0 {
+			c.pending.Store(int64(len(c.cur.keys) + len(c.cur.values)))
+		}
+		return nil
 	}
-	return parseRecord(c.rec.RawSample, ch)
-}
-
-// parseRecord decodes one ring record into ch; ch's slices alias b.
-func parseRecord(b []byte, ch *Change) error {
-	if len(b) < recordHeaderLen {
-		return fmt.Errorf("capture record of %d bytes: shorter than its %d-byte header", len(b), recordHeaderLen)
+	if c.closed.Load() {
+		return fmt.Errorf("read capture: %w", os.ErrClosed)
 	}
-	op := Op(b[recordOp])
-	keySize := int(binary.NativeEndian.Uint16(b[recordKeySize:]))
-	valueSize := int(binary.NativeEndian.Uint32(b[recordValueSize:]))
-	switch {
-	case op != OpUpdate && op != OpDelete:
-		return fmt.Errorf("capture record: unknown op %d", op)
-	case keySize == 0 || keySize > MaxKeySize || valueSize > MaxValueSize:
-		return fmt.Errorf("capture record: key %d B, value %d B out of range", keySize, valueSize)
-	case op == OpDelete && valueSize != 0:
-		return fmt.Errorf("capture record: delete with a %d-byte value", valueSize)
-	case len(b) != recordHeaderLen+keySize+valueSize:
-		return fmt.Errorf("capture record of %d bytes: header says %d", len(b), recordHeaderLen+keySize+valueSize)
-	}
-	ch.MapID = ebpf.MapID(binary.NativeEndian.Uint32(b[recordMapID:]))
-	ch.Op = op
-	end := recordHeaderLen + keySize
-	ch.Key = b[recordHeaderLen:end:end]
-	ch.Value = nil
-	if op == OpUpdate {
-		ch.Value = b[end:]
+	c.cur.next(ch)
+	// Not stored per change: an atomic store costs more than the rest of
+	// a Read.
+	if len(c.cur.keys) == 0 {
+		c.pending.Store(0)
 	}
 	return nil
 }
 
-// Buffered returns how many bytes of records wait in the ring: zero means
-// the next Read would block.
-func (c *Capture) Buffered() int { return c.reader.AvailableBytes() }
+// sample is a parsed ring sample: a run of changes of one map with one op.
+type sample struct {
+	mapID     ebpf.MapID
+	op        Op
+	keySize   int
+	valueSize int
+	// The keys and values of the changes not yet returned by next; keys is
+	// empty once all were.
+	keys   []byte
+	values []byte
+}
+
+// parseRecord checks a ring sample and makes s its parsed form; s's slices
+// alias b. On error s holds no changes.
+func parseRecord(b []byte, s *sample) error {
+	*s = sample{}
+	if len(b) < recordHeaderLen {
+		return fmt.Errorf("capture sample of %d bytes: shorter than its %d-byte header", len(b), recordHeaderLen)
+	}
+	op := Op(b[recordOp])
+	keySize := int(binary.NativeEndian.Uint16(b[recordKeySize:]))
+	valueSize := int(binary.NativeEndian.Uint32(b[recordValueSize:]))
+	count := binary.NativeEndian.Uint32(b[recordCount:])
+	switch {
+	case op != OpUpdate && op != OpDelete:
+		return fmt.Errorf("capture sample: unknown op %d", op)
+	case keySize == 0 || keySize > MaxKeySize || valueSize > MaxValueSize:
+		return fmt.Errorf("capture sample: key %d B, value %d B out of range", keySize, valueSize)
+	case op == OpDelete && valueSize != 0:
+		return fmt.Errorf("capture sample: delete with a %d-byte value", valueSize)
+	case count == 0:
+		return errors.New("capture sample: no changes")
+	}
+	// In 64 bits, where count < 2^32 times sizes below 2^13 cannot overflow.
+	if want := recordHeaderLen + uint64(count)*uint64(keySize+valueSize); uint64(len(b)) != want {
+		return fmt.Errorf("capture sample of %d bytes: header says %d changes of %d bytes, %d in all",
+			len(b), count, keySize+valueSize, want)
+	}
+	end := recordHeaderLen + int(count)*keySize
+	*s = sample{
+		mapID:     ebpf.MapID(binary.NativeEndian.Uint32(b[recordMapID:])),
+		op:        op,
+		keySize:   keySize,
+		valueSize: valueSize,
+		keys:      b[recordHeaderLen:end:end],
+		values:    b[end:],
+	}
+	return nil
+}
+
+// next fills ch with the sample's next change; it has one. ch's slices
+// alias the sample and do not reach past their own bytes.
+func (s *sample) next(ch *Change) {
+	ch.MapID = s.mapID
+	ch.Op = s.op
+	ch.Key = s.keys[:s.keySize:s.keySize]
+	s.keys = s.keys[s.keySize:]
+	ch.Value = nil
+	if s.op == OpUpdate {
+		ch.Value = s.values[:s.valueSize:s.valueSize]
+		s.values = s.values[s.valueSize:]
+	}
+}
+
+// Buffered returns how many bytes of changes wait to be read: those of the
+// samples in the ring, and those the sample being read had left after its
+// first change, until Read returned its last. Zero means the next Read would
+// block.
+func (c *Capture) Buffered() int { return int(c.pending.Load()) + c.reader.AvailableBytes() }
 
 // Overflows returns how many changes were lost since the capture started:
 // made while the ring was full, or whose bytes the kernel could not read.
@@ -374,6 +451,7 @@ func (c *Capture) Overflows() (uint64, error) {
 // returns. It may be called more than once.
 func (c *Capture) Close() error {
 	c.closeOnce.Do(func() {
+		c.closed.Store(true)
 		var errs []error
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())

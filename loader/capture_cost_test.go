@@ -69,6 +69,31 @@ func BenchmarkCaptureCost(b *testing.B) {
 	}
 }
 
+// BenchmarkCaptureBatchCost is [BenchmarkCaptureCost] for batch commands:
+// what a capture adds to each element of a BPF_MAP_UPDATE_BATCH of
+// [costBatch] elements (hash map, 16-byte keys, 64-byte values) made from
+// user space, as bulk writers make them. Its ns/write figure is per
+// element. The fentry backend sees such a batch element by element, the
+// syscall backend reads it from the caller's buffers.
+func BenchmarkCaptureBatchCost(b *testing.B) {
+	watched := captureTestMap(b, "costbwatched", ebpf.Hash, 16, 64, costBatch)
+	other := captureTestMap(b, "costbother", ebpf.Hash, 16, 64, costBatch)
+	for range *costRounds {
+		b.Run("none", func(b *testing.B) { costCell(b, nil, watched, false, batchWrites) })
+		for _, backend := range []Backend{BackendSyscall, BackendFentry} {
+			b.Run(string(backend), func(b *testing.B) {
+				p := startCaptureProcess(b, backend, watched)
+				b.Run("unwatched", func(b *testing.B) { costCell(b, p, other, false, batchWrites) })
+				b.Run("watched", func(b *testing.B) { costCell(b, p, watched, true, batchWrites) })
+			})
+		}
+	}
+}
+
+// costBatch is the number of elements of each batch command of
+// BenchmarkCaptureBatchCost.
+const costBatch = 512
+
 // costRounds is how many times BenchmarkCaptureCost measures all its cells.
 // Unlike -count, which repeats each cell back to back, rounds put a cell's
 // measurements close in time to its no-hook baseline's, so a slow drift in
@@ -151,6 +176,28 @@ func userWrites(b *testing.B, m *Map) costRun {
 			i++
 		}
 		run.chunks = append(run.chunks, float64(time.Since(start).Nanoseconds())/float64(n))
+	}
+	b.StopTimer()
+	return run
+}
+
+// batchWrites updates m at least b.N times from user space, with batch
+// commands of costBatch elements, each a timed chunk.
+func batchWrites(b *testing.B, m *Map) costRun {
+	var keys, vals []byte
+	for i := range costBatch {
+		keys, vals = append(keys, key(m, i)...), append(vals, value(m, i, 1)...)
+	}
+	fd := uint32(m.m.FD())
+	batches := (b.N + costBatch - 1) / costBatch
+	run := costRun{writes: batches * costBatch, chunks: make([]float64, 0, batches)}
+	b.ResetTimer()
+	for range batches {
+		start := time.Now()
+		if n, errno := batch(cmdMapUpdateBatch, fd, keys, vals, costBatch); errno != 0 || n != costBatch {
+			b.Fatalf("batch update of map %s: %d of %d elements, %v", m, n, costBatch, errno)
+		}
+		run.chunks = append(run.chunks, float64(time.Since(start).Nanoseconds())/costBatch)
 	}
 	b.StopTimer()
 	return run

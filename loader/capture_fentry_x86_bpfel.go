@@ -19,6 +19,8 @@ type captureFentryBatchArgs struct {
 	Values    uint64
 	KeySize   uint64
 	ValueSize uint64
+	Count     uint64
+	PerChunk  uint64
 	MapId     uint32
 	Op        uint8
 	_         [3]byte
@@ -31,12 +33,13 @@ type captureFentryChange struct {
 	Pad       uint8
 	KeySize   uint16
 	ValueSize uint32
+	Count     uint32
 }
 
 type captureFentryRecord struct {
 	_    structs.HostLayout
 	Hdr  captureFentryChange
-	Data [9216]uint8
+	Data [24576]uint8
 }
 
 // Names of all BPF objects in the ELF.

@@ -98,13 +98,24 @@ func startCapture(t testing.TB, opts CaptureOptions) *Capture {
 }
 
 // drain reads every queued change. The writer process has exited, so all
-// its records are in the ring already.
+// its samples are in the ring already.
 func drain(t *testing.T, c *Capture) []Change {
 	t.Helper()
-	var got []Change
+	got, _ := drainSamples(t, c)
+	return got
+}
+
+// drainSamples is drain that also returns how many changes each ring sample
+// held. Everything is queued before it starts, so Buffered must be above
+// zero before every Read that returns a change, the sender's cue to keep
+// reading, and zero at the end.
+func drainSamples(t *testing.T, c *Capture) (got []Change, samples []int) {
+	t.Helper()
 	c.SetDeadline(time.Now())
 	for {
 		var ch Change
+		buffered := c.Buffered()
+		first := len(c.cur.keys) == 0
 		err := c.Read(&ch)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			break
@@ -112,12 +123,19 @@ func drain(t *testing.T, c *Capture) []Change {
 		if err != nil {
 			t.Fatalf("read change %d: %v", len(got), err)
 		}
+		if buffered <= 0 {
+			t.Fatalf("change %d: Buffered was %d before the Read that returned it", len(got), buffered)
+		}
+		if first {
+			samples = append(samples, 0)
+		}
+		samples[len(samples)-1]++
 		got = append(got, Change{MapID: ch.MapID, Op: ch.Op, Key: slices.Clone(ch.Key), Value: slices.Clone(ch.Value)})
 	}
 	if n := c.Buffered(); n != 0 {
 		t.Errorf("drained, yet %d bytes buffered", n)
 	}
-	return got
+	return got, samples
 }
 
 func changeString(c Change) string {
@@ -491,23 +509,126 @@ func TestCaptureWrites(t *testing.T) {
 }
 
 // TestCaptureBatchFull checks a batch that fails midway because the map is
-// full: the elements before the failure are reported, none after.
+// full: the elements before the failure are reported, none after, also when
+// they fill more than one sample.
 func TestCaptureBatchFull(t *testing.T) {
 	for _, backend := range captureBackends(t) {
 		t.Run(string(backend), func(t *testing.T) {
-			m := captureTestMap(t, "full", ebpf.Hash, 4, 8, 4)
-			for i := range 3 {
-				// Our own writes: not reported.
-				if err := m.m.Put(key(m, 100+i), value(m, 100+i, 0)); err != nil {
-					t.Fatal(err)
-				}
+			for _, tc := range []struct {
+				name                 string
+				keySize, valueSize   uint32
+				maxEntries, own, all int
+			}{
+				{"small", 4, 8, 4, 3, 3},
+				{"across samples", 16, 64, 700, 0, 1000},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					m := captureTestMap(t, "full", ebpf.Hash, tc.keySize, tc.valueSize, uint32(tc.maxEntries))
+					for i := range tc.own {
+						// Our own writes: not reported.
+						if err := m.m.Put(key(m, 100000+i), value(m, 100000+i, 0)); err != nil {
+							t.Fatal(err)
+						}
+					}
+					c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+					var keys, vals [][]byte
+					for i := range tc.all {
+						keys, vals = append(keys, key(m, i)), append(vals, value(m, i, 1))
+					}
+					var s writeScript
+					s.batchUpdate(m, keys, vals, tc.maxEntries-tc.own, 0)
+					want := s.run(t, m)
+					checkChanges(t, drain(t, c), want)
+					if n, err := c.Overflows(); err != nil || n != 0 {
+						t.Errorf("overflows %d, %v; want 0", n, err)
+					}
+				})
 			}
-			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
-			var s writeScript
-			s.batchUpdate(m, [][]byte{key(m, 1), key(m, 2), key(m, 3)},
-				[][]byte{value(m, 1, 1), value(m, 2, 1), value(m, 3, 1)}, 1, 0)
-			want := s.run(t, m)
-			checkChanges(t, drain(t, c), want)
+		})
+	}
+}
+
+// The masks of the key and value regions of a sample in the kernel
+// programs (CAPTURE_KEYS_MASK and CAPTURE_VALUES_MASK in bpf/capture.h).
+const (
+	captureKeysMask   = 8191
+	captureValuesMask = 16383
+)
+
+// chunkSamples returns how many changes each sample holds when the kernel
+// programs report n elements of a batch read from the caller's buffers.
+// valueSize is 0 for deletes.
+func chunkSamples(n, keySize, valueSize int) []int {
+	per := captureKeysMask / keySize
+	if valueSize > 0 {
+		per = min(per, captureValuesMask/valueSize)
+	}
+	var samples []int
+	for ; n > 0; n -= per {
+		samples = append(samples, min(n, per))
+	}
+	return samples
+}
+
+// TestCaptureBatchChunks writes batches of more elements than one sample
+// holds, with mid-size and with the largest keys and values. Every change
+// is reported in order with its bytes; where the capture reads a batch from
+// the caller's buffers (the syscall backend; the fentry backend for
+// lookup-and-delete) it comes in full samples, the last one excepted.
+func TestCaptureBatchChunks(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			for _, tc := range []struct{ keySize, valueSize, n int }{
+				{16, 64, 1000},
+				{MaxKeySize, MaxValueSize, 40},
+			} {
+				t.Run(fmt.Sprintf("key %d value %d", tc.keySize, tc.valueSize), func(t *testing.T) {
+					m := captureTestMap(t, "chunks", ebpf.Hash, uint32(tc.keySize), uint32(tc.valueSize), uint32(tc.n))
+					c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+					var keys, vals, vals2 [][]byte
+					for i := range tc.n {
+						keys, vals, vals2 = append(keys, key(m, i)), append(vals, value(m, i, 1)), append(vals2, value(m, i, 2))
+					}
+					var s writeScript
+					var samples []int
+					// batch adds the samples of n elements of a batch command.
+					batch := func(n, valueSize int, readsBuffers bool) {
+						if readsBuffers || backend == BackendSyscall {
+							samples = append(samples, chunkSamples(n, tc.keySize, valueSize)...)
+							return
+						}
+						for range n {
+							samples = append(samples, 1) // fentry: one per element function call
+						}
+					}
+					s.batchUpdate(m, keys, vals, tc.n, 0)
+					batch(tc.n, tc.valueSize, false)
+					// Stops at a missing key after more than one sample's worth.
+					cut := tc.n * 3 / 4
+					s.batchDelete(m, slices.Concat(keys[:cut], [][]byte{key(m, tc.n)}, keys[cut:]), cut)
+					batch(cut, 0, false)
+					s.batchDelete(m, keys[cut:], tc.n-cut)
+					batch(tc.n-cut, 0, false)
+					s.put(m, keys[0], vals[0])
+					samples = append(samples, 1)
+					// Key 0 twice, across samples: the kernel keeps the later
+					// value, and the capture reports both in order.
+					s.batchUpdate(m, append(slices.Clone(keys), keys[0]), append(slices.Clone(vals2), vals[0]), tc.n+1, 0)
+					batch(tc.n+1, tc.valueSize, false)
+					s.lookupDeleteBatch(m, tc.n)
+					batch(tc.n, 0, true)
+
+					want := s.run(t, m)
+					got, gotSamples := drainSamples(t, c)
+					checkChanges(t, got, want)
+					if !slices.Equal(gotSamples, samples) {
+						t.Errorf("changes per sample %v, want %v", gotSamples, samples)
+					}
+					if n, err := c.Overflows(); err != nil || n != 0 {
+						t.Errorf("overflows %d, %v; want 0", n, err)
+					}
+				})
+			}
 		})
 	}
 }
@@ -583,14 +704,15 @@ func TestCaptureProgramWrites(t *testing.T) {
 	}
 }
 
-// TestCaptureOverflow fills a one-page ring without reading it: the changes
+// TestCaptureOverflow fills a small ring without reading it: the changes
 // that did not fit are counted, and the ones that did are the first ones.
+// The ring holds two full samples of a batch; the batch fills five.
 func TestCaptureOverflow(t *testing.T) {
 	for _, backend := range captureBackends(t) {
 		t.Run(string(backend), func(t *testing.T) {
-			const n = 500
+			const n = 10000
 			m := captureTestMap(t, "overflow", ebpf.Hash, 4, 8, n)
-			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}, RingSize: 4096})
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}, RingSize: 64 << 10})
 			var s writeScript
 			var keys, vals [][]byte
 			for i := range n {
@@ -603,10 +725,11 @@ func TestCaptureOverflow(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if lost == 0 || len(got)+int(lost) != n {
-				t.Errorf("read %d changes and %d overflows; want %d in all, some lost", len(got), lost, n)
+			if lost == 0 || len(got) == 0 || len(got)+int(lost) != n {
+				t.Errorf("read %d changes and %d overflows; want %d in all, some read, some lost", len(got), lost, n)
 			}
 			checkChanges(t, got, want[:min(len(got), n)])
+			t.Logf("%d changes read, %d lost", len(got), lost)
 		})
 	}
 }
@@ -704,6 +827,30 @@ func TestCaptureClose(t *testing.T) {
 	}
 }
 
+// TestCaptureCloseMidSample closes a capture whose Read has changes of the
+// current sample left: the next Read reports the close, like an empty ring.
+func TestCaptureCloseMidSample(t *testing.T) {
+	m := captureTestMap(t, "closemid", ebpf.Hash, 4, 8, 4)
+	c := startCapture(t, CaptureOptions{Backend: BackendSyscall, Maps: []*Map{m}, RingSize: 4096})
+	var s writeScript
+	s.batchUpdate(m, [][]byte{key(m, 1), key(m, 2)}, [][]byte{value(m, 1, 1), value(m, 2, 1)}, 2, 0)
+	s.run(t, m)
+	c.SetDeadline(time.Now())
+	var ch Change
+	if err := c.Read(&ch); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.cur.keys) == 0 {
+		t.Fatal("the batch's first sample holds one change: the test proves nothing")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Read(&ch); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Read after Close: %v, want os.ErrClosed", err)
+	}
+}
+
 func TestCaptureOptionErrors(t *testing.T) {
 	m := captureTestMap(t, "opts", ebpf.Hash, 4, 8, 4)
 	big := &Map{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: MaxValueSize + 1, ID: m.ID}
@@ -728,63 +875,136 @@ func TestCaptureOptionErrors(t *testing.T) {
 	}
 }
 
-// TestCaptureRecordLayout checks the Go side's record offsets against the
-// type bpf2go generated from bpf/capture.h for both objects.
+// TestCaptureRecordLayout checks the Go side's sample offsets and size
+// bound against the types bpf2go generated from bpf/capture.h for both
+// objects.
 func TestCaptureRecordLayout(t *testing.T) {
 	for _, typ := range []reflect.Type{reflect.TypeFor[captureSyscallChange](), reflect.TypeFor[captureFentryChange]()} {
 		if typ.Size() != recordHeaderLen {
 			t.Errorf("%s: %d bytes, want %d", typ, typ.Size(), recordHeaderLen)
 		}
-		for name, off := range map[string]uintptr{"MapId": recordMapID, "Op": recordOp, "KeySize": recordKeySize, "ValueSize": recordValueSize} {
+		for name, off := range map[string]uintptr{
+			"MapId": recordMapID, "Op": recordOp, "KeySize": recordKeySize, "ValueSize": recordValueSize, "Count": recordCount,
+		} {
 			if f, ok := typ.FieldByName(name); !ok || f.Offset != off {
 				t.Errorf("%s.%s: at %d (found %v), want %d", typ, name, f.Offset, ok, off)
 			}
 		}
 	}
+	if recordMaxLen != recordHeaderLen+captureKeysMask+1+captureValuesMask+1 {
+		t.Errorf("recordMaxLen %d does not match the region masks", recordMaxLen)
+	}
+	for _, typ := range []reflect.Type{reflect.TypeFor[captureSyscallRecord](), reflect.TypeFor[captureFentryRecord]()} {
+		if typ.Size() != recordMaxLen {
+			t.Errorf("%s: %d bytes, want %d", typ, typ.Size(), recordMaxLen)
+		}
+	}
 }
 
-func record(mapID uint32, op Op, keySize uint16, valueSize uint32, payload int) []byte {
+// record returns a sample header followed by payload bytes 0, 1, 2...
+func record(mapID uint32, op Op, keySize uint16, valueSize, count uint32, payload int) []byte {
 	b := binary.NativeEndian.AppendUint32(nil, mapID)
 	b = append(b, byte(op), 0)
 	b = binary.NativeEndian.AppendUint16(b, keySize)
 	b = binary.NativeEndian.AppendUint32(b, valueSize)
+	b = binary.NativeEndian.AppendUint32(b, count)
 	for i := range payload {
 		b = append(b, byte(i))
 	}
 	return b
 }
 
+// sampleChanges returns every change of a parsed sample.
+func sampleChanges(s *sample) []Change {
+	var cs []Change
+	for len(s.keys) > 0 {
+		var ch Change
+		s.next(&ch)
+		cs = append(cs, ch)
+	}
+	return cs
+}
+
 func TestCaptureParseRecord(t *testing.T) {
-	var ch Change
-	b := record(42, OpUpdate, 3, 2, 5)
-	if err := parseRecord(b, &ch); err != nil {
+	var s sample
+	b := record(42, OpUpdate, 3, 2, 3, 15)
+	if err := parseRecord(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	if ch.MapID != 42 || ch.Op != OpUpdate || string(ch.Key) != "\x00\x01\x02" || string(ch.Value) != "\x03\x04" {
-		t.Errorf("parsed %s", changeString(ch))
-	}
-	if unsafe.SliceData(ch.Key) != &b[recordHeaderLen] || cap(ch.Key) != 3 {
-		t.Error("key does not alias the record, or its capacity reaches into the value")
-	}
-	if err := parseRecord(record(42, OpDelete, 3, 0, 3), &ch); err != nil || ch.Op != OpDelete || ch.Value != nil || len(ch.Key) != 3 {
-		t.Errorf("delete: %v, %s", err, changeString(ch))
-	}
-	for name, b := range map[string][]byte{
-		"empty":               nil,
-		"short header":        record(1, OpUpdate, 4, 8, 12)[:recordHeaderLen-1],
-		"unknown op":          record(1, 3, 4, 0, 4),
-		"no key":              record(1, OpDelete, 0, 0, 0),
-		"key too big":         record(1, OpDelete, MaxKeySize+1, 0, MaxKeySize+1),
-		"value too big":       record(1, OpUpdate, 4, MaxValueSize+1, 4+MaxValueSize+1),
-		"delete with a value": record(1, OpDelete, 4, 8, 12),
-		"truncated":           record(1, OpUpdate, 4, 8, 11),
-		"trailing bytes":      record(1, OpUpdate, 4, 8, 13),
-		"huge value size":     record(1, OpUpdate, 4, 1<<31, 12),
-	} {
-		if err := parseRecord(b, &ch); err == nil {
-			t.Errorf("%s: parsed as %s", name, changeString(ch))
+	got := sampleChanges(&s)
+	checkChanges(t, got, []Change{
+		{MapID: 42, Op: OpUpdate, Key: []byte{0, 1, 2}, Value: []byte{9, 10}},
+		{MapID: 42, Op: OpUpdate, Key: []byte{3, 4, 5}, Value: []byte{11, 12}},
+		{MapID: 42, Op: OpUpdate, Key: []byte{6, 7, 8}, Value: []byte{13, 14}},
+	})
+	for i, ch := range got {
+		if unsafe.SliceData(ch.Key) != &b[recordHeaderLen+3*i] || cap(ch.Key) != 3 || unsafe.SliceData(ch.Value) != &b[recordHeaderLen+9+2*i] || cap(ch.Value) != 2 {
+			t.Errorf("change %d does not alias the sample, or its capacity reaches into the next bytes", i)
 		}
 	}
+	if err := parseRecord(record(42, OpDelete, 3, 0, 2, 6), &s); err != nil {
+		t.Fatal(err)
+	}
+	checkChanges(t, sampleChanges(&s), []Change{
+		{MapID: 42, Op: OpDelete, Key: []byte{0, 1, 2}},
+		{MapID: 42, Op: OpDelete, Key: []byte{3, 4, 5}},
+	})
+	for name, tc := range map[string]struct {
+		b    []byte
+		want string
+	}{
+		"empty":               {nil, "shorter than its 16-byte header"},
+		"short header":        {record(1, OpUpdate, 4, 8, 1, 12)[:recordHeaderLen-1], "shorter than its 16-byte header"},
+		"unknown op":          {record(1, 3, 4, 0, 1, 4), "unknown op 3"},
+		"no key":              {record(1, OpDelete, 0, 0, 1, 0), "key 0 B, value 0 B out of range"},
+		"key too big":         {record(1, OpDelete, MaxKeySize+1, 0, 1, MaxKeySize+1), "key 513 B, value 0 B out of range"},
+		"value too big":       {record(1, OpUpdate, 4, MaxValueSize+1, 1, 4+MaxValueSize+1), "key 4 B, value 4097 B out of range"},
+		"delete with a value": {record(1, OpDelete, 4, 8, 1, 12), "delete with a 8-byte value"},
+		"no changes":          {record(1, OpUpdate, 4, 8, 0, 0), "no changes"},
+		"truncated":           {record(1, OpUpdate, 4, 8, 2, 23), "capture sample of 39 bytes: header says 2 changes of 12 bytes, 40 in all"},
+		"trailing bytes":      {record(1, OpUpdate, 4, 8, 2, 25), "header says 2 changes"},
+		"one change short":    {record(1, OpUpdate, 4, 8, 3, 24), "header says 3 changes"},
+		"huge value size":     {record(1, OpUpdate, 4, 1<<31, 1, 12), "out of range"},
+		"huge count":          {record(1, OpUpdate, 4, 8, 1<<32-1, 12), "header says 4294967295 changes"},
+	} {
+		err := parseRecord(tc.b, &s)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", name, err, tc.want)
+		}
+		if len(s.keys) != 0 {
+			t.Errorf("%s: rejected sample left changes to read", name)
+		}
+	}
+}
+
+// FuzzCaptureParseRecord checks that any sample parseRecord accepts splits
+// into exactly its changes, each within its own bytes.
+func FuzzCaptureParseRecord(f *testing.F) {
+	f.Add(record(42, OpUpdate, 3, 2, 3, 15))
+	f.Add(record(42, OpDelete, 3, 0, 2, 6))
+	f.Add(record(1, OpUpdate, 4, 8, 2, 23))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s sample
+		if parseRecord(b, &s) != nil {
+			return
+		}
+		n := int(binary.NativeEndian.Uint32(b[recordCount:]))
+		off := recordHeaderLen
+		var keys, values []byte
+		for i, ch := range sampleChanges(&s) {
+			if len(ch.Key) != s.keySize || cap(ch.Key) != s.keySize || (ch.Op == OpUpdate) != (ch.Value != nil) ||
+				len(ch.Value) != cap(ch.Value) {
+				t.Fatalf("change %d: key %d B (cap %d), value %d B (cap %d, nil %v), op %d",
+					i, len(ch.Key), cap(ch.Key), len(ch.Value), cap(ch.Value), ch.Value == nil, ch.Op)
+			}
+			keys, values = append(keys, ch.Key...), append(values, ch.Value...)
+			n--
+		}
+		off += len(keys)
+		if n != 0 || string(keys) != string(b[recordHeaderLen:off]) || string(values) != string(b[off:]) {
+			t.Fatalf("changes do not cover the sample: %d left, %d key and %d value bytes of %d", n, len(keys), len(values), len(b))
+		}
+	})
 }
 
 // fill has the writer process make n updates of m and waits for it.
@@ -801,7 +1021,8 @@ func fill(t *testing.T, m *Map, n int) {
 
 func TestCaptureReadAllocs(t *testing.T) {
 	const runs = 500
-	m := captureTestMap(t, "allocs", ebpf.Hash, 4, 8, 2*runs)
+	// 16-byte keys and 64-byte values: the reads cross samples.
+	m := captureTestMap(t, "allocs", ebpf.Hash, 16, 64, 2*runs)
 	c := startCapture(t, CaptureOptions{Backend: BackendSyscall, Maps: []*Map{m}})
 	fill(t, m, 2*runs)
 	c.SetDeadline(time.Now())
