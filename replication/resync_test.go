@@ -119,7 +119,10 @@ type overflowSource struct {
 
 func (s *overflowSource) Overflows() (uint64, error) { return s.lost.Load(), nil }
 
-const memAnnounce = 20 * time.Millisecond
+// memAnnounce is the nodes' announce interval. A node decides its initial
+// sync alone after twice that without a ready peer: long enough for a
+// test to start its other nodes on a loaded machine.
+const memAnnounce = 100 * time.Millisecond
 
 func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string) *memNode {
 	t.Helper()
