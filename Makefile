@@ -49,7 +49,7 @@ vmtest: ## Prove the fentry capture path in a Debian 6.1 VM (qemu TCG, a few min
 		echo "vmtest: it needs root, qemu-system-x86 and the Debian kernel package, installed on first use)." >&2; \
 		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
-	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -short -run '^TestConverge$$' \
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
 # VMBENCH_TABLE is the awk program that passes the benchmark output through
