@@ -36,11 +36,6 @@ _Static_assert(CAPTURE_VALUES_MASK >= CAPTURE_MAX_VALUE, "value region below the
 /* bpf_loop refuses more iterations than this. */
 #define CAPTURE_MAX_LOOP (1 << 23)
 
-/*
- * A writer that was quiet for this long gets an immediate wake-up for its
- * next record; see wake_flags.
- */
-#define CAPTURE_IDLE_NS 1000000
 
 /*
  * change is the header of one ring sample, in the machine's byte order: a
@@ -113,6 +108,12 @@ volatile const __u32 self_tgid;
 volatile const __u64 wake_bytes = 1 << 21;
 
 /*
+ * A writer that was quiet for this long gets an immediate wake-up for its
+ * next sample; see wake_flags. Set by the loader (loader.IdleWake).
+ */
+volatile const __u64 idle_ns = 250000;
+
+/*
  * Changes that were made but could not be queued: ring full, or their bytes
  * could not be read. The loader reads it.
  */
@@ -131,32 +132,32 @@ static __always_inline void lost(__u64 n)
  * reader. Waking it for every sample costs more than the write itself, so
  * samples normally go in silently and are collected in bulk; a wake-up is
  * forced when the queue reaches wake_bytes, or when nothing was queued for
- * CAPTURE_IDLE_NS, so the first change after a quiet spell is not delayed.
+ * idle_ns, so the first change after a quiet spell is not delayed.
  *
  * Why a silent sample cannot be stranded. The reader (replication.Sender)
  * polls with a short deadline while samples flow, and blocks without one
  * only after it found the ring empty at some time B with no sample received
- * during the 2 * CAPTURE_IDLE_NS before B. Let F be the first sample
+ * during the 2 * idle_ns before B. Let F be the first sample
  * committed after B, and suppose it went in silently. Then F decided at d_F
- * less than CAPTURE_IDLE_NS after the stamp it read, which was written
+ * less than idle_ns after the stamp it read, which was written
  * right after some sample E was committed (last_emit_ns is only written
  * after a successful bpf_ringbuf_output). E was committed before F, so
  * before B, and the reader, finding the ring empty at B, had received it
- * between E's commit and B: at least 2 * CAPTURE_IDLE_NS before B. So F
- * decided, and committed, less than CAPTURE_IDLE_NS + 2e after the reader
+ * between E's commit and B: at least 2 * idle_ns before B. So F
+ * decided, and committed, less than idle_ns + 2e after the reader
  * received E, where e bounds the time from committing to stamping and from
  * deciding to committing (microseconds): before B, a contradiction. So F
  * forced a wake-up, which reaches the reader whether it is already in
  * epoll_wait or about to enter it (the ring polls readable until drained);
  * samples after F are read with F. The argument needs e well below
- * CAPTURE_IDLE_NS: a program preempted that long in between (preemptible
+ * idle_ns: a program preempted that long in between (preemptible
  * kernels only) can leave samples queued until the next change or deadline.
  */
 static __always_inline __u64 wake_flags(__u64 size)
 {
 	__u64 now = bpf_ktime_get_ns();
 
-	if (now - last_emit_ns > CAPTURE_IDLE_NS)
+	if (now - last_emit_ns > idle_ns)
 		return BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) + size >= wake_bytes)
 		return BPF_RB_FORCE_WAKEUP;

@@ -67,6 +67,11 @@ type CaptureOptions struct {
 	WakeBytes int
 }
 
+// IdleWake is how long the ring must have been quiet for a change to wake
+// its reader at once; other changes wait to be collected in bulk (see
+// [Capture.SetDeadline]).
+const IdleWake = 250 * time.Microsecond
+
 // DefaultRingSize is the default capture ring: about 80,000 changes of a
 // 16-byte key and 64-byte value. The kernel maps its pages twice (for
 // wrap-around), so it counts twice in the daemon's resident set size.
@@ -269,6 +274,7 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 		"self_pidns_ino": st.Ino,
 		"self_tgid":      uint32(os.Getpid()),
 		"wake_bytes":     uint64(opts.WakeBytes),
+		"idle_ns":        uint64(IdleWake.Nanoseconds()),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
@@ -311,11 +317,12 @@ func (c *Capture) SeesProgramWrites() bool { return c.backend == BackendFentry }
 // SetDeadline bounds Read: once t has passed and the ring is drained, Read
 // returns os.ErrDeadlineExceeded. The zero time means no deadline.
 //
-// The kernel only wakes the reader for the first change after a quiet
-// millisecond or once [CaptureOptions.WakeBytes] are queued; changes in
-// between are collected by the next Read. A reader that keeps a short
-// deadline while changes flow, and blocks without one only after 2 ms
-// without any, never leaves a change waiting (see bpf/capture.h).
+// The kernel only wakes the reader for the first change after the ring was
+// quiet for [IdleWake], or once [CaptureOptions.WakeBytes] are queued;
+// changes in between are collected by the next Read. A reader that keeps a
+// short deadline while changes flow, and blocks without one only after
+// twice IdleWake without any, never leaves a change waiting (see
+// bpf/capture.h).
 func (c *Capture) SetDeadline(t time.Time) { c.reader.SetDeadline(t) }
 
 // Read fills ch with the next captured change, blocking until there is one

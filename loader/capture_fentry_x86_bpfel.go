@@ -59,6 +59,7 @@ const (
 	captureFentryProgFexitHtabLruLookupDeleteBatch = "fexit_htab_lru_lookup_delete_batch"
 	captureFentryProgFexitHtabLruUpdate            = "fexit_htab_lru_update"
 	captureFentryProgFexitHtabUpdate               = "fexit_htab_update"
+	captureFentryVarIdleNs                         = "idle_ns"
 	captureFentryVarLastEmitNs                     = "last_emit_ns"
 	captureFentryVarOverflows                      = "overflows"
 	captureFentryVarSelfPidnsDev                   = "self_pidns_dev"
@@ -134,6 +135,7 @@ type captureFentryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryVariableSpecs struct {
+	IdleNs       *ebpf.VariableSpec `ebpf:"idle_ns"`
 	LastEmitNs   *ebpf.VariableSpec `ebpf:"last_emit_ns"`
 	Overflows    *ebpf.VariableSpec `ebpf:"overflows"`
 	SelfPidnsDev *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
@@ -181,6 +183,7 @@ func (m *captureFentryMaps) Close() error {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryVariables struct {
+	IdleNs       *ebpf.Variable `ebpf:"idle_ns"`
 	LastEmitNs   *ebpf.Variable `ebpf:"last_emit_ns"`
 	Overflows    *ebpf.Variable `ebpf:"overflows"`
 	SelfPidnsDev *ebpf.Variable `ebpf:"self_pidns_dev"`

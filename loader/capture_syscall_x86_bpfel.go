@@ -51,6 +51,7 @@ const (
 	captureSyscallMapScratch      = "scratch"
 	captureSyscallMapWatched      = "watched"
 	captureSyscallProgSysExitBpf  = "sys_exit_bpf"
+	captureSyscallVarIdleNs       = "idle_ns"
 	captureSyscallVarLastEmitNs   = "last_emit_ns"
 	captureSyscallVarOverflows    = "overflows"
 	captureSyscallVarSelfPidnsDev = "self_pidns_dev"
@@ -118,6 +119,7 @@ type captureSyscallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureSyscallVariableSpecs struct {
+	IdleNs       *ebpf.VariableSpec `ebpf:"idle_ns"`
 	LastEmitNs   *ebpf.VariableSpec `ebpf:"last_emit_ns"`
 	Overflows    *ebpf.VariableSpec `ebpf:"overflows"`
 	SelfPidnsDev *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
@@ -165,6 +167,7 @@ func (m *captureSyscallMaps) Close() error {
 //
 // It can be passed to loadCaptureSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureSyscallVariables struct {
+	IdleNs       *ebpf.Variable `ebpf:"idle_ns"`
 	LastEmitNs   *ebpf.Variable `ebpf:"last_emit_ns"`
 	Overflows    *ebpf.Variable `ebpf:"overflows"`
 	SelfPidnsDev *ebpf.Variable `ebpf:"self_pidns_dev"`

@@ -27,10 +27,12 @@ const (
 	sendBatch = 64
 	// activeWindow is how long after the last change the sender keeps
 	// polling the source every flush interval. The capture wakes the reader
-	// only after enough bytes are queued or after an idle gap of about a
-	// millisecond, so while changes flow, polling is what bounds latency;
-	// once idle, the kernel's wake-up for the next change is enough.
-	activeWindow = 2 * time.Millisecond
+	// only after enough bytes are queued or after an idle gap of
+	// loader.IdleWake, so while changes flow, polling is what bounds
+	// latency; once idle, the kernel's wake-up for the next change is
+	// enough. Twice the gap is what makes the hand-over safe (see
+	// bpf/capture.h).
+	activeWindow = 2 * loader.IdleWake
 	// clockEvery is how many changes the sender reads between two clock
 	// reads while it drains the source.
 	clockEvery = 32
