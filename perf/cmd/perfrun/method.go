@@ -49,7 +49,10 @@ column; compare with the raw CPU per change).
 
 **Wire.** tx_bytes and tx_packets of every node's interface (netlink), summed over the nodes,
 over the same window, per change: headers, acknowledgements (TCP), announces and repair requests
-included. udpmapsync's own counters (changes and bytes per datagram) are in the notes.
+included. A veth counts a segmentation-offload message (udpmapsync's UDP GSO, TCP's TSO) as one
+packet however many datagrams or segments it carries, so packets here are what crossed the
+namespaces, not what a NIC would send; udpmapsync's own counters (changes and bytes per
+datagram) are in the notes.
 
 **Memory.** VmHWM from /proc/PID/status at the end of each run. The memory run fills a map of
 2^20 entries with 1,000,000 distinct keys through a 2-node cluster, at a rate the daemon sustains,
