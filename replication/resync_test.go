@@ -6,6 +6,7 @@ package replication
 // same scenarios run over real sockets, maps and daemons in netns-test.
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -327,5 +328,39 @@ func TestResyncRefusedByPeerNotReady(t *testing.T) {
 			t.Errorf("owed %v: after the refusal phase %d, needSync %v, ready %v; want idle, %v, false",
 				owed, f.r.sync.phase, p.needSync, p.ready, owed)
 		}
+	}
+}
+
+// While a resync request waits for its answer, a gap in the serving peer's
+// stream that times out must not apply what was held behind it: those
+// changes may be older than the snapshot, and a change applied during a
+// resync marks its key as newer than the snapshot, which would then keep
+// the older value.
+func TestResyncHoldsThroughRepairTimeout(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "old"))
+	p := f.r.peers[peerNode]
+	p.needSync = true
+	f.r.startSync(p, t0)
+	f.r.retry(t0.Add(repairTimeout)) // the gap's timeout, before the request's
+	if got := f.value("key3"); got != "" {
+		t.Fatalf("key3 = %q applied while the resync request waits", got)
+	}
+	// The peer read its maps after datagram 3, and key3 changed since.
+	t1 := t0.Add(repairTimeout + time.Millisecond)
+	f.handleAt(t1, peerA, f.syncStart(wire.SyncStart{AsOf: 3}))
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "       1")
+	b.add(t, f.fpFlow, wire.OpUpdate, "key3", "     new")
+	snap := bytes.Clone(b.w.Finish(wire.Header{Kind: wire.KindSnapshot, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 1)}))
+	f.handleAt(t1, peerA, snap)
+	if got := f.value("key3"); got != "     new" {
+		t.Errorf("key3 = %q after the snapshot, want its value", got)
+	}
+	if s := f.stats.Snapshot(); s.ResyncNeeded != 0 {
+		t.Errorf("resync_needed %d: the gap behind the request was given up", s.ResyncNeeded)
 	}
 }
