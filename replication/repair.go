@@ -39,7 +39,7 @@ type repairState struct {
 	n        int            // datagrams held
 	bytes    int            // their size
 	since    time.Time      // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
-	gapAt    uint64
+	gapAt    uint64         // the seq that was next to apply when since was set
 	retryAt  time.Time
 	interval time.Duration
 }
@@ -243,8 +243,9 @@ func (r *Receiver) retryLoop(stop <-chan struct{}) {
 	}
 }
 
-// retry asks again for what is still missing, and gives up on a gap that
-// was not filled within repairTimeout.
+// retry asks again for what is still missing, gives up on a gap whose
+// oldest datagram was not filled within repairTimeout, drives the resync,
+// and applies what that released.
 func (r *Receiver) retry(now time.Time) {
 	for _, p := range r.peers {
 		rs := &p.repair
