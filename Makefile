@@ -7,7 +7,7 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack
 GENERATE_PKGS := clang llvm libbpf-dev
 
 export PATH := $(PATH):/usr/local/go/bin
@@ -35,6 +35,8 @@ test: deps ## Run every test against the real kernel, then the fentry ones in a 
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
+	cd perf && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd perf/conntrackd && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory vmtest
 
 .PHONY: vmtest
@@ -115,7 +117,7 @@ bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
 
 .PHONY: perf
 perf: PERFFLAGS ?=
-perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~10 min)
+perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~3 min)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./replication > bin/perf-bench.txt
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \

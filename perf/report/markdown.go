@@ -59,6 +59,9 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 		}
 		p("| %s | %s | %s |\n", t.Goal, t.Measured, verdict)
 	}
+	if u := r.Find(UDPMapSync, 2, profile, 0); u != nil && u.WriterCPU > 0 && u.CPUSender > 0 && u.CPUReceiver > 0 {
+		p("\n%s\n", limits(u, r.Cores))
+	}
 
 	p("\n## Throughput\n\nChanges written on node1 as fast as the writer can, replicated to every other node; the rate counts from the first write until every peer holds the final state (checked by comparing whole maps). Raw: the same writes into a map with no capture and no replicator.\n\n")
 	p("![throughput](%s)\n\n", throughputPNG)
@@ -171,4 +174,24 @@ func lostCell(x *Run) string {
 		return fmt.Sprintf("**%d (never converged)**", x.Lost)
 	}
 	return fmt.Sprint(x.Lost)
+}
+
+// limits says what bounds udpmapsync's full-speed rate in run u on a
+// machine of cores shared by the writer and the daemons: their CPU per
+// change, summed.
+func limits(u *Run, cores int) string {
+	sum := u.WriterCPU + u.CPUSender + u.CPUReceiver
+	top, share := "writer", u.WriterCPU
+	if u.CPUSender > share {
+		top, share = "sender", u.CPUSender
+	}
+	if u.CPUReceiver > share {
+		top, share = "receiver", u.CPUReceiver
+	}
+	return fmt.Sprintf("**What limits the rate in this run.** CPU: at full speed on %d nodes the writer, the sender and "+
+		"the receiver cost %.2f + %.2f + %.2f = %.2f µs per change, and they share %d cores, so together they "+
+		"can do at most %s changes/s; %s were measured. The largest share is the %s's (%.0f %%). Where each "+
+		"process spends its time, and what was done about it: [perf/PROFILE.md](../PROFILE.md).",
+		u.Nodes, u.WriterCPU, u.CPUSender, u.CPUReceiver, sum, cores, si(float64(cores)/sum*1e6), si(u.PerSec),
+		top, 100*share/sum)
 }

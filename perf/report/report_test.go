@@ -91,3 +91,15 @@ func TestTargets(t *testing.T) {
 		}
 	}
 }
+
+// The limits paragraph sums the three processes' CPU per change and
+// names the biggest.
+func TestLimits(t *testing.T) {
+	u := &Run{System: UDPMapSync, Nodes: 2, PerSec: 1.02e6, WriterCPU: 0.67, CPUSender: 0.42, CPUReceiver: 0.68}
+	got := limits(u, 2)
+	for _, want := range []string{"0.67 + 0.42 + 0.68 = 1.77 µs", "share 2 cores", "at most 1.13M changes/s", "1.02M were measured", "the receiver's (38 %)"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("limits lacks %q:\n%s", want, got)
+		}
+	}
+}
