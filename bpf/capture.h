@@ -164,6 +164,18 @@ static __always_inline __u64 wake_flags(__u64 size)
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* set_header describes the sample being assembled in rec. */
+static __always_inline void set_header(struct record *rec, __u32 map_id, __u8 op, __u64 key_size,
+				       __u64 value_size, __u32 count)
+{
+	rec->hdr.map_id = map_id;
+	rec->hdr.op = op;
+	rec->hdr.pad = 0;
+	rec->hdr.key_size = key_size;
+	rec->hdr.value_size = value_size;
+	rec->hdr.count = count;
+}
+
 /*
  * output queues the sample in rec: count changes whose keys fill keys_len
  * bytes of its data and whose values the values_len bytes after them.
@@ -221,12 +233,7 @@ static __always_inline void emit(__u32 slot, __u32 map_id, __u8 op, __u64 key_si
 	key_size &= CAPTURE_KEYS_MASK;
 	value_size &= CAPTURE_VALUES_MASK;
 
-	rec->hdr.map_id = map_id;
-	rec->hdr.op = op;
-	rec->hdr.pad = 0;
-	rec->hdr.key_size = key_size;
-	rec->hdr.value_size = value_size;
-	rec->hdr.count = 1;
+	set_header(rec, map_id, op, key_size, value_size, 1);
 	if (user)
 		err = bpf_probe_read_user(rec->data, key_size, key);
 	else
@@ -405,12 +412,7 @@ static long emit_batch_chunk(__u32 i, __u32 *slot)
 	keys_len &= CAPTURE_KEYS_MASK;
 	values_len &= CAPTURE_VALUES_MASK;
 
-	rec->hdr.map_id = a->map_id;
-	rec->hdr.op = a->op;
-	rec->hdr.pad = 0;
-	rec->hdr.key_size = key_size;
-	rec->hdr.value_size = value_size;
-	rec->hdr.count = n;
+	set_header(rec, a->map_id, a->op, key_size, value_size, n);
 	err = bpf_probe_read_user(rec->data, keys_len, (const void *)(a->keys + first * key_size));
 	if (!err && values_len)
 		err = bpf_probe_read_user(rec->data + keys_len, values_len,

@@ -88,9 +88,14 @@ const (
 	recordValueSize = 8
 	recordCount     = 12
 	recordHeaderLen = 16
-	// recordMaxLen bounds a sample: the kernel programs assemble one in a
-	// buffer of this size (struct record in bpf/capture.h).
-	recordMaxLen = recordHeaderLen + 8192 + 16384
+	// A sample's keys fill at most sampleKeysMax bytes and its values at
+	// most sampleValuesMax (CAPTURE_KEYS_MASK and CAPTURE_VALUES_MASK in
+	// bpf/capture.h): a batch is cut into samples of as many changes as fit
+	// both. recordMaxLen bounds a sample: the kernel programs assemble one
+	// in a buffer of this size (struct record).
+	sampleKeysMax   = 8191
+	sampleValuesMax = 16383
+	recordMaxLen    = recordHeaderLen + sampleKeysMax + 1 + sampleValuesMax + 1
 )
 
 // btfPath is where the running kernel's BTF is; both backends need it.
