@@ -15,23 +15,16 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
-)
 
-// Op is what a captured write did to its key.
-type Op uint8
-
-// The ops of a [Change]; the numbers are the kernel programs' (bpf/capture.h).
-const (
-	OpUpdate Op = 1 // the key was created or overwritten
-	OpDelete Op = 2 // the key was removed
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // Change is one successful write to a watched map, as [Capture.Read]
 // returns it. Key and Value alias the capture's buffer until the next Read;
-// Value is nil for [OpDelete].
+// Value is nil for [ops.Delete].
 type Change struct {
 	MapID ebpf.MapID
-	Op    Op
+	Op    ops.Op
 	Key   []byte
 	Value []byte
 }
@@ -370,7 +363,7 @@ func (c *Capture) Read(ch *Change) error {
 // sample is a parsed ring sample: a run of changes of one map with one op.
 type sample struct {
 	mapID     ebpf.MapID
-	op        Op
+	op        ops.Op
 	keySize   int
 	valueSize int
 	// The keys and values of the changes not yet returned by next; keys is
@@ -386,16 +379,16 @@ func parseRecord(b []byte, s *sample) error {
 	if len(b) < recordHeaderLen {
 		return fmt.Errorf("capture sample of %d bytes: shorter than its %d-byte header", len(b), recordHeaderLen)
 	}
-	op := Op(b[recordOp])
+	op := ops.Op(b[recordOp])
 	keySize := int(binary.NativeEndian.Uint16(b[recordKeySize:]))
 	valueSize := int(binary.NativeEndian.Uint32(b[recordValueSize:]))
 	count := binary.NativeEndian.Uint32(b[recordCount:])
 	switch {
-	case op != OpUpdate && op != OpDelete:
+	case op != ops.Update && op != ops.Delete:
 		return fmt.Errorf("capture sample: unknown op %d", op)
 	case keySize == 0 || keySize > MaxKeySize || valueSize > MaxValueSize:
 		return fmt.Errorf("capture sample: key %d B, value %d B out of range", keySize, valueSize)
-	case op == OpDelete && valueSize != 0:
+	case op == ops.Delete && valueSize != 0:
 		return fmt.Errorf("capture sample: delete with a %d-byte value", valueSize)
 	case count == 0:
 		return errors.New("capture sample: no changes")
@@ -425,7 +418,7 @@ func (s *sample) next(ch *Change) {
 	ch.Key = s.keys[:s.keySize:s.keySize]
 	s.keys = s.keys[s.keySize:]
 	ch.Value = nil
-	if s.op == OpUpdate {
+	if s.op == ops.Update {
 		ch.Value = s.values[:s.valueSize:s.valueSize]
 		s.values = s.values[s.valueSize:]
 	}

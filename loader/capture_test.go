@@ -20,6 +20,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // The capture tests write maps from a second process, because a capture
@@ -212,8 +214,8 @@ func reports(cs ...Change) func([][]byte) []Change {
 	return func([][]byte) []Change { return cs }
 }
 
-func upd(m *Map, k, v []byte) Change { return Change{MapID: m.ID, Op: OpUpdate, Key: k, Value: v} }
-func del(m *Map, k []byte) Change    { return Change{MapID: m.ID, Op: OpDelete, Key: k} }
+func upd(m *Map, k, v []byte) Change { return Change{MapID: m.ID, Op: ops.Update, Key: k, Value: v} }
+func del(m *Map, k []byte) Change    { return Change{MapID: m.ID, Op: ops.Delete, Key: k} }
 
 func (s *writeScript) put(m *Map, k, v []byte) {
 	s.add(writeStep{Map: m.ID, Do: "update", Keys: [][]byte{k}, Vals: [][]byte{v}}, reports(upd(m, k, v)))
@@ -892,7 +894,7 @@ func TestCaptureRecordLayout(t *testing.T) {
 }
 
 // record returns a sample header followed by payload bytes 0, 1, 2...
-func record(mapID uint32, op Op, keySize uint16, valueSize, count uint32, payload int) []byte {
+func record(mapID uint32, op ops.Op, keySize uint16, valueSize, count uint32, payload int) []byte {
 	b := binary.NativeEndian.AppendUint32(nil, mapID)
 	b = append(b, byte(op), 0)
 	b = binary.NativeEndian.AppendUint16(b, keySize)
@@ -917,45 +919,45 @@ func sampleChanges(s *sample) []Change {
 
 func TestCaptureParseRecord(t *testing.T) {
 	var s sample
-	b := record(42, OpUpdate, 3, 2, 3, 15)
+	b := record(42, ops.Update, 3, 2, 3, 15)
 	if err := parseRecord(b, &s); err != nil {
 		t.Fatal(err)
 	}
 	got := sampleChanges(&s)
 	checkChanges(t, got, []Change{
-		{MapID: 42, Op: OpUpdate, Key: []byte{0, 1, 2}, Value: []byte{9, 10}},
-		{MapID: 42, Op: OpUpdate, Key: []byte{3, 4, 5}, Value: []byte{11, 12}},
-		{MapID: 42, Op: OpUpdate, Key: []byte{6, 7, 8}, Value: []byte{13, 14}},
+		{MapID: 42, Op: ops.Update, Key: []byte{0, 1, 2}, Value: []byte{9, 10}},
+		{MapID: 42, Op: ops.Update, Key: []byte{3, 4, 5}, Value: []byte{11, 12}},
+		{MapID: 42, Op: ops.Update, Key: []byte{6, 7, 8}, Value: []byte{13, 14}},
 	})
 	for i, ch := range got {
 		if unsafe.SliceData(ch.Key) != &b[recordHeaderLen+3*i] || cap(ch.Key) != 3 || unsafe.SliceData(ch.Value) != &b[recordHeaderLen+9+2*i] || cap(ch.Value) != 2 {
 			t.Errorf("change %d does not alias the sample, or its capacity reaches into the next bytes", i)
 		}
 	}
-	if err := parseRecord(record(42, OpDelete, 3, 0, 2, 6), &s); err != nil {
+	if err := parseRecord(record(42, ops.Delete, 3, 0, 2, 6), &s); err != nil {
 		t.Fatal(err)
 	}
 	checkChanges(t, sampleChanges(&s), []Change{
-		{MapID: 42, Op: OpDelete, Key: []byte{0, 1, 2}},
-		{MapID: 42, Op: OpDelete, Key: []byte{3, 4, 5}},
+		{MapID: 42, Op: ops.Delete, Key: []byte{0, 1, 2}},
+		{MapID: 42, Op: ops.Delete, Key: []byte{3, 4, 5}},
 	})
 	for name, tc := range map[string]struct {
 		b    []byte
 		want string
 	}{
 		"empty":               {nil, "shorter than its 16-byte header"},
-		"short header":        {record(1, OpUpdate, 4, 8, 1, 12)[:recordHeaderLen-1], "shorter than its 16-byte header"},
+		"short header":        {record(1, ops.Update, 4, 8, 1, 12)[:recordHeaderLen-1], "shorter than its 16-byte header"},
 		"unknown op":          {record(1, 3, 4, 0, 1, 4), "unknown op 3"},
-		"no key":              {record(1, OpDelete, 0, 0, 1, 0), "key 0 B, value 0 B out of range"},
-		"key too big":         {record(1, OpDelete, MaxKeySize+1, 0, 1, MaxKeySize+1), "key 513 B, value 0 B out of range"},
-		"value too big":       {record(1, OpUpdate, 4, MaxValueSize+1, 1, 4+MaxValueSize+1), "key 4 B, value 4097 B out of range"},
-		"delete with a value": {record(1, OpDelete, 4, 8, 1, 12), "delete with a 8-byte value"},
-		"no changes":          {record(1, OpUpdate, 4, 8, 0, 0), "no changes"},
-		"truncated":           {record(1, OpUpdate, 4, 8, 2, 23), "capture sample of 39 bytes: header says 2 changes of 12 bytes, 40 in all"},
-		"trailing bytes":      {record(1, OpUpdate, 4, 8, 2, 25), "header says 2 changes"},
-		"one change short":    {record(1, OpUpdate, 4, 8, 3, 24), "header says 3 changes"},
-		"huge value size":     {record(1, OpUpdate, 4, 1<<31, 1, 12), "out of range"},
-		"huge count":          {record(1, OpUpdate, 4, 8, 1<<32-1, 12), "header says 4294967295 changes"},
+		"no key":              {record(1, ops.Delete, 0, 0, 1, 0), "key 0 B, value 0 B out of range"},
+		"key too big":         {record(1, ops.Delete, MaxKeySize+1, 0, 1, MaxKeySize+1), "key 513 B, value 0 B out of range"},
+		"value too big":       {record(1, ops.Update, 4, MaxValueSize+1, 1, 4+MaxValueSize+1), "key 4 B, value 4097 B out of range"},
+		"delete with a value": {record(1, ops.Delete, 4, 8, 1, 12), "delete with a 8-byte value"},
+		"no changes":          {record(1, ops.Update, 4, 8, 0, 0), "no changes"},
+		"truncated":           {record(1, ops.Update, 4, 8, 2, 23), "capture sample of 39 bytes: header says 2 changes of 12 bytes, 40 in all"},
+		"trailing bytes":      {record(1, ops.Update, 4, 8, 2, 25), "header says 2 changes"},
+		"one change short":    {record(1, ops.Update, 4, 8, 3, 24), "header says 3 changes"},
+		"huge value size":     {record(1, ops.Update, 4, 1<<31, 1, 12), "out of range"},
+		"huge count":          {record(1, ops.Update, 4, 8, 1<<32-1, 12), "header says 4294967295 changes"},
 	} {
 		err := parseRecord(tc.b, &s)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -970,9 +972,9 @@ func TestCaptureParseRecord(t *testing.T) {
 // FuzzCaptureParseRecord checks that any sample parseRecord accepts splits
 // into exactly its changes, each within its own bytes.
 func FuzzCaptureParseRecord(f *testing.F) {
-	f.Add(record(42, OpUpdate, 3, 2, 3, 15))
-	f.Add(record(42, OpDelete, 3, 0, 2, 6))
-	f.Add(record(1, OpUpdate, 4, 8, 2, 23))
+	f.Add(record(42, ops.Update, 3, 2, 3, 15))
+	f.Add(record(42, ops.Delete, 3, 0, 2, 6))
+	f.Add(record(1, ops.Update, 4, 8, 2, 23))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s sample
 		if parseRecord(b, &s) != nil {
@@ -982,7 +984,7 @@ func FuzzCaptureParseRecord(f *testing.F) {
 		off := recordHeaderLen
 		var keys, values []byte
 		for i, ch := range sampleChanges(&s) {
-			if len(ch.Key) != s.keySize || cap(ch.Key) != s.keySize || (ch.Op == OpUpdate) != (ch.Value != nil) ||
+			if len(ch.Key) != s.keySize || cap(ch.Key) != s.keySize || (ch.Op == ops.Update) != (ch.Value != nil) ||
 				len(ch.Value) != cap(ch.Value) {
 				t.Fatalf("change %d: key %d B (cap %d), value %d B (cap %d, nil %v), op %d",
 					i, len(ch.Key), cap(ch.Key), len(ch.Value), cap(ch.Value), ch.Value == nil, ch.Op)

@@ -8,6 +8,7 @@ package replication
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -21,6 +22,8 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -124,7 +127,7 @@ type fakeTransport struct {
 	mu      sync.Mutex
 	batches [][][]byte
 	unicast []unicast
-	in      chan Packet
+	in      chan transport.Packet
 }
 
 // unicast is one SendTo call of a [fakeTransport].
@@ -133,7 +136,7 @@ type unicast struct {
 	dgrams [][]byte
 }
 
-func newFakeTransport() *fakeTransport { return &fakeTransport{in: make(chan Packet, 256)} }
+func newFakeTransport() *fakeTransport { return &fakeTransport{in: make(chan transport.Packet, 256)} }
 
 func (f *fakeTransport) Send(dgrams [][]byte) error {
 	batch := make([][]byte, len(dgrams))
@@ -166,12 +169,12 @@ func (f *fakeTransport) sentTo() []unicast {
 	return u
 }
 
-func (f *fakeTransport) Receive() ([]Packet, error) {
+func (f *fakeTransport) Receive() ([]transport.Packet, error) {
 	p, ok := <-f.in
 	if !ok {
 		return nil, errFakeClosed
 	}
-	return []Packet{p}, nil
+	return []transport.Packet{p}, nil
 }
 
 // sent returns the batches sent so far, announces and changes alike.
@@ -186,7 +189,7 @@ type nopTransport struct{}
 
 func (nopTransport) Send([][]byte) error                   { return nil }
 func (nopTransport) SendTo(netip.AddrPort, [][]byte) error { return nil }
-func (nopTransport) Receive() ([]Packet, error)            { return nil, io.EOF }
+func (nopTransport) Receive() ([]transport.Packet, error)  { return nil, io.EOF }
 
 // fakeTarget is a map in memory that logs every batch applied to it. A
 // snapshot transfer dumps it from its own goroutine, hence the lock.
@@ -199,9 +202,11 @@ type fakeTarget struct {
 }
 
 type call struct {
-	op         wire.Op
+	op         ops.Op
 	keys, vals []byte
 }
+
+func (c call) String() string { return fmt.Sprintf("{%s %q %q}", c.op, c.keys, c.vals) }
 
 func newFakeTarget(keySize, valueSize int) *fakeTarget {
 	return &fakeTarget{keySize: keySize, valueSize: valueSize, state: map[string]string{}}
@@ -210,7 +215,7 @@ func newFakeTarget(keySize, valueSize int) *fakeTarget {
 func (f *fakeTarget) UpdateBatch(keys, values []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, call{wire.OpUpdate, bytes.Clone(keys), bytes.Clone(values)})
+	f.calls = append(f.calls, call{ops.Update, bytes.Clone(keys), bytes.Clone(values)})
 	if f.fail != nil {
 		return f.fail
 	}
@@ -223,7 +228,7 @@ func (f *fakeTarget) UpdateBatch(keys, values []byte) error {
 func (f *fakeTarget) DeleteBatch(keys []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, call{wire.OpDelete, bytes.Clone(keys), nil})
+	f.calls = append(f.calls, call{ops.Delete, bytes.Clone(keys), nil})
 	missing := 0
 	for i := 0; i < len(keys)/f.keySize; i++ {
 		k := string(keys[i*f.keySize:][:f.keySize])
@@ -319,7 +324,7 @@ func newLogger(w io.Writer) *slog.Logger {
 // record is one decoded change, for comparing datagrams.
 type record struct {
 	fp         uint32
-	op         wire.Op
+	op         ops.Op
 	key, value string
 }
 
@@ -376,10 +381,10 @@ func (b *changesBuilder) start() {
 	b.w.Reset(b.buf)
 }
 
-func (b *changesBuilder) add(t testing.TB, fp uint32, op wire.Op, key, value string) {
+func (b *changesBuilder) add(t testing.TB, fp uint32, op ops.Op, key, value string) {
 	t.Helper()
 	var v []byte
-	if op == wire.OpUpdate {
+	if op == ops.Update {
 		v = []byte(value)
 	}
 	if !b.w.Append(fp, op, []byte(key), v) {

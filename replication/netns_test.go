@@ -15,7 +15,6 @@ package replication
 // programs, which are the loader's to test.
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -23,7 +22,6 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -32,37 +30,17 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	netnstest "github.com/udpmapsync/udpmapsync/netns-test"
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/transport"
 )
 
-// newNodePair creates a two-node topology, removed when the test ends.
-func newNodePair(t *testing.T) (a, b *netnstest.Node) {
+// listen opens a UDP transport on the node's interface, in its namespace.
+func listen(t *testing.T, n *netnstest.Node, cfg transport.Config) (u *transport.UDP) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	topo, err := netnstest.NewTopology(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Error(err)
+	err := n.Do(func() (err error) {
+		if cfg.Iface, err = net.InterfaceByName(netnstest.NodeIface); err == nil {
+			u, err = transport.ListenUDP(cfg)
 		}
-	})
-	return topo.Nodes[0], topo.Nodes[1]
-}
-
-// listen opens a UDP transport on the node's interface. The socket stays
-// in the node's namespace whichever thread uses it later.
-func listen(t *testing.T, n *netnstest.Node, cfg UDPConfig) *UDP {
-	t.Helper()
-	var u *UDP
-	err := n.Do(func() error {
-		var err error
-		if cfg.Iface, err = net.InterfaceByName(netnstest.NodeIface); err != nil {
-			return err
-		}
-		u, err = ListenUDP(cfg)
 		return err
 	})
 	if err != nil {
@@ -70,140 +48,6 @@ func listen(t *testing.T, n *netnstest.Node, cfg UDPConfig) *UDP {
 	}
 	t.Cleanup(func() { u.Close() })
 	return u
-}
-
-// receive collects want datagrams from u, giving up after a generous
-// timeout.
-func receive(t *testing.T, u *UDP, want int) []Packet {
-	t.Helper()
-	var got []Packet
-	done := make(chan error, 1)
-	go func() {
-		for len(got) < want {
-			pkts, err := u.Receive()
-			if err != nil {
-				done <- err
-				return
-			}
-			for _, p := range pkts {
-				got = append(got, Packet{Data: bytes.Clone(p.Data), From: p.From})
-			}
-		}
-		done <- nil
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("receive: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		u.Close()
-		<-done
-		t.Fatalf("received %d of %d datagrams", len(got), want)
-	}
-	return got
-}
-
-func TestUDPTransport(t *testing.T) {
-	a, b := newNodePair(t)
-	for _, tc := range []struct {
-		name    string
-		cfg     UDPConfig
-		payload int
-		from    func(n *netnstest.Node) netip.Addr
-	}{
-		{"ipv4 multicast", UDPConfig{Group: netip.MustParseAddr("239.1.1.1"), Port: DefaultPort},
-			1500 - 20 - 8, func(n *netnstest.Node) netip.Addr { return n.Addr }},
-		{"ipv6 multicast", UDPConfig{Group: netip.MustParseAddr("ff02::1:3"), Port: DefaultPort},
-			1500 - 40 - 8, nil},
-		// Both nodes share one peer list; each skips its own address.
-		{"ipv4 unicast peers", UDPConfig{Peers: []netip.Addr{a.Addr, b.Addr}, Port: DefaultPort},
-			1500 - 20 - 8, func(n *netnstest.Node) netip.Addr { return n.Addr }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ua, ub := listen(t, a, tc.cfg), listen(t, b, tc.cfg)
-			if ua.Payload() != tc.payload {
-				t.Errorf("payload %d, want %d", ua.Payload(), tc.payload)
-			}
-			for _, dir := range []struct {
-				from, to *UDP
-				src      *netnstest.Node
-			}{{ua, ub, a}, {ub, ua, b}} {
-				sent := [][]byte{[]byte("first"), bytes.Repeat([]byte{7}, tc.payload), []byte("third")}
-				if err := dir.from.Send(sent); err != nil {
-					t.Fatalf("send from %s: %v", dir.src.Name, err)
-				}
-				got := receive(t, dir.to, len(sent))
-				for i, p := range got {
-					if !bytes.Equal(p.Data, sent[i]) {
-						t.Errorf("datagram %d from %s: %d bytes, want the %d sent", i, dir.src.Name, len(p.Data), len(sent[i]))
-					}
-					if p.From.Port() != DefaultPort || (tc.from != nil && p.From.Addr() != tc.from(dir.src)) {
-						t.Errorf("datagram %d from %s reported from %s", i, dir.src.Name, p.From)
-					}
-				}
-			}
-			// The send path is part of the hot path: no allocations.
-			batch := [][]byte{[]byte("a"), []byte("b")}
-			if allocs := testing.AllocsPerRun(100, func() { _ = ua.Send(batch) }); allocs != 0 && !raceEnabled {
-				t.Errorf("%v allocations per Send, want 0", allocs)
-			}
-		})
-	}
-}
-
-// A burst of same-sized datagrams goes down the stack as one GSO message
-// and comes up as one GRO message, which Receive splits back into the
-// datagrams sent, in order, the shorter last one included.
-func TestUDPSegmentationOffload(t *testing.T) {
-	a, b := newNodePair(t)
-	cfg := UDPConfig{Group: netip.MustParseAddr("239.1.1.1"), Port: DefaultPort}
-	ua, ub := listen(t, a, cfg), listen(t, b, cfg)
-	if !ua.gso.Load() {
-		t.Fatal("GSO off on a kernel that has it")
-	}
-	var sent [][]byte
-	for i := range 40 {
-		sent = append(sent, bytes.Repeat([]byte{byte(i)}, ua.Payload()))
-	}
-	sent = append(sent, []byte("the shorter rest"))
-	if err := ua.Send(sent); err != nil {
-		t.Fatal(err)
-	}
-	got := receive(t, ub, len(sent))
-	for i, p := range got {
-		if !bytes.Equal(p.Data, sent[i]) {
-			t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(p.Data), p.Data[0], len(sent[i]), sent[i][0])
-		}
-	}
-	if size := groSize(ub.in[0].OOB[:ub.in[0].NN]); size != ua.Payload() {
-		t.Errorf("the first message read has GRO segment size %d, want %d: GRO is not in effect", size, ua.Payload())
-	}
-	if !ua.gso.Load() {
-		t.Error("GSO turned off after a send that worked")
-	}
-}
-
-// A kernel that refuses a GSO message (here: segments larger than the
-// link's MTU, from a --mtu set too high) gets the datagrams one by one,
-// and GSO stays off.
-func TestUDPSegmentationRefused(t *testing.T) {
-	a, b := newNodePair(t)
-	cfg := UDPConfig{Group: netip.MustParseAddr("239.1.1.1"), Port: DefaultPort, MTU: 3000}
-	ua, ub := listen(t, a, cfg), listen(t, b, cfg)
-	sent := [][]byte{bytes.Repeat([]byte{1}, 2900), bytes.Repeat([]byte{2}, 2900)}
-	if err := ua.Send(sent); err != nil {
-		t.Fatal(err)
-	}
-	got := receive(t, ub, len(sent))
-	for i, p := range got {
-		if !bytes.Equal(p.Data, sent[i]) {
-			t.Errorf("datagram %d: %d bytes, want the %d sent", i, len(p.Data), len(sent[i]))
-		}
-	}
-	if ua.gso.Load() {
-		t.Error("GSO still on after the kernel refused it")
-	}
 }
 
 // openMap creates a kernel hash map and opens it through the loader, as
@@ -262,7 +106,7 @@ type replica struct {
 	statsA, statsB *Stats
 	receiver       *Receiver
 
-	ua, ub *UDP
+	ua, ub *transport.UDP
 	cancel context.CancelFunc
 	done   map[string]chan error
 }
@@ -274,9 +118,9 @@ type replica struct {
 func startReplica(t *testing.T, name string, repair bool) *replica {
 	t.Helper()
 	r := &replica{statsA: new(Stats), statsB: new(Stats), src: &chanSource{ch: make(chan loader.Change, 1<<16)}}
-	r.a, r.b = newNodePair(t)
+	r.a, r.b = netnstest.NewPair(t)
 	r.mapA, r.mapB = openMap(t, name), openMap(t, name)
-	cfg := UDPConfig{Group: netip.MustParseAddr("239.1.1.1"), Port: DefaultPort}
+	cfg := transport.Config{Group: netip.MustParseAddr("239.1.1.1"), Port: transport.DefaultPort}
 	r.ua, r.ub = listen(t, r.a, cfg), listen(t, r.b, cfg)
 	logs := new(logBuffer)
 	log := newLogger(logs)
@@ -327,11 +171,11 @@ func startReplica(t *testing.T, name string, repair bool) *replica {
 // change makes one change to A's map, as a program on A would, queues it
 // as the capture would report it, and records its effect in want. A's map
 // holds A's state, so that a full resync from A brings B what A holds.
-func (r *replica) change(t *testing.T, want map[uint32]uint64, op loader.Op, k uint32, v uint64) {
+func (r *replica) change(t *testing.T, want map[uint32]uint64, op ops.Op, k uint32, v uint64) {
 	t.Helper()
 	c := loader.Change{MapID: r.mapA.ID, Op: op, Key: binary.NativeEndian.AppendUint32(nil, k)}
 	var err error
-	if op == loader.OpUpdate {
+	if op == ops.Update {
 		c.Value = binary.NativeEndian.AppendUint64(nil, v)
 		want[k] = v
 		err = r.mapA.UpdateBatch(c.Key, c.Value)
@@ -381,12 +225,12 @@ func TestEndToEnd(t *testing.T) {
 	// Updates, overwrites and deletes, many of them coalescing.
 	want := map[uint32]uint64{}
 	for i := range uint32(3000) {
-		r.change(t, want, loader.OpUpdate, i, uint64(i)*3)
+		r.change(t, want, ops.Update, i, uint64(i)*3)
 		if i%7 == 0 {
-			r.change(t, want, loader.OpDelete, i/2, 0)
+			r.change(t, want, ops.Delete, i/2, 0)
 		}
 		if i%5 == 0 {
-			r.change(t, want, loader.OpUpdate, i/3, uint64(i))
+			r.change(t, want, ops.Update, i/3, uint64(i))
 		}
 	}
 
@@ -399,7 +243,7 @@ func TestEndToEnd(t *testing.T) {
 	if sb.Malformed+sb.Forged+sb.UnknownMap+sb.ApplyErrors+sb.GapsSeen+sb.Duplicates+sb.ResyncNeeded != 0 {
 		t.Errorf("receiver dropped or missed something: %+v", sb)
 	}
-	if p := r.receiver.Peers(); len(p) != 1 || p[0].Node != 1 || p[0].Addr != netip.AddrPortFrom(r.a.Addr, DefaultPort) {
+	if p := r.receiver.Peers(); len(p) != 1 || p[0].Node != 1 || p[0].Addr != netip.AddrPortFrom(r.a.Addr, transport.DefaultPort) {
 		t.Errorf("peers %+v, want node 1 at %s", p, r.a.Addr)
 	}
 	if sa.ChangesSent != sb.ChangesApplied+sb.DeletesMissing {
@@ -438,9 +282,9 @@ func TestRepairOverLossyLink(t *testing.T) {
 	want := map[uint32]uint64{}
 	for i := range uint32(20000) {
 		if i%7 == 0 {
-			r.change(t, want, loader.OpDelete, i%3000, 0)
+			r.change(t, want, ops.Delete, i%3000, 0)
 		} else {
-			r.change(t, want, loader.OpUpdate, i%3000, uint64(i))
+			r.change(t, want, ops.Update, i%3000, uint64(i))
 		}
 		if i%500 == 0 {
 			time.Sleep(time.Millisecond) // several bursts, so that tails are lost too

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math/bits"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -30,7 +31,7 @@ type pending struct {
 // entry is one pending change.
 type entry struct {
 	m     *localMap
-	op    wire.Op
+	op    ops.Op
 	key   int   // arena offset of the key
 	value int   // arena offset of the value; -1 until an update needs one
 	slot  int   // index slot pointing at this entry, to clear it at reset
@@ -61,8 +62,8 @@ func newPending(t *Table) pending {
 }
 
 // recordSize is the wire size of a change record of m.
-func recordSize(m *localMap, op wire.Op) int {
-	if op == wire.OpUpdate {
+func recordSize(m *localMap, op ops.Op) int {
+	if op == ops.Update {
 		return 1 + m.keySize + m.valueSize
 	}
 	return 1 + m.keySize
@@ -93,7 +94,7 @@ func (p *pending) find(m *localMap, key []byte, h uint64) (*entry, int) {
 
 // growth is how many bytes adding op on (m, key) adds to the datagram,
 // given the pending entry of that key (nil if none).
-func (p *pending) growth(e *entry, m *localMap, op wire.Op) int {
+func (p *pending) growth(e *entry, m *localMap, op ops.Op) int {
 	if e != nil {
 		return recordSize(m, op) - recordSize(m, e.op)
 	}
@@ -104,9 +105,9 @@ func (p *pending) growth(e *entry, m *localMap, op wire.Op) int {
 }
 
 // set makes e's change op with value (ignored for deletes).
-func (p *pending) set(e *entry, op wire.Op, value []byte) {
+func (p *pending) set(e *entry, op ops.Op, value []byte) {
 	e.op = op
-	if op != wire.OpUpdate {
+	if op != ops.Update {
 		return
 	}
 	if e.value < 0 {
@@ -118,7 +119,7 @@ func (p *pending) set(e *entry, op wire.Op, value []byte) {
 }
 
 // insert adds a new entry for (m, key) at the free slot returned by find.
-func (p *pending) insert(slot int, m *localMap, op wire.Op, key, value []byte) {
+func (p *pending) insert(slot int, m *localMap, op ops.Op, key, value []byte) {
 	i := int32(len(p.entries))
 	p.entries = append(p.entries, entry{m: m, key: len(p.arena), value: -1, slot: slot, next: -1})
 	p.arena = append(p.arena, key...)
@@ -140,7 +141,7 @@ func (p *pending) encode(w *wire.ChangeWriter) {
 			e := &p.entries[i]
 			key := p.arena[e.key : e.key+e.m.keySize]
 			var value []byte
-			if e.op == wire.OpUpdate {
+			if e.op == ops.Update {
 				value = p.arena[e.value : e.value+e.m.valueSize]
 			}
 			if !w.Append(e.m.fp, e.op, key, value) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -89,7 +90,7 @@ const (
 type changeRun struct {
 	p  *peer
 	m  *localMap
-	op wire.Op
+	op ops.Op
 	n  int
 }
 
@@ -358,7 +359,7 @@ func (r *Receiver) apply(p *peer, body []byte, count uint16) {
 // are applied in order, so every key sees its changes in the order they
 // were made. The run is applied when the next change does not belong to
 // it, when it fills its buffers, and by [Receiver.flush].
-func (r *Receiver) collect(p *peer, m *localMap, op wire.Op, key, value []byte) {
+func (r *Receiver) collect(p *peer, m *localMap, op ops.Op, key, value []byte) {
 	if r.run.n > 0 && (r.run.m != m || r.run.op != op || r.run.p != p ||
 		len(r.keys)+len(key) > cap(r.keys) || len(r.vals)+len(value) > cap(r.vals)) {
 		r.flush()
@@ -383,10 +384,10 @@ func (r *Receiver) flush() {
 
 // applyRun applies the n records collected in keys and vals and returns
 // how many took effect: not the deletes of absent keys, none on an error.
-func (r *Receiver) applyRun(p *peer, m *localMap, op wire.Op, n int) int {
+func (r *Receiver) applyRun(p *peer, m *localMap, op ops.Op, n int) int {
 	var err error
 	applied := n
-	if op == wire.OpUpdate {
+	if op == ops.Update {
 		err = m.Target.UpdateBatch(r.keys, r.vals)
 	} else {
 		var missing int
@@ -407,8 +408,8 @@ func (r *Receiver) applyRun(p *peer, m *localMap, op wire.Op, n int) int {
 	return applied
 }
 
-func opName(op wire.Op) string {
-	if op == wire.OpUpdate {
+func opName(op ops.Op) string {
+	if op == ops.Update {
 		return "update"
 	}
 	return "delete"

@@ -16,6 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -70,21 +72,21 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 	f := newReceiverFixture(t)
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
-	b.add(t, f.fpFlow, wire.OpUpdate, "key2", "value--2")
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value-1b") // duplicate in one run
-	b.add(t, f.fpFlow, wire.OpDelete, "key1", "")
-	b.add(t, f.fpFlow, wire.OpDelete, "key3", "")
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--3")
-	b.add(t, f.fpNAT, wire.OpUpdate, "n1", "v1")
-	b.add(t, f.fpFlow, wire.OpDelete, "key2", "")
+	b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
+	b.add(t, f.fpFlow, ops.Update, "key2", "value--2")
+	b.add(t, f.fpFlow, ops.Update, "key1", "value-1b") // duplicate in one run
+	b.add(t, f.fpFlow, ops.Delete, "key1", "")
+	b.add(t, f.fpFlow, ops.Delete, "key3", "")
+	b.add(t, f.fpFlow, ops.Update, "key1", "value--3")
+	b.add(t, f.fpNAT, ops.Update, "n1", "v1")
+	b.add(t, f.fpFlow, ops.Delete, "key2", "")
 	f.handle(peerA, b.finish(peerNode, 1, 1))
 
 	want := []call{
-		{wire.OpUpdate, []byte("key1key2key1"), []byte("value--1value--2value-1b")},
-		{wire.OpDelete, []byte("key1key3"), nil},
-		{wire.OpUpdate, []byte("key1"), []byte("value--3")},
-		{wire.OpDelete, []byte("key2"), nil},
+		{ops.Update, []byte("key1key2key1"), []byte("value--1value--2value-1b")},
+		{ops.Delete, []byte("key1key3"), nil},
+		{ops.Update, []byte("key1"), []byte("value--3")},
+		{ops.Delete, []byte("key2"), nil},
 	}
 	if !slices.EqualFunc(f.flows.calls, want, func(a, b call) bool {
 		return a.op == b.op && string(a.keys) == string(b.keys) && string(a.vals) == string(b.vals)
@@ -114,8 +116,8 @@ func TestApplyRunsSpanDatagrams(t *testing.T) {
 	f.r.handle(now, peerA, f.peerDatagram(t, 1, 2, "key2", "2"))
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, wire.OpUpdate, "key3", "       3")
-	b.add(t, f.fpFlow, wire.OpDelete, "key1", "")
+	b.add(t, f.fpFlow, ops.Update, "key3", "       3")
+	b.add(t, f.fpFlow, ops.Delete, "key1", "")
 	f.r.handle(now, peerA, b.finish(peerNode, 1, 3))
 	if len(f.flows.calls) != 1 {
 		t.Fatalf("batches before the delete ended the run: %q, want one", f.flows.calls)
@@ -129,9 +131,9 @@ func TestApplyRunsSpanDatagrams(t *testing.T) {
 	f.r.flush()
 
 	want := []call{
-		{wire.OpUpdate, []byte("key1key2key3"), []byte("       1       2       3")},
-		{wire.OpDelete, []byte("key1"), nil},
-		{wire.OpUpdate, []byte("key4"), []byte("       4")},
+		{ops.Update, []byte("key1key2key3"), []byte("       1       2       3")},
+		{ops.Delete, []byte("key1"), nil},
+		{ops.Update, []byte("key4"), []byte("       4")},
 	}
 	if !slices.EqualFunc(f.flows.calls, want, func(a, b call) bool {
 		return a.op == b.op && string(a.keys) == string(b.keys) && string(a.vals) == string(b.vals)
@@ -155,9 +157,9 @@ func TestUnknownMapSkipped(t *testing.T) {
 	f := newReceiverFixture(t)
 	var b changesBuilder
 	b.start()
-	b.add(t, 0xdeadbeef, wire.OpUpdate, "whatever-size", "x")
-	b.add(t, 0xdeadbeef, wire.OpDelete, "whatever-size", "")
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+	b.add(t, 0xdeadbeef, ops.Update, "whatever-size", "x")
+	b.add(t, 0xdeadbeef, ops.Delete, "whatever-size", "")
+	b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
 	f.handle(peerA, b.finish(peerNode, 1, 1))
 	if s := f.stats.Snapshot(); s.UnknownMap != 2 || s.ChangesApplied != 1 {
 		t.Errorf("unknown_map %d changes_applied %d, want 2 and 1", s.UnknownMap, s.ChangesApplied)
@@ -175,7 +177,7 @@ func TestApplyErrorCounted(t *testing.T) {
 	f.flows.fail = errors.New("no space")
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+	b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
 	f.handle(peerA, b.finish(peerNode, 1, 1))
 	if s := f.stats.Snapshot(); s.ApplyErrors != 1 || s.ChangesApplied != 0 {
 		t.Errorf("apply_errors %d changes_applied %d, want 1 and 0", s.ApplyErrors, s.ChangesApplied)
@@ -189,8 +191,8 @@ func TestMalformedDropped(t *testing.T) {
 	var b changesBuilder
 	valid := func(f *receiverFixture) []byte {
 		b.start()
-		b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
-		b.add(t, f.fpNAT, wire.OpUpdate, "n1", "v1")
+		b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
+		b.add(t, f.fpNAT, ops.Update, "n1", "v1")
 		return b.finish(peerNode, 1, 1)
 	}
 	for _, tc := range []struct {
@@ -209,7 +211,7 @@ func TestMalformedDropped(t *testing.T) {
 		{"sequence zero", func(_ *receiverFixture, d []byte) []byte { clear(d[20:28]); return d }},
 		{"record size not the map's", func(f *receiverFixture, _ []byte) []byte {
 			b.start()
-			b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1-too-long")
+			b.add(t, f.fpFlow, ops.Update, "key1", "value--1-too-long")
 			return b.finish(peerNode, 1, 1)
 		}},
 	} {
@@ -231,7 +233,7 @@ func TestForgedDropped(t *testing.T) {
 	datagram := func(f *receiverFixture, epoch, seq uint64) []byte {
 		var b changesBuilder
 		b.start()
-		b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+		b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
 		return b.finish(peerNode, epoch, seq)
 	}
 	t.Run("known node from another address", func(t *testing.T) {
@@ -274,7 +276,7 @@ func TestForgedDropped(t *testing.T) {
 		f := newReceiverFixture(t)
 		var b changesBuilder
 		b.start()
-		b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
+		b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
 		f.handle(peerA, b.finish(ourNode, 1, 1))
 		if s := f.stats.Snapshot(); s.OwnDropped != 1 || s.DatagramsReceived != 0 {
 			t.Errorf("own_dropped %d received %d, want 1 and 0", s.OwnDropped, s.DatagramsReceived)
@@ -331,7 +333,7 @@ func TestSchemaMismatch(t *testing.T) {
 	// Their changes to that map carry their fingerprint: unknown here.
 	var b changesBuilder
 	b.start()
-	b.add(t, theirs.Fingerprint(), wire.OpUpdate, "key-key1", "value--1")
+	b.add(t, theirs.Fingerprint(), ops.Update, "key-key1", "value--1")
 	f.handle(peerA, b.finish(peerNode, 1, 1))
 	if s := f.stats.Snapshot(); s.UnknownMap != 1 {
 		t.Errorf("unknown_map %d, want 1", s.UnknownMap)
@@ -347,8 +349,8 @@ func TestReceiverRun(t *testing.T) {
 	f.r.tr = tr
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "value--1")
-	tr.in <- Packet{Data: b.finish(peerNode, 1, 1), From: peerA}
+	b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
+	tr.in <- transport.Packet{Data: b.finish(peerNode, 1, 1), From: peerA}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.r.Run(ctx) }()
@@ -398,9 +400,9 @@ func benchDatagram(t testing.TB, fp uint32) []byte {
 	var b changesBuilder
 	b.start()
 	for i := 0; ; i++ {
-		op, v := wire.OpUpdate, []byte("value--1")
+		op, v := ops.Update, []byte("value--1")
 		if i%8 >= 6 {
-			op, v = wire.OpDelete, nil
+			op, v = ops.Delete, nil
 		}
 		if !b.w.Append(fp, op, []byte(key(i)), v) {
 			break

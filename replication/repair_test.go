@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -20,7 +21,7 @@ import (
 func (f *receiverFixture) peerDatagram(t testing.TB, epoch, seq uint64, k, v string) []byte {
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, wire.OpUpdate, k, fmt.Sprintf("%8s", v))
+	b.add(t, f.fpFlow, ops.Update, k, fmt.Sprintf("%8s", v))
 	return b.finish(peerNode, epoch, seq)
 }
 
@@ -226,7 +227,7 @@ func ownDatagrams(t *testing.T, f *receiverFixture, size, n int) *Resend {
 	for seq := 1; seq <= n; seq++ {
 		var b changesBuilder
 		b.start()
-		b.add(t, f.fpFlow, wire.OpUpdate, "key1", fmt.Sprintf("%8d", seq))
+		b.add(t, f.fpFlow, ops.Update, "key1", fmt.Sprintf("%8d", seq))
 		rs.add(uint64(seq), b.finish(ourNode, ourEpoch, uint64(seq)))
 	}
 	f.r.resend = rs

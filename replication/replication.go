@@ -1,7 +1,6 @@
 // Package replication is the udpmapsync protocol: a [Sender] that turns
 // captured map changes into sequenced datagrams, a [Receiver] that applies
-// the datagrams of its peers to the local maps, and the [UDP] transport
-// between them.
+// the datagrams of its peers to the local maps.
 //
 // It reaches the kernel and the network only through the small interfaces
 // [Source], [Target] and [Transport], so the protocol logic runs the same
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/transport"
 )
 
 // Source yields the changes the sender replicates. [*loader.Capture]
@@ -47,13 +47,7 @@ type Target interface {
 	Dump(keys, values []byte, fn func(keys, values []byte) error) error
 }
 
-// Packet is one received datagram.
-type Packet struct {
-	Data []byte // aliases a transport buffer until the next Receive
-	From netip.AddrPort
-}
-
-// Transport moves datagrams between nodes. [*UDP] implements it.
+// Transport moves datagrams between nodes. [*transport.UDP] implements it.
 type Transport interface {
 	// Send sends every datagram to the group, or to every configured peer.
 	Send(dgrams [][]byte) error
@@ -64,5 +58,5 @@ type Transport interface {
 	// Receive blocks until at least one datagram arrives and returns what
 	// arrived, in order; the packets alias the transport's buffers until the
 	// next Receive. It returns an error once the transport is closed.
-	Receive() ([]Packet, error)
+	Receive() ([]transport.Packet, error)
 }

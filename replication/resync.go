@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -249,7 +250,7 @@ func (r *Receiver) snapshot(p *peer, now time.Time, h *wire.Header, d []byte) {
 		}
 		if c > 0 {
 			// Not a run of live changes: these keys are not marked.
-			r.applyRun(p, m, wire.OpUpdate, c)
+			r.applyRun(p, m, ops.Update, c)
 			s.received += uint64(c)
 		}
 	}
@@ -422,7 +423,7 @@ func (r *Receiver) deleteAbsent(p *peer) int {
 		for len(gone) > 0 {
 			n := min(len(gone), dumpBatch*m.keySize)
 			r.keys = append(r.keys[:0], gone[:n]...)
-			deleted += r.applyRun(p, m, wire.OpDelete, n/m.keySize)
+			deleted += r.applyRun(p, m, ops.Delete, n/m.keySize)
 			gone = gone[n:]
 		}
 	}

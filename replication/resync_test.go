@@ -20,6 +20,8 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -34,12 +36,12 @@ type memNet struct {
 type memTransport struct {
 	net  *memNet
 	addr netip.AddrPort
-	in   chan Packet
+	in   chan transport.Packet
 	done chan struct{}
 }
 
 func (n *memNet) attach(addr netip.AddrPort) *memTransport {
-	t := &memTransport{net: n, addr: addr, in: make(chan Packet, 1<<14), done: make(chan struct{})}
+	t := &memTransport{net: n, addr: addr, in: make(chan transport.Packet, 1<<14), done: make(chan struct{})}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.nodes == nil {
@@ -57,7 +59,7 @@ func (t *memTransport) deliver(to *memTransport, d []byte) {
 		return
 	}
 	select {
-	case to.in <- Packet{Data: append([]byte(nil), d...), From: t.addr}:
+	case to.in <- transport.Packet{Data: append([]byte(nil), d...), From: t.addr}:
 	default:
 	}
 }
@@ -91,10 +93,10 @@ func (t *memTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	return nil
 }
 
-func (t *memTransport) Receive() ([]Packet, error) {
+func (t *memTransport) Receive() ([]transport.Packet, error) {
 	select {
 	case p := <-t.in:
-		return []Packet{p}, nil
+		return []transport.Packet{p}, nil
 	case <-t.done:
 		return nil, errFakeClosed
 	}
@@ -169,9 +171,9 @@ func (m *memNode) write(k, v string, lost bool) {
 	if lost {
 		return
 	}
-	c := loader.Change{MapID: m.flowID, Op: loader.OpUpdate, Key: []byte(k), Value: []byte(v)}
+	c := loader.Change{MapID: m.flowID, Op: ops.Update, Key: []byte(k), Value: []byte(v)}
 	if v == "" {
-		c.Op, c.Value = loader.OpDelete, nil
+		c.Op, c.Value = ops.Delete, nil
 	}
 	m.src.ch <- c
 }
@@ -353,8 +355,8 @@ func TestResyncHoldsThroughRepairTimeout(t *testing.T) {
 	f.handleAt(t1, peerA, f.syncStart(wire.SyncStart{AsOf: 3}))
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, wire.OpUpdate, "key1", "       1")
-	b.add(t, f.fpFlow, wire.OpUpdate, "key3", "     new")
+	b.add(t, f.fpFlow, ops.Update, "key1", "       1")
+	b.add(t, f.fpFlow, ops.Update, "key3", "     new")
 	snap := bytes.Clone(b.w.Finish(wire.Header{Kind: wire.KindSnapshot, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 1)}))
 	f.handleAt(t1, peerA, snap)
 	if got := f.value("key3"); got != "     new" {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -238,12 +239,12 @@ func (s *Sender) add(ch *loader.Change, now time.Time) {
 		}
 		s.last = m
 	}
-	op := wire.Op(ch.Op)
+	op := ops.Op(ch.Op)
 	switch {
-	case op != wire.OpUpdate && op != wire.OpDelete:
+	case op != ops.Update && op != ops.Delete:
 		s.badChange(ch, "unknown operation")
 		return
-	case len(ch.Key) != m.keySize || (op == wire.OpUpdate && len(ch.Value) != m.valueSize):
+	case len(ch.Key) != m.keySize || (op == ops.Update && len(ch.Value) != m.valueSize):
 		s.badChange(ch, "key or value size differs from the map's")
 		return
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -35,11 +36,11 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg Sende
 }
 
 func upd(id ebpf.MapID, key, value string) loader.Change {
-	return loader.Change{MapID: id, Op: loader.OpUpdate, Key: []byte(key), Value: []byte(value)}
+	return loader.Change{MapID: id, Op: ops.Update, Key: []byte(key), Value: []byte(value)}
 }
 
 func del(id ebpf.MapID, key string) loader.Change {
-	return loader.Change{MapID: id, Op: loader.OpDelete, Key: []byte(key)}
+	return loader.Change{MapID: id, Op: ops.Delete, Key: []byte(key)}
 }
 
 // changeDatagrams returns the change datagrams sent, in order, skipping
@@ -69,19 +70,19 @@ func TestCoalesce(t *testing.T) {
 		coalesced uint64
 	}{
 		{"update then update", []loader.Change{upd(1, "key1", "value--1"), upd(1, "key1", "value--2")},
-			[]record{{flows, wire.OpUpdate, "key1", "value--2"}}, 1},
+			[]record{{flows, ops.Update, "key1", "value--2"}}, 1},
 		{"update then delete", []loader.Change{upd(1, "key1", "value--1"), del(1, "key1")},
-			[]record{{flows, wire.OpDelete, "key1", ""}}, 1},
+			[]record{{flows, ops.Delete, "key1", ""}}, 1},
 		{"delete then update", []loader.Change{del(1, "key1"), upd(1, "key1", "value--2")},
-			[]record{{flows, wire.OpUpdate, "key1", "value--2"}}, 1},
+			[]record{{flows, ops.Update, "key1", "value--2"}}, 1},
 		{"update delete update", []loader.Change{upd(1, "key1", "value--1"), del(1, "key1"), upd(1, "key1", "value--3")},
-			[]record{{flows, wire.OpUpdate, "key1", "value--3"}}, 2},
+			[]record{{flows, ops.Update, "key1", "value--3"}}, 2},
 		{"same key bytes in two maps", []loader.Change{upd(1, "key1", "value--1"), upd(2, "key1", "value--2")},
-			[]record{{flows, wire.OpUpdate, "key1", "value--1"}, {nat, wire.OpUpdate, "key1", "value--2"}}, 0},
+			[]record{{flows, ops.Update, "key1", "value--1"}, {nat, ops.Update, "key1", "value--2"}}, 0},
 		{"keys keep their first position", []loader.Change{
 			upd(1, "key1", "value--1"), upd(2, "key9", "value--9"), upd(1, "key2", "value--2"), del(1, "key1")},
-			[]record{{flows, wire.OpDelete, "key1", ""}, {flows, wire.OpUpdate, "key2", "value--2"},
-				{nat, wire.OpUpdate, "key9", "value--9"}}, 1},
+			[]record{{flows, ops.Delete, "key1", ""}, {flows, ops.Update, "key2", "value--2"},
+				{nat, ops.Update, "key9", "value--9"}}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := newFakeTransport()
@@ -208,10 +209,10 @@ func TestSealWhenCoalescedChangeGrows(t *testing.T) {
 	}
 	_, first := decodeChanges(t, tab, ds[0])
 	_, second := decodeChanges(t, tab, ds[1])
-	if first[0].op != wire.OpDelete || first[0].key != key(0) {
+	if first[0].op != ops.Delete || first[0].key != key(0) {
 		t.Errorf("first datagram starts with %v, want the delete of key 0", first[0])
 	}
-	if len(second) != 1 || second[0].op != wire.OpUpdate || second[0].key != key(0) {
+	if len(second) != 1 || second[0].op != ops.Update || second[0].key != key(0) {
 		t.Errorf("second datagram %v, want only the update of key 0", second)
 	}
 	if c := stats.Snapshot().Coalesced; c != 0 {

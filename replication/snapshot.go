@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -186,7 +187,7 @@ func (s *stream) run() error {
 		err := m.Target.Dump(keys, vals, func(k, v []byte) error {
 			for o := 0; o*m.keySize < len(k); o++ {
 				key, val := k[o*m.keySize:(o+1)*m.keySize], v[o*m.valueSize:(o+1)*m.valueSize]
-				if s.w.Append(m.fp, wire.OpUpdate, key, val) {
+				if s.w.Append(m.fp, ops.Update, key, val) {
 					s.entries++
 					continue
 				}
@@ -194,7 +195,7 @@ func (s *stream) run() error {
 				if err := s.open(); err != nil {
 					return err
 				}
-				s.w.Append(m.fp, wire.OpUpdate, key, val) // NewTable checked that one record fits
+				s.w.Append(m.fp, ops.Update, key, val) // NewTable checked that one record fits
 				s.entries++
 			}
 			return nil

@@ -3,6 +3,8 @@ package wire
 import (
 	"encoding/binary"
 	"io"
+
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // Section header field offsets, see FORMAT.md.
@@ -51,20 +53,20 @@ func (w *ChangeWriter) Reset(buf []byte) {
 }
 
 // Append adds one change record of the map with fingerprint fp. value is
-// written for [OpUpdate] only. Key and value sizes are not checked: they
+// written for [ops.Update] only. Key and value sizes are not checked: they
 // must be the map's, since the receiver knows them only from the map.
 //
 // Append returns false and writes nothing if the record, plus a section
 // header when it opens a section, does not fit in the buffer or the
 // datagram already holds the 65535 records [Header.Count] can count.
-// It panics if op is neither [OpUpdate] nor [OpDelete]: no receiver could
+// It panics if op is neither [ops.Update] nor [ops.Delete]: no receiver could
 // decode the datagram.
-func (w *ChangeWriter) Append(fp uint32, op Op, key, value []byte) bool {
+func (w *ChangeWriter) Append(fp uint32, op ops.Op, key, value []byte) bool {
 	size := offsetRecordKey + len(key)
 	switch op {
-	case OpUpdate:
+	case ops.Update:
 		size += len(value)
-	case OpDelete:
+	case ops.Delete:
 		value = nil
 	default:
 		panic("wire: ChangeWriter.Append with unknown op")
@@ -189,9 +191,9 @@ func (s *Sections) fail(err error) (Section, error) {
 
 // Record is one change. Key and Value alias the datagram.
 type Record struct {
-	Op    Op
+	Op    ops.Op
 	Key   []byte
-	Value []byte // nil for [OpDelete]
+	Value []byte // nil for [ops.Delete]
 }
 
 // Records iterates over the change records of one [Section] without
@@ -230,11 +232,11 @@ func (r *Records) Next() (Record, error) {
 	}
 	keyEnd := offsetRecordKey + r.keySize
 	end := keyEnd
-	op := Op(r.data[offsetRecordOp])
+	op := ops.Op(r.data[offsetRecordOp])
 	switch op {
-	case OpUpdate:
+	case ops.Update:
 		end += r.valueSize
-	case OpDelete:
+	case ops.Delete:
 	default:
 		return r.fail(ErrBadOp)
 	}
@@ -242,7 +244,7 @@ func (r *Records) Next() (Record, error) {
 		return r.fail(ErrBadLength)
 	}
 	rec := Record{Op: op, Key: r.data[offsetRecordKey:keyEnd:keyEnd]}
-	if op == OpUpdate {
+	if op == ops.Update {
 		rec.Value = r.data[keyEnd:end:end]
 	}
 	r.data = r.data[end:]

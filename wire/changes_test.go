@@ -9,13 +9,14 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // change is one record with the map it belongs to.
 type change struct {
 	fp         uint32
-	op         wire.Op
+	op         ops.Op
 	key, value []byte
 }
 
@@ -112,9 +113,9 @@ func TestChangesRoundTrip(t *testing.T) {
 	gen := func(d wire.Descriptor, n, del, seed int) []change {
 		var cs []change
 		for i := range n {
-			c := change{d.Fingerprint(), wire.OpUpdate, pattern(int(d.KeySize), seed+i), pattern(int(d.ValueSize), seed+i+1000)}
+			c := change{d.Fingerprint(), ops.Update, pattern(int(d.KeySize), seed+i), pattern(int(d.ValueSize), seed+i+1000)}
 			if del > 0 && i%del == del-1 {
-				c.op, c.value = wire.OpDelete, nil
+				c.op, c.value = ops.Delete, nil
 			}
 			cs = append(cs, c)
 		}
@@ -183,7 +184,7 @@ func TestChangeWriterFull(t *testing.T) {
 
 	type step struct {
 		fp uint32
-		op wire.Op
+		op ops.Op
 		ok bool
 	}
 	tests := []struct {
@@ -191,12 +192,12 @@ func TestChangeWriterFull(t *testing.T) {
 		size  int
 		steps []step
 	}{
-		{"exact fit", first, []step{{a, wire.OpUpdate, true}, {a, wire.OpDelete, false}}},
-		{"one byte short", first - 1, []step{{a, wire.OpUpdate, false}, {a, wire.OpDelete, true}, {a, wire.OpDelete, true}, {a, wire.OpDelete, false}}},
-		{"same section exact fit", first + update, []step{{a, wire.OpUpdate, true}, {a, wire.OpUpdate, true}, {a, wire.OpDelete, false}}},
-		{"new section one byte short", first + wire.SectionHeaderSize + del - 1, []step{{a, wire.OpUpdate, true}, {b, wire.OpDelete, false}, {a, wire.OpDelete, true}}},
-		{"new section exact fit", first + wire.SectionHeaderSize + del, []step{{a, wire.OpUpdate, true}, {b, wire.OpDelete, true}, {b, wire.OpDelete, false}}},
-		{"header only", wire.HeaderSize, []step{{a, wire.OpDelete, false}}},
+		{"exact fit", first, []step{{a, ops.Update, true}, {a, ops.Delete, false}}},
+		{"one byte short", first - 1, []step{{a, ops.Update, false}, {a, ops.Delete, true}, {a, ops.Delete, true}, {a, ops.Delete, false}}},
+		{"same section exact fit", first + update, []step{{a, ops.Update, true}, {a, ops.Update, true}, {a, ops.Delete, false}}},
+		{"new section one byte short", first + wire.SectionHeaderSize + del - 1, []step{{a, ops.Update, true}, {b, ops.Delete, false}, {a, ops.Delete, true}}},
+		{"new section exact fit", first + wire.SectionHeaderSize + del, []step{{a, ops.Update, true}, {b, ops.Delete, true}, {b, ops.Delete, false}}},
+		{"header only", wire.HeaderSize, []step{{a, ops.Delete, false}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,7 +207,7 @@ func TestChangeWriterFull(t *testing.T) {
 			var want []change
 			for i, s := range tt.steps {
 				c := change{s.fp, s.op, key, value}
-				if s.op == wire.OpDelete {
+				if s.op == ops.Delete {
 					c.value = nil
 				}
 				before := append([]byte(nil), buf...)
@@ -254,14 +255,14 @@ func TestChangeWriterEmpty(t *testing.T) {
 // caller rather than of the network.
 func TestChangeWriterMisuse(t *testing.T) {
 	var w wire.ChangeWriter
-	if w.Append(1, wire.OpDelete, []byte{1}, nil) {
+	if w.Append(1, ops.Delete, []byte{1}, nil) {
 		t.Error("Append on a writer without a buffer succeeded")
 	}
 	w.Reset(make([]byte, 1<<17))
-	if w.Append(1, wire.OpUpdate, make([]byte, 1<<15), make([]byte, 1<<15)) {
+	if w.Append(1, ops.Update, make([]byte, 1<<15), make([]byte, 1<<15)) {
 		t.Error("Append of a record longer than a section can hold succeeded")
 	}
-	if !w.Append(1, wire.OpUpdate, make([]byte, 1<<15), make([]byte, 1<<15-2)) {
+	if !w.Append(1, ops.Update, make([]byte, 1<<15), make([]byte, 1<<15-2)) {
 		t.Error("Append of a record exactly as long as a section can hold failed")
 	}
 	mustPanic(t, "Append with op 3", func() { w.Append(1, 3, []byte{1}, nil) })
@@ -298,9 +299,9 @@ func TestSectionSplit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			op := wire.OpDelete
+			op := ops.Delete
 			if tt.value > 0 {
-				op = wire.OpUpdate
+				op = ops.Update
 			}
 			var w wire.ChangeWriter
 			w.Reset(make([]byte, 4<<20))
@@ -335,9 +336,9 @@ func TestSectionSplit(t *testing.T) {
 // to corrupt. The constants below are the offsets of its parts.
 func validChanges(t testing.TB) []byte {
 	return encodeAll(t, 1400, wire.Header{Node: 1, Seq: 1}, []change{
-		{1, wire.OpUpdate, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
-		{1, wire.OpDelete, []byte{10, 0, 0, 3}, nil},
-		{2, wire.OpUpdate, []byte{0, 7}, []byte{0x1f, 0x90}},
+		{1, ops.Update, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
+		{1, ops.Delete, []byte{10, 0, 0, 3}, nil},
+		{2, ops.Update, []byte{0, 7}, []byte{0x1f, 0x90}},
 	})
 }
 
@@ -482,7 +483,7 @@ func TestDecodedSlicesAlias(t *testing.T) {
 	if cap(r.Key) != 4 || cap(r.Value) != 8 || cap(sec.Data) != 18 {
 		t.Errorf("capacities key %d value %d section %d, want 4, 8, 18", cap(r.Key), cap(r.Value), cap(sec.Data))
 	}
-	if r, _ = recs.Next(); r.Op != wire.OpDelete || r.Value != nil {
+	if r, _ = recs.Next(); r.Op != ops.Delete || r.Value != nil {
 		t.Errorf("delete record = %+v, want a nil value", r)
 	}
 }
@@ -503,7 +504,7 @@ var (
 
 // fill appends as many benchmark updates as fit.
 func fill(w *wire.ChangeWriter) {
-	for w.Append(benchFP, wire.OpUpdate, benchKeys, benchValues) {
+	for w.Append(benchFP, ops.Update, benchKeys, benchValues) {
 	}
 }
 

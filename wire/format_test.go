@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -68,9 +69,9 @@ func TestGolden(t *testing.T) {
 
 	t.Run("changes", func(t *testing.T) {
 		want := []change{
-			{flows.Fingerprint(), wire.OpUpdate, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
-			{flows.Fingerprint(), wire.OpDelete, []byte{10, 0, 0, 3}, nil},
-			{ports.Fingerprint(), wire.OpUpdate, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}},
+			{flows.Fingerprint(), ops.Update, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
+			{flows.Fingerprint(), ops.Delete, []byte{10, 0, 0, 3}, nil},
+			{ports.Fingerprint(), ops.Update, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}},
 		}
 		d := encodeAll(t, 1400, h, want)
 		golden := goldenBytes(t, "changes")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -82,7 +83,7 @@ func TestHeaderFlagsPerKind(t *testing.T) {
 func TestChangeWriterSnapshot(t *testing.T) {
 	var w wire.ChangeWriter
 	w.Reset(make([]byte, 200))
-	w.Append(1, wire.OpUpdate, []byte{1}, []byte{2})
+	w.Append(1, ops.Update, []byte{1}, []byte{2})
 	d := w.Finish(wire.Header{Kind: wire.KindSnapshot, Seq: wire.SyncSeq(1, 1)})
 	var h wire.Header
 	if err := h.Unmarshal(d); err != nil || h.Kind != wire.KindSnapshot || h.Count != 1 {

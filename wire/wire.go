@@ -51,15 +51,6 @@ const (
 	FlagReady uint8 = 1 << 1
 )
 
-// Op is the operation of one change record.
-type Op uint8
-
-// Record operations.
-const (
-	OpUpdate Op = 1 // key and value follow
-	OpDelete Op = 2 // only the key follows
-)
-
 // Errors returned by decoding. Use errors.Is.
 var (
 	ErrShortBuffer = errors.New("wire: buffer too short")

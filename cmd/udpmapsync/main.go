@@ -26,6 +26,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/replication"
+	"github.com/udpmapsync/udpmapsync/transport"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -56,7 +57,7 @@ type Flags struct {
 func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Iface, "iface", "", "interface to replicate over (required)")
 	fs.StringVar(&f.Group, "group", "239.1.1.1", "multicast group, IPv4 or IPv6 (e.g. ff02::1:3)")
-	fs.Uint16Var(&f.Port, "port", replication.DefaultPort, "UDP port to send to and listen on")
+	fs.Uint16Var(&f.Port, "port", transport.DefaultPort, "UDP port to send to and listen on")
 	fs.StringSliceVar(&f.Peers, "peers", nil, "unicast to these nodes instead of multicast (ip,ip,...); only they are accepted")
 	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
 	fs.StringVar(&f.Capture, "capture", string(loader.BackendAuto), "capture backend: auto, fentry or syscall")
@@ -208,7 +209,7 @@ func run(ctx context.Context, f *Flags) error {
 		}
 	}()
 
-	tr, err := replication.ListenUDP(replication.UDPConfig{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
+	tr, err := transport.ListenUDP(transport.Config{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
 	if err != nil {
 		return fmt.Errorf("--iface %s: %w", c.iface.Name, err)
 	}
@@ -325,7 +326,7 @@ func startCPUProfile(path string) (func(), error) {
 
 // logStartup says what is replicated, how changes are captured and where
 // they go.
-func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, capture *loader.Capture, tr *replication.UDP, epoch uint64) {
+func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, capture *loader.Capture, tr *transport.UDP, epoch uint64) {
 	for _, m := range maps {
 		log.Info("replicating map", "name", m.Name, "type", m.Type, "key_size", m.KeySize,
 			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID)

@@ -19,7 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/replication"
 )
 
@@ -84,15 +84,15 @@ func (r *Receiver) applyOne(rec []byte) error {
 		return errBadRecord
 	}
 	key := rec[1 : 1+r.keySize]
-	switch loader.Op(rec[0]) {
-	case loader.OpUpdate:
+	switch ops.Op(rec[0]) {
+	case ops.Update:
 		if len(rec) != 1+r.keySize+r.valueSize {
 			return errBadRecord
 		}
 		if err := r.target.UpdateBatch(key, rec[1+r.keySize:]); err != nil {
 			return err
 		}
-	case loader.OpDelete:
+	case ops.Delete:
 		if len(rec) != 1+r.keySize {
 			return errBadRecord
 		}
@@ -137,24 +137,24 @@ func (r *Receiver) serveStream(stream grpc.ServerStream) error {
 // values are scratch buffers kept across batches.
 func (r *Receiver) applyBatch(msg []byte, keys, values *[]byte) (int, error) {
 	n := 0
-	var run loader.Op
+	var run ops.Op
 	flush := func() error {
 		var err error
 		switch run {
-		case loader.OpUpdate:
+		case ops.Update:
 			err = r.target.UpdateBatch(*keys, *values)
-		case loader.OpDelete:
+		case ops.Delete:
 			_, err = r.target.DeleteBatch(*keys)
 		}
 		*keys, *values = (*keys)[:0], (*values)[:0]
 		return err
 	}
 	for len(msg) > 0 {
-		op := loader.Op(msg[0])
+		op := ops.Op(msg[0])
 		size := 1 + r.keySize
-		if op == loader.OpUpdate {
+		if op == ops.Update {
 			size += r.valueSize
-		} else if op != loader.OpDelete {
+		} else if op != ops.Delete {
 			return n, errBadRecord
 		}
 		if len(msg) < size {
@@ -167,7 +167,7 @@ func (r *Receiver) applyBatch(msg []byte, keys, values *[]byte) (int, error) {
 			run = op
 		}
 		*keys = append(*keys, msg[1:1+r.keySize]...)
-		if op == loader.OpUpdate {
+		if op == ops.Update {
 			*values = append(*values, msg[1+r.keySize:size]...)
 		}
 		msg = msg[size:]

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // testMap creates a real hash map (4 B keys, 8 B values) and opens it as
@@ -37,10 +38,10 @@ func testMap(t *testing.T) (*ebpf.Map, *loader.Map) {
 }
 
 func update(k byte, v byte) []byte {
-	return []byte{byte(loader.OpUpdate), k, 0, 0, 0, v, 0, 0, 0, 0, 0, 0, 0}
+	return []byte{byte(ops.Update), k, 0, 0, 0, v, 0, 0, 0, 0, 0, 0, 0}
 }
 
-func del(k byte) []byte { return []byte{byte(loader.OpDelete), k, 0, 0, 0} }
+func del(k byte) []byte { return []byte{byte(ops.Delete), k, 0, 0, 0} }
 
 // TestApplyBatchOrder checks that a batch's records land in order across
 // runs of updates and deletes: a key updated, deleted and updated again

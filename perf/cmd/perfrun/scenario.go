@@ -13,6 +13,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	netnstest "github.com/udpmapsync/udpmapsync/netns-test"
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/perf/report"
 	"github.com/udpmapsync/udpmapsync/perf/workload"
 )
@@ -249,7 +250,7 @@ func startObserver(paths []string, expect int) (_ *observer, err error) {
 		o.wg.Go(func() {
 			var ch loader.Change
 			for c.Read(&ch) == nil {
-				if b, ok := workload.BatchOf(ch.Value); ok && ch.Op == loader.OpUpdate {
+				if b, ok := workload.BatchOf(ch.Value); ok && ch.Op == ops.Update {
 					o.samples[i] = append(o.samples[i], sample{batch: b, seen: workload.Now()})
 				}
 			}

@@ -1,4 +1,10 @@
-package replication
+// Package transport moves udpmapsync datagrams between nodes over UDP: one
+// socket per node, multicast to a group or unicast to a list of peers,
+// batched system calls and UDP segmentation offload. It knows nothing of
+// what the datagrams hold; the protocol in package replication sees it
+// through a small Send/SendTo/Receive interface, as wireguard-go's device
+// sees its conn package.
+package transport
 
 import (
 	"context"
@@ -31,6 +37,9 @@ const (
 	receiveBufferSize = 1 << 16
 	// receiveBatch is how many messages one Receive reads.
 	receiveBatch = 64
+	// batchSize is how many messages one sendmmsg of Send or SendTo
+	// carries per destination.
+	batchSize = 64
 	// maxSegments bounds the datagrams of one GSO message: the kernel's
 	// UDP_MAX_SEGMENTS, 64 before Linux 6.10.
 	maxSegments = 64
@@ -41,8 +50,14 @@ const (
 	maxIPPacket    = 0xffff // IPv4 total length, IPv6 payload length
 )
 
-// UDPConfig says where a [UDP] transport sends and listens.
-type UDPConfig struct {
+// Packet is one received datagram.
+type Packet struct {
+	Data []byte // aliases a transport buffer until the next Receive
+	From netip.AddrPort
+}
+
+// Config says where a [UDP] transport sends and listens.
+type Config struct {
 	Iface *net.Interface
 	// Group is the multicast group (IPv4 or IPv6) datagrams go to, unless
 	// Peers is set.
@@ -56,8 +71,10 @@ type UDPConfig struct {
 	MTU int
 }
 
-// UDP is the [Transport] over one UDP socket bound to the wildcard address,
-// so it receives both the group's datagrams and unicast ones. It sends and
+// UDP is the transport over one UDP socket bound to the wildcard address,
+// so it receives both the group's datagrams and unicast ones, and to the
+// configured interface (SO_BINDTODEVICE), so it receives nothing that
+// arrived on another one. It sends and
 // receives in batches (sendmmsg, recvmmsg) and, where the kernel and the
 // interface allow, with UDP segmentation offload: a run of datagrams of
 // one size goes down the stack as one message (GSO, UDP_SEGMENT) and
@@ -92,7 +109,7 @@ type batchConn interface {
 // peers are configured) and sets it up for link-local replication:
 // multicast TTL/hop limit 1, no loopback of our own datagrams, large
 // socket buffers.
-func ListenUDP(cfg UDPConfig) (*UDP, error) {
+func ListenUDP(cfg Config) (*UDP, error) {
 	v6 := cfg.Group.Is6()
 	if len(cfg.Peers) > 0 {
 		v6 = cfg.Peers[0].Is6()
@@ -125,7 +142,7 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var err error
-		if cerr := c.Control(func(fd uintptr) { err = setSocketOptions(int(fd), v6) }); cerr != nil {
+		if cerr := c.Control(func(fd uintptr) { err = setSocketOptions(int(fd), v6, cfg.Iface.Name) }); cerr != nil {
 			return cerr
 		}
 		return err
@@ -142,8 +159,8 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 	}
 
 	u.gso.Store(u.enableOffload())
-	u.out = newMessages(sendBatch * len(u.dests))
-	u.to = newMessages(sendBatch)
+	u.out = newMessages(batchSize * len(u.dests))
+	u.to = newMessages(batchSize)
 	u.in = make([]ipv4.Message, receiveBatch)
 	for i := range u.in {
 		u.in[i].Buffers = [][]byte{make([]byte, receiveBufferSize)}
@@ -194,7 +211,7 @@ type multicastConn interface {
 // setup joins the group or resolves the peers, and points multicast at the
 // interface: without IP_MULTICAST_IF, sending to a group over a link with
 // only a connected route fails with ENETUNREACH.
-func (u *UDP) setup(cfg UDPConfig, v6 bool) error {
+func (u *UDP) setup(cfg Config, v6 bool) error {
 	var pc multicastConn
 	var setHops func(int) error
 	if v6 {
@@ -264,7 +281,12 @@ func interfaceAddrs(ifi *net.Interface) ([]netip.Addr, error) {
 
 // setSocketOptions runs before bind. Without CAP_NET_ADMIN the FORCE
 // variants fail and the buffers are capped by net.core.[rw]mem_max.
-func setSocketOptions(fd int, v6 bool) error {
+func setSocketOptions(fd int, v6 bool, iface string) error {
+	// Bound to the interface, the socket takes no datagram that arrived
+	// on another one: the sync port is not reachable from other networks.
+	if err := unix.BindToDevice(fd, iface); err != nil {
+		return fmt.Errorf("bind to interface %s (SO_BINDTODEVICE): %w", iface, err)
+	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		return fmt.Errorf("set SO_REUSEADDR: %w", err)
 	}
