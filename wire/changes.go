@@ -112,12 +112,20 @@ func (w *ChangeWriter) Len() int { return w.n }
 // buffer's first [ChangeWriter.Len] bytes. A datagram without records is
 // valid. Appending after Finish continues the same datagram; Finish again
 // to rewrite its header.
+//
+// It panics if h.Flags holds a flag the kind may not carry (a change
+// datagram carries [FlagRetransmit] at most, a snapshot none): no
+// receiver could decode the datagram.
 func (w *ChangeWriter) Finish(h Header) []byte {
 	if h.Kind != KindSnapshot {
 		h.Kind = KindChanges
 	}
 	h.Count = uint16(w.count)
-	h.MarshalTo(w.buf) // cannot fail: Reset checked the buffer's length
+	// In place: Reset checked that the buffer holds a header, and the
+	// kind is valid, so only the caller's flags can be refused.
+	if _, err := h.AppendTo(w.buf[:0]); err != nil {
+		panic("wire: ChangeWriter.Finish with a header it cannot write: " + err.Error())
+	}
 	return w.buf[:w.n]
 }
 

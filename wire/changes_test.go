@@ -266,6 +266,14 @@ func TestChangeWriterMisuse(t *testing.T) {
 		t.Error("Append of a record exactly as long as a section can hold failed")
 	}
 	mustPanic(t, "Append with op 3", func() { w.Append(1, 3, []byte{1}, nil) })
+	var h wire.Header
+	if err := h.Unmarshal(w.Finish(wire.Header{Kind: wire.KindAnnounce, Flags: wire.FlagRetransmit, Seq: 1})); err != nil || h.Flags != wire.FlagRetransmit {
+		t.Errorf("Finish with FlagRetransmit wrote %+v, %v", h, err)
+	}
+	mustPanic(t, "Finish with FlagReady", func() { w.Finish(wire.Header{Flags: wire.FlagReady}) })
+	mustPanic(t, "Finish of a snapshot with FlagRetransmit", func() {
+		w.Finish(wire.Header{Kind: wire.KindSnapshot, Flags: wire.FlagRetransmit})
+	})
 	mustPanic(t, "Reset with a short buffer", func() { w.Reset(make([]byte, wire.HeaderSize-1)) })
 }
 

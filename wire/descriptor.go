@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 )
 
 // Descriptor field offsets, see FORMAT.md. The name follows at
@@ -52,9 +53,9 @@ func (d *Descriptor) Fingerprint() uint32 {
 	return h
 }
 
-// AppendDescriptor appends the wire form of d to b. It fails with
-// [ErrBadName] if the name would not survive [ParseDescriptors].
-func AppendDescriptor(b []byte, d *Descriptor) ([]byte, error) {
+// AppendTo appends the wire form of d to b. It returns [ErrBadName],
+// appending nothing, if the name would not survive [Descriptors.Next].
+func (d *Descriptor) AppendTo(b []byte) ([]byte, error) {
 	if !validName(d.Name) {
 		return b, fmt.Errorf("encode descriptor %q: %w: want 1 to %d printable ASCII characters", d.Name, ErrBadName, MaxNameLen)
 	}
@@ -67,60 +68,69 @@ func AppendDescriptor(b []byte, d *Descriptor) ([]byte, error) {
 	return append(b, d.Name...), nil
 }
 
-// ParseDescriptors decodes the count descriptors of a [KindAnnounce] body
-// and appends them to out. The body must hold exactly count descriptors:
-// [ErrShortBuffer] if one is cut off, [ErrBadCount] if the body ends early
-// or has bytes left over, [ErrBadName] for a name [AppendDescriptor] would
-// not write. On error it returns out with its original length, so the
-// caller keeps the slice's capacity.
+// Descriptors iterates over the descriptors of a [KindAnnounce] body. The
+// only allocation is each descriptor's name: announces come once a
+// second, not at the rate of change datagrams.
 //
-// Names are strings, so a new name costs an allocation; a name equal to
-// the one left in out's spare capacity by the previous call reuses it.
-// Announces repeat the same maps every few seconds, so parsing them into
-// the same slice settles to no allocation.
-func ParseDescriptors(body []byte, count int, out []Descriptor) ([]Descriptor, error) {
-	base := len(out)
-	if count < 0 {
-		return out, ErrBadCount
+// The body must hold exactly the header count of descriptors, which
+// [Descriptors.Next] can know only once it reaches the end: a caller that
+// must not act on part of a bad announce keeps the descriptors until Next
+// returns io.EOF.
+type Descriptors struct {
+	body []byte
+	left int // descriptors the header count still expects
+	err  error
+}
+
+// Reset starts iterating over body, the datagram after its header, whose
+// header count is count.
+func (it *Descriptors) Reset(body []byte, count uint16) {
+	*it = Descriptors{body: body, left: int(count)}
+}
+
+// Next returns the next descriptor, or io.EOF once the header count of
+// descriptors has been read and the body used up. It returns
+// [ErrShortBuffer] if a descriptor is cut off, [ErrBadCount] if the body
+// ends before the count or has bytes left after it, [ErrBadName] for a
+// name [Descriptor.AppendTo] would not write, and keeps returning the
+// same error after one.
+func (it *Descriptors) Next() (Descriptor, error) {
+	if it.err != nil {
+		return Descriptor{}, it.err
 	}
-	for range count {
-		if len(body) == 0 {
-			return out[:base], ErrBadCount
+	if it.left == 0 || len(it.body) == 0 {
+		if it.left != 0 || len(it.body) != 0 {
+			return it.fail(ErrBadCount)
 		}
-		if len(body) < DescriptorSize {
-			return out[:base], ErrShortBuffer
-		}
-		n := int(body[offsetDescNameLen])
-		if len(body) < DescriptorSize+n {
-			return out[:base], ErrShortBuffer
-		}
-		name := body[DescriptorSize : DescriptorSize+n]
-		if !validName(name) {
-			return out[:base], ErrBadName
-		}
-		if len(out) < cap(out) {
-			out = out[:len(out)+1] // keeps the stale element to compare below
-		} else {
-			out = append(out, Descriptor{})
-		}
-		d := &out[len(out)-1]
-		if d.Name != string(name) {
-			d.Name = string(name)
-		}
-		*d = Descriptor{
-			Name:       d.Name,
-			Type:       binary.BigEndian.Uint32(body[offsetDescType:]),
-			KeySize:    binary.BigEndian.Uint32(body[offsetDescKeySize:]),
-			ValueSize:  binary.BigEndian.Uint32(body[offsetDescValueSize:]),
-			MaxEntries: binary.BigEndian.Uint32(body[offsetDescMaxEntries:]),
-			Flags:      binary.BigEndian.Uint32(body[offsetDescFlags:]),
-		}
-		body = body[DescriptorSize+n:]
+		return it.fail(io.EOF)
 	}
-	if len(body) != 0 {
-		return out[:base], ErrBadCount
+	if len(it.body) < DescriptorSize {
+		return it.fail(ErrShortBuffer)
 	}
-	return out, nil
+	end := DescriptorSize + int(it.body[offsetDescNameLen])
+	if len(it.body) < end {
+		return it.fail(ErrShortBuffer)
+	}
+	name := it.body[DescriptorSize:end]
+	if !validName(name) {
+		return it.fail(ErrBadName)
+	}
+	d := Descriptor{
+		Name:       string(name),
+		Type:       binary.BigEndian.Uint32(it.body[offsetDescType:]),
+		KeySize:    binary.BigEndian.Uint32(it.body[offsetDescKeySize:]),
+		ValueSize:  binary.BigEndian.Uint32(it.body[offsetDescValueSize:]),
+		MaxEntries: binary.BigEndian.Uint32(it.body[offsetDescMaxEntries:]),
+		Flags:      binary.BigEndian.Uint32(it.body[offsetDescFlags:]),
+	}
+	it.body = it.body[end:]
+	it.left--
+	return d, nil
+}
+
+func (it *Descriptors) fail(err error) (Descriptor, error) {
+	it.err, it.body = err, nil
+	return Descriptor{}, err
 }
 
 // validName reports whether name is 1..[MaxNameLen] printable ASCII

@@ -16,19 +16,32 @@ var fuzzMaps = sizesOf(flows, ports,
 	wire.Descriptor{Name: "tiny", Type: 1, KeySize: 1, ValueSize: 1, MaxEntries: 16},
 )
 
-// FuzzHeader checks that a header that decodes encodes to the same bytes.
+// FuzzHeader checks that a header that decodes encodes to the same bytes,
+// appended or written in place, and decodes again to the same header.
 func FuzzHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, d []byte) {
 		var h wire.Header
 		if h.Unmarshal(d) != nil {
 			return
 		}
-		b := make([]byte, wire.HeaderSize)
-		if n, err := h.MarshalTo(b); err != nil || n != wire.HeaderSize {
-			t.Fatalf("MarshalTo(%+v) = %d, %v", h, n, err)
+		seqErr := h.CheckSeq()
+		b, err := h.AppendTo(nil)
+		if err != nil {
+			t.Fatalf("AppendTo(%+v): %v", h, err)
 		}
 		if !bytes.Equal(b, d[:wire.HeaderSize]) {
 			t.Fatalf("header %+v re-encodes to %x, decoded from %x", h, b, d[:wire.HeaderSize])
+		}
+		in := bytes.Clone(d)
+		if _, err := h.AppendTo(in[:0]); err != nil || !bytes.Equal(in, d) {
+			t.Fatalf("header %+v written in place over its datagram changes it to %x, %v", h, in, err)
+		}
+		var again wire.Header
+		if err := again.Unmarshal(b); err != nil || again != h {
+			t.Fatalf("header %+v re-decodes as %+v, %v", h, again, err)
+		}
+		if again.CheckSeq() != seqErr {
+			t.Fatalf("header %+v: CheckSeq %v, re-decoded %v", h, seqErr, again.CheckSeq())
 		}
 	})
 }
@@ -63,31 +76,43 @@ func FuzzChanges(f *testing.F) {
 }
 
 // FuzzDescriptors decodes arbitrary announces; whatever decodes must
-// encode to the same bytes, since a descriptor has one encoding.
+// encode to the same bytes, since a descriptor has one encoding, and
+// decode again to the same descriptors.
 func FuzzDescriptors(f *testing.F) {
 	f.Fuzz(func(t *testing.T, d []byte) {
 		var h wire.Header
 		if h.Unmarshal(d) != nil || h.Kind != wire.KindAnnounce {
 			return
 		}
-		descs, err := wire.ParseDescriptors(d[wire.HeaderSize:], int(h.Count), nil)
+		descs, err := parseAll(d[wire.HeaderSize:], h.Count)
 		if err != nil {
 			return
 		}
-		body := []byte{}
+		b, err := h.AppendTo(nil)
+		if err != nil {
+			t.Fatalf("header %+v does not encode: %v", h, err)
+		}
 		for i := range descs {
-			if body, err = wire.AppendDescriptor(body, &descs[i]); err != nil {
+			if b, err = descs[i].AppendTo(b); err != nil {
 				t.Fatalf("descriptor %+v does not encode: %v", descs[i], err)
 			}
 		}
-		if !bytes.Equal(body, d[wire.HeaderSize:]) {
-			t.Fatalf("descriptors %+v re-encode to %x, decoded from %x", descs, body, d[wire.HeaderSize:])
+		if !bytes.Equal(b, d) {
+			t.Fatalf("announce %+v %+v re-encodes to %x, decoded from %x", h, descs, b, d)
+		}
+		var h2 wire.Header
+		if err := h2.Unmarshal(b); err != nil || h2 != h {
+			t.Fatalf("header %+v re-decodes as %+v, %v", h, h2, err)
+		}
+		again, err := parseAll(b[wire.HeaderSize:], h2.Count)
+		if err != nil || !reflect.DeepEqual(again, descs) {
+			t.Fatalf("descriptors %+v re-decode as %+v, %v", descs, again, err)
 		}
 	})
 }
 
 // FuzzNack checks that a repair request that decodes encodes to the same
-// bytes.
+// bytes and decodes again to the same request.
 func FuzzNack(f *testing.F) {
 	f.Fuzz(func(t *testing.T, count uint16, body []byte) {
 		var n wire.Nack
@@ -100,6 +125,32 @@ func FuzzNack(f *testing.F) {
 		}
 		if !bytes.Equal(b, body) {
 			t.Fatalf("nack %+v re-encodes to %x, decoded from %x", n, b, body)
+		}
+		var again wire.Nack
+		if err := again.Unmarshal(b, uint16(n.N)); err != nil || again != n {
+			t.Fatalf("nack %+v re-decodes as %+v, %v", n, again, err)
+		}
+	})
+}
+
+// FuzzSyncStart checks that a sync start body that decodes encodes to the
+// same bytes and decodes again to the same answer.
+func FuzzSyncStart(f *testing.F) {
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var s wire.SyncStart
+		if s.Unmarshal(body) != nil {
+			return
+		}
+		b, err := s.AppendTo(nil)
+		if err != nil {
+			t.Fatalf("AppendTo(%+v): %v", s, err)
+		}
+		if !bytes.Equal(b, body) {
+			t.Fatalf("sync start %+v re-encodes to %x, decoded from %x", s, b, body)
+		}
+		var again wire.SyncStart
+		if err := again.Unmarshal(b); err != nil || again != s {
+			t.Fatalf("sync start %+v re-decodes as %+v, %v", s, again, err)
 		}
 	})
 }

@@ -15,24 +15,31 @@ const (
 	offsetSeq     = 20
 )
 
-// MarshalTo writes h at the start of b and returns the number of bytes
-// written, [HeaderSize]. It writes the seal length as 0: version 1 has no
-// authentication seal. Fields are written as they are; [Header.Unmarshal]
-// is where they are checked.
-func (h *Header) MarshalTo(b []byte) (int, error) {
-	if len(b) < HeaderSize {
-		return 0, ErrShortBuffer
+// AppendTo appends the [HeaderSize] bytes of h to b and returns the
+// extended slice. It writes the seal length as 0: version 1 has no
+// authentication seal. It returns [ErrBadKind] for a kind that
+// [Header.Unmarshal] would refuse and [ErrBadFlags] for flags that kind
+// may not carry, appending nothing. Count, node, epoch and seq are
+// written as they are; see [Header.CheckSeq] for the sequence number.
+//
+// To write the header in place at the start of a datagram d that already
+// has room for it (len(d) >= HeaderSize), as a sender does once the body
+// behind it is complete, call
+//
+//	_, err := h.AppendTo(d[:0])
+//
+// which overwrites d[:HeaderSize] without allocating and leaves the rest
+// of d alone.
+func (h *Header) AppendTo(b []byte) ([]byte, error) {
+	if err := checkKindFlags(h.Kind, h.Flags); err != nil {
+		return b, err
 	}
-	binary.BigEndian.PutUint16(b[offsetMagic:], Magic)
-	b[offsetVersion] = Version
-	b[offsetKind] = uint8(h.Kind)
-	b[offsetFlags] = h.Flags
-	b[offsetSeal] = 0
-	binary.BigEndian.PutUint16(b[offsetCount:], h.Count)
-	binary.BigEndian.PutUint32(b[offsetNode:], h.Node)
-	binary.BigEndian.PutUint64(b[offsetEpoch:], h.Epoch)
-	binary.BigEndian.PutUint64(b[offsetSeq:], h.Seq)
-	return HeaderSize, nil
+	b = binary.BigEndian.AppendUint16(b, Magic)
+	b = append(b, Version, uint8(h.Kind), h.Flags, 0)
+	b = binary.BigEndian.AppendUint16(b, h.Count)
+	b = binary.BigEndian.AppendUint32(b, h.Node)
+	b = binary.BigEndian.AppendUint64(b, h.Epoch)
+	return binary.BigEndian.AppendUint64(b, h.Seq), nil
 }
 
 // Unmarshal reads the header at the start of b, which must be a whole
@@ -40,7 +47,9 @@ func (h *Header) MarshalTo(b []byte) (int, error) {
 // version 1 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
 // [ErrBadVersion], [ErrBadKind], [ErrBadFlags] or [ErrBadSeal], leaving h
 // unchanged. The count is not checked against the body here: the body
-// decoders ([Sections], [ParseDescriptors]) do that.
+// decoders ([Sections], [Descriptors], [Nack.Unmarshal]) do that. Nor is
+// the sequence number, whose meaning depends on the kind: see
+// [Header.CheckSeq].
 func (h *Header) Unmarshal(b []byte) error {
 	switch {
 	case len(b) < HeaderSize:
@@ -49,11 +58,11 @@ func (h *Header) Unmarshal(b []byte) error {
 		return ErrBadMagic
 	case b[offsetVersion] != Version:
 		return ErrBadVersion
-	case b[offsetKind] < uint8(KindChanges) || b[offsetKind] > uint8(maxKind):
-		return ErrBadKind
-	case b[offsetFlags]&^allowedFlags(Kind(b[offsetKind])) != 0:
-		return ErrBadFlags
-	case b[offsetSeal] != 0:
+	}
+	if err := checkKindFlags(Kind(b[offsetKind]), b[offsetFlags]); err != nil {
+		return err
+	}
+	if b[offsetSeal] != 0 {
 		// Reserved for datagram authentication, which a later version
 		// defines; a version 1 receiver cannot verify a seal, so it must
 		// not accept a datagram that carries one.
@@ -66,6 +75,38 @@ func (h *Header) Unmarshal(b []byte) error {
 		Node:  binary.BigEndian.Uint32(b[offsetNode:]),
 		Epoch: binary.BigEndian.Uint64(b[offsetEpoch:]),
 		Seq:   binary.BigEndian.Uint64(b[offsetSeq:]),
+	}
+	return nil
+}
+
+// CheckSeq returns [ErrBadSeq] for a [KindChanges] header whose Seq is 0
+// or above [MaxSeq], and for a [KindAnnounce] header whose Seq is above
+// MaxSeq (an announce carries 0 while its sender has sent no change
+// datagram yet). It returns nil for every other header: the sync kinds
+// pack other numbers into Seq (see [SyncSeq]), and the repair kinds carry
+// 0. A receiver calls it after [Header.Unmarshal], before it uses Seq.
+func (h *Header) CheckSeq() error {
+	switch h.Kind {
+	case KindChanges:
+		if h.Seq == 0 || h.Seq > MaxSeq {
+			return ErrBadSeq
+		}
+	case KindAnnounce:
+		if h.Seq > MaxSeq {
+			return ErrBadSeq
+		}
+	}
+	return nil
+}
+
+// checkKindFlags returns [ErrBadKind] for a kind version 1 does not
+// define and [ErrBadFlags] for flags that kind may not carry.
+func checkKindFlags(k Kind, flags uint8) error {
+	switch {
+	case k < KindChanges || k > maxKind:
+		return ErrBadKind
+	case flags&^allowedFlags(k) != 0:
+		return ErrBadFlags
 	}
 	return nil
 }

@@ -23,8 +23,9 @@ type Range struct {
 // resend change datagrams, or of a [KindGone] datagram, the sender's
 // answer that it no longer holds them. Node and Epoch name the sender
 // whose sequence numbers the ranges count; the header names the node
-// that sends the Nack. Ranges are ascending, disjoint and start at 1 or
-// later. The array keeps decoding allocation-free.
+// that sends the Nack. Ranges are ascending, disjoint, start at 1 or
+// later and end at [MaxSeq] or earlier. The array keeps decoding
+// allocation-free.
 type Nack struct {
 	Node   uint32
 	Epoch  uint64
@@ -69,8 +70,8 @@ func (n *Nack) AppendTo(b []byte) ([]byte, error) {
 // count. It returns [ErrShortBuffer] or [ErrBadLength] when the body is
 // not exactly the ranges it announces, [ErrBadCount] when it has no
 // ranges, more than [MaxNackRanges], or not the header's count, and
-// [ErrBadRange] for a range that is empty, starts at 0 or does not follow
-// the previous one.
+// [ErrBadRange] for a range that is empty, starts at 0, ends above
+// [MaxSeq] or does not follow the previous one.
 func (n *Nack) Unmarshal(body []byte, count uint16) error {
 	if len(body) < NackFixedSize {
 		return ErrShortBuffer
@@ -105,7 +106,7 @@ func (n *Nack) check() error {
 	}
 	var prev uint64 // last of the previous range; sequence numbers start at 1
 	for _, r := range n.Ranges[:n.N] {
-		if r.First <= prev || r.Last < r.First {
+		if r.First <= prev || r.Last < r.First || r.Last > MaxSeq {
 			return ErrBadRange
 		}
 		prev = r.Last

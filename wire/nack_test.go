@@ -1,6 +1,7 @@
 package wire_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"testing"
 
@@ -54,7 +55,10 @@ func TestNackAdd(t *testing.T) {
 
 func TestNackErrors(t *testing.T) {
 	src := nackOf(1, 2, wire.Range{First: 1, Last: 1}, wire.Range{First: 3, Last: 4})
-	valid, _ := src.AppendTo(nil)
+	valid, err := src.AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	with := func(off int, v byte) []byte {
 		b := append([]byte(nil), valid...)
 		b[off] = v
@@ -89,9 +93,42 @@ func TestNackErrors(t *testing.T) {
 			}
 		})
 	}
-	bad := nackOf(1, 2, wire.Range{First: 4, Last: 3})
-	if b, err := bad.AppendTo(nil); !errors.Is(err, wire.ErrBadRange) || len(b) != 0 {
-		t.Errorf("AppendTo of a bad range: %x, %v; want nothing, ErrBadRange", b, err)
+	for _, tc := range []struct {
+		name string
+		n    wire.Nack
+		want error
+	}{
+		{"no ranges", nackOf(1, 2), wire.ErrBadCount},
+		{"last before first", nackOf(1, 2, wire.Range{First: 4, Last: 3}), wire.ErrBadRange},
+		{"first is 0", nackOf(1, 2, wire.Range{First: 0, Last: 3}), wire.ErrBadRange},
+		{"overlaps previous", nackOf(1, 2, wire.Range{First: 1, Last: 3}, wire.Range{First: 3, Last: 4}), wire.ErrBadRange},
+		{"past MaxSeq", nackOf(1, 2, wire.Range{First: 1, Last: wire.MaxSeq + 1}), wire.ErrBadRange},
+		{"all past MaxSeq", nackOf(1, 2, wire.Range{First: wire.MaxSeq + 1, Last: 1<<64 - 1}), wire.ErrBadRange},
+	} {
+		if b, err := tc.n.AppendTo([]byte{7}); !errors.Is(err, tc.want) || len(b) != 1 {
+			t.Errorf("%s: AppendTo = %x, %v; want nothing appended, %v", tc.name, b, err, tc.want)
+		}
+	}
+}
+
+// TestNackMaxSeq checks the bound on ranges: up to MaxSeq, not past it.
+func TestNackMaxSeq(t *testing.T) {
+	ok := nackOf(1, 2, wire.Range{First: 5, Last: 9}, wire.Range{First: wire.MaxSeq, Last: wire.MaxSeq})
+	b, err := ok.AppendTo(nil)
+	if err != nil {
+		t.Fatalf("AppendTo of a range ending at MaxSeq: %v", err)
+	}
+	var got wire.Nack
+	if err := got.Unmarshal(b, 2); err != nil || got != ok {
+		t.Fatalf("Unmarshal(AppendTo(%+v)) = %+v, %v", ok, got, err)
+	}
+	for _, last := range []uint64{wire.MaxSeq + 1, 1<<64 - 1} {
+		past := append([]byte(nil), b...)
+		binary.BigEndian.PutUint64(past[len(past)-8:], last)
+		got := wire.Nack{Node: 99}
+		if err := got.Unmarshal(past, 2); !errors.Is(err, wire.ErrBadRange) || got != (wire.Nack{Node: 99}) {
+			t.Errorf("Unmarshal of a range ending at %#x = %+v, %v; want unchanged, ErrBadRange", last, got, err)
+		}
 	}
 }
 

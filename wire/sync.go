@@ -28,11 +28,16 @@ type SyncStart struct {
 	Applied uint64
 }
 
-// AppendTo appends the encoded body to b.
-func (s *SyncStart) AppendTo(b []byte) []byte {
+// AppendTo appends the encoded body, [SyncStartSize] bytes, to b. It
+// returns [ErrBadStatus] for a status [SyncStart.Unmarshal] would refuse,
+// appending nothing.
+func (s *SyncStart) AppendTo(b []byte) ([]byte, error) {
+	if s.Status > SyncBusy {
+		return b, ErrBadStatus
+	}
 	b = append(b, s.Status)
 	b = binary.BigEndian.AppendUint64(b, s.AsOf)
-	return binary.BigEndian.AppendUint64(b, s.Applied)
+	return binary.BigEndian.AppendUint64(b, s.Applied), nil
 }
 
 // Unmarshal decodes a [KindSyncStart] body. It returns [ErrShortBuffer] or

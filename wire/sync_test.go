@@ -14,10 +14,11 @@ func TestSyncStartRoundTrip(t *testing.T) {
 		{Status: wire.SyncNotReady},
 		{Status: wire.SyncBusy, AsOf: 3},
 	} {
-		b := s.AppendTo(nil)
-		if len(b) != wire.SyncStartSize {
-			t.Fatalf("AppendTo(%+v) wrote %d bytes, want %d", s, len(b), wire.SyncStartSize)
+		b, err := s.AppendTo([]byte{9})
+		if err != nil || len(b) != 1+wire.SyncStartSize || b[0] != 9 {
+			t.Fatalf("AppendTo(%+v) = %x, %v; want the prefix and %d bytes", s, b, err, wire.SyncStartSize)
 		}
+		b = b[1:]
 		var got wire.SyncStart
 		if err := got.Unmarshal(b); err != nil || got != s {
 			t.Errorf("Unmarshal(AppendTo(%+v)) = %+v, %v", s, got, err)
@@ -26,7 +27,10 @@ func TestSyncStartRoundTrip(t *testing.T) {
 }
 
 func TestSyncStartRejects(t *testing.T) {
-	ok := (&wire.SyncStart{AsOf: 1}).AppendTo(nil)
+	ok, err := (&wire.SyncStart{AsOf: 1}).AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	bad := append([]byte(nil), ok...)
 	bad[0] = 3
 	for _, tc := range []struct {
@@ -45,6 +49,44 @@ func TestSyncStartRejects(t *testing.T) {
 		if s.Status != 9 {
 			t.Errorf("%s: a refused body changed the SyncStart: %+v", tc.name, s)
 		}
+	}
+}
+
+// TestSyncStartAppendToRefusesWhatUnmarshalRefuses checks every status.
+func TestSyncStartAppendToRefusesWhatUnmarshalRefuses(t *testing.T) {
+	for status := range 256 {
+		s := wire.SyncStart{Status: uint8(status), AsOf: 5, Applied: 6}
+		b, err := s.AppendTo([]byte{1})
+		raw := make([]byte, wire.SyncStartSize)
+		raw[0] = uint8(status)
+		want := new(wire.SyncStart).Unmarshal(raw)
+		if !errors.Is(err, want) {
+			t.Fatalf("status %d: AppendTo = %v, Unmarshal = %v", status, err, want)
+		}
+		if err != nil && len(b) != 1 {
+			t.Fatalf("status %d: AppendTo appended %d bytes with %v", status, len(b)-1, err)
+		}
+		if status <= int(wire.SyncBusy) && err != nil || status > int(wire.SyncBusy) && !errors.Is(err, wire.ErrBadStatus) {
+			t.Errorf("status %d: AppendTo = %v", status, err)
+		}
+	}
+}
+
+func TestSyncStartAllocs(t *testing.T) {
+	s := wire.SyncStart{Status: wire.SyncOK, AsOf: 1, Applied: 2}
+	buf := make([]byte, 0, wire.SyncStartSize)
+	var got wire.SyncStart
+	allocs := testing.AllocsPerRun(100, func() {
+		b, err := s.AppendTo(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := got.Unmarshal(b); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("sync start encode and decode: %v allocations, want 0", allocs)
 	}
 }
 
@@ -69,12 +111,20 @@ func TestHeaderFlagsPerKind(t *testing.T) {
 		{wire.KindSnapshot, wire.FlagRetransmit, false},
 		{wire.KindSyncAck, 0, true},
 	} {
-		b := make([]byte, wire.HeaderSize)
-		h := wire.Header{Kind: tc.kind, Flags: tc.flags}
-		h.MarshalTo(b)
-		err := new(wire.Header).Unmarshal(b)
+		h := wire.Header{Kind: tc.kind}
+		b, err := h.AppendTo(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[4] = tc.flags
+		err = new(wire.Header).Unmarshal(b)
 		if tc.ok && err != nil || !tc.ok && !errors.Is(err, wire.ErrBadFlags) {
 			t.Errorf("kind %d flags %#x: Unmarshal = %v, want ok=%v", tc.kind, tc.flags, err, tc.ok)
+		}
+		h.Flags = tc.flags
+		_, err = h.AppendTo(nil)
+		if tc.ok && err != nil || !tc.ok && !errors.Is(err, wire.ErrBadFlags) {
+			t.Errorf("kind %d flags %#x: AppendTo = %v, want ok=%v", tc.kind, tc.flags, err, tc.ok)
 		}
 	}
 }

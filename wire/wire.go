@@ -1,8 +1,16 @@
 // Package wire defines the udpmapsync datagram format: a fixed header
 // followed by map sections of change records, or by map descriptors.
 //
-// Encoding appends into caller-owned buffers and never allocates; decoding
-// validates every length before it reads and returns slices into the input.
+// The header, descriptors, repair and sync start bodies encode alike: an
+// AppendTo method appends to a caller-owned buffer, allocating nothing
+// when it has the capacity, and returns an error, appending nothing, for
+// what the decoder would refuse. A change body, built record by record,
+// is written in place by a [ChangeWriter]. Decoding validates every
+// length before it reads and returns slices into the input; only
+// descriptor names are copied, into strings. The header and the bounded
+// bodies decode with an Unmarshal method, the repeated parts with an
+// iterator ([Sections], [Records], [Descriptors]) whose Next returns
+// io.EOF at the end.
 // FORMAT.md in this directory is the byte-by-byte specification.
 package wire
 
@@ -18,6 +26,14 @@ const (
 	DescriptorSize    = 21 // fixed part of a descriptor, before the name
 	MaxNameLen        = 15 // BPF_OBJ_NAME_LEN - 1
 )
+
+// MaxSeq is the largest sequence number a sender uses and a receiver
+// accepts in change and announce datagrams (see [Header.CheckSeq]) and in
+// the ranges of a [Nack]. A sender starting at 1 never reaches it: at a
+// million datagrams a second it takes about 146,000 years. Bounding it
+// keeps every receiver's arithmetic on sequence numbers (next+window,
+// last+1) far from wrapping.
+const MaxSeq uint64 = 1 << 62
 
 // Kind says what follows the header.
 type Kind uint8
@@ -51,7 +67,8 @@ const (
 	FlagReady uint8 = 1 << 1
 )
 
-// Errors returned by decoding. Use errors.Is.
+// Errors returned by decoding, and by encoding what decoding would
+// refuse. Use errors.Is.
 var (
 	ErrShortBuffer = errors.New("wire: buffer too short")
 	ErrBadMagic    = errors.New("wire: bad magic")
@@ -65,6 +82,7 @@ var (
 	ErrBadName     = errors.New("wire: invalid map name")
 	ErrBadRange    = errors.New("wire: invalid sequence range")
 	ErrBadStatus   = errors.New("wire: unknown sync status")
+	ErrBadSeq      = errors.New("wire: sequence number 0 or above MaxSeq")
 )
 
 // Header is the fixed start of every datagram.
@@ -74,7 +92,7 @@ type Header struct {
 	Count uint16 // records (KindChanges, KindSnapshot), descriptors (KindAnnounce) or ranges (KindNack, KindGone, KindSyncAck)
 	Node  uint32 // sender node id
 	Epoch uint64 // sender boot epoch: changes whenever the sender restarts
-	Seq   uint64 // sender sequence number of this datagram; for the sync kinds, see [SyncSeq]
+	Seq   uint64 // sender sequence number of this datagram, see [Header.CheckSeq]; for the sync kinds, see [SyncSeq]
 }
 
 // SyncSeq packs a resync's request id and a datagram number of its
