@@ -7,7 +7,7 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd
 GENERATE_PKGS := clang llvm libbpf-dev
 
 export PATH := $(PATH):/usr/local/go/bin
@@ -37,6 +37,7 @@ test: deps ## Run every test against the real kernel, then the fentry ones in a 
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
 	cd perf && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd perf/conntrackd && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory vmtest
 
 .PHONY: vmtest
