@@ -124,10 +124,12 @@ func (s *chanSource) Overflows() (uint64, error) { return 0, nil }
 // fakeTransport keeps copies of what is sent and delivers what a test
 // queues with deliver.
 type fakeTransport struct {
-	mu      sync.Mutex
-	batches [][][]byte
-	unicast []unicast
-	in      chan transport.Packet
+	mu        sync.Mutex
+	batches   [][][]byte
+	unicast   []unicast
+	in        chan transport.Packet
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 // unicast is one SendTo call of a [fakeTransport].
@@ -136,7 +138,9 @@ type unicast struct {
 	dgrams [][]byte
 }
 
-func newFakeTransport() *fakeTransport { return &fakeTransport{in: make(chan transport.Packet, 256)} }
+func newFakeTransport() *fakeTransport {
+	return &fakeTransport{in: make(chan transport.Packet, 256), closed: make(chan struct{})}
+}
 
 func (f *fakeTransport) Send(dgrams [][]byte) error {
 	batch := make([][]byte, len(dgrams))
@@ -170,11 +174,18 @@ func (f *fakeTransport) sentTo() []unicast {
 }
 
 func (f *fakeTransport) Receive() ([]transport.Packet, error) {
-	p, ok := <-f.in
-	if !ok {
+	select {
+	case p := <-f.in:
+		return []transport.Packet{p}, nil
+	case <-f.closed:
 		return nil, errFakeClosed
 	}
-	return []transport.Packet{p}, nil
+}
+
+// Close ends a blocked Receive, as closing a socket does.
+func (f *fakeTransport) Close() error {
+	f.closeOnce.Do(func() { close(f.closed) })
+	return nil
 }
 
 // sent returns the batches sent so far, announces and changes alike.
@@ -400,3 +411,42 @@ var (
 	peerA = netip.MustParseAddrPort("10.0.0.1:3870")
 	peerB = netip.MustParseAddrPort("10.0.0.2:3870")
 )
+
+// newTestNode builds a node from cfg, with a source that yields nothing,
+// a transport that drops everything and this test's own node id where cfg
+// leaves them out.
+func newTestNode(t testing.TB, cfg Config) *Node {
+	t.Helper()
+	if cfg.Source == nil {
+		cfg.Source = &chanSource{ch: make(chan loader.Change)}
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = nopTransport{}
+	}
+	if cfg.Node == 0 {
+		cfg.Node = ourNode
+	}
+	n, err := NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// parseDescriptors decodes an announce body, failing the test on an error.
+func parseDescriptors(t testing.TB, body []byte, count uint16) []wire.Descriptor {
+	t.Helper()
+	var it wire.Descriptors
+	it.Reset(body, count)
+	var out []wire.Descriptor
+	for {
+		d, err := it.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("descriptors: %v", err)
+		}
+		out = append(out, d)
+	}
+}

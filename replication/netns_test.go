@@ -96,15 +96,15 @@ func mapContents(t *testing.T, id ebpf.MapID) map[uint32]uint64 {
 	return out
 }
 
-// replica is node A's sender, fed by a chanSource, and node B's receiver,
-// each with a kernel map of one name and schema, as on two machines,
+// replica is node A's node, its capture faked by a chanSource, and node
+// B's, each with a kernel map of one name and schema, as on two machines,
 // running until stop.
 type replica struct {
 	a, b           *netnstest.Node
 	mapA, mapB     *loader.Map
 	src            *chanSource
 	statsA, statsB *Stats
-	receiver       *Receiver
+	nodeB          *Node
 
 	ua, ub *transport.UDP
 	cancel context.CancelFunc
@@ -112,12 +112,11 @@ type replica struct {
 }
 
 // startReplica sets up and starts a [replica] replicating maps named name.
-// With repair, A keeps a resend buffer, answers B's repair requests from it
-// and announces (its heartbeat) every 100 ms. The logs are shown if the
-// test fails.
-func startReplica(t *testing.T, name string, repair bool) *replica {
+// A announces (its heartbeat) every 100 ms. The logs are shown if the test
+// fails.
+func startReplica(t *testing.T, name string) *replica {
 	t.Helper()
-	r := &replica{statsA: new(Stats), statsB: new(Stats), src: &chanSource{ch: make(chan loader.Change, 1<<16)}}
+	r := &replica{src: &chanSource{ch: make(chan loader.Change, 1<<16)}}
 	r.a, r.b = netnstest.NewPair(t)
 	r.mapA, r.mapB = openMap(t, name), openMap(t, name)
 	cfg := transport.Config{Group: netip.MustParseAddr("239.1.1.1"), Port: transport.DefaultPort}
@@ -129,41 +128,25 @@ func startReplica(t *testing.T, name string, repair bool) *replica {
 			t.Logf("logs:\n%s", logs)
 		}
 	})
-	tabA, err := NewTable([]Map{MapFromLoader(r.mapA)}, r.ua.Payload())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tabB, err := NewTable([]Map{MapFromLoader(r.mapB)}, r.ub.Payload())
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	sender := SenderConfig{Source: r.src, Transport: r.ua, Table: tabA, Node: 1, Epoch: 1,
-		Stats: r.statsA, Log: log.With("node", "A")}
-	var server *Receiver
-	if repair {
-		resend, err := NewResend(DefaultResendBytes, r.ua.Payload())
+	node := func(id uint32, m *loader.Map, src Source, tr *transport.UDP, name string) *Node {
+		tab, err := NewTable([]Map{MapFromLoader(m)}, tr.Payload())
 		if err != nil {
 			t.Fatal(err)
 		}
-		sender.AnnounceInterval, sender.Resend = 100*time.Millisecond, resend
-		server = NewReceiver(ReceiverConfig{Transport: r.ua, Table: tabA, Node: 1, Epoch: 1, Resend: resend,
-			Stats: r.statsA, Log: log.With("node", "A")})
+		return newTestNode(t, Config{Node: id, Epoch: 1, Table: tab, Source: src, Transport: tr,
+			AnnounceInterval: 100 * time.Millisecond, Log: log.With("node", name)})
 	}
-	r.receiver = NewReceiver(ReceiverConfig{Transport: r.ub, Table: tabB, Node: 2, Epoch: 2, Stats: r.statsB, Log: log.With("node", "B")})
+	nodeA := node(1, r.mapA, r.src, r.ua, "A")
+	r.nodeB = node(2, r.mapB, &chanSource{ch: make(chan loader.Change)}, r.ub, "B")
+	r.statsA, r.statsB = nodeA.Stats(), r.nodeB.Stats()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.done = map[string]chan error{}
-	run := func(what string, fn func(context.Context) error) {
+	for what, n := range map[string]*Node{"A": nodeA, "B": r.nodeB} {
 		done := make(chan error, 1)
 		r.done[what] = done
-		go func() { done <- fn(ctx) }()
-	}
-	run("sender", NewSender(sender).Run)
-	run("receiver", r.receiver.Run)
-	if server != nil {
-		run("server", server.Run)
+		go func() { done <- n.Run(ctx) }()
 	}
 	return r
 }
@@ -202,14 +185,10 @@ func (r *replica) waitB(t *testing.T, want map[uint32]uint64, timeout time.Durat
 	return got
 }
 
-// stop ends the sender and the receivers and fails the test if any of
-// them returns an error.
+// stop ends both nodes and fails the test if either returns an error.
 func (r *replica) stop(t *testing.T) {
 	t.Helper()
 	r.cancel()
-	close(r.src.ch)
-	r.ua.Close()
-	r.ub.Close()
 	for what, done := range r.done {
 		if err := <-done; err != nil {
 			t.Errorf("%s: %v", what, err)
@@ -220,7 +199,7 @@ func (r *replica) stop(t *testing.T) {
 // Node A's sender reaches node B's receiver over multicast through the
 // bridge, and B's kernel map ends up holding exactly A's final state.
 func TestEndToEnd(t *testing.T) {
-	r := startReplica(t, "e2e_flows", false)
+	r := startReplica(t, "e2e_flows")
 
 	// Updates, overwrites and deletes, many of them coalescing.
 	want := map[uint32]uint64{}
@@ -243,7 +222,7 @@ func TestEndToEnd(t *testing.T) {
 	if sb.Malformed+sb.Forged+sb.UnknownMap+sb.ApplyErrors+sb.GapsSeen+sb.Duplicates+sb.ResyncNeeded != 0 {
 		t.Errorf("receiver dropped or missed something: %+v", sb)
 	}
-	if p := r.receiver.Peers(); len(p) != 1 || p[0].Node != 1 || p[0].Addr != netip.AddrPortFrom(r.a.Addr, transport.DefaultPort) {
+	if p := r.nodeB.Peers(); len(p) != 1 || p[0].Node != 1 || p[0].Addr != netip.AddrPortFrom(r.a.Addr, transport.DefaultPort) {
 		t.Errorf("peers %+v, want node 1 at %s", p, r.a.Addr)
 	}
 	if sa.ChangesSent != sb.ChangesApplied+sb.DeletesMissing {
@@ -261,7 +240,7 @@ func TestRepairOverLossyLink(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs nft to drop datagrams")
 	}
-	r := startReplica(t, "lossy_flows", true)
+	r := startReplica(t, "lossy_flows")
 	loss, err := r.b.DropDatagrams(t.Context(), 30)
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +253,7 @@ func TestRepairOverLossyLink(t *testing.T) {
 
 	// Until B has heard of A, A's changes are for the initial sync, which
 	// is not what this test is about.
-	for deadline := time.Now().Add(10 * time.Second); len(r.receiver.Peers()) == 0; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); len(r.nodeB.Peers()) == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("B never heard A's announce")
 		}

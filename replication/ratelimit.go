@@ -15,6 +15,7 @@ const (
 	reasonResync
 	reasonOverflow
 	reasonSync
+	reasonPeer
 	numReasons
 )
 
@@ -23,7 +24,7 @@ const (
 const logInterval = time.Second
 
 // limiter lets at most one log line per [logInterval] through for each
-// reason and counts the ones it held back. It is owned by one goroutine.
+// reason and counts the ones it held back. It is used by one goroutine at a time.
 type limiter struct {
 	next       [numReasons]time.Time
 	suppressed [numReasons]uint64

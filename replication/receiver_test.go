@@ -7,7 +7,6 @@ package replication
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -27,7 +26,7 @@ const (
 )
 
 type receiverFixture struct {
-	r      *Receiver
+	n      *Node
 	tr     *fakeTransport
 	stats  *Stats
 	flows  *fakeTarget
@@ -40,12 +39,20 @@ type receiverFixture struct {
 
 func newReceiverFixture(t testing.TB, peers ...netip.Addr) *receiverFixture {
 	t.Helper()
-	f := &receiverFixture{stats: new(Stats), flows: newFakeTarget(4, 8), nat: newFakeTarget(2, 2), logs: new(logBuffer)}
+	return newFixtureWith(t, Config{Peers: peers})
+}
+
+// newFixtureWith builds the fixture's node from cfg and the fixture's
+// table, fake transport and log.
+func newFixtureWith(t testing.TB, cfg Config) *receiverFixture {
+	t.Helper()
+	f := &receiverFixture{flows: newFakeTarget(4, 8), nat: newFakeTarget(2, 2), logs: new(logBuffer)}
 	f.tab = mustTable(t, testPayload, testMap("flows", 10, 4, 8, f.flows), testMap("nat", 11, 2, 2, f.nat))
 	f.fpFlow, f.fpNAT = f.tab.byID(10).fp, f.tab.byID(11).fp
 	f.tr = newFakeTransport()
-	f.r = NewReceiver(ReceiverConfig{Transport: f.tr, Table: f.tab, Node: ourNode, Epoch: ourEpoch, Peers: peers,
-		Stats: f.stats, Log: newLogger(f.logs)})
+	cfg.Table, cfg.Transport, cfg.Node, cfg.Epoch, cfg.Log = f.tab, f.tr, ourNode, ourEpoch, newLogger(f.logs)
+	f.n = newTestNode(t, cfg)
+	f.stats = f.n.Stats()
 	return f
 }
 
@@ -55,8 +62,8 @@ func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
 
 // handleAt hands d to the receiver as a receive batch of its own.
 func (f *receiverFixture) handleAt(now time.Time, from netip.AddrPort, d []byte) {
-	f.r.handle(now, from, d)
-	f.r.flush()
+	f.n.dispatch.handle(from, d, now)
+	f.n.apply.flush()
 }
 
 func (f *receiverFixture) untouched(t *testing.T) {
@@ -106,29 +113,30 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 }
 
 // A run continues across the datagrams of one receive batch, so a batch of
-// small datagrams costs one syscall per run, not one per datagram. A
-// datagram of another kind ends the run first: it may read the maps or
-// report how far they were written.
+// small datagrams costs one syscall per run, not one per datagram. The
+// runs are applied, in order, at the end of the batch, or before a
+// datagram of another kind that may read the maps or report how far they
+// were written.
 func TestApplyRunsSpanDatagrams(t *testing.T) {
 	f := newReceiverFixture(t)
 	now := time.Now()
-	f.r.handle(now, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
-	f.r.handle(now, peerA, f.peerDatagram(t, 1, 2, "key2", "2"))
+	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"), now)
+	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 2, "key2", "2"), now)
 	var b changesBuilder
 	b.start()
 	b.add(t, f.fpFlow, ops.Update, "key3", "       3")
 	b.add(t, f.fpFlow, ops.Delete, "key1", "")
-	f.r.handle(now, peerA, b.finish(peerNode, 1, 3))
-	if len(f.flows.calls) != 1 {
-		t.Fatalf("batches before the delete ended the run: %q, want one", f.flows.calls)
+	f.n.dispatch.handle(peerA, b.finish(peerNode, 1, 3), now)
+	if len(f.flows.calls) != 0 {
+		t.Fatalf("batches applied in the middle of a receive batch: %q, want none yet", f.flows.calls)
 	}
-	// The sync request reads what was applied: the open delete run goes first.
-	f.r.handle(now, peerA, syncRequest(peerNode, 1, 9))
+	// The sync request reads what was applied: the pending runs go first.
+	f.n.dispatch.handle(peerA, syncRequest(peerNode, 1, 9), now)
 	if len(f.flows.calls) != 2 {
-		t.Fatalf("batches when the sync request was handled: %q, want the delete applied too", f.flows.calls)
+		t.Fatalf("batches when the sync request was handled: %q, want the update run and the delete run", f.flows.calls)
 	}
-	f.r.handle(now, peerA, f.peerDatagram(t, 1, 4, "key4", "4"))
-	f.r.flush()
+	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), now)
+	f.n.apply.flush()
 
 	want := []call{
 		{ops.Update, []byte("key1key2key3"), []byte("       1       2       3")},
@@ -149,7 +157,7 @@ func TestApplyRunsSpanDatagrams(t *testing.T) {
 func syncRequest(node uint32, epoch uint64, id uint32) []byte {
 	h := wire.Header{Kind: wire.KindSyncRequest, Node: node, Epoch: epoch, Seq: wire.SyncSeq(id, 0)}
 	d := make([]byte, wire.HeaderSize)
-	_, _ = h.MarshalTo(d)
+	_, _ = h.AppendTo(d[:0])
 	return d
 }
 
@@ -222,7 +230,7 @@ func TestMalformedDropped(t *testing.T) {
 				t.Errorf("malformed %d received %d, want 1 and 0", s.Malformed, s.DatagramsReceived)
 			}
 			f.untouched(t)
-			if len(f.r.Peers()) != 0 {
+			if len(f.n.Peers()) != 0 {
 				t.Error("a malformed datagram created peer state")
 			}
 		})
@@ -249,15 +257,30 @@ func TestForgedDropped(t *testing.T) {
 			t.Errorf("log does not name both addresses:\n%s", l)
 		}
 	})
-	t.Run("new epoch from another address is a restart", func(t *testing.T) {
+	// A restart is taken only from the address the node is bound to:
+	// anyone else claiming a later epoch is an impostor (a hijack would
+	// make the real node's datagrams look like duplicates).
+	t.Run("new epoch from another address", func(t *testing.T) {
 		f := newReceiverFixture(t)
 		f.handle(peerA, datagram(f, 1, 1))
 		f.handle(peerB, datagram(f, 2, 1))
+		if s := f.stats.Snapshot(); s.Forged != 1 || s.DatagramsReceived != 1 {
+			t.Errorf("forged %d received %d, want 1 and 1", s.Forged, s.DatagramsReceived)
+		}
+		f.handle(peerA, datagram(f, 1, 2))
+		if p := f.n.Peers(); len(p) != 1 || p[0].Addr != peerA || p[0].Epoch != 1 || p[0].Applied != 2 {
+			t.Errorf("peers %+v, want node %d at %s in epoch 1 with 2 applied", p, peerNode, peerA)
+		}
+	})
+	t.Run("new epoch from its address is a restart", func(t *testing.T) {
+		f := newReceiverFixture(t)
+		f.handle(peerA, datagram(f, 1, 1))
+		f.handle(peerA, datagram(f, 2, 1))
 		if s := f.stats.Snapshot(); s.Forged != 0 || s.DatagramsReceived != 2 {
 			t.Errorf("forged %d received %d, want 0 and 2", s.Forged, s.DatagramsReceived)
 		}
-		if p := f.r.Peers(); len(p) != 1 || p[0].Addr != peerB || p[0].Epoch != 2 {
-			t.Errorf("peers %+v, want node %d at %s in epoch 2", p, peerNode, peerB)
+		if p := f.n.Peers(); len(p) != 1 || p[0].Epoch != 2 {
+			t.Errorf("peers %+v, want node %d in epoch 2", p, peerNode)
 		}
 	})
 	t.Run("not in --peers", func(t *testing.T) {
@@ -290,12 +313,12 @@ func announce(t testing.TB, node uint32, epoch, seq uint64, descs ...wire.Descri
 	b := make([]byte, wire.HeaderSize)
 	for i := range descs {
 		var err error
-		if b, err = wire.AppendDescriptor(b, &descs[i]); err != nil {
+		if b, err = descs[i].AppendTo(b); err != nil {
 			t.Fatal(err)
 		}
 	}
 	h := wire.Header{Kind: wire.KindAnnounce, Count: uint16(len(descs)), Node: node, Epoch: epoch, Seq: seq}
-	if _, err := h.MarshalTo(b); err != nil {
+	if _, err := h.AppendTo(b[:0]); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -345,21 +368,19 @@ func TestSchemaMismatch(t *testing.T) {
 // transport is closed after cancellation.
 func TestReceiverRun(t *testing.T) {
 	f := newReceiverFixture(t)
-	tr := newFakeTransport()
-	f.r.tr = tr
+	tr := f.tr
 	var b changesBuilder
 	b.start()
 	b.add(t, f.fpFlow, ops.Update, "key1", "value--1")
 	tr.in <- transport.Packet{Data: b.finish(peerNode, 1, 1), From: peerA}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- f.r.Run(ctx) }()
+	go func() { done <- f.n.Run(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for f.stats.ChangesApplied.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	cancel()
-	close(tr.in)
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v", err)
 	}
@@ -370,17 +391,17 @@ func TestReceiverRun(t *testing.T) {
 
 // Decoding and applying a datagram allocates nothing.
 func TestReceiverAllocs(t *testing.T) {
-	stats := new(Stats)
 	tab := mustTable(t, testPayload, testMap("flows", 10, 4, 8, nopTarget{}))
-	r := NewReceiver(ReceiverConfig{Table: tab, Node: ourNode, Stats: stats, Log: slog.New(slog.DiscardHandler)})
+	n := newTestNode(t, Config{Table: tab})
+	stats := n.Stats()
 	d := benchDatagram(t, tab.byID(10).fp)
 	seq := uint64(1)
 	now := time.Now()
 	step := func() {
 		setSeq(d, seq)
 		seq++
-		r.handle(now, peerA, d)
-		r.flush()
+		n.dispatch.handle(peerA, d, now)
+		n.apply.flush()
 	}
 	step() // the first datagram creates the peer
 	if raceEnabled {
@@ -415,13 +436,12 @@ func setSeq(d []byte, seq uint64) {
 	var h wire.Header
 	_ = h.Unmarshal(d)
 	h.Seq = seq
-	_, _ = h.MarshalTo(d)
+	_, _ = h.AppendTo(d[:0])
 }
 
 func BenchmarkDecodeApply(b *testing.B) {
-	stats := new(Stats)
 	tab := mustTable(b, testPayload, testMap("flows", 10, 4, 8, nopTarget{}))
-	r := NewReceiver(ReceiverConfig{Table: tab, Node: ourNode, Stats: stats, Log: slog.New(slog.DiscardHandler)})
+	n := newTestNode(b, Config{Table: tab})
 	d := benchDatagram(b, tab.byID(10).fp)
 	var h wire.Header
 	_ = h.Unmarshal(d)
@@ -432,7 +452,8 @@ func BenchmarkDecodeApply(b *testing.B) {
 	for b.Loop() {
 		setSeq(d, seq)
 		seq++
-		r.handle(now, peerA, d)
+		n.dispatch.handle(peerA, d, now)
+		n.apply.flush()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(uint64(b.N)*uint64(h.Count)), "ns/change")
 }

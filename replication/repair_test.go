@@ -121,21 +121,21 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if got := f.nacks(t, wire.KindNack); len(got) != 2 {
 		t.Fatalf("requests %v, want one per new gap", got)
 	}
-	f.r.retry(t0.Add(firstRetry / 2))
+	f.n.dispatch.tick(t0.Add(firstRetry/2), nil)
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the first retry is due", got)
 	}
-	f.r.retry(t0.Add(firstRetry))
+	f.n.dispatch.tick(t0.Add(firstRetry), nil)
 	got := f.nacks(t, wire.KindNack)
 	if len(got) != 1 || len(got[0]) != 2 || got[0][0] != (wire.Range{First: 2, Last: 2}) || got[0][1] != (wire.Range{First: 4, Last: 4}) {
 		t.Fatalf("retry %v, want [2,2] [4,4]", got)
 	}
-	f.r.retry(t0.Add(firstRetry + firstRetry)) // the interval doubled: not yet
+	f.n.dispatch.tick(t0.Add(firstRetry+firstRetry), nil) // the interval doubled: not yet
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the doubled interval passed", got)
 	}
 	t1 := t0.Add(repairTimeout)
-	f.r.retry(t1)
+	f.n.dispatch.tick(t1, nil)
 	s := f.stats.Snapshot()
 	if s.ResyncNeeded != 1 || f.value("key3") != "       3" {
 		t.Fatalf("after the timeout: resync_needed %d, key3 %q; want 1 and datagram 3 applied", s.ResyncNeeded, f.value("key3"))
@@ -143,17 +143,17 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if f.value("key5") != "" {
 		t.Fatal("datagram 5 applied although 4 is still being repaired")
 	}
-	if f.r.sync.phase != syncRequested || len(f.tr.sentTo()) != 1 {
+	if f.n.client.phase != syncRequested || len(f.tr.sentTo()) != 1 {
 		t.Fatal("no full resync requested after giving up")
 	}
-	f.r.retry(t1.Add(repairTimeout))
+	f.n.dispatch.tick(t1.Add(repairTimeout), nil)
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 1 || f.value("key5") != "" {
 		t.Fatalf("the second gap was given up while the resync request waits: resync_needed %d key5 %q", s.ResyncNeeded, f.value("key5"))
 	}
 	// The peer read its maps after datagram 3: 4 is still missing.
 	t2 := t1.Add(repairTimeout + time.Millisecond)
 	f.handleAt(t2, peerA, f.syncStart(wire.SyncStart{AsOf: 3}))
-	f.r.retry(t2.Add(repairTimeout))
+	f.n.dispatch.tick(t2.Add(repairTimeout), nil)
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 2 || s.Held != 0 || f.value("key5") != "       5" {
 		t.Errorf("after the second timeout: resync_needed %d held %d key5 %q; want 2, 0, applied", s.ResyncNeeded, s.Held, f.value("key5"))
 	}
@@ -164,7 +164,7 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 // nothing is given up.
 func TestRepairHoldFull(t *testing.T) {
 	f := newReceiverFixture(t)
-	w := f.r.window
+	w := f.n.dispatch.window
 	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
 	for seq := uint64(3); seq <= w+1; seq++ { // all the window takes while 2 is missing
 		f.handle(peerA, f.peerDatagram(t, 1, seq, "key1", fmt.Sprint(seq)))
@@ -178,7 +178,7 @@ func TestRepairHoldFull(t *testing.T) {
 	if got := f.value("key1"); got != fmt.Sprintf("%8d", w+1) {
 		t.Fatalf("key1 = %q once the gap was filled, want %d", got, w+1)
 	}
-	f.r.retry(time.Now().Add(firstRetry))
+	f.n.dispatch.tick(time.Now().Add(firstRetry), nil)
 	if got := f.nacks(t, wire.KindNack); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: w + 2, Last: w + 2}) {
 		t.Fatalf("requests %v, want the dropped datagram %d", got, w+2)
 	}
@@ -217,29 +217,32 @@ func TestRepairNewEpochFromOne(t *testing.T) {
 	}
 }
 
-// ownDatagrams fills a resend buffer with n change datagrams of ourNode.
-func ownDatagrams(t *testing.T, f *receiverFixture, size, n int) *Resend {
+// ownDatagrams returns a fixture whose resend buffer of size bytes holds
+// n change datagrams of ourNode.
+func ownDatagrams(t *testing.T, size, n int) (*receiverFixture, *resendBuffer) {
 	t.Helper()
-	rs, err := NewResend(size, testPayload)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newFixtureWith(t, Config{ResendBytes: size})
+	rs := f.n.resend
 	for seq := 1; seq <= n; seq++ {
 		var b changesBuilder
 		b.start()
 		b.add(t, f.fpFlow, ops.Update, "key1", fmt.Sprintf("%8d", seq))
 		rs.add(uint64(seq), b.finish(ourNode, ourEpoch, uint64(seq)))
 	}
-	f.r.resend = rs
-	return rs
+	return f, rs
 }
 
+// request hands the node a request of kind from peerNode, which has
+// announced itself first: requests are answered only to known peers.
 func (f *receiverFixture) request(t *testing.T, kind wire.Kind, node uint32, epoch uint64, ranges ...wire.Range) {
+	if len(f.n.Peers()) == 0 {
+		f.handle(peerA, announce(t, peerNode, 1, 0))
+	}
 	n := wire.Nack{Node: node, Epoch: epoch, N: len(ranges)}
 	copy(n.Ranges[:], ranges)
 	h := wire.Header{Kind: kind, Count: uint16(n.N), Node: peerNode, Epoch: 1}
 	d := make([]byte, wire.HeaderSize)
-	_, _ = h.MarshalTo(d)
+	_, _ = h.AppendTo(d[:0])
 	d, err := n.AppendTo(d)
 	if err != nil {
 		t.Fatal(err)
@@ -250,8 +253,7 @@ func (f *receiverFixture) request(t *testing.T, kind wire.Kind, node uint32, epo
 // A request is answered by unicast with the datagrams verbatim, flagged as
 // resent; one request cannot make us resend more than maxResendPerNack.
 func TestServeNackLimited(t *testing.T) {
-	f := newReceiverFixture(t)
-	rs := ownDatagrams(t, f, 64<<20, 3000)
+	f, rs := ownDatagrams(t, 64<<20, 3000)
 	f.request(t, wire.KindNack, ourNode, ourEpoch, wire.Range{First: 2, Last: 2}, wire.Range{First: 10, Last: 1 << 40})
 	total := 0
 	for i, u := range f.tr.sentTo() {
@@ -288,8 +290,7 @@ func TestServeNackLimited(t *testing.T) {
 // What the resend buffer no longer holds is answered as gone; the
 // requester then gives up on it, counts a needed resync and goes on.
 func TestNackEvictedGone(t *testing.T) {
-	server := newReceiverFixture(t)
-	rs := ownDatagrams(t, server, 4*testPayload, 200) // holds only the latest few
+	server, rs := ownDatagrams(t, 4*testPayload, 200) // holds only the latest few
 	first, _, _ := rs.held()
 	if first < 10 {
 		t.Fatalf("resend buffer still holds seq %d; make it smaller", first)
@@ -326,7 +327,7 @@ func TestNackEvictedGone(t *testing.T) {
 	f.nacks(t, wire.KindNack)
 	h := wire.Header{Kind: wire.KindGone, Count: 1, Node: peerNode, Epoch: 1}
 	d := make([]byte, wire.HeaderSize)
-	_, _ = h.MarshalTo(d)
+	_, _ = h.AppendTo(d[:0])
 	n := wire.Nack{Node: peerNode, Epoch: 1, N: 1, Ranges: [wire.MaxNackRanges]wire.Range{{First: 2, Last: 4}}}
 	d, _ = n.AppendTo(d)
 	f.handle(peerA, d)
@@ -338,7 +339,7 @@ func TestNackEvictedGone(t *testing.T) {
 // The resend buffer finds datagrams by sequence number across wrap-arounds
 // and evicts exactly the oldest.
 func TestResendRing(t *testing.T) {
-	rs, err := NewResend(1000, 100)
+	rs, err := newResendBuffer(1000, 100)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// DefaultResendBytes is the default size of a [Resend] buffer: about
+// DefaultResendBytes is the default size of the resend buffer: about
 // 11,000 full 1400-byte datagrams, a second or more of a busy sender.
 // Losses older than that are repaired by a full resync, so the buffer is
 // sized for the daemon's memory budget rather than for a long outage.
@@ -18,15 +18,15 @@ const DefaultResendBytes = 16 << 20
 // bytes, not the index, bound what a buffer holds.
 const minResendRecord = wire.HeaderSize + wire.SectionHeaderSize + 2
 
-// Resend keeps the latest sealed change datagrams of this node, byte for
-// byte, so that a peer that missed some can get them again. The [Sender]
-// adds every datagram it seals; the [Receiver] serves repair requests from
-// it. Datagrams are copied into one preallocated arena, oldest evicted
+// resendBuffer keeps the latest sealed change datagrams of this node, byte for
+// byte, so that a peer that missed some can get them again. The [sender]
+// adds every datagram it seals; the [repairResponder] answers repair
+// requests from it. Datagrams are copied into one preallocated arena, oldest evicted
 // first, so adding allocates nothing.
 //
 // Sequence numbers in the buffer are consecutive, which lets a datagram be
 // found by its number alone: entry seq lives at index seq % len(offs).
-type Resend struct {
+type resendBuffer struct {
 	mu     sync.Mutex // held only to copy one datagram in or out
 	arena  []byte
 	offs   []uint32 // arena offset per index slot
@@ -37,14 +37,14 @@ type Resend struct {
 	oldest int      // arena offset of the oldest datagram held
 }
 
-// NewResend allocates a resend buffer of size bytes for datagrams of at
+// newResendBuffer allocates a resend buffer of size bytes for datagrams of at
 // most payload bytes.
-func NewResend(size, payload int) (*Resend, error) {
+func newResendBuffer(size, payload int) (*resendBuffer, error) {
 	if size < 2*payload || size > 1<<32-1 {
-		return nil, fmt.Errorf("resend buffer of %d bytes: want between two datagrams (%d bytes) and 4 GiB", size, 2*payload)
+		return nil, fmt.Errorf("%w: %d bytes; want between two datagrams (%d bytes) and 4 GiB", ErrResendSize, size, 2*payload)
 	}
 	slots := size / minResendRecord
-	return &Resend{
+	return &resendBuffer{
 		arena: make([]byte, size),
 		offs:  make([]uint32, slots),
 		lens:  make([]uint16, slots),
@@ -54,7 +54,7 @@ func NewResend(size, payload int) (*Resend, error) {
 // add copies datagram seq, which must follow the previous one added (or be
 // the first), evicting the oldest datagrams it needs room for. An empty d
 // records seq as lost: requests for it are answered as gone.
-func (b *Resend) add(seq uint64, d []byte) {
+func (b *resendBuffer) add(seq uint64, d []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.n > 0 && seq != b.first+b.n {
@@ -82,7 +82,7 @@ func (b *Resend) add(seq uint64, d []byte) {
 }
 
 // evict forgets the oldest datagram.
-func (b *Resend) evict() {
+func (b *resendBuffer) evict() {
 	b.first++
 	b.n--
 	if b.n > 0 {
@@ -93,7 +93,7 @@ func (b *Resend) evict() {
 // overlapsOldest reports whether writing size bytes at w would overwrite
 // the oldest datagram. Datagrams sit in the arena in sequence order from
 // the oldest round to w, so the oldest is the first in the way.
-func (b *Resend) overlapsOldest(size int) bool {
+func (b *resendBuffer) overlapsOldest(size int) bool {
 	o := b.oldest
 	l := int(b.lens[b.first%uint64(len(b.offs))])
 	return b.w < o+l && o < b.w+size
@@ -101,14 +101,14 @@ func (b *Resend) overlapsOldest(size int) bool {
 
 // held returns the range of sequence numbers held; ok is false when the
 // buffer is empty.
-func (b *Resend) held() (first, last uint64, ok bool) {
+func (b *resendBuffer) held() (first, last uint64, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.first, b.first + b.n - 1, b.n > 0
 }
 
 // copyOut appends datagram seq to dst and reports whether it is held.
-func (b *Resend) copyOut(seq uint64, dst []byte) ([]byte, bool) {
+func (b *resendBuffer) copyOut(seq uint64, dst []byte) ([]byte, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	i := seq % uint64(len(b.offs))

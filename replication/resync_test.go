@@ -34,10 +34,11 @@ type memNet struct {
 }
 
 type memTransport struct {
-	net  *memNet
-	addr netip.AddrPort
-	in   chan transport.Packet
-	done chan struct{}
+	net       *memNet
+	addr      netip.AddrPort
+	in        chan transport.Packet
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 func (n *memNet) attach(addr netip.AddrPort) *memTransport {
@@ -93,6 +94,12 @@ func (t *memTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	return nil
 }
 
+// Close ends a blocked Receive, as closing a socket does.
+func (t *memTransport) Close() error {
+	t.closeOnce.Do(func() { close(t.done) })
+	return nil
+}
+
 func (t *memTransport) Receive() ([]transport.Packet, error) {
 	select {
 	case p := <-t.in:
@@ -108,7 +115,7 @@ type memNode struct {
 	flows  *fakeTarget
 	src    *overflowSource
 	stats  *Stats
-	r      *Receiver
+	n      *Node
 	stop   func()
 	logs   *logBuffer
 	flowID ebpf.MapID
@@ -134,25 +141,15 @@ func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string)
 	maps.Copy(m.flows.state, state)
 	tab := mustTable(t, testPayload, testMap("flows", m.flowID, 4, 8, m.flows))
 	tr := n.attach(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(node)}), 3870))
-	resend, err := NewResend(1<<20, testPayload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := newLogger(m.logs)
-	m.r = NewReceiver(ReceiverConfig{Transport: tr, Table: tab, Node: node, Epoch: uint64(node) * 1000,
-		Resend: resend, AnnounceInterval: memAnnounce, Stats: m.stats, Log: log})
-	s := NewSender(SenderConfig{Source: m.src, Transport: tr, Table: tab, Node: node, Epoch: uint64(node) * 1000,
-		AnnounceInterval: memAnnounce, Resend: resend, Ready: m.r.IsReady, Stats: m.stats, Log: log})
+	m.n = newTestNode(t, Config{Node: node, Epoch: uint64(node) * 1000, Table: tab, Source: m.src, Transport: tr,
+		AnnounceInterval: memAnnounce, ResendBytes: 1 << 20, Log: newLogger(m.logs)})
+	m.stats = m.n.Stats()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = s.Run(ctx) }()
-	go func() { defer wg.Done(); _ = m.r.Run(ctx) }()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m.n.Run(ctx) }()
 	m.stop = sync.OnceFunc(func() {
 		cancel()
-		close(tr.done)
-		close(m.src.ch)
-		wg.Wait()
+		<-done
 	})
 	t.Cleanup(m.stop)
 	return m
@@ -181,7 +178,7 @@ func (m *memNode) write(k, v string, lost bool) {
 func (m *memNode) waitReady(t *testing.T) {
 	t.Helper()
 	select {
-	case <-m.r.Ready():
+	case <-m.n.Ready():
 	case <-time.After(10 * time.Second):
 		t.Fatalf("not ready after 10s; log:\n%s", m.logs)
 	}
@@ -309,10 +306,11 @@ func TestResyncColdStart(t *testing.T) {
 
 // syncStart is the peer's answer, in epoch 1, to our open resync request.
 func (f *receiverFixture) syncStart(st wire.SyncStart) []byte {
-	h := wire.Header{Kind: wire.KindSyncStart, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 0)}
+	h := wire.Header{Kind: wire.KindSyncStart, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.n.client.id, 0)}
 	b := make([]byte, wire.HeaderSize)
-	_, _ = h.MarshalTo(b)
-	return st.AppendTo(b)
+	_, _ = h.AppendTo(b[:0])
+	b, _ = st.AppendTo(b)
+	return b
 }
 
 // A peer that refuses a request because it is not ready yet is asked
@@ -322,13 +320,13 @@ func TestResyncRefusedByPeerNotReady(t *testing.T) {
 	for _, owed := range []bool{true, false} {
 		f := newReceiverFixture(t)
 		f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
-		p := f.r.peers[peerNode]
+		p := f.n.peers.byNode[peerNode]
 		p.needSync, p.ready = owed, true
-		f.r.startSync(p, time.Now())
+		f.n.client.begin(p, time.Now())
 		f.handle(peerA, f.syncStart(wire.SyncStart{Status: wire.SyncNotReady}))
-		if f.r.sync.phase != syncIdle || p.needSync != owed || p.ready {
+		if f.n.client.phase != syncIdle || p.needSync != owed || p.ready {
 			t.Errorf("owed %v: after the refusal phase %d, needSync %v, ready %v; want idle, %v, false",
-				owed, f.r.sync.phase, p.needSync, p.ready, owed)
+				owed, f.n.client.phase, p.needSync, p.ready, owed)
 		}
 	}
 }
@@ -343,10 +341,10 @@ func TestResyncHoldsThroughRepairTimeout(t *testing.T) {
 	t0 := time.Now()
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "old"))
-	p := f.r.peers[peerNode]
+	p := f.n.peers.byNode[peerNode]
 	p.needSync = true
-	f.r.startSync(p, t0)
-	f.r.retry(t0.Add(repairTimeout)) // the gap's timeout, before the request's
+	f.n.client.begin(p, t0)
+	f.n.dispatch.tick(t0.Add(repairTimeout), nil) // the gap's timeout, before the request's
 	if got := f.value("key3"); got != "" {
 		t.Fatalf("key3 = %q applied while the resync request waits", got)
 	}
@@ -357,7 +355,7 @@ func TestResyncHoldsThroughRepairTimeout(t *testing.T) {
 	b.start()
 	b.add(t, f.fpFlow, ops.Update, "key1", "       1")
 	b.add(t, f.fpFlow, ops.Update, "key3", "     new")
-	snap := bytes.Clone(b.w.Finish(wire.Header{Kind: wire.KindSnapshot, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.r.sync.id, 1)}))
+	snap := bytes.Clone(b.w.Finish(wire.Header{Kind: wire.KindSnapshot, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(f.n.client.id, 1)}))
 	f.handleAt(t1, peerA, snap)
 	if got := f.value("key3"); got != "     new" {
 		t.Errorf("key3 = %q after the snapshot, want its value", got)

@@ -42,8 +42,8 @@ const (
 	overflowCheck = 10 * time.Millisecond
 )
 
-// SenderConfig configures a [Sender].
-type SenderConfig struct {
+// senderConfig configures a [sender].
+type senderConfig struct {
 	Source    Source
 	Transport Transport
 	Table     *Table
@@ -57,7 +57,7 @@ type SenderConfig struct {
 	AnnounceInterval time.Duration
 	// Resend, when set, keeps every sealed datagram so that the receiver
 	// can answer repair requests for it.
-	Resend *Resend
+	Resend *resendBuffer
 	// Ready reports whether this node completed its initial sync, which
 	// its announces advertise ([wire.FlagReady]); nil means always.
 	Ready func() bool
@@ -65,15 +65,15 @@ type SenderConfig struct {
 	Log   *slog.Logger
 }
 
-// Sender reads changes from a [Source], coalesces them per key, packs them
+// sender reads changes from a [Source], coalesces them per key, packs them
 // into sequenced datagrams and sends them in batches. It also announces the
 // local maps' descriptors periodically. All its methods run on the
-// goroutine that calls [Sender.Run].
-type Sender struct {
+// goroutine that calls [sender.Run].
+type sender struct {
 	src           Source
 	tr            Transport
 	table         *Table
-	resend        *Resend
+	resend        *resendBuffer
 	ready         func() bool
 	stats         *Stats
 	log           *slog.Logger
@@ -104,10 +104,10 @@ type Sender struct {
 	ch   loader.Change
 }
 
-// NewSender prepares a sender for datagrams of the table's payload size;
-// nothing is sent before [Sender.Run].
-func NewSender(cfg SenderConfig) *Sender {
-	s := &Sender{
+// newSender prepares a sender for datagrams of the table's payload size;
+// nothing is sent before [sender.Run].
+func newSender(cfg senderConfig) *sender {
+	s := &sender{
 		src:           cfg.Source,
 		tr:            cfg.Transport,
 		table:         cfg.Table,
@@ -143,7 +143,7 @@ func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
 			dgrams, counts = append(dgrams, cur), append(counts, n)
 			cur, n = make([]byte, wire.HeaderSize, payload), 0
 		}
-		cur, _ = wire.AppendDescriptor(cur, d) // NewTable checked every descriptor
+		cur, _ = d.AppendTo(cur) // NewTable checked every descriptor
 		n++
 	}
 	return append(dgrams, cur), append(counts, n)
@@ -152,7 +152,7 @@ func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
 // Run replicates changes until the source fails. After ctx is done it
 // flushes what it holds and returns nil at the next read error or
 // deadline; close the source to make that immediate.
-func (s *Sender) Run(ctx context.Context) error {
+func (s *sender) Run(ctx context.Context) error {
 	s.announce()
 	now := time.Now()
 	nextAnnounce := now.Add(s.announceEvery)
@@ -229,7 +229,7 @@ func pause(d time.Duration) {
 
 // add coalesces one change into the datagram being built, sealing that
 // datagram first when the change would not fit.
-func (s *Sender) add(ch *loader.Change, now time.Time) {
+func (s *sender) add(ch *loader.Change, now time.Time) {
 	s.captured++
 	m := s.last
 	if m == nil || m.ID != ch.MapID {
@@ -271,7 +271,7 @@ func (s *Sender) add(ch *loader.Change, now time.Time) {
 }
 
 // badChange drops a change the source should never have produced.
-func (s *Sender) badChange(ch *loader.Change, why string) {
+func (s *sender) badChange(ch *loader.Change, why string) {
 	s.bad++
 	if n, ok := s.limit.allow(reasonMalformed); ok {
 		s.log.Warn("dropping captured change", "reason", why, "map_id", ch.MapID, "op", ch.Op,
@@ -281,7 +281,7 @@ func (s *Sender) badChange(ch *loader.Change, why string) {
 
 // seal encodes the pending changes into the next free buffer as one
 // datagram with the next sequence number, and sends the queue if full.
-func (s *Sender) seal() {
+func (s *sender) seal() {
 	if s.pend.empty() {
 		return
 	}
@@ -301,14 +301,14 @@ func (s *Sender) seal() {
 }
 
 // flush seals and sends everything held.
-func (s *Sender) flush() {
+func (s *sender) flush() {
 	s.seal()
 	s.send()
 }
 
 // send hands the sealed datagrams to the transport in one batch and
 // publishes the counters.
-func (s *Sender) send() {
+func (s *sender) send() {
 	if len(s.queued) > 0 {
 		var bytes uint64
 		for _, d := range s.queued {
@@ -332,7 +332,7 @@ func (s *Sender) send() {
 // check. If it did, the peers cannot be told which: the sender skips a
 // sequence number, recorded as lost in the resend buffer, so every peer
 // sees a gap that cannot be repaired and asks this node for a full resync.
-func (s *Sender) checkOverflows(now time.Time) {
+func (s *sender) checkOverflows(now time.Time) {
 	s.overflowsChecked = now
 	n, err := s.src.Overflows()
 	if err != nil || n <= s.overflows {
@@ -354,7 +354,7 @@ func (s *Sender) checkOverflows(now time.Time) {
 
 // announce sends the descriptors of the local maps with the sequence
 // number of the latest change datagram, so peers notice a lost tail.
-func (s *Sender) announce() {
+func (s *sender) announce() {
 	h := s.header
 	h.Kind = wire.KindAnnounce
 	if s.ready == nil || s.ready() {
@@ -362,14 +362,14 @@ func (s *Sender) announce() {
 	}
 	for i, d := range s.announces {
 		h.Count = s.announceCounts[i]
-		_, _ = h.MarshalTo(d) // cannot fail: d starts with a header-sized gap
+		_, _ = h.AppendTo(d[:0]) // cannot fail: an announce header, into the gap left for it
 	}
 	if err := s.tr.Send(s.announces); err != nil {
 		s.sendFailed(err, len(s.announces))
 	}
 }
 
-func (s *Sender) sendFailed(err error, datagrams int) {
+func (s *sender) sendFailed(err error, datagrams int) {
 	s.stats.SendErrors.Add(1)
 	if n, ok := s.limit.allow(reasonSend); ok {
 		s.log.Error("sending datagrams failed; they are lost", "datagrams", datagrams, "error", err, "suppressed", n)

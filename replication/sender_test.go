@@ -24,7 +24,7 @@ import (
 
 const testPayload = 1472 // 1500-byte MTU over IPv4
 
-func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg SenderConfig) (*Sender, *Stats) {
+func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg senderConfig) (*sender, *Stats) {
 	t.Helper()
 	stats := new(Stats)
 	cfg.Source, cfg.Transport, cfg.Table, cfg.Stats = src, tr, tab, stats
@@ -32,7 +32,7 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg Sende
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return NewSender(cfg), stats
+	return newSender(cfg), stats
 }
 
 func upd(id ebpf.MapID, key, value string) loader.Change {
@@ -86,7 +86,7 @@ func TestCoalesce(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := newFakeTransport()
-			s, stats := newTestSender(t, tab, nil, tr, SenderConfig{})
+			s, stats := newTestSender(t, tab, nil, tr, senderConfig{})
 			for i := range tc.in {
 				s.add(&tc.in[i], time.Now())
 			}
@@ -114,7 +114,7 @@ func TestCoalesce(t *testing.T) {
 func TestBadChangesDropped(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
 	tr := newFakeTransport()
-	s, stats := newTestSender(t, tab, nil, tr, SenderConfig{})
+	s, stats := newTestSender(t, tab, nil, tr, senderConfig{})
 	for _, c := range []loader.Change{
 		upd(99, "key1", "value--1"),            // map not replicated
 		upd(1, "key", "value--1"),              // short key
@@ -144,7 +144,7 @@ func TestSealWhenFull(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
 	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
 	tr := newFakeTransport()
-	s, _ := newTestSender(t, tab, nil, tr, SenderConfig{})
+	s, _ := newTestSender(t, tab, nil, tr, senderConfig{})
 	value := string(make([]byte, valueSize))
 	const n = 40
 	for i := range n {
@@ -188,7 +188,7 @@ func TestSealWhenCoalescedChangeGrows(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
 	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
 	tr := newFakeTransport()
-	s, stats := newTestSender(t, tab, nil, tr, SenderConfig{})
+	s, stats := newTestSender(t, tab, nil, tr, senderConfig{})
 	value := string(make([]byte, valueSize))
 	changes := []loader.Change{del(1, key(0))}
 	for i := 1; i <= perDatagram; i++ {
@@ -222,7 +222,7 @@ func TestSealWhenCoalescedChangeGrows(t *testing.T) {
 
 // runScript runs a sender over a scripted source until the script ends.
 // tweak, if not nil, adjusts the sender before it runs.
-func runScript(t *testing.T, tab *Table, steps []step, cfg SenderConfig, tweak func(*Sender)) (*fakeTransport, *scriptSource) {
+func runScript(t *testing.T, tab *Table, steps []step, cfg senderConfig, tweak func(*sender)) (*fakeTransport, *scriptSource) {
 	t.Helper()
 	src := &scriptSource{steps: steps}
 	tr := newFakeTransport()
@@ -265,7 +265,7 @@ func TestFlushWhenDrained(t *testing.T) {
 		{change: upd(1, "key2", "value--2"), buffered: 32},
 		{change: upd(1, "key3", "value--3"), buffered: 0},
 		{change: upd(1, "key4", "value--4"), buffered: 0},
-	}, SenderConfig{FlushInterval: time.Hour}, nil)
+	}, senderConfig{FlushInterval: time.Hour}, nil)
 	if got, want := recordCounts(t, tab, tr), [][]int{{3}, {1}}; !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("batches of record counts %v, want %v", got, want)
 	}
@@ -279,7 +279,7 @@ func TestFlushWhenBatchFull(t *testing.T) {
 	for i := range sendBatch + 3 {
 		steps = append(steps, step{change: upd(1, key(i), value), buffered: 1 << 20})
 	}
-	tr, _ := runScript(t, tab, steps, SenderConfig{FlushInterval: time.Hour}, nil)
+	tr, _ := runScript(t, tab, steps, senderConfig{FlushInterval: time.Hour}, nil)
 	got := recordCounts(t, tab, tr)
 	if len(got) != 2 || len(got[0]) != sendBatch || len(got[1]) != 3 {
 		t.Errorf("batches of sizes %v, want one of %d then the rest at shutdown", got, sendBatch)
@@ -300,7 +300,7 @@ func TestFlushAfterInterval(t *testing.T) {
 		}
 		script = append(script, st)
 	}
-	tr, _ := runScript(t, tab, script, SenderConfig{FlushInterval: interval}, nil)
+	tr, _ := runScript(t, tab, script, senderConfig{FlushInterval: interval}, nil)
 	if got, want := recordCounts(t, tab, tr), [][]int{{clockEvery}, {1}}; !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("batches of record counts %v, want %v", got, want)
 	}
@@ -327,8 +327,8 @@ func TestReadDeadlines(t *testing.T) {
 		{"after the active window", time.Nanosecond, []string{"idle", "idle", "poll", "idle"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, src := runScript(t, tab, script, SenderConfig{FlushInterval: interval, AnnounceInterval: time.Hour},
-				func(s *Sender) { s.activeWindow = tc.window })
+			_, src := runScript(t, tab, script, senderConfig{FlushInterval: interval, AnnounceInterval: time.Hour},
+				func(s *sender) { s.activeWindow = tc.window })
 			kinds := make([]string, len(src.deadlines))
 			for i, d := range src.deadlines {
 				switch ahead := d.deadline.Sub(d.at); {
@@ -353,7 +353,7 @@ func TestAnnounce(t *testing.T) {
 		{change: upd(1, "key1", "value--1")},
 		{change: upd(1, "key2", "value--2")},
 		{timeout: true, sleep: 20 * time.Millisecond},
-	}, SenderConfig{AnnounceInterval: 10 * time.Millisecond}, nil)
+	}, senderConfig{AnnounceInterval: 10 * time.Millisecond}, nil)
 	var seqs []uint64
 	for _, b := range tr.sent() {
 		for _, d := range b {
@@ -365,10 +365,7 @@ func TestAnnounce(t *testing.T) {
 				continue
 			}
 			seqs = append(seqs, h.Seq)
-			descs, err := wire.ParseDescriptors(d[wire.HeaderSize:], int(h.Count), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			descs := parseDescriptors(t, d[wire.HeaderSize:], h.Count)
 			if len(descs) != 2 || descs[0] != tab.maps[0].Desc || descs[1] != tab.maps[1].Desc {
 				t.Errorf("announced %+v, want the table's descriptors", descs)
 			}
@@ -394,10 +391,7 @@ func TestAnnounceSplitsDescriptors(t *testing.T) {
 		if len(d) > payload {
 			t.Errorf("announce %d: %d bytes, more than %d", i, len(d), payload)
 		}
-		descs, err := wire.ParseDescriptors(d[wire.HeaderSize:], int(counts[i]), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		descs := parseDescriptors(t, d[wire.HeaderSize:], counts[i])
 		for _, desc := range descs {
 			if desc != maps[total].Desc {
 				t.Fatalf("descriptor %d: %+v, want %+v", total, desc, maps[total].Desc)
@@ -455,11 +449,11 @@ func newCycle(n int) *cycleSource {
 func TestSenderAllocs(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil), testMap("nat", 2, 4, 8, nil))
 	src := newCycle(1000)
-	resend, err := NewResend(16*testPayload, testPayload)
+	resend, err := newResendBuffer(16*testPayload, testPayload)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := newTestSender(t, tab, src, nopTransport{}, SenderConfig{Resend: resend})
+	s, _ := newTestSender(t, tab, src, nopTransport{}, senderConfig{Resend: resend})
 	now := time.Now()
 	step := func() {
 		if err := s.src.Read(&s.ch); err != nil {
@@ -487,7 +481,7 @@ func TestSenderAllocs(t *testing.T) {
 func BenchmarkCoalesceEncode(b *testing.B) {
 	tab := mustTable(b, testPayload, testMap("flows", 1, 4, 8, nil))
 	src := newCycle(4096)
-	s, _ := newTestSender(b, tab, src, nopTransport{}, SenderConfig{})
+	s, _ := newTestSender(b, tab, src, nopTransport{}, senderConfig{})
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {

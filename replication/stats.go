@@ -37,6 +37,10 @@ type Stats struct {
 	Held              atomic.Uint64 // change datagrams held back waiting for a missing one (a gauge)
 	HoldFull          atomic.Uint64 // change datagrams beyond the receive window, dropped to be asked for again
 	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: a full resync from the peer follows
+	Unsolicited       atomic.Uint64 // requests and answers from a node not known as a peer, dropped
+	PeerLimit         atomic.Uint64 // datagrams from a new node beyond the peer limit, dropped
+	PeersExpired      atomic.Uint64 // peers forgotten after a silence
+	AnswersLimited    atomic.Uint64 // answers to a peer held back by its answer budget
 
 	// Full resync.
 	ResyncsSent     atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
@@ -52,7 +56,7 @@ type StatsSnapshot struct {
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
-	Duplicates, Held, HoldFull, ResyncNeeded uint64
+	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited uint64
 
 	ResyncsSent, ResyncsReceived, SyncDeleted uint64
 	Ready                                     bool
@@ -86,6 +90,10 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		Held:              s.Held.Load(),
 		HoldFull:          s.HoldFull.Load(),
 		ResyncNeeded:      s.ResyncNeeded.Load(),
+		Unsolicited:       s.Unsolicited.Load(),
+		PeerLimit:         s.PeerLimit.Load(),
+		PeersExpired:      s.PeersExpired.Load(),
+		AnswersLimited:    s.AnswersLimited.Load(),
 		ResyncsSent:       s.ResyncsSent.Load(),
 		ResyncsReceived:   s.ResyncsReceived.Load(),
 		SyncDeleted:       s.SyncDeleted.Load(),
@@ -122,6 +130,10 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("held", s.Held),
 		slog.Uint64("hold_full", s.HoldFull),
 		slog.Uint64("resync_needed", s.ResyncNeeded),
+		slog.Uint64("unsolicited", s.Unsolicited),
+		slog.Uint64("peer_limit", s.PeerLimit),
+		slog.Uint64("peers_expired", s.PeersExpired),
+		slog.Uint64("answers_limited", s.AnswersLimited),
 		slog.Uint64("resyncs_sent", s.ResyncsSent),
 		slog.Uint64("resyncs_received", s.ResyncsReceived),
 		slog.Uint64("sync_deleted", s.SyncDeleted),

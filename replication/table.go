@@ -10,6 +10,10 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
+// ErrRecordTooLarge rejects a map whose largest change does not fit one
+// datagram: the MTU must grow.
+var ErrRecordTooLarge = errors.New("a change does not fit a datagram: raise the MTU")
+
 // Map is one local map as the protocol sees it: the schema peers compare,
 // the local id the [Source] reports, and where received changes go.
 type Map struct {
@@ -79,7 +83,7 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		payload: payload,
 	}
 	for i, m := range maps {
-		if _, err := wire.AppendDescriptor(nil, &m.Desc); err != nil {
+		if _, err := m.Desc.AppendTo(nil); err != nil {
 			return nil, fmt.Errorf("map %q: %w", m.Desc.Name, err)
 		}
 		lm := &t.maps[i]
@@ -95,9 +99,9 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		}
 		if need := wire.HeaderSize + wire.SectionHeaderSize + lm.maxRecord(); need > payload {
 			return nil, fmt.Errorf("map %q: a change needs %d bytes (op 1 + key %d + value %d) plus %d bytes of headers, "+
-				"more than the %d-byte datagram payload: raise the interface MTU (and --mtu) by at least %d bytes",
+				"more than the %d-byte datagram payload: %w by at least %d bytes",
 				m.Desc.Name, lm.maxRecord(), lm.keySize, lm.valueSize,
-				wire.HeaderSize+wire.SectionHeaderSize, payload, need-payload)
+				wire.HeaderSize+wire.SectionHeaderSize, payload, ErrRecordTooLarge, need-payload)
 		}
 		for _, prev := range t.maps[:i] {
 			switch {

@@ -17,7 +17,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -213,14 +212,15 @@ func run(ctx context.Context, f *Flags) error {
 	if err != nil {
 		return fmt.Errorf("--iface %s: %w", c.iface.Name, err)
 	}
-	closeTransport := sync.OnceValue(tr.Close)
-	defer closeTransport()
+	defer tr.Close()
 	local := make([]replication.Map, len(maps))
 	for i, m := range maps {
 		local[i] = replication.MapFromLoader(m)
 	}
 	table, err := replication.NewTable(local, tr.Payload())
-	if err != nil {
+	if errors.Is(err, replication.ErrRecordTooLarge) {
+		return fmt.Errorf("--iface %s (MTU %d): %w (the interface's, and --mtu if set)", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
+	} else if err != nil {
 		return fmt.Errorf("--iface %s (MTU %d): %w", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
 	}
 
@@ -230,12 +230,15 @@ func run(ctx context.Context, f *Flags) error {
 	}
 	defer capture.Close()
 
-	resend, err := replication.NewResend(int(f.ResendBuffer), tr.Payload())
-	if err != nil {
-		return fmt.Errorf("--resend-buffer: %w", err)
-	}
-
 	epoch := uint64(time.Now().UnixNano())
+	node, err := replication.NewNode(replication.Config{Node: c.node, Epoch: epoch, Table: table, Source: capture,
+		Transport: tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
+		ResendBytes: int(f.ResendBuffer), Log: log})
+	if errors.Is(err, replication.ErrResendSize) {
+		return fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
+	} else if err != nil {
+		return err
+	}
 	logStartup(log, c, f, maps, capture, tr, epoch)
 	if f.CPUProfile != "" {
 		stopProfile, err := startCPUProfile(f.CPUProfile)
@@ -244,67 +247,49 @@ func run(ctx context.Context, f *Flags) error {
 		}
 		defer stopProfile()
 	}
-	stats := new(replication.Stats)
-	receiver := replication.NewReceiver(replication.ReceiverConfig{
-		Transport: tr, Table: table, Node: c.node, Epoch: epoch, Resend: resend, Peers: c.peers,
-		AnnounceInterval: f.AnnounceInterval, Stats: stats, Log: log,
-	})
-	sender := replication.NewSender(replication.SenderConfig{
-		Source: capture, Transport: tr, Table: table, Node: c.node, Epoch: epoch,
-		FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval, Resend: resend,
-		Ready: receiver.IsReady, Stats: stats, Log: log,
-	})
+	return supervise(ctx, log, f, node)
+}
 
+// supervise runs the node until ctx is done or it fails, writing the
+// ready file once it is ready and the stats line every --stats-interval.
+// The node closes the capture and the socket to end their blocking reads;
+// detaching fentry hooks waits for RCU grace periods, so stopping can take
+// a second or more.
+func supervise(ctx context.Context, log *slog.Logger, f *Flags, node *replication.Node) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	done := make(chan error, 2)
-	go func() { done <- sender.Run(ctx) }()
-	go func() { done <- receiver.Run(ctx) }()
-	running := 2
-
-	var first error
-	ready := receiver.Ready()
+	done := make(chan error, 1)
+	go func() { done <- node.Run(ctx) }()
 	var tick <-chan time.Time
 	if f.StatsInterval > 0 {
 		t := time.NewTicker(f.StatsInterval)
 		defer t.Stop()
 		tick = t.C
 	}
-	for first == nil && ctx.Err() == nil {
+	ready := node.Ready()
+	for {
 		select {
 		case <-ctx.Done():
-		case first = <-done: // nil only once ctx is done
-			running--
+			stopping := time.Now()
+			err := <-done
+			logStats(context.Background(), log, node)
+			log.Info("detached and stopped", "took", time.Since(stopping).Round(time.Millisecond))
+			return err
+		case err := <-done:
+			return err // nil only once ctx is done
 		case <-ready:
 			ready = nil
 			if f.ReadyFile != "" {
 				if err := os.WriteFile(f.ReadyFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-					first = fmt.Errorf("--ready-file: %w", err)
+					cancel()
+					<-done
+					return fmt.Errorf("--ready-file: %w", err)
 				}
 			}
 		case <-tick:
-			logStats(ctx, log, stats, receiver)
+			logStats(ctx, log, node)
 		}
 	}
-
-	// The reads block in the kernel: closing the capture and the socket is
-	// what ends them. Detaching fentry hooks waits for RCU grace periods,
-	// so stopping can take a second or more.
-	stopping := time.Now()
-	cancel()
-	capture.Close()
-	closeTransport()
-	for ; running > 0; running-- {
-		if err := <-done; first == nil {
-			first = err
-		}
-	}
-	if first != nil {
-		return first
-	}
-	logStats(context.Background(), log, stats, receiver)
-	log.Info("detached and stopped", "took", time.Since(stopping).Round(time.Millisecond))
-	return nil
 }
 
 // startCPUProfile profiles the daemon into path until the returned function
@@ -348,9 +333,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, captu
 }
 
 // logStats writes the one-line summary, and a line per peer at debug level.
-func logStats(ctx context.Context, log *slog.Logger, stats *replication.Stats, r *replication.Receiver) {
-	peers := r.Peers()
-	log.LogAttrs(ctx, slog.LevelInfo, "stats", append(stats.Snapshot().Attrs(), slog.Int("peers", len(peers)))...)
+func logStats(ctx context.Context, log *slog.Logger, node *replication.Node) {
+	peers := node.Peers()
+	log.LogAttrs(ctx, slog.LevelInfo, "stats", append(node.Stats().Snapshot().Attrs(), slog.Int("peers", len(peers)))...)
 	for _, p := range peers {
 		log.LogAttrs(ctx, slog.LevelDebug, "peer", slog.Any("node", p.Node), slog.Any("addr", p.Addr),
 			slog.Any("epoch", p.Epoch), slog.Any("seq", p.Seq),

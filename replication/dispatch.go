@@ -1,0 +1,482 @@
+package replication
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// errImplausible rejects a datagram whose numbers its sender cannot have
+// produced: a snapshot datagram or end past the transfer window, or a
+// resync answer past what the peer ever claimed to have sent.
+var errImplausible = errors.New("number outside what the sender can have sent")
+
+// dispatcher is where every received datagram enters the protocol. It
+// validates the header, finds the sending peer (binding a new one only
+// for the kinds that may introduce a node), and hands the datagram to the
+// handler its kind routes to. Anything wrong is counted, logged at a
+// limited rate, and dropped before a local map is touched.
+type dispatcher struct {
+	node   uint32
+	allow  []netip.Addr // --peers: the only source addresses accepted
+	window uint64       // of every peer's stream
+	peers  *peerTable
+	apply  *applier
+	repair *repairResponder
+	client *resyncClient
+	server *snapshotServer
+	ask    controlSender // this node's repair requests
+	stats  *Stats
+	log    *slog.Logger
+	limit  *limiter
+
+	routes [16]route
+	hdr    wire.Header // of the datagram being handled
+	req    wire.Nack   // a repair request being built
+	in     wire.Nack   // a request or answer received
+	descs  wire.Descriptors
+	got    []wire.Descriptor // of one announce
+}
+
+// route is how the dispatcher treats one kind of datagram.
+type route struct {
+	handle func(d *dispatcher, p *peer, h *wire.Header, dgram []byte, now time.Time) error
+	// binds: a datagram of this kind may introduce a node or its new
+	// epoch. The others come only from a peer known in that epoch at that
+	// address.
+	binds bool
+	// flush: what is collected from change datagrams is applied first,
+	// because the handler reads the maps or reports how far they are.
+	flush bool
+}
+
+// routes maps each kind to its handler.
+var routes = map[wire.Kind]route{
+	wire.KindChanges:     {handle: (*dispatcher).changes, binds: true},
+	wire.KindAnnounce:    {handle: (*dispatcher).announce, binds: true, flush: true},
+	wire.KindNack:        {handle: (*dispatcher).nack, flush: true},
+	wire.KindGone:        {handle: (*dispatcher).gone, flush: true},
+	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, flush: true},
+	wire.KindSyncAck:     {handle: (*dispatcher).syncAck},
+	wire.KindSyncStart:   {handle: (*dispatcher).syncStart, flush: true},
+	wire.KindSnapshot:    {handle: (*dispatcher).snapshot, flush: true},
+	wire.KindSyncEnd:     {handle: (*dispatcher).syncEnd, flush: true},
+}
+
+func (d *dispatcher) init() {
+	for k, r := range routes {
+		d.routes[k] = r
+	}
+}
+
+// handle checks one datagram and acts on it; the changes it carries are
+// collected into runs that the caller applies with [applier.flush].
+func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
+	h := &d.hdr
+	if err := h.Unmarshal(b); err != nil {
+		d.malformed(from, err)
+		return
+	}
+	if err := h.CheckSeq(); err != nil {
+		d.malformed(from, err)
+		return
+	}
+	if h.Node == d.node {
+		d.stats.OwnDropped.Add(1)
+		return
+	}
+	if d.allow != nil && !slices.Contains(d.allow, from.Addr()) {
+		d.forged(from, h, "source address not in the configured peers")
+		return
+	}
+	r := d.routes[h.Kind]
+	if r.handle == nil {
+		d.malformed(from, wire.ErrBadKind)
+		return
+	}
+	p, prev, ok := d.peer(from, h, r.binds, now)
+	if !ok {
+		return
+	}
+	if r.flush {
+		d.apply.flush()
+	}
+	if err := r.handle(d, p, h, b, now); err != nil {
+		if prev != p {
+			d.unbind(p, prev) // a malformed datagram leaves no peer state
+		}
+		d.malformed(from, err)
+		return
+	}
+	if prev != p && prev != nil {
+		d.retire(prev, now)
+	}
+	p.lastHeard = now
+	p.datagrams++
+}
+
+// peer finds the sender of a datagram: the known peer, or, for a kind
+// that binds, a new one or the known one in its new epoch. prev is the
+// peer as known before: the same as p unless p is new or restarted.
+func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now time.Time) (p, prev *peer, ok bool) {
+	p, b := d.peers.classify(h.Node, h.Epoch, from)
+	switch {
+	case b == bindKnown:
+		return p, p, true
+	case b == bindStale:
+		// From before the node restarted (epochs grow): late, or
+		// replayed. Taking it would reset the node's state.
+		d.stats.Duplicates.Add(1)
+	case b == bindForged:
+		d.forged(from, h, "node id already bound to another address")
+	case !binds:
+		d.stats.Unsolicited.Add(1) // a request or answer from a node not heard as a peer
+	case h.Kind == wire.KindChanges && h.Flags&wire.FlagRetransmit != 0:
+		// A resend for an epoch we do not track: what it repairs was
+		// given up on when the epoch changed.
+		d.stats.Duplicates.Add(1)
+	case b == bindRestarted:
+		if s, ok := d.limit.allow(reasonPeer); ok {
+			d.log.Info("peer restarted", "node", h.Node, "addr", from, "epoch", h.Epoch, "previous_epoch", p.epoch, "suppressed", s)
+		}
+		delete(d.peers.byNode, p.node)
+		n, ok := d.bind(from, h, 1, now)
+		return n, p, ok
+	default:
+		// A node heard for the first time starts at the sequence number
+		// its datagram shows to be next: what it sent before we heard of
+		// it is for the initial sync, not repair.
+		first := h.Seq
+		if h.Kind == wire.KindAnnounce {
+			first++
+		}
+		if s, ok := d.limit.allow(reasonPeer); ok {
+			d.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch, "suppressed", s)
+		}
+		n, ok := d.bind(from, h, first, now)
+		return n, nil, ok
+	}
+	return nil, nil, false
+}
+
+// bind starts tracking the node of h at from, its stream at first.
+func (d *dispatcher) bind(from netip.AddrPort, h *wire.Header, first uint64, now time.Time) (*peer, bool) {
+	p := d.peers.add(h.Node, h.Epoch, from, now, newStream(first, d.window))
+	if p == nil {
+		d.stats.PeerLimit.Add(1)
+		if s, ok := d.limit.allow(reasonPeer); ok {
+			d.log.Warn("dropping a datagram from a new node: too many peers", "node", h.Node, "addr", from,
+				"max_peers", maxPeers, "suppressed", s)
+		}
+		return nil, false
+	}
+	return p, true
+}
+
+// unbind undoes the binding of p, whose first datagram was malformed,
+// and restores prev, the peer it would have replaced, if any.
+func (d *dispatcher) unbind(p, prev *peer) {
+	delete(d.peers.byNode, p.node)
+	if prev != nil {
+		d.peers.byNode[prev.node] = prev
+	}
+}
+
+// retire forgets what is held for p, which restarted or went silent, and
+// the resyncs with it.
+func (d *dispatcher) retire(p *peer, now time.Time) {
+	d.stats.Held.Add(-uint64(p.stream.n))
+	p.stream.reset()
+	d.client.forget(p, now)
+	d.server.forget(p)
+}
+
+// changes takes a change datagram in sequence order: the next one is
+// applied at once, together with what it unblocks; a later one in the
+// window is held back and what is missing requested; an earlier one was
+// applied already; one beyond the window is dropped, to be asked for
+// again once the window has moved.
+func (d *dispatcher) changes(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	s := &p.stream
+	pos := s.place(h.Seq)
+	switch pos {
+	case posDuplicate:
+		d.stats.Duplicates.Add(1)
+		return nil
+	case posNext:
+		if _, err := d.apply.collect(p.node, body, h.Count, nil); err != nil {
+			return err
+		}
+	default:
+		if err := d.apply.check(body, h.Count); err != nil {
+			return err
+		}
+	}
+	d.request(p, h.Seq, true, now)
+	if pos == posBeyond || pos == posLater && !s.fits(wire.HeaderSize+len(body)) {
+		d.stats.HoldFull.Add(1)
+		return nil
+	}
+	d.stats.DatagramsReceived.Add(1)
+	if h.Flags&wire.FlagRetransmit != 0 {
+		d.stats.Repaired.Add(1)
+	}
+	if pos == posNext {
+		s.applied()
+		d.release(p, now)
+		return nil
+	}
+	s.hold(h.Seq, dgram)
+	d.stats.Held.Add(1)
+	return nil
+}
+
+// request records what seq shows the peer sent, and asks for what that
+// shows missing.
+func (d *dispatcher) request(p *peer, seq uint64, arrived bool, now time.Time) {
+	d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+	gaps := p.stream.gaps
+	p.stream.sent(seq, arrived, now, &d.req)
+	d.stats.GapsSeen.Add(p.stream.gaps - gaps)
+	d.sendRequest(p)
+}
+
+// sendRequest sends the repair request in d.req to p.
+func (d *dispatcher) sendRequest(p *peer) {
+	if d.req.N == 0 || d.ask.nack(p.addr, wire.KindNack, 0, &d.req) != nil {
+		return
+	}
+	d.stats.NacksSent.Add(1)
+	d.stats.RangesRequested.Add(uint64(d.req.N))
+}
+
+// release applies p's held datagrams that are next in order.
+func (d *dispatcher) release(p *peer, now time.Time) {
+	s := &p.stream
+	for b := s.release(); b != nil; b = s.release() {
+		d.stats.Held.Add(^uint64(0))
+		var h wire.Header
+		if h.Unmarshal(b) == nil {
+			_, _ = d.apply.collect(p.node, b[wire.HeaderSize:], h.Count, nil) // checked when held
+		}
+		s.recycle(b)
+	}
+	gaps := s.gaps
+	s.settle(now)
+	d.stats.GapsSeen.Add(s.gaps - gaps)
+}
+
+// announce takes a peer's map descriptors, its readiness and the latest
+// sequence number it sent: if some of those never arrived, the tail of a
+// burst was lost.
+func (d *dispatcher) announce(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	// Every descriptor is checked before any is compared: the count is
+	// known to match only at the end.
+	d.descs.Reset(body, h.Count)
+	d.got = d.got[:0]
+	for {
+		desc, err := d.descs.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		d.got = append(d.got, desc)
+	}
+	for i := range d.got {
+		d.compare(p, &d.got[i])
+	}
+	p.announced = true
+	p.ready = h.Flags&wire.FlagReady != 0
+	d.stats.DatagramsReceived.Add(1)
+	d.request(p, h.Seq, false, now)
+	return nil
+}
+
+func (d *dispatcher) nack(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	if err := d.in.Unmarshal(body, h.Count); err != nil {
+		return err
+	}
+	if !p.announced {
+		d.stats.Unsolicited.Add(1)
+		return nil
+	}
+	return d.repair.serve(p, &d.in, now)
+}
+
+// gone handles a peer's answer that it no longer holds some of what we
+// asked for: those changes can only come back with a full resync.
+func (d *dispatcher) gone(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	if err := d.in.Unmarshal(body, h.Count); err != nil {
+		return err
+	}
+	if d.in.Node != p.node || d.in.Epoch != p.epoch {
+		return nil // about another run of the peer's
+	}
+	if p.stream.gone(d.in.Ranges[d.in.N-1].Last) {
+		d.resyncNeeded(p, "peer no longer holds the missing datagrams")
+		d.release(p, now)
+	}
+	return nil
+}
+
+func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	if len(body) > 0 || h.Count > 0 {
+		return wire.ErrBadLength
+	}
+	if !p.announced {
+		d.stats.Unsolicited.Add(1)
+		return nil
+	}
+	return d.server.request(p, h, now)
+}
+
+func (d *dispatcher) syncAck(p *peer, h *wire.Header, dgram []byte, _ time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	return d.server.acked(p, h, body)
+}
+
+func (d *dispatcher) syncStart(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	err := d.client.started(p, h, body, now)
+	d.release(p, now)
+	return err
+}
+
+func (d *dispatcher) snapshot(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	return d.client.snapshot(p, h, body, now)
+}
+
+func (d *dispatcher) syncEnd(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	body := dgram[wire.HeaderSize:]
+	return d.client.end(p, h, body, now)
+}
+
+// tick runs the timers of every peer: repeats repair requests, gives up
+// on gaps not repaired in time, forgets silent peers and drives the
+// resync; then applies what that released.
+func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
+	for _, p := range d.peers.silent(now, silent[:0]) {
+		if s, ok := d.limit.allow(reasonPeer); ok {
+			d.log.Warn("forgetting a silent peer", "node", p.node, "addr", p.addr,
+				"silent_for", now.Sub(p.lastHeard).Round(time.Millisecond), "suppressed", s)
+		}
+		d.stats.PeersExpired.Add(1)
+		d.retire(p, now)
+		delete(d.peers.byNode, p.node)
+	}
+	for _, p := range d.peers.byNode {
+		switch p.stream.due(now) {
+		case retryAsk:
+			d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+			p.stream.missing(&d.req)
+			d.sendRequest(p)
+		case retryGiveUp:
+			d.resyncNeeded(p, "missing datagrams not repaired in time")
+			p.stream.giveUp()
+			d.release(p, now)
+		}
+	}
+	d.client.tick(now)
+	for _, p := range d.peers.byNode {
+		if !p.stream.paused && p.stream.n > 0 {
+			d.release(p, now)
+		}
+	}
+	d.apply.flush()
+	return silent
+}
+
+// resyncNeeded records that p's changes before its current gap are lost,
+// so a full resync from p is due.
+func (d *dispatcher) resyncNeeded(p *peer, why string) {
+	d.stats.ResyncNeeded.Add(1)
+	p.needSync = true
+	if s, ok := d.limit.allow(reasonResync); ok {
+		d.log.Warn("giving up on missing datagrams; a full resync from the peer follows", "peer", p.node, "addr", p.addr,
+			"epoch", p.epoch, "next", p.stream.next, "latest", p.stream.latest, "reason", why, "suppressed", s)
+	}
+}
+
+// compare checks a peer's map descriptor against the local map of the
+// same name. A differing schema is reported once per peer and schema;
+// the peer's changes to that map then carry a fingerprint no local map
+// has, and are counted as unknown.
+func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
+	m := d.apply.table.byName(desc.Name)
+	if m == nil {
+		return
+	}
+	fp := desc.Fingerprint()
+	if fp == m.fp {
+		delete(p.mismatch, desc.Name)
+		return
+	}
+	if reported, ok := p.mismatch[desc.Name]; ok && reported == fp {
+		return
+	}
+	s, ok := d.limit.allow(reasonSchema)
+	if !ok {
+		return
+	}
+	if p.mismatch == nil {
+		p.mismatch = make(map[string]uint32)
+	}
+	p.mismatch[desc.Name] = fp
+	args := []any{"map", desc.Name, "peer", p.node, "addr", p.addr}
+	args = append(args, schemaDiff(&m.Desc, desc)...)
+	d.log.Error("peer's map schema differs from the local map; its changes to this map are dropped", append(args, "suppressed", s)...)
+}
+
+// schemaDiff returns a log group per schema field that differs.
+func schemaDiff(local, peer *wire.Descriptor) []any {
+	var out []any
+	field := func(name string, l, p any) {
+		out = append(out, slog.Group(name, "local", l, "peer", p))
+	}
+	if local.Type != peer.Type {
+		field("type", ebpf.MapType(local.Type).String(), ebpf.MapType(peer.Type).String())
+	}
+	if local.KeySize != peer.KeySize {
+		field("key_size", local.KeySize, peer.KeySize)
+	}
+	if local.ValueSize != peer.ValueSize {
+		field("value_size", local.ValueSize, peer.ValueSize)
+	}
+	if local.MaxEntries != peer.MaxEntries {
+		field("max_entries", local.MaxEntries, peer.MaxEntries)
+	}
+	return out
+}
+
+func (d *dispatcher) malformed(from netip.AddrPort, err error) {
+	d.stats.Malformed.Add(1)
+	if s, ok := d.limit.allow(reasonMalformed); ok {
+		d.log.Warn("dropping malformed datagram", "from", from, "error", err, "suppressed", s)
+	}
+}
+
+func (d *dispatcher) forged(from netip.AddrPort, h *wire.Header, why string) {
+	d.stats.Forged.Add(1)
+	if s, ok := d.limit.allow(reasonForged); ok {
+		args := []any{"from", from, "node", h.Node, "epoch", h.Epoch, "reason", why, "suppressed", s}
+		if p := d.peers.byNode[h.Node]; p != nil {
+			args = append(args, "known_addr", p.addr)
+		}
+		d.log.Warn("dropping datagram from an unexpected address", args...)
+	}
+}

@@ -1,0 +1,256 @@
+package replication
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// retryTick is how often the receive side's timers look at the peers.
+const retryTick = 5 * time.Millisecond
+
+// Config configures a [Node].
+type Config struct {
+	// Node is this node's id, in every datagram it sends; datagrams
+	// carrying it are dropped. Zero is not an id.
+	Node uint32
+	// Epoch identifies this run of the node: it must be larger than the
+	// epoch of any earlier run, so that peers can tell a restart from a
+	// replay.
+	Epoch uint64
+	// Table is the set of replicated local maps.
+	Table *Table
+	// Source yields the changes to replicate.
+	Source Source
+	// Transport carries the datagrams.
+	Transport Transport
+	// Peers, when set, are the only source addresses accepted; datagrams
+	// from anywhere else count as forged. Zones are ignored.
+	Peers []netip.Addr
+	// FlushInterval bounds how long a captured change waits for more
+	// changes to share its datagram (default [DefaultFlushInterval]).
+	FlushInterval time.Duration
+	// AnnounceInterval is the period of announce datagrams (default
+	// [DefaultAnnounceInterval]). A starting node that hears no ready peer
+	// for twice as long decides its initial sync alone, and a peer silent
+	// for ten times as long is forgotten.
+	AnnounceInterval time.Duration
+	// ResendBytes sizes the buffer of sent datagrams that peers' repair
+	// requests are answered from (default [DefaultResendBytes]).
+	ResendBytes int
+	// Log receives the node's log lines; nil discards them.
+	Log *slog.Logger
+}
+
+// Errors of [NewNode], for callers to turn into advice.
+var (
+	ErrNoNodeID   = errors.New("node id 0 is not an id")
+	ErrResendSize = errors.New("resend buffer size out of range")
+	ErrIncomplete = errors.New("config lacks a table, source or transport")
+)
+
+// Node is one udpmapsync node: it owns the sender and the receive side,
+// the resend buffer between them, the statistics, the readiness of the
+// initial sync and the node's identity. [Node.Run] runs it.
+//
+// The receive side is four parts with one job each, behind one lock: the
+// [dispatcher] routes each datagram by kind; every peer's
+// [orderedStream] puts its change datagrams in order for the [applier];
+// the [repairResponder] answers repair requests from the resend buffer;
+// the [resyncClient] and the [snapshotServer] are the two ends of a full
+// resync.
+type Node struct {
+	node   uint32
+	epoch  uint64
+	src    Source
+	tr     Transport
+	log    *slog.Logger
+	stats  Stats
+	resend *resendBuffer
+	sender *sender
+
+	mu       sync.Mutex // the receive lock: guards everything below
+	peers    peerTable
+	apply    applier
+	repair   repairResponder
+	client   resyncClient
+	server   snapshotServer
+	dispatch dispatcher
+	ready    readiness
+	limit    limiter
+}
+
+// NewNode prepares a node; nothing is sent or read before [Node.Run].
+func NewNode(cfg Config) (*Node, error) {
+	if cfg.Node == 0 {
+		return nil, ErrNoNodeID
+	}
+	if cfg.Table == nil || cfg.Source == nil || cfg.Transport == nil {
+		return nil, ErrIncomplete
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	announce := cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval)
+	resend, err := newResendBuffer(cmp.Or(cfg.ResendBytes, DefaultResendBytes), cfg.Table.payload)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
+		peers: newPeerTable(announce)}
+	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
+	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
+		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
+		Resend: resend, Ready: n.ready.isReady, Stats: &n.stats, Log: log})
+
+	ctl := func() controlSender {
+		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
+	}
+	n.apply = newApplier(cfg.Table, &n.stats, log, &n.limit)
+	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
+	n.client = resyncClient{peers: &n.peers, apply: &n.apply, own: resend, ctl: ctl(), ready: &n.ready,
+		stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
+	n.apply.live = n.client.touch
+	n.server = snapshotServer{table: cfg.Table, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
+		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
+		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
+	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
+		peers: &n.peers, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
+		stats: &n.stats, log: log, limit: &n.limit}
+	for _, a := range cfg.Peers {
+		n.dispatch.allow = append(n.dispatch.allow, a.Unmap().WithZone(""))
+	}
+	n.dispatch.init()
+	return n, nil
+}
+
+// current reports whether this node may serve snapshots: it completed
+// its initial sync and is not receiving a resync itself, so what it
+// serves is the group's state, not a stale one.
+func (n *Node) current() bool { return n.ready.isReady() && !n.client.busy() }
+
+// Run replicates until ctx is done or the source or the transport fails.
+// Then it closes the source and the transport, if they are [io.Closer]s,
+// to end their blocking reads, stops every snapshot transfer, and returns
+// once nothing of the node runs any more: the caller may then close the
+// maps. It returns nil when ctx ended it.
+func (n *Node) Run(ctx context.Context) error {
+	n.mu.Lock()
+	n.ready.started = time.Now()
+	n.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 3)
+	go func() { done <- n.sender.Run(ctx) }()
+	go func() { done <- n.receive(ctx) }()
+	go func() { done <- n.timers(ctx) }()
+	var first error
+	ended := 0
+	select {
+	case <-ctx.Done():
+	case first = <-done: // an error, or nil if ctx ended meanwhile
+		ended++
+	}
+	cancel()
+	for _, c := range []any{n.src, n.tr} {
+		if c, ok := c.(io.Closer); ok {
+			_ = c.Close()
+		}
+	}
+	for ; ended < cap(done); ended++ {
+		if err := <-done; first == nil {
+			first = err
+		}
+	}
+	n.server.shutdown()
+	return first
+}
+
+// receive reads datagrams and hands them to the dispatcher until the
+// transport fails or, once ctx is done, is closed.
+func (n *Node) receive(ctx context.Context) error {
+	for {
+		pkts, err := n.tr.Receive()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("receive datagrams: %w", err)
+		}
+		now := time.Now()
+		n.mu.Lock()
+		for i := range pkts {
+			n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
+		}
+		n.apply.flush()
+		n.mu.Unlock()
+	}
+}
+
+// timers runs the receive side's timers until ctx is done.
+func (n *Node) timers(ctx context.Context) error {
+	t := time.NewTicker(retryTick)
+	defer t.Stop()
+	var silent []*peer
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			n.mu.Lock()
+			silent = n.dispatch.tick(now, silent)
+			n.mu.Unlock()
+		}
+	}
+}
+
+// Ready returns a channel closed once this node has completed its initial
+// sync: it received a snapshot from a ready peer, or it heard no ready
+// peer for twice the announce interval and is the one to seed the others.
+func (n *Node) Ready() <-chan struct{} { return n.ready.done }
+
+// Stats returns the node's counters, updated as it runs.
+func (n *Node) Stats() *Stats { return &n.stats }
+
+// Peers lists the peers heard from, ordered by node id. It is safe to call
+// while [Node.Run] runs.
+func (n *Node) Peers() []PeerStatus {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.peers.status()
+}
+
+// readiness is this node's initial sync: it is ready once it holds what
+// the peers it heard from hold.
+type readiness struct {
+	started time.Time     // the node started
+	wait    time.Duration // how long to listen for peers before deciding alone
+	done    chan struct{} // closed once ready
+	flag    interface {   // Stats.Ready, read by the sender for its announces
+		Load() bool
+		Swap(bool) bool
+	}
+	log *slog.Logger
+}
+
+func (r *readiness) isReady() bool { return r.flag.Load() }
+
+// waited reports whether the node listened for peers long enough.
+func (r *readiness) waited(now time.Time) bool { return now.Sub(r.started) >= r.wait }
+
+// become ends the initial sync.
+func (r *readiness) become(why string, peers int) {
+	if r.flag.Swap(true) {
+		return
+	}
+	close(r.done)
+	r.log.Info("ready: initial sync complete", "how", why, "peers", peers,
+		"after", time.Since(r.started).Round(time.Millisecond))
+}

@@ -1,0 +1,193 @@
+package replication
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Peer bounds: what a stream of forged datagrams can make this node
+// remember. See "Hostile input" in docs/ARCHITECTURE.md.
+const (
+	// maxPeers bounds the nodes tracked at once. A datagram from a new
+	// node id beyond it is dropped and counted (peer_limit).
+	maxPeers = 64
+	// peerSilence is how many announce intervals a peer may stay silent
+	// before it is forgotten, with what is held for it: a dead node stops
+	// being a resync source, and a node id that moved to another address
+	// can bind again.
+	peerSilence = 10
+	// trustAfter is how many announce intervals a peer must have been
+	// heard for before it is chosen as a resync source.
+	trustAfter = 2
+	// syncSourceBackoff is how long a peer that did not answer a resync
+	// request is passed over as a resync source.
+	syncSourceBackoff = 10 * time.Second
+)
+
+// peer is what this node knows of one other node in its current epoch.
+// Sequence numbers are per (node, epoch): a new epoch means the peer
+// restarted and numbers from 1 again.
+type peer struct {
+	node       uint32
+	addr       netip.AddrPort // where its datagrams come from; bound for the epoch
+	epoch      uint64
+	firstHeard time.Time
+	lastHeard  time.Time
+	// announced is set by the peer's first valid announce. Answers
+	// (repairs, snapshots) go only to a peer that announced itself from
+	// its address, never to an address taken from one request.
+	announced bool
+	ready     bool // its announces say it completed its initial sync
+	// needSync is set when its changes were lost beyond repair: a full
+	// resync from it is due.
+	needSync bool
+	// passOver is when it may again be chosen as a resync source, after
+	// it did not answer one.
+	passOver  time.Time
+	stream    orderedStream
+	answers   answerBudget
+	datagrams uint64
+	// mismatch holds, per map name, the fingerprint of the peer's schema
+	// already reported as differing from ours, so it is reported once.
+	mismatch map[string]uint32
+}
+
+// peerTable is the set of peers, bounded in number, each bound to the
+// address it was first heard from in its epoch.
+type peerTable struct {
+	byNode  map[uint32]*peer
+	silence time.Duration // forget a peer not heard for this long
+	trust   time.Duration // heard for this long before it serves resyncs
+}
+
+func newPeerTable(announce time.Duration) peerTable {
+	return peerTable{
+		byNode:  make(map[uint32]*peer),
+		silence: peerSilence * announce,
+		trust:   trustAfter * announce,
+	}
+}
+
+// binding is what a datagram's (node, epoch, address) means to the table.
+type binding uint8
+
+const (
+	bindKnown     binding = iota // the peer as known: same epoch, same address
+	bindNew                      // a node never heard, or forgotten
+	bindRestarted                // the peer restarted: a later epoch from its address
+	bindForged                   // the node's epoch from another address, or a later one from another address
+	bindStale                    // an earlier epoch of the node: late or replayed
+)
+
+// classify says what a datagram from (node, epoch) at from means.
+// A later epoch is accepted only from the address the node is bound to:
+// anyone else claiming a restart of a live peer is an impostor. A node
+// that really moved to another address binds again once its old entry
+// has been forgotten after peerSilence announce intervals.
+func (t *peerTable) classify(node uint32, epoch uint64, from netip.AddrPort) (*peer, binding) {
+	p := t.byNode[node]
+	switch {
+	case p == nil:
+		return nil, bindNew
+	case epoch < p.epoch:
+		return p, bindStale
+	case p.addr != from:
+		return p, bindForged
+	case epoch > p.epoch:
+		return p, bindRestarted
+	}
+	return p, bindKnown
+}
+
+// add starts tracking node at from; it returns nil when the table is full.
+func (t *peerTable) add(node uint32, epoch uint64, from netip.AddrPort, now time.Time, stream orderedStream) *peer {
+	if len(t.byNode) >= maxPeers {
+		return nil
+	}
+	p := &peer{node: node, addr: from, epoch: epoch, firstHeard: now, lastHeard: now, stream: stream}
+	t.byNode[node] = p
+	return p
+}
+
+// silent returns the peers not heard for the silence period.
+func (t *peerTable) silent(now time.Time, out []*peer) []*peer {
+	for _, p := range t.byNode {
+		if now.Sub(p.lastHeard) >= t.silence {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// trusted reports whether p may serve this node a resync: heard from its
+// address for a while, announcing itself ready, and not passed over.
+func (t *peerTable) trusted(p *peer, now time.Time) bool {
+	return p.announced && p.ready && now.Sub(p.firstHeard) >= t.trust && !now.Before(p.passOver)
+}
+
+// lowest is the smallest node id known, or the largest uint32 if none.
+func (t *peerTable) lowest() uint32 {
+	low := ^uint32(0)
+	for node := range t.byNode {
+		low = min(low, node)
+	}
+	return low
+}
+
+// PeerStatus is what this node knows about one peer.
+type PeerStatus struct {
+	Node      uint32
+	Addr      netip.AddrPort
+	Epoch     uint64
+	Ready     bool      // it announced that its initial sync is complete
+	Seq       uint64    // highest sequence number the peer is known to have sent
+	Applied   uint64    // highest sequence number applied in order
+	LastHeard time.Time // its last valid datagram
+	Datagrams uint64    // accepted in this epoch
+	Gaps      uint64    // change datagrams missed in this epoch
+}
+
+// status lists the peers ordered by node id.
+func (t *peerTable) status() []PeerStatus {
+	out := make([]PeerStatus, 0, len(t.byNode))
+	for _, p := range t.byNode {
+		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Ready: p.ready,
+			Seq: p.stream.latest, Applied: p.stream.next - 1, LastHeard: p.lastHeard,
+			Datagrams: p.datagrams, Gaps: p.stream.gaps})
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
+	return out
+}
+
+// answerBudget bounds the bytes this node sends one peer in answers to its
+// requests (repairs and their "gone" answers): a token bucket of
+// answerBurst bytes refilled at answerRate. A request the budget cannot
+// cover is answered in part, and the rest asked for again later.
+type answerBudget struct {
+	tokens float64
+	at     time.Time
+}
+
+// Answer budget: enough for a receiver repairing 5% loss of a sender at
+// full speed, and a bound on what forged requests can make a node send.
+const (
+	answerRate  = 16 << 20 // bytes per second
+	answerBurst = 2 << 20
+)
+
+// take reports whether n bytes may be sent now, and if so spends them.
+func (b *answerBudget) take(n int, now time.Time) bool {
+	if b.at.IsZero() {
+		b.tokens = answerBurst
+	} else {
+		b.tokens = min(answerBurst, b.tokens+now.Sub(b.at).Seconds()*answerRate)
+	}
+	b.at = now
+	if b.tokens < float64(n) {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
+}

@@ -1,0 +1,373 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// Full resync, serving side. See "Full resync" in docs/ARCHITECTURE.md.
+const (
+	// maxTransfers bounds the snapshots streamed at once; further
+	// requesters are told to ask again later.
+	maxTransfers = 4
+	// transferWindow is how many snapshot datagrams may be in flight, sent
+	// and not acknowledged, to one requester: enough to keep a LAN busy,
+	// few enough for any socket buffer.
+	transferWindow = 256
+	// initialWindow is how many may be in flight before the requester's
+	// first acknowledgement: a forged request, whose "requester" never
+	// acknowledges, gets no more than this and a few timed-out resends.
+	initialWindow = 8
+	// transferRTO is how long an unacknowledged datagram first waits
+	// before it is sent again; each timeout without an acknowledgement
+	// doubles it up to maxTransferRTO. transferTimeout ends a transfer
+	// whose requester went silent.
+	transferRTO     = 100 * time.Millisecond
+	maxTransferRTO  = 1600 * time.Millisecond
+	transferTimeout = 5 * time.Second
+	// transferEvery is how often one peer may start a new transfer: a
+	// repeated request with a new id replaces the running one, which costs
+	// a read of every map.
+	transferEvery = time.Second
+)
+
+var (
+	errTransferStopped = errors.New("stopped")
+	errTransferSilent  = errors.New("the requester stopped acknowledging")
+)
+
+// snapshotServer streams snapshots of the local maps to peers that ask
+// for a full resync, one goroutine per transfer, at most maxTransfers at
+// once. It answers only known peers at their bound address (the
+// dispatcher sees to that), at most one new transfer per peer per
+// transferEvery, and refuses while this node is not itself in sync.
+type snapshotServer struct {
+	table *Table
+	tr    Transport
+	node  uint32
+	epoch uint64
+	own   ownStream
+	stats *Stats
+	log   *slog.Logger
+	// current reports whether this node may serve: ready, and not
+	// receiving a resync itself.
+	current func() bool
+
+	transfers map[uint32]*transfer // by requester node
+	started   map[uint32]time.Time // when each requester's last transfer started
+	wg        sync.WaitGroup       // the transfers' goroutines
+	stop      chan struct{}        // closed at shutdown
+	mu        *sync.Mutex          // the receive lock, held by every method but serve
+}
+
+// transfer is one snapshot of the local maps streamed to one requester.
+type transfer struct {
+	to    netip.AddrPort
+	node  uint32
+	id    uint32
+	start [][]byte      // the KindSyncStart datagram, sent again if the request is repeated
+	acks  chan syncAck  // from the receive goroutine
+	stop  chan struct{} // closed when a newer request from the same node replaces this one
+}
+
+// syncAck is a requester's progress: every datagram up to cum arrived, and
+// the ranges in missing, after cum, did not.
+type syncAck struct {
+	cum     uint32
+	missing wire.Nack
+}
+
+// request answers p's request for a snapshot: with a refusal, or with
+// where the snapshot stands, after which a transfer streams it. A
+// repeated request (its answer was lost) gets the same answer again.
+func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
+	id, _ := wire.SplitSyncSeq(h.Seq)
+	if t := s.transfers[p.node]; t != nil && t.id == id {
+		s.send(p, t.start, now)
+		return nil
+	}
+	var st wire.SyncStart
+	switch {
+	case !s.current():
+		st.Status = wire.SyncNotReady
+	case now.Sub(s.started[p.node]) < transferEvery:
+		st.Status = wire.SyncBusy
+	case s.transfers[p.node] == nil && len(s.transfers) >= maxTransfers:
+		st.Status = wire.SyncBusy
+	default:
+		// Every change after the latest sealed datagram is in a later
+		// one, so the requester continues our stream after it.
+		if _, last, ok := s.own.held(); ok {
+			st.AsOf = last
+		}
+		st.Applied = p.stream.next - 1
+	}
+	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
+	b, err := answer.AppendTo(make([]byte, 0, wire.HeaderSize+wire.SyncStartSize))
+	if err == nil {
+		b, err = st.AppendTo(b)
+	}
+	if err != nil {
+		return fmt.Errorf("encode sync start: %w", err)
+	}
+	start := [][]byte{b}
+	s.send(p, start, now)
+	if st.Status != wire.SyncOK {
+		return nil
+	}
+	if old := s.transfers[p.node]; old != nil {
+		close(old.stop)
+	}
+	t := &transfer{to: p.addr, node: p.node, id: id, start: start,
+		acks: make(chan syncAck, 16), stop: make(chan struct{})}
+	s.transfers[p.node] = t
+	s.started[p.node] = now
+	s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
+	s.wg.Add(1)
+	go s.serve(t)
+	return nil
+}
+
+// send sends an answer to p within its answer budget.
+func (s *snapshotServer) send(p *peer, dgrams [][]byte, now time.Time) {
+	if !p.answers.take(len(dgrams[0]), now) {
+		s.stats.AnswersLimited.Add(1)
+		return
+	}
+	if err := s.tr.SendTo(p.addr, dgrams); err != nil {
+		s.stats.SendErrors.Add(1)
+	}
+}
+
+// acked hands p's acknowledgement to its transfer.
+func (s *snapshotServer) acked(p *peer, h *wire.Header, body []byte) error {
+	id, cum := wire.SplitSyncSeq(h.Seq)
+	a := syncAck{cum: cum}
+	if h.Count > 0 {
+		if err := a.missing.Unmarshal(body, h.Count); err != nil {
+			return err
+		}
+	} else if len(body) > 0 {
+		return wire.ErrBadLength
+	}
+	t := s.transfers[p.node]
+	if t == nil || t.id != id {
+		return nil
+	}
+	select {
+	case t.acks <- a:
+	default: // acknowledgements are cumulative: a later one says as much
+	}
+	return nil
+}
+
+// forget stops the transfer to p, which restarted or went silent.
+func (s *snapshotServer) forget(p *peer) {
+	if t := s.transfers[p.node]; t != nil {
+		close(t.stop)
+		delete(s.transfers, p.node)
+	}
+	delete(s.started, p.node)
+}
+
+// shutdown stops every transfer and waits for their goroutines; call it
+// without the receive lock.
+func (s *snapshotServer) shutdown() {
+	close(s.stop)
+	s.wg.Wait()
+}
+
+// serve streams the transfer and forgets it when done.
+func (s *snapshotServer) serve(t *transfer) {
+	defer s.wg.Done()
+	began := time.Now()
+	st := newSnapshotStream(s, t)
+	err := st.run()
+	s.mu.Lock()
+	if s.transfers[t.node] == t {
+		delete(s.transfers, t.node)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		if !errors.Is(err, errTransferStopped) {
+			s.log.Warn("full resync to a peer failed", "peer", t.node, "addr", t.to, "error", err)
+		}
+		return
+	}
+	s.stats.ResyncsSent.Add(1)
+	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
+		"resent", st.resent, "took", time.Since(began).Round(time.Millisecond))
+}
+
+// snapshotStream is the sending state of one transfer. Datagram k of the
+// snapshot lives in slot k % transferWindow until the requester
+// acknowledges it.
+type snapshotStream struct {
+	s       *snapshotServer
+	t       *transfer
+	w       wire.ChangeWriter
+	header  wire.Header
+	slots   [transferWindow][]byte // each of the payload size
+	lens    [transferWindow]int    // of the datagram in each slot
+	sentAt  [transferWindow]time.Time
+	end     []byte // the end datagram, once every record is sealed
+	done    bool   // the requester acknowledged the end
+	sealed  uint32 // datagrams sealed and sent
+	acked   uint32 // every datagram up to acked was received
+	cwnd    uint32 // datagrams that may be in flight
+	rto     time.Duration
+	heard   time.Time
+	entries uint64
+	resent  uint64
+	out     [1][]byte
+}
+
+func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
+	st := &snapshotStream{s: s, t: t, heard: time.Now(), cwnd: initialWindow, rto: transferRTO,
+		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}}
+	for i := range st.slots {
+		st.slots[i] = make([]byte, s.table.payload)
+	}
+	return st
+}
+
+// run reads every local map into snapshot datagrams, sends them within the
+// window, then the end, and returns once the requester has everything.
+func (st *snapshotStream) run() error {
+	if err := st.open(); err != nil {
+		return err
+	}
+	tab := st.s.table
+	for i := range tab.maps {
+		m := &tab.maps[i]
+		keys, vals := make([]byte, dumpBatch*m.keySize), make([]byte, dumpBatch*m.valueSize)
+		err := m.Target.Dump(keys, vals, func(k, v []byte) error {
+			for o := 0; o*m.keySize < len(k); o++ {
+				key, val := k[o*m.keySize:(o+1)*m.keySize], v[o*m.valueSize:(o+1)*m.valueSize]
+				if !st.w.Append(m.fp, ops.Update, key, val) {
+					st.seal()
+					if err := st.open(); err != nil {
+						return err
+					}
+					st.w.Append(m.fp, ops.Update, key, val) // NewTable checked that one record fits
+				}
+				st.entries++
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("map %s: %w", m.Desc.Name, err)
+		}
+	}
+	if st.w.Count() > 0 {
+		st.seal()
+	}
+	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed)}
+	var err error
+	if st.end, err = end.AppendTo(nil); err != nil {
+		return fmt.Errorf("encode sync end: %w", err)
+	}
+	st.send(st.end)
+	return st.wait(func() bool { return st.done })
+}
+
+// open starts the next datagram in its slot, once the window has room.
+func (st *snapshotStream) open() error {
+	next := st.sealed + 1
+	if err := st.wait(func() bool { return next-st.acked <= st.cwnd }); err != nil {
+		return err
+	}
+	st.w.Reset(st.slots[next%transferWindow])
+	return nil
+}
+
+// seal numbers the datagram being built and sends it.
+func (st *snapshotStream) seal() {
+	st.sealed++
+	st.header.Seq = wire.SyncSeq(st.t.id, st.sealed)
+	d := st.w.Finish(st.header)
+	i := st.sealed % transferWindow
+	st.lens[i] = len(d)
+	st.sentAt[i] = time.Now()
+	st.send(d)
+}
+
+// send sends one datagram to the requester. A failure is counted; the
+// datagram is sent again when it is not acknowledged in time.
+func (st *snapshotStream) send(d []byte) {
+	st.out[0] = d
+	if err := st.s.tr.SendTo(st.t.to, st.out[:]); err != nil {
+		st.s.stats.SendErrors.Add(1)
+	}
+}
+
+// resend sends datagram k again unless it was sent within the last rto.
+func (st *snapshotStream) resend(k uint32, now time.Time, rto time.Duration) {
+	i := k % transferWindow
+	if now.Sub(st.sentAt[i]) < rto {
+		return
+	}
+	st.sentAt[i] = now
+	st.resent++
+	st.send(st.slots[i][:st.lens[i]])
+}
+
+// wait takes acknowledgements, and resends what they show missing or what
+// timed out, until done reports true.
+func (st *snapshotStream) wait(done func() bool) error {
+	timer := time.NewTimer(st.rto)
+	defer timer.Stop()
+	for !done() {
+		select {
+		case <-st.t.stop:
+			return errTransferStopped
+		case <-st.s.stop:
+			return errTransferStopped
+		case a := <-st.t.acks:
+			st.take(a, time.Now())
+		case now := <-timer.C:
+			if now.Sub(st.heard) >= transferTimeout {
+				return errTransferSilent
+			}
+			st.timeout(now)
+			timer.Reset(st.rto)
+		}
+	}
+	return nil
+}
+
+// take applies an acknowledgement: the window opens by what it
+// acknowledges, and what it shows missing is sent again.
+func (st *snapshotStream) take(a syncAck, now time.Time) {
+	st.heard = now
+	st.rto = transferRTO
+	if cum := min(a.cum, st.sealed); cum > st.acked {
+		st.cwnd = min(transferWindow, st.cwnd+cum-st.acked)
+		st.acked = cum
+	}
+	st.done = st.end != nil && a.cum > st.sealed // the end counts as one more
+	for _, rg := range a.missing.Ranges[:a.missing.N] {
+		lo, hi := max(rg.First, uint64(st.acked)+1), min(rg.Last, uint64(st.sealed))
+		for k := lo; k <= hi; k++ {
+			st.resend(uint32(k), now, transferRTO/4)
+		}
+	}
+}
+
+// timeout resends the oldest unacknowledged datagram, and the end, and
+// backs off: a requester that does not acknowledge gets less and less.
+func (st *snapshotStream) timeout(now time.Time) {
+	if st.acked < st.sealed {
+		st.resend(st.acked+1, now, st.rto)
+	} else if st.end != nil {
+		st.send(st.end)
+	}
+	st.rto = min(2*st.rto, maxTransferRTO)
+}
