@@ -94,11 +94,6 @@ const (
 // btfPath is where the running kernel's BTF is; both backends need it.
 const btfPath = "/sys/kernel/btf/vmlinux"
 
-// errFentryRefused replaces cilium/ebpf's advice to raise MEMLOCK, which is
-// wrong when the kernel refuses trampolines outright (a locked-down or
-// sandboxed kernel).
-var errFentryRefused = errors.New("kernel refused fentry/fexit programs (EPERM); use --capture syscall")
-
 // fentryRequired are the fexit targets without which the fentry backend
 // would miss plain updates and deletes; the others (lookup-and-delete) are
 // attached where the kernel has them.
@@ -165,13 +160,13 @@ func checkCaptureOptions(opts *CaptureOptions) error {
 		opts.Backend = BackendAuto
 	case BackendAuto, BackendFentry, BackendSyscall:
 	default:
-		return fmt.Errorf("--capture %s: unknown backend; use auto, fentry or syscall", opts.Backend)
+		return fmt.Errorf("capture backend %q: %w", opts.Backend, ErrUnknownBackend)
 	}
 	if opts.RingSize == 0 {
 		opts.RingSize = DefaultRingSize
 	}
 	if page := os.Getpagesize(); opts.RingSize < page || opts.RingSize&(opts.RingSize-1) != 0 {
-		return fmt.Errorf("capture ring size %d: want a power of two of at least %d bytes", opts.RingSize, page)
+		return fmt.Errorf("capture ring size %d: %w: want a power of two of at least %d bytes", opts.RingSize, ErrRingSize, page)
 	}
 	if opts.WakeBytes == 0 {
 		opts.WakeBytes = opts.RingSize / 8
@@ -204,10 +199,7 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 		}
 	}()
 	if c.coll, err = ebpf.NewCollection(spec); err != nil {
-		if backend == BackendFentry && errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("load %s capture: %w", backend, errFentryRefused)
-		}
-		return nil, fmt.Errorf("load %s capture: %w", backend, err)
+		return nil, fmt.Errorf("load %s capture: %w", backend, captureRefusal(backend, err))
 	}
 	watched := c.coll.Maps["watched"]
 	for _, m := range opts.Maps {
@@ -230,14 +222,26 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 		if err != nil {
 			section := spec.Programs[name].SectionName
-			if backend == BackendFentry && errors.Is(err, unix.EPERM) {
-				err = errFentryRefused
-			}
-			return nil, fmt.Errorf("attach %s: %w", section, err)
+			return nil, fmt.Errorf("attach %s: %w", section, captureRefusal(backend, err))
 		}
 		c.links = append(c.links, l)
 	}
 	return c, nil
+}
+
+// captureRefusal explains an EPERM from loading or attaching the capture:
+// a [*PermissionError] naming the capabilities the process lacks, or for
+// fentry with all of them held [ErrFentryRefused] (and unix.EPERM) in place
+// of cilium/ebpf's error, whose advice to raise RLIMIT_MEMLOCK is wrong for a
+// kernel that refuses trampolines outright.
+func captureRefusal(backend Backend, err error) error {
+	if !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	if backend == BackendFentry && len(missingCaps(captureCaps)) == 0 {
+		return fmt.Errorf("%w: %w", ErrFentryRefused, unix.EPERM)
+	}
+	return permissionError(err, captureCaps...)
 }
 
 // captureSpec returns the backend's programs configured for opts and this

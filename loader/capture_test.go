@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/ops"
 )
@@ -33,7 +35,9 @@ const (
 	envCaptureOut    = "UDPMAPSYNC_CAPTURE_OUT"    // script: where to write the results
 )
 
-const fentryRefusedText = "kernel refused fentry/fexit programs (EPERM); use --capture syscall"
+// fentryRefusedText is how ErrFentryRefused reads, for errors that come as
+// text from another process.
+var fentryRefusedText = ErrFentryRefused.Error()
 
 // envVM is set to 1 by the VM harness (vmtest.EnvVM), whose kernel allows
 // fentry: there a refused fentry backend fails the tests instead of
@@ -59,7 +63,7 @@ func captureBackends(t *testing.T) []Backend {
 		fentryProbe.err = err
 	})
 	if err := fentryProbe.err; err != nil {
-		if !strings.Contains(err.Error(), fentryRefusedText) || os.Getenv(envVM) == "1" {
+		if !errors.Is(err, ErrFentryRefused) || os.Getenv(envVM) == "1" {
 			t.Fatalf("fentry backend: %v", err)
 		}
 		return []Backend{BackendSyscall}
@@ -739,8 +743,11 @@ func TestCaptureFentryOrFallback(t *testing.T) {
 			t.Errorf("fentry capture: sees program writes %v, fallback %v", c.SeesProgramWrites(), c.Fallback())
 		}
 		c.Close()
-	} else if !strings.Contains(fentryErr.Error(), fentryRefusedText) || strings.Contains(fentryErr.Error(), "MEMLOCK") || os.Getenv(envVM) == "1" {
-		t.Fatalf("fentry backend: %v; want it to work or say %q", fentryErr, fentryRefusedText)
+	} else if !errors.Is(fentryErr, ErrFentryRefused) || !errors.Is(fentryErr, unix.EPERM) || errors.Is(fentryErr, ErrPermission) ||
+		strings.Contains(fentryErr.Error(), "MEMLOCK") || os.Getenv(envVM) == "1" {
+		t.Fatalf("fentry backend: %v; want it to work or fail with ErrFentryRefused and EPERM, without MEMLOCK advice", fentryErr)
+	} else if want := "load fentry capture: kernel refused fentry/fexit programs: operation not permitted"; fentryErr.Error() != want {
+		t.Errorf("fentry backend: %q, want %q", fentryErr, want)
 	}
 	t.Logf("fentry: %v", fentryErr)
 
@@ -755,8 +762,8 @@ func TestCaptureFentryOrFallback(t *testing.T) {
 		}
 		return
 	}
-	if auto.Backend() != BackendSyscall || auto.Fallback() == nil || !strings.Contains(auto.Fallback().Error(), fentryRefusedText) {
-		t.Errorf("auto: backend %s, fallback %v; want syscall because %q", auto.Backend(), auto.Fallback(), fentryRefusedText)
+	if auto.Backend() != BackendSyscall || !errors.Is(auto.Fallback(), ErrFentryRefused) {
+		t.Errorf("auto: backend %s, fallback %v; want syscall because of ErrFentryRefused", auto.Backend(), auto.Fallback())
 	}
 	if auto.SeesProgramWrites() {
 		t.Error("syscall backend claims to see program writes")
@@ -850,15 +857,16 @@ func TestCaptureOptionErrors(t *testing.T) {
 	m := captureTestMap(t, "opts", ebpf.Hash, 4, 8, 4)
 	big := &Map{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: MaxValueSize + 1, ID: m.ID}
 	for _, tc := range []struct {
-		opts CaptureOptions
-		want string
+		opts     CaptureOptions
+		sentinel error // nil: none
+		want     string
 	}{
-		{CaptureOptions{Backend: "kprobe", Maps: []*Map{m}}, `--capture kprobe: unknown backend; use auto, fentry or syscall`},
-		{CaptureOptions{Maps: []*Map{m}, RingSize: 3 << 12}, "capture ring size 12288: want a power of two"},
-		{CaptureOptions{Maps: []*Map{m}, RingSize: 1024}, "capture ring size 1024: want a power of two"},
-		{CaptureOptions{Maps: []*Map{m}, RingSize: 4096, WakeBytes: 8192}, "capture wake bytes 8192"},
-		{CaptureOptions{}, "capture: no maps to watch"},
-		{CaptureOptions{Maps: []*Map{m, big}}, "capture big (Hash, key 4 B, value 4097 B, max 0, id "},
+		{CaptureOptions{Backend: "kprobe", Maps: []*Map{m}}, ErrUnknownBackend, `capture backend "kprobe": unknown capture backend`},
+		{CaptureOptions{Maps: []*Map{m}, RingSize: 3 << 12}, ErrRingSize, "capture ring size 12288: invalid capture ring size: want a power of two"},
+		{CaptureOptions{Maps: []*Map{m}, RingSize: 1024}, ErrRingSize, "capture ring size 1024: invalid capture ring size: want a power of two"},
+		{CaptureOptions{Maps: []*Map{m}, RingSize: 4096, WakeBytes: 8192}, nil, "capture wake bytes 8192"},
+		{CaptureOptions{}, nil, "capture: no maps to watch"},
+		{CaptureOptions{Maps: []*Map{m, big}}, nil, "capture big (Hash, key 4 B, value 4097 B, max 0, id "},
 	} {
 		c, err := NewCapture(tc.opts)
 		if err == nil {
@@ -867,6 +875,69 @@ func TestCaptureOptionErrors(t *testing.T) {
 		} else if !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.opts, err, tc.want)
 		}
+		if tc.sentinel != nil && !errors.Is(err, tc.sentinel) {
+			t.Errorf("%+v: %v does not match %v", tc.opts, err, tc.sentinel)
+		}
+	}
+}
+
+// TestCaptureNeedsCapabilities runs itself again in child processes that
+// drop capabilities the capture needs: every backend then fails with a
+// PermissionError (ErrPermission) naming the missing ones, never with
+// ErrFentryRefused, which is for a kernel that refuses fentry despite them.
+func TestCaptureNeedsCapabilities(t *testing.T) {
+	const env = "UDPMAPSYNC_TEST_DROP_CAPS"
+	if drop := os.Getenv(env); drop != "" {
+		captureWithoutCaps(t, strings.Split(drop, ","), strings.Split(os.Getenv("WANT_MISSING"), ","))
+		return
+	}
+	for drop, missing := range map[string]string{
+		"CAP_BPF,CAP_PERFMON,CAP_SYS_ADMIN": "CAP_BPF,CAP_PERFMON",
+		"CAP_PERFMON,CAP_SYS_ADMIN":         "CAP_PERFMON",
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCaptureNeedsCapabilities$", "-test.v")
+		cmd.Env = append(os.Environ(), env+"="+drop, "WANT_MISSING="+missing)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("child without %s: %v\n%s", drop, err, out)
+		} else if !strings.Contains(string(out), "--- PASS: TestCaptureNeedsCapabilities") {
+			t.Errorf("child without %s did not run the test:\n%s", drop, out)
+		}
+	}
+}
+
+func captureWithoutCaps(t *testing.T, drop, wantMissing []string) {
+	m := captureTestMap(t, "nocaps", ebpf.Hash, 4, 8, 4) // while root
+	// Capabilities are per thread: stay on the one that drops them.
+	runtime.LockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range drop {
+		c := capNumbers[name]
+		data[c/32].Effective &^= 1 << (c % 32)
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	for _, backend := range []Backend{BackendFentry, BackendSyscall, BackendAuto} {
+		c, err := NewCapture(CaptureOptions{Backend: backend, Maps: []*Map{m}, RingSize: 4096})
+		if err == nil {
+			c.Close()
+			t.Errorf("%s without %s: capture attached", backend, drop)
+			continue
+		}
+		var pe *PermissionError
+		if !errors.Is(err, ErrPermission) || !errors.Is(err, unix.EPERM) || errors.Is(err, ErrFentryRefused) ||
+			!errors.As(err, &pe) || !slices.Equal(pe.Caps, captureCaps) || !slices.Equal(pe.Missing, wantMissing) {
+			t.Errorf("%s without %s: %v (%#v); want a PermissionError missing %s", backend, drop, err, pe, wantMissing)
+		}
+		if strings.Contains(err.Error(), "MEMLOCK") {
+			t.Errorf("%s without %s: %v blames MEMLOCK for missing capabilities", backend, drop, err)
+		}
+		t.Logf("%s: %v", backend, err)
 	}
 }
 

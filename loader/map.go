@@ -1,5 +1,5 @@
 // Package loader is everything in udpmapsync that touches the BPF syscall:
-// it resolves --map specs to maps, loads and attaches the capture programs,
+// it resolves map specs to maps, loads and attaches the capture programs,
 // reads captured changes from the ring buffer and applies received changes
 // with batch syscalls. It knows nothing of the network.
 package loader
@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultPinDir is where maps are looked for when no --map is given: every
-// map pinned directly below it is replicated.
+// DefaultPinDir is where [OpenMaps] looks for maps when it is given no
+// specs: every map pinned directly below it is replicated.
 const DefaultPinDir = "/sys/fs/bpf/udpmapsync"
 
 // Size limits of a replicated map. They bound the capture records and the
@@ -51,13 +51,15 @@ type Map struct {
 	noBatch atomic.Bool
 }
 
-// OpenMaps resolves --map specs to the maps to replicate. A spec is a path
+// OpenMaps resolves map specs to the maps to replicate. A spec is a path
 // of a map pinned on bpffs, "name:NAME" or "id:N"; with no specs every map
-// pinned directly under [DefaultPinDir] is used. Maps of other types than
-// hash, LRU hash and array, keys over [MaxKeySize], values over
-// [MaxValueSize], unnamed maps, a map given twice and two maps with one name
-// are refused, because nodes match maps by name and schema. The caller
-// closes the maps.
+// pinned directly under [DefaultPinDir] is used, and none there is
+// [ErrNoMaps]. Maps of other types than hash, LRU hash and array, keys over
+// [MaxKeySize], values over [MaxValueSize], unnamed maps
+// ([ErrUnsupportedMap]), a map given twice ([ErrDuplicateMap]) and two maps
+// with one name ([ErrDuplicateName]) are refused, because nodes match maps by
+// name and schema. An error about one map is a [*MapError]; a refusal for
+// lack of privilege matches [ErrPermission]. The caller closes the maps.
 func OpenMaps(specs []string) ([]*Map, error) {
 	return openMaps(specs, DefaultPinDir)
 }
@@ -66,7 +68,7 @@ func OpenMaps(specs []string) ([]*Map, error) {
 // can use their own bpffs.
 func openMaps(specs []string, pinDir string) ([]*Map, error) {
 	var ems []*ebpf.Map
-	var labels []string
+	var from []*MapError // each map's spec or pin, Err unset
 	closeAll := func() {
 		for _, em := range ems {
 			em.Close()
@@ -79,17 +81,17 @@ func openMaps(specs []string, pinDir string) ([]*Map, error) {
 			return nil, err
 		}
 		for _, p := range paths {
-			labels = append(labels, "pinned map "+p)
+			from = append(from, &MapError{Spec: p, Pinned: true})
 		}
 	}
 	for _, spec := range specs {
 		em, err := openSpec(spec)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("--map %s: %w", spec, permissionHint(err))
+			return nil, &MapError{Spec: spec, Err: err}
 		}
 		ems = append(ems, em)
-		labels = append(labels, "--map "+spec)
+		from = append(from, &MapError{Spec: spec})
 	}
 
 	maps := make([]*Map, 0, len(ems))
@@ -97,17 +99,17 @@ func openMaps(specs []string, pinDir string) ([]*Map, error) {
 		m, err := newMap(em)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("%s: %w", labels[i], permissionHint(err))
+			return nil, &MapError{Spec: from[i].Spec, Pinned: from[i].Pinned, Err: err}
 		}
 		for j, prev := range maps {
 			if prev.ID == m.ID {
-				err = fmt.Errorf("%s and %s: both are map %s (id %d); give each map once", labels[j], labels[i], m.Name, m.ID)
+				err = fmt.Errorf("%w: %s (id %d) is also %s", ErrDuplicateMap, m.Name, m.ID, origin(from[j]))
 			} else if prev.Name == m.Name {
-				err = fmt.Errorf("%s and %s: two maps named %s (ids %d and %d); nodes match maps by name, so rename one", labels[j], labels[i], m.Name, prev.ID, m.ID)
+				err = fmt.Errorf("%w: this map (id %d) and map %d, %s, are both named %s", ErrDuplicateName, m.ID, prev.ID, origin(from[j]), m.Name)
 			}
 			if err != nil {
 				closeAll()
-				return nil, err
+				return nil, &MapError{Spec: from[i].Spec, Pinned: from[i].Pinned, Err: err}
 			}
 		}
 		maps = append(maps, m)
@@ -115,17 +117,24 @@ func openMaps(specs []string, pinDir string) ([]*Map, error) {
 	return maps, nil
 }
 
+// origin says where a map came from: "given as SPEC" or "pinned at PATH".
+func origin(e *MapError) string {
+	if e.Pinned {
+		return "pinned at " + e.Spec
+	}
+	return "given as " + e.Spec
+}
+
 // pinnedMaps opens the maps pinned directly under dir. Subdirectories, and
 // pinned programs and links, are left alone: they belong to other tools, and
 // a bpffs mounted on dir has kernel files (maps.debug) at its root.
 func pinnedMaps(dir string) ([]*ebpf.Map, []string, error) {
-	hint := "pin the maps to replicate there or pass --map"
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, fmt.Errorf("no --map given and %s does not exist: %s", dir, hint)
+		return nil, nil, fmt.Errorf("list maps pinned in %s: %w: the directory does not exist", dir, ErrNoMaps)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("list pinned maps in %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("list maps pinned in %s: %w", dir, permissionError(err))
 	}
 	var maps []*ebpf.Map
 	var paths []string
@@ -142,13 +151,13 @@ func pinnedMaps(dir string) ([]*ebpf.Map, []string, error) {
 			for _, em := range maps {
 				em.Close()
 			}
-			return nil, nil, fmt.Errorf("pinned map %s: %w", p, permissionHint(err))
+			return nil, nil, &MapError{Spec: p, Pinned: true, Err: permissionError(err)}
 		}
 		maps = append(maps, em)
 		paths = append(paths, p)
 	}
 	if len(maps) == 0 {
-		return nil, nil, fmt.Errorf("no --map given and no map is pinned in %s: %s", dir, hint)
+		return nil, nil, fmt.Errorf("list maps pinned in %s: %w: none is pinned there", dir, ErrNoMaps)
 	}
 	return maps, paths, nil
 }
@@ -181,41 +190,36 @@ func loadPinned(path string) (*ebpf.Map, string, error) {
 	return em, "", err
 }
 
-// openSpec opens the map one --map spec names.
+// openSpec opens the map one spec names.
 func openSpec(spec string) (*ebpf.Map, error) {
+	// The kernel hands out maps by id (BPF_MAP_GET_FD_BY_ID, and
+	// BPF_MAP_GET_NEXT_ID to find a name) to CAP_SYS_ADMIN only.
 	if name, ok := strings.CutPrefix(spec, "name:"); ok {
-		return mapByName(name)
+		em, err := mapByName(name)
+		return em, permissionError(err, capSysAdmin)
 	}
 	if id, ok := strings.CutPrefix(spec, "id:"); ok {
-		return mapByID(id)
+		em, err := mapByID(id)
+		return em, permissionError(err, capSysAdmin)
 	}
 	em, kind, err := loadPinned(spec)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, errors.New("no such pinned map; pin it on bpffs or use name:NAME or id:N")
+		return nil, fmt.Errorf("%w: nothing is pinned at this path", ErrMapNotFound)
 	}
 	if err == nil && em == nil {
-		return nil, fmt.Errorf("the pinned object is a %s, not a map", kind)
+		return nil, fmt.Errorf("%w: the pinned object is a %s", ErrMapNotFound, kind)
 	}
-	return em, err
-}
-
-// permissionHint tells the operator what is missing when the kernel refuses
-// a bpf(2) command for lack of privilege.
-func permissionHint(err error) error {
-	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
-		return fmt.Errorf("%w: needs root (CAP_BPF and CAP_SYS_ADMIN)", err)
-	}
-	return err
+	return em, permissionError(err)
 }
 
 func mapByID(s string) (*ebpf.Map, error) {
 	id, err := strconv.ParseUint(s, 10, 32)
 	if err != nil {
-		return nil, fmt.Errorf("bad map id %q: want a decimal number", s)
+		return nil, fmt.Errorf("%w: id %q is not a decimal number", ErrBadSpec, s)
 	}
 	em, err := ebpf.NewMapFromID(ebpf.MapID(id))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("no map with id %d; list maps with bpftool map show", id)
+		return nil, fmt.Errorf("%w: no map has id %d", ErrMapNotFound, id)
 	}
 	return em, err
 }
@@ -224,10 +228,10 @@ func mapByID(s string) (*ebpf.Map, error) {
 // only resolves when exactly one map carries it.
 func mapByName(name string) (*ebpf.Map, error) {
 	if name == "" {
-		return nil, errors.New("empty map name")
+		return nil, fmt.Errorf("%w: empty map name", ErrBadSpec)
 	}
 	if len(name) > maxNameLen {
-		return nil, fmt.Errorf("map names are at most %d characters; list maps with bpftool map show", maxNameLen)
+		return nil, fmt.Errorf("%w: name of %d characters; the kernel keeps at most %d", ErrBadSpec, len(name), maxNameLen)
 	}
 	var found []*ebpf.Map
 	var ids []string
@@ -260,12 +264,12 @@ func mapByName(name string) (*ebpf.Map, error) {
 	}
 	switch len(found) {
 	case 0:
-		return nil, fmt.Errorf("no map named %s; list maps with bpftool map show", name)
+		return nil, fmt.Errorf("%w: no map is named %s", ErrMapNotFound, name)
 	case 1:
 		return found[0], nil
 	}
 	closeFound()
-	return nil, fmt.Errorf("ambiguous: %d maps named %s (ids %s); use a pinned path or id:N", len(found), name, strings.Join(ids, ", "))
+	return nil, fmt.Errorf("%w: %d maps are named %s (ids %s)", ErrAmbiguousName, len(found), name, strings.Join(ids, ", "))
 }
 
 // newMap describes em and checks that it can be replicated; on success the
@@ -273,7 +277,7 @@ func mapByName(name string) (*ebpf.Map, error) {
 func newMap(em *ebpf.Map) (*Map, error) {
 	info, err := em.Info()
 	if err != nil {
-		return nil, fmt.Errorf("map info: %w", err)
+		return nil, fmt.Errorf("map info: %w", permissionError(err))
 	}
 	if err := checkReplicable(info); err != nil {
 		return nil, err
@@ -296,16 +300,16 @@ func checkReplicable(info *ebpf.MapInfo) error {
 	switch info.Type {
 	case ebpf.Hash, ebpf.LRUHash, ebpf.Array:
 	default:
-		return fmt.Errorf("map type %s is not supported; supported: hash, lru_hash, array", info.Type)
+		return fmt.Errorf("%w: type %s is not one of hash, lru_hash and array", ErrUnsupportedMap, info.Type)
 	}
 	if info.KeySize > MaxKeySize {
-		return fmt.Errorf("key size %d B is over the %d B limit", info.KeySize, MaxKeySize)
+		return fmt.Errorf("%w: key size %d B is over the %d B limit", ErrUnsupportedMap, info.KeySize, MaxKeySize)
 	}
 	if info.ValueSize > MaxValueSize {
-		return fmt.Errorf("value size %d B is over the %d B limit", info.ValueSize, MaxValueSize)
+		return fmt.Errorf("%w: value size %d B is over the %d B limit", ErrUnsupportedMap, info.ValueSize, MaxValueSize)
 	}
 	if info.Name == "" {
-		return errors.New("map has no name; give the map a name (nodes match maps by name)")
+		return fmt.Errorf("%w: it has no name, and nodes match maps by name", ErrUnsupportedMap)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package loader
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -160,13 +161,83 @@ func TestOpenMapsDefaultDir(t *testing.T) {
 
 func TestOpenMapsDefaultDirMissingOrEmpty(t *testing.T) {
 	dir := testBPFFS(t)
-	for _, d := range []string{filepath.Join(dir, "missing"), dir} {
+	pinnedProgram(t, filepath.Join(dir, "prog")) // not a map: still none pinned
+	for d, want := range map[string]string{
+		filepath.Join(dir, "missing"): "list maps pinned in " + dir + "/missing: no maps to replicate: the directory does not exist",
+		dir:                           "list maps pinned in " + dir + ": no maps to replicate: none is pinned there",
+	} {
 		_, err := openMaps(nil, d)
-		if err == nil || !strings.HasPrefix(err.Error(), "no --map given and ") ||
-			!strings.Contains(err.Error(), d) ||
-			!strings.HasSuffix(err.Error(), "pin the maps to replicate there or pass --map") {
-			t.Errorf("openMaps(nil, %s): got %v, want an error saying to pin maps there or pass --map", d, err)
+		if !errors.Is(err, ErrNoMaps) || err.Error() != want {
+			t.Errorf("openMaps(nil, %s):\n got %v\nwant %s (ErrNoMaps)", d, err, want)
 		}
+		if me := (*MapError)(nil); errors.As(err, &me) {
+			t.Errorf("openMaps(nil, %s): %v is about map %s, want it about the directory", d, err, me.Spec)
+		}
+	}
+}
+
+// TestOpenMapsDefaultDirRefusals: the maps found pinned are refused as
+// given ones are, in a *MapError with Pinned set that names the pin.
+func TestOpenMapsDefaultDirRefusals(t *testing.T) {
+	spec := func(name string, typ ebpf.MapType) ebpf.MapSpec {
+		return ebpf.MapSpec{Name: name, Type: typ, KeySize: 4, ValueSize: 8, MaxEntries: 4}
+	}
+	t.Run("unsupported", func(t *testing.T) {
+		dir := testBPFFS(t)
+		kernelMap(t, spec(randomName(t), ebpf.Hash), filepath.Join(dir, "a"))
+		kernelMap(t, spec(randomName(t), ebpf.PerCPUArray), filepath.Join(dir, "b"))
+		checkMapError(t, dir, nil, filepath.Join(dir, "b"), true, ErrUnsupportedMap,
+			"open pinned map "+dir+"/b: map cannot be replicated: type PerCPUArray is not one of hash, lru_hash and array")
+	})
+	t.Run("same map twice", func(t *testing.T) {
+		dir := testBPFFS(t)
+		name := randomName(t)
+		_, id := kernelMap(t, spec(name, ebpf.Hash), filepath.Join(dir, "a"))
+		em, err := ebpf.NewMapFromID(id) // a second handle, for a second pin (Pin moves a handle's pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer em.Close()
+		if err := em.Pin(filepath.Join(dir, "b")); err != nil {
+			t.Fatal(err)
+		}
+		checkMapError(t, dir, nil, filepath.Join(dir, "b"), true, ErrDuplicateMap,
+			fmt.Sprintf("open pinned map %s/b: duplicate map: %s (id %d) is also pinned at %s/a", dir, name, id, dir))
+	})
+	t.Run("one name twice", func(t *testing.T) {
+		dir := testBPFFS(t)
+		name := randomName(t)
+		_, id1 := kernelMap(t, spec(name, ebpf.Hash), filepath.Join(dir, "a"))
+		_, id2 := kernelMap(t, spec(name, ebpf.Hash), filepath.Join(dir, "b"))
+		checkMapError(t, dir, nil, filepath.Join(dir, "b"), true, ErrDuplicateName,
+			fmt.Sprintf("open pinned map %s/b: duplicate map name: this map (id %d) and map %d, pinned at %s/a, are both named %s", dir, id2, id1, dir, name))
+	})
+}
+
+// checkMapError checks that openMaps(specs, dir) fails with a *MapError
+// about spec that matches sentinel and reads want, and leaks no file
+// descriptor.
+func checkMapError(t *testing.T, dir string, specs []string, spec string, pinned bool, sentinel error, want string) {
+	t.Helper()
+	fds := openFDs(t)
+	maps, err := openMaps(specs, dir)
+	if err == nil {
+		closeMaps(t, maps)
+		t.Errorf("%q: no error, want %q", specs, want)
+		return
+	}
+	if err.Error() != want {
+		t.Errorf("%q:\n got %q\nwant %q", specs, err, want)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Errorf("%q: %v does not match %v", specs, err, sentinel)
+	}
+	var me *MapError
+	if !errors.As(err, &me) || me.Spec != spec || me.Pinned != pinned {
+		t.Errorf("%q: %v is not a MapError about %s (pinned %v): %#v", specs, err, spec, pinned, me)
+	}
+	if n := openFDs(t); n != fds {
+		t.Errorf("%q: %d file descriptors open after the error, %d before", specs, n, fds)
 	}
 }
 
@@ -193,37 +264,27 @@ func TestOpenMapsRefusals(t *testing.T) {
 	pinnedProgram(t, prog)
 
 	for _, tc := range []struct {
-		specs []string
-		want  string
+		specs    []string
+		sentinel error
+		want     string // after "open map SPEC: ", SPEC the last of specs
 	}{
-		{[]string{perCPU}, "--map " + perCPU + ": map type PerCPUHash is not supported; supported: hash, lru_hash, array"},
-		{[]string{okPath, bigKey}, "--map " + bigKey + ": key size 513 B is over the 512 B limit"},
-		{[]string{bigValue}, "--map " + bigValue + ": value size 4097 B is over the 4096 B limit"},
-		{[]string{noName}, "--map " + noName + ": map has no name; give the map a name (nodes match maps by name)"},
-		{[]string{"name:" + ambiguous}, fmt.Sprintf("--map name:%s: ambiguous: 2 maps named %s (ids %d, %d); use a pinned path or id:N", ambiguous, ambiguous, id1, id2)},
-		{[]string{"name:" + missingName}, "--map name:" + missingName + ": no map named " + missingName + "; list maps with bpftool map show"},
-		{[]string{"name:abcdefghijklmnop"}, "--map name:abcdefghijklmnop: map names are at most 15 characters; list maps with bpftool map show"},
-		{[]string{"name:"}, "--map name:: empty map name"},
-		{[]string{"id:x"}, `--map id:x: bad map id "x": want a decimal number`},
-		{[]string{"id:4294967295"}, "--map id:4294967295: no map with id 4294967295; list maps with bpftool map show"},
-		{[]string{dir + "/nope"}, "--map " + dir + "/nope: no such pinned map; pin it on bpffs or use name:NAME or id:N"},
-		{[]string{prog}, "--map " + prog + ": the pinned object is a bpf-prog, not a map"},
-		{[]string{okPath, fmt.Sprintf("id:%d", okID)}, fmt.Sprintf("--map %s and --map id:%d: both are map %s (id %d); give each map once", okPath, okID, okName, okID)},
-		{[]string{amb1, "id:" + fmt.Sprint(id2)}, fmt.Sprintf("--map %s and --map id:%d: two maps named %s (ids %d and %d); nodes match maps by name, so rename one", amb1, id2, ambiguous, id1, id2)},
+		{[]string{perCPU}, ErrUnsupportedMap, "map cannot be replicated: type PerCPUHash is not one of hash, lru_hash and array"},
+		{[]string{okPath, bigKey}, ErrUnsupportedMap, "map cannot be replicated: key size 513 B is over the 512 B limit"},
+		{[]string{bigValue}, ErrUnsupportedMap, "map cannot be replicated: value size 4097 B is over the 4096 B limit"},
+		{[]string{noName}, ErrUnsupportedMap, "map cannot be replicated: it has no name, and nodes match maps by name"},
+		{[]string{"name:" + ambiguous}, ErrAmbiguousName, fmt.Sprintf("ambiguous map name: 2 maps are named %s (ids %d, %d)", ambiguous, id1, id2)},
+		{[]string{"name:" + missingName}, ErrMapNotFound, "no such map: no map is named " + missingName},
+		{[]string{"name:abcdefghijklmnop"}, ErrBadSpec, "malformed map spec: name of 16 characters; the kernel keeps at most 15"},
+		{[]string{"name:"}, ErrBadSpec, "malformed map spec: empty map name"},
+		{[]string{"id:x"}, ErrBadSpec, `malformed map spec: id "x" is not a decimal number`},
+		{[]string{"id:4294967295"}, ErrMapNotFound, "no such map: no map has id 4294967295"},
+		{[]string{dir + "/nope"}, ErrMapNotFound, "no such map: nothing is pinned at this path"},
+		{[]string{prog}, ErrMapNotFound, "no such map: the pinned object is a bpf-prog"},
+		{[]string{okPath, fmt.Sprintf("id:%d", okID)}, ErrDuplicateMap, fmt.Sprintf("duplicate map: %s (id %d) is also given as %s", okName, okID, okPath)},
+		{[]string{amb1, "id:" + fmt.Sprint(id2)}, ErrDuplicateName, fmt.Sprintf("duplicate map name: this map (id %d) and map %d, given as %s, are both named %s", id2, id1, amb1, ambiguous)},
 	} {
-		fds := openFDs(t)
-		maps, err := openMaps(tc.specs, dir)
-		if err == nil {
-			closeMaps(t, maps)
-			t.Errorf("%q: no error, want %q", tc.specs, tc.want)
-			continue
-		}
-		if err.Error() != tc.want {
-			t.Errorf("%q:\n got %q\nwant %q", tc.specs, err, tc.want)
-		}
-		if n := openFDs(t); n != fds {
-			t.Errorf("%q: %d file descriptors open after the error, %d before", tc.specs, n, fds)
-		}
+		spec := tc.specs[len(tc.specs)-1]
+		checkMapError(t, dir, tc.specs, spec, false, tc.sentinel, "open map "+spec+": "+tc.want)
 	}
 }
 
@@ -238,8 +299,9 @@ func openFDs(t *testing.T) int {
 
 // TestOpenMapsNeedsRoot runs itself again in a child process that drops
 // CAP_BPF and CAP_SYS_ADMIN, so the parent's capabilities (and cilium/ebpf's
-// cached feature probes) stay intact. Finding maps by name or id needs the
-// capabilities; a pin only needs permission on its file, which root keeps.
+// cached feature probes) stay intact. Finding maps by name or id needs
+// CAP_SYS_ADMIN, and the error says so ([ErrPermission]); a pin only needs
+// permission on its file, which root keeps.
 func TestOpenMapsNeedsRoot(t *testing.T) {
 	const env = "UDPMAPSYNC_TEST_NO_CAPS"
 	if os.Getenv(env) != "" {
@@ -278,9 +340,14 @@ func runWithoutCaps(t *testing.T) {
 	}
 	for _, spec := range strings.Split(os.Getenv("SPECS"), ",") {
 		_, err := openMaps([]string{spec}, "")
-		if err == nil || !strings.HasPrefix(err.Error(), "--map "+spec+": ") ||
-			!strings.HasSuffix(err.Error(), "needs root (CAP_BPF and CAP_SYS_ADMIN)") {
-			t.Errorf("without CAP_BPF and CAP_SYS_ADMIN, %s: got %v, want a needs-root error", spec, err)
+		var me *MapError
+		var pe *PermissionError
+		if !errors.Is(err, ErrPermission) || !errors.Is(err, unix.EPERM) ||
+			!errors.As(err, &me) || me.Spec != spec || me.Pinned ||
+			!errors.As(err, &pe) || fmt.Sprint(pe.Caps, pe.Missing) != "[CAP_SYS_ADMIN] [CAP_SYS_ADMIN]" ||
+			!strings.HasPrefix(err.Error(), "open map "+spec+": ") ||
+			!strings.HasSuffix(err.Error(), "operation not permitted: needs CAP_SYS_ADMIN, which this process lacks") {
+			t.Errorf("without CAP_BPF and CAP_SYS_ADMIN, %s: got %v, want a MapError about it wrapping a PermissionError for missing CAP_SYS_ADMIN", spec, err)
 		}
 		t.Log(err)
 	}
