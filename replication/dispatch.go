@@ -325,7 +325,10 @@ func (d *dispatcher) gone(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 	if d.in.Node != p.node || d.in.Epoch != p.epoch {
 		return nil // about another run of the peer's
 	}
-	if p.stream.gone(d.in.Ranges[d.in.N-1].Last) {
+	held := p.stream.n
+	skipped := p.stream.gone(d.in.Ranges[d.in.N-1].Last)
+	d.stats.Held.Add(-uint64(held - p.stream.n))
+	if skipped {
 		d.resyncNeeded(p, "peer no longer holds the missing datagrams")
 		d.release(p, now)
 	}
@@ -351,7 +354,9 @@ func (d *dispatcher) syncAck(p *peer, h *wire.Header, dgram []byte, _ time.Time)
 
 func (d *dispatcher) syncStart(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
 	body := dgram[wire.HeaderSize:]
+	held := p.stream.n
 	err := d.client.started(p, h, body, now)
+	d.stats.Held.Add(-uint64(held - p.stream.n)) // dropped: the snapshot has them
 	d.release(p, now)
 	return err
 }

@@ -14,8 +14,11 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -404,7 +407,12 @@ func (b *changesBuilder) add(t testing.TB, fp uint32, op ops.Op, key, value stri
 }
 
 func (b *changesBuilder) finish(node uint32, epoch, seq uint64) []byte {
-	return bytes.Clone(b.w.Finish(wire.Header{Node: node, Epoch: epoch, Seq: seq}))
+	return b.finishKind(wire.KindChanges, node, epoch, seq)
+}
+
+// finishKind is finish for a change or a snapshot datagram.
+func (b *changesBuilder) finishKind(k wire.Kind, node uint32, epoch, seq uint64) []byte {
+	return bytes.Clone(b.w.Finish(wire.Header{Kind: k, Node: node, Epoch: epoch, Seq: seq}))
 }
 
 var (
@@ -425,6 +433,9 @@ func newTestNode(t testing.TB, cfg Config) *Node {
 	}
 	if cfg.Node == 0 {
 		cfg.Node = ourNode
+	}
+	if cfg.ResendBytes == 0 {
+		cfg.ResendBytes = 1 << 20 // not the default 16 MiB: fuzzing builds many nodes
 	}
 	n, err := NewNode(cfg)
 	if err != nil {
@@ -449,4 +460,46 @@ func parseDescriptors(t testing.TB, body []byte, count uint16) []wire.Descriptor
 		}
 		out = append(out, d)
 	}
+}
+
+// packet is d as received from from.
+func packet(from netip.AddrPort, d []byte) transport.Packet {
+	return transport.Packet{Data: d, From: from}
+}
+
+// countLines counts the log lines that contain s.
+func countLines(logs, s string) int {
+	n := 0
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// testingMemStats is the live heap at one moment, after a collection.
+type testingMemStats struct{ heap uint64 }
+
+func (m *testingMemStats) read() {
+	runtime.GC()
+	var s runtime.MemStats
+	runtime.ReadMemStats(&s)
+	m.heap = s.HeapAlloc
+}
+
+// slowTarget is a fakeTarget whose Dump takes its time and says while it
+// runs, to catch a snapshot transfer that outlives its node.
+type slowTarget struct {
+	*fakeTarget
+	dumping *atomic.Int32
+}
+
+func (s *slowTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	s.dumping.Add(1)
+	defer s.dumping.Add(-1)
+	return s.fakeTarget.Dump(keys, values, func(k, v []byte) error {
+		time.Sleep(20 * time.Millisecond)
+		return fn(k, v)
+	})
 }

@@ -1,0 +1,275 @@
+package replication
+
+// The input boundary: datagrams an attacker on the link could craft from
+// wire/FORMAT.md alone, each against the in-memory fakes of fakes_test.go.
+// Every test here stood for a hang, an unbounded allocation or lost
+// replication in the receiver before the receive side was restructured.
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// within fails the test if fn does not return within a few seconds: the
+// bugs these tests pin down were endless loops.
+func within(t *testing.T, what string, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); fn() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not return: the receiver hangs", what)
+	}
+}
+
+// A change datagram numbered near 2^64 from a new node, then an announce
+// of 2^64-1, made the repair loop count towards a number it could never
+// pass, with the receive lock held: replication stopped and SIGTERM no
+// longer ended the daemon. Both are now malformed: no sender numbers that
+// high.
+func TestSequenceEndOfRange(t *testing.T) {
+	f := newReceiverFixture(t)
+	within(t, "handling end-of-range sequence numbers", func() {
+		f.handle(peerA, f.peerDatagram(t, 1, math.MaxUint64-5, "key1", "1"))
+		f.handle(peerA, announce(t, peerNode, 1, math.MaxUint64))
+		f.handle(peerB, announce(t, 9, 1, wire.MaxSeq+1))
+		f.n.dispatch.tick(time.Now().Add(repairTimeout), nil)
+	})
+	if s := f.stats.Snapshot(); s.Malformed != 3 || s.NacksSent != 0 {
+		t.Errorf("malformed %d nacks %d, want 3 and 0", s.Malformed, s.NacksSent)
+	}
+	f.untouched(t)
+	if p := f.n.Peers(); len(p) != 0 {
+		t.Errorf("peers %+v from end-of-range datagrams", p)
+	}
+	// The largest number a sender may use is taken.
+	f.handle(peerA, f.peerDatagram(t, 1, wire.MaxSeq, "key1", "max"))
+	if f.value("key1") != "     max" {
+		t.Errorf("key1 = %q, want the datagram numbered MaxSeq applied", f.value("key1"))
+	}
+}
+
+// One datagram far ahead of a peer's stream, with the peer's own address
+// (spoofed), made the receiver take everything up to it as missing, give
+// it up at the repair timeout and skip past it: every real datagram of the
+// peer was then dropped as a duplicate.
+func TestFarAheadDatagramSkipsNothing(t *testing.T) {
+	for _, forge := range []struct {
+		name string
+		d    func(f *receiverFixture) []byte
+	}{
+		{"change datagram", func(f *receiverFixture) []byte { return f.peerDatagram(t, 1, 1<<40, "key9", "forged") }},
+		{"announce", func(*receiverFixture) []byte { return announce(t, peerNode, 1, 1<<40) }},
+	} {
+		t.Run(forge.name, func(t *testing.T) {
+			f := newReceiverFixture(t)
+			t0 := time.Now()
+			f.handleAt(t0, peerA, f.peerDatagram(t, 1, 10, "key1", "10"))
+			f.handleAt(t0, peerA, forge.d(f))
+			// The claim is not repaired in time: given up, with nothing
+			// skipped, and a full resync asked of the peer, which answers.
+			f.n.dispatch.tick(t0.Add(repairTimeout), nil)
+			t1 := t0.Add(repairTimeout)
+			f.handleAt(t1, peerA, f.peerDatagram(t, 1, 11, "key1", "11"))
+			if f.n.client.phase != syncRequested {
+				t.Fatalf("phase %d, want a resync requested", f.n.client.phase)
+			}
+			f.handleAt(t1, peerA, f.syncStart(wire.SyncStart{AsOf: 10}))
+			f.handleAt(t1, peerA, f.snapshotDatagram(t, f.n.client.id, 1, "key1"))
+			f.handleAt(t1, peerA, syncEnd(f.n.client.id, 1))
+			if got := f.value("key1"); got != "      11" || f.stats.Duplicates.Load() != 0 {
+				t.Errorf("key1 = %q, duplicates %d after the peer's next real datagram, want 11 and 0 (stats %+v)",
+					got, f.stats.Duplicates.Load(), f.stats.Snapshot())
+			}
+			if f.value("key9") != "" {
+				t.Error("the far-ahead datagram was applied")
+			}
+		})
+	}
+}
+
+// snapshotFixture is a fixture with a resync from peerNode under way: the
+// request answered, snapshot datagrams expected.
+func snapshotFixture(t *testing.T) (*receiverFixture, uint32) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	p := f.n.peers.byNode[peerNode]
+	f.n.client.begin(p, time.Now())
+	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 1}))
+	if f.n.client.phase != syncStreaming {
+		t.Fatalf("phase %d, want streaming", f.n.client.phase)
+	}
+	return f, f.n.client.id
+}
+
+// snapshotDatagram is datagram n of snapshot id, setting flows key k.
+func (f *receiverFixture) snapshotDatagram(t testing.TB, id, n uint32, k string) []byte {
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, ops.Update, k, "snapshot")
+	return b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, n))
+}
+
+// syncEnd is the end datagram of snapshot id, the last numbered n.
+func syncEnd(id, n uint32) []byte {
+	h := wire.Header{Kind: wire.KindSyncEnd, Node: peerNode, Epoch: 1, Seq: wire.SyncSeq(id, n)}
+	d, _ := h.AppendTo(nil)
+	return d
+}
+
+// Snapshot datagram numbers sized a bitmap (2^32-1 allocated 512 MiB) and
+// bounded loops (an end numbered 0xFFFFFFFF looped forever). Numbers past
+// the transfer window are now refused, and the window's state has a fixed
+// size.
+func TestSnapshotNumbersBounded(t *testing.T) {
+	f, id := snapshotFixture(t)
+	var before, after testingMemStats
+	before.read()
+	within(t, "handling far snapshot numbers", func() {
+		f.handle(peerA, f.snapshotDatagram(t, id, math.MaxUint32, "big"))
+		f.handle(peerA, f.snapshotDatagram(t, id, transferWindow+1, "past"))
+		f.handle(peerA, syncEnd(id, math.MaxUint32))
+		f.n.dispatch.tick(time.Now(), nil)
+	})
+	after.read()
+	if grown := int64(after.heap) - int64(before.heap); grown > 64<<20 {
+		t.Errorf("the heap grew by %d MiB", grown>>20)
+	}
+	if s := f.stats.Snapshot(); s.Malformed != 3 {
+		t.Errorf("malformed %d, want 3", s.Malformed)
+	}
+	if f.value("big") != "" || f.value("past") != "" {
+		t.Error("a snapshot record past the window was applied")
+	}
+	// The real snapshot still completes.
+	f.handle(peerA, f.snapshotDatagram(t, id, 1, "key2"))
+	f.handle(peerA, syncEnd(id, 1))
+	if f.n.client.phase != syncIdle || f.stats.ResyncsReceived.Load() != 1 || f.value("key2") != "snapshot" {
+		t.Errorf("phase %d resyncs %d key2 %q: the real snapshot did not complete", f.n.client.phase,
+			f.stats.ResyncsReceived.Load(), f.value("key2"))
+	}
+}
+
+// An answer to a resync request that claims the snapshot stands far past
+// anything the peer sent would make the stream skip the peer's real
+// datagrams; it is refused and the resync asked for again.
+func TestResyncAnswerImplausible(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	p := f.n.peers.byNode[peerNode]
+	f.n.client.begin(p, time.Now())
+	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 1 << 40}))
+	if f.n.client.phase != syncIdle || f.stats.Malformed.Load() != 1 {
+		t.Fatalf("phase %d malformed %d, want idle and 1", f.n.client.phase, f.stats.Malformed.Load())
+	}
+	f.handle(peerA, f.peerDatagram(t, 1, 2, "key1", "2"))
+	if f.value("key1") != "       2" {
+		t.Errorf("key1 = %q, want the peer's next datagram applied", f.value("key1"))
+	}
+}
+
+// A ready peer that died kept being the resync source, so a node started
+// after it never became ready. Silent peers are now forgotten, and the
+// starting node decides alone once no ready peer is left.
+func TestSilentPeerForgotten(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.n.ready.started = t0
+	d := announce(t, peerNode, 1, 0)
+	d[4] |= wire.FlagReady
+	f.handleAt(t0, peerA, d)
+	silence := peerSilence * DefaultAnnounceInterval
+	f.n.dispatch.tick(t0.Add(silence-time.Millisecond), nil)
+	if len(f.n.Peers()) != 1 {
+		t.Fatal("peer forgotten before its silence ran out")
+	}
+	f.n.dispatch.tick(t0.Add(silence), nil)
+	if len(f.n.Peers()) != 0 || f.stats.PeersExpired.Load() != 1 {
+		t.Fatalf("peers %+v expired %d after the silence, want none and 1", f.n.Peers(), f.stats.PeersExpired.Load())
+	}
+	// It was asked for the initial sync, which was abandoned with it.
+	f.n.dispatch.tick(t0.Add(silence+syncRetryWait), nil)
+	if !f.n.ready.isReady() {
+		t.Error("not ready with no peer left")
+	}
+}
+
+// A stream of datagrams from ever new node ids grew the peer table without
+// bound; the table holds maxPeers, and the log says so once a second.
+func TestPeersBounded(t *testing.T) {
+	f := newReceiverFixture(t)
+	for node := uint32(100); node < 100+maxPeers+50; node++ {
+		f.handle(peerB, announce(t, node, 1, 0))
+	}
+	if n, dropped := len(f.n.Peers()), f.stats.PeerLimit.Load(); n != maxPeers || dropped != 50 {
+		t.Errorf("%d peers, %d dropped; want %d and 50", n, dropped, maxPeers)
+	}
+	if n := countLines(f.logs.String(), "new peer"); n > 2 {
+		t.Errorf("%d lines about new peers from one burst, want them rate-limited", n)
+	}
+}
+
+// Requests from an address that never announced itself are not answered:
+// a forged source address cannot make this node send to a third party.
+func TestRequestsOnlyFromKnownPeers(t *testing.T) {
+	f, _ := ownDatagrams(t, 1<<20, 100)
+	victim := netip.MustParseAddrPort("10.0.0.99:3870")
+	nack := wire.Nack{Node: ourNode, Epoch: ourEpoch, N: 1, Ranges: [wire.MaxNackRanges]wire.Range{{First: 1, Last: 100}}}
+	h := wire.Header{Kind: wire.KindNack, Count: 1, Node: 77, Epoch: 1}
+	d, _ := h.AppendTo(nil)
+	d, _ = nack.AppendTo(d)
+	f.handle(victim, d)
+	f.handle(victim, syncRequest(77, 1, 5))
+	// A known node id from another address is forged, whatever it asks.
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	h.Node = peerNode
+	d, _ = h.AppendTo(d[:0])
+	d, _ = nack.AppendTo(d)
+	f.handle(victim, d)
+	if u := f.tr.sentTo(); len(u) != 0 {
+		t.Errorf("sent %d answers to addresses that never announced themselves", len(u))
+	}
+	if s := f.stats.Snapshot(); s.Unsolicited != 2 || s.Forged != 1 {
+		t.Errorf("unsolicited %d forged %d, want 2 and 1", s.Unsolicited, s.Forged)
+	}
+}
+
+// A transfer still streaming when the node stops is joined before Run
+// returns, so the caller can close the maps it reads.
+func TestRunJoinsTransfers(t *testing.T) {
+	var dumping atomic.Int32
+	slow := &slowTarget{fakeTarget: newFakeTarget(4, 8), dumping: &dumping}
+	for i := range 5000 {
+		slow.state[fmt.Sprintf("%04d", i)] = "valuevalue"[:8]
+	}
+	tab := mustTable(t, testPayload, testMap("flows", 10, 4, 8, slow))
+	tr := newFakeTransport()
+	n := newTestNode(t, Config{Table: tab, Transport: tr, AnnounceInterval: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	<-n.Ready()
+	tr.in <- packet(peerA, announce(t, peerNode, 1, 0))
+	tr.in <- packet(peerA, syncRequest(peerNode, 1, 5))
+	for deadline := time.Now().Add(5 * time.Second); dumping.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no transfer started")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if dumping.Load() != 0 {
+		t.Error("Run returned while a transfer still read the map")
+	}
+}
