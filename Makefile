@@ -10,6 +10,10 @@ LDFLAGS := -X main.version=$(VERSION)
 RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd
 GENERATE_PKGS := clang llvm libbpf-dev
 
+# RACE_PKGS are the packages with goroutines of their own, tested again
+# under the race detector (it needs cgo: gcc).
+RACE_PKGS := ./replication/... ./transport/... ./seal/... ./epoch/...
+
 export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: build
@@ -34,6 +38,7 @@ generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
 test: deps ## Run every test against the real kernel, then the fentry ones in a VM (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
 	cd perf && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd perf/conntrackd && $(GO) vet ./... && $(GO) test -count=1 ./...
@@ -125,10 +130,15 @@ perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/
 		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 
 .PHONY: fuzz
-fuzz: ## Fuzz the wire decoders for 30s each
-	$(GO) test ./wire -run '^$$' -fuzz '^FuzzHeader$$' -fuzztime 30s
-	$(GO) test ./wire -run '^$$' -fuzz '^FuzzChanges$$' -fuzztime 30s
-	$(GO) test ./wire -run '^$$' -fuzz '^FuzzDescriptors$$' -fuzztime 30s
+fuzz: FUZZTIME ?= 30s
+fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$dir/*_test.go 2>/dev/null); do \
+			echo "fuzz: $$pkg $$t"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
 
 .PHONY: lint
 lint: ## gofmt and go vet

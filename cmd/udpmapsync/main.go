@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/replication"
@@ -166,41 +165,19 @@ func nodeID(iface *net.Interface) (uint32, error) {
 	return max(h.Sum32(), 1), nil // 0 means "derive"
 }
 
-// checkPrivileges fails early, with the fix, where opening maps or loading
-// the capture would fail with a bare EPERM.
-func checkPrivileges() error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("read capabilities: %w", err)
-	}
-	has := func(c int) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	var missing []string
-	if !has(unix.CAP_BPF) && !has(unix.CAP_SYS_ADMIN) {
-		missing = append(missing, "CAP_BPF")
-	}
-	if !has(unix.CAP_PERFMON) && !has(unix.CAP_SYS_ADMIN) {
-		missing = append(missing, "CAP_PERFMON")
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s: run udpmapsync as root (it loads BPF programs and opens BPF maps)", strings.Join(missing, " and "))
-	}
-	return nil
-}
-
 func run(ctx context.Context, f *Flags) error {
 	c, err := f.check()
 	if err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: c.level}))
-	if err := checkPrivileges(); err != nil {
+	if err := checkCapabilities(); err != nil {
 		return err
 	}
 
 	maps, err := loader.OpenMaps(f.Maps)
 	if err != nil {
-		return fmt.Errorf("open maps: %w", err)
+		return advice(err)
 	}
 	defer func() {
 		for _, m := range maps {
@@ -226,7 +203,7 @@ func run(ctx context.Context, f *Flags) error {
 
 	capture, err := loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: maps, RingSize: int(f.RingSize)})
 	if err != nil {
-		return err
+		return advice(err)
 	}
 	defer capture.Close()
 
