@@ -60,10 +60,19 @@ type CaptureOptions struct {
 	WakeBytes int
 }
 
-// IdleWake is how long the ring must have been quiet for a change to wake
-// its reader at once; other changes wait to be collected in bulk (see
-// [Capture.SetDeadline]).
-const IdleWake = 250 * time.Microsecond
+// The wake-up contract between the capture and its reader, stated here
+// once; the argument that no change is stranded is in bpf/capture.h, and
+// TestWakeContract checks the programs get these numbers.
+const (
+	// IdleWake is how long the ring must have been quiet for a change to
+	// wake its reader at once; other changes wait to be collected in bulk
+	// (see [Capture.SetDeadline]).
+	IdleWake = 250 * time.Microsecond
+	// PollWindow is how long after its last change a reader must keep
+	// reading with short deadlines before it may block without one: twice
+	// IdleWake, so a change queued silently in between is always read.
+	PollWindow = 2 * IdleWake
+)
 
 // DefaultRingSize is the default capture ring: about 80,000 changes of a
 // 16-byte key and 64-byte value. The kernel maps its pages twice (for
@@ -323,7 +332,7 @@ func (c *Capture) SeesProgramWrites() bool { return c.backend == BackendFentry }
 // quiet for [IdleWake], or once [CaptureOptions.WakeBytes] are queued;
 // changes in between are collected by the next Read. A reader that keeps a
 // short deadline while changes flow, and blocks without one only after
-// twice IdleWake without any, never leaves a change waiting (see
+// [PollWindow] without any, never leaves a change waiting (see
 // bpf/capture.h).
 func (c *Capture) SetDeadline(t time.Time) { c.reader.SetDeadline(t) }
 

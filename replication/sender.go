@@ -26,14 +26,6 @@ const (
 	// sendBatch is how many sealed datagrams go to the transport in one
 	// batched write.
 	sendBatch = 64
-	// activeWindow is how long after the last change the sender keeps
-	// polling the source every flush interval. The capture wakes the reader
-	// only after enough bytes are queued or after an idle gap of
-	// loader.IdleWake, so while changes flow, polling is what bounds
-	// latency; once idle, the kernel's wake-up for the next change is
-	// enough. Twice the gap is what makes the hand-over safe (see
-	// bpf/capture.h).
-	activeWindow = 2 * loader.IdleWake
 	// clockEvery is how many changes the sender reads between two clock
 	// reads while it drains the source.
 	clockEvery = 32
@@ -81,7 +73,12 @@ type sender struct {
 	payload       int
 	flushInterval time.Duration
 	announceEvery time.Duration
-	activeWindow  time.Duration
+	// activeWindow is how long after the last change the sender keeps
+	// polling the source every flush interval: the capture's
+	// [loader.PollWindow]. While changes flow, polling is what bounds
+	// latency; once idle, the kernel's wake-up for the next change is
+	// enough.
+	activeWindow time.Duration
 
 	header wire.Header // Node and Epoch set; Seq of the last sealed datagram
 	pend   pending
@@ -118,7 +115,7 @@ func newSender(cfg senderConfig) *sender {
 		payload:       cfg.Table.payload,
 		flushInterval: cmp.Or(cfg.FlushInterval, DefaultFlushInterval),
 		announceEvery: cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),
-		activeWindow:  activeWindow,
+		activeWindow:  loader.PollWindow,
 		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch},
 		pend:          newPending(cfg.Table),
 		queued:        make([][]byte, 0, sendBatch),

@@ -490,3 +490,12 @@ func BenchmarkCoalesceEncode(b *testing.B) {
 	}
 	s.flush()
 }
+
+// The sender polls for as long as the capture's wake-up contract asks.
+func TestSenderPollsForThePollWindow(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	s, _ := newTestSender(t, tab, &scriptSource{}, newFakeTransport(), senderConfig{})
+	if s.activeWindow != loader.PollWindow {
+		t.Errorf("sender polls for %v after the last change, the capture needs %v", s.activeWindow, loader.PollWindow)
+	}
+}
