@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -196,6 +197,7 @@ func (a *applier) flush() int {
 func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals []byte) int {
 	var err error
 	applied := n
+	began := time.Now()
 	if op == ops.Update {
 		err = m.Target.UpdateBatch(keys, vals)
 	} else {
@@ -204,6 +206,7 @@ func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals [
 		applied -= missing
 		a.stats.DeletesMissing.Add(uint64(missing))
 	}
+	a.stats.ApplySeconds.Observe(time.Since(began))
 	if err != nil {
 		a.stats.ApplyErrors.Add(1)
 		if s, ok := a.limit.allow(reasonApply); ok {

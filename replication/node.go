@@ -219,6 +219,23 @@ func (n *Node) Ready() <-chan struct{} { return n.ready.done }
 // Stats returns the node's counters, updated as it runs.
 func (n *Node) Stats() *Stats { return &n.stats }
 
+// Status is what a node knows of itself and its peers at one moment.
+type Status struct {
+	Node   uint32
+	Epoch  uint64
+	Ready  bool
+	Peers  []PeerStatus  // ordered by node id
+	Resync *ResyncStatus // the full resync being received; nil if none
+}
+
+// Status reports the node's state. It is safe to call while [Node.Run]
+// runs.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return Status{Node: n.node, Epoch: n.epoch, Ready: n.ready.isReady(), Peers: n.peers.status(), Resync: n.client.status()}
+}
+
 // Peers lists the peers heard from, ordered by node id. It is safe to call
 // while [Node.Run] runs.
 func (n *Node) Peers() []PeerStatus {

@@ -49,6 +49,7 @@ type peer struct {
 	stream    orderedStream
 	answers   answerBudget
 	datagrams uint64
+	resyncs   uint64 // full resyncs received from it
 	// mismatch holds, per map name, the fingerprint of the peer's schema
 	// already reported as differing from ours, so it is reported once.
 	mismatch map[string]uint32
@@ -147,7 +148,14 @@ type PeerStatus struct {
 	LastHeard time.Time // its last valid datagram
 	Datagrams uint64    // accepted in this epoch
 	Gaps      uint64    // change datagrams missed in this epoch
+	Resyncs   uint64    // full resyncs received from it in this epoch
+	// MissingSince is when the oldest datagram still missing went
+	// missing; zero when nothing is.
+	MissingSince time.Time
 }
+
+// Lag is how many of the peer's datagrams are known sent and not applied.
+func (s *PeerStatus) Lag() uint64 { return s.Seq - min(s.Applied, s.Seq) }
 
 // status lists the peers ordered by node id.
 func (t *peerTable) status() []PeerStatus {
@@ -155,7 +163,7 @@ func (t *peerTable) status() []PeerStatus {
 	for _, p := range t.byNode {
 		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Ready: p.ready,
 			Seq: p.stream.latest, Applied: p.stream.next - 1, LastHeard: p.lastHeard,
-			Datagrams: p.datagrams, Gaps: p.stream.gaps})
+			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since})
 	}
 	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
 	return out

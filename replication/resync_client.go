@@ -136,6 +136,24 @@ func (w *snapshotWindow) missing(req *wire.Nack) {
 	}
 }
 
+// ResyncStatus is the full resync this node is receiving.
+type ResyncStatus struct {
+	Peer      uint32    // the node serving it
+	Streaming bool      // the snapshot arrives; false while the request waits for an answer
+	Since     time.Time // the request, or the start of the snapshot
+	Entries   uint64    // snapshot entries applied so far
+	Datagrams uint32    // snapshot datagrams received in order so far
+}
+
+// status reports the resync under way, if any.
+func (c *resyncClient) status() *ResyncStatus {
+	if c.phase == syncIdle {
+		return nil
+	}
+	return &ResyncStatus{Peer: c.from.node, Streaming: c.phase == syncStreaming, Since: c.since,
+		Entries: c.received, Datagrams: c.got.cum}
+}
+
 // busy reports whether a resync is under way: a node that is itself
 // catching up serves no snapshots.
 func (c *resyncClient) busy() bool { return c.phase != syncIdle }
@@ -368,6 +386,7 @@ func (c *resyncClient) finish(now time.Time) {
 	}
 	replayed := c.replayOwn(p, replayFrom)
 	c.stats.ResyncsReceived.Add(1)
+	p.resyncs++
 	c.stats.SyncDeleted.Add(uint64(deleted))
 	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "deleted", deleted,
 		"own_changes_reapplied", replayed, "datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond))

@@ -3,6 +3,7 @@ package replication
 import (
 	"log/slog"
 	"sync/atomic"
+	"time"
 )
 
 // Stats counts what the sender and receiver did and everything they
@@ -47,6 +48,40 @@ type Stats struct {
 	ResyncsReceived atomic.Uint64 // snapshots received from a peer to the end and applied
 	SyncDeleted     atomic.Uint64 // local entries a snapshot showed deleted, removed
 	Ready           atomic.Bool   // the initial sync is complete
+
+	// ApplySeconds is how long each batch write to a local map took.
+	ApplySeconds Histogram
+}
+
+// HistogramBounds are the upper bounds, in seconds, of the buckets of a
+// [Histogram]: from 10 µs, a small batch into a hash map, to a second.
+var HistogramBounds = [...]float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1}
+
+// Histogram counts durations into the buckets of [HistogramBounds]
+// without locks, for Prometheus to read as a histogram.
+type Histogram struct {
+	counts [len(HistogramBounds) + 1]atomic.Uint64 // the last one is +Inf
+	sumNs  atomic.Uint64
+}
+
+// Observe counts one duration.
+func (h *Histogram) Observe(d time.Duration) {
+	s := d.Seconds()
+	i := 0
+	for i < len(HistogramBounds) && s > HistogramBounds[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.sumNs.Add(uint64(max(d, 0)))
+}
+
+// Snapshot returns the count of each bucket (not cumulative; the last is
+// above every bound), and the sum of the durations in seconds.
+func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum float64) {
+	for i := range h.counts {
+		counts[i] = h.counts[i].Load()
+	}
+	return counts, time.Duration(h.sumNs.Load()).Seconds()
 }
 
 // StatsSnapshot is a copy of [Stats] at one moment.
