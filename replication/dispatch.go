@@ -27,6 +27,10 @@ type dispatcher struct {
 	node   uint32
 	allow  []netip.Addr // --peers: the only source addresses accepted
 	window uint64       // of every peer's stream
+	// keyed: every datagram that reaches the dispatcher was sealed by a
+	// node holding the key, so a node may move to another address in a
+	// new epoch; without a key a sealed datagram cannot be read.
+	keyed  bool
 	peers  *peerTable
 	apply  *applier
 	repair *repairResponder
@@ -88,6 +92,16 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 		d.malformed(from, err)
 		return
 	}
+	if h.Sealed != d.keyed {
+		// A sealed one the sealing transport let through opened; one here
+		// was sealed by a node with a key this node has not.
+		d.stats.Unauthenticated.Add(1)
+		if s, ok := d.limit.allow(reasonAuth); ok {
+			d.log.Warn("dropping a sealed datagram: this node has no key to open it; start it with --key-file",
+				"from", from, "node", h.Node, "suppressed", s)
+		}
+		return
+	}
 	if h.Node == d.node {
 		d.stats.OwnDropped.Add(1)
 		return
@@ -126,7 +140,7 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 // that binds, a new one or the known one in its new epoch. prev is the
 // peer as known before: the same as p unless p is new or restarted.
 func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now time.Time) (p, prev *peer, ok bool) {
-	p, b := d.peers.classify(h.Node, h.Epoch, from)
+	p, b := d.peers.classify(h.Node, h.Epoch, from, d.keyed)
 	switch {
 	case b == bindKnown:
 		return p, p, true

@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/udpmapsync/udpmapsync/seal"
 )
 
 // retryTick is how often the receive side's timers look at the peers.
@@ -44,6 +46,12 @@ type Config struct {
 	// ResendBytes sizes the buffer of sent datagrams that peers' repair
 	// requests are answered from (default [DefaultResendBytes]).
 	ResendBytes int
+	// Keys, when set, seal every datagram sent and open every one
+	// received (see package seal and "Sealed datagrams" in
+	// wire/FORMAT.md): a node without them can neither inject nor read
+	// changes. The table's payload must leave [wire.SealSize] bytes of the
+	// transport's for the seal. Without keys anyone on the link can.
+	Keys *seal.Keys
 	// Log receives the node's log lines; nil discards them.
 	Log *slog.Logger
 }
@@ -105,6 +113,10 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce)}
+	if cfg.Keys != nil {
+		cfg.Transport = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
+		n.tr = cfg.Transport
+	}
 	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
@@ -123,7 +135,7 @@ func NewNode(cfg Config) (*Node, error) {
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		peers: &n.peers, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
-		stats: &n.stats, log: log, limit: &n.limit}
+		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	for _, a := range cfg.Peers {
 		n.dispatch.allow = append(n.dispatch.allow, a.Unmap().WithZone(""))
 	}

@@ -83,21 +83,22 @@ const (
 )
 
 // classify says what a datagram from (node, epoch) at from means.
-// A later epoch is accepted only from the address the node is bound to:
-// anyone else claiming a restart of a live peer is an impostor. A node
-// that really moved to another address binds again once its old entry
-// has been forgotten after peerSilence announce intervals.
-func (t *peerTable) classify(node uint32, epoch uint64, from netip.AddrPort) (*peer, binding) {
+// Without authentication a later epoch is accepted only from the address
+// the node is bound to: anyone else claiming a restart of a live peer is
+// an impostor. A node that really moved to another address binds again
+// once its old entry has been forgotten after peerSilence announce
+// intervals. An authenticated later epoch may come from anywhere.
+func (t *peerTable) classify(node uint32, epoch uint64, from netip.AddrPort, authenticated bool) (*peer, binding) {
 	p := t.byNode[node]
 	switch {
 	case p == nil:
 		return nil, bindNew
 	case epoch < p.epoch:
 		return p, bindStale
+	case epoch > p.epoch && (p.addr == from || authenticated):
+		return p, bindRestarted
 	case p.addr != from:
 		return p, bindForged
-	case epoch > p.epoch:
-		return p, bindRestarted
 	}
 	return p, bindKnown
 }

@@ -16,6 +16,7 @@ const (
 	reasonOverflow
 	reasonSync
 	reasonPeer
+	reasonAuth
 	numReasons
 )
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -136,13 +137,19 @@ const memAnnounce = 100 * time.Millisecond
 
 func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string) *memNode {
 	t.Helper()
+	return startMemNodeWith(t, n, node, state, nil)
+}
+
+// startMemNodeWith starts a node that seals with keys, if not nil.
+func startMemNodeWith(t *testing.T, n *memNet, node uint32, state map[string]string, keys *seal.Keys) *memNode {
+	t.Helper()
 	m := &memNode{flows: newFakeTarget(4, 8), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
 		stats: new(Stats), logs: new(logBuffer), flowID: 10}
 	maps.Copy(m.flows.state, state)
 	tab := mustTable(t, testPayload, testMap("flows", m.flowID, 4, 8, m.flows))
 	tr := n.attach(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(node)}), 3870))
 	m.n = newTestNode(t, Config{Node: node, Epoch: uint64(node) * 1000, Table: tab, Source: m.src, Transport: tr,
-		AnnounceInterval: memAnnounce, ResendBytes: 1 << 20, Log: newLogger(m.logs)})
+		AnnounceInterval: memAnnounce, ResendBytes: 1 << 20, Keys: keys, Log: newLogger(m.logs)})
 	m.stats = m.n.Stats()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -42,6 +42,8 @@ type Stats struct {
 	PeerLimit         atomic.Uint64 // datagrams from a new node beyond the peer limit, dropped
 	PeersExpired      atomic.Uint64 // peers forgotten after a silence
 	AnswersLimited    atomic.Uint64 // answers to a peer held back by its answer budget
+	Unauthenticated   atomic.Uint64 // datagrams that did not open with this node's keys, or were sealed or not when they should not be
+	Replayed          atomic.Uint64 // sealed datagrams whose counter was seen before, or is older than the replay window
 
 	// Full resync.
 	ResyncsSent     atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
@@ -91,7 +93,8 @@ type StatsSnapshot struct {
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
-	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited uint64
+	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
+	Unauthenticated, Replayed uint64
 
 	ResyncsSent, ResyncsReceived, SyncDeleted uint64
 	Ready                                     bool
@@ -129,6 +132,8 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		PeerLimit:         s.PeerLimit.Load(),
 		PeersExpired:      s.PeersExpired.Load(),
 		AnswersLimited:    s.AnswersLimited.Load(),
+		Unauthenticated:   s.Unauthenticated.Load(),
+		Replayed:          s.Replayed.Load(),
 		ResyncsSent:       s.ResyncsSent.Load(),
 		ResyncsReceived:   s.ResyncsReceived.Load(),
 		SyncDeleted:       s.SyncDeleted.Load(),
@@ -169,6 +174,8 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("peer_limit", s.PeerLimit),
 		slog.Uint64("peers_expired", s.PeersExpired),
 		slog.Uint64("answers_limited", s.AnswersLimited),
+		slog.Uint64("unauthenticated", s.Unauthenticated),
+		slog.Uint64("replayed", s.Replayed),
 		slog.Uint64("resyncs_sent", s.ResyncsSent),
 		slog.Uint64("resyncs_received", s.ResyncsReceived),
 		slog.Uint64("sync_deleted", s.SyncDeleted),

@@ -16,8 +16,8 @@ const (
 )
 
 // AppendTo appends the [HeaderSize] bytes of h to b and returns the
-// extended slice. It writes the seal length as 0: version 1 has no
-// authentication seal. It returns [ErrBadKind] for a kind that
+// extended slice. It writes the seal length as [SealSize] when h is
+// Sealed, else 0; sealing the datagram is package seal's. It returns [ErrBadKind] for a kind that
 // [Header.Unmarshal] would refuse and [ErrBadFlags] for flags that kind
 // may not carry, appending nothing. Count, node, epoch and seq are
 // written as they are; see [Header.CheckSeq] for the sequence number.
@@ -35,7 +35,11 @@ func (h *Header) AppendTo(b []byte) ([]byte, error) {
 		return b, err
 	}
 	b = binary.BigEndian.AppendUint16(b, Magic)
-	b = append(b, Version, uint8(h.Kind), h.Flags, 0)
+	var sealLen uint8
+	if h.Sealed {
+		sealLen = SealSize
+	}
+	b = append(b, Version, uint8(h.Kind), h.Flags, sealLen)
 	b = binary.BigEndian.AppendUint16(b, h.Count)
 	b = binary.BigEndian.AppendUint32(b, h.Node)
 	b = binary.BigEndian.AppendUint64(b, h.Epoch)
@@ -44,7 +48,7 @@ func (h *Header) AppendTo(b []byte) ([]byte, error) {
 
 // Unmarshal reads the header at the start of b, which must be a whole
 // datagram: the body starts at b[HeaderSize:]. It rejects anything a
-// version 1 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
+// version 2 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
 // [ErrBadVersion], [ErrBadKind], [ErrBadFlags] or [ErrBadSeal], leaving h
 // unchanged. The count is not checked against the body here: the body
 // decoders ([Sections], [Descriptors], [Nack.Unmarshal]) do that. Nor is
@@ -62,19 +66,17 @@ func (h *Header) Unmarshal(b []byte) error {
 	if err := checkKindFlags(Kind(b[offsetKind]), b[offsetFlags]); err != nil {
 		return err
 	}
-	if b[offsetSeal] != 0 {
-		// Reserved for datagram authentication, which a later version
-		// defines; a version 1 receiver cannot verify a seal, so it must
-		// not accept a datagram that carries one.
+	if s := b[offsetSeal]; s != 0 && s != SealSize {
 		return ErrBadSeal
 	}
 	*h = Header{
-		Kind:  Kind(b[offsetKind]),
-		Flags: b[offsetFlags],
-		Count: binary.BigEndian.Uint16(b[offsetCount:]),
-		Node:  binary.BigEndian.Uint32(b[offsetNode:]),
-		Epoch: binary.BigEndian.Uint64(b[offsetEpoch:]),
-		Seq:   binary.BigEndian.Uint64(b[offsetSeq:]),
+		Sealed: b[offsetSeal] == SealSize,
+		Kind:   Kind(b[offsetKind]),
+		Flags:  b[offsetFlags],
+		Count:  binary.BigEndian.Uint16(b[offsetCount:]),
+		Node:   binary.BigEndian.Uint32(b[offsetNode:]),
+		Epoch:  binary.BigEndian.Uint64(b[offsetEpoch:]),
+		Seq:    binary.BigEndian.Uint64(b[offsetSeq:]),
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 		{Kind: wire.KindChanges, Flags: wire.FlagRetransmit, Count: 0xffff, Node: 0xffffffff, Epoch: 1<<64 - 1, Seq: 1<<64 - 1},
 		{Kind: wire.KindAnnounce, Flags: wire.FlagReady, Count: 3, Node: 0x0a000001, Epoch: 1700000000, Seq: 42},
 		{Kind: wire.KindSyncAck, Count: 2, Seq: wire.SyncSeq(0xffffffff, 7)},
+		{Sealed: true, Kind: wire.KindNack, Count: 1, Node: 9, Epoch: 3, Seq: 0},
 	} {
 		prefix := []byte{0xaa, 0xbb}
 		b, err := h.AppendTo(prefix)
@@ -115,13 +116,15 @@ func TestHeaderUnmarshalErrors(t *testing.T) {
 		{"magic first byte", with(0, 0x55), wire.ErrBadMagic},
 		{"magic second byte", with(1, 0x6e), wire.ErrBadMagic},
 		{"version 0", with(2, 0), wire.ErrBadVersion},
-		{"version 2", with(2, 2), wire.ErrBadVersion},
+		{"version 1", with(2, 1), wire.ErrBadVersion},
+		{"version 3", with(2, 3), wire.ErrBadVersion},
 		{"kind 0", with(3, 0), wire.ErrBadKind},
 		{"kind 10", with(3, 10), wire.ErrBadKind},
 		{"retransmit flag on an announce", with(4, wire.FlagRetransmit), wire.ErrBadFlags},
 		{"kind 255", with(3, 255), wire.ErrBadKind},
 		{"flags", with(4, 0x80), wire.ErrBadFlags},
 		{"seal", with(5, 32), wire.ErrBadSeal},
+		{"seal one short", with(5, wire.SealSize-1), wire.ErrBadSeal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

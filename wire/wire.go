@@ -19,7 +19,7 @@ import "errors"
 // Header layout. All multi-byte fields are big-endian.
 const (
 	Magic   uint16 = 0x756d // "um"
-	Version uint8  = 1
+	Version uint8  = 2
 
 	HeaderSize        = 28 // magic..seq, see FORMAT.md
 	SectionHeaderSize = 8  // map fingerprint, record count, byte length
@@ -75,7 +75,7 @@ var (
 	ErrBadVersion  = errors.New("wire: unsupported version")
 	ErrBadKind     = errors.New("wire: unknown datagram kind")
 	ErrBadFlags    = errors.New("wire: unknown flags")
-	ErrBadSeal     = errors.New("wire: authentication seal not supported")
+	ErrBadSeal     = errors.New("wire: seal length neither 0 nor SealSize")
 	ErrBadOp       = errors.New("wire: unknown record operation")
 	ErrBadLength   = errors.New("wire: length does not match content")
 	ErrBadCount    = errors.New("wire: record count does not match content")
@@ -85,14 +85,21 @@ var (
 	ErrBadSeq      = errors.New("wire: sequence number 0 or above MaxSeq")
 )
 
+// SealSize is the length of the seal that ends a sealed datagram: an
+// 8-byte counter and a 16-byte AES-GCM tag (package seal's Overhead).
+const SealSize = 24
+
 // Header is the fixed start of every datagram.
 type Header struct {
-	Kind  Kind
-	Flags uint8  // [FlagRetransmit] on a resent change datagram, [FlagReady] on an announce, else zero
-	Count uint16 // records (KindChanges, KindSnapshot), descriptors (KindAnnounce) or ranges (KindNack, KindGone, KindSyncAck)
-	Node  uint32 // sender node id
-	Epoch uint64 // sender boot epoch: changes whenever the sender restarts
-	Seq   uint64 // sender sequence number of this datagram, see [Header.CheckSeq]; for the sync kinds, see [SyncSeq]
+	// Sealed says that the body is encrypted and a seal of [SealSize]
+	// bytes ends the datagram, after the body: the sender has a key.
+	Sealed bool
+	Kind   Kind
+	Flags  uint8  // [FlagRetransmit] on a resent change datagram, [FlagReady] on an announce, else zero
+	Count  uint16 // records (KindChanges, KindSnapshot), descriptors (KindAnnounce) or ranges (KindNack, KindGone, KindSyncAck)
+	Node   uint32 // sender node id
+	Epoch  uint64 // sender boot epoch: changes whenever the sender restarts
+	Seq    uint64 // sender sequence number of this datagram, see [Header.CheckSeq]; for the sync kinds, see [SyncSeq]
 }
 
 // SyncSeq packs a resync's request id and a datagram number of its

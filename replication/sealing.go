@@ -1,0 +1,175 @@
+package replication
+
+import (
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/udpmapsync/udpmapsync/seal"
+	"github.com/udpmapsync/udpmapsync/transport"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// maxRuns bounds the replay windows kept, one per (node, epoch) heard
+// with a datagram that opened: only nodes holding the key can add one.
+const maxRuns = 2 * maxPeers
+
+// sealedTransport seals every datagram this node sends and opens every
+// one it receives, between the protocol and the socket: everything above
+// it sees plain datagrams that a node holding the key sent, once each.
+// What does not open, or opened before, is counted and dropped here.
+type sealedTransport struct {
+	inner  Transport
+	sealer *seal.Sealer
+	opener *seal.Opener
+	stats  *Stats
+	log    *slog.Logger
+
+	sendBufs [][]byte   // Send's copies: the sender's goroutine only
+	sendOut  [][]byte   // slices of sendBufs, as sealed
+	toMu     sync.Mutex // SendTo runs on several goroutines
+	toBufs   [][]byte
+	toOut    [][]byte
+
+	runs   map[runID]*seal.ReplayWindow // the receive goroutine's
+	order  []runID                      // runs in the order they were added
+	in     []transport.Packet
+	limit  limiter
+	header wire.Header
+}
+
+// runID names one run of a node: the sender of a sequence of counters.
+type runID struct {
+	node  uint32
+	epoch uint64
+}
+
+func newSealedTransport(inner Transport, keys *seal.Keys, node uint32, epoch uint64, stats *Stats, log *slog.Logger) *sealedTransport {
+	return &sealedTransport{inner: inner, sealer: seal.NewSealer(keys, node, epoch), opener: seal.NewOpener(keys),
+		stats: stats, log: log, runs: make(map[runID]*seal.ReplayWindow)}
+}
+
+// Send seals copies of the datagrams and sends them to the group.
+func (t *sealedTransport) Send(dgrams [][]byte) error {
+	out, err := t.seal(dgrams, &t.sendBufs, &t.sendOut)
+	if err != nil {
+		return err
+	}
+	return t.inner.Send(out)
+}
+
+// SendTo seals copies of the datagrams and sends them to addr.
+func (t *sealedTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	t.toMu.Lock()
+	defer t.toMu.Unlock()
+	out, err := t.seal(dgrams, &t.toBufs, &t.toOut)
+	if err != nil {
+		return err
+	}
+	return t.inner.SendTo(addr, out)
+}
+
+// seal copies each datagram into bufs, marks its header sealed and seals
+// it. The callers' datagrams stay plain: the resend buffer keeps them so,
+// and a resend is sealed again under a new counter.
+func (t *sealedTransport) seal(dgrams [][]byte, bufs, out *[][]byte) ([][]byte, error) {
+	*out = (*out)[:0]
+	for i, d := range dgrams {
+		if i == len(*bufs) {
+			*bufs = append(*bufs, nil)
+		}
+		if cap((*bufs)[i]) < len(d)+wire.SealSize {
+			(*bufs)[i] = make([]byte, 0, len(d)+wire.SealSize)
+		}
+		b := append((*bufs)[i][:0], d...)
+		var h wire.Header
+		if err := h.Unmarshal(b); err != nil {
+			return nil, err // cannot happen: the protocol built it
+		}
+		h.Sealed = true
+		if _, err := h.AppendTo(b[:0]); err != nil {
+			return nil, err
+		}
+		b, err := t.sealer.Seal(b, wire.HeaderSize)
+		if err != nil {
+			return nil, err
+		}
+		(*bufs)[i] = b
+		*out = append(*out, b)
+	}
+	return *out, nil
+}
+
+// Receive returns the datagrams that opened and were not seen before, in
+// place in the inner transport's buffers, with their seals cut off.
+func (t *sealedTransport) Receive() ([]transport.Packet, error) {
+	for {
+		pkts, err := t.inner.Receive()
+		if err != nil {
+			return nil, err
+		}
+		t.in = t.in[:0]
+		for _, p := range pkts {
+			if d, ok := t.open(p.From, p.Data); ok {
+				t.in = append(t.in, transport.Packet{Data: d, From: p.From})
+			}
+		}
+		if len(t.in) > 0 {
+			return t.in, nil
+		}
+	}
+}
+
+// open authenticates and decrypts d, and checks its counter against the
+// run's replay window.
+func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, bool) {
+	h := &t.header
+	if h.Unmarshal(d) != nil {
+		return d, true // the dispatcher counts what is malformed
+	}
+	if !h.Sealed {
+		t.drop(&t.stats.Unauthenticated, from, "datagram not sealed, but this node has a key: the sender lacks --key-file")
+		return nil, false
+	}
+	plain, counter, err := t.opener.Open(d, wire.HeaderSize, h.Node, h.Epoch)
+	if err != nil {
+		t.drop(&t.stats.Unauthenticated, from, "datagram does not open with this node's keys: a wrong key, or forged")
+		return nil, false
+	}
+	if !t.window(runID{h.Node, h.Epoch}).Accept(counter) {
+		t.stats.Replayed.Add(1)
+		return nil, false
+	}
+	return plain, true
+}
+
+// window returns the replay window of run r, adding one (and forgetting
+// the oldest beyond maxRuns) for a run not seen before.
+func (t *sealedTransport) window(r runID) *seal.ReplayWindow {
+	if w := t.runs[r]; w != nil {
+		return w
+	}
+	if len(t.order) >= maxRuns {
+		delete(t.runs, t.order[0])
+		t.order = append(t.order[:0], t.order[1:]...)
+	}
+	w := new(seal.ReplayWindow)
+	t.runs[r] = w
+	t.order = append(t.order, r)
+	return w
+}
+
+func (t *sealedTransport) drop(counter interface{ Add(uint64) uint64 }, from netip.AddrPort, why string) {
+	counter.Add(1)
+	if s, ok := t.limit.allow(reasonAuth); ok {
+		t.log.Warn("dropping a datagram that is not authentic", "from", from, "reason", why, "suppressed", s)
+	}
+}
+
+// Close closes the inner transport, if it can be.
+func (t *sealedTransport) Close() error {
+	if c, ok := t.inner.(interface{ Close() error }); ok {
+		return c.Close()
+	}
+	return nil
+}
