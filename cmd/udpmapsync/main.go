@@ -24,7 +24,9 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/replication"
+	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
+	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -44,6 +46,7 @@ type Flags struct {
 	NodeID           uint32
 	RingSize         byteSize
 	ResendBuffer     byteSize
+	KeyFile          string
 	StatsInterval    time.Duration
 	LogLevel         string
 	Version          bool
@@ -67,6 +70,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
+	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); without it the link must be trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
@@ -190,11 +194,15 @@ func run(ctx context.Context, f *Flags) error {
 		return fmt.Errorf("--iface %s: %w", c.iface.Name, err)
 	}
 	defer tr.Close()
+	keys, payload, err := sealing(f.KeyFile, tr.Payload())
+	if err != nil {
+		return err
+	}
 	local := make([]replication.Map, len(maps))
 	for i, m := range maps {
 		local[i] = replication.MapFromLoader(m)
 	}
-	table, err := replication.NewTable(local, tr.Payload())
+	table, err := replication.NewTable(local, payload)
 	if errors.Is(err, replication.ErrRecordTooLarge) {
 		return fmt.Errorf("--iface %s (MTU %d): %w (the interface's, and --mtu if set)", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
 	} else if err != nil {
@@ -210,13 +218,17 @@ func run(ctx context.Context, f *Flags) error {
 	epoch := uint64(time.Now().UnixNano())
 	node, err := replication.NewNode(replication.Config{Node: c.node, Epoch: epoch, Table: table, Source: capture,
 		Transport: tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
-		ResendBytes: int(f.ResendBuffer), Log: log})
+		ResendBytes: int(f.ResendBuffer), Keys: keys, Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
 	} else if err != nil {
 		return err
 	}
 	logStartup(log, c, f, maps, capture, tr, epoch)
+	if keys == nil {
+		log.Warn("no --key-file: sync traffic is neither authenticated nor encrypted; anyone on this link can read the maps' state "+
+			"and inject changes into every node, so the link must be trusted", "iface", c.iface.Name)
+	}
 	if f.CPUProfile != "" {
 		stopProfile, err := startCPUProfile(f.CPUProfile)
 		if err != nil {
@@ -267,6 +279,19 @@ func supervise(ctx context.Context, log *slog.Logger, f *Flags, node *replicatio
 			logStats(ctx, log, node)
 		}
 	}
+}
+
+// sealing loads the keys of --key-file, if one is given, and returns the
+// datagram payload left once the seal has its room.
+func sealing(path string, payload int) (*seal.Keys, int, error) {
+	if path == "" {
+		return nil, payload, nil
+	}
+	keys, err := seal.LoadKeyFile(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("--key-file: %w", err)
+	}
+	return keys, payload - wire.SealSize, nil
 }
 
 // startCPUProfile profiles the daemon into path until the returned function
