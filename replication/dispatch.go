@@ -164,12 +164,18 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 		n, ok := d.bind(from, h, 1, now)
 		return n, p, ok
 	default:
-		// A node heard for the first time starts at the sequence number
-		// its datagram shows to be next: what it sent before we heard of
-		// it is for the initial sync, not repair.
-		first := h.Seq
-		if h.Kind == wire.KindAnnounce {
-			first++
+		// A node heard for the first time, or again after it was
+		// forgotten, starts at the sequence number its datagram shows to
+		// be next while this node still waits for its initial sync, which
+		// brings what it sent before. Once this node is ready, nothing
+		// else would: then everything of the node's epoch is asked for,
+		// from 1, and what it no longer holds comes by a full resync.
+		first := uint64(1)
+		if !d.client.ready.isReady() {
+			first = h.Seq
+			if h.Kind == wire.KindAnnounce {
+				first++
+			}
 		}
 		if s, ok := d.limit.allow(reasonPeer); ok {
 			d.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch, "suppressed", s)

@@ -13,11 +13,12 @@ const (
 	// maxPeers bounds the nodes tracked at once. A datagram from a new
 	// node id beyond it is dropped and counted (peer_limit).
 	maxPeers = 64
-	// peerSilence is how many announce intervals a peer may stay silent
-	// before it is forgotten, with what is held for it: a dead node stops
-	// being a resync source, and a node id that moved to another address
-	// can bind again.
-	peerSilence = 10
+	// A peer silent for peerSilence announce intervals, and at least
+	// minPeerSilence, is forgotten with what is held for it: a dead node
+	// stops being a resync source, and a node id that moved to another
+	// address can bind again. One that comes back is heard as new.
+	peerSilence    = 10
+	minPeerSilence = 10 * time.Second
 	// trustAfter is how many announce intervals a peer must have been
 	// heard for before it is chosen as a resync source.
 	trustAfter = 2
@@ -66,7 +67,7 @@ type peerTable struct {
 func newPeerTable(announce time.Duration) peerTable {
 	return peerTable{
 		byNode:  make(map[uint32]*peer),
-		silence: peerSilence * announce,
+		silence: max(peerSilence*announce, minPeerSilence),
 		trust:   trustAfter * announce,
 	}
 }
@@ -127,6 +128,16 @@ func (t *peerTable) silent(now time.Time, out []*peer) []*peer {
 // address for a while, announcing itself ready, and not passed over.
 func (t *peerTable) trusted(p *peer, now time.Time) bool {
 	return p.announced && p.ready && now.Sub(p.firstHeard) >= t.trust && !now.Before(p.passOver)
+}
+
+// anyReady reports whether a peer announced that it is ready.
+func (t *peerTable) anyReady() bool {
+	for _, p := range t.byNode {
+		if p.ready {
+			return true
+		}
+	}
+	return false
 }
 
 // lowest is the smallest node id known, or the largest uint32 if none.

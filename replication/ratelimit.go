@@ -20,14 +20,26 @@ const (
 	numReasons
 )
 
-// logInterval is how often one reason may log: a flood of bad datagrams
-// must cost counters, not log lines.
+// logInterval is the period over which each reason may log burst lines:
+// a flood of bad datagrams must cost counters, not log lines.
 const logInterval = time.Second
 
-// limiter lets at most one log line per [logInterval] through for each
-// reason and counts the ones it held back. It is used by one goroutine at a time.
+// burst is how many lines a reason may log per logInterval: one, but for
+// the peers coming and going, of which a cluster's start shows several
+// at once and each is worth a line.
+func burst(r reason) int {
+	if r == reasonPeer {
+		return 8
+	}
+	return 1
+}
+
+// limiter lets at most burst(r) log lines per [logInterval] through for
+// each reason r and counts the ones it held back. It is used by one
+// goroutine at a time.
 type limiter struct {
-	next       [numReasons]time.Time
+	since      [numReasons]time.Time // start of the reason's current interval
+	lines      [numReasons]int       // lines let through in it
 	suppressed [numReasons]uint64
 }
 
@@ -37,11 +49,14 @@ type limiter struct {
 // allocation.
 func (l *limiter) allow(r reason) (suppressed uint64, ok bool) {
 	now := time.Now()
-	if now.Before(l.next[r]) {
+	if now.Sub(l.since[r]) >= logInterval {
+		l.since[r], l.lines[r] = now, 0
+	}
+	if l.lines[r] >= burst(r) {
 		l.suppressed[r]++
 		return 0, false
 	}
-	l.next[r] = now.Add(logInterval)
+	l.lines[r]++
 	suppressed, l.suppressed[r] = l.suppressed[r], 0
 	return suppressed, true
 }

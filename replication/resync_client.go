@@ -190,9 +190,13 @@ func (c *resyncClient) tick(now time.Time) {
 		return
 	}
 	if !c.ready.isReady() && c.ready.waited(now) {
-		if len(c.peers.byNode) == 0 {
-			c.ready.become("no peer heard: this node's maps are the group's state", len(c.peers.byNode))
-		} else if c.node < c.peers.lowest() {
+		switch {
+		case len(c.peers.byNode) == 0:
+			c.ready.become("no peer heard: this node's maps are the group's state", 0)
+		case c.peers.anyReady():
+			// Not trusted yet (heard too recently, or passed over): it
+			// serves the initial sync once it is.
+		case c.node < c.peers.lowest():
 			c.ready.become("no ready peer heard; the lowest node id seeds the others", len(c.peers.byNode))
 		}
 	}

@@ -3,6 +3,8 @@ package replication
 import (
 	"testing"
 	"time"
+
+	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // Status shows each peer's progress, the gap it waits on, and the resync
@@ -45,5 +47,43 @@ func TestHistogramBuckets(t *testing.T) {
 	}
 	if want := (time.Hour + time.Second + 21*time.Microsecond).Seconds(); sum != want {
 		t.Errorf("sum %v, want %v", sum, want)
+	}
+}
+
+// A starting node that hears a ready peer waits until the peer has been
+// heard long enough to be trusted and resyncs from it, even when its own
+// node id is the lowest: deciding alone would lose what the group holds.
+func TestReadyPeerNotYetTrustedIsWaitedFor(t *testing.T) {
+	f := newReceiverFixture(t) // ourNode 1 is lower than peerNode 2
+	t0 := time.Now()
+	f.n.ready.started = t0.Add(-time.Hour) // waited long enough
+	d := announce(t, peerNode, 1, 0)
+	d[4] |= wire.FlagReady
+	f.handleAt(t0, peerA, d)
+	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
+	if f.n.ready.isReady() || f.n.client.phase != syncIdle {
+		t.Fatalf("ready %v, phase %d right after hearing a ready peer: want neither ready nor asking yet",
+			f.n.ready.isReady(), f.n.client.phase)
+	}
+	f.handleAt(t0.Add(trustAfter*DefaultAnnounceInterval), peerA, d)
+	f.n.dispatch.tick(t0.Add(trustAfter*DefaultAnnounceInterval), nil)
+	if f.n.ready.isReady() || f.n.client.phase != syncRequested {
+		t.Errorf("ready %v, phase %d once the peer is trusted: want a resync requested", f.n.ready.isReady(), f.n.client.phase)
+	}
+}
+
+// A ready node that hears a node for the first time, or again after it
+// forgot it, asks for everything of the node's run from 1: nothing else
+// would bring what the node sent while it was not heard.
+func TestNewPeerOfReadyNodeRepairedFromOne(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	f.handle(peerA, f.peerDatagram(t, 1, 500, "key1", "500"))
+	got := f.nacks(t, wire.KindNack)
+	if len(got) != 1 || got[0][0] != (wire.Range{First: 1, Last: 499}) {
+		t.Fatalf("requests %v, want [1,499]", got)
+	}
+	if f.value("key1") != "" {
+		t.Error("datagram 500 applied before 1 to 499")
 	}
 }
