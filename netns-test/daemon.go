@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Where the daemons of a cluster meet.
@@ -42,6 +46,14 @@ type DaemonConfig struct {
 	// StatsInterval is --stats-interval, the period of the "stats" line
 	// [Daemon.Stats] reads; zero means 5 s.
 	StatsInterval time.Duration
+	// ControlSocket is --control-socket; empty means NAME.sock beside the
+	// log file NAME.log, so that daemons of one host do not share the
+	// default socket (the second would refuse to start).
+	ControlSocket string
+	// StateDir is --state-dir; empty means NODE.state beside the log file,
+	// one per node: a restarted daemon continues from its node's last
+	// epoch, as it would on a host of its own.
+	StateDir string
 	// Args are appended to the command line.
 	Args []string
 	// ReadyTimeout bounds the wait for the ready file; zero means 30 s.
@@ -56,6 +68,8 @@ type Daemon struct {
 	Node *Node
 	// LogFile holds its stdout and stderr.
 	LogFile string
+	// ControlSocket is where it answers `udpmapsync status`.
+	ControlSocket string
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed once the process has been waited for
@@ -84,6 +98,16 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 	if cfg.StatsInterval == 0 {
 		cfg.StatsInterval = 5 * time.Second
 	}
+	dir := filepath.Dir(cfg.LogFile)
+	if cfg.ControlSocket == "" {
+		cfg.ControlSocket = filepath.Join(dir, strings.TrimSuffix(filepath.Base(cfg.LogFile), ".log")+".sock")
+	}
+	if len(cfg.ControlSocket) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("start daemon on %s: control socket path %s is too long for a unix socket; set a shorter TMPDIR", node.Name, cfg.ControlSocket)
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(dir, node.Name+".state")
+	}
 	args := []string{
 		"--iface", NodeIface,
 		"--group", Group,
@@ -92,6 +116,8 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 		"--log-level", cfg.LogLevel,
 		"--stats-interval", cfg.StatsInterval.String(),
 		"--ready-file", cfg.ReadyFile,
+		"--control-socket", cfg.ControlSocket,
+		"--state-dir", cfg.StateDir,
 	}
 	for _, m := range cfg.Maps {
 		args = append(args, "--map", m)
@@ -109,7 +135,7 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start daemon on %s: %w", node.Name, err)
 	}
-	d := &Daemon{Node: node, LogFile: cfg.LogFile, cmd: cmd, done: make(chan struct{})}
+	d := &Daemon{Node: node, LogFile: cfg.LogFile, ControlSocket: cfg.ControlSocket, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		d.err = cmd.Wait()
 		close(d.done)

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -22,7 +23,10 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/udpmapsync/udpmapsync/control"
+	"github.com/udpmapsync/udpmapsync/epoch"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/metrics"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -51,8 +55,14 @@ type Flags struct {
 	LogLevel         string
 	Version          bool
 	ReadyFile        string
+	MetricsAddr      string
+	ControlSocket    string
+	StateDir         string
 	CPUProfile       string
 }
+
+// defaultStateDir holds the epoch file; the systemd unit's StateDirectory.
+const defaultStateDir = "/var/lib/udpmapsync"
 
 // register adds the options to fs with their defaults.
 func (f *Flags) register(fs *pflag.FlagSet) {
@@ -75,17 +85,24 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file (with the pid) once the initial sync with the peers is complete")
+	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics), /healthz and /readyz on this address (e.g. :9477); off when empty")
+	fs.StringVar(&f.ControlSocket, "control-socket", control.DefaultSocket, "unix socket `udpmapsync status` asks (root only); none when empty")
+	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch)")
 	fs.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of the running daemon to this file (for perf/PROFILE.md)")
 	_ = fs.MarkHidden("cpuprofile")
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(statusCommand(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	var flags Flags
 	fs := pflag.NewFlagSet("udpmapsync", pflag.ContinueOnError)
 	flags.register(fs)
 	fs.SortFlags = false
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: udpmapsync --iface IFACE [--map SPEC]... [options]\n\n%s", fs.FlagUsages())
+		fmt.Fprintf(os.Stderr, "Usage: udpmapsync --iface IFACE [--map SPEC]... [options]\n"+
+			"       udpmapsync status [--json] [--control-socket PATH]   (udpmapsync status --help)\n\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -150,6 +167,9 @@ func (f *Flags) check() (*config, error) {
 	if err := c.level.UnmarshalText([]byte(f.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %s: use debug, info, warn or error", f.LogLevel)
 	}
+	if f.StateDir == "" {
+		return nil, fmt.Errorf("--state-dir must name a directory (default %s): it keeps the boot epoch across restarts", defaultStateDir)
+	}
 	if c.node = f.NodeID; c.node == 0 {
 		if c.node, err = nodeID(c.iface); err != nil {
 			return nil, err
@@ -178,54 +198,20 @@ func run(ctx context.Context, f *Flags) error {
 	if err := checkCapabilities(); err != nil {
 		return err
 	}
-
-	maps, err := loader.OpenMaps(f.Maps)
-	if err != nil {
-		return advice(err)
-	}
-	defer func() {
-		for _, m := range maps {
-			m.Close()
-		}
-	}()
-
-	tr, err := transport.ListenUDP(transport.Config{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
-	if err != nil {
-		return fmt.Errorf("--iface %s: %w", c.iface.Name, err)
-	}
-	defer tr.Close()
-	keys, payload, err := sealing(f.KeyFile, tr.Payload())
+	// The control socket and the metrics port first: a second daemon on
+	// them stops here, before it attaches anything.
+	svc, err := listen(f, log)
 	if err != nil {
 		return err
 	}
-	local := make([]replication.Map, len(maps))
-	for i, m := range maps {
-		local[i] = replication.MapFromLoader(m)
-	}
-	table, err := replication.NewTable(local, payload)
-	if errors.Is(err, replication.ErrRecordTooLarge) {
-		return fmt.Errorf("--iface %s (MTU %d): %w (the interface's, and --mtu if set)", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
-	} else if err != nil {
-		return fmt.Errorf("--iface %s (MTU %d): %w", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
-	}
-
-	capture, err := loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: maps, RingSize: int(f.RingSize)})
+	defer svc.stop() // if open fails; supervise stops them before the maps close
+	d, err := open(f, c, log)
 	if err != nil {
-		return advice(err)
-	}
-	defer capture.Close()
-
-	epoch := uint64(time.Now().UnixNano())
-	node, err := replication.NewNode(replication.Config{Node: c.node, Epoch: epoch, Table: table, Source: capture,
-		Transport: tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
-		ResendBytes: int(f.ResendBuffer), Keys: keys, Log: log})
-	if errors.Is(err, replication.ErrResendSize) {
-		return fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
-	} else if err != nil {
 		return err
 	}
-	logStartup(log, c, f, maps, capture, tr, epoch)
-	if keys == nil {
+	defer d.close()
+	logStartup(log, c, f, d)
+	if !d.sealed {
 		log.Warn("no --key-file: sync traffic is neither authenticated nor encrypted; anyone on this link can read the maps' state "+
 			"and inject changes into every node, so the link must be trusted", "iface", c.iface.Name)
 	}
@@ -236,7 +222,57 @@ func run(ctx context.Context, f *Flags) error {
 		}
 		defer stopProfile()
 	}
-	return supervise(ctx, log, f, node)
+	return supervise(ctx, log, f, d, svc)
+}
+
+// open opens the maps, the socket and the capture, takes a new boot epoch
+// and makes the node; the daemon's close releases them.
+func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{cfg: c, flags: f, started: time.Now()}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	if d.maps, err = loader.OpenMaps(f.Maps); err != nil {
+		return nil, advice(err)
+	}
+	d.tr, err = transport.ListenUDP(transport.Config{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
+	if err != nil {
+		return nil, fmt.Errorf("--iface %s: %w", c.iface.Name, err)
+	}
+	keys, payload, err := sealing(f.KeyFile, d.tr.Payload())
+	if err != nil {
+		return nil, err
+	}
+	d.sealed = keys != nil
+	local := make([]replication.Map, len(d.maps))
+	for i, m := range d.maps {
+		local[i] = replication.MapFromLoader(m)
+	}
+	table, err := replication.NewTable(local, payload)
+	if errors.Is(err, replication.ErrRecordTooLarge) {
+		return nil, fmt.Errorf("--iface %s (MTU %d): %w (the interface's, and --mtu if set)", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
+	} else if err != nil {
+		return nil, fmt.Errorf("--iface %s (MTU %d): %w", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
+	}
+	d.capture, err = loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: d.maps, RingSize: int(f.RingSize)})
+	if err != nil {
+		return nil, advice(err)
+	}
+	if d.epoch, err = epoch.Next(filepath.Join(f.StateDir, "epoch"), time.Now()); err != nil {
+		return nil, fmt.Errorf("--state-dir %s: %w", f.StateDir, err)
+	}
+	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
+		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
+		ResendBytes: int(f.ResendBuffer), Keys: keys, Log: log})
+	if errors.Is(err, replication.ErrResendSize) {
+		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
+	} else if err != nil {
+		return nil, err
+	}
+	d.entries = metrics.NewEntryCounter(metrics.LoaderMaps(d.maps), metrics.DefaultEntriesTTL)
+	return d, nil
 }
 
 // supervise runs the node until ctx is done or it fails, writing the
@@ -244,11 +280,14 @@ func run(ctx context.Context, f *Flags) error {
 // The node closes the capture and the socket to end their blocking reads;
 // detaching fentry hooks waits for RCU grace periods, so stopping can take
 // a second or more.
-func supervise(ctx context.Context, log *slog.Logger, f *Flags, node *replication.Node) error {
+func supervise(ctx context.Context, log *slog.Logger, f *Flags, d *daemon, svc *services) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	node := d.node
 	done := make(chan error, 1)
 	go func() { done <- node.Run(ctx) }()
+	failed := svc.serve(ctx, d, log)
+	defer svc.stop() // no scrape or status request reads the maps once they are closed
 	var tick <-chan time.Time
 	if f.StatsInterval > 0 {
 		t := time.NewTicker(f.StatsInterval)
@@ -261,11 +300,15 @@ func supervise(ctx context.Context, log *slog.Logger, f *Flags, node *replicatio
 		case <-ctx.Done():
 			stopping := time.Now()
 			err := <-done
-			logStats(context.Background(), log, node)
+			logStats(context.Background(), log, d)
 			log.Info("detached and stopped", "took", time.Since(stopping).Round(time.Millisecond))
 			return err
 		case err := <-done:
 			return err // nil only once ctx is done
+		case err := <-failed:
+			cancel()
+			<-done
+			return err
 		case <-ready:
 			ready = nil
 			if f.ReadyFile != "" {
@@ -276,7 +319,7 @@ func supervise(ctx context.Context, log *slog.Logger, f *Flags, node *replicatio
 				}
 			}
 		case <-tick:
-			logStats(ctx, log, node)
+			logStats(ctx, log, d)
 		}
 	}
 }
@@ -313,8 +356,9 @@ func startCPUProfile(path string) (func(), error) {
 
 // logStartup says what is replicated, how changes are captured and where
 // they go.
-func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, capture *loader.Capture, tr *transport.UDP, epoch uint64) {
-	for _, m := range maps {
+func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
+	capture := d.capture
+	for _, m := range d.maps {
 		log.Info("replicating map", "name", m.Name, "type", m.Type, "key_size", m.KeySize,
 			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID)
 	}
@@ -330,14 +374,15 @@ func logStartup(log *slog.Logger, c *config, f *Flags, maps []*loader.Map, captu
 	if len(c.peers) > 0 {
 		dest = []any{"peers", c.peers}
 	}
-	log.Info("listening", append(dest, "iface", c.iface.Name, "port", f.Port, "payload", tr.Payload(),
-		"node", c.node, "epoch", epoch, "version", version)...)
+	log.Info("listening", append(dest, "iface", c.iface.Name, "port", f.Port, "payload", d.tr.Payload(),
+		"node", c.node, "epoch", d.epoch, "version", version)...)
 }
 
-// logStats writes the one-line summary, and a line per peer at debug level.
-func logStats(ctx context.Context, log *slog.Logger, node *replication.Node) {
-	peers := node.Peers()
-	log.LogAttrs(ctx, slog.LevelInfo, "stats", append(node.Stats().Snapshot().Attrs(), slog.Int("peers", len(peers)))...)
+// logStats writes the one-line summary, and a line per peer at debug level:
+// the counters the metrics and the status command read.
+func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
+	peers := d.Status().Peers
+	log.LogAttrs(ctx, slog.LevelInfo, "stats", append(d.Stats().Attrs(), slog.Int("peers", len(peers)))...)
 	for _, p := range peers {
 		log.LogAttrs(ctx, slog.LevelDebug, "peer", slog.Any("node", p.Node), slog.Any("addr", p.Addr),
 			slog.Any("epoch", p.Epoch), slog.Any("seq", p.Seq),
