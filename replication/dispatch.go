@@ -28,9 +28,14 @@ type dispatcher struct {
 	allow  []netip.Addr // --peers: the only source addresses accepted
 	window uint64       // of every peer's stream
 	// keyed: every datagram that reaches the dispatcher was sealed by a
-	// node holding the key, so a node may move to another address in a
-	// new epoch; without a key a sealed datagram cannot be read.
-	keyed  bool
+	// node holding the key, whatever address it came from; without a key
+	// a sealed datagram cannot be read.
+	keyed bool
+	// sources, with a key, says where each run's freshest datagram came
+	// from: the address a peer is answered at.
+	sources interface {
+		source(node uint32, epoch uint64) (netip.AddrPort, bool)
+	}
 	peers  *peerTable
 	apply  *applier
 	repair *repairResponder
@@ -131,6 +136,11 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 	}
 	if prev != p && prev != nil {
 		d.retire(prev, now)
+	}
+	if d.sources != nil {
+		if a, ok := d.sources.source(h.Node, h.Epoch); ok {
+			p.addr = a
+		}
 	}
 	p.lastHeard = now
 	p.datagrams++

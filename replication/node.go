@@ -113,9 +113,10 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce)}
+	var sealed *sealedTransport
 	if cfg.Keys != nil {
-		cfg.Transport = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
-		n.tr = cfg.Transport
+		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
+		cfg.Transport, n.tr = sealed, sealed
 	}
 	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
@@ -136,6 +137,9 @@ func NewNode(cfg Config) (*Node, error) {
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		peers: &n.peers, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
+	if sealed != nil {
+		n.dispatch.sources = sealed
+	}
 	for _, a := range cfg.Peers {
 		n.dispatch.allow = append(n.dispatch.allow, a.Unmap().WithZone(""))
 	}

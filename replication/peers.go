@@ -84,11 +84,12 @@ const (
 )
 
 // classify says what a datagram from (node, epoch) at from means.
-// Without authentication a later epoch is accepted only from the address
-// the node is bound to: anyone else claiming a restart of a live peer is
-// an impostor. A node that really moved to another address binds again
-// once its old entry has been forgotten after peerSilence announce
-// intervals. An authenticated later epoch may come from anywhere.
+// Without authentication a node is bound to the address it was first
+// heard from: anyone else using its id, or claiming a restart of it, is an
+// impostor. A node that really moved to another address binds again once
+// its old entry has been forgotten after the silence period.
+// Authenticated datagrams are the node's wherever they come from; where
+// to answer it is decided by the seal (see [sealedTransport.source]).
 func (t *peerTable) classify(node uint32, epoch uint64, from netip.AddrPort, authenticated bool) (*peer, binding) {
 	p := t.byNode[node]
 	switch {
@@ -96,10 +97,10 @@ func (t *peerTable) classify(node uint32, epoch uint64, from netip.AddrPort, aut
 		return nil, bindNew
 	case epoch < p.epoch:
 		return p, bindStale
-	case epoch > p.epoch && (p.addr == from || authenticated):
-		return p, bindRestarted
-	case p.addr != from:
+	case p.addr != from && !authenticated:
 		return p, bindForged
+	case epoch > p.epoch:
+		return p, bindRestarted
 	}
 	return p, bindKnown
 }

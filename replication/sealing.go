@@ -31,8 +31,8 @@ type sealedTransport struct {
 	toBufs   [][]byte
 	toOut    [][]byte
 
-	runs   map[runID]*seal.ReplayWindow // the receive goroutine's
-	order  []runID                      // runs in the order they were added
+	runs   map[runID]*runState // the receive goroutine's
+	order  []runID             // runs in the order they were added
 	in     []transport.Packet
 	limit  limiter
 	header wire.Header
@@ -44,9 +44,18 @@ type runID struct {
 	epoch uint64
 }
 
+// runState is what the receiving side knows of one run: the counters it
+// has seen, and where its freshest datagram, the one with the highest
+// counter, came from.
+type runState struct {
+	window seal.ReplayWindow
+	top    uint64
+	from   netip.AddrPort
+}
+
 func newSealedTransport(inner Transport, keys *seal.Keys, node uint32, epoch uint64, stats *Stats, log *slog.Logger) *sealedTransport {
 	return &sealedTransport{inner: inner, sealer: seal.NewSealer(keys, node, epoch), opener: seal.NewOpener(keys),
-		stats: stats, log: log, runs: make(map[runID]*seal.ReplayWindow)}
+		stats: stats, log: log, runs: make(map[runID]*runState)}
 }
 
 // Send seals copies of the datagrams and sends them to the group.
@@ -136,27 +145,43 @@ func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, bool) {
 		t.drop(&t.stats.Unauthenticated, from, "datagram does not open with this node's keys: a wrong key, or forged")
 		return nil, false
 	}
-	if !t.window(runID{h.Node, h.Epoch}).Accept(counter) {
+	run := t.run(runID{h.Node, h.Epoch})
+	if !run.window.Accept(counter) {
 		t.stats.Replayed.Add(1)
 		return nil, false
+	}
+	if counter > run.top {
+		run.top, run.from = counter, from
 	}
 	return plain, true
 }
 
-// window returns the replay window of run r, adding one (and forgetting
-// the oldest beyond maxRuns) for a run not seen before.
-func (t *sealedTransport) window(r runID) *seal.ReplayWindow {
-	if w := t.runs[r]; w != nil {
-		return w
+// source returns where the freshest datagram of a run came from: the
+// address to answer it at. Authentic datagrams may arrive from anywhere
+// (anyone can resend a recorded one once to a node that has not seen it),
+// but only the node itself sends the ones that carry its newest counters.
+func (t *sealedTransport) source(node uint32, epoch uint64) (netip.AddrPort, bool) {
+	run := t.runs[runID{node, epoch}]
+	if run == nil {
+		return netip.AddrPort{}, false
+	}
+	return run.from, true
+}
+
+// run returns the state of run r, adding one (and forgetting the oldest
+// beyond maxRuns) for a run not seen before.
+func (t *sealedTransport) run(r runID) *runState {
+	if s := t.runs[r]; s != nil {
+		return s
 	}
 	if len(t.order) >= maxRuns {
 		delete(t.runs, t.order[0])
 		t.order = append(t.order[:0], t.order[1:]...)
 	}
-	w := new(seal.ReplayWindow)
-	t.runs[r] = w
+	s := new(runState)
+	t.runs[r] = s
 	t.order = append(t.order, r)
-	return w
+	return s
 }
 
 func (t *sealedTransport) drop(counter interface{ Add(uint64) uint64 }, from netip.AddrPort, why string) {

@@ -160,3 +160,53 @@ func TestSealSize(t *testing.T) {
 		t.Fatalf("seal.Overhead %d, wire.SealSize %d", seal.Overhead, wire.SealSize)
 	}
 }
+
+// Authentic datagrams replayed from another address to a node that has not
+// seen them yet (it just started) are taken once, but the node answers the
+// peer where the peer's freshest datagrams come from, not where the
+// replays came from.
+func TestSealedReplaysDoNotRedirect(t *testing.T) {
+	var rec recorder
+	n := &memNet{drop: rec.drop}
+	a := startMemNodeWith(t, n, 1, nil, testKeys(t, 1))
+	a.waitReady(t)
+	for i := range 100 {
+		a.write(fmt.Sprintf("a%03d", i), fmt.Sprintf("%8d", i), false)
+	}
+	time.Sleep(3 * memAnnounce)
+	attacker := n.attach(memAddr(66))
+	c := startMemNodeWith(t, n, 3, nil, testKeys(t, 1))
+	for _, d := range rec.all() {
+		n.inject(memAddr(66), memAddr(3), d)
+	}
+	c.waitReady(t)
+	waitSame(t, a, c)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if p := c.n.Peers(); len(p) == 1 && p[0].Addr == memAddr(1) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("c answers a at %+v, want %s", c.n.Peers(), memAddr(1))
+		}
+	}
+	// What c sent the attacker's address before a's own datagrams set it
+	// right is bounded by one announce interval; nothing after.
+	for len(attacker.in) > 0 {
+		<-attacker.in
+	}
+	c.write("c001", "from-c!!", false)
+	a.write("a999", "fresh!!!", false)
+	waitSame(t, a, c)
+	time.Sleep(2 * memAnnounce)
+	unicast := 0
+	for len(attacker.in) > 0 {
+		var h wire.Header
+		if p := <-attacker.in; h.Unmarshal(p.Data) == nil && h.Kind != wire.KindAnnounce &&
+			(h.Kind != wire.KindChanges || h.Flags&wire.FlagRetransmit != 0) {
+			unicast++ // the group's multicast reaches every address on the link; answers only theirs
+		}
+	}
+	if unicast != 0 {
+		t.Errorf("the replays' address got %d answers after the peer was heard", unicast)
+	}
+}
