@@ -7,9 +7,6 @@ package deploy
 
 import (
 	"bytes"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"net"
 	"os"
 	"os/exec"
@@ -24,6 +21,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	"github.com/udpmapsync/udpmapsync/privileges"
 )
 
 const (
@@ -32,7 +31,6 @@ const (
 	daemonSetFile = "kubernetes/daemonset.yaml"
 	rulesFile     = "prometheus/alerts.yml"
 	rulesTestFile = "prometheus/alerts_test.yml"
-	capsSource    = "../cmd/udpmapsync/caps.go"
 	operations    = "../docs/OPERATIONS.md"
 	// unitBinary is where the unit expects the daemon.
 	unitBinary = "/usr/local/bin/udpmapsync"
@@ -59,61 +57,6 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// requiredCapabilities reads the names in the daemon's
-// requiredCapabilities table: the one list of what it needs.
-func requiredCapabilities(t *testing.T) []string {
-	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), capsSource, nil, parser.SkipObjectResolution)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	ast.Inspect(f, func(n ast.Node) bool {
-		vs, ok := n.(*ast.ValueSpec)
-		if !ok || len(vs.Names) != 1 || vs.Names[0].Name != "requiredCapabilities" || len(vs.Values) != 1 {
-			return true
-		}
-		table, ok := vs.Values[0].(*ast.CompositeLit)
-		if !ok {
-			t.Fatalf("%s: requiredCapabilities is not a composite literal", capsSource)
-		}
-		for _, e := range table.Elts {
-			entry, ok := e.(*ast.CompositeLit)
-			if !ok {
-				t.Fatalf("%s: an entry of requiredCapabilities is not a literal", capsSource)
-			}
-			for _, field := range entry.Elts {
-				kv, ok := field.(*ast.KeyValueExpr)
-				if !ok {
-					t.Fatalf("%s: requiredCapabilities entries must name their fields", capsSource)
-				}
-				if key, _ := kv.Key.(*ast.Ident); key == nil || key.Name != "name" {
-					continue
-				}
-				lit, ok := kv.Value.(*ast.BasicLit)
-				if !ok {
-					t.Fatalf("%s: a capability name is not a string literal", capsSource)
-				}
-				name, err := strconv.Unquote(lit.Value)
-				if err != nil {
-					t.Fatal(err)
-				}
-				names = append(names, name)
-			}
-		}
-		return false
-	})
-	if len(names) == 0 {
-		t.Fatalf("%s: no requiredCapabilities table", capsSource)
-	}
-	for _, n := range names {
-		if !regexp.MustCompile(`^CAP_[A-Z_]+$`).MatchString(n) {
-			t.Fatalf("%s: %q is not a capability name", capsSource, n)
-		}
-	}
-	return names
 }
 
 // sameSet reports whether a and b hold the same strings.
@@ -274,7 +217,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	u := parseUnit(t, string(text))
 
-	caps := requiredCapabilities(t)
+	caps := privileges.Names()
 	for _, key := range []string{"AmbientCapabilities", "CapabilityBoundingSet"} {
 		if got := strings.Fields(u.one(t, "Service", key)); !sameSet(got, caps) {
 			t.Errorf("%s: %s=%s; cmd/udpmapsync/caps.go requires %s", unitFile, key, strings.Join(got, " "), strings.Join(caps, " "))
@@ -451,7 +394,7 @@ func TestDaemonSet(t *testing.T) {
 		t.Fatal("no securityContext.capabilities")
 	}
 	var want []string
-	for _, name := range requiredCapabilities(t) {
+	for _, name := range privileges.Names() {
 		want = append(want, strings.TrimPrefix(name, "CAP_"))
 	}
 	var added []string

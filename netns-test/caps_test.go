@@ -2,9 +2,6 @@ package netnstest
 
 import (
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,60 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/udpmapsync/udpmapsync/privileges"
 )
-
-// capsSource holds the daemon's requiredCapabilities table, the one list
-// of the capabilities it needs; the systemd unit and the DaemonSet in
-// deploy/ are checked against it too.
-const capsSource = "../cmd/udpmapsync/caps.go"
-
-// capabilityNumbers are the capabilities(7) numbers of those the daemon
-// could plausibly need.
-var capabilityNumbers = map[string]int{
-	"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_IPC_LOCK": 14, "CAP_SYS_ADMIN": 21,
-	"CAP_SYS_RESOURCE": 24, "CAP_PERFMON": 38, "CAP_BPF": 39,
-}
-
-// requiredCapabilities reads the names in the daemon's
-// requiredCapabilities table.
-func requiredCapabilities(t *testing.T) []string {
-	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), capsSource, nil, parser.SkipObjectResolution)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	ast.Inspect(f, func(n ast.Node) bool {
-		vs, ok := n.(*ast.ValueSpec)
-		if !ok || len(vs.Names) != 1 || vs.Names[0].Name != "requiredCapabilities" || len(vs.Values) != 1 {
-			return true
-		}
-		table, _ := vs.Values[0].(*ast.CompositeLit)
-		for _, e := range table.Elts {
-			for _, field := range e.(*ast.CompositeLit).Elts {
-				kv := field.(*ast.KeyValueExpr)
-				if kv.Key.(*ast.Ident).Name != "name" {
-					continue
-				}
-				name, err := strconv.Unquote(kv.Value.(*ast.BasicLit).Value)
-				if err != nil {
-					t.Fatal(err)
-				}
-				names = append(names, name)
-			}
-		}
-		return false
-	})
-	if len(names) == 0 {
-		t.Fatalf("%s: no requiredCapabilities table with name fields", capsSource)
-	}
-	for _, n := range names {
-		if _, ok := capabilityNumbers[n]; !ok {
-			t.Fatalf("%s requires %s, whose number this test does not know", capsSource, n)
-		}
-	}
-	return names
-}
 
 // withCapabilities writes a wrapper that runs the daemon as root with
 // exactly caps, in every set (effective, permitted, inheritable, ambient,
@@ -94,11 +40,13 @@ func withCapabilities(t *testing.T, dir string, caps []string) string {
 	return wrapper
 }
 
-// capabilityMask is the bit mask of caps.
+// capabilityMask is the bit mask of caps, names of privileges.Required.
 func capabilityMask(caps []string) uint64 {
 	var m uint64
-	for _, c := range caps {
-		m |= 1 << capabilityNumbers[c]
+	for _, c := range privileges.Required {
+		if slices.Contains(caps, c.Name) {
+			m |= 1 << c.Number
+		}
 	}
 	return m
 }
@@ -122,15 +70,15 @@ func processCapabilities(t *testing.T, pid int) (eff, bnd uint64) {
 	return eff, bnd
 }
 
-// TestCapabilities runs the daemon with exactly the capabilities its
-// requiredCapabilities table lists: two such daemons must replicate, and
+// TestCapabilities runs the daemon with exactly the capabilities
+// privileges.Required lists: two such daemons must replicate, and
 // without any one of them the daemon must refuse to start, naming it.
 func TestCapabilities(t *testing.T) {
 	requireHarness(t)
 	if daemon.err != nil {
 		t.Fatal(daemon.err)
 	}
-	caps := requiredCapabilities(t)
+	caps := privileges.Names()
 	t.Logf("required: %s", strings.Join(caps, " "))
 	dir := t.TempDir()
 	// No daemon starts with the cluster: the failing starts come first,

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udpmapsync/udpmapsync/privileges"
 )
 
 // holding returns an effective set of exactly caps.
@@ -21,52 +23,27 @@ func holding(caps ...int) func(int) bool {
 	}
 }
 
-// required is the numbers of requiredCapabilities but those in without.
+// required is the numbers of privileges.Required but those in without.
 func required(without ...int) []int {
 	var out []int
 next:
-	for _, c := range requiredCapabilities {
+	for _, c := range privileges.Required {
 		for _, w := range without {
-			if c.number == w {
+			if c.Number == w {
 				continue next
 			}
 		}
-		out = append(out, c.number)
+		out = append(out, c.Number)
 	}
 	return out
-}
-
-// TestRequiredCapabilitiesTable checks each entry's number against its
-// name (capabilities(7)).
-func TestRequiredCapabilitiesTable(t *testing.T) {
-	numbers := map[string]int{
-		"CAP_BPF": 39, "CAP_PERFMON": 38, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13,
-		"CAP_SYS_ADMIN": 21, "CAP_SYS_RESOURCE": 24, "CAP_IPC_LOCK": 14,
-	}
-	seen := map[string]bool{}
-	for _, c := range requiredCapabilities {
-		if n, ok := numbers[c.name]; !ok || n != c.number {
-			t.Errorf("%s is number %d in the table; capabilities(7) says %d", c.name, c.number, n)
-		}
-		if seen[c.name] {
-			t.Errorf("%s twice", c.name)
-		}
-		seen[c.name] = true
-		if c.why == "" {
-			t.Errorf("%s: no reason given", c.name)
-		}
-	}
-	if seen["CAP_SYS_ADMIN"] {
-		t.Error("CAP_SYS_ADMIN is needed only for --map id:N and name:NAME; it must not be required")
-	}
 }
 
 // grants are the three ways the message offers to grant the whole set.
 func grants() []string {
 	var names, k8s []string
-	for _, c := range requiredCapabilities {
-		names = append(names, c.name)
-		k8s = append(k8s, strings.TrimPrefix(c.name, "CAP_"))
+	for _, c := range privileges.Required {
+		names = append(names, c.Name)
+		k8s = append(k8s, strings.TrimPrefix(c.Name, "CAP_"))
 	}
 	return []string{
 		"run udpmapsync as root",
@@ -77,12 +54,12 @@ func grants() []string {
 }
 
 func TestCapabilityErrorNone(t *testing.T) {
-	if err := capabilityError(holding(required()...)); err != nil {
+	if err := capabilityError(privileges.MissingFrom(holding(required()...))); err != nil {
 		t.Errorf("with every required capability: %v", err)
 	}
 	// The kernel grants what CAP_BPF and CAP_PERFMON allow to
 	// CAP_SYS_ADMIN too, but not SO_RCVBUFFORCE.
-	if err := capabilityError(holding(unix.CAP_SYS_ADMIN, unix.CAP_NET_ADMIN)); err != nil {
+	if err := capabilityError(privileges.MissingFrom(holding(unix.CAP_SYS_ADMIN, unix.CAP_NET_ADMIN))); err != nil {
 		t.Errorf("with CAP_SYS_ADMIN and CAP_NET_ADMIN: %v", err)
 	}
 }
@@ -91,26 +68,26 @@ func TestCapabilityErrorNone(t *testing.T) {
 // it, says why it is needed and every way to grant the whole set, and
 // names no other.
 func TestCapabilityErrorEach(t *testing.T) {
-	for _, c := range requiredCapabilities {
-		t.Run(c.name, func(t *testing.T) {
-			err := capabilityError(holding(required(c.number)...))
+	for _, c := range privileges.Required {
+		t.Run(c.Name, func(t *testing.T) {
+			err := capabilityError(privileges.MissingFrom(holding(required(c.Number)...)))
 			if err == nil {
 				t.Fatal("no error")
 			}
 			msg := err.Error()
 			t.Log(msg)
 			for _, want := range append([]string{
-				"missing capability " + c.name + ":\n",
-				"\n  " + c.name + ": " + c.why + "\n",
+				"missing capability " + c.Name + ":\n",
+				"\n  " + c.Name + ": " + c.Why + "\n",
 				"grant it: ",
 			}, grants()...) {
 				if !strings.Contains(msg, want) {
 					t.Errorf("message lacks %q", want)
 				}
 			}
-			for _, o := range requiredCapabilities {
-				if o.name != c.name && strings.Contains(msg, o.why) {
-					t.Errorf("message explains %s, which is not missing", o.name)
+			for _, o := range privileges.Required {
+				if o.Name != c.Name && strings.Contains(msg, o.Why) {
+					t.Errorf("message explains %s, which is not missing", o.Name)
 				}
 			}
 		})
@@ -118,16 +95,16 @@ func TestCapabilityErrorEach(t *testing.T) {
 }
 
 func TestCapabilityErrorAll(t *testing.T) {
-	err := capabilityError(holding())
+	err := capabilityError(privileges.MissingFrom(holding()))
 	if err == nil {
 		t.Fatal("no error with no capabilities")
 	}
 	msg := err.Error()
 	var names []string
-	for _, c := range requiredCapabilities {
-		names = append(names, c.name)
-		if !strings.Contains(msg, "\n  "+c.name+": "+c.why+"\n") {
-			t.Errorf("message lacks a line for %s: %s", c.name, msg)
+	for _, c := range privileges.Required {
+		names = append(names, c.Name)
+		if !strings.Contains(msg, "\n  "+c.Name+": "+c.Why+"\n") {
+			t.Errorf("message lacks a line for %s: %s", c.Name, msg)
 		}
 	}
 	if want := "missing capabilities " + strings.Join(names, ", ") + ":\n"; !strings.HasPrefix(msg, want) {
@@ -139,7 +116,7 @@ func TestCapabilityErrorAll(t *testing.T) {
 		}
 	}
 	// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON only.
-	err = capabilityError(holding(unix.CAP_SYS_ADMIN))
+	err = capabilityError(privileges.MissingFrom(holding(unix.CAP_SYS_ADMIN)))
 	if err == nil || !strings.HasPrefix(err.Error(), "missing capability CAP_NET_ADMIN:") {
 		t.Errorf("with CAP_SYS_ADMIN alone: %v; want only CAP_NET_ADMIN missing", err)
 	}
@@ -160,7 +137,7 @@ func TestCheckCapabilitiesMatchesProc(t *testing.T) {
 			}
 		}
 	}
-	want := capabilityError(func(c int) bool { return eff&(1<<c) != 0 })
+	want := capabilityError(privileges.MissingFrom(func(c int) bool { return eff&(1<<c) != 0 }))
 	got := checkCapabilities()
 	if (got == nil) != (want == nil) || got != nil && got.Error() != want.Error() {
 		t.Errorf("checkCapabilities() = %v; from CapEff %#x: %v", got, eff, want)
