@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -22,6 +23,9 @@ type UnreachableError struct {
 }
 
 func (e *UnreachableError) Error() string {
+	if errors.Is(e.Err, syscall.EACCES) || errors.Is(e.Err, syscall.EPERM) {
+		return fmt.Sprintf("cannot reach the daemon on %s: %v; the control socket answers root only: run this as root", e.Path, e.Err)
+	}
 	return fmt.Sprintf("cannot reach the daemon on %s: %v; is udpmapsync running? "+
 		"If it was started with --control-socket, give the same path", e.Path, e.Err)
 }

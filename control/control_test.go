@@ -232,6 +232,13 @@ func TestQueryUnreachable(t *testing.T) {
 	}
 }
 
+func TestQueryNotRoot(t *testing.T) {
+	err := (&UnreachableError{Path: "/run/x.sock", Err: syscall.EACCES}).Error()
+	if !strings.Contains(err, "root only") || strings.Contains(err, "is udpmapsync running") {
+		t.Errorf("permission denied: %q", err)
+	}
+}
+
 func TestQueryOtherVersion(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.sock")
 	ln, err := net.Listen("unix", path)
