@@ -86,7 +86,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file (with the pid) once the initial sync with the peers is complete")
 	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics), /healthz and /readyz on this address (e.g. :9477); off when empty")
-	fs.StringVar(&f.ControlSocket, "control-socket", control.DefaultSocket, "unix socket `udpmapsync status` asks (root only); none when empty")
+	fs.StringVar(&f.ControlSocket, "control-socket", control.DefaultSocket, "unix socket that \"udpmapsync status\" asks (root only); none when empty")
 	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch)")
 	fs.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of the running daemon to this file (for perf/PROFILE.md)")
 	_ = fs.MarkHidden("cpuprofile")
