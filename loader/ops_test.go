@@ -14,7 +14,7 @@ import (
 
 // The capture programs number the operations in their own header; the
 // ring buffer samples carry those numbers, which Read hands out as ops.Op.
-func TestOpsAgreeWithCaptureHeader(t *testing.T) {
+func TestOpsAgreeWithBPFHeader(t *testing.T) {
 	src, err := os.ReadFile("../bpf/capture.h")
 	if err != nil {
 		t.Fatal(err)

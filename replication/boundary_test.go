@@ -275,3 +275,38 @@ func TestRunJoinsTransfers(t *testing.T) {
 		t.Error("Run returned while a transfer still read the map")
 	}
 }
+
+// A node just heard that says it no longer holds what was asked ("gone")
+// is not asked for a resync at once: it must have been heard for a while
+// first. An impostor that announced itself a moment ago cannot have a
+// node hand it a resync request, and with it the request id.
+func TestGoneFromNewPeerWaitsToBeEstablished(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.handleAt(t0, peerA, announce(t, peerNode, 1, 0))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
+	f.handleAt(t0, peerA, goneDatagram(2, 2))
+	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
+	if f.n.client.phase != syncIdle {
+		t.Fatal("a resync was asked of a peer heard a moment ago")
+	}
+	f.n.dispatch.tick(t0.Add(trustAfter*DefaultAnnounceInterval), nil)
+	if f.n.client.phase != syncRequested {
+		t.Errorf("phase %d once the peer was heard long enough, want a resync requested", f.n.client.phase)
+	}
+}
+
+func TestByteBudget(t *testing.T) {
+	b := byteBudget{rate: 1000, burst: 100}
+	t0 := time.Now()
+	if !b.take(100, t0) || b.take(1, t0) {
+		t.Fatal("a full bucket of 100 bytes did not give exactly 100")
+	}
+	if b.take(60, t0.Add(50*time.Millisecond)) || !b.take(50, t0.Add(50*time.Millisecond)) {
+		t.Error("50 ms at 1000 B/s did not refill exactly 50 bytes")
+	}
+	if !b.take(100, t0.Add(time.Hour)) || b.take(1, t0.Add(time.Hour)) {
+		t.Error("the bucket filled past its burst")
+	}
+}

@@ -34,7 +34,7 @@ type dispatcher struct {
 	// sources, with a key, says where each run's freshest datagram came
 	// from: the address a peer is answered at.
 	sources interface {
-		source(node uint32, epoch uint64) (netip.AddrPort, bool)
+		source(node uint32, epoch uint64) (netip.AddrPort, time.Time, bool)
 	}
 	peers  *peerTable
 	apply  *applier
@@ -138,8 +138,8 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 		d.retire(prev, now)
 	}
 	if d.sources != nil {
-		if a, ok := d.sources.source(h.Node, h.Epoch); ok {
-			p.addr = a
+		if a, moved, ok := d.sources.source(h.Node, h.Epoch); ok {
+			p.addr, p.addrSince = a, moved
 		}
 	}
 	p.lastHeard = now
@@ -276,13 +276,13 @@ func (d *dispatcher) request(p *peer, seq uint64, arrived bool, now time.Time) {
 	gaps := p.stream.gaps
 	p.stream.sent(seq, arrived, now, &d.req)
 	d.stats.GapsSeen.Add(p.stream.gaps - gaps)
-	d.sendRequest(p)
+	d.sendRequest(p, now)
 }
 
 // sendRequest sends the repair request in d.req to p.
-func (d *dispatcher) sendRequest(p *peer) {
-	if d.req.N == 0 || d.ask.nack(p.addr, wire.KindNack, 0, &d.req) != nil {
-		return
+func (d *dispatcher) sendRequest(p *peer, now time.Time) {
+	if d.req.N == 0 || !d.peers.settled(p, now) || d.ask.nack(p.addr, wire.KindNack, 0, &d.req) != nil {
+		return // not yet settled: the retry timer asks again
 	}
 	d.stats.NacksSent.Add(1)
 	d.stats.RangesRequested.Add(uint64(d.req.N))
@@ -338,7 +338,7 @@ func (d *dispatcher) nack(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 	if err := d.in.Unmarshal(body, h.Count); err != nil {
 		return err
 	}
-	if !p.announced {
+	if !p.announced || !d.peers.settled(p, now) {
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
@@ -370,7 +370,7 @@ func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time
 	if len(body) > 0 || h.Count > 0 {
 		return wire.ErrBadLength
 	}
-	if !p.announced {
+	if !p.announced || !d.peers.settled(p, now) {
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
@@ -419,7 +419,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		case retryAsk:
 			d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
 			p.stream.missing(&d.req)
-			d.sendRequest(p)
+			d.sendRequest(p, now)
 		case retryGiveUp:
 			d.resyncNeeded(p, "missing datagrams not repaired in time")
 			p.stream.giveUp()

@@ -36,6 +36,9 @@ type peer struct {
 	epoch      uint64
 	firstHeard time.Time
 	lastHeard  time.Time
+	// addrSince, with a key, is when addr last changed (see
+	// [sealedTransport.source]); nothing is sent there before it settled.
+	addrSince time.Time
 	// announced is set by the peer's first valid announce. Answers
 	// (repairs, snapshots) go only to a peer that announced itself from
 	// its address, never to an address taken from one request.
@@ -48,7 +51,7 @@ type peer struct {
 	// it did not answer one.
 	passOver  time.Time
 	stream    orderedStream
-	answers   answerBudget
+	answers   byteBudget // the answer budget
 	datagrams uint64
 	resyncs   uint64 // full resyncs received from it
 	// mismatch holds, per map name, the fingerprint of the peer's schema
@@ -62,6 +65,7 @@ type peerTable struct {
 	byNode  map[uint32]*peer
 	silence time.Duration // forget a peer not heard for this long
 	trust   time.Duration // heard for this long before it serves resyncs
+	settle  time.Duration // an address held this long before it is sent to
 }
 
 func newPeerTable(announce time.Duration) peerTable {
@@ -69,6 +73,7 @@ func newPeerTable(announce time.Duration) peerTable {
 		byNode:  make(map[uint32]*peer),
 		silence: max(peerSilence*announce, minPeerSilence),
 		trust:   trustAfter * announce,
+		settle:  announce,
 	}
 }
 
@@ -125,10 +130,23 @@ func (t *peerTable) silent(now time.Time, out []*peer) []*peer {
 	return out
 }
 
-// trusted reports whether p may serve this node a resync: heard from its
-// address for a while, announcing itself ready, and not passed over.
+// established reports whether p may be asked for a resync: heard for a
+// while, at an address that settled, and not passed over.
+func (t *peerTable) established(p *peer, now time.Time) bool {
+	return now.Sub(p.firstHeard) >= t.trust && t.settled(p, now) && !now.Before(p.passOver)
+}
+
+// trusted reports whether p may serve this node its initial sync:
+// established, announced, and announcing itself ready.
 func (t *peerTable) trusted(p *peer, now time.Time) bool {
-	return p.announced && p.ready && now.Sub(p.firstHeard) >= t.trust && !now.Before(p.passOver)
+	return p.announced && p.ready && t.established(p, now)
+}
+
+// settled reports whether p's address may be sent to: with a key, one
+// announce interval after it last changed; without, always (a node id is
+// bound to its address).
+func (t *peerTable) settled(p *peer, now time.Time) bool {
+	return p.addrSince.IsZero() || now.Sub(p.addrSince) >= t.settle
 }
 
 // anyReady reports whether a peer announced that it is ready.
@@ -182,28 +200,33 @@ func (t *peerTable) status() []PeerStatus {
 	return out
 }
 
-// answerBudget bounds the bytes this node sends one peer in answers to its
-// requests (repairs and their "gone" answers): a token bucket of
-// answerBurst bytes refilled at answerRate. A request the budget cannot
-// cover is answered in part, and the rest asked for again later.
-type answerBudget struct {
-	tokens float64
-	at     time.Time
-}
-
-// Answer budget: enough for a receiver repairing 5% loss of a sender at
-// full speed, and a bound on what forged requests can make a node send.
+// The answer budget bounds the bytes this node sends one peer in answers
+// to its requests (repairs and their "gone" answers, sync starts): enough
+// for a receiver repairing 5% loss of a sender at full speed, and a bound
+// on what forged requests can make a node send. A request the budget
+// cannot cover is answered in part, and the rest asked for again later.
 const (
 	answerRate  = 16 << 20 // bytes per second
 	answerBurst = 2 << 20
 )
 
+// byteBudget is a token bucket of bytes: up to burst, refilled at rate
+// bytes per second. The zero rate means the answer budget's.
+type byteBudget struct {
+	rate, burst float64
+	tokens      float64
+	at          time.Time
+}
+
 // take reports whether n bytes may be sent now, and if so spends them.
-func (b *answerBudget) take(n int, now time.Time) bool {
+func (b *byteBudget) take(n int, now time.Time) bool {
+	if b.rate == 0 {
+		b.rate, b.burst = answerRate, answerBurst
+	}
 	if b.at.IsZero() {
-		b.tokens = answerBurst
+		b.tokens = b.burst
 	} else {
-		b.tokens = min(answerBurst, b.tokens+now.Sub(b.at).Seconds()*answerRate)
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
 	}
 	b.at = now
 	if b.tokens < float64(n) {

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -51,6 +52,7 @@ type runState struct {
 	window seal.ReplayWindow
 	top    uint64
 	from   netip.AddrPort
+	moved  time.Time // when from last changed
 }
 
 func newSealedTransport(inner Transport, keys *seal.Keys, node uint32, epoch uint64, stats *Stats, log *slog.Logger) *sealedTransport {
@@ -151,21 +153,27 @@ func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, bool) {
 		return nil, false
 	}
 	if counter > run.top {
+		if run.from != from {
+			run.moved = time.Now()
+		}
 		run.top, run.from = counter, from
 	}
 	return plain, true
 }
 
-// source returns where the freshest datagram of a run came from: the
-// address to answer it at. Authentic datagrams may arrive from anywhere
-// (anyone can resend a recorded one once to a node that has not seen it),
-// but only the node itself sends the ones that carry its newest counters.
-func (t *sealedTransport) source(node uint32, epoch uint64) (netip.AddrPort, bool) {
+// source returns where the freshest datagram of a run came from, the
+// address to answer it at, and since when. Authentic datagrams may arrive
+// from anywhere (anyone can resend a recorded one once to a node that has
+// not seen it yet, as after a restart), but only the node itself sends
+// the ones that carry its newest counters; until its own arrive, a
+// replay can hold the place, which is why the caller waits for the
+// address to settle before it sends anything there.
+func (t *sealedTransport) source(node uint32, epoch uint64) (netip.AddrPort, time.Time, bool) {
 	run := t.runs[runID{node, epoch}]
 	if run == nil {
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, time.Time{}, false
 	}
-	return run.from, true
+	return run.from, run.moved, true
 }
 
 // run returns the state of run r, adding one (and forgetting the oldest

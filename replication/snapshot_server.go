@@ -32,6 +32,11 @@ const (
 	transferRTO     = 100 * time.Millisecond
 	maxTransferRTO  = 1600 * time.Millisecond
 	transferTimeout = 5 * time.Second
+	// transferRate and transferBurst pace one transfer: about eight times
+	// the kernel's batch-write rate of 16 B keys and 64 B values, so a
+	// resync is never slowed by it, yet bounded.
+	transferRate  = 128 << 20 // bytes per second
+	transferBurst = 4 << 20
 	// transferEvery is how often one peer may start a new transfer: a
 	// repeated request with a new id replaces the running one, which costs
 	// a read of every map.
@@ -226,11 +231,13 @@ type snapshotStream struct {
 	heard   time.Time
 	entries uint64
 	resent  uint64
+	budget  byteBudget // paces what the transfer sends
 	out     [1][]byte
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	st := &snapshotStream{s: s, t: t, heard: time.Now(), cwnd: initialWindow, rto: transferRTO,
+		budget: byteBudget{rate: transferRate, burst: transferBurst},
 		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}}
 	for i := range st.slots {
 		st.slots[i] = make([]byte, s.table.payload)
@@ -302,9 +309,30 @@ func (st *snapshotStream) seal() {
 // send sends one datagram to the requester. A failure is counted; the
 // datagram is sent again when it is not acknowledged in time.
 func (st *snapshotStream) send(d []byte) {
+	st.pace(len(d))
 	st.out[0] = d
 	if err := st.s.tr.SendTo(st.t.to, st.out[:]); err != nil {
 		st.s.stats.SendErrors.Add(1)
+	}
+}
+
+// pace waits until the transfer's byte budget covers n more bytes, or the
+// transfer is stopped: a requester can acknowledge what it never received
+// (without a key its address may be forged), so what a transfer sends is
+// bounded in rate as well as by the window.
+func (st *snapshotStream) pace(n int) {
+	for {
+		now := time.Now()
+		if st.budget.take(n, now) {
+			return
+		}
+		select {
+		case <-st.t.stop:
+			return
+		case <-st.s.stop:
+			return
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
 
