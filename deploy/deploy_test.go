@@ -1,7 +1,7 @@
 // Package deploy holds no code: its tests check the deployment files
 // beside them against the real tools (promtool, systemd-analyze) and the
 // Kubernetes API types, and against the daemon's own list of the
-// capabilities it needs (../cmd/udpmapsync/caps.go). It is a module of its
+// capabilities it needs (../privileges/privileges.go). It is a module of its
 // own so that the daemon's module does not pull in Kubernetes.
 package deploy
 
@@ -220,7 +220,7 @@ func TestSystemdUnit(t *testing.T) {
 	caps := privileges.Names()
 	for _, key := range []string{"AmbientCapabilities", "CapabilityBoundingSet"} {
 		if got := strings.Fields(u.one(t, "Service", key)); !sameSet(got, caps) {
-			t.Errorf("%s: %s=%s; cmd/udpmapsync/caps.go requires %s", unitFile, key, strings.Join(got, " "), strings.Join(caps, " "))
+			t.Errorf("%s: %s=%s; privileges/privileges.go requires %s", unitFile, key, strings.Join(got, " "), strings.Join(caps, " "))
 		}
 	}
 	for key, want := range map[string]string{
@@ -402,7 +402,7 @@ func TestDaemonSet(t *testing.T) {
 		added = append(added, string(a))
 	}
 	if !sameSet(added, want) {
-		t.Errorf("capabilities add %v; cmd/udpmapsync/caps.go requires %v", added, want)
+		t.Errorf("capabilities add %v; privileges/privileges.go requires %v", added, want)
 	}
 	if len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("capabilities drop %v, want [ALL]", sc.Capabilities.Drop)
