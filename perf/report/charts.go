@@ -17,7 +17,7 @@ func (r *Results) throughputChart(path string) error {
 	if len(r.Raw) > 0 {
 		profile = r.Raw[0].Profile
 	}
-	systems := []string{UDPMapSync, GRPCStream, GRPCUnary, Conntrackd}
+	systems := []string{UDPMapSync, UDPMapSyncSealed, GRPCStream, GRPCUnary, Conntrackd}
 	p := plot.New()
 	p.Title.Text = "Replicated changes/s until converged (" + profile + ")"
 	p.Y.Label.Text = "changes/s"

@@ -98,6 +98,8 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 		p("\nconntrackd (perf/conntrackd/run): %s\n", c.Notes)
 	}
 
+	p("%s", r.sealingSection())
+
 	p("\n## Latency\n\nChanges written at a fixed rate; time from the start of the batch syscall that wrote a change on node1 to its apply on a peer (all peers pooled). \n\n")
 	p("![latency CDF](%s)\n\n", latencyPNG)
 	p("| system | nodes | rate | samples | p50 | p99 | p99.9 | max | CPU µs/change sender | receiver | lost |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -156,6 +158,23 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 			rate = si(float64(x.Rate)) + "/s"
 		}
 		p("- %s, %d nodes, %s, %s: %s\n", x.System, x.Nodes, x.Profile, rate, strings.Join(x.Notes, "; "))
+	}
+	// The sealing rounds only where they noted more than their datagrams.
+	for _, x := range r.SealingRounds {
+		var ns []string
+		for _, n := range x.Notes {
+			if !strings.HasPrefix(n, "daemon: ") {
+				ns = append(ns, n)
+			}
+		}
+		if len(ns) == 0 {
+			continue
+		}
+		if !notes {
+			p("\n## Notes on individual runs\n\n")
+			notes = true
+		}
+		p("- %s, %d nodes, %s, full speed, sealing round %d: %s\n", x.System, x.Nodes, x.Profile, x.Round, strings.Join(ns, "; "))
 	}
 	if r.Profile != "" {
 		p("\n## Where the daemon's time goes\n\n```\n%s\n```\n", strings.TrimSpace(r.Profile))

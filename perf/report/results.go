@@ -16,10 +16,16 @@ import (
 // The systems compared.
 const (
 	UDPMapSync = "udpmapsync"
-	GRPCStream = "gRPC stream"
-	GRPCUnary  = "gRPC unary"
-	Conntrackd = "conntrackd"
+	// UDPMapSyncSealed is udpmapsync with --key-file: every datagram
+	// sealed with AES-256-GCM.
+	UDPMapSyncSealed = "udpmapsync (sealed)"
+	GRPCStream       = "gRPC stream"
+	GRPCUnary        = "gRPC unary"
+	Conntrackd       = "conntrackd"
 )
+
+// IsUDPMapSync says whether system is the daemon, with or without a key.
+func IsUDPMapSync(system string) bool { return system == UDPMapSync || system == UDPMapSyncSealed }
 
 // Results is everything one run measured.
 type Results struct {
@@ -36,6 +42,10 @@ type Results struct {
 
 	Raw  []Raw
 	Runs []Run
+	// SealingRounds are further full-speed runs of udpmapsync and
+	// udpmapsync (sealed), in adjacent pairs (Round 1, 2, ...), for the
+	// cost of sealing alone: on a shared machine one pair is too noisy.
+	SealingRounds []Run `json:",omitempty"`
 	// Memory is the 1M-entry run, nil if skipped.
 	Memory *Run
 	// Conntrackd is the result perf/conntrackd/run printed, nil if it did
@@ -84,6 +94,10 @@ type Run struct {
 	BytesPerChange, PacketsPerChange float64
 	// Peak resident set (VmHWM), KiB: sender and the largest receiver.
 	RSSSender, RSSReceiver int64
+	// ResyncNeeded counts the times a receiver gave a gap up and needed a
+	// full resync (udpmapsync's resync_needed, summed over the receivers):
+	// it had been overrun, and the run's CPU includes the resync.
+	ResyncNeeded uint64 `json:",omitempty"`
 	// Lost counts entries that differ from the final state on any peer
 	// when the run gave up; Converged says whether it ever matched.
 	Lost      int
@@ -94,6 +108,9 @@ type Run struct {
 	Notes []string          `json:",omitempty"`
 	// Skipped says why this scenario was not measured.
 	Skipped string `json:",omitempty"`
+	// Round numbers the extra rounds of [Results.SealingRounds]; 0 for
+	// the runs of Runs.
+	Round int `json:",omitempty"`
 }
 
 // Latency is the distribution of write-to-apply times, µs.

@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -116,10 +117,12 @@ func (r *Results) Targets(profile string) []Target {
 	}
 	ts = append(ts, t)
 
+	ts = append(ts, r.sealingTarget())
+
 	t = Target{Goal: "0 changes lost (udpmapsync, every run)"}
 	lost, runs := 0, 0
-	for _, x := range append(r.Runs, deref(r.Memory)...) {
-		if x.System == UDPMapSync && x.Skipped == "" {
+	for _, x := range slices.Concat(r.Runs, r.SealingRounds, deref(r.Memory)) {
+		if IsUDPMapSync(x.System) && x.Skipped == "" {
 			runs++
 			lost += x.Lost
 		}

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -46,7 +48,7 @@ type proc struct {
 // deploy builds a cluster of nodes with the map shaped by prof and starts
 // system on every node. extra are added to udpmapsync's command line.
 func deploy(ctx context.Context, f *Flags, system string, nodes int, prof workload.Profile, maxEntries uint32, extra []string) (_ *deployment, err error) {
-	dir, err := os.MkdirTemp(f.Work, strings.ReplaceAll(system, " ", "-")+"-")
+	dir, err := os.MkdirTemp(f.Work, fmt.Sprintf("%s-%dn-%s-", slug(system), nodes, slug(prof.Name)))
 	if err != nil {
 		return nil, err
 	}
@@ -55,8 +57,22 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 		Maps:  []netnstest.MapSpec{{Name: mapName, Type: ebpf.Hash, KeySize: uint32(prof.KeySize), ValueSize: uint32(prof.ValueSize), MaxEntries: maxEntries}},
 		Dir:   dir,
 	}
-	if system == report.UDPMapSync {
-		cfg.Daemon = netnstest.DaemonConfig{Binary: f.Daemon, Args: append([]string{"--announce-interval", "200ms"}, extra...)}
+	if report.IsUDPMapSync(system) {
+		args := append([]string{"--announce-interval", "200ms"}, extra...)
+		if system == report.UDPMapSyncSealed {
+			key, err := writeKeyFile(dir)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--key-file", key)
+		}
+		cfg.Daemon = netnstest.DaemonConfig{Binary: f.Daemon, Args: args}
+		if f.CPUProfile != "" {
+			cfg.NodeArgs = make(map[int][]string)
+			for i := range nodes {
+				cfg.NodeArgs[i] = []string{"--cpuprofile", filepath.Join(f.CPUProfile, fmt.Sprintf("%s-node%d.pprof", filepath.Base(dir), i+1))}
+			}
+		}
 	}
 	c, err := netnstest.NewCluster(ctx, cfg)
 	if err != nil {
@@ -68,9 +84,12 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 			d.close()
 		}
 	}()
-	if system == report.UDPMapSync {
+	if report.IsUDPMapSync(system) {
 		for _, dm := range c.Daemons {
 			d.pids = append(d.pids, dm.Pid())
+		}
+		if err := d.checkSealing(); err != nil {
+			return nil, fmt.Errorf("%s on %d nodes: %w", system, nodes, err)
 		}
 		return d, nil
 	}
@@ -100,6 +119,43 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 		}
 	}
 	return d, nil
+}
+
+// writeKeyFile writes a fresh random key for --key-file into dir, readable
+// by its owner alone as the daemon requires, and returns its path.
+func writeKeyFile(dir string) (string, error) {
+	key := make([]byte, 32)
+	rand.Read(key) // never fails (crypto/rand)
+	path := filepath.Join(dir, "sync.key")
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("key file: %w", err)
+	}
+	// WriteFile's mode is subject to the umask, which can only narrow it;
+	// say it outright all the same.
+	if err := os.Chmod(path, 0o600); err != nil {
+		return "", fmt.Errorf("key file: %w", err)
+	}
+	return path, nil
+}
+
+// slug turns a system's or profile's name into part of a file name:
+// "udpmapsync (sealed)" is udpmapsync-sealed, "16 B / 64 B" 16B-64B.
+func slug(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9':
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			b.WriteRune(r)
+			dash = false
+		case r != ' ':
+			dash = true
+		}
+	}
+	return b.String()
 }
 
 func startProc(n *netnstest.Node, bin string, args []string, logPath string) (*proc, error) {
@@ -157,7 +213,7 @@ func (d *deployment) close() error {
 // daemonStats reads the last "stats" line of udpmapsync's log on node i,
 // which the daemon writes when it stops.
 func (d *deployment) daemonStats(i int) (map[string]uint64, error) {
-	if d.system != report.UDPMapSync {
+	if !report.IsUDPMapSync(d.system) {
 		return nil, nil
 	}
 	f, err := os.Open(d.c.Daemons[i].LogFile)

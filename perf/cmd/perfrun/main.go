@@ -1,7 +1,8 @@
-// Command perfrun is `make perf`: it measures udpmapsync against a gRPC
-// replicator (one unary call per change, and batches on a stream) and
-// conntrackd, on nodes in network namespaces (netns-test), and writes
-// perf/results/<date>-<host>.md with tables and charts. It needs root.
+// Command perfrun is `make perf`: it measures udpmapsync, without and with
+// a key (--key-file), against a gRPC replicator (one unary call per change,
+// and batches on a stream) and conntrackd, on nodes in network namespaces
+// (netns-test), and writes perf/results/<date>-<host>.md with tables and
+// charts. It needs root.
 //
 // For every system, on 2 and 3 nodes: a throughput run (N changes written
 // on node1 as fast as possible, timed until every peer holds the final
@@ -21,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +42,7 @@ import (
 type Flags struct {
 	Daemon, GRPCSync, Conntrackd, Bench, Out, Version string
 	Changes, UnaryChanges, MemoryEntries, Batch       int
+	SealingRounds                                     int
 	RingSize                                          int
 	DeleteShare                                       float64
 	Rates                                             []int
@@ -48,6 +51,8 @@ type Flags struct {
 	LatencyFor, Timeout, Settle, ConntrackdTimeout    time.Duration
 	Work                                              string
 	Keep                                              bool
+	// CPUProfile is a directory for the daemons' CPU profiles, or "".
+	CPUProfile string
 }
 
 func main() {
@@ -61,18 +66,20 @@ func main() {
 	fs.StringVar(&f.Version, "version", "dev", "the daemon's version, for the report")
 	fs.IntVar(&f.Changes, "changes", 1_000_000, "changes per throughput run: enough that socket buffers cannot absorb a run, so the rate is the sustained one")
 	fs.IntVar(&f.UnaryChanges, "unary-changes", 20_000, "changes per throughput run of the unary gRPC baseline (one call per change is slow)")
+	fs.IntVar(&f.SealingRounds, "sealing-rounds", 3, "pairs of full-speed runs of udpmapsync and udpmapsync (sealed) per node count and profile, when both are measured, counting the throughput table's: the cost of sealing is the median pair's")
 	fs.IntVar(&f.MemoryEntries, "memory-entries", 1_000_000, "entries of the memory run (0: skip it)")
 	fs.IntVar(&f.Batch, "batch", 512, "changes per batch syscall at full speed")
 	fs.IntVar(&f.RingSize, "ring-size", 64<<20, "capture ring of the replicators in throughput and latency runs")
 	fs.Float64Var(&f.DeleteShare, "delete-share", 0.1, "share of the changes that are deletes")
 	fs.IntSliceVar(&f.Rates, "rates", []int{10_000, 100_000}, "fixed rates of the latency runs, changes/s")
 	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3}, "cluster sizes")
-	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.GRPCStream, report.GRPCUnary}, "systems to measure")
+	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCStream, report.GRPCUnary}, "systems to measure: "+strings.Join(systems, ", "))
 	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B)")
 	fs.DurationVar(&f.LatencyFor, "latency-for", 3*time.Second, "length of a latency run")
 	fs.DurationVar(&f.Timeout, "timeout", 2*time.Minute, "give up on a run whose last change has not reached every peer this long after it was written")
 	fs.DurationVar(&f.Settle, "settle", 30*time.Second, "after the last change arrived, how long maps may take to match before the differences count as lost")
 	fs.BoolVar(&f.Keep, "keep", false, "keep the daemons' logs and the other files of each run, and say where")
+	fs.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of every udpmapsync daemon into this directory (the daemon's hidden --cpuprofile); the profiler costs a little CPU itself, so take the figures from a run without it")
 	fs.DurationVar(&f.ConntrackdTimeout, "conntrackd-timeout", 4*time.Minute, "bound on perf/conntrackd/run")
 	fs.Parse(os.Args[1:])
 
@@ -90,6 +97,21 @@ func main() {
 func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	if err := netnstest.Requirements(); err != nil {
 		return "", err
+	}
+	for _, s := range f.Systems {
+		if !slices.Contains(systems, s) {
+			return "", fmt.Errorf("--systems: unknown system %q; known: %s", s, strings.Join(systems, ", "))
+		}
+	}
+	if f.CPUProfile != "" {
+		abs, err := filepath.Abs(f.CPUProfile)
+		if err == nil {
+			err = os.MkdirAll(abs, 0o755)
+		}
+		if err != nil {
+			return "", fmt.Errorf("--cpuprofile: %w", err)
+		}
+		f.CPUProfile = abs
 	}
 	for _, p := range []*string{&f.Daemon, &f.GRPCSync} {
 		abs, err := filepath.Abs(*p)
@@ -151,6 +173,11 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 					return "", err
 				}
 				r.Runs = append(r.Runs, *x)
+				if system == report.UDPMapSyncSealed && slices.Contains(f.Systems, report.UDPMapSync) {
+					if err := sealingRounds(ctx, f, log, r, nodes, cfg); err != nil {
+						return "", err
+					}
+				}
 			}
 			top := r.Find(system, nodes, workload.Small.Name, 0)
 			for _, rate := range f.Rates {
@@ -183,6 +210,31 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	r.LoadAfter = loadavg()
 	return r.Write(f.Out, method)
 }
+
+// sealingRounds measures the further pairs of full-speed runs, plain and
+// sealed, of --sealing-rounds, back to back, alternating which goes first
+// so that a machine getting busier or quieter does not favour one.
+func sealingRounds(ctx context.Context, f *Flags, log *slog.Logger, r *report.Results, nodes int, cfg workload.Config) error {
+	for round := 1; round < f.SealingRounds; round++ {
+		pair := []string{report.UDPMapSyncSealed, report.UDPMapSync}
+		if round%2 == 0 {
+			slices.Reverse(pair)
+		}
+		for _, system := range pair {
+			log.Info("sealing round", "round", round)
+			x, err := scenario(ctx, f, log, system, nodes, cfg, false, ringArgs(f))
+			if err != nil {
+				return err
+			}
+			x.Round = round
+			r.SealingRounds = append(r.SealingRounds, *x)
+		}
+	}
+	return nil
+}
+
+// systems are the systems perfrun knows how to deploy.
+var systems = []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCStream, report.GRPCUnary}
 
 func ringArgs(f *Flags) []string { return []string{"--ring-size", strconv.Itoa(f.RingSize)} }
 
@@ -217,7 +269,7 @@ func scenario(ctx context.Context, f *Flags, log *slog.Logger, system string, no
 // receivers' loss and repair counters, which explain a run that lost or
 // stalled.
 func addStats(d *deployment, x *report.Run) {
-	if d.system != report.UDPMapSync {
+	if !report.IsUDPMapSync(d.system) {
 		return
 	}
 	s, err := d.daemonStats(0)
@@ -232,7 +284,8 @@ func addStats(d *deployment, x *report.Run) {
 			x.Notes = append(x.Notes, err.Error())
 			continue
 		}
-		for _, k := range []string{"gaps_seen", "nacks_sent", "repaired", "hold_full", "resync_needed", "apply_errors", "malformed", "duplicates"} {
+		x.ResyncNeeded += p["resync_needed"]
+		for _, k := range []string{"gaps_seen", "nacks_sent", "repaired", "hold_full", "resync_needed", "apply_errors", "malformed", "duplicates", "unauthenticated", "replayed"} {
 			if p[k] > 0 {
 				x.Notes = append(x.Notes, fmt.Sprintf("%s %s=%d", d.c.Topology.Nodes[i].Name, k, p[k]))
 			}
@@ -342,7 +395,7 @@ func newResults(f *Flags) *report.Results {
 	host, _ := os.Hostname()
 	var u unix.Utsname
 	unix.Uname(&u)
-	return &report.Results{
+	r := &report.Results{
 		Date:       time.Now(),
 		Host:       host,
 		Kernel:     unix.ByteSliceToString(u.Release[:]),
@@ -360,9 +413,15 @@ func newResults(f *Flags) *report.Results {
 			{"latency runs", fmt.Sprintf("%v at each of %v changes/s, one batch per ms", f.LatencyFor, f.Rates)},
 			{"replicators' capture ring", fmt.Sprintf("%d MiB (--ring-size), so a writer faster than the replicator does not overflow it", f.RingSize>>20)},
 			{"udpmapsync flags", "netns-test defaults (--capture auto, --flush-interval 200µs, MTU 1500) and --announce-interval 200ms"},
+			{report.UDPMapSyncSealed, "the same flags and --key-file: a fresh random 32-byte key per cluster, base64 in a mode-0600 file (AES-256-GCM)"},
+			{"pairs per cost of sealing", fmt.Sprintf("%d (--sealing-rounds): the throughput table's and %d more, back to back", f.SealingRounds, max(f.SealingRounds-1, 0))},
 			{"gRPC baselines", "perf/cmd/grpcsync: --flush-interval 200µs, --batch-bytes 64 KiB (stream), one TCP connection per peer, no TLS"},
 		},
 	}
+	if f.CPUProfile != "" {
+		r.Settings = append(r.Settings, [2]string{"daemons profiled", "--cpuprofile: every udpmapsync daemon ran with the CPU profiler, whose own cost is in its CPU figures"})
+	}
+	return r
 }
 
 func cpuModel() string {

@@ -47,6 +47,18 @@ from just before the first write to the sentinel's arrival, divided by the chang
 capture program itself runs inside the writer's syscalls and is charged to the writer ("writer"
 column; compare with the raw CPU per change).
 
+**Sealing.** "udpmapsync (sealed)" is the same daemon with the same flags and --key-file: each
+cluster gets a fresh random 32-byte key, written base64 to a mode-0600 file in the run's temporary
+directory and given to every node, so every datagram is sealed with AES-256-GCM and every receiver
+opens it and checks it against its replay window. It runs right after the plain daemon on the
+same node count, with the same workloads. Before measuring, the harness reads datagrams off
+node2's interface (a packet socket in its namespace) until it sees one of udpmapsync's, and stops
+if it is plain with a key, or sealed without. On a shared machine one pair of ~1 s runs is too
+noisy to resolve a 20 % difference, so after the sealed throughput run --sealing-rounds − 1
+further pairs run back to back, alternating which goes first; the "Cost of sealing" section
+gives, per node count and profile, the medians over all the pairs, and the median and range of
+each pair's sealed / plain ratio.
+
 **Wire.** tx_bytes and tx_packets of every node's interface (netlink), summed over the nodes,
 over the same window, per change: headers, acknowledgements (TCP), announces and repair requests
 included. A veth counts a segmentation-offload message (udpmapsync's UDP GSO, TCP's TSO) as one
