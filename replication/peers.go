@@ -68,13 +68,20 @@ type peerTable struct {
 	settle  time.Duration // an address held this long before it is sent to
 }
 
-func newPeerTable(announce time.Duration) peerTable {
-	return peerTable{
+// newPeerTable sizes the table's periods for the announce interval.
+// With a key, every peer is authentic, so it need not be heard for a
+// while before it serves a resync (its address must settle, though).
+func newPeerTable(announce time.Duration, keyed bool) peerTable {
+	t := peerTable{
 		byNode:  make(map[uint32]*peer),
 		silence: max(peerSilence*announce, minPeerSilence),
 		trust:   trustAfter * announce,
 		settle:  announce,
 	}
+	if keyed {
+		t.trust = 0
+	}
+	return t
 }
 
 // binding is what a datagram's (node, epoch, address) means to the table.

@@ -18,9 +18,10 @@ const (
 	// requesters are told to ask again later.
 	maxTransfers = 4
 	// transferWindow is how many snapshot datagrams may be in flight, sent
-	// and not acknowledged, to one requester: enough to keep a LAN busy,
-	// few enough for any socket buffer.
-	transferWindow = 256
+	// and not acknowledged, to one requester: enough to keep a LAN busy
+	// between two acknowledgements, few enough (1.5 MB of 1,472-byte
+	// datagrams) for the 32 MiB socket buffers.
+	transferWindow = 1024
 	// initialWindow is how many may be in flight before the requester's
 	// first acknowledgement: a forged request, whose "requester" never
 	// acknowledges, gets no more than this and a few timed-out resends.
@@ -232,12 +233,12 @@ type snapshotStream struct {
 	entries uint64
 	resent  uint64
 	budget  byteBudget // paces what the transfer sends
-	out     [1][]byte
+	batch   [][]byte   // queued to send, slices of slots and end
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	st := &snapshotStream{s: s, t: t, heard: time.Now(), cwnd: initialWindow, rto: transferRTO,
-		budget: byteBudget{rate: transferRate, burst: transferBurst},
+		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
 		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}}
 	for i := range st.slots {
 		st.slots[i] = make([]byte, s.table.payload)
@@ -306,14 +307,32 @@ func (st *snapshotStream) seal() {
 	st.send(d)
 }
 
-// send sends one datagram to the requester. A failure is counted; the
-// datagram is sent again when it is not acknowledged in time.
+// send queues one datagram for the requester; they go out in batches,
+// one system call (and, with GSO, one message) for up to sendBatch of
+// them, when the batch is full or the stream is about to wait. A failure
+// is counted; the datagram is sent again when it is not acknowledged in
+// time.
 func (st *snapshotStream) send(d []byte) {
-	st.pace(len(d))
-	st.out[0] = d
-	if err := st.s.tr.SendTo(st.t.to, st.out[:]); err != nil {
+	st.batch = append(st.batch, d)
+	if len(st.batch) == cap(st.batch) {
+		st.flush()
+	}
+}
+
+// flush sends the queued datagrams.
+func (st *snapshotStream) flush() {
+	if len(st.batch) == 0 {
+		return
+	}
+	n := 0
+	for _, d := range st.batch {
+		n += len(d)
+	}
+	st.pace(n)
+	if err := st.s.tr.SendTo(st.t.to, st.batch); err != nil {
 		st.s.stats.SendErrors.Add(1)
 	}
+	st.batch = st.batch[:0]
 }
 
 // pace waits until the transfer's byte budget covers n more bytes, or the
@@ -353,6 +372,7 @@ func (st *snapshotStream) wait(done func() bool) error {
 	timer := time.NewTimer(st.rto)
 	defer timer.Stop()
 	for !done() {
+		st.flush()
 		select {
 		case <-st.t.stop:
 			return errTransferStopped
