@@ -83,23 +83,12 @@ func TestCapabilities(t *testing.T) {
 	dir := t.TempDir()
 	// No daemon starts with the cluster: the failing starts come first,
 	// on node1's maps while nothing else uses them.
-	c, err := NewCluster(t.Context(), ClusterConfig{
+	c := startCluster(t, ClusterConfig{
 		Nodes:  2,
 		Maps:   DefaultMaps(),
 		Daemon: DaemonConfig{Binary: withCapabilities(t, dir, caps), StatsInterval: time.Second},
 		Later:  []int{0, 1},
 		Dir:    dir,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(c.Logs(40))
-		}
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
 	})
 
 	for _, missing := range caps {

@@ -47,17 +47,22 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-// startCluster builds cfg's cluster with the daemon TestMain built (it
-// fills in Daemon.Binary and Dir) and closes it when the test ends, after
-// showing the daemons' logs if the test failed.
+// startCluster builds cfg's cluster, with the daemon TestMain built unless
+// cfg names another Daemon.Binary and in a test directory unless cfg
+// names a Dir, and closes it when the test ends, after showing the
+// daemons' logs if the test failed.
 func startCluster(t *testing.T, cfg ClusterConfig) *Cluster {
 	t.Helper()
 	requireHarness(t)
 	if daemon.err != nil {
 		t.Fatal(daemon.err)
 	}
-	cfg.Daemon.Binary = daemon.path
-	cfg.Dir = t.TempDir()
+	if cfg.Daemon.Binary == "" {
+		cfg.Daemon.Binary = daemon.path
+	}
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
 	c, err := NewCluster(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
