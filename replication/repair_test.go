@@ -369,3 +369,38 @@ func TestResendRing(t *testing.T) {
 		}
 	}
 }
+
+// A "gone" for a range gives up only what is missing in it: what was held
+// inside the range is applied, in order. And a resync this node then
+// serves the peer says it applied the peer's changes only up to the first
+// one given up, so that the peer applies its own again from there.
+func TestGoneKeepsHeldAndLowersTheWatermark(t *testing.T) {
+	f, _ := ownDatagrams(t, 1<<20, 0)
+	f.n.ready.become("test", 0)
+	t0 := time.Now().Add(-time.Hour) // the peer is long established
+	f.handleAt(t0, peerA, announce(t, peerNode, 1, 0))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 5, "key5", "5"))
+	f.handle(peerA, goneDatagram(2, 4))
+	if f.value("key3") != "       3" || f.value("key5") != "       5" || f.stats.Held.Load() != 0 {
+		t.Fatalf("key3 %q key5 %q held %d after gone [2,4]: want both applied, nothing held",
+			f.value("key3"), f.value("key5"), f.stats.Held.Load())
+	}
+	f.tr.sentTo()
+	f.handle(peerA, syncRequest(peerNode, 1, 7))
+	var st wire.SyncStart
+	for _, u := range f.tr.sentTo() {
+		for _, d := range u.dgrams {
+			var h wire.Header
+			if h.Unmarshal(d) == nil && h.Kind == wire.KindSyncStart {
+				if err := st.Unmarshal(d[wire.HeaderSize:]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if st.Status != wire.SyncOK || st.Applied != 1 {
+		t.Errorf("sync start %+v, want OK and applied 1: datagram 2 was given up", st)
+	}
+}

@@ -113,7 +113,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
 		}
-		st.Applied = p.stream.next - 1
+		st.Applied = p.stream.appliedThrough()
 	}
 	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
 	b, err := answer.AppendTo(make([]byte, 0, wire.HeaderSize+wire.SyncStartSize))

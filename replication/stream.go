@@ -43,6 +43,13 @@ type orderedStream struct {
 	// paused holds every datagram, in order or not: a resync request to
 	// the peer waits for its answer.
 	paused bool
+	// skipUntil: the missing numbers below it were given up; release
+	// passes over them (and applies what is held among them).
+	skipUntil uint64
+	// lostFrom is the lowest number given up without being applied, 0 if
+	// none was since the last resync from the peer: this node has not
+	// applied the peer's changes from there on (see appliedThrough).
+	lostFrom uint64
 
 	since    time.Time // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
 	gapAt    uint64    // the number that was next when since was set
@@ -181,12 +188,18 @@ func (s *orderedStream) applied() {
 	s.seen = max(s.seen, s.next-1)
 }
 
-// release returns the next held datagram if it is next in order and the
-// stream is not paused, and moves past it; nil otherwise. The caller
-// applies it and recycles it.
+// release returns the next held datagram if it is next in order, past
+// what was given up, and the stream is not paused, and moves past it; nil
+// otherwise. The caller applies it and recycles it.
 func (s *orderedStream) release() []byte {
 	if s.paused {
 		return nil
+	}
+	for s.next < s.skipUntil && !s.isHeld(s.next) {
+		if s.lostFrom == 0 {
+			s.lostFrom = s.next
+		}
+		s.next++
 	}
 	d := s.take(s.next)
 	if d != nil {
@@ -249,15 +262,15 @@ func (s *orderedStream) missing(req *wire.Nack) {
 	}
 }
 
-// giveUp skips the missing datagrams before the first one held, which
-// the caller then releases. With nothing held it skips nothing: the only
-// evidence that more was sent is a claim the peer never backed with a
-// datagram or a resend, and skipping on it would refuse the peer's real
+// giveUp gives up the missing datagrams before the first one held, which
+// the caller then releases. With nothing held it gives up nothing: the
+// only evidence that more was sent is a claim the peer never backed with
+// a datagram or a resend, and skipping on it would refuse the peer's real
 // datagrams as duplicates; the claim is forgotten instead. Either way the
 // caller asks for a full resync.
 func (s *orderedStream) giveUp() {
 	if first, ok := s.firstHeld(); ok {
-		s.next = first
+		s.skipUntil = max(s.skipUntil, first)
 	} else {
 		s.seen, s.latest = s.next-1, s.next-1
 	}
@@ -277,14 +290,14 @@ func (s *orderedStream) firstHeld() (uint64, bool) {
 }
 
 // gone takes the peer's word that it no longer holds its datagrams up to
-// last: they are skipped, the held ones among them dropped. It reports
-// whether that skipped anything.
+// last: the missing ones are given up, and the caller releases what is
+// held among and after them. It reports whether that gave anything up.
 func (s *orderedStream) gone(last uint64) bool {
 	last = min(last, s.seen)
 	if last < s.next || s.paused {
 		return false // about datagrams we got in the meantime, or that a resync covers
 	}
-	s.dropThrough(last)
+	s.skipUntil = max(s.skipUntil, last+1)
 	s.since = time.Time{}
 	return true
 }
@@ -297,7 +310,22 @@ func (s *orderedStream) resume(asOf uint64) {
 	if asOf >= s.next {
 		s.dropThrough(asOf)
 	}
+	if s.lostFrom != 0 && s.lostFrom <= asOf {
+		s.lostFrom = 0 // the snapshot brings what was given up
+	}
 	s.latest = max(s.latest, asOf)
+}
+
+// appliedThrough is how far this node has applied the peer's changes
+// without a hole: the number before the first one it gave up, if any, or
+// else the last one applied. A resync this node serves the peer says so
+// (SyncStart.Applied), so that the peer applies its own changes from
+// there on again.
+func (s *orderedStream) appliedThrough() uint64 {
+	if s.lostFrom != 0 {
+		return s.lostFrom - 1
+	}
+	return s.next - 1
 }
 
 // dropThrough moves next past last, dropping what is held before it.
