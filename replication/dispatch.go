@@ -124,6 +124,12 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 	if !ok {
 		return
 	}
+	if d.sources != nil {
+		// Before the handler, which may answer: where to, the seal says.
+		if a, moved, ok := d.sources.source(h.Node, h.Epoch); ok {
+			p.addr, p.addrSince = a, moved
+		}
+	}
 	if r.flush {
 		d.apply.flush()
 	}
@@ -136,11 +142,6 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 	}
 	if prev != p && prev != nil {
 		d.retire(prev, now)
-	}
-	if d.sources != nil {
-		if a, moved, ok := d.sources.source(h.Node, h.Epoch); ok {
-			p.addr, p.addrSince = a, moved
-		}
 	}
 	p.lastHeard = now
 	p.datagrams++

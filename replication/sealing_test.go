@@ -210,3 +210,36 @@ func TestSealedReplaysDoNotRedirect(t *testing.T) {
 		t.Errorf("the replays' address got %d answers after the peer was heard", unicast)
 	}
 }
+
+// fixedSource is a sealing transport's view of where every run's freshest
+// datagram came from, as a test sets it.
+type fixedSource struct {
+	addr  netip.AddrPort
+	moved time.Time
+}
+
+func (s fixedSource) source(uint32, uint64) (netip.AddrPort, time.Time, bool) {
+	return s.addr, s.moved, true
+}
+
+// With a key, a ready node that hears a peer for the first time asks it
+// for what it missed only once the peer's address has settled, not at the
+// first datagram, which may be a replay from anywhere. (The dispatcher is
+// fed datagrams that claim to be sealed; opening them is the sealing
+// transport's, tested above.)
+func TestKeyedRequestWaitsForTheAddressToSettle(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	t0 := time.Now()
+	f.n.dispatch.keyed, f.n.dispatch.sources = true, fixedSource{addr: peerA, moved: t0}
+	d := f.peerDatagram(t, 1, 50, "key1", "50")
+	d[5] = wire.SealSize
+	f.handleAt(t0, peerA, d)
+	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
+		t.Fatalf("requests %v sent to an address heard a moment ago", got)
+	}
+	f.n.dispatch.tick(t0.Add(DefaultAnnounceInterval+maxRetry), nil)
+	if got := f.nacks(t, wire.KindNack); len(got) != 1 || got[0][0] != (wire.Range{First: 1, Last: 49}) {
+		t.Errorf("requests %v once the address settled, want [1,49]", got)
+	}
+}
