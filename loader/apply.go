@@ -15,6 +15,7 @@ var ErrNotDeletable = errors.New("array map entries cannot be deleted")
 
 // bpf(2) commands, from include/uapi/linux/bpf.h.
 const (
+	cmdMapLookupElem  = 1
 	cmdMapUpdateElem  = 2
 	cmdMapDeleteElem  = 3
 	cmdObjGet         = 7
@@ -71,6 +72,24 @@ func (m *Map) UpdateBatch(keys, values []byte) error {
 	}
 	_, err = m.apply(cmdMapUpdateBatch, keys, values, n)
 	return err
+}
+
+// Lookup reads the value of key into value (ValueSize bytes) and reports
+// whether the map holds the key. It does not allocate.
+func (m *Map) Lookup(key, value []byte) (bool, error) {
+	if len(key) != int(m.KeySize) || len(value) != int(m.ValueSize) {
+		return false, fmt.Errorf("look up in map %s: %d B key, %d B value for a %d B key, %d B value map",
+			m.Name, len(key), len(value), m.KeySize, m.ValueSize)
+	}
+	attr := elemAttr{mapFD: uint32(m.m.FD()), key: unsafe.Pointer(&key[0]), value: unsafe.Pointer(&value[0])}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapLookupElem, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	switch errno {
+	case 0:
+		return true, nil
+	case unix.ENOENT:
+		return false, nil
+	}
+	return false, fmt.Errorf("look up in map %s: %w", m.Name, errno)
 }
 
 // DeleteBatch deletes the len(keys)/KeySize packed keys. Keys the map does

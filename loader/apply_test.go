@@ -322,3 +322,25 @@ func BenchmarkDeleteBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*64), "ns/entry")
 }
+
+func TestLookup(t *testing.T) {
+	m := testMap(t, ebpf.Hash, 13, 37, 64)
+	key, value := entry(m, 3, 1)
+	if err := m.UpdateBatch(key, value); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, m.ValueSize)
+	if found, err := m.Lookup(key, got); err != nil || !found || !bytes.Equal(got, value) {
+		t.Fatalf("Lookup of a held key = %v, %v, %x; want true, nil, %x", found, err, got, value)
+	}
+	absent, _ := entry(m, 4, 0)
+	if found, err := m.Lookup(absent, got); err != nil || found {
+		t.Fatalf("Lookup of an absent key = %v, %v", found, err)
+	}
+	if _, err := m.Lookup(key[:1], got); err == nil {
+		t.Fatal("Lookup took a short key")
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = m.Lookup(key, got) }); n != 0 {
+		t.Fatalf("Lookup allocates %v times", n)
+	}
+}
