@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"io"
+	"math/bits"
 
 	"github.com/udpmapsync/udpmapsync/ops"
 )
@@ -14,10 +15,32 @@ const (
 	offsetSectionLen   = 6
 )
 
-// Record layout: the op byte, then the key, then (updates only) the value.
+// Record layout: the op byte, then the stamp part, then the key, then
+// (updates only) the value. The stamp part is a uvarint offset from the
+// body's base stamp or, with [RecordRelayed] in the op byte, the stamp
+// and the origin in full.
 const (
-	offsetRecordOp  = 0
-	offsetRecordKey = 1
+	offsetRecordOp    = 0
+	offsetRecordStamp = 1
+)
+
+// Stamps, see FORMAT.md "Stamps".
+const (
+	// StampBaseSize is the length of the base stamp that starts every
+	// changes and snapshot body: a big-endian u64, the stamp from which
+	// the records in the offset form count.
+	StampBaseSize = 8
+	// RecordRelayed is the op byte bit of a record in the relayed form:
+	// its stamp part is the stamp and the origin in full, not an offset
+	// from the base. It lets a node send versions that are not its own,
+	// and stamps older than the base, and the unstamped entries of a
+	// snapshot.
+	RecordRelayed = 0x80
+	// RelayedStampSize is the stamp part of a relayed record: stamp u64,
+	// origin u32. No stamp part is longer (an offset takes at most 10
+	// bytes), so a datagram that holds a map's largest update in the
+	// relayed form holds any record of the map.
+	RelayedStampSize = 12
 )
 
 // Limits of the 16-bit count and length fields. A record is at least its
@@ -28,49 +51,100 @@ const (
 	maxSectionLen = 0xffff // record bytes in a section
 )
 
-// ChangeWriter builds one [KindChanges] datagram in a caller's buffer
-// without allocating. Records of one map appended back to back share a
-// section; the writer opens a new section when the map changes or the
-// open section's 16-bit length would overflow.
+// relayed reports whether a record of origin with stamp goes in the
+// relayed form in a datagram of node with base: unless it is node's own
+// and at or after the base, its stamp has no offset from the base.
+// Unstamped records (stamp 0) are always relayed.
+func relayed(node, origin uint32, base, stamp uint64) bool {
+	return origin != node || stamp < base || stamp == 0
+}
+
+// uvarintLen is the length of x as a uvarint, as binary.PutUvarint
+// writes it: 7 bits a byte.
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
+// StampSize is the wire size of a record's stamp part: the record of
+// origin with stamp, in a datagram that node sends with the base stamp
+// base. It is [RelayedStampSize] for a record that [ChangeWriter.Append]
+// writes in the relayed form, and otherwise the 1 to 10 bytes of the
+// offset stamp-base. A record is 1 + StampSize + key size (+ value size
+// for an update) bytes, so a caller can account for a datagram's bytes
+// before it writes them.
+func StampSize(node, origin uint32, base, stamp uint64) int {
+	if relayed(node, origin, base, stamp) {
+		return RelayedStampSize
+	}
+	return uvarintLen(stamp - base)
+}
+
+// ChangeWriter builds one [KindChanges] or [KindSnapshot] datagram in a
+// caller's buffer without allocating. Records of one map appended back to
+// back share a section; the writer opens a new section when the map
+// changes or the open section's 16-bit length would overflow.
 //
 // The zero value has no buffer: call [ChangeWriter.Reset] first.
 type ChangeWriter struct {
 	buf      []byte
-	n        int    // bytes written, header included
+	n        int    // bytes written, header and base included
 	count    int    // records written
 	section  int    // offset of the open section's header; 0 if none is open
 	sectionN int    // records in the open section
 	fp       uint32 // map of the open section
+	node     uint32 // the sending node: the origin of records in the offset form
+	base     uint64 // the base stamp, from which those records' offsets count
 }
 
-// Reset starts a new datagram in buf; len(buf) is the maximum datagram
-// size. buf must hold at least a [Header].
-func (w *ChangeWriter) Reset(buf []byte) {
-	if len(buf) < HeaderSize {
-		panic("wire: ChangeWriter buffer shorter than HeaderSize")
-	}
-	*w = ChangeWriter{buf: buf, n: HeaderSize}
-}
-
-// Append adds one change record of the map with fingerprint fp. value is
-// written for [ops.Update] only. Key and value sizes are not checked: they
-// must be the map's, since the receiver knows them only from the map.
+// Reset starts a new datagram in buf for node to send, with base as its
+// base stamp, which it writes at once; len(buf) is the maximum datagram
+// size. buf must hold at least a [Header] and the base ([StampBaseSize]).
+// node must be the node id that the header passed to
+// [ChangeWriter.Finish] carries: a receiver takes it as the origin of
+// the records in the offset form.
 //
-// Append returns false and writes nothing if the record, plus a section
-// header when it opens a section, does not fit in the buffer or the
-// datagram already holds the 65535 records [Header.Count] can count.
-// It panics if op is neither [ops.Update] nor [ops.Delete]: no receiver could
-// decode the datagram.
-func (w *ChangeWriter) Append(fp uint32, op ops.Op, key, value []byte) bool {
-	size := offsetRecordKey + len(key)
+// Any base is valid; the oldest stamp among node's own records in the
+// datagram keeps their offsets shortest, since a record older than the
+// base goes in the 12-byte relayed form.
+func (w *ChangeWriter) Reset(buf []byte, node uint32, base uint64) {
+	if len(buf) < HeaderSize+StampBaseSize {
+		panic("wire: ChangeWriter buffer shorter than HeaderSize+StampBaseSize")
+	}
+	*w = ChangeWriter{buf: buf, n: HeaderSize + StampBaseSize, node: node, base: base}
+	binary.BigEndian.PutUint64(buf[HeaderSize:], base)
+}
+
+// Append adds one change record of the map with fingerprint fp: op on key,
+// at version (stamp, origin). value is written for [ops.Update] only. Key
+// and value sizes are not checked: they must be the map's, since the
+// receiver knows them only from the map.
+//
+// A record of the writer's node at or after the base stamp takes the
+// offset form, of 1 + [StampSize] bytes of stamp; any other record, and
+// an unstamped one (stamp 0 and origin 0), takes the relayed form
+// ([RecordRelayed]). Append returns false and writes nothing if the
+// record, plus a section header when it opens a section, does not fit in
+// the buffer or the datagram already holds the 65535 records
+// [Header.Count] can count.
+//
+// It panics if op is neither [ops.Update] nor [ops.Delete], or if exactly
+// one of stamp and origin is 0: no receiver could decode the datagram.
+func (w *ChangeWriter) Append(fp uint32, op ops.Op, stamp uint64, origin uint32, key, value []byte) bool {
 	switch op {
 	case ops.Update:
-		size += len(value)
 	case ops.Delete:
 		value = nil
 	default:
 		panic("wire: ChangeWriter.Append with unknown op")
 	}
+	if (stamp == 0) != (origin == 0) {
+		panic("wire: ChangeWriter.Append with a stamp but no origin, or an origin but no stamp")
+	}
+	rel := relayed(w.node, origin, w.base, stamp)
+	stampSize := RelayedStampSize
+	if !rel {
+		stampSize = uvarintLen(stamp - w.base)
+	}
+	keyAt := offsetRecordStamp + stampSize
+	size := keyAt + len(key) + len(value)
 	if w.count == maxCount || size > maxSectionLen {
 		return false
 	}
@@ -87,9 +161,17 @@ func (w *ChangeWriter) Append(fp uint32, op ops.Op, key, value []byte) bool {
 		binary.BigEndian.PutUint32(w.buf[w.n+offsetSectionMap:], fp)
 		w.n += SectionHeaderSize
 	}
-	w.buf[w.n+offsetRecordOp] = byte(op)
-	copy(w.buf[w.n+offsetRecordKey:], key)
-	copy(w.buf[w.n+offsetRecordKey+len(key):], value)
+	rec := w.buf[w.n : w.n+size]
+	if rel {
+		rec[offsetRecordOp] = byte(op) | RecordRelayed
+		binary.BigEndian.PutUint64(rec[offsetRecordStamp:], stamp)
+		binary.BigEndian.PutUint32(rec[offsetRecordStamp+8:], origin)
+	} else {
+		rec[offsetRecordOp] = byte(op)
+		binary.PutUvarint(rec[offsetRecordStamp:], stamp-w.base)
+	}
+	copy(rec[keyAt:], key)
+	copy(rec[keyAt+len(key):], value)
 	w.n += size
 	w.count++
 	w.sectionN++
@@ -103,15 +185,15 @@ func (w *ChangeWriter) Append(fp uint32, op ops.Op, key, value []byte) bool {
 // Count returns the number of records appended since [ChangeWriter.Reset].
 func (w *ChangeWriter) Count() int { return w.count }
 
-// Len returns the datagram size so far, header included.
+// Len returns the datagram size so far, header and base stamp included.
 func (w *ChangeWriter) Len() int { return w.n }
 
 // Finish writes h as the datagram header, with Kind set to [KindChanges]
 // (unless h is a [KindSnapshot], which has the same body) and Count to
-// the records appended, and returns the datagram: the
-// buffer's first [ChangeWriter.Len] bytes. A datagram without records is
-// valid. Appending after Finish continues the same datagram; Finish again
-// to rewrite its header.
+// the records appended, and returns the datagram: the buffer's first
+// [ChangeWriter.Len] bytes. A datagram without records, a header and the
+// base stamp, is valid. Appending after Finish continues the same
+// datagram; Finish again to rewrite its header.
 //
 // It panics if h.Flags holds a flag the kind may not carry (a change
 // datagram carries [FlagRetransmit] at most, a snapshot none): no
@@ -129,36 +211,49 @@ func (w *ChangeWriter) Finish(h Header) []byte {
 	return w.buf[:w.n]
 }
 
-// Section is one map's run of change records in a [KindChanges] body.
+// Section is one map's run of change records in a [KindChanges] or
+// [KindSnapshot] body.
 type Section struct {
 	Map   uint32 // fingerprint of the map, see [Descriptor.Fingerprint]
 	Count uint16 // records in Data
 	Data  []byte // the records; aliases the datagram
 }
 
-// Sections iterates over the sections of a [KindChanges] body without
-// allocating. It checks the section headers only: decode the records of
-// each section with [Records] once the map, and so its key and value
-// sizes, is known. A receiver can thus skip the sections of maps it does
-// not know.
+// Sections iterates over the sections of a [KindChanges] or
+// [KindSnapshot] body without allocating. It checks the base stamp's
+// presence and the section headers only: decode the records of each
+// section with [Records], given [Sections.Base], once the map, and so its
+// key and value sizes, is known. A receiver can thus skip the sections of
+// maps it does not know.
 type Sections struct {
 	body []byte
+	base uint64
 	left int // records the header count still expects
 	err  error
 }
 
 // Reset starts iterating over body, the datagram after its header, whose
-// header count is count.
+// header count is count. It reads the base stamp that starts the body; if
+// the body is too short to hold one, [Sections.Next] returns
+// [ErrShortBuffer].
 func (s *Sections) Reset(body []byte, count uint16) {
-	*s = Sections{body: body, left: int(count)}
+	if len(body) < StampBaseSize {
+		*s = Sections{err: ErrShortBuffer}
+		return
+	}
+	*s = Sections{body: body[StampBaseSize:], base: binary.BigEndian.Uint64(body), left: int(count)}
 }
+
+// Base returns the body's base stamp, to pass to [Records.Reset]; 0 if
+// the body is too short to hold one.
+func (s *Sections) Base() uint64 { return s.base }
 
 // Next returns the next section, or io.EOF once the sections have
 // accounted for the header count and used up the body. It returns
-// [ErrShortBuffer] if a section header or its records are cut off,
-// [ErrBadCount] unless the body holds exactly the header count of records
-// in sections of at least one record, and keeps returning the same error
-// after one.
+// [ErrShortBuffer] if the base stamp, a section header or its records are
+// cut off, [ErrBadCount] unless the body holds exactly the header count of
+// records in sections of at least one record, and keeps returning the same
+// error after one.
 func (s *Sections) Next() (Section, error) {
 	if s.err != nil {
 		return Section{}, s.err
@@ -199,9 +294,14 @@ func (s *Sections) fail(err error) (Section, error) {
 
 // Record is one change. Key and Value alias the datagram.
 type Record struct {
-	Op    ops.Op
-	Key   []byte
-	Value []byte // nil for [ops.Delete]
+	Op ops.Op
+	// Stamp and Origin are the version of the change: the stamp of the
+	// write and the node that made it. Both are 0 for an unstamped entry
+	// (which only snapshots carry), and both are non-zero otherwise.
+	Stamp  uint64
+	Origin uint32
+	Key    []byte
+	Value  []byte // nil for [ops.Delete]
 }
 
 // Records iterates over the change records of one [Section] without
@@ -211,20 +311,25 @@ type Records struct {
 	left      int // records the section count still expects
 	keySize   int
 	valueSize int
+	base      uint64 // the body's base stamp
+	node      uint32 // the header's node: the origin of records in the offset form
 	err       error
 }
 
 // Reset starts iterating over the records of s, a section of a map with
-// the given key and value sizes.
-func (r *Records) Reset(s Section, keySize, valueSize int) {
-	*r = Records{data: s.Data, left: int(s.Count), keySize: keySize, valueSize: valueSize}
+// the given key and value sizes, in a body with the base stamp base (see
+// [Sections.Base]) of a datagram from node (the header's Node).
+func (r *Records) Reset(s Section, keySize, valueSize int, base uint64, node uint32) {
+	*r = Records{data: s.Data, left: int(s.Count), keySize: keySize, valueSize: valueSize, base: base, node: node}
 }
 
 // Next returns the next record, or io.EOF once the section's count of
 // records has been read and its data exactly consumed. It returns
 // [ErrBadLength] if the data runs out before the count or has bytes left
-// after it, [ErrBadOp] for an unknown operation, and keeps returning the
-// same error after one.
+// after it, [ErrBadOp] for an unknown operation or an op byte bit other
+// than [RecordRelayed], [ErrBadStamp] for a stamp part that gives no
+// valid version (see FORMAT.md "Stamps"), and keeps returning the same
+// error after one.
 func (r *Records) Next() (Record, error) {
 	if r.err != nil {
 		return Record{}, r.err
@@ -238,21 +343,56 @@ func (r *Records) Next() (Record, error) {
 	if len(r.data) == 0 {
 		return r.fail(ErrBadLength)
 	}
-	keyEnd := offsetRecordKey + r.keySize
-	end := keyEnd
-	op := ops.Op(r.data[offsetRecordOp])
-	switch op {
-	case ops.Update:
-		end += r.valueSize
-	case ops.Delete:
-	default:
+	b := r.data[offsetRecordOp]
+	rec := Record{Op: ops.Op(b &^ RecordRelayed)}
+	if !rec.Op.Valid() {
 		return r.fail(ErrBadOp)
+	}
+	keyAt := offsetRecordStamp
+	if b&RecordRelayed != 0 {
+		keyAt += RelayedStampSize
+		if len(r.data) < keyAt {
+			return r.fail(ErrBadLength)
+		}
+		rec.Stamp = binary.BigEndian.Uint64(r.data[offsetRecordStamp:])
+		rec.Origin = binary.BigEndian.Uint32(r.data[offsetRecordStamp+8:])
+		// Unstamped is (0, 0); a stamp of no node or a node's write
+		// without a stamp is no version.
+		if (rec.Stamp == 0) != (rec.Origin == 0) {
+			return r.fail(ErrBadStamp)
+		}
+	} else {
+		off, n := binary.Uvarint(r.data[offsetRecordStamp:])
+		switch {
+		case n == 0 && len(r.data)-offsetRecordStamp < binary.MaxVarintLen64:
+			return r.fail(ErrBadLength) // the data ends inside the offset
+		case n <= 0: // more than 10 bytes or 64 bits
+			return r.fail(ErrBadStamp)
+		case n > 1 && r.data[offsetRecordStamp+n-1] == 0:
+			// Not the shortest form: each offset has one encoding, so
+			// a record re-encodes to the bytes it came from.
+			return r.fail(ErrBadStamp)
+		}
+		var carry uint64
+		rec.Stamp, carry = bits.Add64(r.base, off, 0)
+		// An offset-form record is a stamped write of the header's node,
+		// and node 0 is no node.
+		if carry != 0 || rec.Stamp == 0 || r.node == 0 {
+			return r.fail(ErrBadStamp)
+		}
+		rec.Origin = r.node
+		keyAt += n
+	}
+	keyEnd := keyAt + r.keySize
+	end := keyEnd
+	if rec.Op == ops.Update {
+		end += r.valueSize
 	}
 	if len(r.data) < end {
 		return r.fail(ErrBadLength)
 	}
-	rec := Record{Op: op, Key: r.data[offsetRecordKey:keyEnd:keyEnd]}
-	if op == ops.Update {
+	rec.Key = r.data[keyAt:keyEnd:keyEnd]
+	if rec.Op == ops.Update {
 		rec.Value = r.data[keyEnd:end:end]
 	}
 	r.data = r.data[end:]

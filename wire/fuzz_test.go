@@ -11,9 +11,10 @@ import (
 // The seed corpus of each fuzz test is in testdata/fuzz/<FuzzName>: real
 // datagrams and near misses. FuzzChanges knows the maps of fuzzMaps; the
 // sections of other maps are skipped, as a receiver skips them.
-var fuzzMaps = sizesOf(flows, ports,
-	wire.Descriptor{Name: "odd", Type: 1, KeySize: 13, ValueSize: 37, MaxEntries: 16},
-	wire.Descriptor{Name: "tiny", Type: 1, KeySize: 1, ValueSize: 1, MaxEntries: 16},
+var (
+	fuzzOdd  = wire.Descriptor{Name: "odd", Type: 1, KeySize: 13, ValueSize: 37, MaxEntries: 16}
+	fuzzTiny = wire.Descriptor{Name: "tiny", Type: 1, KeySize: 1, ValueSize: 1, MaxEntries: 16}
+	fuzzMaps = sizesOf(flows, ports, fuzzOdd, fuzzTiny)
 )
 
 // FuzzHeader checks that a header that decodes encodes to the same bytes,
@@ -47,30 +48,31 @@ func FuzzHeader(f *testing.F) {
 }
 
 // FuzzChanges decodes arbitrary datagrams; whatever decodes must encode
-// again, into no more bytes, and decode to the same records.
+// again, into no more bytes and with Append growing by what StampSize
+// says, and decode to the same base, stamps and records.
 func FuzzChanges(f *testing.F) {
 	f.Fuzz(func(t *testing.T, d []byte) {
-		h, records, _, err := decodeAll(d, fuzzMaps)
+		in, err := decodeAll(d, fuzzMaps)
 		if err != nil {
 			return
 		}
-		var w wire.ChangeWriter
-		w.Reset(make([]byte, len(d)))
-		for i, r := range records {
-			if !w.Append(r.fp, r.op, r.key, r.value) {
-				t.Fatalf("record %d of %d does not fit again in %d bytes", i, len(records), len(d))
+		var w checkedWriter
+		w.reset(make([]byte, len(d)), in.h.Node, in.base)
+		for i, r := range in.changes {
+			if !w.append(t, r) {
+				t.Fatalf("record %d of %d does not fit again in %d bytes", i, len(in.changes), len(d))
 			}
 		}
-		h2, again, _, err := decodeAll(w.Finish(h), fuzzMaps)
+		out, err := decodeAll(w.w.Finish(in.h), fuzzMaps)
 		if err != nil {
 			t.Fatalf("re-encoded datagram does not decode: %v", err)
 		}
-		h.Count = uint16(len(records)) // sections of unknown maps are not re-encoded
-		if h2 != h {
-			t.Fatalf("header %+v re-decodes as %+v", h, h2)
+		in.h.Count = uint16(len(in.changes)) // sections of unknown maps are not re-encoded
+		if out.h != in.h || out.base != in.base {
+			t.Fatalf("header %+v, base %#x re-decode as %+v, %#x", in.h, in.base, out.h, out.base)
 		}
-		if len(again) != len(records) || (len(records) > 0 && !reflect.DeepEqual(again, records)) {
-			t.Fatalf("records %+v re-decode as %+v", records, again)
+		if len(out.changes) != len(in.changes) || (len(in.changes) > 0 && !reflect.DeepEqual(out.changes, in.changes)) {
+			t.Fatalf("records %+v re-decode as %+v", in.changes, out.changes)
 		}
 	})
 }

@@ -48,7 +48,7 @@ func (h *Header) AppendTo(b []byte) ([]byte, error) {
 
 // Unmarshal reads the header at the start of b, which must be a whole
 // datagram: the body starts at b[HeaderSize:]. It rejects anything a
-// version 2 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
+// version 3 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
 // [ErrBadVersion], [ErrBadKind], [ErrBadFlags] or [ErrBadSeal], leaving h
 // unchanged. The count is not checked against the body here: the body
 // decoders ([Sections], [Descriptors], [Nack.Unmarshal]) do that. Nor is
@@ -101,7 +101,7 @@ func (h *Header) CheckSeq() error {
 	return nil
 }
 
-// checkKindFlags returns [ErrBadKind] for a kind version 1 does not
+// checkKindFlags returns [ErrBadKind] for a kind this version does not
 // define and [ErrBadFlags] for flags that kind may not carry.
 func checkKindFlags(k Kind, flags uint8) error {
 	switch {

@@ -3,7 +3,7 @@ package wire
 import "encoding/binary"
 
 // SyncStartSize is the length of a [KindSyncStart] body.
-const SyncStartSize = 17
+const SyncStartSize = 9
 
 // Answers to a [KindSyncRequest], in [SyncStart].Status.
 const (
@@ -22,10 +22,6 @@ type SyncStart struct {
 	// in a later datagram, so the requester continues that node's stream
 	// at AsOf+1.
 	AsOf uint64
-	// Applied is how far the serving node had applied the requester's own
-	// change datagrams (in the requester's epoch of the request), 0 if not
-	// at all: the requester's later changes are not in the snapshot.
-	Applied uint64
 }
 
 // AppendTo appends the encoded body, [SyncStartSize] bytes, to b. It
@@ -36,8 +32,7 @@ func (s *SyncStart) AppendTo(b []byte) ([]byte, error) {
 		return b, ErrBadStatus
 	}
 	b = append(b, s.Status)
-	b = binary.BigEndian.AppendUint64(b, s.AsOf)
-	return binary.BigEndian.AppendUint64(b, s.Applied), nil
+	return binary.BigEndian.AppendUint64(b, s.AsOf), nil
 }
 
 // Unmarshal decodes a [KindSyncStart] body. It returns [ErrShortBuffer] or
@@ -53,9 +48,8 @@ func (s *SyncStart) Unmarshal(body []byte) error {
 		return ErrBadStatus
 	}
 	*s = SyncStart{
-		Status:  body[0],
-		AsOf:    binary.BigEndian.Uint64(body[1:]),
-		Applied: binary.BigEndian.Uint64(body[9:]),
+		Status: body[0],
+		AsOf:   binary.BigEndian.Uint64(body[1:]),
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package wire_test
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/udpmapsync/udpmapsync/ops"
@@ -10,7 +11,7 @@ import (
 
 func TestSyncStartRoundTrip(t *testing.T) {
 	for _, s := range []wire.SyncStart{
-		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Applied: 7},
+		{Status: wire.SyncOK, AsOf: 1<<64 - 1},
 		{Status: wire.SyncNotReady},
 		{Status: wire.SyncBusy, AsOf: 3},
 	} {
@@ -55,7 +56,7 @@ func TestSyncStartRejects(t *testing.T) {
 // TestSyncStartAppendToRefusesWhatUnmarshalRefuses checks every status.
 func TestSyncStartAppendToRefusesWhatUnmarshalRefuses(t *testing.T) {
 	for status := range 256 {
-		s := wire.SyncStart{Status: uint8(status), AsOf: 5, Applied: 6}
+		s := wire.SyncStart{Status: uint8(status), AsOf: 5}
 		b, err := s.AppendTo([]byte{1})
 		raw := make([]byte, wire.SyncStartSize)
 		raw[0] = uint8(status)
@@ -73,7 +74,7 @@ func TestSyncStartAppendToRefusesWhatUnmarshalRefuses(t *testing.T) {
 }
 
 func TestSyncStartAllocs(t *testing.T) {
-	s := wire.SyncStart{Status: wire.SyncOK, AsOf: 1, Applied: 2}
+	s := wire.SyncStart{Status: wire.SyncOK, AsOf: 1}
 	buf := make([]byte, 0, wire.SyncStartSize)
 	var got wire.SyncStart
 	allocs := testing.AllocsPerRun(100, func() {
@@ -129,14 +130,27 @@ func TestHeaderFlagsPerKind(t *testing.T) {
 	}
 }
 
-// A snapshot datagram has the body of a change datagram.
+// A snapshot datagram has the body of a change datagram, and carries
+// unstamped entries and stamped deletes besides stamped entries.
 func TestChangeWriterSnapshot(t *testing.T) {
 	var w wire.ChangeWriter
-	w.Reset(make([]byte, 200))
-	w.Append(1, ops.Update, []byte{1}, []byte{2})
-	d := w.Finish(wire.Header{Kind: wire.KindSnapshot, Seq: wire.SyncSeq(1, 1)})
-	var h wire.Header
-	if err := h.Unmarshal(d); err != nil || h.Kind != wire.KindSnapshot || h.Count != 1 {
-		t.Fatalf("snapshot header = %+v, %v", h, err)
+	w.Reset(make([]byte, 200), 4, 1<<16)
+	w.Append(1, ops.Update, 0, 0, []byte{1}, []byte{2})
+	w.Append(1, ops.Update, 1<<16|1, 4, []byte{2}, []byte{3})
+	w.Append(1, ops.Delete, 5, 2, []byte{3}, nil)
+	h := wire.Header{Kind: wire.KindSnapshot, Node: 4, Seq: wire.SyncSeq(1, 1)}
+	got, err := decodeAll(w.Finish(h), sizes{1: {1, 1}})
+	h.Count = 3
+	want := []change{
+		{1, ops.Update, 0, 0, []byte{1}, []byte{2}},
+		{1, ops.Update, 1<<16 | 1, 4, []byte{2}, []byte{3}},
+		{1, ops.Delete, 5, 2, []byte{3}, nil},
+	}
+	if err != nil || got.h != h || got.base != 1<<16 || !reflect.DeepEqual(got.changes, want) {
+		t.Fatalf("snapshot = %+v, %v; want header %+v and records %+v", got, err, h, want)
+	}
+	// 1 + 12 + 1 + 1, 1 + 1 + 1 + 1 and 1 + 12 + 1 bytes.
+	if w.Len() != wire.HeaderSize+wire.StampBaseSize+wire.SectionHeaderSize+15+4+14 {
+		t.Errorf("snapshot is %d bytes", w.Len())
 	}
 }

@@ -1,5 +1,6 @@
 // Package wire defines the udpmapsync datagram format: a fixed header
-// followed by map sections of change records, or by map descriptors.
+// followed by map sections of stamped change records, or by map
+// descriptors.
 //
 // The header, descriptors, repair and sync start bodies encode alike: an
 // AppendTo method appends to a caller-owned buffer, allocating nothing
@@ -19,7 +20,7 @@ import "errors"
 // Header layout. All multi-byte fields are big-endian.
 const (
 	Magic   uint16 = 0x756d // "um"
-	Version uint8  = 2
+	Version uint8  = 3      // 3 added stamps; see FORMAT.md "Versioning"
 
 	HeaderSize        = 28 // magic..seq, see FORMAT.md
 	SectionHeaderSize = 8  // map fingerprint, record count, byte length
@@ -49,7 +50,7 @@ const (
 	// unicast; see [SyncStart] and FORMAT.md.
 	KindSyncRequest Kind = 5 // a node asks a peer for a snapshot of its maps
 	KindSyncStart   Kind = 6 // the peer's answer: refused, or where the snapshot stands, see [SyncStart]
-	KindSnapshot    Kind = 7 // snapshot records: a [KindChanges] body of updates
+	KindSnapshot    Kind = 7 // snapshot records: a [KindChanges] body of entries and remembered deletes
 	KindSyncEnd     Kind = 8 // the snapshot's last datagram number: nothing follows
 	KindSyncAck     Kind = 9 // the requester's progress: a [Nack] body of missing datagram numbers, or none
 
@@ -83,6 +84,7 @@ var (
 	ErrBadRange    = errors.New("wire: invalid sequence range")
 	ErrBadStatus   = errors.New("wire: unknown sync status")
 	ErrBadSeq      = errors.New("wire: sequence number 0 or above MaxSeq")
+	ErrBadStamp    = errors.New("wire: invalid record stamp")
 )
 
 // SealSize is the length of the seal that ends a sealed datagram: an

@@ -1,0 +1,209 @@
+package wire_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+var updateSeeds = flag.Bool("update-seeds", false, "rewrite the generated seeds in testdata/fuzz")
+
+// TestFuzzSeeds keeps the generated part of the fuzz corpus in step with
+// the format: each seed below must be in testdata/fuzz as this test
+// writes it, so a change of the format cannot leave the fuzzers starting
+// from datagrams that fail at the header. Run with -update-seeds to
+// rewrite them. Other files there (crashers the fuzzers found) are left
+// alone.
+func TestFuzzSeeds(t *testing.T) {
+	for target, seeds := range fuzzSeeds(t) {
+		for name, values := range seeds {
+			var b bytes.Buffer
+			b.WriteString("go test fuzz v1\n")
+			for _, v := range values {
+				switch v := v.(type) {
+				case []byte:
+					fmt.Fprintf(&b, "[]byte(%q)\n", v)
+				default:
+					fmt.Fprintf(&b, "%T(%v)\n", v, v)
+				}
+			}
+			path := filepath.Join("testdata", "fuzz", target, name)
+			if *updateSeeds {
+				if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			got, err := os.ReadFile(path)
+			if err != nil || !bytes.Equal(got, b.Bytes()) {
+				t.Errorf("%s is not the generated seed (%v): run go test ./wire -run TestFuzzSeeds -update-seeds", path, err)
+			}
+		}
+	}
+}
+
+// fuzzSeeds returns the generated seeds: for each fuzz target, the
+// arguments of each named seed.
+func fuzzSeeds(t *testing.T) map[string]map[string][]any {
+	h := wire.Header{Node: 0x0a000001, Epoch: 1700000000, Seq: 42}
+	const base = 1700000000123<<16 | 4
+	fl, po, odd, tiny := flows.Fingerprint(), ports.Fingerprint(), fuzzOdd.Fingerprint(), fuzzTiny.Fingerprint()
+	k := func(b ...byte) []byte { return b }
+	golden := encodeAll(t, 1400, h, base, []change{
+		{fl, ops.Update, base, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5)},
+		{fl, ops.Delete, base + 1, h.Node, k(10, 0, 0, 3), nil},
+		{fl, ops.Update, 1700000000124 << 16, h.Node, k(10, 0, 0, 4), k(0, 0, 0, 0, 0, 0, 0, 6)},
+		{po, ops.Update, 1700000000120<<16 | 2, 0x0a000002, k(0, 0, 0, 7), k(0x1f, 0x90)},
+	})
+	// Offsets of the golden datagram's parts, see FORMAT.md.
+	const (
+		goldenFirstOp  = 0x2c
+		goldenFirstOff = 0x2d
+		goldenRelayed  = 0x58
+	)
+	edit := func(d []byte, at int, b ...byte) []byte {
+		d = bytes.Clone(d)
+		copy(d[at:], b)
+		return d
+	}
+	retransmit := h
+	retransmit.Flags, retransmit.Seq = wire.FlagRetransmit, 7
+	snapshot := wire.Header{Kind: wire.KindSnapshot, Node: 2, Epoch: 3, Seq: wire.SyncSeq(5, 1)}
+	mixed := encodeAll(t, 1400, snapshot, 1<<16, []change{
+		{odd, ops.Update, 0, 0, pattern(13, 1), pattern(37, 2)},
+		{odd, ops.Delete, 3<<16 | 9, 7, pattern(13, 3), nil},
+		{odd, ops.Update, 1<<16 | 200, 2, pattern(13, 4), pattern(37, 5)},
+		{tiny, ops.Update, 1 << 16, 2, k(1), k(2)},
+		{tiny, ops.Delete, 1<<16 | 1, 2, k(2), nil},
+		{0xdeadbeef, ops.Update, 9, 9, pattern(3, 6), pattern(4, 7)}, // a map the fuzzer does not know
+		{po, ops.Update, 1<<64 - 1, 2, k(0, 0, 0, 8), k(0, 1)},
+	})
+	split := encodeAll(t, 1400, h, base, []change{
+		{fl, ops.Update, base, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5)},
+		{po, ops.Update, base + 1, h.Node, k(0, 0, 0, 7), k(0x1f, 0x90)},
+		{fl, ops.Delete, base + 2, h.Node, k(10, 0, 0, 3), nil},
+		{fl, ops.Update, base - 1, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 6)}, // older than the base: relayed
+	})
+	// one is a datagram of a single delete of a tiny key with the stamp
+	// part rec, written by hand.
+	one := func(node uint32, base uint64, op byte, rec ...byte) []byte {
+		hh := wire.Header{Kind: wire.KindChanges, Count: 1, Node: node, Epoch: 1, Seq: 1}
+		d, _ := hh.AppendTo(nil)
+		d = binary.BigEndian.AppendUint64(d, base)
+		d = binary.BigEndian.AppendUint32(d, tiny)
+		d = binary.BigEndian.AppendUint16(d, 1)
+		d = binary.BigEndian.AppendUint16(d, uint16(2+len(rec)))
+		d = append(d, op)
+		d = append(d, rec...)
+		return append(d, 0x42)
+	}
+	del := byte(ops.Delete)
+	rel := del | wire.RecordRelayed
+	relayed := func(stamp uint64, origin uint32) []byte {
+		return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, stamp), origin)
+	}
+	empty := encodeAll(t, 100, wire.Header{Node: 2, Epoch: 3, Seq: 5}, 0, nil)
+	changes := map[string][]any{
+		"golden":     {golden},
+		"empty":      {empty},
+		"no-base":    {empty[:wire.HeaderSize+4]},
+		"truncated":  {golden[:len(golden)-1]},
+		"retransmit": {encodeAll(t, 1400, retransmit, base, []change{{fl, ops.Update, base + 300, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5)}})},
+		"mixed":      {mixed},
+		"split":      {split},
+		"bad-op":     {edit(golden, goldenFirstOp, 3)},
+		"op-bit":     {edit(golden, goldenFirstOp, 0x40|byte(ops.Update))},
+		"relayed-op": {edit(golden, goldenRelayed, wire.RecordRelayed|3)},
+		// A 10-byte offset, and the same over 64 bits, and an 11-byte one.
+		"long-offset":     {one(1, 0, del, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)},
+		"offset-64-bits":  {one(1, 0, del, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02)},
+		"offset-11-bytes": {one(1, 0, del, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00)},
+		"offset-overflow": {one(1, 1<<64-1, del, 1)},
+		"zero-stamp":      {one(1, 0, del, 0)},
+		"node-zero":       {one(0, 5, del, 0)},
+		"unstamped":       {one(1, 5, rel, relayed(0, 0)...)},
+		"stamp-0-origin":  {one(1, 5, rel, relayed(0, 2)...)},
+		"stamp-no-origin": {one(1, 5, rel, relayed(7, 0)...)},
+		"relayed-cut":     {one(1, 5, rel, relayed(7, 2)[:11]...)},
+		"short-record":    {one(1, 5, del)}, // offset 0x42, and no key
+	}
+	// The overlong offset: the golden's first offset, 0, as 0x80 0x00,
+	// one byte longer, with the section's and no other length grown.
+	ov := append(bytes.Clone(golden[:goldenFirstOff]), 0x80, 0x00)
+	ov = append(ov, golden[goldenFirstOff+1:]...)
+	binary.BigEndian.PutUint16(ov[0x2a:], binary.BigEndian.Uint16(golden[0x2a:])+1)
+	changes["overlong-offset"] = []any{ov}
+
+	announce := func(hh wire.Header, ds ...wire.Descriptor) []byte {
+		hh.Kind, hh.Count = wire.KindAnnounce, uint16(len(ds))
+		d, err := hh.AppendTo(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return appendAll(t, d, ds...)
+	}
+	goldenAnnounce := announce(h, flows, ports)
+	ready := h
+	ready.Flags, ready.Seq = wire.FlagReady, 0
+	hdr := func(kind wire.Kind, flags uint8, seq uint64) []byte {
+		hh := wire.Header{Kind: kind, Node: 0x0a000001, Epoch: 1700000000, Seq: seq}
+		d, _ := hh.AppendTo(nil)
+		d[4] = flags
+		return d
+	}
+	sealed := bytes.Clone(golden)
+	sealed[5] = wire.SealSize
+	badSeal := bytes.Clone(golden)
+	badSeal[5] = 16
+	v2 := bytes.Clone(golden)
+	v2[2] = 2
+
+	syncStart := func(status uint8, asOf uint64) []byte {
+		return binary.BigEndian.AppendUint64([]byte{status}, asOf)
+	}
+	return map[string]map[string][]any{
+		"FuzzChanges": changes,
+		"FuzzHeader": {
+			"changes":        {golden[:wire.HeaderSize]},
+			"announce":       {goldenAnnounce},
+			"ready-announce": {announce(ready)},
+			"retransmit":     {hdr(wire.KindChanges, wire.FlagRetransmit, 7)},
+			"seal":           {sealed},
+			"bad-seal":       {badSeal},
+			"bad-magic":      {edit(golden, 1, 0)},
+			"version-2":      {v2},
+			"seq-past-max":   {hdr(wire.KindChanges, 0, wire.MaxSeq+1)},
+			"seq-zero":       {hdr(wire.KindChanges, 0, 0)},
+			"short":          {golden[:wire.HeaderSize-1]},
+			"snapshot-flag":  {hdr(wire.KindSnapshot, wire.FlagRetransmit, wire.SyncSeq(1, 1))},
+			"sync-ack":       {hdr(wire.KindSyncAck, 0, 1<<64-1)},
+		},
+		"FuzzDescriptors": {
+			"golden":       {goldenAnnounce},
+			"none":         {announce(h)},
+			"ready":        {announce(ready, flows)},
+			"longest-name": {announce(h, longest)},
+			"bad-name":     {edit(goldenAnnounce, len(goldenAnnounce)-1, 0x7f)},
+			"count-high":   {edit(goldenAnnounce, 6, 0, 3)},
+			"trailing":     {append(bytes.Clone(goldenAnnounce), 0)},
+			"version-2":    {edit(goldenAnnounce, 2, 2)},
+		},
+		"FuzzSyncStart": {
+			"ok":         {syncStart(wire.SyncOK, 42)},
+			"not-ready":  {syncStart(wire.SyncNotReady, 0)},
+			"busy":       {syncStart(wire.SyncBusy, 1<<64-1)},
+			"bad-status": {syncStart(3, 42)},
+			"short":      {syncStart(wire.SyncOK, 42)[:wire.SyncStartSize-1]},
+			"long":       {append(syncStart(wire.SyncOK, 42), 0)},
+			// Version 2's body, with the applied field: 8 bytes too long.
+			"version-2": {binary.BigEndian.AppendUint64(syncStart(wire.SyncOK, 42), 7)},
+		},
+	}
+}
