@@ -3,7 +3,7 @@ package wire
 import "encoding/binary"
 
 // SyncStartSize is the length of a [KindSyncStart] body.
-const SyncStartSize = 9
+const SyncStartSize = 17
 
 // Answers to a [KindSyncRequest], in [SyncStart].Status.
 const (
@@ -22,6 +22,10 @@ type SyncStart struct {
 	// in a later datagram, so the requester continues that node's stream
 	// at AsOf+1.
 	AsOf uint64
+	// Entries is about how many entries and deletes the snapshot holds:
+	// what the serving node knows when it answers, for the requester's
+	// progress lines. Nothing depends on it being exact.
+	Entries uint64
 }
 
 // AppendTo appends the encoded body, [SyncStartSize] bytes, to b. It
@@ -32,7 +36,8 @@ func (s *SyncStart) AppendTo(b []byte) ([]byte, error) {
 		return b, ErrBadStatus
 	}
 	b = append(b, s.Status)
-	return binary.BigEndian.AppendUint64(b, s.AsOf), nil
+	b = binary.BigEndian.AppendUint64(b, s.AsOf)
+	return binary.BigEndian.AppendUint64(b, s.Entries), nil
 }
 
 // Unmarshal decodes a [KindSyncStart] body. It returns [ErrShortBuffer] or
@@ -48,8 +53,9 @@ func (s *SyncStart) Unmarshal(body []byte) error {
 		return ErrBadStatus
 	}
 	*s = SyncStart{
-		Status: body[0],
-		AsOf:   binary.BigEndian.Uint64(body[1:]),
+		Status:  body[0],
+		AsOf:    binary.BigEndian.Uint64(body[1:]),
+		Entries: binary.BigEndian.Uint64(body[9:]),
 	}
 	return nil
 }
