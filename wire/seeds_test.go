@@ -166,7 +166,9 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 	v2[2] = 2
 
 	syncStart := func(status uint8, asOf uint64) []byte {
-		return binary.BigEndian.AppendUint64([]byte{status}, asOf)
+		b := binary.BigEndian.AppendUint64([]byte{status}, asOf)
+		b = binary.BigEndian.AppendUint64(b, 1000)                     // entries
+		return binary.BigEndian.AppendUint64(b, 0x0190_0000_0000_0001) // stamp
 	}
 	return map[string]map[string][]any{
 		"FuzzChanges": changes,

@@ -3,7 +3,7 @@ package wire
 import "encoding/binary"
 
 // SyncStartSize is the length of a [KindSyncStart] body.
-const SyncStartSize = 17
+const SyncStartSize = 25
 
 // Answers to a [KindSyncRequest], in [SyncStart].Status.
 const (
@@ -26,6 +26,10 @@ type SyncStart struct {
 	// what the serving node knows when it answers, for the requester's
 	// progress lines. Nothing depends on it being exact.
 	Entries uint64
+	// Stamp is the serving node's clock when it answered, before it read
+	// its maps: a key whose latest write the requester has from that node
+	// and that the snapshot does not carry was deleted there by then.
+	Stamp uint64
 }
 
 // AppendTo appends the encoded body, [SyncStartSize] bytes, to b. It
@@ -37,7 +41,8 @@ func (s *SyncStart) AppendTo(b []byte) ([]byte, error) {
 	}
 	b = append(b, s.Status)
 	b = binary.BigEndian.AppendUint64(b, s.AsOf)
-	return binary.BigEndian.AppendUint64(b, s.Entries), nil
+	b = binary.BigEndian.AppendUint64(b, s.Entries)
+	return binary.BigEndian.AppendUint64(b, s.Stamp), nil
 }
 
 // Unmarshal decodes a [KindSyncStart] body. It returns [ErrShortBuffer] or
@@ -56,6 +61,7 @@ func (s *SyncStart) Unmarshal(body []byte) error {
 		Status:  body[0],
 		AsOf:    binary.BigEndian.Uint64(body[1:]),
 		Entries: binary.BigEndian.Uint64(body[9:]),
+		Stamp:   binary.BigEndian.Uint64(body[17:]),
 	}
 	return nil
 }

@@ -11,9 +11,9 @@ import (
 
 func TestSyncStartRoundTrip(t *testing.T) {
 	for _, s := range []wire.SyncStart{
-		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Entries: 1<<64 - 1},
+		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Entries: 1<<64 - 1, Stamp: 1<<64 - 1},
 		{Status: wire.SyncNotReady},
-		{Status: wire.SyncBusy, AsOf: 3, Entries: 1_000_000},
+		{Status: wire.SyncBusy, AsOf: 3, Entries: 1_000_000, Stamp: 7},
 	} {
 		b, err := s.AppendTo([]byte{9})
 		if err != nil || len(b) != 1+wire.SyncStartSize || b[0] != 9 {
