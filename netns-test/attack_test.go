@@ -473,7 +473,7 @@ func (e *attackEnv) endOfRange() {
 			}
 			// The sync kinds with every number at its end.
 			for i := range 3 {
-				st := wire.SyncStart{Status: wire.SyncOK, AsOf: math.MaxUint64, Applied: math.MaxUint64}
+				st := wire.SyncStart{Status: wire.SyncOK, AsOf: math.MaxUint64, Entries: math.MaxUint64}
 				h := wire.Header{Node: id.node, Epoch: id.ep}
 				e.emit(id.src, e.addr(i), e.forge(f.SyncStart(h, math.MaxUint32, st)))
 				h = wire.Header{Kind: wire.KindSnapshot, Node: id.node, Epoch: id.ep, Seq: wire.SyncSeq(math.MaxUint32, math.MaxUint32)}
@@ -556,7 +556,7 @@ func (e *attackEnv) answer(c Captured) {
 		case wire.KindSyncRequest:
 			id, _ := wire.SplitSyncSeq(h.Seq)
 			ans := wire.Header{Node: impostorID, Epoch: e.impostorEpoch}
-			st := wire.SyncStart{Status: wire.SyncOK, AsOf: e.impostorSeq.Load(), Applied: 0}
+			st := wire.SyncStart{Status: wire.SyncOK, AsOf: e.impostorSeq.Load()}
 			e.emit(netip.AddrPort{}, c.From, e.forge(f.SyncStart(ans, id, st)))
 			end := wire.Header{Kind: wire.KindSyncEnd, Node: impostorID, Epoch: e.impostorEpoch, Seq: wire.SyncSeq(id, 0)}
 			e.emit(netip.AddrPort{}, c.From, e.forge(f.Datagram(end, nil)))

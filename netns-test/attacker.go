@@ -8,6 +8,7 @@ package netnstest
 // victim only listens and counts what reaches it.
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -492,11 +494,13 @@ func (f *Forger) seal(h wire.Header, d []byte) ([]byte, error) {
 	return s.Seal(d, wire.HeaderSize)
 }
 
-// Record is one change an attacker puts into a datagram.
+// Record is one change an attacker puts into a datagram. A zero Stamp is
+// the present, as the header's node: a write peers take as the latest.
 type Record struct {
 	Map        MapSpec
 	Delete     bool
 	Key, Value []byte
+	Stamp      hlc.Stamp
 }
 
 // Changes is a change datagram (or, with h.Kind KindSnapshot, a snapshot
@@ -504,14 +508,16 @@ type Record struct {
 // bytes: records that do not fit are left out.
 func (f *Forger) Changes(h wire.Header, payload int, recs []Record) ([]byte, error) {
 	var w wire.ChangeWriter
-	w.Reset(make([]byte, payload, payload+seal.Overhead))
+	w.Reset(make([]byte, payload, payload+seal.Overhead), h.Node, 0)
+	now := hlc.New(nil, 0)
 	for _, r := range recs {
 		desc := r.Map.Descriptor()
 		op, value := ops.Update, r.Value
 		if r.Delete {
 			op, value = ops.Delete, nil
 		}
-		if !w.Append(desc.Fingerprint(), op, r.Key, value) {
+		stamp := cmp.Or(r.Stamp, now.Now())
+		if !w.Append(desc.Fingerprint(), op, uint64(stamp), cmp.Or(h.Node, 1), r.Key, value) {
 			break
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -24,27 +25,39 @@ const (
 //
 // A run is a sequence of consecutive changes of one peer to one map with
 // one operation, possibly across the datagrams of a receive batch; each
-// becomes one batch syscall. Runs are applied in order, so every key sees
-// its changes in the order they were made.
+// becomes one batch syscall. Runs are applied in order, and of each only
+// the records newer than what this node knows of their key (see
+// [applier.merge]), so every node ends with the latest write of each key
+// whatever order the writes arrive in.
+//
+// Of the peer it marks for (see marking), it also keeps the keys it holds
+// a newer version of: the resync client sends those back.
 type applier struct {
 	table *Table
+	know  *knowledge
+	clock *hlc.Clock
 	stats *Stats
 	log   *slog.Logger
 	limit *limiter
 
-	// live is told the keys of every run of live changes before it is
-	// applied; the resync client marks them newer than its snapshot.
-	live func(m *localMap, keys []byte)
+	// marking is the peer whose records this node marks as known to it,
+	// with generation gen: the peer serving a resync, so that at its end
+	// the keys it did not know can be sent back to it (see resyncClient).
+	marking   uint32
+	gen       uint8
+	newerHere [][]byte // per map index: packed keys
 
 	secs wire.Sections
 	recs wire.Records
 	runs []run
-	keys []byte // the runs' keys, packed back to back
-	vals []byte // their values
+	keys []byte    // the runs' keys, packed back to back
+	vals []byte    // their values
+	vers []version // their versions
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
-// at keyEnd in applier.keys and values at valEnd in applier.vals.
+// at keyEnd in applier.keys, values at valEnd in applier.vals and
+// versions at n's end in applier.vers.
 type run struct {
 	node           uint32
 	m              *localMap
@@ -52,29 +65,26 @@ type run struct {
 	n              int
 	snapshot       bool // records of a snapshot, not live changes
 	keyEnd, valEnd int
+	verEnd         int
 }
 
-func newApplier(t *Table, stats *Stats, log *slog.Logger, limit *limiter) applier {
-	return applier{table: t, stats: stats, log: log, limit: limit,
-		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes)}
-}
-
-// recordFilter decides which records of a snapshot datagram are applied.
-type recordFilter interface {
-	keep(m *localMap, key []byte) bool
+func newApplier(t *Table, k *knowledge, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
+	return applier{table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
+		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps))}
 }
 
 // collect validates the body of a change or snapshot datagram of node and
 // adds its records to the pending runs, all of them or, on an error,
-// none. Records for maps without a local match are counted and skipped.
-// With a filter, only the records it keeps are taken, as updates of a
-// snapshot. It returns how many records it took.
-func (a *applier) collect(node uint32, body []byte, count uint16, f recordFilter) (int, error) {
+// none. Records for maps without a local match are counted and skipped,
+// and so are records stamped further ahead of this node's clock than
+// [hlc.MaxSkew]. It returns how many records it took.
+func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool) (int, error) {
 	if len(a.keys)+len(body) > cap(a.keys) || len(a.vals)+len(body) > cap(a.vals) {
 		a.flush() // the whole datagram fits in what is left
 	}
 	mark := a.mark()
-	taken, unknown, unknownFP := 0, 0, uint32(0)
+	taken, unknown, unknownFP, future := 0, 0, uint32(0), 0
+	limit, latest := a.clock.Limit(), hlc.Stamp(0)
 	a.secs.Reset(body, count)
 	for {
 		sec, err := a.secs.Next()
@@ -90,7 +100,7 @@ func (a *applier) collect(node uint32, body []byte, count uint16, f recordFilter
 			unknown, unknownFP = unknown+int(sec.Count), sec.Map
 			continue
 		}
-		a.recs.Reset(sec, m.keySize, m.valueSize)
+		a.recs.Reset(sec, m.keySize, m.valueSize, a.secs.Base(), node)
 		for {
 			rec, err := a.recs.Next()
 			if err == io.EOF {
@@ -100,22 +110,29 @@ func (a *applier) collect(node uint32, body []byte, count uint16, f recordFilter
 				a.rollBack(mark)
 				return 0, fmt.Errorf("map %s: %w", m.Desc.Name, err)
 			}
-			if f != nil && !f.keep(m, rec.Key) {
+			st := hlc.Stamp(rec.Stamp)
+			if st > limit {
+				future++
 				continue
 			}
-			a.add(node, m, rec.Op, rec.Key, rec.Value, f != nil)
+			latest = max(latest, st)
+			a.add(node, m, rec.Op, version{st, rec.Origin}, rec.Key, rec.Value, snapshot)
 			taken++
 		}
 	}
 	if unknown > 0 {
 		a.unknownMap(node, unknownFP, unknown)
 	}
+	if future > 0 {
+		a.futureStamps(node, future)
+	}
+	a.clock.Observe(latest)
 	return taken, nil
 }
 
 // check validates a change datagram's body without taking anything: for
 // datagrams held for later, which are collected when their turn comes.
-func (a *applier) check(body []byte, count uint16) error {
+func (a *applier) check(node uint32, body []byte, count uint16) error {
 	a.secs.Reset(body, count)
 	for {
 		sec, err := a.secs.Next()
@@ -129,7 +146,7 @@ func (a *applier) check(body []byte, count uint16) error {
 		if m == nil {
 			continue
 		}
-		a.recs.Reset(sec, m.keySize, m.valueSize)
+		a.recs.Reset(sec, m.keySize, m.valueSize, a.secs.Base(), node)
 		for _, err := a.recs.Next(); err != io.EOF; _, err = a.recs.Next() {
 			if err != nil {
 				return fmt.Errorf("map %s: %w", m.Desc.Name, err)
@@ -139,10 +156,10 @@ func (a *applier) check(body []byte, count uint16) error {
 }
 
 // pendingMark is how far the pending runs reached, to roll back to.
-type pendingMark struct{ runs, lastN, keys, vals int }
+type pendingMark struct{ runs, lastN, keys, vals, vers int }
 
 func (a *applier) mark() pendingMark {
-	m := pendingMark{runs: len(a.runs), keys: len(a.keys), vals: len(a.vals)}
+	m := pendingMark{runs: len(a.runs), keys: len(a.keys), vals: len(a.vals), vers: len(a.vers)}
 	if len(a.runs) > 0 {
 		m.lastN = a.runs[len(a.runs)-1].n
 	}
@@ -153,13 +170,13 @@ func (a *applier) rollBack(m pendingMark) {
 	a.runs = a.runs[:m.runs]
 	if m.runs > 0 {
 		r := &a.runs[m.runs-1]
-		r.n, r.keyEnd, r.valEnd = m.lastN, m.keys, m.vals
+		r.n, r.keyEnd, r.valEnd, r.verEnd = m.lastN, m.keys, m.vals, m.vers
 	}
-	a.keys, a.vals = a.keys[:m.keys], a.vals[:m.vals]
+	a.keys, a.vals, a.vers = a.keys[:m.keys], a.vals[:m.vals], a.vers[:m.vers]
 }
 
 // add appends one record to the last run, or starts a new run.
-func (a *applier) add(node uint32, m *localMap, op ops.Op, key, value []byte, snapshot bool) {
+func (a *applier) add(node uint32, m *localMap, op ops.Op, v version, key, value []byte, snapshot bool) {
 	if len(a.keys)+len(key) > cap(a.keys) || len(a.vals)+len(value) > cap(a.vals) {
 		a.flush()
 	}
@@ -170,26 +187,103 @@ func (a *applier) add(node uint32, m *localMap, op ops.Op, key, value []byte, sn
 	r := &a.runs[len(a.runs)-1]
 	a.keys = append(a.keys, key...)
 	a.vals = append(a.vals, value...)
+	a.vers = append(a.vers, v)
 	r.n++
-	r.keyEnd, r.valEnd = len(a.keys), len(a.vals)
+	r.keyEnd, r.valEnd, r.verEnd = len(a.keys), len(a.vals), len(a.vers)
 }
 
 // flush applies the pending runs in order. Whatever reads the local maps
 // or reports how far a peer's changes were applied flushes first; so
 // does every holder of the receive lock before releasing it.
 func (a *applier) flush() int {
-	applied, keyStart, valStart := 0, 0, 0
+	if len(a.runs) == 0 {
+		return 0
+	}
+	a.know.mu.Lock()
+	defer a.know.mu.Unlock()
+	applied, keyStart, valStart, verStart := 0, 0, 0, 0
 	for i := range a.runs {
 		r := &a.runs[i]
-		keys, vals := a.keys[keyStart:r.keyEnd], a.vals[valStart:r.valEnd]
-		if !r.snapshot && a.live != nil {
-			a.live(r.m, keys)
+		keys, vals, vers := a.keys[keyStart:r.keyEnd], a.vals[valStart:r.valEnd], a.vers[verStart:r.verEnd]
+		keyStart, valStart, verStart = r.keyEnd, r.valEnd, r.verEnd
+		began := time.Now()
+		keys, vals, n := a.merge(r, keys, vals, vers, began.Add(applyBound))
+		if n == 0 {
+			continue
 		}
-		applied += a.write(r.node, r.m, r.op, r.n, keys, vals)
-		keyStart, valStart = r.keyEnd, r.valEnd
+		done := a.write(r.node, r.m, r.op, n, keys, vals)
+		if r.snapshot && r.op == ops.Delete {
+			a.stats.SyncDeleted.Add(uint64(done))
+		}
+		applied += done
+		if time.Since(began) > applyBound {
+			a.remark(r.m, keys, time.Now())
+		}
 	}
-	a.runs, a.keys, a.vals = a.runs[:0], a.keys[:0], a.vals[:0]
+	a.runs, a.keys, a.vals, a.vers = a.runs[:0], a.keys[:0], a.vals[:0], a.vers[:0]
 	return applied
+}
+
+// applyBound is how long a batch write is expected to take at most. Keys
+// are marked as applied at the write's start plus applyBound, a time no
+// earlier than its end, so [sender.stamp] sees the apply when it has to;
+// a write that takes longer marks its keys again after it.
+const applyBound = 5 * time.Millisecond
+
+// merge keeps, of one run's records, those newer than what this node
+// knows of their key, packing them to the front of keys and vals, and
+// records their versions as applied at appliedAt; it returns the kept
+// keys and values and how many there are. Called with the knowledge lock
+// held, which stays held until they are written.
+//
+// A snapshot's unstamped entry (version zero) is kept unless this node
+// knows the key from a stamped write, so that a requester takes the
+// server's entry over its own unstamped one. Every record of the peer in
+// [applier.marking] marks its key as known to that peer; of those not
+// kept, the ones this node holds a newer version of are noted in
+// newerHere.
+func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt time.Time) ([]byte, []byte, int) {
+	k, m := a.know, r.m
+	ks, vs := m.keySize, 0
+	if r.op == ops.Update {
+		vs = m.valueSize
+	}
+	n, stale := 0, 0
+	for i, v := range vers {
+		key := keys[i*ks : (i+1)*ks]
+		sl := k.lookup(m.index, key)
+		newer := sl == nil || v.newer(sl.version()) || r.snapshot && v == version{} && sl.version() == version{}
+		if !newer {
+			if r.node == a.marking {
+				sl.setGen(a.gen)
+				if sl.version() != v {
+					a.newerHere[m.index] = append(a.newerHere[m.index], key...)
+				}
+			}
+			stale++
+			continue
+		}
+		k.set(m.index, key, v, r.op == ops.Delete, true, appliedAt)
+		if r.node == a.marking {
+			k.lookup(m.index, key).setGen(a.gen)
+		}
+		copy(keys[n*ks:], key)
+		copy(vals[n*vs:], vals[i*vs:(i+1)*vs])
+		n++
+	}
+	if stale > 0 {
+		a.stats.Stale.Add(uint64(stale))
+	}
+	return keys[:n*ks], vals[:n*vs], n
+}
+
+// remark marks keys of m as applied at now.
+func (a *applier) remark(m *localMap, keys []byte, now time.Time) {
+	for o := 0; o < len(keys); o += m.keySize {
+		if sl := a.know.lookup(m.index, keys[o:o+m.keySize]); sl != nil {
+			sl.meta = sl.meta&^metaTimeMask | a.know.millis(now)
+		}
+	}
 }
 
 // write applies n packed records to m in one batch syscall and returns
@@ -217,6 +311,14 @@ func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals [
 	}
 	a.stats.ChangesApplied.Add(uint64(applied))
 	return applied
+}
+
+func (a *applier) futureStamps(node uint32, records int) {
+	a.stats.FutureStamps.Add(uint64(records))
+	if s, ok := a.limit.allow(reasonFuture); ok {
+		a.log.Warn("dropping changes stamped too far ahead of this node's clock: check the clocks (NTP) of both nodes",
+			"peer", node, "changes", records, "max_skew", hlc.MaxSkew, "suppressed", s)
+	}
 }
 
 func (a *applier) unknownMap(node, fp uint32, records int) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -114,10 +115,16 @@ func snapshotFixture(t *testing.T) (*receiverFixture, uint32) {
 }
 
 // snapshotDatagram is datagram n of snapshot id, setting flows key k.
+//
+// Its record carries an old stamp, as a snapshot's entries do: the live
+// changes after the snapshot's as-of are newer.
 func (f *receiverFixture) snapshotDatagram(t testing.TB, id, n uint32, k string) []byte {
+	t.Helper()
 	var b changesBuilder
 	b.start()
-	b.add(t, f.fpFlow, ops.Update, k, "snapshot")
+	if !b.w.Append(f.fpFlow, ops.Update, uint64(hlc.Make(1_600_000_000_000, 0)), testWriter, []byte(k), []byte("snapshot")) {
+		t.Fatal("test datagram full")
+	}
 	return b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, n))
 }
 

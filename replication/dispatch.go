@@ -243,11 +243,11 @@ func (d *dispatcher) changes(p *peer, h *wire.Header, dgram []byte, now time.Tim
 		d.stats.Duplicates.Add(1)
 		return nil
 	case posNext:
-		if _, err := d.apply.collect(p.node, body, h.Count, nil); err != nil {
+		if _, err := d.apply.collect(p.node, body, h.Count, false); err != nil {
 			return err
 		}
 	default:
-		if err := d.apply.check(body, h.Count); err != nil {
+		if err := d.apply.check(p.node, body, h.Count); err != nil {
 			return err
 		}
 	}
@@ -296,7 +296,7 @@ func (d *dispatcher) release(p *peer, now time.Time) {
 		d.stats.Held.Add(^uint64(0))
 		var h wire.Header
 		if h.Unmarshal(b) == nil {
-			_, _ = d.apply.collect(p.node, b[wire.HeaderSize:], h.Count, nil) // checked when held
+			_, _ = d.apply.collect(p.node, b[wire.HeaderSize:], h.Count, false) // checked when held
 		}
 		s.recycle(b)
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -254,6 +255,14 @@ func (f *fakeTarget) DeleteBatch(keys []byte) (int, error) {
 	return missing, nil
 }
 
+func (f *fakeTarget) Lookup(key, value []byte) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.state[string(key)]
+	copy(value, v)
+	return ok, nil
+}
+
 // Dump hands out the entries in key order, batch by batch.
 func (f *fakeTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
 	f.mu.Lock()
@@ -288,8 +297,9 @@ func (f *fakeTarget) snapshot() map[string]string {
 // nopTarget accepts everything without allocating: for allocation tests.
 type nopTarget struct{}
 
-func (nopTarget) UpdateBatch(keys, values []byte) error { return nil }
-func (nopTarget) DeleteBatch(keys []byte) (int, error)  { return 0, nil }
+func (nopTarget) UpdateBatch(keys, values []byte) error  { return nil }
+func (nopTarget) DeleteBatch(keys []byte) (int, error)   { return 0, nil }
+func (nopTarget) Lookup(key, value []byte) (bool, error) { return false, nil }
 func (nopTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
 	return nil
 }
@@ -369,7 +379,7 @@ func decodeChanges(t testing.TB, tab *Table, d []byte) (wire.Header, []record) {
 			t.Fatalf("section for unknown map %#x", sec.Map)
 		}
 		var recs wire.Records
-		recs.Reset(sec, m.keySize, m.valueSize)
+		recs.Reset(sec, m.keySize, m.valueSize, secs.Base(), h.Node)
 		for {
 			r, err := recs.Next()
 			if err == io.EOF {
@@ -392,8 +402,15 @@ type changesBuilder struct {
 
 func (b *changesBuilder) start() {
 	b.buf = make([]byte, 1472)
-	b.w.Reset(b.buf)
+	b.w.Reset(b.buf, 0, 0)
 }
+
+// testWriter is the origin of the builder's records: a writer whose every
+// change is newer than the last, as if the peers' clocks ran together.
+const testWriter = 0xfeed
+
+// testClock stamps the builder's records.
+var testClock = hlc.New(nil, 0)
 
 func (b *changesBuilder) add(t testing.TB, fp uint32, op ops.Op, key, value string) {
 	t.Helper()
@@ -401,7 +418,7 @@ func (b *changesBuilder) add(t testing.TB, fp uint32, op ops.Op, key, value stri
 	if op == ops.Update {
 		v = []byte(value)
 	}
-	if !b.w.Append(fp, op, []byte(key), v) {
+	if !b.w.Append(fp, op, uint64(testClock.Now()), testWriter, []byte(key), v) {
 		t.Fatal("test datagram full")
 	}
 }

@@ -11,11 +11,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/seal"
 )
 
-// retryTick is how often the receive side's timers look at the peers.
-const retryTick = 5 * time.Millisecond
+// retryTick is how often the receive side's timers look at the peers;
+// pruneEvery how often the deletes past the horizon are forgotten.
+const (
+	retryTick  = 5 * time.Millisecond
+	pruneEvery = time.Second
+)
 
 // Config configures a [Node].
 type Config struct {
@@ -52,6 +58,12 @@ type Config struct {
 	// changes. The table's payload must leave [wire.SealSize] bytes of the
 	// transport's for the seal. Without keys anyone on the link can.
 	Keys *seal.Keys
+	// TombstoneHorizon is how long deletes are remembered for peers that
+	// still hold the key (default [DefaultTombstoneHorizon]).
+	TombstoneHorizon time.Duration
+	// Clock stamps this node's writes; nil means a clock on the system's
+	// time.
+	Clock *hlc.Clock
 	// Log receives the node's log lines; nil discards them.
 	Log *slog.Logger
 }
@@ -82,6 +94,9 @@ type Node struct {
 	stats  Stats
 	resend *resendBuffer
 	sender *sender
+	know   *knowledge // shared by the sender and the receive side, under its own lock
+	clock  *hlc.Clock
+	relay  relayQueue
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
@@ -111,8 +126,13 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = hlc.New(nil, 0)
+	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
-		peers: newPeerTable(announce, cfg.Keys != nil)}
+		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock}
+	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), &n.stats)
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
@@ -121,17 +141,17 @@ func NewNode(cfg Config) (*Node, error) {
 	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
-		Resend: resend, Ready: n.ready.isReady, Stats: &n.stats, Log: log})
+		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Clock: clock, Relay: &n.relay,
+		Stats: &n.stats, Log: log})
 
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
 	}
-	n.apply = newApplier(cfg.Table, &n.stats, log, &n.limit)
+	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
-	n.client = resyncClient{peers: &n.peers, apply: &n.apply, own: resend, ctl: ctl(), ready: &n.ready,
-		stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
-	n.apply.live = n.client.touch
-	n.server = snapshotServer{table: cfg.Table, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
+	n.client = resyncClient{peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
+		ctl: ctl(), ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
+	n.server = snapshotServer{table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
@@ -147,10 +167,15 @@ func NewNode(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// current reports whether this node may serve snapshots: it completed
-// its initial sync and is not receiving a resync itself, so what it
-// serves is the group's state, not a stale one.
-func (n *Node) current() bool { return n.ready.isReady() && !n.client.busy() }
+// current reports whether this node may serve p a snapshot: it completed
+// its initial sync, is not receiving a resync itself, and lost no other
+// peer's changes, so what it serves is the group's state, not a stale
+// one. Changes of p's own it may have lost: p holds those itself, and two
+// nodes that lost each other's (a healed partition) still serve each
+// other.
+func (n *Node) current(p *peer) bool {
+	return n.ready.isReady() && !n.client.busy() && !n.peers.behindOn(p)
+}
 
 // Run replicates until ctx is done or the source or the transport fails.
 // Then it closes the source and the transport, if they are [io.Closer]s,
@@ -215,6 +240,7 @@ func (n *Node) timers(ctx context.Context) error {
 	t := time.NewTicker(retryTick)
 	defer t.Stop()
 	var silent []*peer
+	var pruned time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -223,8 +249,46 @@ func (n *Node) timers(ctx context.Context) error {
 			n.mu.Lock()
 			silent = n.dispatch.tick(now, silent)
 			n.mu.Unlock()
+			if n.sender.overflowed.Swap(false) {
+				n.restamp()
+			}
+			if now.Sub(pruned) >= pruneEvery {
+				pruned = now
+				n.know.mu.Lock()
+				n.know.prune(now)
+				n.stats.KnownKeys.Store(int64(n.know.entries()))
+				n.know.mu.Unlock()
+			}
 		}
 	}
+}
+
+// restamp gives every entry of the local maps a new version of this
+// node's and passes them on: after a capture overflow, the local maps
+// hold writes no peer heard of, and nothing tells which. A delete among
+// the lost changes stays unknown to the peers, unless the key's latest
+// write was this node's (see resyncClient.pushBack).
+func (n *Node) restamp() {
+	k, total := n.know, 0
+	for i := range n.apply.table.maps {
+		m := &n.apply.table.maps[i]
+		err := k.eachBatch(m, func(ks, vs []byte) {
+			now := time.Now()
+			for o := 0; o*m.keySize < len(ks); o++ {
+				key := ks[o*m.keySize : (o+1)*m.keySize]
+				v := version{stamp: n.clock.At(now), origin: n.node}
+				k.set(i, key, v, false, false, now)
+				n.relay.add(i, ops.Update, v, key, vs[o*m.valueSize:(o+1)*m.valueSize])
+				total++
+			}
+		}, nil)
+		if err != nil {
+			n.stats.ApplyErrors.Add(1)
+			n.log.Error("after a capture overflow: cannot read a local map to send its entries again", "map", m.Desc.Name, "error", err)
+		}
+	}
+	n.log.Warn("capture overflow: sending every local entry again with a new version, so the lost writes reach the peers",
+		"entries", total)
 }
 
 // Ready returns a channel closed once this node has completed its initial

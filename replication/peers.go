@@ -242,3 +242,14 @@ func (b *byteBudget) take(n int, now time.Time) bool {
 	b.tokens -= float64(n)
 	return true
 }
+
+// behindOn reports whether this node lost the changes of a peer other
+// than p, beyond repair and not yet resynced.
+func (t *peerTable) behindOn(p *peer) bool {
+	for _, q := range t.byNode {
+		if q != p && (q.needSync || q.stream.lostFrom != 0) {
+			return true
+		}
+	}
+	return false
+}

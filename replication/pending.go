@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math/bits"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -26,12 +27,15 @@ type pending struct {
 	heads   []int32 // per map (Table.maps order): first entry, or -1
 	tails   []int32 // per map: last entry, or -1
 	size    int     // datagram bytes the entries encode to, headers included
+	node    uint32  // this node: its entries' stamps are offsets from base
+	base    hlc.Stamp
 }
 
 // entry is one pending change.
 type entry struct {
 	m     *localMap
 	op    ops.Op
+	v     version
 	key   int   // arena offset of the key
 	value int   // arena offset of the value; -1 until an update needs one
 	slot  int   // index slot pointing at this entry, to clear it at reset
@@ -39,11 +43,11 @@ type entry struct {
 }
 
 // newPending sizes a pending set for the datagrams and maps of t.
-func newPending(t *Table) pending {
+func newPending(t *Table, node uint32) pending {
 	payload := t.payload
 	minRecord := payload
 	for i := range t.maps {
-		minRecord = min(minRecord, 1+t.maps[i].keySize) // a delete
+		minRecord = min(minRecord, 2+t.maps[i].keySize) // a delete with a one-byte stamp
 	}
 	maxEntries := (payload - wire.HeaderSize - wire.SectionHeaderSize) / minRecord
 	// At most half full, so probe sequences stay short.
@@ -56,17 +60,20 @@ func newPending(t *Table) pending {
 		seed:    maphash.MakeSeed(),
 		heads:   make([]int32, len(t.maps)),
 		tails:   make([]int32, len(t.maps)),
+		node:    node,
 	}
 	p.reset()
 	return p
 }
 
-// recordSize is the wire size of a change record of m.
-func recordSize(m *localMap, op ops.Op) int {
+// recordSize is the wire size of a change record of m with version v in
+// the datagram being built.
+func (p *pending) recordSize(m *localMap, op ops.Op, v version) int {
+	n := 1 + wire.StampSize(p.node, v.origin, uint64(p.base), uint64(v.stamp)) + m.keySize
 	if op == ops.Update {
-		return 1 + m.keySize + m.valueSize
+		n += m.valueSize
 	}
-	return 1 + m.keySize
+	return n
 }
 
 func (p *pending) empty() bool { return len(p.entries) == 0 }
@@ -92,21 +99,24 @@ func (p *pending) find(m *localMap, key []byte, h uint64) (*entry, int) {
 	}
 }
 
-// growth is how many bytes adding op on (m, key) adds to the datagram,
-// given the pending entry of that key (nil if none).
-func (p *pending) growth(e *entry, m *localMap, op ops.Op) int {
+// growth is how many bytes adding op on (m, key) with version v adds to
+// the datagram, given the pending entry of that key (nil if none).
+func (p *pending) growth(e *entry, m *localMap, op ops.Op, v version) int {
+	if p.empty() {
+		p.base = v.stamp // the datagram's base stamp: the first change's
+	}
 	if e != nil {
-		return recordSize(m, op) - recordSize(m, e.op)
+		return p.recordSize(m, op, v) - p.recordSize(m, e.op, e.v)
 	}
 	if p.heads[m.index] < 0 {
-		return wire.SectionHeaderSize + recordSize(m, op)
+		return wire.SectionHeaderSize + p.recordSize(m, op, v)
 	}
-	return recordSize(m, op)
+	return p.recordSize(m, op, v)
 }
 
-// set makes e's change op with value (ignored for deletes).
-func (p *pending) set(e *entry, op ops.Op, value []byte) {
-	e.op = op
+// set makes e's change op with value (ignored for deletes) and version v.
+func (p *pending) set(e *entry, op ops.Op, v version, value []byte) {
+	e.op, e.v = op, v
 	if op != ops.Update {
 		return
 	}
@@ -119,11 +129,11 @@ func (p *pending) set(e *entry, op ops.Op, value []byte) {
 }
 
 // insert adds a new entry for (m, key) at the free slot returned by find.
-func (p *pending) insert(slot int, m *localMap, op ops.Op, key, value []byte) {
+func (p *pending) insert(slot int, m *localMap, op ops.Op, v version, key, value []byte) {
 	i := int32(len(p.entries))
 	p.entries = append(p.entries, entry{m: m, key: len(p.arena), value: -1, slot: slot, next: -1})
 	p.arena = append(p.arena, key...)
-	p.set(&p.entries[i], op, value)
+	p.set(&p.entries[i], op, v, value)
 	p.index[slot] = i + 1
 	if t := p.tails[m.index]; t >= 0 {
 		p.entries[t].next = i
@@ -133,9 +143,10 @@ func (p *pending) insert(slot int, m *localMap, op ops.Op, key, value []byte) {
 	p.tails[m.index] = i
 }
 
-// encode appends every entry to w, grouped by map so that each map costs
-// one section header, and in arrival order within a map.
-func (p *pending) encode(w *wire.ChangeWriter) {
+// encode writes every entry as a datagram in buf, grouped by map so that
+// each map costs one section header, and in arrival order within a map.
+func (p *pending) encode(w *wire.ChangeWriter, buf []byte) {
+	w.Reset(buf, p.node, uint64(p.base))
 	for _, head := range p.heads {
 		for i := head; i >= 0; i = p.entries[i].next {
 			e := &p.entries[i]
@@ -144,7 +155,7 @@ func (p *pending) encode(w *wire.ChangeWriter) {
 			if e.op == ops.Update {
 				value = p.arena[e.value : e.value+e.m.valueSize]
 			}
-			if !w.Append(e.m.fp, e.op, key, value) {
+			if !w.Append(e.m.fp, e.op, uint64(e.v.stamp), e.v.origin, key, value) {
 				panic("replication: pending size out of step with wire.ChangeWriter")
 			}
 		}
@@ -161,5 +172,6 @@ func (p *pending) reset() {
 	for i := range p.heads {
 		p.heads[i], p.tails[i] = -1, -1
 	}
-	p.size = wire.HeaderSize
+	p.size = wire.HeaderSize + wire.StampBaseSize
+	p.base = 0
 }

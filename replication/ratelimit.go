@@ -17,6 +17,7 @@ const (
 	reasonSync
 	reasonPeer
 	reasonAuth
+	reasonFuture
 	numReasons
 )
 

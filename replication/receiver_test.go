@@ -215,7 +215,8 @@ func TestMalformedDropped(t *testing.T) {
 		// The first section is fine, the second is cut: nothing is applied.
 		{"truncated last section", func(_ *receiverFixture, d []byte) []byte { return d[:len(d)-1] }},
 		{"trailing garbage", func(_ *receiverFixture, d []byte) []byte { return append(d, 0) }},
-		{"bad op in last section", func(_ *receiverFixture, d []byte) []byte { d[len(d)-5] = 9; return d }},
+		// The last record: op, a relayed stamp (12), key "n1", value "v1".
+		{"bad op in last section", func(_ *receiverFixture, d []byte) []byte { d[len(d)-17] = 9; return d }},
 		{"sequence zero", func(_ *receiverFixture, d []byte) []byte { clear(d[20:28]); return d }},
 		{"record size not the map's", func(f *receiverFixture, _ []byte) []byte {
 			b.start()
@@ -416,16 +417,18 @@ func TestReceiverAllocs(t *testing.T) {
 }
 
 // benchDatagram is a full datagram of alternating runs of updates and
-// deletes.
+// deletes, stamped as a sender stamps its own changes.
 func benchDatagram(t testing.TB, fp uint32) []byte {
 	var b changesBuilder
 	b.start()
+	base := testClock.Now()
+	b.w.Reset(b.buf, peerNode, uint64(base))
 	for i := 0; ; i++ {
 		op, v := ops.Update, []byte("value--1")
 		if i%8 >= 6 {
 			op, v = ops.Delete, nil
 		}
-		if !b.w.Append(fp, op, []byte(key(i)), v) {
+		if !b.w.Append(fp, op, uint64(base)+uint64(i), peerNode, []byte(key(i)), v) {
 			break
 		}
 	}

@@ -41,6 +41,9 @@ type Target interface {
 	// DeleteBatch deletes the packed keys; absent keys are skipped and
 	// counted in missing.
 	DeleteBatch(keys []byte) (missing int, err error)
+	// Lookup reads key's value into value and reports whether the map
+	// holds key: the sender's check of a change that crossed an apply.
+	Lookup(key, value []byte) (bool, error)
 	// Dump calls fn with every entry of the map, a batch at a time, packed
 	// into prefixes of keys and values; it stops at fn's first error. It
 	// reads snapshots for peers and the local keys a snapshot may delete.

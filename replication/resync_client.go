@@ -5,8 +5,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/cilium/ebpf"
-
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -45,7 +44,9 @@ const (
 type resyncClient struct {
 	peers *peerTable
 	apply *applier
-	own   ownStream // this node's sealed datagrams, replayed over a snapshot
+	know  *knowledge
+	clock *hlc.Clock
+	relay *relayQueue
 	ctl   controlSender
 	ready *readiness
 	stats *Stats
@@ -67,25 +68,12 @@ type resyncClient struct {
 	doneFrom *peer
 
 	got      snapshotWindow
-	total    uint32 // the last datagram's number, from the end datagram
-	ended    bool   // the end datagram arrived
-	unacked  int    // datagrams since the last acknowledgement
-	received uint64 // snapshot entries applied
+	total    uint32    // the last datagram's number, from the end datagram
+	ended    bool      // the end datagram arrived
+	unacked  int       // datagrams since the last acknowledgement
+	received uint64    // snapshot records taken
+	logged   time.Time // the last progress line
 	ack      wire.Nack
-
-	// keys holds, per local map, every key the snapshot carried (false)
-	// and every key a live change touched while the resync ran (true):
-	// a live change is newer than the snapshot, so the snapshot's record
-	// for a touched key is skipped, and neither kind is deleted at the end.
-	keys []map[string]bool
-}
-
-// ownStream is this node's own sealed change datagrams, which a resync
-// replays over the snapshot when the serving peer had not applied them
-// yet. [*resendBuffer] implements it.
-type ownStream interface {
-	held() (first, last uint64, ok bool)
-	copyOut(seq uint64, dst []byte) ([]byte, bool)
 }
 
 // snapshotWindow is the set of snapshot datagram numbers received: every
@@ -219,8 +207,7 @@ func (c *resyncClient) source(now time.Time) *peer {
 }
 
 // begin asks p for a snapshot of its maps. From now on p's change
-// datagrams are held until the answer says where the snapshot stands,
-// and every live change marks its key as newer than the snapshot.
+// datagrams are held until the answer says where the snapshot stands.
 func (c *resyncClient) begin(p *peer, now time.Time) {
 	if c.id == 0 {
 		c.id = rand.Uint32()
@@ -231,9 +218,6 @@ func (c *resyncClient) begin(p *peer, now time.Time) {
 	}
 	c.reset()
 	c.phase, c.from, c.owed, c.since = syncRequested, p, p.needSync, now
-	for range c.apply.table.maps {
-		c.keys = append(c.keys, make(map[string]bool))
-	}
 	p.needSync = false
 	p.stream.paused = true
 	c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
@@ -244,7 +228,7 @@ func (c *resyncClient) begin(p *peer, now time.Time) {
 func (c *resyncClient) reset() {
 	c.phase, c.from, c.owed = syncIdle, nil, false
 	c.start, c.got, c.total, c.ended, c.unacked, c.received = wire.SyncStart{}, snapshotWindow{}, 0, false, 0, 0
-	c.keys = c.keys[:0]
+	c.apply.marking = 0
 }
 
 func (c *resyncClient) sendRequest(now time.Time) {
@@ -273,15 +257,20 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 		c.abandon(now, "the peer's answer names a sequence number it cannot have sent")
 		return errImplausible
 	}
-	c.phase, c.start, c.since, c.moved = syncStreaming, st, now, now
+	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
+	// From here on, p's records mark the keys p knows (see finish).
+	c.apply.flush()
+	c.know.mu.Lock()
+	c.apply.marking, c.apply.gen = p.node, c.know.nextGen()
+	c.know.mu.Unlock()
 	// The snapshot holds every change up to AsOf: the held datagrams up to
 	// there are dropped, the later ones applied, as live changes.
 	p.stream.resume(st.AsOf)
 	return nil
 }
 
-// snapshot applies one datagram of the snapshot: its records, except for
-// keys a live change touched meanwhile.
+// snapshot applies one datagram of the snapshot: the records newer than
+// what this node knows of their keys.
 func (c *resyncClient) snapshot(p *peer, h *wire.Header, body []byte, now time.Time) error {
 	id, n := wire.SplitSyncSeq(h.Seq)
 	if c.phase != syncStreaming || c.from != p || id != c.id || n == 0 {
@@ -294,7 +283,7 @@ func (c *resyncClient) snapshot(p *peer, h *wire.Header, body []byte, now time.T
 	if n-c.got.cum > transferWindow {
 		return errImplausible
 	}
-	got, err := c.apply.collect(p.node, body, h.Count, c)
+	got, err := c.apply.collect(p.node, body, h.Count, true)
 	if err != nil {
 		return err
 	}
@@ -305,31 +294,28 @@ func (c *resyncClient) snapshot(p *peer, h *wire.Header, body []byte, now time.T
 	if c.unacked >= syncAckEvery || n > c.got.cum+1 && now.Sub(c.sent) >= syncAckIdle {
 		c.sendAck(now)
 	}
+	c.progress(now)
 	c.finish(now)
 	return nil
 }
 
-// keep takes a snapshot record unless a live change touched its key, and
-// marks the key as carried by the snapshot.
-func (c *resyncClient) keep(m *localMap, key []byte) bool {
-	keys := c.keys[m.index]
-	if keys[string(key)] {
-		return false
-	}
-	keys[string(key)] = false
-	return true
-}
+// progressEvery is the period of a long resync's progress lines.
+const progressEvery = 5 * time.Second
 
-// touch marks the keys of a live change as newer than the snapshot being
-// received, if one is.
-func (c *resyncClient) touch(m *localMap, keys []byte) {
-	if c.phase == syncIdle {
+// progress logs how far a long resync came.
+func (c *resyncClient) progress(now time.Time) {
+	if now.Sub(c.logged) < progressEvery {
 		return
 	}
-	set := c.keys[m.index]
-	for o := 0; o < len(keys); o += m.keySize {
-		set[string(keys[o:o+m.keySize])] = true
+	c.logged = now
+	took := now.Sub(c.since)
+	rate := float64(c.received) / took.Seconds()
+	attrs := []any{"peer", c.from.node, "entries", c.received, "rate_per_s", int64(rate), "took", took.Round(time.Second)}
+	if c.start.Entries > c.received && rate > 0 {
+		left := time.Duration(float64(c.start.Entries-c.received) / rate * float64(time.Second))
+		attrs = append(attrs, "of_about", c.start.Entries, "left", left.Round(time.Second))
 	}
+	c.log.Info("full resync in progress", attrs...)
 }
 
 // end takes the number of the snapshot's last datagram.
@@ -371,30 +357,23 @@ func (c *resyncClient) sendAck(now time.Time) {
 }
 
 // finish completes the resync once every datagram up to the last has
-// arrived: entries the snapshot does not hold are deleted, unless a live
-// change touched them, and this node's own changes that the peer had not
-// applied when it read its maps are applied again on top.
+// arrived. The snapshot was merged record by record; what is left is the
+// other direction: every entry and delete this node holds that the peer
+// did not carry, or carried older, goes back to the group in this node's
+// change stream. Nothing is deleted that the peer did not delete later.
 func (c *resyncClient) finish(now time.Time) {
 	if !c.ended || c.got.cum < c.total {
 		return
 	}
 	p := c.from
 	c.sendAck(now)
-	replayFrom, replayOK := c.ownSince(c.start.Applied)
-	deleted := 0
-	if replayOK {
-		deleted = c.deleteAbsent(p)
-	} else if n, ok := c.limit.allow(reasonSync); ok {
-		c.log.Warn("not deleting entries missing from the snapshot: this node's changes since the peer last applied them "+
-			"are no longer in the resend buffer, and deleting could lose them; raise the resend buffer size (--resend-buffer)",
-			"peer", p.node, "peer_applied", c.start.Applied, "suppressed", n)
-	}
-	replayed := c.replayOwn(p, replayFrom)
+	c.apply.flush()
+	pushed := c.pushBack(p)
 	c.stats.ResyncsReceived.Add(1)
+	c.stats.SyncPushed.Add(uint64(pushed))
 	p.resyncs++
-	c.stats.SyncDeleted.Add(uint64(deleted))
-	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "deleted", deleted,
-		"own_changes_reapplied", replayed, "datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond))
+	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "sent_back", pushed,
+		"datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond))
 	c.reset()
 	c.doneFrom = p
 	if !c.ready.isReady() {
@@ -402,81 +381,107 @@ func (c *resyncClient) finish(now time.Time) {
 	}
 }
 
-// ownSince returns the first of this node's own change datagrams after
-// applied, and whether the resend buffer still holds every one from
-// there on.
-func (c *resyncClient) ownSince(applied uint64) (uint64, bool) {
-	first, last, ok := c.own.held()
-	if !ok || last <= applied {
-		return applied + 1, true // nothing sent since
-	}
-	return max(applied+1, first), applied+1 >= first
-}
-
-// replayOwn applies this node's own change datagrams from seq on again,
-// and returns how many changes they held.
-func (c *resyncClient) replayOwn(p *peer, seq uint64) int {
-	first, last, ok := c.own.held()
-	if !ok {
-		return 0
-	}
-	start := max(seq, first)
-	if start > last {
-		return 0
-	}
-	n := 0
-	var buf []byte
-	for i := range last - start + 1 {
-		var held bool
-		if buf, held = c.own.copyOut(start+i, buf[:0]); !held {
-			continue // lost to a capture overflow: the peers resync from us for it
-		}
-		var h wire.Header
-		if h.Unmarshal(buf) != nil {
-			continue // cannot happen: this node sealed it
-		}
-		got, _ := c.apply.collect(p.node, buf[wire.HeaderSize:], h.Count, nil)
-		n += got
-	}
-	c.apply.flush()
-	return n
-}
-
-// deleteAbsent deletes the local entries the snapshot did not carry and no
-// live change touched. Array entries always exist and are left alone.
-func (c *resyncClient) deleteAbsent(p *peer) int {
-	c.apply.flush()
-	deleted := 0
+// pushBack completes the merge with p once its snapshot is in: every
+// local entry p did not carry goes to the sender with its version, an
+// unstamped one stamped now as a write of this node's, and so do the
+// entries and deletes p carried in an older version. A key p did not
+// carry whose latest write known here is p's own, p deleted: it is
+// deleted here as p's delete at the start's stamp. It returns how many
+// entries it sent back.
+func (c *resyncClient) pushBack(p *peer) int {
+	k, gen, pushed := c.know, c.apply.gen, 0
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
-		if ebpf.MapType(m.Desc.Type) == ebpf.Array {
-			continue
-		}
-		keep := c.keys[i]
-		var gone []byte
-		keys, vals := make([]byte, dumpBatch*m.keySize), make([]byte, dumpBatch*m.valueSize)
-		err := m.Target.Dump(keys, vals, func(k, _ []byte) error {
-			for o := 0; o < len(k); o += m.keySize {
-				if _, ok := keep[string(k[o:o+m.keySize])]; !ok {
-					gone = append(gone, k[o:o+m.keySize]...)
+		var deleted []byte
+		err := k.eachBatch(m, func(ks, vs []byte) {
+			for o := 0; o*m.keySize < len(ks); o++ {
+				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
+				sl := k.lookup(i, key)
+				switch {
+				case sl != nil && (sl.gen() == gen || sl.tombstone()):
+					continue // carried; or a local write not yet read recreated it
+				case sl != nil && sl.origin == p.node && sl.stamp < hlc.Stamp(c.start.Stamp):
+					deleted = append(deleted, key...)
+					continue
 				}
+				var v version
+				if sl == nil || sl.version() == (version{}) {
+					v = version{stamp: c.clock.Now(), origin: c.node}
+					k.set(i, key, v, false, false, time.Now())
+				} else {
+					v = sl.version()
+				}
+				c.relay.add(i, ops.Update, v, key, val)
+				pushed++
 			}
-			return nil
-		})
+		}, nil)
+		k.mu.Lock()
+		pushed += c.pushTombstones(i, gen)
+		k.mu.Unlock()
 		if err != nil {
 			c.stats.ApplyErrors.Add(1)
 			if n, ok := c.limit.allow(reasonSync); ok {
-				c.log.Error("full resync: cannot read the local map to find deleted entries", "peer", p.node, "map", m.Desc.Name,
-					"error", err, "suppressed", n)
+				c.log.Error("full resync: cannot read the local map to send back what the peer lacks", "peer", p.node,
+					"map", m.Desc.Name, "error", err, "suppressed", n)
 			}
+		}
+		pushed += c.pushNewer(m)
+		c.deleteAs(p, m, deleted)
+	}
+	return pushed
+}
+
+// pushNewer sends back the entries of m that p carried in an older
+// version than this node's, as noted while the snapshot arrived.
+func (c *resyncClient) pushNewer(m *localMap) int {
+	k, keys, pushed := c.know, c.apply.newerHere[m.index], 0
+	c.apply.newerHere[m.index] = keys[:0]
+	val := make([]byte, m.valueSize)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for o := 0; o < len(keys); o += m.keySize {
+		key := keys[o : o+m.keySize]
+		sl := k.lookup(m.index, key)
+		if sl == nil {
 			continue
 		}
-		for o := 0; o < len(gone); o += m.keySize {
-			c.apply.add(p.node, m, ops.Delete, gone[o:o+m.keySize], nil, true)
+		if sl.tombstone() {
+			c.relay.add(m.index, ops.Delete, sl.version(), key, nil)
+			pushed++
+			continue
 		}
-		deleted += c.apply.flush()
+		// Read under the lock, so the value is at least as new as the
+		// version; a failed or empty read leaves it to the next write.
+		if found, err := m.Target.Lookup(key, val); err == nil && found {
+			c.relay.add(m.index, ops.Update, sl.version(), key, val)
+			pushed++
+		}
 	}
-	return deleted
+	return pushed
+}
+
+// deleteAs applies the deletes of keys of m that p made before its
+// answer's stamp, found missing from its snapshot.
+func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
+	v := version{stamp: hlc.Stamp(c.start.Stamp), origin: p.node}
+	for o := 0; o < len(keys); o += m.keySize {
+		c.apply.add(p.node, m, ops.Delete, v, keys[o:o+m.keySize], nil, true)
+	}
+	c.apply.flush()
+}
+
+// pushTombstones queues the remembered deletes of map index i that the
+// snapshot did not mark. Called with the knowledge lock held.
+func (c *resyncClient) pushTombstones(i int, gen uint8) int {
+	k, l, pushed := c.know, &c.know.tombs[i], 0
+	for j := range l.len() {
+		key, v := l.at(j)
+		if sl := k.lookup(i, key); sl != nil && sl.tombstone() && sl.version() == v && sl.gen() != gen {
+			c.relay.add(i, ops.Delete, v, key, nil)
+			pushed++
+		}
+	}
+	return pushed
 }
 
 // abandon gives up on the current resync; it is asked for again, of the

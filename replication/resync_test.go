@@ -233,10 +233,11 @@ func entries(n int, prefix byte, ver int) map[string]string {
 	return m
 }
 
-// A node that starts with a stale map (entries the group deleted, old
-// values) becomes ready only once a snapshot from a ready peer replaced
-// it, while that peer keeps writing, with a fifth of the snapshot lost on
-// the way.
+// A node that starts with a stale, unstamped map merges it with a ready
+// peer's while that peer keeps writing, with a fifth of the snapshot lost
+// on the way: keys the peer knows take the peer's values, keys the peer
+// deleted are deleted, and keys the peer never saw go back to it; nothing
+// is adopted wholesale.
 func TestResyncLateJoiner(t *testing.T) {
 	var n memNet
 	n.drop = func(d []byte) bool { return d[3] == byte(wire.KindSnapshot) && rand.IntN(5) == 0 }
@@ -245,9 +246,13 @@ func TestResyncLateJoiner(t *testing.T) {
 	if s := a.stats.Snapshot(); !s.Ready || s.ResyncsReceived != 0 {
 		t.Fatalf("a lone node: ready %v after %d resyncs; want ready without one", s.Ready, s.ResyncsReceived)
 	}
-
 	stale := entries(500, 'a', 0)          // old values of keys a holds
-	maps.Copy(stale, entries(200, 'z', 0)) // keys the group deleted
+	maps.Copy(stale, entries(200, 'z', 0)) // keys only b holds
+	for i := 2500; i < 2600; i++ {         // keys a deletes, and so remembers
+		k := string([]byte{'a', 0, byte(i >> 8), byte(i)})
+		a.write(k, "", false)
+		stale[k] = "deleted!"
+	}
 	b := startMemNode(t, &n, 2, stale)
 	done := make(chan struct{})
 	go func() {
@@ -262,8 +267,19 @@ func TestResyncLateJoiner(t *testing.T) {
 	b.waitReady(t)
 	<-done
 	waitSame(t, a, b)
-	if s := b.stats.Snapshot(); s.ResyncsReceived != 1 || s.SyncDeleted < 200 {
-		t.Errorf("b: %d resyncs received, %d entries deleted; want 1 and at least the 200 the group deleted", s.ResyncsReceived, s.SyncDeleted)
+	got := b.flows.snapshot()
+	for k, v := range entries(200, 'z', 0) {
+		if got[k] != v {
+			t.Fatalf("b's own key %x = %q, want its value %q kept and sent to a", k, got[k], v)
+		}
+	}
+	for k := range stale {
+		if _, ok := got[k]; ok && stale[k] == "deleted!" {
+			t.Fatalf("b holds %x, which a deleted", k)
+		}
+	}
+	if s := b.stats.Snapshot(); s.ResyncsReceived != 1 || s.SyncPushed < 200 {
+		t.Errorf("b: %d resyncs received, %d entries sent back; want 1 and at least its 200 own keys", s.ResyncsReceived, s.SyncPushed)
 	}
 	waitCount(t, "a's resyncs_sent", &a.stats.ResyncsSent, 1)
 }
@@ -294,8 +310,9 @@ func TestResyncAfterOverflow(t *testing.T) {
 	}
 }
 
-// Two nodes with no ready peer: the lower node id seeds the group with its
-// maps, here empty, and the other adopts them.
+// Two nodes with no ready peer: the lower node id seeds the group, here
+// with an empty map, and the other merges with it: its own entries, which
+// the seed never saw, go to the seed instead of being deleted.
 func TestResyncColdStart(t *testing.T) {
 	var n memNet
 	hi := startMemNode(t, &n, 9, entries(10, 'h', 1))
@@ -303,8 +320,8 @@ func TestResyncColdStart(t *testing.T) {
 	hi.waitReady(t)
 	lo.waitReady(t)
 	waitSame(t, lo, hi)
-	if got := hi.flows.snapshot(); len(got) != 0 {
-		t.Errorf("node 9 holds %d entries, want node 3's empty map", len(got))
+	if got := lo.flows.snapshot(); !maps.Equal(got, entries(10, 'h', 1)) {
+		t.Errorf("the seed holds %d entries, want node 9's 10", len(got))
 	}
 	if s := lo.stats.Snapshot(); s.ResyncsReceived != 0 {
 		t.Errorf("the seed received %d resyncs, want 0", s.ResyncsReceived)

@@ -1,16 +1,19 @@
 package replication
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -32,6 +35,13 @@ const (
 	// overflowCheck is how often the sender asks the source whether it
 	// lost changes.
 	overflowCheck = 10 * time.Millisecond
+	// relayPoll bounds how long an idle sender leaves relayed entries
+	// waiting: it does not block on the source for longer.
+	relayPoll = 20 * time.Millisecond
+	// captureSlack is how long after a write its change may still be on
+	// its way into the capture ring (between the kernel's write and the
+	// capture program's queueing of it). See [sender.stamp].
+	captureSlack = 10 * time.Millisecond
 )
 
 // senderConfig configures a [sender].
@@ -53,6 +63,11 @@ type senderConfig struct {
 	// Ready reports whether this node completed its initial sync, which
 	// its announces advertise ([wire.FlagReady]); nil means always.
 	Ready func() bool
+	// Knowledge is where every captured change's version is recorded.
+	Knowledge *knowledge
+	Clock     *hlc.Clock
+	// Relay holds the entries the receive side passes on to the group.
+	Relay *relayQueue
 	Stats *Stats
 	Log   *slog.Logger
 }
@@ -67,6 +82,9 @@ type sender struct {
 	table         *Table
 	resend        *resendBuffer
 	ready         func() bool
+	know          *knowledge
+	clock         *hlc.Clock
+	relay         *relayQueue
 	stats         *Stats
 	log           *slog.Logger
 	limit         limiter
@@ -90,12 +108,21 @@ type sender struct {
 	announces      [][]byte // descriptors prebuilt after a header-sized gap
 	announceCounts []uint16 // descriptors in each announce
 
+	// drained is when the sender last found the source empty: every
+	// change read after it was made after drained less captureSlack.
+	drained time.Time
+	// lookup is a value buffer per map, for the reads of [sender.stillHolds].
+	lookup [][]byte
+
 	// Counted locally and published at each send, to keep atomics off the
 	// per-change path.
-	captured, coalesced, bad, changes uint64
+	captured, coalesced, bad, changes, superseded, relayed uint64
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
+	// overflowed is set when changes were lost: the node then stamps its
+	// maps anew (see Node.restamp).
+	overflowed atomic.Bool
 
 	last *localMap // map of the previous change: changes come in runs
 	ch   loader.Change
@@ -110,6 +137,9 @@ func newSender(cfg senderConfig) *sender {
 		table:         cfg.Table,
 		resend:        cfg.Resend,
 		ready:         cfg.Ready,
+		know:          cfg.Knowledge,
+		clock:         cfg.Clock,
+		relay:         cfg.Relay,
 		stats:         cfg.Stats,
 		log:           cfg.Log,
 		payload:       cfg.Table.payload,
@@ -117,8 +147,11 @@ func newSender(cfg senderConfig) *sender {
 		announceEvery: cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),
 		activeWindow:  loader.PollWindow,
 		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch},
-		pend:          newPending(cfg.Table),
+		pend:          newPending(cfg.Table, cfg.Node),
 		queued:        make([][]byte, 0, sendBatch),
+	}
+	for i := range cfg.Table.maps {
+		s.lookup = append(s.lookup, make([]byte, cfg.Table.maps[i].valueSize))
 	}
 	for i := range s.bufs {
 		s.bufs[i] = make([]byte, s.payload)
@@ -155,7 +188,7 @@ func (s *sender) Run(ctx context.Context) error {
 	nextAnnounce := now.Add(s.announceEvery)
 	var lastChange time.Time
 	polling := false
-	s.src.SetDeadline(nextAnnounce)
+	s.src.SetDeadline(earliest(nextAnnounce, now.Add(relayPoll)))
 	reads := 0
 	for {
 		err := s.src.Read(&s.ch)
@@ -176,13 +209,16 @@ func (s *sender) Run(ctx context.Context) error {
 			s.add(&s.ch, now)
 			if s.src.Buffered() == 0 {
 				now = time.Now()
-				lastChange = now
+				lastChange, s.drained = now, now
+				s.takeRelayed()
 				s.flush()
 			} else if now.Sub(s.since) >= s.flushInterval {
 				s.flush()
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			now = time.Now()
+			s.drained = now
+			s.takeRelayed()
 			s.flush()
 			if ctx.Err() != nil {
 				return nil
@@ -191,7 +227,7 @@ func (s *sender) Run(ctx context.Context) error {
 				pause(s.flushInterval)
 				s.src.SetDeadline(time.Now())
 			} else {
-				s.src.SetDeadline(nextAnnounce)
+				s.src.SetDeadline(earliest(nextAnnounce, now.Add(relayPoll)))
 			}
 		default:
 			s.flush()
@@ -208,10 +244,18 @@ func (s *sender) Run(ctx context.Context) error {
 			s.announce()
 			nextAnnounce = now.Add(s.announceEvery)
 			if !polling {
-				s.src.SetDeadline(nextAnnounce)
+				s.src.SetDeadline(earliest(nextAnnounce, now.Add(relayPoll)))
 			}
 		}
 	}
+}
+
+// earliest returns the earlier of a and b.
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // pause sleeps for d on this thread. Polling needs sub-millisecond
@@ -246,14 +290,73 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 		return
 	}
 
+	v, ok := s.stamp(m, op, ch.Key, ch.Value, now)
+	if !ok {
+		s.superseded++
+		return
+	}
+	s.queue(m, op, v, ch.Key, ch.Value, now)
+}
+
+// stamp gives a captured change its version and records it as the
+// latest write of its key, unless a later write already superseded it.
+//
+// The kernel map is written outside any lock of ours: a local write and
+// this node's apply of a peer's change of the same key can cross, and the
+// capture delivers the local write only after the apply. A change read
+// after the source was last found drained was made after drained less
+// captureSlack; if the key's last remote apply ended after that, the
+// order is unknown and the map decides: the change is stamped if the map
+// still holds what it wrote, and dropped otherwise, since a later write,
+// the apply or a local one still to be read, then holds the key. The
+// receive side applies under the same lock, so nothing writes the key
+// between that read and the version it decides.
+func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time) (version, bool) {
+	k := s.know
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if sl := k.lookup(m.index, key); sl != nil && k.appliedSince(sl, s.drained.Add(-captureSlack), now) &&
+		!s.stillHolds(m, op, key, value) {
+		return version{}, false
+	}
+	v := version{stamp: s.clock.At(now), origin: s.header.Node}
+	k.set(m.index, key, v, op == ops.Delete, false, now)
+	return v, true
+}
+
+// stillHolds reports whether m holds what the change op wrote: its value,
+// or, for a delete, no entry. A failed read counts as holding: the
+// change is then sent as if no apply had crossed it.
+func (s *sender) stillHolds(m *localMap, op ops.Op, key, value []byte) bool {
+	s.stats.RaceChecks.Add(1)
+	buf := s.lookup[m.index]
+	found, err := m.Target.Lookup(key, buf)
+	switch {
+	case err != nil:
+		return true
+	case op == ops.Delete:
+		return !found
+	default:
+		return found && bytes.Equal(buf, value)
+	}
+}
+
+// queue coalesces one versioned change into the datagram being built,
+// sealing that datagram first when the change would not fit. Of two
+// changes of one key the newer version stays.
+func (s *sender) queue(m *localMap, op ops.Op, v version, key, value []byte, now time.Time) {
 	p := &s.pend
-	h := p.hash(m, ch.Key)
-	e, slot := p.find(m, ch.Key, h)
-	grow := p.growth(e, m, op)
+	h := p.hash(m, key)
+	e, slot := p.find(m, key, h)
+	if e != nil && !v.newer(e.v) {
+		s.coalesced++
+		return
+	}
+	grow := p.growth(e, m, op, v)
 	if p.size+grow > s.payload {
 		s.seal()
-		e, slot = p.find(m, ch.Key, h)
-		grow = p.growth(e, m, op)
+		e, slot = p.find(m, key, h)
+		grow = p.growth(e, m, op, v)
 	}
 	if p.empty() {
 		s.since = now
@@ -261,10 +364,22 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 	p.size += grow
 	if e != nil {
 		s.coalesced++
-		p.set(e, op, ch.Value)
+		p.set(e, op, v, value)
 		return
 	}
-	p.insert(slot, m, op, ch.Key, ch.Value)
+	p.insert(slot, m, op, v, key, value)
+}
+
+// takeRelayed queues the entries the receive side passes on.
+func (s *sender) takeRelayed() {
+	if s.relay == nil || s.relay.waiting.Load() == 0 {
+		return
+	}
+	now := time.Now()
+	n := s.relay.drain(func(m int, op ops.Op, v version, key, value []byte) {
+		s.queue(&s.table.maps[m], op, v, key, value, now)
+	})
+	s.relayed += uint64(n)
 }
 
 // badChange drops a change the source should never have produced.
@@ -282,8 +397,7 @@ func (s *sender) seal() {
 	if s.pend.empty() {
 		return
 	}
-	s.w.Reset(s.bufs[len(s.queued)])
-	s.pend.encode(&s.w)
+	s.pend.encode(&s.w, s.bufs[len(s.queued)])
 	s.changes += uint64(s.w.Count())
 	s.header.Seq++
 	d := s.w.Finish(s.header)
@@ -322,13 +436,17 @@ func (s *sender) send() {
 	s.stats.Coalesced.Add(s.coalesced)
 	s.stats.BadChanges.Add(s.bad)
 	s.stats.ChangesSent.Add(s.changes)
-	s.captured, s.coalesced, s.bad, s.changes = 0, 0, 0, 0
+	s.stats.Superseded.Add(s.superseded)
+	s.stats.Relayed.Add(s.relayed)
+	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed = 0, 0, 0, 0, 0, 0
 }
 
 // checkOverflows asks the source whether it lost changes since the last
 // check. If it did, the peers cannot be told which: the sender skips a
 // sequence number, recorded as lost in the resend buffer, so every peer
-// sees a gap that cannot be repaired and asks this node for a full resync.
+// sees a gap that cannot be repaired and asks this node for a full resync,
+// and the node stamps every entry of its maps anew, so that the lost
+// writes win over what the peers hold.
 func (s *sender) checkOverflows(now time.Time) {
 	s.overflowsChecked = now
 	n, err := s.src.Overflows()
@@ -338,6 +456,7 @@ func (s *sender) checkOverflows(now time.Time) {
 	lost := n - s.overflows
 	s.overflows = n
 	s.stats.RingOverflows.Store(n)
+	s.overflowed.Store(true)
 	s.flush()
 	s.header.Seq++
 	if s.resend != nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -49,6 +50,12 @@ var (
 	errTransferSilent  = errors.New("the requester stopped acknowledging")
 )
 
+// ownStream is this node's own sealed change datagrams: a snapshot is as
+// of the latest one. [*resendBuffer] implements it.
+type ownStream interface {
+	held() (first, last uint64, ok bool)
+}
+
 // snapshotServer streams snapshots of the local maps to peers that ask
 // for a full resync, one goroutine per transfer, at most maxTransfers at
 // once. It answers only known peers at their bound address (the
@@ -56,15 +63,17 @@ var (
 // transferEvery, and refuses while this node is not itself in sync.
 type snapshotServer struct {
 	table *Table
+	know  *knowledge
+	clock *hlc.Clock
 	tr    Transport
 	node  uint32
 	epoch uint64
 	own   ownStream
 	stats *Stats
 	log   *slog.Logger
-	// current reports whether this node may serve: ready, and not
-	// receiving a resync itself.
-	current func() bool
+	// current reports whether this node may serve p: ready, not
+	// receiving a resync itself, and holding every other peer's changes.
+	current func(p *peer) bool
 
 	transfers map[uint32]*transfer // by requester node
 	started   map[uint32]time.Time // when each requester's last transfer started
@@ -101,7 +110,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 	}
 	var st wire.SyncStart
 	switch {
-	case !s.current():
+	case !s.current(p):
 		st.Status = wire.SyncNotReady
 	case now.Sub(s.started[p.node]) < transferEvery:
 		st.Status = wire.SyncBusy
@@ -113,7 +122,10 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
 		}
-		st.Applied = p.stream.appliedThrough()
+		s.know.mu.Lock()
+		st.Entries = uint64(s.know.entries())
+		s.know.mu.Unlock()
+		st.Stamp = uint64(s.clock.Now())
 	}
 	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
 	b, err := answer.AppendTo(make([]byte, 0, wire.HeaderSize+wire.SyncStartSize))
@@ -234,20 +246,24 @@ type snapshotStream struct {
 	resent  uint64
 	budget  byteBudget // paces what the transfer sends
 	batch   [][]byte   // queued to send, slices of slots and end
+	know    *knowledge
+	vers    []version // of the entries of one read batch
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	st := &snapshotStream{s: s, t: t, heard: time.Now(), cwnd: initialWindow, rto: transferRTO,
 		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
-		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}}
+		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}, know: s.know}
 	for i := range st.slots {
 		st.slots[i] = make([]byte, s.table.payload)
 	}
 	return st
 }
 
-// run reads every local map into snapshot datagrams, sends them within the
-// window, then the end, and returns once the requester has everything.
+// run reads every local map into snapshot datagrams, each entry with the
+// version this node knows of it, then its remembered deletes, sends them
+// within the window, then the end, and returns once the requester has
+// everything.
 func (st *snapshotStream) run() error {
 	if err := st.open(); err != nil {
 		return err
@@ -255,23 +271,11 @@ func (st *snapshotStream) run() error {
 	tab := st.s.table
 	for i := range tab.maps {
 		m := &tab.maps[i]
-		keys, vals := make([]byte, dumpBatch*m.keySize), make([]byte, dumpBatch*m.valueSize)
-		err := m.Target.Dump(keys, vals, func(k, v []byte) error {
-			for o := 0; o*m.keySize < len(k); o++ {
-				key, val := k[o*m.keySize:(o+1)*m.keySize], v[o*m.valueSize:(o+1)*m.valueSize]
-				if !st.w.Append(m.fp, ops.Update, key, val) {
-					st.seal()
-					if err := st.open(); err != nil {
-						return err
-					}
-					st.w.Append(m.fp, ops.Update, key, val) // NewTable checked that one record fits
-				}
-				st.entries++
-			}
-			return nil
-		})
-		if err != nil {
+		if err := st.entriesOf(m); err != nil {
 			return fmt.Errorf("map %s: %w", m.Desc.Name, err)
+		}
+		if err := st.tombstonesOf(m); err != nil {
+			return err
 		}
 	}
 	if st.w.Count() > 0 {
@@ -286,13 +290,76 @@ func (st *snapshotStream) run() error {
 	return st.wait(func() bool { return st.done })
 }
 
+// entriesOf adds every entry of m with the version this node knows of
+// it, looked up under the knowledge lock with the read of the entry.
+func (st *snapshotStream) entriesOf(m *localMap) error {
+	k := st.know
+	return k.eachBatch(m, func(ks, _ []byte) {
+		st.vers = st.vers[:0]
+		for o := 0; o*m.keySize < len(ks); o++ {
+			var v version
+			if sl := k.lookup(m.index, ks[o*m.keySize:(o+1)*m.keySize]); sl != nil && !sl.tombstone() {
+				v = sl.version()
+			}
+			st.vers = append(st.vers, v)
+		}
+	}, func(ks, vs []byte) error {
+		for o, v := range st.vers {
+			if err := st.add(m, ops.Update, v, ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// tombstonesOf adds the deletes of m this node remembers and still takes
+// as the latest write of their keys.
+func (st *snapshotStream) tombstonesOf(m *localMap) error {
+	k := st.know
+	var keys []byte
+	st.vers = st.vers[:0]
+	k.mu.Lock()
+	l := &k.tombs[m.index]
+	for j := range l.len() {
+		key, v := l.at(j)
+		if sl := k.lookup(m.index, key); sl != nil && sl.tombstone() && sl.version() == v {
+			keys = append(keys, key...)
+			st.vers = append(st.vers, v)
+		}
+	}
+	k.mu.Unlock()
+	for j, v := range st.vers {
+		if err := st.add(m, ops.Delete, v, keys[j*m.keySize:(j+1)*m.keySize], nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// add appends one record, sealing the datagram and opening the next when
+// it is full.
+func (st *snapshotStream) add(m *localMap, op ops.Op, v version, key, val []byte) error {
+	if !st.w.Append(m.fp, op, uint64(v.stamp), v.origin, key, val) {
+		st.seal()
+		if err := st.open(); err != nil {
+			return err
+		}
+		st.w.Append(m.fp, op, uint64(v.stamp), v.origin, key, val) // NewTable checked that one record fits
+	}
+	st.entries++
+	return nil
+}
+
 // open starts the next datagram in its slot, once the window has room.
 func (st *snapshotStream) open() error {
 	next := st.sealed + 1
 	if err := st.wait(func() bool { return next-st.acked <= st.cwnd }); err != nil {
 		return err
 	}
-	st.w.Reset(st.slots[next%transferWindow])
+	// Base 0: the snapshot's own entries are stamped at all times, so
+	// offsets from any one base save little.
+	st.w.Reset(st.slots[next%transferWindow], st.s.node, 0)
 	return nil
 }
 

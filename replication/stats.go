@@ -20,11 +20,16 @@ type Stats struct {
 	SendErrors      atomic.Uint64 // transport sends that failed (their datagrams are lost)
 	DatagramsResent atomic.Uint64 // change datagrams resent in answer to peers' repair requests
 	RingOverflows   atomic.Uint64 // changes the kernel could not queue; set by the owner of the capture
+	Superseded      atomic.Uint64 // captured changes a later write had overwritten by the time they were read, dropped
+	RaceChecks      atomic.Uint64 // captured changes that crossed an apply of their key, checked against the map
+	Relayed         atomic.Uint64 // entries sent on with the version they had: what a merge found a peer lacking
 
 	// Receiver.
 	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
 	ChangesApplied    atomic.Uint64 // records written to or deleted from local maps
 	DeletesMissing    atomic.Uint64 // deletes of keys that were not in the local map
+	Stale             atomic.Uint64 // records no newer than what this node knows of their key, skipped
+	FutureStamps      atomic.Uint64 // records stamped more than hlc.MaxSkew ahead of this node's clock, dropped
 	ApplyErrors       atomic.Uint64 // batches the kernel refused
 	UnknownMap        atomic.Uint64 // records for a map fingerprint with no local map
 	Malformed         atomic.Uint64 // datagrams that failed to decode
@@ -46,10 +51,13 @@ type Stats struct {
 	Replayed          atomic.Uint64 // sealed datagrams whose counter was seen before, or is older than the replay window
 
 	// Full resync.
-	ResyncsSent     atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
-	ResyncsReceived atomic.Uint64 // snapshots received from a peer to the end and applied
-	SyncDeleted     atomic.Uint64 // local entries a snapshot showed deleted, removed
-	Ready           atomic.Bool   // the initial sync is complete
+	ResyncsSent       atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
+	ResyncsReceived   atomic.Uint64 // snapshots received from a peer to the end and applied
+	SyncDeleted       atomic.Uint64 // local entries a snapshot showed deleted, removed
+	SyncPushed        atomic.Uint64 // entries a merge found the serving peer lacking or holding older, sent back
+	TombstonesDropped atomic.Uint64 // deletes forgotten before the horizon because too many were remembered
+	KnownKeys         atomic.Int64  // keys whose latest version this node knows, deleted ones included (a gauge)
+	Ready             atomic.Bool   // the initial sync is complete
 
 	// ApplySeconds is how long each batch write to a local map took.
 	ApplySeconds Histogram
@@ -89,15 +97,16 @@ func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum flo
 // StatsSnapshot is a copy of [Stats] at one moment.
 type StatsSnapshot struct {
 	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
-	DatagramsResent, RingOverflows uint64
+	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed uint64
 
-	DatagramsReceived, ChangesApplied, DeletesMissing, ApplyErrors, UnknownMap,
+	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
 	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
 	Unauthenticated, Replayed uint64
 
-	ResyncsSent, ResyncsReceived, SyncDeleted uint64
-	Ready                                     bool
+	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped uint64
+	KnownKeys                                                                int64
+	Ready                                                                    bool
 }
 
 // Snapshot copies the counters.
@@ -112,9 +121,14 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		SendErrors:        s.SendErrors.Load(),
 		DatagramsResent:   s.DatagramsResent.Load(),
 		RingOverflows:     s.RingOverflows.Load(),
+		Superseded:        s.Superseded.Load(),
+		RaceChecks:        s.RaceChecks.Load(),
+		Relayed:           s.Relayed.Load(),
 		DatagramsReceived: s.DatagramsReceived.Load(),
 		ChangesApplied:    s.ChangesApplied.Load(),
 		DeletesMissing:    s.DeletesMissing.Load(),
+		Stale:             s.Stale.Load(),
+		FutureStamps:      s.FutureStamps.Load(),
 		ApplyErrors:       s.ApplyErrors.Load(),
 		UnknownMap:        s.UnknownMap.Load(),
 		Malformed:         s.Malformed.Load(),
@@ -137,6 +151,9 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		ResyncsSent:       s.ResyncsSent.Load(),
 		ResyncsReceived:   s.ResyncsReceived.Load(),
 		SyncDeleted:       s.SyncDeleted.Load(),
+		SyncPushed:        s.SyncPushed.Load(),
+		TombstonesDropped: s.TombstonesDropped.Load(),
+		KnownKeys:         s.KnownKeys.Load(),
 		Ready:             s.Ready.Load(),
 	}
 }
@@ -154,9 +171,14 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("send_errors", s.SendErrors),
 		slog.Uint64("datagrams_resent", s.DatagramsResent),
 		slog.Uint64("ring_overflows", s.RingOverflows),
+		slog.Uint64("superseded", s.Superseded),
+		slog.Uint64("race_checks", s.RaceChecks),
+		slog.Uint64("relayed", s.Relayed),
 		slog.Uint64("datagrams_received", s.DatagramsReceived),
 		slog.Uint64("changes_applied", s.ChangesApplied),
 		slog.Uint64("deletes_missing", s.DeletesMissing),
+		slog.Uint64("stale", s.Stale),
+		slog.Uint64("future_stamps", s.FutureStamps),
 		slog.Uint64("apply_errors", s.ApplyErrors),
 		slog.Uint64("unknown_map", s.UnknownMap),
 		slog.Uint64("malformed", s.Malformed),
@@ -179,6 +201,9 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("resyncs_sent", s.ResyncsSent),
 		slog.Uint64("resyncs_received", s.ResyncsReceived),
 		slog.Uint64("sync_deleted", s.SyncDeleted),
+		slog.Uint64("sync_pushed", s.SyncPushed),
+		slog.Uint64("tombstones_dropped", s.TombstonesDropped),
+		slog.Int64("known_keys", s.KnownKeys),
 		slog.Bool("ready", s.Ready),
 	}
 }

@@ -48,7 +48,8 @@ type orderedStream struct {
 	skipUntil uint64
 	// lostFrom is the lowest number given up without being applied, 0 if
 	// none was since the last resync from the peer: this node has not
-	// applied the peer's changes from there on (see appliedThrough).
+	// applied the peer's changes from there on, and serves no other peer
+	// until it has (see Node.current).
 	lostFrom uint64
 
 	since    time.Time // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
@@ -314,18 +315,6 @@ func (s *orderedStream) resume(asOf uint64) {
 		s.lostFrom = 0 // the snapshot brings what was given up
 	}
 	s.latest = max(s.latest, asOf)
-}
-
-// appliedThrough is how far this node has applied the peer's changes
-// without a hole: the number before the first one it gave up, if any, or
-// else the last one applied. A resync this node serves the peer says so
-// (SyncStart.Applied), so that the peer applies its own changes from
-// there on again.
-func (s *orderedStream) appliedThrough() uint64 {
-	if s.lostFrom != 0 {
-		return s.lostFrom - 1
-	}
-	return s.next - 1
 }
 
 // dropThrough moves next past last, dropping what is held before it.

@@ -47,8 +47,9 @@ type localMap struct {
 	valueSize int
 }
 
-// maxRecord is the size of this map's largest record: an update.
-func (m *localMap) maxRecord() int { return 1 + m.keySize + m.valueSize }
+// maxRecord is the size of this map's largest record: an update with the
+// longest stamp.
+func (m *localMap) maxRecord() int { return 1 + wire.RelayedStampSize + m.keySize + m.valueSize }
 
 // Table is the set of replicated local maps, indexed by local id for the
 // sender and by schema fingerprint for the receiver.
@@ -97,11 +98,11 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		if lm.keySize == 0 {
 			return nil, fmt.Errorf("map %q: key size 0 cannot be replicated", m.Desc.Name)
 		}
-		if need := wire.HeaderSize + wire.SectionHeaderSize + lm.maxRecord(); need > payload {
-			return nil, fmt.Errorf("map %q: a change needs %d bytes (op 1 + key %d + value %d) plus %d bytes of headers, "+
+		if need := wire.HeaderSize + wire.StampBaseSize + wire.SectionHeaderSize + lm.maxRecord(); need > payload {
+			return nil, fmt.Errorf("map %q: a change needs %d bytes (op 1 + stamp %d + key %d + value %d) plus %d bytes of headers, "+
 				"more than the %d-byte datagram payload: %w by at least %d bytes",
-				m.Desc.Name, lm.maxRecord(), lm.keySize, lm.valueSize,
-				wire.HeaderSize+wire.SectionHeaderSize, payload, ErrRecordTooLarge, need-payload)
+				m.Desc.Name, lm.maxRecord(), wire.RelayedStampSize, lm.keySize, lm.valueSize,
+				wire.HeaderSize+wire.StampBaseSize+wire.SectionHeaderSize, payload, ErrRecordTooLarge, need-payload)
 		}
 		for _, prev := range t.maps[:i] {
 			switch {

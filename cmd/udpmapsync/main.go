@@ -25,6 +25,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/control"
 	"github.com/udpmapsync/udpmapsync/epoch"
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/metrics"
 	"github.com/udpmapsync/udpmapsync/replication"
@@ -59,6 +60,8 @@ type Flags struct {
 	ControlSocket    string
 	StateDir         string
 	CPUProfile       string
+	TombstoneHorizon time.Duration
+	ClockOffset      time.Duration
 }
 
 // defaultStateDir holds the epoch file; the systemd unit's StateDirectory.
@@ -88,6 +91,9 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics), /healthz and /readyz on this address (e.g. :9477); off when empty")
 	fs.StringVar(&f.ControlSocket, "control-socket", control.DefaultSocket, "unix socket that \"udpmapsync status\" asks (root only); none when empty")
 	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch)")
+	fs.DurationVar(&f.TombstoneHorizon, "tombstone-horizon", replication.DefaultTombstoneHorizon,
+		"how long deletes are remembered, so that a node back from a partition or restart within it learns of them")
+	fs.DurationVar(&f.ClockOffset, "clock-offset", 0, "test hook: shift this node's clock for its stamps by this much (within ±"+hlc.MaxSkew.String()+" of its peers)")
 	fs.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of the running daemon to this file (for perf/PROFILE.md)")
 	_ = fs.MarkHidden("cpuprofile")
 }
@@ -160,6 +166,14 @@ func (f *Flags) check() (*config, error) {
 	}
 	if f.FlushInterval <= 0 || f.AnnounceInterval <= 0 || f.StatsInterval < 0 {
 		return nil, errors.New("--flush-interval and --announce-interval must be positive, --stats-interval not negative")
+	}
+	if f.TombstoneHorizon < time.Second {
+		return nil, fmt.Errorf("--tombstone-horizon %s: must be at least 1s; deletes are forgotten after it, so make it longer "+
+			"than the longest partition or restart whose deletes must still reach the other side", f.TombstoneHorizon)
+	}
+	if f.ClockOffset < -hlc.MaxSkew || f.ClockOffset > hlc.MaxSkew {
+		return nil, fmt.Errorf("--clock-offset %s: peers drop stamps more than %s ahead of their clocks; stay within ±%s",
+			f.ClockOffset, hlc.MaxSkew, hlc.MaxSkew)
 	}
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
@@ -265,7 +279,8 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	}
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
 		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
-		ResendBytes: int(f.ResendBuffer), Keys: keys, Log: log})
+		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
+		Clock: hlc.New(nil, f.ClockOffset), Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
 	} else if err != nil {
