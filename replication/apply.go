@@ -264,6 +264,7 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 			continue
 		}
 		k.set(m.index, key, v, r.op == ops.Delete, true, appliedAt)
+		k.note(m.index, key, v, r.op, vals[i*vs:(i+1)*vs])
 		if r.node == a.marking {
 			k.lookup(m.index, key).setGen(a.gen)
 		}

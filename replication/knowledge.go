@@ -196,6 +196,9 @@ type knowledge struct {
 	gen     uint8     // resync generation, 1..63
 	started time.Time // the monotonic clock's origin for applied-at times
 	stats   *Stats
+	// overlay, while a stopping node saves its state, collects the
+	// versions recorded meanwhile (see Node.saveState).
+	overlay overlay
 }
 
 func newKnowledge(t *Table, horizon time.Duration, stats *Stats) *knowledge {

@@ -64,6 +64,11 @@ type Config struct {
 	// Clock stamps this node's writes; nil means a clock on the system's
 	// time.
 	Clock *hlc.Clock
+	// StateFile, when set, is where a stopping node saves the versions of
+	// its entries, and where a starting one looks for them, to tell its
+	// datapath's writes made while no daemon ran from what it knew (see
+	// "Restart" in docs/ARCHITECTURE.md).
+	StateFile string
 	// Log receives the node's log lines; nil discards them.
 	Log *slog.Logger
 }
@@ -97,6 +102,7 @@ type Node struct {
 	know   *knowledge // shared by the sender and the receive side, under its own lock
 	clock  *hlc.Clock
 	relay  relayQueue
+	state  string // Config.StateFile
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
@@ -131,7 +137,7 @@ func NewNode(cfg Config) (*Node, error) {
 		clock = hlc.New(nil, 0)
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
-		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock}
+		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
 	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), &n.stats)
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
@@ -182,21 +188,27 @@ func (n *Node) current(p *peer) bool {
 // to end their blocking reads, stops every snapshot transfer, and returns
 // once nothing of the node runs any more: the caller may then close the
 // maps. It returns nil when ctx ended it.
+//
+// With a [Config.StateFile], Run first takes the state the previous run
+// saved, and when ctx ends it saves the state before it stops.
 func (n *Node) Run(ctx context.Context) error {
+	n.restore()
 	n.mu.Lock()
 	n.ready.started = time.Now()
 	n.mu.Unlock()
-	ctx, cancel := context.WithCancel(ctx)
+	// The parts run on until the state is saved, after ctx ended.
+	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	done := make(chan error, 3)
-	go func() { done <- n.sender.Run(ctx) }()
-	go func() { done <- n.receive(ctx) }()
-	go func() { done <- n.timers(ctx) }()
+	go func() { done <- n.sender.Run(inner) }()
+	go func() { done <- n.receive(inner) }()
+	go func() { done <- n.timers(inner) }()
 	var first error
 	ended := 0
 	select {
 	case <-ctx.Done():
-	case first = <-done: // an error, or nil if ctx ended meanwhile
+		n.save()
+	case first = <-done: // an error
 		ended++
 	}
 	cancel()
@@ -212,6 +224,34 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.server.shutdown()
 	return first
+}
+
+// restore takes the state file of the previous run, if any.
+func (n *Node) restore() {
+	if n.state == "" {
+		return
+	}
+	found, err := n.restoreState(n.state)
+	if err != nil {
+		n.log.Warn("the state saved by the last run cannot be used: every entry is taken as unstamped, so a change "+
+			"this node's datapath made to an existing key while no daemon ran loses to the peers' version of it",
+			"file", n.state, "error", err)
+		return
+	}
+	n.log.Info("state of the last run restored", "file", n.state, "written_while_down", found)
+}
+
+// save writes the state file, if there is one to write.
+func (n *Node) save() {
+	if n.state == "" {
+		return
+	}
+	began := time.Now()
+	if err := n.saveState(n.state, &n.sender.drainedAt); err != nil {
+		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
+		return
+	}
+	n.log.Info("state saved for the next run", "file", n.state, "took", time.Since(began).Round(time.Millisecond))
 }
 
 // receive reads datagrams and hands them to the dispatcher until the

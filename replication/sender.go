@@ -110,7 +110,9 @@ type sender struct {
 
 	// drained is when the sender last found the source empty: every
 	// change read after it was made after drained less captureSlack.
-	drained time.Time
+	// drainedAt is the same in Unix nanoseconds, for other goroutines.
+	drained   time.Time
+	drainedAt atomic.Int64
 	// lookup is a value buffer per map, for the reads of [sender.stillHolds].
 	lookup [][]byte
 
@@ -209,7 +211,8 @@ func (s *sender) Run(ctx context.Context) error {
 			s.add(&s.ch, now)
 			if s.src.Buffered() == 0 {
 				now = time.Now()
-				lastChange, s.drained = now, now
+				s.setDrained(now)
+				lastChange = now
 				s.takeRelayed()
 				s.flush()
 			} else if now.Sub(s.since) >= s.flushInterval {
@@ -217,7 +220,7 @@ func (s *sender) Run(ctx context.Context) error {
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			now = time.Now()
-			s.drained = now
+			s.setDrained(now)
 			s.takeRelayed()
 			s.flush()
 			if ctx.Err() != nil {
@@ -248,6 +251,11 @@ func (s *sender) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+func (s *sender) setDrained(now time.Time) {
+	s.drained = now
+	s.drainedAt.Store(now.UnixNano())
 }
 
 // earliest returns the earlier of a and b.
@@ -321,6 +329,7 @@ func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time)
 	}
 	v := version{stamp: s.clock.At(now), origin: s.header.Node}
 	k.set(m.index, key, v, op == ops.Delete, false, now)
+	k.note(m.index, key, v, op, value)
 	return v, true
 }
 

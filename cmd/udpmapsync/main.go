@@ -90,7 +90,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.ReadyFile, "ready-file", "", "write this file (with the pid) once the initial sync with the peers is complete")
 	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics), /healthz and /readyz on this address (e.g. :9477); off when empty")
 	fs.StringVar(&f.ControlSocket, "control-socket", control.DefaultSocket, "unix socket that \"udpmapsync status\" asks (root only); none when empty")
-	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch)")
+	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch) and of the entries' versions saved at a stop for the next start (file state)")
 	fs.DurationVar(&f.TombstoneHorizon, "tombstone-horizon", replication.DefaultTombstoneHorizon,
 		"how long deletes are remembered, so that a node back from a partition or restart within it learns of them")
 	fs.DurationVar(&f.ClockOffset, "clock-offset", 0, "test hook: shift this node's clock for its stamps by this much (within ±"+hlc.MaxSkew.String()+" of its peers)")
@@ -280,6 +280,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
 		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
 		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
+		StateFile: filepath.Join(f.StateDir, "state"),
 		Clock: hlc.New(nil, f.ClockOffset), Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)

@@ -1,0 +1,188 @@
+package replication
+
+// Unit tests of the convergence model: records applied by version, the
+// local change that crossed an apply, the two directions of a resync's
+// merge, and who may serve one. See "Convergence" in
+// docs/ARCHITECTURE.md.
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// stampedDatagram is a change datagram of the peer with one record of
+// flows key k, stamped s by origin.
+func (f *receiverFixture) stampedDatagram(t *testing.T, seq uint64, k, v string, s hlc.Stamp, origin uint32) []byte {
+	t.Helper()
+	var b changesBuilder
+	b.start()
+	if !b.w.Append(f.fpFlow, ops.Update, uint64(s), origin, []byte(k), []byte(fmt.Sprintf("%8s", v))) {
+		t.Fatal("test datagram full")
+	}
+	return b.finish(peerNode, 1, seq)
+}
+
+// A record applies only if its version is newer than the key's latest
+// known: arrival order does not matter, and equal stamps go to the higher
+// node id on every node.
+func TestRecordsApplyByVersion(t *testing.T) {
+	f := newReceiverFixture(t)
+	now := hlc.Make(time.Now().UnixMilli(), 0)
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "new", now+10, 5))
+	f.handle(peerA, f.stampedDatagram(t, 2, "key1", "old", now, 5)) // arrives later, was made earlier
+	if got := f.value("key1"); got != "     new" || f.stats.Stale.Load() != 1 {
+		t.Fatalf("key1 = %q, stale %d; want the newer write kept and the older counted stale", got, f.stats.Stale.Load())
+	}
+	f.handle(peerA, f.stampedDatagram(t, 3, "key1", "lowid", now+10, 4))
+	if got := f.value("key1"); got != "     new" {
+		t.Fatalf("a tie went to the lower node id: key1 = %q", got)
+	}
+	f.handle(peerA, f.stampedDatagram(t, 4, "key1", "highid", now+10, 6))
+	if got := f.value("key1"); got != "  highid" {
+		t.Fatalf("a tie did not go to the higher node id: key1 = %q", got)
+	}
+}
+
+// A record stamped further ahead of this node's clock than MaxSkew is
+// dropped and counted, and does not drag the clock along: one bad clock
+// or forged stamp cannot win every key for good.
+func TestFutureStampDropped(t *testing.T) {
+	f := newReceiverFixture(t)
+	far := hlc.Make(time.Now().Add(hlc.MaxSkew+time.Minute).UnixMilli(), 0)
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "future", far, 5))
+	if f.value("key1") != "" || f.stats.FutureStamps.Load() != 1 {
+		t.Fatalf("key1 = %q, future_stamps %d; want nothing applied, 1 counted", f.value("key1"), f.stats.FutureStamps.Load())
+	}
+	if f.n.clock.Last() >= far {
+		t.Fatalf("clock moved to %v", f.n.clock.Last())
+	}
+	if countLines(f.logs.String(), "too far ahead") == 0 {
+		t.Fatal("no log line for the dropped change")
+	}
+}
+
+// crossSender is a sender of the fixture's node whose table is the
+// fixture's, so that it shares the node's knowledge and clock.
+func crossSender(t *testing.T, f *receiverFixture) *sender {
+	t.Helper()
+	return newSender(senderConfig{Source: &chanSource{ch: make(chan loader.Change)}, Transport: nopTransport{},
+		Table: f.tab, Node: ourNode, Epoch: ourEpoch, Knowledge: f.n.know, Clock: f.n.clock,
+		Relay: &f.n.relay, Stats: f.stats, Log: f.n.log})
+}
+
+// A local write of a key and this node's apply of a peer's change of it
+// cross: the capture delivers the local write after the apply. The map
+// then says which came last. Without the read back, the local write
+// would be stamped after the apply and win on every peer while this node
+// holds the peer's value: the nodes would differ for good.
+func TestCrossedApplyDecidedByTheMap(t *testing.T) {
+	f := newReceiverFixture(t)
+	s := crossSender(t, f)
+	m := f.tab.byID(10)
+	s.drained = time.Now().Add(-time.Second) // the ring was last empty before the apply
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(time.Now().UnixMilli(), 0), 5))
+
+	// The local write came first: the map holds the peer's value.
+	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
+		t.Fatal("a local write the apply overwrote was stamped")
+	}
+	if f.stats.RaceChecks.Load() != 1 {
+		t.Fatalf("race_checks %d, want 1", f.stats.RaceChecks.Load())
+	}
+	// The local write came after the apply: the map holds it.
+	f.flows.state["key1"] = "  local2"
+	v, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("  local2"), time.Now())
+	if !ok || v.origin != ourNode {
+		t.Fatal("a local write made after the apply was dropped")
+	}
+	if sl := f.n.know.lookup(m.index, []byte("key1")); sl.version() != v {
+		t.Fatalf("knowledge %+v, want the local write's %+v", sl.version(), v)
+	}
+	// A key no peer wrote since the ring was drained is not read back.
+	checks := f.stats.RaceChecks.Load()
+	s.drained = time.Now().Add(time.Second)
+	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("  local3"), time.Now()); !ok || f.stats.RaceChecks.Load() != checks {
+		t.Fatalf("stamped %v, race_checks %d: a write after the ring was drained needs no check", ok, f.stats.RaceChecks.Load()-checks)
+	}
+}
+
+// A node that lost another peer's changes does not serve snapshots; one
+// that lost only the requester's own still does, so two nodes that lost
+// each other's (a healed partition) can resync from each other.
+func TestServesOnlyWhenCurrent(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	t0 := time.Now().Add(-time.Hour)
+	f.handleAt(t0, peerA, announce(t, peerNode, 1, 0))
+	f.handleAt(t0, peerB, announce(t, 9, 1, 0))
+	a, b := f.n.peers.byNode[peerNode], f.n.peers.byNode[9]
+	if !f.n.current(a) || !f.n.current(b) {
+		t.Fatal("a ready node in sync does not serve")
+	}
+	a.stream.lostFrom = 3
+	if !f.n.current(a) {
+		t.Error("refused the peer whose own changes were lost")
+	}
+	if f.n.current(b) {
+		t.Error("served another peer while behind on the first one's changes")
+	}
+	f.handle(peerB, syncRequest(9, 1, 7))
+	var st wire.SyncStart
+	for _, u := range f.tr.sentTo() {
+		for _, d := range u.dgrams {
+			var h wire.Header
+			if h.Unmarshal(d) == nil && h.Kind == wire.KindSyncStart {
+				if err := st.Unmarshal(d[wire.HeaderSize:]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if st.Status != wire.SyncNotReady {
+		t.Errorf("answer %+v, want not ready", st)
+	}
+}
+
+// The end of a resync merges the other way: what this node holds newer,
+// or that the server did not carry, goes back; a key the server wrote
+// last and no longer holds, the server deleted, and so is deleted here.
+func TestResyncMergesBothWays(t *testing.T) {
+	f, id := snapshotFixture(t)
+	m := f.tab.byID(10)
+	old := hlc.Make(1_600_000_000_000, 0)
+	now := hlc.Make(time.Now().UnixMilli(), 0)
+	// Known here before the snapshot: a newer write of "mine" than the
+	// server's, and "gone", last written by the server, which it deleted
+	// since. "only" is unstamped: this node's, never seen by the server.
+	f.n.know.mu.Lock()
+	f.n.know.set(m.index, []byte("mine"), version{now, ourNode}, false, false, time.Now())
+	f.n.know.set(m.index, []byte("gone"), version{old, peerNode}, false, true, time.Now())
+	f.n.know.mu.Unlock()
+	f.flows.state["mine"], f.flows.state["gone"], f.flows.state["only"] = "    mine", "    gone", "    only"
+	f.n.client.start.Stamp = uint64(now - 1)
+
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, uint64(old), peerNode, []byte("mine"), []byte("theirs!!"))
+	b.w.Append(f.fpFlow, ops.Update, uint64(old), peerNode, []byte("new!"), []byte("theirs!!"))
+	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
+	f.handle(peerA, syncEnd(id, 1))
+
+	if got := f.flows.snapshot(); got["mine"] != "    mine" || got["new!"] != "theirs!!" || got["only"] != "    only" || got["gone"] != "" {
+		t.Fatalf("after the merge: %v; want mine kept, new! taken, only kept, gone deleted", got)
+	}
+	sent := map[string]version{}
+	f.n.relay.drain(func(_ int, op ops.Op, v version, key, _ []byte) { sent[string(key)] = v })
+	if len(sent) != 3 || sent["mine"] != (version{now, ourNode}) || sent["only"].origin != ourNode || sent["key1"].stamp == 0 {
+		t.Fatalf("sent back %v; want mine with its version, only stamped as ours, and key1 (the snapshot lacks it)", sent)
+	}
+	if f.stats.SyncDeleted.Load() != 1 || f.stats.SyncPushed.Load() != 3 {
+		t.Fatalf("sync_deleted %d sync_pushed %d, want 1 and 3", f.stats.SyncDeleted.Load(), f.stats.SyncPushed.Load())
+	}
+}
