@@ -56,6 +56,7 @@ var DropReasons = []drop{
 	{"unauthenticated", func(s *replication.StatsSnapshot) uint64 { return s.Unauthenticated }},
 	{"replayed", func(s *replication.StatsSnapshot) uint64 { return s.Replayed }},
 	{"unknown_map", func(s *replication.StatsSnapshot) uint64 { return s.UnknownMap }},
+	{"future_stamp", func(s *replication.StatsSnapshot) uint64 { return s.FutureStamps }},
 	{"duplicate", func(s *replication.StatsSnapshot) uint64 { return s.Duplicates }},
 	{"hold_full", func(s *replication.StatsSnapshot) uint64 { return s.HoldFull }},
 	{"own", func(s *replication.StatsSnapshot) uint64 { return s.OwnDropped }},
@@ -105,6 +106,22 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.SendErrors }},
 	{newDesc("apply_errors_total", "Batches of peers' changes the kernel refused to write into a local map."),
 		func(s *replication.StatsSnapshot) uint64 { return s.ApplyErrors }},
+	{newDesc("changes_stale_total", "Peers' change records no newer than the version this node knows of their key, skipped: "+
+		"normal for records that arrive twice or after a newer write."),
+		func(s *replication.StatsSnapshot) uint64 { return s.Stale }},
+	{newDesc("changes_superseded_total", "Local changes a later write had overwritten by the time the capture delivered them, "+
+		"dropped: a local write and a peer's write of one key crossed, and the peer's came last."),
+		func(s *replication.StatsSnapshot) uint64 { return s.Superseded }},
+	{newDesc("race_checks_total", "Local changes of a key a peer's change was applied to meanwhile, read back from the map to order them."),
+		func(s *replication.StatsSnapshot) uint64 { return s.RaceChecks }},
+	{newDesc("changes_relayed_total", "Entries sent on with the version they had: what a resync found the peer lacking, or what a restart or capture overflow stamped anew."),
+		func(s *replication.StatsSnapshot) uint64 { return s.Relayed }},
+	{newDesc("resync_sent_back_total", "Entries and deletes a full resync found the serving peer lacking, or holding older, and sent back to the group."),
+		func(s *replication.StatsSnapshot) uint64 { return s.SyncPushed }},
+	{newDesc("resync_deleted_total", "Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."),
+		func(s *replication.StatsSnapshot) uint64 { return s.SyncDeleted }},
+	{newDesc("tombstones_dropped_total", "Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."),
+		func(s *replication.StatsSnapshot) uint64 { return s.TombstonesDropped }},
 }
 
 var (
@@ -113,6 +130,7 @@ var (
 	droppedDesc = newDesc("datagrams_dropped_total", "Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason")
 	heldDesc    = newDesc("datagrams_held", "Peer datagrams held back behind a missing one.")
 	peersDesc   = newDesc("peers", "Peers heard from and not yet forgotten.")
+	knownDesc   = newDesc("known_keys", "Keys whose latest version this node knows, remembered deletes included (24 bytes each in memory).")
 	lagDesc     = newDesc("peer_lag_datagrams", "Change datagrams the peer is known to have sent and this node has not applied.", "peer")
 	lagSecDesc  = newDesc("peer_lag_seconds", "How long the oldest of the peer's datagrams still missing has been missing; 0 when none is.", "peer")
 	heardDesc   = newDesc("peer_last_heard_seconds", "Seconds since the peer's last valid datagram.", "peer")
@@ -142,7 +160,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range counters {
 		ch <- m.desc
 	}
-	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, peersDesc, lagDesc,
+	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, peersDesc, lagDesc,
 		lagSecDesc, heardDesc, peerRdyDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
 		ch <- d
 	}
@@ -169,6 +187,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	count(resyncsDesc, s.ResyncsReceived, "received")
 	gauge(readyDesc, flag(st.Ready))
 	gauge(heldDesc, float64(s.Held))
+	gauge(knownDesc, float64(s.KnownKeys))
 	gauge(buildDesc, 1, c.build.Version, c.build.Backend)
 
 	gauge(peersDesc, float64(len(st.Peers)))
