@@ -127,12 +127,18 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 		} else {
 			p("%s, %d nodes, %s: %d changes written at %s/s. Peak RSS (VmHWM): sender **%s**, receiver **%s**; lost %s.\n",
 				m.System, m.Nodes, m.Profile, m.Changes, si(float64(m.Rate)), mib(m.RSSSender), mib(m.RSSReceiver), lostCell(m))
+			if m.IdleRSSSender > 0 && m.IdleRSSReceiver > 0 {
+				p("\nThe same daemons idle, before the first write, maps empty: sender %s, receiver %s; so **%.0f B** (sender) and **%.0f B** (receiver) per entry held.\n",
+					mib(m.IdleRSSSender), mib(m.IdleRSSReceiver), perEntry(m.RSSSender, m.IdleRSSSender, m.Changes), perEntry(m.RSSReceiver, m.IdleRSSReceiver, m.Changes))
+			}
 		}
 		for _, n := range m.Notes {
 			p("\n- %s", n)
 		}
 		p("\n")
 	}
+
+	p("%s", r.resyncSection())
 
 	p("\n## Go benchmarks (`make bench`)\n\n")
 	if len(r.Benchmarks) == 0 {

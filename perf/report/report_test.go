@@ -70,14 +70,7 @@ func TestTargets(t *testing.T) {
 		},
 		ConntrackdNote: "perf/conntrackd/run is missing",
 	}
-	got := map[string]string{}
-	for _, tg := range r.Targets(p) {
-		v := "n/a"
-		if tg.Met != nil {
-			v = map[bool]string{true: "met", false: "missed"}[*tg.Met]
-		}
-		got[tg.Goal] = v + ": " + tg.Measured
-	}
+	got := verdicts(r, p)
 	for goal, want := range map[string]string{
 		"replication ≥ ½ of the raw batch-write rate": "met",
 		"≥ 100× gRPC unary":                           "missed",
@@ -91,6 +84,20 @@ func TestTargets(t *testing.T) {
 			t.Errorf("%s: got %q, want prefix %q", goal, got[goal], want)
 		}
 	}
+}
+
+// verdicts maps each target's goal to "met: ", "missed: " or "n/a: " and
+// what was measured.
+func verdicts(r *Results, profile string) map[string]string {
+	got := map[string]string{}
+	for _, tg := range r.Targets(profile) {
+		v := "n/a"
+		if tg.Met != nil {
+			v = map[bool]string{true: "met", false: "missed"}[*tg.Met]
+		}
+		got[tg.Goal] = v + ": " + tg.Measured
+	}
+	return got
 }
 
 // The limits paragraph sums the three processes' CPU per change and
@@ -172,5 +179,58 @@ func TestSealingCost(t *testing.T) {
 	}
 	if (&Results{Runs: r.Runs[:1]}).sealingSection() != "" {
 		t.Error("a report without sealed runs has a sealing section")
+	}
+}
+
+// The resync targets compare the late join with the raw rate, the runs
+// with loss with the loss-free run, and the memory run with 64 MiB plus
+// 24 B per entry.
+func TestResyncTargets(t *testing.T) {
+	p := "16 B / 64 B"
+	run := func(seconds float64, changes int) Run {
+		return Run{System: UDPMapSync, Nodes: 2, Profile: p, Changes: changes, Seconds: seconds, PerSec: float64(changes) / seconds, Converged: true}
+	}
+	underLoad, late := run(3.5, 1000), run(2, 600_000)
+	slow := run(4.2, 1000)
+	slow.ResyncNeeded = 3
+	r := &Results{
+		Raw:    []Raw{{Profile: p, PerSec: 500_000}},
+		Memory: &Run{System: UDPMapSync, Nodes: 2, Profile: p, Changes: 1 << 20, RSSSender: 90 << 10, RSSReceiver: 70 << 10, IdleRSSSender: 40 << 10, IdleRSSReceiver: 38 << 10, Converged: true},
+		Resync: &Resync{LossPercent: 5, LossFree: []Run{run(2, 1000), run(1.5, 1000), run(2.5, 1000)}, UnderLoad: &underLoad, LateJoin: &late,
+			Loss: []Run{run(2.2, 1000), slow, {System: UDPMapSync, Skipped: "daemon on node2 exited"}}},
+	}
+	got := verdicts(r, p)
+	for goal, want := range map[string]string{
+		"1M-entry late join at ≥ 0.5 of the raw batch-write rate":                                "met: 0.60 of 500.0k/s (300.0k entries/s: 600000 entries in 2.00 s)",
+		"join under load with 5 % loss: every entry within 2× the live stream's time":            "met: 1.75×: 3.50 s against 2.00 s loss-free (median of 3 runs, 1.50–2.50 s); 1000 changes",
+		"running peer with 5 % loss: every entry within 2× the loss-free time in each of 5 runs": "missed: 1.10×, 2.10×, not measured of 2.00 s loss-free (median of 3 runs, 1.50–2.50 s); 3 runs, 1 in which node2 gave a gap up for a full resync; the target asks for 5",
+		"daemon RSS < 64 MiB + 24 B per entry with a 1M-entry map":                               "missed: VmHWM 90.0 MiB sender, 70.0 MiB receiver against 88.0 MiB (1048576 entries); per entry over the idle daemon (40.0 MiB, 38.0 MiB): 50 B sender, 32 B receiver",
+		"0 changes lost (udpmapsync, every run)":                                                 "met: 0 lost over 8 runs",
+	} {
+		if got[goal] != want {
+			t.Errorf("%s:\n got %q\nwant %q", goal, got[goal], want)
+		}
+	}
+
+	md := r.resyncSection()
+	for _, want := range []string{"## Resync and loss", "5 % of the datagrams",
+		"| 2 running nodes, no loss (the live stream), run 2 | 1000 | 1.50 s | 667 | **0.75×** | 0.00 | 0 |",
+		"| node2 joins as the writes start, 5 % loss | 1000 | 3.50 s | 286 | **1.75×** |",
+		"| 2 running nodes, 5 % loss, run 2 | 1000 | 4.20 s | 238 | **2.10×** | 0.00 | 3 |",
+		"| 2 running nodes, 5 % loss, run 3 | 0 | not measured: daemon on node2 exited |",
+		"| late join: node2 starts beside a node1 holding 600000 entries | 600000 | 2.00 s | 300.0k |  | 0.60 |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("section lacks %q:\n%s", want, md)
+		}
+	}
+
+	// Nothing measured: every resync target says so.
+	for _, tg := range (&Results{}).resyncTargets() {
+		if tg.Met != nil || tg.Measured != "not measured" {
+			t.Errorf("%s: %+v, want not measured", tg.Goal, tg)
+		}
+	}
+	if (&Results{}).resyncSection() != "" {
+		t.Error("a report without resync runs has a resync section")
 	}
 }

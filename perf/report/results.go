@@ -48,6 +48,8 @@ type Results struct {
 	SealingRounds []Run `json:",omitempty"`
 	// Memory is the 1M-entry run, nil if skipped.
 	Memory *Run
+	// Resync is the runs of the resync targets, nil if skipped.
+	Resync *Resync `json:",omitempty"`
 	// Conntrackd is the result perf/conntrackd/run printed, nil if it did
 	// not run; ConntrackdNote says why, or what it noted.
 	Conntrackd     *ConntrackdResult
@@ -94,6 +96,9 @@ type Run struct {
 	BytesPerChange, PacketsPerChange float64
 	// Peak resident set (VmHWM), KiB: sender and the largest receiver.
 	RSSSender, RSSReceiver int64
+	// IdleRSSSender and IdleRSSReceiver are the same, read before the
+	// first write, the maps empty: the memory run's idle daemons.
+	IdleRSSSender, IdleRSSReceiver int64 `json:",omitempty"`
 	// ResyncNeeded counts the times a receiver gave a gap up and needed a
 	// full resync (udpmapsync's resync_needed, summed over the receivers):
 	// it had been overrun, and the run's CPU includes the resync.

@@ -118,10 +118,11 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, t)
 
 	ts = append(ts, r.sealingTarget())
+	ts = append(ts, r.resyncTargets()...)
 
 	t = Target{Goal: "0 changes lost (udpmapsync, every run)"}
 	lost, runs := 0, 0
-	for _, x := range slices.Concat(r.Runs, r.SealingRounds, deref(r.Memory)) {
+	for _, x := range slices.Concat(r.Runs, r.SealingRounds, deref(r.Memory), r.Resync.runs()) {
 		if IsUDPMapSync(x.System) && x.Skipped == "" {
 			runs++
 			lost += x.Lost

@@ -32,7 +32,7 @@ type deployment struct {
 	system string
 	c      *netnstest.Cluster
 	// pids[i] is the replicator on node i; for udpmapsync the cluster's
-	// daemons, for the baselines procs.
+	// daemons, for the baselines procs. 0 for a daemon not started yet.
 	pids  []int
 	procs []*proc
 }
@@ -45,9 +45,39 @@ type proc struct {
 	err  error
 }
 
+// setup is what a run arranges besides its system and workload.
+type setup struct {
+	// extra are added to udpmapsync's command line.
+	extra []string
+	// observe times every change's arrival on the peers (latency runs).
+	observe bool
+	// loss is the percentage of datagrams to udpmapsync's port that node2
+	// drops at random as they arrive (netnstest's DropDatagrams); 0: none.
+	loss int
+	// join is when node2's daemon starts.
+	join join
+}
+
+// join is when node2's daemon starts, relative to the workload.
+type join int
+
+const (
+	// joinFirst starts it with the others, before the workload.
+	joinFirst join = iota
+	// joinWithWrites starts it as the writer starts: it joins under load.
+	joinWithWrites
+	// joinAfterWrites starts it once node1 holds the whole workload and
+	// its daemon is idle: a late join, timed from the start.
+	joinAfterWrites
+)
+
+func (j join) String() string {
+	return [...]string{joinFirst: "first", joinWithWrites: "with the writes", joinAfterWrites: "after the writes"}[j]
+}
+
 // deploy builds a cluster of nodes with the map shaped by prof and starts
-// system on every node. extra are added to udpmapsync's command line.
-func deploy(ctx context.Context, f *Flags, system string, nodes int, prof workload.Profile, maxEntries uint32, extra []string) (_ *deployment, err error) {
+// system on every node, but on node2 when s says it joins later.
+func deploy(ctx context.Context, f *Flags, system string, nodes int, prof workload.Profile, maxEntries uint32, s setup) (_ *deployment, err error) {
 	dir, err := os.MkdirTemp(f.Work, fmt.Sprintf("%s-%dn-%s-", slug(system), nodes, slug(prof.Name)))
 	if err != nil {
 		return nil, err
@@ -57,8 +87,11 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 		Maps:  []netnstest.MapSpec{{Name: mapName, Type: ebpf.Hash, KeySize: uint32(prof.KeySize), ValueSize: uint32(prof.ValueSize), MaxEntries: maxEntries}},
 		Dir:   dir,
 	}
+	if s.join != joinFirst {
+		cfg.Later = []int{1}
+	}
 	if report.IsUDPMapSync(system) {
-		args := append([]string{"--announce-interval", "200ms"}, extra...)
+		args := append([]string{"--announce-interval", "200ms"}, s.extra...)
 		if system == report.UDPMapSyncSealed {
 			key, err := writeKeyFile(dir)
 			if err != nil {
@@ -66,7 +99,9 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 			}
 			args = append(args, "--key-file", key)
 		}
-		cfg.Daemon = netnstest.DaemonConfig{Binary: f.Daemon, Args: args}
+		// A joiner is ready only once it holds its peer's entries, which
+		// under loss may take long.
+		cfg.Daemon = netnstest.DaemonConfig{Binary: f.Daemon, Args: args, ReadyTimeout: f.Timeout}
 		if f.CPUProfile != "" {
 			cfg.NodeArgs = make(map[int][]string)
 			for i := range nodes {
@@ -84,9 +119,19 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 			d.close()
 		}
 	}()
+	if s.loss > 0 {
+		// Removed with node2's namespace.
+		if _, err := c.Topology.Nodes[1].DropDatagrams(ctx, s.loss); err != nil {
+			return nil, err
+		}
+	}
 	if report.IsUDPMapSync(system) {
 		for _, dm := range c.Daemons {
-			d.pids = append(d.pids, dm.Pid())
+			pid := 0 // not started yet
+			if dm != nil {
+				pid = dm.Pid()
+			}
+			d.pids = append(d.pids, pid)
 		}
 		if err := d.checkSealing(); err != nil {
 			return nil, fmt.Errorf("%s on %d nodes: %w", system, nodes, err)
@@ -210,12 +255,37 @@ func (d *deployment) close() error {
 	return errors.Join(append(errs, d.c.Close())...)
 }
 
+// start starts the daemon of node i that deploy left for later.
+func (d *deployment) start(i int) error {
+	if err := d.c.Start(i); err != nil {
+		return err
+	}
+	d.pids[i] = d.c.Daemons[i].Pid()
+	return nil
+}
+
 // daemonStats reads the last "stats" line of udpmapsync's log on node i,
 // which the daemon writes when it stops.
 func (d *deployment) daemonStats(i int) (map[string]uint64, error) {
 	if !report.IsUDPMapSync(d.system) {
 		return nil, nil
 	}
+	fields, err := d.logLine(i, "stats")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64)
+	for k, v := range fields {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out, nil
+}
+
+// logLine returns the fields (key=value) of the last line of udpmapsync's
+// log on node i whose message starts with msg.
+func (d *deployment) logLine(i int, msg string) (map[string]string, error) {
 	f, err := os.Open(d.c.Daemons[i].LogFile)
 	if err != nil {
 		return nil, err
@@ -225,22 +295,34 @@ func (d *deployment) daemonStats(i int) (map[string]uint64, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if strings.Contains(sc.Text(), "msg=stats") {
+		if strings.Contains(sc.Text(), "msg="+msg) || strings.Contains(sc.Text(), `msg="`+msg) {
 			last = sc.Text()
 		}
 	}
 	if last == "" {
-		return nil, fmt.Errorf("no stats line in %s", d.c.Daemons[i].LogFile)
+		return nil, fmt.Errorf("no %q line in %s", msg, d.c.Daemons[i].LogFile)
 	}
-	out := make(map[string]uint64)
-	for _, kv := range strings.Fields(last) {
-		k, v, ok := strings.Cut(kv, "=")
+	return logFields(last), nil
+}
+
+// logFields parses a line of slog's text format: key=value pairs, a value
+// with spaces or quotes quoted as Go does.
+func logFields(line string) map[string]string {
+	out := make(map[string]string)
+	for line != "" {
+		k, rest, ok := strings.Cut(strings.TrimLeft(line, " "), "=")
 		if !ok {
-			continue
+			break
 		}
-		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
-			out[k] = n
+		v, after, _ := strings.Cut(rest, " ")
+		if strings.HasPrefix(rest, `"`) {
+			if q, err := strconv.QuotedPrefix(rest); err == nil {
+				v, _ = strconv.Unquote(q)
+				after = rest[len(q):]
+			}
 		}
+		out[k] = v
+		line = after
 	}
-	return out, nil
+	return out
 }

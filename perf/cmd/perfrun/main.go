@@ -8,8 +8,9 @@
 // on node1 as fast as possible, timed until every peer holds the final
 // state), and latency runs at fixed rates. Before them, the raw rate at
 // which this machine writes a map with the same batch syscalls and nothing
-// attached; after them, a 1M-entry run for the daemon's memory, and
-// perf/conntrackd/run.
+// attached; after them, a 1M-entry run for the daemon's memory, the
+// resync runs (a late join, a join under load with loss, running peers
+// with loss: resync.go), and perf/conntrackd/run.
 package main
 
 import (
@@ -43,6 +44,7 @@ type Flags struct {
 	Daemon, GRPCSync, Conntrackd, Bench, Out, Version string
 	Changes, UnaryChanges, MemoryEntries, Batch       int
 	SealingRounds                                     int
+	ResyncRuns, JoinEntries, LossPercent              int
 	RingSize                                          int
 	DeleteShare                                       float64
 	Rates                                             []int
@@ -68,6 +70,9 @@ func main() {
 	fs.IntVar(&f.UnaryChanges, "unary-changes", 20_000, "changes per throughput run of the unary gRPC baseline (one call per change is slow)")
 	fs.IntVar(&f.SealingRounds, "sealing-rounds", 3, "pairs of full-speed runs of udpmapsync and udpmapsync (sealed) per node count and profile, when both are measured, counting the throughput table's: the cost of sealing is the median pair's")
 	fs.IntVar(&f.MemoryEntries, "memory-entries", 1_000_000, "entries of the memory run (0: skip it)")
+	fs.IntVar(&f.ResyncRuns, "resync-runs", 5, "pairs of full-speed runs of two running nodes, without loss and with --loss-percent into the receiver, before a join under load with that loss and a late join (the resync targets); 0 skips all resync runs")
+	fs.IntVar(&f.JoinEntries, "join-entries", 1_000_000, "entries a late joiner's peer holds, in the resync runs (0: no late join)")
+	fs.IntVar(&f.LossPercent, "loss-percent", 5, "datagrams into the receiver dropped at random in the resync runs, %")
 	fs.IntVar(&f.Batch, "batch", 512, "changes per batch syscall at full speed")
 	fs.IntVar(&f.RingSize, "ring-size", 64<<20, "capture ring of the replicators in throughput and latency runs")
 	fs.Float64Var(&f.DeleteShare, "delete-share", 0.1, "share of the changes that are deletes")
@@ -97,6 +102,9 @@ func main() {
 func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	if err := netnstest.Requirements(); err != nil {
 		return "", err
+	}
+	if f.ResyncRuns > 0 && (f.JoinEntries == 1 || f.JoinEntries < 0 || f.LossPercent < 1 || f.LossPercent > 100) {
+		return "", fmt.Errorf("--join-entries %d, --loss-percent %d: want 0 or at least 2 entries, and 1 to 100 %%", f.JoinEntries, f.LossPercent)
 	}
 	for _, s := range f.Systems {
 		if !slices.Contains(systems, s) {
@@ -168,7 +176,7 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 					changes = f.UnaryChanges
 				}
 				cfg := workload.Config{Profile: p, Changes: changes, DeleteShare: f.DeleteShare, Batch: f.Batch}
-				x, err := scenario(ctx, f, log, system, nodes, cfg, false, ringArgs(f))
+				x, err := scenario(ctx, f, log, system, nodes, cfg, setup{extra: ringArgs(f)})
 				if err != nil {
 					return "", err
 				}
@@ -191,7 +199,7 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 					r.Runs = append(r.Runs, report.Run{System: system, Nodes: nodes, Profile: cfg.Profile.Name, Rate: rate, Skipped: why})
 					continue
 				}
-				x, err := scenario(ctx, f, log, system, nodes, cfg, true, ringArgs(f))
+				x, err := scenario(ctx, f, log, system, nodes, cfg, setup{extra: ringArgs(f), observe: true})
 				if err != nil {
 					return "", err
 				}
@@ -203,6 +211,11 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	if f.MemoryEntries > 0 {
 		r.Memory, err = measureMemory(ctx, f, log, r)
 		if err != nil {
+			return "", err
+		}
+	}
+	if f.ResyncRuns > 0 {
+		if r.Resync, err = resyncRuns(ctx, f, log, r); err != nil {
 			return "", err
 		}
 	}
@@ -222,7 +235,7 @@ func sealingRounds(ctx context.Context, f *Flags, log *slog.Logger, r *report.Re
 		}
 		for _, system := range pair {
 			log.Info("sealing round", "round", round)
-			x, err := scenario(ctx, f, log, system, nodes, cfg, false, ringArgs(f))
+			x, err := scenario(ctx, f, log, system, nodes, cfg, setup{extra: ringArgs(f)})
 			if err != nil {
 				return err
 			}
@@ -238,18 +251,24 @@ var systems = []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCSt
 
 func ringArgs(f *Flags) []string { return []string{"--ring-size", strconv.Itoa(f.RingSize)} }
 
-// scenario deploys system, measures one workload and tears it down.
-func scenario(ctx context.Context, f *Flags, log *slog.Logger, system string, nodes int, cfg workload.Config, observe bool, extra []string) (*report.Run, error) {
+// scenario deploys system as s says, measures one workload and tears it
+// down.
+func scenario(ctx context.Context, f *Flags, log *slog.Logger, system string, nodes int, cfg workload.Config, s setup) (*report.Run, error) {
 	w, err := workload.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("run", "system", system, "nodes", nodes, "profile", cfg.Profile.Name, "changes", cfg.Changes, "rate", cfg.Rate)
-	d, err := deploy(ctx, f, system, nodes, cfg.Profile, w.MaxEntries(), extra)
+	log.Info("run", "system", system, "nodes", nodes, "profile", cfg.Profile.Name, "changes", cfg.Changes, "rate", cfg.Rate, "loss_percent", s.loss, "join", s.join)
+	d, err := deploy(ctx, f, system, nodes, cfg.Profile, w.MaxEntries(), s)
 	if err != nil {
 		return nil, err
 	}
-	x, err := d.measure(ctx, f, cfg, observe)
+	var x *report.Run
+	if s.join == joinAfterWrites {
+		x, err = d.lateJoin(ctx, f, cfg)
+	} else {
+		x, err = d.measure(ctx, f, cfg, s.observe)
+	}
 	if cerr := d.close(); cerr != nil && err == nil && x != nil {
 		x.Notes = append(x.Notes, "stopping: "+cerr.Error())
 	}
@@ -329,9 +348,13 @@ func measureRaw(ctx context.Context, f *Flags, p workload.Profile) (*report.Raw,
 		CPUPerChange: us(res.CPU) / float64(f.Changes)}, nil
 }
 
+// idleSettle is how long the memory run's daemons run with empty maps
+// before their RSS is taken as the idle daemon's: a few announce periods.
+const idleSettle = time.Second
+
 // measureMemory fills a 1M-entry map on node1 of a 2-node udpmapsync
 // cluster with the daemon's default ring, at a rate it sustains, and reads
-// the daemons' peak RSS.
+// the daemons' peak RSS, before (idle, maps empty) and after.
 func measureMemory(ctx context.Context, f *Flags, log *slog.Logger, r *report.Results) (*report.Run, error) {
 	rate := 100_000
 	if top := r.Find(report.UDPMapSync, 2, workload.Small.Name, 0); top != nil {
@@ -344,20 +367,29 @@ func measureMemory(ctx context.Context, f *Flags, log *slog.Logger, r *report.Re
 	for maxEntries < uint32(f.MemoryEntries) {
 		maxEntries *= 2
 	}
-	d, err := deploy(ctx, f, report.UDPMapSync, 2, workload.Small, maxEntries, nil)
+	d, err := deploy(ctx, f, report.UDPMapSync, 2, workload.Small, maxEntries, setup{})
 	if err != nil {
 		return nil, err
 	}
-	x, err := d.measure(ctx, f, cfg, false)
+	// The daemons idle with their maps empty: what a daemon needs before
+	// it holds any entry.
+	time.Sleep(idleSettle)
+	idleSender, idleReceiver, err := d.peakRSS()
+	var x *report.Run
+	if err == nil {
+		x, err = d.measure(ctx, f, cfg, false)
+	}
 	if cerr := d.close(); cerr != nil && err == nil {
 		x.Notes = append(x.Notes, "stopping: "+cerr.Error())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("memory run: %w", err)
 	}
+	x.IdleRSSSender, x.IdleRSSReceiver = idleSender, idleReceiver
 	addStats(d, x)
 	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (8 MiB) and --resend-buffer (16 MiB)", maxEntries, f.MemoryEntries))
-	log.Info("result", "rss_sender_kib", x.RSSSender, "rss_receiver_kib", x.RSSReceiver, "lost", x.Lost)
+	log.Info("result", "rss_sender_kib", x.RSSSender, "rss_receiver_kib", x.RSSReceiver,
+		"idle_rss_sender_kib", x.IdleRSSSender, "idle_rss_receiver_kib", x.IdleRSSReceiver, "lost", x.Lost)
 	return x, nil
 }
 
@@ -417,6 +449,10 @@ func newResults(f *Flags) *report.Results {
 			{"pairs per cost of sealing", fmt.Sprintf("%d (--sealing-rounds): the throughput table's and %d more, back to back", f.SealingRounds, max(f.SealingRounds-1, 0))},
 			{"gRPC baselines", "perf/cmd/grpcsync: --flush-interval 200µs, --batch-bytes 64 KiB (stream), one TCP connection per peer, no TLS"},
 		},
+	}
+	if f.ResyncRuns > 0 {
+		r.Settings = append(r.Settings, [2]string{"resync runs", fmt.Sprintf("udpmapsync, 2 nodes, 16 B / 64 B, %d changes at full speed: %d pairs of runs of running nodes without loss and with %d %% loss into node2 (--resync-runs, --loss-percent), one joining under that loss; a late join of %d entries (--join-entries)",
+			f.Changes, f.ResyncRuns, f.LossPercent, f.JoinEntries)})
 	}
 	if f.CPUProfile != "" {
 		r.Settings = append(r.Settings, [2]string{"daemons profiled", "--cpuprofile: every udpmapsync daemon ran with the CPU profiler, whose own cost is in its CPU figures"})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -77,16 +78,19 @@ func txCounters(n *netnstest.Node) (bytes, packets uint64, err error) {
 
 // snapshot is the counters of a deployment at one moment.
 type snapshot struct {
-	cpu            []time.Duration // per node's replicator
+	cpu            []time.Duration // per node's replicator; 0 before it started
 	bytes, packets uint64          // all nodes' interfaces
 }
 
 func (d *deployment) snapshot() (snapshot, error) {
 	var s snapshot
 	for _, pid := range d.pids {
-		c, err := procCPU(pid)
-		if err != nil {
-			return s, err
+		var c time.Duration
+		if pid != 0 {
+			var err error
+			if c, err = procCPU(pid); err != nil {
+				return s, err
+			}
 		}
 		s.cpu = append(s.cpu, c)
 	}
@@ -99,4 +103,36 @@ func (d *deployment) snapshot() (snapshot, error) {
 		s.packets += p
 	}
 	return s, nil
+}
+
+// idlePoll is the period in which a process that used at most one clock
+// tick of CPU counts as idle.
+const idlePoll = 250 * time.Millisecond
+
+// waitIdle waits until process pid is idle: for a daemon, until it has
+// sent what it captured.
+func waitIdle(ctx context.Context, pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	prev, err := procCPU(pid)
+	if err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(idlePoll):
+		}
+		cur, err := procCPU(pid)
+		if err != nil {
+			return err
+		}
+		if cur-prev <= time.Second/clockTicks {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still busy after %v", timeout)
+		}
+		prev = cur
+	}
 }

@@ -68,7 +68,29 @@ datagram) are in the notes.
 
 **Memory.** VmHWM from /proc/PID/status at the end of each run. The memory run fills a map of
 2^20 entries with 1,000,000 distinct keys through a 2-node cluster, at a rate the daemon sustains,
-with the daemon's default ring and resend buffer.
+with the daemon's default ring and resend buffer. Before the first write, a second after the
+daemons are ready with their maps empty, it reads their VmHWM too: the idle daemon. Per entry is
+(VmHWM at the end − idle VmHWM) / entries, per daemon; the sender's includes its resend buffer
+filling up (up to --resend-buffer, whatever the entries).
+
+**Resync and loss.** udpmapsync on 2 nodes, 16 B / 64 B, the throughput runs' workload at full
+speed and ring, each run on a fresh cluster. Loss is netns-test's DropDatagrams on node2: an
+nftables rule in its namespace dropping that share of the UDP datagrams arriving at the daemons'
+port, each at random (numgen), so announces, answers to repair requests and resync datagrams are
+lost alike; nothing node2 sends is dropped. Running peers: both daemons running before the first
+write, --resync-runs pairs of runs back to back, one without loss and one with it; the runs without
+loss give the live stream's time, and their median is what the others are compared with (one
+loss-free run on this shared machine can take half again as long as the next). Join under load:
+node2's daemon is started (from a thread of the harness) as node1's writer starts, with the loss;
+the run lasts until node2's daemon is ready and its map holds every entry of the final state (the
+maps are compared once it is ready). Late join: node1's daemon running alone, the writer writes
+--join-entries distinct keys at full speed and the harness waits until node1's daemon has been idle
+for 250 ms (it has sent what it captured); then node2's daemon starts, and the time counts from
+just before its start to the later of its ready file and the first whole-map comparison that
+matches, both on node2 (the map is not compared while the daemon starts: reading 1M entries would
+compete with it for the cores). The target compares its entries/s with the raw batch-write rate of
+the same profile in this run. A run that fails (a daemon that does not start or get ready within
+--timeout) is shown as not measured and the others go on.
 
 **gRPC baselines.** perf/cmd/grpcsync, a separate Go module (perf/go.mod) so the daemon never
 links gRPC. Same capture (loader.NewCapture, as a replication.Source), same apply

@@ -24,19 +24,16 @@ const sentinelPoll = 500 * time.Microsecond
 
 // measure writes cfg's workload on node1 of d, waits until every peer holds
 // the final state, and returns what it cost. With observe, observers on the
-// peers time every change's arrival.
+// peers time every change's arrival. A daemon deploy left for later starts
+// as the writer starts.
 func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config, observe bool) (*report.Run, error) {
 	nodes := len(d.c.Topology.Nodes)
 	run := &report.Run{System: d.system, Nodes: nodes, Profile: cfg.Profile.Name, Rate: cfg.Rate, Changes: cfg.Changes}
-	w, err := workload.New(cfg)
+	w, src, err := d.source(cfg)
 	if err != nil {
 		return nil, err
 	}
-	src, err := loader.OpenMaps([]string{d.c.PinPath(0, mapName)})
-	if err != nil {
-		return nil, err
-	}
-	defer src[0].Close()
+	defer src.Close()
 	var peers []*ebpf.Map
 	defer func() {
 		for _, m := range peers {
@@ -66,27 +63,31 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	if err != nil {
 		return nil, err
 	}
-	res, err := w.Run(ctx, src[0])
+	joined := d.startLate()
+	res, err := w.Run(ctx, src)
 	if err != nil {
+		joined()
 		return nil, err
 	}
 	key, value := w.Sentinel(len(res.Batches))
 	arrived, err := waitSentinel(ctx, peers, key, value, f.Timeout)
+	ready, err2 := joined()
+	if err2 != nil {
+		return nil, err2
+	}
+	if ready != 0 {
+		note := fmt.Sprintf("node2's daemon started as the writer did, ready %.2f s after the first write", float64(ready-res.Start)/1e9)
+		if err == nil {
+			note += fmt.Sprintf("; the last change reached it %.2f s after the first write", float64(arrived-res.Start)/1e9)
+		}
+		run.Notes = append(run.Notes, note)
+	}
 	after, err2 := d.snapshot()
 	if err2 != nil {
 		return nil, err2
 	}
-	for _, pid := range d.pids[:1] {
-		if run.RSSSender, err2 = peakRSS(pid); err2 != nil {
-			return nil, err2
-		}
-	}
-	for _, pid := range d.pids[1:] {
-		rss, err2 := peakRSS(pid)
-		if err2 != nil {
-			return nil, err2
-		}
-		run.RSSReceiver = max(run.RSSReceiver, rss)
+	if run.RSSSender, run.RSSReceiver, err2 = d.peakRSS(); err2 != nil {
+		return nil, err2
 	}
 	var samples [][]sample
 	if obs != nil {
@@ -96,34 +97,24 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	n := float64(cfg.Changes)
 	run.WriterPerSec = n / res.Seconds()
 	run.WriterCPU = us(res.CPU) / n
-	run.CPUSender = us(after.cpu[0]-before.cpu[0]) / n
-	var recv time.Duration
-	for i := 1; i < nodes; i++ {
-		recv += after.cpu[i] - before.cpu[i]
-	}
-	run.CPUReceiver = us(recv) / float64(nodes-1) / n
-	run.BytesPerChange = float64(after.bytes-before.bytes) / n
-	run.PacketsPerChange = float64(after.packets-before.packets) / n
+	addCosts(run, before, after, cfg.Changes)
 
 	// The sentinel says when the last change arrived; the maps say whether
 	// everything before it did.
 	want := netnstest.Contents(w.Want())
 	diffs, converged, at := compareWait(ctx, peers, want, f.Settle)
 	run.Converged = err == nil && converged
-	for _, df := range diffs {
-		run.Lost += df.Missing + df.Extra + df.Wrong
-		if !df.Equal() {
-			run.Notes = append(run.Notes, "peer differs: "+df.String())
-		}
-	}
+	countLost(run, diffs)
 	if err != nil {
 		run.Notes = append(run.Notes, err.Error())
 	} else {
 		// Changes are applied in order, so the maps usually match as the
 		// sentinel arrives. When they do not, a change was given up on and
-		// a resync repaired it: the run lasted until the maps matched.
-		end := arrived
-		if converged && at > arrived {
+		// a resync repaired it: the run lasted until the maps matched. A
+		// joiner has joined once it is ready as well: the maps were first
+		// compared then.
+		end := max(arrived, ready)
+		if converged && at > end {
 			end = at
 			run.Notes = append(run.Notes, fmt.Sprintf("the maps matched %.1f s after the last change arrived (a resync ran)", float64(at-arrived)/1e9))
 		}
@@ -148,6 +139,96 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 }
 
 func us(d time.Duration) float64 { return float64(d) / 1e3 }
+
+// source prepares cfg's writer and opens node1's map for it to write;
+// the caller closes the map.
+func (d *deployment) source(cfg workload.Config) (*workload.Writer, *loader.Map, error) {
+	w, err := workload.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := loader.OpenMaps([]string{d.c.PinPath(0, mapName)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, src[0], nil
+}
+
+// addCosts sets run's CPU, bytes and packets per change from the counters
+// before and after changes changes.
+func addCosts(run *report.Run, before, after snapshot, changes int) {
+	n := float64(changes)
+	run.CPUSender = us(after.cpu[0]-before.cpu[0]) / n
+	var recv time.Duration
+	for i := 1; i < len(after.cpu); i++ {
+		recv += after.cpu[i] - before.cpu[i]
+	}
+	run.CPUReceiver = us(recv) / float64(len(after.cpu)-1) / n
+	run.BytesPerChange = float64(after.bytes-before.bytes) / n
+	run.PacketsPerChange = float64(after.packets-before.packets) / n
+}
+
+// countLost adds the entries in which the peers differ from the final state
+// to run's lost, and a note for each peer that differs.
+func countLost(run *report.Run, diffs []netnstest.Diff) {
+	for _, df := range diffs {
+		run.Lost += df.Missing + df.Extra + df.Wrong
+		if !df.Equal() {
+			run.Notes = append(run.Notes, "peer differs: "+df.String())
+		}
+	}
+}
+
+// startLate starts, in the background, the daemons deploy left for later,
+// and returns a function that waits for them and says when the last was
+// ready, in [workload.Now]'s clock, or 0 if there were none.
+func (d *deployment) startLate() (wait func() (int64, error)) {
+	var late []int
+	for i, pid := range d.pids {
+		if pid == 0 && report.IsUDPMapSync(d.system) {
+			late = append(late, i)
+		}
+	}
+	type result struct {
+		ready int64
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		for _, i := range late {
+			if r.err = d.start(i); r.err != nil {
+				break
+			}
+			r.ready = workload.Now()
+		}
+		done <- r
+	}()
+	return func() (int64, error) {
+		r := <-done
+		return r.ready, r.err
+	}
+}
+
+// peakRSS is the peak RSS of the sender (node1's replicator) and the
+// largest of the receivers', KiB.
+func (d *deployment) peakRSS() (sender, receiver int64, err error) {
+	for i, pid := range d.pids {
+		if pid == 0 {
+			continue
+		}
+		rss, err := peakRSS(pid)
+		if err != nil {
+			return 0, 0, err
+		}
+		if i == 0 {
+			sender = rss
+		} else {
+			receiver = max(receiver, rss)
+		}
+	}
+	return sender, receiver, nil
+}
 
 // waitSentinel polls every peer until it holds the sentinel and returns when
 // the last one did, in [workload.Now]'s clock.
