@@ -296,7 +296,7 @@ func (n *Node) timers(ctx context.Context) error {
 				pruned = now
 				n.know.mu.Lock()
 				n.know.prune(now)
-				n.stats.KnownKeys.Store(int64(n.know.entries()))
+				n.stats.KnownKeys.Store(uint64(n.know.entries()))
 				n.know.mu.Unlock()
 			}
 		}

@@ -56,7 +56,7 @@ type Stats struct {
 	SyncDeleted       atomic.Uint64 // local entries a snapshot showed deleted, removed
 	SyncPushed        atomic.Uint64 // entries a merge found the serving peer lacking or holding older, sent back
 	TombstonesDropped atomic.Uint64 // deletes forgotten before the horizon because too many were remembered
-	KnownKeys         atomic.Int64  // keys whose latest version this node knows, deleted ones included (a gauge)
+	KnownKeys         atomic.Uint64 // keys whose latest version this node knows, deleted ones included (a gauge)
 	Ready             atomic.Bool   // the initial sync is complete
 
 	// ApplySeconds is how long each batch write to a local map took.
@@ -104,9 +104,8 @@ type StatsSnapshot struct {
 	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
 	Unauthenticated, Replayed uint64
 
-	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped uint64
-	KnownKeys                                                                int64
-	Ready                                                                    bool
+	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
+	Ready                                                                               bool
 }
 
 // Snapshot copies the counters.
@@ -203,7 +202,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("sync_deleted", s.SyncDeleted),
 		slog.Uint64("sync_pushed", s.SyncPushed),
 		slog.Uint64("tombstones_dropped", s.TombstonesDropped),
-		slog.Int64("known_keys", s.KnownKeys),
+		slog.Uint64("known_keys", s.KnownKeys),
 		slog.Bool("ready", s.Ready),
 	}
 }
