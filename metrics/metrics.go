@@ -130,7 +130,7 @@ var (
 	droppedDesc = newDesc("datagrams_dropped_total", "Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason")
 	heldDesc    = newDesc("datagrams_held", "Peer datagrams held back behind a missing one.")
 	peersDesc   = newDesc("peers", "Peers heard from and not yet forgotten.")
-	knownDesc   = newDesc("known_keys", "Keys whose latest version this node knows, remembered deletes included (24 bytes each in memory).")
+	knownDesc   = newDesc("known_keys", "Keys whose latest version this node knows, remembered deletes included (20 bytes each, in a table at most 80% full).")
 	lagDesc     = newDesc("peer_lag_datagrams", "Change datagrams the peer is known to have sent and this node has not applied.", "peer")
 	lagSecDesc  = newDesc("peer_lag_seconds", "How long the oldest of the peer's datagrams still missing has been missing; 0 when none is.", "peer")
 	heardDesc   = newDesc("peer_last_heard_seconds", "Seconds since the peer's last valid datagram.", "peer")

@@ -282,7 +282,7 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 func (a *applier) remark(m *localMap, keys []byte, now time.Time) {
 	for o := 0; o < len(keys); o += m.keySize {
 		if sl := a.know.lookup(m.index, keys[o:o+m.keySize]); sl != nil {
-			sl.meta = sl.meta&^metaTimeMask | a.know.millis(now)
+			a.know.markApplied(sl, now)
 		}
 	}
 }

@@ -1,10 +1,15 @@
 package replication
 
 import (
+	"encoding/binary"
+	"fmt"
 	"hash/maphash"
 	"math/bits"
 	"sync"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 )
@@ -32,62 +37,154 @@ const (
 	maxTombstones = 1 << 20
 )
 
-// meta bits of a knowledge slot.
+// slot is one key's knowledge, packed into 20 bytes (slotSize), little
+// endian:
+//
+//	0..5    the key's hash, low 48 bits (0: an empty slot); with the shard,
+//	        which the hash's top 6 bits pick, 54 bits of it are kept
+//	6..13   the version's stamp
+//	14..17  the version's origin
+//	18      flags: tombstone, remote, and the resync generation (6 bits)
+//	19      when the remote write was applied, in 256 ms ticks, wrapping
+//
+// The key itself is not kept. Two keys of 54 equal hash bits (per-run
+// seed; about 3·10⁻⁵ for some pair of 1M keys, 3·10⁻⁸ for a given new key)
+// share one version.
+type slot [slotSize]byte
+
 const (
-	metaTombstone = 1 << 31 // the latest write known deleted the key
-	metaRemote    = 1 << 30 // that write came from a peer and was applied here
-	metaGenShift  = 24      // 6 bits: the resync generation that last saw the key
-	metaGenMask   = 0x3f << metaGenShift
-	metaTimeMask  = 1<<24 - 1 // monotonic ms after the remote apply, wrapping
+	slotSize = 20
+
+	flagTombstone = 1 << 7 // the latest write known deleted the key
+	flagRemote    = 1 << 6 // that write came from a peer and was applied here
+	flagGenMask   = 0x3f   // the resync generation that last saw the key
+
+	hashMask = 1<<48 - 1
+	tickMs   = 256 // the applied-at clock's tick
 )
 
-// slot is one key's knowledge: 24 bytes. The key itself is not kept, only
-// a 64-bit hash of it under a per-run random seed (1M keys collide with a
-// probability of about 3e-8; a collision makes two keys share a version).
-type slot struct {
-	hash   uint64 // 0: empty
-	stamp  hlc.Stamp
-	origin uint32
-	meta   uint32
+func (s *slot) hash() uint64 {
+	return uint64(binary.LittleEndian.Uint32(s[0:])) | uint64(binary.LittleEndian.Uint16(s[4:]))<<32
 }
 
-func (s *slot) version() version { return version{s.stamp, s.origin} }
-func (s *slot) tombstone() bool  { return s.meta&metaTombstone != 0 }
-func (s *slot) gen() uint8       { return uint8(s.meta & metaGenMask >> metaGenShift) }
-func (s *slot) setGen(g uint8) {
-	s.meta = s.meta&^metaGenMask | uint32(g&0x3f)<<metaGenShift
+func (s *slot) version() version {
+	return version{hlc.Stamp(binary.LittleEndian.Uint64(s[6:])), binary.LittleEndian.Uint32(s[14:])}
 }
 
-// keyTable is the knowledge of one map: an open-addressing table of slots,
-// at most maxLoad full. It grows by half, not doubling, to stay near the
-// 24 bytes per key it costs.
+func (s *slot) setVersion(v version) {
+	binary.LittleEndian.PutUint64(s[6:], uint64(v.stamp))
+	binary.LittleEndian.PutUint32(s[14:], v.origin)
+}
+
+func (s *slot) tombstone() bool { return s[18]&flagTombstone != 0 }
+func (s *slot) remote() bool    { return s[18]&flagRemote != 0 }
+func (s *slot) gen() uint8      { return s[18] & flagGenMask }
+func (s *slot) setGen(g uint8)  { s[18] = s[18]&^flagGenMask | g&flagGenMask }
+
+// newSlot is an empty version for hash h (its low 48 bits, never 0).
+func newSlot(h uint64) slot {
+	var s slot
+	binary.LittleEndian.PutUint32(s[0:], uint32(h))
+	binary.LittleEndian.PutUint16(s[4:], uint16(h>>32))
+	return s
+}
+
+// slotHash is what a slot keeps of hash h: its low 48 bits, never 0.
+func slotHash(h uint64) uint64 { return h&hashMask | 1 }
+
+// keyTable is the knowledge of one map: 64 open-addressing tables of
+// slots, by the top bits of the key's hash, each at most maxLoad full and
+// growing by a quarter on its own. The slots live outside the Go heap (in
+// anonymous mappings: they hold no pointers), so the collector neither
+// scans them nor lets the heap grow to twice their size, and a growth
+// holds one shard twice, not the whole table.
 type keyTable struct {
-	slots []slot
-	n     int
+	shards [numShards]shard
+	n      int
 }
 
-const maxLoad = 0.8
+const (
+	numShards  = 64
+	shardShift = 58 // the hash's top 6 bits pick the shard
+	maxLoad    = 0.8
+	minSlots   = 4096 / slotSize // one page
+)
 
-func (t *keyTable) home(h uint64) int {
-	hi, _ := bits.Mul64(h, uint64(len(t.slots)))
-	return int(hi)
+// shard is one open-addressing table of slots; the hashes it compares are
+// slotHash's.
+type shard struct {
+	slots []slot
+	mem   []byte // the mapping behind slots
+	n     int
 }
 
 // find returns the slot of hash h, or nil.
 func (t *keyTable) find(h uint64) *slot {
-	if i := t.index(h); i >= 0 {
-		return &t.slots[i]
+	sh := &t.shards[h>>shardShift]
+	if i := sh.index(slotHash(h)); i >= 0 {
+		return &sh.slots[i]
 	}
 	return nil
 }
 
+// put returns the slot of hash h, adding an empty version for it if it
+// had none; the pointer is valid until the next put or remove.
+func (t *keyTable) put(h uint64) *slot {
+	sh := &t.shards[h>>shardShift]
+	s, added := sh.put(slotHash(h))
+	if added {
+		t.n++
+	}
+	return s
+}
+
+// remove forgets hash h.
+func (t *keyTable) remove(h uint64) {
+	if t.shards[h>>shardShift].remove(slotHash(h)) {
+		t.n--
+	}
+}
+
+// bytes is the memory the slots take.
+func (t *keyTable) bytes() int {
+	n := 0
+	for i := range t.shards {
+		n += len(t.shards[i].mem)
+	}
+	return n
+}
+
+// each calls fn with every slot in use.
+func (t *keyTable) each(fn func(*slot)) {
+	for i := range t.shards {
+		for j := range t.shards[i].slots {
+			if t.shards[i].slots[j].hash() != 0 {
+				fn(&t.shards[i].slots[j])
+			}
+		}
+	}
+}
+
+// home is where the probe run of h, a slotHash, starts.
+func (sh *shard) home(h uint64) int {
+	hi, _ := bits.Mul64(h<<16, uint64(len(sh.slots)))
+	return int(hi)
+}
+
+func (sh *shard) next(i int) int {
+	if i++; i == len(sh.slots) {
+		return 0
+	}
+	return i
+}
+
 // index returns the position of hash h, or -1.
-func (t *keyTable) index(h uint64) int {
-	if len(t.slots) == 0 {
+func (sh *shard) index(h uint64) int {
+	if len(sh.slots) == 0 {
 		return -1
 	}
-	for i := t.home(h); ; i = t.next(i) {
-		switch t.slots[i].hash {
+	for i := sh.home(h); ; i = sh.next(i) {
+		switch sh.slots[i].hash() {
 		case h:
 			return i
 		case 0:
@@ -96,62 +193,62 @@ func (t *keyTable) index(h uint64) int {
 	}
 }
 
-func (t *keyTable) next(i int) int {
-	if i++; i == len(t.slots) {
-		return 0
+func (sh *shard) put(h uint64) (*slot, bool) {
+	if float64(sh.n+1) > maxLoad*float64(len(sh.slots)) {
+		sh.grow()
 	}
-	return i
-}
-
-// put returns the slot of hash h, adding an empty version for it if it
-// had none; the pointer is valid until the next put or remove.
-func (t *keyTable) put(h uint64) *slot {
-	if float64(t.n+1) > maxLoad*float64(len(t.slots)) {
-		t.grow()
-	}
-	i := t.home(h)
-	for ; t.slots[i].hash != 0; i = t.next(i) {
-		if t.slots[i].hash == h {
-			return &t.slots[i]
+	i := sh.home(h)
+	for ; sh.slots[i].hash() != 0; i = sh.next(i) {
+		if sh.slots[i].hash() == h {
+			return &sh.slots[i], false
 		}
 	}
-	t.n++
-	t.slots[i] = slot{hash: h}
-	return &t.slots[i]
+	sh.n++
+	sh.slots[i] = newSlot(h)
+	return &sh.slots[i], true
 }
 
-func (t *keyTable) grow() {
-	old := t.slots
-	t.slots = make([]slot, max(64, len(old)+len(old)/2))
+func (sh *shard) grow() {
+	old, oldMem := sh.slots, sh.mem
+	n := max(minSlots, len(old)+len(old)/4)
+	mem, err := unix.Mmap(-1, 0, n*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		panic(fmt.Sprintf("replication: cannot map %d bytes for the knowledge of keys: %v", n*slotSize, err))
+	}
+	sh.mem, sh.slots = mem, unsafe.Slice((*slot)(unsafe.Pointer(&mem[0])), n)
 	for i := range old {
-		if old[i].hash == 0 {
+		if old[i].hash() == 0 {
 			continue
 		}
-		j := t.home(old[i].hash)
-		for t.slots[j].hash != 0 {
-			j = t.next(j)
+		j := sh.home(old[i].hash())
+		for sh.slots[j].hash() != 0 {
+			j = sh.next(j)
 		}
-		t.slots[j] = old[i]
+		sh.slots[j] = old[i]
+	}
+	if oldMem != nil {
+		_ = unix.Munmap(oldMem)
 	}
 }
 
 // remove forgets hash h, shifting later slots of its probe run back so
-// that no lookup stops early.
-func (t *keyTable) remove(h uint64) {
-	i := t.index(h)
+// that no lookup stops early, and reports whether it held h.
+func (sh *shard) remove(h uint64) bool {
+	i := sh.index(h)
 	if i < 0 {
-		return
+		return false
 	}
-	t.n--
-	for j := t.next(i); t.slots[j].hash != 0; j = t.next(j) {
-		home := t.home(t.slots[j].hash)
+	sh.n--
+	for j := sh.next(i); sh.slots[j].hash() != 0; j = sh.next(j) {
+		home := sh.home(sh.slots[j].hash())
 		// Move j back to i unless its home lies cyclically in (i, j].
 		if i <= j && (home <= i || home > j) || i > j && home <= i && home > j {
-			t.slots[i] = t.slots[j]
+			sh.slots[i] = sh.slots[j]
 			i = j
 		}
 	}
-	t.slots[i] = slot{}
+	sh.slots[i] = slot{}
+	return true
 }
 
 // tombstoneLog is the deletes of one map in the order they were learned,
@@ -216,24 +313,35 @@ func (k *knowledge) hash(key []byte) uint64 { return maphash.Bytes(k.seed, key) 
 // lookup returns the slot of key in map index m, or nil.
 func (k *knowledge) lookup(m int, key []byte) *slot { return k.maps[m].find(k.hash(key)) }
 
-// millis is the wrapping monotonic milliseconds of now, for applied-at.
-func (k *knowledge) millis(now time.Time) uint32 {
-	return uint32(max(now.Sub(k.started).Milliseconds(), 0)) & metaTimeMask
+// tick is the applied-at clock at t: 256 ms ticks since the knowledge was
+// made, wrapping at 256. up rounds up, for the time of an apply, so that
+// a tick never says an apply ended before it did.
+func (k *knowledge) tick(t time.Time, up bool) uint8 {
+	ms := max(t.Sub(k.started).Milliseconds(), 0)
+	if up {
+		ms += tickMs - 1
+	}
+	return uint8(ms / tickMs)
+}
+
+// markApplied records that s's write, a peer's, was applied by at.
+func (k *knowledge) markApplied(s *slot, at time.Time) {
+	s[18] |= flagRemote
+	s[19] = k.tick(at, true)
 }
 
 // set records v as the latest write of key: a delete if tomb. remote marks
 // a peer's write applied at now.
 func (k *knowledge) set(m int, key []byte, v version, tomb, remote bool, now time.Time) {
 	s := k.maps[m].put(k.hash(key))
-	s.stamp, s.origin = v.stamp, v.origin
-	meta := s.meta & metaGenMask
+	s.setVersion(v)
+	s[18] &= flagGenMask
 	if tomb {
-		meta |= metaTombstone
+		s[18] |= flagTombstone
 	}
 	if remote {
-		meta |= metaRemote | k.millis(now)
+		k.markApplied(s, now)
 	}
-	s.meta = meta
 	if tomb && v.stamp != 0 {
 		k.tombs[m].add(key, v)
 	}
@@ -241,19 +349,19 @@ func (k *knowledge) set(m int, key []byte, v version, tomb, remote bool, now tim
 
 // appliedSince reports whether s was last set by a peer's write applied at
 // or after t (now being the present): whether a local write captured
-// after t may be older than it. Times are kept in 24 wrapping bits, so an
-// apply more than 2.3 hours before t can look recent: that costs a map
-// read, never a wrong answer; a t that far back makes every remote apply
-// count as recent.
+// after t may be older than it. Applies are kept in 256 ms ticks that wrap
+// after about a minute, rounded up: an apply within a tick of t counts as
+// after it, which costs a map read, never a wrong answer; a t more than
+// 30 s back makes every remote apply count as recent.
 func (k *knowledge) appliedSince(s *slot, t, now time.Time) bool {
-	if s.meta&metaRemote == 0 {
+	if !s.remote() {
 		return false
 	}
-	if now.Sub(t) >= time.Hour {
+	if now.Sub(t) >= 30*time.Second {
 		return true
 	}
-	d := (k.millis(t) - s.meta&metaTimeMask) & metaTimeMask
-	return d == 0 || d >= 1<<23 // applied at or after t
+	d := k.tick(t, false) - s[19] // ticks from the apply to t, wrapping
+	return d >= 128
 }
 
 // prune forgets the deletes older than the horizon, and the oldest past
@@ -289,9 +397,7 @@ func (k *knowledge) nextGen() uint8 {
 		// A mark 63 resyncs old would read as current: clear them all.
 		k.gen = 1
 		for m := range k.maps {
-			for i := range k.maps[m].slots {
-				k.maps[m].slots[i].setGen(0)
-			}
+			k.maps[m].each(func(sl *slot) { sl.setGen(0) })
 		}
 	}
 	return k.gen

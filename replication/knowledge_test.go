@@ -38,11 +38,11 @@ func TestKeyTableAgainstMap(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 200_000 {
 		// Few distinct values, so removes hit; at the table's load,
-		// probe runs are long and wrap at its end.
+		// probe runs are long and wrap at a shard's end.
 		h := r.Uint64N(20_000)*0x9e3779b97f4a7c15 | 1
 		switch r.IntN(3) {
 		case 0, 1:
-			kt.put(h).origin = uint32(i)
+			kt.put(h).setVersion(version{stamp: 1, origin: uint32(i)})
 			want[h] = uint32(i)
 		case 2:
 			kt.remove(h)
@@ -53,7 +53,7 @@ func TestKeyTableAgainstMap(t *testing.T) {
 		t.Fatalf("table holds %d, want %d", kt.n, len(want))
 	}
 	for h, o := range want {
-		if s := kt.find(h); s == nil || s.origin != o {
+		if s := kt.find(h); s == nil || s.version().origin != o {
 			t.Fatalf("hash %#x: slot %+v, want origin %d", h, s, o)
 		}
 	}
@@ -63,8 +63,10 @@ func TestKeyTableAgainstMap(t *testing.T) {
 			t.Fatalf("removed hash %#x still found", h)
 		}
 	}
-	if load := float64(kt.n) / float64(len(kt.slots)); load > maxLoad {
-		t.Fatalf("load %.2f over %.2f", load, maxLoad)
+	for i := range kt.shards {
+		if sh := &kt.shards[i]; len(sh.slots) > 0 && float64(sh.n)/float64(len(sh.slots)) > maxLoad {
+			t.Fatalf("shard %d: load %.2f over %.2f", i, float64(sh.n)/float64(len(sh.slots)), maxLoad)
+		}
 	}
 }
 
@@ -78,21 +80,24 @@ func TestAppliedSince(t *testing.T) {
 		after time.Duration // t - t0
 		since bool
 	}{
-		{-time.Second, true},      // the apply came after t
-		{0, true},                 // in the same millisecond: cannot tell
-		{time.Millisecond, false}, // the apply was over before t
-		{30 * time.Minute, false}, //
-		{-30 * time.Minute, true}, //
-		{61 * time.Minute, false}, // still within the wrap
+		{-time.Second, true},            // the apply came after t
+		{-20 * time.Second, true},       //
+		{300 * time.Millisecond, false}, // the apply was over more than a tick before t
+		{20 * time.Second, false},       //
 	} {
 		now := t0.Add(tc.after).Add(time.Second)
 		if got := k.appliedSince(s, t0.Add(tc.after), now); got != tc.since {
 			t.Errorf("apply at t0, t = t0%+v: appliedSince = %v, want %v", tc.after, got, tc.since)
 		}
 	}
-	// A t more than an hour back counts every remote apply as recent.
-	if !k.appliedSince(s, t0.Add(time.Millisecond), t0.Add(2*time.Hour)) {
-		t.Error("a t two hours old did not count the apply as recent")
+	// Within a tick of the apply: counted as after it, never before.
+	if !k.appliedSince(s, t0.Add(-time.Millisecond), t0) {
+		t.Error("a t just before the apply did not count it as after")
+	}
+	// A t more than 30 s back counts every remote apply as recent, since
+	// the ticks wrap.
+	if !k.appliedSince(s, t0.Add(time.Millisecond), t0.Add(2*time.Minute)) {
+		t.Error("a t two minutes old did not count the apply as recent")
 	}
 	// A local write clears the mark.
 	k.set(0, key, version{stamp: 6, origin: 1}, false, false, t0)
@@ -160,7 +165,7 @@ func BenchmarkKnowledgeBytes(b *testing.B) {
 		for i := range uint64(1 << 20) {
 			kt.put(i*0x9e3779b97f4a7c15 | 1)
 		}
-		b.ReportMetric(float64(len(kt.slots))*24/float64(kt.n), "bytes/key")
+		b.ReportMetric(float64(kt.bytes())/float64(kt.n), "bytes/key")
 	}
 }
 

@@ -400,7 +400,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 				switch {
 				case sl != nil && (sl.gen() == gen || sl.tombstone()):
 					continue // carried; or a local write not yet read recreated it
-				case sl != nil && sl.origin == p.node && sl.stamp < hlc.Stamp(c.start.Stamp):
+				case sl != nil && sl.version().origin == p.node && sl.version().stamp < hlc.Stamp(c.start.Stamp):
 					deleted = append(deleted, key...)
 					continue
 				}
