@@ -229,9 +229,22 @@ func (d *Daemon) Tail(n int) string {
 		return fmt.Sprintf("log %s: %v", d.LogFile, err)
 	}
 	b = bytes.TrimRight(b, "\n")
-	lines := bytes.Split(b, []byte("\n"))
-	if len(b) == 0 {
-		lines = nil
+	var lines [][]byte
+	if len(b) > 0 {
+		// The periodic stats lines would crowd out the events: of them
+		// only the last is kept.
+		all := bytes.Split(b, []byte("\n"))
+		lastStats := -1
+		for i, l := range all {
+			if bytes.Contains(l, []byte("msg=stats")) {
+				lastStats = i
+			}
+		}
+		for i, l := range all {
+			if i == lastStats || !bytes.Contains(l, []byte("msg=stats")) {
+				lines = append(lines, l)
+			}
+		}
 	}
 	head := fmt.Sprintf("last %d lines of %s:", min(n, len(lines)), d.LogFile)
 	if len(lines) > n {

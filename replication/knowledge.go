@@ -44,8 +44,8 @@ const (
 //	        which the hash's top 6 bits pick, 54 bits of it are kept
 //	6..13   the version's stamp
 //	14..17  the version's origin
-//	18      flags: tombstone, remote, and the resync generation (6 bits)
-//	19      when the remote write was applied, in 256 ms ticks, wrapping
+//	18      flags: tombstone, applied, and the resync generation (6 bits)
+//	19      when the write was applied, in 256 ms ticks, wrapping
 //
 // The key itself is not kept. Two keys of 54 equal hash bits (per-run
 // seed; about 3·10⁻⁵ for some pair of 1M keys, 3·10⁻⁸ for a given new key)
@@ -56,7 +56,7 @@ const (
 	slotSize = 20
 
 	flagTombstone = 1 << 7 // the latest write known deleted the key
-	flagRemote    = 1 << 6 // that write came from a peer and was applied here
+	flagApplied   = 1 << 6 // that version was set by an apply or a read of the map, not by the capture
 	flagGenMask   = 0x3f   // the resync generation that last saw the key
 
 	hashMask = 1<<48 - 1
@@ -77,7 +77,7 @@ func (s *slot) setVersion(v version) {
 }
 
 func (s *slot) tombstone() bool { return s[18]&flagTombstone != 0 }
-func (s *slot) remote() bool    { return s[18]&flagRemote != 0 }
+func (s *slot) applied() bool   { return s[18]&flagApplied != 0 }
 func (s *slot) gen() uint8      { return s[18] & flagGenMask }
 func (s *slot) setGen(g uint8)  { s[18] = s[18]&^flagGenMask | g&flagGenMask }
 
@@ -317,29 +317,38 @@ func (k *knowledge) lookup(m int, key []byte) *slot { return k.maps[m].find(k.ha
 // made, wrapping at 256. up rounds up, for the time of an apply, so that
 // a tick never says an apply ended before it did.
 func (k *knowledge) tick(t time.Time, up bool) uint8 {
-	ms := max(t.Sub(k.started).Milliseconds(), 0)
+	ms := t.Sub(k.started).Milliseconds() // negative before the start: the ticks wrap anyway
 	if up {
 		ms += tickMs - 1
 	}
-	return uint8(ms / tickMs)
+	q := ms / tickMs
+	if ms < 0 && ms%tickMs != 0 {
+		q-- // down, not towards zero
+	}
+	return uint8(q)
 }
 
-// markApplied records that s's write, a peer's, was applied by at.
+// markApplied records that s's version was set, by at, other than by the
+// capture (see knowledge.set).
 func (k *knowledge) markApplied(s *slot, at time.Time) {
-	s[18] |= flagRemote
+	s[18] |= flagApplied
 	s[19] = k.tick(at, true)
 }
 
-// set records v as the latest write of key: a delete if tomb. remote marks
-// a peer's write applied at now.
-func (k *knowledge) set(m int, key []byte, v version, tomb, remote bool, now time.Time) {
+// set records v as the latest write of key: a delete if tomb. applied says
+// the version was not set by the capture but by an apply of a peer's
+// write, or for a value read from the map (a restamp, a restart, a
+// resync's sending back), at now: then a local change the capture
+// delivers later may have been made before, and the sender checks it
+// against the map (see sender.stamp).
+func (k *knowledge) set(m int, key []byte, v version, tomb, applied bool, now time.Time) {
 	s := k.maps[m].put(k.hash(key))
 	s.setVersion(v)
 	s[18] &= flagGenMask
 	if tomb {
 		s[18] |= flagTombstone
 	}
-	if remote {
+	if applied {
 		k.markApplied(s, now)
 	}
 	if tomb && v.stamp != 0 {
@@ -347,14 +356,14 @@ func (k *knowledge) set(m int, key []byte, v version, tomb, remote bool, now tim
 	}
 }
 
-// appliedSince reports whether s was last set by a peer's write applied at
-// or after t (now being the present): whether a local write captured
+// appliedSince reports whether s was last set other than by the capture
+// at or after t (now being the present): whether a local write captured
 // after t may be older than it. Applies are kept in 256 ms ticks that wrap
 // after about a minute, rounded up: an apply within a tick of t counts as
 // after it, which costs a map read, never a wrong answer; a t more than
-// 30 s back makes every remote apply count as recent.
+// 30 s back makes every such version count as recent.
 func (k *knowledge) appliedSince(s *slot, t, now time.Time) bool {
-	if !s.remote() {
+	if !s.applied() {
 		return false
 	}
 	if now.Sub(t) >= 30*time.Second {

@@ -112,6 +112,28 @@ func TestCrossedApplyDecidedByTheMap(t *testing.T) {
 	}
 }
 
+// A capture overflow makes the node stamp its maps anew, as read. A local
+// write the capture still holds, made before a peer's write was applied
+// over it, must then still lose to what the map holds: the restamp must
+// not make the sender take the older write as the latest. (It did: the
+// nodes then differed in tens of thousands of keys for good.)
+func TestRestampKeepsTheCrossedApplyCheck(t *testing.T) {
+	f := newReceiverFixture(t)
+	s := crossSender(t, f)
+	m := f.tab.byID(10)
+	s.drained = time.Now().Add(-time.Second)
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(time.Now().UnixMilli(), 0), 5))
+	f.n.restamp()
+	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
+		t.Fatal("a local write made before the apply, delivered after the restamp, was stamped as the latest")
+	}
+	sent := 0
+	f.n.relay.drain(func(int, ops.Op, version, []byte, []byte) { sent++ })
+	if sent != 1 {
+		t.Fatalf("the restamp sent %d entries, want the 1 held", sent)
+	}
+}
+
 // A node that lost another peer's changes does not serve snapshots; one
 // that lost only the requester's own still does, so two nodes that lost
 // each other's (a healed partition) can resync from each other.

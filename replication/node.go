@@ -17,10 +17,14 @@ import (
 )
 
 // retryTick is how often the receive side's timers look at the peers;
-// pruneEvery how often the deletes past the horizon are forgotten.
+// pruneEvery how often the deletes past the horizon are forgotten;
+// restampQuiet how long the capture must not have overflowed before the
+// node stamps its maps anew, so that a burst that keeps overflowing is
+// answered once, after it.
 const (
-	retryTick  = 5 * time.Millisecond
-	pruneEvery = time.Second
+	retryTick    = 5 * time.Millisecond
+	pruneEvery   = time.Second
+	restampQuiet = 200 * time.Millisecond
 )
 
 // Config configures a [Node].
@@ -281,6 +285,7 @@ func (n *Node) timers(ctx context.Context) error {
 	defer t.Stop()
 	var silent []*peer
 	var pruned time.Time
+	var restamped uint64 // the sender's overflow events handled
 	for {
 		select {
 		case <-ctx.Done():
@@ -289,7 +294,9 @@ func (n *Node) timers(ctx context.Context) error {
 			n.mu.Lock()
 			silent = n.dispatch.tick(now, silent)
 			n.mu.Unlock()
-			if n.sender.overflowed.Swap(false) {
+			if ev := n.sender.overflowEvents.Load(); ev != restamped &&
+				now.Sub(time.Unix(0, n.sender.lastOverflow.Load())) >= restampQuiet {
+				restamped = ev
 				n.restamp()
 			}
 			if now.Sub(pruned) >= pruneEvery {
@@ -317,7 +324,7 @@ func (n *Node) restamp() {
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key := ks[o*m.keySize : (o+1)*m.keySize]
 				v := version{stamp: n.clock.At(now), origin: n.node}
-				k.set(i, key, v, false, false, now)
+				k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
 				n.relay.add(i, ops.Update, v, key, vs[o*m.valueSize:(o+1)*m.valueSize])
 				total++
 			}

@@ -407,7 +407,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 				var v version
 				if sl == nil || sl.version() == (version{}) {
 					v = version{stamp: c.clock.Now(), origin: c.node}
-					k.set(i, key, v, false, false, time.Now())
+					k.set(i, key, v, false, true, time.Now()) // read from the map: see knowledge.set
 				} else {
 					v = sl.version()
 				}

@@ -122,9 +122,11 @@ type sender struct {
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
-	// overflowed is set when changes were lost: the node then stamps its
-	// maps anew (see Node.restamp).
-	overflowed atomic.Bool
+	// overflowEvents counts the checks that found changes lost, and lastOverflow
+	// is when the latest did (Unix ns): once the capture has stopped
+	// overflowing, the node stamps its maps anew (see Node.restamp).
+	overflowEvents atomic.Uint64
+	lastOverflow   atomic.Int64
 
 	last *localMap // map of the previous change: changes come in runs
 	ch   loader.Change
@@ -465,7 +467,8 @@ func (s *sender) checkOverflows(now time.Time) {
 	lost := n - s.overflows
 	s.overflows = n
 	s.stats.RingOverflows.Store(n)
-	s.overflowed.Store(true)
+	s.lastOverflow.Store(now.UnixNano())
+	s.overflowEvents.Add(1)
 	s.flush()
 	s.header.Seq++
 	if s.resend != nil {

@@ -340,7 +340,7 @@ func (n *Node) restoreState(path string) (int, error) {
 					continue
 				}
 				v := version{stamp: n.clock.At(now), origin: n.node}
-				k.set(i, key, v, false, false, now)
+				k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
 				n.relay.add(i, ops.Update, v, key, val)
 				found++
 			}
@@ -359,7 +359,7 @@ func (n *Node) restoreState(path string) (int, error) {
 				continue
 			}
 			v := version{stamp: n.clock.At(now), origin: n.node}
-			k.set(i, key, v, true, false, now)
+			k.set(i, key, v, true, true, now) // read from the map: see knowledge.set
 			n.relay.add(i, ops.Delete, v, key, nil)
 			found++
 		}
