@@ -238,7 +238,9 @@ const applyBound = 5 * time.Millisecond
 //
 // A snapshot's unstamped entry (version zero) is kept unless this node
 // knows the key from a stamped write, so that a requester takes the
-// server's entry over its own unstamped one. Every record of the peer in
+// server's entry over its own unstamped one; it is recorded as unstamped
+// with the server as its origin, so that a later resync from that server
+// can tell the server deleted it. Every record of the peer in
 // [applier.marking] marks its key as known to that peer; of those not
 // kept, the ones this node holds a newer version of are noted in
 // newerHere.
@@ -252,7 +254,7 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 	for i, v := range vers {
 		key := keys[i*ks : (i+1)*ks]
 		sl := k.lookup(m.index, key)
-		newer := sl == nil || v.newer(sl.version()) || r.snapshot && v == version{} && sl.version() == version{}
+		newer := sl == nil || v.newer(sl.version()) || r.snapshot && v.stamp == 0 && sl.version().stamp == 0
 		if !newer {
 			if r.node == a.marking {
 				sl.setGen(a.gen)
@@ -262,6 +264,9 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 			}
 			stale++
 			continue
+		}
+		if v.stamp == 0 {
+			v.origin = r.node // unstamped, as learned from r.node: see resyncClient.pushBack
 		}
 		k.set(m.index, key, v, r.op == ops.Delete, true, appliedAt)
 		k.note(m.index, key, v, r.op, vals[i*vs:(i+1)*vs])

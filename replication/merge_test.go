@@ -181,12 +181,16 @@ func TestResyncMergesBothWays(t *testing.T) {
 	now := hlc.Make(time.Now().UnixMilli(), 0)
 	// Known here before the snapshot: a newer write of "mine" than the
 	// server's, and "gone", last written by the server, which it deleted
-	// since. "only" is unstamped: this node's, never seen by the server.
+	// since; "was!", unstamped as an earlier snapshot of the server's
+	// carried it, which the server deleted since too. "only" is unstamped
+	// and unknown: this node's, never seen by the server.
 	f.n.know.mu.Lock()
 	f.n.know.set(m.index, []byte("mine"), version{now, ourNode}, false, false, time.Now())
 	f.n.know.set(m.index, []byte("gone"), version{old, peerNode}, false, true, time.Now())
+	f.n.know.set(m.index, []byte("was!"), version{0, peerNode}, false, true, time.Now())
 	f.n.know.mu.Unlock()
 	f.flows.state["mine"], f.flows.state["gone"], f.flows.state["only"] = "    mine", "    gone", "    only"
+	f.flows.state["was!"] = "    was!"
 	f.n.client.start.Stamp = uint64(now - 1)
 
 	var b changesBuilder
@@ -196,15 +200,34 @@ func TestResyncMergesBothWays(t *testing.T) {
 	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
 	f.handle(peerA, syncEnd(id, 1))
 
-	if got := f.flows.snapshot(); got["mine"] != "    mine" || got["new!"] != "theirs!!" || got["only"] != "    only" || got["gone"] != "" {
-		t.Fatalf("after the merge: %v; want mine kept, new! taken, only kept, gone deleted", got)
+	if got := f.flows.snapshot(); got["mine"] != "    mine" || got["new!"] != "theirs!!" || got["only"] != "    only" ||
+		got["gone"] != "" || got["was!"] != "" {
+		t.Fatalf("after the merge: %v; want mine kept, new! taken, only kept, gone and was! deleted", got)
 	}
 	sent := map[string]version{}
 	f.n.relay.drain(func(_ int, op ops.Op, v version, key, _ []byte) { sent[string(key)] = v })
 	if len(sent) != 3 || sent["mine"] != (version{now, ourNode}) || sent["only"].origin != ourNode || sent["key1"].stamp == 0 {
 		t.Fatalf("sent back %v; want mine with its version, only stamped as ours, and key1 (the snapshot lacks it)", sent)
 	}
-	if f.stats.SyncDeleted.Load() != 1 || f.stats.SyncPushed.Load() != 3 {
-		t.Fatalf("sync_deleted %d sync_pushed %d, want 1 and 3", f.stats.SyncDeleted.Load(), f.stats.SyncPushed.Load())
+	if f.stats.SyncDeleted.Load() != 2 || f.stats.SyncPushed.Load() != 3 {
+		t.Fatalf("sync_deleted %d sync_pushed %d, want 2 and 3", f.stats.SyncDeleted.Load(), f.stats.SyncPushed.Load())
+	}
+}
+
+// An unstamped entry a snapshot carries is recorded as the server's, so
+// that the next resync from it, if the server no longer holds it, deletes
+// it. Recorded as no one's, it was sent back as this node's own write and
+// brought back on the server what its datapath had deleted.
+func TestUnstampedEntryRecordedAsTheServers(t *testing.T) {
+	f, id := snapshotFixture(t)
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, 0, 0, []byte("unst"), []byte("unstamp!"))
+	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
+	if f.value("unst") != "unstamp!" {
+		t.Fatal("an unstamped entry of the server's was not taken")
+	}
+	if v := f.n.know.lookup(0, []byte("unst")).version(); v != (version{0, peerNode}) {
+		t.Fatalf("recorded as %+v, want unstamped from the server", v)
 	}
 }

@@ -405,7 +405,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 					continue
 				}
 				var v version
-				if sl == nil || sl.version() == (version{}) {
+				if sl == nil || sl.version().stamp == 0 {
 					v = version{stamp: c.clock.Now(), origin: c.node}
 					k.set(i, key, v, false, true, time.Now()) // read from the map: see knowledge.set
 				} else {
@@ -442,8 +442,8 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 	for o := 0; o < len(keys); o += m.keySize {
 		key := keys[o : o+m.keySize]
 		sl := k.lookup(m.index, key)
-		if sl == nil {
-			continue
+		if sl == nil || sl.version().stamp == 0 {
+			continue // unstamped: never newer than what the peer carried
 		}
 		if sl.tombstone() {
 			c.relay.add(m.index, ops.Delete, sl.version(), key, nil)

@@ -298,7 +298,7 @@ func (st *snapshotStream) entriesOf(m *localMap) error {
 		st.vers = st.vers[:0]
 		for o := 0; o*m.keySize < len(ks); o++ {
 			var v version
-			if sl := k.lookup(m.index, ks[o*m.keySize:(o+1)*m.keySize]); sl != nil && !sl.tombstone() {
+			if sl := k.lookup(m.index, ks[o*m.keySize:(o+1)*m.keySize]); sl != nil && !sl.tombstone() && sl.version().stamp != 0 {
 				v = sl.version()
 			}
 			st.vers = append(st.vers, v)
