@@ -253,10 +253,13 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 	n, stale := 0, 0
 	for i, v := range vers {
 		key := keys[i*ks : (i+1)*ks]
+		// One look-up for a key this node knows, which is then written in
+		// place; a new key is added only if its record is taken.
 		sl := k.lookup(m.index, key)
-		newer := sl == nil || v.newer(sl.version()) || r.snapshot && v.stamp == 0 && sl.version().stamp == 0
+		newer := sl == nil && (v.stamp != 0 || r.snapshot) || sl != nil && (v.newer(sl.version()) ||
+			r.snapshot && v.stamp == 0 && sl.version().stamp == 0)
 		if !newer {
-			if r.node == a.marking {
+			if sl != nil && r.node == a.marking {
 				sl.setGen(a.gen)
 				if sl.version() != v {
 					a.newerHere[m.index] = append(a.newerHere[m.index], key...)
@@ -268,10 +271,14 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 		if v.stamp == 0 {
 			v.origin = r.node // unstamped, as learned from r.node: see resyncClient.pushBack
 		}
-		k.set(m.index, key, v, r.op == ops.Delete, true, appliedAt)
+		if sl != nil {
+			k.setSlot(sl, m.index, key, v, r.op == ops.Delete, true, appliedAt)
+		} else {
+			sl = k.set(m.index, key, v, r.op == ops.Delete, true, appliedAt)
+		}
 		k.note(m.index, key, v, r.op, vals[i*vs:(i+1)*vs])
 		if r.node == a.marking {
-			k.lookup(m.index, key).setGen(a.gen)
+			sl.setGen(a.gen)
 		}
 		copy(keys[n*ks:], key)
 		copy(vals[n*vs:], vals[i*vs:(i+1)*vs])

@@ -341,8 +341,14 @@ func (k *knowledge) markApplied(s *slot, at time.Time) {
 // resync's sending back), at now: then a local change the capture
 // delivers later may have been made before, and the sender checks it
 // against the map (see sender.stamp).
-func (k *knowledge) set(m int, key []byte, v version, tomb, applied bool, now time.Time) {
+func (k *knowledge) set(m int, key []byte, v version, tomb, applied bool, now time.Time) *slot {
 	s := k.maps[m].put(k.hash(key))
+	k.setSlot(s, m, key, v, tomb, applied, now)
+	return s
+}
+
+// setSlot is set for the slot of key, found already.
+func (k *knowledge) setSlot(s *slot, m int, key []byte, v version, tomb, applied bool, now time.Time) {
 	s.setVersion(v)
 	s[18] &= flagGenMask
 	if tomb {
