@@ -296,11 +296,17 @@ type knowledge struct {
 	// overlay, while a stopping node saves its state, collects the
 	// versions recorded meanwhile (see Node.saveState).
 	overlay overlay
+	// suspectBefore is the clock when the capture last lost changes: a
+	// version recorded before it may sit under a lost write (see current).
+	suspectBefore hlc.Stamp
+	clock         *hlc.Clock
+	node          uint32
 }
 
-func newKnowledge(t *Table, horizon time.Duration, stats *Stats) *knowledge {
+func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats) *knowledge {
 	k := &knowledge{seed: maphash.MakeSeed(), maps: make([]keyTable, len(t.maps)),
-		tombs: make([]tombstoneLog, len(t.maps)), horizon: horizon, gen: 1, started: time.Now(), stats: stats}
+		tombs: make([]tombstoneLog, len(t.maps)), horizon: horizon, gen: 1, started: time.Now(), stats: stats,
+		clock: clock, node: node}
 	for i := range t.maps {
 		k.tombs[i].keySize = t.maps[i].keySize
 	}
@@ -425,6 +431,27 @@ func (k *knowledge) entries() int {
 		n += k.maps[i].n
 	}
 	return n
+}
+
+// current returns the version of an entry read from the map, key in map
+// index m, to send with its value: the version known, unstamped if none.
+// After a capture overflow, an entry whose version is older than the
+// overflow, or that the knowledge has as deleted or not at all, may hold
+// a write that was lost: it is stamped anew, as a write of this node's
+// read from the map, so that the value read wins where it has to. Called
+// with the lock held, with the value read under it.
+func (k *knowledge) current(m int, key []byte, now time.Time) version {
+	sl := k.lookup(m, key)
+	if k.suspectBefore != 0 && (sl == nil || sl.tombstone() || sl.version().stamp < k.suspectBefore) {
+		v := version{stamp: k.clock.At(now), origin: k.node}
+		k.set(m, key, v, false, true, now) // read from the map: see knowledge.set
+		k.stats.Restamped.Add(1)
+		return v
+	}
+	if sl == nil || sl.tombstone() || sl.version().stamp == 0 {
+		return version{}
+	}
+	return sl.version()
 }
 
 // eachBatch reads every entry of m, a batch at a time, and calls locked

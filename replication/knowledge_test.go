@@ -71,7 +71,7 @@ func TestKeyTableAgainstMap(t *testing.T) {
 }
 
 func TestAppliedSince(t *testing.T) {
-	k := newKnowledge(knowledgeTable(t), time.Minute, &Stats{})
+	k := newKnowledge(knowledgeTable(t), time.Minute, hlc.New(nil, 0), 1, &Stats{})
 	t0 := k.started.Add(time.Hour)
 	key := []byte{1, 2, 3, 4}
 	k.set(0, key, version{stamp: 5, origin: 2}, false, true, t0)
@@ -108,7 +108,7 @@ func TestAppliedSince(t *testing.T) {
 
 func TestTombstonesPruned(t *testing.T) {
 	stats := &Stats{}
-	k := newKnowledge(knowledgeTable(t), time.Minute, stats)
+	k := newKnowledge(knowledgeTable(t), time.Minute, hlc.New(nil, 0), 1, stats)
 	now := time.UnixMilli(1_700_000_000_000)
 	key := func(i int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(i)) }
 	old := version{stamp: hlc.Make(now.Add(-2*time.Minute).UnixMilli(), 0), origin: 1}
@@ -137,7 +137,7 @@ func TestTombstonesPruned(t *testing.T) {
 }
 
 func TestNextGenClearsOldMarks(t *testing.T) {
-	k := newKnowledge(knowledgeTable(t), time.Minute, &Stats{})
+	k := newKnowledge(knowledgeTable(t), time.Minute, hlc.New(nil, 0), 1, &Stats{})
 	key := []byte{9, 9, 9, 9}
 	k.set(0, key, version{stamp: 1, origin: 1}, false, false, time.Now())
 	k.lookup(0, key).setGen(2)

@@ -12,19 +12,14 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
-	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/seal"
 )
 
 // retryTick is how often the receive side's timers look at the peers;
-// pruneEvery how often the deletes past the horizon are forgotten;
-// restampQuiet how long the capture must not have overflowed before the
-// node stamps its maps anew, so that a burst that keeps overflowing is
-// answered once, after it.
+// pruneEvery how often the deletes past the horizon are forgotten.
 const (
-	retryTick    = 5 * time.Millisecond
-	pruneEvery   = time.Second
-	restampQuiet = 200 * time.Millisecond
+	retryTick  = 5 * time.Millisecond
+	pruneEvery = time.Second
 )
 
 // Config configures a [Node].
@@ -142,7 +137,7 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
-	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), &n.stats)
+	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), clock, cfg.Node, &n.stats)
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
@@ -285,7 +280,6 @@ func (n *Node) timers(ctx context.Context) error {
 	defer t.Stop()
 	var silent []*peer
 	var pruned time.Time
-	var restamped uint64 // the sender's overflow events handled
 	for {
 		select {
 		case <-ctx.Done():
@@ -294,11 +288,6 @@ func (n *Node) timers(ctx context.Context) error {
 			n.mu.Lock()
 			silent = n.dispatch.tick(now, silent)
 			n.mu.Unlock()
-			if ev := n.sender.overflowEvents.Load(); ev != restamped &&
-				now.Sub(time.Unix(0, n.sender.lastOverflow.Load())) >= restampQuiet {
-				restamped = ev
-				n.restamp()
-			}
 			if now.Sub(pruned) >= pruneEvery {
 				pruned = now
 				n.know.mu.Lock()
@@ -308,34 +297,6 @@ func (n *Node) timers(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// restamp gives every entry of the local maps a new version of this
-// node's and passes them on: after a capture overflow, the local maps
-// hold writes no peer heard of, and nothing tells which. A delete among
-// the lost changes stays unknown to the peers, unless the key's latest
-// write was this node's (see resyncClient.pushBack).
-func (n *Node) restamp() {
-	k, total := n.know, 0
-	for i := range n.apply.table.maps {
-		m := &n.apply.table.maps[i]
-		err := k.eachBatch(m, func(ks, vs []byte) {
-			now := time.Now()
-			for o := 0; o*m.keySize < len(ks); o++ {
-				key := ks[o*m.keySize : (o+1)*m.keySize]
-				v := version{stamp: n.clock.At(now), origin: n.node}
-				k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
-				n.relay.add(i, ops.Update, v, key, vs[o*m.valueSize:(o+1)*m.valueSize])
-				total++
-			}
-		}, nil)
-		if err != nil {
-			n.stats.ApplyErrors.Add(1)
-			n.log.Error("after a capture overflow: cannot read a local map to send its entries again", "map", m.Desc.Name, "error", err)
-		}
-	}
-	n.log.Warn("capture overflow: sending every local entry again with a new version, so the lost writes reach the peers",
-		"entries", total)
 }
 
 // Ready returns a channel closed once this node has completed its initial

@@ -404,12 +404,11 @@ func (c *resyncClient) pushBack(p *peer) int {
 					deleted = append(deleted, key...)
 					continue
 				}
-				var v version
-				if sl == nil || sl.version().stamp == 0 {
-					v = version{stamp: c.clock.Now(), origin: c.node}
-					k.set(i, key, v, false, true, time.Now()) // read from the map: see knowledge.set
-				} else {
-					v = sl.version()
+				now := time.Now()
+				v := k.current(i, key, now)
+				if v.stamp == 0 { // unknown to the peer and unstamped here: this node's write
+					v = version{stamp: c.clock.At(now), origin: c.node}
+					k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
 				}
 				c.relay.add(i, ops.Update, v, key, val)
 				pushed++

@@ -122,11 +122,6 @@ type sender struct {
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
-	// overflowEvents counts the checks that found changes lost, and lastOverflow
-	// is when the latest did (Unix ns): once the capture has stopped
-	// overflowing, the node stamps its maps anew (see Node.restamp).
-	overflowEvents atomic.Uint64
-	lastOverflow   atomic.Int64
 
 	last *localMap // map of the previous change: changes come in runs
 	ch   loader.Change
@@ -455,9 +450,10 @@ func (s *sender) send() {
 // checkOverflows asks the source whether it lost changes since the last
 // check. If it did, the peers cannot be told which: the sender skips a
 // sequence number, recorded as lost in the resend buffer, so every peer
-// sees a gap that cannot be repaired and asks this node for a full resync,
-// and the node stamps every entry of its maps anew, so that the lost
-// writes win over what the peers hold.
+// sees a gap that cannot be repaired and asks this node for a full resync;
+// and every version recorded before now is suspect: the map may hold a
+// lost write over it, so a snapshot stamps such entries anew as it reads
+// them (see knowledge.current).
 func (s *sender) checkOverflows(now time.Time) {
 	s.overflowsChecked = now
 	n, err := s.src.Overflows()
@@ -467,8 +463,9 @@ func (s *sender) checkOverflows(now time.Time) {
 	lost := n - s.overflows
 	s.overflows = n
 	s.stats.RingOverflows.Store(n)
-	s.lastOverflow.Store(now.UnixNano())
-	s.overflowEvents.Add(1)
+	s.know.mu.Lock()
+	s.know.suspectBefore = s.clock.At(now)
+	s.know.mu.Unlock()
 	s.flush()
 	s.header.Seq++
 	if s.resend != nil {

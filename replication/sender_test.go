@@ -31,7 +31,10 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg sende
 	cfg.Source, cfg.Transport, cfg.Table, cfg.Stats = src, tr, tab, stats
 	cfg.Node, cfg.Epoch = 7, 1000
 	if cfg.Knowledge == nil {
-		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, stats)
+		if cfg.Clock == nil {
+			cfg.Clock = hlc.New(nil, 0)
+		}
+		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = hlc.New(nil, 0)

@@ -296,12 +296,9 @@ func (st *snapshotStream) entriesOf(m *localMap) error {
 	k := st.know
 	return k.eachBatch(m, func(ks, _ []byte) {
 		st.vers = st.vers[:0]
+		now := time.Now()
 		for o := 0; o*m.keySize < len(ks); o++ {
-			var v version
-			if sl := k.lookup(m.index, ks[o*m.keySize:(o+1)*m.keySize]); sl != nil && !sl.tombstone() && sl.version().stamp != 0 {
-				v = sl.version()
-			}
-			st.vers = append(st.vers, v)
+			st.vers = append(st.vers, k.current(m.index, ks[o*m.keySize:(o+1)*m.keySize], now))
 		}
 	}, func(ks, vs []byte) error {
 		for o, v := range st.vers {

@@ -159,10 +159,7 @@ func (n *Node) saveState(path string, drainedAt *atomic.Int64) error {
 		err := k.eachBatch(m, func(ks, vs []byte) {
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key := ks[o*m.keySize : (o+1)*m.keySize]
-				var v version
-				if sl := k.lookup(i, key); sl != nil && !sl.tombstone() {
-					v = sl.version()
-				}
+				v := k.current(i, key, time.Now())
 				sw.version(stateEntry, v, valueHash(vs[o*m.valueSize:(o+1)*m.valueSize]), key)
 			}
 		}, nil)

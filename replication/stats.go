@@ -23,6 +23,7 @@ type Stats struct {
 	Superseded      atomic.Uint64 // captured changes a later write had overwritten by the time they were read, dropped
 	RaceChecks      atomic.Uint64 // captured changes that crossed an apply of their key, checked against the map
 	Relayed         atomic.Uint64 // entries sent on with the version they had: what a merge found a peer lacking
+	Restamped       atomic.Uint64 // entries read after a capture overflow and stamped anew, since a lost write may hold them
 
 	// Receiver.
 	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
@@ -97,7 +98,7 @@ func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum flo
 // StatsSnapshot is a copy of [Stats] at one moment.
 type StatsSnapshot struct {
 	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
-	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed uint64
+	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped uint64
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
@@ -123,6 +124,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		Superseded:        s.Superseded.Load(),
 		RaceChecks:        s.RaceChecks.Load(),
 		Relayed:           s.Relayed.Load(),
+		Restamped:         s.Restamped.Load(),
 		DatagramsReceived: s.DatagramsReceived.Load(),
 		ChangesApplied:    s.ChangesApplied.Load(),
 		DeletesMissing:    s.DeletesMissing.Load(),
@@ -173,6 +175,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("superseded", s.Superseded),
 		slog.Uint64("race_checks", s.RaceChecks),
 		slog.Uint64("relayed", s.Relayed),
+		slog.Uint64("restamped", s.Restamped),
 		slog.Uint64("datagrams_received", s.DatagramsReceived),
 		slog.Uint64("changes_applied", s.ChangesApplied),
 		slog.Uint64("deletes_missing", s.DeletesMissing),
