@@ -165,6 +165,17 @@ func (t *keyTable) each(fn func(*slot)) {
 	}
 }
 
+// reserve makes room for n keys in all, spread over the shards, so that
+// adding them grows no shard.
+func (t *keyTable) reserve(n int) {
+	per := int(float64(n/numShards+1)/maxLoad) + 1
+	for i := range t.shards {
+		if sh := &t.shards[i]; len(sh.slots) < per {
+			sh.resize(per)
+		}
+	}
+}
+
 // home is where the probe run of h, a slotHash, starts.
 func (sh *shard) home(h uint64) int {
 	hi, _ := bits.Mul64(h<<16, uint64(len(sh.slots)))
@@ -208,9 +219,11 @@ func (sh *shard) put(h uint64) (*slot, bool) {
 	return &sh.slots[i], true
 }
 
-func (sh *shard) grow() {
+func (sh *shard) grow() { sh.resize(max(minSlots, len(sh.slots)+len(sh.slots)/4)) }
+
+// resize moves the shard's slots into a table of n.
+func (sh *shard) resize(n int) {
 	old, oldMem := sh.slots, sh.mem
-	n := max(minSlots, len(old)+len(old)/4)
 	mem, err := unix.Mmap(-1, 0, n*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		panic(fmt.Sprintf("replication: cannot map %d bytes for the knowledge of keys: %v", n*slotSize, err))

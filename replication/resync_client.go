@@ -1,9 +1,12 @@
 package replication
 
 import (
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
@@ -74,6 +77,10 @@ type resyncClient struct {
 	received uint64    // snapshot records taken
 	logged   time.Time // the last progress line
 	ack      wire.Nack
+	// empty marks the local maps (by Table.maps index) that held nothing
+	// when the snapshot began: all they hold at its end came from the peer
+	// or was written, and so sent, since; they need no reading back.
+	empty []bool
 }
 
 // snapshotWindow is the set of snapshot datagram numbers received: every
@@ -262,6 +269,14 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.apply.flush()
 	c.know.mu.Lock()
 	c.apply.marking, c.apply.gen = p.node, c.know.nextGen()
+	c.empty = c.empty[:0]
+	for i := range c.apply.table.maps {
+		m := &c.apply.table.maps[i]
+		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
+		// Room for what the snapshot brings, at once rather than growing
+		// through it; at most the map's size, whatever the peer claims.
+		c.know.maps[i].reserve(int(min(st.Entries, uint64(m.Desc.MaxEntries))))
+	}
 	c.know.mu.Unlock()
 	// The snapshot holds every change up to AsOf: the held datagrams up to
 	// there are dropped, the later ones applied, as live changes.
@@ -392,6 +407,10 @@ func (c *resyncClient) pushBack(p *peer) int {
 	k, gen, pushed := c.know, c.apply.gen, 0
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
+		if c.empty[i] {
+			pushed += c.pushNewer(m)
+			continue
+		}
 		var deleted []byte
 		err := k.eachBatch(m, func(ks, vs []byte) {
 			for o := 0; o*m.keySize < len(ks); o++ {
@@ -429,6 +448,20 @@ func (c *resyncClient) pushBack(p *peer) int {
 	}
 	return pushed
 }
+
+// isEmpty reports whether t holds no entry; a map it cannot read counts
+// as not empty.
+func isEmpty(t Target) bool {
+	empty := true
+	keys, vals := make([]byte, 512), make([]byte, 4096) // one entry of any map udpmapsync takes
+	err := t.Dump(keys, vals, func(ks, _ []byte) error {
+		empty = len(ks) == 0
+		return errStopDump
+	})
+	return empty && (err == nil || errors.Is(err, errStopDump))
+}
+
+var errStopDump = errors.New("stop")
 
 // pushNewer sends back the entries of m that p carried in an older
 // version than this node's, as noted while the snapshot arrived.
