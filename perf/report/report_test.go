@@ -233,4 +233,12 @@ func TestResyncTargets(t *testing.T) {
 	if (&Results{}).resyncSection() != "" {
 		t.Error("a report without resync runs has a resync section")
 	}
+
+	// With the joiner's own account of its transfer, the target is on
+	// the transfer, and the time from the daemon's start is shown beside.
+	late.TransferSeconds = 1
+	want := "met: 1.20 of 500.0k/s (transfer: 600.0k entries/s, 600000 entries in 1.00 s); from the daemon's start 0.60 (2.00 s)"
+	if got := verdicts(r, p)["1M-entry late join at ≥ 0.5 of the raw batch-write rate"]; got != want {
+		t.Errorf("late join with its transfer time:\n got %q\nwant %q", got, want)
+	}
 }

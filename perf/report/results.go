@@ -85,6 +85,10 @@ type Run struct {
 	// Seconds is from the first write until every peer held the final
 	// state; PerSec is Changes/Seconds.
 	Seconds, PerSec float64
+	// TransferSeconds, for a late join, is the joiner's own account of its
+	// full resync, from its request to the last entry applied (its log's
+	// "full resync complete" took=); 0 if unknown.
+	TransferSeconds float64 `json:",omitempty"`
 	// WriterPerSec is how fast the writer wrote with the capture attached;
 	// WriterCPU its CPU per change in µs (the capture program runs in the
 	// writer's syscalls and is charged to it).

@@ -129,6 +129,12 @@ func (d *deployment) lateJoin(ctx context.Context, f *Flags, cfg workload.Config
 	if at > ready {
 		note += fmt.Sprintf("; it held every entry %.2f s after that", float64(at-ready)/1e9)
 	}
+	if l, err := d.logLine(1, "full resync complete"); err == nil {
+		if took, err := time.ParseDuration(l["took"]); err == nil {
+			run.TransferSeconds = took.Seconds()
+			note += fmt.Sprintf("; its resync took %s for %s entries", l["took"], l["entries"])
+		}
+	}
 	run.Notes = append(run.Notes, note)
 	return run, nil
 }
