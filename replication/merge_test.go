@@ -237,3 +237,29 @@ func TestUnstampedEntryRecordedAsTheServers(t *testing.T) {
 		t.Fatalf("recorded as %+v, want unstamped from the server", v)
 	}
 }
+
+// A map empty when the snapshot begins is not read back at its end, but
+// the deletes this node remembers and the server did not carry still go
+// back.
+func TestEmptyMapStillSendsItsDeletesBack(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	f.n.know.mu.Lock()
+	f.n.know.set(0, []byte("dead"), version{hlc.Make(time.Now().UnixMilli(), 0), ourNode}, true, false, time.Now())
+	f.n.know.mu.Unlock()
+	p := f.n.peers.byNode[peerNode]
+	f.n.client.begin(p, time.Now())
+	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 0, Stamp: uint64(f.n.clock.Now())}))
+	if !f.n.client.empty[0] {
+		t.Fatal("the empty map was not seen as empty")
+	}
+	f.handle(peerA, syncEnd(f.n.client.id, 0))
+	if f.stats.ResyncsReceived.Load() != 1 {
+		t.Fatal("the resync did not complete")
+	}
+	var sent []string
+	f.n.relay.drain(func(_ int, op ops.Op, _ version, key, _ []byte) { sent = append(sent, op.String()+" "+string(key)) })
+	if len(sent) != 1 || sent[0] != ops.Delete.String()+" dead" {
+		t.Fatalf("sent back %q, want the remembered delete", sent)
+	}
+}

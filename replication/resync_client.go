@@ -408,6 +408,9 @@ func (c *resyncClient) pushBack(p *peer) int {
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
 		if c.empty[i] {
+			k.mu.Lock()
+			pushed += c.pushTombstones(i, gen)
+			k.mu.Unlock()
 			pushed += c.pushNewer(m)
 			continue
 		}
