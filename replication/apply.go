@@ -253,11 +253,16 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 	n, stale := 0, 0
 	for i, v := range vers {
 		key := keys[i*ks : (i+1)*ks]
-		// One look-up for a key this node knows, which is then written in
-		// place; a new key is added only if its record is taken.
-		sl := k.lookup(m.index, key)
-		newer := sl == nil && (v.stamp != 0 || r.snapshot) || sl != nil && (v.newer(sl.version()) ||
-			r.snapshot && v.stamp == 0 && sl.version().stamp == 0)
+		// One look-up, then written in place. A stamped record, or a
+		// snapshot's, of a new key is taken, so its slot is added at
+		// once; an unstamped live one never is, and adds none.
+		var sl *slot
+		if v.stamp != 0 || r.snapshot {
+			sl = k.maps[m.index].put(k.hash(key))
+		} else {
+			sl = k.lookup(m.index, key)
+		}
+		newer := sl != nil && (v.newer(sl.version()) || r.snapshot && v.stamp == 0 && sl.version().stamp == 0)
 		if !newer {
 			if sl != nil && r.node == a.marking {
 				sl.setGen(a.gen)
@@ -271,11 +276,7 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 		if v.stamp == 0 {
 			v.origin = r.node // unstamped, as learned from r.node: see resyncClient.pushBack
 		}
-		if sl != nil {
-			k.setSlot(sl, m.index, key, v, r.op == ops.Delete, true, appliedAt)
-		} else {
-			sl = k.set(m.index, key, v, r.op == ops.Delete, true, appliedAt)
-		}
+		k.setSlot(sl, m.index, key, v, r.op == ops.Delete, true, appliedAt)
 		k.note(m.index, key, v, r.op, vals[i*vs:(i+1)*vs])
 		if r.node == a.marking {
 			sl.setGen(a.gen)

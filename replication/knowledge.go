@@ -41,15 +41,15 @@ const (
 // endian:
 //
 //	0..5    the key's hash, low 48 bits (0: an empty slot); with the shard,
-//	        which the hash's top 6 bits pick, 54 bits of it are kept
+//	        which the hash's top 3 bits pick, 51 bits of it are kept
 //	6..13   the version's stamp
 //	14..17  the version's origin
 //	18      flags: tombstone, applied, and the resync generation (6 bits)
 //	19      when the write was applied, in 256 ms ticks, wrapping
 //
-// The key itself is not kept. Two keys of 54 equal hash bits (per-run
-// seed; about 3·10⁻⁵ for some pair of 1M keys, 3·10⁻⁸ for a given new key)
-// share one version.
+// The key itself is not kept. Two keys of 51 equal hash bits (per-run
+// seed; about 2·10⁻⁴ for some pair of 1M keys, 5·10⁻¹⁰ for a given new key
+// against 1M) share one version.
 type slot [slotSize]byte
 
 const (
@@ -92,7 +92,7 @@ func newSlot(h uint64) slot {
 // slotHash is what a slot keeps of hash h: its low 48 bits, never 0.
 func slotHash(h uint64) uint64 { return h&hashMask | 1 }
 
-// keyTable is the knowledge of one map: 64 open-addressing tables of
+// keyTable is the knowledge of one map: 8 open-addressing tables of
 // slots, by the top bits of the key's hash, each at most maxLoad full and
 // growing by a quarter on its own. The slots live outside the Go heap (in
 // anonymous mappings: they hold no pointers), so the collector neither
@@ -104,10 +104,11 @@ type keyTable struct {
 }
 
 const (
-	numShards  = 64
-	shardShift = 58 // the hash's top 6 bits pick the shard
+	numShards  = 8
+	shardShift = 61 // the hash's top 3 bits pick the shard
 	maxLoad    = 0.8
 	minSlots   = 4096 / slotSize // one page
+	hugePage   = 2 << 20
 )
 
 // shard is one open-addressing table of slots; the hashes it compares are
@@ -227,6 +228,11 @@ func (sh *shard) resize(n int) {
 	mem, err := unix.Mmap(-1, 0, n*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		panic(fmt.Sprintf("replication: cannot map %d bytes for the knowledge of keys: %v", n*slotSize, err))
+	}
+	if len(mem) >= hugePage {
+		// The table is read at random: with 4 KiB pages nearly every
+		// look-up of a large one also misses the TLB.
+		_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
 	}
 	sh.mem, sh.slots = mem, unsafe.Slice((*slot)(unsafe.Pointer(&mem[0])), n)
 	for i := range old {

@@ -320,12 +320,13 @@ func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time)
 	k := s.know
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if sl := k.lookup(m.index, key); sl != nil && k.appliedSince(sl, s.drained.Add(-captureSlack), now) &&
-		!s.stillHolds(m, op, key, value) {
+	// One look-up, adding the key if new: a new slot was applied by no one.
+	sl := k.maps[m.index].put(k.hash(key))
+	if k.appliedSince(sl, s.drained.Add(-captureSlack), now) && !s.stillHolds(m, op, key, value) {
 		return version{}, false
 	}
 	v := version{stamp: s.clock.At(now), origin: s.header.Node}
-	k.set(m.index, key, v, op == ops.Delete, false, now)
+	k.setSlot(sl, m.index, key, v, op == ops.Delete, false, now)
 	k.note(m.index, key, v, op, value)
 	return v, true
 }
