@@ -97,9 +97,11 @@ type stateWriter struct {
 type hashWriter struct{ sum uint32 }
 
 func (h *hashWriter) Write(p []byte) (int, error) {
-	h.sum = crc32.Update(h.sum, crc32.MakeTable(crc32.Castagnoli), p)
+	h.sum = crc32.Update(h.sum, castagnoli, p)
 	return len(p), nil
 }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func (sw *stateWriter) record(kind byte, parts ...[]byte) {
 	sw.buf = append(sw.buf[:0], kind)
@@ -234,7 +236,7 @@ func (n *Node) readState(path string) (*savedState, error) {
 		return nil, err
 	}
 	if len(data) < len(stateMagic)+5 ||
-		crc32.Checksum(data[:len(data)-4], crc32.MakeTable(crc32.Castagnoli)) != binary.BigEndian.Uint32(data[len(data)-4:]) {
+		crc32.Checksum(data[:len(data)-4], castagnoli) != binary.BigEndian.Uint32(data[len(data)-4:]) {
 		return nil, errors.New("state file damaged (truncated or changed)")
 	}
 	boot, err := bootID()
