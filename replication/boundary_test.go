@@ -317,3 +317,44 @@ func TestByteBudget(t *testing.T) {
 		t.Error("the bucket filled past its burst")
 	}
 }
+
+// A resync answer's stamp dates the deletes the requester infers from the
+// snapshot: a key whose last writer is the server and that the snapshot
+// lacks is deleted at that stamp. A stamp far in the future made those
+// deletes beat every later write of their keys for good; it is now
+// refused like any other number the peer cannot have.
+func TestResyncAnswerStampFromTheFuture(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "1", hlc.Make(time.Now().UnixMilli(), 0), peerNode))
+	p := f.n.peers.byNode[peerNode]
+	f.n.client.begin(p, time.Now())
+	far := hlc.Make(time.Now().Add(hlc.MaxSkew+time.Hour).UnixMilli(), 0)
+	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 1, Stamp: uint64(far)}))
+	if f.n.client.phase == syncStreaming || f.stats.Malformed.Load() != 1 {
+		t.Fatalf("phase %d, malformed %d: an answer stamped an hour ahead was taken", f.n.client.phase, f.stats.Malformed.Load())
+	}
+	f.handle(peerA, syncEnd(f.n.client.id, 0))
+	if f.value("key1") != "       1" {
+		t.Fatal("the key was deleted on the strength of a stamp from the future")
+	}
+}
+
+// However many entries a resync answer claims, the requester reserves no
+// more knowledge than its own map can hold.
+func TestResyncAnswerEntriesBounded(t *testing.T) {
+	f, _ := snapshotFixture(t)
+	f.n.know.mu.Lock()
+	before := f.n.know.maps[0].bytes()
+	f.n.know.mu.Unlock()
+	f.n.client.reset()
+	p := f.n.peers.byNode[peerNode]
+	f.n.client.begin(p, time.Now())
+	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 1, Entries: math.MaxUint64, Stamp: uint64(f.n.clock.Now())}))
+	f.n.know.mu.Lock()
+	after := f.n.know.maps[0].bytes()
+	f.n.know.mu.Unlock()
+	entries := f.tab.maps[0].Desc.MaxEntries
+	if limit := int(float64(entries)/maxLoad)*slotSize + numShards*(4096+slotSize); after > max(before, limit) {
+		t.Fatalf("knowledge of %d bytes after a claim of 2^64 entries, for a map of %d", after, entries)
+	}
+}

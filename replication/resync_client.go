@@ -264,6 +264,12 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 		c.abandon(now, "the peer's answer names a sequence number it cannot have sent")
 		return errImplausible
 	}
+	// The stamp dates the deletes inferred at the end (see pushBack): one
+	// from the future would make them beat every later write.
+	if hlc.Stamp(st.Stamp) > c.clock.Limit() {
+		c.abandon(now, "the peer's answer is stamped further ahead of this node's clock than hlc.MaxSkew")
+		return errImplausible
+	}
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
 	// From here on, p's records mark the keys p knows (see finish).
 	c.apply.flush()
