@@ -263,3 +263,21 @@ func TestEmptyMapStillSendsItsDeletesBack(t *testing.T) {
 		t.Fatalf("sent back %q, want the remembered delete", sent)
 	}
 }
+
+// An unstamped record belongs in snapshots only. In a peer's change
+// stream (where a forger can put any number of them, each for a new key)
+// it is skipped as stale, and adds no knowledge: such records must not
+// grow the table.
+func TestUnstampedLiveRecordSkipped(t *testing.T) {
+	f := newReceiverFixture(t)
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, 0, 0, []byte("key1"), []byte("unstamp!"))
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+	if f.value("key1") != "" || f.stats.Stale.Load() != 1 {
+		t.Fatalf("key1 = %q, stale %d: an unstamped live record was applied", f.value("key1"), f.stats.Stale.Load())
+	}
+	if f.n.know.lookup(0, []byte("key1")) != nil || f.n.know.entries() != 0 {
+		t.Fatalf("an unstamped live record added knowledge (%d keys)", f.n.know.entries())
+	}
+}
