@@ -146,15 +146,6 @@ func (t *keyTable) remove(h uint64) {
 	}
 }
 
-// bytes is the memory the slots take.
-func (t *keyTable) bytes() int {
-	n := 0
-	for i := range t.shards {
-		n += len(t.shards[i].mem)
-	}
-	return n
-}
-
 // each calls fn with every slot in use.
 func (t *keyTable) each(fn func(*slot)) {
 	for i := range t.shards {
@@ -463,7 +454,10 @@ func (k *knowledge) current(m int, key []byte, now time.Time) version {
 	sl := k.lookup(m, key)
 	if k.suspectBefore != 0 && (sl == nil || sl.tombstone() || sl.version().stamp < k.suspectBefore) {
 		v := version{stamp: k.clock.At(now), origin: k.node}
-		k.set(m, key, v, false, true, now) // read from the map: see knowledge.set
+		if sl == nil {
+			sl = k.maps[m].put(k.hash(key))
+		}
+		k.setSlot(sl, m, key, v, false, true, now) // read from the map: see knowledge.set
 		k.stats.Restamped.Add(1)
 		return v
 	}

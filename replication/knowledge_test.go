@@ -173,3 +173,12 @@ func BenchmarkKnowledgeBytes(b *testing.B) {
 func knowledgeTable(t *testing.T) *Table {
 	return mustTable(t, 1472, testMap("m", 1, 4, 8, newFakeTarget(4, 8)))
 }
+
+// bytes is the memory the slots of t take.
+func (t *keyTable) bytes() int {
+	n := 0
+	for i := range t.shards {
+		n += len(t.shards[i].mem)
+	}
+	return n
+}

@@ -161,17 +161,7 @@ func TestServesOnlyWhenCurrent(t *testing.T) {
 		t.Error("served another peer while behind on the first one's changes")
 	}
 	f.handle(peerB, syncRequest(9, 1, 7))
-	var st wire.SyncStart
-	for _, u := range f.tr.sentTo() {
-		for _, d := range u.dgrams {
-			var h wire.Header
-			if h.Unmarshal(d) == nil && h.Kind == wire.KindSyncStart {
-				if err := st.Unmarshal(d[wire.HeaderSize:]); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
+	st := f.sentSyncStart(t)
 	if st.Status != wire.SyncNotReady {
 		t.Errorf("answer %+v, want not ready", st)
 	}

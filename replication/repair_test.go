@@ -25,6 +25,25 @@ func (f *receiverFixture) peerDatagram(t testing.TB, epoch, seq uint64, k, v str
 	return b.finish(peerNode, epoch, seq)
 }
 
+// sentSyncStart decodes the last resync answer the node sent by unicast
+// since the last look, failing the test on a malformed one; the zero
+// answer if it sent none.
+func (f *receiverFixture) sentSyncStart(t *testing.T) wire.SyncStart {
+	t.Helper()
+	var st wire.SyncStart
+	for _, u := range f.tr.sentTo() {
+		for _, d := range u.dgrams {
+			var h wire.Header
+			if h.Unmarshal(d) == nil && h.Kind == wire.KindSyncStart {
+				if err := st.Unmarshal(d[wire.HeaderSize:]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	return st
+}
+
 func retransmitted(d []byte) []byte {
 	d = append([]byte(nil), d...)
 	d[4] |= wire.FlagRetransmit
@@ -389,17 +408,7 @@ func TestGoneKeepsHeld(t *testing.T) {
 	}
 	f.tr.sentTo()
 	f.handle(peerA, syncRequest(peerNode, 1, 7))
-	var st wire.SyncStart
-	for _, u := range f.tr.sentTo() {
-		for _, d := range u.dgrams {
-			var h wire.Header
-			if h.Unmarshal(d) == nil && h.Kind == wire.KindSyncStart {
-				if err := st.Unmarshal(d[wire.HeaderSize:]); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
+	st := f.sentSyncStart(t)
 	if st.Status != wire.SyncOK {
 		t.Errorf("sync start %+v, want OK: only the requester's own changes were given up", st)
 	}

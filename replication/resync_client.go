@@ -422,6 +422,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 		}
 		var deleted []byte
 		err := k.eachBatch(m, func(ks, vs []byte) {
+			now := time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
 				sl := k.lookup(i, key)
@@ -432,7 +433,6 @@ func (c *resyncClient) pushBack(p *peer) int {
 					deleted = append(deleted, key...)
 					continue
 				}
-				now := time.Now()
 				v := k.current(i, key, now)
 				if v.stamp == 0 { // unknown to the peer and unstamped here: this node's write
 					v = version{stamp: c.clock.At(now), origin: c.node}

@@ -338,9 +338,7 @@ func (n *Node) restoreState(path string) (int, error) {
 					k.set(i, key, sv.v, false, false, now)
 					continue
 				}
-				v := version{stamp: n.clock.At(now), origin: n.node}
-				k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
-				n.relay.add(i, ops.Update, v, key, val)
+				n.writtenWhileDown(i, ops.Update, key, val, now)
 				found++
 			}
 		}, nil)
@@ -357,12 +355,20 @@ func (n *Node) restoreState(path string) (int, error) {
 				}
 				continue
 			}
-			v := version{stamp: n.clock.At(now), origin: n.node}
-			k.set(i, key, v, true, true, now) // read from the map: see knowledge.set
-			n.relay.add(i, ops.Delete, v, key, nil)
+			n.writtenWhileDown(i, ops.Delete, key, nil, now)
 			found++
 		}
 		k.mu.Unlock()
 	}
 	return found, nil
+}
+
+// writtenWhileDown records a change of key of map index m that the
+// datapath made while no daemon ran, found against the state file, as a
+// write of this node's, read from the map, and passes it on. Called with
+// the knowledge lock held.
+func (n *Node) writtenWhileDown(m int, op ops.Op, key, value []byte, now time.Time) {
+	v := version{stamp: n.clock.At(now), origin: n.node}
+	n.know.set(m, key, v, op == ops.Delete, true, now) // read from the map: see knowledge.set
+	n.relay.add(m, op, v, key, value)
 }
