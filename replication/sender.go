@@ -187,7 +187,7 @@ func (s *sender) Run(ctx context.Context) error {
 	nextAnnounce := now.Add(s.announceEvery)
 	var lastChange time.Time
 	polling := false
-	s.src.SetDeadline(earliest(nextAnnounce, now.Add(relayPoll)))
+	s.src.SetDeadline(idleDeadline(nextAnnounce, now))
 	reads := 0
 	for {
 		err := s.src.Read(&s.ch)
@@ -227,7 +227,7 @@ func (s *sender) Run(ctx context.Context) error {
 				pause(s.flushInterval)
 				s.src.SetDeadline(time.Now())
 			} else {
-				s.src.SetDeadline(earliest(nextAnnounce, now.Add(relayPoll)))
+				s.src.SetDeadline(idleDeadline(nextAnnounce, now))
 			}
 		default:
 			s.flush()
@@ -244,7 +244,7 @@ func (s *sender) Run(ctx context.Context) error {
 			s.announce()
 			nextAnnounce = now.Add(s.announceEvery)
 			if !polling {
-				s.src.SetDeadline(earliest(nextAnnounce, now.Add(relayPoll)))
+				s.src.SetDeadline(idleDeadline(nextAnnounce, now))
 			}
 		}
 	}
@@ -255,12 +255,14 @@ func (s *sender) setDrained(now time.Time) {
 	s.drainedAt.Store(now.UnixNano())
 }
 
-// earliest returns the earlier of a and b.
-func earliest(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
+// idleDeadline is how long an idle sender waits for the source: until the
+// next announce, and no longer than relayPoll, so that relayed entries do
+// not wait for a change to wake it.
+func idleDeadline(nextAnnounce, now time.Time) time.Time {
+	if relay := now.Add(relayPoll); relay.Before(nextAnnounce) {
+		return relay
 	}
-	return a
+	return nextAnnounce
 }
 
 // pause sleeps for d on this thread. Polling needs sub-millisecond
