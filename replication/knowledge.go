@@ -304,7 +304,7 @@ type knowledge struct {
 	started time.Time // the monotonic clock's origin for applied-at times
 	stats   *Stats
 	// overlay, while a stopping node saves its state, collects the
-	// versions recorded meanwhile (see Node.saveState).
+	// versions recorded meanwhile (see Node.startState).
 	overlay overlay
 	// suspectBefore is the clock when the capture last lost changes: a
 	// version recorded before it may sit under a lost write (see current).

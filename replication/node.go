@@ -203,10 +203,11 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { done <- n.receive(inner) }()
 	go func() { done <- n.timers(inner) }()
 	var first error
+	var save *stateSave
 	ended := 0
 	select {
 	case <-ctx.Done():
-		n.save()
+		save = n.beginSave()
 	case first = <-done: // an error
 		ended++
 	}
@@ -222,6 +223,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.server.shutdown()
+	n.finishSave(save)
 	return first
 }
 
@@ -240,17 +242,28 @@ func (n *Node) restore() {
 	n.log.Info("state of the last run restored", "file", n.state, "written_while_down", found)
 }
 
-// save writes the state file, if there is one to write.
-func (n *Node) save() {
+// beginSave starts the state file, if there is one to write; nil if not.
+func (n *Node) beginSave() *stateSave {
 	if n.state == "" {
+		return nil
+	}
+	sv, err := n.startState(n.state, &n.sender.drainedAt)
+	if err != nil {
+		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
+	}
+	return sv
+}
+
+// finishSave puts the state file in place, once the node stopped.
+func (n *Node) finishSave(sv *stateSave) {
+	if sv == nil {
 		return
 	}
-	began := time.Now()
-	if err := n.saveState(n.state, &n.sender.drainedAt); err != nil {
+	if err := sv.finish(); err != nil {
 		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
 		return
 	}
-	n.log.Info("state saved for the next run", "file", n.state, "took", time.Since(began).Round(time.Millisecond))
+	n.log.Info("state saved for the next run", "file", n.state)
 }
 
 // receive reads datagrams and hands them to the dispatcher until the

@@ -128,32 +128,46 @@ func (sw *stateWriter) mapHeader(m *localMap) {
 	sw.record(stateMap, b[:])
 }
 
-// saveState writes the state file at path while the node still runs: it
+// stateSave is a state file being written: begun while the node runs,
+// finished once nothing of it runs any more.
+type stateSave struct {
+	k   *knowledge
+	tab *Table
+	tmp *os.File
+	sw  *stateWriter
+	to  string
+}
+
+// startState starts the state file at path while the node still runs: it
 // reads every map with the versions it knows, then lets the capture
-// drain, so that every write made before the read was stamped, and adds
-// the versions recorded since. A write made after that differs from the
-// file, so the next run takes it as made while no daemon ran.
-func (n *Node) saveState(path string, drainedAt *atomic.Int64) error {
+// drain, so that every write made before the read is stamped. From the
+// read on, every version recorded goes to an overlay, which
+// [stateSave.finish] adds once the node has stopped: a write made after
+// that differs from the file, so the next run takes it as made while no
+// daemon ran, and neither a local change nor an apply of the last moments
+// is taken for one.
+func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, err error) {
 	boot, err := bootID()
 	if err != nil {
-		return fmt.Errorf("read the boot id: %w", err)
+		return nil, fmt.Errorf("read the boot id: %w", err)
 	}
 	k := n.know
 	k.mu.Lock()
 	k.overlay = overlay{}
 	k.mu.Unlock()
-	defer func() {
-		k.mu.Lock()
-		k.overlay = nil
-		k.mu.Unlock()
-	}()
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".state-*")
+	sv := &stateSave{k: k, tab: n.apply.table, tmp: tmp, to: path}
 	if err != nil {
-		return err
+		sv.abort()
+		return nil, err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
+	defer func() {
+		if err != nil {
+			sv.abort()
+		}
+	}()
 	sw := &stateWriter{w: bufio.NewWriterSize(tmp, 1<<20)}
+	sv.sw = sw
 	sw.record(0, []byte(stateMagic), boot, []byte{'\n'})
 	for i := range n.apply.table.maps {
 		m := &n.apply.table.maps[i]
@@ -166,7 +180,7 @@ func (n *Node) saveState(path string, drainedAt *atomic.Int64) error {
 			}
 		}, nil)
 		if err != nil {
-			return fmt.Errorf("read map %s: %w", m.Desc.Name, err)
+			return nil, fmt.Errorf("read map %s: %w", m.Desc.Name, err)
 		}
 		k.mu.Lock()
 		l := &k.tombs[i]
@@ -181,17 +195,39 @@ func (n *Node) saveState(path string, drainedAt *atomic.Int64) error {
 	read := time.Now()
 	for deadline := read.Add(stateDrainWait); time.Unix(0, drainedAt.Load()).Before(read.Add(captureSlack)); {
 		if time.Now().After(deadline) {
-			return errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
+			return nil, errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
 		}
 		time.Sleep(time.Millisecond)
 	}
+	return sv, nil
+}
+
+// abort gives the state file up.
+func (sv *stateSave) abort() {
+	sv.k.mu.Lock()
+	sv.k.overlay = nil
+	sv.k.mu.Unlock()
+	if sv.tmp != nil {
+		_ = sv.tmp.Close()
+		_ = os.Remove(sv.tmp.Name())
+	}
+}
+
+// finish adds the versions recorded since the maps were read and puts the
+// file in place. Call it once the node has stopped.
+func (sv *stateSave) finish() (err error) {
+	k, sw := sv.k, sv.sw
 	k.mu.Lock()
 	late := k.overlay
 	k.overlay = nil
 	k.mu.Unlock()
-	for i := range n.apply.table.maps {
-		m := &n.apply.table.maps[i]
-		sw.mapHeader(m)
+	defer func() {
+		if err != nil {
+			sv.abort()
+		}
+	}()
+	for i := range sv.tab.maps {
+		sw.mapHeader(&sv.tab.maps[i])
 		for ok, s := range late {
 			if int(ok[0]) != i {
 				continue
@@ -210,13 +246,13 @@ func (n *Node) saveState(path string, drainedAt *atomic.Int64) error {
 	if err := sw.w.Flush(); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
+	if err := sv.tmp.Sync(); err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
+	if err := sv.tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	return os.Rename(sv.tmp.Name(), sv.to)
 }
 
 // savedState is a state file read back: per local map index, the saved

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
@@ -99,5 +100,37 @@ func TestStateOfAnotherBootIgnored(t *testing.T) {
 		if _, err := os.Stat(path); !os.IsNotExist(err) {
 			t.Errorf("%s: the file was left behind", name)
 		}
+	}
+}
+
+// A peer's write applied while the daemon stops, after its maps were read
+// for the state file, is in the file too. It was not: the next run then
+// took the applied value for a write its datapath made while no daemon
+// ran, stamped it anew, and its stale copy beat the peer's later writes
+// of the key (TestAttackKeyed, a node restarted while another wrote).
+func TestStateKeepsWritesAppliedWhileStopping(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	f := newFixtureWith(t, Config{StateFile: path})
+	f.n.sender.drainedAt.Store(time.Now().Add(time.Hour).UnixNano()) // the capture is drained
+	sv, err := f.n.startState(path, &f.n.sender.drainedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := hlc.Make(time.Now().UnixMilli(), 0)
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "late", applied, peerNode))
+	if err := sv.finish(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same map, still holding the applied value.
+	n := newTestNode(t, Config{Node: ourNode, Epoch: ourEpoch + 1, Table: f.tab, Transport: newFakeTransport(), StateFile: path})
+	n.restore()
+	if sl := n.know.lookup(0, []byte("key1")); sl == nil || sl.version() != (version{applied, peerNode}) {
+		t.Fatalf("after the restart key1's version is %+v, want the peer's write applied while stopping", sl)
+	}
+	sent := 0
+	n.relay.drain(func(int, ops.Op, version, []byte, []byte) { sent++ })
+	if sent != 0 {
+		t.Fatalf("the restart sent %d writes of its own, want none", sent)
 	}
 }
