@@ -122,6 +122,7 @@ type sender struct {
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
+	lossPending      bool      // changes were lost: see lostChanges
 
 	last *localMap // map of the previous change: changes come in runs
 	ch   loader.Change
@@ -253,6 +254,9 @@ func (s *sender) Run(ctx context.Context) error {
 func (s *sender) setDrained(now time.Time) {
 	s.drained = now
 	s.drainedAt.Store(now.UnixNano())
+	if s.lossPending {
+		s.lostChanges(now)
+	}
 }
 
 // idleDeadline is how long an idle sender waits for the source: until the
@@ -451,12 +455,8 @@ func (s *sender) send() {
 }
 
 // checkOverflows asks the source whether it lost changes since the last
-// check. If it did, the peers cannot be told which: the sender skips a
-// sequence number, recorded as lost in the resend buffer, so every peer
-// sees a gap that cannot be repaired and asks this node for a full resync;
-// and every version recorded before now is suspect: the map may hold a
-// lost write over it, so a snapshot stamps such entries anew as it reads
-// them (see knowledge.current).
+// check. If it did, the peers cannot be told which; once the source has
+// drained (see lostChanges), they are told to resync.
 func (s *sender) checkOverflows(now time.Time) {
 	s.overflowsChecked = now
 	n, err := s.src.Overflows()
@@ -466,6 +466,24 @@ func (s *sender) checkOverflows(now time.Time) {
 	lost := n - s.overflows
 	s.overflows = n
 	s.stats.RingOverflows.Store(n)
+	s.lossPending = true
+	if m, ok := s.limit.allow(reasonOverflow); ok {
+		s.log.Warn("capture ring buffer overflowed: changes were lost before they reached the daemon; peers will resync from this node. "+
+			"Raise --ring-size if this repeats", "lost", lost, "lost_total", n, "suppressed", m)
+	}
+}
+
+// lostChanges acts on a loss found by checkOverflows, once the source has
+// drained: the sender skips a sequence number, recorded as lost in the
+// resend buffer, so every peer sees a gap that cannot be repaired and asks
+// this node for a full resync; and every version recorded until now is
+// suspect, since the map may hold a lost write over it: a snapshot stamps
+// such entries anew as it reads them (see knowledge.current). Not before
+// the drain: the changes queued ahead of the lost ones were made before
+// them, however late they are read, so a version recorded for one of
+// them says nothing of what the map holds.
+func (s *sender) lostChanges(now time.Time) {
+	s.lossPending = false
 	s.know.mu.Lock()
 	s.know.suspectBefore = s.clock.At(now)
 	s.know.mu.Unlock()
@@ -473,10 +491,6 @@ func (s *sender) checkOverflows(now time.Time) {
 	s.header.Seq++
 	if s.resend != nil {
 		s.resend.add(s.header.Seq, nil)
-	}
-	if m, ok := s.limit.allow(reasonOverflow); ok {
-		s.log.Warn("capture ring buffer overflowed: changes were lost before they reached the daemon; peers will resync from this node. "+
-			"Raise --ring-size if this repeats", "lost", lost, "lost_total", n, "seq", s.header.Seq, "suppressed", m)
 	}
 }
 

@@ -509,3 +509,41 @@ func TestSenderPollsForThePollWindow(t *testing.T) {
 		t.Errorf("sender polls for %v after the last change, the capture needs %v", s.activeWindow, loader.PollWindow)
 	}
 }
+
+// The changes queued in the capture ahead of the ones it lost were made
+// before them, however late they are read: a version recorded for one of
+// them says nothing of what the map holds. So the loss is acted on, the
+// versions made suspect and the peers told to resync, only once the ring
+// has drained. Acting at once, a version stamped after the check for a
+// change made before the loss counted as trustworthy, the snapshot sent
+// it with the lost write's value, and a peer holding the change's value
+// under that version kept it for good (TestMergeJoinUnderLoad, 2,545
+// keys).
+func TestLossActedOnOnceDrained(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	src := &scriptSource{buffered: 100}
+	resend, err := newResendBuffer(1<<20, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSender(t, tab, src, nopTransport{}, senderConfig{Resend: resend})
+	src.overflows = 7
+	now := time.Now()
+	s.checkOverflows(now)
+	seq := s.header.Seq
+	// Read after the check, queued before the loss.
+	v, ok := s.stamp(&tab.maps[0], ops.Update, []byte("key1"), []byte("value--1"), now)
+	if !ok {
+		t.Fatal("a change was not stamped")
+	}
+	if s.know.suspectBefore != 0 || s.header.Seq != seq {
+		t.Fatalf("acted on the loss before the ring drained: suspect before %v, seq %d -> %d", s.know.suspectBefore, seq, s.header.Seq)
+	}
+	s.setDrained(time.Now())
+	if s.know.suspectBefore <= v.stamp {
+		t.Fatalf("suspect before %v, not after the version %v of a change read before the drain", s.know.suspectBefore, v.stamp)
+	}
+	if _, ok := resend.copyOut(seq+1, nil); s.header.Seq != seq+1 || ok {
+		t.Fatalf("seq %d after the drain, want %d skipped as lost", s.header.Seq, seq+1)
+	}
+}
