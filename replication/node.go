@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
@@ -63,6 +64,12 @@ type Config struct {
 	// Clock stamps this node's writes; nil means a clock on the system's
 	// time.
 	Clock *hlc.Clock
+	// Time is where the node reads the time and waits; nil means the
+	// system's clock. A simulator gives a virtual one.
+	Time Time
+	// Rand is the node's random source (resync request ids); nil means
+	// the process's, seeded at start.
+	Rand rand.Source
 	// StateFile, when set, is where a stopping node saves the versions of
 	// its entries, and where a starting one looks for them, to tell its
 	// datapath's writes made while no daemon ran from what it knew (see
@@ -102,6 +109,7 @@ type Node struct {
 	clock  *hlc.Clock
 	relay  relayQueue
 	state  string // Config.StateFile
+	time   Time   // Config.Time
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
@@ -127,36 +135,46 @@ func NewNode(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	announce := cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval)
+	if cfg.Time == nil {
+		cfg.Time = SystemTime{}
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = systemRand{}
+	}
 	resend, err := newResendBuffer(cmp.Or(cfg.ResendBytes, DefaultResendBytes), cfg.Table.payload)
 	if err != nil {
 		return nil, err
 	}
 	clock := cfg.Clock
 	if clock == nil {
-		clock = hlc.New(nil, 0)
+		clock = hlc.New(cfg.Time.Now, 0)
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
-		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
+		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile, time: cfg.Time}
+	n.limit.time = cfg.Time
 	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), clock, cfg.Node, &n.stats)
+	n.know.started = cfg.Time.Now()
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
+		sealed.time, sealed.limit.time = cfg.Time, cfg.Time
 		cfg.Transport, n.tr = sealed, sealed
 	}
-	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
+	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
-		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Clock: clock, Relay: &n.relay,
+		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Clock: clock, Time: cfg.Time, Relay: &n.relay,
 		Stats: &n.stats, Log: log})
 
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
 	}
 	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
+	n.apply.time = cfg.Time
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
-	n.client = resyncClient{peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
+	n.client = resyncClient{time: cfg.Time, rand: cfg.Rand, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
 		ctl: ctl(), ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
-	n.server = snapshotServer{table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
+	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
@@ -193,7 +211,7 @@ func (n *Node) current(p *peer) bool {
 func (n *Node) Run(ctx context.Context) error {
 	n.restore()
 	n.mu.Lock()
-	n.ready.started = time.Now()
+	n.ready.started = n.time.Now()
 	n.mu.Unlock()
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -277,7 +295,7 @@ func (n *Node) receive(ctx context.Context) error {
 			}
 			return fmt.Errorf("receive datagrams: %w", err)
 		}
-		now := time.Now()
+		now := n.time.Now()
 		n.mu.Lock()
 		for i := range pkts {
 			n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
@@ -297,7 +315,8 @@ func (n *Node) timers(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
+		case <-t.C:
+			now := n.time.Now()
 			n.mu.Lock()
 			silent = n.dispatch.tick(now, silent)
 			n.mu.Unlock()
@@ -348,6 +367,7 @@ func (n *Node) Peers() []PeerStatus {
 // readiness is this node's initial sync: it is ready once it holds what
 // the peers it heard from hold.
 type readiness struct {
+	time    Time
 	started time.Time     // the node started
 	wait    time.Duration // how long to listen for peers before deciding alone
 	done    chan struct{} // closed once ready
@@ -370,5 +390,5 @@ func (r *readiness) become(why string, peers int) {
 	}
 	close(r.done)
 	r.log.Info("ready: initial sync complete", "how", why, "peers", peers,
-		"after", time.Since(r.started).Round(time.Millisecond))
+		"after", r.time.Now().Sub(r.started).Round(time.Millisecond))
 }

@@ -45,6 +45,8 @@ const (
 // Snapshot datagram numbers are taken only within [transferWindow] of
 // what has arrived in order, so no datagram can size its state.
 type resyncClient struct {
+	time  Time
+	rand  rand.Source // request ids
 	peers *peerTable
 	apply *applier
 	know  *knowledge
@@ -217,7 +219,7 @@ func (c *resyncClient) source(now time.Time) *peer {
 // datagrams are held until the answer says where the snapshot stands.
 func (c *resyncClient) begin(p *peer, now time.Time) {
 	if c.id == 0 {
-		c.id = rand.Uint32()
+		c.id = uint32(c.rand.Uint64())
 	}
 	c.id++
 	if c.id == 0 {
@@ -422,7 +424,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 		}
 		var deleted []byte
 		err := k.eachBatch(m, func(ks, vs []byte) {
-			now := time.Now()
+			now := c.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
 				sl := k.lookup(i, key)

@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
@@ -66,6 +64,9 @@ type senderConfig struct {
 	// Knowledge is where every captured change's version is recorded.
 	Knowledge *knowledge
 	Clock     *hlc.Clock
+	// Time is where the sender reads the time and sleeps; nil means the
+	// system's clock.
+	Time Time
 	// Relay holds the entries the receive side passes on to the group.
 	Relay *relayQueue
 	Stats *Stats
@@ -77,6 +78,7 @@ type senderConfig struct {
 // local maps' descriptors periodically. All its methods run on the
 // goroutine that calls [sender.Run].
 type sender struct {
+	time          Time
 	src           Source
 	tr            Transport
 	table         *Table
@@ -132,6 +134,7 @@ type sender struct {
 // nothing is sent before [sender.Run].
 func newSender(cfg senderConfig) *sender {
 	s := &sender{
+		time:          cmp.Or[Time](cfg.Time, SystemTime{}),
 		src:           cfg.Source,
 		tr:            cfg.Transport,
 		table:         cfg.Table,
@@ -150,6 +153,7 @@ func newSender(cfg senderConfig) *sender {
 		pend:          newPending(cfg.Table, cfg.Node),
 		queued:        make([][]byte, 0, sendBatch),
 	}
+	s.limit.time = s.time
 	for i := range cfg.Table.maps {
 		s.lookup = append(s.lookup, make([]byte, cfg.Table.maps[i].valueSize))
 	}
@@ -184,7 +188,7 @@ func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
 // deadline; close the source to make that immediate.
 func (s *sender) Run(ctx context.Context) error {
 	s.announce()
-	now := time.Now()
+	now := s.time.Now()
 	nextAnnounce := now.Add(s.announceEvery)
 	var lastChange time.Time
 	polling := false
@@ -199,7 +203,7 @@ func (s *sender) Run(ctx context.Context) error {
 			// much as coalescing the change. now is then at most that
 			// many changes old, far less than the flush interval.
 			if reads++; !polling || reads%clockEvery == 0 {
-				now = time.Now()
+				now = s.time.Now()
 				lastChange = now
 			}
 			if !polling {
@@ -208,7 +212,7 @@ func (s *sender) Run(ctx context.Context) error {
 			}
 			s.add(&s.ch, now)
 			if s.src.Buffered() == 0 {
-				now = time.Now()
+				now = s.time.Now()
 				s.setDrained(now)
 				lastChange = now
 				s.takeRelayed()
@@ -217,7 +221,7 @@ func (s *sender) Run(ctx context.Context) error {
 				s.flush()
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			now = time.Now()
+			now = s.time.Now()
 			s.setDrained(now)
 			s.takeRelayed()
 			s.flush()
@@ -225,8 +229,8 @@ func (s *sender) Run(ctx context.Context) error {
 				return nil
 			}
 			if polling = now.Sub(lastChange) < s.activeWindow; polling {
-				pause(s.flushInterval)
-				s.src.SetDeadline(time.Now())
+				s.time.Sleep(s.flushInterval)
+				s.src.SetDeadline(s.time.Now())
 			} else {
 				s.src.SetDeadline(idleDeadline(nextAnnounce, now))
 			}
@@ -267,16 +271,6 @@ func idleDeadline(nextAnnounce, now time.Time) time.Time {
 		return relay
 	}
 	return nextAnnounce
-}
-
-// pause sleeps for d on this thread. Polling needs sub-millisecond
-// sleeps, which neither the ring buffer's epoll deadline (it rounds down
-// to whole milliseconds, so a shorter deadline returns at once and the
-// poll loop spins) nor Go's timers (about 1 ms here) provide.
-func pause(d time.Duration) {
-	ts := unix.NsecToTimespec(d.Nanoseconds())
-	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
-	}
 }
 
 // add coalesces one change into the datagram being built, sealing that
@@ -388,7 +382,7 @@ func (s *sender) takeRelayed() {
 	if s.relay == nil || s.relay.waiting.Load() == 0 {
 		return
 	}
-	now := time.Now()
+	now := s.time.Now()
 	n := s.relay.drain(func(m int, op ops.Op, v version, key, value []byte) {
 		s.queue(&s.table.maps[m], op, v, key, value, now)
 	})

@@ -62,6 +62,7 @@ type ownStream interface {
 // dispatcher sees to that), at most one new transfer per peer per
 // transferEvery, and refuses while this node is not itself in sync.
 type snapshotServer struct {
+	time  Time
 	table *Table
 	know  *knowledge
 	clock *hlc.Clock
@@ -205,7 +206,7 @@ func (s *snapshotServer) shutdown() {
 // serve streams the transfer and forgets it when done.
 func (s *snapshotServer) serve(t *transfer) {
 	defer s.wg.Done()
-	began := time.Now()
+	began := s.time.Now()
 	st := newSnapshotStream(s, t)
 	err := st.run()
 	s.mu.Lock()
@@ -221,7 +222,7 @@ func (s *snapshotServer) serve(t *transfer) {
 	}
 	s.stats.ResyncsSent.Add(1)
 	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
-		"resent", st.resent, "took", time.Since(began).Round(time.Millisecond))
+		"resent", st.resent, "took", s.time.Now().Sub(began).Round(time.Millisecond))
 }
 
 // snapshotStream is the sending state of one transfer. Datagram k of the
@@ -251,7 +252,7 @@ type snapshotStream struct {
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
-	st := &snapshotStream{s: s, t: t, heard: time.Now(), cwnd: initialWindow, rto: transferRTO,
+	st := &snapshotStream{s: s, t: t, heard: s.time.Now(), cwnd: initialWindow, rto: transferRTO,
 		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
 		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}, know: s.know}
 	for i := range st.slots {
@@ -296,7 +297,7 @@ func (st *snapshotStream) entriesOf(m *localMap) error {
 	k := st.know
 	return k.eachBatch(m, func(ks, _ []byte) {
 		st.vers = st.vers[:0]
-		now := time.Now()
+		now := st.s.time.Now()
 		for o := 0; o*m.keySize < len(ks); o++ {
 			st.vers = append(st.vers, k.current(m.index, ks[o*m.keySize:(o+1)*m.keySize], now))
 		}
@@ -367,7 +368,7 @@ func (st *snapshotStream) seal() {
 	d := st.w.Finish(st.header)
 	i := st.sealed % transferWindow
 	st.lens[i] = len(d)
-	st.sentAt[i] = time.Now()
+	st.sentAt[i] = st.s.time.Now()
 	st.send(d)
 }
 
@@ -405,7 +406,7 @@ func (st *snapshotStream) flush() {
 // bounded in rate as well as by the window.
 func (st *snapshotStream) pace(n int) {
 	for {
-		now := time.Now()
+		now := st.s.time.Now()
 		if st.budget.take(n, now) {
 			return
 		}
@@ -443,8 +444,9 @@ func (st *snapshotStream) wait(done func() bool) error {
 		case <-st.s.stop:
 			return errTransferStopped
 		case a := <-st.t.acks:
-			st.take(a, time.Now())
-		case now := <-timer.C:
+			st.take(a, st.s.time.Now())
+		case <-timer.C:
+			now := st.s.time.Now()
 			if now.Sub(st.heard) >= transferTimeout {
 				return errTransferSilent
 			}

@@ -175,7 +175,7 @@ func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, e
 		err := k.eachBatch(m, func(ks, vs []byte) {
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key := ks[o*m.keySize : (o+1)*m.keySize]
-				v := k.current(i, key, time.Now())
+				v := k.current(i, key, n.time.Now())
 				sw.version(stateEntry, v, valueHash(vs[o*m.valueSize:(o+1)*m.valueSize]), key)
 			}
 		}, nil)
@@ -192,12 +192,12 @@ func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, e
 		}
 		k.mu.Unlock()
 	}
-	read := time.Now()
+	read := n.time.Now()
 	for deadline := read.Add(stateDrainWait); time.Unix(0, drainedAt.Load()).Before(read.Add(captureSlack)); {
-		if time.Now().After(deadline) {
+		if n.time.Now().After(deadline) {
 			return nil, errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
 		}
-		time.Sleep(time.Millisecond)
+		n.time.Sleep(time.Millisecond)
 	}
 	return sv, nil
 }
@@ -364,7 +364,7 @@ func (n *Node) restoreState(path string) (int, error) {
 		m := &n.apply.table.maps[i]
 		saved := s.maps[i]
 		err := k.eachBatch(m, func(ks, vs []byte) {
-			now := time.Now()
+			now := n.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
 				h := k.hash(key)
@@ -382,7 +382,7 @@ func (n *Node) restoreState(path string) (int, error) {
 			return found, fmt.Errorf("read map %s: %w", m.Desc.Name, err)
 		}
 		k.mu.Lock()
-		now := time.Now()
+		now := n.time.Now()
 		for h, sv := range saved {
 			key := s.keys[i][h]
 			if sv.tomb {
