@@ -415,7 +415,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		d.retire(p, now)
 		delete(d.peers.byNode, p.node)
 	}
-	for _, p := range d.peers.byNode {
+	for _, p := range d.peers.inOrder() {
 		switch p.stream.due(now) {
 		case retryAsk:
 			d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
@@ -428,7 +428,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		}
 	}
 	d.client.tick(now)
-	for _, p := range d.peers.byNode {
+	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
 		}

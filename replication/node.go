@@ -14,12 +14,14 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/seal"
+	"github.com/udpmapsync/udpmapsync/transport"
 )
 
-// retryTick is how often the receive side's timers look at the peers;
-// pruneEvery how often the deletes past the horizon are forgotten.
+// RetryTick is how often the receive side's timers look at the peers
+// (see [Node.FireTimers]); pruneEvery how often the deletes past the
+// horizon are forgotten.
 const (
-	retryTick  = 5 * time.Millisecond
+	RetryTick  = 5 * time.Millisecond
 	pruneEvery = time.Second
 )
 
@@ -120,6 +122,9 @@ type Node struct {
 	dispatch dispatcher
 	ready    readiness
 	limit    limiter
+	silent   []*peer    // FireTimers' buffer
+	pruned   time.Time  // when FireTimers last pruned
+	save     *stateSave // begun by BeginStop
 }
 
 // NewNode prepares a node; nothing is sent or read before [Node.Run].
@@ -212,6 +217,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.restore()
 	n.mu.Lock()
 	n.ready.started = n.time.Now()
+	n.server.spawn = true
 	n.mu.Unlock()
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -225,7 +231,7 @@ func (n *Node) Run(ctx context.Context) error {
 	ended := 0
 	select {
 	case <-ctx.Done():
-		save = n.beginSave()
+		save = n.beginSave(true)
 	case first = <-done: // an error
 		ended++
 	}
@@ -261,15 +267,26 @@ func (n *Node) restore() {
 }
 
 // beginSave starts the state file, if there is one to write; nil if not.
-func (n *Node) beginSave() *stateSave {
+// With wait, it waits for the capture to drain, while the sender runs on.
+func (n *Node) beginSave(wait bool) *stateSave {
 	if n.state == "" {
 		return nil
 	}
-	sv, err := n.startState(n.state, &n.sender.drainedAt)
+	sv, err := n.startState(n.state)
+	if err == nil && wait {
+		if err = n.awaitDrain(sv, &n.sender.drainedAt); err != nil {
+			sv.abort()
+			sv = nil
+		}
+	}
 	if err != nil {
-		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
+		n.saveFailed(err)
 	}
 	return sv
+}
+
+func (n *Node) saveFailed(err error) {
+	n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
 }
 
 // finishSave puts the state file in place, once the node stopped.
@@ -278,7 +295,7 @@ func (n *Node) finishSave(sv *stateSave) {
 		return
 	}
 	if err := sv.finish(); err != nil {
-		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
+		n.saveFailed(err)
 		return
 	}
 	n.log.Info("state saved for the next run", "file", n.state)
@@ -295,39 +312,51 @@ func (n *Node) receive(ctx context.Context) error {
 			}
 			return fmt.Errorf("receive datagrams: %w", err)
 		}
-		now := n.time.Now()
-		n.mu.Lock()
-		for i := range pkts {
-			n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
-		}
-		n.apply.flush()
-		n.mu.Unlock()
+		n.Deliver(pkts)
 	}
+}
+
+// Deliver hands datagrams received now to the receive side: what Run's
+// receive goroutine does with every batch the transport returns.
+func (n *Node) Deliver(pkts []transport.Packet) {
+	now := n.time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i := range pkts {
+		n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
+	}
+	n.apply.flush()
 }
 
 // timers runs the receive side's timers until ctx is done.
 func (n *Node) timers(ctx context.Context) error {
-	t := time.NewTicker(retryTick)
+	t := time.NewTicker(RetryTick)
 	defer t.Stop()
-	var silent []*peer
-	var pruned time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			now := n.time.Now()
-			n.mu.Lock()
-			silent = n.dispatch.tick(now, silent)
-			n.mu.Unlock()
-			if now.Sub(pruned) >= pruneEvery {
-				pruned = now
-				n.know.mu.Lock()
-				n.know.prune(now)
-				n.stats.KnownKeys.Store(uint64(n.know.entries()))
-				n.know.mu.Unlock()
-			}
+			n.FireTimers()
 		}
+	}
+}
+
+// FireTimers runs the receive side's timers: what Run does every
+// [RetryTick]. It repeats repair requests, gives up on gaps not repaired
+// in time, forgets silent peers, drives the resync, and forgets the
+// deletes past the horizon.
+func (n *Node) FireTimers() {
+	now := n.time.Now()
+	n.mu.Lock()
+	n.silent = n.dispatch.tick(now, n.silent)
+	n.mu.Unlock()
+	if now.Sub(n.pruned) >= pruneEvery {
+		n.pruned = now
+		n.know.mu.Lock()
+		n.know.prune(now)
+		n.stats.KnownKeys.Store(uint64(n.know.entries()))
+		n.know.mu.Unlock()
 	}
 }
 

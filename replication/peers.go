@@ -63,6 +63,7 @@ type peer struct {
 // address it was first heard from in its epoch.
 type peerTable struct {
 	byNode  map[uint32]*peer
+	ordered []*peer       // inOrder's buffer
 	silence time.Duration // forget a peer not heard for this long
 	trust   time.Duration // heard for this long before it serves resyncs
 	settle  time.Duration // an address held this long before it is sent to
@@ -125,6 +126,18 @@ func (t *peerTable) add(node uint32, epoch uint64, from netip.AddrPort, now time
 	p := &peer{node: node, addr: from, epoch: epoch, firstHeard: now, lastHeard: now, stream: stream}
 	t.byNode[node] = p
 	return p
+}
+
+// inOrder returns the peers ordered by node id, in a buffer of the
+// table's that the next call reuses: the timers act on the peers in the
+// same order on every run, so that a simulated run replays.
+func (t *peerTable) inOrder() []*peer {
+	t.ordered = t.ordered[:0]
+	for _, p := range t.byNode {
+		t.ordered = append(t.ordered, p)
+	}
+	slices.SortFunc(t.ordered, func(a, b *peer) int { return cmp.Compare(a.node, b.node) })
+	return t.ordered
 }
 
 // silent returns the peers not heard for the silence period.

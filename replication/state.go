@@ -131,22 +131,23 @@ func (sw *stateWriter) mapHeader(m *localMap) {
 // stateSave is a state file being written: begun while the node runs,
 // finished once nothing of it runs any more.
 type stateSave struct {
-	k   *knowledge
-	tab *Table
-	tmp *os.File
-	sw  *stateWriter
-	to  string
+	k    *knowledge
+	tab  *Table
+	tmp  *os.File
+	sw   *stateWriter
+	to   string
+	read time.Time // when the maps were read
 }
 
 // startState starts the state file at path while the node still runs: it
-// reads every map with the versions it knows, then lets the capture
-// drain, so that every write made before the read is stamped. From the
-// read on, every version recorded goes to an overlay, which
+// reads every map with the versions it knows; the caller then lets the
+// capture drain (see [stateSave.drained]), so that every write made
+// before the read is stamped. From the read on, every version recorded goes to an overlay, which
 // [stateSave.finish] adds once the node has stopped: a write made after
 // that differs from the file, so the next run takes it as made while no
 // daemon ran, and neither a local change nor an apply of the last moments
 // is taken for one.
-func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, err error) {
+func (n *Node) startState(path string) (_ *stateSave, err error) {
 	boot, err := bootID()
 	if err != nil {
 		return nil, fmt.Errorf("read the boot id: %w", err)
@@ -192,14 +193,31 @@ func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, e
 		}
 		k.mu.Unlock()
 	}
-	read := n.time.Now()
-	for deadline := read.Add(stateDrainWait); time.Unix(0, drainedAt.Load()).Before(read.Add(captureSlack)); {
+	sv.read = n.time.Now()
+	return sv, nil
+}
+
+// errNotDrained: a stopping node's capture did not drain after its maps
+// were read.
+var errNotDrained = errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
+
+// drained reports whether the capture has drained since the maps were
+// read (drainedAt: see sender.drainedAt), so that every write made before
+// the read is stamped.
+func (sv *stateSave) drained(drainedAt *atomic.Int64) bool {
+	return !time.Unix(0, drainedAt.Load()).Before(sv.read.Add(captureSlack))
+}
+
+// awaitDrain waits, for stateDrainWait at most, until the capture has
+// drained since the maps were read, while the sender runs on.
+func (n *Node) awaitDrain(sv *stateSave, drainedAt *atomic.Int64) error {
+	for deadline := sv.read.Add(stateDrainWait); !sv.drained(drainedAt); {
 		if n.time.Now().After(deadline) {
-			return nil, errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
+			return errNotDrained
 		}
 		n.time.Sleep(time.Millisecond)
 	}
-	return sv, nil
+	return nil
 }
 
 // abort gives the state file up.
