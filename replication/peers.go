@@ -256,11 +256,14 @@ func (b *byteBudget) take(n int, now time.Time) bool {
 	return true
 }
 
-// behindOn reports whether this node lost the changes of a peer other
-// than p, beyond repair and not yet resynced.
+// behindOn reports whether this node lacks changes of a peer other than
+// p: lost beyond repair and not yet resynced, or known sent and not yet
+// applied. A snapshot served meanwhile would lack them, and the
+// requester, which takes the snapshot for everything that peer sent
+// before the first datagram it heard of it, would never get them.
 func (t *peerTable) behindOn(p *peer) bool {
 	for _, q := range t.byNode {
-		if q != p && (q.needSync || q.stream.lostFrom != 0) {
+		if q != p && (q.needSync || q.stream.lostFrom != 0 || q.stream.latest >= q.stream.next) {
 			return true
 		}
 	}
