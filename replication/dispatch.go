@@ -173,6 +173,12 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 		}
 		delete(d.peers.byNode, p.node)
 		n, ok := d.bind(from, h, 1, now)
+		if ok && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
+			// Changes of its last run are missing here, and nobody holds
+			// them to resend any more: they come by a full resync from
+			// the node, whose maps hold them.
+			d.resyncNeeded(n, "peer restarted before its missing datagrams were repaired")
+		}
 		return n, p, ok
 	default:
 		// A node heard for the first time, or again after it was

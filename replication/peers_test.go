@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // A node missing datagrams of one peer is behind for every other: a
@@ -29,5 +31,26 @@ func TestBehindOnMissingDatagrams(t *testing.T) {
 	other.stream.dropThrough(3)
 	if tab.behindOn(requester) {
 		t.Error("still behind once the missing datagrams arrived")
+	}
+}
+
+// A peer that restarts while datagrams of its last run are missing here
+// is resynced from: nobody holds those datagrams to resend any more, and
+// its maps hold their changes (the simulator's seed 20 with clean stops:
+// the delete in node 4's last datagram was lost to node 3, which kept
+// the key for good).
+func TestRestartWithMissingDatagramsResyncs(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, f.seqDatagram(t, 1))
+	f.handle(peerA, f.seqDatagram(t, 3)) // 2 is missing
+	if got := f.stats.ResyncNeeded.Load(); got != 0 {
+		t.Fatalf("%d resyncs needed before the restart", got)
+	}
+	var b changesBuilder
+	b.start()
+	b.add(t, f.fpFlow, ops.Update, "new!", "epoch2!!")
+	f.handle(peerA, b.finish(peerNode, 2, 1))
+	if p := f.n.peers.byNode[peerNode]; p == nil || p.epoch != 2 || !p.needSync {
+		t.Fatalf("after the restart the peer is %+v: want its new run, with a resync due", p)
 	}
 }

@@ -200,6 +200,7 @@ func (s *sender) Run(ctx context.Context) error {
 	for {
 		drained, err := s.took(s.src.Read(&s.ch))
 		if ctx.Err() != nil && (drained || err != nil) {
+			s.sendLast()
 			return nil
 		}
 		if err != nil {
@@ -233,6 +234,14 @@ func (s *sender) step() (time.Time, error) {
 		return s.now.Add(s.flushInterval), nil
 	}
 	return idleDeadline(s.nextAnnounce, s.now), nil
+}
+
+// sendLast sends what is pending and a last announce, so that the peers
+// learn the number of this run's last datagram, and resync from the
+// node's next run what of this one they did not get.
+func (s *sender) sendLast() {
+	s.flush()
+	s.announce()
 }
 
 // begin sends the first announce and sets the first deadline.

@@ -547,3 +547,27 @@ func TestLossActedOnOnceDrained(t *testing.T) {
 		t.Fatalf("seq %d after the drain, want %d skipped as lost", s.header.Seq, seq+1)
 	}
 }
+
+// A stopping sender's last datagram is an announce, so that the peers
+// learn its run's last sequence number even if its last change datagram
+// was lost, and ask the node's next run for a resync (the simulator's
+// seed 20 with clean stops).
+func TestSenderAnnouncesLastAtStop(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	tr := newFakeTransport()
+	s, _ := newTestSender(t, tab, &scriptSource{steps: []step{{change: upd(1, "key1", "value-01")}}}, tr, senderConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatalf("run after the context ended: %v", err)
+	}
+	batches := tr.sent()
+	if len(batches) < 3 {
+		t.Fatalf("%d batches sent, want the first announce, the change, then the last announce", len(batches))
+	}
+	var h wire.Header
+	last := batches[len(batches)-1]
+	if err := h.Unmarshal(last[len(last)-1]); err != nil || h.Kind != wire.KindAnnounce || h.Seq != 1 {
+		t.Fatalf("last datagram %+v (%v), want an announce of datagram 1", h, err)
+	}
+}

@@ -43,12 +43,12 @@ func (n *Node) StepTransfers() time.Time {
 // drained after the read (a step [CaptureSlack] after BeginStop).
 func (n *Node) BeginStop() { n.save = n.beginSave(false) }
 
-// Stop ends a stepped node: the sender sends what it holds, the
-// transfers stop, and the state file, if begun, is saved with every
-// version recorded since BeginStop. A node stopped without BeginStop,
+// Stop ends a stepped node: the sender sends what it holds and a last
+// announce, the transfers stop, and the state file, if begun, is saved
+// with every version recorded since BeginStop. A node stopped without BeginStop,
 // or not stopped at all, crashed: it leaves no state file.
 func (n *Node) Stop() {
-	n.sender.flush()
+	n.sender.sendLast()
 	n.mu.Lock()
 	n.server.shutdown()
 	n.mu.Unlock()
