@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -401,8 +403,11 @@ func (n *Node) restoreState(path string) (int, error) {
 		}
 		k.mu.Lock()
 		now := n.time.Now()
-		for h, sv := range saved {
-			key := s.keys[i][h]
+		// In key order, not Go's map order: the deletes made while no
+		// daemon ran are sent in that order, the same on every run.
+		left := slices.SortedFunc(maps.Keys(saved), func(a, b uint64) int { return bytes.Compare(s.keys[i][a], s.keys[i][b]) })
+		for _, h := range left {
+			sv, key := saved[h], s.keys[i][h]
 			if sv.tomb {
 				if sv.v.stamp.Time().After(now.Add(-k.horizon)) {
 					k.set(i, key, sv.v, true, false, now)
