@@ -135,6 +135,12 @@ perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
 		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 
+.PHONY: sim
+sim: SEEDS ?= 100000
+sim: FAULTS ?= 15
+sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (15: all; see sim/) and check every invariant
+	$(GO) test -count=1 -timeout 0 ./sim -run '^TestSeeds$$' -sim.seeds=$(SEEDS) -sim.faults=$(FAULTS)
+
 .PHONY: fuzz
 fuzz: FUZZTIME ?= 30s
 fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
