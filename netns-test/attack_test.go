@@ -164,7 +164,8 @@ func newAttackEnv(t *testing.T, keyed bool) *attackEnv {
 			args[i] = []string{"--key-file", path}
 		}
 	}
-	c := newScenario(t, ClusterConfig{Nodes: 5, Later: []int{attackerNode, victimNode}, NodeArgs: args})
+	c := newScenario(t, ClusterConfig{Nodes: 5, Later: []int{attackerNode, victimNode}, NodeArgs: args,
+		Daemon: DaemonConfig{InsecureNoKey: !keyed}})
 	e := &attackEnv{t: t, c: c, keyed: keyed, payload: linkMTU - UDPOverhead,
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
 	if keyed {
