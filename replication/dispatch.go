@@ -430,6 +430,9 @@ func (d *dispatcher) cookie(p *peer, h *wire.Header, dgram []byte, now time.Time
 	if err := c.Unmarshal(h, dgram[wire.HeaderSize:]); err != nil {
 		return err
 	}
+	if !d.peers.settled(p, now) {
+		return nil // p's address may be a replay's: nothing goes there yet
+	}
 	d.gate.cookie(p, c, now)
 	d.again(p, now)
 	return nil

@@ -138,3 +138,28 @@ func TestGateSharesWhatCameToTheGroup(t *testing.T) {
 		t.Error("nothing withheld: the credit never bounded what was sent")
 	}
 }
+
+// With a key, a cookie of a peer whose address has not settled (it may be
+// where a replay came from) is not echoed there.
+func TestCookieNotEchoedBeforeTheAddressSettles(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.n.dispatch.keyed, f.n.dispatch.sources = true, fixedSource{addr: peerA, moved: t0}
+	d := announce(t, peerNode, 1, 0)
+	d[5] = wire.SealSize
+	f.handleAt(t0, peerA, d)
+	cookie := wire.Cookie{Slot: 1, Tag: 2}.Header(wire.KindCookie, peerNode, 1)
+	cookie.Sealed = true
+	c, err := cookie.AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.n.dispatch.handle(peerA, c, true, t0)
+	if got := f.tr.sentCookies(); len(got) != 0 {
+		t.Errorf("echoed to an address heard a moment ago: %d datagrams", len(got))
+	}
+	f.n.dispatch.handle(peerA, c, true, t0.Add(DefaultAnnounceInterval))
+	if got := f.tr.sentCookies(); len(got) == 0 {
+		t.Error("not echoed once the address settled")
+	}
+}
