@@ -1,0 +1,185 @@
+package replication
+
+import (
+	"context"
+	"hash/maphash"
+	"log/slog"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/mapopt"
+	"github.com/udpmapsync/udpmapsync/ops"
+)
+
+// scanner finds what the capture cannot see in the maps that opt in
+// (their scan option): in-place writes through a pointer from
+// bpf_map_lookup_elem, writes of BPF programs the syscall backend misses,
+// and keys gone without a delete it saw (LRU evictions). Every scan
+// period it reads the whole map with batch lookups and compares each
+// value with its print (see [printTable]); what moved becomes a write of
+// this node, stamped and recorded in the knowledge like a captured one,
+// and joins the sender's change stream through the relay queue: the one
+// path into a peer's map.
+//
+// The node's timers decide when a map is due ([scanner.tick]); the scans
+// run on a goroutine of their own ([scanner.run]), so that a long one
+// does not hold up the receive side's timers.
+type scanner struct {
+	table  *Table
+	know   *knowledge
+	prints *printTable
+	clock  *hlc.Clock
+	relay  *relayQueue
+	stats  *Stats
+	log    *slog.Logger
+	node   uint32
+	now    func() time.Time // read at each batch, for the stamps
+	ready  func() bool
+
+	next []time.Time // per map: when its next scan is due; zero: not scanned
+	due  chan int    // maps due, to the scanning goroutine
+	busy []bool      // per map: sent to the goroutine and not done (timers' side only)
+	done chan int    // maps scanned, back to the timers
+}
+
+func newScanner(s scanner) *scanner {
+	s.next = make([]time.Time, len(s.table.maps))
+	s.busy = make([]bool, len(s.table.maps))
+	s.due = make(chan int, len(s.table.maps))
+	s.done = make(chan int, len(s.table.maps))
+	return &s
+}
+
+// tick hands the maps whose scan is due at now to the scanning goroutine.
+// Scans begin once the node is ready: until its initial sync is complete
+// it cannot tell its own changes from what it has yet to learn. The
+// next scan of a map is due one period after its last one began.
+func (s *scanner) tick(now time.Time) {
+	for {
+		select {
+		case m := <-s.done:
+			s.busy[m] = false
+			continue
+		default:
+		}
+		break
+	}
+	if !s.ready() {
+		return
+	}
+	for i := range s.table.maps {
+		if !s.prints.scanned(i) || s.busy[i] || now.Before(s.next[i]) {
+			continue
+		}
+		s.next[i] = now.Add(s.table.maps[i].plan.opts.Scan)
+		s.busy[i] = true
+		s.due <- i // cannot block: one slot per map, and a busy map is not sent again
+	}
+}
+
+// run scans the maps tick hands it until ctx is done.
+func (s *scanner) run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-s.due:
+			s.scan(m)
+			s.done <- m
+		}
+	}
+}
+
+// scan reads map index i once and sends what moved since the last scan.
+func (s *scanner) scan(i int) {
+	m, k, pt := &s.table.maps[i], s.know, s.prints
+	pt.mu.Lock()
+	pm := &pt.maps[i]
+	pm.gen++
+	gen := pm.gen
+	pt.mu.Unlock()
+	found := 0
+	err := k.eachBatch(m, func(ks, vs []byte) {
+		// With the knowledge lock held across the read and the compare,
+		// no apply of a peer's write falls between them: what the read
+		// found is either before the apply, or its print is the
+		// applied value's.
+		now := s.now()
+		ms := pt.ms(now)
+		pt.mu.Lock()
+		defer pt.mu.Unlock()
+		for o := 0; o*m.keySize < len(ks); o++ {
+			key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
+			h := maphash.Bytes(pt.seed, key)
+			fp, rfp := pm.plan.prints(pt.seed, val)
+			pr, ok := pm.byKey[h]
+			switch {
+			case !ok && s.knownLive(i, key):
+				// First seen since the start, with the version its capture,
+				// apply or the state file gave it: taken as it is.
+				pm.put(h, key, fp, rfp, ms)
+				continue
+			case ok && pr.fp == fp && (pr.rfp == rfp || ms-pr.sent < pm.period):
+				pr.gen = gen
+				pm.byKey[h] = pr
+				continue
+			}
+			v := version{stamp: s.clock.At(now), origin: s.node}
+			k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
+			k.note(i, key, v, ops.Update, val)
+			s.relay.add(i, ops.Update, v, key, val)
+			pm.put(h, key, fp, rfp, ms)
+			found++
+		}
+	}, nil)
+	if err != nil {
+		s.log.Warn("scanning a map failed; its in-place changes wait for the next scan", "map", m.Desc.Name, "error", err)
+		return
+	}
+	vanished := s.vanished(i, gen)
+	s.stats.Scans.Add(1)
+	s.stats.ScanFound.Add(uint64(found))
+	s.stats.ScanVanished.Add(uint64(vanished))
+	s.stats.ScanPrints.Store(uint64(pt.size()))
+}
+
+// knownLive reports whether this node knows key of map index i from a
+// stamped write that left it in the map. Called with the knowledge lock
+// held.
+func (s *scanner) knownLive(i int, key []byte) bool {
+	sl := s.know.lookup(i, key)
+	return sl != nil && !sl.tombstone() && sl.version().stamp != 0
+}
+
+// vanished handles the keys of map index i that scan gen did not see:
+// gone without a delete that the capture or an apply recorded. By the
+// map's rule, their prints are forgotten (keep), or they are deleted on
+// the peers too, as writes of this node (delete). It returns how many
+// there were.
+func (s *scanner) vanished(i int, gen uint8) int {
+	k, pt := s.know, s.prints
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pm := &pt.maps[i]
+	now := s.now()
+	n := 0
+	for h, pr := range pm.byKey {
+		if pr.gen == gen {
+			continue
+		}
+		n++
+		if pm.plan.opts.Vanished == mapopt.Delete && pr.key >= 0 {
+			key := pm.key(pr.key)
+			if s.knownLive(i, key) {
+				v := version{stamp: s.clock.At(now), origin: s.node}
+				k.set(i, key, v, true, true, now)
+				k.note(i, key, v, ops.Delete, nil)
+				s.relay.add(i, ops.Delete, v, key, nil)
+			}
+		}
+		pm.remove(h)
+	}
+	return n
+}
