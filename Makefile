@@ -7,7 +7,7 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived
 GENERATE_PKGS := clang llvm libbpf-dev
 
 # RACE_PKGS are the packages with goroutines of their own, tested again
@@ -119,13 +119,13 @@ demo: deps build ## Three nodes in network namespaces: write on one, watch the o
 
 .PHONY: bench
 bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
-	$(GO) test -run '^$$' -bench . -benchmem ./wire ./loader ./replication
+	$(GO) test -run '^$$' -bench . -benchmem ./wire ./loader ./knowledge ./replication
 
 .PHONY: perf
 perf: PERFFLAGS ?=
 perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~5 min)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./replication > bin/perf-bench.txt
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
 		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/seal"
 )
 
@@ -77,6 +78,10 @@ type Config struct {
 	Log *slog.Logger
 }
 
+// DefaultTombstoneHorizon is how long a delete is remembered, so that a
+// peer that still holds the key learns of it in a resync.
+const DefaultTombstoneHorizon = knowledge.DefaultTombstoneHorizon
+
 // Errors of [NewNode], for callers to turn into advice.
 var (
 	ErrNoNodeID   = errors.New("node id 0 is not an id")
@@ -103,7 +108,7 @@ type Node struct {
 	stats  Stats
 	resend *resendBuffer
 	sender *sender
-	know   *knowledge // shared by the sender and the receive side, under its own lock
+	know   *knowledge.Store // shared by the sender and the receive side, under its own lock
 	clock  *hlc.Clock
 	relay  relayQueue
 	state  string      // Config.StateFile
@@ -144,7 +149,7 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
-	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), clock, cfg.Node, &n.stats)
+	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats)
 	cfg.Table.mono.offset = cfg.MonoOffset
 	n.prints = newPrintTable(cfg.Table, time.Now())
 	var sealed *sealedTransport
@@ -317,10 +322,10 @@ func (n *Node) timers(ctx context.Context) error {
 			n.scan.tick(now)
 			if now.Sub(pruned) >= pruneEvery {
 				pruned = now
-				n.know.mu.Lock()
-				n.know.prune(now)
-				n.stats.KnownKeys.Store(uint64(n.know.entries()))
-				n.know.mu.Unlock()
+				h := n.know.Lock()
+				h.Prune(now)
+				n.stats.KnownKeys.Store(uint64(h.Entries()))
+				h.Unlock()
 			}
 		}
 	}

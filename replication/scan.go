@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
@@ -26,7 +27,7 @@ import (
 // does not hold up the receive side's timers.
 type scanner struct {
 	table  *Table
-	know   *knowledge
+	know   *knowledge.Store
 	prints *printTable
 	clock  *hlc.Clock
 	relay  *relayQueue
@@ -99,7 +100,7 @@ func (s *scanner) scan(i int) {
 	gen := pm.gen
 	pt.mu.Unlock()
 	found := 0
-	err := k.eachBatch(m, func(ks, vs []byte) {
+	err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 		// With the knowledge lock held across the read and the compare,
 		// no apply of a peer's write falls between them: what the read
 		// found is either before the apply, or its print is the
@@ -110,25 +111,22 @@ func (s *scanner) scan(i int) {
 		defer pt.mu.Unlock()
 		for o := 0; o*m.keySize < len(ks); o++ {
 			key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
-			h := maphash.Bytes(pt.seed, key)
+			kh := maphash.Bytes(pt.seed, key)
 			fp, rfp := pm.plan.prints(pt.seed, val)
-			pr, ok := pm.byKey[h]
+			pr, ok := pm.byKey[kh]
 			switch {
-			case !ok && s.knownLive(i, key):
+			case !ok && knownLive(h, i, key):
 				// First seen since the start, with the version its capture,
 				// apply or the state file gave it: taken as it is.
-				pm.put(h, key, fp, rfp, ms)
+				pm.put(kh, key, fp, rfp, ms)
 				continue
 			case ok && pr.fp == fp && (pr.rfp == rfp || ms-pr.sent < pm.period):
 				pr.gen = gen
-				pm.byKey[h] = pr
+				pm.byKey[kh] = pr
 				continue
 			}
-			v := version{stamp: s.clock.At(now), origin: s.node}
-			k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
-			k.note(i, key, v, ops.Update, val)
-			s.relay.add(i, ops.Update, v, key, val)
-			pm.put(h, key, fp, rfp, ms)
+			s.found(h, i, ops.Update, key, val, now)
+			pm.put(kh, key, fp, rfp, ms)
 			found++
 		}
 	}, nil)
@@ -144,11 +142,19 @@ func (s *scanner) scan(i int) {
 }
 
 // knownLive reports whether this node knows key of map index i from a
-// stamped write that left it in the map. Called with the knowledge lock
-// held.
-func (s *scanner) knownLive(i int, key []byte) bool {
-	sl := s.know.lookup(i, key)
-	return sl != nil && !sl.tombstone() && sl.version().stamp != 0
+// stamped write that left it in the map.
+func knownLive(h knowledge.Held, i int, key []byte) bool {
+	e := h.Lookup(i, key)
+	return e != nil && !e.Deleted() && e.Version().Stamp != 0
+}
+
+// found makes a change a scan found a write of this node's, read from the
+// map (see knowledge.Held.Set), and passes it on to the group.
+func (s *scanner) found(h knowledge.Held, i int, op ops.Op, key, val []byte, now time.Time) {
+	v := knowledge.Version{Stamp: s.clock.At(now), Origin: s.node}
+	h.Set(h.Put(i, key), i, key, v, op == ops.Delete, true, now)
+	h.Note(i, key, v, op == ops.Delete, val)
+	s.relay.add(i, op, v, key, val)
 }
 
 // vanished handles the keys of map index i that scan gen did not see:
@@ -157,29 +163,25 @@ func (s *scanner) knownLive(i int, key []byte) bool {
 // the peers too, as writes of this node (delete). It returns how many
 // there were.
 func (s *scanner) vanished(i int, gen uint8) int {
-	k, pt := s.know, s.prints
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	pt := s.prints
+	h := s.know.Lock()
+	defer h.Unlock()
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	pm := &pt.maps[i]
 	now := s.now()
 	n := 0
-	for h, pr := range pm.byKey {
+	for kh, pr := range pm.byKey {
 		if pr.gen == gen {
 			continue
 		}
 		n++
 		if pm.plan.opts.Vanished == mapopt.Delete && pr.key >= 0 {
-			key := pm.key(pr.key)
-			if s.knownLive(i, key) {
-				v := version{stamp: s.clock.At(now), origin: s.node}
-				k.set(i, key, v, true, true, now)
-				k.note(i, key, v, ops.Delete, nil)
-				s.relay.add(i, ops.Delete, v, key, nil)
+			if key := pm.key(pr.key); knownLive(h, i, key) {
+				s.found(h, i, ops.Delete, key, nil, now)
 			}
 		}
-		pm.remove(h)
+		pm.remove(kh)
 	}
 	return n
 }

@@ -3,9 +3,12 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -145,4 +148,14 @@ func (t *Table) byName(name string) *localMap {
 		}
 	}
 	return nil
+}
+
+// newKnowledge makes the knowledge of the maps of t, counting into stats.
+func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats) *knowledge.Store {
+	sizes := make([]int, len(t.maps))
+	for i := range t.maps {
+		sizes[i] = t.maps[i].keySize
+	}
+	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: time.Now(),
+		Restamped: &stats.Restamped, TombstonesDropped: &stats.TombstonesDropped})
 }
