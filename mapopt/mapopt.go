@@ -336,7 +336,7 @@ func (o *Options) checkOverlaps() error {
 			if a.what == "refresh" && b.what == "clock" || a.what == b.what && a.what == "refresh" {
 				continue // a lifetime is typically both; two refresh fields share one rule
 			}
-			return fmt.Errorf("%w: %s field %s (bytes %d..%d) and %s field %s (bytes %d..%d); a byte is at most one of local, clock and spin lock, and a local byte is never refreshed",
+			return fmt.Errorf("%w: %s field %s (bytes %d..%d) and %s field %s (bytes %d..%d)",
 				ErrOverlap, a.what, a.f.Name, a.f.Offset, a.f.end()-1, b.what, b.f.Name, b.f.Offset, b.f.end()-1)
 		}
 	}

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -457,4 +458,161 @@ func forgedChange(t *testing.T, c *ipCluster) {
 	if after := c.flows(t, 0, "flows")[0]; after != before {
 		t.Errorf("a forged change reached A's map: %+v", after)
 	}
+}
+
+// A's datapath churns its LRU map, which evicts entries where no delete
+// hook sees it. By the map's rule, B keeps them (vanished=keep: an
+// eviction is A's business) or deletes them too (vanished=delete).
+func TestLRUVanished(t *testing.T) {
+	const held = 200
+	for _, rule := range []string{"keep", "delete"} {
+		t.Run(rule, func(t *testing.T) {
+			c := startInPlace(t, map[string]string{"lru_flows": "scan=100ms,vanished=" + rule}, 0, 0)
+			a := c.nodes[0]
+			for k := range uint32(held) {
+				c.write(t, 0, "lru_flows", k, datapath.CTEntry{Packets: uint64(k)})
+			}
+			if !waitFor(10*time.Second, func() bool { return len(c.flows(t, 1, "lru_flows")) == held }) {
+				t.Fatalf("B holds %d entries, want %d", len(c.flows(t, 1, "lru_flows")), held)
+			}
+			// 100 inserts into 56 free slots of 256 evict some of A's.
+			if err := a.dp.Churn(1000, 100); err != nil {
+				t.Fatal(err)
+			}
+			left := c.flows(t, 0, "lru_flows")
+			if len(left) == held {
+				t.Fatal("the churn evicted nothing: the test tests nothing")
+			}
+			scans := a.node.Stats().Scans.Load()
+			if !waitFor(5*time.Second, func() bool { return a.node.Stats().Scans.Load() >= scans+2 }) {
+				t.Fatal("A does not scan")
+			}
+			time.Sleep(200 * time.Millisecond) // what the scans sent arrives
+			onB := c.flows(t, 1, "lru_flows")
+			s := a.node.Stats().Snapshot()
+			t.Logf("the churn evicted %d of %d entries on A; A's scans found %d vanished; B holds %d", held-len(left), held, s.ScanVanished, len(onB))
+			if s.ScanVanished != uint64(held-len(left)) || s.ScanFound != 0 {
+				t.Errorf("A's scans found %d vanished and %d changed, want %d and 0", s.ScanVanished, s.ScanFound, held-len(left))
+			}
+			want := held
+			if rule == "delete" {
+				want = len(left)
+			}
+			if len(onB) != want {
+				t.Errorf("B holds %d entries, want %d", len(onB), want)
+			}
+			for k := range left {
+				if _, ok := onB[k]; !ok {
+					t.Errorf("B lost key %d, which A holds", k)
+				}
+			}
+		})
+	}
+}
+
+// Both nodes' datapaths write every word of 64 spin-locked values, under
+// the lock, as fast as they can, while the scans read the values and the
+// applies write the peer's: every read takes the lock (BPF_F_LOCK), so no
+// value read, sent or written is torn. A read without the lock, for
+// comparison, sees torn values.
+func TestSpinLockedValues(t *testing.T) {
+	const entries = 64
+	c := startInPlace(t, map[string]string{"locked": "scan=50ms,clock=lts:mono-ns"}, 0, 0)
+	for k := range uint32(entries) {
+		c.write(t, 0, "locked", k, datapath.LockedEntry{State: 1})
+	}
+	for i := range c.nodes {
+		if !waitFor(10*time.Second, func() bool { return len(c.locked(t, i, true)) == entries }) {
+			t.Fatalf("node %d holds %d entries", i+1, len(c.locked(t, i, true)))
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, n := range c.nodes {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := n.dp.Bump(0, entries); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	tornLocked, tornPlain, reads := 0, 0, 0
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		for i := range c.nodes {
+			for _, e := range c.locked(t, i, true) {
+				if e.Torn() {
+					tornLocked++
+				}
+			}
+			for _, e := range c.locked(t, i, false) {
+				if e.Torn() {
+					tornPlain++
+				}
+			}
+			reads += entries
+		}
+	}
+	close(stop)
+	wg.Wait()
+	sa, sb := c.nodes[0].node.Stats().Snapshot(), c.nodes[1].node.Stats().Snapshot()
+	t.Logf("%d reads of each kind: %d torn with the lock, %d without; scans found %d and %d changes, applied %d and %d",
+		reads, tornLocked, tornPlain, sa.ScanFound, sb.ScanFound, sa.ChangesApplied, sb.ChangesApplied)
+	if tornLocked != 0 {
+		t.Errorf("%d values read under the lock were torn", tornLocked)
+	}
+	if sa.ScanFound == 0 || sb.ScanFound == 0 || sa.ChangesApplied == 0 || sb.ChangesApplied == 0 {
+		t.Error("the scans did not send, or the applies did not write, while the datapaths wrote: the test tests nothing")
+	}
+	// Once the datapaths stop, the later of each key's last writes wins on
+	// both nodes.
+	same := func() bool {
+		a, b := c.locked(t, 0, true), c.locked(t, 1, true)
+		for k, e := range a {
+			if b[k].Words != e.Words || e.Torn() {
+				return false
+			}
+		}
+		return len(a) == entries && len(b) == entries
+	}
+	if !waitFor(5*time.Second, same) {
+		t.Error("the nodes' locked values did not converge once the datapaths stopped")
+	}
+}
+
+// locked reads node i's locked map: through the loader, which takes each
+// value's lock, or without the lock.
+func (c *ipCluster) locked(t *testing.T, i int, withLock bool) map[uint32]datapath.LockedEntry {
+	t.Helper()
+	out := map[uint32]datapath.LockedEntry{}
+	m := c.nodes[i].maps["locked"]
+	if !withLock {
+		var k uint32
+		var e datapath.LockedEntry
+		for it := c.nodes[i].dp.Locked.Iterate(); it.Next(&k, &e); {
+			out[k] = e
+		}
+		return out
+	}
+	ks, vs := make([]byte, 256*4), make([]byte, 256*int(m.ValueSize))
+	err := m.Dump(ks, vs, func(ks, vs []byte) error {
+		for o := 0; o*4 < len(ks); o++ {
+			var e datapath.LockedEntry
+			if _, err := binary.Decode(vs[o*int(m.ValueSize):], binary.NativeEndian, &e); err != nil {
+				return err
+			}
+			out[binary.NativeEndian.Uint32(ks[o*4:])] = e
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

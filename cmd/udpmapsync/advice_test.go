@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 )
 
 // TestAdvice checks that each loader error gets the advice for it, names
@@ -136,5 +137,34 @@ func TestAdvicePassesThrough(t *testing.T) {
 		if got := advice(err); got != err {
 			t.Errorf("advice(%v) = %v, want it unchanged", err, got)
 		}
+	}
+}
+
+// Each kind of bad map option gets advice that names --map, the map and
+// the option, and still matches its sentinel.
+func TestOptionAdvice(t *testing.T) {
+	for _, tc := range []struct {
+		spec     string
+		sentinel error
+		want     string
+	}{
+		{"/sys/fs/bpf/ct,speed=1s", mapopt.ErrUnknownOption, "the options are scan=DURATION"},
+		{"/sys/fs/bpf/ct,local=lifetime", mapopt.ErrNoBTF, "give the field's bytes as OFFSET:SIZE"},
+		{"/sys/fs/bpf/ct,local=60:4", mapopt.ErrOutOfRange, "check the offset and size"},
+		{"/sys/fs/bpf/ct,clock=0:2:mono-s", mapopt.ErrClockSize, "a clock field is a __u32 or __u64"},
+		{"/sys/fs/bpf/ct,clock=0:4:mono-s,local=2:4", mapopt.ErrOverlap, "two clock fields cannot share a byte"},
+		{"/sys/fs/bpf/ct,refresh=0:4:30s", mapopt.ErrNeedsScan, "add scan=DURATION to this map's options, or set --scan-interval"},
+	} {
+		_, specs, err := splitSpecs([]string{tc.spec})
+		if err == nil {
+			_, err = mapopt.Resolve(specs[0].Map, specs[0].Options, 0, mapopt.Layout{ValueSize: 16})
+			err = optionAdvice(err)
+		}
+		if !errors.Is(err, tc.sentinel) || !strings.HasPrefix(err.Error(), "--map /sys/fs/bpf/ct") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %v with %q", tc.spec, err, tc.sentinel, tc.want)
+		}
+	}
+	if _, _, err := splitSpecs([]string{"/sys/fs/bpf/ct,scan"}); !errors.Is(err, mapopt.ErrBadValue) || !strings.Contains(err.Error(), "option scan") {
+		t.Errorf("a bare option: %v", err)
 	}
 }

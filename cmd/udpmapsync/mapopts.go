@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -83,5 +84,5 @@ func optionAdvice(err error) error {
 	if hint == "" {
 		return err
 	}
-	return &advised{fmt.Sprintf("--map %v; %s", err, hint), err}
+	return &advised{fmt.Sprintf("--map %s; %s", strings.TrimPrefix(err.Error(), "map "), hint), err}
 }
