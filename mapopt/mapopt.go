@@ -293,7 +293,7 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 	if o.Scan == 0 {
 		for _, opt := range []*Option{refresh, vanished} {
 			if opt != nil {
-				return fail(*opt, fmt.Errorf("%w: only a scan finds in-place changes and vanished keys; add scan=DURATION or --scan-interval", ErrNeedsScan))
+				return fail(*opt, fmt.Errorf("%w: only a scan finds in-place changes and vanished keys", ErrNeedsScan))
 			}
 		}
 	}

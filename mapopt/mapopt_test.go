@@ -138,3 +138,35 @@ func TestNoOptions(t *testing.T) {
 		t.Errorf("got %+v, %v", o, err)
 	}
 }
+
+// The configuration file gives what --map gives, and refuses what it
+// does not know.
+func TestParseConfig(t *testing.T) {
+	specs, err := ParseConfig([]byte(`
+maps:
+  - map: /sys/fs/bpf/ct
+    scan: 1s
+    clock: [lifetime:mono-s, lts:mono-ns]
+    refresh: [lifetime:30s]
+    local: [nh.ifindex]
+    vanished: delete
+  - map: name:counters
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := Resolve(specs[0].Map, specs[0].Options, 0, Layout{ValueSize: 56, Value: ctEntry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, _ := ParseSpec("/sys/fs/bpf/ct,scan=1s,vanished=delete,refresh=lifetime:30s,clock=lifetime:mono-s,clock=lts:mono-ns,local=nh.ifindex")
+	want, _ := Resolve(cmd.Map, cmd.Options, 0, Layout{ValueSize: 56, Value: ctEntry()})
+	if o.String() != want.String() || len(specs) != 2 || specs[1].Map != "name:counters" || len(specs[1].Options) != 0 {
+		t.Errorf("got %v: %s, want %s", specs, o.String(), want.String())
+	}
+	for _, bad := range []string{"maps:\n  - map: x\n    scna: 1s\n", "maps:\n  - scan: 1s\n", "maps: [", "mpas: []\n"} {
+		if _, err := ParseConfig([]byte(bad)); !errors.Is(err, ErrConfig) {
+			t.Errorf("%q: %v, want ErrConfig", bad, err)
+		}
+	}
+}

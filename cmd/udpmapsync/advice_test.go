@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -166,5 +167,24 @@ func TestOptionAdvice(t *testing.T) {
 	}
 	if _, _, err := splitSpecs([]string{"/sys/fs/bpf/ct,scan"}); !errors.Is(err, mapopt.ErrBadValue) || !strings.Contains(err.Error(), "option scan") {
 		t.Errorf("a bare option: %v", err)
+	}
+}
+
+// --config adds its maps after those of --map, with their options.
+func TestConfigFile(t *testing.T) {
+	path := t.TempDir() + "/maps.yaml"
+	if err := os.WriteFile(path, []byte("maps:\n  - map: /sys/fs/bpf/ct\n    scan: 1s\n    local: [8:4]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	paths, specs, err := mapSpecs([]string{"name:other,scan=2s"}, path)
+	if err != nil || len(paths) != 2 || paths[0] != "name:other" || paths[1] != "/sys/fs/bpf/ct" ||
+		len(specs[1].Options) != 2 || specs[1].Options[1] != (mapopt.Option{Key: "local", Value: "8:4"}) {
+		t.Errorf("got %v %v %v", paths, specs, err)
+	}
+	if err := os.WriteFile(path, []byte("maps:\n  - map: x\n    scna: 1s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := mapSpecs(nil, path); !errors.Is(err, mapopt.ErrConfig) || !strings.HasPrefix(err.Error(), "--config "+path) {
+		t.Errorf("a misspelt key: %v", err)
 	}
 }

@@ -64,6 +64,7 @@ type Flags struct {
 	ClockOffset      time.Duration
 	ScanInterval     time.Duration
 	MonoOffset       time.Duration
+	Config           string
 }
 
 // defaultStateDir holds the epoch file; the systemd unit's StateDirectory.
@@ -76,6 +77,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Uint16Var(&f.Port, "port", transport.DefaultPort, "UDP port to send to and listen on")
 	fs.StringSliceVar(&f.Peers, "peers", nil, "unicast to these nodes instead of multicast (ip,ip,...); only they are accepted")
 	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N, then its options: SPEC,scan=1s,clock=FIELD:KIND,refresh=FIELD:PERIOD,local=FIELD,vanished=keep|delete (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
+	fs.StringVar(&f.Config, "config", "", "YAML file listing maps with their options (maps: [{map: SPEC, scan: 1s, clock: [...], ...}]), in addition to --map")
 	fs.DurationVar(&f.ScanInterval, "scan-interval", 0, "scan every map this often for in-place changes and evictions (0: never); a map's scan option overrides it")
 	fs.StringVar(&f.Capture, "capture", string(loader.BackendAuto), "capture backend: auto, fentry or syscall")
 	fs.DurationVar(&f.FlushInterval, "flush-interval", replication.DefaultFlushInterval, "longest a change waits to share a datagram")
@@ -258,7 +260,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 			d.close()
 		}
 	}()
-	paths, specs, err := splitSpecs(f.Maps)
+	paths, specs, err := mapSpecs(f.Maps, f.Config)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -11,6 +12,27 @@ import (
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 )
+
+// mapSpecs are the maps of --map, then those of the --config file, as
+// the loader's specs and with their options.
+func mapSpecs(values []string, config string) ([]string, []mapopt.Spec, error) {
+	paths, specs, err := splitSpecs(values)
+	if err != nil || config == "" {
+		return paths, specs, err
+	}
+	data, err := os.ReadFile(config)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--config: %w", err)
+	}
+	more, err := mapopt.ParseConfig(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--config %s: %w (see README, \"Map options\")", config, err)
+	}
+	for _, sp := range more {
+		paths, specs = append(paths, sp.Map), append(specs, sp)
+	}
+	return paths, specs, nil
+}
 
 // splitSpecs splits each --map value, SPEC,option=value,..., into the
 // map spec the loader opens and its options.
