@@ -108,3 +108,36 @@ func TestPrints(t *testing.T) {
 		t.Error("a field past the value was taken")
 	}
 }
+
+// The print table agrees with a Go map through puts, removals (which
+// shift probe runs) and growth, and keeps each print's key beside it.
+func TestPrintMap(t *testing.T) {
+	pm := &printMap{keep: true, keySize: 8}
+	pm.resize(printMinLen)
+	want := map[uint64]uint64{}
+	key := func(h uint64) []byte { return binary.LittleEndian.AppendUint64(nil, h) }
+	rng := uint64(1)
+	for range 20000 {
+		rng = rng*6364136223846793005 + 1442695040888963407
+		h := rng>>50 | 1 // few distinct hashes: many collide in their probe runs
+		if rng&3 == 0 {
+			if i := pm.find(h); i >= 0 {
+				pm.removeAt(i)
+			}
+			delete(want, h)
+			continue
+		}
+		i := pm.put(h, key(h))
+		pm.set(i, h*3, 0, 0)
+		want[h] = h * 3
+	}
+	if pm.n != len(want) {
+		t.Fatalf("%d prints, want %d", pm.n, len(want))
+	}
+	for h, fp := range want {
+		i := pm.find(h)
+		if i < 0 || pm.slots[i].fp != fp || binary.LittleEndian.Uint64(pm.key(i)) != h {
+			t.Fatalf("hash %#x: index %d", h, i)
+		}
+	}
+}

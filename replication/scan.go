@@ -2,13 +2,11 @@ package replication
 
 import (
 	"context"
-	"hash/maphash"
 	"log/slog"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
-	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
 
@@ -41,6 +39,9 @@ type scanner struct {
 	due  chan int    // maps due, to the scanning goroutine
 	busy []bool      // per map: sent to the goroutine and not done (timers' side only)
 	done chan int    // maps scanned, back to the timers
+
+	hashes  []uint64 // the keys' hashes of the batch being compared
+	touched uint64   // keeps the touching loads of scan from being left out
 }
 
 func newScanner(s scanner) *scanner {
@@ -109,24 +110,33 @@ func (s *scanner) scan(i int) {
 		ms := pt.ms(now)
 		pt.mu.Lock()
 		defer pt.mu.Unlock()
-		for o := 0; o*m.keySize < len(ks); o++ {
+		n := len(ks) / m.keySize
+		s.hashes = s.hashes[:0]
+		for o := range n {
+			s.hashes = append(s.hashes, pt.hash(ks[o*m.keySize:(o+1)*m.keySize]))
+		}
+		// Touch each key's slot first: these loads do not depend on one
+		// another, so the processor overlaps their cache misses, which
+		// the look-ups below would take one after the other.
+		for _, kh := range s.hashes {
+			s.touched += pm.slots[pm.home(kh)].hash
+		}
+		for o, kh := range s.hashes {
 			key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
-			kh := maphash.Bytes(pt.seed, key)
 			fp, rfp := pm.plan.prints(pt.seed, val)
-			pr, ok := pm.byKey[kh]
+			j := pm.find(kh)
 			switch {
-			case !ok && knownLive(h, i, key):
+			case j < 0 && knownLive(h, i, key):
 				// First seen since the start, with the version its capture,
 				// apply or the state file gave it: taken as it is.
-				pm.put(kh, key, fp, rfp, ms)
+				pm.set(pm.put(kh, key), fp, rfp, ms)
 				continue
-			case ok && pr.fp == fp && (pr.rfp == rfp || ms-pr.sent < pm.period):
-				pr.gen = gen
-				pm.byKey[kh] = pr
+			case j >= 0 && pm.slots[j].fp == fp && (pm.slots[j].rfp() == rfp&rfpMask || ms-pm.slots[j].sent < pm.period):
+				pm.slots[j].setGen(gen)
 				continue
 			}
 			s.found(h, i, ops.Update, key, val, now)
-			pm.put(kh, key, fp, rfp, ms)
+			pm.set(pm.put(kh, key), fp, rfp, ms)
 			found++
 		}
 	}, nil)
@@ -170,18 +180,21 @@ func (s *scanner) vanished(i int, gen uint8) int {
 	defer pt.mu.Unlock()
 	pm := &pt.maps[i]
 	now := s.now()
-	n := 0
-	for kh, pr := range pm.byKey {
-		if pr.gen == gen {
+	var gone []uint64
+	for j := range pm.slots {
+		pr := &pm.slots[j]
+		if pr.hash == 0 || pr.gen() == gen {
 			continue
 		}
-		n++
-		if pm.plan.opts.Vanished == mapopt.Delete && pr.key >= 0 {
-			if key := pm.key(pr.key); knownLive(h, i, key) {
+		if pm.keep {
+			if key := pm.key(j); knownLive(h, i, key) {
 				s.found(h, i, ops.Delete, key, nil, now)
 			}
 		}
-		pm.remove(kh)
+		gone = append(gone, pr.hash)
 	}
-	return n
+	for _, kh := range gone {
+		pm.removeAt(pm.find(kh))
+	}
+	return len(gone)
 }
