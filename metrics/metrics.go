@@ -138,7 +138,7 @@ var (
 	droppedDesc = newDesc("datagrams_dropped_total", "Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason")
 	heldDesc    = newDesc("datagrams_held", "Peer datagrams held back behind a missing one.")
 	peersDesc   = newDesc("peers", "Peers heard from and not yet forgotten.")
-	printsDesc  = newDesc("scan_prints", "Keys whose value fingerprint the scans keep (about 50 bytes each).")
+	printsDesc  = newDesc("scan_prints", "Keys whose value fingerprint the scans keep (about 39 bytes each).")
 	knownDesc   = newDesc("known_keys", "Keys whose latest version this node knows, remembered deletes included (20 bytes each, in a table at most 80% full).")
 	lagDesc     = newDesc("peer_lag_datagrams", "Change datagrams the peer is known to have sent and this node has not applied.", "peer")
 	lagSecDesc  = newDesc("peer_lag_seconds", "How long the oldest of the peer's datagrams still missing has been missing; 0 when none is.", "peer")
