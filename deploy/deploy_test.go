@@ -29,11 +29,12 @@ const (
 	unitFile     = "systemd/udpmapsync.service"
 	defaultsFile = "systemd/udpmapsync.default"
 	// keyFile is where both deployments keep the key.
-	keyFile       = "/etc/udpmapsync/key"
-	daemonSetFile = "kubernetes/daemonset.yaml"
-	rulesFile     = "prometheus/alerts.yml"
-	rulesTestFile = "prometheus/alerts_test.yml"
-	operations    = "../docs/OPERATIONS.md"
+	keyFile        = "/etc/udpmapsync/key"
+	daemonSetFile  = "kubernetes/daemonset.yaml"
+	rulesFile      = "prometheus/alerts.yml"
+	rulesTestFile  = "prometheus/alerts_test.yml"
+	keepalivedFile = "keepalived/keepalived.conf"
+	operations     = "../docs/OPERATIONS.md"
 	// unitBinary is where the unit expects the daemon.
 	unitBinary = "/usr/local/bin/udpmapsync"
 )
@@ -65,6 +66,40 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 func sameSet(a, b []string) bool {
 	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
 	return slices.Equal(a, b)
+}
+
+// TestKeepalivedConfig checks the keepalived configuration with
+// keepalived's own config test (`keepalived -t`), once as shipped with the
+// daemon's path pointed at an executable that exists here, and once with a
+// path that does not: keepalived must then refuse the check, which shows
+// that it read the vrrp_script. netns-test's TestFailoverKeepalived runs
+// the same file on three nodes.
+func TestKeepalivedConfig(t *testing.T) {
+	requireTool(t, "keepalived", "keepalived")
+	conf, err := os.ReadFile(keepalivedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := regexp.MustCompile(`(?m)^\$UDPMAPSYNC=.*$`)
+	if len(def.FindAll(conf, -1)) != 1 {
+		t.Fatalf("%s does not define $UDPMAPSYNC once", keepalivedFile)
+	}
+	check := func(daemon string) (string, error) {
+		path := filepath.Join(t.TempDir(), "keepalived.conf")
+		if err := os.WriteFile(path, def.ReplaceAllLiteral(conf, []byte("$UDPMAPSYNC="+daemon)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("keepalived", "-t", "-f", path).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := check("/bin/true"); err != nil {
+		t.Errorf("keepalived -t: %v\n%s", err, out)
+	}
+	if out, err := check(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Errorf("keepalived -t accepts a check whose program is missing:\n%s", out)
+	} else if !strings.Contains(out, "udpmapsync_in_sync") {
+		t.Errorf("keepalived -t refuses, but not for the missing check: %v\n%s", err, out)
+	}
 }
 
 // TestPrometheusRules checks the rule file and runs its unit test with

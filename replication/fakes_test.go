@@ -25,6 +25,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -554,4 +555,29 @@ func (s *slowTarget) Dump(keys, values []byte, fn func(keys, values []byte) erro
 		time.Sleep(20 * time.Millisecond)
 		return fn(k, v)
 	})
+}
+
+// knownVersion is the version k holds of key in map index m, and whether
+// it holds one.
+func knownVersion(k *knowledge.Store, m int, key string) (knowledge.Version, bool) {
+	h := k.Lock()
+	defer h.Unlock()
+	if e := h.Lookup(m, []byte(key)); e != nil {
+		return e.Version(), true
+	}
+	return knowledge.Version{}, false
+}
+
+// setKnown records v as the latest write of key in map index m.
+func setKnown(k *knowledge.Store, m int, key string, v knowledge.Version, deleted, applied bool) {
+	h := k.Lock()
+	defer h.Unlock()
+	h.Set(h.Put(m, []byte(key)), m, []byte(key), v, deleted, applied, time.Now())
+}
+
+// suspectBefore is when k last learned of a capture loss.
+func suspectBefore(k *knowledge.Store) hlc.Stamp {
+	h := k.Lock()
+	defer h.Unlock()
+	return h.SuspectBefore()
 }

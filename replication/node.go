@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -73,9 +74,18 @@ type Config struct {
 	// Rand is where the secrets of the node's cookies come from (see
 	// [wire.Cookie]); nil means crypto/rand.
 	Rand io.Reader
+	// MonoOffset is a test hook: it shifts what this node reads as the
+	// kernel's monotonic and boot clocks for the maps' clock fields, so
+	// that nodes on one kernel can stand for hosts booted at different
+	// times.
+	MonoOffset time.Duration
 	// Log receives the node's log lines; nil discards them.
 	Log *slog.Logger
 }
+
+// DefaultTombstoneHorizon is how long a delete is remembered, so that a
+// peer that still holds the key learns of it in a resync.
+const DefaultTombstoneHorizon = knowledge.DefaultTombstoneHorizon
 
 // Errors of [NewNode], for callers to turn into advice.
 var (
@@ -103,10 +113,12 @@ type Node struct {
 	stats  Stats
 	resend *resendBuffer
 	sender *sender
-	know   *knowledge // shared by the sender and the receive side, under its own lock
+	know   *knowledge.Store // shared by the sender and the receive side, under its own lock
 	clock  *hlc.Clock
 	relay  relayQueue
-	state  string // Config.StateFile
+	state  string      // Config.StateFile
+	prints *printTable // of the scanned maps, under its own lock
+	scan   *scanner
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
@@ -143,7 +155,9 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
-	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), clock, cfg.Node, &n.stats)
+	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats)
+	cfg.Table.mono.offset = cfg.MonoOffset
+	n.prints = newPrintTable(cfg.Table, time.Now())
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
@@ -152,8 +166,10 @@ func NewNode(cfg Config) (*Node, error) {
 	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
-		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Clock: clock, Relay: &n.relay,
+		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Relay: &n.relay,
 		Stats: &n.stats, Log: log})
+	n.scan = newScanner(scanner{table: cfg.Table, know: n.know, prints: n.prints, clock: clock, relay: &n.relay,
+		stats: &n.stats, log: log, node: cfg.Node, now: time.Now, ready: n.ready.isReady})
 
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
@@ -167,6 +183,7 @@ func NewNode(cfg Config) (*Node, error) {
 		n.gate.seal = wire.SealSize
 	}
 	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
+	n.apply.prints = n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
 	n.client = resyncClient{peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
 		ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
@@ -212,10 +229,11 @@ func (n *Node) Run(ctx context.Context) error {
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	done := make(chan error, 3)
+	done := make(chan error, 4)
 	go func() { done <- n.sender.Run(inner) }()
 	go func() { done <- n.receive(inner) }()
 	go func() { done <- n.timers(inner) }()
+	go func() { done <- n.scan.run(inner) }()
 	var first error
 	var save *stateSave
 	ended := 0
@@ -315,12 +333,13 @@ func (n *Node) timers(ctx context.Context) error {
 			n.mu.Lock()
 			silent = n.dispatch.tick(now, silent)
 			n.mu.Unlock()
+			n.scan.tick(now)
 			if now.Sub(pruned) >= pruneEvery {
 				pruned = now
-				n.know.mu.Lock()
-				n.know.prune(now)
-				n.stats.KnownKeys.Store(uint64(n.know.entries()))
-				n.know.mu.Unlock()
+				h := n.know.Lock()
+				h.Prune(now)
+				n.stats.KnownKeys.Store(uint64(h.Entries()))
+				h.Unlock()
 			}
 		}
 	}

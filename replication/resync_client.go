@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -27,8 +28,6 @@ const (
 	// datagrams arrive or some are missing.
 	syncAckEvery = 32
 	syncAckIdle  = 20 * time.Millisecond
-	// dumpBatch is how many entries one BPF_MAP_LOOKUP_BATCH reads.
-	dumpBatch = 1024
 )
 
 type syncPhase uint8
@@ -47,7 +46,7 @@ const (
 type resyncClient struct {
 	peers *peerTable
 	apply *applier
-	know  *knowledge
+	know  *knowledge.Store
 	clock *hlc.Clock
 	relay *relayQueue
 	ctl   controlSender
@@ -284,17 +283,17 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
 	// From here on, p's records mark the keys p knows (see finish).
 	c.apply.flush()
-	c.know.mu.Lock()
-	c.apply.marking, c.apply.gen = p.node, c.know.nextGen()
+	kh := c.know.Lock()
+	c.apply.marking, c.apply.gen = p.node, kh.NextGen()
 	c.empty = c.empty[:0]
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
 		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
-		c.know.maps[i].reserve(int(min(st.Entries, uint64(m.Desc.MaxEntries))))
+		kh.Reserve(i, int(min(st.Entries, uint64(m.Desc.MaxEntries))))
 	}
-	c.know.mu.Unlock()
+	kh.Unlock()
 	// The snapshot holds every change up to AsOf: the held datagrams up to
 	// there are dropped, the later ones applied, as live changes.
 	p.stream.resume(st.AsOf)
@@ -429,37 +428,33 @@ func (c *resyncClient) pushBack(p *peer) int {
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
 		if c.empty[i] {
-			k.mu.Lock()
 			pushed += c.pushTombstones(i, gen)
-			k.mu.Unlock()
 			pushed += c.pushNewer(m)
 			continue
 		}
 		var deleted []byte
-		err := k.eachBatch(m, func(ks, vs []byte) {
+		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			now := time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
-				sl := k.lookup(i, key)
+				e := h.Lookup(i, key)
 				switch {
-				case sl != nil && (sl.gen() == gen || sl.tombstone()):
+				case e != nil && (e.Gen() == gen || e.Deleted()):
 					continue // carried; or a local write not yet read recreated it
-				case sl != nil && sl.version().origin == p.node && sl.version().stamp < hlc.Stamp(c.start.Stamp):
+				case e != nil && e.Version().Origin == p.node && e.Version().Stamp < hlc.Stamp(c.start.Stamp):
 					deleted = append(deleted, key...)
 					continue
 				}
-				v := k.current(i, key, now)
-				if v.stamp == 0 { // unknown to the peer and unstamped here: this node's write
-					v = version{stamp: c.clock.At(now), origin: c.node}
-					k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
+				v := h.Current(i, key, now)
+				if v.Stamp == 0 { // unknown to the peer and unstamped here: this node's write
+					v = knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
+					h.Set(h.Put(i, key), i, key, v, false, true, now) // read from the map: see knowledge.Held.Set
 				}
 				c.relay.add(i, ops.Update, v, key, val)
 				pushed++
 			}
 		}, nil)
-		k.mu.Lock()
 		pushed += c.pushTombstones(i, gen)
-		k.mu.Unlock()
 		if err != nil {
 			c.stats.ApplyErrors.Add(1)
 			if n, ok := c.limit.allow(reasonSync); ok {
@@ -493,23 +488,23 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 	k, keys, pushed := c.know, c.apply.newerHere[m.index], 0
 	c.apply.newerHere[m.index] = keys[:0]
 	val := make([]byte, m.valueSize)
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	h := k.Lock()
+	defer h.Unlock()
 	for o := 0; o < len(keys); o += m.keySize {
 		key := keys[o : o+m.keySize]
-		sl := k.lookup(m.index, key)
-		if sl == nil || sl.version().stamp == 0 {
+		e := h.Lookup(m.index, key)
+		if e == nil || e.Version().Stamp == 0 {
 			continue // unstamped: never newer than what the peer carried
 		}
-		if sl.tombstone() {
-			c.relay.add(m.index, ops.Delete, sl.version(), key, nil)
+		if e.Deleted() {
+			c.relay.add(m.index, ops.Delete, e.Version(), key, nil)
 			pushed++
 			continue
 		}
 		// Read under the lock, so the value is at least as new as the
 		// version; a failed or empty read leaves it to the next write.
 		if found, err := m.Target.Lookup(key, val); err == nil && found {
-			c.relay.add(m.index, ops.Update, sl.version(), key, val)
+			c.relay.add(m.index, ops.Update, e.Version(), key, val)
 			pushed++
 		}
 	}
@@ -519,7 +514,7 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 // deleteAs applies the deletes of keys of m that p made before its
 // answer's stamp, found missing from its snapshot.
 func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
-	v := version{stamp: hlc.Stamp(c.start.Stamp), origin: p.node}
+	v := knowledge.Version{Stamp: hlc.Stamp(c.start.Stamp), Origin: p.node}
 	for o := 0; o < len(keys); o += m.keySize {
 		c.apply.add(p.node, m, ops.Delete, v, keys[o:o+m.keySize], nil, true)
 	}
@@ -527,13 +522,14 @@ func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
 }
 
 // pushTombstones queues the remembered deletes of map index i that the
-// snapshot did not mark. Called with the knowledge lock held.
+// snapshot did not mark.
 func (c *resyncClient) pushTombstones(i int, gen uint8) int {
-	k, l, pushed := c.know, &c.know.tombs[i], 0
-	for j := range l.len() {
-		key, v := l.at(j)
-		if sl := k.lookup(i, key); sl != nil && sl.tombstone() && sl.version() == v && sl.gen() != gen {
-			c.relay.add(i, ops.Delete, v, key, nil)
+	pushed := 0
+	h := c.know.Lock()
+	defer h.Unlock()
+	for key, e := range h.Tombstones(i) {
+		if e.Gen() != gen {
+			c.relay.add(i, ops.Delete, e.Version(), key, nil)
 			pushed++
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -63,7 +64,7 @@ type ownStream interface {
 // transferEvery, and refuses while this node is not itself in sync.
 type snapshotServer struct {
 	table *Table
-	know  *knowledge
+	know  *knowledge.Store
 	clock *hlc.Clock
 	tr    Transport
 	node  uint32
@@ -122,9 +123,9 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
 		}
-		s.know.mu.Lock()
-		st.Entries = uint64(s.know.entries())
-		s.know.mu.Unlock()
+		h := s.know.Lock()
+		st.Entries = uint64(h.Entries())
+		h.Unlock()
 		st.Stamp = uint64(s.clock.Now())
 	}
 	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
@@ -246,8 +247,8 @@ type snapshotStream struct {
 	resent  uint64
 	budget  byteBudget // paces what the transfer sends
 	batch   [][]byte   // queued to send, slices of slots and end
-	know    *knowledge
-	vers    []version // of the entries of one read batch
+	know    *knowledge.Store
+	vers    []knowledge.Version // of the entries of one read batch
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
@@ -293,16 +294,19 @@ func (st *snapshotStream) run() error {
 // entriesOf adds every entry of m with the version this node knows of
 // it, looked up under the knowledge lock with the read of the entry.
 func (st *snapshotStream) entriesOf(m *localMap) error {
-	k := st.know
-	return k.eachBatch(m, func(ks, _ []byte) {
+	return st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
 		st.vers = st.vers[:0]
 		now := time.Now()
 		for o := 0; o*m.keySize < len(ks); o++ {
-			st.vers = append(st.vers, k.current(m.index, ks[o*m.keySize:(o+1)*m.keySize], now))
+			st.vers = append(st.vers, h.Current(m.index, ks[o*m.keySize:(o+1)*m.keySize], now))
 		}
 	}, func(ks, vs []byte) error {
 		for o, v := range st.vers {
-			if err := st.add(m, ops.Update, v, ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]); err != nil {
+			val := vs[o*m.valueSize : (o+1)*m.valueSize]
+			if m.plan != nil {
+				m.plan.toWire(val) // the batch's buffer is read into anew next
+			}
+			if err := st.add(m, ops.Update, v, ks[o*m.keySize:(o+1)*m.keySize], val); err != nil {
 				return err
 			}
 		}
@@ -313,19 +317,14 @@ func (st *snapshotStream) entriesOf(m *localMap) error {
 // tombstonesOf adds the deletes of m this node remembers and still takes
 // as the latest write of their keys.
 func (st *snapshotStream) tombstonesOf(m *localMap) error {
-	k := st.know
 	var keys []byte
 	st.vers = st.vers[:0]
-	k.mu.Lock()
-	l := &k.tombs[m.index]
-	for j := range l.len() {
-		key, v := l.at(j)
-		if sl := k.lookup(m.index, key); sl != nil && sl.tombstone() && sl.version() == v {
-			keys = append(keys, key...)
-			st.vers = append(st.vers, v)
-		}
+	h := st.know.Lock()
+	for key, e := range h.Tombstones(m.index) {
+		keys = append(keys, key...)
+		st.vers = append(st.vers, e.Version())
 	}
-	k.mu.Unlock()
+	h.Unlock()
 	for j, v := range st.vers {
 		if err := st.add(m, ops.Delete, v, keys[j*m.keySize:(j+1)*m.keySize], nil); err != nil {
 			return err
@@ -336,13 +335,13 @@ func (st *snapshotStream) tombstonesOf(m *localMap) error {
 
 // add appends one record, sealing the datagram and opening the next when
 // it is full.
-func (st *snapshotStream) add(m *localMap, op ops.Op, v version, key, val []byte) error {
-	if !st.w.Append(m.fp, op, uint64(v.stamp), v.origin, key, val) {
+func (st *snapshotStream) add(m *localMap, op ops.Op, v knowledge.Version, key, val []byte) error {
+	if !st.w.Append(m.fp, op, uint64(v.Stamp), v.Origin, key, val) {
 		st.seal()
 		if err := st.open(); err != nil {
 			return err
 		}
-		st.w.Append(m.fp, op, uint64(v.stamp), v.origin, key, val) // NewTable checked that one record fits
+		st.w.Append(m.fp, op, uint64(v.Stamp), v.Origin, key, val) // NewTable checked that one record fits
 	}
 	st.entries++
 	return nil

@@ -24,6 +24,10 @@ type Stats struct {
 	RaceChecks      atomic.Uint64 // captured changes that crossed an apply of their key, checked against the map
 	Relayed         atomic.Uint64 // entries sent on with the version they had: what a merge found a peer lacking
 	Restamped       atomic.Uint64 // entries read after a capture overflow and stamped anew, since a lost write may hold them
+	Scans           atomic.Uint64 // scans of a map for in-place changes completed
+	ScanFound       atomic.Uint64 // entries a scan found changed and sent as writes of this node
+	ScanVanished    atomic.Uint64 // keys a scan found gone without a delete the capture saw (evictions)
+	ScanPrints      atomic.Uint64 // keys whose value fingerprint the scans keep (a gauge)
 
 	// Receiver.
 	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
@@ -106,7 +110,8 @@ func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum flo
 // StatsSnapshot is a copy of [Stats] at one moment.
 type StatsSnapshot struct {
 	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
-	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped uint64
+	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped,
+	Scans, ScanFound, ScanVanished, ScanPrints uint64
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
@@ -135,6 +140,10 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		RaceChecks:        s.RaceChecks.Load(),
 		Relayed:           s.Relayed.Load(),
 		Restamped:         s.Restamped.Load(),
+		Scans:             s.Scans.Load(),
+		ScanFound:         s.ScanFound.Load(),
+		ScanVanished:      s.ScanVanished.Load(),
+		ScanPrints:        s.ScanPrints.Load(),
 		DatagramsReceived: s.DatagramsReceived.Load(),
 		ChangesApplied:    s.ChangesApplied.Load(),
 		DeletesMissing:    s.DeletesMissing.Load(),
@@ -192,6 +201,10 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("race_checks", s.RaceChecks),
 		slog.Uint64("relayed", s.Relayed),
 		slog.Uint64("restamped", s.Restamped),
+		slog.Uint64("scans", s.Scans),
+		slog.Uint64("scan_found", s.ScanFound),
+		slog.Uint64("scan_vanished", s.ScanVanished),
+		slog.Uint64("scan_prints", s.ScanPrints),
 		slog.Uint64("datagrams_received", s.DatagramsReceived),
 		slog.Uint64("changes_applied", s.ChangesApplied),
 		slog.Uint64("deletes_missing", s.DeletesMissing),
