@@ -452,11 +452,14 @@ func (d *dispatcher) cookieEcho(p *peer, h *wire.Header, dgram []byte, now time.
 }
 
 // again sends p the requests of this node's that wait for it: the
-// missing ranges of its stream and the resync request, if any.
+// missing ranges of its stream, unless it waits for a resync, and the
+// resync request, if any.
 func (d *dispatcher) again(p *peer, now time.Time) {
-	d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
-	p.stream.missing(&d.req)
-	d.sendRequest(p, now)
+	if !p.stream.since.IsZero() && !p.stream.paused { // as the retry timer would
+		d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+		p.stream.missing(&d.req)
+		d.sendRequest(p, now)
+	}
 	d.client.again(p, now)
 }
 
