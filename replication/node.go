@@ -103,7 +103,8 @@ var (
 // [orderedStream] puts its change datagrams in order for the [applier];
 // the [repairResponder] answers repair requests from the resend buffer;
 // the [resyncClient] and the [snapshotServer] are the two ends of a full
-// resync.
+// resync; the [answerGate] decides what each peer's address may be sent
+// before it has proved that it receives there.
 type Node struct {
 	node   uint32
 	epoch  uint64
