@@ -54,7 +54,12 @@ const (
 	KindSyncEnd     Kind = 8 // the snapshot's last datagram number: nothing follows
 	KindSyncAck     Kind = 9 // the requester's progress: a [Nack] body of missing datagram numbers, or none
 
-	maxKind = KindSyncAck
+	// A digest round compares what two nodes hold, bucket by bucket of
+	// a tree over the keys' hashes; see [Digest] and FORMAT.md.
+	KindDigest     Kind = 10 // a node's digests of the children of one bucket, see [Digest]
+	KindDigestDiff Kind = 11 // the peer's answer: which of those children differ, see [DigestDiff]
+
+	maxKind = KindDigestDiff
 )
 
 // Header flags.
