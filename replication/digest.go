@@ -259,6 +259,7 @@ type digests struct {
 	source *digester
 	peers  *peerTable
 	client *resyncClient
+	gate   *answerGate // what may be sent to each peer's address
 	ctl    controlSender
 	stats  *Stats
 	// current reports whether this node may compare with p: ready and
@@ -310,7 +311,7 @@ func (d *digests) begin(set *digestSet, now time.Time) {
 	d.stats.DigestRounds.Add(1)
 	for i := range d.table.maps {
 		if set.trees[i].levels != nil {
-			d.ask(wire.Bucket{Map: d.table.maps[i].fp})
+			d.ask(wire.Bucket{Map: d.table.maps[i].fp}, now)
 		}
 	}
 }
@@ -336,11 +337,13 @@ func (d *digests) pick(after uint32, now time.Time) *peer {
 	return first
 }
 
-// ask sends the round's peer the digests of the children of b.
-func (d *digests) ask(b wire.Bucket) {
+// ask sends the round's peer the digests of the children of b: a
+// request, within what the gate lets this node send to an address that
+// has not proved itself.
+func (d *digests) ask(b wire.Bucket, now time.Time) {
 	r := &d.round
 	m := d.table.byFP[b.Map]
-	if r.queries >= maxDigestQueries || m == nil {
+	if r.queries >= maxDigestQueries || m == nil || !d.gate.ask(r.peer, wire.HeaderSize+wire.DigestSize, now) {
 		return
 	}
 	r.queries++
@@ -355,8 +358,9 @@ func (d *digests) ask(b wire.Bucket) {
 
 // answer compares a peer's digest with this node's latest read and
 // tells it which children differ. The answer is smaller than the digest,
-// so it cannot be used to amplify. Without a read of its own yet, or
-// while it is not current, this node does not answer.
+// so it cannot be used to amplify; it is paid from the credit the digest
+// earned p's address. Without a read of its own yet, or while it is not
+// current, this node does not answer.
 func (d *digests) answer(p *peer, g *wire.Digest) error {
 	m := d.table.byFP[g.Map]
 	if m == nil || !digested(m) || int(g.Depth) >= digestDepth(m.Desc.MaxEntries) {
@@ -370,7 +374,7 @@ func (d *digests) answer(p *peer, g *wire.Digest) error {
 	mask, busy := differ(set.trees[m.index].children(&g.Bucket), g.Children[:], set.stamp, hlc.Stamp(g.Stamp), d.settle)
 	d.stats.DigestBusy.Add(uint64(busy))
 	diff := wire.DigestDiff{Bucket: g.Bucket, Round: g.Round, Differ: mask}
-	if d.ctl.send(p.addr, wire.KindDigestDiff, 0, 0, diff.AppendTo) == nil {
+	if d.gate.spend(p, wire.HeaderSize+wire.DigestDiffSize) && d.ctl.send(p.addr, wire.KindDigestDiff, 0, 0, diff.AppendTo) == nil {
 		d.stats.DigestBytes.Add(wire.HeaderSize + wire.DigestDiffSize)
 	}
 	return nil
@@ -379,7 +383,7 @@ func (d *digests) answer(p *peer, g *wire.Digest) error {
 // differs takes the peer's answer to one of this round's digests: the
 // differing children are asked about in turn, down to the leaves, whose
 // differences are queued for repair.
-func (d *digests) differs(p *peer, g *wire.DigestDiff) error {
+func (d *digests) differs(p *peer, g *wire.DigestDiff, now time.Time) error {
 	d.stats.DigestBytes.Add(wire.HeaderSize + wire.DigestDiffSize)
 	r := &d.round
 	i := slices.Index(r.asked, g.Bucket)
@@ -395,7 +399,7 @@ func (d *digests) differs(p *peer, g *wire.DigestDiff) error {
 	if int(g.Depth)+1 < r.set.trees[m.index].depth() {
 		for mask := g.Differ; mask != 0; mask &= mask - 1 {
 			c := uint32(bits.TrailingZeros64(mask))
-			d.ask(wire.Bucket{Map: g.Map, Depth: g.Depth + 1, Prefix: g.Prefix<<wire.DigestBits | c})
+			d.ask(wire.Bucket{Map: g.Map, Depth: g.Depth + 1, Prefix: g.Prefix<<wire.DigestBits | c}, now)
 		}
 		return nil
 	}
