@@ -41,9 +41,29 @@ const (
 // DigestNormalizer returns the bytes of a value of the named map that a
 // digest compares: value itself, or a copy in dst (of the value's
 // length) with the bytes that legitimately differ from node to node
-// (node-local fields, monotonic clocks) masked. nil compares values
-// whole.
+// masked. The fields a map's options name (clock, refresh, local, lock)
+// are masked before it is called; nil compares the rest whole.
 type DigestNormalizer func(mapName string, dst, value []byte) []byte
+
+// digestValue returns the bytes of a value of m that digests compare:
+// without the bytes m's options say differ from node to node by design
+// (clock, refresh, local and lock fields: see fields.go), then through
+// user's normalizer, if any. dst, of the value's size, may be used.
+func digestValue(m *localMap, user DigestNormalizer, dst, v []byte) []byte {
+	if p := m.plan; p != nil {
+		v = dst[:copy(dst, v)]
+		zero(v, p.refresh)
+		zero(v, p.local)
+		zero(v, p.lock)
+		for _, c := range p.clocks {
+			clear(v[c.Offset : c.Offset+c.Size])
+		}
+	}
+	if user != nil {
+		return user(m.Desc.Name, dst, v)
+	}
+	return v
+}
 
 // digestKeyHash is the hash that places a key in the digest tree: the
 // same on every node and in every run (FNV-1a 64, then mixed, since the
@@ -170,10 +190,7 @@ func (g *digester) read() (*digestSet, error) {
 // knowledge remembers.
 func (g *digester) readMap(m *localMap, t *digestTree) error {
 	var vers []knowledge.Version
-	var norm []byte
-	if g.normalize != nil {
-		norm = make([]byte, m.valueSize)
-	}
+	norm := make([]byte, m.valueSize)
 	err := g.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
 		vers = vers[:0]
 		for o := 0; o < len(ks); o += m.keySize {
@@ -186,9 +203,7 @@ func (g *digester) readMap(m *localMap, t *digestTree) error {
 	}, func(ks, vs []byte) error {
 		for j, v := range vers {
 			key, val := ks[j*m.keySize:(j+1)*m.keySize], vs[j*m.valueSize:(j+1)*m.valueSize]
-			if g.normalize != nil {
-				val = g.normalize(m.Desc.Name, norm, val)
-			}
+			val = digestValue(m, g.normalize, norm, val)
 			kh := digestKeyHash(key)
 			l := t.leaf(kh)
 			l.Sum += entryHash(kh, v, knowledge.ValueHash(val))

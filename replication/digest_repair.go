@@ -34,11 +34,7 @@ func (c *resyncClient) reconcile(p *peer, now time.Time) int {
 	m := c.apply.table.byFP[c.filter.Map]
 	s := &c.apply.same[m.index]
 	defer s.reset()
-	mine := make([]byte, m.valueSize)
-	var a, b []byte
-	if c.normalize != nil {
-		a, b = make([]byte, m.valueSize), make([]byte, m.valueSize)
-	}
+	mine, a, b := make([]byte, m.valueSize), make([]byte, m.valueSize), make([]byte, m.valueSize)
 	var theirs []int // records whose value this node takes
 	written := 0
 	h := c.know.Lock()
@@ -59,11 +55,7 @@ func (c *resyncClient) reconcile(p *peer, now time.Time) int {
 			written++
 			continue
 		}
-		x, y := mine, val
-		if c.normalize != nil {
-			x, y = c.normalize(m.Desc.Name, a, mine), c.normalize(m.Desc.Name, b, val)
-		}
-		if bytes.Equal(x, y) {
+		if bytes.Equal(digestValue(m, c.normalize, a, mine), digestValue(m, c.normalize, b, val)) {
 			continue
 		}
 		if c.node > p.node {

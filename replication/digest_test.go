@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"maps"
@@ -14,6 +15,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -232,5 +234,42 @@ func TestDigestNotForLRU(t *testing.T) {
 		if digested(&m) != want {
 			t.Errorf("%v digested = %v", typ, !want)
 		}
+	}
+}
+
+// TestDigestValueMasksNodeFields checks that two values differing only
+// in the fields a map names as local or clock fields digest alike, and
+// that a difference anywhere else, or one the normalizer leaves, shows.
+func TestDigestValueMasksNodeFields(t *testing.T) {
+	opts := mapopt.Options{Local: []mapopt.Field{{Name: "ifindex", Offset: 0, Size: 4}},
+		Clocks: []mapopt.Clock{{Field: mapopt.Field{Name: "lifetime", Offset: 4, Size: 8}}}}
+	p, err := newFieldPlan(opts, 16, &monoClock{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &localMap{Map: Map{Desc: wire.Descriptor{Name: "ct"}}, valueSize: 16, plan: p}
+	a := []byte{1, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 42, 0, 0, 0}
+	b := []byte{2, 0, 0, 0, 7, 7, 7, 7, 7, 7, 7, 7, 42, 0, 0, 0}
+	hash := func(user DigestNormalizer, v []byte) uint64 {
+		return knowledge.ValueHash(digestValue(m, user, make([]byte, 16), v))
+	}
+	if hash(nil, a) != hash(nil, b) {
+		t.Fatal("values differing in local and clock fields only digest differently")
+	}
+	if a[0] != 1 || a[4] != 9 {
+		t.Fatal("digestValue changed the value it was given")
+	}
+	c := bytes.Clone(a)
+	c[13] = 1
+	if hash(nil, a) == hash(nil, c) {
+		t.Fatal("a difference outside the node's fields does not show")
+	}
+	maskLast := func(_ string, dst, v []byte) []byte {
+		w := dst[:copy(dst, v)]
+		w[13] = 0
+		return w
+	}
+	if hash(maskLast, a) != hash(maskLast, c) {
+		t.Fatal("the normalizer's mask was not applied")
 	}
 }
