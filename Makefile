@@ -35,7 +35,7 @@ generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
 	$(GO) generate ./...
 
 .PHONY: test
-test: deps ## Run every test against the real kernel, then the fentry ones in a VM (root)
+test: deps ## Run every test against the real kernel, then the fentry ones in VMs (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
@@ -48,15 +48,19 @@ test: deps ## Run every test against the real kernel, then the fentry ones in a 
 .PHONY: vmtest
 vmtest: VMRUN := $(CURDIR)/bin/vmrun
 vmtest: VMDAEMON := $(CURDIR)/bin/udpmapsync-vm
-vmtest: ## Prove the fentry capture path in a Debian 6.1 VM (qemu TCG, a few minutes; root; downloads the kernel once)
+# VMRUN_612 boots bookworm-backports' 6.12 LTS kernel (vmtest/README.md).
+vmtest: VMRUN_612 := $(CURDIR)/bin/vmrun --suite bookworm-backports
+vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a few minutes; root; downloads the kernels once)
 	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
 	CGO_ENABLED=0 $(GO) build -o $(VMDAEMON) ./cmd/udpmapsync
-	@echo "vmtest: checking the VM (kernel with BTF, fentry, veth, bridge)"
-	@CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN)" ./vmtest/probe || { \
-		echo "vmtest: CANNOT RUN: the test VM does not boot or lacks what the tests need (see above;" >&2; \
+	@echo "vmtest: checking the VMs (kernel with BTF, fentry, veth, bridge)"
+	@for vmrun in "$(VMRUN)" "$(VMRUN_612)"; do \
+		CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$$vmrun" ./vmtest/probe || { \
+		echo "vmtest: CANNOT RUN: the test VM ($$vmrun) does not boot or lacks what the tests need (see above;" >&2; \
 		echo "vmtest: it needs root, qemu-system-x86 and the Debian kernel package, installed on first use)." >&2; \
-		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }
+		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }; done
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 

@@ -62,6 +62,9 @@ var DropReasons = []drop{
 	{"own", func(s *replication.StatsSnapshot) uint64 { return s.OwnDropped }},
 	{"unsolicited", func(s *replication.StatsSnapshot) uint64 { return s.Unsolicited }},
 	{"peer_limit", func(s *replication.StatsSnapshot) uint64 { return s.PeerLimit }},
+	{"cookie_forged", func(s *replication.StatsSnapshot) uint64 { return s.CookiesForged }},
+	{"cookie_expired", func(s *replication.StatsSnapshot) uint64 { return s.CookiesExpired }},
+	{"cookie_wrong_address", func(s *replication.StatsSnapshot) uint64 { return s.CookiesWrongAddr }},
 }
 
 // counter is one plain counter of the snapshot.
@@ -122,6 +125,12 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.SyncPushed }},
 	{newDesc("resync_deleted_total", "Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."),
 		func(s *replication.StatsSnapshot) uint64 { return s.SyncDeleted }},
+	{newDesc("cookies_sent_total", "Cookies sent to peers' addresses that had not yet proved they receive there, instead of an answer or before a request."),
+		func(s *replication.StatsSnapshot) uint64 { return s.CookiesSent }},
+	{newDesc("addresses_proven_total", "Peers' addresses proved by the echo of a cookie: from then on they are answered."),
+		func(s *replication.StatsSnapshot) uint64 { return s.AddressesProven }},
+	{newDesc("withheld_total", "Datagrams not sent to an address that had not proved itself, because it had not sent this node as much (its share, for what came to the group)."),
+		func(s *replication.StatsSnapshot) uint64 { return s.Withheld }},
 	{newDesc("scans_total", "Scans of a map for in-place changes (the map's scan option) completed."),
 		func(s *replication.StatsSnapshot) uint64 { return s.Scans }},
 	{newDesc("scan_found_total", "Entries a scan found changed in place, or written where the capture cannot see, and sent as writes of this node."),

@@ -3,6 +3,7 @@ package replication
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/seal"
+	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // retryTick is how often the receive side's timers look at the peers;
@@ -69,6 +71,9 @@ type Config struct {
 	// datapath's writes made while no daemon ran from what it knew (see
 	// "Restart" in docs/ARCHITECTURE.md).
 	StateFile string
+	// Rand is where the secrets of the node's cookies come from (see
+	// [wire.Cookie]); nil means crypto/rand.
+	Rand io.Reader
 	// MonoOffset is a test hook: it shifts what this node reads as the
 	// kernel's monotonic and boot clocks for the maps' clock fields, so
 	// that nodes on one kernel can stand for hosts booted at different
@@ -117,6 +122,7 @@ type Node struct {
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
+	gate     answerGate
 	apply    applier
 	repair   repairResponder
 	client   resyncClient
@@ -168,16 +174,24 @@ func NewNode(cfg Config) (*Node, error) {
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
 	}
+	random := cfg.Rand
+	if random == nil {
+		random = rand.Reader
+	}
+	n.gate = answerGate{jar: newCookieJar(random), ctl: ctl(), peers: &n.peers, stats: &n.stats, log: log, limit: &n.limit}
+	if cfg.Keys != nil {
+		n.gate.seal = wire.SealSize
+	}
 	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
 	n.apply.prints = n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
 	n.client = resyncClient{peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
-		ctl: ctl(), ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
+		ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
 	n.server = snapshotServer{table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
-		peers: &n.peers, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
+		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if sealed != nil {
 		n.dispatch.sources = sealed
@@ -298,7 +312,7 @@ func (n *Node) receive(ctx context.Context) error {
 		now := time.Now()
 		n.mu.Lock()
 		for i := range pkts {
-			n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
+			n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
 		}
 		n.apply.flush()
 		n.mu.Unlock()

@@ -55,6 +55,14 @@ type Stats struct {
 	Unauthenticated   atomic.Uint64 // datagrams that did not open with this node's keys, or were sealed or not when they should not be
 	Replayed          atomic.Uint64 // sealed datagrams whose counter was seen before, or is older than the replay window
 
+	// Return routability.
+	CookiesSent      atomic.Uint64 // cookies sent to peers' addresses not yet proved, instead of an answer or before a request
+	AddressesProven  atomic.Uint64 // peers' addresses proved by the echo of a cookie
+	Withheld         atomic.Uint64 // datagrams not sent to an address not yet proved: it had not sent as much
+	CookiesExpired   atomic.Uint64 // echoes of a cookie older than the previous slot, dropped
+	CookiesForged    atomic.Uint64 // echoes of a cookie this node did not make, dropped
+	CookiesWrongAddr atomic.Uint64 // echoes of a cookie made for another address, dropped
+
 	// Full resync.
 	ResyncsSent       atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
 	ResyncsReceived   atomic.Uint64 // snapshots received from a peer to the end and applied
@@ -110,6 +118,8 @@ type StatsSnapshot struct {
 	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
 	Unauthenticated, Replayed uint64
 
+	CookiesSent, AddressesProven, Withheld, CookiesExpired, CookiesForged, CookiesWrongAddr uint64
+
 	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
 	Ready                                                                               bool
 }
@@ -158,6 +168,12 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		AnswersLimited:    s.AnswersLimited.Load(),
 		Unauthenticated:   s.Unauthenticated.Load(),
 		Replayed:          s.Replayed.Load(),
+		CookiesSent:       s.CookiesSent.Load(),
+		AddressesProven:   s.AddressesProven.Load(),
+		Withheld:          s.Withheld.Load(),
+		CookiesExpired:    s.CookiesExpired.Load(),
+		CookiesForged:     s.CookiesForged.Load(),
+		CookiesWrongAddr:  s.CookiesWrongAddr.Load(),
 		ResyncsSent:       s.ResyncsSent.Load(),
 		ResyncsReceived:   s.ResyncsReceived.Load(),
 		SyncDeleted:       s.SyncDeleted.Load(),
@@ -213,6 +229,12 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("answers_limited", s.AnswersLimited),
 		slog.Uint64("unauthenticated", s.Unauthenticated),
 		slog.Uint64("replayed", s.Replayed),
+		slog.Uint64("cookies_sent", s.CookiesSent),
+		slog.Uint64("addresses_proven", s.AddressesProven),
+		slog.Uint64("withheld", s.Withheld),
+		slog.Uint64("cookies_expired", s.CookiesExpired),
+		slog.Uint64("cookies_forged", s.CookiesForged),
+		slog.Uint64("cookies_wrong_address", s.CookiesWrongAddr),
 		slog.Uint64("resyncs_sent", s.ResyncsSent),
 		slog.Uint64("resyncs_received", s.ResyncsReceived),
 		slog.Uint64("sync_deleted", s.SyncDeleted),

@@ -87,7 +87,7 @@ func writeInitramfs(w io.Writer, k *Kernel, opts *Options, cmd Command, mark str
 	if err := f.addProgram(vmProg, prog); err != nil {
 		return err
 	}
-	run, err := runScript(f, opts.Env, cmd, vmProg)
+	run, err := runScript(f, append([]string{EnvSuite + "=" + opts.Suite}, opts.Env...), cmd, vmProg)
 	if err != nil {
 		return err
 	}

@@ -28,11 +28,11 @@ func requireTools(t *testing.T) {
 }
 
 // TestProbeInVM runs ./probe through go test -exec vmrun, exactly as the
-// Makefile does for real packages, and checks every probe passed rather
-// than skipped: a skip would mean the binary did not run in the VM.
+// Makefile does for real packages, on the kernel of each suite, and checks
+// every probe passed rather than skipped: a skip would mean the binary did
+// not run in the VM.
 func TestProbeInVM(t *testing.T) {
 	requireTools(t)
-	t.Parallel()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatalf("go not in PATH: %v", err)
@@ -41,24 +41,29 @@ func TestProbeInVM(t *testing.T) {
 	if out, err := exec.Command(goTool, "build", "-o", vmrun, "./cmd/vmrun").CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/vmrun: %v\n%s", err, out)
 	}
-	start := time.Now()
-	cmd := exec.Command(goTool, "test", "-count=1", "-v", "-exec", vmrun, "./probe")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	t.Logf("go test -exec vmrun ./probe: %v (build, boot and run)", time.Since(start).Round(100*time.Millisecond))
-	if err != nil {
-		t.Fatalf("go test -exec vmrun ./probe: %v\n%s", err, out)
-	}
-	for _, name := range []string{"TestDebianKernel", "TestKernelBTF", "TestFentry", "TestVethBridgeInNetns", "TestMounts", "TestTestdata"} {
-		if !regexp.MustCompile(`(?m)^--- PASS: ` + name + ` `).Match(out) {
-			t.Errorf("%s did not pass in the VM", name)
-		}
-	}
-	if bytes.Contains(out, []byte("--- SKIP")) {
-		t.Errorf("probes skipped: they did not run inside the VM\n%s", out)
-	}
-	if t.Failed() {
-		t.Logf("output:\n%s", out)
+	for _, suite := range []string{vmtest.SuiteStable, vmtest.SuiteBackports} {
+		t.Run(suite, func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			cmd := exec.Command(goTool, "test", "-count=1", "-v", "-exec", vmrun+" --suite "+suite, "./probe")
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			out, err := cmd.CombinedOutput()
+			t.Logf("go test -exec vmrun ./probe: %v (build, boot and run)", time.Since(start).Round(100*time.Millisecond))
+			if err != nil {
+				t.Fatalf("go test -exec vmrun ./probe: %v\n%s", err, out)
+			}
+			for _, name := range []string{"TestDebianKernel", "TestKernelBTF", "TestFentry", "TestVethBridgeInNetns", "TestMounts", "TestTestdata"} {
+				if !regexp.MustCompile(`(?m)^--- PASS: ` + name + ` `).Match(out) {
+					t.Errorf("%s did not pass in the VM", name)
+				}
+			}
+			if bytes.Contains(out, []byte("--- SKIP")) {
+				t.Errorf("probes skipped: they did not run inside the VM\n%s", out)
+			}
+			if t.Failed() {
+				t.Logf("output:\n%s", out)
+			}
+		})
 	}
 }
 

@@ -52,6 +52,7 @@ type Flags struct {
 	RingSize         byteSize
 	ResendBuffer     byteSize
 	KeyFile          string
+	InsecureNoKey    bool
 	StatsInterval    time.Duration
 	LogLevel         string
 	Version          bool
@@ -88,7 +89,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
-	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); without it the link must be trusted")
+	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
+	fs.BoolVar(&f.InsecureNoKey, "insecure-no-key", false, "run without a key: sync traffic neither authenticated nor encrypted, only for a link where every host is trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
@@ -193,6 +195,9 @@ func (f *Flags) check() (*config, error) {
 	if err := c.level.UnmarshalText([]byte(f.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %s: use debug, info, warn or error", f.LogLevel)
 	}
+	if err := f.checkKey(); err != nil {
+		return nil, err
+	}
 	if f.StateDir == "" {
 		return nil, fmt.Errorf("--state-dir must name a directory (default %s): it keeps the boot epoch across restarts", defaultStateDir)
 	}
@@ -202,6 +207,28 @@ func (f *Flags) check() (*config, error) {
 		}
 	}
 	return &c, nil
+}
+
+// keyAdvice is how to make a key, in one command an operator can paste.
+const keyAdvice = "make one with\n" +
+	"    install -d -m 0700 /etc/udpmapsync && (umask 077; head -c 32 /dev/urandom | base64 > /etc/udpmapsync/key)\n" +
+	"copy the same file to every node and start each with --key-file /etc/udpmapsync/key (docs/SECURITY.md, \"Setting up a key\")"
+
+// checkKey refuses to run without a key unless the operator said the link
+// is trusted: sync traffic decides what every node's firewall or NAT lets
+// through. Earlier versions ran without a key and only warned, so the
+// message says what changed.
+func (f *Flags) checkKey() error {
+	switch {
+	case f.KeyFile != "" && f.InsecureNoKey:
+		return errors.New("--key-file and --insecure-no-key exclude each other: give one")
+	case f.KeyFile == "" && !f.InsecureNoKey:
+		return errors.New("no --key-file: udpmapsync seals its traffic with a pre-shared key by default " +
+			"(since this version; earlier ones ran unauthenticated with a warning); " + keyAdvice + "; " +
+			"or, only on a link where every host is trusted, run with --insecure-no-key: then anyone on the link " +
+			"can read the replicated state and inject changes into every node")
+	}
+	return nil
 }
 
 // nodeID derives a node id from the interface's MAC address, so it stays
@@ -238,7 +265,7 @@ func run(ctx context.Context, f *Flags) error {
 	defer d.close()
 	logStartup(log, c, f, d)
 	if !d.sealed {
-		log.Warn("no --key-file: sync traffic is neither authenticated nor encrypted; anyone on this link can read the maps' state "+
+		log.Warn("--insecure-no-key: sync traffic is neither authenticated nor encrypted; anyone on this link can read the maps' state "+
 			"and inject changes into every node, so the link must be trusted", "iface", c.iface.Name)
 	}
 	if f.CPUProfile != "" {

@@ -14,6 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/udpmapsync/udpmapsync/vmtest"
 )
 
 // requireVM skips on the host: this kernel refuses fentry and is not
@@ -32,8 +34,13 @@ func TestDebianKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := unix.ByteSliceToString(u.Release[:])
-	if !strings.HasPrefix(release, "6.1.") {
-		t.Errorf("kernel release %s, want 6.1.*", release)
+	suite := os.Getenv(vmtest.EnvSuite)
+	want, ok := map[string]string{vmtest.SuiteStable: "6.1.", vmtest.SuiteBackports: "6.12."}[suite]
+	if !ok {
+		t.Fatalf("%s=%q names no suite this probe knows", vmtest.EnvSuite, suite)
+	}
+	if !strings.HasPrefix(release, want) {
+		t.Errorf("kernel release %s from %s, want %s*", release, suite, want)
 	}
 	version, err := os.ReadFile("/proc/version")
 	if err != nil {
