@@ -506,6 +506,22 @@ func TestLRUVanished(t *testing.T) {
 					t.Errorf("B lost key %d, which A holds", k)
 				}
 			}
+			// A key back after its eviction, written where no capture sees
+			// it, is a write of A's like any other.
+			var back uint32
+			for back = range uint32(held) {
+				if _, ok := left[back]; !ok {
+					break
+				}
+			}
+			k := binary.NativeEndian.AppendUint32(nil, back)
+			v, _ := binary.Append(nil, binary.NativeEndian, datapath.CTEntry{Packets: 4242})
+			if err := a.maps["lru_flows"].UpdateBatch(k, v); err != nil {
+				t.Fatal(err)
+			}
+			if !waitFor(5*time.Second, func() bool { return c.flows(t, 1, "lru_flows")[back].Packets == 4242 }) {
+				t.Errorf("key %d, written again on A after its eviction, never reached B", back)
+			}
 		})
 	}
 }

@@ -43,6 +43,7 @@ type printMap struct {
 	keys    []byte // the kept keys, keySize each
 	free    []int32
 	gen     uint8 // the scan under way, or the last one
+	learnt  bool  // a scan has read the whole map since the start
 }
 
 // print is what a scan compares one entry's value with.
