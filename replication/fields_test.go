@@ -28,6 +28,9 @@ func TestClockDelta(t *testing.T) {
 	if got := decodeDelta(encodeDelta(math.MaxInt64/2, 4), 4); got != math.MaxInt32-1 {
 		t.Errorf("a huge delta in 4 bytes decoded as %d", got)
 	}
+	if addSat(1e15, math.MaxInt64) != math.MaxInt64 || addSat(1e15, math.MinInt64) != math.MinInt64+1e15 || addSat(-5, math.MinInt64) != math.MinInt64 {
+		t.Error("addSat wraps")
+	}
 	if rebase(-5, 8) != 1 || rebase(0, 4) != 1 || rebase(math.MaxUint32+9, 4) != math.MaxUint32 || rebase(77, 8) != 77 {
 		t.Error("rebase does not keep a time within its field")
 	}
@@ -138,6 +141,38 @@ func TestPrintMap(t *testing.T) {
 		i := pm.find(h)
 		if i < 0 || pm.slots[i].fp != fp || binary.LittleEndian.Uint64(pm.key(i)) != h {
 			t.Fatalf("hash %#x: index %d", h, i)
+		}
+	}
+}
+
+// A clock field at the ends of its range, from a peer, is written within
+// the field, set, and never wraps to the past or the future.
+func TestClockFieldEnds(t *testing.T) {
+	opts := mapopt.Options{Clocks: []mapopt.Clock{{Field: mapopt.Field{Offset: 0, Size: 8}, Kind: mapopt.MonoNS},
+		{Field: mapopt.Field{Offset: 8, Size: 4}, Kind: mapopt.MonoS}}}
+	p, err := newFieldPlan(opts, 12, &monoClock{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		w8      uint64
+		w4      uint32
+		future8 bool
+		future4 bool
+		name    string
+	}{
+		{math.MaxInt64, math.MaxInt32, true, true, "largest"},
+		{1 << 63, 1 << 31, false, false, "most negative"},
+		{math.MaxUint64, math.MaxUint32, false, false, "-1"},
+	} {
+		v := make([]byte, 12)
+		binary.NativeEndian.PutUint64(v, c.w8)
+		binary.NativeEndian.PutUint32(v[8:], c.w4)
+		p.fromWire(v, nil)
+		now := (&monoClock{}).read()
+		got8, got4 := int64(binary.NativeEndian.Uint64(v)), int64(binary.NativeEndian.Uint32(v[8:]))
+		if got8 == 0 || got4 == 0 || (got8 > now.mono) != c.future8 || (got4 > now.mono/1e9) != c.future4 {
+			t.Errorf("%s: wrote %d and %d at %d", c.name, got8, got4, now.mono)
 		}
 	}
 }
