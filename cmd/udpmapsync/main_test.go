@@ -45,6 +45,7 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--peers", "10.0.0.1,nope"}, []string{"--peers nope", "not an IP address"}},
 		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
+		{[]string{"--iface", "lo", "--scan-interval", "1ms"}, []string{"--scan-interval 1ms", "at least 10ms", "reads every map whole"}},
 		// lo has no MAC address to derive the node id from.
 		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
 		// A key is the default: without one the daemon says how to make
