@@ -156,6 +156,10 @@ func (p *fieldPlan) fromWire(v, mine []byte) {
 	zero(v, p.lock)
 }
 
+// clearLock zeroes a captured value's spin lock, whatever its writer
+// passed there: the kernel neither stores nor returns those bytes.
+func (p *fieldPlan) clearLock(v []byte) { zero(v, p.lock) }
+
 func zero(v []byte, spans []span) {
 	for _, s := range spans {
 		clear(v[s.from:s.to])

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // A clock field's delta survives the wire at both sizes and at the ends
@@ -174,5 +177,31 @@ func TestClockFieldEnds(t *testing.T) {
 		if got8 == 0 || got4 == 0 || (got8 > now.mono) != c.future8 || (got4 > now.mono/1e9) != c.future4 {
 			t.Errorf("%s: wrote %d and %d at %d", c.name, got8, got4, now.mono)
 		}
+	}
+}
+
+// A captured value's spin lock holds whatever its writer passed, which
+// the kernel neither stores nor returns: the sender clears it, so that a
+// local write that crossed an apply is still found in the map.
+func TestCapturedLockCleared(t *testing.T) {
+	f := newReceiverFixture(t)
+	s := crossSender(t, f)
+	m := f.tab.byID(10)
+	var err error
+	if m.plan, err = newFieldPlan(mapopt.Options{Lock: &mapopt.Field{Name: "lock", Size: 4}}, m.valueSize, &f.tab.mono); err != nil {
+		t.Fatal(err)
+	}
+	s.drained = time.Now().Add(-time.Second) // the ring was last empty before the apply
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(time.Now().UnixMilli(), 0), 5))
+	if got := f.value("key1"); got != "\x00\x00\x00\x00mote" {
+		t.Fatalf("applied %q: the lock's bytes are not zero", got)
+	}
+	f.flows.state["key1"] = "\x00\x00\x00\x00ocal" // the local write came after the apply
+	s.add(&loader.Change{MapID: 10, Op: ops.Update, Key: []byte("key1"), Value: []byte("LOCKocal")}, time.Now())
+	if s.superseded != 0 || f.stats.RaceChecks.Load() != 1 {
+		t.Fatalf("superseded %d, race checks %d: the write the map holds was dropped", s.superseded, f.stats.RaceChecks.Load())
+	}
+	if v, _ := knownVersion(f.n.know, m.index, "key1"); v.Origin != ourNode {
+		t.Fatalf("knowledge %+v, want the local write's", v)
 	}
 }
