@@ -27,6 +27,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/epoch"
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/metrics"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/seal"
@@ -193,8 +194,9 @@ func (f *Flags) check() (*config, error) {
 		return nil, fmt.Errorf("--clock-offset %s: peers drop stamps more than %s ahead of their clocks; stay within ±%s",
 			f.ClockOffset, hlc.MaxSkew, hlc.MaxSkew)
 	}
-	if f.ScanInterval < 0 {
-		return nil, fmt.Errorf("--scan-interval %s: must be 0 (no scanning) or a period such as 1s", f.ScanInterval)
+	if f.ScanInterval < 0 || f.ScanInterval > 0 && f.ScanInterval < mapopt.MinScan {
+		return nil, fmt.Errorf("--scan-interval %s: must be 0 (no scanning) or a period of at least %s, such as 1s: each scan reads every map whole",
+			f.ScanInterval, mapopt.MinScan)
 	}
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)

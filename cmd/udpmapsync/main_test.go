@@ -48,6 +48,7 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
 		{[]string{"--iface", "lo", "--digest-interval", "10ms"}, []string{"--digest-interval 10ms", "at least 1s", "0 to turn digest rounds off"}},
 		{[]string{"--iface", "lo", "--digest-interval", "-1s"}, []string{"--digest-interval -1s", "at least 1s"}},
+		{[]string{"--iface", "lo", "--scan-interval", "1ms"}, []string{"--scan-interval 1ms", "at least 10ms", "reads every map whole"}},
 		// lo has no MAC address to derive the node id from.
 		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
 		// A key is the default: without one the daemon says how to make
