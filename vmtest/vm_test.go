@@ -22,7 +22,7 @@ import (
 // impossible (not root, no apt).
 func requireTools(t *testing.T) {
 	t.Helper()
-	if err := vmtest.EnsureTools(testLog{t}); err != nil {
+	if err := vmtest.EnsureTools(testLog{t}, vmtest.ArchAMD64); err != nil {
 		t.Skipf("cannot boot the test VM: %v", err)
 	}
 }
