@@ -26,8 +26,10 @@ import (
 )
 
 const (
-	unitFile       = "systemd/udpmapsync.service"
-	defaultsFile   = "systemd/udpmapsync.default"
+	unitFile     = "systemd/udpmapsync.service"
+	defaultsFile = "systemd/udpmapsync.default"
+	// keyFile is where both deployments keep the key.
+	keyFile        = "/etc/udpmapsync/key"
 	daemonSetFile  = "kubernetes/daemonset.yaml"
 	rulesFile      = "prometheus/alerts.yml"
 	rulesTestFile  = "prometheus/alerts_test.yml"
@@ -324,6 +326,12 @@ func TestSystemdDefaults(t *testing.T) {
 	if !slices.Contains(args, "--iface") {
 		t.Errorf("%s: UDPMAPSYNC_ARGS lacks --iface: %q", defaultsFile, m[1])
 	}
+	if i := slices.Index(args, "--key-file"); i < 0 || i+1 == len(args) || args[i+1] != keyFile {
+		t.Errorf("%s: UDPMAPSYNC_ARGS lacks --key-file %s, whose making the file describes: %q", defaultsFile, keyFile, m[1])
+	}
+	if !bytes.Contains(b, []byte("head -c 32 /dev/urandom | base64 > "+keyFile)) {
+		t.Errorf("%s: does not say how to make %s", defaultsFile, keyFile)
+	}
 	if i := slices.Index(args, "--metrics-addr"); i < 0 || i+1 == len(args) || metricsPort(t, args[i+1]) != 9477 {
 		t.Errorf("%s: UDPMAPSYNC_ARGS does not listen for metrics on :9477 (what the alerts and the DaemonSet expect): %q", defaultsFile, m[1])
 	}
@@ -421,6 +429,24 @@ func TestDaemonSet(t *testing.T) {
 	ann := ds.Spec.Template.Annotations
 	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(port) {
 		t.Errorf("annotations %v: want prometheus.io/scrape \"true\" and prometheus.io/port %q", ann, strconv.Itoa(port))
+	}
+
+	// The key: a Secret mounted where --key-file looks, readable by root
+	// alone.
+	if !slices.Contains(c.Args, "--key-file="+keyFile) {
+		t.Errorf("args %q: no --key-file=%s", c.Args, keyFile)
+	}
+	var keyVol string
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == filepath.Dir(keyFile) {
+			keyVol = m.Name
+		}
+	}
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool {
+		return v.Name == keyVol && v.Secret != nil && v.Secret.SecretName != "" &&
+			v.Secret.DefaultMode != nil && *v.Secret.DefaultMode&0o077 == 0
+	}) {
+		t.Errorf("volumes %+v: no Secret of mode 0400 or 0600 mounted at %s", spec.Volumes, filepath.Dir(keyFile))
 	}
 
 	// Exactly the capabilities the daemon needs, nothing else.

@@ -34,12 +34,13 @@ const (
 // Of the peer it marks for (see marking), it also keeps the keys it holds
 // a newer version of: the resync client sends those back.
 type applier struct {
-	table *Table
-	know  *knowledge.Store
-	clock *hlc.Clock
-	stats *Stats
-	log   *slog.Logger
-	limit *limiter
+	table  *Table
+	know   *knowledge.Store
+	prints *printTable // nil: no map is scanned
+	clock  *hlc.Clock
+	stats  *Stats
+	log    *slog.Logger
+	limit  *limiter
 
 	// marking is the peer whose records this node marks as known to it,
 	// with generation gen: the peer serving a resync, so that at its end
@@ -54,6 +55,7 @@ type applier struct {
 	keys []byte              // the runs' keys, packed back to back
 	vals []byte              // their values
 	vers []knowledge.Version // their versions
+	mine []byte              // an entry of this node's, read for its local fields
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
@@ -277,6 +279,7 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		if v.Stamp == 0 {
 			v.Origin = r.node // unstamped, as learned from r.node: see resyncClient.pushBack
 		}
+		a.localForm(m, r.op, key, vals[i*vs:(i+1)*vs], appliedAt)
 		h.Set(e, m.index, key, v, r.op == ops.Delete, true, appliedAt)
 		h.Note(m.index, key, v, r.op == ops.Delete, vals[i*vs:(i+1)*vs])
 		if r.node == a.marking {

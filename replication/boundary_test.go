@@ -269,6 +269,17 @@ func TestRunJoinsTransfers(t *testing.T) {
 	<-n.Ready()
 	tr.in <- packet(peerA, announce(t, peerNode, 1, 0))
 	tr.in <- packet(peerA, syncRequest(peerNode, 1, 5))
+	// Answered with a cookie: echo it, and ask again.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if c := tr.sentCookies(); len(c) > 0 {
+			tr.in <- packet(peerA, echoOf(t, c[0].dgrams[0], peerNode, 1))
+			tr.in <- packet(peerA, syncRequest(peerNode, 1, 5))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no cookie for the request")
+		}
+	}
 	for deadline := time.Now().Add(5 * time.Second); dumping.Load() == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no transfer started")

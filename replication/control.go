@@ -59,6 +59,14 @@ func (c *controlSender) nack(addr netip.AddrPort, k wire.Kind, seq uint64, n *wi
 	return c.send(addr, k, uint16(n.N), seq, n.AppendTo)
 }
 
+// nackSize is the length of a datagram carrying n.
+func nackSize(n *wire.Nack) int {
+	if n.N == 0 {
+		return wire.HeaderSize
+	}
+	return wire.HeaderSize + wire.NackFixedSize + n.N*wire.NackRangeSize
+}
+
 func (c *controlSender) failed(err error) {
 	c.stats.SendErrors.Add(1)
 	if s, ok := c.limit.allow(reasonSend); ok {

@@ -160,6 +160,7 @@ func TestServesOnlyWhenCurrent(t *testing.T) {
 	if f.n.current(b) {
 		t.Error("served another peer while behind on the first one's changes")
 	}
+	f.prove(t, peerB)
 	f.handle(peerB, syncRequest(9, 1, 7))
 	st := f.sentSyncStart(t)
 	if st.Status != wire.SyncNotReady {

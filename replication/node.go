@@ -3,6 +3,7 @@ package replication
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/seal"
+	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // retryTick is how often the receive side's timers look at the peers;
@@ -69,6 +71,14 @@ type Config struct {
 	// datapath's writes made while no daemon ran from what it knew (see
 	// "Restart" in docs/ARCHITECTURE.md).
 	StateFile string
+	// Rand is where the secrets of the node's cookies come from (see
+	// [wire.Cookie]); nil means crypto/rand.
+	Rand io.Reader
+	// MonoOffset is a test hook: it shifts what this node reads as the
+	// kernel's monotonic and boot clocks for the maps' clock fields, so
+	// that nodes on one kernel can stand for hosts booted at different
+	// times.
+	MonoOffset time.Duration
 	// Log receives the node's log lines; nil discards them.
 	Log *slog.Logger
 }
@@ -106,10 +116,13 @@ type Node struct {
 	know   *knowledge.Store // shared by the sender and the receive side, under its own lock
 	clock  *hlc.Clock
 	relay  relayQueue
-	state  string // Config.StateFile
+	state  string      // Config.StateFile
+	prints *printTable // of the scanned maps, under its own lock
+	scan   *scanner
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
+	gate     answerGate
 	apply    applier
 	repair   repairResponder
 	client   resyncClient
@@ -143,6 +156,8 @@ func NewNode(cfg Config) (*Node, error) {
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
 	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats)
+	cfg.Table.mono.offset = cfg.MonoOffset
+	n.prints = newPrintTable(cfg.Table, time.Now())
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
@@ -151,21 +166,32 @@ func NewNode(cfg Config) (*Node, error) {
 	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
-		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Clock: clock, Relay: &n.relay,
+		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Relay: &n.relay,
 		Stats: &n.stats, Log: log})
+	n.scan = newScanner(scanner{table: cfg.Table, know: n.know, prints: n.prints, clock: clock, relay: &n.relay,
+		stats: &n.stats, log: log, node: cfg.Node, now: time.Now, ready: n.ready.isReady})
 
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
 	}
+	random := cfg.Rand
+	if random == nil {
+		random = rand.Reader
+	}
+	n.gate = answerGate{jar: newCookieJar(random), ctl: ctl(), peers: &n.peers, stats: &n.stats, log: log, limit: &n.limit}
+	if cfg.Keys != nil {
+		n.gate.seal = wire.SealSize
+	}
 	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
+	n.apply.prints = n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
 	n.client = resyncClient{peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
-		ctl: ctl(), ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
+		ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
 	n.server = snapshotServer{table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
-		peers: &n.peers, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
+		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if sealed != nil {
 		n.dispatch.sources = sealed
@@ -203,10 +229,11 @@ func (n *Node) Run(ctx context.Context) error {
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	done := make(chan error, 3)
+	done := make(chan error, 4)
 	go func() { done <- n.sender.Run(inner) }()
 	go func() { done <- n.receive(inner) }()
 	go func() { done <- n.timers(inner) }()
+	go func() { done <- n.scan.run(inner) }()
 	var first error
 	var save *stateSave
 	ended := 0
@@ -285,7 +312,7 @@ func (n *Node) receive(ctx context.Context) error {
 		now := time.Now()
 		n.mu.Lock()
 		for i := range pkts {
-			n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
+			n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
 		}
 		n.apply.flush()
 		n.mu.Unlock()
@@ -306,6 +333,7 @@ func (n *Node) timers(ctx context.Context) error {
 			n.mu.Lock()
 			silent = n.dispatch.tick(now, silent)
 			n.mu.Unlock()
+			n.scan.tick(now)
 			if now.Sub(pruned) >= pruneEvery {
 				pruned = now
 				h := n.know.Lock()

@@ -155,6 +155,9 @@ func (p *pending) encode(w *wire.ChangeWriter, buf []byte) {
 			var value []byte
 			if e.op == ops.Update {
 				value = p.arena[e.value : e.value+e.m.valueSize]
+				if e.m.plan != nil {
+					e.m.plan.toWire(value) // the entry is sent once: it is reset next
+				}
 			}
 			if !w.Append(e.m.fp, e.op, uint64(e.v.Stamp), e.v.Origin, key, value) {
 				panic("replication: pending size out of step with wire.ChangeWriter")

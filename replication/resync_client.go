@@ -50,6 +50,7 @@ type resyncClient struct {
 	clock *hlc.Clock
 	relay *relayQueue
 	ctl   controlSender
+	gate  *answerGate
 	ready *readiness
 	stats *Stats
 	log   *slog.Logger
@@ -239,7 +240,17 @@ func (c *resyncClient) reset() {
 
 func (c *resyncClient) sendRequest(now time.Time) {
 	c.sent = now
-	_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), nil)
+	if c.gate.ask(c.from, wire.HeaderSize, now) {
+		_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), nil)
+	}
+}
+
+// again sends the request again at once if p is the peer it waits for:
+// p sent a cookie instead of an answer, or its address proved itself.
+func (c *resyncClient) again(p *peer, now time.Time) {
+	if c.phase == syncRequested && c.from == p {
+		c.sendRequest(now)
+	}
 }
 
 // started takes p's answer to the request.
@@ -345,7 +356,9 @@ func (c *resyncClient) end(p *peer, h *wire.Header, body []byte, now time.Time) 
 	}
 	id, n := wire.SplitSyncSeq(h.Seq)
 	if c.phase == syncIdle && c.doneFrom == p && id == c.id {
-		_ = c.ctl.send(p.addr, wire.KindSyncAck, 0, wire.SyncSeq(id, n+1), nil)
+		if c.gate.ask(p, wire.HeaderSize, now) {
+			_ = c.ctl.send(p.addr, wire.KindSyncAck, 0, wire.SyncSeq(id, n+1), nil)
+		}
 		return nil
 	}
 	if c.phase != syncStreaming || c.from != p || id != c.id {
@@ -373,7 +386,9 @@ func (c *resyncClient) sendAck(now time.Time) {
 	if c.ended && c.got.cum >= c.total {
 		cum = c.total + 1
 	}
-	_ = c.ctl.nack(c.from.addr, wire.KindSyncAck, wire.SyncSeq(c.id, cum), &c.ack)
+	if c.gate.ask(c.from, nackSize(&c.ack), now) {
+		_ = c.ctl.nack(c.from.addr, wire.KindSyncAck, wire.SyncSeq(c.id, cum), &c.ack)
+	}
 }
 
 // finish completes the resync once every datagram up to the last has

@@ -66,7 +66,9 @@ type senderConfig struct {
 	Ready func() bool
 	// Knowledge is where every captured change's version is recorded.
 	Knowledge *knowledge.Store
-	Clock     *hlc.Clock
+	// Prints, when set, records the captured values of scanned maps.
+	Prints *printTable
+	Clock  *hlc.Clock
 	// Relay holds the entries the receive side passes on to the group.
 	Relay *relayQueue
 	Stats *Stats
@@ -84,6 +86,7 @@ type sender struct {
 	resend        *resendBuffer
 	ready         func() bool
 	know          *knowledge.Store
+	prints        *printTable
 	clock         *hlc.Clock
 	relay         *relayQueue
 	stats         *Stats
@@ -139,6 +142,7 @@ func newSender(cfg senderConfig) *sender {
 		resend:        cfg.Resend,
 		ready:         cfg.Ready,
 		know:          cfg.Knowledge,
+		prints:        cfg.Prints,
 		clock:         cfg.Clock,
 		relay:         cfg.Relay,
 		stats:         cfg.Stats,
@@ -334,6 +338,7 @@ func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time)
 	v := knowledge.Version{Stamp: s.clock.At(now), Origin: s.header.Node}
 	h.Set(e, m.index, key, v, op == ops.Delete, false, now)
 	h.Note(m.index, key, v, op == ops.Delete, value)
+	s.prints.record(m.index, op, key, value, now)
 	return v, true
 }
 

@@ -302,7 +302,11 @@ func (st *snapshotStream) entriesOf(m *localMap) error {
 		}
 	}, func(ks, vs []byte) error {
 		for o, v := range st.vers {
-			if err := st.add(m, ops.Update, v, ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]); err != nil {
+			val := vs[o*m.valueSize : (o+1)*m.valueSize]
+			if m.plan != nil {
+				m.plan.toWire(val) // the batch's buffer is read into anew next
+			}
+			if err := st.add(m, ops.Update, v, ks[o*m.keySize:(o+1)*m.keySize], val); err != nil {
 				return err
 			}
 		}

@@ -362,9 +362,8 @@ func (n *Node) restoreState(path string) (int, error) {
 
 // writtenWhileDown records a change of key of map index m that the
 // datapath made while no daemon ran, found against the state file, as a
-// write of this node's, read from the map, and passes it on.
+// write of this node's, read from the map, and passes it on: as a scan
+// does with what it finds.
 func (n *Node) writtenWhileDown(h knowledge.Held, m int, op ops.Op, key, value []byte, now time.Time) {
-	v := knowledge.Version{Stamp: n.clock.At(now), Origin: n.node}
-	h.Set(h.Put(m, key), m, key, v, op == ops.Delete, true, now) // read from the map: see knowledge.Held.Set
-	n.relay.add(m, op, v, key, value)
+	n.scan.found(h, m, op, key, value, now)
 }

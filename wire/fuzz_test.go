@@ -156,3 +156,31 @@ func FuzzSyncStart(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCookie checks that a cookie or cookie echo that decodes encodes to
+// the same bytes and decodes again to the same cookie.
+func FuzzCookie(f *testing.F) {
+	f.Fuzz(func(t *testing.T, d []byte) {
+		var h wire.Header
+		if h.Unmarshal(d) != nil {
+			return
+		}
+		var c wire.Cookie
+		if c.Unmarshal(&h, d[wire.HeaderSize:]) != nil {
+			return
+		}
+		hh := c.Header(h.Kind, h.Node, h.Epoch)
+		hh.Sealed = h.Sealed
+		b, err := hh.AppendTo(nil)
+		if err != nil {
+			t.Fatalf("cookie %+v in %+v does not encode: %v", c, hh, err)
+		}
+		if !bytes.Equal(b, d) {
+			t.Fatalf("cookie %+v re-encodes to %x, decoded from %x", c, b, d)
+		}
+		var again wire.Cookie
+		if err := again.Unmarshal(&hh, nil); err != nil || again != c {
+			t.Fatalf("cookie %+v re-decodes as %+v, %v", c, again, err)
+		}
+	})
+}

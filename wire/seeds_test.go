@@ -170,6 +170,14 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 		b = binary.BigEndian.AppendUint64(b, 1000)                     // entries
 		return binary.BigEndian.AppendUint64(b, 0x0190_0000_0000_0001) // stamp
 	}
+	cookie := func(kind wire.Kind) []byte {
+		hh := wire.Cookie{Slot: 0x1234, Tag: 0x0123456789abcdef}.Header(kind, 0x0a000001, 1700000000)
+		d, err := hh.AppendTo(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
 	return map[string]map[string][]any{
 		"FuzzChanges": changes,
 		"FuzzHeader": {
@@ -196,6 +204,16 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 			"count-high":   {edit(goldenAnnounce, 6, 0, 3)},
 			"trailing":     {append(bytes.Clone(goldenAnnounce), 0)},
 			"version-2":    {edit(goldenAnnounce, 2, 2)},
+		},
+		"FuzzCookie": {
+			"cookie":    {cookie(wire.KindCookie)},
+			"echo":      {cookie(wire.KindCookieEcho)},
+			"with-body": {append(cookie(wire.KindCookie), 0)},
+			"flag":      {edit(cookie(wire.KindCookieEcho), 4, wire.FlagReady)},
+			"sealed":    {edit(cookie(wire.KindCookie), 5, wire.SealSize)},
+			"kind-12":   {edit(cookie(wire.KindCookie), 3, 12)},
+			"sync-ask":  {hdr(wire.KindSyncRequest, 0, wire.SyncSeq(1, 0))},
+			"short":     {cookie(wire.KindCookie)[:wire.HeaderSize-1]},
 		},
 		"FuzzSyncStart": {
 			"ok":         {syncStart(wire.SyncOK, 42)},

@@ -22,7 +22,7 @@ func parse(t *testing.T, args ...string) *Flags {
 }
 
 func TestDefaults(t *testing.T) {
-	f := parse(t, "--iface", "lo", "--node-id", "9")
+	f := parse(t, "--iface", "lo", "--node-id", "9", "--key-file", "/etc/udpmapsync/key")
 	c, err := f.check()
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +46,12 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
 		// lo has no MAC address to derive the node id from.
-		{[]string{"--iface", "lo"}, []string{"--iface lo has no MAC address", "--node-id"}},
+		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
+		// A key is the default: without one the daemon says how to make
+		// one, and how to do without on a trusted link.
+		{[]string{"--iface", "lo", "--node-id", "9"}, []string{"no --key-file", "earlier ones ran unauthenticated",
+			"head -c 32 /dev/urandom | base64 > /etc/udpmapsync/key", "--key-file /etc/udpmapsync/key", "--insecure-no-key"}},
+		{[]string{"--iface", "lo", "--node-id", "9", "--key-file", "k", "--insecure-no-key"}, []string{"--key-file and --insecure-no-key exclude each other"}},
 	} {
 		_, err := parse(t, tc.args...).check()
 		if err == nil {
