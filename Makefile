@@ -7,7 +7,7 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived
 GENERATE_PKGS := clang llvm libbpf-dev
 
 # RACE_PKGS are the packages with goroutines of their own, tested again
@@ -40,7 +40,7 @@ generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
 TEST_FUZZTIME ?= 5s
 
 .PHONY: test
-test: deps ## Run every test against the real kernel, then the fentry ones in a VM (root)
+test: deps ## Run every test against the real kernel, then the fentry ones in VMs (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
@@ -54,16 +54,33 @@ test: deps ## Run every test against the real kernel, then the fentry ones in a 
 .PHONY: vmtest
 vmtest: VMRUN := $(CURDIR)/bin/vmrun
 vmtest: VMDAEMON := $(CURDIR)/bin/udpmapsync-vm
-vmtest: ## Prove the fentry capture path in a Debian 6.1 VM (qemu TCG, a few minutes; root; downloads the kernel once)
+# VMRUN_612 boots bookworm-backports' 6.12 LTS kernel (vmtest/README.md).
+vmtest: VMRUN_612 := $(CURDIR)/bin/vmrun --suite bookworm-backports
+vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a few minutes; root; downloads the kernels once)
 	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
 	CGO_ENABLED=0 $(GO) build -o $(VMDAEMON) ./cmd/udpmapsync
-	@echo "vmtest: checking the VM (kernel with BTF, fentry, veth, bridge)"
-	@CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN)" ./vmtest/probe || { \
-		echo "vmtest: CANNOT RUN: the test VM does not boot or lacks what the tests need (see above;" >&2; \
+	@echo "vmtest: checking the VMs (kernel with BTF, fentry, veth, bridge)"
+	@for vmrun in "$(VMRUN)" "$(VMRUN_612)"; do \
+		CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$$vmrun" ./vmtest/probe || { \
+		echo "vmtest: CANNOT RUN: the test VM ($$vmrun) does not boot or lacks what the tests need (see above;" >&2; \
 		echo "vmtest: it needs root, qemu-system-x86 and the Debian kernel package, installed on first use)." >&2; \
-		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }
+		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }; done
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
+	@echo "vmtest: arm64 (the whole: make vmtest-arm64)"
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCaptureWrites$$' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
+		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
+
+.PHONY: vmtest-arm64
+vmtest-arm64: VMRUN := $(CURDIR)/bin/vmrun --suite bookworm-backports
+vmtest-arm64: VMDAEMON := $(CURDIR)/bin/udpmapsync-vm-arm64
+vmtest-arm64: ## Prove both capture backends on arm64: Debian's arm64 6.12 kernel under qemu-system-aarch64 (TCG, about 3 minutes; root)
+	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o $(VMDAEMON) ./cmd/udpmapsync
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN)" ./vmtest/probe
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
 # VMBENCH_TABLE is the awk program that passes the benchmark output through
@@ -125,13 +142,13 @@ demo: deps build ## Three nodes in network namespaces: write on one, watch the o
 
 .PHONY: bench
 bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
-	$(GO) test -run '^$$' -bench . -benchmem ./wire ./loader ./replication
+	$(GO) test -run '^$$' -bench . -benchmem ./wire ./loader ./knowledge ./replication
 
 .PHONY: perf
 perf: PERFFLAGS ?=
 perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~5 min)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./replication > bin/perf-bench.txt
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
 		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 
@@ -163,6 +180,6 @@ clean: ## Remove build output
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .DEFAULT_GOAL := build

@@ -31,7 +31,7 @@ func (f *fakeSource) Stats() replication.StatsSnapshot { return f.stats }
 func (f *fakeSource) Maps() []Map {
 	n := uint64(1500)
 	return []Map{
-		{Name: "flows", Type: "hash", KeySize: 4, ValueSize: 8, MaxEntries: 65536, Entries: &n},
+		{Name: "flows", Type: "hash", KeySize: 4, ValueSize: 8, MaxEntries: 65536, Entries: &n, Options: "scan=1s,vanished=keep,local=ifindex[0:4]"},
 		{Name: "gone", Type: "lru_hash", KeySize: 8, ValueSize: 16, MaxEntries: 1024, EntriesError: "operation not permitted"},
 	}
 }
@@ -114,7 +114,7 @@ func TestQuery(t *testing.T) {
 	// The raw document has the documented names, and null for unknowns.
 	raw := rawQuery(t, path, "status\n")
 	for _, want := range []string{`"version":1`, `"maps":[`, `"key_size":4`, `"max_entries":65536`, `"entries":null`,
-		`"last_seq":200`, `"lag":50`, `"total":null`, `"seconds_left":null`, `"cannot_see":[`, `"totals":{`} {
+		`"options":"scan=1s,vanished=keep,local=ifindex[0:4]"`, `"last_seq":200`, `"lag":50`, `"total":null`, `"seconds_left":null`, `"cannot_see":[`, `"totals":{`} {
 		if !strings.Contains(raw, want) {
 			t.Errorf("document lacks %s: %s", want, raw)
 		}
@@ -130,8 +130,9 @@ func TestQuery(t *testing.T) {
 	out := table.String()
 	t.Logf("\n%s", out)
 	for _, want := range []string{"udpmapsync v1.2, node 1 on eth1 (group 239.1.1.1, port 3870, sealed), epoch 99, up 1m3",
-		"state: NOT IN SYNC: a full resync", "\nMAPS\nNAME   TYPE      KEY  VALUE  MAX ENTRIES  ENTRIES\n",
-		"flows  hash      4 B  8 B    65536        1500\n", "gone   lru_hash  8 B  16 B   1024         ? (operation not permitted)",
+		"state: NOT IN SYNC: a full resync", "\nMAPS\nNAME   TYPE      KEY  VALUE  MAX ENTRIES  ENTRIES                      OPTIONS\n",
+		"flows  hash      4 B  8 B    65536        1500                         scan=1s,vanished=keep,local=ifindex[0:4]\n",
+		"gone   lru_hash  8 B  16 B   1024         ? (operation not permitted)  -\n",
 		"\nPEERS\n", "10.77.0.2:3870", "2.00%", "\nRESYNC\n", "streaming", "entries/s  unknown  unknown",
 		"\nCAPTURE\nbackend             syscall\n", "cannot see          writes by BPF programs",
 		"fentry unavailable  the kernel refuses BPF trampolines", "\nTOTALS\ncaptured "} {

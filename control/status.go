@@ -67,6 +67,10 @@ type Map struct {
 	// ago; null if the map could not be read (EntriesError says why).
 	Entries      *uint64 `json:"entries"`
 	EntriesError string  `json:"entries_error,omitempty"`
+	// Options are the map's options in --map's form, each field with its
+	// byte range (scan=1s,vanished=keep,clock=lifetime:mono-s[16:20],...);
+	// empty when it has none.
+	Options string `json:"options,omitempty"`
 }
 
 // Peer is one other node, as this node knows it.

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"maps"
@@ -34,7 +35,7 @@ func (s *Status) WriteTable(out io.Writer) error {
 		fmt.Fprintf(w, "state: ready and in sync\n")
 	}
 
-	fmt.Fprintf(w, "\nMAPS\nNAME\tTYPE\tKEY\tVALUE\tMAX ENTRIES\tENTRIES\n")
+	fmt.Fprintf(w, "\nMAPS\nNAME\tTYPE\tKEY\tVALUE\tMAX ENTRIES\tENTRIES\tOPTIONS\n")
 	for _, m := range s.Maps {
 		entries := "?"
 		if m.Entries != nil {
@@ -43,7 +44,7 @@ func (s *Status) WriteTable(out io.Writer) error {
 		if m.EntriesError != "" {
 			entries += " (" + m.EntriesError + ")"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d B\t%d B\t%d\t%s\n", m.Name, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, entries)
+		fmt.Fprintf(w, "%s\t%s\t%d B\t%d B\t%d\t%s\t%s\n", m.Name, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, entries, cmp.Or(m.Options, "-"))
 	}
 
 	fmt.Fprintf(w, "\nPEERS\n")

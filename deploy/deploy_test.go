@@ -26,12 +26,15 @@ import (
 )
 
 const (
-	unitFile      = "systemd/udpmapsync.service"
-	defaultsFile  = "systemd/udpmapsync.default"
-	daemonSetFile = "kubernetes/daemonset.yaml"
-	rulesFile     = "prometheus/alerts.yml"
-	rulesTestFile = "prometheus/alerts_test.yml"
-	operations    = "../docs/OPERATIONS.md"
+	unitFile     = "systemd/udpmapsync.service"
+	defaultsFile = "systemd/udpmapsync.default"
+	// keyFile is where both deployments keep the key.
+	keyFile        = "/etc/udpmapsync/key"
+	daemonSetFile  = "kubernetes/daemonset.yaml"
+	rulesFile      = "prometheus/alerts.yml"
+	rulesTestFile  = "prometheus/alerts_test.yml"
+	keepalivedFile = "keepalived/keepalived.conf"
+	operations     = "../docs/OPERATIONS.md"
 	// unitBinary is where the unit expects the daemon.
 	unitBinary = "/usr/local/bin/udpmapsync"
 )
@@ -63,6 +66,40 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 func sameSet(a, b []string) bool {
 	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
 	return slices.Equal(a, b)
+}
+
+// TestKeepalivedConfig checks the keepalived configuration with
+// keepalived's own config test (`keepalived -t`), once as shipped with the
+// daemon's path pointed at an executable that exists here, and once with a
+// path that does not: keepalived must then refuse the check, which shows
+// that it read the vrrp_script. netns-test's TestFailoverKeepalived runs
+// the same file on three nodes.
+func TestKeepalivedConfig(t *testing.T) {
+	requireTool(t, "keepalived", "keepalived")
+	conf, err := os.ReadFile(keepalivedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := regexp.MustCompile(`(?m)^\$UDPMAPSYNC=.*$`)
+	if len(def.FindAll(conf, -1)) != 1 {
+		t.Fatalf("%s does not define $UDPMAPSYNC once", keepalivedFile)
+	}
+	check := func(daemon string) (string, error) {
+		path := filepath.Join(t.TempDir(), "keepalived.conf")
+		if err := os.WriteFile(path, def.ReplaceAllLiteral(conf, []byte("$UDPMAPSYNC="+daemon)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("keepalived", "-t", "-f", path).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := check("/bin/true"); err != nil {
+		t.Errorf("keepalived -t: %v\n%s", err, out)
+	}
+	if out, err := check(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Errorf("keepalived -t accepts a check whose program is missing:\n%s", out)
+	} else if !strings.Contains(out, "udpmapsync_in_sync") {
+		t.Errorf("keepalived -t refuses, but not for the missing check: %v\n%s", err, out)
+	}
 }
 
 // TestPrometheusRules checks the rule file and runs its unit test with
@@ -289,6 +326,12 @@ func TestSystemdDefaults(t *testing.T) {
 	if !slices.Contains(args, "--iface") {
 		t.Errorf("%s: UDPMAPSYNC_ARGS lacks --iface: %q", defaultsFile, m[1])
 	}
+	if i := slices.Index(args, "--key-file"); i < 0 || i+1 == len(args) || args[i+1] != keyFile {
+		t.Errorf("%s: UDPMAPSYNC_ARGS lacks --key-file %s, whose making the file describes: %q", defaultsFile, keyFile, m[1])
+	}
+	if !bytes.Contains(b, []byte("head -c 32 /dev/urandom | base64 > "+keyFile)) {
+		t.Errorf("%s: does not say how to make %s", defaultsFile, keyFile)
+	}
 	if i := slices.Index(args, "--metrics-addr"); i < 0 || i+1 == len(args) || metricsPort(t, args[i+1]) != 9477 {
 		t.Errorf("%s: UDPMAPSYNC_ARGS does not listen for metrics on :9477 (what the alerts and the DaemonSet expect): %q", defaultsFile, m[1])
 	}
@@ -386,6 +429,24 @@ func TestDaemonSet(t *testing.T) {
 	ann := ds.Spec.Template.Annotations
 	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(port) {
 		t.Errorf("annotations %v: want prometheus.io/scrape \"true\" and prometheus.io/port %q", ann, strconv.Itoa(port))
+	}
+
+	// The key: a Secret mounted where --key-file looks, readable by root
+	// alone.
+	if !slices.Contains(c.Args, "--key-file="+keyFile) {
+		t.Errorf("args %q: no --key-file=%s", c.Args, keyFile)
+	}
+	var keyVol string
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == filepath.Dir(keyFile) {
+			keyVol = m.Name
+		}
+	}
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool {
+		return v.Name == keyVol && v.Secret != nil && v.Secret.SecretName != "" &&
+			v.Secret.DefaultMode != nil && *v.Secret.DefaultMode&0o077 == 0
+	}) {
+		t.Errorf("volumes %+v: no Secret of mode 0400 or 0600 mounted at %s", spec.Volumes, filepath.Dir(keyFile))
 	}
 
 	// Exactly the capabilities the daemon needs, nothing else.

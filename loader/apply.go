@@ -53,7 +53,7 @@ type elemAttr struct {
 	_     uint32
 	key   unsafe.Pointer
 	value unsafe.Pointer
-	flags uint64 // BPF_ANY
+	flags uint64 // BPF_ANY, or BPF_F_LOCK
 }
 
 // UpdateBatch writes len(keys)/KeySize entries, keys and values packed back
@@ -81,7 +81,7 @@ func (m *Map) Lookup(key, value []byte) (bool, error) {
 		return false, fmt.Errorf("look up in map %s: %d B key, %d B value for a %d B key, %d B value map",
 			m.Name, len(key), len(value), m.KeySize, m.ValueSize)
 	}
-	attr := elemAttr{mapFD: uint32(m.m.FD()), key: unsafe.Pointer(&key[0]), value: unsafe.Pointer(&value[0])}
+	attr := elemAttr{mapFD: uint32(m.m.FD()), key: unsafe.Pointer(&key[0]), value: unsafe.Pointer(&value[0]), flags: m.elemFlags}
 	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapLookupElem, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	switch errno {
 	case 0:
@@ -125,6 +125,10 @@ func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err e
 		vs = 0
 	}
 	fd := uint32(m.m.FD())
+	flags := m.elemFlags
+	if cmd == cmdMapDeleteBatch {
+		flags = 0 // deletes take no lock
+	}
 	// batchWorks records that the kernel took a batch command for this map,
 	// after which a batch error is about an entry, not about the command.
 	batchWorks := false
@@ -134,10 +138,10 @@ func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err e
 		k, v := keys[i*ks:], values[i*vs:]
 		var errno unix.Errno
 		if m.noBatch.Load() {
-			errno = elem(cmd, fd, k, v)
+			errno = elem(cmd, fd, flags, k, v)
 		} else {
 			var done int
-			done, errno = batch(cmd, fd, k, v, n-i)
+			done, errno = batch(cmd, fd, flags, k, v, n-i)
 			if errno == 0 {
 				return missing, m.applyErr(cmd, n, failed, firstAt, first)
 			}
@@ -145,7 +149,7 @@ func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err e
 			if done > 0 {
 				batchWorks = true
 			} else if !batchWorks && unsupported(errno) {
-				errno = elem(cmd, fd, k, v)
+				errno = elem(cmd, fd, flags, k, v)
 				if errno == 0 {
 					m.noBatch.Store(true)
 				}
@@ -199,12 +203,14 @@ func unsupported(errno unix.Errno) bool {
 }
 
 // batch issues one batch command for the first n entries of keys and values
-// (values empty for deletes) and returns how many the kernel processed.
-func batch(cmd uintptr, fd uint32, keys, values []byte, n int) (int, unix.Errno) {
+// (values empty for deletes), with elem_flags flags, and returns how many
+// the kernel processed.
+func batch(cmd uintptr, fd uint32, flags uint64, keys, values []byte, n int) (int, unix.Errno) {
 	attr := batchAttr{
-		keys:  unsafe.Pointer(&keys[0]),
-		count: uint32(n),
-		mapFD: fd,
+		keys:      unsafe.Pointer(&keys[0]),
+		count:     uint32(n),
+		mapFD:     fd,
+		elemFlags: flags,
 	}
 	if len(values) > 0 {
 		attr.values = unsafe.Pointer(&values[0])
@@ -219,9 +225,9 @@ func batch(cmd uintptr, fd uint32, keys, values []byte, n int) (int, unix.Errno)
 }
 
 // elem applies the first entry of keys and values with the single-element
-// command matching the batch command cmd.
-func elem(cmd uintptr, fd uint32, keys, values []byte) unix.Errno {
-	attr := elemAttr{mapFD: fd, key: unsafe.Pointer(&keys[0])}
+// command matching the batch command cmd, with flags.
+func elem(cmd uintptr, fd uint32, flags uint64, keys, values []byte) unix.Errno {
+	attr := elemAttr{mapFD: fd, key: unsafe.Pointer(&keys[0]), flags: flags}
 	elemCmd := uintptr(cmdMapDeleteElem)
 	if cmd == cmdMapUpdateBatch {
 		elemCmd = cmdMapUpdateElem

@@ -170,7 +170,7 @@ func userWrites(b *testing.B, m *Map) costRun {
 		for range n {
 			// The daemon's own allocation-free BPF_MAP_UPDATE_ELEM, so the
 			// garbage collector stays out of the figure.
-			if errno := elem(cmdMapUpdateBatch, fd, keys[i%len(keys)], val); errno != 0 {
+			if errno := elem(cmdMapUpdateBatch, fd, 0, keys[i%len(keys)], val); errno != 0 {
 				b.Fatalf("update map %s: %v", m, errno)
 			}
 			i++
@@ -194,7 +194,7 @@ func batchWrites(b *testing.B, m *Map) costRun {
 	b.ResetTimer()
 	for range batches {
 		start := time.Now()
-		if n, errno := batch(cmdMapUpdateBatch, fd, keys, vals, costBatch); errno != 0 || n != costBatch {
+		if n, errno := batch(cmdMapUpdateBatch, fd, 0, keys, vals, costBatch); errno != 0 || n != costBatch {
 			b.Fatalf("batch update of map %s: %d of %d elements, %v", m, n, costBatch, errno)
 		}
 		run.chunks = append(run.chunks, float64(time.Since(start).Nanoseconds())/costBatch)

@@ -49,11 +49,12 @@ func (m *Map) dumpBatch(keys, values []byte, n int, fn func(keys, values []byte)
 	first, retries := true, 0
 	for {
 		attr := batchAttr{
-			outBatch: unsafe.Pointer(&out[0]),
-			keys:     unsafe.Pointer(&keys[0]),
-			values:   unsafe.Pointer(&values[0]),
-			count:    uint32(n),
-			mapFD:    uint32(m.m.FD()),
+			outBatch:  unsafe.Pointer(&out[0]),
+			keys:      unsafe.Pointer(&keys[0]),
+			values:    unsafe.Pointer(&values[0]),
+			count:     uint32(n),
+			mapFD:     uint32(m.m.FD()),
+			elemFlags: m.elemFlags,
 		}
 		if !first {
 			attr.inBatch = unsafe.Pointer(&in[0])
@@ -99,7 +100,7 @@ func (m *Map) dumpElems(keys, values []byte, n int, fn func(keys, values []byte)
 			return fmt.Errorf("dump map %s: %w", m.Name, err)
 		}
 		prev = k
-		if err := m.m.Lookup(k, v); errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := m.m.LookupWithFlags(k, v, ebpf.MapLookupFlags(m.elemFlags)); errors.Is(err, ebpf.ErrKeyNotExist) {
 			continue // deleted since: the next key still follows it
 		} else if err != nil {
 			return fmt.Errorf("dump map %s: %w", m.Name, err)

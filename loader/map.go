@@ -44,6 +44,9 @@ type Map struct {
 	ID         ebpf.MapID // local to this kernel; never sent
 
 	m *ebpf.Map
+	// elemFlags is BPF_F_LOCK for a value with a spin lock (UseSpinLock),
+	// passed with every lookup and update.
+	elemFlags uint64
 
 	// noBatch is set once the kernel refused a batch command for this map
 	// but took the same element one at a time, so later calls skip the

@@ -62,6 +62,9 @@ var DropReasons = []drop{
 	{"own", func(s *replication.StatsSnapshot) uint64 { return s.OwnDropped }},
 	{"unsolicited", func(s *replication.StatsSnapshot) uint64 { return s.Unsolicited }},
 	{"peer_limit", func(s *replication.StatsSnapshot) uint64 { return s.PeerLimit }},
+	{"cookie_forged", func(s *replication.StatsSnapshot) uint64 { return s.CookiesForged }},
+	{"cookie_expired", func(s *replication.StatsSnapshot) uint64 { return s.CookiesExpired }},
+	{"cookie_wrong_address", func(s *replication.StatsSnapshot) uint64 { return s.CookiesWrongAddr }},
 }
 
 // counter is one plain counter of the snapshot.
@@ -122,8 +125,32 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.SyncPushed }},
 	{newDesc("resync_deleted_total", "Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."),
 		func(s *replication.StatsSnapshot) uint64 { return s.SyncDeleted }},
+	{newDesc("cookies_sent_total", "Cookies sent to peers' addresses that had not yet proved they receive there, instead of an answer or before a request."),
+		func(s *replication.StatsSnapshot) uint64 { return s.CookiesSent }},
+	{newDesc("addresses_proven_total", "Peers' addresses proved by the echo of a cookie: from then on they are answered."),
+		func(s *replication.StatsSnapshot) uint64 { return s.AddressesProven }},
+	{newDesc("withheld_total", "Datagrams not sent to an address that had not proved itself, because it had not sent this node as much (its share, for what came to the group)."),
+		func(s *replication.StatsSnapshot) uint64 { return s.Withheld }},
+	{newDesc("scans_total", "Scans of a map for in-place changes (the map's scan option) completed."),
+		func(s *replication.StatsSnapshot) uint64 { return s.Scans }},
+	{newDesc("scan_found_total", "Entries a scan found changed in place, or written where the capture cannot see, and sent as writes of this node."),
+		func(s *replication.StatsSnapshot) uint64 { return s.ScanFound }},
+	{newDesc("scan_vanished_total", "Keys a scan found gone without a delete the capture saw (LRU evictions); deleted on the peers only with vanished=delete."),
+		func(s *replication.StatsSnapshot) uint64 { return s.ScanVanished }},
 	{newDesc("tombstones_dropped_total", "Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."),
 		func(s *replication.StatsSnapshot) uint64 { return s.TombstonesDropped }},
+	{newDesc("digest_rounds_total", "Digest rounds this node started: a comparison of its maps with one peer's, bucket by bucket."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestRounds }},
+	{newDesc("digest_buckets_differing_total", "Leaf buckets a digest round found to differ from the peer's while neither side had written there lately: divergences found."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestFound }},
+	{newDesc("digest_buckets_busy_total", "Buckets that differed but were written lately on either side, so may have had changes in flight: compared again next round."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestBusy }},
+	{newDesc("digest_repairs_total", "Filtered resyncs that repaired the buckets a digest round found differing."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestRepairs }},
+	{newDesc("digest_healed_total", "Entries digest repairs changed: applied here, sent back to the peer, or stamped anew where two nodes held the same version with different contents."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestHealed }},
+	{newDesc("digest_bytes_total", "Bytes of digest datagrams sent and received (the repairs travel as snapshot datagrams)."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestBytes }},
 }
 
 var (
@@ -132,6 +159,7 @@ var (
 	droppedDesc = newDesc("datagrams_dropped_total", "Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason")
 	heldDesc    = newDesc("datagrams_held", "Peer datagrams held back behind a missing one.")
 	peersDesc   = newDesc("peers", "Peers heard from and not yet forgotten.")
+	printsDesc  = newDesc("scan_prints", "Keys whose value fingerprint the scans keep (about 39 bytes each).")
 	knownDesc   = newDesc("known_keys", "Keys whose latest version this node knows, remembered deletes included (20 bytes each, in a table at most 80% full).")
 	lagDesc     = newDesc("peer_lag_datagrams", "Change datagrams the peer is known to have sent and this node has not applied.", "peer")
 	lagSecDesc  = newDesc("peer_lag_seconds", "How long the oldest of the peer's datagrams still missing has been missing; 0 when none is.", "peer")
@@ -162,7 +190,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range counters {
 		ch <- m.desc
 	}
-	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, peersDesc, lagDesc,
+	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, printsDesc, peersDesc, lagDesc,
 		lagSecDesc, heardDesc, peerRdyDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
 		ch <- d
 	}
@@ -190,6 +218,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(readyDesc, flag(st.Ready))
 	gauge(heldDesc, float64(s.Held))
 	gauge(knownDesc, float64(s.KnownKeys))
+	gauge(printsDesc, float64(s.ScanPrints))
 	gauge(buildDesc, 1, c.build.Version, c.build.Backend)
 
 	gauge(peersDesc, float64(len(st.Peers)))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,15 @@ type DaemonConfig struct {
 	StateDir string
 	// Args are appended to the command line.
 	Args []string
+	// KeyFile is --key-file; empty means [KeyFileName] in the log file's
+	// directory, made with a fresh random key by the first daemon started
+	// there, so that the daemons of one cluster share it and those of two
+	// clusters do not. Args that give --key-file or --insecure-no-key
+	// themselves replace it.
+	KeyFile string
+	// InsecureNoKey starts the daemon with --insecure-no-key instead of a
+	// key: only for the tests about the unkeyed mode.
+	InsecureNoKey bool
 	// ReadyTimeout bounds the wait for the ready file; zero means 30 s.
 	ReadyTimeout time.Duration
 }
@@ -123,6 +133,19 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 		args = append(args, "--map", m)
 	}
 	args = append(args, cfg.Args...)
+	switch {
+	case hasFlag(cfg.Args, "--key-file") || hasFlag(cfg.Args, "--insecure-no-key"):
+	case cfg.InsecureNoKey:
+		args = append(args, "--insecure-no-key")
+	default:
+		if cfg.KeyFile == "" {
+			cfg.KeyFile = filepath.Join(dir, KeyFileName)
+		}
+		if err := EnsureKeyFile(cfg.KeyFile); err != nil {
+			return nil, fmt.Errorf("start daemon on %s: %w", node.Name, err)
+		}
+		args = append(args, "--key-file", cfg.KeyFile)
+	}
 
 	log, err := os.Create(cfg.LogFile)
 	if err != nil {
@@ -158,6 +181,11 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 		case <-tick.C:
 		}
 	}
+}
+
+// hasFlag reports whether args give the flag name, as "name" or "name=...".
+func hasFlag(args []string, name string) bool {
+	return slices.ContainsFunc(args, func(a string) bool { return a == name || strings.HasPrefix(a, name+"=") })
 }
 
 // Kill ends the daemon at once with SIGKILL, as a crash would, and waits

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/udpmapsync/udpmapsync/replication"
+	"github.com/udpmapsync/udpmapsync/seal"
 )
 
 // requireHarness skips t where the harness cannot run at all.
@@ -357,11 +358,49 @@ func TestDaemonRunner(t *testing.T) {
 		for _, want := range []string{
 			"--iface eth1 --group 239.1.1.1 --port 3870 --capture auto --log-level info --stats-interval 5s --ready-file ",
 			"--map /pinned/a --map /pinned/b --fake ok",
+			// A key by default, shared by the daemons logging here.
+			"--key-file " + filepath.Join(dir, KeyFileName),
 			"stopping",
 		} {
 			if !strings.Contains(log, want) {
 				t.Errorf("log lacks %q: %s", want, log)
 			}
+		}
+		// The default key is one the daemon takes: mode 0600, one key.
+		if _, err := seal.LoadKeyFile(filepath.Join(dir, KeyFileName)); err != nil {
+			t.Errorf("the harness's key file: %v", err)
+		}
+	})
+
+	t.Run("own key", func(t *testing.T) {
+		// A key the test gives, in either form, is the only one.
+		for _, args := range [][]string{{"--key-file", "/given.key"}, {"--key-file=/given.key"}} {
+			d, err := StartDaemon(node, DaemonConfig{Binary: bin, LogFile: filepath.Join(dir, "own.log"),
+				ReadyFile: filepath.Join(dir, "own.ready"), Args: args, ReadyTimeout: 2 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Stop(time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if log := d.Tail(10); strings.Count(log, "--key-file") != 1 {
+				t.Errorf("args %q: want that --key-file alone: %s", args, log)
+			}
+			os.Remove(filepath.Join(dir, "own.ready"))
+		}
+	})
+
+	t.Run("no key", func(t *testing.T) {
+		d, err := StartDaemon(node, DaemonConfig{Binary: bin, LogFile: filepath.Join(dir, "nokey.log"),
+			ReadyFile: filepath.Join(dir, "nokey.ready"), InsecureNoKey: true, ReadyTimeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Stop(time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if log := d.Tail(10); !strings.Contains(log, "--insecure-no-key") || strings.Contains(log, "--key-file") {
+			t.Errorf("InsecureNoKey: want --insecure-no-key and no --key-file: %s", log)
 		}
 	})
 

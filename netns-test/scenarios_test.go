@@ -36,6 +36,8 @@ const scenarioInterval = 200 * time.Millisecond
 // newScenario starts a cluster of three nodes (unless cfg says otherwise)
 // replicating [DefaultMaps] (unless cfg names others), whose daemons log
 // stats and announce every [scenarioInterval], as [startCluster] does.
+// Like every daemon of the harness they share a key, unless
+// cfg.Daemon.InsecureNoKey says this test is about the unkeyed mode.
 func newScenario(t *testing.T, cfg ClusterConfig) *Cluster {
 	t.Helper()
 	if cfg.Nodes == 0 {
@@ -47,6 +49,7 @@ func newScenario(t *testing.T, cfg ClusterConfig) *Cluster {
 	cfg.Daemon = DaemonConfig{
 		StatsInterval: scenarioInterval,
 		Args:          []string{"--announce-interval", scenarioInterval.String()},
+		InsecureNoKey: cfg.Daemon.InsecureNoKey,
 	}
 	return startCluster(t, cfg)
 }

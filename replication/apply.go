@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -33,13 +34,14 @@ const (
 // Of the peer it marks for (see marking), it also keeps the keys it holds
 // a newer version of: the resync client sends those back.
 type applier struct {
-	time  Time
-	table *Table
-	know  *knowledge
-	clock *hlc.Clock
-	stats *Stats
-	log   *slog.Logger
-	limit *limiter
+	time   Time
+	table  *Table
+	know   *knowledge.Store
+	prints *printTable // nil: no map is scanned
+	clock  *hlc.Clock
+	stats  *Stats
+	log    *slog.Logger
+	limit  *limiter
 
 	// marking is the peer whose records this node marks as known to it,
 	// with generation gen: the peer serving a resync, so that at its end
@@ -47,13 +49,21 @@ type applier struct {
 	marking   uint32
 	gen       uint8
 	newerHere [][]byte // per map index: packed keys
+	// comparing, during a repair of buckets, keeps in same the records
+	// of the marked peer whose version equals the one known here: whether
+	// the contents agree too is checked at the end (resyncClient.reconcile);
+	// taken counts the marked peer's records applied.
+	comparing bool
+	same      []sameRecords // per map index
+	taken     int
 
 	secs wire.Sections
 	recs wire.Records
 	runs []run
-	keys []byte    // the runs' keys, packed back to back
-	vals []byte    // their values
-	vers []version // their versions
+	keys []byte              // the runs' keys, packed back to back
+	vals []byte              // their values
+	vers []knowledge.Version // their versions
+	mine []byte              // an entry of this node's, read for its local fields
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
@@ -69,9 +79,10 @@ type run struct {
 	verEnd         int
 }
 
-func newApplier(t *Table, k *knowledge, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
+func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
 	return applier{time: SystemTime{}, table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
-		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps))}
+		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
+		same: make([]sameRecords, len(t.maps))}
 }
 
 // collect validates the body of a change or snapshot datagram of node and
@@ -117,7 +128,7 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 				continue
 			}
 			latest = max(latest, st)
-			a.add(node, m, rec.Op, version{st, rec.Origin}, rec.Key, rec.Value, snapshot)
+			a.add(node, m, rec.Op, knowledge.Version{Stamp: st, Origin: rec.Origin}, rec.Key, rec.Value, snapshot)
 			taken++
 		}
 	}
@@ -177,7 +188,7 @@ func (a *applier) rollBack(m pendingMark) {
 }
 
 // add appends one record to the last run, or starts a new run.
-func (a *applier) add(node uint32, m *localMap, op ops.Op, v version, key, value []byte, snapshot bool) {
+func (a *applier) add(node uint32, m *localMap, op ops.Op, v knowledge.Version, key, value []byte, snapshot bool) {
 	if len(a.keys)+len(key) > cap(a.keys) || len(a.vals)+len(value) > cap(a.vals) {
 		a.flush()
 	}
@@ -200,15 +211,15 @@ func (a *applier) flush() int {
 	if len(a.runs) == 0 {
 		return 0
 	}
-	a.know.mu.Lock()
-	defer a.know.mu.Unlock()
+	h := a.know.Lock()
+	defer h.Unlock()
 	applied, keyStart, valStart, verStart := 0, 0, 0, 0
 	for i := range a.runs {
 		r := &a.runs[i]
 		keys, vals, vers := a.keys[keyStart:r.keyEnd], a.vals[valStart:r.valEnd], a.vers[verStart:r.verEnd]
 		keyStart, valStart, verStart = r.keyEnd, r.valEnd, r.verEnd
 		began := a.time.Now()
-		keys, vals, n := a.merge(r, keys, vals, vers, began.Add(applyBound))
+		keys, vals, n := a.merge(h, r, keys, vals, vers, began.Add(applyBound))
 		if n == 0 {
 			continue
 		}
@@ -218,7 +229,7 @@ func (a *applier) flush() int {
 		}
 		applied += done
 		if now := a.time.Now(); now.Sub(began) > applyBound {
-			a.remark(r.m, keys, now)
+			a.remark(h, r.m, keys, now)
 		}
 	}
 	a.runs, a.keys, a.vals, a.vers = a.runs[:0], a.keys[:0], a.vals[:0], a.vers[:0]
@@ -234,8 +245,8 @@ const applyBound = 5 * time.Millisecond
 // merge keeps, of one run's records, those newer than what this node
 // knows of their key, packing them to the front of keys and vals, and
 // records their versions as applied at appliedAt; it returns the kept
-// keys and values and how many there are. Called with the knowledge lock
-// held, which stays held until they are written.
+// keys and values and how many there are. The knowledge lock h stays held
+// until they are written.
 //
 // A snapshot's unstamped entry (version zero) is kept unless this node
 // knows the key from a stamped write, so that a requester takes the
@@ -245,8 +256,8 @@ const applyBound = 5 * time.Millisecond
 // [applier.marking] marks its key as known to that peer; of those not
 // kept, the ones this node holds a newer version of are noted in
 // newerHere.
-func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt time.Time) ([]byte, []byte, int) {
-	k, m := a.know, r.m
+func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []knowledge.Version, appliedAt time.Time) ([]byte, []byte, int) {
+	m := r.m
 	ks, vs := m.keySize, 0
 	if r.op == ops.Update {
 		vs = m.valueSize
@@ -255,32 +266,36 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 	for i, v := range vers {
 		key := keys[i*ks : (i+1)*ks]
 		// One look-up, then written in place. A stamped record, or a
-		// snapshot's, of a new key is taken, so its slot is added at
+		// snapshot's, of a new key is taken, so its entry is added at
 		// once; an unstamped live one never is, and adds none.
-		var sl *slot
-		if v.stamp != 0 || r.snapshot {
-			sl = k.maps[m.index].put(k.hash(key))
+		var e *knowledge.Entry
+		if v.Stamp != 0 || r.snapshot {
+			e = h.Put(m.index, key)
 		} else {
-			sl = k.lookup(m.index, key)
+			e = h.Lookup(m.index, key)
 		}
-		newer := sl != nil && (v.newer(sl.version()) || r.snapshot && v.stamp == 0 && sl.version().stamp == 0)
+		newer := e != nil && (v.Newer(e.Version()) || r.snapshot && v.Stamp == 0 && e.Version().Stamp == 0)
 		if !newer {
-			if sl != nil && r.node == a.marking {
-				sl.setGen(a.gen)
-				if sl.version() != v {
+			if e != nil && r.node == a.marking {
+				e.SetGen(a.gen)
+				if e.Version() != v {
 					a.newerHere[m.index] = append(a.newerHere[m.index], key...)
+				} else if a.comparing && r.op == ops.Update {
+					a.same[m.index].add(key, vals[i*vs:(i+1)*vs], v)
 				}
 			}
 			stale++
 			continue
 		}
-		if v.stamp == 0 {
-			v.origin = r.node // unstamped, as learned from r.node: see resyncClient.pushBack
+		if v.Stamp == 0 {
+			v.Origin = r.node // unstamped, as learned from r.node: see resyncClient.pushBack
 		}
-		k.setSlot(sl, m.index, key, v, r.op == ops.Delete, true, appliedAt)
-		k.note(m.index, key, v, r.op, vals[i*vs:(i+1)*vs])
+		a.localForm(m, r.op, key, vals[i*vs:(i+1)*vs], appliedAt)
+		h.Set(e, m.index, key, v, r.op == ops.Delete, true, appliedAt)
+		h.Note(m.index, key, v, r.op == ops.Delete, vals[i*vs:(i+1)*vs])
 		if r.node == a.marking {
-			sl.setGen(a.gen)
+			e.SetGen(a.gen)
+			a.taken++
 		}
 		copy(keys[n*ks:], key)
 		copy(vals[n*vs:], vals[i*vs:(i+1)*vs])
@@ -293,10 +308,10 @@ func (a *applier) merge(r *run, keys, vals []byte, vers []version, appliedAt tim
 }
 
 // remark marks keys of m as applied at now.
-func (a *applier) remark(m *localMap, keys []byte, now time.Time) {
+func (a *applier) remark(h knowledge.Held, m *localMap, keys []byte, now time.Time) {
 	for o := 0; o < len(keys); o += m.keySize {
-		if sl := a.know.lookup(m.index, keys[o:o+m.keySize]); sl != nil {
-			a.know.markApplied(sl, now)
+		if e := h.Lookup(m.index, keys[o:o+m.keySize]); e != nil {
+			h.MarkApplied(e, now)
 		}
 	}
 }

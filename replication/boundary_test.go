@@ -269,6 +269,17 @@ func TestRunJoinsTransfers(t *testing.T) {
 	<-n.Ready()
 	tr.in <- packet(peerA, announce(t, peerNode, 1, 0))
 	tr.in <- packet(peerA, syncRequest(peerNode, 1, 5))
+	// Answered with a cookie: echo it, and ask again.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if c := tr.sentCookies(); len(c) > 0 {
+			tr.in <- packet(peerA, echoOf(t, c[0].dgrams[0], peerNode, 1))
+			tr.in <- packet(peerA, syncRequest(peerNode, 1, 5))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no cookie for the request")
+		}
+	}
 	for deadline := time.Now().Add(5 * time.Second); dumping.Load() == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no transfer started")
@@ -343,18 +354,24 @@ func TestResyncAnswerStampFromTheFuture(t *testing.T) {
 // more knowledge than its own map can hold.
 func TestResyncAnswerEntriesBounded(t *testing.T) {
 	f, _ := snapshotFixture(t)
-	f.n.know.mu.Lock()
-	before := f.n.know.maps[0].bytes()
-	f.n.know.mu.Unlock()
+	h := f.n.know.Lock()
+	before := h.Bytes(0)
+	h.Unlock()
 	f.n.client.reset()
 	p := f.n.peers.byNode[peerNode]
 	f.n.client.begin(p, time.Now())
 	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 1, Entries: math.MaxUint64, Stamp: uint64(f.n.clock.Now())}))
-	f.n.know.mu.Lock()
-	after := f.n.know.maps[0].bytes()
-	f.n.know.mu.Unlock()
+	h = f.n.know.Lock()
+	after := h.Bytes(0)
+	h.Unlock()
 	entries := f.tab.maps[0].Desc.MaxEntries
-	if limit := int(float64(entries)/maxLoad)*slotSize + numShards*(4096+slotSize); after > max(before, limit) {
+	// At most what it held, and room for the whole map (each shard keeps
+	// the larger of the two).
+	full := newKnowledge(f.tab, 0, f.n.clock, ourNode, new(Stats), time.Now()).Lock()
+	full.Reserve(0, int(entries))
+	limit := before + full.Bytes(0)
+	full.Unlock()
+	if after > limit {
 		t.Fatalf("knowledge of %d bytes after a claim of 2^64 entries, for a map of %d", after, entries)
 	}
 }

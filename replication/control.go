@@ -27,7 +27,7 @@ const controlSize = wire.HeaderSize + wire.NackFixedSize + wire.MaxNackRanges*wi
 
 func newControlSender(tr Transport, node uint32, epoch uint64, stats *Stats, log *slog.Logger, limit *limiter) controlSender {
 	return controlSender{tr: tr, node: node, epoch: epoch, stats: stats, log: log, limit: limit,
-		buf: make([]byte, 0, max(controlSize, wire.HeaderSize+wire.SyncStartSize))}
+		buf: make([]byte, 0, max(controlSize, wire.HeaderSize+wire.SyncStartSize, wire.HeaderSize+wire.DigestSize))}
 }
 
 // send sends a datagram of kind k with sequence field seq to addr, its
@@ -57,6 +57,14 @@ func (c *controlSender) nack(addr netip.AddrPort, k wire.Kind, seq uint64, n *wi
 		return c.send(addr, k, 0, seq, nil)
 	}
 	return c.send(addr, k, uint16(n.N), seq, n.AppendTo)
+}
+
+// nackSize is the length of a datagram carrying n.
+func nackSize(n *wire.Nack) int {
+	if n.N == 0 {
+		return wire.HeaderSize
+	}
+	return wire.HeaderSize + wire.NackFixedSize + n.N*wire.NackRangeSize
 }
 
 func (c *controlSender) failed(err error) {

@@ -36,22 +36,27 @@ type dispatcher struct {
 	sources interface {
 		source(node uint32, epoch uint64) (netip.AddrPort, time.Time, bool)
 	}
-	peers  *peerTable
-	apply  *applier
-	repair *repairResponder
-	client *resyncClient
-	server *snapshotServer
-	ask    controlSender // this node's repair requests
-	stats  *Stats
-	log    *slog.Logger
-	limit  *limiter
+	peers   *peerTable
+	gate    *answerGate // what may be sent to each peer's address
+	apply   *applier
+	repair  *repairResponder
+	client  *resyncClient
+	server  *snapshotServer
+	digests *digests
+	ask     controlSender // this node's repair requests
+	stats   *Stats
+	log     *slog.Logger
+	limit   *limiter
 
-	routes [16]route
-	hdr    wire.Header // of the datagram being handled
-	req    wire.Nack   // a repair request being built
-	in     wire.Nack   // a request or answer received
-	descs  wire.Descriptors
-	got    []wire.Descriptor // of one announce
+	routes   [16]route
+	hdr      wire.Header // of the datagram being handled
+	req      wire.Nack   // a repair request being built
+	in       wire.Nack   // a request or answer received
+	digestIn wire.Digest // a digest received
+	descs    wire.Descriptors
+	got      []wire.Descriptor // of one announce
+
+	from netip.AddrPort // where the datagram being handled came from
 }
 
 // route is how the dispatcher treats one kind of datagram.
@@ -77,6 +82,10 @@ var routes = map[wire.Kind]route{
 	wire.KindSyncStart:   {handle: (*dispatcher).syncStart, flush: true},
 	wire.KindSnapshot:    {handle: (*dispatcher).snapshot, flush: true},
 	wire.KindSyncEnd:     {handle: (*dispatcher).syncEnd, flush: true},
+	wire.KindCookie:      {handle: (*dispatcher).cookie},
+	wire.KindCookieEcho:  {handle: (*dispatcher).cookieEcho},
+	wire.KindDigest:      {handle: (*dispatcher).digest},
+	wire.KindDigestDiff:  {handle: (*dispatcher).digestDiff},
 }
 
 func (d *dispatcher) init() {
@@ -87,8 +96,10 @@ func (d *dispatcher) init() {
 
 // handle checks one datagram and acts on it; the changes it carries are
 // collected into runs that the caller applies with [applier.flush].
-func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
+// unicast says that it was sent to this node alone, not to the group.
+func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now time.Time) {
 	h := &d.hdr
+	d.from = from
 	if err := h.Unmarshal(b); err != nil {
 		d.malformed(from, err)
 		return
@@ -129,6 +140,9 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, now time.Time) {
 		if a, moved, ok := d.sources.source(h.Node, h.Epoch); ok {
 			p.addr, p.addrSince = a, moved
 		}
+	}
+	if from == p.addr {
+		d.gate.earn(p, len(b), unicast)
 	}
 	if r.flush {
 		d.apply.flush()
@@ -173,6 +187,10 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 		}
 		delete(d.peers.byNode, p.node)
 		n, ok := d.bind(from, h, 1, now)
+		if ok && n.addr == p.addr {
+			// What the address proved or sent was the address's, not the run's.
+			n.proven, n.credit = p.proven, p.credit
+		}
 		if ok && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
 			// Changes of its last run are missing here, and nobody holds
 			// them to resend any more: they come by a full resync from
@@ -288,8 +306,9 @@ func (d *dispatcher) request(p *peer, seq uint64, arrived bool, now time.Time) {
 
 // sendRequest sends the repair request in d.req to p.
 func (d *dispatcher) sendRequest(p *peer, now time.Time) {
-	if d.req.N == 0 || !d.peers.settled(p, now) || d.ask.nack(p.addr, wire.KindNack, 0, &d.req) != nil {
-		return // not yet settled: the retry timer asks again
+	if d.req.N == 0 || !d.peers.settled(p, now) || !d.gate.ask(p, nackSize(&d.req), now) ||
+		d.ask.nack(p.addr, wire.KindNack, 0, &d.req) != nil {
+		return // not yet settled, or p's address not: the retry timer asks again
 	}
 	d.stats.NacksSent.Add(1)
 	d.stats.RangesRequested.Add(uint64(d.req.N))
@@ -349,6 +368,9 @@ func (d *dispatcher) nack(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
+	if !d.gate.admit(p, now) {
+		return nil
+	}
 	return d.repair.serve(p, &d.in, now)
 }
 
@@ -374,14 +396,24 @@ func (d *dispatcher) gone(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 
 func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
 	body := dgram[wire.HeaderSize:]
-	if len(body) > 0 || h.Count > 0 {
+	if h.Count > 0 {
 		return wire.ErrBadLength
+	}
+	var filter *wire.BucketFilter
+	if len(body) > 0 {
+		filter = new(wire.BucketFilter)
+		if err := d.digests.filter(filter, body); err != nil {
+			return err
+		}
 	}
 	if !p.announced || !d.peers.settled(p, now) {
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
-	return d.server.request(p, h, now)
+	if !d.gate.admit(p, now) {
+		return nil
+	}
+	return d.server.request(p, h, filter, now)
 }
 
 func (d *dispatcher) syncAck(p *peer, h *wire.Header, dgram []byte, _ time.Time) error {
@@ -406,6 +438,46 @@ func (d *dispatcher) snapshot(p *peer, h *wire.Header, dgram []byte, now time.Ti
 func (d *dispatcher) syncEnd(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
 	body := dgram[wire.HeaderSize:]
 	return d.client.end(p, h, body, now)
+}
+
+// cookie takes a cookie p sent instead of answering: this node echoes it
+// and asks again at once.
+func (d *dispatcher) cookie(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	var c wire.Cookie
+	if err := c.Unmarshal(h, dgram[wire.HeaderSize:]); err != nil {
+		return err
+	}
+	if !d.peers.settled(p, now) {
+		return nil // p's address may be a replay's: nothing goes there yet
+	}
+	d.gate.cookie(p, c, now)
+	d.again(p, now)
+	return nil
+}
+
+// cookieEcho takes p's echo of a cookie: once it proves p's address, the
+// requests this node withheld from p for want of credit go out.
+func (d *dispatcher) cookieEcho(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	var c wire.Cookie
+	if err := c.Unmarshal(h, dgram[wire.HeaderSize:]); err != nil {
+		return err
+	}
+	if d.gate.echoed(p, d.from, c, now) {
+		d.again(p, now)
+	}
+	return nil
+}
+
+// again sends p the requests of this node's that wait for it: the
+// missing ranges of its stream, unless it waits for a resync, and the
+// resync request, if any.
+func (d *dispatcher) again(p *peer, now time.Time) {
+	if !p.stream.since.IsZero() && !p.stream.paused { // as the retry timer would
+		d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+		p.stream.missing(&d.req)
+		d.sendRequest(p, now)
+	}
+	d.client.again(p, now)
 }
 
 // tick runs the timers of every peer: repeats repair requests, gives up
@@ -434,6 +506,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		}
 	}
 	d.client.tick(now)
+	d.digests.tick(now)
 	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
@@ -521,4 +594,32 @@ func (d *dispatcher) forged(from netip.AddrPort, h *wire.Header, why string) {
 		}
 		d.log.Warn("dropping datagram from an unexpected address", args...)
 	}
+}
+
+// digest answers a peer's digest of one bucket. Like a request, it is
+// taken only from a peer that announced itself from its settled address.
+func (d *dispatcher) digest(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	if h.Count > 0 {
+		return wire.ErrBadLength
+	}
+	if err := d.digestIn.Unmarshal(dgram[wire.HeaderSize:]); err != nil {
+		return err
+	}
+	if !p.announced || !d.peers.settled(p, now) {
+		d.stats.Unsolicited.Add(1)
+		return nil
+	}
+	return d.digests.answer(p, &d.digestIn)
+}
+
+// digestDiff takes a peer's answer to one of this node's digests.
+func (d *dispatcher) digestDiff(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	var g wire.DigestDiff
+	if h.Count > 0 {
+		return wire.ErrBadLength
+	}
+	if err := g.Unmarshal(dgram[wire.HeaderSize:]); err != nil {
+		return err
+	}
+	return d.digests.differs(p, &g, now)
 }

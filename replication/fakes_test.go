@@ -25,6 +25,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -126,11 +127,13 @@ func (s *chanSource) Buffered() int { return len(s.ch) }
 func (s *chanSource) Overflows() (uint64, error) { return 0, nil }
 
 // fakeTransport keeps copies of what is sent and delivers what a test
-// queues with deliver.
+// queues with deliver. Cookies and echoes, the proof of a peer's address
+// that comes before answers to it, are kept apart from the rest.
 type fakeTransport struct {
 	mu        sync.Mutex
 	batches   [][][]byte
 	unicast   []unicast
+	cookies   []unicast
 	in        chan transport.Packet
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -162,10 +165,24 @@ func (f *fakeTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	for i, d := range dgrams {
 		u.dgrams[i] = bytes.Clone(d)
 	}
+	var h wire.Header
 	f.mu.Lock()
-	f.unicast = append(f.unicast, u)
+	if len(dgrams) == 1 && h.Unmarshal(dgrams[0]) == nil && (h.Kind == wire.KindCookie || h.Kind == wire.KindCookieEcho) {
+		f.cookies = append(f.cookies, u)
+	} else {
+		f.unicast = append(f.unicast, u)
+	}
 	f.mu.Unlock()
 	return nil
+}
+
+// sentCookies returns and forgets the cookies and echoes sent so far.
+func (f *fakeTransport) sentCookies() []unicast {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.cookies
+	f.cookies = nil
+	return u
 }
 
 // sentTo returns and forgets the SendTo calls so far.
@@ -479,6 +496,25 @@ func parseDescriptors(t testing.TB, body []byte, count uint16) []wire.Descriptor
 	}
 }
 
+// echoOf is the echo node, in epoch, sends of cookie, a cookie datagram.
+func echoOf(t testing.TB, cookie []byte, node uint32, epoch uint64) []byte {
+	t.Helper()
+	var h wire.Header
+	var c wire.Cookie
+	if err := h.Unmarshal(cookie); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmarshal(&h, cookie[wire.HeaderSize:]); err != nil || h.Kind != wire.KindCookie {
+		t.Fatalf("not a cookie: %+v, %v", h, err)
+	}
+	e := c.Header(wire.KindCookieEcho, node, epoch)
+	d, err := e.AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // packet is d as received from from.
 func packet(from netip.AddrPort, d []byte) transport.Packet {
 	return transport.Packet{Data: d, From: from}
@@ -519,4 +555,29 @@ func (s *slowTarget) Dump(keys, values []byte, fn func(keys, values []byte) erro
 		time.Sleep(20 * time.Millisecond)
 		return fn(k, v)
 	})
+}
+
+// knownVersion is the version k holds of key in map index m, and whether
+// it holds one.
+func knownVersion(k *knowledge.Store, m int, key string) (knowledge.Version, bool) {
+	h := k.Lock()
+	defer h.Unlock()
+	if e := h.Lookup(m, []byte(key)); e != nil {
+		return e.Version(), true
+	}
+	return knowledge.Version{}, false
+}
+
+// setKnown records v as the latest write of key in map index m.
+func setKnown(k *knowledge.Store, m int, key string, v knowledge.Version, deleted, applied bool) {
+	h := k.Lock()
+	defer h.Unlock()
+	h.Set(h.Put(m, []byte(key)), m, []byte(key), v, deleted, applied, time.Now())
+}
+
+// suspectBefore is when k last learned of a capture loss.
+func suspectBefore(k *knowledge.Store) hlc.Stamp {
+	h := k.Lock()
+	defer h.Unlock()
+	return h.SuspectBefore()
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -98,11 +99,11 @@ func TestCrossedApplyDecidedByTheMap(t *testing.T) {
 	// The local write came after the apply: the map holds it.
 	f.flows.state["key1"] = "  local2"
 	v, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("  local2"), time.Now())
-	if !ok || v.origin != ourNode {
+	if !ok || v.Origin != ourNode {
 		t.Fatal("a local write made after the apply was dropped")
 	}
-	if sl := f.n.know.lookup(m.index, []byte("key1")); sl.version() != v {
-		t.Fatalf("knowledge %+v, want the local write's %+v", sl.version(), v)
+	if got, _ := knownVersion(f.n.know, m.index, "key1"); got != v {
+		t.Fatalf("knowledge %+v, want the local write's %+v", got, v)
 	}
 	// A key no peer wrote since the ring was drained is not read back.
 	checks := f.stats.RaceChecks.Load()
@@ -126,13 +127,12 @@ func TestRestampKeepsTheCrossedApplyCheck(t *testing.T) {
 	s.drained = time.Now().Add(-time.Second)
 	remote := hlc.Make(time.Now().UnixMilli(), 0)
 	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", remote, 5))
-	k := f.n.know
-	k.mu.Lock()
-	k.suspectBefore = f.n.clock.Now() // the capture overflowed
-	v := k.current(m.index, []byte("key1"), time.Now())
-	again := k.current(m.index, []byte("key1"), time.Now())
-	k.mu.Unlock()
-	if v.origin != ourNode || v.stamp <= remote || again != v {
+	h := f.n.know.Lock()
+	h.SuspectSince(f.n.clock.Now()) // the capture overflowed
+	v := h.Current(m.index, []byte("key1"), time.Now())
+	again := h.Current(m.index, []byte("key1"), time.Now())
+	h.Unlock()
+	if v.Origin != ourNode || v.Stamp <= remote || again != v {
 		t.Fatalf("read after the overflow as %+v, then %+v; want stamped anew as this node's, once", v, again)
 	}
 	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
@@ -160,6 +160,7 @@ func TestServesOnlyWhenCurrent(t *testing.T) {
 	if f.n.current(b) {
 		t.Error("served another peer while behind on the first one's changes")
 	}
+	f.prove(t, peerB)
 	f.handle(peerB, syncRequest(9, 1, 7))
 	st := f.sentSyncStart(t)
 	if st.Status != wire.SyncNotReady {
@@ -180,11 +181,9 @@ func TestResyncMergesBothWays(t *testing.T) {
 	// since; "was!", unstamped as an earlier snapshot of the server's
 	// carried it, which the server deleted since too. "only" is unstamped
 	// and unknown: this node's, never seen by the server.
-	f.n.know.mu.Lock()
-	f.n.know.set(m.index, []byte("mine"), version{now, ourNode}, false, false, time.Now())
-	f.n.know.set(m.index, []byte("gone"), version{old, peerNode}, false, true, time.Now())
-	f.n.know.set(m.index, []byte("was!"), version{0, peerNode}, false, true, time.Now())
-	f.n.know.mu.Unlock()
+	setKnown(f.n.know, m.index, "mine", knowledge.Version{Stamp: now, Origin: ourNode}, false, false)
+	setKnown(f.n.know, m.index, "gone", knowledge.Version{Stamp: old, Origin: peerNode}, false, true)
+	setKnown(f.n.know, m.index, "was!", knowledge.Version{Stamp: 0, Origin: peerNode}, false, true)
 	f.flows.state["mine"], f.flows.state["gone"], f.flows.state["only"] = "    mine", "    gone", "    only"
 	f.flows.state["was!"] = "    was!"
 	f.n.client.start.Stamp = uint64(now - 1)
@@ -200,9 +199,9 @@ func TestResyncMergesBothWays(t *testing.T) {
 		got["gone"] != "" || got["was!"] != "" {
 		t.Fatalf("after the merge: %v; want mine kept, new! taken, only kept, gone and was! deleted", got)
 	}
-	sent := map[string]version{}
-	f.n.relay.drain(func(_ int, op ops.Op, v version, key, _ []byte) { sent[string(key)] = v })
-	if len(sent) != 3 || sent["mine"] != (version{now, ourNode}) || sent["only"].origin != ourNode || sent["key1"].stamp == 0 {
+	sent := map[string]knowledge.Version{}
+	f.n.relay.drain(func(_ int, op ops.Op, v knowledge.Version, key, _ []byte) { sent[string(key)] = v })
+	if len(sent) != 3 || sent["mine"] != (knowledge.Version{Stamp: now, Origin: ourNode}) || sent["only"].Origin != ourNode || sent["key1"].Stamp == 0 {
 		t.Fatalf("sent back %v; want mine with its version, only stamped as ours, and key1 (the snapshot lacks it)", sent)
 	}
 	if f.stats.SyncDeleted.Load() != 2 || f.stats.SyncPushed.Load() != 3 {
@@ -223,7 +222,7 @@ func TestUnstampedEntryRecordedAsTheServers(t *testing.T) {
 	if f.value("unst") != "unstamp!" {
 		t.Fatal("an unstamped entry of the server's was not taken")
 	}
-	if v := f.n.know.lookup(0, []byte("unst")).version(); v != (version{0, peerNode}) {
+	if v, _ := knownVersion(f.n.know, 0, "unst"); v != (knowledge.Version{Stamp: 0, Origin: peerNode}) {
 		t.Fatalf("recorded as %+v, want unstamped from the server", v)
 	}
 }
@@ -234,9 +233,7 @@ func TestUnstampedEntryRecordedAsTheServers(t *testing.T) {
 func TestEmptyMapStillSendsItsDeletesBack(t *testing.T) {
 	f := newReceiverFixture(t)
 	f.handle(peerA, announce(t, peerNode, 1, 0))
-	f.n.know.mu.Lock()
-	f.n.know.set(0, []byte("dead"), version{hlc.Make(time.Now().UnixMilli(), 0), ourNode}, true, false, time.Now())
-	f.n.know.mu.Unlock()
+	setKnown(f.n.know, 0, "dead", knowledge.Version{Stamp: hlc.Make(time.Now().UnixMilli(), 0), Origin: ourNode}, true, false)
 	p := f.n.peers.byNode[peerNode]
 	f.n.client.begin(p, time.Now())
 	f.handle(peerA, f.syncStart(wire.SyncStart{AsOf: 0, Stamp: uint64(f.n.clock.Now())}))
@@ -248,7 +245,9 @@ func TestEmptyMapStillSendsItsDeletesBack(t *testing.T) {
 		t.Fatal("the resync did not complete")
 	}
 	var sent []string
-	f.n.relay.drain(func(_ int, op ops.Op, _ version, key, _ []byte) { sent = append(sent, op.String()+" "+string(key)) })
+	f.n.relay.drain(func(_ int, op ops.Op, _ knowledge.Version, key, _ []byte) {
+		sent = append(sent, op.String()+" "+string(key))
+	})
 	if len(sent) != 1 || sent[0] != ops.Delete.String()+" dead" {
 		t.Fatalf("sent back %q, want the remembered delete", sent)
 	}
@@ -267,7 +266,10 @@ func TestUnstampedLiveRecordSkipped(t *testing.T) {
 	if f.value("key1") != "" || f.stats.Stale.Load() != 1 {
 		t.Fatalf("key1 = %q, stale %d: an unstamped live record was applied", f.value("key1"), f.stats.Stale.Load())
 	}
-	if f.n.know.lookup(0, []byte("key1")) != nil || f.n.know.entries() != 0 {
-		t.Fatalf("an unstamped live record added knowledge (%d keys)", f.n.know.entries())
+	h := f.n.know.Lock()
+	entries := h.Entries()
+	h.Unlock()
+	if _, known := knownVersion(f.n.know, 0, "key1"); known || entries != 0 {
+		t.Fatalf("an unstamped live record added knowledge (%d keys)", entries)
 	}
 }

@@ -3,18 +3,20 @@ package replication
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
+	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // RetryTick is how often the receive side's timers look at the peers
@@ -69,23 +71,45 @@ type Config struct {
 	// Time is where the node reads the time and waits; nil means the
 	// system's clock. A simulator gives a virtual one.
 	Time Time
-	// Rand is the node's random source (resync request ids); nil means
-	// the process's, seeded at start.
-	Rand rand.Source
 	// StateFile, when set, is where a stopping node saves the versions of
 	// its entries, and where a starting one looks for them, to tell its
 	// datapath's writes made while no daemon ran from what it knew (see
 	// "Restart" in docs/ARCHITECTURE.md).
 	StateFile string
+	// DigestInterval is the period of digest rounds, in which the node
+	// compares what it holds with one peer, bucket by bucket, and repairs
+	// the buckets that differ (see "Digest rounds" in
+	// docs/ARCHITECTURE.md); 0: none. The cmd's default is
+	// [DefaultDigestInterval].
+	DigestInterval time.Duration
+	// DigestNormalize, when set, masks the bytes of values that
+	// legitimately differ between nodes before digests compare them.
+	DigestNormalize DigestNormalizer
+	// Rand is where the node's random choices come from: the secrets of
+	// its cookies (see [wire.Cookie]) and its resync request ids; nil
+	// means crypto/rand. A simulator gives a seeded one.
+	Rand io.Reader
+	// MonoOffset is a test hook: it shifts what this node reads as the
+	// kernel's monotonic and boot clocks for the maps' clock fields, so
+	// that nodes on one kernel can stand for hosts booted at different
+	// times.
+	MonoOffset time.Duration
 	// Log receives the node's log lines; nil discards them.
 	Log *slog.Logger
 }
+
+// DefaultTombstoneHorizon is how long a delete is remembered, so that a
+// peer that still holds the key learns of it in a resync.
+const DefaultTombstoneHorizon = knowledge.DefaultTombstoneHorizon
 
 // Errors of [NewNode], for callers to turn into advice.
 var (
 	ErrNoNodeID   = errors.New("node id 0 is not an id")
 	ErrResendSize = errors.New("resend buffer size out of range")
 	ErrIncomplete = errors.New("config lacks a table, source or transport")
+	// ErrDigestPayload refuses digest rounds in datagrams too small for a
+	// digest: the MTU must grow, or the rounds be turned off.
+	ErrDigestPayload = errors.New("datagrams too small for a digest")
 )
 
 // Node is one udpmapsync node: it owns the sender and the receive side,
@@ -97,7 +121,8 @@ var (
 // [orderedStream] puts its change datagrams in order for the [applier];
 // the [repairResponder] answers repair requests from the resend buffer;
 // the [resyncClient] and the [snapshotServer] are the two ends of a full
-// resync.
+// resync; the [answerGate] decides what each peer's address may be sent
+// before it has proved that it receives there.
 type Node struct {
 	node   uint32
 	epoch  uint64
@@ -107,18 +132,26 @@ type Node struct {
 	stats  Stats
 	resend *resendBuffer
 	sender *sender
-	know   *knowledge // shared by the sender and the receive side, under its own lock
+	know   *knowledge.Store // shared by the sender and the receive side, under its own lock
 	clock  *hlc.Clock
 	relay  relayQueue
-	state  string // Config.StateFile
-	time   Time   // Config.Time
+	state  string      // Config.StateFile
+	time   Time        // Config.Time
+	prints *printTable // of the scanned maps, under its own lock
+	scan   *scanner
+	// digester reads the maps into digests every digestEvery (0: never),
+	// outside every lock but the knowledge's.
+	digester    digester
+	digestEvery time.Duration
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
+	gate     answerGate
 	apply    applier
 	repair   repairResponder
 	client   resyncClient
 	server   snapshotServer
+	digests  digests
 	dispatch dispatcher
 	ready    readiness
 	limit    limiter
@@ -135,6 +168,9 @@ func NewNode(cfg Config) (*Node, error) {
 	if cfg.Table == nil || cfg.Source == nil || cfg.Transport == nil {
 		return nil, ErrIncomplete
 	}
+	if cfg.DigestInterval > 0 && cfg.Table.payload < wire.HeaderSize+wire.DigestSize {
+		return nil, fmt.Errorf("%w: %d bytes, a digest takes %d", ErrDigestPayload, cfg.Table.payload, wire.HeaderSize+wire.DigestSize)
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -142,9 +178,6 @@ func NewNode(cfg Config) (*Node, error) {
 	announce := cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval)
 	if cfg.Time == nil {
 		cfg.Time = SystemTime{}
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = systemRand{}
 	}
 	resend, err := newResendBuffer(cmp.Or(cfg.ResendBytes, DefaultResendBytes), cfg.Table.payload)
 	if err != nil {
@@ -157,8 +190,9 @@ func NewNode(cfg Config) (*Node, error) {
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
 		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile, time: cfg.Time}
 	n.limit.time = cfg.Time
-	n.know = newKnowledge(cfg.Table, cmp.Or(cfg.TombstoneHorizon, DefaultTombstoneHorizon), clock, cfg.Node, &n.stats)
-	n.know.started = cfg.Time.Now()
+	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats, cfg.Time.Now())
+	cfg.Table.mono.offset = cfg.MonoOffset
+	n.prints = newPrintTable(cfg.Table, cfg.Time.Now())
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
@@ -168,22 +202,39 @@ func NewNode(cfg Config) (*Node, error) {
 	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
-		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Clock: clock, Time: cfg.Time, Relay: &n.relay,
+		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Time: cfg.Time,
+		Relay: &n.relay,
 		Stats: &n.stats, Log: log})
+	n.scan = newScanner(scanner{table: cfg.Table, know: n.know, prints: n.prints, clock: clock, relay: &n.relay,
+		stats: &n.stats, log: log, node: cfg.Node, now: cfg.Time.Now, ready: n.ready.isReady})
 
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
 	}
+	random := cfg.Rand
+	if random == nil {
+		random = rand.Reader
+	}
+	n.gate = answerGate{jar: newCookieJar(random), ctl: ctl(), peers: &n.peers, stats: &n.stats, log: log, limit: &n.limit}
+	if cfg.Keys != nil {
+		n.gate.seal = wire.SealSize
+	}
 	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
-	n.apply.time = cfg.Time
+	n.apply.time, n.apply.prints = cfg.Time, n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
-	n.client = resyncClient{time: cfg.Time, rand: cfg.Rand, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
-		ctl: ctl(), ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
-	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
+	n.client = resyncClient{time: cfg.Time, rand: random, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock,
+		relay: &n.relay, ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
+	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node,
+		epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
+	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
+	n.digestEvery = cfg.DigestInterval
+	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
+		stats: &n.stats, current: n.current, settle: digestSettle}
+	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
-		peers: &n.peers, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
+		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if sealed != nil {
 		n.dispatch.sources = sealed
@@ -222,10 +273,12 @@ func (n *Node) Run(ctx context.Context) error {
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	done := make(chan error, 3)
+	done := make(chan error, 5)
 	go func() { done <- n.sender.Run(inner) }()
 	go func() { done <- n.receive(inner) }()
 	go func() { done <- n.timers(inner) }()
+	go func() { done <- n.scan.run(inner) }()
+	go func() { done <- n.readDigests(inner) }()
 	var first error
 	var save *stateSave
 	ended := 0
@@ -323,7 +376,7 @@ func (n *Node) Deliver(pkts []transport.Packet) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for i := range pkts {
-		n.dispatch.handle(pkts[i].From, pkts[i].Data, now)
+		n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
 	}
 	n.apply.flush()
 }
@@ -351,12 +404,13 @@ func (n *Node) FireTimers() {
 	n.mu.Lock()
 	n.silent = n.dispatch.tick(now, n.silent)
 	n.mu.Unlock()
+	n.scan.tick(now)
 	if now.Sub(n.pruned) >= pruneEvery {
 		n.pruned = now
-		n.know.mu.Lock()
-		n.know.prune(now)
-		n.stats.KnownKeys.Store(uint64(n.know.entries()))
-		n.know.mu.Unlock()
+		h := n.know.Lock()
+		h.Prune(now)
+		n.stats.KnownKeys.Store(uint64(h.Entries()))
+		h.Unlock()
 	}
 }
 

@@ -43,7 +43,16 @@ type peer struct {
 	// (repairs, snapshots) go only to a peer that announced itself from
 	// its address, never to an address taken from one request.
 	announced bool
-	ready     bool // its announces say it completed its initial sync
+	// proven is the address that echoed a cookie of this node's: while it
+	// is addr, addr receives what is sent there. Until then credit is
+	// what may still be sent there, and cookieAt when the last cookie
+	// went, and withheld whether something was not sent for want of
+	// credit (see [answerGate]).
+	proven   netip.AddrPort
+	credit   float64
+	cookieAt time.Time
+	withheld bool
+	ready    bool // its announces say it completed its initial sync
 	// needSync is set when its changes were lost beyond repair: a full
 	// resync from it is due.
 	needSync bool

@@ -6,6 +6,7 @@ import (
 	"math/bits"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -35,7 +36,7 @@ type pending struct {
 type entry struct {
 	m     *localMap
 	op    ops.Op
-	v     version
+	v     knowledge.Version
 	key   int   // arena offset of the key
 	value int   // arena offset of the value; -1 until an update needs one
 	slot  int   // index slot pointing at this entry, to clear it at reset
@@ -68,8 +69,8 @@ func newPending(t *Table, node uint32) pending {
 
 // recordSize is the wire size of a change record of m with version v in
 // the datagram being built.
-func (p *pending) recordSize(m *localMap, op ops.Op, v version) int {
-	n := 1 + wire.StampSize(p.node, v.origin, uint64(p.base), uint64(v.stamp)) + m.keySize
+func (p *pending) recordSize(m *localMap, op ops.Op, v knowledge.Version) int {
+	n := 1 + wire.StampSize(p.node, v.Origin, uint64(p.base), uint64(v.Stamp)) + m.keySize
 	if op == ops.Update {
 		n += m.valueSize
 	}
@@ -101,9 +102,9 @@ func (p *pending) find(m *localMap, key []byte, h uint64) (*entry, int) {
 
 // growth is how many bytes adding op on (m, key) with version v adds to
 // the datagram, given the pending entry of that key (nil if none).
-func (p *pending) growth(e *entry, m *localMap, op ops.Op, v version) int {
+func (p *pending) growth(e *entry, m *localMap, op ops.Op, v knowledge.Version) int {
 	if p.empty() {
-		p.base = v.stamp // the datagram's base stamp: the first change's
+		p.base = v.Stamp // the datagram's base stamp: the first change's
 	}
 	if e != nil {
 		return p.recordSize(m, op, v) - p.recordSize(m, e.op, e.v)
@@ -115,7 +116,7 @@ func (p *pending) growth(e *entry, m *localMap, op ops.Op, v version) int {
 }
 
 // set makes e's change op with value (ignored for deletes) and version v.
-func (p *pending) set(e *entry, op ops.Op, v version, value []byte) {
+func (p *pending) set(e *entry, op ops.Op, v knowledge.Version, value []byte) {
 	e.op, e.v = op, v
 	if op != ops.Update {
 		return
@@ -129,7 +130,7 @@ func (p *pending) set(e *entry, op ops.Op, v version, value []byte) {
 }
 
 // insert adds a new entry for (m, key) at the free slot returned by find.
-func (p *pending) insert(slot int, m *localMap, op ops.Op, v version, key, value []byte) {
+func (p *pending) insert(slot int, m *localMap, op ops.Op, v knowledge.Version, key, value []byte) {
 	i := int32(len(p.entries))
 	p.entries = append(p.entries, entry{m: m, key: len(p.arena), value: -1, slot: slot, next: -1})
 	p.arena = append(p.arena, key...)
@@ -154,8 +155,11 @@ func (p *pending) encode(w *wire.ChangeWriter, buf []byte) {
 			var value []byte
 			if e.op == ops.Update {
 				value = p.arena[e.value : e.value+e.m.valueSize]
+				if e.m.plan != nil {
+					e.m.plan.toWire(value) // the entry is sent once: it is reset next
+				}
 			}
-			if !w.Append(e.m.fp, e.op, uint64(e.v.stamp), e.v.origin, key, value) {
+			if !w.Append(e.m.fp, e.op, uint64(e.v.Stamp), e.v.Origin, key, value) {
 				panic("replication: pending size out of step with wire.ChangeWriter")
 			}
 		}

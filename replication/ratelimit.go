@@ -18,6 +18,7 @@ const (
 	reasonPeer
 	reasonAuth
 	reasonFuture
+	reasonCookie
 	numReasons
 )
 

@@ -20,12 +20,13 @@ func _() {
 	_ = x[reasonPeer-9]
 	_ = x[reasonAuth-10]
 	_ = x[reasonFuture-11]
-	_ = x[numReasons-12]
+	_ = x[reasonCookie-12]
+	_ = x[numReasons-13]
 }
 
-const _reason_name = "MalformedUnknownMapForgedApplySchemaSendResyncOverflowSyncPeerAuthFuturenumReasons"
+const _reason_name = "MalformedUnknownMapForgedApplySchemaSendResyncOverflowSyncPeerAuthFutureCookienumReasons"
 
-var _reason_index = [...]uint8{0, 9, 19, 25, 30, 36, 40, 46, 54, 58, 62, 66, 72, 82}
+var _reason_index = [...]uint8{0, 9, 19, 25, 30, 36, 40, 46, 54, 58, 62, 66, 72, 78, 88}
 
 func (i reason) String() string {
 	idx := int(i) - 0

@@ -60,10 +60,51 @@ func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
 	f.handleAt(time.Now(), from, d)
 }
 
-// handleAt hands d to the receiver as a receive batch of its own.
+// handleAt hands d to the receiver as a receive batch of its own, sent
+// to it alone. Before it, the fixture's peers echo the cookies sent to
+// them since the last one, as real peers would have by then.
 func (f *receiverFixture) handleAt(now time.Time, from netip.AddrPort, d []byte) {
-	f.n.dispatch.handle(from, d, now)
+	f.echoCookies(now)
+	f.n.dispatch.handle(from, d, true, now)
 	f.n.apply.flush()
+}
+
+// echoCookies has the peer at each address the node sent a cookie echo it.
+func (f *receiverFixture) echoCookies(now time.Time) {
+	for _, u := range f.tr.sentCookies() {
+		var h wire.Header
+		var c wire.Cookie
+		if h.Unmarshal(u.dgrams[0]) != nil || h.Kind != wire.KindCookie || c.Unmarshal(&h, nil) != nil {
+			continue // an echo of the node's own
+		}
+		for _, p := range f.n.peers.byNode {
+			if p.addr == u.to {
+				e := c.Header(wire.KindCookieEcho, p.node, p.epoch)
+				e.Sealed = f.n.dispatch.keyed // as the sealing transport leaves it
+				d, _ := e.AppendTo(nil)
+				f.n.dispatch.handle(u.to, d, true, now)
+			}
+		}
+	}
+}
+
+// prove has the peer at from prove its address now, as a real peer does
+// the first time this node answers it: the node sends it a cookie and it
+// echoes it.
+func (f *receiverFixture) prove(t testing.TB, from netip.AddrPort) {
+	t.Helper()
+	for _, p := range f.n.peers.byNode {
+		if p.addr == from {
+			p.cookieAt = time.Time{}
+			f.n.gate.challenge(p, time.Now())
+			f.echoCookies(time.Now())
+			if !f.n.gate.proven(p) {
+				t.Fatalf("peer %d at %v did not prove its address (credit %.0f)", p.node, from, p.credit)
+			}
+			return
+		}
+	}
+	t.Fatalf("no peer at %v to prove", from)
 }
 
 func (f *receiverFixture) untouched(t *testing.T) {
@@ -120,22 +161,22 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 func TestApplyRunsSpanDatagrams(t *testing.T) {
 	f := newReceiverFixture(t)
 	now := time.Now()
-	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"), now)
-	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 2, "key2", "2"), now)
+	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"), true, now)
+	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 2, "key2", "2"), true, now)
 	var b changesBuilder
 	b.start()
 	b.add(t, f.fpFlow, ops.Update, "key3", "       3")
 	b.add(t, f.fpFlow, ops.Delete, "key1", "")
-	f.n.dispatch.handle(peerA, b.finish(peerNode, 1, 3), now)
+	f.n.dispatch.handle(peerA, b.finish(peerNode, 1, 3), true, now)
 	if len(f.flows.calls) != 0 {
 		t.Fatalf("batches applied in the middle of a receive batch: %q, want none yet", f.flows.calls)
 	}
 	// The sync request reads what was applied: the pending runs go first.
-	f.n.dispatch.handle(peerA, syncRequest(peerNode, 1, 9), now)
+	f.n.dispatch.handle(peerA, syncRequest(peerNode, 1, 9), true, now)
 	if len(f.flows.calls) != 2 {
 		t.Fatalf("batches when the sync request was handled: %q, want the update run and the delete run", f.flows.calls)
 	}
-	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), now)
+	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), true, now)
 	f.n.apply.flush()
 
 	want := []call{
@@ -401,7 +442,7 @@ func TestReceiverAllocs(t *testing.T) {
 	step := func() {
 		setSeq(d, seq)
 		seq++
-		n.dispatch.handle(peerA, d, now)
+		n.dispatch.handle(peerA, d, true, now)
 		n.apply.flush()
 	}
 	step() // the first datagram creates the peer
@@ -455,7 +496,7 @@ func BenchmarkDecodeApply(b *testing.B) {
 	for b.Loop() {
 		setSeq(d, seq)
 		seq++
-		n.dispatch.handle(peerA, d, now)
+		n.dispatch.handle(peerA, d, true, now)
 		n.apply.flush()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(uint64(b.N)*uint64(h.Count)), "ns/change")

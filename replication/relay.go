@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
 
@@ -21,13 +22,13 @@ type relayQueue struct {
 type relayItem struct {
 	m             int // Table.maps index
 	op            ops.Op
-	v             version
+	v             knowledge.Version
 	key, val, end int // offsets in data of the key, the value and the end
 }
 
 // add queues one entry of map index m, whose key and value sizes are
 // len(key) and len(value).
-func (q *relayQueue) add(m int, op ops.Op, v version, key, value []byte) {
+func (q *relayQueue) add(m int, op ops.Op, v knowledge.Version, key, value []byte) {
 	q.mu.Lock()
 	it := relayItem{m: m, op: op, v: v, key: len(q.data), val: len(q.data) + len(key)}
 	q.data = append(q.data, key...)
@@ -40,7 +41,7 @@ func (q *relayQueue) add(m int, op ops.Op, v version, key, value []byte) {
 
 // drain hands every queued entry to fn, in order, and empties the queue.
 // The key and value passed to fn are valid during the call only.
-func (q *relayQueue) drain(fn func(m int, op ops.Op, v version, key, value []byte)) int {
+func (q *relayQueue) drain(fn func(m int, op ops.Op, v knowledge.Version, key, value []byte)) int {
 	q.mu.Lock()
 	items, data := q.items, q.data
 	q.items, q.data = nil, nil

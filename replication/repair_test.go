@@ -257,6 +257,7 @@ func ownDatagrams(t *testing.T, size, n int) (*receiverFixture, *resendBuffer) {
 func (f *receiverFixture) request(t *testing.T, kind wire.Kind, node uint32, epoch uint64, ranges ...wire.Range) {
 	if len(f.n.Peers()) == 0 {
 		f.handle(peerA, announce(t, peerNode, 1, 0))
+		f.prove(t, peerA)
 	}
 	n := wire.Nack{Node: node, Epoch: epoch, N: len(ranges)}
 	copy(n.Ranges[:], ranges)

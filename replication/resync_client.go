@@ -1,14 +1,16 @@
 package replication
 
 import (
+	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -27,8 +29,6 @@ const (
 	// datagrams arrive or some are missing.
 	syncAckEvery = 32
 	syncAckIdle  = 20 * time.Millisecond
-	// dumpBatch is how many entries one BPF_MAP_LOOKUP_BATCH reads.
-	dumpBatch = 1024
 )
 
 type syncPhase uint8
@@ -46,13 +46,14 @@ const (
 // what has arrived in order, so no datagram can size its state.
 type resyncClient struct {
 	time  Time
-	rand  rand.Source // request ids
+	rand  io.Reader // request ids
 	peers *peerTable
 	apply *applier
-	know  *knowledge
+	know  *knowledge.Store
 	clock *hlc.Clock
 	relay *relayQueue
 	ctl   controlSender
+	gate  *answerGate
 	ready *readiness
 	stats *Stats
 	log   *slog.Logger
@@ -83,6 +84,14 @@ type resyncClient struct {
 	// when the snapshot began: all they hold at its end came from the peer
 	// or was written, and so sent, since; they need no reading back.
 	empty []bool
+
+	// filtered: this resync repairs only the buckets of filter, which a
+	// digest round found to differ (see digests); repaired is called when
+	// it completes.
+	filtered  bool
+	filter    wire.BucketFilter
+	repaired  func()
+	normalize DigestNormalizer
 }
 
 // snapshotWindow is the set of snapshot datagram numbers received: every
@@ -151,9 +160,10 @@ func (c *resyncClient) status() *ResyncStatus {
 		Entries: c.received, Datagrams: c.got.cum}
 }
 
-// busy reports whether a resync is under way: a node that is itself
-// catching up serves no snapshots.
-func (c *resyncClient) busy() bool { return c.phase != syncIdle }
+// busy reports whether a full resync is under way: a node that is itself
+// catching up serves no snapshots. A repair of a few buckets is no
+// catching up.
+func (c *resyncClient) busy() bool { return c.phase != syncIdle && !c.filtered }
 
 // holds reports whether p's stream waits for the answer to a request.
 func (c *resyncClient) holds(p *peer) bool { return c.phase == syncRequested && c.from == p }
@@ -218,31 +228,68 @@ func (c *resyncClient) source(now time.Time) *peer {
 // begin asks p for a snapshot of its maps. From now on p's change
 // datagrams are held until the answer says where the snapshot stands.
 func (c *resyncClient) begin(p *peer, now time.Time) {
+	c.prepare(p, now)
+	c.owed = p.needSync
+	p.needSync = false
+	c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
+	c.sendRequest(now)
+}
+
+// beginFiltered asks p for the entries under the buckets of f only: the
+// same two-way merge as a full resync, of a part of one map. A full
+// resync p owes stays owed.
+func (c *resyncClient) beginFiltered(p *peer, f wire.BucketFilter, now time.Time) {
+	c.prepare(p, now)
+	c.filtered, c.filter, c.apply.comparing = true, f, true
+	c.sendRequest(now)
+}
+
+// prepare starts a new request to p: from now on p's change datagrams
+// are held until the answer says where the snapshot stands.
+func (c *resyncClient) prepare(p *peer, now time.Time) {
 	if c.id == 0 {
-		c.id = uint32(c.rand.Uint64())
+		var b [4]byte
+		_, _ = io.ReadFull(c.rand, b[:]) // a short read leaves zeros: ids still differ by one a request
+		c.id = binary.BigEndian.Uint32(b[:])
 	}
 	c.id++
 	if c.id == 0 {
 		c.id = 1
 	}
 	c.reset()
-	c.phase, c.from, c.owed, c.since = syncRequested, p, p.needSync, now
-	p.needSync = false
+	c.phase, c.from, c.since = syncRequested, p, now
 	p.stream.paused = true
-	c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
-	c.sendRequest(now)
 }
 
 // reset clears the state of one resync, keeping the request id.
 func (c *resyncClient) reset() {
 	c.phase, c.from, c.owed = syncIdle, nil, false
 	c.start, c.got, c.total, c.ended, c.unacked, c.received = wire.SyncStart{}, snapshotWindow{}, 0, false, 0, 0
-	c.apply.marking = 0
+	c.apply.marking, c.apply.comparing, c.apply.taken = 0, false, 0
+	for i := range c.apply.same {
+		c.apply.same[i].reset()
+	}
+	c.filtered = false
 }
 
 func (c *resyncClient) sendRequest(now time.Time) {
 	c.sent = now
-	_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), nil)
+	var body func([]byte) ([]byte, error)
+	size := wire.HeaderSize
+	if c.filtered {
+		body, size = c.filter.AppendTo, wire.HeaderSize+wire.BucketFilterSize
+	}
+	if c.gate.ask(c.from, size, now) {
+		_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), body)
+	}
+}
+
+// again sends the request again at once if p is the peer it waits for:
+// p sent a cookie instead of an answer, or its address proved itself.
+func (c *resyncClient) again(p *peer, now time.Time) {
+	if c.phase == syncRequested && c.from == p {
+		c.sendRequest(now)
+	}
 }
 
 // started takes p's answer to the request.
@@ -275,17 +322,19 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
 	// From here on, p's records mark the keys p knows (see finish).
 	c.apply.flush()
-	c.know.mu.Lock()
-	c.apply.marking, c.apply.gen = p.node, c.know.nextGen()
+	kh := c.know.Lock()
+	c.apply.marking, c.apply.gen = p.node, kh.NextGen()
 	c.empty = c.empty[:0]
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
 		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
-		c.know.maps[i].reserve(int(min(st.Entries, uint64(m.Desc.MaxEntries))))
+		if !c.filtered {
+			kh.Reserve(i, int(min(st.Entries, uint64(m.Desc.MaxEntries))))
+		}
 	}
-	c.know.mu.Unlock()
+	kh.Unlock()
 	// The snapshot holds every change up to AsOf: the held datagrams up to
 	// there are dropped, the later ones applied, as live changes.
 	p.stream.resume(st.AsOf)
@@ -348,7 +397,9 @@ func (c *resyncClient) end(p *peer, h *wire.Header, body []byte, now time.Time) 
 	}
 	id, n := wire.SplitSyncSeq(h.Seq)
 	if c.phase == syncIdle && c.doneFrom == p && id == c.id {
-		_ = c.ctl.send(p.addr, wire.KindSyncAck, 0, wire.SyncSeq(id, n+1), nil)
+		if c.gate.ask(p, wire.HeaderSize, now) {
+			_ = c.ctl.send(p.addr, wire.KindSyncAck, 0, wire.SyncSeq(id, n+1), nil)
+		}
 		return nil
 	}
 	if c.phase != syncStreaming || c.from != p || id != c.id {
@@ -376,7 +427,9 @@ func (c *resyncClient) sendAck(now time.Time) {
 	if c.ended && c.got.cum >= c.total {
 		cum = c.total + 1
 	}
-	_ = c.ctl.nack(c.from.addr, wire.KindSyncAck, wire.SyncSeq(c.id, cum), &c.ack)
+	if c.gate.ask(c.from, nackSize(&c.ack), now) {
+		_ = c.ctl.nack(c.from.addr, wire.KindSyncAck, wire.SyncSeq(c.id, cum), &c.ack)
+	}
 }
 
 // finish completes the resync once every datagram up to the last has
@@ -392,8 +445,19 @@ func (c *resyncClient) finish(now time.Time) {
 	c.sendAck(now)
 	c.apply.flush()
 	pushed := c.pushBack(p)
-	c.stats.ResyncsReceived.Add(1)
 	c.stats.SyncPushed.Add(uint64(pushed))
+	if c.filtered {
+		healed := uint64(pushed + c.reconcile(p, now) + c.apply.taken)
+		c.stats.DigestRepairs.Add(1)
+		c.stats.DigestHealed.Add(healed)
+		c.log.Info("digest repair complete", "peer", p.node, "map", c.apply.table.byFP[c.filter.Map].Desc.Name,
+			"entries", c.received, "healed", healed, "took", now.Sub(c.since).Round(time.Millisecond))
+		c.reset()
+		c.doneFrom = p
+		c.repaired()
+		return
+	}
+	c.stats.ResyncsReceived.Add(1)
 	p.resyncs++
 	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "sent_back", pushed,
 		"datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond))
@@ -415,38 +479,40 @@ func (c *resyncClient) pushBack(p *peer) int {
 	k, gen, pushed := c.know, c.apply.gen, 0
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
+		if c.filtered && m.fp != c.filter.Map {
+			continue
+		}
 		if c.empty[i] {
-			k.mu.Lock()
 			pushed += c.pushTombstones(i, gen)
-			k.mu.Unlock()
 			pushed += c.pushNewer(m)
 			continue
 		}
 		var deleted []byte
-		err := k.eachBatch(m, func(ks, vs []byte) {
+		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			now := c.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
-				sl := k.lookup(i, key)
+				if c.filtered && !inFilter(&c.filter, digestKeyHash(key)) {
+					continue
+				}
+				e := h.Lookup(i, key)
 				switch {
-				case sl != nil && (sl.gen() == gen || sl.tombstone()):
+				case e != nil && (e.Gen() == gen || e.Deleted()):
 					continue // carried; or a local write not yet read recreated it
-				case sl != nil && sl.version().origin == p.node && sl.version().stamp < hlc.Stamp(c.start.Stamp):
+				case e != nil && e.Version().Origin == p.node && e.Version().Stamp < hlc.Stamp(c.start.Stamp):
 					deleted = append(deleted, key...)
 					continue
 				}
-				v := k.current(i, key, now)
-				if v.stamp == 0 { // unknown to the peer and unstamped here: this node's write
-					v = version{stamp: c.clock.At(now), origin: c.node}
-					k.set(i, key, v, false, true, now) // read from the map: see knowledge.set
+				v := h.Current(i, key, now)
+				if v.Stamp == 0 { // unknown to the peer and unstamped here: this node's write
+					v = knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
+					h.Set(h.Put(i, key), i, key, v, false, true, now) // read from the map: see knowledge.Held.Set
 				}
 				c.relay.add(i, ops.Update, v, key, val)
 				pushed++
 			}
 		}, nil)
-		k.mu.Lock()
 		pushed += c.pushTombstones(i, gen)
-		k.mu.Unlock()
 		if err != nil {
 			c.stats.ApplyErrors.Add(1)
 			if n, ok := c.limit.allow(reasonSync); ok {
@@ -480,23 +546,23 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 	k, keys, pushed := c.know, c.apply.newerHere[m.index], 0
 	c.apply.newerHere[m.index] = keys[:0]
 	val := make([]byte, m.valueSize)
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	h := k.Lock()
+	defer h.Unlock()
 	for o := 0; o < len(keys); o += m.keySize {
 		key := keys[o : o+m.keySize]
-		sl := k.lookup(m.index, key)
-		if sl == nil || sl.version().stamp == 0 {
+		e := h.Lookup(m.index, key)
+		if e == nil || e.Version().Stamp == 0 {
 			continue // unstamped: never newer than what the peer carried
 		}
-		if sl.tombstone() {
-			c.relay.add(m.index, ops.Delete, sl.version(), key, nil)
+		if e.Deleted() {
+			c.relay.add(m.index, ops.Delete, e.Version(), key, nil)
 			pushed++
 			continue
 		}
 		// Read under the lock, so the value is at least as new as the
 		// version; a failed or empty read leaves it to the next write.
 		if found, err := m.Target.Lookup(key, val); err == nil && found {
-			c.relay.add(m.index, ops.Update, sl.version(), key, val)
+			c.relay.add(m.index, ops.Update, e.Version(), key, val)
 			pushed++
 		}
 	}
@@ -506,7 +572,7 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 // deleteAs applies the deletes of keys of m that p made before its
 // answer's stamp, found missing from its snapshot.
 func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
-	v := version{stamp: hlc.Stamp(c.start.Stamp), origin: p.node}
+	v := knowledge.Version{Stamp: hlc.Stamp(c.start.Stamp), Origin: p.node}
 	for o := 0; o < len(keys); o += m.keySize {
 		c.apply.add(p.node, m, ops.Delete, v, keys[o:o+m.keySize], nil, true)
 	}
@@ -514,13 +580,14 @@ func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
 }
 
 // pushTombstones queues the remembered deletes of map index i that the
-// snapshot did not mark. Called with the knowledge lock held.
+// snapshot did not mark.
 func (c *resyncClient) pushTombstones(i int, gen uint8) int {
-	k, l, pushed := c.know, &c.know.tombs[i], 0
-	for j := range l.len() {
-		key, v := l.at(j)
-		if sl := k.lookup(i, key); sl != nil && sl.tombstone() && sl.version() == v && sl.gen() != gen {
-			c.relay.add(i, ops.Delete, v, key, nil)
+	pushed := 0
+	h := c.know.Lock()
+	defer h.Unlock()
+	for key, e := range h.Tombstones(i) {
+		if e.Gen() != gen && (!c.filtered || inFilter(&c.filter, digestKeyHash(key))) {
+			c.relay.add(i, ops.Delete, e.Version(), key, nil)
 			pushed++
 		}
 	}
@@ -533,7 +600,15 @@ func (c *resyncClient) pushTombstones(i int, gen uint8) int {
 func (c *resyncClient) abandon(now time.Time, why string) {
 	p := c.from
 	// Ask this peer again, unless this was a request for the initial
-	// sync that the peer did not take up: another ready peer may.
+	// sync that the peer did not take up: another ready peer may. A
+	// repair of buckets is the digest round's to ask for again.
+	if c.filtered {
+		c.log.Debug("digest repair abandoned; the digest round asks again", "peer", p.node, "reason", why)
+		c.reset()
+		c.retryAt = now.Add(syncRetryWait)
+		p.stream.paused = false
+		return
+	}
 	p.needSync = c.owed || c.ready.isReady() || c.phase != syncRequested
 	if n, ok := c.limit.allow(reasonSync); ok {
 		c.log.Warn("full resync abandoned; asking again", "peer", p.node, "reason", why,

@@ -53,7 +53,7 @@ func (n *memNet) attach(addr netip.AddrPort) *memTransport {
 	return t
 }
 
-func (t *memTransport) deliver(to *memTransport, d []byte) {
+func (t *memTransport) deliver(to *memTransport, d []byte, unicast bool) {
 	t.net.mu.Lock()
 	drop := t.net.drop
 	t.net.mu.Unlock()
@@ -61,7 +61,7 @@ func (t *memTransport) deliver(to *memTransport, d []byte) {
 		return
 	}
 	select {
-	case to.in <- transport.Packet{Data: append([]byte(nil), d...), From: t.addr}:
+	case to.in <- transport.Packet{Data: append([]byte(nil), d...), From: t.addr, Unicast: unicast}:
 	default:
 	}
 }
@@ -77,7 +77,7 @@ func (t *memTransport) Send(dgrams [][]byte) error {
 	t.net.mu.Unlock()
 	for _, o := range others {
 		for _, d := range dgrams {
-			t.deliver(o, d)
+			t.deliver(o, d, false)
 		}
 	}
 	return nil
@@ -89,7 +89,7 @@ func (t *memTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	t.net.mu.Unlock()
 	for _, d := range dgrams {
 		if o != nil {
-			t.deliver(o, d)
+			t.deliver(o, d, true)
 		}
 	}
 	return nil

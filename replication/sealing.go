@@ -123,7 +123,7 @@ func (t *sealedTransport) Receive() ([]transport.Packet, error) {
 		t.in = t.in[:0]
 		for _, p := range pkts {
 			if d, ok := t.open(p.From, p.Data); ok {
-				t.in = append(t.in, transport.Packet{Data: d, From: p.From})
+				t.in = append(t.in, transport.Packet{Data: d, From: p.From, Unicast: p.Unicast})
 			}
 		}
 		if len(t.in) > 0 {

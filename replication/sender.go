@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -62,8 +63,10 @@ type senderConfig struct {
 	// its announces advertise ([wire.FlagReady]); nil means always.
 	Ready func() bool
 	// Knowledge is where every captured change's version is recorded.
-	Knowledge *knowledge
-	Clock     *hlc.Clock
+	Knowledge *knowledge.Store
+	// Prints, when set, records the captured values of scanned maps.
+	Prints *printTable
+	Clock  *hlc.Clock
 	// Time is where the sender reads the time and sleeps; nil means the
 	// system's clock.
 	Time Time
@@ -84,7 +87,8 @@ type sender struct {
 	table         *Table
 	resend        *resendBuffer
 	ready         func() bool
-	know          *knowledge
+	know          *knowledge.Store
+	prints        *printTable
 	clock         *hlc.Clock
 	relay         *relayQueue
 	stats         *Stats
@@ -150,6 +154,7 @@ func newSender(cfg senderConfig) *sender {
 		resend:        cfg.Resend,
 		ready:         cfg.Ready,
 		know:          cfg.Knowledge,
+		prints:        cfg.Prints,
 		clock:         cfg.Clock,
 		relay:         cfg.Relay,
 		stats:         cfg.Stats,
@@ -353,6 +358,9 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 		return
 	}
 
+	if m.plan != nil && op == ops.Update {
+		m.plan.clearLock(ch.Value) // as the map holds it, for the check against the map
+	}
 	v, ok := s.stamp(m, op, ch.Key, ch.Value, now)
 	if !ok {
 		s.superseded++
@@ -374,18 +382,18 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 // the apply or a local one still to be read, then holds the key. The
 // receive side applies under the same lock, so nothing writes the key
 // between that read and the version it decides.
-func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time) (version, bool) {
-	k := s.know
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	// One look-up, adding the key if new: a new slot was applied by no one.
-	sl := k.maps[m.index].put(k.hash(key))
-	if k.appliedSince(sl, s.drained.Add(-captureSlack), now) && !s.stillHolds(m, op, key, value) {
-		return version{}, false
+func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time) (knowledge.Version, bool) {
+	h := s.know.Lock()
+	defer h.Unlock()
+	// One look-up, adding the key if new: a new entry was applied by no one.
+	e := h.Put(m.index, key)
+	if h.AppliedSince(e, s.drained.Add(-captureSlack), now) && !s.stillHolds(m, op, key, value) {
+		return knowledge.Version{}, false
 	}
-	v := version{stamp: s.clock.At(now), origin: s.header.Node}
-	k.setSlot(sl, m.index, key, v, op == ops.Delete, false, now)
-	k.note(m.index, key, v, op, value)
+	v := knowledge.Version{Stamp: s.clock.At(now), Origin: s.header.Node}
+	h.Set(e, m.index, key, v, op == ops.Delete, false, now)
+	h.Note(m.index, key, v, op == ops.Delete, value)
+	s.prints.record(m.index, op, key, value, now)
 	return v, true
 }
 
@@ -409,11 +417,11 @@ func (s *sender) stillHolds(m *localMap, op ops.Op, key, value []byte) bool {
 // queue coalesces one versioned change into the datagram being built,
 // sealing that datagram first when the change would not fit. Of two
 // changes of one key the newer version stays.
-func (s *sender) queue(m *localMap, op ops.Op, v version, key, value []byte, now time.Time) {
+func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value []byte, now time.Time) {
 	p := &s.pend
 	h := p.hash(m, key)
 	e, slot := p.find(m, key, h)
-	if e != nil && !v.newer(e.v) {
+	if e != nil && !v.Newer(e.v) {
 		s.coalesced++
 		return
 	}
@@ -441,7 +449,7 @@ func (s *sender) takeRelayed() {
 		return
 	}
 	now := s.time.Now()
-	n := s.relay.drain(func(m int, op ops.Op, v version, key, value []byte) {
+	n := s.relay.drain(func(m int, op ops.Op, v knowledge.Version, key, value []byte) {
 		s.queue(&s.table.maps[m], op, v, key, value, now)
 	})
 	s.relayed += uint64(n)
@@ -530,15 +538,15 @@ func (s *sender) checkOverflows(now time.Time) {
 // resend buffer, so every peer sees a gap that cannot be repaired and asks
 // this node for a full resync; and every version recorded until now is
 // suspect, since the map may hold a lost write over it: a snapshot stamps
-// such entries anew as it reads them (see knowledge.current). Not before
+// such entries anew as it reads them (see [knowledge.Held.Current]). Not before
 // the drain: the changes queued ahead of the lost ones were made before
 // them, however late they are read, so a version recorded for one of
 // them says nothing of what the map holds.
 func (s *sender) lostChanges(now time.Time) {
 	s.lossPending = false
-	s.know.mu.Lock()
-	s.know.suspectBefore = s.clock.At(now)
-	s.know.mu.Unlock()
+	h := s.know.Lock()
+	h.SuspectSince(s.clock.At(now))
+	h.Unlock()
 	s.flush()
 	s.header.Seq++
 	if s.resend != nil {

@@ -34,7 +34,7 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg sende
 		if cfg.Clock == nil {
 			cfg.Clock = hlc.New(nil, 0)
 		}
-		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats)
+		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats, time.Now())
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = hlc.New(nil, 0)
@@ -536,12 +536,12 @@ func TestLossActedOnOnceDrained(t *testing.T) {
 	if !ok {
 		t.Fatal("a change was not stamped")
 	}
-	if s.know.suspectBefore != 0 || s.header.Seq != seq {
-		t.Fatalf("acted on the loss before the ring drained: suspect before %v, seq %d -> %d", s.know.suspectBefore, seq, s.header.Seq)
+	if suspect := suspectBefore(s.know); suspect != 0 || s.header.Seq != seq {
+		t.Fatalf("acted on the loss before the ring drained: suspect before %v, seq %d -> %d", suspect, seq, s.header.Seq)
 	}
 	s.setDrained(time.Now())
-	if s.know.suspectBefore <= v.stamp {
-		t.Fatalf("suspect before %v, not after the version %v of a change read before the drain", s.know.suspectBefore, v.stamp)
+	if suspect := suspectBefore(s.know); suspect <= v.Stamp {
+		t.Fatalf("suspect before %v, not after the version %v of a change read before the drain", suspect, v.Stamp)
 	}
 	if _, ok := resend.copyOut(seq+1, nil); s.header.Seq != seq+1 || ok {
 		t.Fatalf("seq %d after the drain, want %d skipped as lost", s.header.Seq, seq+1)

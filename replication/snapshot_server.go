@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -68,7 +69,7 @@ type ownStream interface {
 type snapshotServer struct {
 	time  Time
 	table *Table
-	know  *knowledge
+	know  *knowledge.Store
 	clock *hlc.Clock
 	tr    Transport
 	node  uint32
@@ -98,6 +99,9 @@ type transfer struct {
 	start [][]byte      // the KindSyncStart datagram, sent again if the request is repeated
 	acks  chan syncAck  // from the receive goroutine
 	stop  chan struct{} // closed when a newer request from the same node replaces this one
+	// filter, unless nil, limits the snapshot to the buckets of one map
+	// that a digest round of the requester's found to differ.
+	filter *wire.BucketFilter
 	// stream is the transfer's sending state; began, when it began.
 	stream *snapshotStream
 	began  time.Time
@@ -113,7 +117,7 @@ type syncAck struct {
 // request answers p's request for a snapshot: with a refusal, or with
 // where the snapshot stands, after which a transfer streams it. A
 // repeated request (its answer was lost) gets the same answer again.
-func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
+func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFilter, now time.Time) error {
 	id, _ := wire.SplitSyncSeq(h.Seq)
 	if t := s.transfers[p.node]; t != nil && t.id == id {
 		s.send(p, t.start, now)
@@ -133,9 +137,11 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
 		}
-		s.know.mu.Lock()
-		st.Entries = uint64(s.know.entries())
-		s.know.mu.Unlock()
+		if filter == nil {
+			h := s.know.Lock()
+			st.Entries = uint64(h.Entries())
+			h.Unlock()
+		}
 		st.Stamp = uint64(s.clock.Now())
 	}
 	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
@@ -155,11 +161,13 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		s.stopTransfer(old)
 	}
 	t := &transfer{to: p.addr, node: p.node, id: id, start: start,
-		acks: make(chan syncAck, 16), stop: make(chan struct{}), began: now}
+		acks: make(chan syncAck, 16), stop: make(chan struct{}), filter: filter, began: now}
 	t.stream = newSnapshotStream(s, t)
 	s.transfers[p.node] = t
 	s.started[p.node] = now
-	s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
+	if filter == nil {
+		s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
+	}
 	if s.spawn {
 		s.wg.Add(1)
 		go s.serve(t)
@@ -272,10 +280,14 @@ func (s *snapshotServer) ended(t *transfer, err error) {
 		}
 		return
 	}
-	st := t.stream
+	st, took := t.stream, s.time.Now().Sub(t.began).Round(time.Millisecond)
+	if t.filter != nil {
+		s.log.Debug("digest repair served", "peer", t.node, "entries", st.entries, "took", took)
+		return
+	}
 	s.stats.ResyncsSent.Add(1)
 	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
-		"resent", st.resent, "took", s.time.Now().Sub(t.began).Round(time.Millisecond))
+		"resent", st.resent, "took", took)
 }
 
 // snapshotStream is the sending state of one transfer. Datagram k of the
@@ -302,8 +314,9 @@ type snapshotStream struct {
 	resent  uint64
 	budget  byteBudget // paces what the transfer sends
 	batch   [][]byte   // queued to send, slices of slots and end
-	know    *knowledge
-	vers    []version // of the entries of one read batch
+	know    *knowledge.Store
+	vers    []knowledge.Version // of the entries of one read batch
+	pick    []int               // their positions in the batch
 
 	next    func() (recordBatch, bool) // the next batch of records; see records
 	stop    func()                     // ends records early
@@ -316,14 +329,29 @@ type snapshotStream struct {
 	resendAt time.Time
 }
 
-// recordBatch is records of one map with one operation: n keys packed in
-// keys, their values in vals (none for deletes), their versions in vers.
+// recordBatch is records of one map with one operation: the records at
+// positions pick (all n of them if pick is nil) of keys and vals (none
+// for deletes), packed, with their versions in vers.
 type recordBatch struct {
 	m          *localMap
 	op         ops.Op
 	n          int
 	keys, vals []byte
-	vers       []version
+	pick       []int
+	vers       []knowledge.Version
+}
+
+// at returns the batch's record i.
+func (b *recordBatch) at(i int) (key, val []byte, v knowledge.Version) {
+	o := i
+	if b.pick != nil {
+		o = b.pick[i]
+	}
+	key = b.keys[o*b.m.keySize : (o+1)*b.m.keySize]
+	if b.op == ops.Update {
+		val = b.vals[o*b.m.valueSize : (o+1)*b.m.valueSize]
+	}
+	return key, val, b.vers[i]
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
@@ -403,22 +431,35 @@ func (st *snapshotStream) step(now time.Time) (wake time.Time, done bool, err er
 	return st.resendAt, false, nil
 }
 
-// records yields every local map's entries, a read batch at a time, each
-// with the version this node knows of it, looked up under the knowledge
-// lock with the read of the entry; then the map's deletes this node
-// remembers and still takes as the latest write of their keys.
+// records yields every local map's entries (those of the filter's map
+// and buckets, with a filter), a read batch at a time, each with the
+// version this node knows of it, looked up under the knowledge lock with
+// the read of the entry; then the map's deletes this node remembers and
+// still takes as the latest write of their keys.
 func (st *snapshotStream) records(yield func(recordBatch) bool) {
-	k, tab := st.know, st.s.table
-	for i := range tab.maps {
-		m := &tab.maps[i]
-		err := k.eachBatch(m, func(ks, _ []byte) {
-			st.vers = st.vers[:0]
+	f := st.t.filter
+	for i := range st.s.table.maps {
+		m := &st.s.table.maps[i]
+		if f != nil && f.Map != m.fp {
+			continue
+		}
+		err := st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
+			st.vers, st.pick = st.vers[:0], st.pick[:0]
 			now := st.s.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
-				st.vers = append(st.vers, k.current(m.index, ks[o*m.keySize:(o+1)*m.keySize], now))
+				key := ks[o*m.keySize : (o+1)*m.keySize]
+				if f != nil && !inFilter(f, digestKeyHash(key)) {
+					continue
+				}
+				st.vers, st.pick = append(st.vers, h.Current(m.index, key, now)), append(st.pick, o)
 			}
 		}, func(ks, vs []byte) error {
-			if !yield(recordBatch{m: m, op: ops.Update, n: len(st.vers), keys: ks, vals: vs, vers: st.vers}) {
+			if m.plan != nil {
+				for _, o := range st.pick {
+					m.plan.toWire(vs[o*m.valueSize : (o+1)*m.valueSize]) // the batch's buffer is read into anew next
+				}
+			}
+			if !yield(recordBatch{m: m, op: ops.Update, n: len(st.vers), keys: ks, vals: vs, pick: st.pick, vers: st.vers}) {
 				return errTransferStopped
 			}
 			return nil
@@ -431,16 +472,14 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 		}
 		var keys []byte
 		st.vers = st.vers[:0]
-		k.mu.Lock()
-		l := &k.tombs[m.index]
-		for j := range l.len() {
-			key, v := l.at(j)
-			if sl := k.lookup(m.index, key); sl != nil && sl.tombstone() && sl.version() == v {
+		h := st.know.Lock()
+		for key, e := range h.Tombstones(m.index) {
+			if f == nil || inFilter(f, digestKeyHash(key)) {
 				keys = append(keys, key...)
-				st.vers = append(st.vers, v)
+				st.vers = append(st.vers, e.Version())
 			}
 		}
-		k.mu.Unlock()
+		h.Unlock()
 		if !yield(recordBatch{m: m, op: ops.Delete, n: len(st.vers), keys: keys, vers: st.vers}) {
 			return
 		}
@@ -458,7 +497,7 @@ func (st *snapshotStream) fill(now time.Time) error {
 		if st.pos == st.cur.n {
 			b, ok := st.next()
 			if !ok {
-				return st.finish()
+				return st.finish(now)
 			}
 			st.cur, st.pos = b, 0
 			continue
@@ -473,14 +512,9 @@ func (st *snapshotStream) fill(now time.Time) error {
 			st.w.Reset(st.slots[next%transferWindow], st.s.node, 0)
 			st.open, st.resendAt = true, time.Time{}
 		}
-		b, i := &st.cur, st.pos
-		key := b.keys[i*b.m.keySize : (i+1)*b.m.keySize]
-		var val []byte
-		if b.op == ops.Update {
-			val = b.vals[i*b.m.valueSize : (i+1)*b.m.valueSize]
-		}
+		key, val, v := st.cur.at(st.pos)
 		// NewTable checked that one record fits an empty datagram.
-		if !st.w.Append(b.m.fp, b.op, uint64(b.vers[i].stamp), b.vers[i].origin, key, val) {
+		if !st.w.Append(st.cur.m.fp, st.cur.op, uint64(v.Stamp), v.Origin, key, val) {
 			st.seal(now)
 			continue
 		}
@@ -492,12 +526,12 @@ func (st *snapshotStream) fill(now time.Time) error {
 
 // finish seals the last datagram, once every record is in, and queues
 // the end.
-func (st *snapshotStream) finish() error {
+func (st *snapshotStream) finish(now time.Time) error {
 	if st.readErr != nil {
 		return st.readErr
 	}
 	if st.open && st.w.Count() > 0 {
-		st.seal(st.s.time.Now())
+		st.seal(now)
 	}
 	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed)}
 	var err error

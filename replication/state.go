@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
 
@@ -57,38 +58,6 @@ func bootID() ([]byte, error) {
 	return bytes.TrimSpace(b), err
 }
 
-// valueHash is FNV-1a 64 of a value: a hash that is the same in every
-// run, unlike the knowledge's seeded one.
-func valueHash(b []byte) uint64 {
-	h := uint64(0xcbf29ce484222325)
-	for _, c := range b {
-		h = (h ^ uint64(c)) * 0x100000001b3
-	}
-	return h
-}
-
-// savedVersion is what the state file says of one key.
-type savedVersion struct {
-	v       version
-	tomb    bool
-	valHash uint64
-}
-
-// overlay collects the versions recorded while a stopping node saves its
-// state: writes that came after the map read their key.
-type overlay map[string]savedVersion
-
-func overlayKey(m int, key []byte) string { return string(append([]byte{byte(m)}, key...)) }
-
-// note records a write of key of map index m in the overlay, if one is
-// being collected. Called with the knowledge lock held.
-func (k *knowledge) note(m int, key []byte, v version, op ops.Op, value []byte) {
-	if k.overlay == nil {
-		return
-	}
-	k.overlay[overlayKey(m, key)] = savedVersion{v: v, tomb: op == ops.Delete, valHash: valueHash(value)}
-}
-
 // stateWriter writes a state file.
 type stateWriter struct {
 	w   *bufio.Writer
@@ -114,10 +83,10 @@ func (sw *stateWriter) record(kind byte, parts ...[]byte) {
 	sw.w.Write(sw.buf)
 }
 
-func (sw *stateWriter) version(kind byte, v version, valHash uint64, key []byte) {
+func (sw *stateWriter) version(kind byte, v knowledge.Version, valHash uint64, key []byte) {
 	var b [20]byte
-	binary.BigEndian.PutUint64(b[0:], uint64(v.stamp))
-	binary.BigEndian.PutUint32(b[8:], v.origin)
+	binary.BigEndian.PutUint64(b[0:], uint64(v.Stamp))
+	binary.BigEndian.PutUint32(b[8:], v.Origin)
 	binary.BigEndian.PutUint64(b[12:], valHash)
 	sw.record(kind, b[:], key)
 }
@@ -133,7 +102,7 @@ func (sw *stateWriter) mapHeader(m *localMap) {
 // stateSave is a state file being written: begun while the node runs,
 // finished once nothing of it runs any more.
 type stateSave struct {
-	k    *knowledge
+	k    *knowledge.Store
 	tab  *Table
 	tmp  *os.File
 	sw   *stateWriter
@@ -155,9 +124,9 @@ func (n *Node) startState(path string) (_ *stateSave, err error) {
 		return nil, fmt.Errorf("read the boot id: %w", err)
 	}
 	k := n.know
-	k.mu.Lock()
-	k.overlay = overlay{}
-	k.mu.Unlock()
+	h := k.Lock()
+	h.OpenOverlay()
+	h.Unlock()
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".state-*")
 	sv := &stateSave{k: k, tab: n.apply.table, tmp: tmp, to: path}
 	if err != nil {
@@ -175,25 +144,21 @@ func (n *Node) startState(path string) (_ *stateSave, err error) {
 	for i := range n.apply.table.maps {
 		m := &n.apply.table.maps[i]
 		sw.mapHeader(m)
-		err := k.eachBatch(m, func(ks, vs []byte) {
+		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key := ks[o*m.keySize : (o+1)*m.keySize]
-				v := k.current(i, key, n.time.Now())
-				sw.version(stateEntry, v, valueHash(vs[o*m.valueSize:(o+1)*m.valueSize]), key)
+				v := h.Current(i, key, n.time.Now())
+				sw.version(stateEntry, v, knowledge.ValueHash(vs[o*m.valueSize:(o+1)*m.valueSize]), key)
 			}
 		}, nil)
 		if err != nil {
 			return nil, fmt.Errorf("read map %s: %w", m.Desc.Name, err)
 		}
-		k.mu.Lock()
-		l := &k.tombs[i]
-		for j := range l.len() {
-			key, v := l.at(j)
-			if sl := k.lookup(i, key); sl != nil && sl.tombstone() && sl.version() == v {
-				sw.version(stateDelete, v, 0, key)
-			}
+		h := k.Lock()
+		for key, e := range h.Tombstones(i) {
+			sw.version(stateDelete, e.Version(), 0, key)
 		}
-		k.mu.Unlock()
+		h.Unlock()
 	}
 	sv.read = n.time.Now()
 	return sv, nil
@@ -224,9 +189,9 @@ func (n *Node) awaitDrain(sv *stateSave, drainedAt *atomic.Int64) error {
 
 // abort gives the state file up.
 func (sv *stateSave) abort() {
-	sv.k.mu.Lock()
-	sv.k.overlay = nil
-	sv.k.mu.Unlock()
+	h := sv.k.Lock()
+	h.TakeOverlay()
+	h.Unlock()
 	if sv.tmp != nil {
 		_ = sv.tmp.Close()
 		_ = os.Remove(sv.tmp.Name())
@@ -237,10 +202,9 @@ func (sv *stateSave) abort() {
 // file in place. Call it once the node has stopped.
 func (sv *stateSave) finish() (err error) {
 	k, sw := sv.k, sv.sw
-	k.mu.Lock()
-	late := k.overlay
-	k.overlay = nil
-	k.mu.Unlock()
+	h := k.Lock()
+	late := h.TakeOverlay()
+	h.Unlock()
 	defer func() {
 		if err != nil {
 			sv.abort()
@@ -248,15 +212,12 @@ func (sv *stateSave) finish() (err error) {
 	}()
 	for i := range sv.tab.maps {
 		sw.mapHeader(&sv.tab.maps[i])
-		for ok, s := range late {
-			if int(ok[0]) != i {
-				continue
-			}
+		for key, w := range late[i] {
 			kind := byte(stateEntry)
-			if s.tomb {
+			if w.Deleted {
 				kind = stateDelete
 			}
-			sw.version(kind, s.v, s.valHash, []byte(ok[1:]))
+			sw.version(kind, w.Version, w.ValueHash, []byte(key))
 		}
 	}
 	sw.record(stateEnd)
@@ -278,7 +239,7 @@ func (sv *stateSave) finish() (err error) {
 // savedState is a state file read back: per local map index, the saved
 // version of each key by the knowledge's hash of it, and the keys.
 type savedState struct {
-	maps []map[uint64]savedVersion
+	maps []map[uint64]knowledge.Noted
 	keys []map[uint64][]byte // of saved entries, for deletes made while no daemon ran
 	last hlc.Stamp           // the largest stamp in the file
 }
@@ -307,9 +268,9 @@ func (n *Node) readState(path string) (*savedState, error) {
 		return nil, errStateMismatch
 	}
 	tab := n.apply.table
-	s := &savedState{maps: make([]map[uint64]savedVersion, len(tab.maps)), keys: make([]map[uint64][]byte, len(tab.maps))}
+	s := &savedState{maps: make([]map[uint64]knowledge.Noted, len(tab.maps)), keys: make([]map[uint64][]byte, len(tab.maps))}
 	for i := range s.maps {
-		s.maps[i], s.keys[i] = map[uint64]savedVersion{}, map[uint64][]byte{}
+		s.maps[i], s.keys[i] = map[uint64]knowledge.Noted{}, map[uint64][]byte{}
 	}
 	var m *localMap
 	keySize := 0
@@ -342,7 +303,7 @@ func (n *Node) readState(path string) (*savedState, error) {
 
 // readVersion reads one entry or delete record, with a key of keySize
 // bytes, of m (nil: of no local map, skipped).
-func (s *savedState) readVersion(r *bytes.Reader, kind byte, m *localMap, keySize int, k *knowledge) error {
+func (s *savedState) readVersion(r *bytes.Reader, kind byte, m *localMap, keySize int, k *knowledge.Store) error {
 	var b [20]byte
 	key := make([]byte, keySize)
 	if _, err := io.ReadFull(r, b[:]); err != nil {
@@ -354,12 +315,12 @@ func (s *savedState) readVersion(r *bytes.Reader, kind byte, m *localMap, keySiz
 	if m == nil {
 		return nil
 	}
-	sv := savedVersion{v: version{hlc.Stamp(binary.BigEndian.Uint64(b[0:])), binary.BigEndian.Uint32(b[8:])},
-		tomb: kind == stateDelete, valHash: binary.BigEndian.Uint64(b[12:])}
-	h := k.hash(key)
+	sv := knowledge.Noted{Version: knowledge.Version{Stamp: hlc.Stamp(binary.BigEndian.Uint64(b[0:])), Origin: binary.BigEndian.Uint32(b[8:])},
+		Deleted: kind == stateDelete, ValueHash: binary.BigEndian.Uint64(b[12:])}
+	h := k.Hash(key)
 	s.maps[m.index][h] = sv
 	s.keys[m.index][h] = key
-	s.last = max(s.last, sv.v.stamp)
+	s.last = max(s.last, sv.Version.Stamp)
 	return nil
 }
 
@@ -383,51 +344,49 @@ func (n *Node) restoreState(path string) (int, error) {
 	for i := range n.apply.table.maps {
 		m := &n.apply.table.maps[i]
 		saved := s.maps[i]
-		err := k.eachBatch(m, func(ks, vs []byte) {
+		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			now := n.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
-				h := k.hash(key)
-				sv, ok := saved[h]
-				delete(saved, h)
-				if ok && !sv.tomb && sv.valHash == valueHash(val) {
-					k.set(i, key, sv.v, false, false, now)
+				hash := k.Hash(key)
+				sv, ok := saved[hash]
+				delete(saved, hash)
+				if ok && !sv.Deleted && sv.ValueHash == knowledge.ValueHash(val) {
+					h.Set(h.Put(i, key), i, key, sv.Version, false, false, now)
 					continue
 				}
-				n.writtenWhileDown(i, ops.Update, key, val, now)
+				n.writtenWhileDown(h, i, ops.Update, key, val, now)
 				found++
 			}
 		}, nil)
 		if err != nil {
 			return found, fmt.Errorf("read map %s: %w", m.Desc.Name, err)
 		}
-		k.mu.Lock()
+		h := k.Lock()
 		now := n.time.Now()
 		// In key order, not Go's map order: the deletes made while no
 		// daemon ran are sent in that order, the same on every run.
 		left := slices.SortedFunc(maps.Keys(saved), func(a, b uint64) int { return bytes.Compare(s.keys[i][a], s.keys[i][b]) })
-		for _, h := range left {
-			sv, key := saved[h], s.keys[i][h]
-			if sv.tomb {
-				if sv.v.stamp.Time().After(now.Add(-k.horizon)) {
-					k.set(i, key, sv.v, true, false, now)
+		for _, hash := range left {
+			sv, key := saved[hash], s.keys[i][hash]
+			if sv.Deleted {
+				if sv.Version.Stamp.Time().After(now.Add(-k.Horizon())) {
+					h.Set(h.Put(i, key), i, key, sv.Version, true, false, now)
 				}
 				continue
 			}
-			n.writtenWhileDown(i, ops.Delete, key, nil, now)
+			n.writtenWhileDown(h, i, ops.Delete, key, nil, now)
 			found++
 		}
-		k.mu.Unlock()
+		h.Unlock()
 	}
 	return found, nil
 }
 
 // writtenWhileDown records a change of key of map index m that the
 // datapath made while no daemon ran, found against the state file, as a
-// write of this node's, read from the map, and passes it on. Called with
-// the knowledge lock held.
-func (n *Node) writtenWhileDown(m int, op ops.Op, key, value []byte, now time.Time) {
-	v := version{stamp: n.clock.At(now), origin: n.node}
-	n.know.set(m, key, v, op == ops.Delete, true, now) // read from the map: see knowledge.set
-	n.relay.add(m, op, v, key, value)
+// write of this node's, read from the map, and passes it on: as a scan
+// does with what it finds.
+func (n *Node) writtenWhileDown(h knowledge.Held, m int, op ops.Op, key, value []byte, now time.Time) {
+	n.scan.found(h, m, op, key, value, now)
 }

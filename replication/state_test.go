@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
@@ -50,9 +51,7 @@ func TestRestartFindsWritesMadeWhileDown(t *testing.T) {
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("no state file after a stop: %v", err)
 	}
-	first.know.mu.Lock()
-	same := first.know.lookup(0, []byte("same")).version()
-	first.know.mu.Unlock()
+	same, _ := knownVersion(first.know, 0, "same")
 
 	// While no daemon runs.
 	flows.UpdateBatch([]byte("chng"), []byte("value--2"))
@@ -65,12 +64,12 @@ func TestRestartFindsWritesMadeWhileDown(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("the state file is still there after it was read (%v): a crash would reuse it", err)
 	}
-	if sl := n.know.lookup(0, []byte("same")); sl == nil || sl.version() != same {
-		t.Fatalf("the unchanged key has version %+v, want the saved %+v", sl, same)
+	if v, known := knownVersion(n.know, 0, "same"); !known || v != same {
+		t.Fatalf("the unchanged key has version %+v (known: %v), want the saved %+v", v, known, same)
 	}
 	sent := map[string]ops.Op{}
-	n.relay.drain(func(_ int, op ops.Op, v version, key, _ []byte) {
-		if v.origin != ourNode || v.stamp <= same.stamp {
+	n.relay.drain(func(_ int, op ops.Op, v knowledge.Version, key, _ []byte) {
+		if v.Origin != ourNode || v.Stamp <= same.Stamp {
 			t.Errorf("%s sent as %+v, want a new write of this node", key, v)
 		}
 		sent[string(key)] = op
@@ -124,11 +123,11 @@ func TestStateKeepsWritesAppliedWhileStopping(t *testing.T) {
 	// The same map, still holding the applied value.
 	n := newTestNode(t, Config{Node: ourNode, Epoch: ourEpoch + 1, Table: f.tab, Transport: newFakeTransport(), StateFile: path})
 	n.restore()
-	if sl := n.know.lookup(0, []byte("key1")); sl == nil || sl.version() != (version{applied, peerNode}) {
-		t.Fatalf("after the restart key1's version is %+v, want the peer's write applied while stopping", sl)
+	if v, known := knownVersion(n.know, 0, "key1"); !known || v != (knowledge.Version{Stamp: applied, Origin: peerNode}) {
+		t.Fatalf("after the restart key1's version is %+v (known: %v), want the peer's write applied while stopping", v, known)
 	}
 	sent := 0
-	n.relay.drain(func(int, ops.Op, version, []byte, []byte) { sent++ })
+	n.relay.drain(func(int, ops.Op, knowledge.Version, []byte, []byte) { sent++ })
 	if sent != 0 {
 		t.Fatalf("the restart sent %d writes of its own, want none", sent)
 	}

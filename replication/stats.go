@@ -24,6 +24,10 @@ type Stats struct {
 	RaceChecks      atomic.Uint64 // captured changes that crossed an apply of their key, checked against the map
 	Relayed         atomic.Uint64 // entries sent on with the version they had: what a merge found a peer lacking
 	Restamped       atomic.Uint64 // entries read after a capture overflow and stamped anew, since a lost write may hold them
+	Scans           atomic.Uint64 // scans of a map for in-place changes completed
+	ScanFound       atomic.Uint64 // entries a scan found changed and sent as writes of this node
+	ScanVanished    atomic.Uint64 // keys a scan found gone without a delete the capture saw (evictions)
+	ScanPrints      atomic.Uint64 // keys whose value fingerprint the scans keep (a gauge)
 
 	// Receiver.
 	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
@@ -51,6 +55,14 @@ type Stats struct {
 	Unauthenticated   atomic.Uint64 // datagrams that did not open with this node's keys, or were sealed or not when they should not be
 	Replayed          atomic.Uint64 // sealed datagrams whose counter was seen before, or is older than the replay window
 
+	// Return routability.
+	CookiesSent      atomic.Uint64 // cookies sent to peers' addresses not yet proved, instead of an answer or before a request
+	AddressesProven  atomic.Uint64 // peers' addresses proved by the echo of a cookie
+	Withheld         atomic.Uint64 // datagrams not sent to an address not yet proved: it had not sent as much
+	CookiesExpired   atomic.Uint64 // echoes of a cookie older than the previous slot, dropped
+	CookiesForged    atomic.Uint64 // echoes of a cookie this node did not make, dropped
+	CookiesWrongAddr atomic.Uint64 // echoes of a cookie made for another address, dropped
+
 	// Full resync.
 	ResyncsSent       atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
 	ResyncsReceived   atomic.Uint64 // snapshots received from a peer to the end and applied
@@ -59,6 +71,14 @@ type Stats struct {
 	TombstonesDropped atomic.Uint64 // deletes forgotten before the horizon because too many were remembered
 	KnownKeys         atomic.Uint64 // keys whose latest version this node knows, deleted ones included (a gauge)
 	Ready             atomic.Bool   // the initial sync is complete
+
+	// Digest rounds.
+	DigestRounds  atomic.Uint64 // rounds this node started with a peer
+	DigestFound   atomic.Uint64 // leaf buckets a round found to differ from the peer's, unwritten lately on both sides
+	DigestBusy    atomic.Uint64 // buckets that differed but were written lately, so may have changes in flight: left to the next round
+	DigestRepairs atomic.Uint64 // filtered resyncs that repaired differing buckets to the end
+	DigestHealed  atomic.Uint64 // entries those repairs changed: applied here, sent back, or stamped anew
+	DigestBytes   atomic.Uint64 // bytes of digest datagrams sent and received
 
 	// ApplySeconds is how long each batch write to a local map took.
 	ApplySeconds Histogram
@@ -98,15 +118,21 @@ func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum flo
 // StatsSnapshot is a copy of [Stats] at one moment.
 type StatsSnapshot struct {
 	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
-	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped uint64
+	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped,
+	Scans, ScanFound, ScanVanished, ScanPrints uint64
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
 	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
 	Unauthenticated, Replayed uint64
 
+	CookiesSent, AddressesProven, Withheld, CookiesExpired, CookiesForged, CookiesWrongAddr uint64
+
 	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
-	Ready                                                                               bool
+
+	DigestRounds, DigestFound, DigestBusy, DigestRepairs, DigestHealed, DigestBytes uint64
+
+	Ready bool
 }
 
 // Snapshot copies the counters.
@@ -125,6 +151,10 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		RaceChecks:        s.RaceChecks.Load(),
 		Relayed:           s.Relayed.Load(),
 		Restamped:         s.Restamped.Load(),
+		Scans:             s.Scans.Load(),
+		ScanFound:         s.ScanFound.Load(),
+		ScanVanished:      s.ScanVanished.Load(),
+		ScanPrints:        s.ScanPrints.Load(),
 		DatagramsReceived: s.DatagramsReceived.Load(),
 		ChangesApplied:    s.ChangesApplied.Load(),
 		DeletesMissing:    s.DeletesMissing.Load(),
@@ -149,12 +179,24 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		AnswersLimited:    s.AnswersLimited.Load(),
 		Unauthenticated:   s.Unauthenticated.Load(),
 		Replayed:          s.Replayed.Load(),
+		CookiesSent:       s.CookiesSent.Load(),
+		AddressesProven:   s.AddressesProven.Load(),
+		Withheld:          s.Withheld.Load(),
+		CookiesExpired:    s.CookiesExpired.Load(),
+		CookiesForged:     s.CookiesForged.Load(),
+		CookiesWrongAddr:  s.CookiesWrongAddr.Load(),
 		ResyncsSent:       s.ResyncsSent.Load(),
 		ResyncsReceived:   s.ResyncsReceived.Load(),
 		SyncDeleted:       s.SyncDeleted.Load(),
 		SyncPushed:        s.SyncPushed.Load(),
 		TombstonesDropped: s.TombstonesDropped.Load(),
 		KnownKeys:         s.KnownKeys.Load(),
+		DigestRounds:      s.DigestRounds.Load(),
+		DigestFound:       s.DigestFound.Load(),
+		DigestBusy:        s.DigestBusy.Load(),
+		DigestRepairs:     s.DigestRepairs.Load(),
+		DigestHealed:      s.DigestHealed.Load(),
+		DigestBytes:       s.DigestBytes.Load(),
 		Ready:             s.Ready.Load(),
 	}
 }
@@ -176,6 +218,10 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("race_checks", s.RaceChecks),
 		slog.Uint64("relayed", s.Relayed),
 		slog.Uint64("restamped", s.Restamped),
+		slog.Uint64("scans", s.Scans),
+		slog.Uint64("scan_found", s.ScanFound),
+		slog.Uint64("scan_vanished", s.ScanVanished),
+		slog.Uint64("scan_prints", s.ScanPrints),
 		slog.Uint64("datagrams_received", s.DatagramsReceived),
 		slog.Uint64("changes_applied", s.ChangesApplied),
 		slog.Uint64("deletes_missing", s.DeletesMissing),
@@ -200,12 +246,24 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("answers_limited", s.AnswersLimited),
 		slog.Uint64("unauthenticated", s.Unauthenticated),
 		slog.Uint64("replayed", s.Replayed),
+		slog.Uint64("cookies_sent", s.CookiesSent),
+		slog.Uint64("addresses_proven", s.AddressesProven),
+		slog.Uint64("withheld", s.Withheld),
+		slog.Uint64("cookies_expired", s.CookiesExpired),
+		slog.Uint64("cookies_forged", s.CookiesForged),
+		slog.Uint64("cookies_wrong_address", s.CookiesWrongAddr),
 		slog.Uint64("resyncs_sent", s.ResyncsSent),
 		slog.Uint64("resyncs_received", s.ResyncsReceived),
 		slog.Uint64("sync_deleted", s.SyncDeleted),
 		slog.Uint64("sync_pushed", s.SyncPushed),
 		slog.Uint64("tombstones_dropped", s.TombstonesDropped),
 		slog.Uint64("known_keys", s.KnownKeys),
+		slog.Uint64("digest_rounds", s.DigestRounds),
+		slog.Uint64("digest_found", s.DigestFound),
+		slog.Uint64("digest_busy", s.DigestBusy),
+		slog.Uint64("digest_repairs", s.DigestRepairs),
+		slog.Uint64("digest_healed", s.DigestHealed),
+		slog.Uint64("digest_bytes", s.DigestBytes),
 		slog.Bool("ready", s.Ready),
 	}
 }

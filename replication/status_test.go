@@ -79,6 +79,9 @@ func TestNewPeerOfReadyNodeRepairedFromOne(t *testing.T) {
 	f := newReceiverFixture(t)
 	f.n.ready.become("test", 0)
 	f.handle(peerA, f.peerDatagram(t, 1, 500, "key1", "500"))
+	// One small datagram pays for the cookie to a new peer's address,
+	// not for the request too: that goes once the peer echoed it.
+	f.echoCookies(time.Now())
 	got := f.nacks(t, wire.KindNack)
 	if len(got) != 1 || got[0][0] != (wire.Range{First: 1, Last: 499}) {
 		t.Fatalf("requests %v, want [1,499]", got)

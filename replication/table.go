@@ -3,10 +3,14 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -20,6 +24,9 @@ type Map struct {
 	Desc   wire.Descriptor
 	ID     ebpf.MapID
 	Target Target
+	// Options are the map's scanning and fields (package mapopt); the
+	// zero value copies values as they are and never scans.
+	Options mapopt.Options
 }
 
 // MapFromLoader describes a map opened by the loader for [NewTable].
@@ -45,6 +52,7 @@ type localMap struct {
 	fp        uint32
 	keySize   int
 	valueSize int
+	plan      *fieldPlan // nil: values are copied as they are and not scanned
 }
 
 // maxRecord is the size of this map's largest record: an update with the
@@ -57,6 +65,7 @@ type Table struct {
 	maps    []localMap
 	byFP    map[uint32]*localMap
 	payload int
+	mono    monoClock // the clock of the maps' clock fields
 }
 
 // Datagram payload limits: the smallest fits a header and one descriptor
@@ -94,6 +103,10 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 			fp:        m.Desc.Fingerprint(),
 			keySize:   int(m.Desc.KeySize),
 			valueSize: int(m.Desc.ValueSize),
+		}
+		var err error
+		if lm.plan, err = newFieldPlan(m.Options, lm.valueSize, &t.mono); err != nil {
+			return nil, fmt.Errorf("map %q: %w", m.Desc.Name, err)
 		}
 		if lm.keySize == 0 {
 			return nil, fmt.Errorf("map %q: key size 0 cannot be replicated", m.Desc.Name)
@@ -135,4 +148,15 @@ func (t *Table) byName(name string) *localMap {
 		}
 	}
 	return nil
+}
+
+// newKnowledge makes the knowledge of the maps of t, counting into stats,
+// started at start.
+func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats, start time.Time) *knowledge.Store {
+	sizes := make([]int, len(t.maps))
+	for i := range t.maps {
+		sizes[i] = t.maps[i].keySize
+	}
+	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: start,
+		Restamped: &stats.Restamped, TombstonesDropped: &stats.TombstonesDropped})
 }

@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"math/rand/v2"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,8 +32,3 @@ func (SystemTime) Sleep(d time.Duration) {
 	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
 	}
 }
-
-// systemRand is the process's random source, seeded at start.
-type systemRand struct{}
-
-func (systemRand) Uint64() uint64 { return rand.Uint64() }

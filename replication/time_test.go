@@ -18,7 +18,7 @@ func (f *fixedTime) Sleep(d time.Duration) { f.now = f.now.Add(d) }
 func TestConfigTimeAndRand(t *testing.T) {
 	virtual := &fixedTime{now: time.Date(2041, 3, 4, 5, 6, 7, 0, time.UTC)}
 	ids := func() uint32 {
-		n := newFixtureWith(t, Config{Time: virtual, Rand: rand.NewPCG(1, 2)}).n
+		n := newFixtureWith(t, Config{Time: virtual, Rand: rand.NewChaCha8([32]byte{1, 2})}).n
 		if got := n.clock.Now().Time(); !got.Equal(virtual.now) {
 			t.Fatalf("the node's clock stamps at %v, not at the configured %v", got, virtual.now)
 		}

@@ -63,13 +63,13 @@ func (net *network) send(s *Sim, from, to *simNode, d []byte) {
 		if n == from || to != nil && n != to {
 			continue
 		}
-		net.carry(s, from, n, d)
+		net.carry(s, from, n, d, to != nil)
 	}
 }
 
-// carry decides the fate of d from one node to another, and schedules
-// its arrival.
-func (net *network) carry(s *Sim, from, to *simNode, d []byte) {
+// carry decides the fate of d from one node to another, sent to it
+// alone or to the group, and schedules its arrival.
+func (net *network) carry(s *Sim, from, to *simNode, d []byte, unicast bool) {
 	h := fnv.New64a()
 	var b [28]byte
 	binary.BigEndian.PutUint64(b[0:], s.seed)
@@ -102,7 +102,7 @@ func (net *network) carry(s *Sim, from, to *simNode, d []byte) {
 		s.tracef("send %s %d->%d arrives +%v", kind, from.id, to.id, delay)
 		s.at(s.now.Add(delay), fate+uint64(i), func() {
 			s.tracef("deliver %s %d->%d", kind, from.id, to.id)
-			to.deliver(from.addr, c)
+			to.deliver(from.addr, c, unicast)
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -89,7 +90,7 @@ func (n *simNode) start() {
 	}
 	node, err := replication.NewNode(replication.Config{Node: n.id, Epoch: n.run, Table: tab, Source: n.ring,
 		Transport: &endpoint{n: n, run: n.run}, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
-		Time: n, Rand: rand.NewPCG(n.s.seed, uint64(n.id)<<32|n.run), StateFile: n.state,
+		Time: n, Rand: n.random(), StateFile: n.state,
 		Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		panic(err)
@@ -108,6 +109,16 @@ func (n *simNode) start() {
 		n.s.at(n.s.now.Add(replication.RetryTick), n.key(kindTimers), fire)
 	}
 	n.s.at(n.s.now.Add(replication.RetryTick), n.key(kindTimers), fire)
+}
+
+// random is the daemon's random source: the seed's, the node's and the
+// run's.
+func (n *simNode) random() *rand.ChaCha8 {
+	var seed [32]byte
+	binary.BigEndian.PutUint64(seed[0:], n.s.seed)
+	binary.BigEndian.PutUint32(seed[8:], n.id)
+	binary.BigEndian.PutUint64(seed[12:], n.run)
+	return rand.NewChaCha8(seed)
 }
 
 // The kinds of a node's own events, for their order among the events of
@@ -176,11 +187,11 @@ func (n *simNode) traceApply(op ops.Op, key, value []byte) {
 }
 
 // deliver hands one datagram to the daemon, if one runs.
-func (n *simNode) deliver(from netip.AddrPort, d []byte) {
+func (n *simNode) deliver(from netip.AddrPort, d []byte, unicast bool) {
 	if !n.up() {
 		return
 	}
-	n.n.Deliver([]transport.Packet{{From: from, Data: d}})
+	n.n.Deliver([]transport.Packet{{From: from, Data: d, Unicast: unicast}})
 	n.wakeTransfers(n.s.now) // an acknowledgement or a request moves a transfer
 }
 

@@ -54,6 +54,11 @@ const (
 type Packet struct {
 	Data []byte // aliases a transport buffer until the next Receive
 	From netip.AddrPort
+	// Unicast says that it was addressed to this node alone. A datagram
+	// sent to the group reached every member, so whoever answers its
+	// source must share what it may send there with the others; when
+	// the kernel does not say, Unicast is false.
+	Unicast bool
 }
 
 // Config says where a [UDP] transport sends and listens.
@@ -164,7 +169,7 @@ func ListenUDP(cfg Config) (*UDP, error) {
 	u.in = make([]ipv4.Message, receiveBatch)
 	for i := range u.in {
 		u.in[i].Buffers = [][]byte{make([]byte, receiveBufferSize)}
-		u.in[i].OOB = make([]byte, unix.CmsgSpace(4))
+		u.in[i].OOB = make([]byte, unix.CmsgSpace(4)+unix.CmsgSpace(unix.SizeofInet6Pktinfo))
 	}
 	u.pkts = make([]Packet, 0, receiveBatch)
 	return u, nil
@@ -300,9 +305,17 @@ func setSocketOptions(fd int, v6 bool, iface string) error {
 			return fmt.Errorf("set SO_SNDBUF: %w", err)
 		}
 	}
+	// The destination of each datagram: the group, or this node alone.
+	level, opt := unix.IPPROTO_IP, unix.IP_PKTINFO
+	if v6 {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		return fmt.Errorf("ask for each datagram's destination (PKTINFO): %w", err)
+	}
 	// A wildcard-bound socket would otherwise also receive every group any
 	// other socket on the host joined for this port.
-	level, opt := unix.IPPROTO_IP, unix.IP_MULTICAST_ALL
+	level, opt = unix.IPPROTO_IP, unix.IP_MULTICAST_ALL
 	if v6 {
 		level, opt = unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_ALL
 	}
@@ -467,34 +480,44 @@ func (u *UDP) Receive() ([]Packet, error) {
 			from = netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
 		}
 		data := m.Buffers[0][:m.N]
-		size := groSize(m.OOB[:m.NN])
+		size, unicast := control(m.OOB[:m.NN])
 		if size <= 0 {
 			size = len(data)
 		}
 		for len(data) > size {
-			u.pkts = append(u.pkts, Packet{Data: data[:size:size], From: from})
+			u.pkts = append(u.pkts, Packet{Data: data[:size:size], From: from, Unicast: unicast})
 			data = data[size:]
 		}
-		u.pkts = append(u.pkts, Packet{Data: data[:len(data):len(data)], From: from})
+		u.pkts = append(u.pkts, Packet{Data: data[:len(data):len(data)], From: from, Unicast: unicast})
 	}
 	return u.pkts, nil
 }
 
-// groSize returns the segment size of a GRO message from its control
-// messages, or 0 if the message is a single datagram.
-func groSize(oob []byte) int {
+// control reads a received message's control messages: the segment size
+// of a GRO message (0 if it is a single datagram), and whether its
+// destination was a unicast address (PKTINFO).
+func control(oob []byte) (groSize int, unicast bool) {
 	for len(oob) >= unix.CmsgLen(0) {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		l := int(h.Len)
 		if l < unix.CmsgLen(0) || l > len(oob) {
-			return 0
+			return groSize, unicast
 		}
-		if h.Level == unix.IPPROTO_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
-			return int(int32(binary.NativeEndian.Uint32(oob[unix.CmsgLen(0):])))
+		data := oob[unix.CmsgLen(0):l]
+		switch {
+		case h.Level == unix.IPPROTO_UDP && h.Type == unix.UDP_GRO && len(data) >= 4:
+			groSize = int(int32(binary.NativeEndian.Uint32(data)))
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			// struct in_pktinfo: ifindex, spec_dst, then addr, the
+			// header's destination.
+			unicast = !netip.AddrFrom4([4]byte(data[8:12])).IsMulticast()
+		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			// struct in6_pktinfo: addr first.
+			unicast = !netip.AddrFrom16([16]byte(data[:16])).IsMulticast()
 		}
 		oob = oob[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(oob)):]
 	}
-	return 0
+	return groSize, unicast
 }
 
 // Close closes the socket, which also ends a blocked Receive.

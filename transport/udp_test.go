@@ -54,7 +54,7 @@ func receive(t *testing.T, u *UDP, want int) []Packet {
 				return
 			}
 			for _, p := range pkts {
-				got = append(got, Packet{Data: bytes.Clone(p.Data), From: p.From})
+				got = append(got, Packet{Data: bytes.Clone(p.Data), From: p.From, Unicast: p.Unicast})
 			}
 		}
 		done <- nil
@@ -95,8 +95,8 @@ func TestUDPTransport(t *testing.T) {
 			}
 			for _, dir := range []struct {
 				from, to *UDP
-				src      *netnstest.Node
-			}{{ua, ub, a}, {ub, ua, b}} {
+				src, dst *netnstest.Node
+			}{{ua, ub, a, b}, {ub, ua, b, a}} {
 				sent := [][]byte{[]byte("first"), bytes.Repeat([]byte{7}, tc.payload), []byte("third")}
 				if err := dir.from.Send(sent); err != nil {
 					t.Fatalf("send from %s: %v", dir.src.Name, err)
@@ -109,6 +109,20 @@ func TestUDPTransport(t *testing.T) {
 					if p.From.Port() != DefaultPort || (tc.from != nil && p.From.Addr() != tc.from(dir.src)) {
 						t.Errorf("datagram %d from %s reported from %s", i, dir.src.Name, p.From)
 					}
+					if unicast := len(tc.cfg.Peers) > 0; p.Unicast != unicast {
+						t.Errorf("datagram %d from %s: Unicast %v, want %v", i, dir.src.Name, p.Unicast, unicast)
+					}
+				}
+				// What is sent to one node alone says so.
+				to := netip.AddrPortFrom(dir.dst.Addr, DefaultPort)
+				if tc.cfg.Group.Is6() {
+					to = netip.AddrPortFrom(dir.dst.Addr6, DefaultPort)
+				}
+				if err := dir.from.SendTo(to, [][]byte{[]byte("alone")}); err != nil {
+					t.Fatalf("send from %s to %s: %v", dir.src.Name, to, err)
+				}
+				if p := receive(t, dir.to, 1)[0]; string(p.Data) != "alone" || !p.Unicast {
+					t.Errorf("datagram sent to %s alone: %q, Unicast %v; want \"alone\", true", to, p.Data, p.Unicast)
 				}
 			}
 			// The send path is part of the hot path: no allocations.
@@ -144,7 +158,7 @@ func TestUDPSegmentationOffload(t *testing.T) {
 			t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(p.Data), p.Data[0], len(sent[i]), sent[i][0])
 		}
 	}
-	if size := groSize(ub.in[0].OOB[:ub.in[0].NN]); size != ua.Payload() {
+	if size, _ := control(ub.in[0].OOB[:ub.in[0].NN]); size != ua.Payload() {
 		t.Errorf("the first message read has GRO segment size %d, want %d: GRO is not in effect", size, ua.Payload())
 	}
 	if !ua.gso.Load() {

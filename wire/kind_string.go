@@ -17,11 +17,15 @@ func _() {
 	_ = x[KindSnapshot-7]
 	_ = x[KindSyncEnd-8]
 	_ = x[KindSyncAck-9]
+	_ = x[KindCookie-10]
+	_ = x[KindCookieEcho-11]
+	_ = x[KindDigest-12]
+	_ = x[KindDigestDiff-13]
 }
 
-const _Kind_name = "ChangesAnnounceNackGoneSyncRequestSyncStartSnapshotSyncEndSyncAck"
+const _Kind_name = "ChangesAnnounceNackGoneSyncRequestSyncStartSnapshotSyncEndSyncAckCookieCookieEchoDigestDigestDiff"
 
-var _Kind_index = [...]uint8{0, 7, 15, 19, 23, 34, 43, 51, 58, 65}
+var _Kind_index = [...]uint8{0, 7, 15, 19, 23, 34, 43, 51, 58, 65, 71, 81, 87, 97}
 
 func (i Kind) String() string {
 	idx := int(i) - 1

@@ -54,7 +54,17 @@ const (
 	KindSyncEnd     Kind = 8 // the snapshot's last datagram number: nothing follows
 	KindSyncAck     Kind = 9 // the requester's progress: a [Nack] body of missing datagram numbers, or none
 
-	maxKind = KindSyncAck
+	// An address proves that it receives what is sent to it before it is
+	// answered with more than it sent; see [Cookie] and FORMAT.md.
+	KindCookie     Kind = 10 // instead of an answer: a [Cookie] the address must send back
+	KindCookieEcho Kind = 11 // the [Cookie] sent back, from the address it was sent to
+
+	// A digest round compares what two nodes hold, bucket by bucket of
+	// a tree over the keys' hashes; see [Digest] and FORMAT.md.
+	KindDigest     Kind = 12 // a node's digests of the children of one bucket, see [Digest]
+	KindDigestDiff Kind = 13 // the peer's answer: which of those children differ, see [DigestDiff]
+
+	maxKind = KindDigestDiff
 )
 
 // Header flags.
@@ -98,10 +108,10 @@ type Header struct {
 	Sealed bool
 	Kind   Kind
 	Flags  uint8  // [FlagRetransmit] on a resent change datagram, [FlagReady] on an announce, else zero
-	Count  uint16 // records (KindChanges, KindSnapshot), descriptors (KindAnnounce) or ranges (KindNack, KindGone, KindSyncAck)
+	Count  uint16 // records (KindChanges, KindSnapshot), descriptors (KindAnnounce), ranges (KindNack, KindGone, KindSyncAck) or a [Cookie]'s slot
 	Node   uint32 // sender node id
 	Epoch  uint64 // sender boot epoch: changes whenever the sender restarts
-	Seq    uint64 // sender sequence number of this datagram, see [Header.CheckSeq]; for the sync kinds, see [SyncSeq]
+	Seq    uint64 // sender sequence number of this datagram, see [Header.CheckSeq]; for the sync kinds, see [SyncSeq]; a [Cookie]'s tag
 }
 
 // SyncSeq packs a resync's request id and a datagram number of its

@@ -3,12 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 )
 
 // TestAdvice checks that each loader error gets the advice for it, names
@@ -136,5 +138,53 @@ func TestAdvicePassesThrough(t *testing.T) {
 		if got := advice(err); got != err {
 			t.Errorf("advice(%v) = %v, want it unchanged", err, got)
 		}
+	}
+}
+
+// Each kind of bad map option gets advice that names --map, the map and
+// the option, and still matches its sentinel.
+func TestOptionAdvice(t *testing.T) {
+	for _, tc := range []struct {
+		spec     string
+		sentinel error
+		want     string
+	}{
+		{"/sys/fs/bpf/ct,speed=1s", mapopt.ErrUnknownOption, "the options are scan=DURATION"},
+		{"/sys/fs/bpf/ct,local=lifetime", mapopt.ErrNoBTF, "give the field's bytes as OFFSET:SIZE"},
+		{"/sys/fs/bpf/ct,local=60:4", mapopt.ErrOutOfRange, "check the offset and size"},
+		{"/sys/fs/bpf/ct,clock=0:2:mono-s", mapopt.ErrClockSize, "a clock field is a __u32 or __u64"},
+		{"/sys/fs/bpf/ct,clock=0:4:mono-s,local=2:4", mapopt.ErrOverlap, "two clock fields cannot share a byte"},
+		{"/sys/fs/bpf/ct,refresh=0:4:30s", mapopt.ErrNeedsScan, "add scan=DURATION to this map's options, or set --scan-interval"},
+	} {
+		_, specs, err := splitSpecs([]string{tc.spec})
+		if err == nil {
+			_, err = mapopt.Resolve(specs[0].Map, specs[0].Options, 0, mapopt.Layout{ValueSize: 16})
+			err = optionAdvice(err)
+		}
+		if !errors.Is(err, tc.sentinel) || !strings.HasPrefix(err.Error(), "--map /sys/fs/bpf/ct") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %v with %q", tc.spec, err, tc.sentinel, tc.want)
+		}
+	}
+	if _, _, err := splitSpecs([]string{"/sys/fs/bpf/ct,scan"}); !errors.Is(err, mapopt.ErrBadValue) || !strings.Contains(err.Error(), "option scan") {
+		t.Errorf("a bare option: %v", err)
+	}
+}
+
+// --config adds its maps after those of --map, with their options.
+func TestConfigFile(t *testing.T) {
+	path := t.TempDir() + "/maps.yaml"
+	if err := os.WriteFile(path, []byte("maps:\n  - map: /sys/fs/bpf/ct\n    scan: 1s\n    local: [8:4]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	paths, specs, err := mapSpecs([]string{"name:other,scan=2s"}, path)
+	if err != nil || len(paths) != 2 || paths[0] != "name:other" || paths[1] != "/sys/fs/bpf/ct" ||
+		len(specs[1].Options) != 2 || specs[1].Options[1] != (mapopt.Option{Key: "local", Value: "8:4"}) {
+		t.Errorf("got %v %v %v", paths, specs, err)
+	}
+	if err := os.WriteFile(path, []byte("maps:\n  - map: x\n    scna: 1s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := mapSpecs(nil, path); !errors.Is(err, mapopt.ErrConfig) || !strings.HasPrefix(err.Error(), "--config "+path) {
+		t.Errorf("a misspelt key: %v", err)
 	}
 }

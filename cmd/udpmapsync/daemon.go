@@ -7,6 +7,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/control"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/metrics"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -22,6 +23,7 @@ type daemon struct {
 	started time.Time
 
 	maps    []*loader.Map
+	options []mapopt.Options // of maps[i]
 	tr      *transport.UDP
 	capture *loader.Capture
 	sealed  bool // --key-file: every datagram is sealed
@@ -80,6 +82,9 @@ func (d *daemon) Maps() []control.Map {
 	for i, m := range d.maps {
 		out[i] = control.Map{Name: m.Name, Type: mapType(m.Type), KeySize: m.KeySize, ValueSize: m.ValueSize,
 			MaxEntries: m.MaxEntries}
+		if d.options[i].InPlace() {
+			out[i].Options = d.options[i].String()
+		}
 		if c := counts[i]; c.Err != nil {
 			out[i].EntriesError = c.Err.Error()
 		} else {

@@ -27,6 +27,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/epoch"
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/metrics"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/seal"
@@ -52,6 +53,7 @@ type Flags struct {
 	RingSize         byteSize
 	ResendBuffer     byteSize
 	KeyFile          string
+	InsecureNoKey    bool
 	StatsInterval    time.Duration
 	LogLevel         string
 	Version          bool
@@ -62,6 +64,10 @@ type Flags struct {
 	CPUProfile       string
 	TombstoneHorizon time.Duration
 	ClockOffset      time.Duration
+	DigestInterval   time.Duration
+	ScanInterval     time.Duration
+	MonoOffset       time.Duration
+	Config           string
 }
 
 // defaultStateDir holds the epoch file; the systemd unit's StateDirectory.
@@ -73,7 +79,9 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Group, "group", "239.1.1.1", "multicast group, IPv4 or IPv6 (e.g. ff02::1:3)")
 	fs.Uint16Var(&f.Port, "port", transport.DefaultPort, "UDP port to send to and listen on")
 	fs.StringSliceVar(&f.Peers, "peers", nil, "unicast to these nodes instead of multicast (ip,ip,...); only they are accepted")
-	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
+	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N, then its options: SPEC,scan=1s,clock=FIELD:KIND,refresh=FIELD:PERIOD,local=FIELD,vanished=keep|delete (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
+	fs.StringVar(&f.Config, "config", "", "YAML file listing maps with their options (maps: [{map: SPEC, scan: 1s, clock: [...], ...}]), in addition to --map")
+	fs.DurationVar(&f.ScanInterval, "scan-interval", 0, "scan every map this often for in-place changes and evictions (0: never); a map's scan option overrides it")
 	fs.StringVar(&f.Capture, "capture", string(loader.BackendAuto), "capture backend: auto, fentry or syscall")
 	fs.DurationVar(&f.FlushInterval, "flush-interval", replication.DefaultFlushInterval, "longest a change waits to share a datagram")
 	fs.DurationVar(&f.AnnounceInterval, "announce-interval", replication.DefaultAnnounceInterval, "period of announcements: map schemas and the latest sequence number, the heartbeat that reveals a lost tail")
@@ -83,7 +91,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
-	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); without it the link must be trusted")
+	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
+	fs.BoolVar(&f.InsecureNoKey, "insecure-no-key", false, "run without a key: sync traffic neither authenticated nor encrypted, only for a link where every host is trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
@@ -93,7 +102,13 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch) and of the entries' versions saved at a stop for the next start (file state)")
 	fs.DurationVar(&f.TombstoneHorizon, "tombstone-horizon", replication.DefaultTombstoneHorizon,
 		"how long deletes are remembered, so that a node back from a partition or restart within it learns of them")
+	fs.DurationVar(&f.DigestInterval, "digest-interval", replication.DefaultDigestInterval,
+		"period of digest rounds, which compare the maps with one peer bucket by bucket and repair what differs (0: none)")
 	fs.DurationVar(&f.ClockOffset, "clock-offset", 0, "test hook: shift this node's clock for its stamps by this much (within ±"+hlc.MaxSkew.String()+" of its peers)")
+	// Nodes on one kernel (the tests' namespaces) share its clocks; this
+	// makes them read as hosts booted at different times do.
+	fs.DurationVar(&f.MonoOffset, "mono-offset", 0, "test hook: shift the monotonic and boot clocks this node reads for clock fields")
+	_ = fs.MarkHidden("mono-offset")
 	fs.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of the running daemon to this file (for perf/PROFILE.md)")
 	_ = fs.MarkHidden("cpuprofile")
 }
@@ -171,15 +186,26 @@ func (f *Flags) check() (*config, error) {
 		return nil, fmt.Errorf("--tombstone-horizon %s: must be at least 1s; deletes are forgotten after it, so make it longer "+
 			"than the longest partition or restart whose deletes must still reach the other side", f.TombstoneHorizon)
 	}
+	if f.DigestInterval != 0 && f.DigestInterval < time.Second {
+		return nil, fmt.Errorf("--digest-interval %s: each round reads every map; use at least 1s (default %s), or 0 to turn digest rounds off",
+			f.DigestInterval, replication.DefaultDigestInterval)
+	}
 	if f.ClockOffset < -hlc.MaxSkew || f.ClockOffset > hlc.MaxSkew {
 		return nil, fmt.Errorf("--clock-offset %s: peers drop stamps more than %s ahead of their clocks; stay within ±%s",
 			f.ClockOffset, hlc.MaxSkew, hlc.MaxSkew)
+	}
+	if f.ScanInterval < 0 || f.ScanInterval > 0 && f.ScanInterval < mapopt.MinScan {
+		return nil, fmt.Errorf("--scan-interval %s: must be 0 (no scanning) or a period of at least %s, such as 1s: each scan reads every map whole",
+			f.ScanInterval, mapopt.MinScan)
 	}
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
 	}
 	if err := c.level.UnmarshalText([]byte(f.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %s: use debug, info, warn or error", f.LogLevel)
+	}
+	if err := f.checkKey(); err != nil {
+		return nil, err
 	}
 	if f.StateDir == "" {
 		return nil, fmt.Errorf("--state-dir must name a directory (default %s): it keeps the boot epoch across restarts", defaultStateDir)
@@ -190,6 +216,28 @@ func (f *Flags) check() (*config, error) {
 		}
 	}
 	return &c, nil
+}
+
+// keyAdvice is how to make a key, in one command an operator can paste.
+const keyAdvice = "make one with\n" +
+	"    install -d -m 0700 /etc/udpmapsync && (umask 077; head -c 32 /dev/urandom | base64 > /etc/udpmapsync/key)\n" +
+	"copy the same file to every node and start each with --key-file /etc/udpmapsync/key (docs/SECURITY.md, \"Setting up a key\")"
+
+// checkKey refuses to run without a key unless the operator said the link
+// is trusted: sync traffic decides what every node's firewall or NAT lets
+// through. Earlier versions ran without a key and only warned, so the
+// message says what changed.
+func (f *Flags) checkKey() error {
+	switch {
+	case f.KeyFile != "" && f.InsecureNoKey:
+		return errors.New("--key-file and --insecure-no-key exclude each other: give one")
+	case f.KeyFile == "" && !f.InsecureNoKey:
+		return errors.New("no --key-file: udpmapsync seals its traffic with a pre-shared key by default " +
+			"(since this version; earlier ones ran unauthenticated with a warning); " + keyAdvice + "; " +
+			"or, only on a link where every host is trusted, run with --insecure-no-key: then anyone on the link " +
+			"can read the replicated state and inject changes into every node")
+	}
+	return nil
 }
 
 // nodeID derives a node id from the interface's MAC address, so it stays
@@ -226,7 +274,7 @@ func run(ctx context.Context, f *Flags) error {
 	defer d.close()
 	logStartup(log, c, f, d)
 	if !d.sealed {
-		log.Warn("no --key-file: sync traffic is neither authenticated nor encrypted; anyone on this link can read the maps' state "+
+		log.Warn("--insecure-no-key: sync traffic is neither authenticated nor encrypted; anyone on this link can read the maps' state "+
 			"and inject changes into every node, so the link must be trusted", "iface", c.iface.Name)
 	}
 	if f.CPUProfile != "" {
@@ -248,8 +296,15 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 			d.close()
 		}
 	}()
-	if d.maps, err = loader.OpenMaps(f.Maps); err != nil {
+	paths, specs, err := mapSpecs(f.Maps, f.Config)
+	if err != nil {
+		return nil, err
+	}
+	if d.maps, err = loader.OpenMaps(paths); err != nil {
 		return nil, advice(err)
+	}
+	if d.options, err = resolveOptions(d.maps, specs, f.ScanInterval); err != nil {
+		return nil, err
 	}
 	d.tr, err = transport.ListenUDP(transport.Config{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
 	if err != nil {
@@ -263,6 +318,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	local := make([]replication.Map, len(d.maps))
 	for i, m := range d.maps {
 		local[i] = replication.MapFromLoader(m)
+		local[i].Options = d.options[i]
 	}
 	table, err := replication.NewTable(local, payload)
 	if errors.Is(err, replication.ErrRecordTooLarge) {
@@ -280,9 +336,13 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
 		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
 		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
-		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), Log: log})
+		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
+		DigestInterval: f.DigestInterval, Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
+	} else if errors.Is(err, replication.ErrDigestPayload) {
+		return nil, fmt.Errorf("--digest-interval %s: %w; raise --mtu (a digest needs %d bytes of payload) or set --digest-interval 0",
+			f.DigestInterval, err, wire.HeaderSize+wire.DigestSize)
 	} else if err != nil {
 		return nil, err
 	}
@@ -373,9 +433,9 @@ func startCPUProfile(path string) (func(), error) {
 // they go.
 func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 	capture := d.capture
-	for _, m := range d.maps {
+	for i, m := range d.maps {
 		log.Info("replicating map", "name", m.Name, "type", m.Type, "key_size", m.KeySize,
-			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID)
+			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID, "options", d.options[i].String())
 	}
 	log.Info("capture attached", "backend", capture.Backend())
 	if !capture.SeesProgramWrites() {

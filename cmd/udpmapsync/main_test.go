@@ -22,13 +22,14 @@ func parse(t *testing.T, args ...string) *Flags {
 }
 
 func TestDefaults(t *testing.T) {
-	f := parse(t, "--iface", "lo", "--node-id", "9")
+	f := parse(t, "--iface", "lo", "--node-id", "9", "--key-file", "/etc/udpmapsync/key")
 	c, err := f.check()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.group.String() != "239.1.1.1" || f.Port != 3870 || f.Capture != "auto" || c.node != 9 ||
-		f.RingSize != 8<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 {
+		f.RingSize != 8<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 ||
+		f.DigestInterval.Seconds() != 30 {
 		t.Errorf("defaults %+v %+v", f, c)
 	}
 }
@@ -45,8 +46,16 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--peers", "10.0.0.1,nope"}, []string{"--peers nope", "not an IP address"}},
 		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
+		{[]string{"--iface", "lo", "--digest-interval", "10ms"}, []string{"--digest-interval 10ms", "at least 1s", "0 to turn digest rounds off"}},
+		{[]string{"--iface", "lo", "--digest-interval", "-1s"}, []string{"--digest-interval -1s", "at least 1s"}},
+		{[]string{"--iface", "lo", "--scan-interval", "1ms"}, []string{"--scan-interval 1ms", "at least 10ms", "reads every map whole"}},
 		// lo has no MAC address to derive the node id from.
-		{[]string{"--iface", "lo"}, []string{"--iface lo has no MAC address", "--node-id"}},
+		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
+		// A key is the default: without one the daemon says how to make
+		// one, and how to do without on a trusted link.
+		{[]string{"--iface", "lo", "--node-id", "9"}, []string{"no --key-file", "earlier ones ran unauthenticated",
+			"head -c 32 /dev/urandom | base64 > /etc/udpmapsync/key", "--key-file /etc/udpmapsync/key", "--insecure-no-key"}},
+		{[]string{"--iface", "lo", "--node-id", "9", "--key-file", "k", "--insecure-no-key"}, []string{"--key-file and --insecure-no-key exclude each other"}},
 	} {
 		_, err := parse(t, tc.args...).check()
 		if err == nil {

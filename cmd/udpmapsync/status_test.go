@@ -13,11 +13,11 @@ import (
 )
 
 func TestServiceFlags(t *testing.T) {
-	f := parse(t, "--iface", "lo", "--node-id", "9")
+	f := parse(t, "--iface", "lo", "--node-id", "9", "--insecure-no-key")
 	if f.MetricsAddr != "" || f.ControlSocket != "/run/udpmapsync/udpmapsync.sock" || f.StateDir != "/var/lib/udpmapsync" {
 		t.Errorf("defaults: --metrics-addr %q --control-socket %q --state-dir %q", f.MetricsAddr, f.ControlSocket, f.StateDir)
 	}
-	_, err := parse(t, "--iface", "lo", "--node-id", "9", "--state-dir", "").check()
+	_, err := parse(t, "--iface", "lo", "--node-id", "9", "--insecure-no-key", "--state-dir", "").check()
 	if err == nil || !strings.Contains(err.Error(), "--state-dir") {
 		t.Errorf("empty --state-dir: %v", err)
 	}

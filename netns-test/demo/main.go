@@ -1,6 +1,7 @@
 // Command demo shows udpmapsync at work on one machine (`make demo`): three
 // nodes in network namespaces on one bridge, a daemon on each, the same
-// four maps on each. It writes changes on node1 with bpftool, shows how
+// four maps on each, and one key: the daemons seal their traffic, as they
+// do by default. It writes changes on node1 with bpftool, shows how
 // many entries every node holds while they replicate, and reports when all
 // maps are identical. It needs root, bpftool and nsenter.
 package main
@@ -70,11 +71,15 @@ func run(ctx context.Context, f Flags) (err error) {
 	}
 	defer os.RemoveAll(dir)
 
-	fmt.Printf("starting %d nodes, each with a daemon and the maps %s\n", nodes, mapNames())
+	key := filepath.Join(dir, netnstest.KeyFileName)
+	if err := netnstest.EnsureKeyFile(key); err != nil {
+		return err
+	}
+	fmt.Printf("starting %d nodes, each with a daemon and the maps %s, sealed with the key in %s\n", nodes, mapNames(), key)
 	c, err := netnstest.NewCluster(ctx, netnstest.ClusterConfig{
 		Nodes:  nodes,
 		Maps:   netnstest.DefaultMaps(),
-		Daemon: netnstest.DaemonConfig{Binary: bin},
+		Daemon: netnstest.DaemonConfig{Binary: bin, KeyFile: key},
 		Dir:    dir,
 	})
 	if err != nil {

@@ -86,6 +86,24 @@ func TestTargets(t *testing.T) {
 	}
 }
 
+// The scan target reads BenchmarkScan's figures from the benchmark
+// output.
+func TestScanTarget(t *testing.T) {
+	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
+BenchmarkScan/100k-2         	       3	  29713879 ns/op	         0.03114 cpu-s/scan	        34.22 prints-B/key	     92948 wire-B/scan
+BenchmarkScan/1000k-2        	       3	 438848370 ns/op	         0.4294 cpu-s/scan	        38.76 prints-B/key	    929348 wire-B/scan
+`))}
+	got := verdicts(r, "")["a scan of a 1M-entry map < 0.5 s of CPU"]
+	for _, want := range []string{"met: ", "100k entries: 0.031 s CPU, 93 kB on the wire", "1M entries: 0.429 s CPU, 929 kB", "39 B of prints per key"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("scan target %q lacks %q", got, want)
+		}
+	}
+	if got := verdicts(&Results{BenchNote: "perfrun ran without --bench"}, "")["a scan of a 1M-entry map < 0.5 s of CPU"]; !strings.HasPrefix(got, "n/a: not measured") {
+		t.Errorf("without benchmarks: %q", got)
+	}
+}
+
 // verdicts maps each target's goal to "met: ", "missed: " or "n/a: " and
 // what was measured.
 func verdicts(r *Results, profile string) map[string]string {

@@ -15,9 +15,11 @@ import (
 
 // The systems compared.
 const (
+	// UDPMapSync is udpmapsync with --insecure-no-key: unsealed, as on a
+	// trusted link.
 	UDPMapSync = "udpmapsync"
-	// UDPMapSyncSealed is udpmapsync with --key-file: every datagram
-	// sealed with AES-256-GCM.
+	// UDPMapSyncSealed is udpmapsync with --key-file, its default: every
+	// datagram sealed with AES-256-GCM.
 	UDPMapSyncSealed = "udpmapsync (sealed)"
 	GRPCStream       = "gRPC stream"
 	GRPCUnary        = "gRPC unary"

@@ -47,7 +47,9 @@ from just before the first write to the sentinel's arrival, divided by the chang
 capture program itself runs inside the writer's syscalls and is charged to the writer ("writer"
 column; compare with the raw CPU per change).
 
-**Sealing.** "udpmapsync (sealed)" is the same daemon with the same flags and --key-file: each
+**Sealing.** "udpmapsync" is the daemon started with --insecure-no-key, unsealed as on a trusted
+link; "udpmapsync (sealed)" is the same daemon with the same flags and --key-file, as it runs by
+default: each
 cluster gets a fresh random 32-byte key, written base64 to a mode-0600 file in the run's temporary
 directory and given to every node, so every datagram is sealed with AES-256-GCM and every receiver
 opens it and checks it against its replay window. It runs right after the plain daemon on the

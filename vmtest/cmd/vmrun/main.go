@@ -1,5 +1,5 @@
 // Command vmrun runs a program inside a qemu VM booted with Debian's 6.1
-// kernel and exits with the program's exit status. It is made to be go
+// kernel (or, with --suite bookworm-backports, its 6.12 LTS kernel) and exits with the program's exit status. It is made to be go
 // test's -exec program, for tests that need a kernel feature this host
 // refuses (fentry/fexit):
 //
@@ -54,9 +54,10 @@ func main() {
 	// Everything after the program belongs to it (go test passes -test.*).
 	fs.SetInterspersed(false)
 	fs.StringVar(&f.CacheDir, "cache-dir", os.Getenv(envCacheDir), "kernel cache (env "+envCacheDir+"; default "+vmtest.DefaultCacheDir()+")")
-	fs.StringVar(&f.KernelPackage, "kernel-package", "", "Debian kernel package to boot (default: the one "+vmtest.MetaPackage+" depends on)")
+	fs.StringVar(&f.Suite, "suite", vmtest.SuiteStable, "Debian archive suite of the kernel: "+vmtest.SuiteStable+" (6.1) or "+vmtest.SuiteBackports+" (6.12 LTS, through an apt configuration of vmrun's own)")
+	fs.StringVar(&f.KernelPackage, "kernel-package", "", "Debian kernel package to boot (default: the one linux-image-ARCH depends on in --suite)")
 	fs.StringVar(&f.Accel, "accel", "tcg", "qemu accelerator; kvm does not boot stock kernels on this host's PVM-backed /dev/kvm")
-	fs.IntVar(&f.CPUs, "cpus", 2, "virtual CPUs")
+	fs.IntVar(&f.CPUs, "cpus", 0, "virtual CPUs (default 2; 1 for "+vmtest.SuiteBackports+", whose kernel panics now and then under TCG with 2)")
 	fs.IntVar(&f.MemoryMB, "memory", 1024, "guest memory in MiB")
 	fs.DurationVar(&f.Timeout, "timeout", 10*time.Minute, "limit for boot and run, after which qemu is killed (default for a go test binary: its -test.timeout + 30s)")
 	var modules []string

@@ -1,0 +1,249 @@
+package knowledge
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/hlc"
+)
+
+func TestVersionOrder(t *testing.T) {
+	a := Version{Stamp: hlc.Make(1000, 0), Origin: 1}
+	b := Version{Stamp: hlc.Make(1000, 0), Origin: 2}
+	c := Version{Stamp: hlc.Make(1000, 1), Origin: 1}
+	for _, tc := range []struct {
+		v, w  Version
+		newer bool
+	}{
+		{b, a, true},          // equal stamps: the higher node id wins
+		{a, b, false},         //
+		{c, b, true},          // a later stamp wins whatever the node
+		{a, Version{}, true},  // any stamped write beats an unstamped entry
+		{Version{}, a, false}, //
+		{a, a, false},         // the same write is not newer than itself
+	} {
+		if got := tc.v.Newer(tc.w); got != tc.newer {
+			t.Errorf("%v newer than %v = %v, want %v", tc.v, tc.w, got, tc.newer)
+		}
+	}
+}
+
+// TestKeyTableAgainstMap puts, finds and removes random hashes, many
+// sharing home slots, and checks every step against a Go map.
+func TestKeyTableAgainstMap(t *testing.T) {
+	var kt keyTable
+	want := map[uint64]uint32{}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 200_000 {
+		// Few distinct values, so removes hit; at the table's load,
+		// probe runs are long and wrap at a shard's end.
+		h := r.Uint64N(20_000)*0x9e3779b97f4a7c15 | 1
+		switch r.IntN(3) {
+		case 0, 1:
+			kt.put(h).setVersion(Version{Stamp: 1, Origin: uint32(i)})
+			want[h] = uint32(i)
+		case 2:
+			kt.remove(h)
+			delete(want, h)
+		}
+	}
+	if kt.len() != len(want) {
+		t.Fatalf("table holds %d, want %d", kt.len(), len(want))
+	}
+	for h, o := range want {
+		if e := kt.find(h); e == nil || e.Version().Origin != o {
+			t.Fatalf("hash %#x: entry %+v, want origin %d", h, e, o)
+		}
+	}
+	for i := range uint64(20_000) {
+		h := i*0x9e3779b97f4a7c15 | 1
+		if _, ok := want[h]; !ok && kt.find(h) != nil {
+			t.Fatalf("removed hash %#x still found", h)
+		}
+	}
+	for i := range kt.shards {
+		if sh := &kt.shards[i]; len(sh.slots) > 0 && float64(sh.n)/float64(len(sh.slots)) > maxLoad {
+			t.Fatalf("shard %d: load %.2f over %.2f", i, float64(sh.n)/float64(len(sh.slots)), maxLoad)
+		}
+	}
+}
+
+func TestAppliedSince(t *testing.T) {
+	k := newStore(time.Minute, nil)
+	h := k.Lock()
+	defer h.Unlock()
+	t0 := k.started.Add(time.Hour)
+	key := []byte{1, 2, 3, 4}
+	h.Set(h.Put(0, key), 0, key, Version{Stamp: 5, Origin: 2}, false, true, t0)
+	e := h.Lookup(0, key)
+	for _, tc := range []struct {
+		after time.Duration // t - t0
+		since bool
+	}{
+		{-time.Second, true},            // the apply came after t
+		{-20 * time.Second, true},       //
+		{300 * time.Millisecond, false}, // the apply was over more than a tick before t
+		{20 * time.Second, false},       //
+	} {
+		now := t0.Add(tc.after).Add(time.Second)
+		if got := h.AppliedSince(e, t0.Add(tc.after), now); got != tc.since {
+			t.Errorf("apply at t0, t = t0%+v: AppliedSince = %v, want %v", tc.after, got, tc.since)
+		}
+	}
+	// Within a tick of the apply: counted as after it, never before.
+	if !h.AppliedSince(e, t0.Add(-time.Millisecond), t0) {
+		t.Error("a t just before the apply did not count it as after")
+	}
+	// A t more than 30 s back counts every remote apply as recent, since
+	// the ticks wrap.
+	if !h.AppliedSince(e, t0.Add(time.Millisecond), t0.Add(2*time.Minute)) {
+		t.Error("a t two minutes old did not count the apply as recent")
+	}
+	// A local write clears the mark.
+	h.Set(e, 0, key, Version{Stamp: 6, Origin: 1}, false, false, t0)
+	if h.AppliedSince(h.Lookup(0, key), t0.Add(-time.Second), t0) {
+		t.Error("a local write left the remote mark")
+	}
+}
+
+func TestTombstonesPruned(t *testing.T) {
+	var dropped atomic.Uint64
+	k := newStore(time.Minute, &dropped)
+	h := k.Lock()
+	defer h.Unlock()
+	now := time.UnixMilli(1_700_000_000_000)
+	key := func(i int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(i)) }
+	set := func(i int, v Version, deleted bool) { h.Set(h.Put(0, key(i)), 0, key(i), v, deleted, false, now) }
+	old := Version{Stamp: hlc.Make(now.Add(-2*time.Minute).UnixMilli(), 0), Origin: 1}
+	recent := Version{Stamp: hlc.Make(now.Add(-time.Second).UnixMilli(), 0), Origin: 1}
+	set(1, old, true)
+	set(2, old, true)
+	set(3, recent, true)
+	// Key 2 was written again after its delete: its tombstone is stale
+	// and pruning must not forget the newer write.
+	set(2, Version{Stamp: old.Stamp + 1, Origin: 1}, false)
+	if n := h.Prune(now); n != 2 {
+		t.Fatalf("pruned %d log entries, want 2", n)
+	}
+	if h.Lookup(0, key(1)) != nil {
+		t.Error("a delete older than the horizon is remembered")
+	}
+	if e := h.Lookup(0, key(2)); e == nil || e.Deleted() {
+		t.Error("pruning a stale tombstone forgot the key's later write")
+	}
+	if e := h.Lookup(0, key(3)); e == nil || !e.Deleted() {
+		t.Error("a delete within the horizon was forgotten")
+	}
+	if k.tombs[0].len() != 1 || dropped.Load() != 0 {
+		t.Errorf("log holds %d, dropped %d", k.tombs[0].len(), dropped.Load())
+	}
+}
+
+// TestTombstonesLive checks that the iterator yields only the deletes
+// that are still the latest write of their key, in the order learned.
+func TestTombstonesLive(t *testing.T) {
+	k := newStore(time.Minute, nil)
+	h := k.Lock()
+	defer h.Unlock()
+	now := time.Now()
+	v := func(s int) Version { return Version{Stamp: hlc.Stamp(s), Origin: 1} }
+	set := func(key string, s int, deleted bool) {
+		h.Set(h.Put(0, []byte(key)), 0, []byte(key), v(s), deleted, false, now)
+	}
+	set("aaaa", 1, true)
+	set("bbbb", 2, true)
+	set("bbbb", 3, false) // written again: its delete is no longer the latest
+	set("cccc", 4, true)
+	set("cccc", 5, true) // deleted twice: only the later one is live
+	set("dddd", 0, true) // an unstamped delete is not remembered
+	var got []string
+	for key, e := range h.Tombstones(0) {
+		got = append(got, string(key)+":"+e.Version().Stamp.String())
+	}
+	if want := []string{"aaaa:" + v(1).Stamp.String(), "cccc:" + v(5).Stamp.String()}; len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("live tombstones %v, want %v", got, want)
+	}
+}
+
+func TestNextGenClearsOldMarks(t *testing.T) {
+	k := newStore(time.Minute, nil)
+	h := k.Lock()
+	defer h.Unlock()
+	key := []byte{9, 9, 9, 9}
+	h.Set(h.Put(0, key), 0, key, Version{Stamp: 1, Origin: 1}, false, false, time.Now())
+	h.Lookup(0, key).SetGen(2)
+	for range 0x3f - 1 {
+		h.NextGen()
+	}
+	if g := h.NextGen(); g != 1 {
+		t.Fatalf("generation after wrapping = %d", g)
+	}
+	if g := h.NextGen(); g != 2 {
+		t.Fatalf("generation = %d", g)
+	}
+	if h.Lookup(0, key).Gen() == 2 {
+		t.Fatal("a mark from before the wrap reads as current")
+	}
+}
+
+// TestCurrentRestampsSuspects checks that after a capture loss an entry
+// recorded before it is read as a new write of this node's, once.
+func TestCurrentRestampsSuspects(t *testing.T) {
+	var restamped atomic.Uint64
+	clock := hlc.New(nil, 0)
+	k := New(Config{KeySizes: []int{4}, Clock: clock, Node: 7, Start: time.Now(), Restamped: &restamped})
+	h := k.Lock()
+	defer h.Unlock()
+	now := time.Now()
+	key := []byte("key1")
+	old := Version{Stamp: clock.At(now), Origin: 3}
+	h.Set(h.Put(0, key), 0, key, old, false, true, now)
+	if v := h.Current(0, key, now); v != old {
+		t.Fatalf("current %v, want %v", v, old)
+	}
+	h.SuspectSince(clock.At(now))
+	v := h.Current(0, key, now)
+	if v.Origin != 7 || !v.Newer(old) || h.Current(0, key, now) != v || restamped.Load() != 1 {
+		t.Fatalf("after a loss: current %v then %v, restamped %d; want one new write of node 7", v, h.Current(0, key, now), restamped.Load())
+	}
+	if v := h.Current(0, []byte("new!"), now); v.Origin != 7 || v.Stamp == 0 {
+		t.Fatalf("an entry unknown after a loss reads as %v, want a new write of node 7", v)
+	}
+}
+
+// TestOverlayCollectsNotes checks that only writes noted while an
+// overlay is open are collected, per map.
+func TestOverlayCollectsNotes(t *testing.T) {
+	k := newStore(time.Minute, nil)
+	h := k.Lock()
+	defer h.Unlock()
+	h.Note(0, []byte("gone"), Version{Stamp: 1}, false, []byte("x"))
+	h.OpenOverlay()
+	h.Note(0, []byte("kept"), Version{Stamp: 2, Origin: 1}, true, nil)
+	o := h.TakeOverlay()
+	h.Note(0, []byte("late"), Version{Stamp: 3}, false, nil)
+	if len(o) != 1 || len(o[0]) != 1 || o[0]["kept"] != (Noted{Version{2, 1}, true, ValueHash(nil)}) || h.TakeOverlay() != nil {
+		t.Fatalf("overlay %v", o)
+	}
+}
+
+// BenchmarkKnowledgeBytes reports the bytes of knowledge per key at 1M
+// keys: the target is 24.
+func BenchmarkKnowledgeBytes(b *testing.B) {
+	for b.Loop() {
+		var kt keyTable
+		for i := range uint64(1 << 20) {
+			kt.put(i*0x9e3779b97f4a7c15 | 1)
+		}
+		b.ReportMetric(float64(kt.bytes())/float64(kt.len()), "bytes/key")
+	}
+}
+
+// newStore is a store of one map of 4-byte keys.
+func newStore(horizon time.Duration, dropped *atomic.Uint64) *Store {
+	return New(Config{KeySizes: []int{4}, Horizon: horizon, Clock: hlc.New(nil, 0), Node: 1, Start: time.Now(),
+		TombstonesDropped: dropped})
+}
