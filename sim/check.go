@@ -44,24 +44,33 @@ func (r wireRecord) newer(o wireRecord) bool {
 const writeFrom = 700 * time.Millisecond
 
 // schedule draws the writes: nodes write the same few keys, updates
-// and deletes, whether a daemon runs on them or not.
+// and deletes, in bursts as a datapath does (which is what overflows a
+// short capture ring), whether a daemon runs on them or not.
 func (w *workload) schedule(s *Sim) {
 	w.latest = make(map[string]wireRecord)
 	for range s.sc.writes {
 		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
 		n := s.nodes[s.rng.IntN(len(s.nodes))]
-		key := binary.BigEndian.AppendUint32(nil, uint32(s.rng.IntN(s.sc.keys)))
-		op := ops.Update
-		if s.rng.IntN(4) == 0 {
-			op = ops.Delete
+		type write struct {
+			op  ops.Op
+			key []byte
+		}
+		burst := make([]write, 1+s.rng.IntN(s.sc.burst))
+		for i := range burst {
+			burst[i] = write{ops.Update, binary.BigEndian.AppendUint32(nil, uint32(s.rng.IntN(s.sc.keys)))}
+			if s.rng.IntN(4) == 0 {
+				burst[i].op = ops.Delete
+			}
 		}
 		s.after(at, func() {
-			w.written++
-			var value []byte
-			if op == ops.Update {
-				value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+			for _, wr := range burst {
+				w.written++
+				var value []byte
+				if wr.op == ops.Update {
+					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+				}
+				n.write(wr.op, wr.key, value)
 			}
-			n.write(op, key, value)
 		})
 	}
 }
@@ -226,6 +235,9 @@ func (s *Sim) checkEnd() {
 		switch {
 		case want.op == ops.Delete && ok:
 			s.fail("key %x holds %x; its latest write (%d from node %d) deletes it", key, got, want.stamp, want.origin)
+		case want.op == ops.Update && !ok && s.nodes[want.origin-1].lostCaptures:
+			// Its origin's capture lost changes: the key's delete may be
+			// among them, and deletes lost so are not promised.
 		case want.op == ops.Update && !bytes.Equal(got, want.value):
 			s.fail("key %x holds %x (present %v); its latest write (%d from node %d) wrote %x",
 				key, got, ok, want.stamp, want.origin, want.value)

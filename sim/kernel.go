@@ -129,14 +129,17 @@ type ring struct {
 // recordOverhead is a ring record's size besides its key and value.
 const recordOverhead = 16
 
-func (r *ring) capture(id ebpf.MapID, op ops.Op, key, value []byte) {
+// capture queues a change of the datapath; it reports false when the
+// ring is full and the change is lost.
+func (r *ring) capture(id ebpf.MapID, op ops.Op, key, value []byte) bool {
 	n := recordOverhead + len(key) + len(value)
 	if r.used+n > r.size {
 		r.lost++
-		return
+		return false
 	}
 	r.used += n
 	r.queue = append(r.queue, loader.Change{MapID: id, Op: op, Key: bytes.Clone(key), Value: bytes.Clone(value)})
+	return true
 }
 
 func (r *ring) Read(ch *loader.Change) error {

@@ -53,6 +53,8 @@ type simNode struct {
 	ring     *ring
 	run      uint64
 	stopping bool // BeginStop was called
+	// lostCaptures: a capture ring of the node's lost changes.
+	lostCaptures bool
 	// sendAt and serveAt are when the sender and the transfers are next
 	// stepped; an event for another time is stale.
 	sendAt, serveAt time.Time
@@ -177,7 +179,10 @@ func (n *simNode) write(op ops.Op, key, value []byte) {
 	}
 	n.s.tracef("write node %d %s %x %x", n.id, op, key, value)
 	if n.up() {
-		n.ring.capture(mapID, op, key, value)
+		if !n.ring.capture(mapID, op, key, value) {
+			n.lostCaptures = true
+			n.s.tracef("capture of node %d lost the write", n.id)
+		}
 		n.wakeSender(n.s.now.Add(wakeLatency))
 	}
 }
@@ -203,19 +208,24 @@ func (n *simNode) beginStop() {
 	}
 	n.s.tracef("node %d stops", n.id)
 	n.stopping = true
+	closing := time.Duration(n.s.rng.Int64N(int64(5 * time.Millisecond)))
 	n.n.BeginStop()
 	run := n.run
 	n.s.at(n.s.now.Add(replication.CaptureSlack+time.Millisecond), n.key(kindSender)+1, func() {
 		if n.run != run || !n.up() {
 			return
 		}
-		// As Run's sender does once told to stop: it drains the
-		// capture a last time, then the node stops.
+		// As Run does: the capture drains, then the node receives and
+		// applies on for a moment, until its socket closes, and stops.
 		if _, err := n.n.StepSender(); err != nil {
 			n.s.fail("node %d: sender: %v", n.id, err)
 		}
-		n.n.Stop()
-		n.down()
+		n.s.at(n.s.now.Add(closing), n.key(kindSender)+1, func() {
+			if n.run == run && n.up() {
+				n.n.Stop()
+				n.down()
+			}
+		})
 	})
 }
 
