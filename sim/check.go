@@ -143,6 +143,19 @@ func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
 			if rec.Stamp == 0 {
 				continue // unstamped: loses to every stamped write
 			}
+			// A value names the node whose datapath wrote it. Only that
+			// node sends it as a change of its own; or one whose capture
+			// lost changes, which stamps anew what its maps hold. (A
+			// snapshot may carry a local write not yet read from the
+			// capture under the version of the write it replaced: the
+			// change follows it.)
+			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin <= uint32(len(s.nodes)) &&
+				!s.nodes[rec.Origin-1].lostCaptures {
+				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
+					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
+					return
+				}
+			}
 			r := wireRecord{stamp: rec.Stamp, origin: rec.Origin, op: rec.Op, value: rec.Value}
 			if old, ok := w.latest[string(rec.Key)]; !ok || r.newer(old) {
 				r.value = bytes.Clone(rec.Value)
