@@ -11,8 +11,8 @@ import (
 // A node missing datagrams of one peer is behind for every other: a
 // snapshot it served would lack them, and its requester, which takes the
 // snapshot for what that peer sent before the datagram it heard first,
-// would never get them (the simulator's "served a snapshot while behind",
-// e.g. seed 65 with no faults but loss).
+// would never get them (found by the simulator: "served a snapshot while
+// behind").
 func TestBehindOnMissingDatagrams(t *testing.T) {
 	tab := newPeerTable(time.Second, false)
 	now := time.Now()
@@ -36,9 +36,9 @@ func TestBehindOnMissingDatagrams(t *testing.T) {
 
 // A peer that restarts while datagrams of its last run are missing here
 // is resynced from: nobody holds those datagrams to resend any more, and
-// its maps hold their changes (the simulator's seed 20 with clean stops:
-// the delete in node 4's last datagram was lost to node 3, which kept
-// the key for good).
+// its maps hold their changes (found by the simulator with clean stops:
+// the delete in a stopping node's last datagram, lost to one peer, left
+// the key there for good).
 func TestRestartWithMissingDatagramsResyncs(t *testing.T) {
 	f := newReceiverFixture(t)
 	f.handle(peerA, f.seqDatagram(t, 1))

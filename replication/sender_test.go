@@ -550,8 +550,8 @@ func TestLossActedOnOnceDrained(t *testing.T) {
 
 // A stopping sender's last datagram is an announce, so that the peers
 // learn its run's last sequence number even if its last change datagram
-// was lost, and ask the node's next run for a resync (the simulator's
-// seed 20 with clean stops).
+// was lost, and ask the node's next run for a resync (found by the
+// simulator with clean stops).
 func TestSenderAnnouncesLastAtStop(t *testing.T) {
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
 	tr := newFakeTransport()
