@@ -61,7 +61,20 @@ vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a
 		echo "vmtest: the fentry capture path was NOT tested." >&2; exit 1; }; done
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
+	@echo "vmtest: arm64 (the whole: make vmtest-arm64)"
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCaptureWrites$$' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
+		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
+
+.PHONY: vmtest-arm64
+vmtest-arm64: VMRUN := $(CURDIR)/bin/vmrun --suite bookworm-backports
+vmtest-arm64: VMDAEMON := $(CURDIR)/bin/udpmapsync-vm-arm64
+vmtest-arm64: ## Prove both capture backends on arm64: Debian's arm64 6.12 kernel under qemu-system-aarch64 (TCG, about 3 minutes; root)
+	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o $(VMDAEMON) ./cmd/udpmapsync
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN)" ./vmtest/probe
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
 # VMBENCH_TABLE is the awk program that passes the benchmark output through
@@ -155,6 +168,6 @@ clean: ## Remove build output
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .DEFAULT_GOAL := build

@@ -25,9 +25,9 @@ static __always_inline bool own_write(struct bpf_map *map)
 	if (!own_process())
 		return false;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	if (!regs || regs->orig_ax != NR_BPF)
+	if (!regs || syscall_nr(regs) != NR_BPF)
 		return false;
-	return attr_map(regs->di, regs->si) == map;
+	return attr_map(syscall_arg0(regs), syscall_arg1(regs)) == map;
 }
 
 static __always_inline void element(__u32 slot, struct bpf_map *map, __u8 op, const void *key,

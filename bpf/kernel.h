@@ -25,8 +25,14 @@ typedef _Bool bool;
 #define false 0
 #define NULL ((void *)0)
 
-/* Syscall number of bpf(2) on x86_64 (the only target, see loader/gen.go). */
+/* Syscall number of bpf(2), per architecture (loader/gen.go builds both). */
+#if defined(__TARGET_ARCH_x86)
 #define NR_BPF 321
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_BPF 280
+#else
+#error "unsupported architecture: define __TARGET_ARCH_x86 or __TARGET_ARCH_arm64 (bpf2go -target)"
+#endif
 
 /* bpf(2) commands (enum bpf_cmd). */
 #define BPF_MAP_UPDATE_ELEM 2
@@ -88,11 +94,38 @@ struct bpf_map {
 	__u32 id;
 } __attribute__((preserve_access_index));
 
+/*
+ * A task's user registers, and the number and first two arguments of the
+ * system call it entered with, read the same way from the sys_exit
+ * tracepoint (the call is returning) and from inside the call.
+ */
+#if defined(__TARGET_ARCH_x86)
 struct pt_regs {
 	unsigned long di;
 	unsigned long si;
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
+
+static inline __attribute__((always_inline)) long syscall_nr(struct pt_regs *regs) { return regs->orig_ax; }
+static inline __attribute__((always_inline)) __u64 syscall_arg0(struct pt_regs *regs) { return regs->di; }
+static inline __attribute__((always_inline)) __u64 syscall_arg1(struct pt_regs *regs) { return regs->si; }
+#elif defined(__TARGET_ARCH_arm64)
+/*
+ * The kernel's regs[] sits in an anonymous struct of an anonymous union;
+ * CO-RE finds members through anonymous ones. x0 is both the first
+ * argument and the return value: by sys_exit regs[0] holds the return
+ * value, and orig_x0 keeps the argument.
+ */
+struct pt_regs {
+	__u64 regs[31];
+	__u64 orig_x0;
+	__s32 syscallno;
+} __attribute__((preserve_access_index));
+
+static inline __attribute__((always_inline)) long syscall_nr(struct pt_regs *regs) { return regs->syscallno; }
+static inline __attribute__((always_inline)) __u64 syscall_arg0(struct pt_regs *regs) { return regs->orig_x0; }
+static inline __attribute__((always_inline)) __u64 syscall_arg1(struct pt_regs *regs) { return regs->regs[1]; }
+#endif
 
 struct file {
 	void *private_data;

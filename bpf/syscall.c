@@ -21,10 +21,10 @@ int BPF_PROG(sys_exit_bpf, struct pt_regs *regs, long ret)
 	__u32 id;
 	__u8 op;
 
-	if (regs->orig_ax != NR_BPF)
+	if (syscall_nr(regs) != NR_BPF)
 		return 0;
-	cmd = regs->di;
-	uattr = regs->si;
+	cmd = syscall_arg0(regs);
+	uattr = syscall_arg1(regs);
 	switch (cmd) {
 	case BPF_MAP_UPDATE_ELEM:
 	case BPF_MAP_UPDATE_BATCH:

@@ -25,14 +25,14 @@ const bootLogLines = 40
 func boot(ctx context.Context, opts *Options, k *Kernel, initrd, mark string) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	args := []string{
-		"-accel", opts.Accel, "-cpu", "max",
+	args := append([]string{"-accel", opts.Accel}, opts.Arch.machine...)
+	args = append(args,
 		"-smp", strconv.Itoa(opts.CPUs), "-m", strconv.Itoa(opts.MemoryMB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", k.Image, "-initrd", initrd,
-		"-append", cmdline(opts.Verbose),
-	}
-	qemu := exec.CommandContext(ctx, lookTool(toolQemu), args...)
+		"-append", cmdline(opts.Arch, opts.Verbose),
+	)
+	qemu := exec.CommandContext(ctx, lookTool(opts.Arch.qemu), args...)
 	qemu.WaitDelay = 5 * time.Second
 	// qemu must not outlive us when go test kills us on its timeout.
 	qemu.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -138,9 +138,9 @@ func (c *console) line(l string) (bool, error) {
 
 // cmdline is the kernel command line; quiet keeps the boot log short, and
 // the log is wanted only when verbose.
-func cmdline(verbose bool) string {
+func cmdline(arch *Arch, verbose bool) string {
 	if verbose {
-		return "console=ttyS0 panic=-1"
+		return "console=" + arch.Console + " panic=-1"
 	}
-	return "console=ttyS0 panic=-1 quiet"
+	return "console=" + arch.Console + " panic=-1 quiet"
 }

@@ -37,16 +37,32 @@ func writeInitramfs(w io.Writer, k *Kernel, opts *Options, cmd Command, mark str
 	f.addData("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
 	f.addData("/etc/group", []byte("root:x:0:\n"), 0o644)
 
-	// Real tools first, so busybox applets do not shadow them.
-	tools := []hostTool{toolIP, toolNsenter, toolBpftool}
-	for _, t := range tools {
-		if p := lookTool(t); p != "" {
-			if err := f.addProgram(p, p); err != nil {
+	// Real tools first, so busybox applets do not shadow them. A VM of
+	// another architecture than the host's takes its busybox and bpftool
+	// from Debian's packages for it, and busybox's ip and nsenter.
+	if opts.Arch.foreign() {
+		root, err := guestRoot(opts.CacheDir, opts.Arch)
+		if err != nil {
+			return err
+		}
+		for _, p := range []string{"/usr/sbin/bpftool", vmBusybox} {
+			if err := f.addGuestProgram(opts.Arch, root, p); err != nil {
 				return err
 			}
 		}
+	} else {
+		for _, t := range []hostTool{toolIP, toolNsenter, toolBpftool} {
+			if p := lookTool(t); p != "" {
+				if err := f.addProgram(p, p); err != nil {
+					return err
+				}
+			}
+		}
+		if err := f.addProgram(vmBusybox, lookTool(toolBusybox)); err != nil {
+			return err
+		}
 	}
-	if err := addBusybox(f); err != nil {
+	if err := addBusyboxApplets(f); err != nil {
 		return err
 	}
 
@@ -101,14 +117,12 @@ func writeInitramfs(w io.Writer, k *Kernel, opts *Options, cmd Command, mark str
 	return nil
 }
 
-// addBusybox adds busybox and a link for each applet that no real tool
-// already provides.
-func addBusybox(f *initramfs) error {
-	bb := lookTool(toolBusybox)
-	if err := f.addProgram(vmBusybox, bb); err != nil {
-		return err
-	}
-	out, err := runQuiet("", bb, "--list-full")
+// addBusyboxApplets adds a link to busybox for each applet that no real
+// tool already provides.
+func addBusyboxApplets(f *initramfs) error {
+	// The host's busybox-static is the same Debian package as the guest's,
+	// whatever its architecture: it lists the same applets.
+	out, err := runQuiet("", lookTool(toolBusybox), "--list-full")
 	if err != nil {
 		return fmt.Errorf("list busybox applets: %w", err)
 	}

@@ -18,7 +18,6 @@ type hostTool struct {
 }
 
 var (
-	toolQemu    = hostTool{"qemu-system-x86_64", "qemu-system-x86"}
 	toolBusybox = hostTool{"busybox", "busybox-static"}
 	toolDepmod  = hostTool{"depmod", "kmod"}
 	toolIP      = hostTool{"ip", "iproute2"}
@@ -27,9 +26,9 @@ var (
 	toolBpftool = hostTool{"bpftool", "bpftool"}
 )
 
-// requiredTools are installed with apt when missing; bpftool is copied in
-// only when present.
-var requiredTools = []hostTool{toolQemu, toolBusybox, toolDepmod, toolIP, toolNsenter, toolXz}
+// requiredTools are installed with apt when missing, with the VM's qemu;
+// bpftool is copied in only when present.
+var requiredTools = []hostTool{toolBusybox, toolDepmod, toolIP, toolNsenter, toolXz}
 
 // toolDirs is where tools are looked for: PATH may lack the sbin
 // directories (non-login shells, go test's environment).
@@ -50,13 +49,15 @@ func lookTool(t hostTool) string {
 	return ""
 }
 
-// EnsureTools installs the Debian packages the harness needs
-// (qemu-system-x86, busybox-static, kmod, iproute2, util-linux, xz-utils)
-// with apt-get when some are missing, telling log what it installs. Without
-// root it only names the command to run.
-func EnsureTools(log io.Writer) error {
+// EnsureTools installs the Debian packages the harness needs for a VM of
+// arch (qemu-system-x86 or qemu-system-arm, busybox-static, kmod,
+// iproute2, util-linux, xz-utils) with apt-get when some are missing,
+// telling log what it installs. Without root it only names the command to
+// run.
+func EnsureTools(log io.Writer, arch *Arch) error {
+	tools := append([]hostTool{arch.qemu}, requiredTools...)
 	var missing []string
-	for _, t := range requiredTools {
+	for _, t := range tools {
 		if lookTool(t) == "" {
 			missing = append(missing, t.pkg)
 		}
@@ -82,7 +83,7 @@ func EnsureTools(log io.Writer) error {
 			return fmt.Errorf("%w: %v; run: %s", ErrMissingTools, err, fix)
 		}
 	}
-	for _, t := range requiredTools {
+	for _, t := range tools {
 		if lookTool(t) == "" {
 			return fmt.Errorf("%w: %s still not found after installing %s", ErrMissingTools, t.name, t.pkg)
 		}

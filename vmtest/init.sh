@@ -28,7 +28,7 @@ ln -s /proc/self/fd /dev/fd
 for m in $VMTEST_MODULES; do
 	insmod "$m" || echo "vmtest: insmod $m failed"
 done
-/usr/sbin/ip link set lo up
+ip link set lo up
 
 /bin/sh /vmtest/run </dev/null
 echo "$VMTEST_MARK exit $?"

@@ -13,11 +13,6 @@ import (
 	"time"
 )
 
-// MetaPackage is the Debian package whose dependency names the kernel the
-// VM boots: in [SuiteStable] bookworm's 6.1 kernel, in [SuiteBackports]
-// the 6.12 LTS kernel.
-const MetaPackage = "linux-image-amd64"
-
 // Suites of Debian's archive a kernel can come from.
 const (
 	// SuiteStable is bookworm itself, which the host's own apt sources
@@ -31,9 +26,13 @@ const (
 	SuiteBackports = "bookworm-backports"
 )
 
-// debianArchive is where the harness's own apt configuration finds
-// [SuiteBackports]: the Debian archive the host's sources use.
-const debianArchive = "http://deb.debian.org/debian"
+// debianArchive and debianSecurity are where the harness's own apt
+// configurations find their suites: the Debian archive the host's sources
+// use.
+const (
+	debianArchive  = "http://deb.debian.org/debian"
+	debianSecurity = "http://deb.debian.org/debian-security"
+)
 
 // aptListsMaxAge is how old the harness's own package lists may get before
 // they are fetched again: a newer kernel may have replaced the one they
@@ -75,18 +74,25 @@ func DefaultCacheDir() string {
 const aptLists = "/var/lib/apt/lists"
 
 // aptOptions returns the options that make apt-get and apt-cache see
-// suite, and the directory of the package lists they then read. For
-// [SuiteStable], none: the host's sources carry it. For another suite, a
-// configuration of the harness's own in cacheDir/apt-SUITE: a sources list
-// naming that suite alone, package lists and an archive cache of its own.
-// Only the harness's own apt-cache and apt-get download calls pass these
-// options, so the host's apt never consults the suite. The lists are
-// fetched when missing or older than [aptListsMaxAge].
-func aptOptions(cacheDir, suite string) (opts []string, lists string, err error) {
-	if suite == SuiteStable {
+// suite for arch, and the directory of the package lists they then read.
+// For [SuiteStable] of the host's architecture, none: the host's sources
+// carry it. Otherwise a configuration of the harness's own in
+// cacheDir/apt-SUITE[-ARCH]: a sources list naming that suite alone
+// (bookworm with its updates and security fixes, as the host's sources
+// have it), the architecture, and package lists and an archive cache of its
+// own. Only the harness's own apt-cache and apt-get download calls pass
+// these options, so the host's apt never consults the suite nor the
+// architecture. The lists are fetched when missing or older than
+// [aptListsMaxAge].
+func aptOptions(cacheDir, suite string, arch *Arch) (opts []string, lists string, err error) {
+	if suite == SuiteStable && !arch.foreign() {
 		return nil, aptLists, nil
 	}
-	dir := filepath.Join(cacheDir, "apt-"+suite)
+	name := "apt-" + suite
+	if arch.foreign() {
+		name += "-" + arch.Name
+	}
+	dir := filepath.Join(cacheDir, name)
 	lists = filepath.Join(dir, "lists")
 	for _, d := range []string{filepath.Join(lists, "partial"), filepath.Join(dir, "cache", "archives", "partial")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -94,8 +100,13 @@ func aptOptions(cacheDir, suite string) (opts []string, lists string, err error)
 		}
 	}
 	sources := filepath.Join(dir, "sources.list")
-	line := fmt.Sprintf("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n", debianArchive, suite)
-	if err := os.WriteFile(sources, []byte(line), 0o644); err != nil {
+	const signed = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+	lines := signed + debianArchive + " " + suite + " main\n"
+	if suite == SuiteStable {
+		lines = signed + debianArchive + " " + suite + " " + suite + "-updates main\n" +
+			signed + debianSecurity + " " + suite + "-security main\n"
+	}
+	if err := os.WriteFile(sources, []byte(lines), 0o644); err != nil {
 		return nil, "", fmt.Errorf("apt configuration for %s: %w", suite, err)
 	}
 	opts = []string{
@@ -103,6 +114,8 @@ func aptOptions(cacheDir, suite string) (opts []string, lists string, err error)
 		"-o", "Dir::Etc::SourceParts=" + filepath.Join(dir, "sources.list.d"), // none: only the line above
 		"-o", "Dir::State::Lists=" + lists,
 		"-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
+		"-o", "APT::Architecture=" + arch.Name,
+		"-o", "APT::Architectures::=" + arch.Name,
 	}
 	unlock, err := lockDir(dir)
 	if err != nil {
@@ -132,20 +145,21 @@ func sandboxOptions() []string {
 	return nil
 }
 
-// ResolveKernelPackage returns the versioned kernel package that
-// [MetaPackage] depends on in suite ([SuiteStable] or [SuiteBackports]), as
+// ResolveKernelPackage returns the versioned kernel package that arch's
+// [Arch.MetaPackage] depends on in suite ([SuiteStable] or [SuiteBackports]), as
 // apt currently sees it. apt-cache takes one to two seconds here (no
 // binary package cache), so the answer is kept in cacheDir until the
 // package lists change.
-func ResolveKernelPackage(cacheDir, suite string) (string, error) {
+func ResolveKernelPackage(cacheDir, suite string, arch *Arch) (string, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", fmt.Errorf("create cache dir: %w", err)
 	}
-	opts, lists, err := aptOptions(cacheDir, suite)
+	opts, lists, err := aptOptions(cacheDir, suite, arch)
 	if err != nil {
 		return "", err
 	}
-	name := MetaPackage
+	meta := arch.MetaPackage()
+	name := meta
 	if suite != SuiteStable {
 		name += "@" + suite
 	}
@@ -157,7 +171,7 @@ func ResolveKernelPackage(cacheDir, suite string) (string, error) {
 			}
 		}
 	}
-	out, err := runQuiet("", "apt-cache", append(opts, "depends", MetaPackage)...)
+	out, err := runQuiet("", "apt-cache", append(opts, "depends", meta)...)
 	if err != nil {
 		return "", fmt.Errorf("resolve kernel package: %w", err)
 	}
@@ -173,7 +187,7 @@ func ResolveKernelPackage(cacheDir, suite string) (string, error) {
 			return dep, nil
 		}
 	}
-	return "", fmt.Errorf("resolve kernel package: apt-cache depends %s in %s names no linux-image-*; run apt-get update", MetaPackage, suite)
+	return "", fmt.Errorf("resolve kernel package: apt-cache depends %s in %s names no linux-image-*; run apt-get update", meta, suite)
 }
 
 // PrepareKernel returns the kernel of Debian package pkg of suite from
@@ -181,7 +195,7 @@ func ResolveKernelPackage(cacheDir, suite string) (string, error) {
 // dpkg -x, vmlinux extracted from the bzImage, depmod for the modules. A
 // lock makes concurrent callers (go test runs packages in parallel) wait for
 // one preparation; the result appears in the cache atomically.
-func PrepareKernel(cacheDir, suite, pkg string, log io.Writer) (*Kernel, error) {
+func PrepareKernel(cacheDir, suite string, arch *Arch, pkg string, log io.Writer) (*Kernel, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cache dir: %w", err)
 	}
@@ -194,7 +208,7 @@ func PrepareKernel(cacheDir, suite, pkg string, log io.Writer) (*Kernel, error) 
 	dir := filepath.Join(cacheDir, pkg)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(log, "vmtest: preparing %s in %s (once; about 70 MB download)\n", pkg, cacheDir)
-		if err := unpackKernel(cacheDir, suite, pkg, log); err != nil {
+		if err := unpackKernel(cacheDir, suite, arch, pkg, log); err != nil {
 			return nil, err
 		}
 	}
@@ -214,14 +228,14 @@ func lockDir(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-func unpackKernel(cacheDir, suite, pkg string, log io.Writer) error {
+func unpackKernel(cacheDir, suite string, arch *Arch, pkg string, log io.Writer) error {
 	tmp, err := os.MkdirTemp(cacheDir, "."+pkg+".tmp-")
 	if err != nil {
 		return fmt.Errorf("prepare %s: %w", pkg, err)
 	}
 	defer os.RemoveAll(tmp)
 
-	opts, _, err := aptOptions(cacheDir, suite)
+	opts, _, err := aptOptions(cacheDir, suite, arch)
 	if err != nil {
 		return err
 	}
@@ -244,11 +258,15 @@ func unpackKernel(cacheDir, suite, pkg string, log io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("unpack %s: %w", pkg, err)
 	}
-	if err := writeVmlinux(bzImage, filepath.Join(tmp, "vmlinux")); err != nil {
-		// Not fatal: the bzImage boots too, only slower.
-		fmt.Fprintf(log, "vmtest: %v; booting the compressed bzImage instead\n", err)
-		if err := os.WriteFile(filepath.Join(tmp, "vmlinux.failed"), []byte(err.Error()+"\n"), 0o644); err != nil {
-			return fmt.Errorf("unpack %s: %w", pkg, err)
+	// amd64's vmlinuz is a compressed bzImage with the ELF vmlinux
+	// inside; arm64's is an uncompressed Image, which qemu boots as it is.
+	if arch == ArchAMD64 {
+		if err := writeVmlinux(bzImage, filepath.Join(tmp, "vmlinux")); err != nil {
+			// Not fatal: the bzImage boots too, only slower.
+			fmt.Fprintf(log, "vmtest: %v; booting the compressed bzImage instead\n", err)
+			if err := os.WriteFile(filepath.Join(tmp, "vmlinux.failed"), []byte(err.Error()+"\n"), 0o644); err != nil {
+				return fmt.Errorf("unpack %s: %w", pkg, err)
+			}
 		}
 	}
 	if _, err := runQuiet("", lookTool(toolDepmod), "-b", root, release); err != nil {
@@ -296,6 +314,8 @@ func loadKernel(dir, pkg string) (*Kernel, error) {
 	k := &Kernel{Package: pkg, Release: release, Image: filepath.Join(dir, "vmlinux")}
 	if why, err := os.ReadFile(filepath.Join(dir, "vmlinux.failed")); err == nil {
 		k.Image, k.ImageNote = bzImage, strings.TrimSpace(string(why))
+	} else if _, err := os.Stat(k.Image); err != nil {
+		k.Image = bzImage
 	}
 	for _, m := range []string{"lib/modules", "usr/lib/modules"} {
 		d := filepath.Join(root, m, release)

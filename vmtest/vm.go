@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"time"
 )
 
@@ -42,8 +43,9 @@ var ErrTimeout = errors.New("vm timed out")
 // by [Run].
 type Options struct {
 	CacheDir      string        // kernel cache; default [DefaultCacheDir]
+	Arch          *Arch         // the machine; default: the one the program is built for
 	Suite         string        // the archive suite of the kernel: [SuiteStable] (default) or [SuiteBackports]
-	KernelPackage string        // e.g. linux-image-6.1.0-56-amd64; default: what [MetaPackage] depends on in Suite
+	KernelPackage string        // e.g. linux-image-6.1.0-56-amd64; default: what [Arch.MetaPackage] depends on in Suite
 	Accel         string        // qemu accelerator; default "tcg" (see package doc)
 	CPUs          int           // default 2 (1 for [SuiteBackports]: see fillDefaults)
 	MemoryMB      int           // default 1024
@@ -79,17 +81,26 @@ type Result struct {
 // [ErrTimeout], or a guest that stopped without reporting a status.
 func Run(ctx context.Context, opts Options, cmd Command) (*Result, error) {
 	opts.fillDefaults()
-	if err := EnsureTools(opts.Log); err != nil {
+	if opts.Arch == nil {
+		prog, err := exec.LookPath(cmd.Path)
+		if err != nil {
+			return nil, fmt.Errorf("program %s: %w", cmd.Path, err)
+		}
+		if opts.Arch, err = ArchOf(prog); err != nil {
+			return nil, err
+		}
+	}
+	if err := EnsureTools(opts.Log, opts.Arch); err != nil {
 		return nil, err
 	}
 	pkg := opts.KernelPackage
 	if pkg == "" {
 		var err error
-		if pkg, err = ResolveKernelPackage(opts.CacheDir, opts.Suite); err != nil {
+		if pkg, err = ResolveKernelPackage(opts.CacheDir, opts.Suite, opts.Arch); err != nil {
 			return nil, err
 		}
 	}
-	k, err := PrepareKernel(opts.CacheDir, opts.Suite, pkg, opts.Log)
+	k, err := PrepareKernel(opts.CacheDir, opts.Suite, opts.Arch, pkg, opts.Log)
 	if err != nil {
 		return nil, err
 	}

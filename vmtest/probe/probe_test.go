@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -122,33 +123,31 @@ func TestFentry(t *testing.T) {
 	}
 }
 
-// TestVethBridgeInNetns uses iproute2's ip (not busybox's) and nsenter the
-// way the netns tests do, and checks the result through netlink.
+// TestVethBridgeInNetns creates a named namespace with a veth pair and a
+// bridge through netlink, as the netns tests do, and enters it with
+// nsenter (util-linux's, or busybox's in a VM of another architecture).
 func TestVethBridgeInNetns(t *testing.T) {
 	requireVM(t)
 	const ns = "vmtest-probe"
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("/usr/sbin/ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	ip("netns", "add", ns)
-	t.Cleanup(func() { exec.Command("/usr/sbin/ip", "netns", "del", ns).Run() })
-	ip("-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
-	ip("-n", ns, "link", "add", "br0", "type", "bridge")
-	ip("-n", ns, "link", "set", "veth0", "master", "br0", "up")
-
-	handle, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer handle.Close()
+	handle := newNamedNetns(t, ns)
 	nl, err := netlink.NewHandleAt(handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nl.Close()
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "veth0"}, PeerName: "veth1"}); err != nil {
+		t.Fatalf("add veth pair in %s: %v", ns, err)
+	}
+	bridge := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := nl.LinkAdd(bridge); err != nil {
+		t.Fatalf("add bridge in %s: %v", ns, err)
+	}
+	if v, err := nl.LinkByName("veth0"); err != nil {
+		t.Fatal(err)
+	} else if err := nl.LinkSetMaster(v, bridge); err != nil {
+		t.Fatalf("enslave veth0 to br0: %v", err)
+	}
+
 	veth, err := nl.LinkByName("veth0")
 	if err != nil {
 		t.Fatalf("veth0 in %s: %v", ns, err)
@@ -164,10 +163,35 @@ func TestVethBridgeInNetns(t *testing.T) {
 		t.Errorf("veth0 master index %d, want br0's %d", veth.Attrs().MasterIndex, br.Attrs().Index)
 	}
 
-	out, err := exec.Command("/usr/bin/nsenter", "--net=/run/netns/"+ns, "/usr/sbin/ip", "-o", "link", "show", "veth1").CombinedOutput()
+	out, err := exec.Command("nsenter", "--net=/run/netns/"+ns, "ip", "-o", "link", "show", "veth1").CombinedOutput()
 	if err != nil || !bytes.Contains(out, []byte("veth1@veth0")) {
 		t.Errorf("nsenter ip link show veth1: %v: %s", err, out)
 	}
+}
+
+// newNamedNetns creates network namespace name, bound under /run/netns as
+// ip netns add does, and removes it when the test ends.
+func newNamedNetns(t *testing.T, name string) netns.NsHandle {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	handle, err := netns.NewNamed(name)
+	if serr := netns.Set(orig); serr != nil {
+		t.Fatalf("back to the first namespace: %v", serr)
+	}
+	if err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		handle.Close()
+		netns.DeleteNamed(name)
+	})
+	return handle
 }
 
 // TestMounts checks the file systems /init mounts, by their magic numbers.

@@ -55,7 +55,7 @@ func main() {
 	fs.SetInterspersed(false)
 	fs.StringVar(&f.CacheDir, "cache-dir", os.Getenv(envCacheDir), "kernel cache (env "+envCacheDir+"; default "+vmtest.DefaultCacheDir()+")")
 	fs.StringVar(&f.Suite, "suite", vmtest.SuiteStable, "Debian archive suite of the kernel: "+vmtest.SuiteStable+" (6.1) or "+vmtest.SuiteBackports+" (6.12 LTS, through an apt configuration of vmrun's own)")
-	fs.StringVar(&f.KernelPackage, "kernel-package", "", "Debian kernel package to boot (default: the one "+vmtest.MetaPackage+" depends on in --suite)")
+	fs.StringVar(&f.KernelPackage, "kernel-package", "", "Debian kernel package to boot (default: the one linux-image-ARCH depends on in --suite)")
 	fs.StringVar(&f.Accel, "accel", "tcg", "qemu accelerator; kvm does not boot stock kernels on this host's PVM-backed /dev/kvm")
 	fs.IntVar(&f.CPUs, "cpus", 0, "virtual CPUs (default 2; 1 for "+vmtest.SuiteBackports+", whose kernel panics now and then under TCG with 2)")
 	fs.IntVar(&f.MemoryMB, "memory", 1024, "guest memory in MiB")
