@@ -35,7 +35,13 @@ type digestNode struct {
 
 func startDigestNode(t *testing.T, net *memNet, id uint32, interval time.Duration) *digestNode {
 	t.Helper()
-	d := &digestNode{m: openMap(t, "flows"), src: &chanSource{ch: make(chan loader.Change, 1<<12)}, logs: new(logBuffer)}
+	return startDigestNodeOn(t, net, id, interval, openMap(t, "flows"))
+}
+
+// startDigestNodeOn starts a node replicating m.
+func startDigestNodeOn(t testing.TB, net *memNet, id uint32, interval time.Duration, m *loader.Map) *digestNode {
+	t.Helper()
+	d := &digestNode{m: m, src: &chanSource{ch: make(chan loader.Change, 1<<12)}, logs: new(logBuffer)}
 	tab, err := NewTable([]Map{MapFromLoader(d.m)}, testPayload)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +58,7 @@ func startDigestNode(t *testing.T, net *memNet, id uint32, interval time.Duratio
 	go func() { defer close(done); _ = d.n.Run(ctx) }()
 	t.Cleanup(sync.OnceFunc(func() { cancel(); <-done }))
 	t.Cleanup(func() {
-		if t.Failed() || testing.Verbose() {
+		if t.Failed() {
 			t.Logf("node %d log:\n%s", id, d.logs)
 		}
 	})

@@ -54,7 +54,14 @@ func listen(t *testing.T, n *netnstest.Node, cfg transport.Config) (u *transport
 // the daemon would.
 func openMap(t *testing.T, name string) *loader.Map {
 	t.Helper()
-	km, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 4096})
+	return openKernelMap(t, &ebpf.MapSpec{Name: name, Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 4096})
+}
+
+// openKernelMap creates a kernel map of spec and opens it through the
+// loader.
+func openKernelMap(t testing.TB, spec *ebpf.MapSpec) *loader.Map {
+	t.Helper()
+	km, err := ebpf.NewMap(spec)
 	if err != nil {
 		t.Fatalf("create map: %v", err)
 	}
