@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -277,5 +278,95 @@ func TestDigestValueMasksNodeFields(t *testing.T) {
 	}
 	if hash(maskLast, a) != hash(maskLast, c) {
 		t.Fatal("the normalizer's mask was not applied")
+	}
+}
+
+// digestDatagram is a datagram of kind k from the fixture's peer with
+// body, or with what enc appends.
+func digestDatagram(t *testing.T, k wire.Kind, count uint16, enc func([]byte) ([]byte, error)) []byte {
+	t.Helper()
+	b, err := (&wire.Header{Kind: k, Count: count, Node: peerNode, Epoch: 1}).AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc != nil {
+		if b, err = enc(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+// raw appends body as it is.
+func raw(body []byte) func([]byte) ([]byte, error) {
+	return func(b []byte) ([]byte, error) { return append(b, body...), nil }
+}
+
+// Forged and damaged digest datagrams are counted and dropped, answers to
+// nothing asked are unsolicited, and however many children a forged
+// answer names, a round sends at most maxDigestQueries digests.
+func TestDigestHostileInput(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	good := wire.Digest{Bucket: wire.Bucket{Map: f.fpFlow}}
+	body, _ := good.AppendTo(nil)
+	deep := bytes.Clone(body)
+	deep[4] = 3 // a leaf: it has no children
+	for _, tc := range []struct {
+		name string
+		d    []byte
+	}{
+		{"digest below the leaves", digestDatagram(t, wire.KindDigest, 0, raw(deep))},
+		{"digest of no local map", digestDatagram(t, wire.KindDigest, 0, (&wire.Digest{Bucket: wire.Bucket{Map: 0xdead}}).AppendTo)},
+		{"digest of the map's leaves' level", digestDatagram(t, wire.KindDigest, 0, (&wire.Digest{Bucket: wire.Bucket{Map: f.fpFlow, Depth: 2}}).AppendTo)},
+		{"digest cut short", digestDatagram(t, wire.KindDigest, 0, raw(body[:100]))},
+		{"digest with a count", digestDatagram(t, wire.KindDigest, 64, raw(body))},
+		{"diff too long", digestDatagram(t, wire.KindDigestDiff, 0, raw(make([]byte, wire.DigestDiffSize+1)))},
+		{"filter without children", digestDatagram(t, wire.KindSyncRequest, 0, raw(make([]byte, wire.BucketFilterSize)))},
+		{"filter of no local map", digestDatagram(t, wire.KindSyncRequest, 0, (&wire.BucketFilter{Bucket: wire.Bucket{Map: 0xdead}, Children: 1}).AppendTo)},
+		{"filter of a short body", digestDatagram(t, wire.KindSyncRequest, 0, raw([]byte{1, 2, 3}))},
+	} {
+		before := f.stats.Malformed.Load()
+		f.handle(peerA, tc.d)
+		if f.stats.Malformed.Load() != before+1 {
+			t.Errorf("%s: malformed %d, want %d", tc.name, f.stats.Malformed.Load(), before+1)
+		}
+	}
+	if len(f.flows.calls) != 0 {
+		t.Fatalf("bad digests touched the map: %v", f.flows.calls)
+	}
+
+	// An answer to no digest of this node's.
+	unsolicited := f.stats.Unsolicited.Load()
+	f.handle(peerA, digestDatagram(t, wire.KindDigestDiff, 0, (&wire.DigestDiff{Bucket: good.Bucket, Round: 1, Differ: ^uint64(0)}).AppendTo))
+	if f.stats.Unsolicited.Load() != unsolicited+1 {
+		t.Fatal("an answer to no digest was not counted unsolicited")
+	}
+
+	// A round with the peer; its answers claim that every child differs,
+	// at every level, and come again.
+	set, err := f.n.digester.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.n.mu.Lock()
+	r := &f.n.digests.round
+	*r = digestRound{id: 5, peer: f.n.peers.byNode[peerNode], set: set}
+	f.n.digests.ask(good.Bucket, time.Now())
+	f.n.mu.Unlock()
+	if r.queries != 1 {
+		t.Fatalf("the root digest was not sent (%d)", r.queries)
+	}
+	for range 3 {
+		f.n.mu.Lock()
+		asked := slices.Clone(r.asked)
+		f.n.mu.Unlock()
+		for _, b := range asked {
+			f.handle(peerA, digestDatagram(t, wire.KindDigestDiff, 0, (&wire.DigestDiff{Bucket: b, Round: 5, Differ: ^uint64(0)}).AppendTo))
+		}
+	}
+	if r.queries != maxDigestQueries || len(r.repairs) > maxDigestRepairs {
+		t.Fatalf("a forged answer had %d digests sent and %d repairs queued; at most %d and %d",
+			r.queries, len(r.repairs), maxDigestQueries, maxDigestRepairs)
 	}
 }
