@@ -36,6 +36,9 @@ const (
 	// digestLeafEntries is about how many entries a leaf bucket of a
 	// full map holds (the tree is at most MaxDigestDepth deep).
 	digestLeafEntries = 4
+	// digestReadBatch is how many entries one read of a map takes (one
+	// BPF_MAP_LOOKUP_BATCH).
+	digestReadBatch = 1024
 )
 
 // DigestNormalizer returns the bytes of a value of the named map that a
@@ -185,14 +188,18 @@ func (g *digester) read() (*digestSet, error) {
 }
 
 // readMap adds every entry of m to t's leaves, with the version known of
-// it (read under the knowledge lock with the entry, as a snapshot does,
-// but never stamped anew), then the newest stamps of the deletes m's
-// knowledge remembers.
+// it, then the newest stamps of the deletes m's knowledge remembers. The
+// knowledge lock is taken for the look-ups of each batch only, not over
+// its read, as a snapshot's is: a write between the two makes the
+// version newer than the value, and its bucket busy (see differ), which
+// is all a digest needs; the datapath's writes wait on the lock less.
 func (g *digester) readMap(m *localMap, t *digestTree) error {
 	var vers []knowledge.Version
 	norm := make([]byte, m.valueSize)
-	err := g.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
+	keys, vals := make([]byte, digestReadBatch*m.keySize), make([]byte, digestReadBatch*m.valueSize)
+	err := m.Target.Dump(keys, vals, func(ks, vs []byte) error {
 		vers = vers[:0]
+		h := g.know.Lock()
 		for o := 0; o < len(ks); o += m.keySize {
 			var v knowledge.Version
 			if e := h.Lookup(m.index, ks[o:o+m.keySize]); e != nil && !e.Deleted() && e.Version().Stamp != 0 {
@@ -200,13 +207,12 @@ func (g *digester) readMap(m *localMap, t *digestTree) error {
 			}
 			vers = append(vers, v)
 		}
-	}, func(ks, vs []byte) error {
+		h.Unlock()
 		for j, v := range vers {
 			key, val := ks[j*m.keySize:(j+1)*m.keySize], vs[j*m.valueSize:(j+1)*m.valueSize]
-			val = digestValue(m, g.normalize, norm, val)
 			kh := digestKeyHash(key)
 			l := t.leaf(kh)
-			l.Sum += entryHash(kh, v, knowledge.ValueHash(val))
+			l.Sum += entryHash(kh, v, knowledge.ValueHash(digestValue(m, g.normalize, norm, val)))
 			l.Newest = max(l.Newest, uint64(v.Stamp))
 		}
 		return nil
