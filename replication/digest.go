@@ -425,10 +425,53 @@ func (d *digests) differs(p *peer, g *wire.DigestDiff, now time.Time) error {
 		return nil
 	}
 	d.stats.DigestFound.Add(uint64(bits.OnesCount64(g.Differ)))
-	if len(r.repairs) < maxDigestRepairs {
-		r.repairs = append(r.repairs, wire.BucketFilter{Bucket: g.Bucket, Children: g.Differ})
-	}
+	d.queue(wire.BucketFilter{Bucket: g.Bucket, Children: g.Differ}, r.set.trees[m.index].depth())
 	return nil
+}
+
+// queue adds a repair of f, of a map whose leaves are at depth leaves,
+// to the round's: into a queued one of the same map if both fit under
+// one bucket two levels above the leaves (at most 4,096 leaves, about
+// 16,000 entries of a full map), since every repair reads the whole map
+// on both sides whatever it covers; else as one more, up to
+// maxDigestRepairs. The repair under way is left as it is.
+func (d *digests) queue(f wire.BucketFilter, leaves int) {
+	r := &d.round
+	first := 0
+	if d.client.phase != syncIdle && d.client.filtered {
+		first = 1
+	}
+	for i := first; i < len(r.repairs); i++ {
+		if w, ok := widen(r.repairs[i], f); ok && int(w.Depth) >= leaves-2 {
+			r.repairs[i] = w
+			return
+		}
+	}
+	if len(r.repairs) < maxDigestRepairs {
+		r.repairs = append(r.repairs, f)
+	}
+}
+
+// widen returns the narrowest filter that selects all a and b select: of
+// the deepest bucket both lie under; false for filters of two maps.
+func widen(a, b wire.BucketFilter) (wire.BucketFilter, bool) {
+	if a.Map != b.Map {
+		return wire.BucketFilter{}, false
+	}
+	up := func(f wire.BucketFilter) wire.BucketFilter {
+		return wire.BucketFilter{Bucket: wire.Bucket{Map: f.Map, Depth: f.Depth - 1, Prefix: f.Prefix >> wire.DigestBits},
+			Children: 1 << (f.Prefix % wire.DigestFanout)}
+	}
+	for a.Depth > b.Depth {
+		a = up(a)
+	}
+	for b.Depth > a.Depth {
+		b = up(b)
+	}
+	for a.Prefix != b.Prefix {
+		a, b = up(a), up(b)
+	}
+	return wire.BucketFilter{Bucket: a.Bucket, Children: a.Children | b.Children}, true
 }
 
 // filter decodes the bucket filter of a sync request into f, refusing a

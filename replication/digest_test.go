@@ -370,3 +370,41 @@ func TestDigestHostileInput(t *testing.T) {
 			r.queries, len(r.repairs), maxDigestQueries, maxDigestRepairs)
 	}
 }
+
+// TestDigestRepairsWiden checks that differing leaves under one bucket
+// two levels up are repaired together, and that the filter covers every
+// key of both.
+func TestDigestRepairsWiden(t *testing.T) {
+	leaf := func(l uint64) uint64 { return l << (64 - 18) } // a key hash in leaf l of a 3-level tree
+	at := func(l uint64) wire.BucketFilter {
+		return wire.BucketFilter{Bucket: wire.Bucket{Map: 9, Depth: 2, Prefix: uint32(l >> 6)}, Children: 1 << (l % 64)}
+	}
+	for _, tc := range []struct {
+		a, b  uint64 // leaves
+		depth uint8  // of the widened filter's bucket
+	}{
+		{5, 6, 2},                       // siblings: one parent, two children
+		{5, 64 + 6, 1},                  // cousins: one grandparent
+		{5, 64*64 + 6, 0},               // under two top-level buckets: the root
+		{64*64*63 + 1, 64 * 64 * 63, 2}, // siblings at the end
+	} {
+		w, ok := widen(at(tc.a), at(tc.b))
+		if !ok || w.Depth != tc.depth || !inFilter(&w, leaf(tc.a)) || !inFilter(&w, leaf(tc.b)) {
+			t.Errorf("widen(%d, %d) = %+v, %v; want depth %d holding both", tc.a, tc.b, w, ok, tc.depth)
+		}
+		if w.Check() != nil || w.Children == 0 {
+			t.Errorf("widen(%d, %d) = %+v: not a valid filter", tc.a, tc.b, w)
+		}
+	}
+	if _, ok := widen(at(1), wire.BucketFilter{Bucket: wire.Bucket{Map: 8, Depth: 2}, Children: 1}); ok {
+		t.Error("filters of two maps widened into one")
+	}
+	var d digests
+	d.client = &resyncClient{}
+	for _, l := range []uint64{5, 64 + 6, 64*64 + 7, 64*64 + 8} {
+		d.queue(at(l), 3)
+	}
+	if len(d.round.repairs) != 2 || d.round.repairs[0].Depth != 1 || d.round.repairs[1].Depth != 2 {
+		t.Fatalf("repairs %+v; want two, one per grandparent", d.round.repairs)
+	}
+}
