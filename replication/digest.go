@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -100,11 +101,15 @@ func digestDepth(maxEntries uint32) int {
 	return d
 }
 
-// digested reports whether a map takes part in digest rounds: LRU maps
-// evict by local use (see "LRU evictions"), so theirs differ by design.
+// digested reports whether a map takes part in digest rounds: not LRU
+// maps, which evict by local use (see "LRU evictions"), nor scanned maps
+// whose vanished keys stay on the peers: on both, which keys a node holds
+// differs by design.
 func digested(m *localMap) bool {
-	t := ebpf.MapType(m.Desc.Type)
-	return t != ebpf.LRUHash && t != ebpf.LRUCPUHash
+	if t := ebpf.MapType(m.Desc.Type); t == ebpf.LRUHash || t == ebpf.LRUCPUHash {
+		return false
+	}
+	return m.plan == nil || m.plan.opts.Scan == 0 || m.plan.opts.Vanished == mapopt.Delete
 }
 
 // digestTree is one map's digests: level d holds the 64^d buckets of d ×

@@ -233,13 +233,31 @@ func TestDigestTreeShape(t *testing.T) {
 	}
 }
 
-// TestDigestNotForLRU checks that LRU maps, which evict by local use,
-// take no part in digest rounds.
-func TestDigestNotForLRU(t *testing.T) {
+// TestDigestNotForLocalEvictions checks that LRU maps, which evict by
+// local use, and scanned maps whose vanished keys stay on the peers take
+// no part in digest rounds.
+func TestDigestNotForLocalEvictions(t *testing.T) {
 	for typ, want := range map[ebpf.MapType]bool{ebpf.Hash: true, ebpf.Array: true, ebpf.LRUHash: false, ebpf.LRUCPUHash: false} {
 		m := localMap{Map: Map{Desc: wire.Descriptor{Type: uint32(typ)}}}
 		if digested(&m) != want {
 			t.Errorf("%v digested = %v", typ, !want)
+		}
+	}
+	for _, tc := range []struct {
+		opts mapopt.Options
+		want bool
+	}{
+		{mapopt.Options{Scan: time.Second}, false},
+		{mapopt.Options{Scan: time.Second, Vanished: mapopt.Delete}, true},
+		{mapopt.Options{Local: []mapopt.Field{{Offset: 0, Size: 1}}}, true}, // not scanned
+	} {
+		p, err := newFieldPlan(tc.opts, 8, &monoClock{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := localMap{Map: Map{Desc: wire.Descriptor{Type: uint32(ebpf.Hash)}}, plan: p}
+		if digested(&m) != tc.want {
+			t.Errorf("%+v: digested = %v", tc.opts, !tc.want)
 		}
 	}
 }
