@@ -297,14 +297,16 @@ type digests struct {
 	settle  time.Duration // digestSettle; shorter in tests
 }
 
-// tick starts a round when a new read of the maps is in, and the next
-// repair once the resync client is free.
+// tick starts a round when a new read of the maps is in and the last
+// round's repairs are done, and the next repair once the resync client is
+// free.
 func (d *digests) tick(now time.Time) {
-	if set := d.source.latest.Load(); set != nil && set != d.started {
+	r := &d.round
+	repairing := len(r.repairs) > 0 || d.client.filtered && d.client.phase != syncIdle
+	if set := d.source.latest.Load(); set != nil && set != d.started && !repairing {
 		d.started = set
 		d.begin(set, now)
 	}
-	r := &d.round
 	// A peer serves a requester one transfer per transferEvery.
 	if len(r.repairs) == 0 || d.client.phase != syncIdle || now.Before(d.client.retryAt) || now.Sub(d.client.since) < transferEvery {
 		return

@@ -433,3 +433,36 @@ func TestDigestRepairsWiden(t *testing.T) {
 		t.Fatalf("repairs %+v; want two, one per grandparent", d.round.repairs)
 	}
 }
+
+// A new read does not start a round while the last round's repairs are
+// queued or one is under way: a round started then dropped them, and the
+// repair under way, once done, took the new round's first repair with it.
+func TestDigestRoundWaitsForRepairs(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	f.n.ready.become("test", 1)
+	if _, err := f.n.digester.read(); err != nil {
+		t.Fatal(err)
+	}
+	f.n.mu.Lock()
+	defer f.n.mu.Unlock()
+	p := f.n.peers.byNode[peerNode]
+	p.ready = true
+	d := &f.n.digests
+	d.round = digestRound{id: 7, peer: p, repairs: []wire.BucketFilter{{Bucket: wire.Bucket{Map: f.fpFlow, Depth: 1}, Children: 1}}}
+	d.tick(time.Now())
+	if !f.n.client.filtered || d.round.id != 7 || f.stats.DigestRounds.Load() != 0 {
+		t.Fatalf("round %d, %d rounds, repair under way %v: want the repair started and no round", d.round.id, f.stats.DigestRounds.Load(), f.n.client.filtered)
+	}
+	d.tick(time.Now())
+	if d.round.id != 7 {
+		t.Fatal("a round started while a repair was under way")
+	}
+	f.n.client.reset() // as at the repair's end
+	p.stream.paused = false
+	d.repaired()
+	d.tick(time.Now())
+	if d.round.id != 8 || f.stats.DigestRounds.Load() != 1 {
+		t.Fatalf("round %d, %d rounds: want the next round once the repairs were done", d.round.id, f.stats.DigestRounds.Load())
+	}
+}
