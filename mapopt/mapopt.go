@@ -237,8 +237,8 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 		switch opt.Key {
 		case keyScan:
 			d, err := time.ParseDuration(opt.Value)
-			if err != nil || d < 0 || d > 0 && d < minScan {
-				return fail(opt, fmt.Errorf("%w: want a duration of at least %s, such as 1s, or 0 for no scanning", ErrBadValue, minScan))
+			if err != nil || d < 0 || d > 0 && d < MinScan {
+				return fail(opt, fmt.Errorf("%w: want a duration of at least %s, such as 1s, or 0 for no scanning", ErrBadValue, MinScan))
 			}
 			o.Scan = d
 		case keyVanished:
@@ -303,8 +303,8 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 	return o, nil
 }
 
-// minScan is the shortest scan period: a scan reads the whole map.
-const minScan = 10 * time.Millisecond
+// MinScan is the shortest scan period: a scan reads the whole map.
+const MinScan = 10 * time.Millisecond
 
 // checkOverlaps refuses fields that cannot be what they say at once: a
 // local field is never sent, so it can be neither a clock nor a refresh

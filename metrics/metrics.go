@@ -139,6 +139,18 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.ScanVanished }},
 	{newDesc("tombstones_dropped_total", "Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."),
 		func(s *replication.StatsSnapshot) uint64 { return s.TombstonesDropped }},
+	{newDesc("digest_rounds_total", "Digest rounds this node started: a comparison of its maps with one peer's, bucket by bucket."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestRounds }},
+	{newDesc("digest_buckets_differing_total", "Leaf buckets a digest round found to differ from the peer's while neither side had written there lately: divergences found."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestFound }},
+	{newDesc("digest_buckets_busy_total", "Buckets that differed but were written lately on either side, so may have had changes in flight: compared again next round."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestBusy }},
+	{newDesc("digest_repairs_total", "Filtered resyncs that repaired the buckets a digest round found differing."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestRepairs }},
+	{newDesc("digest_healed_total", "Entries digest repairs changed: applied here, sent back to the peer, or stamped anew where two nodes held the same version with different contents."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestHealed }},
+	{newDesc("digest_bytes_total", "Bytes of digest datagrams sent and received (the repairs travel as snapshot datagrams)."),
+		func(s *replication.StatsSnapshot) uint64 { return s.DigestBytes }},
 }
 
 var (

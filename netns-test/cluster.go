@@ -139,7 +139,11 @@ func (c *Cluster) Start(i int) error {
 	dc := c.cfg.Daemon
 	dc.Maps = nil
 	for _, spec := range c.Maps {
-		dc.Maps = append(dc.Maps, c.PinPath(i, spec.Name))
+		m := c.PinPath(i, spec.Name)
+		if spec.Options != "" {
+			m += "," + spec.Options
+		}
+		dc.Maps = append(dc.Maps, m)
 	}
 	dc.Args = append(slices.Clone(dc.Args), c.cfg.NodeArgs[i]...)
 	dc.LogFile = filepath.Join(c.cfg.Dir, name+".log")

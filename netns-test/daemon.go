@@ -134,7 +134,7 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 	}
 	args = append(args, cfg.Args...)
 	switch {
-	case slices.Contains(cfg.Args, "--key-file") || slices.Contains(cfg.Args, "--insecure-no-key"):
+	case hasFlag(cfg.Args, "--key-file") || hasFlag(cfg.Args, "--insecure-no-key"):
 	case cfg.InsecureNoKey:
 		args = append(args, "--insecure-no-key")
 	default:
@@ -181,6 +181,11 @@ func StartDaemon(node *Node, cfg DaemonConfig) (*Daemon, error) {
 		case <-tick.C:
 		}
 	}
+}
+
+// hasFlag reports whether args give the flag name, as "name" or "name=...".
+func hasFlag(args []string, name string) bool {
+	return slices.ContainsFunc(args, func(a string) bool { return a == name || strings.HasPrefix(a, name+"=") })
 }
 
 // Kill ends the daemon at once with SIGKILL, as a crash would, and waits

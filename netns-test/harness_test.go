@@ -372,6 +372,24 @@ func TestDaemonRunner(t *testing.T) {
 		}
 	})
 
+	t.Run("own key", func(t *testing.T) {
+		// A key the test gives, in either form, is the only one.
+		for _, args := range [][]string{{"--key-file", "/given.key"}, {"--key-file=/given.key"}} {
+			d, err := StartDaemon(node, DaemonConfig{Binary: bin, LogFile: filepath.Join(dir, "own.log"),
+				ReadyFile: filepath.Join(dir, "own.ready"), Args: args, ReadyTimeout: 2 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Stop(time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if log := d.Tail(10); strings.Count(log, "--key-file") != 1 {
+				t.Errorf("args %q: want that --key-file alone: %s", args, log)
+			}
+			os.Remove(filepath.Join(dir, "own.ready"))
+		}
+	})
+
 	t.Run("no key", func(t *testing.T) {
 		d, err := StartDaemon(node, DaemonConfig{Binary: bin, LogFile: filepath.Join(dir, "nokey.log"),
 			ReadyFile: filepath.Join(dir, "nokey.ready"), InsecureNoKey: true, ReadyTimeout: 2 * time.Second})

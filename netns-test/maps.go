@@ -26,6 +26,9 @@ type MapSpec struct {
 	// Type is [ebpf.Hash], [ebpf.LRUHash] or [ebpf.Array].
 	Type                           ebpf.MapType
 	KeySize, ValueSize, MaxEntries uint32
+	// Options follow the map's path in its --map (scan=1s,clock=...), the
+	// same on every node; empty for none.
+	Options string
 }
 
 // DefaultMaps are the maps the convergence test and the demo replicate:

@@ -283,7 +283,7 @@ func TestObservability(t *testing.T) {
 		}
 	}
 	for _, m := range c.Maps {
-		if !regexp.MustCompile(`(?m)^` + m.Name + ` +\S+ +\d+ B +\d+ B +65536 +` + strconv.Itoa(len(w.Want()[m.Name])) + `\n`).MatchString(table) {
+		if !regexp.MustCompile(`(?m)^` + m.Name + ` +\S+ +\d+ B +\d+ B +65536 +` + strconv.Itoa(len(w.Want()[m.Name])) + ` +-\n`).MatchString(table) {
 			t.Errorf("status table has no row for map %s with %d entries", m.Name, len(w.Want()[m.Name]))
 		}
 	}

@@ -48,6 +48,13 @@ type applier struct {
 	marking   uint32
 	gen       uint8
 	newerHere [][]byte // per map index: packed keys
+	// comparing, during a repair of buckets, keeps in same the records
+	// of the marked peer whose version equals the one known here: whether
+	// the contents agree too is checked at the end (resyncClient.reconcile);
+	// taken counts the marked peer's records applied.
+	comparing bool
+	same      []sameRecords // per map index
+	taken     int
 
 	secs wire.Sections
 	recs wire.Records
@@ -73,7 +80,8 @@ type run struct {
 
 func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
 	return applier{table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
-		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps))}
+		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
+		same: make([]sameRecords, len(t.maps))}
 }
 
 // collect validates the body of a change or snapshot datagram of node and
@@ -271,6 +279,8 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 				e.SetGen(a.gen)
 				if e.Version() != v {
 					a.newerHere[m.index] = append(a.newerHere[m.index], key...)
+				} else if a.comparing && r.op == ops.Update {
+					a.same[m.index].add(key, vals[i*vs:(i+1)*vs], v)
 				}
 			}
 			stale++
@@ -284,6 +294,7 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		h.Note(m.index, key, v, r.op == ops.Delete, vals[i*vs:(i+1)*vs])
 		if r.node == a.marking {
 			e.SetGen(a.gen)
+			a.taken++
 		}
 		copy(keys[n*ks:], key)
 		copy(vals[n*vs:], vals[i*vs:(i+1)*vs])

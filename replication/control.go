@@ -27,7 +27,7 @@ const controlSize = wire.HeaderSize + wire.NackFixedSize + wire.MaxNackRanges*wi
 
 func newControlSender(tr Transport, node uint32, epoch uint64, stats *Stats, log *slog.Logger, limit *limiter) controlSender {
 	return controlSender{tr: tr, node: node, epoch: epoch, stats: stats, log: log, limit: limit,
-		buf: make([]byte, 0, max(controlSize, wire.HeaderSize+wire.SyncStartSize))}
+		buf: make([]byte, 0, max(controlSize, wire.HeaderSize+wire.SyncStartSize, wire.HeaderSize+wire.DigestSize))}
 }
 
 // send sends a datagram of kind k with sequence field seq to addr, its

@@ -36,23 +36,25 @@ type dispatcher struct {
 	sources interface {
 		source(node uint32, epoch uint64) (netip.AddrPort, time.Time, bool)
 	}
-	peers  *peerTable
-	gate   *answerGate // what may be sent to each peer's address
-	apply  *applier
-	repair *repairResponder
-	client *resyncClient
-	server *snapshotServer
-	ask    controlSender // this node's repair requests
-	stats  *Stats
-	log    *slog.Logger
-	limit  *limiter
+	peers   *peerTable
+	gate    *answerGate // what may be sent to each peer's address
+	apply   *applier
+	repair  *repairResponder
+	client  *resyncClient
+	server  *snapshotServer
+	digests *digests
+	ask     controlSender // this node's repair requests
+	stats   *Stats
+	log     *slog.Logger
+	limit   *limiter
 
-	routes [16]route
-	hdr    wire.Header // of the datagram being handled
-	req    wire.Nack   // a repair request being built
-	in     wire.Nack   // a request or answer received
-	descs  wire.Descriptors
-	got    []wire.Descriptor // of one announce
+	routes   [16]route
+	hdr      wire.Header // of the datagram being handled
+	req      wire.Nack   // a repair request being built
+	in       wire.Nack   // a request or answer received
+	digestIn wire.Digest // a digest received
+	descs    wire.Descriptors
+	got      []wire.Descriptor // of one announce
 
 	from netip.AddrPort // where the datagram being handled came from
 }
@@ -82,6 +84,8 @@ var routes = map[wire.Kind]route{
 	wire.KindSyncEnd:     {handle: (*dispatcher).syncEnd, flush: true},
 	wire.KindCookie:      {handle: (*dispatcher).cookie},
 	wire.KindCookieEcho:  {handle: (*dispatcher).cookieEcho},
+	wire.KindDigest:      {handle: (*dispatcher).digest},
+	wire.KindDigestDiff:  {handle: (*dispatcher).digestDiff},
 }
 
 func (d *dispatcher) init() {
@@ -386,8 +390,15 @@ func (d *dispatcher) gone(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 
 func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
 	body := dgram[wire.HeaderSize:]
-	if len(body) > 0 || h.Count > 0 {
+	if h.Count > 0 {
 		return wire.ErrBadLength
+	}
+	var filter *wire.BucketFilter
+	if len(body) > 0 {
+		filter = new(wire.BucketFilter)
+		if err := d.digests.filter(filter, body); err != nil {
+			return err
+		}
 	}
 	if !p.announced || !d.peers.settled(p, now) {
 		d.stats.Unsolicited.Add(1)
@@ -396,7 +407,7 @@ func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time
 	if !d.gate.admit(p, now) {
 		return nil
 	}
-	return d.server.request(p, h, now)
+	return d.server.request(p, h, filter, now)
 }
 
 func (d *dispatcher) syncAck(p *peer, h *wire.Header, dgram []byte, _ time.Time) error {
@@ -452,11 +463,14 @@ func (d *dispatcher) cookieEcho(p *peer, h *wire.Header, dgram []byte, now time.
 }
 
 // again sends p the requests of this node's that wait for it: the
-// missing ranges of its stream and the resync request, if any.
+// missing ranges of its stream, unless it waits for a resync, and the
+// resync request, if any.
 func (d *dispatcher) again(p *peer, now time.Time) {
-	d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
-	p.stream.missing(&d.req)
-	d.sendRequest(p, now)
+	if !p.stream.since.IsZero() && !p.stream.paused { // as the retry timer would
+		d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+		p.stream.missing(&d.req)
+		d.sendRequest(p, now)
+	}
 	d.client.again(p, now)
 }
 
@@ -486,6 +500,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		}
 	}
 	d.client.tick(now)
+	d.digests.tick(now)
 	for _, p := range d.peers.byNode {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
@@ -573,4 +588,32 @@ func (d *dispatcher) forged(from netip.AddrPort, h *wire.Header, why string) {
 		}
 		d.log.Warn("dropping datagram from an unexpected address", args...)
 	}
+}
+
+// digest answers a peer's digest of one bucket. Like a request, it is
+// taken only from a peer that announced itself from its settled address.
+func (d *dispatcher) digest(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	if h.Count > 0 {
+		return wire.ErrBadLength
+	}
+	if err := d.digestIn.Unmarshal(dgram[wire.HeaderSize:]); err != nil {
+		return err
+	}
+	if !p.announced || !d.peers.settled(p, now) {
+		d.stats.Unsolicited.Add(1)
+		return nil
+	}
+	return d.digests.answer(p, &d.digestIn)
+}
+
+// digestDiff takes a peer's answer to one of this node's digests.
+func (d *dispatcher) digestDiff(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
+	var g wire.DigestDiff
+	if h.Count > 0 {
+		return wire.ErrBadLength
+	}
+	if err := g.Unmarshal(dgram[wire.HeaderSize:]); err != nil {
+		return err
+	}
+	return d.digests.differs(p, &g, now)
 }

@@ -142,7 +142,7 @@ func (p *fieldPlan) fromWire(v, mine []byte) {
 		for _, c := range p.clocks {
 			f := v[c.Offset : c.Offset+c.Size]
 			if w := getField(f); w != 0 {
-				putField(f, rebase(now.of(c.Kind)+decodeDelta(w, c.Size), c.Size))
+				putField(f, rebase(addSat(now.of(c.Kind), decodeDelta(w, c.Size)), c.Size))
 			}
 		}
 	}
@@ -155,6 +155,10 @@ func (p *fieldPlan) fromWire(v, mine []byte) {
 	}
 	zero(v, p.lock)
 }
+
+// clearLock zeroes a captured value's spin lock, whatever its writer
+// passed there: the kernel neither stores nor returns those bytes.
+func (p *fieldPlan) clearLock(v []byte) { zero(v, p.lock) }
 
 func zero(v []byte, spans []span) {
 	for _, s := range spans {
@@ -185,6 +189,18 @@ func decodeDelta(w uint64, size int) int64 {
 		d--
 	}
 	return d
+}
+
+// addSat is t+d, held within int64: a peer's delta may sit at the end of
+// its range.
+func addSat(t, d int64) int64 {
+	if d > 0 && t > math.MaxInt64-d {
+		return math.MaxInt64
+	}
+	if d < 0 && t < math.MinInt64-d {
+		return math.MinInt64
+	}
+	return t + d
 }
 
 // rebase is a timestamp of this node's clock, kept within the field: a

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
+	"github.com/udpmapsync/udpmapsync/ops"
 )
 
 // A clock field's delta survives the wire at both sizes and at the ends
@@ -27,6 +30,9 @@ func TestClockDelta(t *testing.T) {
 	// Beyond a 4-byte field's range the delta saturates.
 	if got := decodeDelta(encodeDelta(math.MaxInt64/2, 4), 4); got != math.MaxInt32-1 {
 		t.Errorf("a huge delta in 4 bytes decoded as %d", got)
+	}
+	if addSat(1e15, math.MaxInt64) != math.MaxInt64 || addSat(1e15, math.MinInt64) != math.MinInt64+1e15 || addSat(-5, math.MinInt64) != math.MinInt64 {
+		t.Error("addSat wraps")
 	}
 	if rebase(-5, 8) != 1 || rebase(0, 4) != 1 || rebase(math.MaxUint32+9, 4) != math.MaxUint32 || rebase(77, 8) != 77 {
 		t.Error("rebase does not keep a time within its field")
@@ -139,5 +145,63 @@ func TestPrintMap(t *testing.T) {
 		if i < 0 || pm.slots[i].fp != fp || binary.LittleEndian.Uint64(pm.key(i)) != h {
 			t.Fatalf("hash %#x: index %d", h, i)
 		}
+	}
+}
+
+// A clock field at the ends of its range, from a peer, is written within
+// the field, set, and never wraps to the past or the future.
+func TestClockFieldEnds(t *testing.T) {
+	opts := mapopt.Options{Clocks: []mapopt.Clock{{Field: mapopt.Field{Offset: 0, Size: 8}, Kind: mapopt.MonoNS},
+		{Field: mapopt.Field{Offset: 8, Size: 4}, Kind: mapopt.MonoS}}}
+	p, err := newFieldPlan(opts, 12, &monoClock{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		w8      uint64
+		w4      uint32
+		future8 bool
+		future4 bool
+		name    string
+	}{
+		{math.MaxInt64, math.MaxInt32, true, true, "largest"},
+		{1 << 63, 1 << 31, false, false, "most negative"},
+		{math.MaxUint64, math.MaxUint32, false, false, "-1"},
+	} {
+		v := make([]byte, 12)
+		binary.NativeEndian.PutUint64(v, c.w8)
+		binary.NativeEndian.PutUint32(v[8:], c.w4)
+		p.fromWire(v, nil)
+		now := (&monoClock{}).read()
+		got8, got4 := int64(binary.NativeEndian.Uint64(v)), int64(binary.NativeEndian.Uint32(v[8:]))
+		if got8 == 0 || got4 == 0 || (got8 > now.mono) != c.future8 || (got4 > now.mono/1e9) != c.future4 {
+			t.Errorf("%s: wrote %d and %d at %d", c.name, got8, got4, now.mono)
+		}
+	}
+}
+
+// A captured value's spin lock holds whatever its writer passed, which
+// the kernel neither stores nor returns: the sender clears it, so that a
+// local write that crossed an apply is still found in the map.
+func TestCapturedLockCleared(t *testing.T) {
+	f := newReceiverFixture(t)
+	s := crossSender(t, f)
+	m := f.tab.byID(10)
+	var err error
+	if m.plan, err = newFieldPlan(mapopt.Options{Lock: &mapopt.Field{Name: "lock", Size: 4}}, m.valueSize, &f.tab.mono); err != nil {
+		t.Fatal(err)
+	}
+	s.drained = time.Now().Add(-time.Second) // the ring was last empty before the apply
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(time.Now().UnixMilli(), 0), 5))
+	if got := f.value("key1"); got != "\x00\x00\x00\x00mote" {
+		t.Fatalf("applied %q: the lock's bytes are not zero", got)
+	}
+	f.flows.state["key1"] = "\x00\x00\x00\x00ocal" // the local write came after the apply
+	s.add(&loader.Change{MapID: 10, Op: ops.Update, Key: []byte("key1"), Value: []byte("LOCKocal")}, time.Now())
+	if s.superseded != 0 || f.stats.RaceChecks.Load() != 1 {
+		t.Fatalf("superseded %d, race checks %d: the write the map holds was dropped", s.superseded, f.stats.RaceChecks.Load())
+	}
+	if v, _ := knownVersion(f.n.know, m.index, "key1"); v.Origin != ourNode {
+		t.Fatalf("knowledge %+v, want the local write's", v)
 	}
 }

@@ -199,9 +199,14 @@ func FuzzResyncClient(f *testing.F) {
 // left untouched.
 func FuzzReceivePath(f *testing.F) {
 	fx := newReceiverFixture(f)
+	cookie := func(k wire.Kind) []byte {
+		h := wire.Cookie{Slot: 3, Tag: 0x0102030405060708}.Header(k, peerNode, 1)
+		d, _ := h.AppendTo(nil)
+		return d
+	}
 	for _, d := range [][]byte{
 		fx.seqDatagram(f, 1), announce(f, peerNode, 1, 3), goneDatagram(1, 2), syncRequest(peerNode, 1, 4),
-		syncEnd(7, 1), fx.snapshotDatagram(f, 7, 1, "snap"),
+		syncEnd(7, 1), fx.snapshotDatagram(f, 7, 1, "snap"), cookie(wire.KindCookie), cookie(wire.KindCookieEcho),
 	} {
 		f.Add(append([]byte{byte(len(d))}, d...))
 	}

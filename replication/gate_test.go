@@ -1,10 +1,14 @@
 package replication
 
 import (
+	"bytes"
+	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -161,5 +165,73 @@ func TestCookieNotEchoedBeforeTheAddressSettles(t *testing.T) {
 	f.n.dispatch.handle(peerA, c, true, t0.Add(DefaultAnnounceInterval))
 	if got := f.tr.sentCookies(); len(got) == 0 {
 		t.Error("not echoed once the address settled")
+	}
+}
+
+// A node that joins a ready one proves its address, and has the other's
+// proved, with one cookie each way: the answer to its resync request
+// comes after one round trip more than it would without the gate, with a
+// key or without.
+func TestJoinPaysOneRoundTrip(t *testing.T) {
+	for _, keyed := range []bool{false, true} {
+		var keys *seal.Keys
+		if keyed {
+			var err error
+			if keys, err = seal.NewKeys(bytes.Repeat([]byte{9}, seal.KeySize)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var n memNet
+		var mu sync.Mutex
+		var seen []string // node:kind of every datagram, in the order sent
+		n.drop = func(d []byte) bool {
+			var h wire.Header
+			if h.Unmarshal(d) == nil && h.Kind != wire.KindChanges && h.Kind != wire.KindAnnounce {
+				mu.Lock()
+				seen = append(seen, fmt.Sprintf("%d:%d", h.Node, h.Kind))
+				mu.Unlock()
+			}
+			return false
+		}
+		a := startMemNodeWith(t, &n, 1, entries(100, 'a', 1), keys)
+		a.waitReady(t)
+		b := startMemNodeWith(t, &n, 2, nil, keys)
+		b.waitReady(t)
+		waitSame(t, a, b)
+		mu.Lock()
+		var before []string
+		for _, s := range seen {
+			if s == fmt.Sprintf("1:%d", wire.KindSyncStart) {
+				break
+			}
+			before = append(before, s)
+		}
+		mu.Unlock()
+		t.Logf("keyed %v: before the answer: %v", keyed, before)
+		count := func(node uint32, k wire.Kind) int {
+			c := 0
+			for _, s := range before {
+				if s == fmt.Sprintf("%d:%d", node, k) {
+					c++
+				}
+			}
+			return c
+		}
+		if c := count(1, wire.KindCookie); c != 1 {
+			t.Errorf("keyed %v: the serving node sent %d cookies before it answered, want 1: %v", keyed, c, before)
+		}
+		if c := count(2, wire.KindCookieEcho); c != 1 {
+			t.Errorf("keyed %v: the joining node echoed %d cookies before it was answered, want 1: %v", keyed, c, before)
+		}
+		if c := count(2, wire.KindCookie); c > 1 {
+			t.Errorf("keyed %v: the joining node sent %d cookies before it was answered, want at most 1: %v", keyed, c, before)
+		}
+		for _, m := range []*memNode{a, b} {
+			if p := m.stats.Snapshot().AddressesProven; p != 1 {
+				t.Errorf("keyed %v: %d addresses proven, want the other node's", keyed, p)
+			}
+		}
+		a.stop()
+		b.stop()
 	}
 }

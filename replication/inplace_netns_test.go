@@ -24,8 +24,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -38,6 +40,7 @@ import (
 	netnstest "github.com/udpmapsync/udpmapsync/netns-test"
 	"github.com/udpmapsync/udpmapsync/netns-test/datapath"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -46,17 +49,22 @@ import (
 type ipNode struct {
 	dp     *datapath.Node
 	maps   map[string]*loader.Map // by name: flows, lru_flows, locked
+	local  []Map                  // the same, for its tables
 	src    *chanSource
 	node   *Node
 	offset time.Duration // its MonoOffset
+	state  string        // its state file
+	epoch  uint64
+	cancel context.CancelFunc
+	done   chan error
 }
 
 // ipCluster is nodes replicating the datapath's maps with options.
 type ipCluster struct {
-	topo   *netnstest.Topology
-	nodes  []*ipNode
-	cancel context.CancelFunc
-	done   []chan error
+	topo  *netnstest.Topology
+	nodes []*ipNode
+	keys  *seal.Keys
+	log   *slog.Logger
 }
 
 // startInPlace starts one node per offset, replicating the maps named in
@@ -80,21 +88,21 @@ func startInPlace(t *testing.T, opts map[string]string, offsets ...time.Duration
 		t.Fatal(err)
 	}
 	logs := new(logBuffer)
-	log := newLogger(logs)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", logs)
 		}
 	})
-	c := &ipCluster{topo: topo}
+	c := &ipCluster{topo: topo, keys: keys, log: newLogger(logs)}
+	dir := t.TempDir()
 	for i, off := range offsets {
 		dp, err := datapath.New()
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { dp.Close() })
-		n := &ipNode{dp: dp, maps: map[string]*loader.Map{}, src: &chanSource{ch: make(chan loader.Change, 1<<14)}, offset: off}
-		var local []Map
+		n := &ipNode{dp: dp, maps: map[string]*loader.Map{}, src: &chanSource{ch: make(chan loader.Change, 1<<14)}, offset: off,
+			state: filepath.Join(dir, fmt.Sprintf("node%d.state", i+1))}
 		for name, spec := range opts {
 			km := map[string]*ebpf.Map{"flows": dp.Flows, "lru_flows": dp.LRUFlows, "locked": dp.Locked}[name]
 			lm := openLoaderMap(t, km)
@@ -115,26 +123,14 @@ func startInPlace(t *testing.T, opts map[string]string, offsets ...time.Duration
 			}
 			m := MapFromLoader(lm)
 			m.Options = o
-			local = append(local, m)
+			n.local = append(n.local, m)
 			n.maps[name] = lm
 		}
-		tr := listen(t, topo.Nodes[i], transport.Config{Group: netip.MustParseAddr("239.1.1.1"), Port: transport.DefaultPort})
-		tab, err := NewTable(local, tr.Payload()-wire.SealSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.node = newTestNode(t, Config{Node: uint32(i + 1), Epoch: 1, Table: tab, Source: n.src, Transport: tr, Keys: keys,
-			AnnounceInterval: 100 * time.Millisecond, MonoOffset: off, Log: log.With("node", string(rune('A'+i)))})
 		c.nodes = append(c.nodes, n)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
-	for _, n := range c.nodes {
-		done := make(chan error, 1)
-		c.done = append(c.done, done)
-		go func() { done <- n.node.Run(ctx) }()
+	for i := range c.nodes {
+		c.start(t, i)
 	}
-	t.Cleanup(func() { c.stop(t) })
 	for _, n := range c.nodes {
 		select {
 		case <-n.node.Ready():
@@ -145,8 +141,41 @@ func startInPlace(t *testing.T, opts map[string]string, offsets ...time.Duration
 	return c
 }
 
+// start runs node i in a new epoch, as a restarted daemon would.
+func (c *ipCluster) start(t *testing.T, i int) {
+	t.Helper()
+	n := c.nodes[i]
+	tr := listen(t, c.topo.Nodes[i], transport.Config{Group: netip.MustParseAddr("239.1.1.1"), Port: transport.DefaultPort})
+	tab, err := NewTable(n.local, tr.Payload()-wire.SealSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.epoch++
+	n.node = newTestNode(t, Config{Node: uint32(i + 1), Epoch: n.epoch, Table: tab, Source: n.src, Transport: tr, Keys: c.keys,
+		AnnounceInterval: 100 * time.Millisecond, MonoOffset: n.offset, StateFile: n.state,
+		Log: c.log.With("node", string(rune('A'+i)), "epoch", n.epoch)})
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel, n.done = cancel, make(chan error, 1)
+	go func() { n.done <- n.node.Run(ctx) }()
+	t.Cleanup(func() { c.halt(t, i) }) // before the transport's cleanup closes it
+}
+
+// halt stops node i, which saves its state file; a node halted already is
+// left alone.
+func (c *ipCluster) halt(t *testing.T, i int) {
+	n := c.nodes[i]
+	if n.cancel == nil {
+		return
+	}
+	n.cancel()
+	n.cancel = nil
+	if err := <-n.done; err != nil {
+		t.Errorf("node %d: %v", i+1, err)
+	}
+}
+
 // openLoaderMap opens km through the loader, as the daemon would.
-func openLoaderMap(t *testing.T, km *ebpf.Map) *loader.Map {
+func openLoaderMap(t testing.TB, km *ebpf.Map) *loader.Map {
 	t.Helper()
 	info, err := km.Info()
 	if err != nil {
@@ -159,19 +188,6 @@ func openLoaderMap(t *testing.T, km *ebpf.Map) *loader.Map {
 	}
 	t.Cleanup(func() { ms[0].Close() })
 	return ms[0]
-}
-
-func (c *ipCluster) stop(t *testing.T) {
-	if c.cancel == nil {
-		return
-	}
-	c.cancel()
-	c.cancel = nil
-	for i, done := range c.done {
-		if err := <-done; err != nil {
-			t.Errorf("node %d: %v", i+1, err)
-		}
-	}
 }
 
 // write makes a user-space write to node i's map and reports it as the
@@ -351,6 +367,7 @@ func TestInPlaceThreeNodes(t *testing.T) {
 			}
 		}
 	}
+	scansBefore := c.nodes[0].node.Stats().Scans.Load()
 	if err := c.nodes[0].dp.Refresh(0, flows, 5*time.Minute, 1500); err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +386,14 @@ func TestInPlaceThreeNodes(t *testing.T) {
 	if !waitFor(10*time.Second, converged) {
 		t.Fatal("the in-place changes did not reach every node")
 	}
-	t.Logf("converged %s after the refresh (scan interval %s)", time.Since(began).Round(time.Millisecond), scan)
+	// Counted in A's scans, not in time, so that a busy machine does not
+	// fail it: the scan under way at the refresh and the next one find
+	// every change; one more may complete before the poll notices.
+	scans := c.nodes[0].node.Stats().Scans.Load() - scansBefore
+	t.Logf("converged %s after the refresh, within %d of A's scans (scan interval %s)", time.Since(began).Round(time.Millisecond), scans, scan)
+	if scans > 3 {
+		t.Errorf("the nodes converged only %d scans after the refresh, want within two scan intervals", scans)
+	}
 	time.Sleep(2 * scan) // the standbys scan their copies
 
 	now := mono(0) // one instant for every node, each with its offset
@@ -506,6 +530,22 @@ func TestLRUVanished(t *testing.T) {
 					t.Errorf("B lost key %d, which A holds", k)
 				}
 			}
+			// A key back after its eviction, written where no capture sees
+			// it, is a write of A's like any other.
+			var back uint32
+			for back = range uint32(held) {
+				if _, ok := left[back]; !ok {
+					break
+				}
+			}
+			k := binary.NativeEndian.AppendUint32(nil, back)
+			v, _ := binary.Append(nil, binary.NativeEndian, datapath.CTEntry{Packets: 4242})
+			if err := a.maps["lru_flows"].UpdateBatch(k, v); err != nil {
+				t.Fatal(err)
+			}
+			if !waitFor(5*time.Second, func() bool { return c.flows(t, 1, "lru_flows")[back].Packets == 4242 }) {
+				t.Errorf("key %d, written again on A after its eviction, never reached B", back)
+			}
 		})
 	}
 }
@@ -615,4 +655,55 @@ func (c *ipCluster) locked(t *testing.T, i int, withLock bool) map[uint32]datapa
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A's daemon stops, saving its state; its datapath goes on refreshing in
+// place while none runs; the restarted daemon finds the refreshed
+// entries against the state file and sends them as its writes (their
+// clock fields rebased on B like any others), and its first scan then
+// learns the prints without sending the entries again.
+func TestInPlaceRestart(t *testing.T) {
+	const flows = 300
+	c := startInPlace(t, map[string]string{"flows": "scan=200ms,clock=expires:mono-ns,clock=lifetime:mono-s,local=ifindex"}, 0, time.Hour)
+	a := c.nodes[0]
+	for k := range uint32(flows) {
+		c.write(t, 0, "flows", k, flowEntry(mono(0), time.Minute))
+	}
+	if !waitFor(10*time.Second, func() bool { return len(c.flows(t, 1, "flows")) == flows }) {
+		t.Fatalf("B holds %d flows", len(c.flows(t, 1, "flows")))
+	}
+	c.halt(t, 0)
+	if _, err := os.Stat(a.state); err != nil {
+		t.Fatalf("no state file: %v", err)
+	}
+	if err := a.dp.Refresh(0, flows, 10*time.Minute, 100); err != nil {
+		t.Fatal(err)
+	}
+	c.start(t, 0)
+	if !waitFor(10*time.Second, func() bool {
+		for _, e := range c.flows(t, 1, "flows") {
+			if e.Packets != 2 {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatal("the refreshes made while A's daemon was down never reached B")
+	}
+	scans := a.node.Stats().Scans.Load()
+	if !waitFor(5*time.Second, func() bool { return a.node.Stats().Scans.Load() >= scans+2 }) {
+		t.Fatal("the restarted A does not scan")
+	}
+	now := mono(0)
+	ref, got := c.flows(t, 0, "flows"), c.flows(t, 1, "flows")
+	for k, e := range got {
+		remA := time.Duration(int64(ref[k].Expires) - now)
+		remB := time.Duration(int64(e.Expires) - (now + int64(time.Hour)))
+		if (remB-remA).Abs() > 50*time.Millisecond || remA < 9*time.Minute {
+			t.Fatalf("flow %d: %s left on A, %s on B", k, remA, remB)
+		}
+	}
+	if s := a.node.Stats().Snapshot(); s.ScanFound != 0 || s.Relayed < flows {
+		t.Errorf("the restarted A sent %d changes found against its state file and %d found by scans; want %d and 0", s.Relayed, s.ScanFound, flows)
+	}
 }

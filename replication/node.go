@@ -71,6 +71,15 @@ type Config struct {
 	// datapath's writes made while no daemon ran from what it knew (see
 	// "Restart" in docs/ARCHITECTURE.md).
 	StateFile string
+	// DigestInterval is the period of digest rounds, in which the node
+	// compares what it holds with one peer, bucket by bucket, and repairs
+	// the buckets that differ (see "Digest rounds" in
+	// docs/ARCHITECTURE.md); 0: none. The cmd's default is
+	// [DefaultDigestInterval].
+	DigestInterval time.Duration
+	// DigestNormalize, when set, masks the bytes of values that
+	// legitimately differ between nodes before digests compare them.
+	DigestNormalize DigestNormalizer
 	// Rand is where the secrets of the node's cookies come from (see
 	// [wire.Cookie]); nil means crypto/rand.
 	Rand io.Reader
@@ -92,6 +101,9 @@ var (
 	ErrNoNodeID   = errors.New("node id 0 is not an id")
 	ErrResendSize = errors.New("resend buffer size out of range")
 	ErrIncomplete = errors.New("config lacks a table, source or transport")
+	// ErrDigestPayload refuses digest rounds in datagrams too small for a
+	// digest: the MTU must grow, or the rounds be turned off.
+	ErrDigestPayload = errors.New("datagrams too small for a digest")
 )
 
 // Node is one udpmapsync node: it owns the sender and the receive side,
@@ -103,7 +115,8 @@ var (
 // [orderedStream] puts its change datagrams in order for the [applier];
 // the [repairResponder] answers repair requests from the resend buffer;
 // the [resyncClient] and the [snapshotServer] are the two ends of a full
-// resync.
+// resync; the [answerGate] decides what each peer's address may be sent
+// before it has proved that it receives there.
 type Node struct {
 	node   uint32
 	epoch  uint64
@@ -119,6 +132,10 @@ type Node struct {
 	state  string      // Config.StateFile
 	prints *printTable // of the scanned maps, under its own lock
 	scan   *scanner
+	// digester reads the maps into digests every digestEvery (0: never),
+	// outside every lock but the knowledge's.
+	digester    digester
+	digestEvery time.Duration
 
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
@@ -127,6 +144,7 @@ type Node struct {
 	repair   repairResponder
 	client   resyncClient
 	server   snapshotServer
+	digests  digests
 	dispatch dispatcher
 	ready    readiness
 	limit    limiter
@@ -139,6 +157,9 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	if cfg.Table == nil || cfg.Source == nil || cfg.Transport == nil {
 		return nil, ErrIncomplete
+	}
+	if cfg.DigestInterval > 0 && cfg.Table.payload < wire.HeaderSize+wire.DigestSize {
+		return nil, fmt.Errorf("%w: %d bytes, a digest takes %d", ErrDigestPayload, cfg.Table.payload, wire.HeaderSize+wire.DigestSize)
 	}
 	log := cfg.Log
 	if log == nil {
@@ -190,8 +211,13 @@ func NewNode(cfg Config) (*Node, error) {
 	n.server = snapshotServer{table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
+	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
+	n.digestEvery = cfg.DigestInterval
+	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
+		stats: &n.stats, current: n.current, settle: digestSettle}
+	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
-		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, ask: ctl(),
+		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if sealed != nil {
 		n.dispatch.sources = sealed
@@ -229,11 +255,12 @@ func (n *Node) Run(ctx context.Context) error {
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	done := make(chan error, 4)
+	done := make(chan error, 5)
 	go func() { done <- n.sender.Run(inner) }()
 	go func() { done <- n.receive(inner) }()
 	go func() { done <- n.timers(inner) }()
 	go func() { done <- n.scan.run(inner) }()
+	go func() { done <- n.readDigests(inner) }()
 	var first error
 	var save *stateSave
 	ended := 0

@@ -30,8 +30,9 @@ type printTable struct {
 	maps  []printMap
 }
 
-// printMap is the prints of one map; slots is nil for a map not scanned.
+// printMap is the prints of one map.
 type printMap struct {
+	scanned bool // set once, before the node runs: read without the lock
 	plan    *fieldPlan
 	period  uint32 // the refresh period, in ms
 	slots   []print
@@ -42,6 +43,7 @@ type printMap struct {
 	keys    []byte // the kept keys, keySize each
 	free    []int32
 	gen     uint8 // the scan under way, or the last one
+	learnt  bool  // a scan has read the whole map since the start
 }
 
 // print is what a scan compares one entry's value with.
@@ -72,7 +74,7 @@ func newPrintTable(t *Table, start time.Time) *printTable {
 			continue
 		}
 		pm := &p.maps[i]
-		*pm = printMap{plan: m.plan, period: uint32(m.plan.opts.RefreshPeriod.Milliseconds()),
+		*pm = printMap{scanned: true, plan: m.plan, period: uint32(m.plan.opts.RefreshPeriod.Milliseconds()),
 			keySize: m.keySize, keep: m.plan.opts.Vanished == mapopt.Delete}
 		pm.resize(printMinLen)
 	}
@@ -85,7 +87,7 @@ func (p *printTable) ms(now time.Time) uint32 { return uint32(now.Sub(p.start).M
 func (p *printTable) hash(key []byte) uint64 { return maphash.Bytes(p.seed, key) | 1 }
 
 // scanned reports whether map index m is scanned.
-func (p *printTable) scanned(m int) bool { return p != nil && p.maps[m].slots != nil }
+func (p *printTable) scanned(m int) bool { return p != nil && p.maps[m].scanned }
 
 // record notes that this node sent or wrote key's value (op Update), as
 // its map holds it, or deleted key, at now.

@@ -81,6 +81,14 @@ type resyncClient struct {
 	// when the snapshot began: all they hold at its end came from the peer
 	// or was written, and so sent, since; they need no reading back.
 	empty []bool
+
+	// filtered: this resync repairs only the buckets of filter, which a
+	// digest round found to differ (see digests); repaired is called when
+	// it completes.
+	filtered  bool
+	filter    wire.BucketFilter
+	repaired  func()
+	normalize DigestNormalizer
 }
 
 // snapshotWindow is the set of snapshot datagram numbers received: every
@@ -149,9 +157,10 @@ func (c *resyncClient) status() *ResyncStatus {
 		Entries: c.received, Datagrams: c.got.cum}
 }
 
-// busy reports whether a resync is under way: a node that is itself
-// catching up serves no snapshots.
-func (c *resyncClient) busy() bool { return c.phase != syncIdle }
+// busy reports whether a full resync is under way: a node that is itself
+// catching up serves no snapshots. A repair of a few buckets is no
+// catching up.
+func (c *resyncClient) busy() bool { return c.phase != syncIdle && !c.filtered }
 
 // holds reports whether p's stream waits for the answer to a request.
 func (c *resyncClient) holds(p *peer) bool { return c.phase == syncRequested && c.from == p }
@@ -216,6 +225,25 @@ func (c *resyncClient) source(now time.Time) *peer {
 // begin asks p for a snapshot of its maps. From now on p's change
 // datagrams are held until the answer says where the snapshot stands.
 func (c *resyncClient) begin(p *peer, now time.Time) {
+	c.prepare(p, now)
+	c.owed = p.needSync
+	p.needSync = false
+	c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
+	c.sendRequest(now)
+}
+
+// beginFiltered asks p for the entries under the buckets of f only: the
+// same two-way merge as a full resync, of a part of one map. A full
+// resync p owes stays owed.
+func (c *resyncClient) beginFiltered(p *peer, f wire.BucketFilter, now time.Time) {
+	c.prepare(p, now)
+	c.filtered, c.filter, c.apply.comparing = true, f, true
+	c.sendRequest(now)
+}
+
+// prepare starts a new request to p: from now on p's change datagrams
+// are held until the answer says where the snapshot stands.
+func (c *resyncClient) prepare(p *peer, now time.Time) {
 	if c.id == 0 {
 		c.id = rand.Uint32()
 	}
@@ -224,24 +252,30 @@ func (c *resyncClient) begin(p *peer, now time.Time) {
 		c.id = 1
 	}
 	c.reset()
-	c.phase, c.from, c.owed, c.since = syncRequested, p, p.needSync, now
-	p.needSync = false
+	c.phase, c.from, c.since = syncRequested, p, now
 	p.stream.paused = true
-	c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
-	c.sendRequest(now)
 }
 
 // reset clears the state of one resync, keeping the request id.
 func (c *resyncClient) reset() {
 	c.phase, c.from, c.owed = syncIdle, nil, false
 	c.start, c.got, c.total, c.ended, c.unacked, c.received = wire.SyncStart{}, snapshotWindow{}, 0, false, 0, 0
-	c.apply.marking = 0
+	c.apply.marking, c.apply.comparing, c.apply.taken = 0, false, 0
+	for i := range c.apply.same {
+		c.apply.same[i].reset()
+	}
+	c.filtered = false
 }
 
 func (c *resyncClient) sendRequest(now time.Time) {
 	c.sent = now
-	if c.gate.ask(c.from, wire.HeaderSize, now) {
-		_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), nil)
+	var body func([]byte) ([]byte, error)
+	size := wire.HeaderSize
+	if c.filtered {
+		body, size = c.filter.AppendTo, wire.HeaderSize+wire.BucketFilterSize
+	}
+	if c.gate.ask(c.from, size, now) {
+		_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), body)
 	}
 }
 
@@ -291,7 +325,9 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
-		kh.Reserve(i, int(min(st.Entries, uint64(m.Desc.MaxEntries))))
+		if !c.filtered {
+			kh.Reserve(i, int(min(st.Entries, uint64(m.Desc.MaxEntries))))
+		}
 	}
 	kh.Unlock()
 	// The snapshot holds every change up to AsOf: the held datagrams up to
@@ -404,8 +440,19 @@ func (c *resyncClient) finish(now time.Time) {
 	c.sendAck(now)
 	c.apply.flush()
 	pushed := c.pushBack(p)
-	c.stats.ResyncsReceived.Add(1)
 	c.stats.SyncPushed.Add(uint64(pushed))
+	if c.filtered {
+		healed := uint64(pushed + c.reconcile(p, now) + c.apply.taken)
+		c.stats.DigestRepairs.Add(1)
+		c.stats.DigestHealed.Add(healed)
+		c.log.Info("digest repair complete", "peer", p.node, "map", c.apply.table.byFP[c.filter.Map].Desc.Name,
+			"entries", c.received, "healed", healed, "took", now.Sub(c.since).Round(time.Millisecond))
+		c.reset()
+		c.doneFrom = p
+		c.repaired()
+		return
+	}
+	c.stats.ResyncsReceived.Add(1)
 	p.resyncs++
 	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "sent_back", pushed,
 		"datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond))
@@ -427,6 +474,9 @@ func (c *resyncClient) pushBack(p *peer) int {
 	k, gen, pushed := c.know, c.apply.gen, 0
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
+		if c.filtered && m.fp != c.filter.Map {
+			continue
+		}
 		if c.empty[i] {
 			pushed += c.pushTombstones(i, gen)
 			pushed += c.pushNewer(m)
@@ -437,6 +487,9 @@ func (c *resyncClient) pushBack(p *peer) int {
 			now := time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
+				if c.filtered && !inFilter(&c.filter, digestKeyHash(key)) {
+					continue
+				}
 				e := h.Lookup(i, key)
 				switch {
 				case e != nil && (e.Gen() == gen || e.Deleted()):
@@ -528,7 +581,7 @@ func (c *resyncClient) pushTombstones(i int, gen uint8) int {
 	h := c.know.Lock()
 	defer h.Unlock()
 	for key, e := range h.Tombstones(i) {
-		if e.Gen() != gen {
+		if e.Gen() != gen && (!c.filtered || inFilter(&c.filter, digestKeyHash(key))) {
 			c.relay.add(i, ops.Delete, e.Version(), key, nil)
 			pushed++
 		}
@@ -542,7 +595,15 @@ func (c *resyncClient) pushTombstones(i int, gen uint8) int {
 func (c *resyncClient) abandon(now time.Time, why string) {
 	p := c.from
 	// Ask this peer again, unless this was a request for the initial
-	// sync that the peer did not take up: another ready peer may.
+	// sync that the peer did not take up: another ready peer may. A
+	// repair of buckets is the digest round's to ask for again.
+	if c.filtered {
+		c.log.Debug("digest repair abandoned; the digest round asks again", "peer", p.node, "reason", why)
+		c.reset()
+		c.retryAt = now.Add(syncRetryWait)
+		p.stream.paused = false
+		return
+	}
 	p.needSync = c.owed || c.ready.isReady() || c.phase != syncRequested
 	if n, ok := c.limit.allow(reasonSync); ok {
 		c.log.Warn("full resync abandoned; asking again", "peer", p.node, "reason", why,

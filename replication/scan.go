@@ -57,14 +57,14 @@ func newScanner(s scanner) *scanner {
 // it cannot tell its own changes from what it has yet to learn. The
 // next scan of a map is due one period after its last one began.
 func (s *scanner) tick(now time.Time) {
+drain:
 	for {
 		select {
 		case m := <-s.done:
 			s.busy[m] = false
-			continue
 		default:
+			break drain
 		}
-		break
 	}
 	if !s.ready() {
 		return
@@ -126,9 +126,14 @@ func (s *scanner) scan(i int) {
 			fp, rfp := pm.plan.prints(pt.seed, val)
 			j := pm.find(kh)
 			switch {
-			case j < 0 && knownLive(h, i, key):
-				// First seen since the start, with the version its capture,
-				// apply or the state file gave it: taken as it is.
+			case j < 0 && !pm.learnt && knownLive(h, i, key):
+				// The first scan since the start meets every entry without
+				// a print: one with the version its capture, apply or the
+				// state file gave it is taken as it is. From then on the
+				// capture and the applier give a print to every key they
+				// write, so a key without one is a write nobody saw (a BPF
+				// program's create under the syscall backend, a key back
+				// after an eviction).
 				pm.set(pm.put(kh, key), fp, rfp, ms)
 				continue
 			case j >= 0 && pm.slots[j].fp == fp && (pm.slots[j].rfp() == rfp&rfpMask || ms-pm.slots[j].sent < pm.period):
@@ -145,6 +150,9 @@ func (s *scanner) scan(i int) {
 		return
 	}
 	vanished := s.vanished(i, gen)
+	pt.mu.Lock()
+	pm.learnt = true
+	pt.mu.Unlock()
 	s.stats.Scans.Add(1)
 	s.stats.ScanFound.Add(uint64(found))
 	s.stats.ScanVanished.Add(uint64(vanished))

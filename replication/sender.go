@@ -306,6 +306,9 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 		return
 	}
 
+	if m.plan != nil && op == ops.Update {
+		m.plan.clearLock(ch.Value) // as the map holds it, for the check against the map
+	}
 	v, ok := s.stamp(m, op, ch.Key, ch.Value, now)
 	if !ok {
 		s.superseded++

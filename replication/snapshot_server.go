@@ -91,6 +91,9 @@ type transfer struct {
 	start [][]byte      // the KindSyncStart datagram, sent again if the request is repeated
 	acks  chan syncAck  // from the receive goroutine
 	stop  chan struct{} // closed when a newer request from the same node replaces this one
+	// filter, unless nil, limits the snapshot to the buckets of one map
+	// that a digest round of the requester's found to differ.
+	filter *wire.BucketFilter
 }
 
 // syncAck is a requester's progress: every datagram up to cum arrived, and
@@ -103,7 +106,7 @@ type syncAck struct {
 // request answers p's request for a snapshot: with a refusal, or with
 // where the snapshot stands, after which a transfer streams it. A
 // repeated request (its answer was lost) gets the same answer again.
-func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
+func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFilter, now time.Time) error {
 	id, _ := wire.SplitSyncSeq(h.Seq)
 	if t := s.transfers[p.node]; t != nil && t.id == id {
 		s.send(p, t.start, now)
@@ -123,9 +126,11 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
 		}
-		h := s.know.Lock()
-		st.Entries = uint64(h.Entries())
-		h.Unlock()
+		if filter == nil {
+			h := s.know.Lock()
+			st.Entries = uint64(h.Entries())
+			h.Unlock()
+		}
 		st.Stamp = uint64(s.clock.Now())
 	}
 	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
@@ -145,10 +150,12 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, now time.Time) error {
 		close(old.stop)
 	}
 	t := &transfer{to: p.addr, node: p.node, id: id, start: start,
-		acks: make(chan syncAck, 16), stop: make(chan struct{})}
+		acks: make(chan syncAck, 16), stop: make(chan struct{}), filter: filter}
 	s.transfers[p.node] = t
 	s.started[p.node] = now
-	s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
+	if filter == nil {
+		s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
+	}
 	s.wg.Add(1)
 	go s.serve(t)
 	return nil
@@ -220,6 +227,10 @@ func (s *snapshotServer) serve(t *transfer) {
 		}
 		return
 	}
+	if t.filter != nil {
+		s.log.Debug("digest repair served", "peer", t.node, "entries", st.entries, "took", time.Since(began).Round(time.Millisecond))
+		return
+	}
 	s.stats.ResyncsSent.Add(1)
 	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
 		"resent", st.resent, "took", time.Since(began).Round(time.Millisecond))
@@ -249,6 +260,7 @@ type snapshotStream struct {
 	batch   [][]byte   // queued to send, slices of slots and end
 	know    *knowledge.Store
 	vers    []knowledge.Version // of the entries of one read batch
+	pick    []int               // their positions in the batch
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
@@ -272,6 +284,9 @@ func (st *snapshotStream) run() error {
 	tab := st.s.table
 	for i := range tab.maps {
 		m := &tab.maps[i]
+		if st.t.filter != nil && st.t.filter.Map != m.fp {
+			continue
+		}
 		if err := st.entriesOf(m); err != nil {
 			return fmt.Errorf("map %s: %w", m.Desc.Name, err)
 		}
@@ -294,14 +309,20 @@ func (st *snapshotStream) run() error {
 // entriesOf adds every entry of m with the version this node knows of
 // it, looked up under the knowledge lock with the read of the entry.
 func (st *snapshotStream) entriesOf(m *localMap) error {
+	f := st.t.filter
 	return st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
-		st.vers = st.vers[:0]
+		st.vers, st.pick = st.vers[:0], st.pick[:0]
 		now := time.Now()
 		for o := 0; o*m.keySize < len(ks); o++ {
-			st.vers = append(st.vers, h.Current(m.index, ks[o*m.keySize:(o+1)*m.keySize], now))
+			key := ks[o*m.keySize : (o+1)*m.keySize]
+			if f != nil && !inFilter(f, digestKeyHash(key)) {
+				continue
+			}
+			st.vers, st.pick = append(st.vers, h.Current(m.index, key, now)), append(st.pick, o)
 		}
 	}, func(ks, vs []byte) error {
-		for o, v := range st.vers {
+		for j, v := range st.vers {
+			o := st.pick[j]
 			val := vs[o*m.valueSize : (o+1)*m.valueSize]
 			if m.plan != nil {
 				m.plan.toWire(val) // the batch's buffer is read into anew next
@@ -321,8 +342,10 @@ func (st *snapshotStream) tombstonesOf(m *localMap) error {
 	st.vers = st.vers[:0]
 	h := st.know.Lock()
 	for key, e := range h.Tombstones(m.index) {
-		keys = append(keys, key...)
-		st.vers = append(st.vers, e.Version())
+		if st.t.filter == nil || inFilter(st.t.filter, digestKeyHash(key)) {
+			keys = append(keys, key...)
+			st.vers = append(st.vers, e.Version())
+		}
 	}
 	h.Unlock()
 	for j, v := range st.vers {

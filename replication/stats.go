@@ -72,6 +72,14 @@ type Stats struct {
 	KnownKeys         atomic.Uint64 // keys whose latest version this node knows, deleted ones included (a gauge)
 	Ready             atomic.Bool   // the initial sync is complete
 
+	// Digest rounds.
+	DigestRounds  atomic.Uint64 // rounds this node started with a peer
+	DigestFound   atomic.Uint64 // leaf buckets a round found to differ from the peer's, unwritten lately on both sides
+	DigestBusy    atomic.Uint64 // buckets that differed but were written lately, so may have changes in flight: left to the next round
+	DigestRepairs atomic.Uint64 // filtered resyncs that repaired differing buckets to the end
+	DigestHealed  atomic.Uint64 // entries those repairs changed: applied here, sent back, or stamped anew
+	DigestBytes   atomic.Uint64 // bytes of digest datagrams sent and received
+
 	// ApplySeconds is how long each batch write to a local map took.
 	ApplySeconds Histogram
 }
@@ -121,7 +129,10 @@ type StatsSnapshot struct {
 	CookiesSent, AddressesProven, Withheld, CookiesExpired, CookiesForged, CookiesWrongAddr uint64
 
 	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
-	Ready                                                                               bool
+
+	DigestRounds, DigestFound, DigestBusy, DigestRepairs, DigestHealed, DigestBytes uint64
+
+	Ready bool
 }
 
 // Snapshot copies the counters.
@@ -180,6 +191,12 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		SyncPushed:        s.SyncPushed.Load(),
 		TombstonesDropped: s.TombstonesDropped.Load(),
 		KnownKeys:         s.KnownKeys.Load(),
+		DigestRounds:      s.DigestRounds.Load(),
+		DigestFound:       s.DigestFound.Load(),
+		DigestBusy:        s.DigestBusy.Load(),
+		DigestRepairs:     s.DigestRepairs.Load(),
+		DigestHealed:      s.DigestHealed.Load(),
+		DigestBytes:       s.DigestBytes.Load(),
 		Ready:             s.Ready.Load(),
 	}
 }
@@ -241,6 +258,12 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("sync_pushed", s.SyncPushed),
 		slog.Uint64("tombstones_dropped", s.TombstonesDropped),
 		slog.Uint64("known_keys", s.KnownKeys),
+		slog.Uint64("digest_rounds", s.DigestRounds),
+		slog.Uint64("digest_found", s.DigestFound),
+		slog.Uint64("digest_busy", s.DigestBusy),
+		slog.Uint64("digest_repairs", s.DigestRepairs),
+		slog.Uint64("digest_healed", s.DigestHealed),
+		slog.Uint64("digest_bytes", s.DigestBytes),
 		slog.Bool("ready", s.Ready),
 	}
 }

@@ -110,4 +110,22 @@ func TestGolden(t *testing.T) {
 			t.Fatalf("golden announce descriptors = %+v, %v; want %+v", descs, err, want)
 		}
 	})
+
+	t.Run("cookie", func(t *testing.T) {
+		want := wire.Cookie{Slot: 0x71c4, Tag: 0x3a5f09e2c6d1b874}
+		h := want.Header(wire.KindCookie, h.Node, h.Epoch)
+		d, err := h.AppendTo(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden := goldenBytes(t, "cookie")
+		if !bytes.Equal(d, golden) {
+			t.Fatalf("encoded\n%s\nFORMAT.md has\n%s", hex.Dump(d), hex.Dump(golden))
+		}
+		var got wire.Header
+		var c wire.Cookie
+		if err := got.Unmarshal(golden); err != nil || got != h || c.Unmarshal(&got, golden[wire.HeaderSize:]) != nil || c != want {
+			t.Fatalf("golden cookie = %+v %+v, %v; want %+v %+v", got, c, err, h, want)
+		}
+	})
 }

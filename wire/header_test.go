@@ -83,7 +83,7 @@ func TestHeaderAppendToRefusesWhatUnmarshalRefuses(t *testing.T) {
 		want error
 	}{
 		{wire.Header{}, wire.ErrBadKind},
-		{wire.Header{Kind: 12}, wire.ErrBadKind},
+		{wire.Header{Kind: 14}, wire.ErrBadKind},
 		{wire.Header{Kind: wire.KindChanges, Flags: wire.FlagReady}, wire.ErrBadFlags},
 		{wire.Header{Kind: wire.KindAnnounce, Flags: wire.FlagRetransmit}, wire.ErrBadFlags},
 		{wire.Header{Kind: wire.KindSnapshot, Flags: wire.FlagRetransmit}, wire.ErrBadFlags},
@@ -120,7 +120,7 @@ func TestHeaderUnmarshalErrors(t *testing.T) {
 		{"version 2, without stamps", with(2, 2), wire.ErrBadVersion},
 		{"version 4", with(2, 4), wire.ErrBadVersion},
 		{"kind 0", with(3, 0), wire.ErrBadKind},
-		{"kind 12", with(3, 12), wire.ErrBadKind},
+		{"kind 14", with(3, 14), wire.ErrBadKind},
 		{"retransmit flag on an announce", with(4, wire.FlagRetransmit), wire.ErrBadFlags},
 		{"kind 255", with(3, 255), wire.ErrBadKind},
 		{"flags", with(4, 0x80), wire.ErrBadFlags},

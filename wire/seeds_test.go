@@ -73,6 +73,13 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 		copy(d[at:], b)
 		return d
 	}
+	g := wire.Digest{Bucket: wire.Bucket{Map: fl, Depth: 1, Prefix: 63}, Round: 9, Stamp: base}
+	for i := range g.Children {
+		g.Children[i] = wire.DigestChild{Sum: uint64(i) * 0x9e3779b97f4a7c15, Newest: base - uint64(i)}
+	}
+	digest, _ := g.AppendTo(nil)
+	diff, _ := (&wire.DigestDiff{Bucket: g.Bucket, Round: 9, Differ: 1<<63 | 5}).AppendTo(nil)
+	filter, _ := (&wire.BucketFilter{Bucket: wire.Bucket{Map: fl, Depth: 2, Prefix: 4095}, Children: 1}).AppendTo(nil)
 	retransmit := h
 	retransmit.Flags, retransmit.Seq = wire.FlagRetransmit, 7
 	snapshot := wire.Header{Kind: wire.KindSnapshot, Node: 2, Epoch: 3, Seq: wire.SyncSeq(5, 1)}
@@ -211,7 +218,7 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 			"with-body": {append(cookie(wire.KindCookie), 0)},
 			"flag":      {edit(cookie(wire.KindCookieEcho), 4, wire.FlagReady)},
 			"sealed":    {edit(cookie(wire.KindCookie), 5, wire.SealSize)},
-			"kind-12":   {edit(cookie(wire.KindCookie), 3, 12)},
+			"kind-14":   {edit(cookie(wire.KindCookie), 3, 14)},
 			"sync-ask":  {hdr(wire.KindSyncRequest, 0, wire.SyncSeq(1, 0))},
 			"short":     {cookie(wire.KindCookie)[:wire.HeaderSize-1]},
 		},
@@ -224,6 +231,18 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 			"long":       {append(syncStart(wire.SyncOK, 42), 0)},
 			// Version 2's body, with the applied field: 8 bytes too long.
 			"version-2": {binary.BigEndian.AppendUint64(syncStart(wire.SyncOK, 42), 7)},
+		},
+		"FuzzDigest": {
+			"digest":        {uint8(0), digest},
+			"digest-deep":   {uint8(0), edit(digest, 4, 2, 0, 0, 0x0f, 0xff)},
+			"digest-leaf":   {uint8(0), edit(digest, 4, 3)},
+			"digest-prefix": {uint8(0), edit(digest, 5, 0, 0, 0, 1)},
+			"digest-short":  {uint8(0), digest[:wire.DigestSize-1]},
+			"diff":          {uint8(1), diff},
+			"diff-long":     {uint8(1), append(bytes.Clone(diff), 0)},
+			"filter":        {uint8(2), filter},
+			"filter-empty":  {uint8(2), edit(filter, wire.BucketSize, 0, 0, 0, 0, 0, 0, 0, 0)},
+			"filter-deep":   {uint8(2), edit(filter, 4, 2, 0, 0, 0x10, 0)},
 		},
 	}
 }

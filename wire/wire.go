@@ -59,7 +59,12 @@ const (
 	KindCookie     Kind = 10 // instead of an answer: a [Cookie] the address must send back
 	KindCookieEcho Kind = 11 // the [Cookie] sent back, from the address it was sent to
 
-	maxKind = KindCookieEcho
+	// A digest round compares what two nodes hold, bucket by bucket of
+	// a tree over the keys' hashes; see [Digest] and FORMAT.md.
+	KindDigest     Kind = 12 // a node's digests of the children of one bucket, see [Digest]
+	KindDigestDiff Kind = 13 // the peer's answer: which of those children differ, see [DigestDiff]
+
+	maxKind = KindDigestDiff
 )
 
 // Header flags.

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 )
 
 // specForms are the forms of a --map value.
@@ -120,4 +121,34 @@ func grant(pe *loader.PermissionError) string {
 			"and check /sys/kernel/security/lockdown and the security modules (SELinux, AppArmor)"
 	}
 	return "run udpmapsync as root, or give its user access to the file"
+}
+
+// optionAdvice says what to do about an error of package mapopt.
+func optionAdvice(err error) error {
+	var oe *mapopt.Error
+	if !errors.As(err, &oe) {
+		return err
+	}
+	var hint string
+	switch {
+	case errors.Is(err, mapopt.ErrUnknownOption), errors.Is(err, mapopt.ErrBadValue), errors.Is(err, mapopt.ErrRepeated):
+		hint = "the options are scan=DURATION, vanished=keep|delete, refresh=FIELD:PERIOD, clock=FIELD:mono-ns|mono-s|boot-ns|boot-s " +
+			"and local=FIELD, FIELD a member name of the value or OFFSET:SIZE in bytes (README, \"Map options\")"
+	case errors.Is(err, mapopt.ErrNoField):
+		hint = "bpftool btf dump id ID (the map's btf_id in bpftool map show) lists the value's members; nested ones are named a.b"
+	case errors.Is(err, mapopt.ErrNoBTF):
+		hint = "the map was created without BTF (bpftool map create makes none): give the field's bytes as OFFSET:SIZE, or create the map from a BPF object with BTF"
+	case errors.Is(err, mapopt.ErrOutOfRange):
+		hint = "check the offset and size against the value's layout"
+	case errors.Is(err, mapopt.ErrOverlap):
+		hint = "a clock or refresh field cannot be local (local bytes are never sent), two clock fields cannot share a byte, and no field may cover the spin lock"
+	case errors.Is(err, mapopt.ErrClockSize):
+		hint = "a clock field is a __u32 or __u64 holding the clock's value (name the member, or give OFFSET:4 or OFFSET:8)"
+	case errors.Is(err, mapopt.ErrNeedsScan):
+		hint = "add scan=DURATION to this map's options, or set --scan-interval"
+	}
+	if hint == "" {
+		return err
+	}
+	return &advised{fmt.Sprintf("--map %s; %s", strings.TrimPrefix(err.Error(), "map "), hint), err}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/epoch"
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/metrics"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/seal"
@@ -63,6 +64,7 @@ type Flags struct {
 	CPUProfile       string
 	TombstoneHorizon time.Duration
 	ClockOffset      time.Duration
+	DigestInterval   time.Duration
 	ScanInterval     time.Duration
 	MonoOffset       time.Duration
 	Config           string
@@ -100,6 +102,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.StateDir, "state-dir", defaultStateDir, "directory of the persisted boot epoch (file epoch) and of the entries' versions saved at a stop for the next start (file state)")
 	fs.DurationVar(&f.TombstoneHorizon, "tombstone-horizon", replication.DefaultTombstoneHorizon,
 		"how long deletes are remembered, so that a node back from a partition or restart within it learns of them")
+	fs.DurationVar(&f.DigestInterval, "digest-interval", replication.DefaultDigestInterval,
+		"period of digest rounds, which compare the maps with one peer bucket by bucket and repair what differs (0: none)")
 	fs.DurationVar(&f.ClockOffset, "clock-offset", 0, "test hook: shift this node's clock for its stamps by this much (within ±"+hlc.MaxSkew.String()+" of its peers)")
 	// Nodes on one kernel (the tests' namespaces) share its clocks; this
 	// makes them read as hosts booted at different times do.
@@ -182,12 +186,17 @@ func (f *Flags) check() (*config, error) {
 		return nil, fmt.Errorf("--tombstone-horizon %s: must be at least 1s; deletes are forgotten after it, so make it longer "+
 			"than the longest partition or restart whose deletes must still reach the other side", f.TombstoneHorizon)
 	}
+	if f.DigestInterval != 0 && f.DigestInterval < time.Second {
+		return nil, fmt.Errorf("--digest-interval %s: each round reads every map; use at least 1s (default %s), or 0 to turn digest rounds off",
+			f.DigestInterval, replication.DefaultDigestInterval)
+	}
 	if f.ClockOffset < -hlc.MaxSkew || f.ClockOffset > hlc.MaxSkew {
 		return nil, fmt.Errorf("--clock-offset %s: peers drop stamps more than %s ahead of their clocks; stay within ±%s",
 			f.ClockOffset, hlc.MaxSkew, hlc.MaxSkew)
 	}
-	if f.ScanInterval < 0 {
-		return nil, fmt.Errorf("--scan-interval %s: must be 0 (no scanning) or a period such as 1s", f.ScanInterval)
+	if f.ScanInterval < 0 || f.ScanInterval > 0 && f.ScanInterval < mapopt.MinScan {
+		return nil, fmt.Errorf("--scan-interval %s: must be 0 (no scanning) or a period of at least %s, such as 1s: each scan reads every map whole",
+			f.ScanInterval, mapopt.MinScan)
 	}
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
@@ -327,9 +336,13 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
 		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
 		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
-		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset, Log: log})
+		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
+		DigestInterval: f.DigestInterval, Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
+	} else if errors.Is(err, replication.ErrDigestPayload) {
+		return nil, fmt.Errorf("--digest-interval %s: %w; raise --mtu (a digest needs %d bytes of payload) or set --digest-interval 0",
+			f.DigestInterval, err, wire.HeaderSize+wire.DigestSize)
 	} else if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,8 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.group.String() != "239.1.1.1" || f.Port != 3870 || f.Capture != "auto" || c.node != 9 ||
-		f.RingSize != 8<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 {
+		f.RingSize != 8<<20 || f.FlushInterval.Microseconds() != 200 || f.AnnounceInterval.Seconds() != 1 ||
+		f.DigestInterval.Seconds() != 30 {
 		t.Errorf("defaults %+v %+v", f, c)
 	}
 }
@@ -45,6 +46,9 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--peers", "10.0.0.1,nope"}, []string{"--peers nope", "not an IP address"}},
 		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
+		{[]string{"--iface", "lo", "--digest-interval", "10ms"}, []string{"--digest-interval 10ms", "at least 1s", "0 to turn digest rounds off"}},
+		{[]string{"--iface", "lo", "--digest-interval", "-1s"}, []string{"--digest-interval -1s", "at least 1s"}},
+		{[]string{"--iface", "lo", "--scan-interval", "1ms"}, []string{"--scan-interval 1ms", "at least 10ms", "reads every map whole"}},
 		// lo has no MAC address to derive the node id from.
 		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
 		// A key is the default: without one the daemon says how to make

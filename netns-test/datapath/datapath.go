@@ -39,9 +39,18 @@ type Node struct {
 }
 
 // New creates a node's maps and loads its programs.
-func New() (*Node, error) {
+func New() (*Node, error) { return load(nil) }
+
+// Attach loads the programs on an existing flows map (a hash of 4-byte
+// keys and [CTEntry] values, at most 4096 entries, created elsewhere:
+// by bpftool, without BTF) and creates the other maps.
+func Attach(flows *ebpf.Map) (*Node, error) {
+	return load(&ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"flows": flows}})
+}
+
+func load(opts *ebpf.CollectionOptions) (*Node, error) {
 	n := &Node{}
-	if err := loadDatapathObjects(&n.objs, nil); err != nil {
+	if err := loadDatapathObjects(&n.objs, opts); err != nil {
 		return nil, fmt.Errorf("load the test datapath: %w", err)
 	}
 	n.Flows, n.LRUFlows, n.Locked = n.objs.Flows, n.objs.LruFlows, n.objs.Locked
