@@ -161,9 +161,10 @@ fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
 	done
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt and go vet (amd64 and arm64)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOARCH=arm64 $(GO) vet ./...
 
 .PHONY: clean
 clean: ## Remove build output
