@@ -12,8 +12,11 @@ import (
 // that has not proved it receives there. See "Hostile input" in
 // docs/ARCHITECTURE.md.
 const (
-	// cookieEvery is the least time between two cookies to one peer.
-	cookieEvery = 10 * time.Millisecond
+	// cookieEvery is the least time between two cookies to one peer: the
+	// requests of one round trip, and the cookie each side sends the
+	// other, get one cookie, and a lost one is sent again soon after the
+	// peer's next request.
+	cookieEvery = 100 * time.Millisecond
 	// maxCredit bounds the bytes an address that has not proved itself
 	// can have this node owe it.
 	maxCredit = 64 << 10

@@ -18,7 +18,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -54,22 +53,19 @@ func listen(t *testing.T, n *netnstest.Node, cfg transport.Config) (u *transport
 // the daemon would.
 func openMap(t *testing.T, name string) *loader.Map {
 	t.Helper()
-	km, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 4096})
+	return openKernelMap(t, &ebpf.MapSpec{Name: name, Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 4096})
+}
+
+// openKernelMap creates a kernel map of spec and opens it through the
+// loader.
+func openKernelMap(t testing.TB, spec *ebpf.MapSpec) *loader.Map {
+	t.Helper()
+	km, err := ebpf.NewMap(spec)
 	if err != nil {
 		t.Fatalf("create map: %v", err)
 	}
 	defer km.Close()
-	info, err := km.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	ms, err := loader.OpenMaps([]string{fmt.Sprintf("id:%d", id)})
-	if err != nil {
-		t.Fatalf("open map %d: %v", id, err)
-	}
-	t.Cleanup(func() { ms[0].Close() })
-	return ms[0]
+	return openLoaderMap(t, km)
 }
 
 // mapContents reads a kernel map into key -> value. An iteration that

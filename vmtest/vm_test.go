@@ -154,3 +154,30 @@ func TestArchOf(t *testing.T) {
 		t.Error("ArchOf(a Go source file): no error")
 	}
 }
+
+// TestBackportsStayOutOfHostApt resolves the 6.12 kernel and the arm64
+// one, each through the harness's own apt configuration, and checks that
+// the host's apt still sees neither bookworm-backports nor arm64: nothing
+// on the host can be installed or upgraded from them.
+func TestBackportsStayOutOfHostApt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: apt's archive cache")
+	}
+	cache := t.TempDir()
+	for _, a := range []*vmtest.Arch{vmtest.ArchAMD64, vmtest.ArchARM64} {
+		pkg, err := vmtest.ResolveKernelPackage(cache, vmtest.SuiteBackports, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(pkg, "linux-image-6.12.") || !strings.HasSuffix(pkg, "-"+a.Name) {
+			t.Errorf("%s kernel from %s: %s, want linux-image-6.12.*-%s", a.Name, vmtest.SuiteBackports, pkg, a.Name)
+		}
+	}
+	out, err := exec.Command("apt-cache", "policy").CombinedOutput()
+	if err != nil {
+		t.Fatalf("apt-cache policy: %v\n%s", err, out)
+	}
+	if bytes.Contains(out, []byte("backports")) || bytes.Contains(out, []byte("arm64")) {
+		t.Errorf("the host's apt sees the harness's sources:\n%s", out)
+	}
+}
