@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -131,8 +132,11 @@ func (n *simNode) logger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(logWriter{n}, &slog.HandlerOptions{Level: slog.LevelDebug,
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
-			if a.Key == slog.TimeKey {
+			switch a.Key {
+			case slog.TimeKey:
 				return slog.Attr{} // the trace has the virtual time
+			case "file":
+				return slog.String(a.Key, filepath.Base(a.Value.String())) // the run's directory differs
 			}
 			return a
 		}}))
