@@ -191,10 +191,12 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			// What the address proved or sent was the address's, not the run's.
 			n.proven, n.credit = p.proven, p.credit
 		}
-		if ok && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
+		if ok && d.client.ready.isReady() && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
 			// Changes of its last run are missing here, and nobody holds
 			// them to resend any more: they come by a full resync from
-			// the node, whose maps hold them.
+			// the node, whose maps hold them. (Before this node is ready
+			// its initial sync brings them; asking a restarted node,
+			// itself not ready, would only be refused, for ever.)
 			d.resyncNeeded(n, "peer restarted before its missing datagrams were repaired")
 		}
 		return n, p, ok
