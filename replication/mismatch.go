@@ -118,13 +118,15 @@ func sameBytes(fs []wire.Field, f wire.Field) (wire.Field, bool) {
 	return wire.Field{}, false
 }
 
-// bytes names the byte range of f for people: the names this node's
-// options give the fields within it, if any, then the offset and size.
+// bytes names the byte range of f for people: the member names this
+// node's options give the fields within it, if any, then the offset and
+// size.
 func (m *localMap) bytes(f wire.Field) string {
 	where := fmt.Sprintf("offset %d, %d bytes", f.Offset, f.Size)
 	var names []string
 	within := func(g mapopt.Field) {
-		if g.Offset >= int(f.Offset) && g.Offset+g.Size <= f.End() {
+		numeric := g.Name == fmt.Sprintf("%d:%d", g.Offset, g.Size) // given as OFFSET:SIZE: where says it
+		if g.Offset >= int(f.Offset) && g.Offset+g.Size <= f.End() && !numeric {
 			names = append(names, g.Name)
 		}
 	}
