@@ -66,9 +66,13 @@ const (
 	fieldsFix = "give every node the same clock= and local= options for this map, and the same value layout"
 )
 
+// maxDifferences bounds the phrases kept of one mismatch: a peer may
+// announce up to [wire.MaxFields] fields, and the status keeps them.
+const maxDifferences = 8
+
 // differences says how peer, a peer's descriptor of m's name, differs
-// from m: one phrase per schema number or byte range that differs, and
-// what to do about it.
+// from m: one phrase per schema number or byte range that differs, at
+// most [maxDifferences] and then how many more, and what to do about it.
 func (m *localMap) differences(peer *wire.Descriptor) (why []string, fix string) {
 	var out []string
 	local := &m.Desc
@@ -105,6 +109,9 @@ func (m *localMap) differences(peer *wire.Descriptor) (why []string, fix string)
 			out = append(out, fmt.Sprintf("this node treats %s as a %s field, the peer does not", m.bytes(g), g.Kind))
 		}
 	}
+	if len(out) > maxDifferences {
+		out = append(out[:maxDifferences], fmt.Sprintf("and %d more", len(out)-maxDifferences))
+	}
 	return out, fieldsFix
 }
 
@@ -123,6 +130,9 @@ func sameBytes(fs []wire.Field, f wire.Field) (wire.Field, bool) {
 // size.
 func (m *localMap) bytes(f wire.Field) string {
 	where := fmt.Sprintf("offset %d, %d bytes", f.Offset, f.Size)
+	if f.Size == 1 {
+		where = fmt.Sprintf("offset %d, 1 byte", f.Offset)
+	}
 	var names []string
 	within := func(g mapopt.Field) {
 		numeric := g.Name == fmt.Sprintf("%d:%d", g.Offset, g.Size) // given as OFFSET:SIZE: where says it

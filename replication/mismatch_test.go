@@ -119,3 +119,21 @@ func TestFingerprintFields(t *testing.T) {
 		t.Error("local fields over the same bytes, named apart, change the fingerprint")
 	}
 }
+
+// A peer announcing many fields is described in a bounded number of
+// phrases, since the status keeps them.
+func TestDifferencesBounded(t *testing.T) {
+	m := &mustTable(t, testPayload, testMap("flows", 10, 4, 64, nopTarget{})).maps[0]
+	peer := m.Desc
+	for off := range uint16(20) { // local and lock bytes by turns: 20 fields
+		peer.Fields = append(peer.Fields, wire.Field{Kind: wire.FieldLocal + wire.FieldKind(off%2), Offset: off, Size: 1})
+	}
+	if err := wire.CheckFields(peer.Fields, peer.ValueSize); err != nil {
+		t.Fatal(err)
+	}
+	why, fix := m.differences(&peer)
+	if len(why) != maxDifferences+1 || why[maxDifferences] != "and 12 more" || fix != fieldsFix ||
+		why[1] != "the peer treats bytes at offset 1, 1 byte as a spin lock field, this node does not" {
+		t.Errorf("differences: %d phrases %q, fix %q", len(why), why, fix)
+	}
+}
