@@ -62,7 +62,7 @@ vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
 	@echo "vmtest: arm64 (the whole: make vmtest-arm64)"
-	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCaptureWrites$$' -exec "$(VMRUN_612)" ./loader
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCapture(Writes|FentryTargets)$$' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
@@ -161,9 +161,10 @@ fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
 	done
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt and go vet (amd64 and arm64)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOARCH=arm64 $(GO) vet ./...
 
 .PHONY: clean
 clean: ## Remove build output
