@@ -77,9 +77,8 @@ type snapshotServer struct {
 	own   ownStream
 	stats *Stats
 	log   *slog.Logger
-	// current reports whether this node may serve p: ready, not
-	// receiving a resync itself, and holding every other peer's changes.
-	current func(p *peer) bool
+	// serves reports whether this node may serve p (see [Node.serves]).
+	serves func(p *peer) bool
 
 	transfers map[uint32]*transfer // by requester node
 	started   map[uint32]time.Time // when each requester's last transfer started
@@ -125,7 +124,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 	}
 	var st wire.SyncStart
 	switch {
-	case !s.current(p):
+	case !s.serves(p):
 		st.Status = wire.SyncNotReady
 	case now.Sub(s.started[p.node]) < transferEvery:
 		st.Status = wire.SyncBusy
