@@ -226,7 +226,7 @@ func NewNode(cfg Config) (*Node, error) {
 		relay: &n.relay, ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
 	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node,
 		epoch: cfg.Epoch, own: resend,
-		stats: &n.stats, log: log, serves: n.serves, transfers: make(map[uint32]*transfer),
+		stats: &n.stats, log: log, answer: n.answer, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
 	n.digestEvery = cfg.DigestInterval
@@ -256,15 +256,33 @@ func (n *Node) current(p *peer) bool {
 	return n.ready.isReady() && !n.client.busy() && !n.peers.behindOn(p)
 }
 
-// serves reports whether this node may serve p a snapshot: if it is
-// current, and, once ready, whenever p is ready too. A ready requester
-// follows every other peer's stream itself and resyncs from each peer
-// whose changes it lost: it asks this node only for this node's own
-// changes, which its maps hold however far behind on the others it is.
-// Refusing it would only make two nodes that each lost the other's
-// changes, and so are each behind, wait on each other for ever.
-func (n *Node) serves(p *peer) bool {
-	return n.current(p) || n.ready.isReady() && p.ready
+// answer is this node's answer to p's request for a snapshot: served if
+// it is current, and, once ready, whenever p is ready too. A ready
+// requester follows every other peer's stream itself and resyncs from
+// each peer whose changes it lost: it asks this node only for this node's
+// own changes, which its maps hold however far behind on the others it
+// is. Refusing it would only make two nodes that each lost the other's
+// changes, and so are each behind, wait on each other for ever. A
+// requester in its initial sync is served partially if all this node
+// lacks is changes lost of peers not ready: those serve nobody before
+// they are ready, which may wait on this very sync; the requester then
+// resyncs from every other peer as well.
+func (n *Node) answer(p *peer) uint8 {
+	switch {
+	case !n.ready.isReady():
+		return wire.SyncNotReady
+	case p.ready:
+		return wire.SyncOK
+	case n.client.busy():
+		return wire.SyncNotReady
+	}
+	switch behind, onlyUnready := n.peers.lacks(p); {
+	case !behind:
+		return wire.SyncOK
+	case onlyUnready:
+		return wire.SyncPartial
+	}
+	return wire.SyncNotReady
 }
 
 // Run replicates until ctx is done or the source or the transport fails.

@@ -276,10 +276,24 @@ func (b *byteBudget) take(n int, now time.Time) bool {
 // requester, which takes the snapshot for everything that peer sent
 // before the first datagram it heard of it, would never get them.
 func (t *peerTable) behindOn(p *peer) bool {
+	behind, _ := t.lacks(p)
+	return behind
+}
+
+// lacks reports, besides behindOn, whether all this node lacks of peers
+// other than p is lost changes of peers not ready: those come by a full
+// resync only once the peer is ready, which may wait on p.
+func (t *peerTable) lacks(p *peer) (behind, onlyUnready bool) {
+	onlyUnready = true
 	for _, q := range t.byNode {
-		if q != p && (q.needSync || q.stream.lostFrom != 0 || q.stream.latest >= q.stream.next) {
-			return true
+		lost := q.needSync || q.stream.lostFrom != 0
+		if q == p || !lost && q.stream.latest < q.stream.next {
+			continue
+		}
+		behind = true
+		if !lost || q.ready || q.stream.latest >= q.stream.next {
+			onlyUnready = false
 		}
 	}
-	return false
+	return behind, behind && onlyUnready
 }

@@ -63,6 +63,7 @@ type resyncClient struct {
 	phase   syncPhase
 	from    *peer
 	owed    bool   // from's changes were lost: this is not only the initial sync
+	partial bool   // from lacks changes of other peers (wire.SyncPartial)
 	id      uint32 // of the current request; the next is id+1
 	start   wire.SyncStart
 	since   time.Time // the phase began
@@ -264,7 +265,7 @@ func (c *resyncClient) prepare(p *peer, now time.Time) {
 
 // reset clears the state of one resync, keeping the request id.
 func (c *resyncClient) reset() {
-	c.phase, c.from, c.owed = syncIdle, nil, false
+	c.phase, c.from, c.owed, c.partial = syncIdle, nil, false, false
 	c.start, c.got, c.total, c.ended, c.unacked, c.received = wire.SyncStart{}, snapshotWindow{}, 0, false, 0, 0
 	c.apply.marking, c.apply.comparing, c.apply.taken = 0, false, 0
 	for i := range c.apply.same {
@@ -303,7 +304,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	if err := st.Unmarshal(body); err != nil {
 		return err
 	}
-	if st.Status != wire.SyncOK {
+	if st.Status != wire.SyncOK && st.Status != wire.SyncPartial {
 		if st.Status == wire.SyncNotReady {
 			p.ready = false
 		}
@@ -321,6 +322,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 		return errImplausible
 	}
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
+	c.partial = st.Status == wire.SyncPartial
 	// From here on, p's records mark the keys p knows (see finish).
 	c.apply.flush()
 	kh := c.know.Lock()
@@ -461,7 +463,14 @@ func (c *resyncClient) finish(now time.Time) {
 	c.stats.ResyncsReceived.Add(1)
 	p.resyncs++
 	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "sent_back", pushed,
-		"datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond))
+		"datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond), "partial", c.partial)
+	if c.partial {
+		// What p lacked of the others, each of them holds: their streams
+		// here began after it, so only a resync from each brings it.
+		for _, q := range c.peers.byNode {
+			q.needSync = q.needSync || q != p
+		}
+	}
 	c.reset()
 	c.doneFrom = p
 	if !c.ready.isReady() {

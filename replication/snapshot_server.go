@@ -77,8 +77,9 @@ type snapshotServer struct {
 	own   ownStream
 	stats *Stats
 	log   *slog.Logger
-	// serves reports whether this node may serve p (see [Node.serves]).
-	serves func(p *peer) bool
+	// answer is the status of this node's answer to p's request (see
+	// [Node.answer]).
+	answer func(p *peer) uint8
 
 	transfers map[uint32]*transfer // by requester node
 	started   map[uint32]time.Time // when each requester's last transfer started
@@ -122,10 +123,9 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 		s.send(p, t.start, now)
 		return nil
 	}
-	var st wire.SyncStart
+	st := wire.SyncStart{Status: s.answer(p)}
 	switch {
-	case !s.serves(p):
-		st.Status = wire.SyncNotReady
+	case st.Status == wire.SyncNotReady:
 	case now.Sub(s.started[p.node]) < transferEvery:
 		st.Status = wire.SyncBusy
 	case s.transfers[p.node] == nil && len(s.transfers) >= maxTransfers:
@@ -153,7 +153,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 	}
 	start := [][]byte{b}
 	s.send(p, start, now)
-	if st.Status != wire.SyncOK {
+	if st.Status != wire.SyncOK && st.Status != wire.SyncPartial {
 		return nil
 	}
 	if old := s.transfers[p.node]; old != nil {

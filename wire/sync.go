@@ -10,12 +10,16 @@ const (
 	SyncOK       uint8 = 0 // the snapshot follows
 	SyncNotReady uint8 = 1 // the peer has not completed its own initial sync: ask another
 	SyncBusy     uint8 = 2 // the peer serves as many snapshots as it will: ask again later
+	// SyncPartial: the snapshot follows, but the peer lacks changes of
+	// other nodes that it lost and cannot get before they are ready: the
+	// requester resyncs from each other node as well.
+	SyncPartial uint8 = 3
 )
 
 // SyncStart is the body of a [KindSyncStart] datagram: a node's answer to
 // a request for a snapshot of its maps.
 type SyncStart struct {
-	// Status is [SyncOK], [SyncNotReady] or [SyncBusy].
+	// Status is [SyncOK], [SyncNotReady], [SyncBusy] or [SyncPartial].
 	Status uint8
 	// AsOf is the sequence number of the serving node's latest change
 	// datagram when it began to read its maps: every change after it is
@@ -36,7 +40,7 @@ type SyncStart struct {
 // returns [ErrBadStatus] for a status [SyncStart.Unmarshal] would refuse,
 // appending nothing.
 func (s *SyncStart) AppendTo(b []byte) ([]byte, error) {
-	if s.Status > SyncBusy {
+	if s.Status > SyncPartial {
 		return b, ErrBadStatus
 	}
 	b = append(b, s.Status)
@@ -54,7 +58,7 @@ func (s *SyncStart) Unmarshal(body []byte) error {
 		return ErrShortBuffer
 	case len(body) > SyncStartSize:
 		return ErrBadLength
-	case body[0] > SyncBusy:
+	case body[0] > SyncPartial:
 		return ErrBadStatus
 	}
 	*s = SyncStart{

@@ -14,6 +14,7 @@ func TestSyncStartRoundTrip(t *testing.T) {
 		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Entries: 1<<64 - 1, Stamp: 1<<64 - 1},
 		{Status: wire.SyncNotReady},
 		{Status: wire.SyncBusy, AsOf: 3, Entries: 1_000_000, Stamp: 7},
+		{Status: wire.SyncPartial, AsOf: 9, Stamp: 1},
 	} {
 		b, err := s.AppendTo([]byte{9})
 		if err != nil || len(b) != 1+wire.SyncStartSize || b[0] != 9 {
@@ -33,7 +34,7 @@ func TestSyncStartRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := append([]byte(nil), ok...)
-	bad[0] = 3
+	bad[0] = wire.SyncPartial + 1
 	for _, tc := range []struct {
 		name string
 		body []byte
@@ -67,7 +68,7 @@ func TestSyncStartAppendToRefusesWhatUnmarshalRefuses(t *testing.T) {
 		if err != nil && len(b) != 1 {
 			t.Fatalf("status %d: AppendTo appended %d bytes with %v", status, len(b)-1, err)
 		}
-		if status <= int(wire.SyncBusy) && err != nil || status > int(wire.SyncBusy) && !errors.Is(err, wire.ErrBadStatus) {
+		if status <= int(wire.SyncPartial) && err != nil || status > int(wire.SyncPartial) && !errors.Is(err, wire.ErrBadStatus) {
 			t.Errorf("status %d: AppendTo = %v", status, err)
 		}
 	}
