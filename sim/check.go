@@ -105,7 +105,7 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			// (see Node.answer): then the server need only be ready. A
 			// partial snapshot may lack only lost changes of peers not
 			// ready.
-			n, to, initial, partial := from.n, to.id, !to.n.Stats().Ready.Load(), st.Status == wire.SyncPartial
+			n, to, initial, partial := from.n, to.id, to.n == nil || !to.n.Stats().Ready.Load(), st.Status == wire.SyncPartial
 			s.at(s.now, 0, func() {
 				status := n.Status()
 				if !status.Ready || initial && status.Resync != nil {
