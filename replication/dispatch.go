@@ -203,11 +203,14 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 		// A node heard for the first time, or again after it was
 		// forgotten, starts at the sequence number its datagram shows to
 		// be next while this node still waits for its initial sync, which
-		// brings what it sent before. Once this node is ready, nothing
-		// else would: then everything of the node's epoch is asked for,
-		// from 1, and what it no longer holds comes by a full resync.
+		// brings what it sent before. Once this node is ready, or has
+		// asked for its initial sync (the server may have read its maps
+		// already, without what a node heard only now sent before, as
+		// after a partition healed), nothing else would: then everything
+		// of the node's epoch is asked for, from 1, and what it no longer
+		// holds comes by a full resync.
 		first := uint64(1)
-		if !d.client.ready.isReady() {
+		if !d.client.ready.isReady() && d.client.phase == syncIdle {
 			first = h.Seq
 			if h.Kind == wire.KindAnnounce {
 				first++

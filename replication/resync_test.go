@@ -392,3 +392,21 @@ func TestResyncHoldsThroughRepairTimeout(t *testing.T) {
 		t.Errorf("resync_needed %d: the gap behind the request was given up", s.ResyncNeeded)
 	}
 }
+
+// A node in its initial sync starts a peer heard for the first time at
+// its next datagram only while no request is out: the server may have
+// read its maps already, without what that peer sent before (as after a
+// partition healed); then the peer's stream starts at 1, and what its
+// resend buffer no longer holds comes by a resync from it.
+func TestInitialSyncStartsLateHeardPeerAtOne(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 4))
+	if next := f.n.peers.byNode[peerNode].stream.next; next != 5 {
+		t.Fatalf("a peer heard before the request starts at %d, want 5, after its announce", next)
+	}
+	f.n.client.begin(f.n.peers.byNode[peerNode], time.Now())
+	f.handle(peerB, announce(t, 9, 1, 4))
+	if next := f.n.peers.byNode[9].stream.next; next != 1 {
+		t.Fatalf("a peer heard first while the initial sync was asked for starts at %d, want 1", next)
+	}
+}
