@@ -71,7 +71,7 @@ func TestFarAheadDatagramSkipsNothing(t *testing.T) {
 		d    func(f *receiverFixture) []byte
 	}{
 		{"change datagram", func(f *receiverFixture) []byte { return f.peerDatagram(t, 1, 1<<40, "key9", "forged") }},
-		{"announce", func(*receiverFixture) []byte { return announce(t, peerNode, 1, 1<<40) }},
+		{"announce", func(*receiverFixture) []byte { return readyAnnounce(t, peerNode, 1, 1<<40) }},
 	} {
 		t.Run(forge.name, func(t *testing.T) {
 			f := newReceiverFixture(t)
@@ -193,9 +193,7 @@ func TestSilentPeerForgotten(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
 	f.n.ready.started = t0
-	d := announce(t, peerNode, 1, 0)
-	d[4] |= wire.FlagReady
-	f.handleAt(t0, peerA, d)
+	f.handleAt(t0, peerA, readyAnnounce(t, peerNode, 1, 0))
 	silence := max(peerSilence*DefaultAnnounceInterval, minPeerSilence)
 	f.n.dispatch.tick(t0.Add(silence-time.Millisecond), nil)
 	if len(f.n.Peers()) != 1 {
@@ -301,7 +299,7 @@ func TestRunJoinsTransfers(t *testing.T) {
 func TestGoneFromNewPeerWaitsToBeEstablished(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
-	f.handleAt(t0, peerA, announce(t, peerNode, 1, 0))
+	f.handleAt(t0, peerA, readyAnnounce(t, peerNode, 1, 0))
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
 	f.handleAt(t0, peerA, goneDatagram(2, 2))

@@ -177,9 +177,7 @@ func TestServesOnlyWhenCurrent(t *testing.T) {
 	if st.Status != wire.SyncNotReady {
 		t.Errorf("answer %+v, want not ready", st)
 	}
-	ready := announce(t, 9, 1, 0)
-	ready[4] |= wire.FlagReady
-	f.handle(peerB, ready)
+	f.handle(peerB, readyAnnounce(t, 9, 1, 0))
 	f.handle(peerB, syncRequest(9, 1, 8))
 	if st := f.sentSyncStart(t); st.Status != wire.SyncOK {
 		t.Errorf("answer %+v to a ready peer, want the snapshot served though this node is behind", st)

@@ -366,6 +366,15 @@ func announce(t testing.TB, node uint32, epoch, seq uint64, descs ...wire.Descri
 	return b
 }
 
+// readyAnnounce is announce with [wire.FlagReady]: from a peer that
+// completed its initial sync and serves snapshots.
+func readyAnnounce(t testing.TB, node uint32, epoch, seq uint64, descs ...wire.Descriptor) []byte {
+	t.Helper()
+	d := announce(t, node, epoch, seq, descs...)
+	d[4] |= wire.FlagReady
+	return d
+}
+
 func TestSchemaMismatch(t *testing.T) {
 	f := newReceiverFixture(t)
 	theirs := f.tab.byID(10).Desc

@@ -211,15 +211,18 @@ func (c *resyncClient) tick(now time.Time) {
 }
 
 // source picks the peer to resync from: one whose changes were lost
-// beyond repair, else, for the initial sync, any; only a peer trusted
-// (established and announcing itself ready, see [peerTable.trusted]):
-// one not ready would refuse, and asking it first, for ever, would
-// starve the resyncs owed by the others. The lowest node id wins, so
-// every choice is the same on every run.
+// beyond repair, else, for the initial sync, a ready one; only a peer
+// established (heard for a while, see [peerTable.established]), and for
+// the initial sync trusted (see [peerTable.trusted]). A peer whose
+// announce says it is not ready is not asked for a resync it owes: it
+// would refuse, and, asked first for ever, would starve the resyncs owed
+// by the others. The lowest node id wins, so every choice is the same on
+// every run.
 func (c *resyncClient) source(now time.Time) *peer {
 	var best *peer
 	for _, p := range c.peers.byNode {
-		want := (p.needSync || !c.ready.isReady()) && c.peers.trusted(p, now)
+		owed := p.needSync && c.peers.established(p, now) && (p.ready || !p.announced)
+		want := owed || !c.ready.isReady() && c.peers.trusted(p, now)
 		if want && (best == nil || p.needSync && !best.needSync || p.needSync == best.needSync && p.node < best.node) {
 			best = p
 		}

@@ -57,8 +57,7 @@ func TestReadyPeerNotYetTrustedIsWaitedFor(t *testing.T) {
 	f := newReceiverFixture(t) // ourNode 1 is lower than peerNode 2
 	t0 := time.Now()
 	f.n.ready.started = t0.Add(-time.Hour) // waited long enough
-	d := announce(t, peerNode, 1, 0)
-	d[4] |= wire.FlagReady
+	d := readyAnnounce(t, peerNode, 1, 0)
 	f.handleAt(t0, peerA, d)
 	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
 	if f.n.ready.isReady() || f.n.client.phase != syncIdle {
