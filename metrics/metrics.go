@@ -93,7 +93,7 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsSent }},
 	{newDesc("bytes_sent_total", "Bytes of the change datagrams sent."),
 		func(s *replication.StatsSnapshot) uint64 { return s.BytesSent }},
-	{newDesc("datagrams_received_total", "Datagrams accepted from peers."),
+	{newDesc("datagrams_received_total", "Change datagrams and announces accepted from peers."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsReceived }},
 	{newDesc("datagrams_resent_total", "Change datagrams resent by unicast to peers that asked for them again."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsResent }},
