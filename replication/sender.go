@@ -111,6 +111,9 @@ type sender struct {
 
 	announces      [][]byte // descriptors prebuilt after a header-sized gap
 	announceCounts []uint16 // descriptors in each announce
+	// greet asks for an announce now: discovery found new peers
+	// ([Node.SetPeers]). Set by another goroutine.
+	greet atomic.Bool
 
 	// drained is when the sender last found the source empty: every
 	// change read after it was made after drained less captureSlack.
@@ -245,7 +248,7 @@ func (s *sender) Run(ctx context.Context) error {
 		if now.Sub(s.overflowsChecked) >= overflowCheck {
 			s.checkOverflows(now)
 		}
-		if !now.Before(nextAnnounce) {
+		if s.greet.Swap(false) || !now.Before(nextAnnounce) {
 			s.flush()
 			s.announce()
 			nextAnnounce = now.Add(s.announceEvery)
