@@ -7,7 +7,7 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived dnsmasq-base
 GENERATE_PKGS := clang llvm libbpf-dev
 
 # RACE_PKGS are the packages with goroutines of their own, tested again
