@@ -22,7 +22,7 @@ import (
 
 // listen opens a UDP transport on the node's interface. The socket stays
 // in the node's namespace whichever thread uses it later.
-func listen(t *testing.T, n *netnstest.Node, cfg Config) *UDP {
+func listen(t testing.TB, n *netnstest.Node, cfg Config) *UDP {
 	t.Helper()
 	var u *UDP
 	err := n.Do(func() error {
