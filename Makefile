@@ -34,12 +34,18 @@ generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(GO) generate ./...
 
+# TEST_FUZZTIME is how long make test runs each fuzz target: long enough
+# to find what a fuzzer finds in seconds, short enough for every commit.
+# make fuzz alone runs them for longer.
+TEST_FUZZTIME ?= 5s
+
 .PHONY: test
 test: deps ## Run every test against the real kernel, then the fentry ones in VMs (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	cd perf && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd perf/conntrackd && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
@@ -62,7 +68,7 @@ vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
 	@echo "vmtest: arm64 (the whole: make vmtest-arm64)"
-	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCaptureWrites$$' -exec "$(VMRUN_612)" ./loader
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCapture(Writes|FentryTargets)$$' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^TestConverge$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
@@ -149,6 +155,12 @@ perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
 		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 
+.PHONY: sim
+sim: SEEDS ?= 100000
+sim: FAULTS ?= 15
+sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (15: all; see sim/) and check every invariant
+	$(GO) test -count=1 -timeout 0 ./sim -run '^TestSeeds$$' -sim.seeds=$(SEEDS) -sim.faults=$(FAULTS)
+
 .PHONY: fuzz
 fuzz: FUZZTIME ?= 30s
 fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
@@ -161,9 +173,10 @@ fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
 	done
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt and go vet (amd64 and arm64)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOARCH=arm64 $(GO) vet ./...
 
 .PHONY: clean
 clean: ## Remove build output

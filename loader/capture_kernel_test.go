@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -146,5 +147,29 @@ func TestCaptureLRUEvictionNotReported(t *testing.T) {
 			}
 			t.Logf("%d updates, %d entries left after evictions, no deletes reported", puts, held)
 		})
+	}
+}
+
+// TestCaptureFentryTargets checks, on the VM's Debian kernels (6.1 and
+// 6.12, amd64 and arm64), that the fentry backend attached every one of its
+// programs: the optional fexit targets are dropped without a word on a
+// kernel that lacks them, so a target renamed by a new kernel would
+// otherwise go unnoticed.
+func TestCaptureFentryTargets(t *testing.T) {
+	if os.Getenv(envVM) != "1" {
+		t.Skip("only on the VM's Debian kernels (make vmtest); this host refuses fentry")
+	}
+	spec, err := loadCaptureFentry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := captureTestMap(t, "targets", ebpf.Hash, 4, 4, 1)
+	c := startCapture(t, CaptureOptions{Backend: BackendFentry, Maps: []*Map{m}, RingSize: 4096})
+	if len(c.links) != len(spec.Programs) {
+		var targets []string
+		for _, p := range spec.Programs {
+			targets = append(targets, p.AttachTo)
+		}
+		t.Errorf("attached %d of the %d fexit programs; targets: %v", len(c.links), len(spec.Programs), targets)
 	}
 }

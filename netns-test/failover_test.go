@@ -157,8 +157,7 @@ func (k *keepalived) tail(n int) string {
 }
 
 // scriptResult matches keepalived's log line when the check's result
-// changes. A check that starts failed (init_fail) and keeps failing logs
-// none.
+// changes.
 var scriptResult = regexp.MustCompile(`VRRP_Script\(udpmapsync_in_sync\) (succeeded|failed)`)
 
 // inSync reports whether keepalived last logged that the check succeeded.

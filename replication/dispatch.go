@@ -190,6 +190,12 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			// What the address proved or sent was the address's, not the run's.
 			n.proven, n.credit = p.proven, p.credit
 		}
+		if ok && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
+			// Changes of its last run are missing here, and nobody holds
+			// them to resend any more: they come by a full resync from
+			// the node, whose maps hold them.
+			d.resyncNeeded(n, "peer restarted before its missing datagrams were repaired")
+		}
 		return n, p, ok
 	default:
 		// A node heard for the first time, or again after it was
@@ -486,7 +492,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		d.retire(p, now)
 		delete(d.peers.byNode, p.node)
 	}
-	for _, p := range d.peers.byNode {
+	for _, p := range d.peers.inOrder() {
 		switch p.stream.due(now) {
 		case retryAsk:
 			d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
@@ -500,7 +506,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 	}
 	d.client.tick(now)
 	d.digests.tick(now)
-	for _, p := range d.peers.byNode {
+	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
 		}

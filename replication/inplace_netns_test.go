@@ -175,7 +175,7 @@ func (c *ipCluster) halt(t *testing.T, i int) {
 }
 
 // openLoaderMap opens km through the loader, as the daemon would.
-func openLoaderMap(t *testing.T, km *ebpf.Map) *loader.Map {
+func openLoaderMap(t testing.TB, km *ebpf.Map) *loader.Map {
 	t.Helper()
 	info, err := km.Info()
 	if err != nil {

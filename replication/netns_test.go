@@ -18,7 +18,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -66,17 +65,7 @@ func openKernelMap(t testing.TB, spec *ebpf.MapSpec) *loader.Map {
 		t.Fatalf("create map: %v", err)
 	}
 	defer km.Close()
-	info, err := km.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	ms, err := loader.OpenMaps([]string{fmt.Sprintf("id:%d", id)})
-	if err != nil {
-		t.Fatalf("open map %d: %v", id, err)
-	}
-	t.Cleanup(func() { ms[0].Close() })
-	return ms[0]
+	return openLoaderMap(t, km)
 }
 
 // mapContents reads a kernel map into key -> value. An iteration that

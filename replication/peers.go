@@ -72,6 +72,7 @@ type peer struct {
 // address it was first heard from in its epoch.
 type peerTable struct {
 	byNode  map[uint32]*peer
+	ordered []*peer       // inOrder's buffer
 	silence time.Duration // forget a peer not heard for this long
 	trust   time.Duration // heard for this long before it serves resyncs
 	settle  time.Duration // an address held this long before it is sent to
@@ -134,6 +135,18 @@ func (t *peerTable) add(node uint32, epoch uint64, from netip.AddrPort, now time
 	p := &peer{node: node, addr: from, epoch: epoch, firstHeard: now, lastHeard: now, stream: stream}
 	t.byNode[node] = p
 	return p
+}
+
+// inOrder returns the peers ordered by node id, in a buffer of the
+// table's that the next call reuses: the timers act on the peers in the
+// same order on every run, so that a simulated run replays.
+func (t *peerTable) inOrder() []*peer {
+	t.ordered = t.ordered[:0]
+	for _, p := range t.byNode {
+		t.ordered = append(t.ordered, p)
+	}
+	slices.SortFunc(t.ordered, func(a, b *peer) int { return cmp.Compare(a.node, b.node) })
+	return t.ordered
 }
 
 // silent returns the peers not heard for the silence period.
@@ -252,11 +265,14 @@ func (b *byteBudget) take(n int, now time.Time) bool {
 	return true
 }
 
-// behindOn reports whether this node lost the changes of a peer other
-// than p, beyond repair and not yet resynced.
+// behindOn reports whether this node lacks changes of a peer other than
+// p: lost beyond repair and not yet resynced, or known sent and not yet
+// applied. A snapshot served meanwhile would lack them, and the
+// requester, which takes the snapshot for everything that peer sent
+// before the first datagram it heard of it, would never get them.
 func (t *peerTable) behindOn(p *peer) bool {
 	for _, q := range t.byNode {
-		if q != p && (q.needSync || q.stream.lostFrom != 0) {
+		if q != p && (q.needSync || q.stream.lostFrom != 0 || q.stream.latest >= q.stream.next) {
 			return true
 		}
 	}

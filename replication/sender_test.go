@@ -34,7 +34,7 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg sende
 		if cfg.Clock == nil {
 			cfg.Clock = hlc.New(nil, 0)
 		}
-		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats)
+		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats, time.Now())
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = hlc.New(nil, 0)
@@ -545,5 +545,29 @@ func TestLossActedOnOnceDrained(t *testing.T) {
 	}
 	if _, ok := resend.copyOut(seq+1, nil); s.header.Seq != seq+1 || ok {
 		t.Fatalf("seq %d after the drain, want %d skipped as lost", s.header.Seq, seq+1)
+	}
+}
+
+// A stopping sender's last datagram is an announce, so that the peers
+// learn its run's last sequence number even if its last change datagram
+// was lost, and ask the node's next run for a resync (found by the
+// simulator with clean stops).
+func TestSenderAnnouncesLastAtStop(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	tr := newFakeTransport()
+	s, _ := newTestSender(t, tab, &scriptSource{steps: []step{{change: upd(1, "key1", "value-01")}}}, tr, senderConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatalf("run after the context ended: %v", err)
+	}
+	batches := tr.sent()
+	if len(batches) < 3 {
+		t.Fatalf("%d batches sent, want the first announce, the change, then the last announce", len(batches))
+	}
+	var h wire.Header
+	last := batches[len(batches)-1]
+	if err := h.Unmarshal(last[len(last)-1]); err != nil || h.Kind != wire.KindAnnounce || h.Seq != 1 {
+		t.Fatalf("last datagram %+v (%v), want an announce of datagram 1", h, err)
 	}
 }

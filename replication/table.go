@@ -150,12 +150,13 @@ func (t *Table) byName(name string) *localMap {
 	return nil
 }
 
-// newKnowledge makes the knowledge of the maps of t, counting into stats.
-func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats) *knowledge.Store {
+// newKnowledge makes the knowledge of the maps of t, counting into stats,
+// started at start.
+func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats, start time.Time) *knowledge.Store {
 	sizes := make([]int, len(t.maps))
 	for i := range t.maps {
 		sizes[i] = t.maps[i].keySize
 	}
-	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: time.Now(),
+	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: start,
 		Restamped: &stats.Restamped, TombstonesDropped: &stats.TombstonesDropped})
 }
