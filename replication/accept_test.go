@@ -61,3 +61,36 @@ func TestAcceptListForms(t *testing.T) {
 		}
 	}
 }
+
+// A greeting is an announce sent at the sender's next step, not an
+// announce interval later.
+func TestSenderGreets(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	src := &scriptSource{steps: []step{{timeout: true}, {timeout: true}}}
+	tr := newFakeTransport()
+	s, _ := newTestSender(t, tab, src, tr, senderConfig{AnnounceInterval: time.Hour})
+	announces := func() int {
+		n := 0
+		for _, b := range tr.sent() {
+			var h wire.Header
+			if h.Unmarshal(b[0]) == nil && h.Kind == wire.KindAnnounce {
+				n++
+			}
+		}
+		return n
+	}
+	s.begin()
+	if _, err := s.step(); err != nil {
+		t.Fatal(err)
+	}
+	if n := announces(); n != 1 {
+		t.Fatalf("%d announces before the greeting, want the first one alone", n)
+	}
+	s.greet.Store(true)
+	if _, err := s.step(); err != nil {
+		t.Fatal(err)
+	}
+	if n := announces(); n != 2 {
+		t.Errorf("%d announces after the greeting, want 2", n)
+	}
+}
