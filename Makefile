@@ -12,7 +12,7 @@ GENERATE_PKGS := clang llvm libbpf-dev
 
 # RACE_PKGS are the packages with goroutines of their own, tested again
 # under the race detector (it needs cgo: gcc).
-RACE_PKGS := ./replication/... ./transport/... ./seal/... ./epoch/... ./control/... ./metrics/...
+RACE_PKGS := ./replication/... ./transport/... ./discovery/... ./seal/... ./epoch/... ./control/... ./metrics/...
 
 export PATH := $(PATH):/usr/local/go/bin
 

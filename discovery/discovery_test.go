@@ -230,6 +230,10 @@ func TestWatcherRun(t *testing.T) {
 	if ch := <-changes; !slices.Equal(ch.Added, addrs("10.0.0.1")) {
 		t.Errorf("first tick: %+v", ch)
 	}
+	// The status command reads the peers while the watcher replaces them
+	// (go test -race checks it).
+	tick <- time.Time{}
+	_ = w.Peers()
 	cancel()
 	<-done
 }
