@@ -34,6 +34,17 @@ func TestSetPeersRetiresAndGreets(t *testing.T) {
 	}
 }
 
+// A node whose discovery has found no one yet (Config.Peers empty, not
+// nil) accepts no one without a key, rather than everyone.
+func TestEmptyPeersAcceptNone(t *testing.T) {
+	f := newFixtureWith(t, Config{Peers: []netip.Addr{}})
+	f.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	if s := f.stats.Snapshot(); s.Forged != 1 || s.DatagramsReceived != 0 {
+		t.Errorf("no peers found yet: forged %d received %d, want 1 and 0", s.Forged, s.DatagramsReceived)
+	}
+	f.untouched(t)
+}
+
 // With a key, discovery decides where to send, not whom to trust: a
 // sealed datagram from an address it never found is handled.
 func TestSetPeersKeyedAcceptsAnyAddress(t *testing.T) {

@@ -159,7 +159,7 @@ func main() {
 type config struct {
 	iface    *net.Interface
 	group    netip.Addr
-	peers    []netip.Addr     // a static --peers
+	peers    []netip.Addr     // a static --peers; empty, not nil, with discover
 	discover discovery.Source // --peers dns:NAME or file:PATH
 	level    slog.Level
 	node     uint32

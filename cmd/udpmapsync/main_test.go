@@ -88,6 +88,11 @@ func TestPeersForms(t *testing.T) {
 	if err != nil || c.discover == nil || c.discover.String() != "dns:udpmapsync.kube-system.svc.cluster.local" {
 		t.Errorf("--peers=dns:...: %+v %v", c, err)
 	}
+	// Without a key, no one is accepted before the first lookup that
+	// works: the node's peers start empty, not unset.
+	if c != nil && (c.peers == nil || len(c.peers) != 0) {
+		t.Errorf("--peers=dns:...: static peers %#v, want empty and not nil", c.peers)
+	}
 	list := filepath.Join(t.TempDir(), "peers")
 	if err := os.WriteFile(list, []byte("10.0.0.1\n10.0.0.2 # two\nten\n"), 0o644); err != nil {
 		t.Fatal(err)

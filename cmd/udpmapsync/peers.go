@@ -33,6 +33,9 @@ func (f *Flags) peersConfig(c *config) error {
 	if c.discover == nil {
 		return nil
 	}
+	// None until found: without a key the node accepts no one before
+	// the first lookup that works.
+	c.peers = []netip.Addr{}
 	if f.PeersRefresh < discovery.MinRefresh {
 		return fmt.Errorf("--peers-refresh %s: must be at least %s (default %s)",
 			f.PeersRefresh, discovery.MinRefresh, discovery.DefaultRefresh)
