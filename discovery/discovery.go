@@ -237,7 +237,10 @@ func Parse(values []string, v6 bool, r Resolver) (static []netip.Addr, src Sourc
 		if err != nil {
 			return nil, nil, fmt.Errorf("--peers %s: not an IP address, dns:NAME or file:PATH", v)
 		}
-		static = append(static, a.Unmap())
+		if a = a.Unmap(); len(static) > 0 && a.Is6() != static[0].Is6() {
+			return nil, nil, fmt.Errorf("--peers %s and %s: mixed IPv4 and IPv6; use one family", static[0], a)
+		}
+		static = append(static, a)
 	}
 	if len(static) > MaxPeers {
 		return nil, nil, fmt.Errorf("--peers: %d addresses; at most %d", len(static), MaxPeers)

@@ -253,7 +253,7 @@ func TestParse(t *testing.T) {
 	for i := range MaxPeers + 1 {
 		many = append(many, fmt.Sprintf("10.0.%d.%d", i>>8, i&0xff))
 	}
-	for _, bad := range [][]string{{"dns:"}, {"file:"}, {"dns:a b"}, {"10.0.0.1", "dns:x"}, {"node1"}, many} {
+	for _, bad := range [][]string{{"dns:"}, {"file:"}, {"dns:a b"}, {"10.0.0.1", "dns:x"}, {"node1"}, {"10.0.0.1", "fd00::1"}, many} {
 		_, _, err := Parse(bad, false, nil)
 		if err == nil || !strings.HasPrefix(err.Error(), "--peers") {
 			t.Errorf("--peers %v: %v, want an error naming the flag", bad, err)
