@@ -190,6 +190,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range counters {
 		ch <- m.desc
 	}
+	for _, m := range discoveryCounters {
+		ch <- m.desc
+	}
 	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, printsDesc, peersDesc, lagDesc,
 		lagSecDesc, heardDesc, peerRdyDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
 		ch <- d
@@ -210,6 +213,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range counters {
 		count(m.desc, m.value(&s))
 	}
+	collectDiscovery(c.src, ch)
 	for _, r := range DropReasons {
 		count(droppedDesc, r.value(&s), r.reason)
 	}

@@ -60,6 +60,17 @@ func (d *daemon) ApplySeconds() ([len(replication.HistogramBounds) + 1]uint64, f
 	return d.node.Stats().ApplySeconds.Snapshot()
 }
 
+// The metrics export the peer lookups' counters through this.
+var _ metrics.Discovering = (*daemon)(nil)
+
+// Discovery is the peer watcher's counters; nil without dns: or file:.
+func (d *daemon) Discovery() *discovery.Stats {
+	if d.watch == nil {
+		return nil
+	}
+	return d.watch.Stats()
+}
+
 // MapEntries are the maps' entry counts, each at most a few seconds old.
 func (d *daemon) MapEntries() []metrics.MapEntries { return d.entries.Counts() }
 
