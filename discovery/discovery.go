@@ -153,11 +153,10 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 	w.report(err, "using the addresses found")
 	w.mu.Lock()
 	ch := diff(w.peers, peers)
-	if ch.Added != nil || ch.Removed != nil || w.peers == nil {
-		w.peers = peers
-	}
+	first := w.peers == nil // applied even when empty: nobody, rather than anybody
+	w.peers = peers
 	w.mu.Unlock()
-	if ch.Added != nil || ch.Removed != nil || w.stats.Changes.Load() == 0 {
+	if first || ch.Added != nil || ch.Removed != nil {
 		w.stats.Changes.Add(1)
 		w.log.Info("peers changed", "source", w.src.String(), "peers", len(ch.Peers), "added", ch.Added, "removed", ch.Removed)
 		w.apply(ch)
