@@ -157,9 +157,10 @@ func (w *Watcher) Refresh(ctx context.Context) error {
 	w.peers = peers
 	w.mu.Unlock()
 	if first || ch.Added != nil || ch.Removed != nil {
-		w.stats.Changes.Add(1)
-		w.log.Info("peers changed", "source", w.src.String(), "peers", len(ch.Peers), "added", ch.Added, "removed", ch.Removed)
 		w.apply(ch)
+		w.stats.Changes.Add(1)
+		// Logged once applied: a test that reads the log may rely on it.
+		w.log.Info("peers changed", "source", w.src.String(), "peers", len(ch.Peers), "added", ch.Added, "removed", ch.Removed)
 	}
 	return err
 }
