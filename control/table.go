@@ -64,6 +64,11 @@ func (s *Status) WriteTable(out io.Writer) error {
 				p.LastSeq, p.Applied, p.Lag, missing, Duration(seconds2d(p.SilentSeconds)), p.Gaps, 100*p.Loss,
 				p.Resyncs, p.Epoch)
 		}
+		for _, p := range s.Peers {
+			for _, m := range p.Mismatches {
+				fmt.Fprintf(w, "MISMATCH: peer %d (%s), map %s; its changes to it are dropped\n", p.Node, p.Addr, m)
+			}
+		}
 	}
 
 	fmt.Fprintf(w, "\nRESYNC\n")

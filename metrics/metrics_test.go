@@ -147,10 +147,11 @@ func TestCollectorValues(t *testing.T) {
 			DatagramsSent: 7, DatagramsReceived: 8, DatagramsResent: 1, GapsSeen: 4, ResyncsSent: 2,
 			ResyncsReceived: 5, ResyncNeeded: 6, RingOverflows: 9, SendErrors: 10, ApplyErrors: 11,
 			Malformed: 12, Forged: 13, UnknownMap: 14, Duplicates: 15, HoldFull: 16, OwnDropped: 17,
-			Unsolicited: 18, PeerLimit: 19, Unauthenticated: 20, Replayed: 21, Held: 22},
+			Unsolicited: 18, PeerLimit: 19, Unauthenticated: 20, Replayed: 21, Held: 22, MapMismatches: 23},
 		status: replication.Status{Ready: true, Peers: []replication.PeerStatus{
 			{Node: 7, Addr: netip.MustParseAddrPort("10.0.0.7:3870"), Ready: true, Seq: 50, Applied: 45,
-				LastHeard: now.Add(-1500 * time.Millisecond), MissingSince: now.Add(-3 * time.Second)},
+				LastHeard: now.Add(-1500 * time.Millisecond), MissingSince: now.Add(-3 * time.Second),
+				Mismatches: []string{"flows: the peer treats bytes at offset 8, 4 bytes as a mono-s clock field, this node does not"}},
 			{Node: 9, Seq: 10, Applied: 10, LastHeard: now.Add(-time.Second)},
 		}, Resync: &replication.ResyncStatus{Peer: 7, Entries: 1234}},
 		sum:     0.5,
@@ -199,6 +200,9 @@ func TestCollectorValues(t *testing.T) {
 		"udpmapsync_peer_last_heard_seconds{peer=9}":                 1,
 		"udpmapsync_peer_ready{peer=7}":                              1,
 		"udpmapsync_peer_ready{peer=9}":                              0,
+		"udpmapsync_map_mismatches_total":                            23,
+		"udpmapsync_peer_map_mismatches{peer=7}":                     1,
+		"udpmapsync_peer_map_mismatches{peer=9}":                     0,
 		"udpmapsync_resync_entries":                                  1234,
 		"udpmapsync_map_entries{map=flows}":                          42,
 	} {

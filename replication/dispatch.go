@@ -5,9 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -190,10 +189,12 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			// What the address proved or sent was the address's, not the run's.
 			n.proven, n.credit = p.proven, p.credit
 		}
-		if ok && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
+		if ok && d.client.ready.isReady() && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
 			// Changes of its last run are missing here, and nobody holds
 			// them to resend any more: they come by a full resync from
-			// the node, whose maps hold them.
+			// the node, whose maps hold them. (Before this node is ready
+			// its initial sync brings them; asking a restarted node,
+			// itself not ready, would only be refused, for ever.)
 			d.resyncNeeded(n, "peer restarted before its missing datagrams were repaired")
 		}
 		return n, p, ok
@@ -527,9 +528,10 @@ func (d *dispatcher) resyncNeeded(p *peer, why string) {
 }
 
 // compare checks a peer's map descriptor against the local map of the
-// same name. A differing schema is reported once per peer and schema;
-// the peer's changes to that map then carry a fingerprint no local map
-// has, and are counted as unknown.
+// same name. A map that differs, in schema or in its clock, local or lock
+// fields, is counted, kept for the status and logged once per peer and
+// difference; the peer's changes to that map then carry a fingerprint no
+// local map has, and are counted as unknown.
 func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 	m := d.apply.table.byName(desc.Name)
 	if m == nil {
@@ -540,41 +542,20 @@ func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 		delete(p.mismatch, desc.Name)
 		return
 	}
-	if reported, ok := p.mismatch[desc.Name]; ok && reported == fp {
-		return
-	}
-	s, ok := d.limit.allow(reasonSchema)
-	if !ok {
+	if reported, ok := p.mismatch[desc.Name]; ok && reported.fp == fp {
 		return
 	}
 	if p.mismatch == nil {
-		p.mismatch = make(map[string]uint32)
+		p.mismatch = make(map[string]mapMismatch)
 	}
-	p.mismatch[desc.Name] = fp
-	args := []any{"map", desc.Name, "peer", p.node, "addr", p.addr}
-	args = append(args, schemaDiff(&m.Desc, desc)...)
-	d.log.Error("peer's map schema differs from the local map; its changes to this map are dropped", append(args, "suppressed", s)...)
-}
-
-// schemaDiff returns a log group per schema field that differs.
-func schemaDiff(local, peer *wire.Descriptor) []any {
-	var out []any
-	field := func(name string, l, p any) {
-		out = append(out, slog.Group(name, "local", l, "peer", p))
+	diff, fix := m.differences(desc)
+	why := strings.Join(diff, "; ")
+	p.mismatch[desc.Name] = mapMismatch{fp: fp, why: why}
+	d.stats.MapMismatches.Add(1)
+	if s, ok := d.limit.allow(reasonSchema); ok {
+		d.log.Error("peer's map differs from the local map; its changes to this map are dropped", "map", desc.Name,
+			"peer", p.node, "addr", p.addr, "differences", why, "fix", fix, "suppressed", s)
 	}
-	if local.Type != peer.Type {
-		field("type", ebpf.MapType(local.Type).String(), ebpf.MapType(peer.Type).String())
-	}
-	if local.KeySize != peer.KeySize {
-		field("key_size", local.KeySize, peer.KeySize)
-	}
-	if local.ValueSize != peer.ValueSize {
-		field("value_size", local.ValueSize, peer.ValueSize)
-	}
-	if local.MaxEntries != peer.MaxEntries {
-		field("max_entries", local.MaxEntries, peer.MaxEntries)
-	}
-	return out
 }
 
 func (d *dispatcher) malformed(from netip.AddrPort, err error) {

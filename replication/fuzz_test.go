@@ -222,8 +222,11 @@ func FuzzReceivePath(f *testing.F) {
 		d, _ := h.AppendTo(nil)
 		return d
 	}
+	// The peer's flows with a clock field this node's lacks.
+	clocked := fx.tab.byID(10).Desc
+	clocked.Fields = []wire.Field{{Kind: wire.FieldMonoS, Offset: 0, Size: 4}}
 	for _, d := range [][]byte{
-		fx.seqDatagram(f, 1), announce(f, peerNode, 1, 3), goneDatagram(1, 2), syncRequest(peerNode, 1, 4),
+		fx.seqDatagram(f, 1), announce(f, peerNode, 1, 3), announce(f, peerNode, 1, 3, clocked), goneDatagram(1, 2), syncRequest(peerNode, 1, 4),
 		syncEnd(7, 1), fx.snapshotDatagram(f, 7, 1, "snap"), cookie(wire.KindCookie), cookie(wire.KindCookieEcho),
 	} {
 		f.Add(append([]byte{byte(len(d))}, d...))

@@ -63,9 +63,9 @@ type peer struct {
 	answers   byteBudget // the answer budget
 	datagrams uint64
 	resyncs   uint64 // full resyncs received from it
-	// mismatch holds, per map name, the fingerprint of the peer's schema
-	// already reported as differing from ours, so it is reported once.
-	mismatch map[string]uint32
+	// mismatch holds, per map name, the peer's map that differs from
+	// ours, so it is reported once and shown by the status.
+	mismatch map[string]mapMismatch
 }
 
 // peerTable is the set of peers, bounded in number, each bound to the
@@ -212,6 +212,10 @@ type PeerStatus struct {
 	// MissingSince is when the oldest datagram still missing went
 	// missing; zero when nothing is.
 	MissingSince time.Time
+	// Mismatches says, per map whose name it shares with a local map but
+	// whose schema or fields differ, how: "flows: the peer treats ...".
+	// Their changes to those maps are dropped.
+	Mismatches []string
 }
 
 // Lag is how many of the peer's datagrams are known sent and not applied.
@@ -223,7 +227,8 @@ func (t *peerTable) status() []PeerStatus {
 	for _, p := range t.byNode {
 		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Ready: p.ready,
 			Seq: p.stream.latest, Applied: p.stream.next - 1, LastHeard: p.lastHeard,
-			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since})
+			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since,
+			Mismatches: p.mismatches()})
 	}
 	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
 	return out

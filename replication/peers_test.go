@@ -39,18 +39,27 @@ func TestBehindOnMissingDatagrams(t *testing.T) {
 // its maps hold their changes (found by the simulator with clean stops:
 // the delete in a stopping node's last datagram, lost to one peer, left
 // the key there for good).
+//
+// Not before this node is ready: its initial sync brings those changes,
+// and a restarted peer, itself not ready, would refuse the resync for
+// ever (found by the simulator: two nodes each waiting for the other).
 func TestRestartWithMissingDatagramsResyncs(t *testing.T) {
-	f := newReceiverFixture(t)
-	f.handle(peerA, f.seqDatagram(t, 1))
-	f.handle(peerA, f.seqDatagram(t, 3)) // 2 is missing
-	if got := f.stats.ResyncNeeded.Load(); got != 0 {
-		t.Fatalf("%d resyncs needed before the restart", got)
-	}
-	var b changesBuilder
-	b.start()
-	b.add(t, f.fpFlow, ops.Update, "new!", "epoch2!!")
-	f.handle(peerA, b.finish(peerNode, 2, 1))
-	if p := f.n.peers.byNode[peerNode]; p == nil || p.epoch != 2 || !p.needSync {
-		t.Fatalf("after the restart the peer is %+v: want its new run, with a resync due", p)
+	for _, ready := range []bool{true, false} {
+		f := newReceiverFixture(t)
+		if ready {
+			f.n.ready.become("test", 0)
+		}
+		f.handle(peerA, f.seqDatagram(t, 1))
+		f.handle(peerA, f.seqDatagram(t, 3)) // 2 is missing
+		if got := f.stats.ResyncNeeded.Load(); got != 0 {
+			t.Fatalf("%d resyncs needed before the restart", got)
+		}
+		var b changesBuilder
+		b.start()
+		b.add(t, f.fpFlow, ops.Update, "new!", "epoch2!!")
+		f.handle(peerA, b.finish(peerNode, 2, 1))
+		if p := f.n.peers.byNode[peerNode]; p == nil || p.epoch != 2 || p.needSync != ready {
+			t.Fatalf("ready %v: after the restart the peer is %+v: want its new run, with a resync due %v", ready, p, ready)
+		}
 	}
 }

@@ -190,7 +190,7 @@ func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
 	var n uint16
 	for i := range t.maps {
 		d := &t.maps[i].Desc
-		if wire.DescriptorSize+len(d.Name) > payload-len(cur) {
+		if d.EncodedSize() > payload-len(cur) {
 			dgrams, counts = append(dgrams, cur), append(counts, n)
 			cur, n = make([]byte, wire.HeaderSize, payload), 0
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -376,7 +377,7 @@ func TestAnnounce(t *testing.T) {
 			}
 			seqs = append(seqs, h.Seq)
 			descs := parseDescriptors(t, d[wire.HeaderSize:], h.Count)
-			if len(descs) != 2 || descs[0] != tab.maps[0].Desc || descs[1] != tab.maps[1].Desc {
+			if len(descs) != 2 || !reflect.DeepEqual(descs[0], tab.maps[0].Desc) || !reflect.DeepEqual(descs[1], tab.maps[1].Desc) {
 				t.Errorf("announced %+v, want the table's descriptors", descs)
 			}
 		}
@@ -403,7 +404,7 @@ func TestAnnounceSplitsDescriptors(t *testing.T) {
 		}
 		descs := parseDescriptors(t, d[wire.HeaderSize:], counts[i])
 		for _, desc := range descs {
-			if desc != maps[total].Desc {
+			if !reflect.DeepEqual(desc, maps[total].Desc) {
 				t.Fatalf("descriptor %d: %+v, want %+v", total, desc, maps[total].Desc)
 			}
 			total++

@@ -100,13 +100,15 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		*lm = localMap{
 			Map:       m,
 			index:     i,
-			fp:        m.Desc.Fingerprint(),
 			keySize:   int(m.Desc.KeySize),
 			valueSize: int(m.Desc.ValueSize),
 		}
 		var err error
 		if lm.plan, err = newFieldPlan(m.Options, lm.valueSize, &t.mono); err != nil {
 			return nil, fmt.Errorf("map %q: %w", m.Desc.Name, err)
+		}
+		if err := lm.describeFields(payload); err != nil {
+			return nil, err
 		}
 		if lm.keySize == 0 {
 			return nil, fmt.Errorf("map %q: key size 0 cannot be replicated", m.Desc.Name)

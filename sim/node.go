@@ -1,12 +1,14 @@
 package sim
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -93,7 +95,7 @@ func (n *simNode) start() {
 	node, err := replication.NewNode(replication.Config{Node: n.id, Epoch: n.run, Table: tab, Source: n.ring,
 		Transport: &endpoint{n: n, run: n.run}, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
 		Time: n, Rand: n.random(), StateFile: n.state,
-		Log: slog.New(slog.DiscardHandler)})
+		Log: n.logger()})
 	if err != nil {
 		panic(err)
 	}
@@ -121,6 +123,31 @@ func (n *simNode) random() *rand.ChaCha8 {
 	binary.BigEndian.PutUint32(seed[8:], n.id)
 	binary.BigEndian.PutUint64(seed[12:], n.run)
 	return rand.NewChaCha8(seed)
+}
+
+// logger is where the daemon logs: into the trace, if there is one.
+func (n *simNode) logger() *slog.Logger {
+	if n.s.trace == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(logWriter{n}, &slog.HandlerOptions{Level: slog.LevelDebug,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			switch a.Key {
+			case slog.TimeKey:
+				return slog.Attr{} // the trace has the virtual time
+			case "file":
+				return slog.String(a.Key, filepath.Base(a.Value.String())) // the run's directory differs
+			}
+			return a
+		}}))
+}
+
+// logWriter writes a daemon's log lines into the trace.
+type logWriter struct{ n *simNode }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.n.s.tracef("log node %d: %s", w.n.id, bytes.TrimSpace(p))
+	return len(p), nil
 }
 
 // The kinds of a node's own events, for their order among the events of
