@@ -338,7 +338,7 @@ func (d *digests) begin(set *digestSet, now time.Time) {
 	*r = digestRound{id: r.id + 1, peer: p, set: set, asked: r.asked[:0], repairs: r.repairs[:0], next: p.node}
 	d.stats.DigestRounds.Add(1)
 	for i := range d.table.maps {
-		if set.trees[i].levels != nil {
+		if _, differs := p.mismatch[d.table.maps[i].Desc.Name]; set.trees[i].levels != nil && !differs {
 			d.ask(wire.Bucket{Map: d.table.maps[i].fp}, now)
 		}
 	}
