@@ -7,12 +7,12 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived dnsmasq-base
 GENERATE_PKGS := clang llvm libbpf-dev
 
 # RACE_PKGS are the packages with goroutines of their own, tested again
 # under the race detector (it needs cgo: gcc).
-RACE_PKGS := ./replication/... ./transport/... ./seal/... ./epoch/... ./control/... ./metrics/...
+RACE_PKGS := ./replication/... ./transport/... ./discovery/... ./seal/... ./epoch/... ./control/... ./metrics/...
 
 export PATH := $(PATH):/usr/local/go/bin
 

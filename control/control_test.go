@@ -280,3 +280,25 @@ func TestDuration(t *testing.T) {
 		}
 	}
 }
+
+// The header says where the node sends: the group, the peers, or, in
+// unicast mode before discovery found anyone, that there are none.
+func TestTableWhere(t *testing.T) {
+	for _, tc := range []struct {
+		d    Daemon
+		want string
+	}{
+		{Daemon{Group: "239.1.1.1"}, "(group 239.1.1.1,"},
+		{Daemon{Peers: []string{"10.0.0.1", "10.0.0.2"}}, "(peers 10.0.0.1,10.0.0.2,"},
+		{Daemon{Peers: []string{}}, "(no peers found,"},
+	} {
+		var b strings.Builder
+		st := &Status{Daemon: tc.d}
+		if err := st.WriteTable(&b); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), tc.want) {
+			t.Errorf("%+v: header %q lacks %q", tc.d, strings.SplitN(b.String(), "\n", 2)[0], tc.want)
+		}
+	}
+}

@@ -20,8 +20,11 @@ func (s *Status) WriteTable(out io.Writer) error {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	d := &s.Daemon
 	where := "group " + d.Group
-	if len(d.Peers) > 0 {
+	switch {
+	case len(d.Peers) > 0:
 		where = "peers " + strings.Join(d.Peers, ",")
+	case d.Group == "": // unicast, and discovery found no one yet
+		where = "no peers found"
 	}
 	sealed := "unsealed: the link must be trusted"
 	if d.Sealed {

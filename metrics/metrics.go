@@ -93,7 +93,7 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsSent }},
 	{newDesc("bytes_sent_total", "Bytes of the change datagrams sent."),
 		func(s *replication.StatsSnapshot) uint64 { return s.BytesSent }},
-	{newDesc("datagrams_received_total", "Datagrams accepted from peers."),
+	{newDesc("datagrams_received_total", "Change datagrams and announces accepted from peers."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsReceived }},
 	{newDesc("datagrams_resent_total", "Change datagrams resent by unicast to peers that asked for them again."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsResent }},
@@ -195,6 +195,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range counters {
 		ch <- m.desc
 	}
+	for _, m := range discoveryCounters {
+		ch <- m.desc
+	}
 	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, printsDesc, peersDesc, lagDesc,
 		lagSecDesc, heardDesc, peerRdyDesc, peerMisDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
 		ch <- d
@@ -215,6 +218,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range counters {
 		count(m.desc, m.value(&s))
 	}
+	collectDiscovery(c.src, ch)
 	for _, r := range DropReasons {
 		count(droppedDesc, r.value(&s), r.reason)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/udpmapsync/udpmapsync/discovery"
 	"github.com/udpmapsync/udpmapsync/replication"
 )
 
@@ -33,6 +34,40 @@ func (f *fakeSource) ApplySeconds() ([len(replication.HistogramBounds) + 1]uint6
 	return f.counts, f.sum
 }
 func (f *fakeSource) MapEntries() []MapEntries { return f.entries }
+
+// discoveringSource is a fakeSource whose peers are discovered.
+type discoveringSource struct {
+	fakeSource
+	discovery *discovery.Stats
+}
+
+func (f *discoveringSource) Discovery() *discovery.Stats { return f.discovery }
+
+// The lookups' counters are exported when the daemon discovers its peers,
+// and absent when it does not.
+func TestCollectorDiscovery(t *testing.T) {
+	got, _ := gather(t, NewCollector(&fakeSource{}, BuildInfo{}))
+	if _, ok := got["udpmapsync_peer_lookups_total"]; ok {
+		t.Error("peer lookups exported without discovery")
+	}
+	var s discovery.Stats
+	s.Lookups.Store(5)
+	s.Failures.Store(1)
+	s.BadLines.Store(2)
+	s.OverLimit.Store(3)
+	s.Changes.Store(4)
+	c := NewCollector(&discoveringSource{discovery: &s}, BuildInfo{})
+	got, _ = gather(t, c)
+	for k, v := range map[string]float64{"udpmapsync_peer_lookups_total": 5, "udpmapsync_peer_lookup_failures_total": 1,
+		"udpmapsync_peer_bad_lines_total": 2, "udpmapsync_peer_over_limit_total": 3, "udpmapsync_peer_changes_total": 4} {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", err, problems)
+	}
+}
 
 // gather scrapes a registry holding only the collector over src, and
 // indexes the samples by name and label pairs ("name{k=v,k=v}").

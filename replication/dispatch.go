@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -24,8 +23,8 @@ var errImplausible = errors.New("number outside what the sender can have sent")
 // limited rate, and dropped before a local map is touched.
 type dispatcher struct {
 	node   uint32
-	allow  []netip.Addr // --peers: the only source addresses accepted
-	window uint64       // of every peer's stream
+	allow  acceptList // --peers without a key: the only source addresses accepted
+	window uint64     // of every peer's stream
 	// keyed: every datagram that reaches the dispatcher was sealed by a
 	// node holding the key, whatever address it came from; without a key
 	// a sealed datagram cannot be read.
@@ -121,7 +120,7 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now tim
 		d.stats.OwnDropped.Add(1)
 		return
 	}
-	if d.allow != nil && !slices.Contains(d.allow, from.Addr()) {
+	if !d.allow.accepts(from.Addr()) {
 		d.forged(from, h, "source address not in the configured peers")
 		return
 	}

@@ -42,8 +42,10 @@ type Config struct {
 	Source Source
 	// Transport carries the datagrams.
 	Transport Transport
-	// Peers, when set, are the only source addresses accepted; datagrams
-	// from anywhere else count as forged. Zones are ignored.
+	// Peers, when set without Keys, are the only source addresses
+	// accepted; datagrams from anywhere else count as forged. Zones are
+	// ignored. With Keys the seal decides whom to trust, not the address.
+	// [Node.SetPeers] replaces them.
 	Peers []netip.Addr
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
@@ -239,8 +241,8 @@ func NewNode(cfg Config) (*Node, error) {
 	if sealed != nil {
 		n.dispatch.sources = sealed
 	}
-	for _, a := range cfg.Peers {
-		n.dispatch.allow = append(n.dispatch.allow, a.Unmap().WithZone(""))
+	if cfg.Peers != nil && cfg.Keys == nil {
+		n.dispatch.allow.set(cfg.Peers)
 	}
 	n.dispatch.init()
 	return n, nil

@@ -122,6 +122,9 @@ type sender struct {
 
 	announces      [][]byte // descriptors prebuilt after a header-sized gap
 	announceCounts []uint16 // descriptors in each announce
+	// greet asks for an announce now: discovery found new peers
+	// ([Node.SetPeers]). Set by another goroutine.
+	greet atomic.Bool
 
 	// drained is when the sender last found the source empty: every
 	// change read after it was made after drained less captureSlack.
@@ -308,7 +311,7 @@ func (s *sender) due() {
 	if s.now.Sub(s.overflowsChecked) >= overflowCheck {
 		s.checkOverflows(s.now)
 	}
-	if !s.now.Before(s.nextAnnounce) {
+	if s.greet.Swap(false) || !s.now.Before(s.nextAnnounce) {
 		s.flush()
 		s.announce()
 		s.nextAnnounce = s.now.Add(s.announceEvery)

@@ -30,7 +30,7 @@ type Stats struct {
 	ScanPrints      atomic.Uint64 // keys whose value fingerprint the scans keep (a gauge)
 
 	// Receiver.
-	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
+	DatagramsReceived atomic.Uint64 // change datagrams and announces accepted from peers; not requests, answers, cookies or snapshot datagrams
 	ChangesApplied    atomic.Uint64 // records written to or deleted from local maps
 	DeletesMissing    atomic.Uint64 // deletes of keys that were not in the local map
 	Stale             atomic.Uint64 // records no newer than what this node knows of their key, skipped
