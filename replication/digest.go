@@ -509,14 +509,6 @@ func (n *Node) readDigests(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if !n.ready.isReady() {
-			continue
-		}
-		set, err := n.digester.read()
-		if err != nil {
-			n.log.Warn("digest round: cannot read the maps; trying again next round", "error", err)
-			continue
-		}
-		n.log.Debug("maps read into digests", "took", set.took.Round(time.Millisecond))
+		n.ReadDigests()
 	}
 }

@@ -466,3 +466,20 @@ func TestDigestRoundWaitsForRepairs(t *testing.T) {
 		t.Fatalf("round %d, %d rounds: want the next round once the repairs were done", d.round.id, f.stats.DigestRounds.Load())
 	}
 }
+
+// A digest repair is no full resync: the status reports none while it
+// runs, as it says (and a node repairing serves, see [Node.current]).
+func TestDigestRepairIsNoResyncInStatus(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, readyAnnounce(t, peerNode, 1, 0))
+	p := f.n.peers.byNode[peerNode]
+	f.n.client.beginFiltered(p, wire.BucketFilter{Bucket: wire.Bucket{Map: f.fpFlow}, Children: 1}, time.Now())
+	if r := f.n.Status().Resync; r != nil {
+		t.Fatalf("status reports a resync %+v during a digest repair", r)
+	}
+	f.n.client.abandon(time.Now(), "test")
+	f.n.client.begin(p, time.Now())
+	if f.n.Status().Resync == nil {
+		t.Fatal("status reports no resync during a full one")
+	}
+}

@@ -152,9 +152,10 @@ type ResyncStatus struct {
 	Datagrams uint32    // snapshot datagrams received in order so far
 }
 
-// status reports the resync under way, if any.
+// status reports the full resync under way, if any: a digest repair is
+// none.
 func (c *resyncClient) status() *ResyncStatus {
-	if c.phase == syncIdle {
+	if !c.busy() {
 		return nil
 	}
 	return &ResyncStatus{Peer: c.from.node, Streaming: c.phase == syncStreaming, Since: c.since,

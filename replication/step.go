@@ -5,10 +5,10 @@ import "time"
 // Stepping. [Node.Run] drives a node with goroutines in real time. A
 // simulator drives the same steps itself instead, every node in one
 // goroutine at virtual time (see package sim): [Node.Start] once, then
-// [Node.Deliver], [Node.FireTimers], [Node.StepSender] and
-// [Node.StepTransfers] whenever Run's goroutines would, then
-// [Node.BeginStop] and [Node.Stop]. A node is driven one way or the
-// other, never both.
+// [Node.Deliver], [Node.FireTimers], [Node.StepSender],
+// [Node.StepTransfers] and [Node.ReadDigests] whenever Run's goroutines
+// would, then [Node.BeginStop] and [Node.Stop]. A node is driven one way
+// or the other, never both.
 
 // Start readies a node to be stepped: it takes the state file of the
 // previous run, starts the wait of the initial sync and sends the first
@@ -65,3 +65,18 @@ func (n *Node) Stop() {
 // CaptureSlack is how long after a write its change may still be on its
 // way into the capture ring; see [Node.BeginStop].
 const CaptureSlack = captureSlack
+
+// ReadDigests reads the maps into digests, once the node is ready, as Run
+// does every [Config.DigestInterval]: the timers start a round with each
+// new read.
+func (n *Node) ReadDigests() {
+	if !n.ready.isReady() {
+		return
+	}
+	set, err := n.digester.read()
+	if err != nil {
+		n.log.Warn("digest round: cannot read the maps; trying again next round", "error", err)
+		return
+	}
+	n.log.Debug("maps read into digests", "took", set.took.Round(time.Millisecond))
+}
