@@ -150,12 +150,13 @@ func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
 			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
-			// lost changes, which stamps anew what its maps hold. (A
-			// snapshot may carry a local write not yet read from the
-			// capture under the version of the write it replaced: the
-			// change follows it.)
+			// lost changes, which stamps anew what its maps hold; or one
+			// whose digest repairs healed a key, which writes the value
+			// it picked as its own. (A snapshot may carry a local write
+			// not yet read from the capture under the version of the
+			// write it replaced: the change follows it.)
 			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin <= uint32(len(s.nodes)) &&
-				!s.nodes[rec.Origin-1].lostCaptures {
+				!s.nodes[rec.Origin-1].lostCaptures && !s.nodes[rec.Origin-1].healed() {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
 					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
 					return

@@ -33,7 +33,10 @@ const (
 // enough that a run's initial syncs and resyncs take a second or two.
 const (
 	announceEvery = 200 * time.Millisecond
-	resendBytes   = 64 << 10
+	// digestEvery is the digest interval: several rounds fit in the time
+	// the cluster gets to converge.
+	digestEvery = 5 * time.Second
+	resendBytes = 64 << 10
 	// wakeLatency is how long after a change is captured the sender
 	// wakes to read it.
 	wakeLatency = 50 * time.Microsecond
@@ -94,7 +97,7 @@ func (n *simNode) start() {
 	}
 	node, err := replication.NewNode(replication.Config{Node: n.id, Epoch: n.run, Table: tab, Source: n.ring,
 		Transport: &endpoint{n: n, run: n.run}, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
-		Time: n, Rand: n.random(), StateFile: n.state,
+		Time: n, Rand: n.random(), StateFile: n.state, DigestInterval: digestEvery,
 		Log: n.logger()})
 	if err != nil {
 		panic(err)
@@ -102,18 +105,28 @@ func (n *simNode) start() {
 	n.n, n.stopping = node, false
 	n.s.tracef("node %d starts, epoch %d", n.id, n.run)
 	node.Start()
-	run := n.run
 	n.wakeSender(n.s.now)
-	var fire func()
-	fire = func() {
+	n.every(replication.RetryTick, kindTimers, n.n.FireTimers)
+	n.every(digestEvery, kindDigests, n.n.ReadDigests)
+}
+
+// every runs step every period while this run of the daemon lasts.
+func (n *simNode) every(period time.Duration, kind int, step func()) {
+	run := n.run
+	var next func()
+	next = func() {
 		if n.run != run || !n.up() {
 			return
 		}
-		n.n.FireTimers()
-		n.s.at(n.s.now.Add(replication.RetryTick), n.key(kindTimers), fire)
+		step()
+		n.s.at(n.s.now.Add(period), n.key(kind), next)
 	}
-	n.s.at(n.s.now.Add(replication.RetryTick), n.key(kindTimers), fire)
+	n.s.at(n.s.now.Add(period), n.key(kind), next)
 }
+
+// healed reports whether the node's daemon healed a key by a digest
+// repair.
+func (n *simNode) healed() bool { return n.n != nil && n.n.Stats().DigestHealed.Load() > 0 }
 
 // random is the daemon's random source: the seed's, the node's and the
 // run's.
@@ -156,6 +169,7 @@ const (
 	kindSender = iota + 1
 	kindTimers
 	kindTransfers
+	kindDigests
 )
 
 func (n *simNode) key(kind int) uint64 { return uint64(kind)<<40 | uint64(n.id)<<8 }

@@ -59,7 +59,7 @@ const (
 	// besides the network's and the clocks': under each of the others the
 	// protocol still fails on some seeds (see "Simulation" in
 	// docs/ARCHITECTURE.md).
-	DefaultFaults = Stops
+	DefaultFaults = Cuts | Stops
 )
 
 // drawScenario draws a run's scenario from r. Every draw is made whatever
