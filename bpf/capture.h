@@ -128,8 +128,8 @@ static __always_inline void lost(__u64 n)
 }
 
 /*
- * wake_flags decides whether queuing a sample of size bytes wakes the
- * reader. Waking it for every sample costs more than the write itself, so
+ * wake_flags decides whether queuing a sample of size bytes at time now
+ * (bpf_ktime_get_ns) wakes the reader. Waking it for every sample costs more than the write itself, so
  * samples normally go in silently and are collected in bulk; a wake-up is
  * forced when the queue reaches wake_bytes, or when nothing was queued for
  * idle_ns, so the first change after a quiet spell is not delayed.
@@ -139,24 +139,22 @@ static __always_inline void lost(__u64 n)
  * only after it found the ring empty at some time B with no sample received
  * during the 2 * idle_ns before B. Let F be the first sample
  * committed after B, and suppose it went in silently. Then F decided at d_F
- * less than idle_ns after the stamp it read, which was written
- * right after some sample E was committed (last_emit_ns is only written
- * after a successful bpf_ringbuf_output). E was committed before F, so
- * before B, and the reader, finding the ring empty at B, had received it
- * between E's commit and B: at least 2 * idle_ns before B. So F
- * decided, and committed, less than idle_ns + 2e after the reader
- * received E, where e bounds the time from committing to stamping and from
- * deciding to committing (microseconds): before B, a contradiction. So F
- * forced a wake-up, which reaches the reader whether it is already in
- * epoll_wait or about to enter it (the ring polls readable until drained);
- * samples after F are read with F. The argument needs e well below
+ * less than idle_ns after the stamp it read, which is the time some sample
+ * E read before it was committed, and was written after that commit
+ * (last_emit_ns is only written after a successful bpf_ringbuf_output, with
+ * the time its wake_flags read). E was committed before F, so before B,
+ * and the reader, finding the ring empty at B, had received it between E's
+ * commit and B: at least 2 * idle_ns before B. So F decided, and committed,
+ * less than idle_ns + e after the reader received E, where e bounds the
+ * time from deciding to committing (microseconds): before B, a
+ * contradiction. So F forced a wake-up, which reaches the reader whether it
+ * is already in epoll_wait or about to enter it (the ring polls readable
+ * until drained); samples after F are read with F. The argument needs e well below
  * idle_ns: a program preempted that long in between (preemptible
  * kernels only) can leave samples queued until the next change or deadline.
  */
-static __always_inline __u64 wake_flags(__u64 size)
+static __always_inline __u64 wake_flags(__u64 now, __u64 size)
 {
-	__u64 now = bpf_ktime_get_ns();
-
 	if (now - last_emit_ns > idle_ns)
 		return BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) + size >= wake_bytes)
@@ -183,18 +181,20 @@ static __always_inline void set_header(struct record *rec, __u32 map_id, __u8 op
 static __always_inline void output(struct record *rec, __u64 keys_len, __u64 values_len,
 				   __u32 count)
 {
-	__u64 size;
+	__u64 size, now;
 
 	/* The callers' lengths are within the masks; see emit. */
 	barrier_var(keys_len);
 	barrier_var(values_len);
 	size = sizeof(rec->hdr) + (keys_len & CAPTURE_KEYS_MASK) +
 	       (values_len & CAPTURE_VALUES_MASK);
-	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(size))) {
+	/* One clock read serves the decision and the stamp; see wake_flags. */
+	now = bpf_ktime_get_ns();
+	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(now, size))) {
 		lost(count);
 		return;
 	}
-	last_emit_ns = bpf_ktime_get_ns();
+	last_emit_ns = now;
 }
 
 /*

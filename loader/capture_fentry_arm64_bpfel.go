@@ -26,6 +26,12 @@ type captureFentryBatchArgs struct {
 	_         [3]byte
 }
 
+type captureFentryBatchMark struct {
+	_     structs.HostLayout
+	Map   uint64
+	Frame uint64
+}
+
 type captureFentryChange struct {
 	_         structs.HostLayout
 	MapId     uint32
@@ -47,10 +53,15 @@ type captureFentryRecord struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	captureFentryMapBatchArgs                      = "batch_args"
+	captureFentryMapBatchMarks                     = "batch_marks"
 	captureFentryMapRing                           = "ring"
 	captureFentryMapScratch                        = "scratch"
 	captureFentryMapWatched                        = "watched"
+	captureFentryProgFentryGenericMapDeleteBatch   = "fentry_generic_map_delete_batch"
+	captureFentryProgFentryGenericMapUpdateBatch   = "fentry_generic_map_update_batch"
 	captureFentryProgFexitArrayUpdate              = "fexit_array_update"
+	captureFentryProgFexitGenericMapDeleteBatch    = "fexit_generic_map_delete_batch"
+	captureFentryProgFexitGenericMapUpdateBatch    = "fexit_generic_map_update_batch"
 	captureFentryProgFexitHtabDelete               = "fexit_htab_delete"
 	captureFentryProgFexitHtabLookupDelete         = "fexit_htab_lookup_delete"
 	captureFentryProgFexitHtabLookupDeleteBatch    = "fexit_htab_lookup_delete_batch"
@@ -110,7 +121,11 @@ type captureFentrySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryProgramSpecs struct {
+	FentryGenericMapDeleteBatch   *ebpf.ProgramSpec `ebpf:"fentry_generic_map_delete_batch"`
+	FentryGenericMapUpdateBatch   *ebpf.ProgramSpec `ebpf:"fentry_generic_map_update_batch"`
 	FexitArrayUpdate              *ebpf.ProgramSpec `ebpf:"fexit_array_update"`
+	FexitGenericMapDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_generic_map_delete_batch"`
+	FexitGenericMapUpdateBatch    *ebpf.ProgramSpec `ebpf:"fexit_generic_map_update_batch"`
 	FexitHtabDelete               *ebpf.ProgramSpec `ebpf:"fexit_htab_delete"`
 	FexitHtabLookupDelete         *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete"`
 	FexitHtabLookupDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete_batch"`
@@ -125,10 +140,11 @@ type captureFentryProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryMapSpecs struct {
-	BatchArgs *ebpf.MapSpec `ebpf:"batch_args"`
-	Ring      *ebpf.MapSpec `ebpf:"ring"`
-	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
-	Watched   *ebpf.MapSpec `ebpf:"watched"`
+	BatchArgs  *ebpf.MapSpec `ebpf:"batch_args"`
+	BatchMarks *ebpf.MapSpec `ebpf:"batch_marks"`
+	Ring       *ebpf.MapSpec `ebpf:"ring"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
+	Watched    *ebpf.MapSpec `ebpf:"watched"`
 }
 
 // captureFentryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -164,15 +180,17 @@ func (o *captureFentryObjects) Close() error {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryMaps struct {
-	BatchArgs *ebpf.Map `ebpf:"batch_args"`
-	Ring      *ebpf.Map `ebpf:"ring"`
-	Scratch   *ebpf.Map `ebpf:"scratch"`
-	Watched   *ebpf.Map `ebpf:"watched"`
+	BatchArgs  *ebpf.Map `ebpf:"batch_args"`
+	BatchMarks *ebpf.Map `ebpf:"batch_marks"`
+	Ring       *ebpf.Map `ebpf:"ring"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
+	Watched    *ebpf.Map `ebpf:"watched"`
 }
 
 func (m *captureFentryMaps) Close() error {
 	return _CaptureFentryClose(
 		m.BatchArgs,
+		m.BatchMarks,
 		m.Ring,
 		m.Scratch,
 		m.Watched,
@@ -196,7 +214,11 @@ type captureFentryVariables struct {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryPrograms struct {
+	FentryGenericMapDeleteBatch   *ebpf.Program `ebpf:"fentry_generic_map_delete_batch"`
+	FentryGenericMapUpdateBatch   *ebpf.Program `ebpf:"fentry_generic_map_update_batch"`
 	FexitArrayUpdate              *ebpf.Program `ebpf:"fexit_array_update"`
+	FexitGenericMapDeleteBatch    *ebpf.Program `ebpf:"fexit_generic_map_delete_batch"`
+	FexitGenericMapUpdateBatch    *ebpf.Program `ebpf:"fexit_generic_map_update_batch"`
 	FexitHtabDelete               *ebpf.Program `ebpf:"fexit_htab_delete"`
 	FexitHtabLookupDelete         *ebpf.Program `ebpf:"fexit_htab_lookup_delete"`
 	FexitHtabLookupDeleteBatch    *ebpf.Program `ebpf:"fexit_htab_lookup_delete_batch"`
@@ -209,7 +231,11 @@ type captureFentryPrograms struct {
 
 func (p *captureFentryPrograms) Close() error {
 	return _CaptureFentryClose(
+		p.FentryGenericMapDeleteBatch,
+		p.FentryGenericMapUpdateBatch,
 		p.FexitArrayUpdate,
+		p.FexitGenericMapDeleteBatch,
+		p.FexitGenericMapUpdateBatch,
 		p.FexitHtabDelete,
 		p.FexitHtabLookupDelete,
 		p.FexitHtabLookupDeleteBatch,
