@@ -261,14 +261,22 @@ static __always_inline bool own_process(void)
 	return ns.tgid == self_tgid;
 }
 
-/* watched_map returns the id of map if it is reported, else 0. */
-static __always_inline __u32 watched_map(struct bpf_map *map)
+/* watched_id returns id if the map of that id is reported, else 0. */
+static __always_inline __u32 watched_id(__u32 id)
 {
-	__u32 id = BPF_CORE_READ(map, id);
-
 	if (!bpf_map_lookup_elem(&watched, &id))
 		return 0;
 	return id;
+}
+
+/*
+ * watched_map is watched_id for a map pointer that is not a BTF pointer
+ * (read through bpf_probe_read_kernel); the fentry programs' map arguments
+ * are, and they read the id directly, which costs no helper call.
+ */
+static __always_inline __u32 watched_map(struct bpf_map *map)
+{
+	return watched_id(BPF_CORE_READ(map, id));
 }
 
 /* fd_map returns the map behind file descriptor fd of the current task. */

@@ -40,6 +40,12 @@ struct {
 } batch_marks SEC(".maps");
 
 /*
+ * Batch commands of watched maps running now, so that element programs
+ * skip the task storage lookup when there are none (the common case).
+ */
+__s64 batches_running;
+
+/*
  * in_batch reports whether an element function of map whose fexit got ctx
  * was called by a marked batch of this task. A task storage lookup can fail
  * when it interrupted another one on this CPU; the element is then reported
@@ -47,13 +53,17 @@ struct {
  */
 static __always_inline bool in_batch(struct bpf_map *map, void *ctx)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct batch_mark *m = bpf_task_storage_get(&batch_marks, task, 0, 0);
+	struct task_struct *task;
+	struct batch_mark *m;
 	__u64 frame = (__u64)ctx;
 
+	if (!batches_running)
+		return false;
+	task = bpf_get_current_task_btf();
+	m = bpf_task_storage_get(&batch_marks, task, 0, 0);
 	if (!m || m->map != (__u64)map)
 		return false;
-	return frame < m->frame && frame >= (__u64)BPF_CORE_READ(task, stack);
+	return frame < m->frame && frame >= (__u64)task->stack;
 }
 
 /*
@@ -61,19 +71,23 @@ static __always_inline bool in_batch(struct bpf_map *map, void *ctx)
  * through bpf(2). The syscall check matters here, unlike in the syscall
  * backend: a BPF program can write from an interrupt or from the daemon's
  * own send path while the daemon is current, and that write must be sent.
+ * It comes first because it is the cheap one for program writes, which
+ * mostly run outside bpf(2) or in other commands (BPF_PROG_TEST_RUN).
  */
 static __always_inline bool own_write(struct bpf_map *map)
 {
 	struct pt_regs *regs;
 
-	if (!own_process())
-		return false;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs || syscall_nr(regs) != NR_BPF)
 		return false;
-	return attr_map(syscall_arg0(regs), syscall_arg1(regs)) == map;
+	return attr_map(syscall_arg0(regs), syscall_arg1(regs)) == map && own_process();
 }
 
+/*
+ * element reports one write of map made by its element function. map is a
+ * BTF pointer: its fields are read directly.
+ */
 static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, __u8 op,
 				    const void *key, const void *value, int ret)
 {
@@ -81,11 +95,10 @@ static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, 
 
 	if (ret)
 		return;
-	id = watched_map(map);
+	id = watched_id(map->id);
 	if (!id || in_batch(map, ctx) || own_write(map))
 		return;
-	emit(slot, id, op, BPF_CORE_READ(map, key_size), BPF_CORE_READ(map, value_size), key,
-	     value, false);
+	emit(slot, id, op, map->key_size, map->value_size, key, value, false);
 }
 
 /*
@@ -96,7 +109,7 @@ static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, 
 static __always_inline void lookup_and_delete_batch(__u32 slot, struct bpf_map *map,
 						    void *uattr, int ret)
 {
-	__u32 id = watched_map(map);
+	__u32 id = watched_id(map->id);
 
 	if (!id || own_write(map))
 		return;
@@ -175,7 +188,7 @@ static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
 {
 	struct batch_mark *m;
 
-	if (!watched_map(map))
+	if (!watched_id(map->id))
 		return;
 	m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0,
 				 BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -183,25 +196,31 @@ static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
 		return; /* its elements are reported one by one */
 	m->map = (__u64)map;
 	m->frame = (__u64)ctx;
+	__sync_fetch_and_add(&batches_running, 1);
 }
 
 /*
  * batch_exit reports the elements a marked batch command of map processed,
- * read from the caller's buffers. The user attr is the batch function's
- * last argument (Linux 6.3 added one before it), found through the helpers
- * rather than a fixed argument list, and so is its return value.
+ * read from the caller's buffers. Only a batch batch_enter marked counts:
+ * one that was running when the capture attached was reported element by
+ * element. The user attr is the batch function's last argument (Linux 6.3
+ * added one before it), found through the helpers rather than a fixed
+ * argument list, and so is its return value.
  */
 static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op, void *ctx)
 {
-	struct batch_mark *m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0, 0);
+	struct batch_mark *m;
 	__u64 uattr, ret;
-	__u32 id;
+	__u32 id = watched_id(map->id);
 
+	if (!id)
+		return;
+	m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0, 0);
 	if (!m || m->map != (__u64)map)
 		return;
 	m->map = 0;
-	id = watched_map(map);
-	if (!id || own_process())
+	__sync_fetch_and_add(&batches_running, -1);
+	if (own_process())
 		return;
 	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) - 1, &uattr) ||
 	    bpf_get_func_ret(ctx, &ret)) {

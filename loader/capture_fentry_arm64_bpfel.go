@@ -70,6 +70,7 @@ const (
 	captureFentryProgFexitHtabLruLookupDeleteBatch = "fexit_htab_lru_lookup_delete_batch"
 	captureFentryProgFexitHtabLruUpdate            = "fexit_htab_lru_update"
 	captureFentryProgFexitHtabUpdate               = "fexit_htab_update"
+	captureFentryVarBatchesRunning                 = "batches_running"
 	captureFentryVarIdleNs                         = "idle_ns"
 	captureFentryVarLastEmitNs                     = "last_emit_ns"
 	captureFentryVarOverflows                      = "overflows"
@@ -151,13 +152,14 @@ type captureFentryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryVariableSpecs struct {
-	IdleNs       *ebpf.VariableSpec `ebpf:"idle_ns"`
-	LastEmitNs   *ebpf.VariableSpec `ebpf:"last_emit_ns"`
-	Overflows    *ebpf.VariableSpec `ebpf:"overflows"`
-	SelfPidnsDev *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
-	SelfPidnsIno *ebpf.VariableSpec `ebpf:"self_pidns_ino"`
-	SelfTgid     *ebpf.VariableSpec `ebpf:"self_tgid"`
-	WakeBytes    *ebpf.VariableSpec `ebpf:"wake_bytes"`
+	BatchesRunning *ebpf.VariableSpec `ebpf:"batches_running"`
+	IdleNs         *ebpf.VariableSpec `ebpf:"idle_ns"`
+	LastEmitNs     *ebpf.VariableSpec `ebpf:"last_emit_ns"`
+	Overflows      *ebpf.VariableSpec `ebpf:"overflows"`
+	SelfPidnsDev   *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
+	SelfPidnsIno   *ebpf.VariableSpec `ebpf:"self_pidns_ino"`
+	SelfTgid       *ebpf.VariableSpec `ebpf:"self_tgid"`
+	WakeBytes      *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
 
 // captureFentryObjects contains all objects after they have been loaded into the kernel.
@@ -201,13 +203,14 @@ func (m *captureFentryMaps) Close() error {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryVariables struct {
-	IdleNs       *ebpf.Variable `ebpf:"idle_ns"`
-	LastEmitNs   *ebpf.Variable `ebpf:"last_emit_ns"`
-	Overflows    *ebpf.Variable `ebpf:"overflows"`
-	SelfPidnsDev *ebpf.Variable `ebpf:"self_pidns_dev"`
-	SelfPidnsIno *ebpf.Variable `ebpf:"self_pidns_ino"`
-	SelfTgid     *ebpf.Variable `ebpf:"self_tgid"`
-	WakeBytes    *ebpf.Variable `ebpf:"wake_bytes"`
+	BatchesRunning *ebpf.Variable `ebpf:"batches_running"`
+	IdleNs         *ebpf.Variable `ebpf:"idle_ns"`
+	LastEmitNs     *ebpf.Variable `ebpf:"last_emit_ns"`
+	Overflows      *ebpf.Variable `ebpf:"overflows"`
+	SelfPidnsDev   *ebpf.Variable `ebpf:"self_pidns_dev"`
+	SelfPidnsIno   *ebpf.Variable `ebpf:"self_pidns_ino"`
+	SelfTgid       *ebpf.Variable `ebpf:"self_tgid"`
+	WakeBytes      *ebpf.Variable `ebpf:"wake_bytes"`
 }
 
 // captureFentryPrograms contains all programs after they have been loaded into the kernel.
