@@ -93,10 +93,11 @@ static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, 
 {
 	__u32 id;
 
-	if (ret)
+	/* Only watched maps are marked: a batch's element needs no lookup. */
+	if (ret || in_batch(map, ctx))
 		return;
 	id = watched_id(map->id);
-	if (!id || in_batch(map, ctx) || own_write(map))
+	if (!id || own_write(map))
 		return;
 	emit(slot, id, op, map->key_size, map->value_size, key, value, false);
 }
