@@ -438,20 +438,22 @@ static long emit_batch_chunk(__u32 i, __u32 *slot)
  * in the order of the caller's buffers, which is the order the kernel
  * applied them (later duplicates win): chunks of as many as fit a sample,
  * one sample each. For a lookup-and-delete batch the keys are the ones the
- * kernel wrote back.
+ * kernel wrote back. done is how many elements were processed when the
+ * caller knows, or -1 to take it from ret and the count written back (see
+ * batch_done).
  */
 static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u32 map_id,
-					    __u8 op, __u64 uattr, long ret)
+					    __u8 op, __u64 uattr, long ret, __s64 done)
 {
 	struct bpf_attr_batch attr;
 	struct batch_args *a;
 	__u64 n, key_size, value_size, per_chunk, chunks;
 
 	if (bpf_probe_read_user(&attr, sizeof(attr), (void *)uattr)) {
-		lost(1);
+		lost(done < 0 ? 1 : done);
 		return;
 	}
-	n = batch_done(ret, attr.count);
+	n = done < 0 ? batch_done(ret, attr.count) : done;
 	if (!n)
 		return;
 	a = bpf_map_lookup_elem(&batch_args, &slot);

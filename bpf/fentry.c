@@ -30,6 +30,7 @@
 struct batch_mark {
 	__u64 map; /* the struct bpf_map, 0 when the task is in no batch */
 	__u64 frame;
+	__u64 done; /* elements of the batch that took effect so far */
 };
 
 struct {
@@ -47,11 +48,12 @@ __s64 batches_running;
 
 /*
  * in_batch reports whether an element function of map whose fexit got ctx
- * was called by a marked batch of this task. A task storage lookup can fail
- * when it interrupted another one on this CPU; the element is then reported
- * twice (on its own and in its batch), which the peers apply idempotently.
+ * and returned ret was called by a marked batch of this task, and counts
+ * the element if it took effect. A task storage lookup can fail when it
+ * interrupted another one on this CPU; the element is then reported twice
+ * (on its own and in its batch), which the peers apply idempotently.
  */
-static __always_inline bool in_batch(struct bpf_map *map, void *ctx)
+static __always_inline bool in_batch(struct bpf_map *map, void *ctx, int ret)
 {
 	struct task_struct *task;
 	struct batch_mark *m;
@@ -63,7 +65,11 @@ static __always_inline bool in_batch(struct bpf_map *map, void *ctx)
 	m = bpf_task_storage_get(&batch_marks, task, 0, 0);
 	if (!m || m->map != (__u64)map)
 		return false;
-	return frame < m->frame && frame >= (__u64)task->stack;
+	if (frame >= m->frame || frame < (__u64)task->stack)
+		return false;
+	if (!ret)
+		m->done++;
+	return true;
 }
 
 /*
@@ -94,7 +100,7 @@ static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, 
 	__u32 id;
 
 	/* Only watched maps are marked: a batch's element needs no lookup. */
-	if (ret || in_batch(map, ctx))
+	if (in_batch(map, ctx, ret) || ret)
 		return;
 	id = watched_id(map->id);
 	if (!id || own_write(map))
@@ -114,7 +120,7 @@ static __always_inline void lookup_and_delete_batch(__u32 slot, struct bpf_map *
 
 	if (!id || own_write(map))
 		return;
-	emit_user_batch(slot, map, id, CAPTURE_OP_DELETE, (__u64)uattr, ret);
+	emit_user_batch(slot, map, id, CAPTURE_OP_DELETE, (__u64)uattr, ret, -1);
 }
 
 SEC("fexit/htab_map_update_elem")
@@ -197,6 +203,7 @@ static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
 		return; /* its elements are reported one by one */
 	m->map = (__u64)map;
 	m->frame = (__u64)ctx;
+	m->done = 0;
 	__sync_fetch_and_add(&batches_running, 1);
 }
 
@@ -204,14 +211,17 @@ static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
  * batch_exit reports the elements a marked batch command of map processed,
  * read from the caller's buffers. Only a batch batch_enter marked counts:
  * one that was running when the capture attached was reported element by
- * element. The user attr is the batch function's last argument (Linux 6.3
- * added one before it), found through the helpers rather than a fixed
- * argument list, and so is its return value.
+ * element. The batch stops at the first element that fails, so the ones
+ * that took effect, as in_batch counted them, are the first done of the
+ * buffers: exact whatever the kernel writes back into the caller's count
+ * and whatever the error. The user attr is the batch function's last
+ * argument (Linux 6.3 added one before it), found through a helper rather
+ * than a fixed argument list.
  */
 static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op, void *ctx)
 {
 	struct batch_mark *m;
-	__u64 uattr, ret;
+	__u64 uattr, done;
 	__u32 id = watched_id(map->id);
 
 	if (!id)
@@ -220,15 +230,15 @@ static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op,
 	if (!m || m->map != (__u64)map)
 		return;
 	m->map = 0;
+	done = m->done;
 	__sync_fetch_and_add(&batches_running, -1);
-	if (own_process())
+	if (!done || own_process())
 		return;
-	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) - 1, &uattr) ||
-	    bpf_get_func_ret(ctx, &ret)) {
-		lost(1);
+	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) - 1, &uattr)) {
+		lost(done);
 		return;
 	}
-	emit_user_batch(slot, map, id, op, uattr, (int)ret);
+	emit_user_batch(slot, map, id, op, uattr, 0, done);
 }
 
 /*

@@ -30,6 +30,7 @@ type captureFentryBatchMark struct {
 	_     structs.HostLayout
 	Map   uint64
 	Frame uint64
+	Done  uint64
 }
 
 type captureFentryChange struct {
