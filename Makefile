@@ -7,12 +7,12 @@ BIN     := bin/udpmapsync
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, demo and generate need at run time.
-RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived
+RUNTIME_PKGS  := bpftool nftables iproute2 util-linux conntrackd conntrack prometheus systemd keepalived dnsmasq-base
 GENERATE_PKGS := clang llvm libbpf-dev
 
 # RACE_PKGS are the packages with goroutines of their own, tested again
 # under the race detector (it needs cgo: gcc).
-RACE_PKGS := ./replication/... ./transport/... ./seal/... ./epoch/... ./control/... ./metrics/...
+RACE_PKGS := ./replication/... ./transport/... ./discovery/... ./seal/... ./epoch/... ./control/... ./metrics/...
 
 export PATH := $(PATH):/usr/local/go/bin
 
@@ -34,12 +34,18 @@ generate: ## Regenerate the BPF objects with bpf2go (needs clang; installs it)
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(GO) generate ./...
 
+# TEST_FUZZTIME is how long make test runs each fuzz target: long enough
+# to find what a fuzzer finds in seconds, short enough for every commit.
+# make fuzz alone runs them for longer.
+TEST_FUZZTIME ?= 5s
+
 .PHONY: test
 test: deps ## Run every test against the real kernel, then the fentry ones in VMs (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./... >/dev/null
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	cd perf && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd perf/conntrackd && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
@@ -148,6 +154,12 @@ perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
 		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
+
+.PHONY: sim
+sim: SEEDS ?= 100000
+sim: FAULTS ?= 15
+sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (15: all; see sim/) and check every invariant
+	$(GO) test -count=1 -timeout 0 ./sim -run '^TestSeeds$$' -sim.seeds=$(SEEDS) -sim.faults=$(FAULTS)
 
 .PHONY: fuzz
 fuzz: FUZZTIME ?= 30s

@@ -69,7 +69,8 @@ func TestQuery(t *testing.T) {
 		status: replication.Status{Ready: true, Peers: []replication.PeerStatus{{
 			Node: 2, Addr: netip.MustParseAddrPort("10.77.0.2:3870"), Epoch: 7, Ready: true, Seq: 200, Applied: 150,
 			LastHeard: now.Add(-300 * time.Millisecond), Datagrams: 210, Gaps: 4, Resyncs: 1,
-			MissingSince: now.Add(-2 * time.Second)}},
+			MissingSince: now.Add(-2 * time.Second),
+			Mismatches:   []string{"flows: the peer treats bytes at offset 8, 4 bytes as a mono-s clock field, this node does not"}}},
 			Resync: &replication.ResyncStatus{Peer: 2, Streaming: true, Since: now.Add(-2 * time.Second), Entries: 5000, Datagrams: 90}},
 		stats: replication.StatsSnapshot{Captured: 11, GapsSeen: 4, Ready: true},
 	}
@@ -99,7 +100,7 @@ func TestQuery(t *testing.T) {
 	}
 	p := st.Peers[0]
 	if p.Node != 2 || p.Addr != "10.77.0.2:3870" || p.LastSeq != 200 || p.Applied != 150 || p.Lag != 50 ||
-		p.LagSeconds < 1.9 || p.SilentSeconds < 0.25 || p.Loss != 0.02 || p.Resyncs != 1 {
+		p.LagSeconds < 1.9 || p.SilentSeconds < 0.25 || p.Loss != 0.02 || p.Resyncs != 1 || len(p.Mismatches) != 1 {
 		t.Errorf("peer %+v", p)
 	}
 	r := st.Resync
@@ -107,14 +108,15 @@ func TestQuery(t *testing.T) {
 		r.Total != nil || r.SecondsLeft != nil {
 		t.Errorf("resync %+v", r)
 	}
-	if why := st.InSync(); !strings.Contains(why, "a full resync from node 2 is streaming") || !strings.Contains(why, "50 datagrams behind node 2") {
+	if why := st.InSync(); !strings.Contains(why, "a full resync from node 2 is streaming") || !strings.Contains(why, "50 datagrams behind node 2") ||
+		!strings.Contains(why, "map flows differs from node 2's") {
 		t.Errorf("InSync: %q", why)
 	}
 
 	// The raw document has the documented names, and null for unknowns.
 	raw := rawQuery(t, path, "status\n")
 	for _, want := range []string{`"version":1`, `"maps":[`, `"key_size":4`, `"max_entries":65536`, `"entries":null`,
-		`"options":"scan=1s,vanished=keep,local=ifindex[0:4]"`, `"last_seq":200`, `"lag":50`, `"total":null`, `"seconds_left":null`, `"cannot_see":[`, `"totals":{`} {
+		`"options":"scan=1s,vanished=keep,local=ifindex[0:4]"`, `"last_seq":200`, `"lag":50`, `"mismatches":["flows: the peer treats`, `"total":null`, `"seconds_left":null`, `"cannot_see":[`, `"totals":{`} {
 		if !strings.Contains(raw, want) {
 			t.Errorf("document lacks %s: %s", want, raw)
 		}
@@ -133,7 +135,8 @@ func TestQuery(t *testing.T) {
 		"state: NOT IN SYNC: a full resync", "\nMAPS\nNAME   TYPE      KEY  VALUE  MAX ENTRIES  ENTRIES                      OPTIONS\n",
 		"flows  hash      4 B  8 B    65536        1500                         scan=1s,vanished=keep,local=ifindex[0:4]\n",
 		"gone   lru_hash  8 B  16 B   1024         ? (operation not permitted)  -\n",
-		"\nPEERS\n", "10.77.0.2:3870", "2.00%", "\nRESYNC\n", "streaming", "entries/s  unknown  unknown",
+		"\nPEERS\n", "10.77.0.2:3870", "2.00%",
+		"\nMISMATCH: peer 2 (10.77.0.2:3870), map flows: the peer treats bytes at offset 8, 4 bytes as a mono-s clock field, this node does not; its changes to it are dropped\n", "\nRESYNC\n", "streaming", "entries/s  unknown  unknown",
 		"\nCAPTURE\nbackend             syscall\n", "cannot see          writes by BPF programs",
 		"fentry unavailable  the kernel refuses BPF trampolines", "\nTOTALS\ncaptured "} {
 		if !strings.Contains(out, want) {
@@ -274,6 +277,28 @@ func TestDuration(t *testing.T) {
 	} {
 		if got := Duration(d); got != want {
 			t.Errorf("Duration(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// The header says where the node sends: the group, the peers, or, in
+// unicast mode before discovery found anyone, that there are none.
+func TestTableWhere(t *testing.T) {
+	for _, tc := range []struct {
+		d    Daemon
+		want string
+	}{
+		{Daemon{Group: "239.1.1.1"}, "(group 239.1.1.1,"},
+		{Daemon{Peers: []string{"10.0.0.1", "10.0.0.2"}}, "(peers 10.0.0.1,10.0.0.2,"},
+		{Daemon{Peers: []string{}}, "(no peers found,"},
+	} {
+		var b strings.Builder
+		st := &Status{Daemon: tc.d}
+		if err := st.WriteTable(&b); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), tc.want) {
+			t.Errorf("%+v: header %q lacks %q", tc.d, strings.SplitN(b.String(), "\n", 2)[0], tc.want)
 		}
 	}
 }

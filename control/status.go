@@ -95,6 +95,11 @@ type Peer struct {
 	// did not arrive in order the first time.
 	Loss    float64 `json:"loss"`
 	Resyncs uint64  `json:"resyncs"` // full resyncs received from it in this epoch
+	// Mismatches name its maps that differ from the local map of their
+	// name, in schema or in clock, local or lock fields, and how
+	// ("flows: the peer treats ..."): their changes are dropped. Omitted
+	// when there are none.
+	Mismatches []string `json:"mismatches,omitempty"`
 }
 
 // Resync is the full resync this node is receiving.
@@ -141,8 +146,9 @@ func BlindSpots(seesProgramWrites bool) []string {
 }
 
 // InSync says why the node is not in sync: not ready, receiving a resync,
-// or lagging behind a peer. It returns "" when it is ready, receives no
-// resync and every peer's lag is 0.
+// lagging behind a peer, or holding maps that differ from a peer's. It
+// returns "" when it is ready, receives no resync, and every peer's lag
+// is 0 and its maps match.
 func (s *Status) InSync() string {
 	var why []string
 	if !s.Ready {
@@ -154,6 +160,10 @@ func (s *Status) InSync() string {
 	for _, p := range s.Peers {
 		if p.Lag > 0 {
 			why = append(why, fmt.Sprintf("%d datagrams behind node %d", p.Lag, p.Node))
+		}
+		for _, m := range p.Mismatches {
+			name, _, _ := strings.Cut(m, ":")
+			why = append(why, fmt.Sprintf("map %s differs from node %d's", name, p.Node))
 		}
 	}
 	return strings.Join(why, "; ")

@@ -20,8 +20,11 @@ func (s *Status) WriteTable(out io.Writer) error {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	d := &s.Daemon
 	where := "group " + d.Group
-	if len(d.Peers) > 0 {
+	switch {
+	case len(d.Peers) > 0:
 		where = "peers " + strings.Join(d.Peers, ",")
+	case d.Group == "": // unicast, and discovery found no one yet
+		where = "no peers found"
 	}
 	sealed := "unsealed: the link must be trusted"
 	if d.Sealed {
@@ -60,6 +63,11 @@ func (s *Status) WriteTable(out io.Writer) error {
 			fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%d\t%s\t%s ago\t%d\t%.2f%%\t%d\t%d\n", p.Node, p.Addr, yesNo(p.Ready),
 				p.LastSeq, p.Applied, p.Lag, missing, Duration(seconds2d(p.SilentSeconds)), p.Gaps, 100*p.Loss,
 				p.Resyncs, p.Epoch)
+		}
+		for _, p := range s.Peers {
+			for _, m := range p.Mismatches {
+				fmt.Fprintf(w, "MISMATCH: peer %d (%s), map %s; its changes to it are dropped\n", p.Node, p.Addr, m)
+			}
 		}
 	}
 

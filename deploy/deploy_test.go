@@ -31,6 +31,7 @@ const (
 	// keyFile is where both deployments keep the key.
 	keyFile        = "/etc/udpmapsync/key"
 	daemonSetFile  = "kubernetes/daemonset.yaml"
+	serviceFile    = "kubernetes/service.yaml"
 	rulesFile      = "prometheus/alerts.yml"
 	rulesTestFile  = "prometheus/alerts_test.yml"
 	keepalivedFile = "keepalived/keepalived.conf"
@@ -165,14 +166,26 @@ func TestPrometheusRules(t *testing.T) {
 	}
 }
 
-// readYAML decodes file into v, refusing unknown fields.
+// readYAML decodes file into v.
 func readYAML(t *testing.T, file string, v any) {
+	t.Helper()
+	decodeFile(t, file, v, yaml.Unmarshal)
+}
+
+// readStrict decodes a manifest, refusing fields its type does not have.
+func readStrict(t *testing.T, file string, v any) {
+	t.Helper()
+	decodeFile(t, file, v, yaml.UnmarshalStrict)
+}
+
+// decodeFile reads file and decodes it into v with decode.
+func decodeFile(t *testing.T, file string, v any, decode func([]byte, any, ...yaml.JSONOpt) error) {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := yaml.Unmarshal(b, v); err != nil {
+	if err := decode(b, v); err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
 }
@@ -354,14 +367,8 @@ func metricsPort(t *testing.T, addr string) int {
 // TestDaemonSet decodes the DaemonSet strictly into the Kubernetes API
 // type and checks what the daemon needs of it.
 func TestDaemonSet(t *testing.T) {
-	b, err := os.ReadFile(daemonSetFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ds appsv1.DaemonSet
-	if err := yaml.UnmarshalStrict(b, &ds); err != nil {
-		t.Fatalf("%s: %v", daemonSetFile, err)
-	}
+	readStrict(t, daemonSetFile, &ds)
 	if ds.APIVersion != "apps/v1" || ds.Kind != "DaemonSet" {
 		t.Errorf("%s is a %s %s, want an apps/v1 DaemonSet", daemonSetFile, ds.APIVersion, ds.Kind)
 	}
@@ -531,5 +538,69 @@ func TestDaemonSet(t *testing.T) {
 	}
 	if c.Resources.Requests.Cpu().IsZero() {
 		t.Error("no cpu request")
+	}
+}
+
+// The headless Service of the unicast mode lists the DaemonSet's pods,
+// ready or not, on the sync port, and the DaemonSet names it as the
+// value that switches UDPMAPSYNC_PEERS to discovery.
+func TestUnicastService(t *testing.T) {
+	var ds appsv1.DaemonSet
+	readStrict(t, daemonSetFile, &ds)
+	var svc corev1.Service
+	readStrict(t, serviceFile, &svc)
+	if svc.APIVersion != "v1" || svc.Kind != "Service" {
+		t.Errorf("%s is a %s %s, want a v1 Service", serviceFile, svc.APIVersion, svc.Kind)
+	}
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("clusterIP %q, want None: a headless Service resolves to every pod", svc.Spec.ClusterIP)
+	}
+	if !svc.Spec.PublishNotReadyAddresses {
+		t.Error("publishNotReadyAddresses is not true: a daemon is ready only once it found its peers through this name")
+	}
+	if len(svc.Spec.Selector) == 0 {
+		t.Fatal("no selector")
+	}
+	for k, v := range svc.Spec.Selector {
+		if ds.Spec.Template.Labels[k] != v {
+			t.Errorf("the Service's selector %s=%s does not match the DaemonSet's pod labels %v", k, v, ds.Spec.Template.Labels)
+		}
+	}
+	if svc.Namespace != ds.Namespace {
+		t.Errorf("Service in %q, DaemonSet in %q", svc.Namespace, ds.Namespace)
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	var port int32
+	var group string
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--port="); ok {
+			p, _ := strconv.Atoi(v)
+			port = int32(p)
+		}
+		if v, ok := strings.CutPrefix(a, "--group="); ok {
+			group = v
+		}
+	}
+	if port == 0 {
+		port = 3870 // the daemon's default
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != port || svc.Spec.Ports[0].Protocol != corev1.ProtocolUDP {
+		t.Errorf("ports %+v, want UDP %d, the daemon's --port", svc.Spec.Ports, port)
+	}
+	if group == "" || !slices.Contains(c.Args, "--peers=$(UDPMAPSYNC_PEERS)") {
+		t.Errorf("args %q: want --group and --peers=$(UDPMAPSYNC_PEERS)", c.Args)
+	}
+	var peers *corev1.EnvVar
+	for i := range c.Env {
+		if c.Env[i].Name == "UDPMAPSYNC_PEERS" {
+			peers = &c.Env[i]
+		}
+	}
+	if peers == nil || peers.Value != "" {
+		t.Errorf("env %+v: want UDPMAPSYNC_PEERS, empty (multicast) by default", c.Env)
+	}
+	name := "dns:" + svc.Name + "." + svc.Namespace + ".svc.cluster.local"
+	if b, err := os.ReadFile(daemonSetFile); err != nil || !bytes.Contains(b, []byte(name)) {
+		t.Errorf("%s does not say to set UDPMAPSYNC_PEERS to %s (%v)", daemonSetFile, name, err)
 	}
 }

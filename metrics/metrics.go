@@ -93,7 +93,7 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsSent }},
 	{newDesc("bytes_sent_total", "Bytes of the change datagrams sent."),
 		func(s *replication.StatsSnapshot) uint64 { return s.BytesSent }},
-	{newDesc("datagrams_received_total", "Datagrams accepted from peers."),
+	{newDesc("datagrams_received_total", "Change datagrams and announces accepted from peers."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsReceived }},
 	{newDesc("datagrams_resent_total", "Change datagrams resent by unicast to peers that asked for them again."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsResent }},
@@ -149,6 +149,9 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.DigestRepairs }},
 	{newDesc("digest_healed_total", "Entries digest repairs changed: applied here, sent back to the peer, or stamped anew where two nodes held the same version with different contents."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DigestHealed }},
+	{newDesc("map_mismatches_total", "Peers' maps found to differ from the local map of their name, in schema or in clock, local or lock fields "+
+		"(each peer, map and difference counted once): their changes to that map are dropped, as unknown_map."),
+		func(s *replication.StatsSnapshot) uint64 { return s.MapMismatches }},
 	{newDesc("digest_bytes_total", "Bytes of digest datagrams sent and received (the repairs travel as snapshot datagrams)."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DigestBytes }},
 }
@@ -165,6 +168,8 @@ var (
 	lagSecDesc  = newDesc("peer_lag_seconds", "How long the oldest of the peer's datagrams still missing has been missing; 0 when none is.", "peer")
 	heardDesc   = newDesc("peer_last_heard_seconds", "Seconds since the peer's last valid datagram.", "peer")
 	peerRdyDesc = newDesc("peer_ready", "1 if the peer announces that its initial sync is complete, else 0.", "peer")
+	peerMisDesc = newDesc("peer_map_mismatches", "Maps of the peer that differ from the local map of their name, in schema or in clock, local or lock fields: "+
+		"their changes are dropped; udpmapsync status names each.", "peer")
 	entriesDesc = newDesc("map_entries", "Entries in the local map, counted by reading the whole map with batch lookups at most once every "+
 		DefaultEntriesTTL.String()+" (scrapes in between reuse the count). An array always holds max_entries.", "map")
 	applyDesc  = newDesc("apply_latency_seconds", "Time each batch write of peers' changes into a local map took.")
@@ -190,8 +195,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range counters {
 		ch <- m.desc
 	}
+	for _, m := range discoveryCounters {
+		ch <- m.desc
+	}
 	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, printsDesc, peersDesc, lagDesc,
-		lagSecDesc, heardDesc, peerRdyDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
+		lagSecDesc, heardDesc, peerRdyDesc, peerMisDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
 		ch <- d
 	}
 }
@@ -210,6 +218,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range counters {
 		count(m.desc, m.value(&s))
 	}
+	collectDiscovery(c.src, ch)
 	for _, r := range DropReasons {
 		count(droppedDesc, r.value(&s), r.reason)
 	}
@@ -229,6 +238,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(lagSecDesc, since(now, p.MissingSince), id)
 		gauge(heardDesc, since(now, p.LastHeard), id)
 		gauge(peerRdyDesc, flag(p.Ready), id)
+		gauge(peerMisDesc, float64(len(p.Mismatches)), id)
 	}
 	var entries float64
 	if st.Resync != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/udpmapsync/udpmapsync/discovery"
 	"github.com/udpmapsync/udpmapsync/replication"
 )
 
@@ -33,6 +34,40 @@ func (f *fakeSource) ApplySeconds() ([len(replication.HistogramBounds) + 1]uint6
 	return f.counts, f.sum
 }
 func (f *fakeSource) MapEntries() []MapEntries { return f.entries }
+
+// discoveringSource is a fakeSource whose peers are discovered.
+type discoveringSource struct {
+	fakeSource
+	discovery *discovery.Stats
+}
+
+func (f *discoveringSource) Discovery() *discovery.Stats { return f.discovery }
+
+// The lookups' counters are exported when the daemon discovers its peers,
+// and absent when it does not.
+func TestCollectorDiscovery(t *testing.T) {
+	got, _ := gather(t, NewCollector(&fakeSource{}, BuildInfo{}))
+	if _, ok := got["udpmapsync_peer_lookups_total"]; ok {
+		t.Error("peer lookups exported without discovery")
+	}
+	var s discovery.Stats
+	s.Lookups.Store(5)
+	s.Failures.Store(1)
+	s.BadLines.Store(2)
+	s.OverLimit.Store(3)
+	s.Changes.Store(4)
+	c := NewCollector(&discoveringSource{discovery: &s}, BuildInfo{})
+	got, _ = gather(t, c)
+	for k, v := range map[string]float64{"udpmapsync_peer_lookups_total": 5, "udpmapsync_peer_lookup_failures_total": 1,
+		"udpmapsync_peer_bad_lines_total": 2, "udpmapsync_peer_over_limit_total": 3, "udpmapsync_peer_changes_total": 4} {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", err, problems)
+	}
+}
 
 // gather scrapes a registry holding only the collector over src, and
 // indexes the samples by name and label pairs ("name{k=v,k=v}").
@@ -112,10 +147,11 @@ func TestCollectorValues(t *testing.T) {
 			DatagramsSent: 7, DatagramsReceived: 8, DatagramsResent: 1, GapsSeen: 4, ResyncsSent: 2,
 			ResyncsReceived: 5, ResyncNeeded: 6, RingOverflows: 9, SendErrors: 10, ApplyErrors: 11,
 			Malformed: 12, Forged: 13, UnknownMap: 14, Duplicates: 15, HoldFull: 16, OwnDropped: 17,
-			Unsolicited: 18, PeerLimit: 19, Unauthenticated: 20, Replayed: 21, Held: 22},
+			Unsolicited: 18, PeerLimit: 19, Unauthenticated: 20, Replayed: 21, Held: 22, MapMismatches: 23},
 		status: replication.Status{Ready: true, Peers: []replication.PeerStatus{
 			{Node: 7, Addr: netip.MustParseAddrPort("10.0.0.7:3870"), Ready: true, Seq: 50, Applied: 45,
-				LastHeard: now.Add(-1500 * time.Millisecond), MissingSince: now.Add(-3 * time.Second)},
+				LastHeard: now.Add(-1500 * time.Millisecond), MissingSince: now.Add(-3 * time.Second),
+				Mismatches: []string{"flows: the peer treats bytes at offset 8, 4 bytes as a mono-s clock field, this node does not"}},
 			{Node: 9, Seq: 10, Applied: 10, LastHeard: now.Add(-time.Second)},
 		}, Resync: &replication.ResyncStatus{Peer: 7, Entries: 1234}},
 		sum:     0.5,
@@ -164,6 +200,9 @@ func TestCollectorValues(t *testing.T) {
 		"udpmapsync_peer_last_heard_seconds{peer=9}":                 1,
 		"udpmapsync_peer_ready{peer=7}":                              1,
 		"udpmapsync_peer_ready{peer=9}":                              0,
+		"udpmapsync_map_mismatches_total":                            23,
+		"udpmapsync_peer_map_mismatches{peer=7}":                     1,
+		"udpmapsync_peer_map_mismatches{peer=9}":                     0,
 		"udpmapsync_resync_entries":                                  1234,
 		"udpmapsync_map_entries{map=flows}":                          42,
 	} {

@@ -139,9 +139,12 @@ func (c *Cluster) Start(i int) error {
 	dc := c.cfg.Daemon
 	dc.Maps = nil
 	for _, spec := range c.Maps {
-		m := c.PinPath(i, spec.Name)
-		if spec.Options != "" {
-			m += "," + spec.Options
+		m, opts := c.PinPath(i, spec.Name), spec.Options
+		if o, ok := spec.NodeOptions[i]; ok {
+			opts = o
+		}
+		if opts != "" {
+			m += "," + opts
 		}
 		dc.Maps = append(dc.Maps, m)
 	}

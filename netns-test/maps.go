@@ -29,6 +29,9 @@ type MapSpec struct {
 	// Options follow the map's path in its --map (scan=1s,clock=...), the
 	// same on every node; empty for none.
 	Options string
+	// NodeOptions[i], when present, replace Options on node i (an index
+	// into Topology.Nodes), to test nodes whose options differ.
+	NodeOptions map[int]string
 }
 
 // DefaultMaps are the maps the convergence test and the demo replicate:

@@ -34,6 +34,7 @@ const (
 // Of the peer it marks for (see marking), it also keeps the keys it holds
 // a newer version of: the resync client sends those back.
 type applier struct {
+	time   Time
 	table  *Table
 	know   *knowledge.Store
 	prints *printTable // nil: no map is scanned
@@ -79,7 +80,7 @@ type run struct {
 }
 
 func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
-	return applier{table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
+	return applier{time: SystemTime{}, table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
 		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
 		same: make([]sameRecords, len(t.maps))}
 }
@@ -217,7 +218,7 @@ func (a *applier) flush() int {
 		r := &a.runs[i]
 		keys, vals, vers := a.keys[keyStart:r.keyEnd], a.vals[valStart:r.valEnd], a.vers[verStart:r.verEnd]
 		keyStart, valStart, verStart = r.keyEnd, r.valEnd, r.verEnd
-		began := time.Now()
+		began := a.time.Now()
 		keys, vals, n := a.merge(h, r, keys, vals, vers, began.Add(applyBound))
 		if n == 0 {
 			continue
@@ -227,8 +228,8 @@ func (a *applier) flush() int {
 			a.stats.SyncDeleted.Add(uint64(done))
 		}
 		applied += done
-		if time.Since(began) > applyBound {
-			a.remark(h, r.m, keys, time.Now())
+		if now := a.time.Now(); now.Sub(began) > applyBound {
+			a.remark(h, r.m, keys, now)
 		}
 	}
 	a.runs, a.keys, a.vals, a.vers = a.runs[:0], a.keys[:0], a.vals[:0], a.vers[:0]
@@ -320,7 +321,7 @@ func (a *applier) remark(h knowledge.Held, m *localMap, keys []byte, now time.Ti
 func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals []byte) int {
 	var err error
 	applied := n
-	began := time.Now()
+	began := a.time.Now()
 	if op == ops.Update {
 		err = m.Target.UpdateBatch(keys, vals)
 	} else {
@@ -329,7 +330,7 @@ func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals [
 		applied -= missing
 		a.stats.DeletesMissing.Add(uint64(missing))
 	}
-	a.stats.ApplySeconds.Observe(time.Since(began))
+	a.stats.ApplySeconds.Observe(a.time.Now().Sub(began))
 	if err != nil {
 		a.stats.ApplyErrors.Add(1)
 		if s, ok := a.limit.allow(reasonApply); ok {

@@ -367,7 +367,7 @@ func TestResyncAnswerEntriesBounded(t *testing.T) {
 	entries := f.tab.maps[0].Desc.MaxEntries
 	// At most what it held, and room for the whole map (each shard keeps
 	// the larger of the two).
-	full := newKnowledge(f.tab, 0, f.n.clock, ourNode, new(Stats)).Lock()
+	full := newKnowledge(f.tab, 0, f.n.clock, ourNode, new(Stats), time.Now()).Lock()
 	full.Reserve(0, int(entries))
 	limit := before + full.Bytes(0)
 	full.Unlock()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -36,6 +37,9 @@ const (
 	// digestLeafEntries is about how many entries a leaf bucket of a
 	// full map holds (the tree is at most MaxDigestDepth deep).
 	digestLeafEntries = 4
+	// digestReadBatch is how many entries one read of a map takes (one
+	// BPF_MAP_LOOKUP_BATCH).
+	digestReadBatch = 1024
 )
 
 // DigestNormalizer returns the bytes of a value of the named map that a
@@ -97,11 +101,15 @@ func digestDepth(maxEntries uint32) int {
 	return d
 }
 
-// digested reports whether a map takes part in digest rounds: LRU maps
-// evict by local use (see "LRU evictions"), so theirs differ by design.
+// digested reports whether a map takes part in digest rounds: not LRU
+// maps, which evict by local use (see "LRU evictions"), nor scanned maps
+// whose vanished keys stay on the peers: on both, which keys a node holds
+// differs by design.
 func digested(m *localMap) bool {
-	t := ebpf.MapType(m.Desc.Type)
-	return t != ebpf.LRUHash && t != ebpf.LRUCPUHash
+	if t := ebpf.MapType(m.Desc.Type); t == ebpf.LRUHash || t == ebpf.LRUCPUHash {
+		return false
+	}
+	return m.plan == nil || m.plan.opts.Scan == 0 || m.plan.opts.Vanished == mapopt.Delete
 }
 
 // digestTree is one map's digests: level d holds the 64^d buckets of d ×
@@ -185,14 +193,18 @@ func (g *digester) read() (*digestSet, error) {
 }
 
 // readMap adds every entry of m to t's leaves, with the version known of
-// it (read under the knowledge lock with the entry, as a snapshot does,
-// but never stamped anew), then the newest stamps of the deletes m's
-// knowledge remembers.
+// it, then the newest stamps of the deletes m's knowledge remembers. The
+// knowledge lock is taken for the look-ups of each batch only, not over
+// its read, as a snapshot's is: a write between the two makes the
+// version newer than the value, and its bucket busy (see differ), which
+// is all a digest needs; the datapath's writes wait on the lock less.
 func (g *digester) readMap(m *localMap, t *digestTree) error {
 	var vers []knowledge.Version
 	norm := make([]byte, m.valueSize)
-	err := g.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
+	keys, vals := make([]byte, digestReadBatch*m.keySize), make([]byte, digestReadBatch*m.valueSize)
+	err := m.Target.Dump(keys, vals, func(ks, vs []byte) error {
 		vers = vers[:0]
+		h := g.know.Lock()
 		for o := 0; o < len(ks); o += m.keySize {
 			var v knowledge.Version
 			if e := h.Lookup(m.index, ks[o:o+m.keySize]); e != nil && !e.Deleted() && e.Version().Stamp != 0 {
@@ -200,13 +212,12 @@ func (g *digester) readMap(m *localMap, t *digestTree) error {
 			}
 			vers = append(vers, v)
 		}
-	}, func(ks, vs []byte) error {
+		h.Unlock()
 		for j, v := range vers {
 			key, val := ks[j*m.keySize:(j+1)*m.keySize], vs[j*m.valueSize:(j+1)*m.valueSize]
-			val = digestValue(m, g.normalize, norm, val)
 			kh := digestKeyHash(key)
 			l := t.leaf(kh)
-			l.Sum += entryHash(kh, v, knowledge.ValueHash(val))
+			l.Sum += entryHash(kh, v, knowledge.ValueHash(digestValue(m, g.normalize, norm, val)))
 			l.Newest = max(l.Newest, uint64(v.Stamp))
 		}
 		return nil
@@ -286,14 +297,16 @@ type digests struct {
 	settle  time.Duration // digestSettle; shorter in tests
 }
 
-// tick starts a round when a new read of the maps is in, and the next
-// repair once the resync client is free.
+// tick starts a round when a new read of the maps is in and the last
+// round's repairs are done, and the next repair once the resync client is
+// free.
 func (d *digests) tick(now time.Time) {
-	if set := d.source.latest.Load(); set != nil && set != d.started {
+	r := &d.round
+	repairing := len(r.repairs) > 0 || d.client.filtered && d.client.phase != syncIdle
+	if set := d.source.latest.Load(); set != nil && set != d.started && !repairing {
 		d.started = set
 		d.begin(set, now)
 	}
-	r := &d.round
 	// A peer serves a requester one transfer per transferEvery.
 	if len(r.repairs) == 0 || d.client.phase != syncIdle || now.Before(d.client.retryAt) || now.Sub(d.client.since) < transferEvery {
 		return
@@ -325,7 +338,7 @@ func (d *digests) begin(set *digestSet, now time.Time) {
 	*r = digestRound{id: r.id + 1, peer: p, set: set, asked: r.asked[:0], repairs: r.repairs[:0], next: p.node}
 	d.stats.DigestRounds.Add(1)
 	for i := range d.table.maps {
-		if set.trees[i].levels != nil {
+		if _, differs := p.mismatch[d.table.maps[i].Desc.Name]; set.trees[i].levels != nil && !differs {
 			d.ask(wire.Bucket{Map: d.table.maps[i].fp}, now)
 		}
 	}
@@ -419,10 +432,53 @@ func (d *digests) differs(p *peer, g *wire.DigestDiff, now time.Time) error {
 		return nil
 	}
 	d.stats.DigestFound.Add(uint64(bits.OnesCount64(g.Differ)))
-	if len(r.repairs) < maxDigestRepairs {
-		r.repairs = append(r.repairs, wire.BucketFilter{Bucket: g.Bucket, Children: g.Differ})
-	}
+	d.queue(wire.BucketFilter{Bucket: g.Bucket, Children: g.Differ}, r.set.trees[m.index].depth())
 	return nil
+}
+
+// queue adds a repair of f, of a map whose leaves are at depth leaves,
+// to the round's: into a queued one of the same map if both fit under
+// one bucket two levels above the leaves (at most 4,096 leaves, about
+// 16,000 entries of a full map), since every repair reads the whole map
+// on both sides whatever it covers; else as one more, up to
+// maxDigestRepairs. The repair under way is left as it is.
+func (d *digests) queue(f wire.BucketFilter, leaves int) {
+	r := &d.round
+	first := 0
+	if d.client.phase != syncIdle && d.client.filtered {
+		first = 1
+	}
+	for i := first; i < len(r.repairs); i++ {
+		if w, ok := widen(r.repairs[i], f); ok && int(w.Depth) >= leaves-2 {
+			r.repairs[i] = w
+			return
+		}
+	}
+	if len(r.repairs) < maxDigestRepairs {
+		r.repairs = append(r.repairs, f)
+	}
+}
+
+// widen returns the narrowest filter that selects all a and b select: of
+// the deepest bucket both lie under; false for filters of two maps.
+func widen(a, b wire.BucketFilter) (wire.BucketFilter, bool) {
+	if a.Map != b.Map {
+		return wire.BucketFilter{}, false
+	}
+	up := func(f wire.BucketFilter) wire.BucketFilter {
+		return wire.BucketFilter{Bucket: wire.Bucket{Map: f.Map, Depth: f.Depth - 1, Prefix: f.Prefix >> wire.DigestBits},
+			Children: 1 << (f.Prefix % wire.DigestFanout)}
+	}
+	for a.Depth > b.Depth {
+		a = up(a)
+	}
+	for b.Depth > a.Depth {
+		b = up(b)
+	}
+	for a.Prefix != b.Prefix {
+		a, b = up(a), up(b)
+	}
+	return wire.BucketFilter{Bucket: a.Bucket, Children: a.Children | b.Children}, true
 }
 
 // filter decodes the bucket filter of a sync request into f, refusing a

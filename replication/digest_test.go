@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -157,6 +158,13 @@ func TestDigestQuietWhileConverged(t *testing.T) {
 	var net memNet
 	a := startDigestNode(t, &net, 1, 100*time.Millisecond)
 	b := startDigestNode(t, &net, 2, 100*time.Millisecond)
+	// The daemon's own settle time: a change held up on a loaded machine
+	// for longer than the tests' 200 ms is not a divergence.
+	for _, n := range []*digestNode{a, b} {
+		n.n.mu.Lock()
+		n.n.digests.settle = digestSettle
+		n.n.mu.Unlock()
+	}
 	for i := range uint32(3000) {
 		a.write(t, i%500, uint64(i)+1)
 		if i%100 == 0 {
@@ -164,7 +172,7 @@ func TestDigestQuietWhileConverged(t *testing.T) {
 		}
 	}
 	waitEqual(t, a, b, 10*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(digestSettle + 500*time.Millisecond) // rounds on settled buckets too
 	if r := a.stats.DigestRounds.Load() + b.stats.DigestRounds.Load(); r < 4 {
 		t.Fatalf("%d digest rounds in all, want several", r)
 	}
@@ -232,13 +240,31 @@ func TestDigestTreeShape(t *testing.T) {
 	}
 }
 
-// TestDigestNotForLRU checks that LRU maps, which evict by local use,
-// take no part in digest rounds.
-func TestDigestNotForLRU(t *testing.T) {
+// TestDigestNotForLocalEvictions checks that LRU maps, which evict by
+// local use, and scanned maps whose vanished keys stay on the peers take
+// no part in digest rounds.
+func TestDigestNotForLocalEvictions(t *testing.T) {
 	for typ, want := range map[ebpf.MapType]bool{ebpf.Hash: true, ebpf.Array: true, ebpf.LRUHash: false, ebpf.LRUCPUHash: false} {
 		m := localMap{Map: Map{Desc: wire.Descriptor{Type: uint32(typ)}}}
 		if digested(&m) != want {
 			t.Errorf("%v digested = %v", typ, !want)
+		}
+	}
+	for _, tc := range []struct {
+		opts mapopt.Options
+		want bool
+	}{
+		{mapopt.Options{Scan: time.Second}, false},
+		{mapopt.Options{Scan: time.Second, Vanished: mapopt.Delete}, true},
+		{mapopt.Options{Local: []mapopt.Field{{Offset: 0, Size: 1}}}, true}, // not scanned
+	} {
+		p, err := newFieldPlan(tc.opts, 8, &monoClock{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := localMap{Map: Map{Desc: wire.Descriptor{Type: uint32(ebpf.Hash)}}, plan: p}
+		if digested(&m) != tc.want {
+			t.Errorf("%+v: digested = %v", tc.opts, !tc.want)
 		}
 	}
 }
@@ -277,5 +303,166 @@ func TestDigestValueMasksNodeFields(t *testing.T) {
 	}
 	if hash(maskLast, a) != hash(maskLast, c) {
 		t.Fatal("the normalizer's mask was not applied")
+	}
+}
+
+// digestDatagram is a datagram of kind k from the fixture's peer with
+// body, or with what enc appends.
+func digestDatagram(t *testing.T, k wire.Kind, count uint16, enc func([]byte) ([]byte, error)) []byte {
+	t.Helper()
+	b, err := (&wire.Header{Kind: k, Count: count, Node: peerNode, Epoch: 1}).AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc != nil {
+		if b, err = enc(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+// raw appends body as it is.
+func raw(body []byte) func([]byte) ([]byte, error) {
+	return func(b []byte) ([]byte, error) { return append(b, body...), nil }
+}
+
+// Forged and damaged digest datagrams are counted and dropped, answers to
+// nothing asked are unsolicited, and however many children a forged
+// answer names, a round sends at most maxDigestQueries digests.
+func TestDigestHostileInput(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	good := wire.Digest{Bucket: wire.Bucket{Map: f.fpFlow}}
+	body, _ := good.AppendTo(nil)
+	deep := bytes.Clone(body)
+	deep[4] = 3 // a leaf: it has no children
+	for _, tc := range []struct {
+		name string
+		d    []byte
+	}{
+		{"digest below the leaves", digestDatagram(t, wire.KindDigest, 0, raw(deep))},
+		{"digest of no local map", digestDatagram(t, wire.KindDigest, 0, (&wire.Digest{Bucket: wire.Bucket{Map: 0xdead}}).AppendTo)},
+		{"digest of the map's leaves' level", digestDatagram(t, wire.KindDigest, 0, (&wire.Digest{Bucket: wire.Bucket{Map: f.fpFlow, Depth: 2}}).AppendTo)},
+		{"digest cut short", digestDatagram(t, wire.KindDigest, 0, raw(body[:100]))},
+		{"digest with a count", digestDatagram(t, wire.KindDigest, 64, raw(body))},
+		{"diff too long", digestDatagram(t, wire.KindDigestDiff, 0, raw(make([]byte, wire.DigestDiffSize+1)))},
+		{"filter without children", digestDatagram(t, wire.KindSyncRequest, 0, raw(make([]byte, wire.BucketFilterSize)))},
+		{"filter of no local map", digestDatagram(t, wire.KindSyncRequest, 0, (&wire.BucketFilter{Bucket: wire.Bucket{Map: 0xdead}, Children: 1}).AppendTo)},
+		{"filter of a short body", digestDatagram(t, wire.KindSyncRequest, 0, raw([]byte{1, 2, 3}))},
+	} {
+		before := f.stats.Malformed.Load()
+		f.handle(peerA, tc.d)
+		if f.stats.Malformed.Load() != before+1 {
+			t.Errorf("%s: malformed %d, want %d", tc.name, f.stats.Malformed.Load(), before+1)
+		}
+	}
+	if len(f.flows.calls) != 0 {
+		t.Fatalf("bad digests touched the map: %v", f.flows.calls)
+	}
+
+	// An answer to no digest of this node's.
+	unsolicited := f.stats.Unsolicited.Load()
+	f.handle(peerA, digestDatagram(t, wire.KindDigestDiff, 0, (&wire.DigestDiff{Bucket: good.Bucket, Round: 1, Differ: ^uint64(0)}).AppendTo))
+	if f.stats.Unsolicited.Load() != unsolicited+1 {
+		t.Fatal("an answer to no digest was not counted unsolicited")
+	}
+
+	// A round with the peer; its answers claim that every child differs,
+	// at every level, and come again.
+	set, err := f.n.digester.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.n.mu.Lock()
+	r := &f.n.digests.round
+	*r = digestRound{id: 5, peer: f.n.peers.byNode[peerNode], set: set}
+	f.n.digests.ask(good.Bucket, time.Now())
+	f.n.mu.Unlock()
+	if r.queries != 1 {
+		t.Fatalf("the root digest was not sent (%d)", r.queries)
+	}
+	for range 3 {
+		f.n.mu.Lock()
+		asked := slices.Clone(r.asked)
+		f.n.mu.Unlock()
+		for _, b := range asked {
+			f.handle(peerA, digestDatagram(t, wire.KindDigestDiff, 0, (&wire.DigestDiff{Bucket: b, Round: 5, Differ: ^uint64(0)}).AppendTo))
+		}
+	}
+	if r.queries != maxDigestQueries || len(r.repairs) > maxDigestRepairs {
+		t.Fatalf("a forged answer had %d digests sent and %d repairs queued; at most %d and %d",
+			r.queries, len(r.repairs), maxDigestQueries, maxDigestRepairs)
+	}
+}
+
+// TestDigestRepairsWiden checks that differing leaves under one bucket
+// two levels up are repaired together, and that the filter covers every
+// key of both.
+func TestDigestRepairsWiden(t *testing.T) {
+	leaf := func(l uint64) uint64 { return l << (64 - 18) } // a key hash in leaf l of a 3-level tree
+	at := func(l uint64) wire.BucketFilter {
+		return wire.BucketFilter{Bucket: wire.Bucket{Map: 9, Depth: 2, Prefix: uint32(l >> 6)}, Children: 1 << (l % 64)}
+	}
+	for _, tc := range []struct {
+		a, b  uint64 // leaves
+		depth uint8  // of the widened filter's bucket
+	}{
+		{5, 6, 2},                       // siblings: one parent, two children
+		{5, 64 + 6, 1},                  // cousins: one grandparent
+		{5, 64*64 + 6, 0},               // under two top-level buckets: the root
+		{64*64*63 + 1, 64 * 64 * 63, 2}, // siblings at the end
+	} {
+		w, ok := widen(at(tc.a), at(tc.b))
+		if !ok || w.Depth != tc.depth || !inFilter(&w, leaf(tc.a)) || !inFilter(&w, leaf(tc.b)) {
+			t.Errorf("widen(%d, %d) = %+v, %v; want depth %d holding both", tc.a, tc.b, w, ok, tc.depth)
+		}
+		if w.Check() != nil || w.Children == 0 {
+			t.Errorf("widen(%d, %d) = %+v: not a valid filter", tc.a, tc.b, w)
+		}
+	}
+	if _, ok := widen(at(1), wire.BucketFilter{Bucket: wire.Bucket{Map: 8, Depth: 2}, Children: 1}); ok {
+		t.Error("filters of two maps widened into one")
+	}
+	var d digests
+	d.client = &resyncClient{}
+	for _, l := range []uint64{5, 64 + 6, 64*64 + 7, 64*64 + 8} {
+		d.queue(at(l), 3)
+	}
+	if len(d.round.repairs) != 2 || d.round.repairs[0].Depth != 1 || d.round.repairs[1].Depth != 2 {
+		t.Fatalf("repairs %+v; want two, one per grandparent", d.round.repairs)
+	}
+}
+
+// A new read does not start a round while the last round's repairs are
+// queued or one is under way: a round started then dropped them, and the
+// repair under way, once done, took the new round's first repair with it.
+func TestDigestRoundWaitsForRepairs(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	f.n.ready.become("test", 1)
+	if _, err := f.n.digester.read(); err != nil {
+		t.Fatal(err)
+	}
+	f.n.mu.Lock()
+	defer f.n.mu.Unlock()
+	p := f.n.peers.byNode[peerNode]
+	p.ready = true
+	d := &f.n.digests
+	d.round = digestRound{id: 7, peer: p, repairs: []wire.BucketFilter{{Bucket: wire.Bucket{Map: f.fpFlow, Depth: 1}, Children: 1}}}
+	d.tick(time.Now())
+	if !f.n.client.filtered || d.round.id != 7 || f.stats.DigestRounds.Load() != 0 {
+		t.Fatalf("round %d, %d rounds, repair under way %v: want the repair started and no round", d.round.id, f.stats.DigestRounds.Load(), f.n.client.filtered)
+	}
+	d.tick(time.Now())
+	if d.round.id != 7 {
+		t.Fatal("a round started while a repair was under way")
+	}
+	f.n.client.reset() // as at the repair's end
+	p.stream.paused = false
+	d.repaired()
+	d.tick(time.Now())
+	if d.round.id != 8 || f.stats.DigestRounds.Load() != 1 {
+		t.Fatalf("round %d, %d rounds: want the next round once the repairs were done", d.round.id, f.stats.DigestRounds.Load())
 	}
 }

@@ -5,10 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"slices"
+	"strings"
 	"time"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -25,8 +23,8 @@ var errImplausible = errors.New("number outside what the sender can have sent")
 // limited rate, and dropped before a local map is touched.
 type dispatcher struct {
 	node   uint32
-	allow  []netip.Addr // --peers: the only source addresses accepted
-	window uint64       // of every peer's stream
+	allow  acceptList // --peers without a key: the only source addresses accepted
+	window uint64     // of every peer's stream
 	// keyed: every datagram that reaches the dispatcher was sealed by a
 	// node holding the key, whatever address it came from; without a key
 	// a sealed datagram cannot be read.
@@ -122,7 +120,7 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now tim
 		d.stats.OwnDropped.Add(1)
 		return
 	}
-	if d.allow != nil && !slices.Contains(d.allow, from.Addr()) {
+	if !d.allow.accepts(from.Addr()) {
 		d.forged(from, h, "source address not in the configured peers")
 		return
 	}
@@ -190,6 +188,14 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 		if ok && n.addr == p.addr {
 			// What the address proved or sent was the address's, not the run's.
 			n.proven, n.credit = p.proven, p.credit
+		}
+		if ok && d.client.ready.isReady() && (p.needSync || p.stream.lostFrom != 0 || p.stream.latest >= p.stream.next) {
+			// Changes of its last run are missing here, and nobody holds
+			// them to resend any more: they come by a full resync from
+			// the node, whose maps hold them. (Before this node is ready
+			// its initial sync brings them; asking a restarted node,
+			// itself not ready, would only be refused, for ever.)
+			d.resyncNeeded(n, "peer restarted before its missing datagrams were repaired")
 		}
 		return n, p, ok
 	default:
@@ -487,7 +493,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 		d.retire(p, now)
 		delete(d.peers.byNode, p.node)
 	}
-	for _, p := range d.peers.byNode {
+	for _, p := range d.peers.inOrder() {
 		switch p.stream.due(now) {
 		case retryAsk:
 			d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
@@ -501,7 +507,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 	}
 	d.client.tick(now)
 	d.digests.tick(now)
-	for _, p := range d.peers.byNode {
+	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
 		}
@@ -522,9 +528,10 @@ func (d *dispatcher) resyncNeeded(p *peer, why string) {
 }
 
 // compare checks a peer's map descriptor against the local map of the
-// same name. A differing schema is reported once per peer and schema;
-// the peer's changes to that map then carry a fingerprint no local map
-// has, and are counted as unknown.
+// same name. A map that differs, in schema or in its clock, local or lock
+// fields, is counted, kept for the status and logged once per peer and
+// difference; the peer's changes to that map then carry a fingerprint no
+// local map has, and are counted as unknown.
 func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 	m := d.apply.table.byName(desc.Name)
 	if m == nil {
@@ -535,41 +542,20 @@ func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 		delete(p.mismatch, desc.Name)
 		return
 	}
-	if reported, ok := p.mismatch[desc.Name]; ok && reported == fp {
-		return
-	}
-	s, ok := d.limit.allow(reasonSchema)
-	if !ok {
+	if reported, ok := p.mismatch[desc.Name]; ok && reported.fp == fp {
 		return
 	}
 	if p.mismatch == nil {
-		p.mismatch = make(map[string]uint32)
+		p.mismatch = make(map[string]mapMismatch)
 	}
-	p.mismatch[desc.Name] = fp
-	args := []any{"map", desc.Name, "peer", p.node, "addr", p.addr}
-	args = append(args, schemaDiff(&m.Desc, desc)...)
-	d.log.Error("peer's map schema differs from the local map; its changes to this map are dropped", append(args, "suppressed", s)...)
-}
-
-// schemaDiff returns a log group per schema field that differs.
-func schemaDiff(local, peer *wire.Descriptor) []any {
-	var out []any
-	field := func(name string, l, p any) {
-		out = append(out, slog.Group(name, "local", l, "peer", p))
+	diff, fix := m.differences(desc)
+	why := strings.Join(diff, "; ")
+	p.mismatch[desc.Name] = mapMismatch{fp: fp, why: why}
+	d.stats.MapMismatches.Add(1)
+	if s, ok := d.limit.allow(reasonSchema); ok {
+		d.log.Error("peer's map differs from the local map; its changes to this map are dropped", "map", desc.Name,
+			"peer", p.node, "addr", p.addr, "differences", why, "fix", fix, "suppressed", s)
 	}
-	if local.Type != peer.Type {
-		field("type", ebpf.MapType(local.Type).String(), ebpf.MapType(peer.Type).String())
-	}
-	if local.KeySize != peer.KeySize {
-		field("key_size", local.KeySize, peer.KeySize)
-	}
-	if local.ValueSize != peer.ValueSize {
-		field("value_size", local.ValueSize, peer.ValueSize)
-	}
-	if local.MaxEntries != peer.MaxEntries {
-		field("max_entries", local.MaxEntries, peer.MaxEntries)
-	}
-	return out
 }
 
 func (d *dispatcher) malformed(from netip.AddrPort, err error) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,6 +231,49 @@ func TestJoinPaysOneRoundTrip(t *testing.T) {
 			if p := m.stats.Snapshot().AddressesProven; p != 1 {
 				t.Errorf("keyed %v: %d addresses proven, want the other node's", keyed, p)
 			}
+		}
+		a.stop()
+		b.stop()
+	}
+}
+
+// The proof of a joining node's address survives the loss of any one of
+// its datagrams: a lost cookie or echo is made again when the joining
+// node repeats its request on its retry timer, a lost answer is asked for
+// again, and the node is served and becomes ready. Each case drops
+// exactly the first datagram of one kind.
+func TestJoinSurvivesALostCookie(t *testing.T) {
+	for _, c := range []struct {
+		what    string
+		node    uint32 // 1 serves the initial sync, 2 joins
+		kind    wire.Kind
+		cookies uint64 // the serving node's, at least
+	}{
+		{"the cookie", 1, wire.KindCookie, 2},
+		{"the echo", 2, wire.KindCookieEcho, 2},
+		{"the first answer", 1, wire.KindSyncStart, 1},
+	} {
+		var n memNet
+		var dropped atomic.Bool
+		n.drop = func(d []byte) bool {
+			var h wire.Header
+			return h.Unmarshal(d) == nil && h.Node == c.node && h.Kind == c.kind && dropped.CompareAndSwap(false, true)
+		}
+		a := startMemNode(t, &n, 1, entries(100, 'a', 1))
+		a.waitReady(t)
+		b := startMemNode(t, &n, 2, nil)
+		b.waitReady(t)
+		waitSame(t, a, b)
+		if !dropped.Load() {
+			t.Errorf("dropping %s: none was sent, the case shows nothing", c.what)
+		}
+		sa := a.stats.Snapshot()
+		if sa.AddressesProven != 1 || sa.CookiesSent < c.cookies {
+			t.Errorf("dropping %s: the serving node proved %d addresses with %d cookies, want 1 with at least %d",
+				c.what, sa.AddressesProven, sa.CookiesSent, c.cookies)
+		}
+		if r := b.stats.ResyncsReceived.Load(); r != 1 {
+			t.Errorf("dropping %s: the joining node received %d resyncs, want its initial sync", c.what, r)
 		}
 		a.stop()
 		b.stop()

@@ -15,13 +15,15 @@ import (
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/seal"
+	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// retryTick is how often the receive side's timers look at the peers;
-// pruneEvery how often the deletes past the horizon are forgotten.
+// RetryTick is how often the receive side's timers look at the peers
+// (see [Node.FireTimers]); pruneEvery how often the deletes past the
+// horizon are forgotten.
 const (
-	retryTick  = 5 * time.Millisecond
+	RetryTick  = 5 * time.Millisecond
 	pruneEvery = time.Second
 )
 
@@ -40,8 +42,10 @@ type Config struct {
 	Source Source
 	// Transport carries the datagrams.
 	Transport Transport
-	// Peers, when set, are the only source addresses accepted; datagrams
-	// from anywhere else count as forged. Zones are ignored.
+	// Peers, when set without Keys, are the only source addresses
+	// accepted; datagrams from anywhere else count as forged. Zones are
+	// ignored. With Keys the seal decides whom to trust, not the address.
+	// [Node.SetPeers] replaces them.
 	Peers []netip.Addr
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
@@ -66,6 +70,9 @@ type Config struct {
 	// Clock stamps this node's writes; nil means a clock on the system's
 	// time.
 	Clock *hlc.Clock
+	// Time is where the node reads the time and waits; nil means the
+	// system's clock. A simulator gives a virtual one.
+	Time Time
 	// StateFile, when set, is where a stopping node saves the versions of
 	// its entries, and where a starting one looks for them, to tell its
 	// datapath's writes made while no daemon ran from what it knew (see
@@ -80,8 +87,9 @@ type Config struct {
 	// DigestNormalize, when set, masks the bytes of values that
 	// legitimately differ between nodes before digests compare them.
 	DigestNormalize DigestNormalizer
-	// Rand is where the secrets of the node's cookies come from (see
-	// [wire.Cookie]); nil means crypto/rand.
+	// Rand is where the node's random choices come from: the secrets of
+	// its cookies (see [wire.Cookie]) and its resync request ids; nil
+	// means crypto/rand. A simulator gives a seeded one.
 	Rand io.Reader
 	// MonoOffset is a test hook: it shifts what this node reads as the
 	// kernel's monotonic and boot clocks for the maps' clock fields, so
@@ -130,6 +138,7 @@ type Node struct {
 	clock  *hlc.Clock
 	relay  relayQueue
 	state  string      // Config.StateFile
+	time   Time        // Config.Time
 	prints *printTable // of the scanned maps, under its own lock
 	scan   *scanner
 	// digester reads the maps into digests every digestEvery (0: never),
@@ -148,6 +157,9 @@ type Node struct {
 	dispatch dispatcher
 	ready    readiness
 	limit    limiter
+	silent   []*peer    // FireTimers' buffer
+	pruned   time.Time  // when FireTimers last pruned
+	save     *stateSave // begun by BeginStop
 }
 
 // NewNode prepares a node; nothing is sent or read before [Node.Run].
@@ -166,31 +178,37 @@ func NewNode(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	announce := cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval)
+	if cfg.Time == nil {
+		cfg.Time = SystemTime{}
+	}
 	resend, err := newResendBuffer(cmp.Or(cfg.ResendBytes, DefaultResendBytes), cfg.Table.payload)
 	if err != nil {
 		return nil, err
 	}
 	clock := cfg.Clock
 	if clock == nil {
-		clock = hlc.New(nil, 0)
+		clock = hlc.New(cfg.Time.Now, 0)
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
-		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile}
-	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats)
+		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile, time: cfg.Time}
+	n.limit.time = cfg.Time
+	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats, cfg.Time.Now())
 	cfg.Table.mono.offset = cfg.MonoOffset
-	n.prints = newPrintTable(cfg.Table, time.Now())
+	n.prints = newPrintTable(cfg.Table, cfg.Time.Now())
 	var sealed *sealedTransport
 	if cfg.Keys != nil {
 		sealed = newSealedTransport(cfg.Transport, cfg.Keys, cfg.Node, cfg.Epoch, &n.stats, log)
+		sealed.time, sealed.limit.time = cfg.Time, cfg.Time
 		cfg.Transport, n.tr = sealed, sealed
 	}
-	n.ready = readiness{wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
+	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
-		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Relay: &n.relay,
+		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Time: cfg.Time,
+		Relay: &n.relay,
 		Stats: &n.stats, Log: log})
 	n.scan = newScanner(scanner{table: cfg.Table, know: n.know, prints: n.prints, clock: clock, relay: &n.relay,
-		stats: &n.stats, log: log, node: cfg.Node, now: time.Now, ready: n.ready.isReady})
+		stats: &n.stats, log: log, node: cfg.Node, now: cfg.Time.Now, ready: n.ready.isReady})
 
 	ctl := func() controlSender {
 		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
@@ -204,11 +222,12 @@ func NewNode(cfg Config) (*Node, error) {
 		n.gate.seal = wire.SealSize
 	}
 	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
-	n.apply.prints = n.prints
+	n.apply.time, n.apply.prints = cfg.Time, n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
-	n.client = resyncClient{peers: &n.peers, apply: &n.apply, know: n.know, clock: clock, relay: &n.relay,
-		ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
-	n.server = snapshotServer{table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node, epoch: cfg.Epoch, own: resend,
+	n.client = resyncClient{time: cfg.Time, rand: random, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock,
+		relay: &n.relay, ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
+	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node,
+		epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, current: n.current, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
 	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
@@ -222,8 +241,8 @@ func NewNode(cfg Config) (*Node, error) {
 	if sealed != nil {
 		n.dispatch.sources = sealed
 	}
-	for _, a := range cfg.Peers {
-		n.dispatch.allow = append(n.dispatch.allow, a.Unmap().WithZone(""))
+	if cfg.Peers != nil && cfg.Keys == nil {
+		n.dispatch.allow.set(cfg.Peers)
 	}
 	n.dispatch.init()
 	return n, nil
@@ -250,7 +269,8 @@ func (n *Node) current(p *peer) bool {
 func (n *Node) Run(ctx context.Context) error {
 	n.restore()
 	n.mu.Lock()
-	n.ready.started = time.Now()
+	n.ready.started = n.time.Now()
+	n.server.spawn = true
 	n.mu.Unlock()
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -266,7 +286,7 @@ func (n *Node) Run(ctx context.Context) error {
 	ended := 0
 	select {
 	case <-ctx.Done():
-		save = n.beginSave()
+		save = n.beginSave(true)
 	case first = <-done: // an error
 		ended++
 	}
@@ -302,15 +322,26 @@ func (n *Node) restore() {
 }
 
 // beginSave starts the state file, if there is one to write; nil if not.
-func (n *Node) beginSave() *stateSave {
+// With wait, it waits for the capture to drain, while the sender runs on.
+func (n *Node) beginSave(wait bool) *stateSave {
 	if n.state == "" {
 		return nil
 	}
-	sv, err := n.startState(n.state, &n.sender.drainedAt)
+	sv, err := n.startState(n.state)
+	if err == nil && wait {
+		if err = n.awaitDrain(sv, &n.sender.drainedAt); err != nil {
+			sv.abort()
+			sv = nil
+		}
+	}
 	if err != nil {
-		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
+		n.saveFailed(err)
 	}
 	return sv
+}
+
+func (n *Node) saveFailed(err error) {
+	n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
 }
 
 // finishSave puts the state file in place, once the node stopped.
@@ -319,7 +350,7 @@ func (n *Node) finishSave(sv *stateSave) {
 		return
 	}
 	if err := sv.finish(); err != nil {
-		n.log.Warn("cannot save the state for the next run: it will take every entry as unstamped", "file", n.state, "error", err)
+		n.saveFailed(err)
 		return
 	}
 	n.log.Info("state saved for the next run", "file", n.state)
@@ -336,39 +367,52 @@ func (n *Node) receive(ctx context.Context) error {
 			}
 			return fmt.Errorf("receive datagrams: %w", err)
 		}
-		now := time.Now()
-		n.mu.Lock()
-		for i := range pkts {
-			n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
-		}
-		n.apply.flush()
-		n.mu.Unlock()
+		n.Deliver(pkts)
 	}
+}
+
+// Deliver hands datagrams received now to the receive side: what Run's
+// receive goroutine does with every batch the transport returns.
+func (n *Node) Deliver(pkts []transport.Packet) {
+	now := n.time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i := range pkts {
+		n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
+	}
+	n.apply.flush()
 }
 
 // timers runs the receive side's timers until ctx is done.
 func (n *Node) timers(ctx context.Context) error {
-	t := time.NewTicker(retryTick)
+	t := time.NewTicker(RetryTick)
 	defer t.Stop()
-	var silent []*peer
-	var pruned time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
-			n.mu.Lock()
-			silent = n.dispatch.tick(now, silent)
-			n.mu.Unlock()
-			n.scan.tick(now)
-			if now.Sub(pruned) >= pruneEvery {
-				pruned = now
-				h := n.know.Lock()
-				h.Prune(now)
-				n.stats.KnownKeys.Store(uint64(h.Entries()))
-				h.Unlock()
-			}
+		case <-t.C:
+			n.FireTimers()
 		}
+	}
+}
+
+// FireTimers runs the receive side's timers: what Run does every
+// [RetryTick]. It repeats repair requests, gives up on gaps not repaired
+// in time, forgets silent peers, drives the resync, and forgets the
+// deletes past the horizon.
+func (n *Node) FireTimers() {
+	now := n.time.Now()
+	n.mu.Lock()
+	n.silent = n.dispatch.tick(now, n.silent)
+	n.mu.Unlock()
+	n.scan.tick(now)
+	if now.Sub(n.pruned) >= pruneEvery {
+		n.pruned = now
+		h := n.know.Lock()
+		h.Prune(now)
+		n.stats.KnownKeys.Store(uint64(h.Entries()))
+		h.Unlock()
 	}
 }
 
@@ -408,6 +452,7 @@ func (n *Node) Peers() []PeerStatus {
 // readiness is this node's initial sync: it is ready once it holds what
 // the peers it heard from hold.
 type readiness struct {
+	time    Time
 	started time.Time     // the node started
 	wait    time.Duration // how long to listen for peers before deciding alone
 	done    chan struct{} // closed once ready
@@ -430,5 +475,5 @@ func (r *readiness) become(why string, peers int) {
 	}
 	close(r.done)
 	r.log.Info("ready: initial sync complete", "how", why, "peers", peers,
-		"after", time.Since(r.started).Round(time.Millisecond))
+		"after", r.time.Now().Sub(r.started).Round(time.Millisecond))
 }

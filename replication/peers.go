@@ -63,15 +63,16 @@ type peer struct {
 	answers   byteBudget // the answer budget
 	datagrams uint64
 	resyncs   uint64 // full resyncs received from it
-	// mismatch holds, per map name, the fingerprint of the peer's schema
-	// already reported as differing from ours, so it is reported once.
-	mismatch map[string]uint32
+	// mismatch holds, per map name, the peer's map that differs from
+	// ours, so it is reported once and shown by the status.
+	mismatch map[string]mapMismatch
 }
 
 // peerTable is the set of peers, bounded in number, each bound to the
 // address it was first heard from in its epoch.
 type peerTable struct {
 	byNode  map[uint32]*peer
+	ordered []*peer       // inOrder's buffer
 	silence time.Duration // forget a peer not heard for this long
 	trust   time.Duration // heard for this long before it serves resyncs
 	settle  time.Duration // an address held this long before it is sent to
@@ -134,6 +135,18 @@ func (t *peerTable) add(node uint32, epoch uint64, from netip.AddrPort, now time
 	p := &peer{node: node, addr: from, epoch: epoch, firstHeard: now, lastHeard: now, stream: stream}
 	t.byNode[node] = p
 	return p
+}
+
+// inOrder returns the peers ordered by node id, in a buffer of the
+// table's that the next call reuses: the timers act on the peers in the
+// same order on every run, so that a simulated run replays.
+func (t *peerTable) inOrder() []*peer {
+	t.ordered = t.ordered[:0]
+	for _, p := range t.byNode {
+		t.ordered = append(t.ordered, p)
+	}
+	slices.SortFunc(t.ordered, func(a, b *peer) int { return cmp.Compare(a.node, b.node) })
+	return t.ordered
 }
 
 // silent returns the peers not heard for the silence period.
@@ -199,6 +212,10 @@ type PeerStatus struct {
 	// MissingSince is when the oldest datagram still missing went
 	// missing; zero when nothing is.
 	MissingSince time.Time
+	// Mismatches says, per map whose name it shares with a local map but
+	// whose schema or fields differ, how: "flows: the peer treats ...".
+	// Their changes to those maps are dropped.
+	Mismatches []string
 }
 
 // Lag is how many of the peer's datagrams are known sent and not applied.
@@ -210,7 +227,8 @@ func (t *peerTable) status() []PeerStatus {
 	for _, p := range t.byNode {
 		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Ready: p.ready,
 			Seq: p.stream.latest, Applied: p.stream.next - 1, LastHeard: p.lastHeard,
-			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since})
+			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since,
+			Mismatches: p.mismatches()})
 	}
 	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
 	return out
@@ -252,11 +270,14 @@ func (b *byteBudget) take(n int, now time.Time) bool {
 	return true
 }
 
-// behindOn reports whether this node lost the changes of a peer other
-// than p, beyond repair and not yet resynced.
+// behindOn reports whether this node lacks changes of a peer other than
+// p: lost beyond repair and not yet resynced, or known sent and not yet
+// applied. A snapshot served meanwhile would lack them, and the
+// requester, which takes the snapshot for everything that peer sent
+// before the first datagram it heard of it, would never get them.
 func (t *peerTable) behindOn(p *peer) bool {
 	for _, q := range t.byNode {
-		if q != p && (q.needSync || q.stream.lostFrom != 0) {
+		if q != p && (q.needSync || q.stream.lostFrom != 0 || q.stream.latest >= q.stream.next) {
 			return true
 		}
 	}

@@ -40,6 +40,7 @@ func burst(r reason) int {
 // each reason r and counts the ones it held back. It is used by one
 // goroutine at a time.
 type limiter struct {
+	time       Time                  // nil: the system's
 	since      [numReasons]time.Time // start of the reason's current interval
 	lines      [numReasons]int       // lines let through in it
 	suppressed [numReasons]uint64
@@ -50,7 +51,12 @@ type limiter struct {
 // log arguments only after allow says yes, so a suppressed line costs no
 // allocation.
 func (l *limiter) allow(r reason) (suppressed uint64, ok bool) {
-	now := time.Now()
+	var now time.Time
+	if l.time != nil {
+		now = l.time.Now()
+	} else {
+		now = time.Now()
+	}
 	if now.Sub(l.since[r]) >= logInterval {
 		l.since[r], l.lines[r] = now, 0
 	}

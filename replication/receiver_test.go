@@ -376,13 +376,13 @@ func TestSchemaMismatch(t *testing.T) {
 
 	f.handle(peerA, announce(t, peerNode, 1, 0, theirs, same, other))
 	logs := f.logs.String()
-	for _, want := range []string{"level=ERROR", "map=flows", "peer=2", "type.local=Hash", "type.peer=LRUHash",
-		"key_size.local=4", "key_size.peer=8"} {
+	for _, want := range []string{"level=ERROR", "map=flows", "peer=2", "the peer's type is LRUHash, this node's Hash",
+		"the peer's key size is 8, this node's 4", "fix=\"create the map alike"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q:\n%s", want, logs)
 		}
 	}
-	for _, unwanted := range []string{"value_size", "max_entries", "map=nat", "only_theirs"} {
+	for _, unwanted := range []string{"the peer's value size", "the peer's max entries", "map=nat", "only_theirs"} {
 		if strings.Contains(logs, unwanted) {
 			t.Errorf("log mentions %q, which matches or is not ours:\n%s", unwanted, logs)
 		}
@@ -391,8 +391,11 @@ func TestSchemaMismatch(t *testing.T) {
 	// Reported once per peer and schema, not every announce.
 	time.Sleep(logInterval) // past the rate limit, so only the dedup holds it back
 	f.handle(peerA, announce(t, peerNode, 1, 0, theirs, same))
-	if n := strings.Count(f.logs.String(), "schema differs"); n != 1 {
+	if n := strings.Count(f.logs.String(), "map differs"); n != 1 {
 		t.Errorf("mismatch logged %d times, want once", n)
+	}
+	if s := f.stats.Snapshot(); s.MapMismatches != 1 {
+		t.Errorf("map_mismatches %d, want 1", s.MapMismatches)
 	}
 
 	// Their changes to that map carry their fingerprint: unknown here.

@@ -1,6 +1,6 @@
-// Package replication is the udpmapsync protocol: a [Sender] that turns
-// captured map changes into sequenced datagrams, a [Receiver] that applies
-// the datagrams of its peers to the local maps.
+// Package replication is the udpmapsync protocol: a [Node] turns captured
+// map changes into sequenced datagrams, and applies the datagrams of its
+// peers to the local maps.
 //
 // It reaches the kernel and the network only through the small interfaces
 // [Source], [Target] and [Transport], so the protocol logic runs the same

@@ -1,9 +1,10 @@
 package replication
 
 import (
+	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -44,6 +45,8 @@ const (
 // Snapshot datagram numbers are taken only within [transferWindow] of
 // what has arrived in order, so no datagram can size its state.
 type resyncClient struct {
+	time  Time
+	rand  io.Reader // request ids
 	peers *peerTable
 	apply *applier
 	know  *knowledge.Store
@@ -245,7 +248,9 @@ func (c *resyncClient) beginFiltered(p *peer, f wire.BucketFilter, now time.Time
 // are held until the answer says where the snapshot stands.
 func (c *resyncClient) prepare(p *peer, now time.Time) {
 	if c.id == 0 {
-		c.id = rand.Uint32()
+		var b [4]byte
+		_, _ = io.ReadFull(c.rand, b[:]) // a short read leaves zeros: ids still differ by one a request
+		c.id = binary.BigEndian.Uint32(b[:])
 	}
 	c.id++
 	if c.id == 0 {
@@ -484,7 +489,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 		}
 		var deleted []byte
 		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
-			now := time.Now()
+			now := c.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
 				if c.filtered && !inFilter(&c.filter, digestKeyHash(key)) {

@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/seal"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -32,6 +33,7 @@ type memNet struct {
 	mu    sync.Mutex
 	nodes map[netip.AddrPort]*memTransport
 	drop  func(d []byte) bool
+	opts  map[uint32]mapopt.Options // per node, the options of its map; none if absent
 }
 
 type memTransport struct {
@@ -146,7 +148,9 @@ func startMemNodeWith(t *testing.T, n *memNet, node uint32, state map[string]str
 	m := &memNode{flows: newFakeTarget(4, 8), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
 		stats: new(Stats), logs: new(logBuffer), flowID: 10}
 	maps.Copy(m.flows.state, state)
-	tab := mustTable(t, testPayload, testMap("flows", m.flowID, 4, 8, m.flows))
+	flows := testMap("flows", m.flowID, 4, 8, m.flows)
+	flows.Options = n.opts[node]
+	tab := mustTable(t, testPayload, flows)
 	tr := n.attach(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(node)}), 3870))
 	m.n = newTestNode(t, Config{Node: node, Epoch: uint64(node) * 1000, Table: tab, Source: m.src, Transport: tr,
 		AnnounceInterval: memAnnounce, ResendBytes: 1 << 20, Keys: keys, Log: newLogger(m.logs)})

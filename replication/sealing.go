@@ -20,6 +20,7 @@ const maxRuns = 2 * maxPeers
 // it sees plain datagrams that a node holding the key sent, once each.
 // What does not open, or opened before, is counted and dropped here.
 type sealedTransport struct {
+	time   Time
 	inner  Transport
 	sealer *seal.Sealer
 	opener *seal.Opener
@@ -56,7 +57,7 @@ type runState struct {
 }
 
 func newSealedTransport(inner Transport, keys *seal.Keys, node uint32, epoch uint64, stats *Stats, log *slog.Logger) *sealedTransport {
-	return &sealedTransport{inner: inner, sealer: seal.NewSealer(keys, node, epoch), opener: seal.NewOpener(keys),
+	return &sealedTransport{time: SystemTime{}, inner: inner, sealer: seal.NewSealer(keys, node, epoch), opener: seal.NewOpener(keys),
 		stats: stats, log: log, runs: make(map[runID]*runState)}
 }
 
@@ -154,7 +155,7 @@ func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, bool) {
 	}
 	if counter > run.top {
 		if run.from != from {
-			run.moved = time.Now()
+			run.moved = t.time.Now()
 		}
 		run.top, run.from = counter, from
 	}

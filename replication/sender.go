@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
@@ -69,6 +67,9 @@ type senderConfig struct {
 	// Prints, when set, records the captured values of scanned maps.
 	Prints *printTable
 	Clock  *hlc.Clock
+	// Time is where the sender reads the time and sleeps; nil means the
+	// system's clock.
+	Time Time
 	// Relay holds the entries the receive side passes on to the group.
 	Relay *relayQueue
 	Stats *Stats
@@ -80,6 +81,7 @@ type senderConfig struct {
 // local maps' descriptors periodically. All its methods run on the
 // goroutine that calls [sender.Run].
 type sender struct {
+	time          Time
 	src           Source
 	tr            Transport
 	table         *Table
@@ -102,6 +104,15 @@ type sender struct {
 	// enough.
 	activeWindow time.Duration
 
+	// The loop's state: the time as last read, when the next announce is
+	// due, the last change read, whether the source is polled, and how
+	// many changes were read.
+	now          time.Time
+	nextAnnounce time.Time
+	lastChange   time.Time
+	polling      bool
+	reads        int
+
 	header wire.Header // Node and Epoch set; Seq of the last sealed datagram
 	pend   pending
 	since  time.Time // arrival of the oldest pending change
@@ -111,6 +122,9 @@ type sender struct {
 
 	announces      [][]byte // descriptors prebuilt after a header-sized gap
 	announceCounts []uint16 // descriptors in each announce
+	// greet asks for an announce now: discovery found new peers
+	// ([Node.SetPeers]). Set by another goroutine.
+	greet atomic.Bool
 
 	// drained is when the sender last found the source empty: every
 	// change read after it was made after drained less captureSlack.
@@ -136,6 +150,7 @@ type sender struct {
 // nothing is sent before [sender.Run].
 func newSender(cfg senderConfig) *sender {
 	s := &sender{
+		time:          cmp.Or[Time](cfg.Time, SystemTime{}),
 		src:           cfg.Source,
 		tr:            cfg.Transport,
 		table:         cfg.Table,
@@ -155,6 +170,7 @@ func newSender(cfg senderConfig) *sender {
 		pend:          newPending(cfg.Table, cfg.Node),
 		queued:        make([][]byte, 0, sendBatch),
 	}
+	s.limit.time = s.time
 	for i := range cfg.Table.maps {
 		s.lookup = append(s.lookup, make([]byte, cfg.Table.maps[i].valueSize))
 	}
@@ -174,7 +190,7 @@ func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
 	var n uint16
 	for i := range t.maps {
 		d := &t.maps[i].Desc
-		if wire.DescriptorSize+len(d.Name) > payload-len(cur) {
+		if d.EncodedSize() > payload-len(cur) {
 			dgrams, counts = append(dgrams, cur), append(counts, n)
 			cur, n = make([]byte, wire.HeaderSize, payload), 0
 		}
@@ -188,70 +204,119 @@ func buildAnnounces(t *Table) (dgrams [][]byte, counts []uint16) {
 // flushes what it holds and returns nil at the next read error or
 // deadline; close the source to make that immediate.
 func (s *sender) Run(ctx context.Context) error {
-	s.announce()
-	now := time.Now()
-	nextAnnounce := now.Add(s.announceEvery)
-	var lastChange time.Time
-	polling := false
-	s.src.SetDeadline(idleDeadline(nextAnnounce, now))
-	reads := 0
+	s.begin()
 	for {
-		err := s.src.Read(&s.ch)
-		switch {
-		case err == nil:
-			// While the ring is being drained the clock is read once every
-			// clockEvery changes, not per change: a clock read costs as
-			// much as coalescing the change. now is then at most that
-			// many changes old, far less than the flush interval.
-			if reads++; !polling || reads%clockEvery == 0 {
-				now = time.Now()
-				lastChange = now
-			}
-			if !polling {
-				polling = true
-				s.src.SetDeadline(now) // read what is queued without waiting
-			}
-			s.add(&s.ch, now)
-			if s.src.Buffered() == 0 {
-				now = time.Now()
-				s.setDrained(now)
-				lastChange = now
-				s.takeRelayed()
-				s.flush()
-			} else if now.Sub(s.since) >= s.flushInterval {
-				s.flush()
-			}
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			now = time.Now()
-			s.setDrained(now)
+		drained, err := s.took(s.src.Read(&s.ch))
+		if ctx.Err() != nil && (drained || err != nil) {
+			s.sendLast()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if drained && s.polling {
+			s.time.Sleep(s.flushInterval)
+			s.src.SetDeadline(s.time.Now())
+		}
+		s.due()
+	}
+}
+
+// step does the sender's work of the present moment without waiting:
+// every change the source holds, then what is due. It returns when it
+// wants to be stepped again: a flush interval later while changes flow,
+// else at the source's idle deadline. A simulator's source returns
+// [os.ErrDeadlineExceeded] whenever it is empty, whatever the deadline.
+func (s *sender) step() (time.Time, error) {
+	for {
+		drained, err := s.took(s.src.Read(&s.ch))
+		if err != nil {
+			return time.Time{}, err
+		}
+		s.due()
+		if drained {
+			break
+		}
+	}
+	if s.polling {
+		return s.now.Add(s.flushInterval), nil
+	}
+	return idleDeadline(s.nextAnnounce, s.now), nil
+}
+
+// sendLast sends what is pending and a last announce, so that the peers
+// learn the number of this run's last datagram, and resync from the
+// node's next run what of this one they did not get.
+func (s *sender) sendLast() {
+	s.flush()
+	s.announce()
+}
+
+// begin sends the first announce and sets the first deadline.
+func (s *sender) begin() {
+	s.announce()
+	s.now = s.time.Now()
+	s.nextAnnounce = s.now.Add(s.announceEvery)
+	s.src.SetDeadline(idleDeadline(s.nextAnnounce, s.now))
+}
+
+// took handles what one read of the source returned: a change is
+// coalesced, and what is pending sent once the source is drained or the
+// oldest pending change has waited the flush interval; a deadline means
+// the source is drained, and everything pending is sent. It reports
+// whether the source was found drained, and its failure.
+func (s *sender) took(err error) (drained bool, _ error) {
+	switch {
+	case err == nil:
+		// While the ring is being drained the clock is read once every
+		// clockEvery changes, not per change: a clock read costs as
+		// much as coalescing the change. now is then at most that
+		// many changes old, far less than the flush interval.
+		if s.reads++; !s.polling || s.reads%clockEvery == 0 {
+			s.now = s.time.Now()
+			s.lastChange = s.now
+		}
+		if !s.polling {
+			s.polling = true
+			s.src.SetDeadline(s.now) // read what is queued without waiting
+		}
+		s.add(&s.ch, s.now)
+		if s.src.Buffered() == 0 {
+			s.now = s.time.Now()
+			s.setDrained(s.now)
+			s.lastChange = s.now
 			s.takeRelayed()
 			s.flush()
-			if ctx.Err() != nil {
-				return nil
-			}
-			if polling = now.Sub(lastChange) < s.activeWindow; polling {
-				pause(s.flushInterval)
-				s.src.SetDeadline(time.Now())
-			} else {
-				s.src.SetDeadline(idleDeadline(nextAnnounce, now))
-			}
-		default:
+		} else if s.now.Sub(s.since) >= s.flushInterval {
 			s.flush()
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("read changes: %w", err)
 		}
-		if now.Sub(s.overflowsChecked) >= overflowCheck {
-			s.checkOverflows(now)
+		return false, nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.now = s.time.Now()
+		s.setDrained(s.now)
+		s.takeRelayed()
+		s.flush()
+		if s.polling = s.now.Sub(s.lastChange) < s.activeWindow; !s.polling {
+			s.src.SetDeadline(idleDeadline(s.nextAnnounce, s.now))
 		}
-		if !now.Before(nextAnnounce) {
-			s.flush()
-			s.announce()
-			nextAnnounce = now.Add(s.announceEvery)
-			if !polling {
-				s.src.SetDeadline(idleDeadline(nextAnnounce, now))
-			}
+		return true, nil
+	}
+	s.flush()
+	return false, fmt.Errorf("read changes: %w", err)
+}
+
+// due checks the source for lost changes and announces, each when its
+// time has come.
+func (s *sender) due() {
+	if s.now.Sub(s.overflowsChecked) >= overflowCheck {
+		s.checkOverflows(s.now)
+	}
+	if s.greet.Swap(false) || !s.now.Before(s.nextAnnounce) {
+		s.flush()
+		s.announce()
+		s.nextAnnounce = s.now.Add(s.announceEvery)
+		if !s.polling {
+			s.src.SetDeadline(idleDeadline(s.nextAnnounce, s.now))
 		}
 	}
 }
@@ -272,16 +337,6 @@ func idleDeadline(nextAnnounce, now time.Time) time.Time {
 		return relay
 	}
 	return nextAnnounce
-}
-
-// pause sleeps for d on this thread. Polling needs sub-millisecond
-// sleeps, which neither the ring buffer's epoll deadline (it rounds down
-// to whole milliseconds, so a shorter deadline returns at once and the
-// poll loop spins) nor Go's timers (about 1 ms here) provide.
-func pause(d time.Duration) {
-	ts := unix.NsecToTimespec(d.Nanoseconds())
-	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
-	}
 }
 
 // add coalesces one change into the datagram being built, sealing that
@@ -396,7 +451,7 @@ func (s *sender) takeRelayed() {
 	if s.relay == nil || s.relay.waiting.Load() == 0 {
 		return
 	}
-	now := time.Now()
+	now := s.time.Now()
 	n := s.relay.drain(func(m int, op ops.Op, v knowledge.Version, key, value []byte) {
 		s.queue(&s.table.maps[m], op, v, key, value, now)
 	})

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -34,7 +35,7 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg sende
 		if cfg.Clock == nil {
 			cfg.Clock = hlc.New(nil, 0)
 		}
-		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats)
+		cfg.Knowledge = newKnowledge(tab, DefaultTombstoneHorizon, cfg.Clock, cfg.Node, stats, time.Now())
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = hlc.New(nil, 0)
@@ -376,7 +377,7 @@ func TestAnnounce(t *testing.T) {
 			}
 			seqs = append(seqs, h.Seq)
 			descs := parseDescriptors(t, d[wire.HeaderSize:], h.Count)
-			if len(descs) != 2 || descs[0] != tab.maps[0].Desc || descs[1] != tab.maps[1].Desc {
+			if len(descs) != 2 || !reflect.DeepEqual(descs[0], tab.maps[0].Desc) || !reflect.DeepEqual(descs[1], tab.maps[1].Desc) {
 				t.Errorf("announced %+v, want the table's descriptors", descs)
 			}
 		}
@@ -403,7 +404,7 @@ func TestAnnounceSplitsDescriptors(t *testing.T) {
 		}
 		descs := parseDescriptors(t, d[wire.HeaderSize:], counts[i])
 		for _, desc := range descs {
-			if desc != maps[total].Desc {
+			if !reflect.DeepEqual(desc, maps[total].Desc) {
 				t.Fatalf("descriptor %d: %+v, want %+v", total, desc, maps[total].Desc)
 			}
 			total++
@@ -545,5 +546,29 @@ func TestLossActedOnOnceDrained(t *testing.T) {
 	}
 	if _, ok := resend.copyOut(seq+1, nil); s.header.Seq != seq+1 || ok {
 		t.Fatalf("seq %d after the drain, want %d skipped as lost", s.header.Seq, seq+1)
+	}
+}
+
+// A stopping sender's last datagram is an announce, so that the peers
+// learn its run's last sequence number even if its last change datagram
+// was lost, and ask the node's next run for a resync (found by the
+// simulator with clean stops).
+func TestSenderAnnouncesLastAtStop(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	tr := newFakeTransport()
+	s, _ := newTestSender(t, tab, &scriptSource{steps: []step{{change: upd(1, "key1", "value-01")}}}, tr, senderConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatalf("run after the context ended: %v", err)
+	}
+	batches := tr.sent()
+	if len(batches) < 3 {
+		t.Fatalf("%d batches sent, want the first announce, the change, then the last announce", len(batches))
+	}
+	var h wire.Header
+	last := batches[len(batches)-1]
+	if err := h.Unmarshal(last[len(last)-1]); err != nil || h.Kind != wire.KindAnnounce || h.Seq != 1 {
+		t.Fatalf("last datagram %+v (%v), want an announce of datagram 1", h, err)
 	}
 }

@@ -3,8 +3,11 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,11 +61,13 @@ type ownStream interface {
 }
 
 // snapshotServer streams snapshots of the local maps to peers that ask
-// for a full resync, one goroutine per transfer, at most maxTransfers at
-// once. It answers only known peers at their bound address (the
+// for a full resync, at most maxTransfers at once: under [Node.Run] one
+// goroutine per transfer drives it, under a simulator [snapshotServer.step]
+// drives them all. It answers only known peers at their bound address (the
 // dispatcher sees to that), at most one new transfer per peer per
 // transferEvery, and refuses while this node is not itself in sync.
 type snapshotServer struct {
+	time  Time
 	table *Table
 	know  *knowledge.Store
 	clock *hlc.Clock
@@ -81,6 +86,9 @@ type snapshotServer struct {
 	wg        sync.WaitGroup       // the transfers' goroutines
 	stop      chan struct{}        // closed at shutdown
 	mu        *sync.Mutex          // the receive lock, held by every method but serve
+	// spawn: each transfer gets a goroutine of its own ([Node.Run]);
+	// otherwise step drives them.
+	spawn bool
 }
 
 // transfer is one snapshot of the local maps streamed to one requester.
@@ -94,6 +102,9 @@ type transfer struct {
 	// filter, unless nil, limits the snapshot to the buckets of one map
 	// that a digest round of the requester's found to differ.
 	filter *wire.BucketFilter
+	// stream is the transfer's sending state; began, when it began.
+	stream *snapshotStream
+	began  time.Time
 }
 
 // syncAck is a requester's progress: every datagram up to cum arrived, and
@@ -147,18 +158,30 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 		return nil
 	}
 	if old := s.transfers[p.node]; old != nil {
-		close(old.stop)
+		s.stopTransfer(old)
 	}
 	t := &transfer{to: p.addr, node: p.node, id: id, start: start,
-		acks: make(chan syncAck, 16), stop: make(chan struct{}), filter: filter}
+		acks: make(chan syncAck, 16), stop: make(chan struct{}), filter: filter, began: now}
+	t.stream = newSnapshotStream(s, t)
 	s.transfers[p.node] = t
 	s.started[p.node] = now
 	if filter == nil {
 		s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
 	}
-	s.wg.Add(1)
-	go s.serve(t)
+	if s.spawn {
+		s.wg.Add(1)
+		go s.serve(t)
+	}
 	return nil
+}
+
+// stopTransfer stops t, replaced or forgotten. Its goroutine, if it has
+// one, ends it; else it ends here.
+func (s *snapshotServer) stopTransfer(t *transfer) {
+	close(t.stop)
+	if !s.spawn {
+		t.stream.close()
+	}
 }
 
 // send sends an answer to p within its answer budget.
@@ -197,7 +220,7 @@ func (s *snapshotServer) acked(p *peer, h *wire.Header, body []byte) error {
 // forget stops the transfer to p, which restarted or went silent.
 func (s *snapshotServer) forget(p *peer) {
 	if t := s.transfers[p.node]; t != nil {
-		close(t.stop)
+		s.stopTransfer(t)
 		delete(s.transfers, p.node)
 	}
 	delete(s.started, p.node)
@@ -208,37 +231,70 @@ func (s *snapshotServer) forget(p *peer) {
 func (s *snapshotServer) shutdown() {
 	close(s.stop)
 	s.wg.Wait()
+	if !s.spawn {
+		for _, t := range s.transfers {
+			t.stream.close()
+		}
+	}
 }
 
-// serve streams the transfer and forgets it when done.
+// serve drives the transfer on its own goroutine, in real time, and
+// forgets it when done.
 func (s *snapshotServer) serve(t *transfer) {
 	defer s.wg.Done()
-	began := time.Now()
-	st := newSnapshotStream(s, t)
-	err := st.run()
+	err := t.stream.run()
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended(t, err)
+}
+
+// step drives every transfer that has no goroutine of its own, in the
+// order of the requesters' node ids, and returns when it wants to be
+// stepped again: the zero time if no transfer waits for anything.
+func (s *snapshotServer) step(now time.Time) time.Time {
+	var wake time.Time
+	for _, node := range slices.Sorted(maps.Keys(s.transfers)) {
+		t := s.transfers[node]
+		at, done, err := t.stream.step(now)
+		if done || err != nil {
+			s.ended(t, err)
+			continue
+		}
+		if wake.IsZero() || at.Before(wake) {
+			wake = at
+		}
+	}
+	return wake
+}
+
+// ended forgets transfer t, which completed or failed, and tells of it.
+// Call it with the receive lock held.
+func (s *snapshotServer) ended(t *transfer, err error) {
+	t.stream.close()
 	if s.transfers[t.node] == t {
 		delete(s.transfers, t.node)
 	}
-	s.mu.Unlock()
 	if err != nil {
 		if !errors.Is(err, errTransferStopped) {
 			s.log.Warn("full resync to a peer failed", "peer", t.node, "addr", t.to, "error", err)
 		}
 		return
 	}
+	st, took := t.stream, s.time.Now().Sub(t.began).Round(time.Millisecond)
 	if t.filter != nil {
-		s.log.Debug("digest repair served", "peer", t.node, "entries", st.entries, "took", time.Since(began).Round(time.Millisecond))
+		s.log.Debug("digest repair served", "peer", t.node, "entries", st.entries, "took", took)
 		return
 	}
 	s.stats.ResyncsSent.Add(1)
 	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
-		"resent", st.resent, "took", time.Since(began).Round(time.Millisecond))
+		"resent", st.resent, "took", took)
 }
 
 // snapshotStream is the sending state of one transfer. Datagram k of the
 // snapshot lives in slot k % transferWindow until the requester
-// acknowledges it.
+// acknowledges it. The local maps are read a batch at a time, as the
+// window opens: [snapshotStream.records] yields the batches, pulled by
+// [snapshotStream.fill].
 type snapshotStream struct {
 	s       *snapshotServer
 	t       *transfer
@@ -261,41 +317,221 @@ type snapshotStream struct {
 	know    *knowledge.Store
 	vers    []knowledge.Version // of the entries of one read batch
 	pick    []int               // their positions in the batch
+
+	next    func() (recordBatch, bool) // the next batch of records; see records
+	stop    func()                     // ends records early
+	readErr error                      // what ended records early
+	cur     recordBatch                // the batch being added
+	pos     int                        // its next record
+	open    bool                       // a datagram is being built in the next slot
+	// resendAt, while the stream waits for acknowledgements, is when
+	// the oldest unacknowledged datagram is sent again; zero otherwise.
+	resendAt time.Time
+}
+
+// recordBatch is records of one map with one operation: the records at
+// positions pick (all n of them if pick is nil) of keys and vals (none
+// for deletes), packed, with their versions in vers.
+type recordBatch struct {
+	m          *localMap
+	op         ops.Op
+	n          int
+	keys, vals []byte
+	pick       []int
+	vers       []knowledge.Version
+}
+
+// at returns the batch's record i.
+func (b *recordBatch) at(i int) (key, val []byte, v knowledge.Version) {
+	o := i
+	if b.pick != nil {
+		o = b.pick[i]
+	}
+	key = b.keys[o*b.m.keySize : (o+1)*b.m.keySize]
+	if b.op == ops.Update {
+		val = b.vals[o*b.m.valueSize : (o+1)*b.m.valueSize]
+	}
+	return key, val, b.vers[i]
 }
 
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
-	st := &snapshotStream{s: s, t: t, heard: time.Now(), cwnd: initialWindow, rto: transferRTO,
+	st := &snapshotStream{s: s, t: t, heard: s.time.Now(), cwnd: initialWindow, rto: transferRTO,
 		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
 		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}, know: s.know}
 	for i := range st.slots {
 		st.slots[i] = make([]byte, s.table.payload)
 	}
+	st.next, st.stop = iter.Pull(st.records)
 	return st
 }
 
-// run reads every local map into snapshot datagrams, each entry with the
-// version this node knows of it, then its remembered deletes, sends them
-// within the window, then the end, and returns once the requester has
-// everything.
+// close ends the reading of the maps, if it has not ended.
+func (st *snapshotStream) close() { st.stop() }
+
+// run drives the stream in real time until the requester has everything,
+// the transfer is stopped, or the requester went silent.
 func (st *snapshotStream) run() error {
-	if err := st.open(); err != nil {
-		return err
-	}
-	tab := st.s.table
-	for i := range tab.maps {
-		m := &tab.maps[i]
-		if st.t.filter != nil && st.t.filter.Map != m.fp {
-			continue
-		}
-		if err := st.entriesOf(m); err != nil {
-			return fmt.Errorf("map %s: %w", m.Desc.Name, err)
-		}
-		if err := st.tombstonesOf(m); err != nil {
+	defer st.close()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := st.s.time.Now()
+		wake, done, err := st.step(now)
+		if done || err != nil {
 			return err
 		}
+		timer.Reset(wake.Sub(now))
+		select {
+		case <-st.t.stop:
+			return errTransferStopped
+		case <-st.s.stop:
+			return errTransferStopped
+		case a := <-st.t.acks:
+			st.take(a, st.s.time.Now())
+		case <-timer.C:
+		}
 	}
-	if st.w.Count() > 0 {
-		st.seal()
+}
+
+// step does what the transfer has to at now: takes the acknowledgements
+// that arrived, sends again what timed out, and sends what the window
+// and the pace allow. It returns when it wants to be stepped again, or
+// that the requester has everything, or why it failed.
+func (st *snapshotStream) step(now time.Time) (wake time.Time, done bool, err error) {
+	for {
+		select {
+		case <-st.t.stop:
+			return time.Time{}, false, errTransferStopped
+		case a := <-st.t.acks:
+			st.take(a, now)
+			continue
+		default:
+		}
+		break
+	}
+	if !st.resendAt.IsZero() && !now.Before(st.resendAt) {
+		if now.Sub(st.heard) >= transferTimeout {
+			return time.Time{}, false, errTransferSilent
+		}
+		st.timeout(now)
+		st.resendAt = now.Add(st.rto)
+	}
+	if err := st.fill(now); err != nil {
+		return time.Time{}, false, err
+	}
+	if !st.flush(now) {
+		return now.Add(time.Millisecond), false, nil // paced
+	}
+	if st.done {
+		return time.Time{}, true, nil
+	}
+	if st.resendAt.IsZero() {
+		st.resendAt = now.Add(st.rto) // waiting for acknowledgements
+	}
+	return st.resendAt, false, nil
+}
+
+// records yields every local map's entries (those of the filter's map
+// and buckets, with a filter), a read batch at a time, each with the
+// version this node knows of it, looked up under the knowledge lock with
+// the read of the entry; then the map's deletes this node remembers and
+// still takes as the latest write of their keys.
+func (st *snapshotStream) records(yield func(recordBatch) bool) {
+	f := st.t.filter
+	for i := range st.s.table.maps {
+		m := &st.s.table.maps[i]
+		if f != nil && f.Map != m.fp {
+			continue
+		}
+		err := st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
+			st.vers, st.pick = st.vers[:0], st.pick[:0]
+			now := st.s.time.Now()
+			for o := 0; o*m.keySize < len(ks); o++ {
+				key := ks[o*m.keySize : (o+1)*m.keySize]
+				if f != nil && !inFilter(f, digestKeyHash(key)) {
+					continue
+				}
+				st.vers, st.pick = append(st.vers, h.Current(m.index, key, now)), append(st.pick, o)
+			}
+		}, func(ks, vs []byte) error {
+			if m.plan != nil {
+				for _, o := range st.pick {
+					m.plan.toWire(vs[o*m.valueSize : (o+1)*m.valueSize]) // the batch's buffer is read into anew next
+				}
+			}
+			if !yield(recordBatch{m: m, op: ops.Update, n: len(st.vers), keys: ks, vals: vs, pick: st.pick, vers: st.vers}) {
+				return errTransferStopped
+			}
+			return nil
+		})
+		if err != nil {
+			if !errors.Is(err, errTransferStopped) {
+				st.readErr = fmt.Errorf("map %s: %w", m.Desc.Name, err)
+			}
+			return
+		}
+		var keys []byte
+		st.vers = st.vers[:0]
+		h := st.know.Lock()
+		for key, e := range h.Tombstones(m.index) {
+			if f == nil || inFilter(f, digestKeyHash(key)) {
+				keys = append(keys, key...)
+				st.vers = append(st.vers, e.Version())
+			}
+		}
+		h.Unlock()
+		if !yield(recordBatch{m: m, op: ops.Delete, n: len(st.vers), keys: keys, vers: st.vers}) {
+			return
+		}
+	}
+}
+
+// fill adds records to datagrams while the window has room, numbering
+// and queueing each as it fills; after the last record it queues the
+// end. It stops early when the queue is full and the pace holds it.
+func (st *snapshotStream) fill(now time.Time) error {
+	for st.end == nil {
+		if len(st.batch) >= sendBatch && !st.flush(now) {
+			return nil
+		}
+		if st.pos == st.cur.n {
+			b, ok := st.next()
+			if !ok {
+				return st.finish(now)
+			}
+			st.cur, st.pos = b, 0
+			continue
+		}
+		if !st.open {
+			next := st.sealed + 1
+			if next-st.acked > st.cwnd {
+				return nil // the window is full
+			}
+			// Base 0: the snapshot's own entries are stamped at all
+			// times, so offsets from any one base save little.
+			st.w.Reset(st.slots[next%transferWindow], st.s.node, 0)
+			st.open, st.resendAt = true, time.Time{}
+		}
+		key, val, v := st.cur.at(st.pos)
+		// NewTable checked that one record fits an empty datagram.
+		if !st.w.Append(st.cur.m.fp, st.cur.op, uint64(v.Stamp), v.Origin, key, val) {
+			st.seal(now)
+			continue
+		}
+		st.entries++
+		st.pos++
+	}
+	return nil
+}
+
+// finish seals the last datagram, once every record is in, and queues
+// the end.
+func (st *snapshotStream) finish(now time.Time) error {
+	if st.readErr != nil {
+		return st.readErr
+	}
+	if st.open && st.w.Count() > 0 {
+		st.seal(now)
 	}
 	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed)}
 	var err error
@@ -303,142 +539,48 @@ func (st *snapshotStream) run() error {
 		return fmt.Errorf("encode sync end: %w", err)
 	}
 	st.send(st.end)
-	return st.wait(func() bool { return st.done })
-}
-
-// entriesOf adds every entry of m with the version this node knows of
-// it, looked up under the knowledge lock with the read of the entry.
-func (st *snapshotStream) entriesOf(m *localMap) error {
-	f := st.t.filter
-	return st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
-		st.vers, st.pick = st.vers[:0], st.pick[:0]
-		now := time.Now()
-		for o := 0; o*m.keySize < len(ks); o++ {
-			key := ks[o*m.keySize : (o+1)*m.keySize]
-			if f != nil && !inFilter(f, digestKeyHash(key)) {
-				continue
-			}
-			st.vers, st.pick = append(st.vers, h.Current(m.index, key, now)), append(st.pick, o)
-		}
-	}, func(ks, vs []byte) error {
-		for j, v := range st.vers {
-			o := st.pick[j]
-			val := vs[o*m.valueSize : (o+1)*m.valueSize]
-			if m.plan != nil {
-				m.plan.toWire(val) // the batch's buffer is read into anew next
-			}
-			if err := st.add(m, ops.Update, v, ks[o*m.keySize:(o+1)*m.keySize], val); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// tombstonesOf adds the deletes of m this node remembers and still takes
-// as the latest write of their keys.
-func (st *snapshotStream) tombstonesOf(m *localMap) error {
-	var keys []byte
-	st.vers = st.vers[:0]
-	h := st.know.Lock()
-	for key, e := range h.Tombstones(m.index) {
-		if st.t.filter == nil || inFilter(st.t.filter, digestKeyHash(key)) {
-			keys = append(keys, key...)
-			st.vers = append(st.vers, e.Version())
-		}
-	}
-	h.Unlock()
-	for j, v := range st.vers {
-		if err := st.add(m, ops.Delete, v, keys[j*m.keySize:(j+1)*m.keySize], nil); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
-// add appends one record, sealing the datagram and opening the next when
-// it is full.
-func (st *snapshotStream) add(m *localMap, op ops.Op, v knowledge.Version, key, val []byte) error {
-	if !st.w.Append(m.fp, op, uint64(v.Stamp), v.Origin, key, val) {
-		st.seal()
-		if err := st.open(); err != nil {
-			return err
-		}
-		st.w.Append(m.fp, op, uint64(v.Stamp), v.Origin, key, val) // NewTable checked that one record fits
-	}
-	st.entries++
-	return nil
-}
-
-// open starts the next datagram in its slot, once the window has room.
-func (st *snapshotStream) open() error {
-	next := st.sealed + 1
-	if err := st.wait(func() bool { return next-st.acked <= st.cwnd }); err != nil {
-		return err
-	}
-	// Base 0: the snapshot's own entries are stamped at all times, so
-	// offsets from any one base save little.
-	st.w.Reset(st.slots[next%transferWindow], st.s.node, 0)
-	return nil
-}
-
-// seal numbers the datagram being built and sends it.
-func (st *snapshotStream) seal() {
+// seal numbers the datagram being built and queues it.
+func (st *snapshotStream) seal(now time.Time) {
 	st.sealed++
+	st.open = false
 	st.header.Seq = wire.SyncSeq(st.t.id, st.sealed)
 	d := st.w.Finish(st.header)
 	i := st.sealed % transferWindow
 	st.lens[i] = len(d)
-	st.sentAt[i] = time.Now()
+	st.sentAt[i] = now
 	st.send(d)
 }
 
 // send queues one datagram for the requester; they go out in batches,
 // one system call (and, with GSO, one message) for up to sendBatch of
-// them, when the batch is full or the stream is about to wait. A failure
-// is counted; the datagram is sent again when it is not acknowledged in
-// time.
-func (st *snapshotStream) send(d []byte) {
-	st.batch = append(st.batch, d)
-	if len(st.batch) == cap(st.batch) {
-		st.flush()
-	}
-}
+// them. A failure is counted; the datagram is sent again when it is not
+// acknowledged in time.
+func (st *snapshotStream) send(d []byte) { st.batch = append(st.batch, d) }
 
-// flush sends the queued datagrams.
-func (st *snapshotStream) flush() {
-	if len(st.batch) == 0 {
-		return
-	}
-	n := 0
-	for _, d := range st.batch {
-		n += len(d)
-	}
-	st.pace(n)
-	if err := st.s.tr.SendTo(st.t.to, st.batch); err != nil {
-		st.s.stats.SendErrors.Add(1)
-	}
-	st.batch = st.batch[:0]
-}
-
-// pace waits until the transfer's byte budget covers n more bytes, or the
-// transfer is stopped: a requester can acknowledge what it never received
-// (without a key its address may be forged), so what a transfer sends is
-// bounded in rate as well as by the window.
-func (st *snapshotStream) pace(n int) {
-	for {
-		now := time.Now()
-		if st.budget.take(n, now) {
-			return
+// flush sends the queued datagrams, a batch at a time, as far as the
+// transfer's byte budget covers them, and reports whether it sent them
+// all: a requester can acknowledge what it never received (without a key
+// its address may be forged), so what a transfer sends is bounded in
+// rate as well as by the window.
+func (st *snapshotStream) flush(now time.Time) bool {
+	for len(st.batch) > 0 {
+		b := st.batch[:min(len(st.batch), sendBatch)]
+		n := 0
+		for _, d := range b {
+			n += len(d)
 		}
-		select {
-		case <-st.t.stop:
-			return
-		case <-st.s.stop:
-			return
-		case <-time.After(time.Millisecond):
+		if !st.budget.take(n, now) {
+			return false
 		}
+		if err := st.s.tr.SendTo(st.t.to, b); err != nil {
+			st.s.stats.SendErrors.Add(1)
+		}
+		st.batch = append(st.batch[:0], st.batch[len(b):]...)
 	}
+	return true
 }
 
 // resend sends datagram k again unless it was sent within the last rto.
@@ -450,31 +592,6 @@ func (st *snapshotStream) resend(k uint32, now time.Time, rto time.Duration) {
 	st.sentAt[i] = now
 	st.resent++
 	st.send(st.slots[i][:st.lens[i]])
-}
-
-// wait takes acknowledgements, and resends what they show missing or what
-// timed out, until done reports true.
-func (st *snapshotStream) wait(done func() bool) error {
-	timer := time.NewTimer(st.rto)
-	defer timer.Stop()
-	for !done() {
-		st.flush()
-		select {
-		case <-st.t.stop:
-			return errTransferStopped
-		case <-st.s.stop:
-			return errTransferStopped
-		case a := <-st.t.acks:
-			st.take(a, time.Now())
-		case now := <-timer.C:
-			if now.Sub(st.heard) >= transferTimeout {
-				return errTransferSilent
-			}
-			st.timeout(now)
-			timer.Reset(st.rto)
-		}
-	}
-	return nil
 }
 
 // take applies an acknowledgement: the window opens by what it

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -100,22 +102,23 @@ func (sw *stateWriter) mapHeader(m *localMap) {
 // stateSave is a state file being written: begun while the node runs,
 // finished once nothing of it runs any more.
 type stateSave struct {
-	k   *knowledge.Store
-	tab *Table
-	tmp *os.File
-	sw  *stateWriter
-	to  string
+	k    *knowledge.Store
+	tab  *Table
+	tmp  *os.File
+	sw   *stateWriter
+	to   string
+	read time.Time // when the maps were read
 }
 
 // startState starts the state file at path while the node still runs: it
-// reads every map with the versions it knows, then lets the capture
-// drain, so that every write made before the read is stamped. From the
-// read on, every version recorded goes to an overlay, which
+// reads every map with the versions it knows; the caller then lets the
+// capture drain (see [stateSave.drained]), so that every write made
+// before the read is stamped. From the read on, every version recorded goes to an overlay, which
 // [stateSave.finish] adds once the node has stopped: a write made after
 // that differs from the file, so the next run takes it as made while no
 // daemon ran, and neither a local change nor an apply of the last moments
 // is taken for one.
-func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, err error) {
+func (n *Node) startState(path string) (_ *stateSave, err error) {
 	boot, err := bootID()
 	if err != nil {
 		return nil, fmt.Errorf("read the boot id: %w", err)
@@ -144,7 +147,7 @@ func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, e
 		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key := ks[o*m.keySize : (o+1)*m.keySize]
-				v := h.Current(i, key, time.Now())
+				v := h.Current(i, key, n.time.Now())
 				sw.version(stateEntry, v, knowledge.ValueHash(vs[o*m.valueSize:(o+1)*m.valueSize]), key)
 			}
 		}, nil)
@@ -157,14 +160,31 @@ func (n *Node) startState(path string, drainedAt *atomic.Int64) (_ *stateSave, e
 		}
 		h.Unlock()
 	}
-	read := time.Now()
-	for deadline := read.Add(stateDrainWait); time.Unix(0, drainedAt.Load()).Before(read.Add(captureSlack)); {
-		if time.Now().After(deadline) {
-			return nil, errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	sv.read = n.time.Now()
 	return sv, nil
+}
+
+// errNotDrained: a stopping node's capture did not drain after its maps
+// were read.
+var errNotDrained = errors.New("the capture did not drain: the datapath writes too fast to save a consistent state")
+
+// drained reports whether the capture has drained since the maps were
+// read (drainedAt: see sender.drainedAt), so that every write made before
+// the read is stamped.
+func (sv *stateSave) drained(drainedAt *atomic.Int64) bool {
+	return !time.Unix(0, drainedAt.Load()).Before(sv.read.Add(captureSlack))
+}
+
+// awaitDrain waits, for stateDrainWait at most, until the capture has
+// drained since the maps were read, while the sender runs on.
+func (n *Node) awaitDrain(sv *stateSave, drainedAt *atomic.Int64) error {
+	for deadline := sv.read.Add(stateDrainWait); !sv.drained(drainedAt); {
+		if n.time.Now().After(deadline) {
+			return errNotDrained
+		}
+		n.time.Sleep(time.Millisecond)
+	}
+	return nil
 }
 
 // abort gives the state file up.
@@ -325,7 +345,7 @@ func (n *Node) restoreState(path string) (int, error) {
 		m := &n.apply.table.maps[i]
 		saved := s.maps[i]
 		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
-			now := time.Now()
+			now := n.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key, val := ks[o*m.keySize:(o+1)*m.keySize], vs[o*m.valueSize:(o+1)*m.valueSize]
 				hash := k.Hash(key)
@@ -343,9 +363,12 @@ func (n *Node) restoreState(path string) (int, error) {
 			return found, fmt.Errorf("read map %s: %w", m.Desc.Name, err)
 		}
 		h := k.Lock()
-		now := time.Now()
-		for hash, sv := range saved {
-			key := s.keys[i][hash]
+		now := n.time.Now()
+		// In key order, not Go's map order: the deletes made while no
+		// daemon ran are sent in that order, the same on every run.
+		left := slices.SortedFunc(maps.Keys(saved), func(a, b uint64) int { return bytes.Compare(s.keys[i][a], s.keys[i][b]) })
+		for _, hash := range left {
+			sv, key := saved[hash], s.keys[i][hash]
 			if sv.Deleted {
 				if sv.Version.Stamp.Time().After(now.Add(-k.Horizon())) {
 					h.Set(h.Put(i, key), i, key, sv.Version, true, false, now)

@@ -110,8 +110,7 @@ func TestStateOfAnotherBootIgnored(t *testing.T) {
 func TestStateKeepsWritesAppliedWhileStopping(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state")
 	f := newFixtureWith(t, Config{StateFile: path})
-	f.n.sender.drainedAt.Store(time.Now().Add(time.Hour).UnixNano()) // the capture is drained
-	sv, err := f.n.startState(path, &f.n.sender.drainedAt)
+	sv, err := f.n.startState(path)
 	if err != nil {
 		t.Fatal(err)
 	}

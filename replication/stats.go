@@ -30,13 +30,14 @@ type Stats struct {
 	ScanPrints      atomic.Uint64 // keys whose value fingerprint the scans keep (a gauge)
 
 	// Receiver.
-	DatagramsReceived atomic.Uint64 // datagrams accepted from peers
+	DatagramsReceived atomic.Uint64 // change datagrams and announces accepted from peers; not requests, answers, cookies or snapshot datagrams
 	ChangesApplied    atomic.Uint64 // records written to or deleted from local maps
 	DeletesMissing    atomic.Uint64 // deletes of keys that were not in the local map
 	Stale             atomic.Uint64 // records no newer than what this node knows of their key, skipped
 	FutureStamps      atomic.Uint64 // records stamped more than hlc.MaxSkew ahead of this node's clock, dropped
 	ApplyErrors       atomic.Uint64 // batches the kernel refused
 	UnknownMap        atomic.Uint64 // records for a map fingerprint with no local map
+	MapMismatches     atomic.Uint64 // peers' maps that differ from the local map of their name, in schema or in clock, local or lock fields: each peer, map and difference once
 	Malformed         atomic.Uint64 // datagrams that failed to decode
 	Forged            atomic.Uint64 // datagrams from an unexpected address for their node id
 	OwnDropped        atomic.Uint64 // datagrams carrying this node's id
@@ -121,7 +122,7 @@ type StatsSnapshot struct {
 	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped,
 	Scans, ScanFound, ScanVanished, ScanPrints uint64
 
-	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap,
+	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap, MapMismatches,
 	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
 	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
 	Unauthenticated, Replayed uint64
@@ -162,6 +163,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		FutureStamps:      s.FutureStamps.Load(),
 		ApplyErrors:       s.ApplyErrors.Load(),
 		UnknownMap:        s.UnknownMap.Load(),
+		MapMismatches:     s.MapMismatches.Load(),
 		Malformed:         s.Malformed.Load(),
 		Forged:            s.Forged.Load(),
 		OwnDropped:        s.OwnDropped.Load(),
@@ -229,6 +231,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("future_stamps", s.FutureStamps),
 		slog.Uint64("apply_errors", s.ApplyErrors),
 		slog.Uint64("unknown_map", s.UnknownMap),
+		slog.Uint64("map_mismatches", s.MapMismatches),
 		slog.Uint64("malformed", s.Malformed),
 		slog.Uint64("forged", s.Forged),
 		slog.Uint64("own_dropped", s.OwnDropped),

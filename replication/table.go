@@ -100,13 +100,15 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		*lm = localMap{
 			Map:       m,
 			index:     i,
-			fp:        m.Desc.Fingerprint(),
 			keySize:   int(m.Desc.KeySize),
 			valueSize: int(m.Desc.ValueSize),
 		}
 		var err error
 		if lm.plan, err = newFieldPlan(m.Options, lm.valueSize, &t.mono); err != nil {
 			return nil, fmt.Errorf("map %q: %w", m.Desc.Name, err)
+		}
+		if err := lm.describeFields(payload); err != nil {
+			return nil, err
 		}
 		if lm.keySize == 0 {
 			return nil, fmt.Errorf("map %q: key size 0 cannot be replicated", m.Desc.Name)
@@ -150,12 +152,13 @@ func (t *Table) byName(name string) *localMap {
 	return nil
 }
 
-// newKnowledge makes the knowledge of the maps of t, counting into stats.
-func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats) *knowledge.Store {
+// newKnowledge makes the knowledge of the maps of t, counting into stats,
+// started at start.
+func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats, start time.Time) *knowledge.Store {
 	sizes := make([]int, len(t.maps))
 	for i := range t.maps {
 		sizes[i] = t.maps[i].keySize
 	}
-	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: time.Now(),
+	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: start,
 		Restamped: &stats.Restamped, TombstonesDropped: &stats.TombstonesDropped})
 }

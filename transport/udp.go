@@ -71,7 +71,10 @@ type Config struct {
 	// interface's own addresses are skipped, so every node can share one
 	// list). All must be of one address family.
 	Peers []netip.Addr
-	Port  uint16
+	// Unicast switches to unicast even while Peers is empty: discovery
+	// sets the peers later ([UDP.SetPeers]), in Group's address family.
+	Unicast bool
+	Port    uint16
 	// MTU sizes datagrams; 0 means the interface's MTU.
 	MTU int
 }
@@ -88,9 +91,14 @@ type Config struct {
 // nothing; receiving allocates the source address of each message (x/net's
 // ReadBatch does), two small objects per message and none per change.
 type UDP struct {
-	conn    *net.UDPConn
-	pc      batchConn
-	dests   []*net.UDPAddr
+	conn  *net.UDPConn
+	pc    batchConn
+	iface *net.Interface
+	port  int
+	v6    bool
+	// dests are where Send sends: the group, or the peers. SetPeers
+	// replaces the slice while Send reads it, never a slice's elements.
+	dests   atomic.Pointer[[]*net.UDPAddr]
 	payload int
 	maxGSO  int         // bytes of datagrams one GSO message may carry
 	gso     atomic.Bool // runs of datagrams are sent as GSO messages
@@ -118,11 +126,6 @@ func ListenUDP(cfg Config) (*UDP, error) {
 	v6 := cfg.Group.Is6()
 	if len(cfg.Peers) > 0 {
 		v6 = cfg.Peers[0].Is6()
-		for _, p := range cfg.Peers {
-			if p.Is6() != v6 {
-				return nil, fmt.Errorf("peers %s and %s: mixed IPv4 and IPv6; use one family", cfg.Peers[0], p)
-			}
-		}
 	} else if !cfg.Group.IsMulticast() {
 		return nil, fmt.Errorf("group %s: not a multicast address", cfg.Group)
 	}
@@ -139,7 +142,7 @@ func ListenUDP(cfg Config) (*UDP, error) {
 	if v6 {
 		maxMTU += ipv6HeaderSize // the IPv6 payload length does not
 	}
-	u := &UDP{payload: min(mtu, maxMTU) - ipHeader - udpHeaderSize}
+	u := &UDP{payload: min(mtu, maxMTU) - ipHeader - udpHeaderSize, iface: cfg.Iface, port: int(cfg.Port), v6: v6}
 	u.maxGSO = maxIPPacket - udpHeaderSize
 	if !v6 {
 		u.maxGSO -= ipv4HeaderSize
@@ -164,7 +167,7 @@ func ListenUDP(cfg Config) (*UDP, error) {
 	}
 
 	u.gso.Store(u.enableOffload())
-	u.out = newMessages(batchSize * len(u.dests))
+	u.out = newMessages(min(batchSize*max(1, len(*u.dests.Load())), maxMessages))
 	u.to = newMessages(batchSize)
 	u.in = make([]ipv4.Message, receiveBatch)
 	for i := range u.in {
@@ -236,35 +239,63 @@ func (u *UDP) setup(cfg Config, v6 bool) error {
 	if err := pc.SetMulticastLoopback(false); err != nil {
 		return fmt.Errorf("disable multicast loopback: %w", err)
 	}
-	group := &net.UDPAddr{IP: cfg.Group.AsSlice(), Port: int(cfg.Port)}
-	if len(cfg.Peers) == 0 {
+	unicast := cfg.Unicast || len(cfg.Peers) > 0
+	if !unicast {
+		group := &net.UDPAddr{IP: cfg.Group.AsSlice(), Port: int(cfg.Port)}
 		if err := pc.JoinGroup(cfg.Iface, group); err != nil {
 			return fmt.Errorf("join group %s on %s: %w", cfg.Group, cfg.Iface.Name, err)
 		}
-	}
-	if len(cfg.Peers) == 0 {
-		u.dests = []*net.UDPAddr{group}
+		u.dests.Store(&[]*net.UDPAddr{group})
 		return nil
 	}
-
-	own, err := interfaceAddrs(cfg.Iface)
+	n, err := u.SetPeers(cfg.Peers)
 	if err != nil {
 		return err
 	}
-	for _, p := range cfg.Peers {
-		if slices.Contains(own, p.WithZone("")) {
-			continue
-		}
-		dst := &net.UDPAddr{IP: p.AsSlice(), Port: int(cfg.Port), Zone: p.Zone()}
-		if dst.Zone == "" && p.Is6() && p.IsLinkLocalUnicast() {
-			dst.Zone = cfg.Iface.Name
-		}
-		u.dests = append(u.dests, dst)
-	}
-	if len(u.dests) == 0 {
+	if n == 0 && len(cfg.Peers) > 0 {
 		return errors.New("peers: every listed address is this node's own; list the other nodes")
 	}
 	return nil
+}
+
+// maxMessages bounds the messages Send prepares for one sendmmsg, however
+// many peers there are.
+const maxMessages = 16 * batchSize
+
+// SetPeers makes Send go to these peers, skipping the interface's own
+// addresses, and returns how many remain. It is safe to call while Send
+// runs: a Send under way finishes with the previous peers.
+func (u *UDP) SetPeers(peers []netip.Addr) (int, error) {
+	for _, p := range peers {
+		if p.Is6() != u.v6 {
+			return 0, fmt.Errorf("peer %s: not of the socket's address family (%s); use one family", p, family(u.v6))
+		}
+	}
+	own, err := interfaceAddrs(u.iface)
+	if err != nil {
+		return 0, err
+	}
+	dests := make([]*net.UDPAddr, 0, len(peers))
+	for _, p := range peers {
+		if slices.Contains(own, p.WithZone("")) {
+			continue
+		}
+		dst := &net.UDPAddr{IP: p.AsSlice(), Port: u.port, Zone: p.Zone()}
+		if dst.Zone == "" && p.Is6() && p.IsLinkLocalUnicast() {
+			dst.Zone = u.iface.Name
+		}
+		dests = append(dests, dst)
+	}
+	u.dests.Store(&dests)
+	return len(dests), nil
+}
+
+// family names an address family as the errors say it.
+func family(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // interfaceAddrs lists the addresses of ifi, without zones.
@@ -333,11 +364,15 @@ func (u *UDP) Payload() int { return u.payload }
 // the kernel refuses is skipped, so one unreachable peer does not stop the
 // others; the first error is returned.
 func (u *UDP) Send(dgrams [][]byte) error {
+	dests := *u.dests.Load()
+	if want := min(batchSize*len(dests), maxMessages); len(u.out) < want {
+		u.out = newMessages(want) // more peers than before: once per growth
+	}
 	var first error
 	n := 0
 	for len(dgrams) > 0 {
 		k := u.segments(dgrams)
-		for _, dst := range u.dests {
+		for _, dst := range dests {
 			setMessage(&u.out[n], dgrams[:k], dst)
 			if n++; n == len(u.out) {
 				first = firstErr(first, u.write(u.out[:n]))

@@ -22,7 +22,7 @@ import (
 
 // listen opens a UDP transport on the node's interface. The socket stays
 // in the node's namespace whichever thread uses it later.
-func listen(t *testing.T, n *netnstest.Node, cfg Config) *UDP {
+func listen(t testing.TB, n *netnstest.Node, cfg Config) *UDP {
 	t.Helper()
 	var u *UDP
 	err := n.Do(func() error {
@@ -214,5 +214,44 @@ func TestUDPBoundToInterface(t *testing.T) {
 	got := receive(t, ub, 1)
 	if string(got[0].Data) != "from the link" {
 		t.Errorf("received %q from %s, want only the datagram that came over the link", got[0].Data, got[0].From)
+	}
+}
+
+// Discovery changes the peers while the socket is open: the node's own
+// address is skipped, a peer of the other family is refused, and a peer
+// that left is sent nothing more.
+func TestUDPSetPeers(t *testing.T) {
+	a, b := netnstest.NewPair(t)
+	ua := listen(t, a, Config{Group: netip.MustParseAddr("239.1.1.1"), Unicast: true, Port: DefaultPort})
+	ub := listen(t, b, Config{Group: netip.MustParseAddr("239.1.1.1"), Unicast: true, Port: DefaultPort})
+	// It reads the interface's addresses, in the namespace it runs in,
+	// as the daemon does in its own.
+	var n int
+	if err := a.Do(func() (err error) { n, err = ua.SetPeers([]netip.Addr{a.Addr, b.Addr}); return err }); err != nil || n != 1 {
+		t.Fatalf("SetPeers(own, B) = %d, %v; want 1 (own skipped)", n, err)
+	}
+	if _, err := ua.SetPeers([]netip.Addr{b.Addr6}); err == nil {
+		t.Error("an IPv6 peer on an IPv4 socket was taken")
+	}
+	if err := ua.Send([][]byte{[]byte("to B")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, ub, 1); string(got[0].Data) != "to B" || got[0].From.Addr() != a.Addr || !got[0].Unicast {
+		t.Fatalf("B received %q from %s (unicast %v), want \"to B\" from %s", got[0].Data, got[0].From, got[0].Unicast, a.Addr)
+	}
+	if n, err := ua.SetPeers(nil); err != nil || n != 0 { // nothing to look up
+		t.Fatalf("SetPeers(none) = %d, %v", n, err)
+	}
+	if err := ua.Send([][]byte{[]byte("after B left")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Do(func() error { _, err := ua.SetPeers([]netip.Addr{b.Addr}); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := ua.Send([][]byte{[]byte("B is back")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, ub, 1); string(got[0].Data) != "B is back" {
+		t.Errorf("B received %q first, want nothing sent while it was not a peer", got[0].Data)
 	}
 }

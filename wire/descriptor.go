@@ -7,7 +7,7 @@ import (
 )
 
 // Descriptor field offsets, see FORMAT.md. The name follows at
-// DescriptorSize.
+// DescriptorSize, then the field count and the fields.
 const (
 	offsetDescType       = 0
 	offsetDescKeySize    = 4
@@ -24,8 +24,9 @@ const (
 )
 
 // Descriptor describes one replicated map in a [KindAnnounce] datagram.
-// A map is the same on two nodes when its name and schema match, which is
-// what [Descriptor.Fingerprint] condenses for the change sections.
+// A map is the same on two nodes when its name, schema and fields match,
+// which is what [Descriptor.Fingerprint] condenses for the change
+// sections.
 type Descriptor struct {
 	Name       string // BPF object name, 1..[MaxNameLen] printable ASCII characters
 	Type       uint32 // BPF map type
@@ -33,31 +34,55 @@ type Descriptor struct {
 	ValueSize  uint32
 	MaxEntries uint32
 	Flags      uint32 // BPF map flags; informational, not part of the fingerprint
+	// Fields are the byte ranges of a value that do not travel as the
+	// map holds them (clock, local and lock bytes), in their one
+	// canonical form: see [CheckFields]. Nil when there are none.
+	Fields []Field
 }
 
 // Fingerprint identifies the map of a change section: FNV-1a 32 over the
 // name bytes, a 0 byte, then type, key size, value size and max entries as
-// big-endian uint32. The 0 byte keeps a name from running into the schema;
-// Flags is left out so that nodes may tune map flags independently.
+// big-endian uint32, then each field's kind (a byte), offset and size
+// (big-endian uint16). The 0 byte keeps a name from running into the
+// schema; Flags is left out so that nodes may tune map flags
+// independently. A map without fields keeps the fingerprint it had
+// before fields existed.
 func (d *Descriptor) Fingerprint() uint32 {
 	h := uint32(fnvOffset32)
-	for i := 0; i < len(d.Name); i++ {
-		h = (h ^ uint32(d.Name[i])) * fnvPrime32
-	}
-	h *= fnvPrime32 // the 0 separator: h ^ 0 == h
-	for _, v := range [...]uint32{d.Type, d.KeySize, d.ValueSize, d.MaxEntries} {
-		for shift := 24; shift >= 0; shift -= 8 {
+	add := func(v uint32, bytes int) {
+		for shift := 8 * (bytes - 1); shift >= 0; shift -= 8 {
 			h = (h ^ (v >> shift & 0xff)) * fnvPrime32
 		}
+	}
+	for i := 0; i < len(d.Name); i++ {
+		add(uint32(d.Name[i]), 1)
+	}
+	add(0, 1) // the separator
+	for _, v := range [...]uint32{d.Type, d.KeySize, d.ValueSize, d.MaxEntries} {
+		add(v, 4)
+	}
+	for _, f := range d.Fields {
+		add(uint32(f.Kind), 1)
+		add(uint32(f.Offset), 2)
+		add(uint32(f.Size), 2)
 	}
 	return h
 }
 
-// AppendTo appends the wire form of d to b. It returns [ErrBadName],
-// appending nothing, if the name would not survive [Descriptors.Next].
+// EncodedSize is the length of d's wire form.
+func (d *Descriptor) EncodedSize() int {
+	return DescriptorSize + len(d.Name) + 1 + len(d.Fields)*FieldSize
+}
+
+// AppendTo appends the wire form of d to b. It returns [ErrBadName] if
+// the name, or [ErrBadField] if the fields, would not survive
+// [Descriptors.Next], appending nothing.
 func (d *Descriptor) AppendTo(b []byte) ([]byte, error) {
 	if !validName(d.Name) {
 		return b, fmt.Errorf("encode descriptor %q: %w: want 1 to %d printable ASCII characters", d.Name, ErrBadName, MaxNameLen)
+	}
+	if err := CheckFields(d.Fields, d.ValueSize); err != nil {
+		return b, fmt.Errorf("encode descriptor %q: %w", d.Name, err)
 	}
 	b = binary.BigEndian.AppendUint32(b, d.Type)
 	b = binary.BigEndian.AppendUint32(b, d.KeySize)
@@ -65,7 +90,14 @@ func (d *Descriptor) AppendTo(b []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint32(b, d.MaxEntries)
 	b = binary.BigEndian.AppendUint32(b, d.Flags)
 	b = append(b, byte(len(d.Name)))
-	return append(b, d.Name...), nil
+	b = append(b, d.Name...)
+	b = append(b, byte(len(d.Fields)))
+	for _, f := range d.Fields {
+		b = append(b, byte(f.Kind))
+		b = binary.BigEndian.AppendUint16(b, f.Offset)
+		b = binary.BigEndian.AppendUint16(b, f.Size)
+	}
+	return b, nil
 }
 
 // Descriptors iterates over the descriptors of a [KindAnnounce] body. The
@@ -92,8 +124,8 @@ func (it *Descriptors) Reset(body []byte, count uint16) {
 // descriptors has been read and the body used up. It returns
 // [ErrShortBuffer] if a descriptor is cut off, [ErrBadCount] if the body
 // ends before the count or has bytes left after it, [ErrBadName] for a
-// name [Descriptor.AppendTo] would not write, and keeps returning the
-// same error after one.
+// name and [ErrBadField] for fields [Descriptor.AppendTo] would not
+// write, and keeps returning the same error after one.
 func (it *Descriptors) Next() (Descriptor, error) {
 	if it.err != nil {
 		return Descriptor{}, it.err
@@ -108,12 +140,17 @@ func (it *Descriptors) Next() (Descriptor, error) {
 		return it.fail(ErrShortBuffer)
 	}
 	end := DescriptorSize + int(it.body[offsetDescNameLen])
-	if len(it.body) < end {
+	if len(it.body) < end+1 {
 		return it.fail(ErrShortBuffer)
 	}
 	name := it.body[DescriptorSize:end]
 	if !validName(name) {
 		return it.fail(ErrBadName)
+	}
+	n := int(it.body[end])
+	fields := it.body[end+1:]
+	if len(fields) < n*FieldSize {
+		return it.fail(ErrShortBuffer)
 	}
 	d := Descriptor{
 		Name:       string(name),
@@ -123,7 +160,17 @@ func (it *Descriptors) Next() (Descriptor, error) {
 		MaxEntries: binary.BigEndian.Uint32(it.body[offsetDescMaxEntries:]),
 		Flags:      binary.BigEndian.Uint32(it.body[offsetDescFlags:]),
 	}
-	it.body = it.body[end:]
+	if n > 0 {
+		d.Fields = make([]Field, n)
+		for i := range d.Fields {
+			f := fields[i*FieldSize:]
+			d.Fields[i] = Field{Kind: FieldKind(f[0]), Offset: binary.BigEndian.Uint16(f[1:]), Size: binary.BigEndian.Uint16(f[3:])}
+		}
+		if CheckFields(d.Fields, d.ValueSize) != nil {
+			return it.fail(ErrBadField)
+		}
+	}
+	it.body = fields[n*FieldSize:]
 	it.left--
 	return d, nil
 }

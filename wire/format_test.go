@@ -90,8 +90,8 @@ func TestGolden(t *testing.T) {
 	})
 
 	t.Run("announce", func(t *testing.T) {
-		want := []wire.Descriptor{flows, ports}
-		h := wire.Header{Kind: wire.KindAnnounce, Count: 2, Node: h.Node, Epoch: h.Epoch, Seq: h.Seq}
+		want := []wire.Descriptor{flows, ports, ct}
+		h := wire.Header{Kind: wire.KindAnnounce, Count: 3, Node: h.Node, Epoch: h.Epoch, Seq: h.Seq}
 		d, err := h.AppendTo(nil)
 		if err != nil {
 			t.Fatal(err)

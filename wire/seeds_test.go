@@ -156,7 +156,7 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 		}
 		return appendAll(t, d, ds...)
 	}
-	goldenAnnounce := announce(h, flows, ports)
+	goldenAnnounce := announce(h, flows, ports, ct)
 	ready := h
 	ready.Flags, ready.Seq = wire.FlagReady, 0
 	hdr := func(kind wire.Kind, flags uint8, seq uint64) []byte {
@@ -207,8 +207,9 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 			"none":         {announce(h)},
 			"ready":        {announce(ready, flows)},
 			"longest-name": {announce(h, longest)},
-			"bad-name":     {edit(goldenAnnounce, len(goldenAnnounce)-1, 0x7f)},
-			"count-high":   {edit(goldenAnnounce, 6, 0, 3)},
+			"bad-name":     {edit(goldenAnnounce, wire.HeaderSize+wire.DescriptorSize, 0x7f)},
+			"bad-field":    {edit(goldenAnnounce, len(goldenAnnounce)-2*wire.FieldSize, 7)},
+			"count-high":   {edit(goldenAnnounce, 6, 0, 4)},
 			"trailing":     {append(bytes.Clone(goldenAnnounce), 0)},
 			"version-2":    {edit(goldenAnnounce, 2, 2)},
 		},

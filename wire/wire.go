@@ -20,7 +20,7 @@ import "errors"
 // Header layout. All multi-byte fields are big-endian.
 const (
 	Magic   uint16 = 0x756d // "um"
-	Version uint8  = 3      // 3 added stamps; see FORMAT.md "Versioning"
+	Version uint8  = 4      // 4 added the descriptor's fields; see FORMAT.md "Versioning"
 
 	HeaderSize        = 28 // magic..seq, see FORMAT.md
 	SectionHeaderSize = 8  // map fingerprint, record count, byte length

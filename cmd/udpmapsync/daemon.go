@@ -6,6 +6,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/control"
+	"github.com/udpmapsync/udpmapsync/discovery"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/metrics"
@@ -29,6 +30,7 @@ type daemon struct {
 	sealed  bool // --key-file: every datagram is sealed
 	epoch   uint64
 	node    *replication.Node
+	watch   *discovery.Watcher // of --peers dns:NAME or file:PATH; nil if none
 	entries *metrics.EntryCounter
 }
 
@@ -58,6 +60,17 @@ func (d *daemon) ApplySeconds() ([len(replication.HistogramBounds) + 1]uint64, f
 	return d.node.Stats().ApplySeconds.Snapshot()
 }
 
+// The metrics export the peer lookups' counters through this.
+var _ metrics.Discovering = (*daemon)(nil)
+
+// Discovery is the peer watcher's counters; nil without dns: or file:.
+func (d *daemon) Discovery() *discovery.Stats {
+	if d.watch == nil {
+		return nil
+	}
+	return d.watch.Stats()
+}
+
 // MapEntries are the maps' entry counts, each at most a few seconds old.
 func (d *daemon) MapEntries() []metrics.MapEntries { return d.entries.Counts() }
 
@@ -65,8 +78,9 @@ func (d *daemon) MapEntries() []metrics.MapEntries { return d.entries.Counts() }
 func (d *daemon) Daemon() control.Daemon {
 	out := control.Daemon{Version: version, Node: d.cfg.node, Epoch: d.epoch, Iface: d.cfg.iface.Name,
 		Port: d.flags.Port, Sealed: d.sealed, Started: d.started}
-	if len(d.cfg.peers) > 0 {
-		for _, p := range d.cfg.peers {
+	if d.cfg.discover != nil || len(d.cfg.peers) > 0 {
+		out.Peers = []string{}
+		for _, p := range d.peerList() {
 			out.Peers = append(out.Peers, p.String())
 		}
 	} else {

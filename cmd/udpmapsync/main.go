@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/udpmapsync/udpmapsync/control"
+	"github.com/udpmapsync/udpmapsync/discovery"
 	"github.com/udpmapsync/udpmapsync/epoch"
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
@@ -44,6 +45,8 @@ type Flags struct {
 	Group            string
 	Port             uint16
 	Peers            []string
+	PeersRefresh     time.Duration
+	DNSServer        string
 	Maps             []string
 	Capture          string
 	FlushInterval    time.Duration
@@ -78,7 +81,11 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Iface, "iface", "", "interface to replicate over (required)")
 	fs.StringVar(&f.Group, "group", "239.1.1.1", "multicast group, IPv4 or IPv6 (e.g. ff02::1:3)")
 	fs.Uint16Var(&f.Port, "port", transport.DefaultPort, "UDP port to send to and listen on")
-	fs.StringSliceVar(&f.Peers, "peers", nil, "unicast to these nodes instead of multicast (ip,ip,...); only they are accepted")
+	fs.StringSliceVar(&f.Peers, "peers", nil, "unicast to these nodes instead of multicast: ip,ip,..., dns:NAME (every A or AAAA record, "+
+		"e.g. a Kubernetes headless Service) or file:PATH (one address a line); without a key only they are accepted")
+	fs.DurationVar(&f.PeersRefresh, "peers-refresh", discovery.DefaultRefresh, "how often --peers dns:NAME or file:PATH is looked up again")
+	fs.StringVar(&f.DNSServer, "dns-server", "", "test hook: resolve --peers dns:NAME with this server (ADDR:PORT) instead of the system's")
+	_ = fs.MarkHidden("dns-server")
 	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N, then its options: SPEC,scan=1s,clock=FIELD:KIND,refresh=FIELD:PERIOD,local=FIELD,vanished=keep|delete (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
 	fs.StringVar(&f.Config, "config", "", "YAML file listing maps with their options (maps: [{map: SPEC, scan: 1s, clock: [...], ...}]), in addition to --map")
 	fs.DurationVar(&f.ScanInterval, "scan-interval", 0, "scan every map this often for in-place changes and evictions (0: never); a map's scan option overrides it")
@@ -150,11 +157,12 @@ func main() {
 
 // config is what run needs, resolved and checked from [Flags].
 type config struct {
-	iface *net.Interface
-	group netip.Addr
-	peers []netip.Addr
-	level slog.Level
-	node  uint32
+	iface    *net.Interface
+	group    netip.Addr
+	peers    []netip.Addr     // a static --peers; empty, not nil, with discover
+	discover discovery.Source // --peers dns:NAME or file:PATH
+	level    slog.Level
+	node     uint32
 }
 
 // check validates the flags that need no privileges, so a typo is reported
@@ -172,12 +180,8 @@ func (f *Flags) check() (*config, error) {
 	if c.group, err = netip.ParseAddr(f.Group); err != nil || !c.group.IsMulticast() {
 		return nil, fmt.Errorf("--group %s: not a multicast address (e.g. 239.1.1.1 or ff02::1:3)", f.Group)
 	}
-	for _, p := range f.Peers {
-		a, err := netip.ParseAddr(p)
-		if err != nil {
-			return nil, fmt.Errorf("--peers %s: not an IP address", p)
-		}
-		c.peers = append(c.peers, a.Unmap())
+	if err := f.peersConfig(&c); err != nil {
+		return nil, err
 	}
 	if f.FlushInterval <= 0 || f.AnnounceInterval <= 0 || f.StatsInterval < 0 {
 		return nil, errors.New("--flush-interval and --announce-interval must be positive, --stats-interval not negative")
@@ -306,7 +310,8 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	if d.options, err = resolveOptions(d.maps, specs, f.ScanInterval); err != nil {
 		return nil, err
 	}
-	d.tr, err = transport.ListenUDP(transport.Config{Iface: c.iface, Group: c.group, Peers: c.peers, Port: f.Port, MTU: f.MTU})
+	d.tr, err = transport.ListenUDP(transport.Config{Iface: c.iface, Group: c.group, Peers: c.peers,
+		Unicast: c.discover != nil, Port: f.Port, MTU: f.MTU})
 	if err != nil {
 		return nil, fmt.Errorf("--iface %s: %w", c.iface.Name, err)
 	}
@@ -346,6 +351,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	} else if err != nil {
 		return nil, err
 	}
+	d.watch = d.watchPeers(log)
 	d.entries = metrics.NewEntryCounter(metrics.LoaderMaps(d.maps), metrics.DefaultEntriesTTL)
 	return d, nil
 }
@@ -361,6 +367,7 @@ func supervise(ctx context.Context, log *slog.Logger, f *Flags, d *daemon, svc *
 	node := d.node
 	done := make(chan error, 1)
 	go func() { done <- node.Run(ctx) }()
+	go d.runWatcher(ctx)
 	failed := svc.serve(ctx, d, log)
 	defer svc.stop() // no scrape or status request reads the maps once they are closed
 	var tick <-chan time.Time
@@ -446,7 +453,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 		log.Warn("this capture backend sees only writes made from user space; writes by BPF programs are not replicated", args...)
 	}
 	dest := []any{"group", c.group}
-	if len(c.peers) > 0 {
+	if c.discover != nil {
+		dest = []any{"peers", c.discover.String(), "found", d.peerList()}
+	} else if len(c.peers) > 0 {
 		dest = []any{"peers", c.peers}
 	}
 	log.Info("listening", append(dest, "iface", c.iface.Name, "port", f.Port, "payload", d.tr.Payload(),
@@ -457,7 +466,11 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 // the counters the metrics and the status command read.
 func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	peers := d.Status().Peers
-	log.LogAttrs(ctx, slog.LevelInfo, "stats", append(d.Stats().Attrs(), slog.Int("peers", len(peers)))...)
+	attrs := append(d.Stats().Attrs(), slog.Int("peers", len(peers)))
+	if d.watch != nil {
+		attrs = append(attrs, d.watch.Stats().Attrs()...)
+	}
+	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {
 		log.LogAttrs(ctx, slog.LevelDebug, "peer", slog.Any("node", p.Node), slog.Any("addr", p.Addr),
 			slog.Any("epoch", p.Epoch), slog.Any("seq", p.Seq),

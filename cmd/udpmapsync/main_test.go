@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -43,7 +45,11 @@ func TestCheckErrors(t *testing.T) {
 		{nil, []string{"--iface is required", "ip link"}},
 		{[]string{"--iface", "nosuch9"}, []string{"--iface nosuch9: no such interface", "see ip link"}},
 		{[]string{"--iface", "lo", "--group", "10.0.0.1"}, []string{"--group 10.0.0.1", "not a multicast address"}},
-		{[]string{"--iface", "lo", "--peers", "10.0.0.1,nope"}, []string{"--peers nope", "not an IP address"}},
+		{[]string{"--iface", "lo", "--peers", "10.0.0.1,nope"}, []string{"--peers nope", "not an IP address, dns:NAME or file:PATH"}},
+		{[]string{"--iface", "lo", "--peers", "dns:a,10.0.0.1"}, []string{"--peers dns:a,10.0.0.1", "alone"}},
+		{[]string{"--iface", "lo", "--peers", "file:/nonexistent/peers"}, []string{"--peers file:/nonexistent/peers", "no such file", "one peer address a line"}},
+		{[]string{"--iface", "lo", "--peers", "dns:a", "--peers-refresh", "10ms"}, []string{"--peers-refresh 10ms", "at least 1s"}},
+		{[]string{"--iface", "lo", "--peers", "dns:a", "--dns-server", "10.0.0.1"}, []string{"--dns-server 10.0.0.1", "address and port"}},
 		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
 		{[]string{"--iface", "lo", "--digest-interval", "10ms"}, []string{"--digest-interval 10ms", "at least 1s", "0 to turn digest rounds off"}},
@@ -67,6 +73,33 @@ func TestCheckErrors(t *testing.T) {
 				t.Errorf("%q: error %q lacks %q", tc.args, err, w)
 			}
 		}
+	}
+}
+
+// The DaemonSet passes --peers=$(UDPMAPSYNC_PEERS): empty is multicast,
+// a name is discovery, a file must hold only addresses.
+func TestPeersForms(t *testing.T) {
+	base := []string{"--iface", "lo", "--node-id", "9", "--insecure-no-key"}
+	c, err := parse(t, append(base, "--peers=")...).check()
+	if err != nil || c.peers != nil || c.discover != nil {
+		t.Errorf("--peers=: %+v %v, want multicast", c, err)
+	}
+	c, err = parse(t, append(base, "--peers=dns:udpmapsync.kube-system.svc.cluster.local")...).check()
+	if err != nil || c.discover == nil || c.discover.String() != "dns:udpmapsync.kube-system.svc.cluster.local" {
+		t.Errorf("--peers=dns:...: %+v %v", c, err)
+	}
+	// Without a key, no one is accepted before the first lookup that
+	// works: the node's peers start empty, not unset.
+	if c != nil && (c.peers == nil || len(c.peers) != 0) {
+		t.Errorf("--peers=dns:...: static peers %#v, want empty and not nil", c.peers)
+	}
+	list := filepath.Join(t.TempDir(), "peers")
+	if err := os.WriteFile(list, []byte("10.0.0.1\n10.0.0.2 # two\nten\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = parse(t, append(base, "--peers=file:"+list)...).check()
+	if err == nil || !strings.Contains(err.Error(), "lines [3]") || !strings.HasPrefix(err.Error(), "--peers file:") {
+		t.Errorf("a file with a bad line: %v, want it refused at start with the line number", err)
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 
 // Exit statuses of `udpmapsync status`, for health checks.
 const (
-	statusInSync      = 0 // ready, no resync running, no peer lagging
+	statusInSync      = 0 // ready, no resync running, no peer lagging, no map differing from a peer's
 	statusNotInSync   = 1 // running, but not (yet) in sync: stderr says why
 	statusUnreachable = 2 // no daemon answered on the control socket
 )
@@ -32,7 +32,8 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: udpmapsync status [--json] [--control-socket PATH]\n\n"+
 			"Shows the running daemon's maps, peers, resync, capture and counters. Exit status:\n"+
-			"0 in sync (ready, no resync, no peer lagging), 1 running but not in sync, 2 no daemon reached.\n\n%s",
+			"0 in sync (ready, no resync, no peer lagging, no map differing from a peer's), 1 running but not in sync,\n"+
+			"2 no daemon reached.\n\n%s",
 			fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {

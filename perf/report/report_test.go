@@ -104,6 +104,23 @@ BenchmarkScan/1000k-2        	       3	 438848370 ns/op	         0.4294 cpu-s/sc
 	}
 }
 
+// The digest target reads BenchmarkDigestHeal's figures.
+func TestDigestTarget(t *testing.T) {
+	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
+BenchmarkDigestHeal-2   	       3	2686853783 ns/op	      5594 digest-bytes/round	         1.284 read-s/map
+`))}
+	goal := "one difference in a 1M-entry map found and healed by a digest round < 10 s"
+	got := verdicts(r, "")[goal]
+	for _, want := range []string{"met: 2.69 s", "1.28 s reading", "5.6 kB of digests"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("digest target %q lacks %q", got, want)
+		}
+	}
+	if got := verdicts(&Results{}, "")[goal]; !strings.HasPrefix(got, "n/a: not measured") {
+		t.Errorf("without benchmarks: %q", got)
+	}
+}
+
 // verdicts maps each target's goal to "met: ", "missed: " or "n/a: " and
 // what was measured.
 func verdicts(r *Results, profile string) map[string]string {

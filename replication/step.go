@@ -1,0 +1,67 @@
+package replication
+
+import "time"
+
+// Stepping. [Node.Run] drives a node with goroutines in real time. A
+// simulator drives the same steps itself instead, every node in one
+// goroutine at virtual time (see package sim): [Node.Start] once, then
+// [Node.Deliver], [Node.FireTimers], [Node.StepSender] and
+// [Node.StepTransfers] whenever Run's goroutines would, then
+// [Node.BeginStop] and [Node.Stop]. A node is driven one way or the
+// other, never both.
+
+// Start readies a node to be stepped: it takes the state file of the
+// previous run, starts the wait of the initial sync and sends the first
+// announce.
+func (n *Node) Start() {
+	n.restore()
+	n.mu.Lock()
+	n.ready.started = n.time.Now()
+	n.mu.Unlock()
+	n.sender.begin()
+}
+
+// StepSender does the sender's work of the moment without waiting: it
+// takes every change the source holds, sends, checks the source for
+// lost changes and announces when that is due. It returns when it wants
+// to be stepped again, or the source's failure.
+func (n *Node) StepSender() (time.Time, error) { return n.sender.step() }
+
+// StepTransfers drives the snapshot transfers this node serves: it takes
+// the requesters' acknowledgements, sends again what timed out, and
+// sends what the window and the pace allow. It returns when it wants to
+// be stepped again; the zero time if no transfer runs.
+func (n *Node) StepTransfers() time.Time {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.server.step(n.time.Now())
+}
+
+// BeginStop begins a clean stop: with a state file, the maps are read
+// for it. The node runs on until [Node.Stop]; the file is saved if the
+// sender has been stepped in between, late enough to find the capture
+// drained after the read (a step [CaptureSlack] after BeginStop).
+func (n *Node) BeginStop() { n.save = n.beginSave(false) }
+
+// Stop ends a stepped node: the sender sends what it holds and a last
+// announce, the transfers stop, and the state file, if begun, is saved
+// with every version recorded since BeginStop. A node stopped without BeginStop,
+// or not stopped at all, crashed: it leaves no state file.
+func (n *Node) Stop() {
+	n.sender.sendLast()
+	n.mu.Lock()
+	n.server.shutdown()
+	n.mu.Unlock()
+	sv := n.save
+	n.save = nil
+	if sv != nil && !sv.drained(&n.sender.drainedAt) {
+		sv.abort()
+		n.saveFailed(errNotDrained)
+		return
+	}
+	n.finishSave(sv)
+}
+
+// CaptureSlack is how long after a write its change may still be on its
+// way into the capture ring; see [Node.BeginStop].
+const CaptureSlack = captureSlack

@@ -1,0 +1,274 @@
+package sim
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// workload is the run's writes and deletes, drawn up front, and the
+// oracle: of each key, the stamped record with the highest version that
+// any node put on the wire, in a change or a snapshot datagram. A write
+// gets its version when its node's sender reads it from the capture (or
+// a snapshot stamps it anew after a capture loss), so the oracle learns
+// versions from the wire; what it checks is that the version that won
+// anywhere wins everywhere.
+type workload struct {
+	written int
+	latest  map[string]wireRecord
+	secs    wire.Sections
+	recs    wire.Records
+}
+
+// wireRecord is one stamped record seen on the wire.
+type wireRecord struct {
+	stamp  uint64
+	origin uint32
+	op     ops.Op
+	value  []byte
+}
+
+func (r wireRecord) newer(o wireRecord) bool {
+	return r.stamp > o.stamp || r.stamp == o.stamp && r.origin > o.origin
+}
+
+// writeFrom is when the workload begins: after every node's first daemon
+// started (see drawScenario).
+const writeFrom = 700 * time.Millisecond
+
+// schedule draws the writes: nodes write the same few keys, updates
+// and deletes, in bursts as a datapath does (which is what overflows a
+// short capture ring), whether a daemon runs on them or not.
+func (w *workload) schedule(s *Sim) {
+	w.latest = make(map[string]wireRecord)
+	for range s.sc.writes {
+		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
+		n := s.nodes[s.rng.IntN(len(s.nodes))]
+		type write struct {
+			op  ops.Op
+			key []byte
+		}
+		burst := make([]write, 1+s.rng.IntN(s.sc.burst))
+		for i := range burst {
+			burst[i] = write{ops.Update, binary.BigEndian.AppendUint32(nil, uint32(s.rng.IntN(s.sc.keys)))}
+			if s.rng.IntN(4) == 0 {
+				burst[i].op = ops.Delete
+			}
+		}
+		s.after(at, func() {
+			for _, wr := range burst {
+				w.written++
+				var value []byte
+				if wr.op == ops.Update {
+					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+				}
+				n.write(wr.op, wr.key, value)
+			}
+		})
+	}
+}
+
+// observe watches every datagram a node sends: the oracle learns the
+// versions, and the invariants that hold at every moment are checked.
+func (s *Sim) observe(from, to *simNode, d []byte) {
+	var h wire.Header
+	if err := h.Unmarshal(d); err != nil {
+		s.fail("node %d sent a malformed datagram: %v", from.id, err)
+		return
+	}
+	switch h.Kind {
+	case wire.KindChanges, wire.KindSnapshot:
+		s.work.learn(s, &h, d[wire.HeaderSize:])
+	case wire.KindAnnounce:
+		if h.Flags&wire.FlagReady != 0 && !from.n.Stats().Ready.Load() {
+			s.fail("node %d announces itself ready before its initial sync", from.id)
+		}
+	case wire.KindSyncStart:
+		var st wire.SyncStart
+		id, _ := wire.SplitSyncSeq(h.Seq)
+		answer := [2]uint32{from.id, id}
+		if st.Unmarshal(d[wire.HeaderSize:]) == nil && st.Status == wire.SyncOK && !s.answered[answer] {
+			// The first answer to a request: a repeated one is the same
+			// answer again, of a transfer that began back then.
+			s.answered[answer] = true
+			// Sent with the node's receive lock held: its status is read
+			// once the event that sent it is over, at the same time.
+			n, to := from.n, to.id
+			s.at(s.now, 0, func() {
+				status := n.Status()
+				if !status.Ready || status.Resync != nil {
+					s.fail("node %d served node %d a snapshot while not in sync: ready %v, receiving a resync %v",
+						from.id, to, status.Ready, status.Resync != nil)
+				}
+				for _, p := range status.Peers {
+					if p.Node != to && (p.Lag() != 0 || !p.MissingSince.IsZero()) {
+						s.fail("node %d served node %d a snapshot while %d datagrams behind node %d (%+v)",
+							from.id, to, p.Lag(), p.Node, p)
+					}
+				}
+			})
+		}
+	}
+}
+
+// learn takes the stamped records of a change or snapshot datagram.
+func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
+	w.secs.Reset(body, h.Count)
+	for {
+		sec, err := w.secs.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			s.fail("node %d sent a datagram it cannot have encoded: %v", h.Node, err)
+			return
+		}
+		w.recs.Reset(sec, keySize, valueSize, w.secs.Base(), h.Node)
+		for {
+			rec, err := w.recs.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				s.fail("node %d sent a record it cannot have encoded: %v", h.Node, err)
+				return
+			}
+			if rec.Stamp == 0 {
+				continue // unstamped: loses to every stamped write
+			}
+			// A value names the node whose datapath wrote it. Only that
+			// node sends it as a change of its own; or one whose capture
+			// lost changes, which stamps anew what its maps hold. (A
+			// snapshot may carry a local write not yet read from the
+			// capture under the version of the write it replaced: the
+			// change follows it.)
+			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin <= uint32(len(s.nodes)) &&
+				!s.nodes[rec.Origin-1].lostCaptures {
+				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
+					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
+					return
+				}
+			}
+			r := wireRecord{stamp: rec.Stamp, origin: rec.Origin, op: rec.Op, value: rec.Value}
+			if old, ok := w.latest[string(rec.Key)]; !ok || r.newer(old) {
+				r.value = bytes.Clone(rec.Value)
+				w.latest[string(rec.Key)] = r
+			}
+		}
+	}
+}
+
+// heal ends the faults: the network heals, every node's daemon runs.
+func (s *Sim) heal() {
+	if s.failed != nil {
+		return
+	}
+	s.tracef("heal")
+	s.net.heal()
+	s.sc.lossPermille, s.sc.dupPermille = 0, 0
+	for _, n := range s.nodes {
+		n.start()
+	}
+}
+
+// settleLimit bounds how long a healed cluster may take to converge:
+// repair timeouts, the silence period and resyncs, with room to spare.
+const settleLimit = 40 * time.Second
+
+// settle runs the healed cluster until it has converged, or fails once
+// it has had settleLimit to.
+func (s *Sim) settle() {
+	start := s.elapsed()
+	for s.failed == nil {
+		s.loop(s.elapsed() + 250*time.Millisecond)
+		if s.converged() == nil {
+			return
+		}
+		if s.elapsed()-start > settleLimit {
+			s.fail("no convergence %v after the heal: %v", settleLimit, s.converged())
+			return
+		}
+	}
+}
+
+// converged says why the cluster has not converged yet, nil once it has:
+// every node ready, nothing missing, no resync running, every map the
+// same.
+func (s *Sim) converged() error {
+	for _, n := range s.nodes {
+		st := n.n.Status()
+		if !st.Ready {
+			return fmt.Errorf("node %d not ready", n.id)
+		}
+		if st.Resync != nil {
+			return fmt.Errorf("node %d receiving a resync", n.id)
+		}
+		if len(st.Peers) != len(s.nodes)-1 {
+			return fmt.Errorf("node %d knows %d peers of %d", n.id, len(st.Peers), len(s.nodes)-1)
+		}
+		for _, p := range st.Peers {
+			if p.Lag() != 0 || !p.MissingSince.IsZero() {
+				return fmt.Errorf("node %d lags %d datagrams behind node %d", n.id, p.Lag(), p.Node)
+			}
+		}
+	}
+	for _, n := range s.nodes[1:] {
+		if diff := mapDiff(s.nodes[0].maps[0], n.maps[0]); diff != "" {
+			return fmt.Errorf("nodes 1 and %d differ: %s", n.id, diff)
+		}
+	}
+	return nil
+}
+
+// checkEnd checks the invariants of a converged cluster.
+func (s *Sim) checkEnd() {
+	for _, n := range s.nodes {
+		st := n.n.Stats()
+		if held := st.Held.Load(); held > 0 {
+			s.fail("node %d still holds %d datagrams", n.id, held)
+		}
+		if known := st.KnownKeys.Load(); known > uint64(s.sc.keys) {
+			s.fail("node %d knows %d keys, of %d written", n.id, known, s.sc.keys)
+		}
+	}
+	if s.sc.crashes() {
+		return // a crashed daemon's last writes are not promised: see the README's guarantees
+	}
+	m := s.nodes[0].maps[0]
+	for _, key := range slices.Sorted(maps.Keys(s.work.latest)) {
+		want := s.work.latest[key]
+		got, ok := m.entries[key]
+		switch {
+		case want.op == ops.Delete && ok:
+			s.fail("key %x holds %x; its latest write (%d from node %d) deletes it", key, got, want.stamp, want.origin)
+		case want.op == ops.Update && !ok && s.nodes[want.origin-1].lostCaptures:
+			// Its origin's capture lost changes: the key's delete may be
+			// among them, and deletes lost so are not promised.
+		case want.op == ops.Update && !bytes.Equal(got, want.value):
+			s.fail("key %x holds %x (present %v); its latest write (%d from node %d) wrote %x",
+				key, got, ok, want.stamp, want.origin, want.value)
+		}
+	}
+}
+
+// mapDiff describes how two maps differ, "" if they hold the same: the
+// first key, in key order, that they hold differently.
+func mapDiff(a, b *memMap) string {
+	keys := append(a.sortedKeys(), b.sortedKeys()...)
+	slices.Sort(keys)
+	for _, k := range slices.Compact(keys) {
+		v, inA := a.entries[k]
+		w, inB := b.entries[k]
+		if inA != inB || !bytes.Equal(v, w) {
+			return fmt.Sprintf("key %x: %x (present %v) and %x (present %v)", k, v, inA, w, inB)
+		}
+	}
+	return ""
+}
