@@ -438,9 +438,10 @@ static long emit_batch_chunk(__u32 i, __u32 *slot)
  * in the order of the caller's buffers, which is the order the kernel
  * applied them (later duplicates win): chunks of as many as fit a sample,
  * one sample each. For a lookup-and-delete batch the keys are the ones the
- * kernel wrote back. done is how many elements were processed when the
- * caller knows, or -1 to take it from ret and the count written back (see
- * batch_done).
+ * kernel wrote back. done is how many elements took effect when the
+ * caller counted them, or -1 to take it from ret and the count written back
+ * (see batch_done). A count written back that is larger than done means
+ * the caller missed elements: they are counted lost.
  */
 static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u32 map_id,
 					    __u8 op, __u64 uattr, long ret, __s64 done)
@@ -453,7 +454,12 @@ static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u
 		lost(done < 0 ? 1 : done);
 		return;
 	}
-	n = done < 0 ? batch_done(ret, attr.count) : done;
+	n = batch_done(ret, attr.count);
+	if (done >= 0) {
+		if (n > done)
+			lost(n - done);
+		n = done;
+	}
 	if (!n)
 		return;
 	a = bpf_map_lookup_elem(&batch_args, &slot);

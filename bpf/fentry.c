@@ -49,9 +49,12 @@ __s64 batches_running;
 /*
  * in_batch reports whether an element function of map whose fexit got ctx
  * and returned ret was called by a marked batch of this task, and counts
- * the element if it took effect. A task storage lookup can fail when it
- * interrupted another one on this CPU; the element is then reported twice
- * (on its own and in its batch), which the peers apply idempotently.
+ * the element if it took effect. The task storage lookup fails when it
+ * would nest in another one on this CPU, which a batch's element can only
+ * meet on a fully preemptible kernel; that element is then reported on its
+ * own and missing from its batch's count, which leaves the batch's last
+ * element out: batch_exit counts it lost when the count the kernel wrote
+ * back shows it.
  */
 static __always_inline bool in_batch(struct bpf_map *map, void *ctx, int ret)
 {
@@ -216,12 +219,12 @@ static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
  * buffers: exact whatever the kernel writes back into the caller's count
  * and whatever the error. The user attr is the batch function's last
  * argument (Linux 6.3 added one before it), found through a helper rather
- * than a fixed argument list.
+ * than a fixed argument list, as is the return value.
  */
 static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op, void *ctx)
 {
 	struct batch_mark *m;
-	__u64 uattr, done;
+	__u64 uattr, ret, done;
 	__u32 id = watched_id(map->id);
 
 	if (!id)
@@ -232,13 +235,14 @@ static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op,
 	m->map = 0;
 	done = m->done;
 	__sync_fetch_and_add(&batches_running, -1);
-	if (!done || own_process())
+	if (own_process())
 		return;
-	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) - 1, &uattr)) {
+	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) - 1, &uattr) ||
+	    bpf_get_func_ret(ctx, &ret)) {
 		lost(done);
 		return;
 	}
-	emit_user_batch(slot, map, id, op, uattr, 0, done);
+	emit_user_batch(slot, map, id, op, uattr, (int)ret, done);
 }
 
 /*
