@@ -128,8 +128,8 @@ static __always_inline void lost(__u64 n)
 }
 
 /*
- * wake_flags decides whether queuing a sample of size bytes wakes the
- * reader. Waking it for every sample costs more than the write itself, so
+ * wake_flags decides whether queuing a sample of size bytes at time now
+ * (bpf_ktime_get_ns) wakes the reader. Waking it for every sample costs more than the write itself, so
  * samples normally go in silently and are collected in bulk; a wake-up is
  * forced when the queue reaches wake_bytes, or when nothing was queued for
  * idle_ns, so the first change after a quiet spell is not delayed.
@@ -139,24 +139,22 @@ static __always_inline void lost(__u64 n)
  * only after it found the ring empty at some time B with no sample received
  * during the 2 * idle_ns before B. Let F be the first sample
  * committed after B, and suppose it went in silently. Then F decided at d_F
- * less than idle_ns after the stamp it read, which was written
- * right after some sample E was committed (last_emit_ns is only written
- * after a successful bpf_ringbuf_output). E was committed before F, so
- * before B, and the reader, finding the ring empty at B, had received it
- * between E's commit and B: at least 2 * idle_ns before B. So F
- * decided, and committed, less than idle_ns + 2e after the reader
- * received E, where e bounds the time from committing to stamping and from
- * deciding to committing (microseconds): before B, a contradiction. So F
- * forced a wake-up, which reaches the reader whether it is already in
- * epoll_wait or about to enter it (the ring polls readable until drained);
- * samples after F are read with F. The argument needs e well below
+ * less than idle_ns after the stamp it read, which is the time some sample
+ * E read before it was committed, and was written after that commit
+ * (last_emit_ns is only written after a successful bpf_ringbuf_output, with
+ * the time its wake_flags read). E was committed before F, so before B,
+ * and the reader, finding the ring empty at B, had received it between E's
+ * commit and B: at least 2 * idle_ns before B. So F decided, and committed,
+ * less than idle_ns + e after the reader received E, where e bounds the
+ * time from deciding to committing (microseconds): before B, a
+ * contradiction. So F forced a wake-up, which reaches the reader whether it
+ * is already in epoll_wait or about to enter it (the ring polls readable
+ * until drained); samples after F are read with F. The argument needs e well below
  * idle_ns: a program preempted that long in between (preemptible
  * kernels only) can leave samples queued until the next change or deadline.
  */
-static __always_inline __u64 wake_flags(__u64 size)
+static __always_inline __u64 wake_flags(__u64 now, __u64 size)
 {
-	__u64 now = bpf_ktime_get_ns();
-
 	if (now - last_emit_ns > idle_ns)
 		return BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) + size >= wake_bytes)
@@ -183,18 +181,20 @@ static __always_inline void set_header(struct record *rec, __u32 map_id, __u8 op
 static __always_inline void output(struct record *rec, __u64 keys_len, __u64 values_len,
 				   __u32 count)
 {
-	__u64 size;
+	__u64 size, now;
 
 	/* The callers' lengths are within the masks; see emit. */
 	barrier_var(keys_len);
 	barrier_var(values_len);
 	size = sizeof(rec->hdr) + (keys_len & CAPTURE_KEYS_MASK) +
 	       (values_len & CAPTURE_VALUES_MASK);
-	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(size))) {
+	/* One clock read serves the decision and the stamp; see wake_flags. */
+	now = bpf_ktime_get_ns();
+	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(now, size))) {
 		lost(count);
 		return;
 	}
-	last_emit_ns = bpf_ktime_get_ns();
+	last_emit_ns = now;
 }
 
 /*
@@ -261,14 +261,22 @@ static __always_inline bool own_process(void)
 	return ns.tgid == self_tgid;
 }
 
-/* watched_map returns the id of map if it is reported, else 0. */
-static __always_inline __u32 watched_map(struct bpf_map *map)
+/* watched_id returns id if the map of that id is reported, else 0. */
+static __always_inline __u32 watched_id(__u32 id)
 {
-	__u32 id = BPF_CORE_READ(map, id);
-
 	if (!bpf_map_lookup_elem(&watched, &id))
 		return 0;
 	return id;
+}
+
+/*
+ * watched_map is watched_id for a map pointer that is not a BTF pointer
+ * (read through bpf_probe_read_kernel); the fentry programs' map arguments
+ * are, and they read the id directly, which costs no helper call.
+ */
+static __always_inline __u32 watched_map(struct bpf_map *map)
+{
+	return watched_id(BPF_CORE_READ(map, id));
 }
 
 /* fd_map returns the map behind file descriptor fd of the current task. */
@@ -430,20 +438,28 @@ static long emit_batch_chunk(__u32 i, __u32 *slot)
  * in the order of the caller's buffers, which is the order the kernel
  * applied them (later duplicates win): chunks of as many as fit a sample,
  * one sample each. For a lookup-and-delete batch the keys are the ones the
- * kernel wrote back.
+ * kernel wrote back. done is how many elements took effect when the
+ * caller counted them, or -1 to take it from ret and the count written back
+ * (see batch_done). A count written back that is larger than done means
+ * the caller missed elements: they are counted lost.
  */
 static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u32 map_id,
-					    __u8 op, __u64 uattr, long ret)
+					    __u8 op, __u64 uattr, long ret, __s64 done)
 {
 	struct bpf_attr_batch attr;
 	struct batch_args *a;
 	__u64 n, key_size, value_size, per_chunk, chunks;
 
 	if (bpf_probe_read_user(&attr, sizeof(attr), (void *)uattr)) {
-		lost(1);
+		lost(done < 0 ? 1 : done);
 		return;
 	}
 	n = batch_done(ret, attr.count);
+	if (done >= 0) {
+		if (n > done)
+			lost(n - done);
+		n = done;
+	}
 	if (!n)
 		return;
 	a = bpf_map_lookup_elem(&batch_args, &slot);

@@ -7,41 +7,108 @@
  * programs (whose helper calls are rewritten into direct calls to the same
  * functions). fexit rather than fentry because the return value tells which
  * writes took effect.
+ *
+ * A batch command from user space is not reported element by element: the
+ * batch functions mark the task while they run, the element programs skip
+ * the elements of a marked batch, and the batch's fexit reads the processed
+ * elements from the caller's buffers in chunks, as the syscall backend
+ * does (one sample per chunk rather than one per element).
  */
 
-#define CAPTURE_SLOTS 9
+#define CAPTURE_SLOTS 11
 #include "capture.h"
+
+/*
+ * batch_mark says that a task is inside a batch command (update or delete)
+ * of a watched map. frame is the address of the batch function's
+ * trampoline frame (its programs' ctx): the element functions the batch
+ * calls run on the task's stack below it. A BPF program writing the same
+ * map from an interrupt that arrived during the batch runs on the
+ * interrupt stack (x86_64 and arm64 switch to it), outside that range, so
+ * its write is still reported on its own.
+ */
+struct batch_mark {
+	__u64 map; /* the struct bpf_map, 0 when the task is in no batch */
+	__u64 frame;
+	__u64 done; /* elements of the batch that took effect so far */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct batch_mark);
+} batch_marks SEC(".maps");
+
+/*
+ * Batch commands of watched maps running now, so that element programs
+ * skip the task storage lookup when there are none (the common case).
+ */
+__s64 batches_running;
+
+/*
+ * in_batch reports whether an element function of map whose fexit got ctx
+ * and returned ret was called by a marked batch of this task, and counts
+ * the element if it took effect. The task storage lookup fails when it
+ * would nest in another one on this CPU, which a batch's element can only
+ * meet on a fully preemptible kernel; that element is then reported on its
+ * own and missing from its batch's count, which leaves the batch's last
+ * element out: batch_exit counts it lost when the count the kernel wrote
+ * back shows it.
+ */
+static __always_inline bool in_batch(struct bpf_map *map, void *ctx, int ret)
+{
+	struct task_struct *task;
+	struct batch_mark *m;
+	__u64 frame = (__u64)ctx;
+
+	if (!batches_running)
+		return false;
+	task = bpf_get_current_task_btf();
+	m = bpf_task_storage_get(&batch_marks, task, 0, 0);
+	if (!m || m->map != (__u64)map)
+		return false;
+	if (frame >= m->frame || frame < (__u64)task->stack)
+		return false;
+	if (!ret)
+		m->done++;
+	return true;
+}
 
 /*
  * own_write reports whether the current task is the daemon writing map
  * through bpf(2). The syscall check matters here, unlike in the syscall
  * backend: a BPF program can write from an interrupt or from the daemon's
  * own send path while the daemon is current, and that write must be sent.
+ * It comes first because it is the cheap one for program writes, which
+ * mostly run outside bpf(2) or in other commands (BPF_PROG_TEST_RUN).
  */
 static __always_inline bool own_write(struct bpf_map *map)
 {
 	struct pt_regs *regs;
 
-	if (!own_process())
-		return false;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs || syscall_nr(regs) != NR_BPF)
 		return false;
-	return attr_map(syscall_arg0(regs), syscall_arg1(regs)) == map;
+	return attr_map(syscall_arg0(regs), syscall_arg1(regs)) == map && own_process();
 }
 
-static __always_inline void element(__u32 slot, struct bpf_map *map, __u8 op, const void *key,
-				    const void *value, int ret)
+/*
+ * element reports one write of map made by its element function. map is a
+ * BTF pointer: its fields are read directly.
+ */
+static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, __u8 op,
+				    const void *key, const void *value, int ret)
 {
 	__u32 id;
 
-	if (ret)
+	/* Only watched maps are marked: a batch's element needs no lookup. */
+	if (in_batch(map, ctx, ret) || ret)
 		return;
-	id = watched_map(map);
+	id = watched_id(map->id);
 	if (!id || own_write(map))
 		return;
-	emit(slot, id, op, BPF_CORE_READ(map, key_size), BPF_CORE_READ(map, value_size), key,
-	     value, false);
+	emit(slot, id, op, map->key_size, map->value_size, key, value, false);
 }
 
 /*
@@ -52,17 +119,17 @@ static __always_inline void element(__u32 slot, struct bpf_map *map, __u8 op, co
 static __always_inline void lookup_and_delete_batch(__u32 slot, struct bpf_map *map,
 						    void *uattr, int ret)
 {
-	__u32 id = watched_map(map);
+	__u32 id = watched_id(map->id);
 
 	if (!id || own_write(map))
 		return;
-	emit_user_batch(slot, map, id, CAPTURE_OP_DELETE, (__u64)uattr, ret);
+	emit_user_batch(slot, map, id, CAPTURE_OP_DELETE, (__u64)uattr, ret, -1);
 }
 
 SEC("fexit/htab_map_update_elem")
 int BPF_PROG(fexit_htab_update, struct bpf_map *map, void *key, void *value, __u64 flags, int ret)
 {
-	element(0, map, CAPTURE_OP_UPDATE, key, value, ret);
+	element(ctx, 0, map, CAPTURE_OP_UPDATE, key, value, ret);
 	return 0;
 }
 
@@ -70,28 +137,28 @@ SEC("fexit/htab_lru_map_update_elem")
 int BPF_PROG(fexit_htab_lru_update, struct bpf_map *map, void *key, void *value, __u64 flags,
 	     int ret)
 {
-	element(1, map, CAPTURE_OP_UPDATE, key, value, ret);
+	element(ctx, 1, map, CAPTURE_OP_UPDATE, key, value, ret);
 	return 0;
 }
 
 SEC("fexit/array_map_update_elem")
 int BPF_PROG(fexit_array_update, struct bpf_map *map, void *key, void *value, __u64 flags, int ret)
 {
-	element(2, map, CAPTURE_OP_UPDATE, key, value, ret);
+	element(ctx, 2, map, CAPTURE_OP_UPDATE, key, value, ret);
 	return 0;
 }
 
 SEC("fexit/htab_map_delete_elem")
 int BPF_PROG(fexit_htab_delete, struct bpf_map *map, void *key, int ret)
 {
-	element(3, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	element(ctx, 3, map, CAPTURE_OP_DELETE, key, NULL, ret);
 	return 0;
 }
 
 SEC("fexit/htab_lru_map_delete_elem")
 int BPF_PROG(fexit_htab_lru_delete, struct bpf_map *map, void *key, int ret)
 {
-	element(4, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	element(ctx, 4, map, CAPTURE_OP_DELETE, key, NULL, ret);
 	return 0;
 }
 
@@ -99,7 +166,7 @@ SEC("fexit/htab_map_lookup_and_delete_elem")
 int BPF_PROG(fexit_htab_lookup_delete, struct bpf_map *map, void *key, void *value, __u64 flags,
 	     int ret)
 {
-	element(5, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	element(ctx, 5, map, CAPTURE_OP_DELETE, key, NULL, ret);
 	return 0;
 }
 
@@ -107,7 +174,7 @@ SEC("fexit/htab_lru_map_lookup_and_delete_elem")
 int BPF_PROG(fexit_htab_lru_lookup_delete, struct bpf_map *map, void *key, void *value,
 	     __u64 flags, int ret)
 {
-	element(6, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	element(ctx, 6, map, CAPTURE_OP_DELETE, key, NULL, ret);
 	return 0;
 }
 
@@ -125,3 +192,76 @@ int BPF_PROG(fexit_htab_lru_lookup_delete_batch, struct bpf_map *map, void *attr
 	lookup_and_delete_batch(8, map, uattr, ret);
 	return 0;
 }
+
+/* batch_enter marks the task as inside a batch command of map. */
+static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
+{
+	struct batch_mark *m;
+
+	if (!watched_id(map->id))
+		return;
+	m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!m)
+		return; /* its elements are reported one by one */
+	m->map = (__u64)map;
+	m->frame = (__u64)ctx;
+	m->done = 0;
+	__sync_fetch_and_add(&batches_running, 1);
+}
+
+/*
+ * batch_exit reports the elements a marked batch command of map processed,
+ * read from the caller's buffers. Only a batch batch_enter marked counts:
+ * one that was running when the capture attached was reported element by
+ * element. The batch stops at the first element that fails, so the ones
+ * that took effect, as in_batch counted them, are the first done of the
+ * buffers: exact whatever the kernel writes back into the caller's count
+ * and whatever the error. The user attr is the batch function's last
+ * argument (Linux 6.3 added one before it), found through a helper rather
+ * than a fixed argument list, as is the return value.
+ */
+static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op, void *ctx)
+{
+	struct batch_mark *m;
+	__u64 uattr, ret, done;
+	__u32 id = watched_id(map->id);
+
+	if (!id)
+		return;
+	m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0, 0);
+	if (!m || m->map != (__u64)map)
+		return;
+	m->map = 0;
+	done = m->done;
+	__sync_fetch_and_add(&batches_running, -1);
+	if (own_process())
+		return;
+	if (bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) - 1, &uattr) ||
+	    bpf_get_func_ret(ctx, &ret)) {
+		lost(done);
+		return;
+	}
+	emit_user_batch(slot, map, id, op, uattr, (int)ret, done);
+}
+
+/*
+ * The programs of a batch function fn: they mark the task on entry, and
+ * report the batch (in scratch slot slot) on exit.
+ */
+#define BATCH_PROGRAMS(fn, slot, op)                                   \
+	SEC("fentry/" #fn)                                             \
+	int BPF_PROG(fentry_##fn, struct bpf_map *map)                 \
+	{                                                              \
+		batch_enter(map, ctx);                                 \
+		return 0;                                              \
+	}                                                              \
+	SEC("fexit/" #fn)                                              \
+	int BPF_PROG(fexit_##fn, struct bpf_map *map)                  \
+	{                                                              \
+		batch_exit(slot, map, op, ctx);                        \
+		return 0;                                              \
+	}
+
+BATCH_PROGRAMS(generic_map_update_batch, 9, CAPTURE_OP_UPDATE)
+BATCH_PROGRAMS(generic_map_delete_batch, 10, CAPTURE_OP_DELETE)

@@ -47,7 +47,14 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_RINGBUF = 27,
+	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
+
+/* Map flag that local storage maps require. */
+#define BPF_F_NO_PREALLOC 1
+
+/* Flag of bpf_task_storage_get: create the task's element if missing. */
+#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 
 /* Ring buffer flags of bpf_ringbuf_output and bpf_ringbuf_query. */
 #define BPF_RB_NO_WAKEUP 1
@@ -141,5 +148,6 @@ struct files_struct {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	void *stack;
 	struct files_struct *files;
 } __attribute__((preserve_access_index));

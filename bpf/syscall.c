@@ -56,7 +56,7 @@ int BPF_PROG(sys_exit_bpf, struct pt_regs *regs, long ret)
 		return 0;
 
 	if (is_batch(cmd)) {
-		emit_user_batch(0, map, id, op, uattr, ret);
+		emit_user_batch(0, map, id, op, uattr, ret, -1);
 		return 0;
 	}
 	if (bpf_probe_read_user(&attr, sizeof(attr), (void *)uattr)) {

@@ -73,8 +73,9 @@ func BenchmarkCaptureCost(b *testing.B) {
 // what a capture adds to each element of a BPF_MAP_UPDATE_BATCH of
 // [costBatch] elements (hash map, 16-byte keys, 64-byte values) made from
 // user space, as bulk writers make them. Its ns/write figure is per
-// element. The fentry backend sees such a batch element by element, the
-// syscall backend reads it from the caller's buffers.
+// element. Both backends read such a batch from the caller's buffers, a
+// chunk per ring sample; the fentry backend's element programs still run
+// for each element, and skip it.
 func BenchmarkCaptureBatchCost(b *testing.B) {
 	watched := captureTestMap(b, "costbwatched", ebpf.Hash, 16, 64, costBatch)
 	other := captureTestMap(b, "costbother", ebpf.Hash, 16, 64, costBatch)

@@ -26,6 +26,13 @@ type captureFentryBatchArgs struct {
 	_         [3]byte
 }
 
+type captureFentryBatchMark struct {
+	_     structs.HostLayout
+	Map   uint64
+	Frame uint64
+	Done  uint64
+}
+
 type captureFentryChange struct {
 	_         structs.HostLayout
 	MapId     uint32
@@ -47,10 +54,15 @@ type captureFentryRecord struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	captureFentryMapBatchArgs                      = "batch_args"
+	captureFentryMapBatchMarks                     = "batch_marks"
 	captureFentryMapRing                           = "ring"
 	captureFentryMapScratch                        = "scratch"
 	captureFentryMapWatched                        = "watched"
+	captureFentryProgFentryGenericMapDeleteBatch   = "fentry_generic_map_delete_batch"
+	captureFentryProgFentryGenericMapUpdateBatch   = "fentry_generic_map_update_batch"
 	captureFentryProgFexitArrayUpdate              = "fexit_array_update"
+	captureFentryProgFexitGenericMapDeleteBatch    = "fexit_generic_map_delete_batch"
+	captureFentryProgFexitGenericMapUpdateBatch    = "fexit_generic_map_update_batch"
 	captureFentryProgFexitHtabDelete               = "fexit_htab_delete"
 	captureFentryProgFexitHtabLookupDelete         = "fexit_htab_lookup_delete"
 	captureFentryProgFexitHtabLookupDeleteBatch    = "fexit_htab_lookup_delete_batch"
@@ -59,6 +71,7 @@ const (
 	captureFentryProgFexitHtabLruLookupDeleteBatch = "fexit_htab_lru_lookup_delete_batch"
 	captureFentryProgFexitHtabLruUpdate            = "fexit_htab_lru_update"
 	captureFentryProgFexitHtabUpdate               = "fexit_htab_update"
+	captureFentryVarBatchesRunning                 = "batches_running"
 	captureFentryVarIdleNs                         = "idle_ns"
 	captureFentryVarLastEmitNs                     = "last_emit_ns"
 	captureFentryVarOverflows                      = "overflows"
@@ -110,7 +123,11 @@ type captureFentrySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryProgramSpecs struct {
+	FentryGenericMapDeleteBatch   *ebpf.ProgramSpec `ebpf:"fentry_generic_map_delete_batch"`
+	FentryGenericMapUpdateBatch   *ebpf.ProgramSpec `ebpf:"fentry_generic_map_update_batch"`
 	FexitArrayUpdate              *ebpf.ProgramSpec `ebpf:"fexit_array_update"`
+	FexitGenericMapDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_generic_map_delete_batch"`
+	FexitGenericMapUpdateBatch    *ebpf.ProgramSpec `ebpf:"fexit_generic_map_update_batch"`
 	FexitHtabDelete               *ebpf.ProgramSpec `ebpf:"fexit_htab_delete"`
 	FexitHtabLookupDelete         *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete"`
 	FexitHtabLookupDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete_batch"`
@@ -125,23 +142,25 @@ type captureFentryProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryMapSpecs struct {
-	BatchArgs *ebpf.MapSpec `ebpf:"batch_args"`
-	Ring      *ebpf.MapSpec `ebpf:"ring"`
-	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
-	Watched   *ebpf.MapSpec `ebpf:"watched"`
+	BatchArgs  *ebpf.MapSpec `ebpf:"batch_args"`
+	BatchMarks *ebpf.MapSpec `ebpf:"batch_marks"`
+	Ring       *ebpf.MapSpec `ebpf:"ring"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
+	Watched    *ebpf.MapSpec `ebpf:"watched"`
 }
 
 // captureFentryVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryVariableSpecs struct {
-	IdleNs       *ebpf.VariableSpec `ebpf:"idle_ns"`
-	LastEmitNs   *ebpf.VariableSpec `ebpf:"last_emit_ns"`
-	Overflows    *ebpf.VariableSpec `ebpf:"overflows"`
-	SelfPidnsDev *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
-	SelfPidnsIno *ebpf.VariableSpec `ebpf:"self_pidns_ino"`
-	SelfTgid     *ebpf.VariableSpec `ebpf:"self_tgid"`
-	WakeBytes    *ebpf.VariableSpec `ebpf:"wake_bytes"`
+	BatchesRunning *ebpf.VariableSpec `ebpf:"batches_running"`
+	IdleNs         *ebpf.VariableSpec `ebpf:"idle_ns"`
+	LastEmitNs     *ebpf.VariableSpec `ebpf:"last_emit_ns"`
+	Overflows      *ebpf.VariableSpec `ebpf:"overflows"`
+	SelfPidnsDev   *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
+	SelfPidnsIno   *ebpf.VariableSpec `ebpf:"self_pidns_ino"`
+	SelfTgid       *ebpf.VariableSpec `ebpf:"self_tgid"`
+	WakeBytes      *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
 
 // captureFentryObjects contains all objects after they have been loaded into the kernel.
@@ -164,15 +183,17 @@ func (o *captureFentryObjects) Close() error {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryMaps struct {
-	BatchArgs *ebpf.Map `ebpf:"batch_args"`
-	Ring      *ebpf.Map `ebpf:"ring"`
-	Scratch   *ebpf.Map `ebpf:"scratch"`
-	Watched   *ebpf.Map `ebpf:"watched"`
+	BatchArgs  *ebpf.Map `ebpf:"batch_args"`
+	BatchMarks *ebpf.Map `ebpf:"batch_marks"`
+	Ring       *ebpf.Map `ebpf:"ring"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
+	Watched    *ebpf.Map `ebpf:"watched"`
 }
 
 func (m *captureFentryMaps) Close() error {
 	return _CaptureFentryClose(
 		m.BatchArgs,
+		m.BatchMarks,
 		m.Ring,
 		m.Scratch,
 		m.Watched,
@@ -183,20 +204,25 @@ func (m *captureFentryMaps) Close() error {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryVariables struct {
-	IdleNs       *ebpf.Variable `ebpf:"idle_ns"`
-	LastEmitNs   *ebpf.Variable `ebpf:"last_emit_ns"`
-	Overflows    *ebpf.Variable `ebpf:"overflows"`
-	SelfPidnsDev *ebpf.Variable `ebpf:"self_pidns_dev"`
-	SelfPidnsIno *ebpf.Variable `ebpf:"self_pidns_ino"`
-	SelfTgid     *ebpf.Variable `ebpf:"self_tgid"`
-	WakeBytes    *ebpf.Variable `ebpf:"wake_bytes"`
+	BatchesRunning *ebpf.Variable `ebpf:"batches_running"`
+	IdleNs         *ebpf.Variable `ebpf:"idle_ns"`
+	LastEmitNs     *ebpf.Variable `ebpf:"last_emit_ns"`
+	Overflows      *ebpf.Variable `ebpf:"overflows"`
+	SelfPidnsDev   *ebpf.Variable `ebpf:"self_pidns_dev"`
+	SelfPidnsIno   *ebpf.Variable `ebpf:"self_pidns_ino"`
+	SelfTgid       *ebpf.Variable `ebpf:"self_tgid"`
+	WakeBytes      *ebpf.Variable `ebpf:"wake_bytes"`
 }
 
 // captureFentryPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryPrograms struct {
+	FentryGenericMapDeleteBatch   *ebpf.Program `ebpf:"fentry_generic_map_delete_batch"`
+	FentryGenericMapUpdateBatch   *ebpf.Program `ebpf:"fentry_generic_map_update_batch"`
 	FexitArrayUpdate              *ebpf.Program `ebpf:"fexit_array_update"`
+	FexitGenericMapDeleteBatch    *ebpf.Program `ebpf:"fexit_generic_map_delete_batch"`
+	FexitGenericMapUpdateBatch    *ebpf.Program `ebpf:"fexit_generic_map_update_batch"`
 	FexitHtabDelete               *ebpf.Program `ebpf:"fexit_htab_delete"`
 	FexitHtabLookupDelete         *ebpf.Program `ebpf:"fexit_htab_lookup_delete"`
 	FexitHtabLookupDeleteBatch    *ebpf.Program `ebpf:"fexit_htab_lookup_delete_batch"`
@@ -209,7 +235,11 @@ type captureFentryPrograms struct {
 
 func (p *captureFentryPrograms) Close() error {
 	return _CaptureFentryClose(
+		p.FentryGenericMapDeleteBatch,
+		p.FentryGenericMapUpdateBatch,
 		p.FexitArrayUpdate,
+		p.FexitGenericMapDeleteBatch,
+		p.FexitGenericMapUpdateBatch,
 		p.FexitHtabDelete,
 		p.FexitHtabLookupDelete,
 		p.FexitHtabLookupDeleteBatch,

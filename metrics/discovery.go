@@ -30,16 +30,17 @@ var discoveryCounters = []struct {
 		func(s *discovery.Stats) uint64 { return s.Changes.Load() }},
 }
 
-// collectDiscovery sends the watcher's counters, if src discovers its
-// peers.
+// noDiscovery is the counters of a daemon that does not look its peers
+// up: all zero.
+var noDiscovery discovery.Stats
+
+// collectDiscovery sends the watcher's counters, at zero where src does
+// not discover its peers: like every drop reason they exist from the
+// start, so that the alerts on them can tell "none" from "not exported".
 func collectDiscovery(src Source, ch chan<- prometheus.Metric) {
-	d, ok := src.(Discovering)
-	if !ok {
-		return
-	}
-	s := d.Discovery()
-	if s == nil {
-		return
+	s := &noDiscovery
+	if d, ok := src.(Discovering); ok && d.Discovery() != nil {
+		s = d.Discovery()
 	}
 	for _, m := range discoveryCounters {
 		ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.value(s)))
