@@ -39,8 +39,17 @@ const (
 	relayPoll = 20 * time.Millisecond
 	// captureSlack is how long after a write its change may still be on
 	// its way into the capture ring (between the kernel's write and the
-	// capture program's queueing of it). See [sender.stamp].
+	// capture program's queueing of it), once the write has returned.
 	captureSlack = 10 * time.Millisecond
+	// raceSlack is how long before the sender last found the capture
+	// ring empty a change it reads after may have been written, for the
+	// check of [sender.stamp]: the syscall backend captures a batch
+	// command's elements only at the command's exit, and an element
+	// written early in a batch of thousands can be that old on a busy
+	// machine. Too short a bound lets a local write overwritten by an
+	// apply win on the peers. Longer costs only the map reads of local
+	// changes of keys applied within it.
+	raceSlack = time.Second
 )
 
 // senderConfig configures a [sender].
@@ -127,7 +136,8 @@ type sender struct {
 	greet atomic.Bool
 
 	// drained is when the sender last found the source empty: every
-	// change read after it was made after drained less captureSlack.
+	// change read after it was made after drained less captureSlack, or
+	// raceSlack for the elements of a batch command.
 	// drainedAt is the same in Unix nanoseconds, for other goroutines.
 	drained   time.Time
 	drainedAt atomic.Int64
@@ -379,7 +389,7 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 // this node's apply of a peer's change of the same key can cross, and the
 // capture delivers the local write only after the apply. A change read
 // after the source was last found drained was made after drained less
-// captureSlack; if the key's last remote apply ended after that, the
+// raceSlack; if the key's last remote apply ended after that, the
 // order is unknown and the map decides: the change is stamped if the map
 // still holds what it wrote, and dropped otherwise, since a later write,
 // the apply or a local one still to be read, then holds the key. The
@@ -390,7 +400,7 @@ func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time)
 	defer h.Unlock()
 	// One look-up, adding the key if new: a new entry was applied by no one.
 	e := h.Put(m.index, key)
-	if h.AppliedSince(e, s.drained.Add(-captureSlack), now) && !s.stillHolds(m, op, key, value) {
+	if h.AppliedSince(e, s.drained.Add(-raceSlack), now) && !s.stillHolds(m, op, key, value) {
 		return knowledge.Version{}, false
 	}
 	v := knowledge.Version{Stamp: s.clock.At(now), Origin: s.header.Node}
