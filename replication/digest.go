@@ -424,15 +424,27 @@ func (d *digests) differs(p *peer, g *wire.DigestDiff, now time.Time) error {
 		return nil
 	}
 	m := d.table.byFP[g.Map]
-	if int(g.Depth)+1 < r.set.trees[m.index].depth() {
-		for mask := g.Differ; mask != 0; mask &= mask - 1 {
+	leaves := r.set.trees[m.index].depth()
+	if int(g.Depth)+1 < leaves {
+		// A repair covers at most one bucket two levels above the
+		// leaves (see queue), and a round queues at most
+		// maxDigestRepairs: asking about more of those buckets would
+		// spend the round's digests before any reached the parents of
+		// the leaves, and a map differing under all of them was never
+		// repaired.
+		asks := wire.DigestFanout
+		if int(g.Depth)+1 <= leaves-2 {
+			asks = maxDigestRepairs
+		}
+		for mask := g.Differ; mask != 0 && asks > 0; mask &= mask - 1 {
 			c := uint32(bits.TrailingZeros64(mask))
 			d.ask(wire.Bucket{Map: g.Map, Depth: g.Depth + 1, Prefix: g.Prefix<<wire.DigestBits | c}, now)
+			asks--
 		}
 		return nil
 	}
 	d.stats.DigestFound.Add(uint64(bits.OnesCount64(g.Differ)))
-	d.queue(wire.BucketFilter{Bucket: g.Bucket, Children: g.Differ}, r.set.trees[m.index].depth())
+	d.queue(wire.BucketFilter{Bucket: g.Bucket, Children: g.Differ}, leaves)
 	return nil
 }
 

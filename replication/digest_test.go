@@ -396,6 +396,43 @@ func TestDigestHostileInput(t *testing.T) {
 	}
 }
 
+// A map of three levels that differs under every top-level bucket (a
+// few thousand keys apart out of 200,000) still gets repairs queued each
+// round: asking about all 64 top-level buckets spent the round's 64
+// digests before any reached the parents of the leaves, so no round
+// found a leaf, and such a divergence was never healed.
+func TestDigestWideDivergenceQueuesRepairs(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	f.prove(t, peerA)
+	m := f.tab.byID(10)
+	m.Desc.MaxEntries = 1 << 16 // three levels, as for the 400,000-entry map that differed so
+	set, err := f.n.digester.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := set.trees[m.index].depth(); got != 3 {
+		t.Fatalf("tree of %d levels, want 3", got)
+	}
+	f.n.mu.Lock()
+	r := &f.n.digests.round
+	*r = digestRound{id: 5, peer: f.n.peers.byNode[peerNode], set: set}
+	f.n.digests.ask(wire.Bucket{Map: m.fp}, time.Now())
+	f.n.mu.Unlock()
+	for range wire.MaxDigestDepth {
+		f.n.mu.Lock()
+		asked := slices.Clone(r.asked)
+		f.n.mu.Unlock()
+		for _, b := range asked { // the peer: every child differs, at every level
+			f.handle(peerA, digestDatagram(t, wire.KindDigestDiff, 0, (&wire.DigestDiff{Bucket: b, Round: 5, Differ: ^uint64(0)}).AppendTo))
+		}
+	}
+	if len(r.repairs) == 0 || f.stats.DigestFound.Load() == 0 {
+		t.Fatalf("%d digests sent, %d leaves found, %d repairs queued: a round that differs everywhere repairs nothing",
+			r.queries, f.stats.DigestFound.Load(), len(r.repairs))
+	}
+}
+
 // TestDigestRepairsWiden checks that differing leaves under one bucket
 // two levels up are repaired together, and that the filter covers every
 // key of both.
