@@ -167,9 +167,6 @@ func (c *resyncClient) status() *ResyncStatus {
 // catching up.
 func (c *resyncClient) busy() bool { return c.phase != syncIdle && !c.filtered }
 
-// holds reports whether p's stream waits for the answer to a request.
-func (c *resyncClient) holds(p *peer) bool { return c.phase == syncRequested && c.from == p }
-
 // tick drives the resync from the timer: it asks for a snapshot when one
 // is needed, repeats requests and acknowledgements, abandons a stalled
 // transfer, and decides readiness when no peer can serve the initial sync.

@@ -51,18 +51,6 @@ func (a *Arch) MetaPackage() string { return "linux-image-" + a.Name }
 // through an apt configuration of the harness's own.
 func (a *Arch) foreign() bool { return a.Name != hostArch }
 
-// ArchByName returns the architecture called name ("amd64", "arm64").
-func ArchByName(name string) (*Arch, error) {
-	var names []string
-	for _, a := range arches {
-		if a.Name == name {
-			return a, nil
-		}
-		names = append(names, a.Name)
-	}
-	return nil, fmt.Errorf("architecture %q: want one of %s", name, strings.Join(names, ", "))
-}
-
 // ArchOf returns the architecture the executable at path is built for.
 func ArchOf(path string) (*Arch, error) {
 	f, err := elf.Open(path)
