@@ -243,7 +243,15 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 // fentry with all of them held [ErrFentryRefused] (and unix.EPERM) in place
 // of cilium/ebpf's error, whose advice to raise RLIMIT_MEMLOCK is wrong for a
 // kernel that refuses trampolines outright.
+//
+// Without those capabilities cilium/ebpf's feature probes fail too, and it
+// reports the feature as not supported (seen on 6.12 for the fentry
+// backend's task storage map, whenever that map happened to be created
+// first): that is the same refusal, and is reported as one.
 func captureRefusal(backend Backend, err error) error {
+	if errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.EPERM) && len(missingCaps(captureCaps)) > 0 {
+		err = fmt.Errorf("%w (its feature probe was refused: %w)", err, unix.EPERM)
+	}
 	if !errors.Is(err, unix.EPERM) {
 		return err
 	}
