@@ -380,3 +380,37 @@ func TestSlowBatchElementDecidedByTheMap(t *testing.T) {
 		}
 	}
 }
+
+// An entry this node holds newer than the snapshot carried goes back at
+// its version; but once the capture has lost changes, the map may hold a
+// lost local write over that version (another node's, here), so it goes
+// back stamped anew as this node's write, as a snapshot would send it.
+// Sent at the other node's version, the local value claimed to be that
+// node's write (simulated overflows, seed 1422 of -sim.faults=2).
+func TestPushNewerRestampsAfterLoss(t *testing.T) {
+	f, id := snapshotFixture(t)
+	m := f.tab.byID(10)
+	old := hlc.Make(1_600_000_000_000, 0)
+	theirs := knowledge.Version{Stamp: hlc.Make(time.Now().UnixMilli()-1000, 0), Origin: 3}
+	setKnown(f.n.know, m.index, "mine", theirs, false, true)
+	f.flows.state["mine"] = "lostmine" // written over node 3's value; its change lost
+	h := f.n.know.Lock()
+	h.SuspectSince(f.n.clock.Now())
+	h.Unlock()
+
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, uint64(old), peerNode, []byte("mine"), []byte("theirs!!"))
+	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
+	f.handle(peerA, syncEnd(id, 1))
+
+	var got knowledge.Version
+	f.n.relay.drain(func(_ int, _ ops.Op, v knowledge.Version, key, val []byte) {
+		if string(key) == "mine" {
+			got = v
+		}
+	})
+	if got.Origin != ourNode || !got.Newer(theirs) {
+		t.Fatalf("the local value of a key went back as %+v; want a new write of node %d, newer than node 3's %+v", got, ourNode, theirs)
+	}
+}

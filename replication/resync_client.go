@@ -552,11 +552,15 @@ func isEmpty(t Target) bool {
 var errStopDump = errors.New("stop")
 
 // pushNewer sends back the entries of m that p carried in an older
-// version than this node's, as noted while the snapshot arrived.
+// version than this node's, as noted while the snapshot arrived. An
+// entry's value goes at its current version: after a capture loss, one
+// recorded before it is stamped anew, since the map may hold a lost
+// write of this node's over another's value (see [knowledge.Held.Current]).
 func (c *resyncClient) pushNewer(m *localMap) int {
 	k, keys, pushed := c.know, c.apply.newerHere[m.index], 0
 	c.apply.newerHere[m.index] = keys[:0]
 	val := make([]byte, m.valueSize)
+	now := c.time.Now()
 	h := k.Lock()
 	defer h.Unlock()
 	for o := 0; o < len(keys); o += m.keySize {
@@ -573,7 +577,7 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 		// Read under the lock, so the value is at least as new as the
 		// version; a failed or empty read leaves it to the next write.
 		if found, err := m.Target.Lookup(key, val); err == nil && found {
-			c.relay.add(m.index, ops.Update, e.Version(), key, val)
+			c.relay.add(m.index, ops.Update, h.Current(m.index, key, now), key, val)
 			pushed++
 		}
 	}
