@@ -414,3 +414,40 @@ func TestPushNewerRestampsAfterLoss(t *testing.T) {
 		t.Fatalf("the local value of a key went back as %+v; want a new write of node %d, newer than node 3's %+v", got, ourNode, theirs)
 	}
 }
+
+// A key known here in a version newer than the snapshot's, but gone from
+// the map, was deleted by a write whose change the capture lost: once
+// the loss is known, it goes back as a delete stamped now as this node's
+// write. Left to "the next write", the peer's older value stayed on the
+// peer for good, each digest repair between them finding the same
+// difference (simulated overflows with clean stops, seed 318).
+func TestPushNewerSendsALostDelete(t *testing.T) {
+	f, id := snapshotFixture(t)
+	m := f.tab.byID(10)
+	mine := knowledge.Version{Stamp: hlc.Make(time.Now().UnixMilli()-1000, 0), Origin: ourNode}
+	setKnown(f.n.know, m.index, "gone", mine, false, false) // its delete lost to the capture
+	h := f.n.know.Lock()
+	h.SuspectSince(f.n.clock.Now())
+	h.Unlock()
+
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, uint64(hlc.Make(1_600_000_000_000, 0)), peerNode, []byte("gone"), []byte("theirs!!"))
+	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
+	f.handle(peerA, syncEnd(id, 1))
+
+	var op ops.Op
+	var got knowledge.Version
+	f.n.relay.drain(func(_ int, o ops.Op, v knowledge.Version, key, _ []byte) {
+		if string(key) == "gone" {
+			op, got = o, v
+		}
+	})
+	if op != ops.Delete || got.Origin != ourNode || !got.Newer(mine) || f.value("gone") != "" {
+		t.Fatalf("a key gone from the map after a loss went back as %v %+v (map: %q); want a new delete of node %d, newer than %+v",
+			op, got, f.value("gone"), ourNode, mine)
+	}
+	if v, _ := knownVersion(f.n.know, m.index, "gone"); v != got {
+		t.Fatalf("known as %+v after sending %+v", v, got)
+	}
+}

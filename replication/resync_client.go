@@ -575,13 +575,32 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 			continue
 		}
 		// Read under the lock, so the value is at least as new as the
-		// version; a failed or empty read leaves it to the next write.
-		if found, err := m.Target.Lookup(key, val); err == nil && found {
+		// version; a failed read leaves it to the next write, and so does
+		// an empty one (a delete the capture has yet to deliver), unless
+		// changes were lost since the version: then the delete may be
+		// among them, and is sent as a new one.
+		found, err := m.Target.Lookup(key, val)
+		switch {
+		case err != nil:
+		case found:
 			c.relay.add(m.index, ops.Update, h.Current(m.index, key, now), key, val)
+			pushed++
+		case digested(m) && e.Version().Stamp < h.SuspectBefore():
+			c.deletedUnseen(h, m, e, key, now)
 			pushed++
 		}
 	}
 	return pushed
+}
+
+// deletedUnseen records and sends a delete of key, which the knowledge
+// holds (in e) and the map of m no longer does, as a new write of this
+// node's: no capture saw the delete, or the capture lost it. Never for
+// a map that evicts (see [digested]), where keys vanish unseen by design.
+func (c *resyncClient) deletedUnseen(h knowledge.Held, m *localMap, e *knowledge.Entry, key []byte, now time.Time) {
+	w := knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
+	h.Set(e, m.index, key, w, true, true, now) // read from the map: see knowledge.Held.Set
+	c.relay.add(m.index, ops.Delete, w, key, nil)
 }
 
 // deleteAs applies the deletes of keys of m that p made before its
