@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -85,7 +86,7 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	}
 	switch h.Kind {
 	case wire.KindChanges, wire.KindSnapshot:
-		s.work.learn(s, &h, d[wire.HeaderSize:])
+		s.work.learn(s, to, &h, d[wire.HeaderSize:])
 	case wire.KindAnnounce:
 		if h.Flags&wire.FlagReady != 0 && !from.n.Stats().Ready.Load() {
 			s.fail("node %d announces itself ready before its initial sync", from.id)
@@ -102,10 +103,12 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			// Sent with the node's receive lock held: its status is read
 			// once the event that sent it is over, at the same time. A
 			// ready requester takes only the server's own changes from it
-			// (see Node.answer): then the server need only be ready. A
-			// partial snapshot may lack only lost changes of peers not
-			// ready.
-			n, to, initial, partial := from.n, to.id, to.n == nil || !to.n.Stats().Ready.Load(), st.Status == wire.SyncPartial
+			// (see Node.answer): then the server need only be ready; so
+			// too if the requester's daemon has ended since it asked
+			// (the answer is then lost: a restarted daemon asks anew,
+			// under its new epoch). A partial snapshot may lack only lost
+			// changes of peers not ready.
+			n, to, initial, partial := from.n, to.id, to.n != nil && !to.n.Stats().Ready.Load(), st.Status == wire.SyncPartial
 			s.at(s.now, 0, func() {
 				status := n.Status()
 				if !status.Ready || initial && status.Resync != nil {
@@ -123,8 +126,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	}
 }
 
-// learn takes the stamped records of a change or snapshot datagram.
-func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
+// learn takes the stamped records of a change or snapshot datagram sent
+// to a node (to), or to the group (nil).
+func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 	w.secs.Reset(body, h.Count)
 	for {
 		sec, err := w.secs.Next()
@@ -145,18 +149,26 @@ func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
 				s.fail("node %d sent a record it cannot have encoded: %v", h.Node, err)
 				return
 			}
+			s.tracef("  record %s %x %x stamp %v origin %d", rec.Op, rec.Key, rec.Value, hlc.Stamp(rec.Stamp), rec.Origin)
 			if rec.Stamp == 0 {
+				if to != nil && rec.Op == ops.Update {
+					to.holdUnstamped(rec.Key, rec.Value)
+				}
 				continue // unstamped: loses to every stamped write
 			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
 			// lost changes, which stamps anew what its maps hold; or one
 			// whose digest repairs healed a key, which writes the value
-			// it picked as its own. (A snapshot may carry a local write
-			// not yet read from the capture under the version of the
-			// write it replaced: the change follows it.)
-			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin <= uint32(len(s.nodes)) &&
-				!s.nodes[rec.Origin-1].lostCaptures && !s.nodes[rec.Origin-1].healed() {
+			// it picked as its own; or one that held the value unstamped
+			// (its daemon started without a state file with the value in
+			// its map, or a snapshot carried it unstamped), which stamps
+			// it as its own write when a peer lacks it: no node knows
+			// whose it was. (A snapshot may carry a local write not yet
+			// read from the capture under the version of the write it
+			// replaced: the change follows it.)
+			if o := rec.Origin; h.Kind == wire.KindChanges && rec.Op == ops.Update && o <= uint32(len(s.nodes)) &&
+				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
 					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
 					return

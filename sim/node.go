@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -60,6 +61,10 @@ type simNode struct {
 	stopping bool // BeginStop was called
 	// lostCaptures: a capture ring of the node's lost changes.
 	lostCaptures bool
+	// unstamped holds the keys and values (back to back) the node held
+	// with no version: in its map when a daemon started without a state
+	// file, or from a snapshot that carried them so.
+	unstamped map[string]bool
 	// sendAt and serveAt are when the sender and the transfers are next
 	// stepped; an event for another time is stale.
 	sendAt, serveAt time.Time
@@ -86,6 +91,13 @@ func (n *simNode) start() {
 	}
 	n.run++
 	n.ring = &ring{size: n.s.sc.ringBytes}
+	if _, err := os.Stat(n.state); err != nil {
+		for _, m := range n.maps {
+			for k, v := range m.entries {
+				n.holdUnstamped([]byte(k), v)
+			}
+		}
+	}
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
@@ -109,6 +121,17 @@ func (n *simNode) start() {
 	n.every(replication.RetryTick, kindTimers, n.n.FireTimers)
 	n.every(digestEvery, kindDigests, n.n.ReadDigests)
 }
+
+// holdUnstamped records that the node holds key's value unstamped.
+func (n *simNode) holdUnstamped(key, value []byte) {
+	if n.unstamped == nil {
+		n.unstamped = make(map[string]bool)
+	}
+	n.unstamped[string(key)+string(value)] = true
+}
+
+// heldUnstamped reports whether the node ever held key's value unstamped.
+func (n *simNode) heldUnstamped(key, value []byte) bool { return n.unstamped[string(key)+string(value)] }
 
 // every runs step every period while this run of the daemon lasts.
 func (n *simNode) every(period time.Duration, kind int, step func()) {
