@@ -131,7 +131,9 @@ func (n *simNode) holdUnstamped(key, value []byte) {
 }
 
 // heldUnstamped reports whether the node ever held key's value unstamped.
-func (n *simNode) heldUnstamped(key, value []byte) bool { return n.unstamped[string(key)+string(value)] }
+func (n *simNode) heldUnstamped(key, value []byte) bool {
+	return n.unstamped[string(key)+string(value)]
+}
 
 // every runs step every period while this run of the daemon lasts.
 func (n *simNode) every(period time.Duration, kind int, step func()) {
