@@ -126,6 +126,42 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	}
 }
 
+// checkEvery is how often the invariants of a running daemon's state are
+// checked.
+const checkEvery = 250 * time.Millisecond
+
+// check checks the invariants of the node's running daemon: its memory
+// stays within its bounds, and it reports itself in sync only if it is.
+func (n *simNode) check() {
+	f := n.n.Footprint()
+	if why := f.Exceeded(); why != "" {
+		n.s.fail("node %d: %s", n.id, why)
+	}
+	if f.Keys > n.s.sc.keys {
+		n.s.fail("node %d knows %d keys, of %d written", n.id, f.Keys, n.s.sc.keys)
+	}
+	// In sync as the status command says it (control.Status.InSync):
+	// ready, receiving no resync, lagging behind no peer, owing no resync
+	// from one. Then every change datagram of each peer's current stream
+	// that it received, or that an announce it received claimed, is
+	// applied.
+	st := n.n.Status()
+	if !st.Ready || st.Resync != nil {
+		return
+	}
+	for _, p := range st.Peers {
+		if p.Lag() != 0 || p.ResyncOwed {
+			return
+		}
+	}
+	for _, p := range st.Peers {
+		if seq := n.received[streamKey{n.run, p.Node, p.Epoch}]; seq > p.Applied {
+			n.s.fail("node %d reports itself in sync, but received datagram %d of node %d's epoch %d and applied up to %d",
+				n.id, seq, p.Node, p.Epoch, p.Applied)
+		}
+	}
+}
+
 // learn takes the stamped records of a change or snapshot datagram sent
 // to a node (to), or to the group (nil).
 func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
@@ -217,8 +253,8 @@ func (s *Sim) settle() {
 }
 
 // converged says why the cluster has not converged yet, nil once it has:
-// every node ready, nothing missing, no resync running, every map the
-// same.
+// every node ready, nothing missing, no resync running or owed, nothing
+// held back or waiting to be sent, every map the same.
 func (s *Sim) converged() error {
 	for _, n := range s.nodes {
 		st := n.n.Status()
@@ -228,12 +264,15 @@ func (s *Sim) converged() error {
 		if st.Resync != nil {
 			return fmt.Errorf("node %d receiving a resync", n.id)
 		}
+		if f := n.n.Footprint(); f.Held > 0 || f.Relayed > 0 {
+			return fmt.Errorf("node %d holds %d datagrams, and %d entries to send", n.id, f.Held, f.Relayed)
+		}
 		if len(st.Peers) != len(s.nodes)-1 {
 			return fmt.Errorf("node %d knows %d peers of %d", n.id, len(st.Peers), len(s.nodes)-1)
 		}
 		for _, p := range st.Peers {
-			if p.Lag() != 0 || !p.MissingSince.IsZero() {
-				return fmt.Errorf("node %d lags %d datagrams behind node %d", n.id, p.Lag(), p.Node)
+			if p.Lag() != 0 || !p.MissingSince.IsZero() || p.ResyncOwed {
+				return fmt.Errorf("node %d lags %d datagrams behind node %d (a resync owed: %v)", n.id, p.Lag(), p.Node, p.ResyncOwed)
 			}
 		}
 	}
@@ -248,13 +287,7 @@ func (s *Sim) converged() error {
 // checkEnd checks the invariants of a converged cluster.
 func (s *Sim) checkEnd() {
 	for _, n := range s.nodes {
-		st := n.n.Stats()
-		if held := st.Held.Load(); held > 0 {
-			s.fail("node %d still holds %d datagrams", n.id, held)
-		}
-		if known := st.KnownKeys.Load(); known > uint64(s.sc.keys) {
-			s.fail("node %d knows %d keys, of %d written", n.id, known, s.sc.keys)
-		}
+		n.check()
 	}
 	if s.sc.crashes() {
 		return // a crashed daemon's last writes are not promised: see the README's guarantees
