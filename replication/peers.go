@@ -53,6 +53,9 @@ type peer struct {
 	cookieAt time.Time
 	withheld bool
 	ready    bool // its announces say it completed its initial sync
+	// boundReady: this node was ready when it first heard this run of
+	// the peer's (see [dispatcher.announce]).
+	boundReady bool
 	// needSync is set when its changes were lost beyond repair: a full
 	// resync from it is due.
 	needSync bool
