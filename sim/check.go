@@ -24,6 +24,10 @@ import (
 type workload struct {
 	written int
 	latest  map[string]wireRecord
+	// stamped is the newest stamped update record of each key and value
+	// (back to back); evicted, the values of each key an LRU map evicted.
+	stamped map[string]wireRecord
+	evicted map[string][]eviction
 	secs    wire.Sections
 	recs    wire.Records
 }
@@ -48,7 +52,7 @@ const writeFrom = 700 * time.Millisecond
 // and deletes, in bursts as a datapath does (which is what overflows a
 // short capture ring), whether a daemon runs on them or not.
 func (w *workload) schedule(s *Sim) {
-	w.latest = make(map[string]wireRecord)
+	w.latest, w.stamped, w.evicted = make(map[string]wireRecord), make(map[string]wireRecord), make(map[string][]eviction)
 	for range s.sc.writes {
 		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
 		n := s.nodes[s.rng.IntN(len(s.nodes))]
@@ -215,6 +219,10 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 				r.value = bytes.Clone(rec.Value)
 				w.latest[string(rec.Key)] = r
 			}
+			if kv := string(rec.Key) + string(rec.Value); rec.Op == ops.Update && r.newer(w.stamped[kv]) {
+				r.value = bytes.Clone(rec.Value)
+				w.stamped[kv] = r
+			}
 		}
 	}
 }
@@ -254,7 +262,9 @@ func (s *Sim) settle() {
 
 // converged says why the cluster has not converged yet, nil once it has:
 // every node ready, nothing missing, no resync running or owed, nothing
-// held back or waiting to be sent, every map the same.
+// held back or waiting to be sent, every map the same; of an LRU map,
+// which evicts by each node's own use, every key the same on the nodes
+// that hold it (see "LRU evictions" in docs/ARCHITECTURE.md).
 func (s *Sim) converged() error {
 	for _, n := range s.nodes {
 		st := n.n.Status()
@@ -276,9 +286,11 @@ func (s *Sim) converged() error {
 			}
 		}
 	}
-	for _, n := range s.nodes[1:] {
-		if diff := mapDiff(s.nodes[0].maps[0], n.maps[0]); diff != "" {
-			return fmt.Errorf("nodes 1 and %d differ: %s", n.id, diff)
+	for i, a := range s.nodes {
+		for _, b := range s.nodes[i+1:] {
+			if diff := s.mapDiff(a.maps[0], b.maps[0]); diff != "" {
+				return fmt.Errorf("nodes %d and %d differ: %s", a.id, b.id, diff)
+			}
 		}
 	}
 	return nil
@@ -292,31 +304,82 @@ func (s *Sim) checkEnd() {
 	if s.sc.crashes() {
 		return // a crashed daemon's last writes are not promised: see the README's guarantees
 	}
-	m := s.nodes[0].maps[0]
-	for _, key := range slices.Sorted(maps.Keys(s.work.latest)) {
-		want := s.work.latest[key]
-		got, ok := m.entries[key]
-		switch {
-		case want.op == ops.Delete && ok:
-			s.fail("key %x holds %x; its latest write (%d from node %d) deletes it", key, got, want.stamp, want.origin)
-		case want.op == ops.Update && !ok && s.nodes[want.origin-1].lostCaptures:
-			// Its origin's capture lost changes: the key's delete may be
-			// among them, and deletes lost so are not promised.
-		case want.op == ops.Update && !bytes.Equal(got, want.value):
-			s.fail("key %x holds %x (present %v); its latest write (%d from node %d) wrote %x",
-				key, got, ok, want.stamp, want.origin, want.value)
+	// Every node's map: the maps are the same, but for the keys an LRU
+	// map evicted.
+	for _, n := range s.nodes {
+		m := n.maps[0]
+		for _, key := range m.sortedKeys() {
+			if _, ok := s.work.latest[key]; !ok {
+				s.fail("node %d holds key %x (%x), which no node sent stamped", n.id, key, m.entries[key])
+			}
+		}
+		for _, key := range slices.Sorted(maps.Keys(s.work.latest)) {
+			want := s.work.latest[key]
+			got, ok := m.entries[key]
+			switch {
+			case ok && m.lru && want.op == ops.Update && s.work.evictedSince(key, got, 0):
+				// A newer write of the key was evicted from the maps that
+				// held it before it reached this node, which took an older
+				// one: no node holds the newer value to send it.
+			case ok && m.lru && want.op == ops.Delete && s.work.evictedSince(key, got, want.origin):
+				// The delete is an eviction: a resync from the node that
+				// evicted this value, or a newer one, deleted it on the
+				// requester as that node's delete (see "Full resync").
+			case want.op == ops.Delete && ok:
+				s.fail("node %d: key %x holds %x; its latest write (%d from node %d) deletes it", n.id, key, got, want.stamp, want.origin)
+			case want.op == ops.Update && !ok && (m.lru || s.nodes[want.origin-1].lostCaptures):
+				// Evicted; or its origin's capture lost changes: the key's
+				// delete may be among them, and deletes lost so are not
+				// promised.
+			case want.op == ops.Update && !bytes.Equal(got, want.value):
+				s.fail("node %d: key %x holds %x (present %v); its latest write (%d from node %d) wrote %x",
+					n.id, key, got, ok, want.stamp, want.origin, want.value)
+			}
 		}
 	}
 }
 
+// eviction is a value of a key an LRU map evicted, and its node.
+type eviction struct {
+	node  uint32
+	value []byte
+}
+
+// evict records that node's LRU map evicted key's value.
+func (w *workload) evict(node uint32, key, value []byte) {
+	w.evicted[string(key)] = append(w.evicted[string(key)], eviction{node, bytes.Clone(value)})
+}
+
+// evictedSince reports whether an LRU map (node's, unless 0: any node's)
+// evicted a value of key stamped newer than value; with node, or value
+// itself.
+func (w *workload) evictedSince(key string, value []byte, node uint32) bool {
+	held := w.stamped[key+string(value)]
+	for _, e := range w.evicted[key] {
+		v := w.stamped[key+string(e.value)]
+		if node == 0 && v.newer(held) || node != 0 && e.node == node && !held.newer(v) {
+			return true
+		}
+	}
+	return false
+}
+
 // mapDiff describes how two maps differ, "" if they hold the same: the
-// first key, in key order, that they hold differently.
-func mapDiff(a, b *memMap) string {
+// first key, in key order, that they hold differently. Of LRU maps, only
+// keys both hold are compared, and they may hold two values of one if an
+// eviction lost a newer value than the older of the two: a snapshot
+// lacks what its server evicted, and its requester takes the server's
+// stream only after it, so a node that learned of the newer value only
+// from that stream never got it.
+func (s *Sim) mapDiff(a, b *memMap) string {
 	keys := append(a.sortedKeys(), b.sortedKeys()...)
 	slices.Sort(keys)
 	for _, k := range slices.Compact(keys) {
 		v, inA := a.entries[k]
 		w, inB := b.entries[k]
+		if a.lru && (inA != inB || s.work.evictedSince(k, v, 0) || s.work.evictedSince(k, w, 0)) {
+			continue
+		}
 		if inA != inB || !bytes.Equal(v, w) {
 			return fmt.Sprintf("key %x: %x (present %v) and %x (present %v)", k, v, inA, w, inB)
 		}

@@ -26,7 +26,7 @@ const (
 	mapID      = ebpf.MapID(7)
 	keySize    = 4
 	valueSize  = 8
-	maxEntries = 256
+	maxEntries = 256 // of a hash map: more than the keys written
 	payload    = 1400
 )
 
@@ -108,7 +108,7 @@ func (n *simNode) start() {
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
-			Type: uint32(ebpf.Hash), KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}}
+			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: valueSize, MaxEntries: uint32(m.max)}}
 	}
 	tab, err := replication.NewTable(maps, payload)
 	if err != nil {
@@ -272,6 +272,11 @@ func (n *simNode) write(op ops.Op, key, value []byte) {
 
 func (n *simNode) traceApply(op ops.Op, key, value []byte) {
 	n.s.tracef("apply node %d %s %x %x", n.id, op, key, value)
+}
+
+func (n *simNode) evicted(key, value []byte) {
+	n.s.tracef("evict node %d %x %x", n.id, key, value)
+	n.s.work.evict(n.id, key, value)
 }
 
 // deliver hands one datagram to the daemon, if one runs.

@@ -19,11 +19,15 @@ type scenario struct {
 	delay, jitter             time.Duration // a datagram's delay: delay plus up to jitter
 	ringBytes                 int           // each capture ring's size
 
-	cuts   []cut
-	stops  []lifecycle // clean stops and crashes, each followed by a restart
-	writes int         // the workload's bursts of writes
-	burst  int         // the most writes in one burst
-	keys   int         // the keys they choose from: few, so nodes write the same ones
+	cuts  []cut
+	stops []lifecycle // clean stops and crashes, each followed by a restart
+	// lru: the replicated map is an LRU hash map of maxEntries, fewer
+	// than the keys written, so it evicts.
+	lru        bool
+	maxEntries int
+	writes     int // the workload's bursts of writes
+	burst      int // the most writes in one burst
+	keys       int // the keys they choose from: few, so nodes write the same ones
 	// writeUntil is when the workload stops; heal when the faults end.
 	writeUntil, heal time.Duration
 }
@@ -53,8 +57,9 @@ const (
 	Overflows                    // capture rings a few records long
 	Stops                        // clean stops with state files, and restarts
 	Crashes                      // crashes without state files, and restarts
+	Evictions                    // an LRU map that evicts
 
-	AllFaults = Cuts | Overflows | Stops | Crashes
+	AllFaults = Cuts | Overflows | Stops | Crashes | Evictions
 	// DefaultFaults are those every run of go test ./sim draws from,
 	// besides the network's and the clocks': under each of the others the
 	// protocol still fails on some seeds (see "Simulation" in
@@ -94,6 +99,10 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 		sc.stops = append(sc.stops, lifecycle{node: r.IntN(sc.nodes), crash: r.IntN(3) == 0,
 			stop: stop, restart: stop + time.Duration(20+r.IntN(1500))*time.Millisecond})
 	}
+	sc.lru, sc.maxEntries = r.IntN(4) == 0, maxEntries
+	if lruMax := 2 + r.IntN(sc.keys); sc.lru {
+		sc.maxEntries = lruMax
+	}
 	if faults&Cuts == 0 {
 		sc.cuts = nil
 	}
@@ -105,6 +114,9 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 	}
 	if faults&Crashes == 0 {
 		sc.stops = slices.DeleteFunc(sc.stops, func(l lifecycle) bool { return l.crash })
+	}
+	if faults&Evictions == 0 {
+		sc.lru, sc.maxEntries = false, maxEntries
 	}
 	for _, l := range sc.stops {
 		sc.heal = max(sc.heal, l.restart+100*time.Millisecond)

@@ -102,9 +102,9 @@ func (s *Sim) build() {
 		id := uint32(i + 1)
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
-		n.maps = []*memMap{newMemMap(keySize, valueSize, maxEntries)}
+		n.maps = []*memMap{newMemMap(keySize, valueSize, s.sc.maxEntries, s.sc.lru)}
 		for _, m := range n.maps {
-			m.applied = n.traceApply
+			m.applied, m.evicted = n.traceApply, n.evicted
 		}
 		s.nodes = append(s.nodes, n)
 	}

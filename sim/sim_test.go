@@ -14,7 +14,7 @@ var (
 	trace     = flag.Bool("sim.trace", false, "write every datagram, apply and fault of the runs to stdout")
 	// The default leaves out the faults under which the protocol still
 	// fails on some seeds: see "Simulation" in docs/ARCHITECTURE.md.
-	faults = flag.Uint("sim.faults", uint(DefaultFaults), "the faults runs may draw: 1 cuts, 2 capture overflows, 4 clean stops, 8 crashes")
+	faults = flag.Uint("sim.faults", uint(DefaultFaults), "the faults runs may draw: 1 cuts, 2 capture overflows, 4 clean stops, 8 crashes, 16 LRU maps that evict")
 )
 
 // TestSeeds runs a cluster per seed and checks every invariant. A
