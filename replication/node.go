@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
@@ -201,7 +202,7 @@ func NewNode(cfg Config) (*Node, error) {
 		sealed.time, sealed.limit.time = cfg.Time, cfg.Time
 		cfg.Transport, n.tr = sealed, sealed
 	}
-	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
+	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
 		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
 		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Time: cfg.Time,
@@ -485,11 +486,10 @@ type readiness struct {
 	started time.Time     // the node started
 	wait    time.Duration // how long to listen for peers before deciding alone
 	done    chan struct{} // closed once ready
-	flag    interface {   // Stats.Ready, read by the sender for its announces
-		Load() bool
-		Swap(bool) bool
-	}
-	log *slog.Logger
+	// flag is set once ready; the sender reads it for its announces
+	// without the receive lock.
+	flag atomic.Bool
+	log  *slog.Logger
 }
 
 func (r *readiness) isReady() bool { return r.flag.Load() }

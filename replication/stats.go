@@ -71,7 +71,6 @@ type Stats struct {
 	SyncPushed        atomic.Uint64 // entries a merge found the serving peer lacking or holding older, sent back
 	TombstonesDropped atomic.Uint64 // deletes forgotten before the horizon because too many were remembered
 	KnownKeys         atomic.Uint64 // keys whose latest version this node knows, deleted ones included (a gauge)
-	Ready             atomic.Bool   // the initial sync is complete
 
 	// Digest rounds.
 	DigestRounds  atomic.Uint64 // rounds this node started with a peer
@@ -132,8 +131,6 @@ type StatsSnapshot struct {
 	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
 
 	DigestRounds, DigestFound, DigestBusy, DigestRepairs, DigestHealed, DigestBytes uint64
-
-	Ready bool
 }
 
 // Snapshot copies the counters.
@@ -199,7 +196,6 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		DigestRepairs:     s.DigestRepairs.Load(),
 		DigestHealed:      s.DigestHealed.Load(),
 		DigestBytes:       s.DigestBytes.Load(),
-		Ready:             s.Ready.Load(),
 	}
 }
 
@@ -267,6 +263,5 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("digest_repairs", s.DigestRepairs),
 		slog.Uint64("digest_healed", s.DigestHealed),
 		slog.Uint64("digest_bytes", s.DigestBytes),
-		slog.Bool("ready", s.Ready),
 	}
 }

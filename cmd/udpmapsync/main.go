@@ -465,8 +465,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 // logStats writes the one-line summary, and a line per peer at debug level:
 // the counters the metrics and the status command read.
 func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
-	peers := d.Status().Peers
-	attrs := append(d.Stats().Attrs(), slog.Int("peers", len(peers)))
+	st := d.Status()
+	peers := st.Peers
+	attrs := append(d.Stats().Attrs(), slog.Bool("ready", st.Ready), slog.Int("peers", len(peers)))
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
 	}
