@@ -119,13 +119,16 @@ var (
 // the resend buffer between them, the statistics, the readiness of the
 // initial sync and the node's identity. [Node.Run] runs it.
 //
-// The receive side is four parts with one job each, behind one lock: the
+// The receive side is parts with one job each, behind one lock: the
 // [dispatcher] routes each datagram by kind; every peer's
 // [orderedStream] puts its change datagrams in order for the [applier];
 // the [repairResponder] answers repair requests from the resend buffer;
 // the [resyncClient] and the [snapshotServer] are the two ends of a full
 // resync; the [answerGate] decides what each peer's address may be sent
-// before it has proved that it receives there.
+// before it has proved that it receives there. Each lock sits next to
+// what it guards: the snapshot server's transfers, which goroutines of
+// their own drive, are under the server's; the readiness flag, the
+// counters, the knowledge and the fingerprints keep their own.
 type Node struct {
 	node   uint32
 	epoch  uint64
@@ -147,13 +150,16 @@ type Node struct {
 	digester    digester
 	digestEvery time.Duration
 
+	// server streams snapshots to requesters, under its own lock, which
+	// may be taken with the receive lock held.
+	server snapshotServer
+
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
 	gate     answerGate
 	apply    applier
 	repair   repairResponder
 	client   resyncClient
-	server   snapshotServer
 	digests  digests
 	dispatch dispatcher
 	ready    readiness
@@ -230,7 +236,7 @@ func NewNode(cfg Config) (*Node, error) {
 	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node,
 		epoch: cfg.Epoch, own: resend,
 		stats: &n.stats, log: log, answer: n.answer, transfers: make(map[uint32]*transfer),
-		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
+		started: make(map[uint32]time.Time), stop: make(chan struct{})}
 	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
 	n.digestEvery = cfg.DigestInterval
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
@@ -300,8 +306,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.restore()
 	n.mu.Lock()
 	n.ready.started = n.time.Now()
-	n.server.spawn = true
 	n.mu.Unlock()
+	n.server.spawnEach()
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()

@@ -66,6 +66,10 @@ type ownStream interface {
 // drives them all. It answers only known peers at their bound address (the
 // dispatcher sees to that), at most one new transfer per peer per
 // transferEvery, and refuses while this node is not itself in sync.
+//
+// Its lock guards the transfers: the dispatcher calls it with the receive
+// lock held (the peers it is given are guarded by that one), a transfer's
+// goroutine without; it never takes the receive lock itself.
 type snapshotServer struct {
 	time  Time
 	table *Table
@@ -81,11 +85,12 @@ type snapshotServer struct {
 	// [Node.answer]).
 	answer func(p *peer) uint8
 
+	wg   sync.WaitGroup // the transfers' goroutines
+	stop chan struct{}  // closed at shutdown
+
+	mu        sync.Mutex           // guards everything below
 	transfers map[uint32]*transfer // by requester node
 	started   map[uint32]time.Time // when each requester's last transfer started
-	wg        sync.WaitGroup       // the transfers' goroutines
-	stop      chan struct{}        // closed at shutdown
-	mu        *sync.Mutex          // the receive lock, held by every method but serve
 	// spawn: each transfer gets a goroutine of its own ([Node.Run]);
 	// otherwise step drives them.
 	spawn bool
@@ -118,6 +123,8 @@ type syncAck struct {
 // where the snapshot stands, after which a transfer streams it. A
 // repeated request (its answer was lost) gets the same answer again.
 func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFilter, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	id, _ := wire.SplitSyncSeq(h.Seq)
 	if t := s.transfers[p.node]; t != nil && t.id == id {
 		s.send(p, t.start, now)
@@ -205,6 +212,8 @@ func (s *snapshotServer) acked(p *peer, h *wire.Header, body []byte) error {
 	} else if len(body) > 0 {
 		return wire.ErrBadLength
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	t := s.transfers[p.node]
 	if t == nil || t.id != id {
 		return nil
@@ -218,6 +227,8 @@ func (s *snapshotServer) acked(p *peer, h *wire.Header, body []byte) error {
 
 // forget stops the transfer to p, which restarted or went silent.
 func (s *snapshotServer) forget(p *peer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if t := s.transfers[p.node]; t != nil {
 		s.stopTransfer(t)
 		delete(s.transfers, p.node)
@@ -225,11 +236,19 @@ func (s *snapshotServer) forget(p *peer) {
 	delete(s.started, p.node)
 }
 
-// shutdown stops every transfer and waits for their goroutines; call it
-// without the receive lock.
+// spawnEach gives each transfer a goroutine of its own from now on.
+func (s *snapshotServer) spawnEach() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.spawn = true
+}
+
+// shutdown stops every transfer and waits for their goroutines.
 func (s *snapshotServer) shutdown() {
 	close(s.stop)
 	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.spawn {
 		for _, t := range s.transfers {
 			t.stream.close()
@@ -251,6 +270,8 @@ func (s *snapshotServer) serve(t *transfer) {
 // order of the requesters' node ids, and returns when it wants to be
 // stepped again: the zero time if no transfer waits for anything.
 func (s *snapshotServer) step(now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var wake time.Time
 	for _, node := range slices.Sorted(maps.Keys(s.transfers)) {
 		t := s.transfers[node]
@@ -267,7 +288,7 @@ func (s *snapshotServer) step(now time.Time) time.Time {
 }
 
 // ended forgets transfer t, which completed or failed, and tells of it.
-// Call it with the receive lock held.
+// Call it with s.mu held.
 func (s *snapshotServer) ended(t *transfer, err error) {
 	t.stream.close()
 	if s.transfers[t.node] == t {
