@@ -245,9 +245,6 @@ func NewNode(cfg Config) (*Node, error) {
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
-	if sealed != nil {
-		n.dispatch.sources = sealed
-	}
 	if cfg.Peers != nil && cfg.Keys == nil {
 		n.dispatch.allow.set(cfg.Peers)
 	}
@@ -414,7 +411,7 @@ func (n *Node) Deliver(pkts []transport.Packet) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for i := range pkts {
-		n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
+		n.dispatch.handle(&pkts[i], now)
 	}
 	n.apply.flush()
 }
