@@ -210,7 +210,7 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
-		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
+		Node: cfg.Node, Epoch: cfg.Epoch, Sealed: cfg.Keys != nil, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
 		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Time: cfg.Time,
 		Relay: &n.relay,
 		Stats: &n.stats, Log: log})
@@ -218,7 +218,7 @@ func NewNode(cfg Config) (*Node, error) {
 		stats: &n.stats, log: log, node: cfg.Node, now: cfg.Time.Now, ready: n.ready.isReady})
 
 	ctl := func() controlSender {
-		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
+		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, cfg.Keys != nil, &n.stats, log, &n.limit)
 	}
 	random := cfg.Rand
 	if random == nil {
@@ -234,7 +234,7 @@ func NewNode(cfg Config) (*Node, error) {
 	n.client = resyncClient{time: cfg.Time, rand: random, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock,
 		relay: &n.relay, ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
 	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node,
-		epoch: cfg.Epoch, own: resend,
+		epoch: cfg.Epoch, sealed: cfg.Keys != nil, own: resend,
 		stats: &n.stats, log: log, answer: n.answer, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{})}
 	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -10,6 +11,11 @@ import (
 	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
+
+// errNotMarkedSealed refuses to seal a datagram whose header does not say
+// it is sealed: its receivers would take the seal for body. Every writer
+// of a header sets [wire.Header.Sealed] when the node has keys.
+var errNotMarkedSealed = errors.New("seal a datagram whose header is not marked sealed")
 
 // maxRuns bounds the replay windows kept, one per (node, epoch) heard
 // with a datagram that opened: only nodes holding the key can add one.
@@ -81,28 +87,23 @@ func (t *sealedTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	return t.inner.SendTo(addr, out)
 }
 
-// seal copies each datagram into bufs, marks its header sealed and seals
-// it. The callers' datagrams stay plain: the resend buffer keeps them so,
+// seal copies each datagram into bufs and seals the copy in place; the
+// protocol wrote its header already marked sealed ([wire.Header.Sealed]).
+// The callers' datagrams stay plain: the resend buffer keeps them so,
 // and a resend is sealed again under a new counter.
 func (t *sealedTransport) seal(dgrams [][]byte, bufs, out *[][]byte) ([][]byte, error) {
 	*out = (*out)[:0]
 	for i, d := range dgrams {
+		if !wire.MarkedSealed(d) {
+			return nil, errNotMarkedSealed
+		}
 		if i == len(*bufs) {
 			*bufs = append(*bufs, nil)
 		}
 		if cap((*bufs)[i]) < len(d)+wire.SealSize {
 			(*bufs)[i] = make([]byte, 0, len(d)+wire.SealSize)
 		}
-		b := append((*bufs)[i][:0], d...)
-		var h wire.Header
-		if err := h.Unmarshal(b); err != nil {
-			return nil, err // cannot happen: the protocol built it
-		}
-		h.Sealed = true
-		if _, err := h.AppendTo(b[:0]); err != nil {
-			return nil, err
-		}
-		b, err := t.sealer.Seal(b, wire.HeaderSize)
+		b, err := t.sealer.Seal(append((*bufs)[i][:0], d...), wire.HeaderSize)
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ package replication
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -98,6 +99,11 @@ func TestSealedReplication(t *testing.T) {
 	if a.stats.Unauthenticated.Load() == 0 || other.stats.Unauthenticated.Load() == 0 {
 		t.Errorf("unauthenticated a %d, other %d: the wrong key's datagrams were not counted",
 			a.stats.Unauthenticated.Load(), other.stats.Unauthenticated.Load())
+	}
+	for _, n := range []*memNode{a, b, other} {
+		if e := n.stats.SendErrors.Load(); e != 0 {
+			t.Errorf("%d sends failed: a datagram's header was not marked sealed", e)
+		}
 	}
 	if p := other.n.Peers(); len(p) != 0 {
 		t.Errorf("the node with the wrong key knows peers %+v", p)
@@ -242,8 +248,13 @@ func TestSealedReplyTo(t *testing.T) {
 	wireOut, wireIn := newFakeTransport(), newFakeTransport()
 	sender := newSealedTransport(wireOut, keys, peerNode, 1, new(Stats), newLogger(new(logBuffer)))
 	receiver := newSealedTransport(wireIn, keys, ourNode, ourEpoch, new(Stats), newLogger(new(logBuffer)))
+	if err := sender.Send([][]byte{announce(t, peerNode, 1, 1)}); !errors.Is(err, errNotMarkedSealed) {
+		t.Fatalf("sealing a datagram whose header is not marked sealed: %v, want %v", err, errNotMarkedSealed)
+	}
 	for seq := uint64(1); seq <= 3; seq++ {
-		if err := sender.Send([][]byte{announce(t, peerNode, 1, seq)}); err != nil {
+		d := announce(t, peerNode, 1, seq)
+		d[5] = wire.SealSize // as the protocol writes it with a key
+		if err := sender.Send([][]byte{d}); err != nil {
 			t.Fatal(err)
 		}
 	}

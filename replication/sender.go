@@ -59,6 +59,7 @@ type senderConfig struct {
 	Table     *Table
 	Node      uint32 // this node's id, in every header
 	Epoch     uint64 // this run's boot epoch, in every header
+	Sealed    bool   // every header says its datagram is sealed: the node has keys
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
 	FlushInterval time.Duration
@@ -176,7 +177,7 @@ func newSender(cfg senderConfig) *sender {
 		flushInterval: cmp.Or(cfg.FlushInterval, DefaultFlushInterval),
 		announceEvery: cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),
 		activeWindow:  loader.PollWindow,
-		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch},
+		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch, Sealed: cfg.Sealed},
 		pend:          newPending(cfg.Table, cfg.Node),
 		queued:        make([][]byte, 0, sendBatch),
 	}

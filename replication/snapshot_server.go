@@ -78,9 +78,11 @@ type snapshotServer struct {
 	tr    Transport
 	node  uint32
 	epoch uint64
-	own   ownStream
-	stats *Stats
-	log   *slog.Logger
+	// sealed: every header says its datagram is sealed.
+	sealed bool
+	own    ownStream
+	stats  *Stats
+	log    *slog.Logger
 	// answer is the status of this node's answer to p's request (see
 	// [Node.answer]).
 	answer func(p *peer) uint8
@@ -150,7 +152,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 		}
 		st.Stamp = uint64(s.clock.Now())
 	}
-	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
+	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq, Sealed: s.sealed}
 	b, err := answer.AppendTo(make([]byte, 0, wire.HeaderSize+wire.SyncStartSize))
 	if err == nil {
 		b, err = st.AppendTo(b)
@@ -377,7 +379,7 @@ func (b *recordBatch) at(i int) (key, val []byte, v knowledge.Version) {
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	st := &snapshotStream{s: s, t: t, heard: s.time.Now(), cwnd: initialWindow, rto: transferRTO,
 		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
-		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}, know: s.know}
+		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch, Sealed: s.sealed}, know: s.know}
 	for i := range st.slots {
 		st.slots[i] = make([]byte, s.table.payload)
 	}
@@ -553,7 +555,7 @@ func (st *snapshotStream) finish(now time.Time) error {
 	if st.open && st.w.Count() > 0 {
 		st.seal(now)
 	}
-	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed)}
+	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed), Sealed: st.s.sealed}
 	var err error
 	if st.end, err = end.AppendTo(nil); err != nil {
 		return fmt.Errorf("encode sync end: %w", err)
