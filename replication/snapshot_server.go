@@ -54,7 +54,7 @@ var (
 	errTransferSilent  = errors.New("the requester stopped acknowledging")
 )
 
-// ownStream is this node's own sealed change datagrams: a snapshot is as
+// ownStream is this node's own closed change datagrams: a snapshot is as
 // of the latest one. [*resendBuffer] implements it.
 type ownStream interface {
 	held() (first, last uint64, ok bool)
@@ -140,7 +140,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 	case s.transfers[p.node] == nil && len(s.transfers) >= maxTransfers:
 		st.Status = wire.SyncBusy
 	default:
-		// Every change after the latest sealed datagram is in a later
+		// Every change after the latest closed datagram is in a later
 		// one, so the requester continues our stream after it.
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
@@ -188,7 +188,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 func (s *snapshotServer) stopTransfer(t *transfer) {
 	close(t.stop)
 	if !s.spawn {
-		t.stream.close()
+		t.stream.endReads()
 	}
 }
 
@@ -253,7 +253,7 @@ func (s *snapshotServer) shutdown() {
 	defer s.mu.Unlock()
 	if !s.spawn {
 		for _, t := range s.transfers {
-			t.stream.close()
+			t.stream.endReads()
 		}
 	}
 }
@@ -292,7 +292,7 @@ func (s *snapshotServer) step(now time.Time) time.Time {
 // ended forgets transfer t, which completed or failed, and tells of it.
 // Call it with s.mu held.
 func (s *snapshotServer) ended(t *transfer, err error) {
-	t.stream.close()
+	t.stream.endReads()
 	if s.transfers[t.node] == t {
 		delete(s.transfers, t.node)
 	}
@@ -308,7 +308,7 @@ func (s *snapshotServer) ended(t *transfer, err error) {
 		return
 	}
 	s.stats.ResyncsSent.Add(1)
-	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
+	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.closed,
 		"resent", st.resent, "took", took)
 }
 
@@ -325,9 +325,9 @@ type snapshotStream struct {
 	slots   [transferWindow][]byte // each of the payload size
 	lens    [transferWindow]int    // of the datagram in each slot
 	sentAt  [transferWindow]time.Time
-	end     []byte // the end datagram, once every record is sealed
+	end     []byte // the end datagram, once every record is in a closed one
 	done    bool   // the requester acknowledged the end
-	sealed  uint32 // datagrams sealed and sent
+	closed  uint32 // datagrams closed and sent
 	acked   uint32 // every datagram up to acked was received
 	cwnd    uint32 // datagrams that may be in flight
 	rto     time.Duration
@@ -387,13 +387,13 @@ func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	return st
 }
 
-// close ends the reading of the maps, if it has not ended.
-func (st *snapshotStream) close() { st.stop() }
+// endReads ends the reading of the maps, if it has not ended.
+func (st *snapshotStream) endReads() { st.stop() }
 
 // run drives the stream in real time until the requester has everything,
 // the transfer is stopped, or the requester went silent.
 func (st *snapshotStream) run() error {
-	defer st.close()
+	defer st.endReads()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -525,7 +525,7 @@ func (st *snapshotStream) fill(now time.Time) error {
 			continue
 		}
 		if !st.open {
-			next := st.sealed + 1
+			next := st.closed + 1
 			if next-st.acked > st.cwnd {
 				return nil // the window is full
 			}
@@ -537,7 +537,7 @@ func (st *snapshotStream) fill(now time.Time) error {
 		key, val, v := st.cur.at(st.pos)
 		// NewTable checked that one record fits an empty datagram.
 		if !st.w.Append(st.cur.m.fp, st.cur.op, uint64(v.Stamp), v.Origin, key, val) {
-			st.seal(now)
+			st.closeDatagram(now)
 			continue
 		}
 		st.entries++
@@ -546,16 +546,16 @@ func (st *snapshotStream) fill(now time.Time) error {
 	return nil
 }
 
-// finish seals the last datagram, once every record is in, and queues
+// finish closes the last datagram, once every record is in, and queues
 // the end.
 func (st *snapshotStream) finish(now time.Time) error {
 	if st.readErr != nil {
 		return st.readErr
 	}
 	if st.open && st.w.Count() > 0 {
-		st.seal(now)
+		st.closeDatagram(now)
 	}
-	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed), Sealed: st.s.sealed}
+	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.closed), Sealed: st.s.sealed}
 	var err error
 	if st.end, err = end.AppendTo(nil); err != nil {
 		return fmt.Errorf("encode sync end: %w", err)
@@ -564,13 +564,13 @@ func (st *snapshotStream) finish(now time.Time) error {
 	return nil
 }
 
-// seal numbers the datagram being built and queues it.
-func (st *snapshotStream) seal(now time.Time) {
-	st.sealed++
+// closeDatagram numbers the datagram being built and queues it.
+func (st *snapshotStream) closeDatagram(now time.Time) {
+	st.closed++
 	st.open = false
-	st.header.Seq = wire.SyncSeq(st.t.id, st.sealed)
+	st.header.Seq = wire.SyncSeq(st.t.id, st.closed)
 	d := st.w.Finish(st.header)
-	i := st.sealed % transferWindow
+	i := st.closed % transferWindow
 	st.lens[i] = len(d)
 	st.sentAt[i] = now
 	st.send(d)
@@ -621,13 +621,13 @@ func (st *snapshotStream) resend(k uint32, now time.Time, rto time.Duration) {
 func (st *snapshotStream) take(a syncAck, now time.Time) {
 	st.heard = now
 	st.rto = transferRTO
-	if cum := min(a.cum, st.sealed); cum > st.acked {
+	if cum := min(a.cum, st.closed); cum > st.acked {
 		st.cwnd = min(transferWindow, st.cwnd+cum-st.acked)
 		st.acked = cum
 	}
-	st.done = st.end != nil && a.cum > st.sealed // the end counts as one more
+	st.done = st.end != nil && a.cum > st.closed // the end counts as one more
 	for _, rg := range a.missing.Ranges[:a.missing.N] {
-		lo, hi := max(rg.First, uint64(st.acked)+1), min(rg.Last, uint64(st.sealed))
+		lo, hi := max(rg.First, uint64(st.acked)+1), min(rg.Last, uint64(st.closed))
 		for k := lo; k <= hi; k++ {
 			st.resend(uint32(k), now, transferRTO/4)
 		}
@@ -637,7 +637,7 @@ func (st *snapshotStream) take(a syncAck, now time.Time) {
 // timeout resends the oldest unacknowledged datagram, and the end, and
 // backs off: a requester that does not acknowledge gets less and less.
 func (st *snapshotStream) timeout(now time.Time) {
-	if st.acked < st.sealed {
+	if st.acked < st.closed {
 		st.resend(st.acked+1, now, st.rto)
 	} else if st.end != nil {
 		st.send(st.end)
