@@ -552,11 +552,15 @@ func isEmpty(t Target) bool {
 var errStopDump = errors.New("stop")
 
 // pushNewer sends back the entries of m that p carried in an older
-// version than this node's, as noted while the snapshot arrived.
+// version than this node's, as noted while the snapshot arrived. An
+// entry's value goes at its current version: after a capture loss, one
+// recorded before it is stamped anew, since the map may hold a lost
+// write of this node's over another's value (see [knowledge.Held.Current]).
 func (c *resyncClient) pushNewer(m *localMap) int {
 	k, keys, pushed := c.know, c.apply.newerHere[m.index], 0
 	c.apply.newerHere[m.index] = keys[:0]
 	val := make([]byte, m.valueSize)
+	now := c.time.Now()
 	h := k.Lock()
 	defer h.Unlock()
 	for o := 0; o < len(keys); o += m.keySize {
@@ -571,13 +575,32 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 			continue
 		}
 		// Read under the lock, so the value is at least as new as the
-		// version; a failed or empty read leaves it to the next write.
-		if found, err := m.Target.Lookup(key, val); err == nil && found {
-			c.relay.add(m.index, ops.Update, e.Version(), key, val)
+		// version; a failed read leaves it to the next write, and so does
+		// an empty one (a delete the capture has yet to deliver), unless
+		// changes were lost since the version: then the delete may be
+		// among them, and is sent as a new one.
+		found, err := m.Target.Lookup(key, val)
+		switch {
+		case err != nil:
+		case found:
+			c.relay.add(m.index, ops.Update, h.Current(m.index, key, now), key, val)
+			pushed++
+		case digested(m) && e.Version().Stamp < h.SuspectBefore():
+			c.deletedUnseen(h, m, e, key, now)
 			pushed++
 		}
 	}
 	return pushed
+}
+
+// deletedUnseen records and sends a delete of key, which the knowledge
+// holds (in e) and the map of m no longer does, as a new write of this
+// node's: no capture saw the delete, or the capture lost it. Never for
+// a map that evicts (see [digested]), where keys vanish unseen by design.
+func (c *resyncClient) deletedUnseen(h knowledge.Held, m *localMap, e *knowledge.Entry, key []byte, now time.Time) {
+	w := knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
+	h.Set(e, m.index, key, w, true, true, now) // read from the map: see knowledge.Held.Set
+	c.relay.add(m.index, ops.Delete, w, key, nil)
 }
 
 // deleteAs applies the deletes of keys of m that p made before its

@@ -410,3 +410,27 @@ func TestInitialSyncStartsLateHeardPeerAtOne(t *testing.T) {
 		t.Fatalf("a peer heard first while the initial sync was asked for starts at %d, want 1", next)
 	}
 }
+
+// A ready node that first hears a run of a peer's that is ready already
+// (both became ready apart, as across a partition, or the peer restarted
+// and decided alone) merges with it by a full resync: the peer's stream
+// from 1 carries only what it wrote in this run, not what its maps held
+// before, which may be newer than what this node holds. Without it, a
+// node that crashed and became ready alone kept, and took from the peer's
+// old datagrams, older values than the peer's (LRU maps, which no digest
+// round heals: simulated seeds 387 and 1824). A peer first heard while
+// it waits for its initial sync, which merges it, is not resynced from.
+func TestReadyPeerHeardReadyIsMerged(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	t0 := time.Now()
+	f.handleAt(t0, peerA, readyAnnounce(t, peerNode, 1, 3))
+	f.handleAt(t0, peerB, announce(t, 9, 1, 0))
+	f.handleAt(t0.Add(time.Second), peerB, readyAnnounce(t, 9, 1, 0))
+	if p := f.n.peers.byNode[peerNode]; !p.needSync {
+		t.Errorf("a peer ready when first heard by a ready node: no full resync from it owed")
+	}
+	if p := f.n.peers.byNode[9]; p.needSync {
+		t.Errorf("a peer first heard in its initial sync: a full resync from it owed once it is ready")
+	}
+}
