@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,8 +63,8 @@ type elemAttr struct {
 // then says how many failed. Only an error allocates.
 func (m *Map) UpdateBatch(keys, values []byte) error {
 	n, err := m.entries(keys)
-	if err == nil && len(values) != n*int(m.ValueSize) {
-		err = fmt.Errorf("%d B of values for %d keys of a %d B value map", len(values), n, m.ValueSize)
+	if err == nil && len(values) != n*int(m.ValueLen) {
+		err = fmt.Errorf("%d B of values for %d keys of a %d B value map", len(values), n, m.ValueLen)
 	}
 	if err != nil {
 		return fmt.Errorf("update map %s: %w", m.Name, err)
@@ -74,12 +73,14 @@ func (m *Map) UpdateBatch(keys, values []byte) error {
 	return err
 }
 
-// Lookup reads the value of key into value (ValueSize bytes) and reports
-// whether the map holds the key. It does not allocate.
+// Lookup reads the value of key into value ([Map.ValueLen] bytes) and
+// reports whether the map holds the key. It does not allocate. In an LPM
+// trie it finds the longest prefix that contains key's: the entry of key's
+// prefix if the trie holds it, else a shorter one.
 func (m *Map) Lookup(key, value []byte) (bool, error) {
-	if len(key) != int(m.KeySize) || len(value) != int(m.ValueSize) {
+	if len(key) != int(m.KeySize) || len(value) != int(m.ValueLen) {
 		return false, fmt.Errorf("look up in map %s: %d B key, %d B value for a %d B key, %d B value map",
-			m.Name, len(key), len(value), m.KeySize, m.ValueSize)
+			m.Name, len(key), len(value), m.KeySize, m.ValueLen)
 	}
 	attr := elemAttr{mapFD: uint32(m.m.FD()), key: unsafe.Pointer(&key[0]), value: unsafe.Pointer(&value[0]), flags: m.elemFlags}
 	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapLookupElem, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
@@ -95,10 +96,10 @@ func (m *Map) Lookup(key, value []byte) (bool, error) {
 // DeleteBatch deletes the len(keys)/KeySize packed keys. Keys the map does
 // not hold are counted in missing and skipped; the others are still deleted.
 // It uses one BPF_MAP_DELETE_BATCH where the kernel has it and
-// BPF_MAP_DELETE_ELEM per key where it does not. Array maps return an error
-// wrapping [ErrNotDeletable]. Only an error allocates.
+// BPF_MAP_DELETE_ELEM per key where it does not. Array maps (per-CPU ones
+// too) return an error wrapping [ErrNotDeletable]. Only an error allocates.
 func (m *Map) DeleteBatch(keys []byte) (missing int, err error) {
-	if m.Type == ebpf.Array {
+	if ArrayType(m.Type) {
 		return 0, fmt.Errorf("delete from map %s: %w", m.Name, ErrNotDeletable)
 	}
 	n, err := m.entries(keys)
@@ -120,7 +121,7 @@ func (m *Map) entries(keys []byte) (int, error) {
 // costs one more syscall rather than the rest of the batch. For deletes,
 // ENOENT is a missing key, not a failure.
 func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err error) {
-	ks, vs := int(m.KeySize), int(m.ValueSize)
+	ks, vs := int(m.KeySize), int(m.ValueLen)
 	if values == nil {
 		vs = 0
 	}
