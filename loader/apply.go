@@ -1,10 +1,12 @@
 package loader
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,6 +19,7 @@ const (
 	cmdMapLookupElem  = 1
 	cmdMapUpdateElem  = 2
 	cmdMapDeleteElem  = 3
+	cmdMapGetNextKey  = 4
 	cmdObjGet         = 7
 	cmdMapLookupBatch = 24
 	cmdMapUpdateBatch = 26
@@ -74,9 +77,10 @@ func (m *Map) UpdateBatch(keys, values []byte) error {
 }
 
 // Lookup reads the value of key into value ([Map.ValueLen] bytes) and
-// reports whether the map holds the key. It does not allocate. In an LPM
-// trie it finds the longest prefix that contains key's: the entry of key's
-// prefix if the trie holds it, else a shorter one.
+// reports whether the map holds the key. It does not allocate, but for an
+// LPM trie: the kernel's lookup there finds the longest prefix that holds
+// key's, which may be a shorter one, so Lookup then also asks whether the
+// trie holds key's own prefix (see trieHolds).
 func (m *Map) Lookup(key, value []byte) (bool, error) {
 	if len(key) != int(m.KeySize) || len(value) != int(m.ValueLen) {
 		return false, fmt.Errorf("look up in map %s: %d B key, %d B value for a %d B key, %d B value map",
@@ -84,13 +88,61 @@ func (m *Map) Lookup(key, value []byte) (bool, error) {
 	}
 	attr := elemAttr{mapFD: uint32(m.m.FD()), key: unsafe.Pointer(&key[0]), value: unsafe.Pointer(&value[0]), flags: m.elemFlags}
 	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapLookupElem, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	switch {
+	case errno == 0 && m.Type == ebpf.LPMTrie:
+		return m.trieHolds(key)
+	case errno == 0:
+		return true, nil
+	case errno == unix.ENOENT:
+		return false, nil
+	}
+	return false, fmt.Errorf("look up in map %s: %w", m.Name, errno)
+}
+
+// trieHolds reports whether an LPM trie that holds some prefix of key's
+// holds key's own. The kernel's next key after a key the trie holds is the
+// one after it in the trie's order (none after its last), and after any
+// other key the trie's first: so the trie holds key if key is its first,
+// or if the key after key is not its first. A trie changing meanwhile can make the answer
+// wrong, as any answer about a map others write can be by the time it is
+// read.
+func (m *Map) trieHolds(key []byte) (bool, error) {
+	first, next := make([]byte, m.KeySize), make([]byte, m.KeySize)
+	if ok, err := m.nextKey(nil, first); err != nil || !ok {
+		return false, err
+	}
+	want := bytes.Clone(key)
+	m.Canonical(want)
+	m.Canonical(first)
+	if bytes.Equal(want, first) {
+		return true, nil
+	}
+	ok, err := m.nextKey(key, next)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		return true, nil // none after key: key is the trie's last
+	}
+	m.Canonical(next)
+	return !bytes.Equal(next, first), nil
+}
+
+// nextKey reads into next the key after key (nil: the first) with
+// BPF_MAP_GET_NEXT_KEY, and reports whether there is one.
+func (m *Map) nextKey(key, next []byte) (bool, error) {
+	attr := elemAttr{mapFD: uint32(m.m.FD()), value: unsafe.Pointer(&next[0])}
+	if key != nil {
+		attr.key = unsafe.Pointer(&key[0])
+	}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapGetNextKey, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	switch errno {
 	case 0:
 		return true, nil
 	case unix.ENOENT:
 		return false, nil
 	}
-	return false, fmt.Errorf("look up in map %s: %w", m.Name, errno)
+	return false, fmt.Errorf("next key in map %s: %w", m.Name, errno)
 }
 
 // DeleteBatch deletes the len(keys)/KeySize packed keys. Keys the map does

@@ -116,24 +116,36 @@ func TestLPMTrie(t *testing.T) {
 				string(trieKey(16, 10, 1, 0, 0)): string(val(16)),
 				string(trieKey(32, 10, 1, 2, 3)): string(val(32)),
 			})
+			// The kernel's lookup finds an address's longest prefix; Lookup
+			// finds a prefix the trie holds, and only that.
 			got := make([]byte, 8)
 			for _, tc := range []struct {
-				addr []byte
-				want uint64
+				key   []byte
+				held  bool
+				value uint64 // the kernel's longest prefix match
 			}{
-				{trieKey(32, 10, 1, 2, 3), 32},
-				{trieKey(32, 10, 1, 2, 4), 16},
-				{trieKey(32, 10, 2, 0, 0), 8},
+				{trieKey(32, 10, 1, 2, 3), true, 32},
+				{trieKey(32, 10, 1, 2, 4), false, 16},
+				{trieKey(32, 10, 2, 0, 0), false, 8},
+				{trieKey(16, 10, 1, 7, 7), true, 16}, // another spelling of the /16
+				{trieKey(8, 10, 0, 0, 0), true, 8},   // the trie's first key
+				{trieKey(24, 10, 1, 2, 0), false, 16},
 			} {
-				if found, err := m.Lookup(tc.addr, got); err != nil || !found || binary.NativeEndian.Uint64(got) != tc.want {
-					t.Errorf("Lookup(%x) = %v, %v, %x; want /%d", tc.addr, found, err, got, tc.want)
+				if err := m.m.Lookup(tc.key, got); err != nil || binary.NativeEndian.Uint64(got) != tc.value {
+					t.Errorf("kernel lookup of %x = %x, %v; want /%d", tc.key, got, err, tc.value)
+				}
+				if found, err := m.Lookup(tc.key, got); err != nil || found != tc.held {
+					t.Errorf("Lookup(%x) = %v, %v; want %v", tc.key, found, err, tc.held)
 				}
 			}
 			if missing, err := m.DeleteBatch(append(trieKey(16, 10, 1, 0, 0), trieKey(24, 10, 1, 2, 0)...)); err != nil || missing != 1 {
 				t.Fatalf("DeleteBatch: %d missing, %v; want 1 missing", missing, err)
 			}
-			if found, err := m.Lookup(trieKey(32, 10, 1, 2, 4), got); err != nil || !found || binary.NativeEndian.Uint64(got) != 8 {
-				t.Errorf("after the /16's delete, 10.1.2.4 found %v, %v, %x; want the /8", found, err, got)
+			if found, err := m.Lookup(trieKey(16, 10, 1, 0, 0), got); err != nil || found {
+				t.Errorf("after its delete, Lookup of the /16 = %v, %v; want not found (the /8 holds its address)", found, err)
+			}
+			if err := m.m.Lookup(trieKey(32, 10, 1, 2, 4), got); err != nil || binary.NativeEndian.Uint64(got) != 8 {
+				t.Errorf("after the /16's delete, 10.1.2.4 matches %x, %v; want the /8", got, err)
 			}
 		})
 	}
