@@ -114,6 +114,16 @@ var fentryRequired = []string{
 	"array_map_update_elem",
 }
 
+// fentryRequiredFor are the further targets without which the fentry
+// backend would miss the plain updates and deletes of the maps of a type:
+// required when a watched map has it.
+var fentryRequiredFor = map[ebpf.MapType][]string{
+	ebpf.PerCPUHash:  {"bpf_percpu_hash_update", "htab_percpu_map_update_elem"},
+	ebpf.LRUCPUHash:  {"bpf_percpu_hash_update", "htab_lru_percpu_map_update_elem"},
+	ebpf.PerCPUArray: {"bpf_percpu_array_update"},
+	ebpf.LPMTrie:     {"trie_update_elem", "trie_delete_elem"},
+}
+
 // Capture reports successful writes to a set of maps, made by other
 // processes (and, with [BackendFentry], by BPF programs), through a BPF ring
 // buffer. Writes by this process are not reported: they are the changes the
@@ -291,7 +301,11 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 		return nil, err
 	}
 	if backend == BackendFentry {
-		if err := dropMissingTargets(spec); err != nil {
+		required := slices.Clone(fentryRequired)
+		for _, m := range opts.Maps {
+			required = append(required, fentryRequiredFor[m.Type]...)
+		}
+		if err := dropMissingTargets(spec, required); err != nil {
 			return nil, err
 		}
 	}
@@ -318,7 +332,9 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 	return spec, nil
 }
 
-func dropMissingTargets(spec *ebpf.CollectionSpec) error {
+// dropMissingTargets removes the programs whose fexit target the kernel
+// lacks, unless the target is one of required.
+func dropMissingTargets(spec *ebpf.CollectionSpec, required []string) error {
 	kernel, err := btf.LoadKernelSpec()
 	if err != nil {
 		return fmt.Errorf("kernel BTF: %w", err)
@@ -330,7 +346,7 @@ func dropMissingTargets(spec *ebpf.CollectionSpec) error {
 		} else if !errors.Is(err, btf.ErrNotFound) {
 			return fmt.Errorf("kernel BTF %s: %w", prog.AttachTo, err)
 		}
-		if slices.Contains(fentryRequired, prog.AttachTo) {
+		if slices.Contains(required, prog.AttachTo) {
 			return fmt.Errorf("kernel has no %s to attach fexit to", prog.AttachTo)
 		}
 		delete(spec.Programs, name)

@@ -256,3 +256,23 @@ func updateProgram(t *testing.T, m *Map, k int32, v int32) *ebpf.Program {
 	t.Cleanup(func() { prog.Close() })
 	return prog
 }
+
+// Every fexit target a map type requires is one the fentry backend has a
+// program for: a misspelt one would refuse the backend for that type.
+func TestFentryTargetsOfTypes(t *testing.T) {
+	spec, err := loadCaptureFentry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached := map[string]bool{}
+	for _, p := range spec.Programs {
+		attached[p.AttachTo] = true
+	}
+	for typ, targets := range fentryRequiredFor {
+		for _, target := range targets {
+			if !attached[target] {
+				t.Errorf("%s requires fexit %s, which no program of the fentry backend attaches to", typ, target)
+			}
+		}
+	}
+}
