@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -331,7 +332,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.empty = c.empty[:0]
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
-		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
+		c.empty = append(c.empty, !loader.ArrayType(ebpf.MapType(m.Desc.Type)) && isEmpty(m.Target))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
 		if !c.filtered {
