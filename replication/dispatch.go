@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -38,9 +39,11 @@ type dispatcher struct {
 	server  *snapshotServer
 	digests *digests
 	ask     controlSender // this node's repair requests
-	stats   *Stats
-	log     *slog.Logger
-	limit   *limiter
+	// greet asks the sender for an announce at once (see dispatcher.peer).
+	greet *atomic.Bool
+	stats *Stats
+	log   *slog.Logger
+	limit *limiter
 
 	routes   [16]route
 	hdr      wire.Header // of the datagram being handled
@@ -213,6 +216,14 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			d.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch, "suppressed", s)
 		}
 		n, ok := d.bind(from, h, first, now)
+		if ok && d.client.ready.isReady() {
+			// A node heard anew is likely starting: announced to again now,
+			// it holds, from two announces of ours, the credit for the
+			// cookie that proves our address (see [answerGate]) and asks
+			// for its initial sync without waiting an announce interval.
+			// New bindings are bounded by the peer table, so are these.
+			d.greet.Store(true)
+		}
 		return n, nil, ok
 	}
 	return nil, nil, false

@@ -196,6 +196,9 @@ func (c *resyncClient) tick(now time.Time) {
 		c.begin(p, now)
 		return
 	}
+	if !c.ready.isReady() {
+		c.prove(now)
+	}
 	if !c.ready.isReady() && c.ready.waited(now) {
 		switch {
 		case len(c.peers.byNode) == 0:
@@ -205,6 +208,18 @@ func (c *resyncClient) tick(now time.Time) {
 			// serves the initial sync once it is.
 		case c.node < c.peers.lowest():
 			c.ready.become("no ready peer heard; the lowest node id seeds the others", len(c.peers.byNode))
+		}
+	}
+}
+
+// prove sends a cookie to every ready peer that is not established yet
+// for want of being heard long enough: once its address echoes it, the
+// peer serves this node its initial sync at once instead of after two
+// announce intervals (see [peerTable.established]).
+func (c *resyncClient) prove(now time.Time) {
+	for _, p := range c.peers.inOrder() {
+		if p.announced && p.ready && !p.addrProven() && c.peers.settled(p, now) {
+			c.gate.challenge(p, now)
 		}
 	}
 }
