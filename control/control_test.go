@@ -72,7 +72,7 @@ func TestQuery(t *testing.T) {
 			MissingSince: now.Add(-2 * time.Second),
 			Mismatches:   []string{"flows: the peer treats bytes at offset 8, 4 bytes as a mono-s clock field, this node does not"}}},
 			Resync: &replication.ResyncStatus{Peer: 2, Streaming: true, Since: now.Add(-2 * time.Second), Entries: 5000, Datagrams: 90}},
-		stats: replication.StatsSnapshot{Captured: 11, GapsSeen: 4, Ready: true},
+		stats: replication.StatsSnapshot{Captured: 11, GapsSeen: 4},
 	}
 	path := serve(t, src)
 

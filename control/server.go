@@ -70,10 +70,9 @@ func Snapshot(src Source, now time.Time) *Status {
 		}
 		out.Resync = rs
 	}
-	for _, a := range stats.Attrs() {
-		if a.Value.Kind() == slog.KindUint64 {
-			out.Totals[a.Key] = a.Value.Uint64()
-		}
+	for i := range replication.Counters {
+		c := &replication.Counters[i]
+		out.Totals[c.Name] = c.Of(&stats)
 	}
 	return out
 }

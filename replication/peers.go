@@ -20,7 +20,8 @@ const (
 	peerSilence    = 10
 	minPeerSilence = 10 * time.Second
 	// trustAfter is how many announce intervals a peer must have been
-	// heard for before it is chosen as a resync source.
+	// heard for before it is chosen as a resync source, unless its
+	// address echoed a cookie before (see [peerTable.established]).
 	trustAfter = 2
 	// syncSourceBackoff is how long a peer that did not answer a resync
 	// request is passed over as a resync source.
@@ -163,10 +164,20 @@ func (t *peerTable) silent(now time.Time, out []*peer) []*peer {
 }
 
 // established reports whether p may be asked for a resync: heard for a
-// while, at an address that settled, and not passed over.
+// while or at an address that proved it receives what is sent there, at
+// an address that settled, and not passed over. Either shows that p lives
+// at its address: a single forged or replayed datagram, or a node that
+// died after it sent it, never answers. The cookie's round trip shows it
+// in a millisecond where hearing p for a while takes two announce
+// intervals, which a joining node would wait before it asked for its
+// initial sync.
 func (t *peerTable) established(p *peer, now time.Time) bool {
-	return now.Sub(p.firstHeard) >= t.trust && t.settled(p, now) && !now.Before(p.passOver)
+	return (now.Sub(p.firstHeard) >= t.trust || p.addrProven()) && t.settled(p, now) && !now.Before(p.passOver)
 }
+
+// addrProven reports whether p's address proved that it receives what is
+// sent to it (see [answerGate]).
+func (p *peer) addrProven() bool { return p.proven.IsValid() && p.proven == p.addr }
 
 // trusted reports whether p may serve this node its initial sync:
 // established, announced, and announcing itself ready.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -195,6 +196,9 @@ func (c *resyncClient) tick(now time.Time) {
 		c.begin(p, now)
 		return
 	}
+	if !c.ready.isReady() {
+		c.prove(now)
+	}
 	if !c.ready.isReady() && c.ready.waited(now) {
 		switch {
 		case len(c.peers.byNode) == 0:
@@ -204,6 +208,18 @@ func (c *resyncClient) tick(now time.Time) {
 			// serves the initial sync once it is.
 		case c.node < c.peers.lowest():
 			c.ready.become("no ready peer heard; the lowest node id seeds the others", len(c.peers.byNode))
+		}
+	}
+}
+
+// prove sends a cookie to every ready peer that is not established yet
+// for want of being heard long enough: once its address echoes it, the
+// peer serves this node its initial sync at once instead of after two
+// announce intervals (see [peerTable.established]).
+func (c *resyncClient) prove(now time.Time) {
+	for _, p := range c.peers.inOrder() {
+		if p.announced && p.ready && !p.addrProven() && c.peers.settled(p, now) {
+			c.gate.challenge(p, now)
 		}
 	}
 }
@@ -331,7 +347,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.empty = c.empty[:0]
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
-		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
+		c.empty = append(c.empty, !loader.ArrayType(ebpf.MapType(m.Desc.Type)) && isEmpty(m.Target))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
 		if !c.filtered {

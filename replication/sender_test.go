@@ -152,7 +152,7 @@ func TestBadChangesDropped(t *testing.T) {
 
 func key(i int) string { return string(binary.BigEndian.AppendUint32(nil, uint32(i))) }
 
-func TestSealWhenFull(t *testing.T) {
+func TestCloseWhenFull(t *testing.T) {
 	const valueSize = 100
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
 	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
@@ -194,9 +194,9 @@ func TestSealWhenFull(t *testing.T) {
 }
 
 // A delete that coalesced into a full datagram cannot grow back into an
-// update there: the datagram is sealed with the delete and the update
+// update there: the datagram is closed with the delete and the update
 // follows in the next one, so the peer sees both in order.
-func TestSealWhenCoalescedChangeGrows(t *testing.T) {
+func TestCloseWhenCoalescedChangeGrows(t *testing.T) {
 	const valueSize = 100
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
 	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)

@@ -92,7 +92,7 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	case wire.KindChanges, wire.KindSnapshot:
 		s.work.learn(s, to, &h, d[wire.HeaderSize:])
 	case wire.KindAnnounce:
-		if h.Flags&wire.FlagReady != 0 && !from.n.Stats().Ready.Load() {
+		if h.Flags&wire.FlagReady != 0 && !isReady(from.n) {
 			s.fail("node %d announces itself ready before its initial sync", from.id)
 		}
 	case wire.KindSyncStart:
@@ -112,7 +112,7 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			// (the answer is then lost: a restarted daemon asks anew,
 			// under its new epoch). A partial snapshot may lack only lost
 			// changes of peers not ready.
-			n, to, initial, partial := from.n, to.id, to.n != nil && !to.n.Stats().Ready.Load(), st.Status == wire.SyncPartial
+			n, to, initial, partial := from.n, to.id, to.n != nil && !isReady(to.n), st.Status == wire.SyncPartial
 			s.at(s.now, 0, func() {
 				status := n.Status()
 				if !status.Ready || initial && status.Resync != nil {

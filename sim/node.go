@@ -376,3 +376,14 @@ func (e *endpoint) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 }
 
 func (e *endpoint) Receive() ([]transport.Packet, error) { return nil, errStepped }
+
+// isReady reads whether n completed its initial sync without its receive
+// lock, which is held while a datagram it sends is observed.
+func isReady(n *replication.Node) bool {
+	select {
+	case <-n.Ready():
+		return true
+	default:
+		return false
+	}
+}
