@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -28,6 +29,8 @@ type workload struct {
 	// (back to back); evicted, the values of each key an LRU map evicted.
 	stamped map[string]wireRecord
 	evicted map[string][]eviction
+	// inPlace holds the keys and values (back to back) written in place.
+	inPlace map[string]bool
 	secs    wire.Sections
 	recs    wire.Records
 }
@@ -53,6 +56,7 @@ const writeFrom = 700 * time.Millisecond
 // short capture ring), whether a daemon runs on them or not.
 func (w *workload) schedule(s *Sim) {
 	w.latest, w.stamped, w.evicted = make(map[string]wireRecord), make(map[string]wireRecord), make(map[string][]eviction)
+	w.inPlace = make(map[string]bool)
 	for range s.sc.writes {
 		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
 		n := s.nodes[s.rng.IntN(len(s.nodes))]
@@ -75,6 +79,20 @@ func (w *workload) schedule(s *Sim) {
 					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
 				}
 				n.write(wr.op, wr.key, value)
+			}
+		})
+	}
+	// The writes in place are drawn from a source of their own, so that
+	// the other draws of a seed stay what they were before them.
+	r := rand.New(rand.NewPCG(s.seed, 0x1a9ace))
+	for range s.sc.inPlace {
+		at := writeFrom + time.Duration(r.Int64N(int64(s.sc.writeUntil-writeFrom)))
+		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
+		s.after(at, func() {
+			w.written++
+			value := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+			if n.writeInPlace(key, value) {
+				w.inPlace[string(key)+string(value)] = true
 			}
 		})
 	}
@@ -206,16 +224,23 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 			// it as its own write when a peer lacks it: no node knows
 			// whose it was. (A snapshot may carry a local write not yet
 			// read from the capture under the version of the write it
-			// replaced: the change follows it.)
+			// replaced: the change follows it. So may a change, or a
+			// resync's sending back, carry a value written in place under
+			// the version of the write it replaced, until a scan finds it
+			// and sends it as a new write.)
 			if o := rec.Origin; h.Kind == wire.KindChanges && rec.Op == ops.Update && o <= uint32(len(s.nodes)) &&
-				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) {
+				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) &&
+				!w.inPlace[string(rec.Key)+string(rec.Value)] {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
 					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
 					return
 				}
 			}
+			// Of two values under one version, the later written in place
+			// over the other: a value's last four bytes count the writes.
 			r := wireRecord{stamp: rec.Stamp, origin: rec.Origin, op: rec.Op, value: rec.Value}
-			if old, ok := w.latest[string(rec.Key)]; !ok || r.newer(old) {
+			if old, ok := w.latest[string(rec.Key)]; !ok || r.newer(old) || !old.newer(r) && w.inPlace[string(rec.Key)+string(rec.Value)] &&
+				old.op == ops.Update && binary.BigEndian.Uint32(rec.Value[4:]) > binary.BigEndian.Uint32(old.value[4:]) {
 				r.value = bytes.Clone(rec.Value)
 				w.latest[string(rec.Key)] = r
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -109,6 +110,9 @@ func (n *simNode) start() {
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
 			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: valueSize, MaxEntries: uint32(m.max)}}
+		if n.s.sc.scan > 0 {
+			maps[i].Options = mapopt.Options{Scan: n.s.sc.scan, Vanished: mapopt.Delete}
+		}
 	}
 	tab, err := replication.NewTable(maps, payload)
 	if err != nil {
@@ -125,7 +129,10 @@ func (n *simNode) start() {
 	n.s.tracef("node %d starts, epoch %d", n.id, n.run)
 	node.Start()
 	n.wakeSender(n.s.now)
-	n.every(replication.RetryTick, kindTimers, n.n.FireTimers)
+	n.every(replication.RetryTick, kindTimers, func() {
+		n.n.FireTimers()
+		n.n.StepScans()
+	})
 	n.every(digestEvery, kindDigests, n.n.ReadDigests)
 	n.every(checkEvery, kindChecks, n.check)
 }
@@ -268,6 +275,20 @@ func (n *simNode) write(op ops.Op, key, value []byte) {
 		}
 		n.wakeSender(n.s.now.Add(wakeLatency))
 	}
+}
+
+// writeInPlace changes key's value in place, as a BPF program does
+// through the pointer bpf_map_lookup_elem returns: no capture sees it,
+// and a key the map does not hold is left alone. It reports whether the
+// map held the key.
+func (n *simNode) writeInPlace(key, value []byte) bool {
+	m := n.maps[0]
+	if _, ok := m.entries[string(key)]; !ok {
+		return false
+	}
+	m.entries[string(key)] = bytes.Clone(value)
+	n.s.tracef("write in place node %d %x %x", n.id, key, value)
+	return true
 }
 
 func (n *simNode) traceApply(op ops.Op, key, value []byte) {

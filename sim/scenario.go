@@ -25,9 +25,15 @@ type scenario struct {
 	// than the keys written, so it evicts.
 	lru        bool
 	maxEntries int
-	writes     int // the workload's bursts of writes
-	burst      int // the most writes in one burst
-	keys       int // the keys they choose from: few, so nodes write the same ones
+	// scan is the map's scan period (its vanished keys deleted on the
+	// peers), 0 if it is not scanned; inPlace, how many values the
+	// datapath changes in place, unseen by the capture, for the scans to
+	// find.
+	scan    time.Duration
+	inPlace int
+	writes  int // the workload's bursts of writes
+	burst   int // the most writes in one burst
+	keys    int // the keys they choose from: few, so nodes write the same ones
 	// writeUntil is when the workload stops; heal when the faults end.
 	writeUntil, heal time.Duration
 }
@@ -58,8 +64,9 @@ const (
 	Stops                        // clean stops with state files, and restarts
 	Crashes                      // crashes without state files, and restarts
 	Evictions                    // an LRU map that evicts
+	InPlace                      // values changed in place, which no capture sees, and the scans that find them
 
-	AllFaults = Cuts | Overflows | Stops | Crashes | Evictions
+	AllFaults = Cuts | Overflows | Stops | Crashes | Evictions | InPlace
 	// DefaultFaults are those every run of go test ./sim draws from,
 	// besides the network's (loss, duplication, reordering, delay) and the
 	// clocks' offsets: all of them. A fault left out of it must say here
@@ -103,6 +110,9 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 	if lruMax := 2 + r.IntN(sc.keys); sc.lru {
 		sc.maxEntries = lruMax
 	}
+	if scan, writes := time.Duration(100+r.IntN(900))*time.Millisecond, 5+r.IntN(40); r.IntN(3) == 0 && !sc.lru {
+		sc.scan, sc.inPlace = scan, writes
+	}
 	if faults&Cuts == 0 {
 		sc.cuts = nil
 	}
@@ -117,6 +127,9 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 	}
 	if faults&Evictions == 0 {
 		sc.lru, sc.maxEntries = false, maxEntries
+	}
+	if faults&InPlace == 0 {
+		sc.scan, sc.inPlace = 0, 0
 	}
 	for _, l := range sc.stops {
 		sc.heal = max(sc.heal, l.restart+100*time.Millisecond)
