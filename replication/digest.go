@@ -297,10 +297,10 @@ type digests struct {
 	settle  time.Duration // digestSettle; shorter in tests
 }
 
-// tick starts a round when a new read of the maps is in and the last
+// onTimers starts a round when a new read of the maps is in and the last
 // round's repairs are done, and the next repair once the resync client is
 // free.
-func (d *digests) tick(now time.Time) {
+func (d *digests) onTimers(now time.Time) {
 	r := &d.round
 	repairing := len(r.repairs) > 0 || d.client.filtered && d.client.phase != syncIdle
 	if set := d.source.latest.Load(); set != nil && set != d.started && !repairing {
@@ -507,7 +507,7 @@ func (d *digests) filter(f *wire.BucketFilter, body []byte) error {
 
 // readDigests reads the maps into digests every digest interval, once
 // the node is ready, until ctx is done; the timers start a round with
-// each new read (see digests.tick).
+// each new read (see digests.onTimers).
 func (n *Node) readDigests(ctx context.Context) error {
 	if n.digestEvery <= 0 {
 		<-ctx.Done()

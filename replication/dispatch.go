@@ -477,10 +477,10 @@ func (d *dispatcher) again(p *peer, now time.Time) {
 	d.client.again(p, now)
 }
 
-// tick runs the timers of every peer: repeats repair requests, gives up
+// onTimers runs the timers of every peer: repeats repair requests, gives up
 // on gaps not repaired in time, forgets silent peers and drives the
 // resync; then applies what that released.
-func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
+func (d *dispatcher) onTimers(now time.Time, silent []*peer) []*peer {
 	for _, p := range d.peers.silent(now, silent[:0]) {
 		if s, ok := d.limit.allow(reasonPeer); ok {
 			d.log.Warn("forgetting a silent peer", "node", p.node, "addr", p.addr,
@@ -502,8 +502,8 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 			d.release(p, now)
 		}
 	}
-	d.client.tick(now)
-	d.digests.tick(now)
+	d.client.onTimers(now)
+	d.digests.onTimers(now)
 	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)

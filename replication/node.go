@@ -437,9 +437,9 @@ func (n *Node) timers(ctx context.Context) error {
 func (n *Node) FireTimers() {
 	now := n.time.Now()
 	n.mu.Lock()
-	n.silent = n.dispatch.tick(now, n.silent)
+	n.silent = n.dispatch.onTimers(now, n.silent)
 	n.mu.Unlock()
-	n.scan.tick(now)
+	n.scan.onTimers(now)
 	if now.Sub(n.pruned) >= pruneEvery {
 		n.pruned = now
 		h := n.know.Lock()

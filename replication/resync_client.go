@@ -167,10 +167,10 @@ func (c *resyncClient) status() *ResyncStatus {
 // catching up.
 func (c *resyncClient) busy() bool { return c.phase != syncIdle && !c.filtered }
 
-// tick drives the resync from the timer: it asks for a snapshot when one
+// onTimers drives the resync from the timers: it asks for a snapshot when one
 // is needed, repeats requests and acknowledgements, abandons a stalled
 // transfer, and decides readiness when no peer can serve the initial sync.
-func (c *resyncClient) tick(now time.Time) {
+func (c *resyncClient) onTimers(now time.Time) {
 	switch c.phase {
 	case syncRequested:
 		if now.Sub(c.since) >= syncStall {
