@@ -505,7 +505,7 @@ func TestDigestRoundWaitsForRepairs(t *testing.T) {
 }
 
 // A digest repair is no full resync: the status reports none while it
-// runs, as it says (and a node repairing serves, see [Node.current]).
+// runs, as it says (and a node repairing serves, see [Node.upToDate]).
 func TestDigestRepairIsNoResyncInStatus(t *testing.T) {
 	f := newReceiverFixture(t)
 	f.handle(peerA, readyAnnounce(t, peerNode, 1, 0))
