@@ -413,7 +413,7 @@ func (n *Node) Deliver(pkts []transport.Packet) {
 	for i := range pkts {
 		n.dispatch.handle(&pkts[i], now)
 	}
-	n.apply.flush()
+	n.apply.applyRuns()
 }
 
 // timers runs the receive side's timers until ctx is done.

@@ -325,7 +325,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
 	c.partial = st.Status == wire.SyncPartial
 	// From here on, p's records mark the keys p knows (see finish).
-	c.apply.flush()
+	c.apply.applyRuns()
 	kh := c.know.Lock()
 	c.apply.marking, c.apply.gen = p.node, kh.NextGen()
 	c.empty = c.empty[:0]
@@ -447,7 +447,7 @@ func (c *resyncClient) finish(now time.Time) {
 	}
 	p := c.from
 	c.sendAck(now)
-	c.apply.flush()
+	c.apply.applyRuns()
 	pushed := c.pushBack(p)
 	c.stats.SyncPushed.Add(uint64(pushed))
 	if c.filtered {
@@ -587,7 +587,7 @@ func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
 	for o := 0; o < len(keys); o += m.keySize {
 		c.apply.add(p.node, m, ops.Delete, v, keys[o:o+m.keySize], nil, true)
 	}
-	c.apply.flush()
+	c.apply.applyRuns()
 }
 
 // pushTombstones queues the remembered deletes of map index i that the
