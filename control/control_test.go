@@ -172,6 +172,11 @@ func TestInSync(t *testing.T) {
 	if why := st.InSync(); why != "" {
 		t.Errorf("ready, no lag: %q", why)
 	}
+	st.Peers[0].ResyncOwed = true
+	if why := st.InSync(); why != "a full resync from node 2 is owed: its changes were lost here" {
+		t.Errorf("owing a resync: %q", why)
+	}
+	st.Peers[0].ResyncOwed = false
 	st.Ready = false
 	if why := st.InSync(); why != "the initial sync is not complete" {
 		t.Errorf("not ready: %q", why)

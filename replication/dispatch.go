@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -38,9 +39,11 @@ type dispatcher struct {
 	server  *snapshotServer
 	digests *digests
 	ask     controlSender // this node's repair requests
-	stats   *Stats
-	log     *slog.Logger
-	limit   *limiter
+	// greet asks the sender for an announce at once (see dispatcher.peer).
+	greet *atomic.Bool
+	stats *Stats
+	log   *slog.Logger
+	limit *limiter
 
 	routes   [16]route
 	hdr      wire.Header // of the datagram being handled
@@ -213,6 +216,14 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			d.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch, "suppressed", s)
 		}
 		n, ok := d.bind(from, h, first, now)
+		if ok && d.client.ready.isReady() {
+			// A node heard anew is likely starting: announced to again now,
+			// it holds, from two announces of ours, the credit for the
+			// cookie that proves our address (see [answerGate]) and asks
+			// for its initial sync without waiting an announce interval.
+			// New bindings are bounded by the peer table, so are these.
+			d.greet.Store(true)
+		}
 		return n, nil, ok
 	}
 	return nil, nil, false
@@ -221,6 +232,9 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 // bind starts tracking the node of h at from, its stream at first.
 func (d *dispatcher) bind(from netip.AddrPort, h *wire.Header, first uint64, now time.Time) (*peer, bool) {
 	p := d.peers.add(h.Node, h.Epoch, from, now, newStream(first, d.window))
+	if p != nil {
+		p.boundReady = d.client.ready.isReady()
+	}
 	if p == nil {
 		d.stats.PeerLimit.Add(1)
 		if s, ok := d.limit.allow(reasonPeer); ok {
@@ -349,8 +363,23 @@ func (d *dispatcher) announce(p *peer, h *wire.Header, dgram []byte, now time.Ti
 	for i := range d.got {
 		d.compare(p, &d.got[i])
 	}
+	ready := h.Flags&wire.FlagReady != 0
+	if !p.announced && ready && p.boundReady && d.client.ready.isReady() {
+		// A run of the peer's first heard when both were ready already
+		// formed its maps apart from this node's (each became ready
+		// alone, or with others, across a partition): its stream from 1
+		// carries only what it wrote since it started, not what its maps
+		// held before, which can be newer than what this node holds (a
+		// write this node's crash forgot, a state file's entries). A
+		// full resync from it merges both ways.
+		p.needSync = true
+		if s, ok := d.limit.allow(reasonResync); ok {
+			d.log.Info("a peer that became ready apart from this node is heard; a full resync from it merges the two",
+				"peer", p.node, "addr", p.addr, "epoch", p.epoch, "suppressed", s)
+		}
+	}
 	p.announced = true
-	p.ready = h.Flags&wire.FlagReady != 0
+	p.ready = ready
 	d.stats.DatagramsReceived.Add(1)
 	d.request(p, h.Seq, false, now)
 	return nil

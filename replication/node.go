@@ -244,7 +244,7 @@ func NewNode(cfg Config) (*Node, error) {
 	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
-		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
+		greet: &n.sender.greet, stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if cfg.Peers != nil && cfg.Keys == nil {
 		n.dispatch.allow.set(cfg.Peers)
 	}

@@ -457,16 +457,46 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 	p.insert(slot, m, op, v, key, value)
 }
 
-// takeRelayed queues the entries the receive side passes on.
+// takeRelayed queues the entries the receive side passes on, once the
+// source has drained. Their values were read from the maps with the
+// versions known then; a capture loss found only now may have left a
+// lost local write under one of those versions. So the source is checked
+// for a loss first, and an update whose version the loss makes suspect
+// goes as a new write of this node's, as a snapshot would send it.
 func (s *sender) takeRelayed() {
 	if s.relay == nil || s.relay.waiting.Load() == 0 {
 		return
 	}
 	now := s.time.Now()
+	s.checkOverflows(now)
+	if s.lossPending {
+		s.lostChanges(now)
+	}
+	h := s.know.Lock()
+	suspect := h.SuspectBefore()
+	h.Unlock()
 	n := s.relay.drain(func(m int, op ops.Op, v knowledge.Version, key, value []byte) {
+		if op == ops.Update && v.Stamp < suspect {
+			var ok bool
+			if v, ok = s.restampRelayed(m, v, key, now); !ok {
+				return
+			}
+		}
 		s.queue(&s.table.maps[m], op, v, key, value, now)
 	})
 	s.relayed += uint64(n)
+}
+
+// restampRelayed stamps anew a relayed update of key in map index m
+// whose version v a capture loss made suspect, if v is still the version
+// known of it; if not, a later write superseded it, and goes on its own.
+func (s *sender) restampRelayed(m int, v knowledge.Version, key []byte, now time.Time) (knowledge.Version, bool) {
+	h := s.know.Lock()
+	defer h.Unlock()
+	if e := h.Lookup(m, key); e == nil || e.Deleted() || e.Version() != v {
+		return v, false
+	}
+	return h.Current(m, key, now), true
 }
 
 // badChange drops a change the source should never have produced.

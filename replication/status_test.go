@@ -73,6 +73,46 @@ func TestReadyPeerNotYetTrustedIsWaitedFor(t *testing.T) {
 	}
 }
 
+// A starting node asks a ready peer heard a moment ago for its initial
+// sync as soon as the peer's address echoed a cookie: the round trip
+// shows the peer lives there, as hearing it for two announce intervals
+// would, in a fraction of the time. Without the echo it waits.
+func TestReadyPeerProvenByCookieServesAtOnce(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.dispatch(peerA, readyAnnounce(t, peerNode, 1, 0), true, t0)
+	f.n.dispatch.onTimers(t0.Add(time.Millisecond), nil)
+	if f.n.client.phase != syncIdle {
+		t.Fatal("a resync was asked of a peer heard a moment ago whose address proved nothing")
+	}
+	if f.stats.CookiesSent.Load() != 1 {
+		t.Fatalf("%d cookies sent to the ready peer heard a moment ago, want 1", f.stats.CookiesSent.Load())
+	}
+	f.echoCookies(t0.Add(2 * time.Millisecond))
+	f.n.dispatch.onTimers(t0.Add(3*time.Millisecond), nil)
+	if f.n.client.phase != syncRequested {
+		t.Errorf("phase %d once the peer's address echoed the cookie, want a resync requested", f.n.client.phase)
+	}
+}
+
+// A ready node that hears a new node announces itself again at once, so
+// that the starting node has the credit to prove its address without
+// waiting an announce interval; a node waiting for its own initial sync
+// does not.
+func TestNewPeerGreeted(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	if f.n.sender.greet.Load() {
+		t.Error("a node not ready itself greeted a new peer")
+	}
+	f = newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	if !f.n.sender.greet.Load() {
+		t.Error("a ready node did not greet a new peer")
+	}
+}
+
 // A ready node that hears a node for the first time, or again after it
 // forgot it, asks for everything of the node's run from 1: nothing else
 // would bring what the node sent while it was not heard.

@@ -441,8 +441,12 @@ func startCPUProfile(path string) (func(), error) {
 func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 	capture := d.capture
 	for i, m := range d.maps {
-		log.Info("replicating map", "name", m.Name, "type", m.Type, "key_size", m.KeySize,
-			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID, "options", d.options[i].String())
+		args := []any{"name", m.Name, "type", m.Type, "key_size", m.KeySize,
+			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID, "options", d.options[i].String()}
+		if m.CPUs > 0 { // peers need as many
+			args = append(args, "possible_cpus", m.CPUs)
+		}
+		log.Info("replicating map", args...)
 	}
 	log.Info("capture attached", "backend", capture.Backend())
 	if !capture.SeesProgramWrites() {
