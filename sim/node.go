@@ -297,7 +297,7 @@ func (n *simNode) traceApply(op ops.Op, key, value []byte) {
 
 func (n *simNode) evicted(key, value []byte) {
 	n.s.tracef("evict node %d %x %x", n.id, key, value)
-	n.s.work.evict(n.id, key, value)
+	n.s.work.evict(key, value)
 }
 
 // deliver hands one datagram to the daemon, if one runs.
