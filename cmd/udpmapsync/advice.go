@@ -133,7 +133,7 @@ func optionAdvice(err error) error {
 	switch {
 	case errors.Is(err, mapopt.ErrUnknownOption), errors.Is(err, mapopt.ErrBadValue), errors.Is(err, mapopt.ErrRepeated):
 		hint = "the options are scan=DURATION, vanished=keep|delete, refresh=FIELD:PERIOD, clock=FIELD:mono-ns|mono-s|boot-ns|boot-s " +
-			"and local=FIELD, FIELD a member name of the value or OFFSET:SIZE in bytes (README, \"Map options\")"
+			"local=FIELD, merge=lww|sum and origins=N (sum maps), FIELD a member name of the value or OFFSET:SIZE in bytes (README, \"Map options\")"
 	case errors.Is(err, mapopt.ErrNoField):
 		hint = "bpftool btf dump id ID (the map's btf_id in bpftool map show) lists the value's members; nested ones are named a.b"
 	case errors.Is(err, mapopt.ErrNoBTF):

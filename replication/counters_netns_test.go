@@ -1,0 +1,201 @@
+package replication
+
+// Counters (merge=sum), end to end: three nodes of this package in the
+// network namespaces of the in-place tests (see inplace_netns_test.go),
+// each with its own kernel map of per-client counters that a rate
+// limiter's datapath (package netns-test/datapath, run with
+// BPF_PROG_TEST_RUN) bumps in place with atomic adds. Only the capture is
+// left out: a sum map is replicated by its scans.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
+	"github.com/udpmapsync/udpmapsync/netns-test/datapath"
+)
+
+// counterNode is what a sum map adds to an in-place node: its loader map,
+// the kernel program that adds to it, its contribution map's target and
+// where a stopping daemon keeps its contributions.
+type counterNode struct {
+	lm     *loader.Map
+	adder  *loader.Adder
+	target *CounterTarget
+	saved  string
+}
+
+// startCounters starts n nodes replicating the datapath's counters map
+// with the options spec (mapopt's form, merge=sum among them).
+func startCounters(t *testing.T, n int, spec string) (*ipCluster, []*counterNode) {
+	t.Helper()
+	c := newIPCluster(t, n)
+	dir := t.TempDir()
+	var cns []*counterNode
+	for i := range n {
+		dp, err := datapath.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		lm := openLoaderMap(t, dp.Counters)
+		adder, err := loader.NewAdder(lm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { adder.Close() })
+		node := &ipNode{dp: dp, maps: map[string]*loader.Map{"counters": lm}, src: &chanSource{ch: make(chan loader.Change, 16)},
+			state: filepath.Join(dir, fmt.Sprintf("node%d.state", i+1))}
+		cn := &counterNode{lm: lm, adder: adder, saved: filepath.Join(dir, fmt.Sprintf("node%d.counters", i+1))}
+		c.nodes, cns = append(c.nodes, node), append(cns, cn)
+		cn.open(t, c, i, spec)
+	}
+	c.startAll(t)
+	return c, cns
+}
+
+// open makes node i's contribution map, taking the contributions its
+// last daemon saved, as a starting daemon does.
+func (cn *counterNode) open(t *testing.T, c *ipCluster, i int, spec string) {
+	t.Helper()
+	sp, err := mapopt.ParseSpec("counters," + spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := mapopt.Resolve("counters", sp.Options, 0, mapopt.Layout{ValueSize: int(cn.lm.ValueSize), MaxEntries: int(cn.lm.MaxEntries)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn.target = NewCounterTarget(cn.lm, cn.adder, int(cn.lm.KeySize), int(cn.lm.ValueSize), uint32(i+1), o.Origins, time.Now)
+	if loaded, err := cn.target.Load(cn.saved); err != nil {
+		t.Fatal(err)
+	} else if !loaded && c.nodes[i].epoch > 0 {
+		t.Fatalf("node %d restarted without its saved counters", i+1)
+	}
+	c.nodes[i].local = []Map{CounterMap(cn.lm, cn.target, o)}
+}
+
+// restart stops node i's daemon, which saves its contributions, lets its
+// datapath run meanwhile, and starts a new daemon that takes them.
+func (c *ipCluster) restartCounters(t *testing.T, i int, cn *counterNode, spec string, meanwhile func()) {
+	t.Helper()
+	c.halt(t, i)
+	if err := cn.target.Save(cn.saved); err != nil {
+		t.Fatal(err)
+	}
+	meanwhile()
+	cn.open(t, c, i, spec)
+	c.start(t, i)
+}
+
+// counts reads every client's counter on node i.
+func (c *ipCluster) counts(t *testing.T, i int) map[uint32]datapath.Counter {
+	t.Helper()
+	out := map[uint32]datapath.Counter{}
+	var k uint32
+	var v datapath.Counter
+	it := c.nodes[i].dp.Counters.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// converge waits until every node holds want, and fails t if they do not
+// within timeout.
+func (c *ipCluster) converge(t *testing.T, want map[uint32]datapath.Counter, timeout time.Duration) {
+	t.Helper()
+	var got []map[uint32]datapath.Counter
+	ok := waitFor(timeout, func() bool {
+		got = got[:0]
+		same := true
+		for i := range c.nodes {
+			m := c.counts(t, i)
+			got = append(got, m)
+			same = same && fmt.Sprint(m) == fmt.Sprint(want)
+		}
+		return same
+	})
+	if !ok {
+		for i, m := range got {
+			t.Errorf("node %d holds %v", i+1, m)
+		}
+		t.Fatalf("want %v on every node", want)
+	}
+}
+
+const counterSpec = "merge=sum,origins=3,scan=50ms"
+
+// Three nodes count the same clients in place, in interleaved rounds,
+// while replication runs with 10 % of the datagrams lost, and one daemon
+// is restarted while its datapath goes on counting: every node ends with
+// the exact cluster-wide totals. A delete on one node then resets the
+// client on every node, which counts from zero again.
+func TestCountersSum(t *testing.T) {
+	c, cns := startCounters(t, 3, counterSpec)
+	ctx := context.Background()
+	for _, n := range c.topo.Nodes {
+		f, err := n.DropDatagrams(ctx, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Remove(ctx) })
+	}
+	want := map[uint32]datapath.Counter{}
+	count := func(i int, first, clients, bytes, repeat uint32) {
+		t.Helper()
+		if err := c.nodes[i].dp.Count(first, clients, bytes, repeat); err != nil {
+			t.Fatal(err)
+		}
+		for k := first; k < first+clients; k++ {
+			w := want[k]
+			w.Packets += uint64(repeat)
+			w.Bytes += uint64(repeat * bytes)
+			want[k] = w
+		}
+	}
+	for round := range uint32(20) {
+		for i := range c.nodes {
+			count(i, 1, 3, 100+uint32(i), 10+round)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.restartCounters(t, 1, cns[1], counterSpec, func() {
+		for round := range uint32(5) {
+			for i := range c.nodes {
+				count(i, 1, 3, 64, 7+round)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	for round := range uint32(10) {
+		for i := range c.nodes {
+			count(i, 2, 3, 1000, 5+round)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.converge(t, want, 20*time.Second)
+
+	// A delete on node 3 resets client 1 everywhere.
+	k := binary.NativeEndian.AppendUint32(nil, 1)
+	if _, err := cns[2].lm.DeleteBatch(k); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, 1)
+	c.converge(t, want, 10*time.Second)
+	count(0, 1, 1, 10, 3)
+	count(1, 1, 1, 10, 4)
+	c.converge(t, want, 10*time.Second)
+	for i, n := range c.nodes {
+		st := n.node.Stats().Snapshot()
+		t.Logf("node %d: %d scans found %d contributions; %d datagrams sent", i+1, st.Scans, st.ScanFound, st.DatagramsSent)
+	}
+}
