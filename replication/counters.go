@@ -60,6 +60,7 @@ type CounterTarget struct {
 	origins int
 	keySize int // the counter map's
 	words   int
+	cpus    int // the kernel map's values per key: 1, or its CPUs for a per-CPU map
 	now     func() time.Time
 
 	// OriginsFull counts the contributions refused because their key held
@@ -107,13 +108,14 @@ func CounterMap(m *loader.Map, t *CounterTarget, opts mapopt.Options) Map {
 
 // NewCounterTarget makes the target of the sum map whose kernel map is
 // kernel (keySize and valueSize bytes; the value a vector of 64-bit
-// counters), on node self, adding with adder; origins is the map's
-// origins option, now the node's clock.
-func NewCounterTarget(kernel counterKernel, adder counterAdder, keySize, valueSize int, self uint32, origins int, now func() time.Time) *CounterTarget {
+// counters; cpus values per key, one per CPU, for a per-CPU map, whose
+// node's count is their sum, else 1), on node self, adding with adder;
+// origins is the map's origins option, now the node's clock.
+func NewCounterTarget(kernel counterKernel, adder counterAdder, keySize, valueSize, cpus int, self uint32, origins int, now func() time.Time) *CounterTarget {
 	w := valueSize / 8
-	return &CounterTarget{kernel: kernel, adder: adder, self: self, origins: origins, keySize: keySize, words: w, now: now,
+	return &CounterTarget{kernel: kernel, adder: adder, self: self, origins: origins, keySize: keySize, words: w, cpus: cpus, now: now,
 		keys:  make(map[string]*counterKey),
-		kkeys: make([]byte, counterBatch*keySize), kvals: make([]byte, counterBatch*valueSize),
+		kkeys: make([]byte, counterBatch*keySize), kvals: make([]byte, counterBatch*valueSize*cpus),
 		value: make([]uint64, w), local: make([]uint64, w), d: make([]uint64, w)}
 }
 
@@ -197,7 +199,7 @@ func (t *CounterTarget) Lookup(key, value []byte) (bool, error) {
 		return false, fmt.Errorf("counter map: lookup with %d key bytes and %d value bytes", len(key), len(value))
 	}
 	k, origin := key[:t.keySize], binary.BigEndian.Uint32(key[t.keySize:])
-	raw := make([]byte, 8*t.words)
+	raw := make([]byte, 8*t.words*t.cpus)
 	held, err := t.kernel.Lookup(k, raw)
 	if err != nil {
 		return false, err
@@ -252,7 +254,8 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 			key := kk[o*t.keySize : (o+1)*t.keySize]
 			ck := t.key(key)
 			ck.seen = gen
-			t.readOwn(ck, kv[o*8*t.words:(o+1)*8*t.words], true)
+			vl := 8 * t.words * t.cpus
+			t.readOwn(ck, kv[o*vl:(o+1)*vl], true)
 			t.appendKey(ck, key)
 		}
 		out := t.out
@@ -272,7 +275,7 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 		}
 	}
 	t.mu.Unlock()
-	raw := make([]byte, 8*t.words)
+	raw := make([]byte, 8*t.words*t.cpus)
 	for _, k := range unseen {
 		key := []byte(k)
 		t.mu.Lock()
@@ -295,9 +298,9 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 }
 
 // readOwn reads this node's contribution to ck from the kernel map's
-// value raw (native-endian words), held false if the map does not hold
-// the key: then, if the key held any count, it was deleted here, and is
-// reset.
+// value raw (native-endian words, a value per CPU for a per-CPU map,
+// summed), held false if the map does not hold the key: then, if the key
+// held any count, it was deleted here, and is reset.
 func (t *CounterTarget) readOwn(ck *counterKey, raw []byte, held bool) {
 	if !held {
 		counted := false
@@ -311,8 +314,11 @@ func (t *CounterTarget) readOwn(ck *counterKey, raw []byte, held bool) {
 		}
 		clear(t.value)
 	} else {
-		for i := range t.value {
-			t.value[i] = binary.NativeEndian.Uint64(raw[8*i:])
+		clear(t.value)
+		for cpu := range t.cpus {
+			for i := range t.value {
+				t.value[i] += binary.NativeEndian.Uint64(raw[8*(cpu*t.words+i):])
+			}
 		}
 	}
 	ck.k.Local(t.self, t.value, t.local)

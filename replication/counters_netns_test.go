@@ -12,8 +12,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
@@ -24,15 +28,53 @@ import (
 // the kernel program that adds to it, its contribution map's target and
 // where a stopping daemon keeps its contributions.
 type counterNode struct {
+	kind   counterKind
 	lm     *loader.Map
 	adder  *loader.Adder
 	target *CounterTarget
 	saved  string
 }
 
-// startCounters starts n nodes replicating the datapath's counters map
-// with the options spec (mapopt's form, merge=sum among them).
-func startCounters(t *testing.T, n int, spec string) (*ipCluster, []*counterNode) {
+// counterKind is one of the datapath's counters maps, and how its
+// datapath counts.
+type counterKind struct {
+	name  string
+	kmap  func(*datapath.Node) *ebpf.Map
+	count func(dp *datapath.Node, round int, first, clients, bytes, repeat uint32) error
+}
+
+var (
+	hashCounters = counterKind{"counters", func(dp *datapath.Node) *ebpf.Map { return dp.Counters },
+		func(dp *datapath.Node, _ int, first, clients, bytes, repeat uint32) error {
+			return dp.Count(first, clients, bytes, repeat)
+		}}
+	// perCPUCounters counts on the CPUs in turn, round by round, each in
+	// its own slot.
+	perCPUCounters = counterKind{"counters_percpu", func(dp *datapath.Node) *ebpf.Map { return dp.CountersPerCPU },
+		func(dp *datapath.Node, round int, first, clients, bytes, repeat uint32) error {
+			return onCPU(round%runtime.NumCPU(), func() error { return dp.CountPerCPU(first, clients, bytes, repeat) })
+		}}
+)
+
+// onCPU runs fn on a thread bound to cpu.
+func onCPU(cpu int, fn func() error) error {
+	errs := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // and never unlocked: the thread ends with the goroutine
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			errs <- err
+			return
+		}
+		errs <- fn()
+	}()
+	return <-errs
+}
+
+// startCounters starts n nodes replicating the datapath's counters map of
+// kind with the options spec (mapopt's form, merge=sum among them).
+func startCounters(t *testing.T, n int, kind counterKind, spec string) (*ipCluster, []*counterNode) {
 	t.Helper()
 	c := newIPCluster(t, n)
 	dir := t.TempDir()
@@ -43,15 +85,15 @@ func startCounters(t *testing.T, n int, spec string) (*ipCluster, []*counterNode
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { dp.Close() })
-		lm := openLoaderMap(t, dp.Counters)
+		lm := openLoaderMap(t, kind.kmap(dp))
 		adder, err := loader.NewAdder(lm)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { adder.Close() })
-		node := &ipNode{dp: dp, maps: map[string]*loader.Map{"counters": lm}, src: &chanSource{ch: make(chan loader.Change, 16)},
+		node := &ipNode{dp: dp, maps: map[string]*loader.Map{kind.name: lm}, src: &chanSource{ch: make(chan loader.Change, 16)},
 			state: filepath.Join(dir, fmt.Sprintf("node%d.state", i+1))}
-		cn := &counterNode{lm: lm, adder: adder, saved: filepath.Join(dir, fmt.Sprintf("node%d.counters", i+1))}
+		cn := &counterNode{kind: kind, lm: lm, adder: adder, saved: filepath.Join(dir, fmt.Sprintf("node%d.counters", i+1))}
 		c.nodes, cns = append(c.nodes, node), append(cns, cn)
 		cn.open(t, c, i, spec)
 	}
@@ -71,7 +113,7 @@ func (cn *counterNode) open(t *testing.T, c *ipCluster, i int, spec string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cn.target = NewCounterTarget(cn.lm, cn.adder, int(cn.lm.KeySize), int(cn.lm.ValueSize), uint32(i+1), o.Origins, time.Now)
+	cn.target = NewCounterTarget(cn.lm, cn.adder, int(cn.lm.KeySize), int(cn.lm.ValueSize), int(max(cn.lm.CPUs, 1)), uint32(i+1), o.Origins, time.Now)
 	if loaded, err := cn.target.Load(cn.saved); err != nil {
 		t.Fatal(err)
 	} else if !loaded && c.nodes[i].epoch > 0 {
@@ -93,15 +135,23 @@ func (c *ipCluster) restartCounters(t *testing.T, i int, cn *counterNode, spec s
 	c.start(t, i)
 }
 
-// counts reads every client's counter on node i.
-func (c *ipCluster) counts(t *testing.T, i int) map[uint32]datapath.Counter {
+// counts reads every client's counter on node i of cns, summed over
+// the CPUs of a per-CPU map.
+func (c *ipCluster) counts(t *testing.T, i int, cns []*counterNode) map[uint32]datapath.Counter {
 	t.Helper()
 	out := map[uint32]datapath.Counter{}
 	var k uint32
 	var v datapath.Counter
-	it := c.nodes[i].dp.Counters.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
+	var per []datapath.Counter
+	km := cns[i].kind.kmap(c.nodes[i].dp)
+	perCPU := loader.PerCPU(km.Type())
+	it := km.Iterate()
+	for perCPU && it.Next(&k, &per) || !perCPU && it.Next(&k, &v) {
+		for _, s := range per {
+			v.Packets += s.Packets
+			v.Bytes += s.Bytes
+		}
+		out[k], v = v, datapath.Counter{}
 	}
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
@@ -111,14 +161,14 @@ func (c *ipCluster) counts(t *testing.T, i int) map[uint32]datapath.Counter {
 
 // converge waits until every node holds want, and fails t if they do not
 // within timeout.
-func (c *ipCluster) converge(t *testing.T, want map[uint32]datapath.Counter, timeout time.Duration) {
+func (c *ipCluster) converge(t *testing.T, cns []*counterNode, want map[uint32]datapath.Counter, timeout time.Duration) {
 	t.Helper()
 	var got []map[uint32]datapath.Counter
 	ok := waitFor(timeout, func() bool {
 		got = got[:0]
 		same := true
 		for i := range c.nodes {
-			m := c.counts(t, i)
+			m := c.counts(t, i, cns)
 			got = append(got, m)
 			same = same && fmt.Sprint(m) == fmt.Sprint(want)
 		}
@@ -134,13 +184,20 @@ func (c *ipCluster) converge(t *testing.T, want map[uint32]datapath.Counter, tim
 
 const counterSpec = "merge=sum,origins=3,scan=50ms"
 
-// Three nodes count the same clients in place, in interleaved rounds,
+// Three nodes count the same clients in place, in interleaved rounds (on
+// a per-CPU map on every CPU in turn),
 // while replication runs with 10 % of the datagrams lost, and one daemon
 // is restarted while its datapath goes on counting: every node ends with
 // the exact cluster-wide totals. A delete on one node then resets the
 // client on every node, which counts from zero again.
 func TestCountersSum(t *testing.T) {
-	c, cns := startCounters(t, 3, counterSpec)
+	for _, kind := range []counterKind{hashCounters, perCPUCounters} {
+		t.Run(kind.name, func(t *testing.T) { testCountersSum(t, kind) })
+	}
+}
+
+func testCountersSum(t *testing.T, kind counterKind) {
+	c, cns := startCounters(t, 3, kind, counterSpec)
 	ctx := context.Background()
 	for _, n := range c.topo.Nodes {
 		f, err := n.DropDatagrams(ctx, 10)
@@ -150,9 +207,11 @@ func TestCountersSum(t *testing.T) {
 		t.Cleanup(func() { f.Remove(ctx) })
 	}
 	want := map[uint32]datapath.Counter{}
+	round := 0
 	count := func(i int, first, clients, bytes, repeat uint32) {
 		t.Helper()
-		if err := c.nodes[i].dp.Count(first, clients, bytes, repeat); err != nil {
+		round++
+		if err := kind.count(c.nodes[i].dp, round, first, clients, bytes, repeat); err != nil {
 			t.Fatal(err)
 		}
 		for k := first; k < first+clients; k++ {
@@ -182,7 +241,7 @@ func TestCountersSum(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	c.converge(t, want, 20*time.Second)
+	c.converge(t, cns, want, 20*time.Second)
 
 	// A delete on node 3 resets client 1 everywhere.
 	k := binary.NativeEndian.AppendUint32(nil, 1)
@@ -190,10 +249,10 @@ func TestCountersSum(t *testing.T) {
 		t.Fatal(err)
 	}
 	delete(want, 1)
-	c.converge(t, want, 10*time.Second)
+	c.converge(t, cns, want, 10*time.Second)
 	count(0, 1, 1, 10, 3)
 	count(1, 1, 1, 10, 4)
-	c.converge(t, want, 10*time.Second)
+	c.converge(t, cns, want, 10*time.Second)
 	for i, n := range c.nodes {
 		st := n.node.Stats().Snapshot()
 		t.Logf("node %d: %d scans found %d contributions; %d datagrams sent", i+1, st.Scans, st.ScanFound, st.DatagramsSent)

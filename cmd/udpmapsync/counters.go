@@ -35,7 +35,7 @@ func openCounters(m *loader.Map, o mapopt.Options, node uint32, stateDir string,
 		return nil, fmt.Errorf("--map %s, merge=sum: %w", m.Name, err)
 	}
 	cm := &counterMap{adder: adder, saved: filepath.Join(stateDir, "counters-"+m.Name)}
-	cm.target = replication.NewCounterTarget(m, adder, int(m.KeySize), int(m.ValueSize), node, o.Origins, time.Now)
+	cm.target = replication.NewCounterTarget(m, adder, int(m.KeySize), int(m.ValueSize), int(max(m.CPUs, 1)), node, o.Origins, time.Now)
 	loaded, err := cm.target.Load(cm.saved)
 	if err != nil {
 		adder.Close()
