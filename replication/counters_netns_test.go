@@ -258,3 +258,63 @@ func testCountersSum(t *testing.T, kind counterKind) {
 		t.Logf("node %d: %d scans found %d contributions; %d datagrams sent", i+1, st.Scans, st.ScanFound, st.DatagramsSent)
 	}
 }
+
+// A cluster-wide rate limit: one client's packets spread over three
+// nodes, each running a limiter that passes a packet while the client's
+// count is at most limit. Without replication each node passes limit
+// packets, three times the limit in all; with a merge=sum map each node
+// sees the cluster's count, late by at most a scan period and the time
+// in flight, so the cluster passes the limit and what arrives in that
+// time.
+func TestCountersRateLimit(t *testing.T) {
+	const (
+		limit   = 600
+		packets = 3 * 2 * limit // twice what the limit lets through without replication
+		scan    = 50 * time.Millisecond
+	)
+	// play sends the client's packets to the limiters in turn, three every
+	// millisecond, and returns how many passed and how fast they came.
+	play := func(dps []*datapath.Node) (passed int, perSecond float64) {
+		start := time.Now()
+		for p := range packets {
+			ok, err := dps[p%len(dps)].Limit(7, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				passed++
+			}
+			if p%3 == 2 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return passed, packets / time.Since(start).Seconds()
+	}
+	var alone []*datapath.Node
+	for range 3 {
+		dp, err := datapath.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		alone = append(alone, dp)
+	}
+	without, _ := play(alone)
+
+	c, _ := startCounters(t, 3, hashCounters, fmt.Sprintf("merge=sum,origins=3,scan=%s", scan))
+	var dps []*datapath.Node
+	for _, n := range c.nodes {
+		dps = append(dps, n.dp)
+	}
+	with, rate := play(dps)
+	// One scan period of traffic, and as much again for the time in
+	// flight and a busy machine's scheduling.
+	bound := limit + int(2*rate*scan.Seconds())
+	t.Logf("limit %d on 3 nodes, %d packets at %.0f/s: %d passed without udpmapsync, %d with (bound %d)", limit, packets, rate, without, with, bound)
+	if without != 3*limit {
+		t.Errorf("without replication %d passed, want 3 × %d", without, limit)
+	}
+	if with < limit || with > bound {
+		t.Errorf("with a sum map %d passed, want %d to %d", with, limit, bound)
+	}
+}
