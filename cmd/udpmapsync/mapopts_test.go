@@ -38,16 +38,7 @@ func TestResolveOptionsPerCPU(t *testing.T) {
 		"scan=1s,clock=0:4:mono-s,local=4:4": "--map id:",
 	} {
 		spec := fmt.Sprintf("id:%d,%s", id, opts)
-		paths, specs, err := mapSpecs([]string{spec}, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		maps, err := loader.OpenMaps(paths)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = resolveOptions(maps, specs, time.Duration(0))
-		maps[0].Close()
+		err := resolveSpec(t, spec)
 		switch {
 		case want == "" && err != nil:
 			t.Errorf("%s: %v", spec, err)
@@ -86,16 +77,7 @@ func TestResolveOptionsSum(t *testing.T) {
 		}
 		id, _ := info.ID()
 		spec := fmt.Sprintf("id:%d,%s", id, c.opts)
-		paths, specs, err := mapSpecs([]string{spec}, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		maps, err := loader.OpenMaps(paths)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = resolveOptions(maps, specs, time.Duration(0))
-		maps[0].Close()
+		err = resolveSpec(t, spec)
 		em.Close()
 		switch {
 		case c.want == "" && err != nil:
@@ -104,4 +86,21 @@ func TestResolveOptionsSum(t *testing.T) {
 			t.Errorf("%s (%s): error %v, want one naming the map and saying %q", spec, c.spec.Name, err, c.want)
 		}
 	}
+}
+
+// resolveSpec opens the map of one --map value and resolves its options,
+// as the daemon does at start-up.
+func resolveSpec(t *testing.T, spec string) error {
+	t.Helper()
+	paths, specs, err := mapSpecs([]string{spec}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := loader.OpenMaps(paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps[0].Close()
+	_, err = resolveOptions(maps, specs, time.Duration(0))
+	return err
 }
