@@ -211,13 +211,12 @@ func TestResolveSum(t *testing.T) {
 	}
 }
 
-// 16 origins of one counter at 1M keys: 332 MiB of contributions, which
-// fit; at 16M keys they do not.
+// The estimate covers what BenchmarkCounterBytes (replication) measured,
+// with the knowledge's 32 bytes per contribution on top.
 func TestCounterBytesPerKey(t *testing.T) {
-	if got := CounterBytesPerKey(1, 3); got != 72 {
-		t.Errorf("1 word, 3 origins: %d bytes", got)
-	}
-	if got := CounterBytesPerKey(1, 16); got != 332 {
-		t.Errorf("1 word, 16 origins: %d bytes", got)
+	for _, c := range []struct{ origins, measured int }{{3, 294}, {16, 941}} {
+		if got := CounterBytesPerKey(1, c.origins); got < c.measured+32*c.origins {
+			t.Errorf("1 word, %d origins: %d bytes, less than the %d measured and the knowledge's", c.origins, got, c.measured)
+		}
 	}
 }
