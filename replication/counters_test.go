@@ -2,11 +2,15 @@ package replication
 
 import (
 	"encoding/binary"
+	"os"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/loader"
 )
 
 // memKernel is a kernel map in memory, for the measure of the daemon's
@@ -14,9 +18,9 @@ import (
 type memKernel map[string][]byte
 
 func (m memKernel) Dump(keys, values []byte, fn func(keys, values []byte) error) error { return nil }
-func (m memKernel) Lookup(key, value []byte) (bool, error)                            { return false, nil }
-func (m memKernel) DeleteBatch(keys []byte) (int, error)                              { return 0, nil }
-func (m memKernel) Add(keys, deltas []byte) (int, error)                              { return 0, nil }
+func (m memKernel) Lookup(key, value []byte) (bool, error)                             { return false, nil }
+func (m memKernel) DeleteBatch(keys []byte) (int, error)                               { return 0, nil }
+func (m memKernel) Add(keys, deltas []byte) (int, error)                               { return 0, nil }
 
 // BenchmarkCounterBytes measures what a sum map's contributions cost the
 // daemon per key (one 8-byte counter), with 3 and 16 origins counting
@@ -52,4 +56,62 @@ func BenchmarkCounterBytes(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkCounterApply compares the apply of peers' contributions to a
+// sum map (merge, then the kernel program's atomic adds) with the apply
+// of as many last-writer-wins values (one batch update), both into kernel
+// hash maps of 4-byte keys and 16-byte values, 256 entries a batch.
+func BenchmarkCounterApply(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root for BPF maps")
+	}
+	const batch, keys = 256, 1 << 14
+	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sum_bench", Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: keys})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer em.Close()
+	lm := openLoaderMap(b, em)
+	b.Run("lww", func(b *testing.B) {
+		ks, vs := make([]byte, 4*batch), make([]byte, 16*batch)
+		next := 0
+		for b.Loop() {
+			for i := range batch {
+				binary.NativeEndian.PutUint32(ks[4*i:], uint32(next%keys))
+				binary.NativeEndian.PutUint64(vs[16*i:], uint64(next))
+				next++
+			}
+			if err := lm.UpdateBatch(ks, vs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "entries/s")
+	})
+	b.Run("sum", func(b *testing.B) {
+		adder, err := loader.NewAdder(lm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer adder.Close()
+		ct := NewCounterTarget(lm, adder, 4, 16, 1, 1, 3, time.Now)
+		eks, evs := ct.entrySize()
+		ks, vs := make([]byte, eks*batch), make([]byte, evs*batch)
+		next := 0
+		for b.Loop() {
+			for i := range batch {
+				k, v := ks[eks*i:], vs[evs*i:]
+				binary.NativeEndian.PutUint32(k, uint32(next%keys))
+				binary.BigEndian.PutUint32(k[4:], 2) // a peer's contribution, growing
+				binary.BigEndian.PutUint64(v[12:], uint64(next+1))
+				binary.BigEndian.PutUint64(v[20:], uint64(next))
+				binary.BigEndian.PutUint64(v[28:], uint64(next))
+				next++
+			}
+			if err := ct.UpdateBatch(ks, vs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "entries/s")
+	})
 }
