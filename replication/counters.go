@@ -66,6 +66,11 @@ type CounterTarget struct {
 	// OriginsFull counts the contributions refused because their key held
 	// as many origins as it may (mapopt's origins option).
 	OriginsFull atomic.Uint64
+	// FutureStamps counts the contributions refused because their reset
+	// or their own stamp was more than hlc.MaxSkew ahead of this node's
+	// clock: taken, such a stamp would outrank every honest reset or
+	// contribution of the key until that time.
+	FutureStamps atomic.Uint64
 
 	mu   sync.Mutex
 	keys map[string]*counterKey
@@ -144,9 +149,14 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	limit := hlc.Make(t.now().Add(hlc.MaxSkew).UnixMilli(), 0)
 	for o := range len(keys) / ks {
 		key, origin := keys[o*ks:o*ks+t.keySize], binary.BigEndian.Uint32(keys[o*ks+t.keySize:])
 		c := t.decode(origin, values[o*vs:(o+1)*vs])
+		if c.Reset.Stamp > limit || c.Stamp > limit {
+			t.FutureStamps.Add(1)
+			continue
+		}
 		ck := t.key(key)
 		reset, add, err := ck.k.Merge(c, t.origins, t.d)
 		if errors.Is(err, counter.ErrOriginsFull) {

@@ -22,6 +22,29 @@ func (m memKernel) Lookup(key, value []byte) (bool, error)                      
 func (m memKernel) DeleteBatch(keys []byte) (int, error)                               { return 0, nil }
 func (m memKernel) Add(keys, deltas []byte) (int, error)                               { return 0, nil }
 
+// A contribution whose reset or stamp is far ahead of the clock is
+// refused and counted: it would outrank every honest one.
+func TestCounterFutureStamp(t *testing.T) {
+	k := memKernel{}
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	ct := NewCounterTarget(k, k, 4, 8, 1, 1, 3, func() time.Time { return now })
+	ks, vs := ct.entrySize()
+	ahead := uint64(hlc.Make(now.Add(time.Hour).UnixMilli(), 0))
+	for _, field := range []int{0, 12} { // the reset's stamp, the contribution's
+		key, val := make([]byte, ks), make([]byte, vs)
+		binary.BigEndian.PutUint32(key[4:], 2)
+		binary.BigEndian.PutUint64(val[12:], uint64(hlc.Make(now.UnixMilli(), 0)))
+		binary.BigEndian.PutUint64(val[field:], ahead)
+		binary.BigEndian.PutUint64(val[20:], 5)
+		if err := ct.UpdateBatch(key, val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := ct.FutureStamps.Load(); n != 2 || len(ct.keys) != 0 {
+		t.Errorf("%d refused, %d keys held; want 2 and none", n, len(ct.keys))
+	}
+}
+
 // BenchmarkCounterBytes measures what a sum map's contributions cost the
 // daemon per key (one 8-byte counter), with 3 and 16 origins counting
 // every key, beside the knowledge's 25 to 32 bytes per contribution

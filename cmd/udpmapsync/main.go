@@ -492,6 +492,14 @@ func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
 	}
+	var full, future uint64
+	for _, cm := range d.counters {
+		full += cm.target.OriginsFull.Load()
+		future += cm.target.FutureStamps.Load()
+	}
+	if len(d.counters) > 0 {
+		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future))
+	}
 	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {
 		log.LogAttrs(ctx, slog.LevelDebug, "peer", slog.Any("node", p.Node), slog.Any("addr", p.Addr),
