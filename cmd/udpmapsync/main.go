@@ -294,7 +294,7 @@ func run(ctx context.Context, f *Flags) error {
 // open opens the maps, the socket and the capture, takes a new boot epoch
 // and makes the node; the daemon's close releases them.
 func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
-	d := &daemon{cfg: c, flags: f, started: time.Now()}
+	d := &daemon{cfg: c, flags: f, started: time.Now(), log: log}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -320,10 +320,23 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 		return nil, err
 	}
 	d.sealed = keys != nil
+	_, err = os.Stat(filepath.Join(f.StateDir, "epoch"))
+	ranBefore := err == nil
 	local := make([]replication.Map, len(d.maps))
+	var captured []*loader.Map // all but the sum maps, which only scans follow
 	for i, m := range d.maps {
+		if d.options[i].Merge == mapopt.Sum {
+			cm, err := openCounters(m, d.options[i], c.node, f.StateDir, ranBefore, log)
+			if err != nil {
+				return nil, err
+			}
+			d.counters = append(d.counters, cm)
+			local[i] = replication.CounterMap(m, cm.target, d.options[i])
+			continue
+		}
 		local[i] = replication.MapFromLoader(m)
 		local[i].Options = d.options[i]
+		captured = append(captured, m)
 	}
 	table, err := replication.NewTable(local, payload)
 	if errors.Is(err, replication.ErrRecordTooLarge) {
@@ -331,14 +344,18 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("--iface %s (MTU %d): %w", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
 	}
-	d.capture, err = loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: d.maps, RingSize: int(f.RingSize)})
-	if err != nil {
-		return nil, advice(err)
+	var source replication.Source = newIdleSource()
+	if len(captured) > 0 {
+		d.capture, err = loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: captured, RingSize: int(f.RingSize)})
+		if err != nil {
+			return nil, advice(err)
+		}
+		source = d.capture
 	}
 	if d.epoch, err = epoch.Next(filepath.Join(f.StateDir, "epoch"), time.Now()); err != nil {
 		return nil, fmt.Errorf("--state-dir %s: %w", f.StateDir, err)
 	}
-	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
+	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: source,
 		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
 		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
 		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
@@ -474,6 +491,14 @@ func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	attrs := append(d.Stats().Attrs(), slog.Bool("ready", st.Ready), slog.Int("peers", len(peers)))
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
+	}
+	var full, future uint64
+	for _, cm := range d.counters {
+		full += cm.target.OriginsFull.Load()
+		future += cm.target.FutureStamps.Load()
+	}
+	if len(d.counters) > 0 {
+		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future))
 	}
 	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {

@@ -104,6 +104,21 @@ BenchmarkScan/1000k-2        	       3	 438848370 ns/op	         0.4294 cpu-s/sc
 	}
 }
 
+// The counter target compares BenchmarkCounterApply's two rates.
+func TestCounterTarget(t *testing.T) {
+	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
+BenchmarkCounterApply/lww-2         	    6414	    122462 ns/op	   2090450 entries/s
+BenchmarkCounterApply/sum-2         	    1777	    199753 ns/op	   1281586 entries/s
+`))}
+	goal := "merge=sum apply ≥ 0.5 of the last-writer-wins apply rate"
+	if got := verdicts(r, "")[goal]; !strings.HasPrefix(got, "met: 0.61: sum 1.28M entries/s, last-writer-wins 2.09M entries/s") {
+		t.Errorf("counter target %q", got)
+	}
+	if got := verdicts(&Results{}, "")[goal]; !strings.HasPrefix(got, "n/a: not measured") {
+		t.Errorf("without benchmarks: %q", got)
+	}
+}
+
 // The digest target reads BenchmarkDigestHeal's figures.
 func TestDigestTarget(t *testing.T) {
 	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication

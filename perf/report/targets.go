@@ -118,6 +118,7 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, t)
 
 	ts = append(ts, r.scanTarget())
+	ts = append(ts, r.counterTarget())
 	ts = append(ts, r.digestTarget())
 	ts = append(ts, r.sealingTarget())
 	ts = append(ts, r.resyncTargets()...)
