@@ -97,6 +97,8 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsReceived }},
 	{newDesc("datagrams_resent_total", "Change datagrams resent by unicast to peers that asked for them again."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsResent }},
+	{newDesc("held_back_total", "Times the sender waited for a peer still asking for a datagram about to leave the resend buffer (flow control)."),
+		func(s *replication.StatsSnapshot) uint64 { return s.HeldBack }},
 	{newDesc("datagrams_repaired_total", "Missing peer datagrams filled by a peer's resend."),
 		func(s *replication.StatsSnapshot) uint64 { return s.Repaired }},
 	{newDesc("gaps_total", "Change datagrams of peers missed in sequence; each is asked for again."),

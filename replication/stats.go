@@ -19,6 +19,7 @@ type Stats struct {
 	BadChanges      atomic.Uint64 // captured changes of an unknown map, op or size, dropped
 	SendErrors      atomic.Uint64 // transport sends that failed (their datagrams are lost)
 	DatagramsResent atomic.Uint64 // change datagrams resent in answer to peers' repair requests
+	HeldBack        atomic.Uint64 // times the sender waited for a peer still asking for a datagram about to leave the resend buffer (flow control)
 	RingOverflows   atomic.Uint64 // changes the kernel could not queue; set by the owner of the capture
 	Superseded      atomic.Uint64 // captured changes a later write had overwritten by the time they were read, dropped
 	RaceChecks      atomic.Uint64 // captured changes that crossed an apply of their key, checked against the map
@@ -119,7 +120,7 @@ func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum flo
 // StatsSnapshot is a copy of [Stats] at one moment.
 type StatsSnapshot struct {
 	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
-	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped,
+	DatagramsResent, HeldBack, RingOverflows, Superseded, RaceChecks, Relayed, Restamped,
 	Scans, ScanFound, ScanVanished, ScanPrints uint64
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap, MapMismatches,
@@ -147,6 +148,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		BadChanges:        s.BadChanges.Load(),
 		SendErrors:        s.SendErrors.Load(),
 		DatagramsResent:   s.DatagramsResent.Load(),
+		HeldBack:          s.HeldBack.Load(),
 		RingOverflows:     s.RingOverflows.Load(),
 		Superseded:        s.Superseded.Load(),
 		RaceChecks:        s.RaceChecks.Load(),
@@ -215,6 +217,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("bad_changes", s.BadChanges),
 		slog.Uint64("send_errors", s.SendErrors),
 		slog.Uint64("datagrams_resent", s.DatagramsResent),
+		slog.Uint64("held_back", s.HeldBack),
 		slog.Uint64("ring_overflows", s.RingOverflows),
 		slog.Uint64("superseded", s.Superseded),
 		slog.Uint64("race_checks", s.RaceChecks),
