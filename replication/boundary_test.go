@@ -302,7 +302,7 @@ func TestGoneFromNewPeerWaitsToBeEstablished(t *testing.T) {
 	t0 := time.Now()
 	for _, d := range [][]byte{readyAnnounce(t, peerNode, 1, 0), f.peerDatagram(t, 1, 1, "key1", "1"),
 		f.peerDatagram(t, 1, 3, "key3", "3"), goneDatagram(2, 2)} {
-		f.n.dispatch.handle(peerA, d, true, t0) // no cookie echoed: the address proves nothing
+		f.dispatch(peerA, d, true, t0) // no cookie echoed: the address proves nothing
 	}
 	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
 	if f.n.client.phase != syncIdle {

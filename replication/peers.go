@@ -54,6 +54,9 @@ type peer struct {
 	cookieAt time.Time
 	withheld bool
 	ready    bool // its announces say it completed its initial sync
+	// boundReady: this node was ready when it first heard this run of
+	// the peer's (see [dispatcher.announce]).
+	boundReady bool
 	// needSync is set when its changes were lost beyond repair: a full
 	// resync from it is due.
 	needSync bool
@@ -223,6 +226,11 @@ type PeerStatus struct {
 	// MissingSince is when the oldest datagram still missing went
 	// missing; zero when nothing is.
 	MissingSince time.Time
+	// ResyncOwed says that this node gave up on some of the peer's
+	// datagrams, or was told its snapshot lacked them, and no full resync
+	// from it has brought them yet: it is behind the peer, whatever Lag
+	// says (the given-up claims are forgotten).
+	ResyncOwed bool
 	// Mismatches says, per map whose name it shares with a local map but
 	// whose schema or fields differ, how: "flows: the peer treats ...".
 	// Their changes to those maps are dropped.
@@ -239,7 +247,7 @@ func (t *peerTable) status() []PeerStatus {
 		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Ready: p.ready,
 			Seq: p.stream.latest, Applied: p.stream.next - 1, LastHeard: p.lastHeard,
 			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since,
-			Mismatches: p.mismatches()})
+			ResyncOwed: p.needSync || p.stream.lostFrom != 0, Mismatches: p.mismatches()})
 	}
 	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
 	return out

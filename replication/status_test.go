@@ -1,6 +1,8 @@
 package replication
 
 import (
+	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,7 +80,7 @@ func TestReadyPeerNotYetTrustedIsWaitedFor(t *testing.T) {
 func TestReadyPeerProvenByCookieServesAtOnce(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
-	f.n.dispatch.handle(peerA, readyAnnounce(t, peerNode, 1, 0), true, t0)
+	f.dispatch(peerA, readyAnnounce(t, peerNode, 1, 0), true, t0)
 	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
 	if f.n.client.phase != syncIdle {
 		t.Fatal("a resync was asked of a peer heard a moment ago whose address proved nothing")
@@ -127,5 +129,40 @@ func TestNewPeerOfReadyNodeRepairedFromOne(t *testing.T) {
 	}
 	if f.value("key1") != "" {
 		t.Error("datagram 500 applied before 1 to 499")
+	}
+}
+
+// The table of counters names each counter and each series once, and a
+// snapshot reads every counter into its own row.
+func TestCounters(t *testing.T) {
+	names, series := map[string]bool{}, map[string]bool{}
+	for _, c := range Counters {
+		if names[c.Name] {
+			t.Errorf("two counters named %s", c.Name)
+		}
+		names[c.Name] = true
+		if s := c.Metric + "{" + c.LabelName + "=" + c.LabelValue + "}"; c.Metric != "" && series[s] {
+			t.Errorf("two counters exported as %s", s)
+		} else {
+			series[s] = true
+		}
+	}
+	var s Stats
+	fields := reflect.ValueOf(&s.Counts).Elem()
+	for i := range fields.NumField() {
+		fields.Field(i).Addr().Interface().(*atomic.Uint64).Store(uint64(i + 1))
+	}
+	snap := s.Snapshot()
+	attrs := snap.Attrs()
+	if len(attrs) != len(Counters) {
+		t.Fatalf("%d attributes, %d counters", len(attrs), len(Counters))
+	}
+	for i, c := range Counters {
+		if v := c.Of(&snap); v != uint64(i+1) || attrs[i].Key != c.Name || attrs[i].Value.Uint64() != v {
+			t.Errorf("counter %s reads %d (attribute %v), want %d", c.Name, v, attrs[i], i+1)
+		}
+	}
+	if s.Captured.Load() != snap.Captured || snap.Captured != 1 {
+		t.Errorf("captured %d, snapshot %d", s.Captured.Load(), snap.Captured)
 	}
 }
