@@ -66,7 +66,7 @@ type applier struct {
 	vers []knowledge.Version // their versions
 	mine []byte              // an entry of this node's, read for its local fields
 	// hashes are the keys' knowledge hashes, computed and their slots
-	// touched before the first look-up (see [applier.flush]); touched
+	// touched before the first look-up (see [applier.touch]); touched
 	// keeps what the touches read, so that they are not optimized away.
 	hashes  []uint64
 	touched uint64
@@ -250,8 +250,8 @@ func (a *applier) applyRuns() int {
 // touch computes the knowledge hash of every pending key, and reads the
 // slot where its look-up starts: the reads do not depend on each other,
 // so the processor waits for their cache misses together, and the
-// look-ups that follow find the slots in the cache. One look-up of the
-// knowledge table a change missed the cache each, one after the other.
+// look-ups that follow find the slots in the cache. Without it each
+// look-up waited for its own cache miss, one after the other.
 func (a *applier) touch(h knowledge.Held) {
 	a.hashes = a.hashes[:0]
 	keyStart := 0

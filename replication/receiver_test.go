@@ -602,7 +602,7 @@ func BenchmarkDecodeApplySpread(b *testing.B) {
 		seq++
 		pkt := transport.Packet{Data: d, From: peerA, Unicast: true}
 		n.dispatch.handle(&pkt, now)
-		count += n.apply.flush()
+		count += n.apply.applyRuns()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(max(count, 1)), "ns/change")
 }
