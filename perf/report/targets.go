@@ -137,7 +137,8 @@ func (r *Results) Targets(profile string) []Target {
 	} else {
 		t.Measured = "not measured"
 	}
-	return append(ts, t)
+	ts = append(ts, t)
+	return append(ts, r.issue22Targets(profile)...)
 }
 
 func deref(r *Run) []Run {
