@@ -122,6 +122,11 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 				a.rollBack(mark)
 				return 0, fmt.Errorf("map %s: %w", m.Desc.Name, err)
 			}
+			if rec.Fragment.Count != 0 {
+				// Not taken yet: nothing of this datagram is applied.
+				a.rollBack(mark)
+				return 0, fmt.Errorf("map %s: %w", m.Desc.Name, wire.ErrBadFragment)
+			}
 			st := hlc.Stamp(rec.Stamp)
 			if st > limit {
 				future++

@@ -72,10 +72,10 @@ func TestGolden(t *testing.T) {
 		// | counter.
 		base := uint64(1700000000123<<16 | 4)
 		want := []change{
-			{flows.Fingerprint(), ops.Update, base, h.Node, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
-			{flows.Fingerprint(), ops.Delete, base + 1, h.Node, []byte{10, 0, 0, 3}, nil},
-			{flows.Fingerprint(), ops.Update, 1700000000124 << 16, h.Node, []byte{10, 0, 0, 4}, []byte{0, 0, 0, 0, 0, 0, 0, 6}},
-			{ports.Fingerprint(), ops.Update, 1700000000120<<16 | 2, 0x0a000002, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}},
+			{flows.Fingerprint(), ops.Update, base, h.Node, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}, wire.Fragment{}},
+			{flows.Fingerprint(), ops.Delete, base + 1, h.Node, []byte{10, 0, 0, 3}, nil, wire.Fragment{}},
+			{flows.Fingerprint(), ops.Update, 1700000000124 << 16, h.Node, []byte{10, 0, 0, 4}, []byte{0, 0, 0, 0, 0, 0, 0, 6}, wire.Fragment{}},
+			{ports.Fingerprint(), ops.Update, 1700000000120<<16 | 2, 0x0a000002, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}, wire.Fragment{}},
 		}
 		d := encodeAll(t, 1400, h, base, want)
 		golden := goldenBytes(t, "changes")
