@@ -149,6 +149,9 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now tim
 		if prev != p {
 			d.unbind(p, prev) // a malformed datagram leaves no peer state
 		}
+		if errors.Is(err, errFragmentsRefused) {
+			return // well formed, and counted by the reassembly
+		}
 		d.malformed(from, err)
 		return
 	}
@@ -252,6 +255,8 @@ func (d *dispatcher) unbind(p, prev *peer) {
 func (d *dispatcher) retire(p *peer, now time.Time) {
 	d.stats.Held.Add(-uint64(p.stream.n))
 	p.stream.reset()
+	d.apply.reasm.forget(p.node, false)
+	d.apply.reasm.forget(p.node, true)
 	d.client.forget(p, now)
 	d.server.forget(p)
 }
@@ -563,6 +568,9 @@ func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 
 func (d *dispatcher) malformed(from netip.AddrPort, err error) {
 	d.stats.Malformed.Add(1)
+	if errors.Is(err, wire.ErrBadFragment) {
+		d.stats.FragmentsMalformed.Add(1)
+	}
 	if s, ok := d.limit.allow(reasonMalformed); ok {
 		d.log.Warn("dropping malformed datagram", "from", from, "error", err, "suppressed", s)
 	}

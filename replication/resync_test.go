@@ -7,6 +7,7 @@ package replication
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -34,6 +35,8 @@ type memNet struct {
 	nodes map[netip.AddrPort]*memTransport
 	drop  func(d []byte) bool
 	opts  map[uint32]mapopt.Options // per node, the options of its map; none if absent
+	// valueSize is the value size of the nodes' map; 0 means 8 bytes.
+	valueSize uint32
 }
 
 type memTransport struct {
@@ -145,10 +148,11 @@ func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string)
 // startMemNodeWith starts a node that seals with keys, if not nil.
 func startMemNodeWith(t *testing.T, n *memNet, node uint32, state map[string]string, keys *seal.Keys) *memNode {
 	t.Helper()
-	m := &memNode{flows: newFakeTarget(4, 8), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
+	valueSize := cmp.Or(n.valueSize, 8)
+	m := &memNode{flows: newFakeTarget(4, int(valueSize)), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
 		stats: new(Stats), logs: new(logBuffer), flowID: 10}
 	maps.Copy(m.flows.state, state)
-	flows := testMap("flows", m.flowID, 4, 8, m.flows)
+	flows := testMap("flows", m.flowID, 4, valueSize, m.flows)
 	flows.Options = n.opts[node]
 	tab := mustTable(t, testPayload, flows)
 	tr := n.attach(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(node)}), 3870))

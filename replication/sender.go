@@ -143,10 +143,14 @@ type sender struct {
 	drainedAt atomic.Int64
 	// lookup is a value buffer per map, for the reads of [sender.stillHolds].
 	lookup [][]byte
+	// whole is a value of the largest map whose updates travel in
+	// fragments, in the form it has on the wire, as [sender.fragment]
+	// cuts it.
+	whole []byte
 
 	// Counted locally and published at each send, to keep atomics off the
 	// per-change path.
-	captured, coalesced, bad, changes, superseded, relayed uint64
+	captured, coalesced, bad, changes, superseded, relayed, fragments uint64
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
@@ -182,7 +186,11 @@ func newSender(cfg senderConfig) *sender {
 	}
 	s.limit.time = s.time
 	for i := range cfg.Table.maps {
-		s.lookup = append(s.lookup, make([]byte, cfg.Table.maps[i].valueSize))
+		m := &cfg.Table.maps[i]
+		s.lookup = append(s.lookup, make([]byte, m.valueSize))
+		if m.fragments > 0 && m.valueSize > len(s.whole) {
+			s.whole = make([]byte, m.valueSize)
+		}
 	}
 	for i := range s.bufs {
 		s.bufs[i] = make([]byte, s.payload)
@@ -438,6 +446,10 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 		s.coalesced++
 		return
 	}
+	if m.fragments > 0 && op == ops.Update {
+		s.fragment(m, v, key, value)
+		return
+	}
 	grow := p.growth(e, m, op, v)
 	if p.size+grow > s.payload {
 		s.seal()
@@ -454,6 +466,37 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 		return
 	}
 	p.insert(slot, m, op, v, key, value)
+}
+
+// fragment sends an update of m too large for one datagram as its
+// fragment records, each in a datagram of its own, numbered, kept for
+// repair and sealed like any other, back to back: a receiver takes a
+// change stream in order, so it never sees two records' fragments
+// interleaved there. A pending change of the same key is older, and
+// loses to this one wherever it arrives.
+func (s *sender) fragment(m *localMap, v knowledge.Version, key, value []byte) {
+	whole := s.whole[:m.valueSize]
+	copy(whole, value)
+	if m.plan != nil {
+		m.plan.toWire(whole)
+	}
+	for i := range m.fragments {
+		s.w.Reset(s.bufs[len(s.queued)], s.header.Node, uint64(v.Stamp))
+		if !s.w.AppendFragment(m.fp, uint64(v.Stamp), v.Origin, key, whole, i, m.fragments) {
+			panic("replication: a fragment does not fit the datagram NewTable planned it for")
+		}
+		s.header.Seq++
+		d := s.w.Finish(s.header)
+		if s.resend != nil {
+			s.resend.add(s.header.Seq, d)
+		}
+		s.queued = append(s.queued, d)
+		if len(s.queued) == sendBatch {
+			s.send()
+		}
+	}
+	s.changes++
+	s.fragments += uint64(m.fragments)
 }
 
 // takeRelayed queues the entries the receive side passes on.
@@ -524,7 +567,8 @@ func (s *sender) send() {
 	s.stats.ChangesSent.Add(s.changes)
 	s.stats.Superseded.Add(s.superseded)
 	s.stats.Relayed.Add(s.relayed)
-	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed = 0, 0, 0, 0, 0, 0
+	s.stats.FragmentsSent.Add(s.fragments)
+	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed, s.fragments = 0, 0, 0, 0, 0, 0, 0
 }
 
 // checkOverflows asks the source whether it lost changes since the last

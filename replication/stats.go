@@ -81,6 +81,19 @@ type Stats struct {
 	DigestHealed  atomic.Uint64 // entries those repairs changed: applied here, sent back, or stamped anew
 	DigestBytes   atomic.Uint64 // bytes of digest datagrams sent and received
 
+	// Fragments: updates too large for one datagram, see
+	// wire/FORMAT.md "Fragments".
+	FragmentsSent         atomic.Uint64 // fragment records sent in change datagrams and snapshots
+	FragmentsReceived     atomic.Uint64 // fragment records taken from peers' checked datagrams
+	RecordsReassembled    atomic.Uint64 // records put together from all their fragments, then merged as any record
+	FragmentsMalformed    atomic.Uint64 // datagrams dropped for a fragment record of a delete, or with an index or count that cannot be
+	FragmentsDuplicate    atomic.Uint64 // fragments whose chunk was held already, dropped
+	FragmentsInconsistent atomic.Uint64 // fragments whose count differs from their record's other fragments, dropped
+	FragmentsRefused      atomic.Uint64 // fragments that would have passed the reassembly memory bound, dropped (a snapshot's are sent again)
+	FragmentsAbandoned    atomic.Uint64 // incomplete records dropped because their sender moved on, restarted or began a new snapshot
+	FragmentsExpired      atomic.Uint64 // incomplete records dropped because their missing fragments did not arrive in time
+	ReassemblyBytes       atomic.Uint64 // bytes held for incomplete records (a gauge)
+
 	// ApplySeconds is how long each batch write to a local map took.
 	ApplySeconds Histogram
 }
@@ -132,6 +145,9 @@ type StatsSnapshot struct {
 	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
 
 	DigestRounds, DigestFound, DigestBusy, DigestRepairs, DigestHealed, DigestBytes uint64
+
+	FragmentsSent, FragmentsReceived, RecordsReassembled, FragmentsMalformed, FragmentsDuplicate,
+	FragmentsInconsistent, FragmentsRefused, FragmentsAbandoned, FragmentsExpired, ReassemblyBytes uint64
 
 	Ready bool
 }
@@ -199,7 +215,18 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		DigestRepairs:     s.DigestRepairs.Load(),
 		DigestHealed:      s.DigestHealed.Load(),
 		DigestBytes:       s.DigestBytes.Load(),
-		Ready:             s.Ready.Load(),
+
+		FragmentsSent:         s.FragmentsSent.Load(),
+		FragmentsReceived:     s.FragmentsReceived.Load(),
+		RecordsReassembled:    s.RecordsReassembled.Load(),
+		FragmentsMalformed:    s.FragmentsMalformed.Load(),
+		FragmentsDuplicate:    s.FragmentsDuplicate.Load(),
+		FragmentsInconsistent: s.FragmentsInconsistent.Load(),
+		FragmentsRefused:      s.FragmentsRefused.Load(),
+		FragmentsAbandoned:    s.FragmentsAbandoned.Load(),
+		FragmentsExpired:      s.FragmentsExpired.Load(),
+		ReassemblyBytes:       s.ReassemblyBytes.Load(),
+		Ready:                 s.Ready.Load(),
 	}
 }
 
@@ -267,6 +294,16 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("digest_repairs", s.DigestRepairs),
 		slog.Uint64("digest_healed", s.DigestHealed),
 		slog.Uint64("digest_bytes", s.DigestBytes),
+		slog.Uint64("fragments_sent", s.FragmentsSent),
+		slog.Uint64("fragments_received", s.FragmentsReceived),
+		slog.Uint64("records_reassembled", s.RecordsReassembled),
+		slog.Uint64("fragments_malformed", s.FragmentsMalformed),
+		slog.Uint64("fragments_duplicate", s.FragmentsDuplicate),
+		slog.Uint64("fragments_inconsistent", s.FragmentsInconsistent),
+		slog.Uint64("fragments_refused", s.FragmentsRefused),
+		slog.Uint64("fragments_abandoned", s.FragmentsAbandoned),
+		slog.Uint64("fragments_expired", s.FragmentsExpired),
+		slog.Uint64("reassembly_bytes", s.ReassemblyBytes),
 		slog.Bool("ready", s.Ready),
 	}
 }
