@@ -67,7 +67,9 @@ func (w *workload) schedule(s *Sim) {
 				w.written++
 				var value []byte
 				if wr.op == ops.Update {
-					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+					value = make([]byte, s.sc.valueSize)
+					binary.BigEndian.PutUint32(value, n.id)
+					binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 				}
 				n.write(wr.op, wr.key, value)
 			}
@@ -135,7 +137,7 @@ func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
 			s.fail("node %d sent a datagram it cannot have encoded: %v", h.Node, err)
 			return
 		}
-		w.recs.Reset(sec, keySize, valueSize, w.secs.Base(), h.Node)
+		w.recs.Reset(sec, keySize, s.sc.valueSize, w.secs.Base(), h.Node)
 		for {
 			rec, err := w.recs.Next()
 			if err == io.EOF {
@@ -148,17 +150,29 @@ func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
 			if rec.Stamp == 0 {
 				continue // unstamped: loses to every stamped write
 			}
+			if f := rec.Fragment; f.Count != 0 {
+				// The first chunk holds the 8 bytes the workload wrote,
+				// the rest of the value is zeros: it stands for the
+				// record, which its sender sends whole or not at all.
+				if f.Index != 0 {
+					continue
+				}
+				rec.Value = append(bytes.Clone(rec.Value), make([]byte, f.Size-len(rec.Value))...)
+			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
 			// lost changes, which stamps anew what its maps hold; or one
 			// whose digest repairs healed a key, which writes the value
 			// it picked as its own. (A snapshot may carry a local write
 			// not yet read from the capture under the version of the
-			// write it replaced: the change follows it.)
-			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin <= uint32(len(s.nodes)) &&
+			// write it replaced: the change follows it. So may another
+			// node's write that a resync's requester sends back: it reads
+			// the value under the knowledge lock, at least as new as the
+			// version.)
+			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin == h.Node && rec.Origin <= uint32(len(s.nodes)) &&
 				!s.nodes[rec.Origin-1].lostCaptures && !s.nodes[rec.Origin-1].healed() {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
-					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
+					s.fail("node %d sent key %x's value %x, written by node %d, as a write of node %d", h.Node, rec.Key, rec.Value[:8], writer, rec.Origin)
 					return
 				}
 			}

@@ -27,6 +27,11 @@ const (
 	valueSize  = 8
 	maxEntries = 256
 	payload    = 1400
+	// largeValueSize is the value size of one run in largeEvery: a record
+	// three datagrams long, sent in fragments (wire/FORMAT.md,
+	// "Fragments"). The workload's values are 8 bytes then zeros.
+	largeValueSize = 3000
+	largeEvery     = 8
 )
 
 // How the simulated nodes are configured: announce intervals short
@@ -89,7 +94,7 @@ func (n *simNode) start() {
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
-			Type: uint32(ebpf.Hash), KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}}
+			Type: uint32(ebpf.Hash), KeySize: keySize, ValueSize: uint32(n.s.sc.valueSize), MaxEntries: maxEntries}}
 	}
 	tab, err := replication.NewTable(maps, payload)
 	if err != nil {
