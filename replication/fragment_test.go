@@ -7,6 +7,7 @@ package replication
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -274,4 +276,61 @@ func FuzzReassembly(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A snapshot datagram whose fragment would pass the reassembly bound is
+// refused whole, before anything of it is taken, so that the serving node
+// sends it again; a change stream's such fragment is dropped alone, and
+// the rest of its datagram applied.
+func TestFragmentRefusedBeyondBound(t *testing.T) {
+	big, small := newFakeTarget(4, 4096), newFakeTarget(4, 8)
+	tab := mustTable(t, testPayload, testMap("big", 1, 4, 4096, big), testMap("small", 2, 4, 8, small))
+	stats, clock := new(Stats), hlc.New(nil, 0)
+	lim := &limiter{time: SystemTime{}}
+	// One record of the big map a node: its share is a quarter.
+	a := newApplier(tab, newKnowledge(tab, DefaultTombstoneHorizon, clock, ourNode, stats, time.Now()), clock, stats,
+		slog.New(slog.DiscardHandler), lim, 4*(4096+4+partialOverhead))
+	bigFP, smallFP := tab.byID(1).fp, tab.byID(2).fp
+	stamp := uint64(clock.Now())
+	// datagram holds fragment index of 3 of key k's value, and an update of
+	// the small map.
+	datagram := func(k string, index int) ([]byte, uint16) {
+		var w wire.ChangeWriter
+		w.Reset(make([]byte, testPayload), peerNode, stamp)
+		w.AppendFragment(bigFP, stamp, peerNode, []byte(k), []byte(bigValue(4096, int(k[3]), 1)), index, 3)
+		w.Append(smallFP, ops.Update, stamp, peerNode, []byte(k), []byte("12345678"))
+		d := w.Finish(wire.Header{Node: peerNode, Seq: 1})
+		return d[wire.HeaderSize:], uint16(w.Count())
+	}
+	body, count := datagram("key1", 0)
+	if n, err := a.collect(peerNode, body, count, true); err != nil || n != 1 {
+		t.Fatalf("first fragment of a snapshot: %d taken, %v; want the small record, no error", n, err)
+	}
+	body, count = datagram("key2", 0)
+	if n, err := a.collect(peerNode, body, count, true); !errors.Is(err, errFragmentsRefused) || n != 0 {
+		t.Fatalf("a second record past the peer's share: %d taken, %v; want the datagram refused", n, err)
+	}
+	body, count = datagram("key3", 0)
+	if n, err := a.collect(peerNode, body, count, false); err != nil || n != 1 {
+		t.Fatalf("a streamed record past the peer's share: %d taken, %v; want the small record, the fragment dropped", n, err)
+	}
+	if got := stats.FragmentsRefused.Load(); got != 2 {
+		t.Errorf("%d fragments refused, want 2", got)
+	}
+	for i := 1; i < 3; i++ {
+		body, count = datagram("key1", i)
+		if _, err := a.collect(peerNode, body, count, true); err != nil {
+			t.Fatalf("fragment %d of the held record: %v", i, err)
+		}
+	}
+	a.flush()
+	if got := big.snapshot()["key1"]; got != bigValue(4096, '1', 1) {
+		t.Errorf("key1 holds %d bytes, not the record put together", len(got))
+	}
+	if _, ok := big.snapshot()["key2"]; ok || len(big.snapshot()) != 1 {
+		t.Errorf("the big map holds %d entries, want key1 alone", len(big.snapshot()))
+	}
+	if got := len(small.snapshot()); got != 2 {
+		t.Errorf("the small map holds %d entries, want those of the two datagrams taken", got)
+	}
 }
