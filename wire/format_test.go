@@ -89,6 +89,29 @@ func TestGolden(t *testing.T) {
 		}
 	})
 
+	t.Run("fragment", func(t *testing.T) {
+		base := uint64(1700000000123<<16 | 4)
+		value := []byte{0, 0, 0, 0, 0, 0, 0, 5}
+		h := h
+		h.Seq = 43
+		var w wire.ChangeWriter
+		w.Reset(make([]byte, 1400), h.Node, base)
+		if !w.AppendFragment(flows.Fingerprint(), base, h.Node, []byte{10, 0, 0, 2}, value, 1, 2) {
+			t.Fatal("the fragment does not fit 1400 bytes")
+		}
+		d := w.Finish(h)
+		golden := goldenBytes(t, "fragment")
+		if !bytes.Equal(d, golden) {
+			t.Fatalf("encoded\n%s\nFORMAT.md has\n%s", hex.Dump(d), hex.Dump(golden))
+		}
+		got, err := decodeAll(golden, sizesOf(flows))
+		want := []change{{flows.Fingerprint(), ops.Update, base, h.Node, []byte{10, 0, 0, 2}, value[4:],
+			wire.Fragment{Index: 1, Count: 2, Offset: 4, Size: 8}}}
+		if err != nil || got.base != base || !reflect.DeepEqual(got.changes, want) {
+			t.Fatalf("decoding the golden fragment = %+v, %v; want %+v", got, err, want)
+		}
+	})
+
 	t.Run("announce", func(t *testing.T) {
 		want := []wire.Descriptor{flows, ports, ct}
 		h := wire.Header{Kind: wire.KindAnnounce, Count: 3, Node: h.Node, Epoch: h.Epoch, Seq: h.Seq}
