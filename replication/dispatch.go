@@ -515,6 +515,7 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 	}
 	d.client.tick(now)
 	d.digests.tick(now)
+	d.apply.reasm.tick(now)
 	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)

@@ -190,12 +190,17 @@ func TestReassemblyHostile(t *testing.T) {
 	if out, _ := f.add(3, false, frag("k004", 11, v1, 0, 3)); out != fragmentHeld || f.stats.FragmentsAbandoned.Load() != 1 {
 		t.Errorf("the stream's next record: %v, %d abandoned; want held, 1", out, f.stats.FragmentsAbandoned.Load())
 	}
-	// Never completed: expired after the timeout, when the next fragment
-	// comes.
-	f.now = f.now.Add(reassemblyTimeout)
+	// Never completed: expired by the timers after the timeout, not
+	// before.
+	f.r.tick(f.now.Add(reassemblyTimeout - time.Millisecond))
+	if got := f.stats.FragmentsExpired.Load(); got != 0 {
+		t.Errorf("%d records expired before their time", got)
+	}
+	f.now = f.now.Add(reassemblyTimeout + reassemblyTimeout/4)
 	if out, _ := f.add(5, true, frag("k005", 10, v1, 0, 3)); out != fragmentHeld {
 		t.Errorf("after the timeout: %v, want held", out)
 	}
+	f.r.tick(f.now)
 	if got := f.stats.FragmentsExpired.Load(); got != 3 {
 		t.Errorf("%d records expired, want the 3 left incomplete", got)
 	}

@@ -187,13 +187,23 @@ func (r *reassembly) costOf(rec *wire.Record) int {
 }
 
 // fits reports whether node may begin a partial of cost bytes, after the
-// expired partials are dropped when that is what stands in the way.
+// expired partials are dropped (at most once a second) when that is what
+// stands in the way.
 func (r *reassembly) fits(node uint32, cost int, now time.Time) bool {
 	over := func() bool { return r.held+cost > r.limit || r.byNode[node]+cost > r.peerLimit }
-	if now.Sub(r.swept) >= r.timeout/4 || over() && now.Sub(r.swept) >= time.Second {
+	if over() && now.Sub(r.swept) >= time.Second {
 		r.expire(now)
 	}
 	return !over()
+}
+
+// tick drops the expired partials, if a quarter of the timeout passed
+// since they were last looked for: an incomplete record that nothing
+// follows is dropped at most 37.5 s after it began.
+func (r *reassembly) tick(now time.Time) {
+	if len(r.partials) > 0 && now.Sub(r.swept) >= r.timeout/4 {
+		r.expire(now)
+	}
 }
 
 // expire drops the partials older than the timeout.
