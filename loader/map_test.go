@@ -270,7 +270,7 @@ func TestOpenMapsRefusals(t *testing.T) {
 	}{
 		{[]string{perCPU}, ErrUnsupportedMap, "map cannot be replicated: type PerCPUHash is not one of hash, lru_hash and array"},
 		{[]string{okPath, bigKey}, ErrUnsupportedMap, "map cannot be replicated: key size 513 B is over the 512 B limit"},
-		{[]string{bigValue}, ErrUnsupportedMap, "map cannot be replicated: value size 4097 B is over the 4096 B limit"},
+		{[]string{bigValue}, ErrUnsupportedMap, "map cannot be replicated: value size 16384 B is over the 16383 B limit"},
 		{[]string{noName}, ErrUnsupportedMap, "map cannot be replicated: it has no name, and nodes match maps by name"},
 		{[]string{"name:" + ambiguous}, ErrAmbiguousName, fmt.Sprintf("ambiguous map name: 2 maps are named %s (ids %d, %d)", ambiguous, id1, id2)},
 		{[]string{"name:" + missingName}, ErrMapNotFound, "no such map: no map is named " + missingName},

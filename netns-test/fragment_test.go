@@ -1,12 +1,13 @@
 package netnstest
 
-// Records larger than a datagram on the real kernel: 4 KiB values at the
-// veth's 1500-byte MTU travel as fragments (wire/FORMAT.md, "Fragments").
+// Records larger than a datagram on the real kernel: 4 KiB and 16000-byte
+// values at the veth's 1500-byte MTU travel as fragments (wire/FORMAT.md,
+// "Fragments").
 //
 //	┌─ node1 ──────────┐ ┌─ node2 ──────────┐ ┌─ node3 ──────────┐
 //	│ udpmapsync       │ │ udpmapsync       │ │ udpmapsync, late │
 //	│ the test writes  │ │ drops 10% of the │ │ join; drops 10%  │
-//	│ 4 KiB values     │ │ datagrams to it  │ │ (TestLargeValues)│
+//	│ 4 KiB, 16000 B   │ │ datagrams to it  │ │ (TestLargeValues)│
 //	│                  │ │                  │ │ or the attacker, │
 //	│                  │ │                  │ │ no daemon        │
 //	│ eth1 10.77.0.1   │ │ eth1 10.77.0.2   │ │ eth1 10.77.0.3   │
@@ -17,6 +18,7 @@ package netnstest
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -28,9 +30,10 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// bigMaps is one hash map of 4 KiB values: 3 fragments a record at MTU 1500.
-func bigMaps() []MapSpec {
-	return []MapSpec{{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: 4096, MaxEntries: 1024}}
+// bigMaps is one hash map of values of size bytes: 4096 bytes are 3
+// fragments a record at MTU 1500, 16000 bytes 12.
+func bigMaps(size uint32) []MapSpec {
+	return []MapSpec{{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: size, MaxEntries: 1024}}
 }
 
 // writeBig makes n changes of w on node i with the ebpf library, from
@@ -78,11 +81,19 @@ func lastStats(t *testing.T, c *Cluster, i int, ok func(Stats) bool) Stats {
 	}
 }
 
-// TestLargeValues writes 4 KiB values on node1; node2 loses a tenth of
-// what is sent to it and repairs it, node3 joins late through a resync,
-// losing a tenth too, and all three end with exactly what was written.
+// TestLargeValues writes 4 KiB and 16000-byte values on node1; node2
+// loses a tenth of what is sent to it and repairs it, node3 joins late
+// through a resync, losing a tenth too, and all three end with exactly
+// what was written. The daemons seal (--key-file), so every fragment is
+// sealed.
 func TestLargeValues(t *testing.T) {
-	maps := bigMaps()
+	for _, size := range []uint32{4096, 16000} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) { largeValues(t, size) })
+	}
+}
+
+func largeValues(t *testing.T, size uint32) {
+	maps := bigMaps(size)
 	c := newScenario(t, ClusterConfig{Nodes: 3, Maps: maps, Later: []int{2},
 		Daemon: DaemonConfig{StatsInterval: 200 * time.Millisecond}})
 	filter(t, func(ctx context.Context) (*Filter, error) { return c.Topology.Nodes[1].DropDatagrams(ctx, 10) })
@@ -98,9 +109,16 @@ func TestLargeValues(t *testing.T) {
 	writeBig(t, c, 0, w, 200)
 	waitWant(t, c, w.Want(), 60*time.Second)
 
-	sent := lastStats(t, c, 0, func(s Stats) bool { return s["fragments_sent"] > 0 })
-	if sent["fragments_sent"] < 3*600 {
-		t.Errorf("node1 sent %d fragments for 800 changes of 4 KiB values, want 3 a change", sent["fragments_sent"])
+	// Sealed datagrams: the payload less the seal.
+	per := wire.FragmentCount(int(size), wire.FragmentRoom(linkMTU-UDPOverhead-wire.SealSize, 4))
+	// Counted as sent, by the sender and the snapshot server: a whole
+	// number of records' worth once both are done.
+	whole := func(s Stats) bool {
+		n := s["fragments_sent"]
+		return n >= uint64(per)*600 && n%uint64(per) == 0
+	}
+	if s := lastStats(t, c, 0, whole); !whole(s) {
+		t.Errorf("node1 sent %d fragments for 800 changes (some deletes) and a resync, want %d a record", s["fragments_sent"], per)
 	}
 	for i := 1; i < 3; i++ {
 		s := lastStats(t, c, i, func(s Stats) bool { return s["records_reassembled"] > 0 })
@@ -130,7 +148,7 @@ func TestLargeValues(t *testing.T) {
 // what node1 wrote, its memory does not grow by more than the reassembly
 // bound, every kind of lie is counted, and it still replicates after.
 func TestHostileFragments(t *testing.T) {
-	maps := bigMaps()
+	maps := bigMaps(4096)
 	c := newScenario(t, ClusterConfig{Nodes: 3, Maps: maps, Later: []int{2},
 		Daemon: DaemonConfig{StatsInterval: 200 * time.Millisecond, InsecureNoKey: true}})
 	w, err := NewWorkload(WorkloadConfig{Maps: maps, Writer: 1, Writers: 1, Keys: 100, Seed: 9})
