@@ -107,7 +107,7 @@ func (r *repairResponder) queue(p *peer, seq uint64, now time.Time) queueResult 
 	r.buf = buf
 	var h wire.Header
 	if h.Unmarshal(d) != nil {
-		return notHeld // cannot happen: this node sealed it
+		return notHeld // cannot happen: this node built it
 	}
 	h.Flags |= wire.FlagRetransmit
 	if _, err := h.AppendTo(d[:0]); err != nil {
