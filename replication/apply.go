@@ -8,6 +8,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -249,6 +250,9 @@ func (a *applier) add(node uint32, m *localMap, op ops.Op, v knowledge.Version, 
 	}
 	r := &a.runs[len(a.runs)-1]
 	a.keys = append(a.keys, key...)
+	if m.prefixes { // a peer's trie key with bits after its prefix would be a key of its own here
+		loader.CanonicalPrefixes(a.keys[len(a.keys)-len(key):], m.keySize)
+	}
 	a.vals = append(a.vals, value...)
 	a.vers = append(a.vers, v)
 	r.n++

@@ -7,6 +7,7 @@ package replication
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,11 +49,11 @@ func newReceiverFixture(t testing.TB, peers ...netip.Addr) *receiverFixture {
 }
 
 // newFixtureWith builds the fixture's node from cfg and the fixture's
-// table, fake transport and log.
-func newFixtureWith(t testing.TB, cfg Config) *receiverFixture {
+// table, with more maps after its own, fake transport and log.
+func newFixtureWith(t testing.TB, cfg Config, more ...Map) *receiverFixture {
 	t.Helper()
 	f := &receiverFixture{flows: newFakeTarget(4, 8), nat: newFakeTarget(2, 2), logs: new(logBuffer)}
-	f.tab = mustTable(t, testPayload, testMap("flows", 10, 4, 8, f.flows), testMap("nat", 11, 2, 2, f.nat))
+	f.tab = mustTable(t, testPayload, append([]Map{testMap("flows", 10, 4, 8, f.flows), testMap("nat", 11, 2, 2, f.nat)}, more...)...)
 	f.fpFlow, f.fpNAT = f.tab.byID(10).fp, f.tab.byID(11).fp
 	f.tr = newFakeTransport()
 	cfg.Table, cfg.Transport, cfg.Node, cfg.Epoch, cfg.Log = f.tab, f.tr, ourNode, ourEpoch, newLogger(f.logs)
@@ -161,6 +162,31 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 	s := f.stats.Snapshot()
 	if s.ChangesApplied != 7 || s.DeletesMissing != 1 || s.DatagramsReceived != 1 {
 		t.Errorf("stats %+v, want 7 applied (8 less the missing key3), 1 missing, 1 datagram", s)
+	}
+}
+
+// A peer's LPM trie key with bits set after its prefix length is the
+// trie's entry for that prefix: it is applied, and its version kept, as
+// the canonical key, so a later write of the canonical spelling is no
+// other key.
+func TestTrieKeysCanonical(t *testing.T) {
+	trie := newFakeTarget(8, 8)
+	m := testMap("blocks", 12, 8, 8, trie)
+	m.Desc.Type = uint32(ebpf.LPMTrie)
+	f := newFixtureWith(t, Config{}, m)
+	fp := f.tab.byID(12).fp
+	key := func(plen byte, addr string) string { return string([]byte{plen, 0, 0, 0}) + addr } // little-endian prefix length
+	var b changesBuilder
+	b.start()
+	b.add(t, fp, ops.Update, key(16, "\x0a\x01\x09\x09"), "value--1")
+	b.add(t, fp, ops.Update, key(12, "\xac\x1f\xff\xff"), "value--2")
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+	want := map[string]string{key(16, "\x0a\x01\x00\x00"): "value--1", key(12, "\xac\x10\x00\x00"): "value--2"}
+	if got := trie.snapshot(); !maps.Equal(got, want) {
+		t.Errorf("trie holds %q, want %q", got, want)
+	}
+	if _, ok := knownVersion(f.n.know, 2, key(16, "\x0a\x01\x00\x00")); !ok {
+		t.Error("no version kept for the canonical key")
 	}
 }
 

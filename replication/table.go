@@ -64,6 +64,10 @@ type localMap struct {
 	// takes, for a value larger than a datagram holds; 0 if an update
 	// fits one datagram whole.
 	fragments int
+	// prefixes is set for an LPM trie, whose keys a receiver makes
+	// canonical ([loader.CanonicalPrefixes]) before it looks them up or
+	// applies them.
+	prefixes bool
 }
 
 // maxRecord is the size of this map's largest record: an update with the
@@ -114,6 +118,7 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 			index:     i,
 			keySize:   int(m.Desc.KeySize),
 			valueSize: int(m.Desc.ValueSize),
+			prefixes:  ebpf.MapType(m.Desc.Type) == ebpf.LPMTrie,
 		}
 		var err error
 		if lm.plan, err = newFieldPlan(m.Options, lm.valueSize, &t.mono); err != nil {
