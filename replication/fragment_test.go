@@ -7,6 +7,7 @@ package replication
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -337,5 +339,47 @@ func TestFragmentRefusedBeyondBound(t *testing.T) {
 	}
 	if got := len(small.snapshot()); got != 2 {
 		t.Errorf("the small map holds %d entries, want those of the two datagrams taken", got)
+	}
+}
+
+// A clock field across the boundary of two chunks, and a local field,
+// of a value sent in fragments: the sender translates the whole value
+// before it cuts it, the receiver the whole record once it is put
+// together, so the field arrives as the time it named and the local
+// bytes stay the receiver's.
+func TestFragmentsTranslateFields(t *testing.T) {
+	const size, at, local = 4096, 1362, 3000 // 3 chunks of 1366 bytes: the field spans the first two
+	opts := mapopt.Options{
+		Clocks: []mapopt.Clock{{Field: mapopt.Field{Name: "exp", Offset: at, Size: 8}, Kind: mapopt.MonoNS}},
+		Local:  []mapopt.Field{{Name: "ifindex", Offset: local, Size: 4}},
+	}
+	n := memNet{valueSize: size, opts: map[uint32]mapopt.Options{1: opts, 2: opts}}
+	a := startMemNode(t, &n, 1, nil)
+	a.waitReady(t)
+	b := startMemNode(t, &n, 2, nil)
+	b.waitReady(t)
+	v := []byte(bigValue(size, 1, 1))
+	expiry := monoClock{}.read().mono + int64(time.Minute)
+	binary.NativeEndian.PutUint64(v[at:], uint64(expiry))
+	binary.NativeEndian.PutUint32(v[local:], 7)
+	a.write(bigKey('a', 1), string(v), false)
+	var got string
+	for deadline := time.Now().Add(10 * time.Second); got == "" && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		got = b.flows.snapshot()[bigKey('a', 1)]
+	}
+	if got == "" {
+		t.Fatalf("the value did not arrive; logs:\n%s\n%s", a.logs, b.logs)
+	}
+	if d := int64(binary.NativeEndian.Uint64([]byte(got[at:]))) - expiry; d < -int64(time.Second) || d > int64(time.Second) {
+		t.Errorf("the clock field across two chunks arrived %v off the time it named", time.Duration(d))
+	}
+	if l := binary.NativeEndian.Uint32([]byte(got[local:])); l != 0 {
+		t.Errorf("the local field arrived as %d, want the receiver's own 0", l)
+	}
+	want := []byte(string(v))
+	copy(want[at:at+8], got[at:at+8])
+	copy(want[local:local+4], []byte{0, 0, 0, 0})
+	if got != string(want) {
+		t.Error("bytes outside the fields changed on the way")
 	}
 }

@@ -144,9 +144,9 @@ type sender struct {
 	drainedAt atomic.Int64
 	// lookup is a value buffer per map, for the reads of [sender.stillHolds].
 	lookup [][]byte
-	// whole is a value of the largest map whose updates travel in
-	// fragments, in the form it has on the wire, as [sender.fragment]
-	// cuts it.
+	// whole is a value of the largest map with fields whose updates
+	// travel in fragments, in the form it has on the wire, as
+	// [sender.fragment] cuts it.
 	whole []byte
 
 	// Counted locally and published at each send, to keep atomics off the
@@ -189,7 +189,7 @@ func newSender(cfg senderConfig) *sender {
 	for i := range cfg.Table.maps {
 		m := &cfg.Table.maps[i]
 		s.lookup = append(s.lookup, make([]byte, m.valueSize))
-		if m.fragments > 0 && m.valueSize > len(s.whole) {
+		if m.fragments > 0 && m.plan != nil && m.valueSize > len(s.whole) {
 			s.whole = make([]byte, m.valueSize)
 		}
 	}
@@ -476,9 +476,10 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 // interleaved there. A pending change of the same key is older, and
 // loses to this one wherever it arrives.
 func (s *sender) fragment(m *localMap, v knowledge.Version, key, value []byte) {
-	whole := s.whole[:m.valueSize]
-	copy(whole, value)
+	whole := value
 	if m.plan != nil {
+		whole = s.whole[:m.valueSize]
+		copy(whole, value)
 		m.plan.toWire(whole)
 	}
 	for i := range m.fragments {
