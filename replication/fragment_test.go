@@ -71,6 +71,11 @@ func TestFragmentsReplicateOverLoss(t *testing.T) {
 			}()
 			b.waitReady(t)
 			<-done
+			// And now that b follows a's change stream: about 150
+			// datagrams, a tenth lost.
+			for i := range 50 {
+				a.write(bigKey('a', i), bigValue(int(size), i, 3), false)
+			}
 			waitSame(t, a, b)
 			sa, sb := a.stats.Snapshot(), b.stats.Snapshot()
 			if sa.FragmentsSent == 0 || sb.RecordsReassembled == 0 {
