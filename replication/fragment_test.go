@@ -388,3 +388,18 @@ func TestFragmentsTranslateFields(t *testing.T) {
 		t.Error("bytes outside the fields changed on the way")
 	}
 }
+
+// fragmentDatagram is change datagram seq of peerNode holding the
+// fragments indexes of 2 of an update of flows key k, for the fuzzer's
+// seeds: an 8-byte value in two chunks of 4, as the format allows.
+func (f *receiverFixture) fragmentDatagram(t testing.TB, seq uint64, k string, indexes ...int) []byte {
+	var b changesBuilder
+	b.start()
+	stamp := uint64(testClock.Now())
+	for _, i := range indexes {
+		if !b.w.AppendFragment(f.fpFlow, stamp, testWriter, []byte(k), []byte("12345678"), i, 2) {
+			t.Fatal("test datagram full")
+		}
+	}
+	return b.finish(peerNode, 1, seq)
+}
