@@ -175,11 +175,13 @@ type heldFragment struct {
 func (a *applier) fragments(node uint32, snapshot bool) (int, error) {
 	now := a.time.Now()
 	if snapshot {
+		cost := 0
 		for i := range a.frags {
-			if f := &a.frags[i]; !a.reasm.admits(node, f.m.fp, &f.rec, now) {
-				a.stats.FragmentsRefused.Add(1)
-				return 0, errFragmentsRefused
-			}
+			cost += a.reasm.startCost(node, a.frags[i].m.fp, &a.frags[i].rec)
+		}
+		if cost > 0 && !a.reasm.fits(node, cost, now) {
+			a.stats.FragmentsRefused.Add(uint64(len(a.frags)))
+			return 0, errFragmentsRefused
 		}
 	}
 	taken := 0

@@ -314,6 +314,21 @@ func TestFragmentRefusedBeyondBound(t *testing.T) {
 		d := w.Finish(wire.Header{Node: peerNode, Seq: 1})
 		return d[wire.HeaderSize:], uint16(w.Count())
 	}
+	// Two new records in one datagram, each within the share alone, not
+	// together.
+	var w wire.ChangeWriter
+	w.Reset(make([]byte, testPayload), peerNode, stamp)
+	for _, k := range []string{"keyA", "keyB"} {
+		w.AppendFragment(bigFP, stamp, peerNode, []byte(k), []byte(bigValue(4096, 0, 1)), 0, 10)
+	}
+	two := w.Finish(wire.Header{Node: peerNode, Seq: 1})
+	if n, err := a.collect(peerNode, two[wire.HeaderSize:], uint16(w.Count()), true); !errors.Is(err, errFragmentsRefused) || n != 0 {
+		t.Fatalf("two records past the peer's share together: %d taken, %v; want the datagram refused", n, err)
+	}
+	if a.reasm.held != 0 {
+		t.Fatalf("a refused datagram left %d bytes held", a.reasm.held)
+	}
+	stats.FragmentsRefused.Store(0)
 	body, count := datagram("key1", 0)
 	if n, err := a.collect(peerNode, body, count, true); err != nil || n != 1 {
 		t.Fatalf("first fragment of a snapshot: %d taken, %v; want the small record, no error", n, err)

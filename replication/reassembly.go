@@ -95,17 +95,15 @@ const (
 	fragmentDropped                          // dropped and counted
 )
 
-// admits reports whether a fragment of node's snapshot of map fp with
-// rec's version and key, of a value of size bytes, would be taken: it
-// continues a partial, or a new partial fits the bounds. A snapshot
-// datagram is refused whole, before anything of it is taken, unless each
-// of its fragments would be.
-func (r *reassembly) admits(node uint32, fp uint32, rec *wire.Record, now time.Time) bool {
-	k := r.keyOf(node, true, fp, rec)
-	if _, ok := r.partials[k]; ok {
-		return true
+// startCost is what a fragment of node's snapshot of map fp would be
+// charged: 0 if it continues a partial, else what a new partial of its
+// record costs. A snapshot datagram is refused whole, before anything of
+// it is taken, unless the sum of its fragments' fits (see [reassembly.fits]).
+func (r *reassembly) startCost(node uint32, fp uint32, rec *wire.Record) int {
+	if _, ok := r.partials[r.keyOf(node, true, fp, rec)]; ok {
+		return 0
 	}
-	return r.fits(node, r.costOf(rec), now)
+	return r.costOf(rec)
 }
 
 // add takes one fragment record of node's change stream or snapshot of
