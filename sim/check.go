@@ -76,7 +76,9 @@ func (w *workload) schedule(s *Sim) {
 				w.written++
 				var value []byte
 				if wr.op == ops.Update {
-					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+					value = make([]byte, s.sc.valueSize)
+					binary.BigEndian.PutUint32(value, n.id)
+					binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 				}
 				n.write(wr.op, wr.key, value)
 			}
@@ -197,7 +199,7 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 			s.fail("node %d sent a datagram it cannot have encoded: %v", h.Node, err)
 			return
 		}
-		w.recs.Reset(sec, keySize, valueSize, w.secs.Base(), h.Node)
+		w.recs.Reset(sec, keySize, s.sc.valueSize, w.secs.Base(), h.Node)
 		for {
 			rec, err := w.recs.Next()
 			if err == io.EOF {
@@ -213,6 +215,15 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 					to.holdUnstamped(rec.Key, rec.Value)
 				}
 				continue // unstamped: loses to every stamped write
+			}
+			if f := rec.Fragment; f.Count != 0 {
+				// The first chunk holds the 8 bytes the workload wrote,
+				// the rest of the value is zeros: it stands for the
+				// record, which its sender sends whole or not at all.
+				if f.Index != 0 {
+					continue
+				}
+				rec.Value = append(bytes.Clone(rec.Value), make([]byte, f.Size-len(rec.Value))...)
 			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
@@ -232,7 +243,7 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) &&
 				!w.inPlace[string(rec.Key)+string(rec.Value)] {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
-					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
+					s.fail("node %d sent key %x's value %x, written by node %d, as a write of node %d", h.Node, rec.Key, rec.Value[:8], writer, rec.Origin)
 					return
 				}
 			}

@@ -29,6 +29,11 @@ const (
 	valueSize  = 8
 	maxEntries = 256 // of a hash map: more than the keys written
 	payload    = 1400
+	// largeValueSize is the value size of one run in largeEvery: a record
+	// three datagrams long, sent in fragments (wire/FORMAT.md,
+	// "Fragments"). The workload's values are 8 bytes then zeros.
+	largeValueSize = 3000
+	largeEvery     = 8
 )
 
 // How the simulated nodes are configured: announce intervals short
@@ -109,7 +114,7 @@ func (n *simNode) start() {
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
-			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: valueSize, MaxEntries: uint32(m.max)}}
+			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: uint32(n.s.sc.valueSize), MaxEntries: uint32(m.max)}}
 		if n.s.sc.scan > 0 {
 			maps[i].Options = mapopt.Options{Scan: n.s.sc.scan, Vanished: mapopt.Delete}
 		}

@@ -34,6 +34,10 @@ type scenario struct {
 	writes  int // the workload's bursts of writes
 	burst   int // the most writes in one burst
 	keys    int // the keys they choose from: few, so nodes write the same ones
+	// valueSize is the map's value size: valueSize, or largeValueSize in
+	// one run of largeEvery, chosen by the seed, not drawn, so that the
+	// other draws of a seed stay what they were.
+	valueSize int
 	// writeUntil is when the workload stops; heal when the faults end.
 	writeUntil, heal time.Duration
 }

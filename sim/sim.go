@@ -59,6 +59,10 @@ func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
 	s := &Sim{seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: epoch0, dir: dir, trace: trace,
 		answered: make(map[[2]uint32]bool)}
 	s.sc = drawScenario(s.rng, faults)
+	s.sc.valueSize = valueSize
+	if seed%largeEvery == largeEvery-1 {
+		s.sc.valueSize = largeValueSize
+	}
 	s.tracef("scenario %+v", s.sc)
 	defer func() {
 		if r := recover(); r != nil {
@@ -115,7 +119,7 @@ func (s *Sim) build() {
 		id := uint32(i + 1)
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
-		n.maps = []*memMap{newMemMap(keySize, valueSize, s.sc.maxEntries, s.sc.lru)}
+		n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.lru)}
 		for _, m := range n.maps {
 			m.applied, m.evicted = n.traceApply, n.evicted
 		}

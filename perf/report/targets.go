@@ -121,6 +121,7 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, r.counterTarget())
 	ts = append(ts, r.digestTarget())
 	ts = append(ts, r.sealingTarget())
+	ts = append(ts, r.largeValueTarget())
 	ts = append(ts, r.resyncTargets()...)
 
 	t = Target{Goal: "0 changes lost (udpmapsync, every run)"}
