@@ -95,7 +95,7 @@ var counters = []counter{
 		func(s *replication.StatsSnapshot) uint64 { return s.BytesSent }},
 	{newDesc("datagrams_received_total", "Change datagrams and announces accepted from peers."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsReceived }},
-	{newDesc("datagrams_resent_total", "Change datagrams resent by unicast to peers that asked for them again."),
+	{newDesc("datagrams_resent_total", "Change datagrams resent to peers that asked for them again: to the group once for all that asked there, or to one peer."),
 		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsResent }},
 	{newDesc("datagrams_repaired_total", "Missing peer datagrams filled by a peer's resend."),
 		func(s *replication.StatsSnapshot) uint64 { return s.Repaired }},

@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
@@ -47,6 +49,13 @@ type Config struct {
 	// ignored. With Keys the seal decides whom to trust, not the address.
 	// [Node.SetPeers] replaces them.
 	Peers []netip.Addr
+	// Group is the multicast group and port the transport sends to, if it
+	// sends to one: then a receiver asks for a lost datagram there, after
+	// a random back-off, so that the others that lost it hear the request
+	// and hold theirs back, and the sender resends it there once for all
+	// of them (see "Loss repair" in docs/ARCHITECTURE.md). Zero (unicast,
+	// --peers): each receiver asks the sender, and is answered, apart.
+	Group netip.AddrPort
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
 	FlushInterval time.Duration
@@ -235,7 +244,12 @@ func NewNode(cfg Config) (*Node, error) {
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
 		stats: &n.stats, current: n.current, settle: digestSettle}
 	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
+	var seed [16]byte
+	if _, err := io.ReadFull(random, seed[:]); err != nil {
+		return nil, fmt.Errorf("seeding the repair back-off: %w", err)
+	}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
+		group: cfg.Group, rng: mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(seed[:]), binary.BigEndian.Uint64(seed[8:]))),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if sealed != nil {

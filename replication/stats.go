@@ -43,6 +43,7 @@ type Stats struct {
 	OwnDropped        atomic.Uint64 // datagrams carrying this node's id
 	GapsSeen          atomic.Uint64 // change datagrams missing from a peer's sequence
 	NacksSent         atomic.Uint64 // repair requests sent to peers
+	NacksSuppressed   atomic.Uint64 // repair requests not sent: another receiver's request to the group for the same datagrams was heard
 	RangesRequested   atomic.Uint64 // sequence ranges in those requests
 	Repaired          atomic.Uint64 // missing change datagrams filled by a peer's resend
 	Duplicates        atomic.Uint64 // datagrams already applied (or held), or from a peer's previous epoch, dropped
@@ -123,7 +124,7 @@ type StatsSnapshot struct {
 	Scans, ScanFound, ScanVanished, ScanPrints uint64
 
 	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap, MapMismatches,
-	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, RangesRequested, Repaired,
+	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, NacksSuppressed, RangesRequested, Repaired,
 	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
 	Unauthenticated, Replayed uint64
 
@@ -169,6 +170,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		OwnDropped:        s.OwnDropped.Load(),
 		GapsSeen:          s.GapsSeen.Load(),
 		NacksSent:         s.NacksSent.Load(),
+		NacksSuppressed:   s.NacksSuppressed.Load(),
 		RangesRequested:   s.RangesRequested.Load(),
 		Repaired:          s.Repaired.Load(),
 		Duplicates:        s.Duplicates.Load(),
@@ -237,6 +239,7 @@ func (s StatsSnapshot) Attrs() []slog.Attr {
 		slog.Uint64("own_dropped", s.OwnDropped),
 		slog.Uint64("gaps_seen", s.GapsSeen),
 		slog.Uint64("nacks_sent", s.NacksSent),
+		slog.Uint64("nacks_suppressed", s.NacksSuppressed),
 		slog.Uint64("ranges_requested", s.RangesRequested),
 		slog.Uint64("repaired", s.Repaired),
 		slog.Uint64("duplicates", s.Duplicates),

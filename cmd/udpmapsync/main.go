@@ -338,8 +338,12 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	if d.epoch, err = epoch.Next(filepath.Join(f.StateDir, "epoch"), time.Now()); err != nil {
 		return nil, fmt.Errorf("--state-dir %s: %w", f.StateDir, err)
 	}
+	var group netip.AddrPort // repairs go to the group, in multicast mode
+	if c.peers == nil {
+		group = netip.AddrPortFrom(c.group, f.Port)
+	}
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
-		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
+		Transport: d.tr, Peers: c.peers, Group: group, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
 		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
 		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
 		DigestInterval: f.DigestInterval, Log: log})
