@@ -362,7 +362,7 @@ func (d *dispatcher) sendRequest(p *peer, now time.Time) {
 // backoff draws how long this node waits before it asks the group for
 // datagrams it found missing, so that of the receivers that lost the
 // same datagram one asks, and the others hear it and hold back. It is 0
-// without a group or another receiver; else at most RetryTick times 1 +
+// without a group or another receiver; else at most 2 RetryTick times 1 +
 // ln(the other receivers), drawn from a truncated exponential whose
 // shape follows the group's size, as NORM's (RFC 5740): the larger the
 // group, the fewer draws fall early, so the first request is rarely
@@ -373,7 +373,7 @@ func (d *dispatcher) backoff() time.Duration {
 		return 0
 	}
 	n := float64(others)
-	limit := float64(RetryTick) * (1 + math.Log(n))
+	limit := float64(2*RetryTick) * (1 + math.Log(n))
 	lambda := math.Log(n+1) + 1
 	return time.Duration(limit * math.Log1p(d.rng.Float64()*math.Expm1(lambda)) / lambda)
 }

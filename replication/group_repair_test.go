@@ -56,7 +56,7 @@ func TestGroupRepairBackoff(t *testing.T) {
 	if got := f.groupNacks(t); len(got) != 0 {
 		t.Fatalf("requests %v at once, want them after a back-off", got)
 	}
-	limit := time.Duration(float64(RetryTick) * 1.7) // 1 + ln(1) other receivers, rounded up
+	limit := 2 * RetryTick // 2 RetryTick × (1 + ln 1): one other receiver
 	if b := f.n.peers.byNode[peerNode].stream.askAt.Sub(t0); b < 0 || b > limit {
 		t.Fatalf("back-off %v, want within [0, %v]", b, limit)
 	}
