@@ -24,9 +24,12 @@ var errImplausible = errors.New("number outside what the sender can have sent")
 // handler its kind routes to. Anything wrong is counted, logged at a
 // limited rate, and dropped before a local map is touched.
 type dispatcher struct {
-	node   uint32
-	allow  acceptList // --peers without a key: the only source addresses accepted
-	window uint64     // of every peer's stream
+	node  uint32
+	allow acceptList // --peers without a key: the only source addresses accepted
+	// listed: this node sends to a list of peers (--peers), not to a
+	// group; their lists may not name this node.
+	listed bool
+	window uint64 // of every peer's stream
 	// keyed: every datagram that reaches the dispatcher was sealed by a
 	// node holding the key, whatever address it came from; without a key
 	// a sealed datagram cannot be read.
@@ -72,6 +75,9 @@ type route struct {
 	// epoch. The others come only from a peer known in that epoch at that
 	// address.
 	binds bool
+	// bindsListed: so may one of this kind with --peers (see
+	// [dispatcher.syncRequest]).
+	bindsListed bool
 	// flush: what is collected from change datagrams is applied first,
 	// because the handler reads the maps or reports how far they are.
 	flush bool
@@ -83,7 +89,7 @@ var routes = map[wire.Kind]route{
 	wire.KindAnnounce:    {handle: (*dispatcher).announce, binds: true, flush: true},
 	wire.KindNack:        {handle: (*dispatcher).nack, flush: true},
 	wire.KindGone:        {handle: (*dispatcher).gone, flush: true},
-	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, flush: true},
+	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, bindsListed: true, flush: true},
 	wire.KindSyncAck:     {handle: (*dispatcher).syncAck},
 	wire.KindSyncStart:   {handle: (*dispatcher).syncStart, flush: true},
 	wire.KindSnapshot:    {handle: (*dispatcher).snapshot, flush: true},
@@ -137,7 +143,7 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now tim
 		d.malformed(from, wire.ErrBadKind)
 		return
 	}
-	p, prev, ok := d.peer(from, h, r.binds, now)
+	p, prev, ok := d.peer(from, h, r.binds || r.bindsListed && d.listed, now)
 	if !ok {
 		return
 	}
@@ -498,10 +504,14 @@ func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time
 			return err
 		}
 	}
-	if !p.announced || !d.peers.settled(p, now) {
+	if !p.announced && !d.listed || !d.peers.settled(p, now) {
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
+	// With --peers, a node whose list does not name this one sends it no
+	// announce, yet may hear this node and ask it for its initial sync:
+	// it is answered once its address proved itself, as any requester,
+	// else it would ask for ever while the lists disagree.
 	if !d.gate.admit(p, now) {
 		return nil
 	}

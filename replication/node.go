@@ -44,10 +44,14 @@ type Config struct {
 	Source Source
 	// Transport carries the datagrams.
 	Transport Transport
-	// Peers, when set without Keys, are the only source addresses
-	// accepted; datagrams from anywhere else count as forged. Zones are
-	// ignored. With Keys the seal decides whom to trust, not the address.
-	// [Node.SetPeers] replaces them.
+	// Peers, set (even empty), say that the transport sends to a list of
+	// peers (--peers), not to a group: a peer whose own list does not name
+	// this node, so that it announces nothing here, may still ask this
+	// node for a resync, and is answered once its address proved itself.
+	// Without Keys they are the only source addresses accepted; datagrams
+	// from anywhere else count as forged. Zones are ignored. With Keys the
+	// seal decides whom to trust, not the address. [Node.SetPeers]
+	// replaces them.
 	Peers []netip.Addr
 	// Group is the multicast group and port the transport sends to, if it
 	// sends to one: then a receiver asks for a lost datagram there, after
@@ -249,7 +253,7 @@ func NewNode(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("seeding the repair back-off: %w", err)
 	}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
-		group: cfg.Group, rng: mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(seed[:]), binary.BigEndian.Uint64(seed[8:]))),
+		group: cfg.Group, listed: cfg.Peers != nil, rng: mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(seed[:]), binary.BigEndian.Uint64(seed[8:]))),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if sealed != nil {
