@@ -32,6 +32,12 @@ _Static_assert(CAPTURE_VALUES_MASK >= CAPTURE_MAX_VALUE, "value region below the
 
 #define CAPTURE_OP_UPDATE 1
 #define CAPTURE_OP_DELETE 2
+/*
+ * An update a BPF program made to one CPU's slot of a per-CPU value: a
+ * sample of keys only (value_size 0). The loader reads the whole value,
+ * every CPU's slot, from the map. Ring samples only; never on the wire.
+ */
+#define CAPTURE_OP_TOUCH 3
 
 /* bpf_loop refuses more iterations than this. */
 #define CAPTURE_MAX_LOOP (1 << 23)
@@ -73,7 +79,12 @@ struct {
 	__uint(max_entries, 1 << 24);
 } ring SEC(".maps");
 
-/* Map ids to report (value unused); filled by the loader. */
+/*
+ * Map ids to report, each with the length of one of its values as bpf(2)
+ * passes it: the value size, or for a per-CPU map one slot per possible
+ * CPU, each rounded up to 8 bytes (loader.Map.ValueLen). Filled by the
+ * loader; never 0 for a map it fills in.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -200,7 +211,8 @@ static __always_inline void output(struct record *rec, __u64 keys_len, __u64 val
 /*
  * emit queues one change as a sample of its own. key and value point to
  * user memory when user is set (the bpf(2) caller's buffers), to kernel
- * memory otherwise; value is only read for updates. Sizes over the limits
+ * memory otherwise; value is only read for updates (value_size bytes, the
+ * map's watched_len). Sizes over the limits
  * cannot occur for maps the loader accepts; they are clamped out by
  * dropping and counting the change rather than sending a truncated one.
  */
@@ -261,22 +273,15 @@ static __always_inline bool own_process(void)
 	return ns.tgid == self_tgid;
 }
 
-/* watched_id returns id if the map of that id is reported, else 0. */
-static __always_inline __u32 watched_id(__u32 id)
-{
-	if (!bpf_map_lookup_elem(&watched, &id))
-		return 0;
-	return id;
-}
-
 /*
- * watched_map is watched_id for a map pointer that is not a BTF pointer
- * (read through bpf_probe_read_kernel); the fentry programs' map arguments
- * are, and they read the id directly, which costs no helper call.
+ * watched_len returns the length of a value of the map of that id as
+ * bpf(2) passes it (see watched) if the map is reported, else 0.
  */
-static __always_inline __u32 watched_map(struct bpf_map *map)
+static __always_inline __u32 watched_len(__u32 id)
 {
-	return watched_id(BPF_CORE_READ(map, id));
+	__u32 *len = bpf_map_lookup_elem(&watched, &id);
+
+	return len ? *len : 0;
 }
 
 /* fd_map returns the map behind file descriptor fd of the current task. */
@@ -438,13 +443,15 @@ static long emit_batch_chunk(__u32 i, __u32 *slot)
  * in the order of the caller's buffers, which is the order the kernel
  * applied them (later duplicates win): chunks of as many as fit a sample,
  * one sample each. For a lookup-and-delete batch the keys are the ones the
- * kernel wrote back. done is how many elements took effect when the
- * caller counted them, or -1 to take it from ret and the count written back
- * (see batch_done). A count written back that is larger than done means
- * the caller missed elements: they are counted lost.
+ * kernel wrote back. value_len is the map's watched_len. done is how many
+ * elements took effect when the caller counted them, or -1 to take it from
+ * ret and the count written back (see batch_done). A count written back
+ * that is larger than done means the caller missed elements: they are
+ * counted lost.
  */
 static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u32 map_id,
-					    __u8 op, __u64 uattr, long ret, __s64 done)
+					    __u32 value_len, __u8 op, __u64 uattr, long ret,
+					    __s64 done)
 {
 	struct bpf_attr_batch attr;
 	struct batch_args *a;
@@ -470,7 +477,7 @@ static __always_inline void emit_user_batch(__u32 slot, struct bpf_map *map, __u
 	key_size = BPF_CORE_READ(map, key_size);
 	value_size = 0;
 	if (op == CAPTURE_OP_UPDATE)
-		value_size = BPF_CORE_READ(map, value_size);
+		value_size = value_len;
 	/* As in emit; this also keeps the divisions below from being by 0. */
 	if (!key_size || key_size > CAPTURE_MAX_KEY || value_size > CAPTURE_MAX_VALUE) {
 		lost(n);

@@ -15,7 +15,7 @@
  * does (one sample per chunk rather than one per element).
  */
 
-#define CAPTURE_SLOTS 11
+#define CAPTURE_SLOTS 21
 #include "capture.h"
 
 /*
@@ -95,20 +95,23 @@ static __always_inline bool own_write(struct bpf_map *map)
 
 /*
  * element reports one write of map made by its element function. map is a
- * BTF pointer: its fields are read directly.
+ * BTF pointer: its fields are read directly. An update's value is the whole
+ * value as bpf(2) passes it (for a per-CPU map, every CPU's slot): the
+ * updates of one CPU's slot by BPF programs are CAPTURE_OP_TOUCH, which
+ * carry no value.
  */
 static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, __u8 op,
 				    const void *key, const void *value, int ret)
 {
-	__u32 id;
+	__u32 len;
 
 	/* Only watched maps are marked: a batch's element needs no lookup. */
 	if (in_batch(map, ctx, ret) || ret)
 		return;
-	id = watched_id(map->id);
-	if (!id || own_write(map))
+	len = watched_len(map->id);
+	if (!len || own_write(map))
 		return;
-	emit(slot, id, op, map->key_size, map->value_size, key, value, false);
+	emit(slot, map->id, op, map->key_size, len, key, value, false);
 }
 
 /*
@@ -119,11 +122,11 @@ static __always_inline void element(void *ctx, __u32 slot, struct bpf_map *map, 
 static __always_inline void lookup_and_delete_batch(__u32 slot, struct bpf_map *map,
 						    void *uattr, int ret)
 {
-	__u32 id = watched_id(map->id);
+	__u32 len = watched_len(map->id);
 
-	if (!id || own_write(map))
+	if (!len || own_write(map))
 		return;
-	emit_user_batch(slot, map, id, CAPTURE_OP_DELETE, (__u64)uattr, ret, -1);
+	emit_user_batch(slot, map, map->id, len, CAPTURE_OP_DELETE, (__u64)uattr, ret, -1);
 }
 
 SEC("fexit/htab_map_update_elem")
@@ -141,10 +144,19 @@ int BPF_PROG(fexit_htab_lru_update, struct bpf_map *map, void *key, void *value,
 	return 0;
 }
 
+/*
+ * Per-CPU arrays share this function: bpf(2) writes them through
+ * bpf_percpu_array_update, so here a per-CPU array is written by a BPF
+ * program, in the current CPU's slot only.
+ */
 SEC("fexit/array_map_update_elem")
 int BPF_PROG(fexit_array_update, struct bpf_map *map, void *key, void *value, __u64 flags, int ret)
 {
-	element(ctx, 2, map, CAPTURE_OP_UPDATE, key, value, ret);
+	__u8 op = CAPTURE_OP_UPDATE;
+
+	if (map->map_type == BPF_MAP_TYPE_PERCPU_ARRAY)
+		op = CAPTURE_OP_TOUCH;
+	element(ctx, 2, map, op, key, value, ret);
 	return 0;
 }
 
@@ -193,12 +205,100 @@ int BPF_PROG(fexit_htab_lru_lookup_delete_batch, struct bpf_map *map, void *attr
 	return 0;
 }
 
+/*
+ * Per-CPU maps. bpf(2) writes a whole value, every CPU's slot, through
+ * these two functions (also for each element of a batch update); a BPF
+ * program's helper call writes the current CPU's slot only, through the
+ * map's own update function.
+ */
+SEC("fexit/bpf_percpu_hash_update")
+int BPF_PROG(fexit_percpu_hash_update, struct bpf_map *map, void *key, void *value, __u64 flags,
+	     int ret)
+{
+	element(ctx, 11, map, CAPTURE_OP_UPDATE, key, value, ret);
+	return 0;
+}
+
+SEC("fexit/bpf_percpu_array_update")
+int BPF_PROG(fexit_percpu_array_update, struct bpf_map *map, void *key, void *value,
+	     __u64 flags, int ret)
+{
+	element(ctx, 12, map, CAPTURE_OP_UPDATE, key, value, ret);
+	return 0;
+}
+
+SEC("fexit/htab_percpu_map_update_elem")
+int BPF_PROG(fexit_htab_percpu_touch, struct bpf_map *map, void *key, void *value, __u64 flags,
+	     int ret)
+{
+	element(ctx, 13, map, CAPTURE_OP_TOUCH, key, NULL, ret);
+	return 0;
+}
+
+SEC("fexit/htab_lru_percpu_map_update_elem")
+int BPF_PROG(fexit_htab_lru_percpu_touch, struct bpf_map *map, void *key, void *value,
+	     __u64 flags, int ret)
+{
+	element(ctx, 14, map, CAPTURE_OP_TOUCH, key, NULL, ret);
+	return 0;
+}
+
+SEC("fexit/htab_percpu_map_lookup_and_delete_elem")
+int BPF_PROG(fexit_htab_percpu_lookup_delete, struct bpf_map *map, void *key, void *value,
+	     __u64 flags, int ret)
+{
+	element(ctx, 15, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	return 0;
+}
+
+SEC("fexit/htab_lru_percpu_map_lookup_and_delete_elem")
+int BPF_PROG(fexit_htab_lru_percpu_lookup_delete, struct bpf_map *map, void *key, void *value,
+	     __u64 flags, int ret)
+{
+	element(ctx, 16, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	return 0;
+}
+
+SEC("fexit/htab_percpu_map_lookup_and_delete_batch")
+int BPF_PROG(fexit_htab_percpu_lookup_delete_batch, struct bpf_map *map, void *attr,
+	     void *uattr, int ret)
+{
+	lookup_and_delete_batch(17, map, uattr, ret);
+	return 0;
+}
+
+SEC("fexit/htab_lru_percpu_map_lookup_and_delete_batch")
+int BPF_PROG(fexit_htab_lru_percpu_lookup_delete_batch, struct bpf_map *map, void *attr,
+	     void *uattr, int ret)
+{
+	lookup_and_delete_batch(18, map, uattr, ret);
+	return 0;
+}
+
+/*
+ * LPM tries have no batch commands: bpf(2) and BPF programs alike write
+ * them one element at a time through these.
+ */
+SEC("fexit/trie_update_elem")
+int BPF_PROG(fexit_trie_update, struct bpf_map *map, void *key, void *value, __u64 flags, int ret)
+{
+	element(ctx, 19, map, CAPTURE_OP_UPDATE, key, value, ret);
+	return 0;
+}
+
+SEC("fexit/trie_delete_elem")
+int BPF_PROG(fexit_trie_delete, struct bpf_map *map, void *key, int ret)
+{
+	element(ctx, 20, map, CAPTURE_OP_DELETE, key, NULL, ret);
+	return 0;
+}
+
 /* batch_enter marks the task as inside a batch command of map. */
 static __always_inline void batch_enter(struct bpf_map *map, void *ctx)
 {
 	struct batch_mark *m;
 
-	if (!watched_id(map->id))
+	if (!watched_len(map->id))
 		return;
 	m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0,
 				 BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -225,9 +325,9 @@ static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op,
 {
 	struct batch_mark *m;
 	__u64 uattr, ret, done;
-	__u32 id = watched_id(map->id);
+	__u32 len = watched_len(map->id);
 
-	if (!id)
+	if (!len)
 		return;
 	m = bpf_task_storage_get(&batch_marks, bpf_get_current_task_btf(), 0, 0);
 	if (!m || m->map != (__u64)map)
@@ -242,7 +342,7 @@ static __always_inline void batch_exit(__u32 slot, struct bpf_map *map, __u8 op,
 		lost(done);
 		return;
 	}
-	emit_user_batch(slot, map, id, op, uattr, (int)ret, done);
+	emit_user_batch(slot, map, map->id, len, op, uattr, (int)ret, done);
 }
 
 /*

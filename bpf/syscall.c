@@ -18,7 +18,7 @@ int BPF_PROG(sys_exit_bpf, struct pt_regs *regs, long ret)
 	struct bpf_attr_elem attr;
 	struct bpf_map *map;
 	__u64 cmd, uattr;
-	__u32 id;
+	__u32 id, len;
 	__u8 op;
 
 	if (syscall_nr(regs) != NR_BPF)
@@ -47,23 +47,28 @@ int BPF_PROG(sys_exit_bpf, struct pt_regs *regs, long ret)
 	map = attr_map(cmd, uattr);
 	if (!map)
 		return 0;
-	id = watched_map(map);
-	if (!id)
+	id = BPF_CORE_READ(map, id);
+	len = watched_len(id);
+	if (!len)
 		return 0;
 	/* Arrays cannot delete; the kernel fails these, this keeps it certain. */
-	if ((cmd == BPF_MAP_LOOKUP_AND_DELETE_ELEM || cmd == BPF_MAP_LOOKUP_AND_DELETE_BATCH) &&
-	    BPF_CORE_READ(map, map_type) == BPF_MAP_TYPE_ARRAY)
-		return 0;
+	if (cmd == BPF_MAP_LOOKUP_AND_DELETE_ELEM || cmd == BPF_MAP_LOOKUP_AND_DELETE_BATCH) {
+		enum bpf_map_type t = BPF_CORE_READ(map, map_type);
 
+		if (t == BPF_MAP_TYPE_ARRAY || t == BPF_MAP_TYPE_PERCPU_ARRAY)
+			return 0;
+	}
+
+	/* The values are len bytes each: for a per-CPU map, every CPU's slot. */
 	if (is_batch(cmd)) {
-		emit_user_batch(0, map, id, op, uattr, ret, -1);
+		emit_user_batch(0, map, id, len, op, uattr, ret, -1);
 		return 0;
 	}
 	if (bpf_probe_read_user(&attr, sizeof(attr), (void *)uattr)) {
 		lost(1);
 		return 0;
 	}
-	emit(0, id, op, BPF_CORE_READ(map, key_size), BPF_CORE_READ(map, value_size),
-	     (const void *)attr.key, (const void *)attr.value, true);
+	emit(0, id, op, BPF_CORE_READ(map, key_size), len, (const void *)attr.key,
+	     (const void *)attr.value, true);
 	return 0;
 }

@@ -72,7 +72,7 @@ func TestQuery(t *testing.T) {
 			MissingSince: now.Add(-2 * time.Second),
 			Mismatches:   []string{"flows: the peer treats bytes at offset 8, 4 bytes as a mono-s clock field, this node does not"}}},
 			Resync: &replication.ResyncStatus{Peer: 2, Streaming: true, Since: now.Add(-2 * time.Second), Entries: 5000, Datagrams: 90}},
-		stats: replication.StatsSnapshot{Captured: 11, GapsSeen: 4, Ready: true},
+		stats: replication.StatsSnapshot{Captured: 11, GapsSeen: 4},
 	}
 	path := serve(t, src)
 
@@ -172,6 +172,11 @@ func TestInSync(t *testing.T) {
 	if why := st.InSync(); why != "" {
 		t.Errorf("ready, no lag: %q", why)
 	}
+	st.Peers[0].ResyncOwed = true
+	if why := st.InSync(); why != "a full resync from node 2 is owed: its changes were lost here" {
+		t.Errorf("owing a resync: %q", why)
+	}
+	st.Peers[0].ResyncOwed = false
 	st.Ready = false
 	if why := st.InSync(); why != "the initial sync is not complete" {
 		t.Errorf("not ready: %q", why)

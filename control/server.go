@@ -53,7 +53,7 @@ func Snapshot(src Source, now time.Time) *Status {
 		peer := Peer{Node: p.Node, Addr: p.Addr.String(), Epoch: p.Epoch, Ready: p.Ready, LastSeq: p.Seq,
 			Applied: p.Applied, Lag: p.Lag(), LagSeconds: seconds(now, p.MissingSince), LastHeard: p.LastHeard,
 			SilentSeconds: seconds(now, p.LastHeard), Datagrams: p.Datagrams, Gaps: p.Gaps, Resyncs: p.Resyncs,
-			Mismatches: p.Mismatches}
+			ResyncOwed: p.ResyncOwed, Mismatches: p.Mismatches}
 		if p.Seq > 0 {
 			peer.Loss = float64(p.Gaps) / float64(p.Seq)
 		}
@@ -70,10 +70,9 @@ func Snapshot(src Source, now time.Time) *Status {
 		}
 		out.Resync = rs
 	}
-	for _, a := range stats.Attrs() {
-		if a.Value.Kind() == slog.KindUint64 {
-			out.Totals[a.Key] = a.Value.Uint64()
-		}
+	for i := range replication.Counters {
+		c := &replication.Counters[i]
+		out.Totals[c.Name] = c.Of(&stats)
 	}
 	return out
 }

@@ -95,6 +95,10 @@ type Peer struct {
 	// did not arrive in order the first time.
 	Loss    float64 `json:"loss"`
 	Resyncs uint64  `json:"resyncs"` // full resyncs received from it in this epoch
+	// ResyncOwed: some of its datagrams were given up here (or a
+	// snapshot lacked them) and no full resync from it has brought them
+	// yet, whatever Lag says.
+	ResyncOwed bool `json:"resync_owed"`
 	// Mismatches name its maps that differ from the local map of their
 	// name, in schema or in clock, local or lock fields, and how
 	// ("flows: the peer treats ..."): their changes are dropped. Omitted
@@ -146,9 +150,10 @@ func BlindSpots(seesProgramWrites bool) []string {
 }
 
 // InSync says why the node is not in sync: not ready, receiving a resync,
-// lagging behind a peer, or holding maps that differ from a peer's. It
-// returns "" when it is ready, receives no resync, and every peer's lag
-// is 0 and its maps match.
+// lagging behind a peer or owing a resync from one, or holding maps that
+// differ from a peer's. It returns "" when it is ready, receives no
+// resync, and every peer's lag is 0, no resync from it is owed and its
+// maps match.
 func (s *Status) InSync() string {
 	var why []string
 	if !s.Ready {
@@ -160,6 +165,9 @@ func (s *Status) InSync() string {
 	for _, p := range s.Peers {
 		if p.Lag > 0 {
 			why = append(why, fmt.Sprintf("%d datagrams behind node %d", p.Lag, p.Node))
+		}
+		if p.ResyncOwed {
+			why = append(why, fmt.Sprintf("a full resync from node %d is owed: its changes were lost here", p.Node))
 		}
 		for _, m := range p.Mismatches {
 			name, _, _ := strings.Cut(m, ":")

@@ -110,10 +110,10 @@ func (s *Status) WriteTable(out io.Writer) error {
 func totalsOrder(totals map[string]uint64) []string {
 	var names []string
 	known := map[string]bool{}
-	for _, a := range (replication.StatsSnapshot{}).Attrs() {
-		known[a.Key] = true
-		if _, ok := totals[a.Key]; ok {
-			names = append(names, a.Key)
+	for _, c := range replication.Counters {
+		known[c.Name] = true
+		if _, ok := totals[c.Name]; ok {
+			names = append(names, c.Name)
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(totals)) {

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -18,6 +19,7 @@ const (
 	cmdMapLookupElem  = 1
 	cmdMapUpdateElem  = 2
 	cmdMapDeleteElem  = 3
+	cmdMapGetNextKey  = 4
 	cmdObjGet         = 7
 	cmdMapLookupBatch = 24
 	cmdMapUpdateBatch = 26
@@ -64,8 +66,8 @@ type elemAttr struct {
 // then says how many failed. Only an error allocates.
 func (m *Map) UpdateBatch(keys, values []byte) error {
 	n, err := m.entries(keys)
-	if err == nil && len(values) != n*int(m.ValueSize) {
-		err = fmt.Errorf("%d B of values for %d keys of a %d B value map", len(values), n, m.ValueSize)
+	if err == nil && len(values) != n*int(m.ValueLen) {
+		err = fmt.Errorf("%d B of values for %d keys of a %d B value map", len(values), n, m.ValueLen)
 	}
 	if err != nil {
 		return fmt.Errorf("update map %s: %w", m.Name, err)
@@ -74,31 +76,82 @@ func (m *Map) UpdateBatch(keys, values []byte) error {
 	return err
 }
 
-// Lookup reads the value of key into value (ValueSize bytes) and reports
-// whether the map holds the key. It does not allocate.
+// Lookup reads the value of key into value ([Map.ValueLen] bytes) and
+// reports whether the map holds the key. It does not allocate, but for an
+// LPM trie: the kernel's lookup there finds the longest prefix that holds
+// key's, which may be a shorter one, so Lookup then also asks whether the
+// trie holds key's own prefix (see trieHolds).
 func (m *Map) Lookup(key, value []byte) (bool, error) {
-	if len(key) != int(m.KeySize) || len(value) != int(m.ValueSize) {
+	if len(key) != int(m.KeySize) || len(value) != int(m.ValueLen) {
 		return false, fmt.Errorf("look up in map %s: %d B key, %d B value for a %d B key, %d B value map",
-			m.Name, len(key), len(value), m.KeySize, m.ValueSize)
+			m.Name, len(key), len(value), m.KeySize, m.ValueLen)
 	}
 	attr := elemAttr{mapFD: uint32(m.m.FD()), key: unsafe.Pointer(&key[0]), value: unsafe.Pointer(&value[0]), flags: m.elemFlags}
 	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapLookupElem, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	switch {
+	case errno == 0 && m.Type == ebpf.LPMTrie:
+		return m.trieHolds(key)
+	case errno == 0:
+		return true, nil
+	case errno == unix.ENOENT:
+		return false, nil
+	}
+	return false, fmt.Errorf("look up in map %s: %w", m.Name, errno)
+}
+
+// trieHolds reports whether an LPM trie that holds some prefix of key's
+// holds key's own. The kernel's next key after a key the trie holds is the
+// one after it in the trie's order (none after its last), and after any
+// other key the trie's first: so the trie holds key if key is its first,
+// or if the key after key is not its first. A trie changing meanwhile can make the answer
+// wrong, as any answer about a map others write can be by the time it is
+// read.
+func (m *Map) trieHolds(key []byte) (bool, error) {
+	first, next := make([]byte, m.KeySize), make([]byte, m.KeySize)
+	if ok, err := m.nextKey(nil, first); err != nil || !ok {
+		return false, err
+	}
+	want := bytes.Clone(key)
+	m.Canonical(want)
+	m.Canonical(first)
+	if bytes.Equal(want, first) {
+		return true, nil
+	}
+	ok, err := m.nextKey(key, next)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		return true, nil // none after key: key is the trie's last
+	}
+	m.Canonical(next)
+	return !bytes.Equal(next, first), nil
+}
+
+// nextKey reads into next the key after key (nil: the first) with
+// BPF_MAP_GET_NEXT_KEY, and reports whether there is one.
+func (m *Map) nextKey(key, next []byte) (bool, error) {
+	attr := elemAttr{mapFD: uint32(m.m.FD()), value: unsafe.Pointer(&next[0])}
+	if key != nil {
+		attr.key = unsafe.Pointer(&key[0])
+	}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, cmdMapGetNextKey, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	switch errno {
 	case 0:
 		return true, nil
 	case unix.ENOENT:
 		return false, nil
 	}
-	return false, fmt.Errorf("look up in map %s: %w", m.Name, errno)
+	return false, fmt.Errorf("next key in map %s: %w", m.Name, errno)
 }
 
 // DeleteBatch deletes the len(keys)/KeySize packed keys. Keys the map does
 // not hold are counted in missing and skipped; the others are still deleted.
 // It uses one BPF_MAP_DELETE_BATCH where the kernel has it and
-// BPF_MAP_DELETE_ELEM per key where it does not. Array maps return an error
-// wrapping [ErrNotDeletable]. Only an error allocates.
+// BPF_MAP_DELETE_ELEM per key where it does not. Array maps (per-CPU ones
+// too) return an error wrapping [ErrNotDeletable]. Only an error allocates.
 func (m *Map) DeleteBatch(keys []byte) (missing int, err error) {
-	if m.Type == ebpf.Array {
+	if ArrayType(m.Type) {
 		return 0, fmt.Errorf("delete from map %s: %w", m.Name, ErrNotDeletable)
 	}
 	n, err := m.entries(keys)
@@ -120,7 +173,7 @@ func (m *Map) entries(keys []byte) (int, error) {
 // costs one more syscall rather than the rest of the batch. For deletes,
 // ENOENT is a missing key, not a failure.
 func (m *Map) apply(cmd uintptr, keys, values []byte, n int) (missing int, err error) {
-	ks, vs := int(m.KeySize), int(m.ValueSize)
+	ks, vs := int(m.KeySize), int(m.ValueLen)
 	if values == nil {
 		vs = 0
 	}

@@ -14,7 +14,11 @@ import (
 // testMap creates a named kernel map and wraps it as OpenMaps would.
 func testMap(t testing.TB, typ ebpf.MapType, keySize, valueSize, maxEntries uint32) *Map {
 	t.Helper()
-	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: "apply_test", Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries})
+	spec := &ebpf.MapSpec{Name: "apply_test", Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}
+	if typ == ebpf.LPMTrie {
+		spec.Flags = unix.BPF_F_NO_PREALLOC // the kernel refuses a trie without
+	}
+	em, err := ebpf.NewMap(spec)
 	if err != nil {
 		t.Fatalf("create %s map: %v", typ, err)
 	}
@@ -27,19 +31,25 @@ func testMap(t testing.TB, typ ebpf.MapType, keySize, valueSize, maxEntries uint
 	return m
 }
 
-// contents reads the whole map back from the kernel.
+// contents reads the whole map back from the kernel, key after key.
 func contents(t *testing.T, m *Map) map[string]string {
 	t.Helper()
 	got := map[string]string{}
-	k, v := make([]byte, m.KeySize), make([]byte, m.ValueSize)
-	it := m.m.Iterate()
-	for it.Next(&k, &v) {
+	var prev any // nil: the first key
+	for {
+		k := make([]byte, m.KeySize)
+		if err := m.m.NextKey(prev, k); errors.Is(err, ebpf.ErrKeyNotExist) {
+			return got
+		} else if err != nil {
+			t.Fatalf("iterate %s: %v", m, err)
+		}
+		v := make([]byte, m.ValueLen)
+		if found, err := m.Lookup(k, v); err != nil || !found {
+			t.Fatalf("iterate %s: key %x: %v, %v", m, k, found, err)
+		}
 		got[string(k)] = string(v)
+		prev = k
 	}
-	if err := it.Err(); err != nil {
-		t.Fatalf("iterate %s: %v", m, err)
-	}
-	return got
 }
 
 func checkContents(t *testing.T, m *Map, want map[string]string) {
@@ -67,7 +77,7 @@ func entry(m *Map, i, ver int) (key, value []byte) {
 		key[j] = byte(i*7 + j)
 	}
 	binary.LittleEndian.PutUint32(key, uint32(i)) // also a valid array index
-	value = make([]byte, m.ValueSize)
+	value = make([]byte, m.ValueLen)
 	for j := range value {
 		value[j] = byte(i*13 + j*3 + ver*101)
 	}
@@ -235,7 +245,7 @@ func TestApplyFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer em.Close()
-	m := &Map{Name: "apply_test", Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, m: em}
+	m := &Map{Name: "apply_test", Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, ValueLen: 4, m: em}
 	lo := binary.NativeEndian.AppendUint32(nil, 1)
 	want := map[string]string{}
 	var keys, values []byte
@@ -329,7 +339,7 @@ func TestLookup(t *testing.T) {
 	if err := m.UpdateBatch(key, value); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]byte, m.ValueSize)
+	got := make([]byte, m.ValueLen)
 	if found, err := m.Lookup(key, got); err != nil || !found || !bytes.Equal(got, value) {
 		t.Fatalf("Lookup of a held key = %v, %v, %x; want true, nil, %x", found, err, got, value)
 	}

@@ -114,6 +114,16 @@ var fentryRequired = []string{
 	"array_map_update_elem",
 }
 
+// fentryRequiredFor are the further targets without which the fentry
+// backend would miss the plain updates and deletes of the maps of a type:
+// required when a watched map has it.
+var fentryRequiredFor = map[ebpf.MapType][]string{
+	ebpf.PerCPUHash:  {"bpf_percpu_hash_update", "htab_percpu_map_update_elem"},
+	ebpf.LRUCPUHash:  {"bpf_percpu_hash_update", "htab_lru_percpu_map_update_elem"},
+	ebpf.PerCPUArray: {"bpf_percpu_array_update"},
+	ebpf.LPMTrie:     {"trie_update_elem", "trie_delete_elem"},
+}
+
 // Capture reports successful writes to a set of maps, made by other
 // processes (and, with [BackendFentry], by BPF programs), through a BPF ring
 // buffer. Writes by this process are not reported: they are the changes the
@@ -129,6 +139,15 @@ type Capture struct {
 	overflows *ebpf.Variable
 	rec       ringbuf.Record // the sample being read
 	cur       sample         // its changes not yet read
+	// maps are the watched maps by id, for the samples whose changes
+	// need their map: touches and LPM trie keys (see complete).
+	maps map[ebpf.MapID]*Map
+	// curMap is cur's map when its changes need it, else nil.
+	curMap *Map
+	// value holds a touched key's whole value, read from its map.
+	value []byte
+	// touchLost counts touches whose value could not be read.
+	touchLost atomic.Uint64
 	// pending is, for Buffered, the bytes of the changes cur had left after
 	// its first was read, until its last is read; then zero.
 	pending atomic.Int64
@@ -187,7 +206,7 @@ func checkCaptureOptions(opts *CaptureOptions) error {
 		return errors.New("capture: no maps to watch")
 	}
 	for _, m := range opts.Maps {
-		if m.KeySize > MaxKeySize || m.ValueSize > MaxValueSize {
+		if m.KeySize > MaxKeySize || m.ValueLen > MaxValueSize {
 			return fmt.Errorf("capture %s: keys up to %d B and values up to %d B can be captured",
 				m, MaxKeySize, MaxValueSize)
 		}
@@ -201,7 +220,12 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 		return nil, fmt.Errorf("load %s capture: %w", backend, err)
 	}
 	// Sized for the largest sample once, so that Read never allocates.
-	c := &Capture{backend: backend, rec: ringbuf.Record{RawSample: make([]byte, 0, recordMaxLen)}}
+	c := &Capture{
+		backend: backend,
+		rec:     ringbuf.Record{RawSample: make([]byte, 0, recordMaxLen)},
+		maps:    make(map[ebpf.MapID]*Map, len(opts.Maps)),
+		value:   make([]byte, MaxValueSize),
+	}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -212,9 +236,11 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 	}
 	watched := c.coll.Maps["watched"]
 	for _, m := range opts.Maps {
-		if err := watched.Update(uint32(m.ID), uint32(1), ebpf.UpdateAny); err != nil {
+		// The programs read each value as this many bytes.
+		if err := watched.Update(uint32(m.ID), m.ValueLen, ebpf.UpdateAny); err != nil {
 			return nil, fmt.Errorf("watch %s: %w", m, err)
 		}
+		c.maps[m.ID] = m
 	}
 	c.overflows = c.coll.Variables["overflows"]
 	if c.reader, err = ringbuf.NewReader(c.coll.Maps["ring"]); err != nil {
@@ -275,7 +301,11 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 		return nil, err
 	}
 	if backend == BackendFentry {
-		if err := dropMissingTargets(spec); err != nil {
+		required := slices.Clone(fentryRequired)
+		for _, m := range opts.Maps {
+			required = append(required, fentryRequiredFor[m.Type]...)
+		}
+		if err := dropMissingTargets(spec, required); err != nil {
 			return nil, err
 		}
 	}
@@ -302,7 +332,9 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 	return spec, nil
 }
 
-func dropMissingTargets(spec *ebpf.CollectionSpec) error {
+// dropMissingTargets removes the programs whose fexit target the kernel
+// lacks, unless the target is one of required.
+func dropMissingTargets(spec *ebpf.CollectionSpec, required []string) error {
 	kernel, err := btf.LoadKernelSpec()
 	if err != nil {
 		return fmt.Errorf("kernel BTF: %w", err)
@@ -314,7 +346,7 @@ func dropMissingTargets(spec *ebpf.CollectionSpec) error {
 		} else if !errors.Is(err, btf.ErrNotFound) {
 			return fmt.Errorf("kernel BTF %s: %w", prog.AttachTo, err)
 		}
-		if slices.Contains(fentryRequired, prog.AttachTo) {
+		if slices.Contains(required, prog.AttachTo) {
 			return fmt.Errorf("kernel has no %s to attach fexit to", prog.AttachTo)
 		}
 		delete(spec.Programs, name)
@@ -353,7 +385,47 @@ func (c *Capture) SetDeadline(t time.Time) { c.reader.SetDeadline(t) }
 // The kernel queues changes in samples of up to about 2,000 (all of one map
 // and op, from one batch command); Read returns them one at a time and
 // takes the next sample from the ring once the current one is used up.
+//
+// A BPF program's update of a per-CPU map writes the current CPU's slot
+// only; the capture reports its key, and Read reads the whole value from
+// the map (a key deleted since is skipped: its delete follows). An LPM
+// trie's keys are returned in [Map.Canonical] form.
 func (c *Capture) Read(ch *Change) error {
+	for {
+		if err := c.next(ch); err != nil {
+			return err
+		}
+		if c.curMap == nil || c.complete(ch) {
+			return nil
+		}
+	}
+}
+
+// complete finishes a change of a map that needs it (c.curMap): an LPM
+// trie's key made canonical, a touch turned into the update of the value
+// the map holds now. It reports false for a change to skip: a touched key
+// the map no longer holds, or whose value could not be read (counted in
+// [Capture.Overflows]).
+func (c *Capture) complete(ch *Change) bool {
+	m := c.curMap
+	m.Canonical(ch.Key)
+	if ch.Op != opTouch {
+		return true
+	}
+	v := c.value[:m.ValueLen]
+	found, err := m.Lookup(ch.Key, v)
+	if err != nil {
+		c.touchLost.Add(1)
+	}
+	if err != nil || !found {
+		return false
+	}
+	ch.Op, ch.Value = ops.Update, v
+	return true
+}
+
+// next is Read without complete: the next change as the ring holds it.
+func (c *Capture) next(ch *Change) error {
 	if len(c.cur.keys) == 0 {
 		// ReadInto reuses the buffer of the sample read before: only now
 		// that all of its changes were returned.
@@ -362,6 +434,10 @@ func (c *Capture) Read(ch *Change) error {
 		}
 		if err := parseRecord(c.rec.RawSample, &c.cur); err != nil {
 			return err
+		}
+		c.curMap = nil
+		if m := c.maps[c.cur.mapID]; m != nil && (c.cur.op == opTouch || m.Type == ebpf.LPMTrie) {
+			c.curMap = m
 		}
 		c.cur.next(ch)
 		if len(c.cur.keys) > 0 {
@@ -380,6 +456,12 @@ func (c *Capture) Read(ch *Change) error {
 	}
 	return nil
 }
+
+// opTouch is the ring samples' op for updates a BPF program made to one
+// CPU's slot of a per-CPU value (CAPTURE_OP_TOUCH in bpf/capture.h): keys
+// only, whose whole values [Capture.Read] reads from the map. It never
+// leaves the loader.
+const opTouch ops.Op = 3
 
 // sample is a parsed ring sample: a run of changes of one map with one op.
 type sample struct {
@@ -405,12 +487,12 @@ func parseRecord(b []byte, s *sample) error {
 	valueSize := int(binary.NativeEndian.Uint32(b[recordValueSize:]))
 	count := binary.NativeEndian.Uint32(b[recordCount:])
 	switch {
-	case op != ops.Update && op != ops.Delete:
+	case op != ops.Update && op != ops.Delete && op != opTouch:
 		return fmt.Errorf("capture sample: unknown op %d", op)
 	case keySize == 0 || keySize > MaxKeySize || valueSize > MaxValueSize:
 		return fmt.Errorf("capture sample: key %d B, value %d B out of range", keySize, valueSize)
-	case op == ops.Delete && valueSize != 0:
-		return fmt.Errorf("capture sample: delete with a %d-byte value", valueSize)
+	case op != ops.Update && valueSize != 0:
+		return fmt.Errorf("capture sample: %s with a %d-byte value", op, valueSize)
 	case count == 0:
 		return errors.New("capture sample: no changes")
 	}
@@ -456,7 +538,8 @@ func (c *Capture) Buffered() int { return int(c.pending.Load()) + c.reader.Avail
 // It also counts the runs of the capture programs the kernel skipped
 // because one was already running on that CPU (a nested call from an
 // interrupt, or preemption on preemptible kernels); such a run may have been
-// an unwatched write, so that part can overcount. Any loss means the peers
+// an unwatched write, so that part can overcount. It counts too the BPF
+// program writes of per-CPU maps whose whole value Read failed to read. Any loss means the peers
 // may now differ from this node.
 func (c *Capture) Overflows() (uint64, error) {
 	var n uint64
@@ -470,7 +553,7 @@ func (c *Capture) Overflows() (uint64, error) {
 		}
 		n += stats.RecursionMisses
 	}
-	return n, nil
+	return n + c.touchLost.Load(), nil
 }
 
 // Close detaches the capture programs and releases the ring; a blocked Read

@@ -53,32 +53,42 @@ type captureFentryRecord struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	captureFentryMapBatchArgs                      = "batch_args"
-	captureFentryMapBatchMarks                     = "batch_marks"
-	captureFentryMapRing                           = "ring"
-	captureFentryMapScratch                        = "scratch"
-	captureFentryMapWatched                        = "watched"
-	captureFentryProgFentryGenericMapDeleteBatch   = "fentry_generic_map_delete_batch"
-	captureFentryProgFentryGenericMapUpdateBatch   = "fentry_generic_map_update_batch"
-	captureFentryProgFexitArrayUpdate              = "fexit_array_update"
-	captureFentryProgFexitGenericMapDeleteBatch    = "fexit_generic_map_delete_batch"
-	captureFentryProgFexitGenericMapUpdateBatch    = "fexit_generic_map_update_batch"
-	captureFentryProgFexitHtabDelete               = "fexit_htab_delete"
-	captureFentryProgFexitHtabLookupDelete         = "fexit_htab_lookup_delete"
-	captureFentryProgFexitHtabLookupDeleteBatch    = "fexit_htab_lookup_delete_batch"
-	captureFentryProgFexitHtabLruDelete            = "fexit_htab_lru_delete"
-	captureFentryProgFexitHtabLruLookupDelete      = "fexit_htab_lru_lookup_delete"
-	captureFentryProgFexitHtabLruLookupDeleteBatch = "fexit_htab_lru_lookup_delete_batch"
-	captureFentryProgFexitHtabLruUpdate            = "fexit_htab_lru_update"
-	captureFentryProgFexitHtabUpdate               = "fexit_htab_update"
-	captureFentryVarBatchesRunning                 = "batches_running"
-	captureFentryVarIdleNs                         = "idle_ns"
-	captureFentryVarLastEmitNs                     = "last_emit_ns"
-	captureFentryVarOverflows                      = "overflows"
-	captureFentryVarSelfPidnsDev                   = "self_pidns_dev"
-	captureFentryVarSelfPidnsIno                   = "self_pidns_ino"
-	captureFentryVarSelfTgid                       = "self_tgid"
-	captureFentryVarWakeBytes                      = "wake_bytes"
+	captureFentryMapBatchArgs                            = "batch_args"
+	captureFentryMapBatchMarks                           = "batch_marks"
+	captureFentryMapRing                                 = "ring"
+	captureFentryMapScratch                              = "scratch"
+	captureFentryMapWatched                              = "watched"
+	captureFentryProgFentryGenericMapDeleteBatch         = "fentry_generic_map_delete_batch"
+	captureFentryProgFentryGenericMapUpdateBatch         = "fentry_generic_map_update_batch"
+	captureFentryProgFexitArrayUpdate                    = "fexit_array_update"
+	captureFentryProgFexitGenericMapDeleteBatch          = "fexit_generic_map_delete_batch"
+	captureFentryProgFexitGenericMapUpdateBatch          = "fexit_generic_map_update_batch"
+	captureFentryProgFexitHtabDelete                     = "fexit_htab_delete"
+	captureFentryProgFexitHtabLookupDelete               = "fexit_htab_lookup_delete"
+	captureFentryProgFexitHtabLookupDeleteBatch          = "fexit_htab_lookup_delete_batch"
+	captureFentryProgFexitHtabLruDelete                  = "fexit_htab_lru_delete"
+	captureFentryProgFexitHtabLruLookupDelete            = "fexit_htab_lru_lookup_delete"
+	captureFentryProgFexitHtabLruLookupDeleteBatch       = "fexit_htab_lru_lookup_delete_batch"
+	captureFentryProgFexitHtabLruPercpuLookupDelete      = "fexit_htab_lru_percpu_lookup_delete"
+	captureFentryProgFexitHtabLruPercpuLookupDeleteBatch = "fexit_htab_lru_percpu_lookup_delete_batch"
+	captureFentryProgFexitHtabLruPercpuTouch             = "fexit_htab_lru_percpu_touch"
+	captureFentryProgFexitHtabLruUpdate                  = "fexit_htab_lru_update"
+	captureFentryProgFexitHtabPercpuLookupDelete         = "fexit_htab_percpu_lookup_delete"
+	captureFentryProgFexitHtabPercpuLookupDeleteBatch    = "fexit_htab_percpu_lookup_delete_batch"
+	captureFentryProgFexitHtabPercpuTouch                = "fexit_htab_percpu_touch"
+	captureFentryProgFexitHtabUpdate                     = "fexit_htab_update"
+	captureFentryProgFexitPercpuArrayUpdate              = "fexit_percpu_array_update"
+	captureFentryProgFexitPercpuHashUpdate               = "fexit_percpu_hash_update"
+	captureFentryProgFexitTrieDelete                     = "fexit_trie_delete"
+	captureFentryProgFexitTrieUpdate                     = "fexit_trie_update"
+	captureFentryVarBatchesRunning                       = "batches_running"
+	captureFentryVarIdleNs                               = "idle_ns"
+	captureFentryVarLastEmitNs                           = "last_emit_ns"
+	captureFentryVarOverflows                            = "overflows"
+	captureFentryVarSelfPidnsDev                         = "self_pidns_dev"
+	captureFentryVarSelfPidnsIno                         = "self_pidns_ino"
+	captureFentryVarSelfTgid                             = "self_tgid"
+	captureFentryVarWakeBytes                            = "wake_bytes"
 )
 
 // loadCaptureFentry returns the embedded CollectionSpec for captureFentry.
@@ -123,19 +133,29 @@ type captureFentrySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryProgramSpecs struct {
-	FentryGenericMapDeleteBatch   *ebpf.ProgramSpec `ebpf:"fentry_generic_map_delete_batch"`
-	FentryGenericMapUpdateBatch   *ebpf.ProgramSpec `ebpf:"fentry_generic_map_update_batch"`
-	FexitArrayUpdate              *ebpf.ProgramSpec `ebpf:"fexit_array_update"`
-	FexitGenericMapDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_generic_map_delete_batch"`
-	FexitGenericMapUpdateBatch    *ebpf.ProgramSpec `ebpf:"fexit_generic_map_update_batch"`
-	FexitHtabDelete               *ebpf.ProgramSpec `ebpf:"fexit_htab_delete"`
-	FexitHtabLookupDelete         *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete"`
-	FexitHtabLookupDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete_batch"`
-	FexitHtabLruDelete            *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_delete"`
-	FexitHtabLruLookupDelete      *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_lookup_delete"`
-	FexitHtabLruLookupDeleteBatch *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_lookup_delete_batch"`
-	FexitHtabLruUpdate            *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_update"`
-	FexitHtabUpdate               *ebpf.ProgramSpec `ebpf:"fexit_htab_update"`
+	FentryGenericMapDeleteBatch         *ebpf.ProgramSpec `ebpf:"fentry_generic_map_delete_batch"`
+	FentryGenericMapUpdateBatch         *ebpf.ProgramSpec `ebpf:"fentry_generic_map_update_batch"`
+	FexitArrayUpdate                    *ebpf.ProgramSpec `ebpf:"fexit_array_update"`
+	FexitGenericMapDeleteBatch          *ebpf.ProgramSpec `ebpf:"fexit_generic_map_delete_batch"`
+	FexitGenericMapUpdateBatch          *ebpf.ProgramSpec `ebpf:"fexit_generic_map_update_batch"`
+	FexitHtabDelete                     *ebpf.ProgramSpec `ebpf:"fexit_htab_delete"`
+	FexitHtabLookupDelete               *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete"`
+	FexitHtabLookupDeleteBatch          *ebpf.ProgramSpec `ebpf:"fexit_htab_lookup_delete_batch"`
+	FexitHtabLruDelete                  *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_delete"`
+	FexitHtabLruLookupDelete            *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_lookup_delete"`
+	FexitHtabLruLookupDeleteBatch       *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_lookup_delete_batch"`
+	FexitHtabLruPercpuLookupDelete      *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_percpu_lookup_delete"`
+	FexitHtabLruPercpuLookupDeleteBatch *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_percpu_lookup_delete_batch"`
+	FexitHtabLruPercpuTouch             *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_percpu_touch"`
+	FexitHtabLruUpdate                  *ebpf.ProgramSpec `ebpf:"fexit_htab_lru_update"`
+	FexitHtabPercpuLookupDelete         *ebpf.ProgramSpec `ebpf:"fexit_htab_percpu_lookup_delete"`
+	FexitHtabPercpuLookupDeleteBatch    *ebpf.ProgramSpec `ebpf:"fexit_htab_percpu_lookup_delete_batch"`
+	FexitHtabPercpuTouch                *ebpf.ProgramSpec `ebpf:"fexit_htab_percpu_touch"`
+	FexitHtabUpdate                     *ebpf.ProgramSpec `ebpf:"fexit_htab_update"`
+	FexitPercpuArrayUpdate              *ebpf.ProgramSpec `ebpf:"fexit_percpu_array_update"`
+	FexitPercpuHashUpdate               *ebpf.ProgramSpec `ebpf:"fexit_percpu_hash_update"`
+	FexitTrieDelete                     *ebpf.ProgramSpec `ebpf:"fexit_trie_delete"`
+	FexitTrieUpdate                     *ebpf.ProgramSpec `ebpf:"fexit_trie_update"`
 }
 
 // captureFentryMapSpecs contains maps before they are loaded into the kernel.
@@ -218,19 +238,29 @@ type captureFentryVariables struct {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryPrograms struct {
-	FentryGenericMapDeleteBatch   *ebpf.Program `ebpf:"fentry_generic_map_delete_batch"`
-	FentryGenericMapUpdateBatch   *ebpf.Program `ebpf:"fentry_generic_map_update_batch"`
-	FexitArrayUpdate              *ebpf.Program `ebpf:"fexit_array_update"`
-	FexitGenericMapDeleteBatch    *ebpf.Program `ebpf:"fexit_generic_map_delete_batch"`
-	FexitGenericMapUpdateBatch    *ebpf.Program `ebpf:"fexit_generic_map_update_batch"`
-	FexitHtabDelete               *ebpf.Program `ebpf:"fexit_htab_delete"`
-	FexitHtabLookupDelete         *ebpf.Program `ebpf:"fexit_htab_lookup_delete"`
-	FexitHtabLookupDeleteBatch    *ebpf.Program `ebpf:"fexit_htab_lookup_delete_batch"`
-	FexitHtabLruDelete            *ebpf.Program `ebpf:"fexit_htab_lru_delete"`
-	FexitHtabLruLookupDelete      *ebpf.Program `ebpf:"fexit_htab_lru_lookup_delete"`
-	FexitHtabLruLookupDeleteBatch *ebpf.Program `ebpf:"fexit_htab_lru_lookup_delete_batch"`
-	FexitHtabLruUpdate            *ebpf.Program `ebpf:"fexit_htab_lru_update"`
-	FexitHtabUpdate               *ebpf.Program `ebpf:"fexit_htab_update"`
+	FentryGenericMapDeleteBatch         *ebpf.Program `ebpf:"fentry_generic_map_delete_batch"`
+	FentryGenericMapUpdateBatch         *ebpf.Program `ebpf:"fentry_generic_map_update_batch"`
+	FexitArrayUpdate                    *ebpf.Program `ebpf:"fexit_array_update"`
+	FexitGenericMapDeleteBatch          *ebpf.Program `ebpf:"fexit_generic_map_delete_batch"`
+	FexitGenericMapUpdateBatch          *ebpf.Program `ebpf:"fexit_generic_map_update_batch"`
+	FexitHtabDelete                     *ebpf.Program `ebpf:"fexit_htab_delete"`
+	FexitHtabLookupDelete               *ebpf.Program `ebpf:"fexit_htab_lookup_delete"`
+	FexitHtabLookupDeleteBatch          *ebpf.Program `ebpf:"fexit_htab_lookup_delete_batch"`
+	FexitHtabLruDelete                  *ebpf.Program `ebpf:"fexit_htab_lru_delete"`
+	FexitHtabLruLookupDelete            *ebpf.Program `ebpf:"fexit_htab_lru_lookup_delete"`
+	FexitHtabLruLookupDeleteBatch       *ebpf.Program `ebpf:"fexit_htab_lru_lookup_delete_batch"`
+	FexitHtabLruPercpuLookupDelete      *ebpf.Program `ebpf:"fexit_htab_lru_percpu_lookup_delete"`
+	FexitHtabLruPercpuLookupDeleteBatch *ebpf.Program `ebpf:"fexit_htab_lru_percpu_lookup_delete_batch"`
+	FexitHtabLruPercpuTouch             *ebpf.Program `ebpf:"fexit_htab_lru_percpu_touch"`
+	FexitHtabLruUpdate                  *ebpf.Program `ebpf:"fexit_htab_lru_update"`
+	FexitHtabPercpuLookupDelete         *ebpf.Program `ebpf:"fexit_htab_percpu_lookup_delete"`
+	FexitHtabPercpuLookupDeleteBatch    *ebpf.Program `ebpf:"fexit_htab_percpu_lookup_delete_batch"`
+	FexitHtabPercpuTouch                *ebpf.Program `ebpf:"fexit_htab_percpu_touch"`
+	FexitHtabUpdate                     *ebpf.Program `ebpf:"fexit_htab_update"`
+	FexitPercpuArrayUpdate              *ebpf.Program `ebpf:"fexit_percpu_array_update"`
+	FexitPercpuHashUpdate               *ebpf.Program `ebpf:"fexit_percpu_hash_update"`
+	FexitTrieDelete                     *ebpf.Program `ebpf:"fexit_trie_delete"`
+	FexitTrieUpdate                     *ebpf.Program `ebpf:"fexit_trie_update"`
 }
 
 func (p *captureFentryPrograms) Close() error {
@@ -246,8 +276,18 @@ func (p *captureFentryPrograms) Close() error {
 		p.FexitHtabLruDelete,
 		p.FexitHtabLruLookupDelete,
 		p.FexitHtabLruLookupDeleteBatch,
+		p.FexitHtabLruPercpuLookupDelete,
+		p.FexitHtabLruPercpuLookupDeleteBatch,
+		p.FexitHtabLruPercpuTouch,
 		p.FexitHtabLruUpdate,
+		p.FexitHtabPercpuLookupDelete,
+		p.FexitHtabPercpuLookupDeleteBatch,
+		p.FexitHtabPercpuTouch,
 		p.FexitHtabUpdate,
+		p.FexitPercpuArrayUpdate,
+		p.FexitPercpuHashUpdate,
+		p.FexitTrieDelete,
+		p.FexitTrieUpdate,
 	)
 }
 

@@ -20,7 +20,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/ops"
@@ -74,7 +73,11 @@ func captureBackends(t *testing.T) []Backend {
 // captureTestMap creates a kernel map and wraps it as OpenMaps would.
 func captureTestMap(t testing.TB, name string, typ ebpf.MapType, keySize, valueSize, maxEntries uint32) *Map {
 	t.Helper()
-	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries})
+	spec := &ebpf.MapSpec{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}
+	if typ == ebpf.LPMTrie {
+		spec.Flags = unix.BPF_F_NO_PREALLOC
+	}
+	em, err := ebpf.NewMap(spec)
 	if err != nil {
 		t.Fatalf("create %s map: %v", typ, err)
 	}
@@ -87,7 +90,12 @@ func captureTestMap(t testing.TB, name string, typ ebpf.MapType, keySize, valueS
 	if !ok {
 		t.Fatal("kernel does not report map ids")
 	}
-	return &Map{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries, ID: id, m: em}
+	var cpus uint32
+	if PerCPU(typ) {
+		cpus = uint32(ebpf.MustPossibleCPU())
+	}
+	return &Map{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries, ID: id,
+		CPUs: cpus, ValueLen: valueLen(valueSize, cpus), m: em}
 }
 
 func startCapture(t testing.TB, opts CaptureOptions) *Capture {
@@ -178,9 +186,10 @@ func key(m *Map, i int) []byte {
 	return k
 }
 
-// value returns version ver of a value for key i of m.
+// value returns version ver of a value for key i of m: for a per-CPU map,
+// every CPU's slot (with the sizes the tests use, no padding).
 func value(m *Map, i, ver int) []byte {
-	v := make([]byte, m.ValueSize)
+	v := make([]byte, m.ValueLen)
 	for j := range v {
 		v[j] = byte(i*31 + ver*17 + j*3)
 	}
@@ -377,7 +386,14 @@ func writeFromScript(t *testing.T) {
 		ks, vs := int(m.KeySize()), int(m.ValueSize())
 		var err error
 		n := -1
+		if PerCPU(m.Type()) {
+			// cilium/ebpf takes per-CPU values as slices of one value per
+			// CPU; the tests write them as the kernel takes them.
+			n, err = writePerCPU(m, st, &deleted[i])
+			st.Do = "done"
+		}
 		switch st.Do {
+		case "done":
 		case "update":
 			err = m.Update(st.Keys[0], st.Vals[0], ebpf.UpdateAny)
 		case "create":
@@ -417,6 +433,63 @@ func writeFromScript(t *testing.T) {
 	if err := os.WriteFile(os.Getenv(envCaptureOut), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writePerCPU makes step st on the per-CPU map m with bpf(2) itself, each
+// value every CPU's slot back to back, and returns what the step returns
+// in writeFromScript (-1: not a batch). The keys a lookup-and-delete batch
+// deleted are appended to deleted.
+func writePerCPU(m *ebpf.Map, st writeStep, deleted *[][]byte) (int, error) {
+	fd := uint32(m.FD())
+	pack := func(elems [][]byte) []byte {
+		if len(elems) == 0 {
+			return make([]byte, 1)
+		}
+		return slices.Concat(elems...)
+	}
+	keys, vals := pack(st.Keys), pack(st.Vals)
+	vlen := valueLen(m.ValueSize(), uint32(ebpf.MustPossibleCPU()))
+	wrap := func(errno unix.Errno) error {
+		if errno == 0 {
+			return nil
+		}
+		return errno
+	}
+	switch st.Do {
+	case "update", "create":
+		flags := uint64(0)
+		if st.Do == "create" {
+			flags = uint64(ebpf.UpdateNoExist)
+		}
+		return -1, wrap(elem(cmdMapUpdateBatch, fd, flags, keys, vals))
+	case "delete":
+		return -1, wrap(elem(cmdMapDeleteBatch, fd, 0, keys, nil))
+	case "batch-lookup-delete":
+		ks, n := int(m.KeySize()), int(m.MaxEntries())
+		kb, vb, cursor := make([]byte, n*ks), make([]byte, n*int(vlen)), make([]byte, 8)
+		attr := batchAttr{outBatch: unsafe.Pointer(&cursor[0]), keys: unsafe.Pointer(&kb[0]), values: unsafe.Pointer(&vb[0]),
+			count: uint32(n), mapFD: fd}
+		_, _, errno := unix.Syscall(unix.SYS_BPF, 25, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr)) // BPF_MAP_LOOKUP_AND_DELETE_BATCH
+		if errno == unix.ENOENT {
+			errno = 0 // the whole map was read
+		}
+		for j := range int(attr.count) {
+			*deleted = append(*deleted, kb[j*ks:(j+1)*ks])
+		}
+		return int(attr.count), wrap(errno)
+	case "lookup-delete":
+		v := make([]byte, vlen)
+		attr := elemAttr{mapFD: fd, key: unsafe.Pointer(&keys[0]), value: unsafe.Pointer(&v[0])}
+		_, _, errno := unix.Syscall(unix.SYS_BPF, 21, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr)) // BPF_MAP_LOOKUP_AND_DELETE_ELEM
+		return -1, wrap(errno)
+	case "batch-update":
+		n, errno := batch(cmdMapUpdateBatch, fd, st.Flags, keys, vals, len(st.Keys))
+		return n, wrap(errno)
+	case "batch-delete":
+		n, errno := batch(cmdMapDeleteBatch, fd, 0, keys, nil, len(st.Keys))
+		return n, wrap(errno)
+	}
+	return -1, fmt.Errorf("per-CPU map: step %q not written", st.Do)
 }
 
 // writeOnRequest serves the benchmark: for every number n read from stdin
@@ -496,6 +569,47 @@ func addArraySteps(s *writeScript, m *Map) {
 	s.refused(m, "batch-lookup-delete", nil, nil, 0)
 }
 
+// prefix returns an LPM trie key of m (4 bytes of prefix length, then the
+// prefix's bytes) for prefix length plen, with every byte after the length
+// set: a key the kernel takes, but not in canonical form.
+func prefix(m *Map, plen uint32, b byte) []byte {
+	k := slices.Repeat([]byte{b}, int(m.KeySize))
+	binary.NativeEndian.PutUint32(k, plen)
+	return k
+}
+
+// canonical is k in Map.Canonical form.
+func canonical(m *Map, k []byte) []byte {
+	k = slices.Clone(k)
+	m.Canonical(k)
+	return k
+}
+
+// addTrieSteps writes m, an LPM trie, in every way the kernel offers.
+// Keys are reported canonical.
+func addTrieSteps(s *writeScript, m, u *Map) {
+	k8, k16 := prefix(m, 8, 0x0a), prefix(m, 16, 0x0a)
+	s.add(writeStep{Map: m.ID, Do: "update", Keys: one(k8), Vals: one(value(m, 1, 1))}, reports(upd(m, canonical(m, k8), value(m, 1, 1))))
+	s.add(writeStep{Map: m.ID, Do: "update", Keys: one(k16), Vals: one(value(m, 2, 1))}, reports(upd(m, canonical(m, k16), value(m, 2, 1))))
+	s.put(u, prefix(u, 8, 0x0a), value(u, 1, 1))
+	// Another spelling of the /8: the same entry, reported as the same key.
+	k8b := prefix(m, 8, 0x0a)
+	k8b[len(k8b)-1] = 0x55
+	s.add(writeStep{Map: m.ID, Do: "update", Keys: one(k8b), Vals: one(value(m, 1, 2))}, reports(upd(m, canonical(m, k8), value(m, 1, 2))))
+	s.refused(m, "create", one(k16), one(value(m, 2, 3)), 0)
+	s.add(writeStep{Map: m.ID, Do: "delete", Keys: one(k16)}, reports(del(m, canonical(m, k16))))
+	s.refused(m, "delete", one(k16), nil, 0)
+	// A prefix longer than the key holds.
+	s.refused(m, "update", one(prefix(m, 33, 1)), one(value(m, 3, 1)), 0)
+	// The generic batch commands (Linux 5.12 and later).
+	k24 := prefix(m, 24, 0x0b)
+	s.add(writeStep{Map: m.ID, Do: "batch-update", Keys: [][]byte{k16, k24}, Vals: [][]byte{value(m, 2, 4), value(m, 3, 1)}, Done: 2},
+		reports(upd(m, canonical(m, k16), value(m, 2, 4)), upd(m, canonical(m, k24), value(m, 3, 1))))
+	// Stops at the missing prefix.
+	s.add(writeStep{Map: m.ID, Do: "batch-delete", Keys: [][]byte{k24, prefix(m, 30, 9), k8}, Done: 1},
+		reports(del(m, canonical(m, k24))))
+}
+
 func TestCaptureWrites(t *testing.T) {
 	for _, backend := range captureBackends(t) {
 		t.Run(string(backend), func(t *testing.T) {
@@ -514,6 +628,11 @@ func TestCaptureWrites(t *testing.T) {
 				// evicts when another CPU holds the rest: size for that.
 				{"lru hash", ebpf.LRUHash, 4, 8, uint32(256 * ebpf.MustPossibleCPU()), addHashSteps, ebpf.LRUHash},
 				{"array", ebpf.Array, 4, 8, 64, func(s *writeScript, m, _ *Map) { addArraySteps(s, m) }, ebpf.Array},
+				// Per-CPU values travel whole: every CPU's slot.
+				{"percpu hash", ebpf.PerCPUHash, 4, 16, 64, addHashSteps, ebpf.PerCPUHash},
+				{"lru percpu hash", ebpf.LRUCPUHash, 4, 8, uint32(256 * ebpf.MustPossibleCPU()), addHashSteps, ebpf.LRUCPUHash},
+				{"percpu array", ebpf.PerCPUArray, 4, 8, 64, func(s *writeScript, m, _ *Map) { addArraySteps(s, m) }, ebpf.PerCPUArray},
+				{"lpm trie", ebpf.LPMTrie, 8, 8, 64, addTrieSteps, ebpf.LPMTrie},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					m := captureTestMap(t, "watched", tc.typ, tc.keySz, tc.valSz, tc.maxEntries)
@@ -745,28 +864,7 @@ func TestCaptureProgramWrites(t *testing.T) {
 	for _, backend := range captureBackends(t) {
 		t.Run(string(backend), func(t *testing.T) {
 			m := captureTestMap(t, "progwrite", ebpf.Hash, 4, 8, 4)
-			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-				Type:    ebpf.XDP,
-				License: "GPL",
-				Instructions: asm.Instructions{
-					asm.StoreImm(asm.RFP, -4, 7, asm.Word),
-					asm.Mov.Imm(asm.R0, 0x0102_0304),
-					asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
-					asm.LoadMapPtr(asm.R1, m.m.FD()),
-					asm.Mov.Reg(asm.R2, asm.RFP),
-					asm.Add.Imm(asm.R2, -4),
-					asm.Mov.Reg(asm.R3, asm.RFP),
-					asm.Add.Imm(asm.R3, -16),
-					asm.Mov.Imm(asm.R4, 0),
-					asm.FnMapUpdateElem.Call(),
-					asm.Mov.Imm(asm.R0, 2), // XDP_PASS
-					asm.Return(),
-				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer prog.Close()
+			prog := updateProgram(t, m, 7, 0x0102_0304)
 			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
 			if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
 				t.Fatal(err)
@@ -932,7 +1030,7 @@ func TestCaptureCloseMidSample(t *testing.T) {
 
 func TestCaptureOptionErrors(t *testing.T) {
 	m := captureTestMap(t, "opts", ebpf.Hash, 4, 8, 4)
-	big := &Map{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: MaxValueSize + 1, ID: m.ID}
+	big := &Map{Name: "big", Type: ebpf.Hash, KeySize: 4, ValueSize: MaxValueSize + 1, ValueLen: MaxValueSize + 1, ID: m.ID}
 	for _, tc := range []struct {
 		opts     CaptureOptions
 		sentinel error // nil: none
@@ -1109,7 +1207,8 @@ func TestCaptureParseRecord(t *testing.T) {
 	}{
 		"empty":               {nil, "shorter than its 16-byte header"},
 		"short header":        {record(1, ops.Update, 4, 8, 1, 12)[:recordHeaderLen-1], "shorter than its 16-byte header"},
-		"unknown op":          {record(1, 3, 4, 0, 1, 4), "unknown op 3"},
+		"unknown op":          {record(1, 4, 4, 0, 1, 4), "unknown op 4"},
+		"touch with a value":  {record(1, opTouch, 4, 8, 1, 12), "op(3) with a 8-byte value"},
 		"no key":              {record(1, ops.Delete, 0, 0, 1, 0), "key 0 B, value 0 B out of range"},
 		"key too big":         {record(1, ops.Delete, MaxKeySize+1, 0, 1, MaxKeySize+1), "key 513 B, value 0 B out of range"},
 		"value too big":       {record(1, ops.Update, 4, MaxValueSize+1, 1, 4+MaxValueSize+1), "key 4 B, value 4097 B out of range"},

@@ -19,14 +19,29 @@ import (
 // entry where the kernel lacks it. The map may change while it is read: an
 // entry written meanwhile may or may not be seen, one present throughout
 // is seen. The buffers must be large enough for the map's biggest hash
-// bucket (a few entries are; hundreds are safe).
+// bucket (a few entries are; hundreds are safe). An LPM trie's keys come
+// out in [Map.Canonical] form.
+//
+// An LPM trie is read key after key, in the kernel's batch command as in
+// the fallback: an entry deleted between finding its key and reading its
+// value is read with the value of the longest shorter prefix that holds
+// it (or skipped if none does), and the key after a deleted one is the
+// trie's first again, so a trie changing while it is read may be read
+// partly twice.
 func (m *Map) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
 	n, err := m.entries(keys)
-	if err == nil && (n == 0 || len(values) < n*int(m.ValueSize)) {
-		err = fmt.Errorf("buffers for %d keys and %d B of values; want at least one entry and %d B of values per key", n, len(values), m.ValueSize)
+	if err == nil && (n == 0 || len(values) < n*int(m.ValueLen)) {
+		err = fmt.Errorf("buffers for %d keys and %d B of values; want at least one entry and %d B of values per key", n, len(values), m.ValueLen)
 	}
 	if err != nil {
 		return fmt.Errorf("dump map %s: %w", m.Name, err)
+	}
+	if m.Type == ebpf.LPMTrie {
+		read := fn
+		fn = func(keys, values []byte) error {
+			m.Canonical(keys)
+			return read(keys, values)
+		}
 	}
 	if !m.noBatch.Load() {
 		err := m.dumpBatch(keys, values, n, fn)
@@ -43,7 +58,7 @@ var errBatchUnsupported = errors.New("batch lookup unsupported")
 // The cursor is opaque: a bucket index for hash maps, a key for arrays,
 // so it is as long as the longer of the two.
 func (m *Map) dumpBatch(keys, values []byte, n int, fn func(keys, values []byte) error) error {
-	ks, vs := int(m.KeySize), int(m.ValueSize)
+	ks, vs := int(m.KeySize), int(m.ValueLen)
 	cursor := make([]byte, 2*max(ks, 8))
 	in, out := cursor[:len(cursor)/2], cursor[len(cursor)/2:]
 	first, retries := true, 0
@@ -89,7 +104,7 @@ func (m *Map) dumpBatch(keys, values []byte, n int, fn func(keys, values []byte)
 // dumpElems reads the map one key after the other, for kernels without
 // batch lookups (before 5.6).
 func (m *Map) dumpElems(keys, values []byte, n int, fn func(keys, values []byte) error) error {
-	ks, vs := int(m.KeySize), int(m.ValueSize)
+	ks, vs := int(m.KeySize), int(m.ValueLen)
 	var prev any // nil: start at the first key
 	c := 0
 	for {
@@ -100,10 +115,11 @@ func (m *Map) dumpElems(keys, values []byte, n int, fn func(keys, values []byte)
 			return fmt.Errorf("dump map %s: %w", m.Name, err)
 		}
 		prev = k
-		if err := m.m.LookupWithFlags(k, v, ebpf.MapLookupFlags(m.elemFlags)); errors.Is(err, ebpf.ErrKeyNotExist) {
-			continue // deleted since: the next key still follows it
-		} else if err != nil {
+		// Lookup, not cilium/ebpf's: it takes a per-CPU value as bytes.
+		if found, err := m.Lookup(k, v); err != nil {
 			return fmt.Errorf("dump map %s: %w", m.Name, err)
+		} else if !found {
+			continue // deleted since: the next key still follows it
 		}
 		if c++; c == n {
 			if err := fn(keys, values[:n*vs]); err != nil {

@@ -11,9 +11,9 @@ import (
 func dumped(t *testing.T, m *Map, batch int) map[string]string {
 	t.Helper()
 	got := map[string]string{}
-	keys, values := make([]byte, batch*int(m.KeySize)), make([]byte, batch*int(m.ValueSize))
+	keys, values := make([]byte, batch*int(m.KeySize)), make([]byte, batch*int(m.ValueLen))
 	err := m.Dump(keys, values, func(k, v []byte) error {
-		if len(k)/int(m.KeySize) != len(v)/int(m.ValueSize) || len(k) == 0 {
+		if len(k)/int(m.KeySize) != len(v)/int(m.ValueLen) || len(k) == 0 {
 			t.Fatalf("batch of %d B keys and %d B values", len(k), len(v))
 		}
 		for i := 0; i < len(k)/int(m.KeySize); i++ {
@@ -21,7 +21,7 @@ func dumped(t *testing.T, m *Map, batch int) map[string]string {
 			if _, dup := got[key]; dup {
 				t.Errorf("key %x reported twice", key)
 			}
-			got[key] = string(v[i*int(m.ValueSize) : (i+1)*int(m.ValueSize)])
+			got[key] = string(v[i*int(m.ValueLen) : (i+1)*int(m.ValueLen)])
 		}
 		return nil
 	})

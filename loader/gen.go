@@ -10,3 +10,7 @@ package loader
 
 //go:generate go tool bpf2go -tags linux -target amd64,arm64 -output-stem capture_fentry -type change captureFentry ../bpf/fentry.c -- -I../bpf -Wall -Werror
 //go:generate go tool bpf2go -tags linux -target amd64,arm64 -output-stem capture_syscall -type change captureSyscall ../bpf/syscall.c -- -I../bpf -Wall -Werror
+
+// The counter object adds peers' contributions to merge=sum maps
+// (bpf/counter.c); the loader loads one of its programs per such map.
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -output-stem counter -type counter_args counter ../bpf/counter.c -- -I../bpf -Wall -Werror

@@ -5,6 +5,7 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -42,6 +43,14 @@ type Map struct {
 	MaxEntries uint32
 	Flags      uint32     // map_flags at creation; informational, not compared
 	ID         ebpf.MapID // local to this kernel; never sent
+	// CPUs is, for the per-CPU types, how many CPUs the kernel may ever
+	// have (possible, not online): each value holds one slot per CPU.
+	// Zero for the other types.
+	CPUs uint32
+	// ValueLen is the length of one value as bpf(2) reads and writes it,
+	// and as it is replicated: ValueSize, or for a per-CPU map CPUs slots
+	// of ValueSize rounded up to 8 bytes, back to back.
+	ValueLen uint32
 
 	m *ebpf.Map
 	// elemFlags is BPF_F_LOCK for a value with a spin lock (UseSpinLock),
@@ -57,8 +66,9 @@ type Map struct {
 // OpenMaps resolves map specs to the maps to replicate. A spec is a path
 // of a map pinned on bpffs, "name:NAME" or "id:N"; with no specs every map
 // pinned directly under [DefaultPinDir] is used, and none there is
-// [ErrNoMaps]. Maps of other types than hash, LRU hash and array, keys over
-// [MaxKeySize], values over [MaxValueSize], unnamed maps
+// [ErrNoMaps]. Maps of other types than hash, LRU hash, array, their
+// per-CPU forms and LPM trie, keys over [MaxKeySize], values (all the
+// CPUs' slots of a per-CPU value) over [MaxValueSize], unnamed maps
 // ([ErrUnsupportedMap]), a map given twice ([ErrDuplicateMap]) and two maps
 // with one name ([ErrDuplicateName]) are refused, because nodes match maps by
 // name and schema. An error about one map is a [*MapError]; a refusal for
@@ -282,7 +292,15 @@ func newMap(em *ebpf.Map) (*Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map info: %w", permissionError(err))
 	}
-	if err := checkReplicable(info); err != nil {
+	var cpus uint32
+	if PerCPU(info.Type) {
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			return nil, fmt.Errorf("map %s: possible CPUs: %w", info.Name, err)
+		}
+		cpus = uint32(n)
+	}
+	if err := checkReplicable(info, cpus); err != nil {
 		return nil, err
 	}
 	id, _ := info.ID()
@@ -294,22 +312,52 @@ func newMap(em *ebpf.Map) (*Map, error) {
 		MaxEntries: info.MaxEntries,
 		Flags:      info.Flags,
 		ID:         id,
+		CPUs:       cpus,
+		ValueLen:   valueLen(info.ValueSize, cpus),
 		m:          em,
 	}, nil
 }
 
+// PerCPU reports whether maps of type t hold one value per possible CPU
+// for each key.
+func PerCPU(t ebpf.MapType) bool {
+	return t == ebpf.PerCPUHash || t == ebpf.PerCPUArray || t == ebpf.LRUCPUHash
+}
+
+// ArrayType reports whether maps of type t are arrays, whose entries always
+// exist and cannot be deleted.
+func ArrayType(t ebpf.MapType) bool {
+	return t == ebpf.Array || t == ebpf.PerCPUArray
+}
+
+// valueLen is [Map.ValueLen] for a value of size bytes and cpus slots
+// (0: not a per-CPU map). The kernel gives each CPU's slot 8-byte
+// alignment.
+func valueLen(size, cpus uint32) uint32 {
+	if cpus == 0 {
+		return size
+	}
+	return cpus * ((size + 7) &^ 7)
+}
+
 // checkReplicable refuses the maps udpmapsync cannot replicate faithfully.
-func checkReplicable(info *ebpf.MapInfo) error {
+// cpus is the possible CPUs for a per-CPU map, else 0.
+func checkReplicable(info *ebpf.MapInfo, cpus uint32) error {
 	switch info.Type {
-	case ebpf.Hash, ebpf.LRUHash, ebpf.Array:
+	case ebpf.Hash, ebpf.LRUHash, ebpf.Array, ebpf.PerCPUHash, ebpf.LRUCPUHash, ebpf.PerCPUArray, ebpf.LPMTrie:
 	default:
-		return fmt.Errorf("%w: type %s is not one of hash, lru_hash and array", ErrUnsupportedMap, info.Type)
+		return fmt.Errorf("%w: type %s is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie",
+			ErrUnsupportedMap, info.Type)
 	}
 	if info.KeySize > MaxKeySize {
 		return fmt.Errorf("%w: key size %d B is over the %d B limit", ErrUnsupportedMap, info.KeySize, MaxKeySize)
 	}
 	if info.ValueSize > MaxValueSize {
 		return fmt.Errorf("%w: value size %d B is over the %d B limit", ErrUnsupportedMap, info.ValueSize, MaxValueSize)
+	}
+	if n := valueLen(info.ValueSize, cpus); n > MaxValueSize {
+		return fmt.Errorf("%w: a per-CPU value of %d B holds a slot of %d B for each of the %d possible CPUs, %d B in all, over the %d B limit: shrink the value",
+			ErrUnsupportedMap, info.ValueSize, (info.ValueSize+7)&^7, cpus, n, MaxValueSize)
 	}
 	if info.Name == "" {
 		return fmt.Errorf("%w: it has no name, and nodes match maps by name", ErrUnsupportedMap)
@@ -323,7 +371,41 @@ func (m *Map) Close() error {
 	return m.m.Close()
 }
 
-// String describes the map for logs: name, type, sizes and local id.
+// String describes the map for logs: name, type, sizes (and the CPUs of a
+// per-CPU map) and local id.
 func (m *Map) String() string {
-	return fmt.Sprintf("%s (%s, key %d B, value %d B, max %d, id %d)", m.Name, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, m.ID)
+	cpus := ""
+	if m.CPUs > 0 {
+		cpus = fmt.Sprintf(" per CPU, %d CPUs", m.CPUs)
+	}
+	return fmt.Sprintf("%s (%s, key %d B, value %d B%s, max %d, id %d)", m.Name, m.Type, m.KeySize, m.ValueSize, cpus, m.MaxEntries, m.ID)
+}
+
+// lpmPrefixLen is the size of the prefix length that starts an LPM trie's
+// key (struct bpf_lpm_trie_key_u8, in the machine's byte order); the
+// prefix's bytes follow it.
+const lpmPrefixLen = 4
+
+// Canonical clears, in an LPM trie's keys (packed back to back), the bits
+// after each key's prefix length, in place; it leaves other maps' keys
+// alone. The trie holds one entry for all the keys that agree on their
+// first prefix-length bits, and keeps the bytes of the last one written:
+// replicated as they are, two spellings of one prefix would be two keys
+// with versions of their own, and the older write could win on a peer.
+func (m *Map) Canonical(keys []byte) {
+	if m.Type != ebpf.LPMTrie || m.KeySize <= lpmPrefixLen {
+		return
+	}
+	ks := int(m.KeySize)
+	bits := uint32(ks-lpmPrefixLen) * 8
+	for len(keys) >= ks {
+		plen := binary.NativeEndian.Uint32(keys)
+		if plen < bits {
+			data := keys[lpmPrefixLen:ks]
+			i := plen / 8
+			data[i] &= byte(uint16(0xff00) >> (plen % 8))
+			clear(data[i+1:])
+		}
+		keys = keys[ks:]
+	}
 }

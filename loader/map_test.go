@@ -185,9 +185,9 @@ func TestOpenMapsDefaultDirRefusals(t *testing.T) {
 	t.Run("unsupported", func(t *testing.T) {
 		dir := testBPFFS(t)
 		kernelMap(t, spec(randomName(t), ebpf.Hash), filepath.Join(dir, "a"))
-		kernelMap(t, spec(randomName(t), ebpf.PerCPUArray), filepath.Join(dir, "b"))
+		kernelMap(t, spec(randomName(t), ebpf.DevMap), filepath.Join(dir, "b"))
 		checkMapError(t, dir, nil, filepath.Join(dir, "b"), true, ErrUnsupportedMap,
-			"open pinned map "+dir+"/b: map cannot be replicated: type PerCPUArray is not one of hash, lru_hash and array")
+			"open pinned map "+dir+"/b: map cannot be replicated: type DevMap is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie")
 	})
 	t.Run("same map twice", func(t *testing.T) {
 		dir := testBPFFS(t)
@@ -250,7 +250,14 @@ func TestOpenMapsRefusals(t *testing.T) {
 		_, id := kernelMap(t, ebpf.MapSpec{Name: name, Type: typ, KeySize: keySize, ValueSize: valueSize, MaxEntries: 4}, p)
 		return p, id
 	}
-	perCPU, _ := pinned(randomName(t), ebpf.PerCPUHash, 4, 8)
+	devMap, _ := pinned(randomName(t), ebpf.DevMap, 4, 8)
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A value that fits alone but not once per CPU.
+	perCPUSize := uint32(MaxValueSize/cpus + 8)
+	bigPerCPU, _ := pinned(randomName(t), ebpf.PerCPUHash, 4, perCPUSize)
 	bigKey, _ := pinned(randomName(t), ebpf.Hash, MaxKeySize+1, 8)
 	bigValue, _ := pinned(randomName(t), ebpf.Array, 4, MaxValueSize+1)
 	noName, _ := pinned("", ebpf.Hash, 4, 8)
@@ -268,7 +275,9 @@ func TestOpenMapsRefusals(t *testing.T) {
 		sentinel error
 		want     string // after "open map SPEC: ", SPEC the last of specs
 	}{
-		{[]string{perCPU}, ErrUnsupportedMap, "map cannot be replicated: type PerCPUHash is not one of hash, lru_hash and array"},
+		{[]string{bigPerCPU}, ErrUnsupportedMap, fmt.Sprintf("map cannot be replicated: a per-CPU value of %d B holds a slot of %d B for each of the %d possible CPUs, %d B in all, over the 4096 B limit: shrink the value",
+			perCPUSize, perCPUSize, cpus, int(perCPUSize)*cpus)},
+		{[]string{devMap}, ErrUnsupportedMap, "map cannot be replicated: type DevMap is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie"},
 		{[]string{okPath, bigKey}, ErrUnsupportedMap, "map cannot be replicated: key size 513 B is over the 512 B limit"},
 		{[]string{bigValue}, ErrUnsupportedMap, "map cannot be replicated: value size 4097 B is over the 4096 B limit"},
 		{[]string{noName}, ErrUnsupportedMap, "map cannot be replicated: it has no name, and nodes match maps by name"},

@@ -19,7 +19,7 @@ func TestOpsAgreeWithBPFHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]ops.Op{"CAPTURE_OP_UPDATE": ops.Update, "CAPTURE_OP_DELETE": ops.Delete} {
+	for name, want := range map[string]ops.Op{"CAPTURE_OP_UPDATE": ops.Update, "CAPTURE_OP_DELETE": ops.Delete, "CAPTURE_OP_TOUCH": opTouch} {
 		m := regexp.MustCompile(`(?m)^#define ` + name + `\s+(\d+)\s*$`).FindSubmatch(src)
 		if m == nil {
 			t.Errorf("bpf/capture.h does not define %s", name)

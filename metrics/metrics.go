@@ -1,6 +1,7 @@
 // Package metrics exposes a udpmapsync node to Prometheus. Its collector
 // reads, at every scrape, the same state the daemon's stats line and
-// status command show: the node's counters ([replication.StatsSnapshot]),
+// status command show: the node's counters ([replication.StatsSnapshot],
+// exported as the table [replication.Counters] says),
 // what it knows of its peers and of the resync under way
 // ([replication.Status]), the apply-time histogram and the maps' entry
 // counts. Nothing is counted twice: there are no metrics of its own to
@@ -8,6 +9,7 @@
 package metrics
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -41,129 +43,66 @@ type BuildInfo struct {
 	Backend string // the capture backend attached
 }
 
-// drop is one reason a datagram (or record) is dropped, and its counter.
-type drop struct {
-	reason string
-	value  func(*replication.StatsSnapshot) uint64
-}
-
-// DropReasons are the values of udpmapsync_datagrams_dropped_total's
-// reason label, every one exported from start-up. unknown_map counts
-// records, not datagrams: a datagram may hold records of several maps.
-var DropReasons = []drop{
-	{"malformed", func(s *replication.StatsSnapshot) uint64 { return s.Malformed }},
-	{"forged", func(s *replication.StatsSnapshot) uint64 { return s.Forged }},
-	{"unauthenticated", func(s *replication.StatsSnapshot) uint64 { return s.Unauthenticated }},
-	{"replayed", func(s *replication.StatsSnapshot) uint64 { return s.Replayed }},
-	{"unknown_map", func(s *replication.StatsSnapshot) uint64 { return s.UnknownMap }},
-	{"future_stamp", func(s *replication.StatsSnapshot) uint64 { return s.FutureStamps }},
-	{"duplicate", func(s *replication.StatsSnapshot) uint64 { return s.Duplicates }},
-	{"hold_full", func(s *replication.StatsSnapshot) uint64 { return s.HoldFull }},
-	{"own", func(s *replication.StatsSnapshot) uint64 { return s.OwnDropped }},
-	{"unsolicited", func(s *replication.StatsSnapshot) uint64 { return s.Unsolicited }},
-	{"peer_limit", func(s *replication.StatsSnapshot) uint64 { return s.PeerLimit }},
-	{"cookie_forged", func(s *replication.StatsSnapshot) uint64 { return s.CookiesForged }},
-	{"cookie_expired", func(s *replication.StatsSnapshot) uint64 { return s.CookiesExpired }},
-	{"cookie_wrong_address", func(s *replication.StatsSnapshot) uint64 { return s.CookiesWrongAddr }},
-}
-
-// counter is one plain counter of the snapshot.
-type counter struct {
-	desc  *prometheus.Desc
-	value func(*replication.StatsSnapshot) uint64
-}
-
 func newDesc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc(Namespace+"_"+name, help, labels, nil)
 }
 
-// counters are the snapshot's counters exported one to one.
-var counters = []counter{
-	{newDesc("changes_captured_total", "Changes to the local maps read from the capture ring buffer."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Captured }},
-	{newDesc("changes_coalesced_total", "Captured changes merged into a pending change of the same key before sending: captured = sent + coalesced."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Coalesced }},
-	{newDesc("changes_sent_total", "Change records sent to the peers."),
-		func(s *replication.StatsSnapshot) uint64 { return s.ChangesSent }},
-	{newDesc("changes_applied_total", "Peers' change records written to or deleted from the local maps, full resyncs included; deletes of absent keys are in udpmapsync_deletes_missing_total instead."),
-		func(s *replication.StatsSnapshot) uint64 { return s.ChangesApplied }},
-	{newDesc("deletes_missing_total", "Peers' deletes of keys the local map did not hold (normal after a restart)."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DeletesMissing }},
-	{newDesc("datagrams_sent_total", "Change datagrams sent to the group (or the --peers)."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsSent }},
-	{newDesc("bytes_sent_total", "Bytes of the change datagrams sent."),
-		func(s *replication.StatsSnapshot) uint64 { return s.BytesSent }},
-	{newDesc("datagrams_received_total", "Change datagrams and announces accepted from peers."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsReceived }},
-	{newDesc("datagrams_resent_total", "Change datagrams resent to peers that asked for them again: to the group once for all that asked there, or to one peer."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DatagramsResent }},
-	{newDesc("datagrams_repaired_total", "Missing peer datagrams filled by a peer's resend."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Repaired }},
-	{newDesc("gaps_total", "Change datagrams of peers missed in sequence; each is asked for again."),
-		func(s *replication.StatsSnapshot) uint64 { return s.GapsSeen }},
-	{newDesc("resyncs_needed_total", "Gaps that could not be repaired by a resend: a full resync from that peer follows."),
-		func(s *replication.StatsSnapshot) uint64 { return s.ResyncNeeded }},
-	{newDesc("ringbuf_overflows_total", "Changes the kernel could not queue in the capture ring buffer; the peers resync from this node."),
-		func(s *replication.StatsSnapshot) uint64 { return s.RingOverflows }},
-	{newDesc("send_errors_total", "Sends that failed; their datagrams are lost until a repair or resync."),
-		func(s *replication.StatsSnapshot) uint64 { return s.SendErrors }},
-	{newDesc("apply_errors_total", "Batches of peers' changes the kernel refused to write into a local map."),
-		func(s *replication.StatsSnapshot) uint64 { return s.ApplyErrors }},
-	{newDesc("changes_stale_total", "Peers' change records no newer than the version this node knows of their key, skipped: "+
-		"normal for records that arrive twice or after a newer write."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Stale }},
-	{newDesc("changes_superseded_total", "Local changes a later write had overwritten by the time the capture delivered them, "+
-		"dropped: a local write and a peer's write of one key crossed, and the peer's came last."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Superseded }},
-	{newDesc("race_checks_total", "Local changes of a key a peer's change was applied to meanwhile, read back from the map to order them."),
-		func(s *replication.StatsSnapshot) uint64 { return s.RaceChecks }},
-	{newDesc("entries_restamped_total", "Entries read after a capture overflow (by a snapshot or at a stop) and stamped anew, since a lost write may hold them."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Restamped }},
-	{newDesc("changes_relayed_total", "Entries sent on with the version they had: what a resync found the peer lacking, or what a restart found written while no daemon ran."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Relayed }},
-	{newDesc("resync_sent_back_total", "Entries and deletes a full resync found the serving peer lacking, or holding older, and sent back to the group."),
-		func(s *replication.StatsSnapshot) uint64 { return s.SyncPushed }},
-	{newDesc("resync_deleted_total", "Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."),
-		func(s *replication.StatsSnapshot) uint64 { return s.SyncDeleted }},
-	{newDesc("cookies_sent_total", "Cookies sent to peers' addresses that had not yet proved they receive there, instead of an answer or before a request."),
-		func(s *replication.StatsSnapshot) uint64 { return s.CookiesSent }},
-	{newDesc("addresses_proven_total", "Peers' addresses proved by the echo of a cookie: from then on they are answered."),
-		func(s *replication.StatsSnapshot) uint64 { return s.AddressesProven }},
-	{newDesc("withheld_total", "Datagrams not sent to an address that had not proved itself, because it had not sent this node as much (its share, for what came to the group)."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Withheld }},
-	{newDesc("scans_total", "Scans of a map for in-place changes (the map's scan option) completed."),
-		func(s *replication.StatsSnapshot) uint64 { return s.Scans }},
-	{newDesc("scan_found_total", "Entries a scan found changed in place, or written where the capture cannot see, and sent as writes of this node."),
-		func(s *replication.StatsSnapshot) uint64 { return s.ScanFound }},
-	{newDesc("scan_vanished_total", "Keys a scan found gone without a delete the capture saw (LRU evictions); deleted on the peers only with vanished=delete."),
-		func(s *replication.StatsSnapshot) uint64 { return s.ScanVanished }},
-	{newDesc("tombstones_dropped_total", "Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."),
-		func(s *replication.StatsSnapshot) uint64 { return s.TombstonesDropped }},
-	{newDesc("digest_rounds_total", "Digest rounds this node started: a comparison of its maps with one peer's, bucket by bucket."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DigestRounds }},
-	{newDesc("digest_buckets_differing_total", "Leaf buckets a digest round found to differ from the peer's while neither side had written there lately: divergences found."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DigestFound }},
-	{newDesc("digest_buckets_busy_total", "Buckets that differed but were written lately on either side, so may have had changes in flight: compared again next round."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DigestBusy }},
-	{newDesc("digest_repairs_total", "Filtered resyncs that repaired the buckets a digest round found differing."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DigestRepairs }},
-	{newDesc("digest_healed_total", "Entries digest repairs changed: applied here, sent back to the peer, or stamped anew where two nodes held the same version with different contents."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DigestHealed }},
-	{newDesc("map_mismatches_total", "Peers' maps found to differ from the local map of their name, in schema or in clock, local or lock fields "+
-		"(each peer, map and difference counted once): their changes to that map are dropped, as unknown_map."),
-		func(s *replication.StatsSnapshot) uint64 { return s.MapMismatches }},
-	{newDesc("digest_bytes_total", "Bytes of digest datagrams sent and received (the repairs travel as snapshot datagrams)."),
-		func(s *replication.StatsSnapshot) uint64 { return s.DigestBytes }},
+// family is a metric whose series are counters of the table
+// ([replication.Counters]) with a label: its help, and its label's name,
+// are the family's.
+type family struct {
+	desc  *prometheus.Desc
+	label string
+}
+
+// families are the metrics whose series the table's labelled counters
+// are, each exported from start-up.
+var families = map[string]family{
+	"datagrams_dropped_total": {newDesc("datagrams_dropped_total",
+		"Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason"), "reason"},
+	"resyncs_total": {newDesc("resyncs_total",
+		"Full resyncs completed: snapshots of the local maps streamed to a peer (sent) or received from one and applied (received).", "direction"), "direction"},
+}
+
+// series is one counter of the table as Prometheus exports it.
+type series struct {
+	desc   *prometheus.Desc
+	kind   prometheus.ValueType
+	labels []string // the value of its family's label, if it is in one
+	c      *replication.Counter
+}
+
+// tableSeries are the table's counters that have a metric.
+var tableSeries = fromTable()
+
+func fromTable() []series {
+	var out []series
+	for i := range replication.Counters {
+		c := &replication.Counters[i]
+		if c.Metric == "" {
+			continue
+		}
+		s := series{kind: prometheus.CounterValue, c: c}
+		if c.Gauge {
+			s.kind = prometheus.GaugeValue
+		}
+		if c.LabelName == "" {
+			s.desc = newDesc(c.Metric, c.Help)
+		} else {
+			f, ok := families[c.Metric]
+			if !ok || f.label != c.LabelName {
+				panic(fmt.Sprintf("metrics: counter %s: no family %s with label %s", c.Name, c.Metric, c.LabelName))
+			}
+			s.desc, s.labels = f.desc, []string{c.LabelValue}
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 var (
 	readyDesc   = newDesc("ready", "1 once the initial sync with the peers is complete, else 0.")
-	resyncsDesc = newDesc("resyncs_total", "Full resyncs completed: snapshots of the local maps streamed to a peer (sent) or received from one and applied (received).", "direction")
-	droppedDesc = newDesc("datagrams_dropped_total", "Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason")
-	heldDesc    = newDesc("datagrams_held", "Peer datagrams held back behind a missing one.")
 	peersDesc   = newDesc("peers", "Peers heard from and not yet forgotten.")
-	printsDesc  = newDesc("scan_prints", "Keys whose value fingerprint the scans keep (about 39 bytes each).")
-	knownDesc   = newDesc("known_keys", "Keys whose latest version this node knows, remembered deletes included (20 bytes each, in a table at most 80% full).")
 	lagDesc     = newDesc("peer_lag_datagrams", "Change datagrams the peer is known to have sent and this node has not applied.", "peer")
 	lagSecDesc  = newDesc("peer_lag_seconds", "How long the oldest of the peer's datagrams still missing has been missing; 0 when none is.", "peer")
 	heardDesc   = newDesc("peer_last_heard_seconds", "Seconds since the peer's last valid datagram.", "peer")
@@ -192,13 +131,13 @@ func NewCollector(src Source, build BuildInfo) *Collector {
 
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, m := range counters {
+	for _, m := range tableSeries {
 		ch <- m.desc
 	}
 	for _, m := range discoveryCounters {
 		ch <- m.desc
 	}
-	for _, d := range []*prometheus.Desc{readyDesc, resyncsDesc, droppedDesc, heldDesc, knownDesc, printsDesc, peersDesc, lagDesc,
+	for _, d := range []*prometheus.Desc{readyDesc, peersDesc, lagDesc,
 		lagSecDesc, heardDesc, peerRdyDesc, peerMisDesc, entriesDesc, applyDesc, resyncDesc, buildDesc} {
 		ch <- d
 	}
@@ -212,22 +151,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	count := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
-	for _, m := range counters {
-		count(m.desc, m.value(&s))
+	for _, m := range tableSeries {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, float64(m.c.Of(&s)), m.labels...)
 	}
 	collectDiscovery(c.src, ch)
-	for _, r := range DropReasons {
-		count(droppedDesc, r.value(&s), r.reason)
-	}
-	count(resyncsDesc, s.ResyncsSent, "sent")
-	count(resyncsDesc, s.ResyncsReceived, "received")
 	gauge(readyDesc, flag(st.Ready))
-	gauge(heldDesc, float64(s.Held))
-	gauge(knownDesc, float64(s.KnownKeys))
-	gauge(printsDesc, float64(s.ScanPrints))
 	gauge(buildDesc, 1, c.build.Version, c.build.Backend)
 
 	gauge(peersDesc, float64(len(st.Peers)))

@@ -439,11 +439,10 @@ func TestParseStats(t *testing.T) {
 	var st replication.Stats
 	st.Repaired.Store(7)
 	st.DatagramsResent.Store(1 << 40)
-	st.Ready.Store(true)
 	var b bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&b, nil))
 	log.Info("peer restarted", "node", 5)
-	log.LogAttrs(t.Context(), slog.LevelInfo, "stats", append(st.Snapshot().Attrs(), slog.Int("peers", 2))...)
+	log.LogAttrs(t.Context(), slog.LevelInfo, "stats", append(st.Snapshot().Attrs(), slog.Bool("ready", true), slog.Int("peers", 2))...)
 	log.Info("stopping")
 
 	var got Stats
@@ -461,7 +460,7 @@ func TestParseStats(t *testing.T) {
 			t.Errorf("%s = %d, want %d; parsed %v from:\n%s", k, got[k], v, got, b.String())
 		}
 	}
-	if n := len(st.Snapshot().Attrs()) + 1; len(got) != n {
+	if n := len(st.Snapshot().Attrs()) + 2; len(got) != n {
 		t.Errorf("parsed %d counters, want %d: %v", len(got), n, got)
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/udpmapsync/udpmapsync/loader"
 )
 
 // MapSpec is a map the harness creates on every node with bpftool.
@@ -23,7 +25,8 @@ type MapSpec struct {
 	// Name is the map's name in the kernel (what nodes match maps by) and
 	// the file name of its pin.
 	Name string
-	// Type is [ebpf.Hash], [ebpf.LRUHash] or [ebpf.Array].
+	// Type is one of the types udpmapsync replicates: [ebpf.Hash],
+	// [ebpf.LRUHash], [ebpf.Array], their per-CPU forms or [ebpf.LPMTrie].
 	Type                           ebpf.MapType
 	KeySize, ValueSize, MaxEntries uint32
 	// Options follow the map's path in its --map (scan=1s,clock=...), the
@@ -57,6 +60,14 @@ func (s MapSpec) bpftoolType() (string, error) {
 		return "lru_hash", nil
 	case ebpf.Array:
 		return "array", nil
+	case ebpf.PerCPUHash:
+		return "percpu_hash", nil
+	case ebpf.LRUCPUHash:
+		return "lru_percpu_hash", nil
+	case ebpf.PerCPUArray:
+		return "percpu_array", nil
+	case ebpf.LPMTrie:
+		return "lpm_trie", nil
 	}
 	return "", fmt.Errorf("map %s: type %s is not one udpmapsync replicates", s.Name, s.Type)
 }
@@ -105,9 +116,13 @@ func CreateMap(ctx context.Context, path string, spec MapSpec) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create map %s: %w", path, err)
 	}
-	_, err = bpftool(exec.CommandContext(ctx, "bpftool", "map", "create", path, "type", typ,
+	args := []string{"map", "create", path, "type", typ,
 		"key", fmt.Sprint(spec.KeySize), "value", fmt.Sprint(spec.ValueSize),
-		"entries", fmt.Sprint(spec.MaxEntries), "name", spec.Name))
+		"entries", fmt.Sprint(spec.MaxEntries), "name", spec.Name}
+	if spec.Type == ebpf.LPMTrie {
+		args = append(args, "flags", "1") // BPF_F_NO_PREALLOC: the kernel takes no trie without
+	}
+	_, err = bpftool(exec.CommandContext(ctx, "bpftool", args...))
 	return err
 }
 
@@ -138,7 +153,9 @@ const readBatch = 4096
 // readAttempts bounds the reads of a map that the kernel cuts short.
 const readAttempts = 5
 
-// ReadContents reads every entry of m.
+// ReadContents reads every entry of m: a per-CPU map's values whole, every
+// CPU's slot, and an LPM trie's keys canonical, as udpmapsync replicates
+// them (loader.Map.Dump).
 func ReadContents(m *ebpf.Map) (c Contents, err error) {
 	// Recent kernels (6.15+) lock hash buckets with a resilient spinlock
 	// that gives up with ETIMEDOUT or EDEADLK instead of waiting on; a
@@ -154,6 +171,9 @@ func ReadContents(m *ebpf.Map) (c Contents, err error) {
 }
 
 func readContents(m *ebpf.Map) (Contents, error) {
+	if loader.PerCPU(m.Type()) || m.Type() == ebpf.LPMTrie {
+		return dumpContents(m)
+	}
 	ks, vs := int(m.KeySize()), int(m.ValueSize())
 	keys, kb := byteArrays(readBatch, ks)
 	vals, vb := byteArrays(readBatch, vs)
@@ -175,6 +195,38 @@ func readContents(m *ebpf.Map) (Contents, error) {
 			return nil, fmt.Errorf("read map contents: %w", err)
 		}
 	}
+}
+
+// dumpContents reads m as the daemon reads it, for the maps whose values or
+// keys cilium/ebpf's batch lookup does not return as udpmapsync sends them.
+func dumpContents(em *ebpf.Map) (Contents, error) {
+	info, err := em.Info()
+	if err != nil {
+		return nil, fmt.Errorf("read map contents: %w", err)
+	}
+	id, _ := info.ID()
+	maps, err := loader.OpenMaps([]string{fmt.Sprintf("id:%d", id)})
+	if err != nil {
+		return nil, fmt.Errorf("read map contents: %w", err)
+	}
+	m := maps[0]
+	defer m.Close()
+	ks, vs := int(m.KeySize), int(m.ValueLen)
+	c := make(Contents)
+	err = m.Dump(make([]byte, readBatch*ks), make([]byte, readBatch*vs), func(keys, values []byte) error {
+		for i := range len(keys) / ks {
+			v := values[i*vs : (i+1)*vs]
+			if loader.ArrayType(m.Type) && isZero(v) {
+				continue
+			}
+			c[string(keys[i*ks:(i+1)*ks])] = string(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read map contents: %w", err)
+	}
+	return c, nil
 }
 
 // byteArrays makes a []([size]byte) of n elements for a batch lookup, which

@@ -49,7 +49,7 @@ func TestEmptyPeersAcceptNone(t *testing.T) {
 // sealed datagram from an address it never found is handled.
 func TestSetPeersKeyedAcceptsAnyAddress(t *testing.T) {
 	f := newReceiverFixture(t)
-	f.n.dispatch.keyed, f.n.dispatch.sources = true, fixedSource{addr: peerA, moved: time.Now()}
+	f.n.dispatch.keyed, f.replyTo, f.replyToSince = true, peerA, time.Now()
 	f.n.SetPeers([]netip.Addr{peerB.Addr()})
 	d := f.peerDatagram(t, 1, 1, "key1", "1")
 	d[5] = wire.SealSize // claims to be sealed: opening is the sealing transport's

@@ -294,15 +294,16 @@ func TestRunJoinsTransfers(t *testing.T) {
 
 // A node just heard that says it no longer holds what was asked ("gone")
 // is not asked for a resync at once: it must have been heard for a while
-// first. An impostor that announced itself a moment ago cannot have a
-// node hand it a resync request, and with it the request id.
+// first, or its address must echo a cookie. An impostor that announced
+// itself a moment ago from a forged address cannot have a node hand it a
+// resync request, and with it the request id.
 func TestGoneFromNewPeerWaitsToBeEstablished(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
-	f.handleAt(t0, peerA, readyAnnounce(t, peerNode, 1, 0))
-	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
-	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 3, "key3", "3"))
-	f.handleAt(t0, peerA, goneDatagram(2, 2))
+	for _, d := range [][]byte{readyAnnounce(t, peerNode, 1, 0), f.peerDatagram(t, 1, 1, "key1", "1"),
+		f.peerDatagram(t, 1, 3, "key3", "3"), goneDatagram(2, 2)} {
+		f.dispatch(peerA, d, true, t0) // no cookie echoed: the address proves nothing
+	}
 	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
 	if f.n.client.phase != syncIdle {
 		t.Fatal("a resync was asked of a peer heard a moment ago")

@@ -12,21 +12,22 @@ import (
 // requests and answers, the resync handshake) by unicast. Each part of
 // the protocol that sends them has its own, with its own buffer.
 type controlSender struct {
-	tr    Transport
-	node  uint32
-	epoch uint64
-	stats *Stats
-	log   *slog.Logger
-	limit *limiter
-	buf   []byte
-	out   [1][]byte
+	tr     Transport
+	node   uint32
+	epoch  uint64
+	sealed bool // every header says its datagram is sealed
+	stats  *Stats
+	log    *slog.Logger
+	limit  *limiter
+	buf    []byte
+	out    [1][]byte
 }
 
 // controlSize is the largest control datagram: a header and a full Nack.
 const controlSize = wire.HeaderSize + wire.NackFixedSize + wire.MaxNackRanges*wire.NackRangeSize
 
-func newControlSender(tr Transport, node uint32, epoch uint64, stats *Stats, log *slog.Logger, limit *limiter) controlSender {
-	return controlSender{tr: tr, node: node, epoch: epoch, stats: stats, log: log, limit: limit,
+func newControlSender(tr Transport, node uint32, epoch uint64, sealed bool, stats *Stats, log *slog.Logger, limit *limiter) controlSender {
+	return controlSender{tr: tr, node: node, epoch: epoch, sealed: sealed, stats: stats, log: log, limit: limit,
 		buf: make([]byte, 0, max(controlSize, wire.HeaderSize+wire.SyncStartSize, wire.HeaderSize+wire.DigestSize))}
 }
 
@@ -34,7 +35,7 @@ func newControlSender(tr Transport, node uint32, epoch uint64, stats *Stats, log
 // body appended by body (nil for none). A failure is counted, logged at a
 // limited rate and returned.
 func (c *controlSender) send(addr netip.AddrPort, k wire.Kind, count uint16, seq uint64, body func([]byte) ([]byte, error)) error {
-	h := wire.Header{Kind: k, Count: count, Node: c.node, Epoch: c.epoch, Seq: seq}
+	h := wire.Header{Kind: k, Count: count, Node: c.node, Epoch: c.epoch, Seq: seq, Sealed: c.sealed}
 	b, err := h.AppendTo(c.buf[:0])
 	if err == nil && body != nil {
 		b, err = body(b)

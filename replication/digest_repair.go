@@ -49,9 +49,7 @@ func (c *resyncClient) reconcile(p *peer, now time.Time) int {
 		case err != nil:
 			continue
 		case !found:
-			w := knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
-			h.Set(e, m.index, key, w, true, true, now) // read from the map: see knowledge.Held.Set
-			c.relay.add(m.index, ops.Delete, w, key, nil)
+			c.deletedUnseen(h, m, e, key, now)
 			written++
 			continue
 		}

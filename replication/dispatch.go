@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -34,11 +36,6 @@ type dispatcher struct {
 	// node holding the key, whatever address it came from; without a key
 	// a sealed datagram cannot be read.
 	keyed bool
-	// sources, with a key, says where each run's freshest datagram came
-	// from: the address a peer is answered at.
-	sources interface {
-		source(node uint32, epoch uint64) (netip.AddrPort, time.Time, bool)
-	}
 	// group, in multicast mode, is where repair requests go, so that the
 	// other receivers hear them (zero with --peers: to the peer alone);
 	// rng draws the back-off before them.
@@ -52,9 +49,11 @@ type dispatcher struct {
 	server  *snapshotServer
 	digests *digests
 	ask     controlSender // this node's repair requests
-	stats   *Stats
-	log     *slog.Logger
-	limit   *limiter
+	// greet asks the sender for an announce at once (see dispatcher.peer).
+	greet *atomic.Bool
+	stats *Stats
+	log   *slog.Logger
+	limit *limiter
 
 	routes   [16]route
 	hdr      wire.Header // of the datagram being handled
@@ -108,10 +107,10 @@ func (d *dispatcher) init() {
 
 // handle checks one datagram and acts on it; the changes it carries are
 // collected into runs that the caller applies with [applier.flush].
-// unicast says that it was sent to this node alone, not to the group.
-func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now time.Time) {
+func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
+	from, b := pkt.From, pkt.Data
 	h := &d.hdr
-	d.from, d.unicast = from, unicast
+	d.from, d.unicast = from, pkt.Unicast
 	if err := h.Unmarshal(b); err != nil {
 		d.malformed(from, err)
 		return
@@ -147,14 +146,12 @@ func (d *dispatcher) handle(from netip.AddrPort, b []byte, unicast bool, now tim
 	if !ok {
 		return
 	}
-	if d.sources != nil {
+	if pkt.ReplyTo.IsValid() {
 		// Before the handler, which may answer: where to, the seal says.
-		if a, moved, ok := d.sources.source(h.Node, h.Epoch); ok {
-			p.addr, p.addrSince = a, moved
-		}
+		p.addr, p.addrSince = pkt.ReplyTo, pkt.ReplyToSince
 	}
 	if from == p.addr {
-		d.gate.earn(p, len(b), unicast)
+		d.gate.earn(p, len(b), pkt.Unicast)
 	}
 	if r.flush {
 		d.apply.flush()
@@ -233,6 +230,14 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			d.log.Info("new peer", "node", h.Node, "addr", from, "epoch", h.Epoch, "suppressed", s)
 		}
 		n, ok := d.bind(from, h, first, now)
+		if ok && d.client.ready.isReady() {
+			// A node heard anew is likely starting: announced to again now,
+			// it holds, from two announces of ours, the credit for the
+			// cookie that proves our address (see [answerGate]) and asks
+			// for its initial sync without waiting an announce interval.
+			// New bindings are bounded by the peer table, so are these.
+			d.greet.Store(true)
+		}
 		return n, nil, ok
 	}
 	return nil, nil, false
@@ -241,6 +246,9 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 // bind starts tracking the node of h at from, its stream at first.
 func (d *dispatcher) bind(from netip.AddrPort, h *wire.Header, first uint64, now time.Time) (*peer, bool) {
 	p := d.peers.add(h.Node, h.Epoch, from, now, newStream(first, d.window))
+	if p != nil {
+		p.boundReady = d.client.ready.isReady()
+	}
 	if p == nil {
 		d.stats.PeerLimit.Add(1)
 		if s, ok := d.limit.allow(reasonPeer); ok {
@@ -422,8 +430,23 @@ func (d *dispatcher) announce(p *peer, h *wire.Header, dgram []byte, now time.Ti
 	for i := range d.got {
 		d.compare(p, &d.got[i])
 	}
+	ready := h.Flags&wire.FlagReady != 0
+	if !p.announced && ready && p.boundReady && d.client.ready.isReady() {
+		// A run of the peer's first heard when both were ready already
+		// formed its maps apart from this node's (each became ready
+		// alone, or with others, across a partition): its stream from 1
+		// carries only what it wrote since it started, not what its maps
+		// held before, which can be newer than what this node holds (a
+		// write this node's crash forgot, a state file's entries). A
+		// full resync from it merges both ways.
+		p.needSync = true
+		if s, ok := d.limit.allow(reasonResync); ok {
+			d.log.Info("a peer that became ready apart from this node is heard; a full resync from it merges the two",
+				"peer", p.node, "addr", p.addr, "epoch", p.epoch, "suppressed", s)
+		}
+	}
 	p.announced = true
-	p.ready = h.Flags&wire.FlagReady != 0
+	p.ready = ready
 	d.stats.DatagramsReceived.Add(1)
 	d.sent(p, h.Seq, false, now)
 	d.askNew(p, now)

@@ -15,7 +15,7 @@ import (
 // The bytes of a value that mean something only on their node: clock
 // fields, local fields and the spin lock (see "In-place state" in
 // docs/ARCHITECTURE.md). A value leaves a node in its wire form, made by
-// [fieldPlan.toWire] as the datagram is sealed, and is written to a
+// [fieldPlan.toWire] as the datagram is closed, and is written to a
 // peer's map in that peer's form, made by [fieldPlan.fromWire] at the
 // apply: so a datagram's bytes, and the resend buffer's, never hold a
 // node's local clock or local bytes.

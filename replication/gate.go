@@ -49,7 +49,7 @@ type answerGate struct {
 
 // proven reports whether p's address proved that it receives what is
 // sent to it.
-func (g *answerGate) proven(p *peer) bool { return p.proven.IsValid() && p.proven == p.addr }
+func (g *answerGate) proven(p *peer) bool { return p.addrProven() }
 
 // cost is what a datagram of n bytes to or from addr costs the network.
 func (g *answerGate) cost(n int, addr netip.AddrPort) float64 {

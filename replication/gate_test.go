@@ -127,7 +127,7 @@ func TestGateSharesWhatCameToTheGroup(t *testing.T) {
 	for i := range 200 {
 		now := t0.Add(time.Duration(i) * 20 * time.Millisecond)
 		d := announce(t, 0xa77a0001, 1, uint64(10*(i+1)))
-		f.n.dispatch.handle(victim, d, false, now)
+		f.dispatch(victim, d, false, now)
 		f.n.dispatch.tick(now, nil)
 		received += float64(len(d)+ipv4Overhead) / float64(len(f.n.peers.byNode)+1)
 	}
@@ -150,7 +150,7 @@ func TestGateSharesWhatCameToTheGroup(t *testing.T) {
 func TestCookieNotEchoedBeforeTheAddressSettles(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
-	f.n.dispatch.keyed, f.n.dispatch.sources = true, fixedSource{addr: peerA, moved: t0}
+	f.n.dispatch.keyed, f.replyTo, f.replyToSince = true, peerA, t0
 	d := announce(t, peerNode, 1, 0)
 	d[5] = wire.SealSize
 	f.handleAt(t0, peerA, d)
@@ -160,11 +160,11 @@ func TestCookieNotEchoedBeforeTheAddressSettles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.n.dispatch.handle(peerA, c, true, t0)
+	f.dispatch(peerA, c, true, t0)
 	if got := f.tr.sentCookies(); len(got) != 0 {
 		t.Errorf("echoed to an address heard a moment ago: %d datagrams", len(got))
 	}
-	f.n.dispatch.handle(peerA, c, true, t0.Add(DefaultAnnounceInterval))
+	f.dispatch(peerA, c, true, t0.Add(DefaultAnnounceInterval))
 	if got := f.tr.sentCookies(); len(got) == 0 {
 		t.Error("not echoed once the address settled")
 	}

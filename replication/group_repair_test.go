@@ -36,7 +36,7 @@ func groupFixture(t *testing.T) *receiverFixture {
 // peerNode's datagrams.
 func (f *receiverFixture) overheard(t *testing.T, now time.Time, ranges ...wire.Range) {
 	t.Helper()
-	f.n.dispatch.handle(peerC, nackDatagram(t, thirdNode, wire.Nack{Node: peerNode, Epoch: 1}, ranges...), false, now)
+	f.dispatch(peerC, nackDatagram(t, thirdNode, wire.Nack{Node: peerNode, Epoch: 1}, ranges...), false, now)
 }
 
 // groupNacks returns the ranges of the requests sent since the last look,
@@ -133,7 +133,7 @@ func TestGroupRepairResendOnce(t *testing.T) {
 	}
 	f.tr.sentTo()
 	ask := func(at time.Time, from netip.AddrPort, node uint32, unicast bool, ranges ...wire.Range) map[netip.AddrPort][]uint64 {
-		f.n.dispatch.handle(from, nackDatagram(t, node, wire.Nack{Node: ourNode, Epoch: ourEpoch}, ranges...), unicast, at)
+		f.dispatch(from, nackDatagram(t, node, wire.Nack{Node: ourNode, Epoch: ourEpoch}, ranges...), unicast, at)
 		got := map[netip.AddrPort][]uint64{}
 		for _, u := range f.tr.sentTo() {
 			for _, d := range u.dgrams {

@@ -380,3 +380,74 @@ func TestSlowBatchElementDecidedByTheMap(t *testing.T) {
 		}
 	}
 }
+
+// An entry this node holds newer than the snapshot carried goes back at
+// its version; but once the capture has lost changes, the map may hold a
+// lost local write over that version (another node's, here), so it goes
+// back stamped anew as this node's write, as a snapshot would send it.
+// Sent at the other node's version, the local value claimed to be that
+// node's write (simulated overflows, seed 1422 of -sim.faults=2).
+func TestPushNewerRestampsAfterLoss(t *testing.T) {
+	f, id := snapshotFixture(t)
+	m := f.tab.byID(10)
+	old := hlc.Make(1_600_000_000_000, 0)
+	theirs := knowledge.Version{Stamp: hlc.Make(time.Now().UnixMilli()-1000, 0), Origin: 3}
+	setKnown(f.n.know, m.index, "mine", theirs, false, true)
+	f.flows.state["mine"] = "lostmine" // written over node 3's value; its change lost
+	h := f.n.know.Lock()
+	h.SuspectSince(f.n.clock.Now())
+	h.Unlock()
+
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, uint64(old), peerNode, []byte("mine"), []byte("theirs!!"))
+	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
+	f.handle(peerA, syncEnd(id, 1))
+
+	var got knowledge.Version
+	f.n.relay.drain(func(_ int, _ ops.Op, v knowledge.Version, key, val []byte) {
+		if string(key) == "mine" {
+			got = v
+		}
+	})
+	if got.Origin != ourNode || !got.Newer(theirs) {
+		t.Fatalf("the local value of a key went back as %+v; want a new write of node %d, newer than node 3's %+v", got, ourNode, theirs)
+	}
+}
+
+// A key known here in a version newer than the snapshot's, but gone from
+// the map, was deleted by a write whose change the capture lost: once
+// the loss is known, it goes back as a delete stamped now as this node's
+// write. Left to "the next write", the peer's older value stayed on the
+// peer for good, each digest repair between them finding the same
+// difference (simulated overflows with clean stops, seed 318).
+func TestPushNewerSendsALostDelete(t *testing.T) {
+	f, id := snapshotFixture(t)
+	m := f.tab.byID(10)
+	mine := knowledge.Version{Stamp: hlc.Make(time.Now().UnixMilli()-1000, 0), Origin: ourNode}
+	setKnown(f.n.know, m.index, "gone", mine, false, false) // its delete lost to the capture
+	h := f.n.know.Lock()
+	h.SuspectSince(f.n.clock.Now())
+	h.Unlock()
+
+	var b changesBuilder
+	b.start()
+	b.w.Append(f.fpFlow, ops.Update, uint64(hlc.Make(1_600_000_000_000, 0)), peerNode, []byte("gone"), []byte("theirs!!"))
+	f.handle(peerA, b.finishKind(wire.KindSnapshot, peerNode, 1, wire.SyncSeq(id, 1)))
+	f.handle(peerA, syncEnd(id, 1))
+
+	var op ops.Op
+	var got knowledge.Version
+	f.n.relay.drain(func(_ int, o ops.Op, v knowledge.Version, key, _ []byte) {
+		if string(key) == "gone" {
+			op, got = o, v
+		}
+	})
+	if op != ops.Delete || got.Origin != ourNode || !got.Newer(mine) || f.value("gone") != "" {
+		t.Fatalf("a key gone from the map after a loss went back as %v %+v (map: %q); want a new delete of node %d, newer than %+v",
+			op, got, f.value("gone"), ourNode, mine)
+	}
+	if v, _ := knownVersion(f.n.know, m.index, "gone"); v != got {
+		t.Fatalf("known as %+v after sending %+v", v, got)
+	}
+}

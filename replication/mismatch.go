@@ -60,9 +60,11 @@ type mapMismatch struct {
 	why string
 }
 
-// The advice of a mismatch in schema, and in fields.
+// The advice of a mismatch in schema, in a per-CPU value, and in fields.
 const (
 	schemaFix = "create the map alike on every node: same type, key and value size, max entries"
+	cpusFix   = "a per-CPU map's values travel whole, one slot per possible CPU: give every node the same number of possible CPUs " +
+		"(/sys/devices/system/cpu/possible; the possible_cpus= boot parameter sets it) and the same value size, or leave this map out"
 	fieldsFix = "give every node the same clock= and local= options for this map, and the same value layout"
 )
 
@@ -85,14 +87,21 @@ func (m *localMap) differences(peer *wire.Descriptor) (why []string, fix string)
 	if local.KeySize != peer.KeySize {
 		schema("key size", local.KeySize, peer.KeySize)
 	}
+	fix = schemaFix
 	if local.ValueSize != peer.ValueSize {
-		schema("value size", local.ValueSize, peer.ValueSize)
+		if m.CPUs > 0 && local.Type == peer.Type {
+			out = append(out, m.perCPUDifference(peer.ValueSize))
+			fix = cpusFix
+		} else {
+			schema("value size", local.ValueSize, peer.ValueSize)
+		}
 	}
 	if local.MaxEntries != peer.MaxEntries {
 		schema("max entries", local.MaxEntries, peer.MaxEntries)
+		fix = schemaFix
 	}
 	if len(out) > 0 {
-		return out, schemaFix // the fields of another layout say nothing more
+		return out, fix // the fields of another layout say nothing more
 	}
 	for _, f := range peer.Fields {
 		if slices.Contains(local.Fields, f) {
@@ -113,6 +122,18 @@ func (m *localMap) differences(peer *wire.Descriptor) (why []string, fix string)
 		out = append(out[:maxDifferences], fmt.Sprintf("and %d more", len(out)-maxDifferences))
 	}
 	return out, fieldsFix
+}
+
+// perCPUDifference says how a peer's per-CPU value of size bytes in all
+// differs from this node's: most likely in the number of possible CPUs,
+// which it names if the peer's value size is this node's.
+func (m *localMap) perCPUDifference(size uint32) string {
+	slot := m.Desc.ValueSize / m.CPUs
+	if size%slot == 0 {
+		return fmt.Sprintf("the peer's per-CPU value is %d B in all, %d possible CPUs if its value size is this node's; this node's is %d B, %d possible CPUs of %d B",
+			size, size/slot, m.Desc.ValueSize, m.CPUs, slot)
+	}
+	return fmt.Sprintf("the peer's per-CPU value is %d B in all; this node's is %d B, %d possible CPUs of %d B", size, m.Desc.ValueSize, m.CPUs, slot)
 }
 
 // sameBytes finds the field of fs over exactly f's bytes.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"maps"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -135,5 +136,58 @@ func TestDifferencesBounded(t *testing.T) {
 	if len(why) != maxDifferences+1 || why[maxDifferences] != "and 12 more" || fix != fieldsFix ||
 		why[1] != "the peer treats bytes at offset 1, 1 byte as a spin lock field, this node does not" {
 		t.Errorf("differences: %d phrases %q, fix %q", len(why), why, fix)
+	}
+}
+
+// Per-CPU maps under last-writer-wins replicate every CPU's slot, so
+// nodes must have as many possible CPUs. A host cannot change its own
+// count, so node 2 here describes its map as a node with 3 possible CPUs
+// would (a descriptor adjusted at the replication level: 3 slots of 8
+// bytes), against node 1's 2. Neither applies the other's changes; each
+// counts the mismatch and names the CPUs and the fix. Two nodes with 2
+// CPUs each replicate the whole value.
+func TestPerCPUCountMismatch(t *testing.T) {
+	n := memNet{cpus: map[uint32]uint32{1: 2, 2: 3, 3: 2}}
+	a := startMemNode(t, &n, 1, nil)
+	b := startMemNode(t, &n, 2, nil)
+	c := startMemNode(t, &n, 3, nil)
+	a.waitReady(t)
+	b.waitReady(t)
+	c.waitReady(t)
+	a.write("akey", "slot-0..slot-1..", false)
+	b.write("bkey", "slot-0..slot-1..slot-2..", false)
+	waitCount(t, "node 2's unknown_map", &b.stats.UnknownMap, 1)
+	waitCount(t, "node 1's unknown_map", &a.stats.UnknownMap, 1)
+	waitSame(t, a, c) // node 3, alike, holds node 1's write
+
+	if got := b.flows.snapshot(); len(got) != 1 {
+		t.Errorf("node 2 holds %v, want its own write only", got)
+	}
+	if got, want := a.flows.snapshot(), map[string]string{"akey": "slot-0..slot-1.."}; !maps.Equal(got, want) {
+		t.Errorf("node 1 holds %v, want %v", got, want)
+	}
+	for _, c := range []struct {
+		node *memNode
+		why  string
+	}{
+		{a, "flows: the peer's per-CPU value is 24 B in all, 3 possible CPUs if its value size is this node's; this node's is 16 B, 2 possible CPUs of 8 B"},
+		{b, "flows: the peer's per-CPU value is 16 B in all, 2 possible CPUs if its value size is this node's; this node's is 24 B, 3 possible CPUs of 8 B"},
+	} {
+		if s := c.node.stats.Snapshot(); s.MapMismatches == 0 || s.Malformed != 0 {
+			t.Errorf("map_mismatches %d, malformed %d; want some and 0", s.MapMismatches, s.Malformed)
+		}
+		var found bool
+		for _, p := range c.node.n.Status().Peers {
+			found = found || slices.Contains(p.Mismatches, c.why)
+		}
+		if !found {
+			t.Errorf("status peers %+v: none has the mismatch %q", c.node.n.Status().Peers, c.why)
+		}
+		logs := c.node.logs.String()
+		for _, want := range []string{"map=flows", strings.TrimPrefix(c.why, "flows: "), "give every node the same number of possible CPUs"} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("log lacks %q:\n%s", want, logs)
+			}
+		}
 	}
 }

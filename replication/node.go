@@ -12,6 +12,7 @@ import (
 	mrand "math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
@@ -131,13 +132,16 @@ var (
 // the resend buffer between them, the statistics, the readiness of the
 // initial sync and the node's identity. [Node.Run] runs it.
 //
-// The receive side is four parts with one job each, behind one lock: the
+// The receive side is parts with one job each, behind one lock: the
 // [dispatcher] routes each datagram by kind; every peer's
 // [orderedStream] puts its change datagrams in order for the [applier];
 // the [repairResponder] answers repair requests from the resend buffer;
 // the [resyncClient] and the [snapshotServer] are the two ends of a full
 // resync; the [answerGate] decides what each peer's address may be sent
-// before it has proved that it receives there.
+// before it has proved that it receives there. Each lock sits next to
+// what it guards: the snapshot server's transfers, which goroutines of
+// their own drive, are under the server's; the readiness flag, the
+// counters, the knowledge and the fingerprints keep their own.
 type Node struct {
 	node   uint32
 	epoch  uint64
@@ -159,13 +163,16 @@ type Node struct {
 	digester    digester
 	digestEvery time.Duration
 
+	// server streams snapshots to requesters, under its own lock, which
+	// may be taken with the receive lock held.
+	server snapshotServer
+
 	mu       sync.Mutex // the receive lock: guards everything below
 	peers    peerTable
 	gate     answerGate
 	apply    applier
 	repair   repairResponder
 	client   resyncClient
-	server   snapshotServer
 	digests  digests
 	dispatch dispatcher
 	ready    readiness
@@ -214,9 +221,9 @@ func NewNode(cfg Config) (*Node, error) {
 		sealed.time, sealed.limit.time = cfg.Time, cfg.Time
 		cfg.Transport, n.tr = sealed, sealed
 	}
-	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), flag: &n.stats.Ready, log: log}
+	n.ready = readiness{time: cfg.Time, wait: 2 * announce, done: make(chan struct{}), log: log}
 	n.sender = newSender(senderConfig{Source: cfg.Source, Transport: cfg.Transport, Table: cfg.Table,
-		Node: cfg.Node, Epoch: cfg.Epoch, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
+		Node: cfg.Node, Epoch: cfg.Epoch, Sealed: cfg.Keys != nil, FlushInterval: cfg.FlushInterval, AnnounceInterval: announce,
 		Resend: resend, Ready: n.ready.isReady, Knowledge: n.know, Prints: n.prints, Clock: clock, Time: cfg.Time,
 		Relay: &n.relay,
 		Stats: &n.stats, Log: log})
@@ -224,7 +231,7 @@ func NewNode(cfg Config) (*Node, error) {
 		stats: &n.stats, log: log, node: cfg.Node, now: cfg.Time.Now, ready: n.ready.isReady})
 
 	ctl := func() controlSender {
-		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, &n.stats, log, &n.limit)
+		return newControlSender(cfg.Transport, cfg.Node, cfg.Epoch, cfg.Keys != nil, &n.stats, log, &n.limit)
 	}
 	random := cfg.Rand
 	if random == nil {
@@ -240,9 +247,9 @@ func NewNode(cfg Config) (*Node, error) {
 	n.client = resyncClient{time: cfg.Time, rand: random, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock,
 		relay: &n.relay, ctl: ctl(), gate: &n.gate, ready: &n.ready, stats: &n.stats, log: log, limit: &n.limit, node: cfg.Node}
 	n.server = snapshotServer{time: cfg.Time, table: cfg.Table, know: n.know, clock: clock, tr: cfg.Transport, node: cfg.Node,
-		epoch: cfg.Epoch, own: resend,
+		epoch: cfg.Epoch, sealed: cfg.Keys != nil, own: resend,
 		stats: &n.stats, log: log, answer: n.answer, transfers: make(map[uint32]*transfer),
-		started: make(map[uint32]time.Time), stop: make(chan struct{}), mu: &n.mu}
+		started: make(map[uint32]time.Time), stop: make(chan struct{})}
 	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
 	n.digestEvery = cfg.DigestInterval
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
@@ -255,10 +262,7 @@ func NewNode(cfg Config) (*Node, error) {
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		group: cfg.Group, listed: cfg.Peers != nil, rng: mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(seed[:]), binary.BigEndian.Uint64(seed[8:]))),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
-		stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
-	if sealed != nil {
-		n.dispatch.sources = sealed
-	}
+		greet: &n.sender.greet, stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if cfg.Peers != nil && cfg.Keys == nil {
 		n.dispatch.allow.set(cfg.Peers)
 	}
@@ -317,8 +321,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.restore()
 	n.mu.Lock()
 	n.ready.started = n.time.Now()
-	n.server.spawn = true
 	n.mu.Unlock()
+	n.server.spawnEach()
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
@@ -425,7 +429,7 @@ func (n *Node) Deliver(pkts []transport.Packet) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for i := range pkts {
-		n.dispatch.handle(pkts[i].From, pkts[i].Data, pkts[i].Unicast, now)
+		n.dispatch.handle(&pkts[i], now)
 	}
 	n.apply.flush()
 }
@@ -503,11 +507,10 @@ type readiness struct {
 	started time.Time     // the node started
 	wait    time.Duration // how long to listen for peers before deciding alone
 	done    chan struct{} // closed once ready
-	flag    interface {   // Stats.Ready, read by the sender for its announces
-		Load() bool
-		Swap(bool) bool
-	}
-	log *slog.Logger
+	// flag is set once ready; the sender reads it for its announces
+	// without the receive lock.
+	flag atomic.Bool
+	log  *slog.Logger
 }
 
 func (r *readiness) isReady() bool { return r.flag.Load() }

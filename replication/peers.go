@@ -20,7 +20,8 @@ const (
 	peerSilence    = 10
 	minPeerSilence = 10 * time.Second
 	// trustAfter is how many announce intervals a peer must have been
-	// heard for before it is chosen as a resync source.
+	// heard for before it is chosen as a resync source, unless its
+	// address echoed a cookie before (see [peerTable.established]).
 	trustAfter = 2
 	// syncSourceBackoff is how long a peer that did not answer a resync
 	// request is passed over as a resync source.
@@ -53,6 +54,9 @@ type peer struct {
 	cookieAt time.Time
 	withheld bool
 	ready    bool // its announces say it completed its initial sync
+	// boundReady: this node was ready when it first heard this run of
+	// the peer's (see [dispatcher.announce]).
+	boundReady bool
 	// needSync is set when its changes were lost beyond repair: a full
 	// resync from it is due.
 	needSync bool
@@ -160,10 +164,20 @@ func (t *peerTable) silent(now time.Time, out []*peer) []*peer {
 }
 
 // established reports whether p may be asked for a resync: heard for a
-// while, at an address that settled, and not passed over.
+// while or at an address that proved it receives what is sent there, at
+// an address that settled, and not passed over. Either shows that p lives
+// at its address: a single forged or replayed datagram, or a node that
+// died after it sent it, never answers. The cookie's round trip shows it
+// in a millisecond where hearing p for a while takes two announce
+// intervals, which a joining node would wait before it asked for its
+// initial sync.
 func (t *peerTable) established(p *peer, now time.Time) bool {
-	return now.Sub(p.firstHeard) >= t.trust && t.settled(p, now) && !now.Before(p.passOver)
+	return (now.Sub(p.firstHeard) >= t.trust || p.addrProven()) && t.settled(p, now) && !now.Before(p.passOver)
 }
+
+// addrProven reports whether p's address proved that it receives what is
+// sent to it (see [answerGate]).
+func (p *peer) addrProven() bool { return p.proven.IsValid() && p.proven == p.addr }
 
 // trusted reports whether p may serve this node its initial sync:
 // established, announced, and announcing itself ready.
@@ -212,6 +226,11 @@ type PeerStatus struct {
 	// MissingSince is when the oldest datagram still missing went
 	// missing; zero when nothing is.
 	MissingSince time.Time
+	// ResyncOwed says that this node gave up on some of the peer's
+	// datagrams, or was told its snapshot lacked them, and no full resync
+	// from it has brought them yet: it is behind the peer, whatever Lag
+	// says (the given-up claims are forgotten).
+	ResyncOwed bool
 	// Mismatches says, per map whose name it shares with a local map but
 	// whose schema or fields differ, how: "flows: the peer treats ...".
 	// Their changes to those maps are dropped.
@@ -228,7 +247,7 @@ func (t *peerTable) status() []PeerStatus {
 		out = append(out, PeerStatus{Node: p.node, Addr: p.addr, Epoch: p.epoch, Ready: p.ready,
 			Seq: p.stream.latest, Applied: p.stream.next - 1, LastHeard: p.lastHeard,
 			Datagrams: p.datagrams, Gaps: p.stream.gaps, Resyncs: p.resyncs, MissingSince: p.stream.since,
-			Mismatches: p.mismatches()})
+			ResyncOwed: p.needSync || p.stream.lostFrom != 0, Mismatches: p.mismatches()})
 	}
 	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Node, b.Node) })
 	return out

@@ -18,7 +18,7 @@ import (
 // Keys and values are copied into one reusable arena and found through an
 // open-addressing index, so coalescing neither allocates nor hashes
 // strings through a Go map. Entries are encoded only when the datagram is
-// sealed; size tracks exactly what [wire.ChangeWriter] will write for them.
+// closed; size tracks exactly what [wire.ChangeWriter] will write for them.
 type pending struct {
 	entries []entry
 	arena   []byte

@@ -35,6 +35,11 @@ type receiverFixture struct {
 	logs   *logBuffer
 	fpFlow uint32
 	fpNAT  uint32
+	// replyTo and replyToSince, when set, are what the sealing transport
+	// found on opening each datagram the fixture hands over: where its
+	// run's freshest came from, and since when.
+	replyTo      netip.AddrPort
+	replyToSince time.Time
 }
 
 func newReceiverFixture(t testing.TB, peers ...netip.Addr) *receiverFixture {
@@ -65,8 +70,14 @@ func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
 // them since the last one, as real peers would have by then.
 func (f *receiverFixture) handleAt(now time.Time, from netip.AddrPort, d []byte) {
 	f.echoCookies(now)
-	f.n.dispatch.handle(from, d, true, now)
+	f.dispatch(from, d, true, now)
 	f.n.apply.flush()
+}
+
+// dispatch hands d to the dispatcher alone, with what the sealing
+// transport found on opening it.
+func (f *receiverFixture) dispatch(from netip.AddrPort, d []byte, unicast bool, now time.Time) {
+	f.n.dispatch.handle(&transport.Packet{Data: d, From: from, Unicast: unicast, ReplyTo: f.replyTo, ReplyToSince: f.replyToSince}, now)
 }
 
 // echoCookies has the peer at each address the node sent a cookie echo it.
@@ -82,7 +93,7 @@ func (f *receiverFixture) echoCookies(now time.Time) {
 				e := c.Header(wire.KindCookieEcho, p.node, p.epoch)
 				e.Sealed = f.n.dispatch.keyed // as the sealing transport leaves it
 				d, _ := e.AppendTo(nil)
-				f.n.dispatch.handle(u.to, d, true, now)
+				f.dispatch(u.to, d, true, now)
 			}
 		}
 	}
@@ -161,22 +172,22 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 func TestApplyRunsSpanDatagrams(t *testing.T) {
 	f := newReceiverFixture(t)
 	now := time.Now()
-	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 1, "key1", "1"), true, now)
-	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 2, "key2", "2"), true, now)
+	f.dispatch(peerA, f.peerDatagram(t, 1, 1, "key1", "1"), true, now)
+	f.dispatch(peerA, f.peerDatagram(t, 1, 2, "key2", "2"), true, now)
 	var b changesBuilder
 	b.start()
 	b.add(t, f.fpFlow, ops.Update, "key3", "       3")
 	b.add(t, f.fpFlow, ops.Delete, "key1", "")
-	f.n.dispatch.handle(peerA, b.finish(peerNode, 1, 3), true, now)
+	f.dispatch(peerA, b.finish(peerNode, 1, 3), true, now)
 	if len(f.flows.calls) != 0 {
 		t.Fatalf("batches applied in the middle of a receive batch: %q, want none yet", f.flows.calls)
 	}
 	// The sync request reads what was applied: the pending runs go first.
-	f.n.dispatch.handle(peerA, syncRequest(peerNode, 1, 9), true, now)
+	f.dispatch(peerA, syncRequest(peerNode, 1, 9), true, now)
 	if len(f.flows.calls) != 2 {
 		t.Fatalf("batches when the sync request was handled: %q, want the update run and the delete run", f.flows.calls)
 	}
-	f.n.dispatch.handle(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), true, now)
+	f.dispatch(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), true, now)
 	f.n.apply.flush()
 
 	want := []call{
@@ -451,10 +462,11 @@ func TestReceiverAllocs(t *testing.T) {
 	d := benchDatagram(t, tab.byID(10).fp)
 	seq := uint64(1)
 	now := time.Now()
+	pkt := transport.Packet{Data: d, From: peerA, Unicast: true}
 	step := func() {
 		setSeq(d, seq)
 		seq++
-		n.dispatch.handle(peerA, d, true, now)
+		n.dispatch.handle(&pkt, now)
 		n.apply.flush()
 	}
 	step() // the first datagram creates the peer
@@ -503,12 +515,13 @@ func BenchmarkDecodeApply(b *testing.B) {
 	_ = h.Unmarshal(d)
 	now := time.Now()
 	seq := uint64(1)
+	pkt := transport.Packet{Data: d, From: peerA, Unicast: true}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(d)))
 	for b.Loop() {
 		setSeq(d, seq)
 		seq++
-		n.dispatch.handle(peerA, d, true, now)
+		n.dispatch.handle(&pkt, now)
 		n.apply.flush()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(uint64(b.N)*uint64(h.Count)), "ns/change")

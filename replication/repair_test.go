@@ -425,3 +425,25 @@ func TestGoneKeepsHeld(t *testing.T) {
 		t.Errorf("sync start %+v, want OK: only the requester's own changes were given up", st)
 	}
 }
+
+// Missing datagrams given up with nothing held behind them leave a full
+// resync owed, and the claim that showed them missing forgotten, so the
+// peer's lag reads 0: the status must still say the node is behind it
+// until the resync has run. It did not, and `udpmapsync status` said "in
+// sync" for as long as the resync could not run (a partition: simulated
+// seed 121), so a failover manager could pick a node that had lost the
+// peer's changes.
+func TestGivenUpGapLeavesResyncOwed(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.handleAt(t0, peerA, announce(t, peerNode, 1, 3)) // 2 and 3 missing, nothing held
+	f.n.dispatch.tick(t0.Add(repairTimeout+time.Millisecond), nil)
+	if f.stats.ResyncNeeded.Load() != 1 {
+		t.Fatalf("resync_needed %d, want the gap given up", f.stats.ResyncNeeded.Load())
+	}
+	p := f.n.Peers()
+	if len(p) != 1 || !p[0].ResyncOwed {
+		t.Fatalf("after the gap was given up: %+v; want a resync from node %d owed", p, peerNode)
+	}
+}

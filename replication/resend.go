@@ -18,9 +18,9 @@ const DefaultResendBytes = 16 << 20
 // bytes, not the index, bound what a buffer holds.
 const minResendRecord = wire.HeaderSize + wire.SectionHeaderSize + 2
 
-// resendBuffer keeps the latest sealed change datagrams of this node, byte for
+// resendBuffer keeps the latest closed change datagrams of this node, byte for
 // byte, so that a peer that missed some can get them again. The [sender]
-// adds every datagram it seals; the [repairResponder] answers repair
+// adds every datagram it closes; the [repairResponder] answers repair
 // requests from it. Datagrams are copied into one preallocated arena, oldest evicted
 // first, so adding allocates nothing.
 //

@@ -143,7 +143,7 @@ func (r *repairResponder) queue(p *peer, to netip.AddrPort, seq uint64, now time
 	r.buf = buf
 	var h wire.Header
 	if h.Unmarshal(d) != nil {
-		return notHeld // cannot happen: this node sealed it
+		return notHeld // cannot happen: this node built it
 	}
 	h.Flags |= wire.FlagRetransmit
 	if _, err := h.AppendTo(d[:0]); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -195,6 +196,9 @@ func (c *resyncClient) tick(now time.Time) {
 		c.begin(p, now)
 		return
 	}
+	if !c.ready.isReady() {
+		c.prove(now)
+	}
 	if !c.ready.isReady() && c.ready.waited(now) {
 		switch {
 		case len(c.peers.byNode) == 0:
@@ -204,6 +208,18 @@ func (c *resyncClient) tick(now time.Time) {
 			// serves the initial sync once it is.
 		case c.node < c.peers.lowest():
 			c.ready.become("no ready peer heard; the lowest node id seeds the others", len(c.peers.byNode))
+		}
+	}
+}
+
+// prove sends a cookie to every ready peer that is not established yet
+// for want of being heard long enough: once its address echoes it, the
+// peer serves this node its initial sync at once instead of after two
+// announce intervals (see [peerTable.established]).
+func (c *resyncClient) prove(now time.Time) {
+	for _, p := range c.peers.inOrder() {
+		if p.announced && p.ready && !p.addrProven() && c.peers.settled(p, now) {
+			c.gate.challenge(p, now)
 		}
 	}
 }
@@ -331,7 +347,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.empty = c.empty[:0]
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
-		c.empty = append(c.empty, ebpf.MapType(m.Desc.Type) != ebpf.Array && isEmpty(m.Target))
+		c.empty = append(c.empty, !loader.ArrayType(ebpf.MapType(m.Desc.Type)) && isEmpty(m.Target))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
 		if !c.filtered {
@@ -552,11 +568,15 @@ func isEmpty(t Target) bool {
 var errStopDump = errors.New("stop")
 
 // pushNewer sends back the entries of m that p carried in an older
-// version than this node's, as noted while the snapshot arrived.
+// version than this node's, as noted while the snapshot arrived. An
+// entry's value goes at its current version: after a capture loss, one
+// recorded before it is stamped anew, since the map may hold a lost
+// write of this node's over another's value (see [knowledge.Held.Current]).
 func (c *resyncClient) pushNewer(m *localMap) int {
 	k, keys, pushed := c.know, c.apply.newerHere[m.index], 0
 	c.apply.newerHere[m.index] = keys[:0]
 	val := make([]byte, m.valueSize)
+	now := c.time.Now()
 	h := k.Lock()
 	defer h.Unlock()
 	for o := 0; o < len(keys); o += m.keySize {
@@ -571,13 +591,32 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 			continue
 		}
 		// Read under the lock, so the value is at least as new as the
-		// version; a failed or empty read leaves it to the next write.
-		if found, err := m.Target.Lookup(key, val); err == nil && found {
-			c.relay.add(m.index, ops.Update, e.Version(), key, val)
+		// version; a failed read leaves it to the next write, and so does
+		// an empty one (a delete the capture has yet to deliver), unless
+		// changes were lost since the version: then the delete may be
+		// among them, and is sent as a new one.
+		found, err := m.Target.Lookup(key, val)
+		switch {
+		case err != nil:
+		case found:
+			c.relay.add(m.index, ops.Update, h.Current(m.index, key, now), key, val)
+			pushed++
+		case digested(m) && e.Version().Stamp < h.SuspectBefore():
+			c.deletedUnseen(h, m, e, key, now)
 			pushed++
 		}
 	}
 	return pushed
+}
+
+// deletedUnseen records and sends a delete of key, which the knowledge
+// holds (in e) and the map of m no longer does, as a new write of this
+// node's: no capture saw the delete, or the capture lost it. Never for
+// a map that evicts (see [digested]), where keys vanish unseen by design.
+func (c *resyncClient) deletedUnseen(h knowledge.Held, m *localMap, e *knowledge.Entry, key []byte, now time.Time) {
+	w := knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
+	h.Set(e, m.index, key, w, true, true, now) // read from the map: see knowledge.Held.Set
+	c.relay.add(m.index, ops.Delete, w, key, nil)
 }
 
 // deleteAs applies the deletes of keys of m that p made before its

@@ -34,6 +34,9 @@ type memNet struct {
 	nodes map[netip.AddrPort]*memTransport
 	drop  func(d []byte) bool
 	opts  map[uint32]mapopt.Options // per node, the options of its map; none if absent
+	// cpus makes a node's map a per-CPU hash of that many possible CPUs,
+	// 8 bytes a slot; absent: a hash of 8-byte values.
+	cpus map[uint32]uint32
 }
 
 type memTransport struct {
@@ -145,11 +148,18 @@ func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string)
 // startMemNodeWith starts a node that seals with keys, if not nil.
 func startMemNodeWith(t *testing.T, n *memNet, node uint32, state map[string]string, keys *seal.Keys) *memNode {
 	t.Helper()
-	m := &memNode{flows: newFakeTarget(4, 8), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
+	valueSize, cpus := uint32(8), n.cpus[node]
+	if cpus > 0 {
+		valueSize = 8 * cpus
+	}
+	m := &memNode{flows: newFakeTarget(4, int(valueSize)), src: &overflowSource{chanSource: chanSource{ch: make(chan loader.Change, 1<<14)}},
 		stats: new(Stats), logs: new(logBuffer), flowID: 10}
 	maps.Copy(m.flows.state, state)
-	flows := testMap("flows", m.flowID, 4, 8, m.flows)
+	flows := testMap("flows", m.flowID, 4, valueSize, m.flows)
 	flows.Options = n.opts[node]
+	if cpus > 0 {
+		flows.Desc.Type, flows.CPUs = uint32(ebpf.PerCPUHash), cpus
+	}
 	tab := mustTable(t, testPayload, flows)
 	tr := n.attach(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(node)}), 3870))
 	m.n = newTestNode(t, Config{Node: node, Epoch: uint64(node) * 1000, Table: tab, Source: m.src, Transport: tr,
@@ -247,8 +257,8 @@ func TestResyncLateJoiner(t *testing.T) {
 	n.drop = func(d []byte) bool { return d[3] == byte(wire.KindSnapshot) && rand.IntN(5) == 0 }
 	a := startMemNode(t, &n, 1, entries(3000, 'a', 1))
 	a.waitReady(t)
-	if s := a.stats.Snapshot(); !s.Ready || s.ResyncsReceived != 0 {
-		t.Fatalf("a lone node: ready %v after %d resyncs; want ready without one", s.Ready, s.ResyncsReceived)
+	if s := a.stats.Snapshot(); s.ResyncsReceived != 0 {
+		t.Fatalf("a lone node: ready after %d resyncs; want ready without one", s.ResyncsReceived)
 	}
 	stale := entries(500, 'a', 0)          // old values of keys a holds
 	maps.Copy(stale, entries(200, 'z', 0)) // keys only b holds
@@ -408,5 +418,29 @@ func TestInitialSyncStartsLateHeardPeerAtOne(t *testing.T) {
 	f.handle(peerB, announce(t, 9, 1, 4))
 	if next := f.n.peers.byNode[9].stream.next; next != 1 {
 		t.Fatalf("a peer heard first while the initial sync was asked for starts at %d, want 1", next)
+	}
+}
+
+// A ready node that first hears a run of a peer's that is ready already
+// (both became ready apart, as across a partition, or the peer restarted
+// and decided alone) merges with it by a full resync: the peer's stream
+// from 1 carries only what it wrote in this run, not what its maps held
+// before, which may be newer than what this node holds. Without it, a
+// node that crashed and became ready alone kept, and took from the peer's
+// old datagrams, older values than the peer's (LRU maps, which no digest
+// round heals: simulated seeds 387 and 1824). A peer first heard while
+// it waits for its initial sync, which merges it, is not resynced from.
+func TestReadyPeerHeardReadyIsMerged(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	t0 := time.Now()
+	f.handleAt(t0, peerA, readyAnnounce(t, peerNode, 1, 3))
+	f.handleAt(t0, peerB, announce(t, 9, 1, 0))
+	f.handleAt(t0.Add(time.Second), peerB, readyAnnounce(t, 9, 1, 0))
+	if p := f.n.peers.byNode[peerNode]; !p.needSync {
+		t.Errorf("a peer ready when first heard by a ready node: no full resync from it owed")
+	}
+	if p := f.n.peers.byNode[9]; p.needSync {
+		t.Errorf("a peer first heard in its initial sync: a full resync from it owed once it is ready")
 	}
 }

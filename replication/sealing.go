@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -10,6 +11,11 @@ import (
 	"github.com/udpmapsync/udpmapsync/transport"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
+
+// errNotMarkedSealed refuses to seal a datagram whose header does not say
+// it is sealed: its receivers would take the seal for body. Every writer
+// of a header sets [wire.Header.Sealed] when the node has keys.
+var errNotMarkedSealed = errors.New("seal a datagram whose header is not marked sealed")
 
 // maxRuns bounds the replay windows kept, one per (node, epoch) heard
 // with a datagram that opened: only nodes holding the key can add one.
@@ -81,28 +87,23 @@ func (t *sealedTransport) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 	return t.inner.SendTo(addr, out)
 }
 
-// seal copies each datagram into bufs, marks its header sealed and seals
-// it. The callers' datagrams stay plain: the resend buffer keeps them so,
+// seal copies each datagram into bufs and seals the copy in place; the
+// protocol wrote its header already marked sealed ([wire.Header.Sealed]).
+// The callers' datagrams stay plain: the resend buffer keeps them so,
 // and a resend is sealed again under a new counter.
 func (t *sealedTransport) seal(dgrams [][]byte, bufs, out *[][]byte) ([][]byte, error) {
 	*out = (*out)[:0]
 	for i, d := range dgrams {
+		if !wire.MarkedSealed(d) {
+			return nil, errNotMarkedSealed
+		}
 		if i == len(*bufs) {
 			*bufs = append(*bufs, nil)
 		}
 		if cap((*bufs)[i]) < len(d)+wire.SealSize {
 			(*bufs)[i] = make([]byte, 0, len(d)+wire.SealSize)
 		}
-		b := append((*bufs)[i][:0], d...)
-		var h wire.Header
-		if err := h.Unmarshal(b); err != nil {
-			return nil, err // cannot happen: the protocol built it
-		}
-		h.Sealed = true
-		if _, err := h.AppendTo(b[:0]); err != nil {
-			return nil, err
-		}
-		b, err := t.sealer.Seal(b, wire.HeaderSize)
+		b, err := t.sealer.Seal(append((*bufs)[i][:0], d...), wire.HeaderSize)
 		if err != nil {
 			return nil, err
 		}
@@ -122,8 +123,12 @@ func (t *sealedTransport) Receive() ([]transport.Packet, error) {
 		}
 		t.in = t.in[:0]
 		for _, p := range pkts {
-			if d, ok := t.open(p.From, p.Data); ok {
-				t.in = append(t.in, transport.Packet{Data: d, From: p.From, Unicast: p.Unicast})
+			if d, run, ok := t.open(p.From, p.Data); ok {
+				p.Data = d
+				if run != nil {
+					p.ReplyTo, p.ReplyToSince = run.from, run.moved
+				}
+				t.in = append(t.in, p)
 			}
 		}
 		if len(t.in) > 0 {
@@ -133,25 +138,33 @@ func (t *sealedTransport) Receive() ([]transport.Packet, error) {
 }
 
 // open authenticates and decrypts d, and checks its counter against the
-// run's replay window.
-func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, bool) {
+// run's replay window. It returns the run d opened in, whose from, once
+// d is taken into account, is where d's sender is answered: authentic
+// datagrams may arrive from anywhere (anyone can resend a recorded one
+// once to a node that has not seen it yet, as after a restart), but only
+// the node itself sends the ones that carry its newest counters. Until
+// its own arrive, a replay can hold the place, which is why the
+// dispatcher waits for the address to settle before it sends anything
+// there. A datagram whose header does not parse is passed on, without a
+// run, for the dispatcher to count.
+func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, *runState, bool) {
 	h := &t.header
 	if h.Unmarshal(d) != nil {
-		return d, true // the dispatcher counts what is malformed
+		return d, nil, true
 	}
 	if !h.Sealed {
 		t.drop(&t.stats.Unauthenticated, from, "datagram not sealed, but this node has a key: the sender lacks --key-file")
-		return nil, false
+		return nil, nil, false
 	}
 	plain, counter, err := t.opener.Open(d, wire.HeaderSize, h.Node, h.Epoch)
 	if err != nil {
 		t.drop(&t.stats.Unauthenticated, from, "datagram does not open with this node's keys: a wrong key, or forged")
-		return nil, false
+		return nil, nil, false
 	}
 	run := t.run(runID{h.Node, h.Epoch})
 	if !run.window.Accept(counter) {
 		t.stats.Replayed.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	if counter > run.top {
 		if run.from != from {
@@ -159,22 +172,7 @@ func (t *sealedTransport) open(from netip.AddrPort, d []byte) ([]byte, bool) {
 		}
 		run.top, run.from = counter, from
 	}
-	return plain, true
-}
-
-// source returns where the freshest datagram of a run came from, the
-// address to answer it at, and since when. Authentic datagrams may arrive
-// from anywhere (anyone can resend a recorded one once to a node that has
-// not seen it yet, as after a restart), but only the node itself sends
-// the ones that carry its newest counters; until its own arrive, a
-// replay can hold the place, which is why the caller waits for the
-// address to settle before it sends anything there.
-func (t *sealedTransport) source(node uint32, epoch uint64) (netip.AddrPort, time.Time, bool) {
-	run := t.runs[runID{node, epoch}]
-	if run == nil {
-		return netip.AddrPort{}, time.Time{}, false
-	}
-	return run.from, run.moved, true
+	return plain, run, true
 }
 
 // run returns the state of run r, adding one (and forgetting the oldest

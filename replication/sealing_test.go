@@ -7,6 +7,7 @@ package replication
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -98,6 +99,11 @@ func TestSealedReplication(t *testing.T) {
 	if a.stats.Unauthenticated.Load() == 0 || other.stats.Unauthenticated.Load() == 0 {
 		t.Errorf("unauthenticated a %d, other %d: the wrong key's datagrams were not counted",
 			a.stats.Unauthenticated.Load(), other.stats.Unauthenticated.Load())
+	}
+	for _, n := range []*memNode{a, b, other} {
+		if e := n.stats.SendErrors.Load(); e != 0 {
+			t.Errorf("%d sends failed: a datagram's header was not marked sealed", e)
+		}
 	}
 	if p := other.n.Peers(); len(p) != 0 {
 		t.Errorf("the node with the wrong key knows peers %+v", p)
@@ -211,17 +217,6 @@ func TestSealedReplaysDoNotRedirect(t *testing.T) {
 	}
 }
 
-// fixedSource is a sealing transport's view of where every run's freshest
-// datagram came from, as a test sets it.
-type fixedSource struct {
-	addr  netip.AddrPort
-	moved time.Time
-}
-
-func (s fixedSource) source(uint32, uint64) (netip.AddrPort, time.Time, bool) {
-	return s.addr, s.moved, true
-}
-
 // With a key, a ready node that hears a peer for the first time asks it
 // for what it missed only once the peer's address has settled, not at the
 // first datagram, which may be a replay from anywhere. (The dispatcher is
@@ -231,7 +226,7 @@ func TestKeyedRequestWaitsForTheAddressToSettle(t *testing.T) {
 	f := newReceiverFixture(t)
 	f.n.ready.become("test", 0)
 	t0 := time.Now()
-	f.n.dispatch.keyed, f.n.dispatch.sources = true, fixedSource{addr: peerA, moved: t0}
+	f.n.dispatch.keyed, f.replyTo, f.replyToSince = true, peerA, t0
 	d := f.peerDatagram(t, 1, 50, "key1", "50")
 	d[5] = wire.SealSize
 	f.handleAt(t0, peerA, d)
@@ -242,5 +237,56 @@ func TestKeyedRequestWaitsForTheAddressToSettle(t *testing.T) {
 	f.echoCookies(t0.Add(DefaultAnnounceInterval + maxRetry)) // the request waits for the cookie's echo
 	if got := f.nacks(t, wire.KindNack); len(got) != 1 || got[0][0] != (wire.Range{First: 1, Last: 49}) {
 		t.Errorf("requests %v once the address settled, want [1,49]", got)
+	}
+}
+
+// Each datagram that opens carries where its sender is answered: where
+// the freshest datagram of its run came from, whatever address it came
+// from itself, and since when that has been so.
+func TestSealedReplyTo(t *testing.T) {
+	keys := testKeys(t, 1)
+	wireOut, wireIn := newFakeTransport(), newFakeTransport()
+	sender := newSealedTransport(wireOut, keys, peerNode, 1, new(Stats), newLogger(new(logBuffer)))
+	receiver := newSealedTransport(wireIn, keys, ourNode, ourEpoch, new(Stats), newLogger(new(logBuffer)))
+	if err := sender.Send([][]byte{announce(t, peerNode, 1, 1)}); !errors.Is(err, errNotMarkedSealed) {
+		t.Fatalf("sealing a datagram whose header is not marked sealed: %v, want %v", err, errNotMarkedSealed)
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		d := announce(t, peerNode, 1, seq)
+		d[5] = wire.SealSize // as the protocol writes it with a key
+		if err := sender.Send([][]byte{d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sealed [][]byte
+	for _, batch := range wireOut.sent() {
+		sealed = append(sealed, batch...)
+	}
+	if len(sealed) != 3 {
+		t.Fatalf("%d datagrams sealed, want 3", len(sealed))
+	}
+	replayer := netip.MustParseAddrPort("10.9.9.9:3870")
+	var since time.Time
+	for i, step := range []struct {
+		d        []byte
+		from, to netip.AddrPort
+		moved    bool
+	}{
+		{sealed[1], peerA, peerA, true},     // the freshest so far
+		{sealed[0], replayer, peerA, false}, // older: a replay, or late, from elsewhere
+		{sealed[2], peerB, peerB, true},     // the freshest, from where the peer moved
+	} {
+		before := time.Now()
+		wireIn.in <- transport.Packet{Data: bytes.Clone(step.d), From: step.from}
+		got, err := receiver.Receive()
+		if err != nil || len(got) != 1 {
+			t.Fatalf("datagram %d: %d received, %v", i, len(got), err)
+		}
+		p := got[0]
+		if p.From != step.from || p.ReplyTo != step.to || step.moved == (p.ReplyToSince == since) || p.ReplyToSince.Before(before) && step.moved {
+			t.Errorf("datagram %d from %v: reply to %v since %v, want %v, moved %v (was since %v)",
+				i, step.from, p.ReplyTo, p.ReplyToSince, step.to, step.moved, since)
+		}
+		since = p.ReplyToSince
 	}
 }

@@ -25,7 +25,7 @@ const (
 )
 
 const (
-	// sendBatch is how many sealed datagrams go to the transport in one
+	// sendBatch is how many closed datagrams go to the transport in one
 	// batched write.
 	sendBatch = 64
 	// clockEvery is how many changes the sender reads between two clock
@@ -59,13 +59,14 @@ type senderConfig struct {
 	Table     *Table
 	Node      uint32 // this node's id, in every header
 	Epoch     uint64 // this run's boot epoch, in every header
+	Sealed    bool   // every header says its datagram is sealed: the node has keys
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
 	FlushInterval time.Duration
 	// AnnounceInterval is the period of announce datagrams (default
 	// [DefaultAnnounceInterval]).
 	AnnounceInterval time.Duration
-	// Resend, when set, keeps every sealed datagram so that the receiver
+	// Resend, when set, keeps every closed datagram so that the receiver
 	// can answer repair requests for it.
 	Resend *resendBuffer
 	// Ready reports whether this node completed its initial sync, which
@@ -122,12 +123,12 @@ type sender struct {
 	polling      bool
 	reads        int
 
-	header wire.Header // Node and Epoch set; Seq of the last sealed datagram
+	header wire.Header // Node and Epoch set; Seq of the last closed datagram
 	pend   pending
 	since  time.Time // arrival of the oldest pending change
 	w      wire.ChangeWriter
 	bufs   [sendBatch][]byte
-	queued [][]byte // sealed datagrams, slices of bufs
+	queued [][]byte // closed datagrams, slices of bufs
 
 	announces      [][]byte // descriptors prebuilt after a header-sized gap
 	announceCounts []uint16 // descriptors in each announce
@@ -176,7 +177,7 @@ func newSender(cfg senderConfig) *sender {
 		flushInterval: cmp.Or(cfg.FlushInterval, DefaultFlushInterval),
 		announceEvery: cmp.Or(cfg.AnnounceInterval, DefaultAnnounceInterval),
 		activeWindow:  loader.PollWindow,
-		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch},
+		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch, Sealed: cfg.Sealed},
 		pend:          newPending(cfg.Table, cfg.Node),
 		queued:        make([][]byte, 0, sendBatch),
 	}
@@ -349,7 +350,7 @@ func idleDeadline(nextAnnounce, now time.Time) time.Time {
 	return nextAnnounce
 }
 
-// add coalesces one change into the datagram being built, sealing that
+// add coalesces one change into the datagram being built, closing that
 // datagram first when the change would not fit.
 func (s *sender) add(ch *loader.Change, now time.Time) {
 	s.captured++
@@ -428,7 +429,7 @@ func (s *sender) stillHolds(m *localMap, op ops.Op, key, value []byte) bool {
 }
 
 // queue coalesces one versioned change into the datagram being built,
-// sealing that datagram first when the change would not fit. Of two
+// closing that datagram first when the change would not fit. Of two
 // changes of one key the newer version stays.
 func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value []byte, now time.Time) {
 	p := &s.pend
@@ -440,7 +441,7 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 	}
 	grow := p.growth(e, m, op, v)
 	if p.size+grow > s.payload {
-		s.seal()
+		s.closeDatagram()
 		e, slot = p.find(m, key, h)
 		grow = p.growth(e, m, op, v)
 	}
@@ -456,16 +457,46 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 	p.insert(slot, m, op, v, key, value)
 }
 
-// takeRelayed queues the entries the receive side passes on.
+// takeRelayed queues the entries the receive side passes on, once the
+// source has drained. Their values were read from the maps with the
+// versions known then; a capture loss found only now may have left a
+// lost local write under one of those versions. So the source is checked
+// for a loss first, and an update whose version the loss makes suspect
+// goes as a new write of this node's, as a snapshot would send it.
 func (s *sender) takeRelayed() {
 	if s.relay == nil || s.relay.waiting.Load() == 0 {
 		return
 	}
 	now := s.time.Now()
+	s.checkOverflows(now)
+	if s.lossPending {
+		s.lostChanges(now)
+	}
+	h := s.know.Lock()
+	suspect := h.SuspectBefore()
+	h.Unlock()
 	n := s.relay.drain(func(m int, op ops.Op, v knowledge.Version, key, value []byte) {
+		if op == ops.Update && v.Stamp < suspect {
+			var ok bool
+			if v, ok = s.restampRelayed(m, v, key, now); !ok {
+				return
+			}
+		}
 		s.queue(&s.table.maps[m], op, v, key, value, now)
 	})
 	s.relayed += uint64(n)
+}
+
+// restampRelayed stamps anew a relayed update of key in map index m
+// whose version v a capture loss made suspect, if v is still the version
+// known of it; if not, a later write superseded it, and goes on its own.
+func (s *sender) restampRelayed(m int, v knowledge.Version, key []byte, now time.Time) (knowledge.Version, bool) {
+	h := s.know.Lock()
+	defer h.Unlock()
+	if e := h.Lookup(m, key); e == nil || e.Deleted() || e.Version() != v {
+		return v, false
+	}
+	return h.Current(m, key, now), true
 }
 
 // badChange drops a change the source should never have produced.
@@ -477,9 +508,9 @@ func (s *sender) badChange(ch *loader.Change, why string) {
 	}
 }
 
-// seal encodes the pending changes into the next free buffer as one
-// datagram with the next sequence number, and sends the queue if full.
-func (s *sender) seal() {
+// closeDatagram encodes the pending changes into the next free buffer as
+// one datagram with the next sequence number, and sends the queue if full.
+func (s *sender) closeDatagram() {
 	if s.pend.empty() {
 		return
 	}
@@ -497,13 +528,13 @@ func (s *sender) seal() {
 	}
 }
 
-// flush seals and sends everything held.
+// flush closes and sends everything held.
 func (s *sender) flush() {
-	s.seal()
+	s.closeDatagram()
 	s.send()
 }
 
-// send hands the sealed datagrams to the transport in one batch and
+// send hands the closed datagrams to the transport in one batch and
 // publishes the counters.
 func (s *sender) send() {
 	if len(s.queued) > 0 {

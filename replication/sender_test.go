@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
@@ -150,7 +152,7 @@ func TestBadChangesDropped(t *testing.T) {
 
 func key(i int) string { return string(binary.BigEndian.AppendUint32(nil, uint32(i))) }
 
-func TestSealWhenFull(t *testing.T) {
+func TestCloseWhenFull(t *testing.T) {
 	const valueSize = 100
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
 	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
@@ -192,9 +194,9 @@ func TestSealWhenFull(t *testing.T) {
 }
 
 // A delete that coalesced into a full datagram cannot grow back into an
-// update there: the datagram is sealed with the delete and the update
+// update there: the datagram is closed with the delete and the update
 // follows in the next one, so the peer sees both in order.
-func TestSealWhenCoalescedChangeGrows(t *testing.T) {
+func TestCloseWhenCoalescedChangeGrows(t *testing.T) {
 	const valueSize = 100
 	tab := mustTable(t, testPayload, testMap("flows", 1, 4, valueSize, nil))
 	perDatagram := (testPayload - wire.HeaderSize - wire.SectionHeaderSize) / (1 + 4 + valueSize)
@@ -571,4 +573,62 @@ func TestSenderAnnouncesLastAtStop(t *testing.T) {
 	if err := h.Unmarshal(last[len(last)-1]); err != nil || h.Kind != wire.KindAnnounce || h.Seq != 1 {
 		t.Fatalf("last datagram %+v (%v), want an announce of datagram 1", h, err)
 	}
+}
+
+// An entry a resync sends back was read from the map with the version
+// known of it. If the capture lost changes before that read and the
+// sender finds the loss only after, the map may have held a lost local
+// write over another node's version. So the sender looks for a loss
+// before it takes relayed entries, and sends those recorded before the
+// loss stamped anew as this node's writes. Taken first, the local value
+// went out as node 5's write (simulated overflows, seed 4224).
+func TestRelayedAfterLossRestamped(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	src := &scriptSource{}
+	tr := newFakeTransport()
+	relay := new(relayQueue)
+	s, _ := newTestSender(t, tab, src, tr, senderConfig{Relay: relay})
+	now := time.Now()
+	s.checkOverflows(now)
+	theirs := knowledge.Version{Stamp: s.clock.At(now), Origin: 5}
+	h := s.know.Lock()
+	h.Set(h.Put(0, []byte("key1")), 0, []byte("key1"), theirs, false, true, now)
+	h.Unlock()
+	relay.add(0, ops.Update, theirs, []byte("key1"), []byte("lostmine"))
+	src.overflows = 3 // lost before the read above, found after it
+	if _, err := s.took(os.ErrDeadlineExceeded); err != nil {
+		t.Fatal(err)
+	}
+	var got []knowledge.Version
+	for _, batch := range tr.sent() {
+		for _, d := range batch {
+			got = append(got, sentVersions(t, tab, d, "key1")...)
+		}
+	}
+	if len(got) != 1 || got[0].Origin != 7 || !got[0].Newer(theirs) {
+		t.Fatalf("key1 sent at %+v after a loss; want once, as a new write of node 7 newer than node 5's %+v", got, theirs)
+	}
+}
+
+// sentVersions is the versions of key's records in d, if it is a change
+// datagram.
+func sentVersions(t testing.TB, tab *Table, d []byte, key string) []knowledge.Version {
+	t.Helper()
+	var h wire.Header
+	if err := h.Unmarshal(d); err != nil || h.Kind != wire.KindChanges {
+		return nil
+	}
+	var vs []knowledge.Version
+	var secs wire.Sections
+	secs.Reset(d[wire.HeaderSize:], h.Count)
+	for sec, err := secs.Next(); err == nil; sec, err = secs.Next() {
+		var recs wire.Records
+		recs.Reset(sec, tab.maps[0].keySize, tab.maps[0].valueSize, secs.Base(), h.Node)
+		for r, err := recs.Next(); err == nil; r, err = recs.Next() {
+			if string(r.Key) == key {
+				vs = append(vs, knowledge.Version{Stamp: hlc.Stamp(r.Stamp), Origin: r.Origin})
+			}
+		}
+	}
+	return vs
 }

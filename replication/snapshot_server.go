@@ -54,7 +54,7 @@ var (
 	errTransferSilent  = errors.New("the requester stopped acknowledging")
 )
 
-// ownStream is this node's own sealed change datagrams: a snapshot is as
+// ownStream is this node's own closed change datagrams: a snapshot is as
 // of the latest one. [*resendBuffer] implements it.
 type ownStream interface {
 	held() (first, last uint64, ok bool)
@@ -66,6 +66,10 @@ type ownStream interface {
 // drives them all. It answers only known peers at their bound address (the
 // dispatcher sees to that), at most one new transfer per peer per
 // transferEvery, and refuses while this node is not itself in sync.
+//
+// Its lock guards the transfers: the dispatcher calls it with the receive
+// lock held (the peers it is given are guarded by that one), a transfer's
+// goroutine without; it never takes the receive lock itself.
 type snapshotServer struct {
 	time  Time
 	table *Table
@@ -74,18 +78,21 @@ type snapshotServer struct {
 	tr    Transport
 	node  uint32
 	epoch uint64
-	own   ownStream
-	stats *Stats
-	log   *slog.Logger
+	// sealed: every header says its datagram is sealed.
+	sealed bool
+	own    ownStream
+	stats  *Stats
+	log    *slog.Logger
 	// answer is the status of this node's answer to p's request (see
 	// [Node.answer]).
 	answer func(p *peer) uint8
 
+	wg   sync.WaitGroup // the transfers' goroutines
+	stop chan struct{}  // closed at shutdown
+
+	mu        sync.Mutex           // guards everything below
 	transfers map[uint32]*transfer // by requester node
 	started   map[uint32]time.Time // when each requester's last transfer started
-	wg        sync.WaitGroup       // the transfers' goroutines
-	stop      chan struct{}        // closed at shutdown
-	mu        *sync.Mutex          // the receive lock, held by every method but serve
 	// spawn: each transfer gets a goroutine of its own ([Node.Run]);
 	// otherwise step drives them.
 	spawn bool
@@ -118,6 +125,8 @@ type syncAck struct {
 // where the snapshot stands, after which a transfer streams it. A
 // repeated request (its answer was lost) gets the same answer again.
 func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFilter, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	id, _ := wire.SplitSyncSeq(h.Seq)
 	if t := s.transfers[p.node]; t != nil && t.id == id {
 		s.send(p, t.start, now)
@@ -131,7 +140,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 	case s.transfers[p.node] == nil && len(s.transfers) >= maxTransfers:
 		st.Status = wire.SyncBusy
 	default:
-		// Every change after the latest sealed datagram is in a later
+		// Every change after the latest closed datagram is in a later
 		// one, so the requester continues our stream after it.
 		if _, last, ok := s.own.held(); ok {
 			st.AsOf = last
@@ -143,7 +152,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 		}
 		st.Stamp = uint64(s.clock.Now())
 	}
-	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq}
+	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq, Sealed: s.sealed}
 	b, err := answer.AppendTo(make([]byte, 0, wire.HeaderSize+wire.SyncStartSize))
 	if err == nil {
 		b, err = st.AppendTo(b)
@@ -179,7 +188,7 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 func (s *snapshotServer) stopTransfer(t *transfer) {
 	close(t.stop)
 	if !s.spawn {
-		t.stream.close()
+		t.stream.endReads()
 	}
 }
 
@@ -205,6 +214,8 @@ func (s *snapshotServer) acked(p *peer, h *wire.Header, body []byte) error {
 	} else if len(body) > 0 {
 		return wire.ErrBadLength
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	t := s.transfers[p.node]
 	if t == nil || t.id != id {
 		return nil
@@ -218,6 +229,8 @@ func (s *snapshotServer) acked(p *peer, h *wire.Header, body []byte) error {
 
 // forget stops the transfer to p, which restarted or went silent.
 func (s *snapshotServer) forget(p *peer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if t := s.transfers[p.node]; t != nil {
 		s.stopTransfer(t)
 		delete(s.transfers, p.node)
@@ -225,14 +238,22 @@ func (s *snapshotServer) forget(p *peer) {
 	delete(s.started, p.node)
 }
 
-// shutdown stops every transfer and waits for their goroutines; call it
-// without the receive lock.
+// spawnEach gives each transfer a goroutine of its own from now on.
+func (s *snapshotServer) spawnEach() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.spawn = true
+}
+
+// shutdown stops every transfer and waits for their goroutines.
 func (s *snapshotServer) shutdown() {
 	close(s.stop)
 	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.spawn {
 		for _, t := range s.transfers {
-			t.stream.close()
+			t.stream.endReads()
 		}
 	}
 }
@@ -251,6 +272,8 @@ func (s *snapshotServer) serve(t *transfer) {
 // order of the requesters' node ids, and returns when it wants to be
 // stepped again: the zero time if no transfer waits for anything.
 func (s *snapshotServer) step(now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var wake time.Time
 	for _, node := range slices.Sorted(maps.Keys(s.transfers)) {
 		t := s.transfers[node]
@@ -267,9 +290,9 @@ func (s *snapshotServer) step(now time.Time) time.Time {
 }
 
 // ended forgets transfer t, which completed or failed, and tells of it.
-// Call it with the receive lock held.
+// Call it with s.mu held.
 func (s *snapshotServer) ended(t *transfer, err error) {
-	t.stream.close()
+	t.stream.endReads()
 	if s.transfers[t.node] == t {
 		delete(s.transfers, t.node)
 	}
@@ -285,7 +308,7 @@ func (s *snapshotServer) ended(t *transfer, err error) {
 		return
 	}
 	s.stats.ResyncsSent.Add(1)
-	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.sealed,
+	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.closed,
 		"resent", st.resent, "took", took)
 }
 
@@ -302,9 +325,9 @@ type snapshotStream struct {
 	slots   [transferWindow][]byte // each of the payload size
 	lens    [transferWindow]int    // of the datagram in each slot
 	sentAt  [transferWindow]time.Time
-	end     []byte // the end datagram, once every record is sealed
+	end     []byte // the end datagram, once every record is in a closed one
 	done    bool   // the requester acknowledged the end
-	sealed  uint32 // datagrams sealed and sent
+	closed  uint32 // datagrams closed and sent
 	acked   uint32 // every datagram up to acked was received
 	cwnd    uint32 // datagrams that may be in flight
 	rto     time.Duration
@@ -356,7 +379,7 @@ func (b *recordBatch) at(i int) (key, val []byte, v knowledge.Version) {
 func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	st := &snapshotStream{s: s, t: t, heard: s.time.Now(), cwnd: initialWindow, rto: transferRTO,
 		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
-		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch}, know: s.know}
+		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch, Sealed: s.sealed}, know: s.know}
 	for i := range st.slots {
 		st.slots[i] = make([]byte, s.table.payload)
 	}
@@ -364,13 +387,13 @@ func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	return st
 }
 
-// close ends the reading of the maps, if it has not ended.
-func (st *snapshotStream) close() { st.stop() }
+// endReads ends the reading of the maps, if it has not ended.
+func (st *snapshotStream) endReads() { st.stop() }
 
 // run drives the stream in real time until the requester has everything,
 // the transfer is stopped, or the requester went silent.
 func (st *snapshotStream) run() error {
-	defer st.close()
+	defer st.endReads()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -502,7 +525,7 @@ func (st *snapshotStream) fill(now time.Time) error {
 			continue
 		}
 		if !st.open {
-			next := st.sealed + 1
+			next := st.closed + 1
 			if next-st.acked > st.cwnd {
 				return nil // the window is full
 			}
@@ -514,7 +537,7 @@ func (st *snapshotStream) fill(now time.Time) error {
 		key, val, v := st.cur.at(st.pos)
 		// NewTable checked that one record fits an empty datagram.
 		if !st.w.Append(st.cur.m.fp, st.cur.op, uint64(v.Stamp), v.Origin, key, val) {
-			st.seal(now)
+			st.closeDatagram(now)
 			continue
 		}
 		st.entries++
@@ -523,16 +546,16 @@ func (st *snapshotStream) fill(now time.Time) error {
 	return nil
 }
 
-// finish seals the last datagram, once every record is in, and queues
+// finish closes the last datagram, once every record is in, and queues
 // the end.
 func (st *snapshotStream) finish(now time.Time) error {
 	if st.readErr != nil {
 		return st.readErr
 	}
 	if st.open && st.w.Count() > 0 {
-		st.seal(now)
+		st.closeDatagram(now)
 	}
-	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.sealed)}
+	end := wire.Header{Kind: wire.KindSyncEnd, Node: st.s.node, Epoch: st.s.epoch, Seq: wire.SyncSeq(st.t.id, st.closed), Sealed: st.s.sealed}
 	var err error
 	if st.end, err = end.AppendTo(nil); err != nil {
 		return fmt.Errorf("encode sync end: %w", err)
@@ -541,13 +564,13 @@ func (st *snapshotStream) finish(now time.Time) error {
 	return nil
 }
 
-// seal numbers the datagram being built and queues it.
-func (st *snapshotStream) seal(now time.Time) {
-	st.sealed++
+// closeDatagram numbers the datagram being built and queues it.
+func (st *snapshotStream) closeDatagram(now time.Time) {
+	st.closed++
 	st.open = false
-	st.header.Seq = wire.SyncSeq(st.t.id, st.sealed)
+	st.header.Seq = wire.SyncSeq(st.t.id, st.closed)
 	d := st.w.Finish(st.header)
-	i := st.sealed % transferWindow
+	i := st.closed % transferWindow
 	st.lens[i] = len(d)
 	st.sentAt[i] = now
 	st.send(d)
@@ -598,13 +621,13 @@ func (st *snapshotStream) resend(k uint32, now time.Time, rto time.Duration) {
 func (st *snapshotStream) take(a syncAck, now time.Time) {
 	st.heard = now
 	st.rto = transferRTO
-	if cum := min(a.cum, st.sealed); cum > st.acked {
+	if cum := min(a.cum, st.closed); cum > st.acked {
 		st.cwnd = min(transferWindow, st.cwnd+cum-st.acked)
 		st.acked = cum
 	}
-	st.done = st.end != nil && a.cum > st.sealed // the end counts as one more
+	st.done = st.end != nil && a.cum > st.closed // the end counts as one more
 	for _, rg := range a.missing.Ranges[:a.missing.N] {
-		lo, hi := max(rg.First, uint64(st.acked)+1), min(rg.Last, uint64(st.sealed))
+		lo, hi := max(rg.First, uint64(st.acked)+1), min(rg.Last, uint64(st.closed))
 		for k := lo; k <= hi; k++ {
 			st.resend(uint32(k), now, transferRTO/4)
 		}
@@ -614,7 +637,7 @@ func (st *snapshotStream) take(a syncAck, now time.Time) {
 // timeout resends the oldest unacknowledged datagram, and the end, and
 // backs off: a requester that does not acknowledge gets less and less.
 func (st *snapshotStream) timeout(now time.Time) {
-	if st.acked < st.sealed {
+	if st.acked < st.closed {
 		st.resend(st.acked+1, now, st.rto)
 	} else if st.end != nil {
 		st.send(st.end)

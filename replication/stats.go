@@ -1,86 +1,100 @@
 package replication
 
 import (
+	"fmt"
 	"log/slog"
+	"reflect"
+	"strings"
 	"sync/atomic"
 	"time"
 )
 
-// Stats counts what the sender and receiver did and everything they
-// dropped. The fields are updated concurrently; read them with
-// [Stats.Snapshot].
-type Stats struct {
+// Counts holds one T for each counter of the node: [Stats] an
+// [atomic.Uint64] each, [StatsSnapshot] their values at one moment. The
+// fields are the one table of the counters: each field's tags say how
+// the stats log line and `udpmapsync status` name it (name), what it
+// counts (help), and how Prometheus exports it (metric, with a label to
+// make it one series of a family, kind "gauge" for a level rather than a
+// total; no metric: not exported). [Counters] reads them. Adding a
+// counter is adding a field.
+type Counts[T any] struct {
 	// Sender.
-	Captured        atomic.Uint64 // changes read from the source
-	Coalesced       atomic.Uint64 // changes merged into a pending change of the same key
-	DatagramsSent   atomic.Uint64 // change datagrams handed to the transport
-	BytesSent       atomic.Uint64 // bytes of those datagrams
-	ChangesSent     atomic.Uint64 // change records in those datagrams
-	BadChanges      atomic.Uint64 // captured changes of an unknown map, op or size, dropped
-	SendErrors      atomic.Uint64 // transport sends that failed (their datagrams are lost)
-	DatagramsResent atomic.Uint64 // change datagrams resent in answer to peers' repair requests
-	RingOverflows   atomic.Uint64 // changes the kernel could not queue; set by the owner of the capture
-	Superseded      atomic.Uint64 // captured changes a later write had overwritten by the time they were read, dropped
-	RaceChecks      atomic.Uint64 // captured changes that crossed an apply of their key, checked against the map
-	Relayed         atomic.Uint64 // entries sent on with the version they had: what a merge found a peer lacking
-	Restamped       atomic.Uint64 // entries read after a capture overflow and stamped anew, since a lost write may hold them
-	Scans           atomic.Uint64 // scans of a map for in-place changes completed
-	ScanFound       atomic.Uint64 // entries a scan found changed and sent as writes of this node
-	ScanVanished    atomic.Uint64 // keys a scan found gone without a delete the capture saw (evictions)
-	ScanPrints      atomic.Uint64 // keys whose value fingerprint the scans keep (a gauge)
+	Captured        T `name:"captured" metric:"changes_captured_total" help:"Changes to the local maps read from the capture ring buffer."`
+	Coalesced       T `name:"coalesced" metric:"changes_coalesced_total" help:"Captured changes merged into a pending change of the same key before sending: captured = sent + coalesced."`
+	DatagramsSent   T `name:"datagrams_sent" metric:"datagrams_sent_total" help:"Change datagrams sent to the group (or the --peers)."`
+	BytesSent       T `name:"bytes_sent" metric:"bytes_sent_total" help:"Bytes of the change datagrams sent."`
+	ChangesSent     T `name:"changes_sent" metric:"changes_sent_total" help:"Change records sent to the peers."`
+	BadChanges      T `name:"bad_changes" help:"Captured changes of an unknown map, op or size, dropped."`
+	SendErrors      T `name:"send_errors" metric:"send_errors_total" help:"Sends that failed; their datagrams are lost until a repair or resync."`
+	DatagramsResent T `name:"datagrams_resent" metric:"datagrams_resent_total" help:"Change datagrams resent to peers that asked for them again: to the group once for all that asked there, or to one peer."`
+	RingOverflows   T `name:"ring_overflows" metric:"ringbuf_overflows_total" help:"Changes the kernel could not queue in the capture ring buffer; the peers resync from this node."`
+	Superseded      T `name:"superseded" metric:"changes_superseded_total" help:"Local changes a later write had overwritten by the time the capture delivered them, dropped: a local write and a peer's write of one key crossed, and the peer's came last."`
+	RaceChecks      T `name:"race_checks" metric:"race_checks_total" help:"Local changes of a key a peer's change was applied to meanwhile, read back from the map to order them."`
+	Relayed         T `name:"relayed" metric:"changes_relayed_total" help:"Entries sent on with the version they had: what a resync found the peer lacking, or what a restart found written while no daemon ran."`
+	Restamped       T `name:"restamped" metric:"entries_restamped_total" help:"Entries read after a capture overflow (by a snapshot or at a stop) and stamped anew, since a lost write may hold them."`
+	Scans           T `name:"scans" metric:"scans_total" help:"Scans of a map for in-place changes (the map's scan option) completed."`
+	ScanFound       T `name:"scan_found" metric:"scan_found_total" help:"Entries a scan found changed in place, or written where the capture cannot see, and sent as writes of this node."`
+	ScanVanished    T `name:"scan_vanished" metric:"scan_vanished_total" help:"Keys a scan found gone without a delete the capture saw (LRU evictions); deleted on the peers only with vanished=delete."`
+	ScanPrints      T `name:"scan_prints" metric:"scan_prints" kind:"gauge" help:"Keys whose value fingerprint the scans keep (about 39 bytes each)."`
 
 	// Receiver.
-	DatagramsReceived atomic.Uint64 // change datagrams and announces accepted from peers; not requests, answers, cookies or snapshot datagrams
-	ChangesApplied    atomic.Uint64 // records written to or deleted from local maps
-	DeletesMissing    atomic.Uint64 // deletes of keys that were not in the local map
-	Stale             atomic.Uint64 // records no newer than what this node knows of their key, skipped
-	FutureStamps      atomic.Uint64 // records stamped more than hlc.MaxSkew ahead of this node's clock, dropped
-	ApplyErrors       atomic.Uint64 // batches the kernel refused
-	UnknownMap        atomic.Uint64 // records for a map fingerprint with no local map
-	MapMismatches     atomic.Uint64 // peers' maps that differ from the local map of their name, in schema or in clock, local or lock fields: each peer, map and difference once
-	Malformed         atomic.Uint64 // datagrams that failed to decode
-	Forged            atomic.Uint64 // datagrams from an unexpected address for their node id
-	OwnDropped        atomic.Uint64 // datagrams carrying this node's id
-	GapsSeen          atomic.Uint64 // change datagrams missing from a peer's sequence
-	NacksSent         atomic.Uint64 // repair requests sent to peers
-	NacksSuppressed   atomic.Uint64 // repair requests not sent: another receiver's request to the group for the same datagrams was heard
-	RangesRequested   atomic.Uint64 // sequence ranges in those requests
-	Repaired          atomic.Uint64 // missing change datagrams filled by a peer's resend
-	Duplicates        atomic.Uint64 // datagrams already applied (or held), or from a peer's previous epoch, dropped
-	Held              atomic.Uint64 // change datagrams held back waiting for a missing one (a gauge)
-	HoldFull          atomic.Uint64 // change datagrams beyond the receive window, dropped to be asked for again
-	ResyncNeeded      atomic.Uint64 // gaps that could not be repaired: a full resync from the peer follows
-	Unsolicited       atomic.Uint64 // requests and answers from a node not known as a peer, dropped
-	PeerLimit         atomic.Uint64 // datagrams from a new node beyond the peer limit, dropped
-	PeersExpired      atomic.Uint64 // peers forgotten after a silence
-	AnswersLimited    atomic.Uint64 // answers to a peer held back by its answer budget
-	Unauthenticated   atomic.Uint64 // datagrams that did not open with this node's keys, or were sealed or not when they should not be
-	Replayed          atomic.Uint64 // sealed datagrams whose counter was seen before, or is older than the replay window
+	DatagramsReceived T `name:"datagrams_received" metric:"datagrams_received_total" help:"Change datagrams and announces accepted from peers."`
+	ChangesApplied    T `name:"changes_applied" metric:"changes_applied_total" help:"Peers' change records written to or deleted from the local maps, full resyncs included; deletes of absent keys are in udpmapsync_deletes_missing_total instead."`
+	DeletesMissing    T `name:"deletes_missing" metric:"deletes_missing_total" help:"Peers' deletes of keys the local map did not hold (normal after a restart)."`
+	Stale             T `name:"stale" metric:"changes_stale_total" help:"Peers' change records no newer than the version this node knows of their key, skipped: normal for records that arrive twice or after a newer write."`
+	FutureStamps      T `name:"future_stamps" metric:"datagrams_dropped_total" label:"reason=future_stamp" help:"Records stamped more than hlc.MaxSkew ahead of this node's clock, dropped."`
+	ApplyErrors       T `name:"apply_errors" metric:"apply_errors_total" help:"Batches of peers' changes the kernel refused to write into a local map."`
+	UnknownMap        T `name:"unknown_map" metric:"datagrams_dropped_total" label:"reason=unknown_map" help:"Records for a map fingerprint with no local map."`
+	MapMismatches     T `name:"map_mismatches" metric:"map_mismatches_total" help:"Peers' maps found to differ from the local map of their name, in schema or in clock, local or lock fields (each peer, map and difference counted once): their changes to that map are dropped, as unknown_map."`
+	Malformed         T `name:"malformed" metric:"datagrams_dropped_total" label:"reason=malformed" help:"Datagrams that failed to decode."`
+	Forged            T `name:"forged" metric:"datagrams_dropped_total" label:"reason=forged" help:"Datagrams from an unexpected address for their node id."`
+	OwnDropped        T `name:"own_dropped" metric:"datagrams_dropped_total" label:"reason=own" help:"Datagrams carrying this node's id."`
+	GapsSeen          T `name:"gaps_seen" metric:"gaps_total" help:"Change datagrams of peers missed in sequence; each is asked for again."`
+	NacksSent         T `name:"nacks_sent" help:"Repair requests sent to peers."`
+	NacksSuppressed   T `name:"nacks_suppressed" help:"Repair requests not sent: another receiver was heard asking the group for the same datagrams."`
+	RangesRequested   T `name:"ranges_requested" help:"Sequence ranges in those requests."`
+	Repaired          T `name:"repaired" metric:"datagrams_repaired_total" help:"Missing peer datagrams filled by a peer's resend."`
+	Duplicates        T `name:"duplicates" metric:"datagrams_dropped_total" label:"reason=duplicate" help:"Datagrams already applied (or held), or from a peer's previous epoch, dropped."`
+	Held              T `name:"held" metric:"datagrams_held" kind:"gauge" help:"Peer datagrams held back behind a missing one."`
+	HoldFull          T `name:"hold_full" metric:"datagrams_dropped_total" label:"reason=hold_full" help:"Change datagrams beyond the receive window, dropped to be asked for again."`
+	ResyncNeeded      T `name:"resync_needed" metric:"resyncs_needed_total" help:"Gaps that could not be repaired by a resend: a full resync from that peer follows."`
+	Unsolicited       T `name:"unsolicited" metric:"datagrams_dropped_total" label:"reason=unsolicited" help:"Requests and answers from a node not known as a peer, dropped."`
+	PeerLimit         T `name:"peer_limit" metric:"datagrams_dropped_total" label:"reason=peer_limit" help:"Datagrams from a new node beyond the peer limit, dropped."`
+	PeersExpired      T `name:"peers_expired" help:"Peers forgotten after a silence."`
+	AnswersLimited    T `name:"answers_limited" help:"Answers to a peer held back by its answer budget."`
+	Unauthenticated   T `name:"unauthenticated" metric:"datagrams_dropped_total" label:"reason=unauthenticated" help:"Datagrams that did not open with this node's keys, or were sealed or not when they should not be."`
+	Replayed          T `name:"replayed" metric:"datagrams_dropped_total" label:"reason=replayed" help:"Sealed datagrams whose counter was seen before, or is older than the replay window."`
 
 	// Return routability.
-	CookiesSent      atomic.Uint64 // cookies sent to peers' addresses not yet proved, instead of an answer or before a request
-	AddressesProven  atomic.Uint64 // peers' addresses proved by the echo of a cookie
-	Withheld         atomic.Uint64 // datagrams not sent to an address not yet proved: it had not sent as much
-	CookiesExpired   atomic.Uint64 // echoes of a cookie older than the previous slot, dropped
-	CookiesForged    atomic.Uint64 // echoes of a cookie this node did not make, dropped
-	CookiesWrongAddr atomic.Uint64 // echoes of a cookie made for another address, dropped
+	CookiesSent      T `name:"cookies_sent" metric:"cookies_sent_total" help:"Cookies sent to peers' addresses that had not yet proved they receive there, instead of an answer or before a request."`
+	AddressesProven  T `name:"addresses_proven" metric:"addresses_proven_total" help:"Peers' addresses proved by the echo of a cookie: from then on they are answered."`
+	Withheld         T `name:"withheld" metric:"withheld_total" help:"Datagrams not sent to an address that had not proved itself, because it had not sent this node as much (its share, for what came to the group)."`
+	CookiesExpired   T `name:"cookies_expired" metric:"datagrams_dropped_total" label:"reason=cookie_expired" help:"Echoes of a cookie older than the previous slot, dropped."`
+	CookiesForged    T `name:"cookies_forged" metric:"datagrams_dropped_total" label:"reason=cookie_forged" help:"Echoes of a cookie this node did not make, dropped."`
+	CookiesWrongAddr T `name:"cookies_wrong_address" metric:"datagrams_dropped_total" label:"reason=cookie_wrong_address" help:"Echoes of a cookie made for another address, dropped."`
 
 	// Full resync.
-	ResyncsSent       atomic.Uint64 // snapshots of the local maps streamed to a peer to the end
-	ResyncsReceived   atomic.Uint64 // snapshots received from a peer to the end and applied
-	SyncDeleted       atomic.Uint64 // local entries a snapshot showed deleted, removed
-	SyncPushed        atomic.Uint64 // entries a merge found the serving peer lacking or holding older, sent back
-	TombstonesDropped atomic.Uint64 // deletes forgotten before the horizon because too many were remembered
-	KnownKeys         atomic.Uint64 // keys whose latest version this node knows, deleted ones included (a gauge)
-	Ready             atomic.Bool   // the initial sync is complete
+	ResyncsSent       T `name:"resyncs_sent" metric:"resyncs_total" label:"direction=sent" help:"Snapshots of the local maps streamed to a peer to the end."`
+	ResyncsReceived   T `name:"resyncs_received" metric:"resyncs_total" label:"direction=received" help:"Snapshots received from a peer to the end and applied."`
+	SyncDeleted       T `name:"sync_deleted" metric:"resync_deleted_total" help:"Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."`
+	SyncPushed        T `name:"sync_pushed" metric:"resync_sent_back_total" help:"Entries and deletes a full resync found the serving peer lacking, or holding older, and sent back to the group."`
+	TombstonesDropped T `name:"tombstones_dropped" metric:"tombstones_dropped_total" help:"Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."`
+	KnownKeys         T `name:"known_keys" metric:"known_keys" kind:"gauge" help:"Keys whose latest version this node knows, remembered deletes included (20 bytes each, in a table at most 80% full)."`
 
 	// Digest rounds.
-	DigestRounds  atomic.Uint64 // rounds this node started with a peer
-	DigestFound   atomic.Uint64 // leaf buckets a round found to differ from the peer's, unwritten lately on both sides
-	DigestBusy    atomic.Uint64 // buckets that differed but were written lately, so may have changes in flight: left to the next round
-	DigestRepairs atomic.Uint64 // filtered resyncs that repaired differing buckets to the end
-	DigestHealed  atomic.Uint64 // entries those repairs changed: applied here, sent back, or stamped anew
-	DigestBytes   atomic.Uint64 // bytes of digest datagrams sent and received
+	DigestRounds  T `name:"digest_rounds" metric:"digest_rounds_total" help:"Digest rounds this node started: a comparison of its maps with one peer's, bucket by bucket."`
+	DigestFound   T `name:"digest_found" metric:"digest_buckets_differing_total" help:"Leaf buckets a digest round found to differ from the peer's while neither side had written there lately: divergences found."`
+	DigestBusy    T `name:"digest_busy" metric:"digest_buckets_busy_total" help:"Buckets that differed but were written lately on either side, so may have had changes in flight: compared again next round."`
+	DigestRepairs T `name:"digest_repairs" metric:"digest_repairs_total" help:"Filtered resyncs that repaired the buckets a digest round found differing."`
+	DigestHealed  T `name:"digest_healed" metric:"digest_healed_total" help:"Entries digest repairs changed: applied here, sent back to the peer, or stamped anew where two nodes held the same version with different contents."`
+	DigestBytes   T `name:"digest_bytes" metric:"digest_bytes_total" help:"Bytes of digest datagrams sent and received (the repairs travel as snapshot datagrams)."`
+}
+
+// Stats counts what the sender and receiver did and everything they
+// dropped. The counters are updated concurrently; read them with
+// [Stats.Snapshot].
+type Stats struct {
+	Counts[atomic.Uint64]
 
 	// ApplySeconds is how long each batch write to a local map took.
 	ApplySeconds Histogram
@@ -117,159 +131,70 @@ func (h *Histogram) Snapshot() (counts [len(HistogramBounds) + 1]uint64, sum flo
 	return counts, time.Duration(h.sumNs.Load()).Seconds()
 }
 
-// StatsSnapshot is a copy of [Stats] at one moment.
-type StatsSnapshot struct {
-	Captured, Coalesced, DatagramsSent, BytesSent, ChangesSent, BadChanges, SendErrors,
-	DatagramsResent, RingOverflows, Superseded, RaceChecks, Relayed, Restamped,
-	Scans, ScanFound, ScanVanished, ScanPrints uint64
-
-	DatagramsReceived, ChangesApplied, DeletesMissing, Stale, FutureStamps, ApplyErrors, UnknownMap, MapMismatches,
-	Malformed, Forged, OwnDropped, GapsSeen, NacksSent, NacksSuppressed, RangesRequested, Repaired,
-	Duplicates, Held, HoldFull, ResyncNeeded, Unsolicited, PeerLimit, PeersExpired, AnswersLimited,
-	Unauthenticated, Replayed uint64
-
-	CookiesSent, AddressesProven, Withheld, CookiesExpired, CookiesForged, CookiesWrongAddr uint64
-
-	ResyncsSent, ResyncsReceived, SyncDeleted, SyncPushed, TombstonesDropped, KnownKeys uint64
-
-	DigestRounds, DigestFound, DigestBusy, DigestRepairs, DigestHealed, DigestBytes uint64
-
-	Ready bool
-}
+// StatsSnapshot is a copy of the counters of [Stats] at one moment.
+type StatsSnapshot Counts[uint64]
 
 // Snapshot copies the counters.
 func (s *Stats) Snapshot() StatsSnapshot {
-	return StatsSnapshot{
-		Captured:          s.Captured.Load(),
-		Coalesced:         s.Coalesced.Load(),
-		DatagramsSent:     s.DatagramsSent.Load(),
-		BytesSent:         s.BytesSent.Load(),
-		ChangesSent:       s.ChangesSent.Load(),
-		BadChanges:        s.BadChanges.Load(),
-		SendErrors:        s.SendErrors.Load(),
-		DatagramsResent:   s.DatagramsResent.Load(),
-		RingOverflows:     s.RingOverflows.Load(),
-		Superseded:        s.Superseded.Load(),
-		RaceChecks:        s.RaceChecks.Load(),
-		Relayed:           s.Relayed.Load(),
-		Restamped:         s.Restamped.Load(),
-		Scans:             s.Scans.Load(),
-		ScanFound:         s.ScanFound.Load(),
-		ScanVanished:      s.ScanVanished.Load(),
-		ScanPrints:        s.ScanPrints.Load(),
-		DatagramsReceived: s.DatagramsReceived.Load(),
-		ChangesApplied:    s.ChangesApplied.Load(),
-		DeletesMissing:    s.DeletesMissing.Load(),
-		Stale:             s.Stale.Load(),
-		FutureStamps:      s.FutureStamps.Load(),
-		ApplyErrors:       s.ApplyErrors.Load(),
-		UnknownMap:        s.UnknownMap.Load(),
-		MapMismatches:     s.MapMismatches.Load(),
-		Malformed:         s.Malformed.Load(),
-		Forged:            s.Forged.Load(),
-		OwnDropped:        s.OwnDropped.Load(),
-		GapsSeen:          s.GapsSeen.Load(),
-		NacksSent:         s.NacksSent.Load(),
-		NacksSuppressed:   s.NacksSuppressed.Load(),
-		RangesRequested:   s.RangesRequested.Load(),
-		Repaired:          s.Repaired.Load(),
-		Duplicates:        s.Duplicates.Load(),
-		Held:              s.Held.Load(),
-		HoldFull:          s.HoldFull.Load(),
-		ResyncNeeded:      s.ResyncNeeded.Load(),
-		Unsolicited:       s.Unsolicited.Load(),
-		PeerLimit:         s.PeerLimit.Load(),
-		PeersExpired:      s.PeersExpired.Load(),
-		AnswersLimited:    s.AnswersLimited.Load(),
-		Unauthenticated:   s.Unauthenticated.Load(),
-		Replayed:          s.Replayed.Load(),
-		CookiesSent:       s.CookiesSent.Load(),
-		AddressesProven:   s.AddressesProven.Load(),
-		Withheld:          s.Withheld.Load(),
-		CookiesExpired:    s.CookiesExpired.Load(),
-		CookiesForged:     s.CookiesForged.Load(),
-		CookiesWrongAddr:  s.CookiesWrongAddr.Load(),
-		ResyncsSent:       s.ResyncsSent.Load(),
-		ResyncsReceived:   s.ResyncsReceived.Load(),
-		SyncDeleted:       s.SyncDeleted.Load(),
-		SyncPushed:        s.SyncPushed.Load(),
-		TombstonesDropped: s.TombstonesDropped.Load(),
-		KnownKeys:         s.KnownKeys.Load(),
-		DigestRounds:      s.DigestRounds.Load(),
-		DigestFound:       s.DigestFound.Load(),
-		DigestBusy:        s.DigestBusy.Load(),
-		DigestRepairs:     s.DigestRepairs.Load(),
-		DigestHealed:      s.DigestHealed.Load(),
-		DigestBytes:       s.DigestBytes.Load(),
-		Ready:             s.Ready.Load(),
+	var out StatsSnapshot
+	from, to := reflect.ValueOf(&s.Counts).Elem(), reflect.ValueOf(&out).Elem()
+	for i := range to.NumField() {
+		to.Field(i).SetUint(from.Field(i).Addr().Interface().(*atomic.Uint64).Load())
 	}
+	return out
 }
 
-// Attrs returns the counters as log attributes named like the metrics
+// Attrs returns the counters as log attributes named as in [Counters]
 // (captured, datagrams_sent, ...), for a one-line summary.
 func (s StatsSnapshot) Attrs() []slog.Attr {
-	return []slog.Attr{
-		slog.Uint64("captured", s.Captured),
-		slog.Uint64("coalesced", s.Coalesced),
-		slog.Uint64("datagrams_sent", s.DatagramsSent),
-		slog.Uint64("bytes_sent", s.BytesSent),
-		slog.Uint64("changes_sent", s.ChangesSent),
-		slog.Uint64("bad_changes", s.BadChanges),
-		slog.Uint64("send_errors", s.SendErrors),
-		slog.Uint64("datagrams_resent", s.DatagramsResent),
-		slog.Uint64("ring_overflows", s.RingOverflows),
-		slog.Uint64("superseded", s.Superseded),
-		slog.Uint64("race_checks", s.RaceChecks),
-		slog.Uint64("relayed", s.Relayed),
-		slog.Uint64("restamped", s.Restamped),
-		slog.Uint64("scans", s.Scans),
-		slog.Uint64("scan_found", s.ScanFound),
-		slog.Uint64("scan_vanished", s.ScanVanished),
-		slog.Uint64("scan_prints", s.ScanPrints),
-		slog.Uint64("datagrams_received", s.DatagramsReceived),
-		slog.Uint64("changes_applied", s.ChangesApplied),
-		slog.Uint64("deletes_missing", s.DeletesMissing),
-		slog.Uint64("stale", s.Stale),
-		slog.Uint64("future_stamps", s.FutureStamps),
-		slog.Uint64("apply_errors", s.ApplyErrors),
-		slog.Uint64("unknown_map", s.UnknownMap),
-		slog.Uint64("map_mismatches", s.MapMismatches),
-		slog.Uint64("malformed", s.Malformed),
-		slog.Uint64("forged", s.Forged),
-		slog.Uint64("own_dropped", s.OwnDropped),
-		slog.Uint64("gaps_seen", s.GapsSeen),
-		slog.Uint64("nacks_sent", s.NacksSent),
-		slog.Uint64("nacks_suppressed", s.NacksSuppressed),
-		slog.Uint64("ranges_requested", s.RangesRequested),
-		slog.Uint64("repaired", s.Repaired),
-		slog.Uint64("duplicates", s.Duplicates),
-		slog.Uint64("held", s.Held),
-		slog.Uint64("hold_full", s.HoldFull),
-		slog.Uint64("resync_needed", s.ResyncNeeded),
-		slog.Uint64("unsolicited", s.Unsolicited),
-		slog.Uint64("peer_limit", s.PeerLimit),
-		slog.Uint64("peers_expired", s.PeersExpired),
-		slog.Uint64("answers_limited", s.AnswersLimited),
-		slog.Uint64("unauthenticated", s.Unauthenticated),
-		slog.Uint64("replayed", s.Replayed),
-		slog.Uint64("cookies_sent", s.CookiesSent),
-		slog.Uint64("addresses_proven", s.AddressesProven),
-		slog.Uint64("withheld", s.Withheld),
-		slog.Uint64("cookies_expired", s.CookiesExpired),
-		slog.Uint64("cookies_forged", s.CookiesForged),
-		slog.Uint64("cookies_wrong_address", s.CookiesWrongAddr),
-		slog.Uint64("resyncs_sent", s.ResyncsSent),
-		slog.Uint64("resyncs_received", s.ResyncsReceived),
-		slog.Uint64("sync_deleted", s.SyncDeleted),
-		slog.Uint64("sync_pushed", s.SyncPushed),
-		slog.Uint64("tombstones_dropped", s.TombstonesDropped),
-		slog.Uint64("known_keys", s.KnownKeys),
-		slog.Uint64("digest_rounds", s.DigestRounds),
-		slog.Uint64("digest_found", s.DigestFound),
-		slog.Uint64("digest_busy", s.DigestBusy),
-		slog.Uint64("digest_repairs", s.DigestRepairs),
-		slog.Uint64("digest_healed", s.DigestHealed),
-		slog.Uint64("digest_bytes", s.DigestBytes),
-		slog.Bool("ready", s.Ready),
+	attrs := make([]slog.Attr, len(Counters))
+	for i := range Counters {
+		attrs[i] = slog.Uint64(Counters[i].Name, Counters[i].Of(&s))
 	}
+	return attrs
+}
+
+// Counter describes one counter: one field of [Counts], from its tags.
+type Counter struct {
+	// Name names it in the stats log line and in the totals of
+	// `udpmapsync status`: captured, datagrams_sent, ...
+	Name string
+	// Help says what it counts: the metric's help, unless Label makes
+	// it one series of a family, whose help the metrics package holds.
+	Help string
+	// Metric is its Prometheus name without the namespace; "" if it is
+	// not exported.
+	Metric string
+	// LabelName and LabelValue, when set, make it the series of Metric
+	// with that label: datagrams_dropped_total{reason="malformed"}.
+	LabelName, LabelValue string
+	// Gauge: it is a level that goes up and down, not a total.
+	Gauge bool
+
+	field int // in Counts
+}
+
+// Of reads the counter in s.
+func (c *Counter) Of(s *StatsSnapshot) uint64 { return reflect.ValueOf(s).Elem().Field(c.field).Uint() }
+
+// Counters describes every counter, in the order of the fields of
+// [Counts], which is the order of the stats log line.
+var Counters = counters()
+
+func counters() []Counter {
+	t := reflect.TypeFor[Counts[uint64]]()
+	out := make([]Counter, t.NumField())
+	for i := range out {
+		f := t.Field(i)
+		c := Counter{Name: f.Tag.Get("name"), Help: f.Tag.Get("help"), Metric: f.Tag.Get("metric"),
+			Gauge: f.Tag.Get("kind") == "gauge", field: i}
+		if label := f.Tag.Get("label"); label != "" {
+			c.LabelName, c.LabelValue, _ = strings.Cut(label, "=")
+		}
+		if c.Name == "" || c.Help == "" || (c.LabelName != "") != (c.LabelValue != "") {
+			panic(fmt.Sprintf("replication: counter %s lacks a name or help, or has a bad label %q", f.Name, f.Tag.Get("label")))
+		}
+		out[i] = c
+	}
+	return out
 }

@@ -1,6 +1,8 @@
 package replication
 
 import (
+	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,6 +73,46 @@ func TestReadyPeerNotYetTrustedIsWaitedFor(t *testing.T) {
 	}
 }
 
+// A starting node asks a ready peer heard a moment ago for its initial
+// sync as soon as the peer's address echoed a cookie: the round trip
+// shows the peer lives there, as hearing it for two announce intervals
+// would, in a fraction of the time. Without the echo it waits.
+func TestReadyPeerProvenByCookieServesAtOnce(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.dispatch(peerA, readyAnnounce(t, peerNode, 1, 0), true, t0)
+	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
+	if f.n.client.phase != syncIdle {
+		t.Fatal("a resync was asked of a peer heard a moment ago whose address proved nothing")
+	}
+	if f.stats.CookiesSent.Load() != 1 {
+		t.Fatalf("%d cookies sent to the ready peer heard a moment ago, want 1", f.stats.CookiesSent.Load())
+	}
+	f.echoCookies(t0.Add(2 * time.Millisecond))
+	f.n.dispatch.tick(t0.Add(3*time.Millisecond), nil)
+	if f.n.client.phase != syncRequested {
+		t.Errorf("phase %d once the peer's address echoed the cookie, want a resync requested", f.n.client.phase)
+	}
+}
+
+// A ready node that hears a new node announces itself again at once, so
+// that the starting node has the credit to prove its address without
+// waiting an announce interval; a node waiting for its own initial sync
+// does not.
+func TestNewPeerGreeted(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	if f.n.sender.greet.Load() {
+		t.Error("a node not ready itself greeted a new peer")
+	}
+	f = newReceiverFixture(t)
+	f.n.ready.become("test", 0)
+	f.handle(peerA, announce(t, peerNode, 1, 0))
+	if !f.n.sender.greet.Load() {
+		t.Error("a ready node did not greet a new peer")
+	}
+}
+
 // A ready node that hears a node for the first time, or again after it
 // forgot it, asks for everything of the node's run from 1: nothing else
 // would bring what the node sent while it was not heard.
@@ -87,5 +129,40 @@ func TestNewPeerOfReadyNodeRepairedFromOne(t *testing.T) {
 	}
 	if f.value("key1") != "" {
 		t.Error("datagram 500 applied before 1 to 499")
+	}
+}
+
+// The table of counters names each counter and each series once, and a
+// snapshot reads every counter into its own row.
+func TestCounters(t *testing.T) {
+	names, series := map[string]bool{}, map[string]bool{}
+	for _, c := range Counters {
+		if names[c.Name] {
+			t.Errorf("two counters named %s", c.Name)
+		}
+		names[c.Name] = true
+		if s := c.Metric + "{" + c.LabelName + "=" + c.LabelValue + "}"; c.Metric != "" && series[s] {
+			t.Errorf("two counters exported as %s", s)
+		} else {
+			series[s] = true
+		}
+	}
+	var s Stats
+	fields := reflect.ValueOf(&s.Counts).Elem()
+	for i := range fields.NumField() {
+		fields.Field(i).Addr().Interface().(*atomic.Uint64).Store(uint64(i + 1))
+	}
+	snap := s.Snapshot()
+	attrs := snap.Attrs()
+	if len(attrs) != len(Counters) {
+		t.Fatalf("%d attributes, %d counters", len(attrs), len(Counters))
+	}
+	for i, c := range Counters {
+		if v := c.Of(&snap); v != uint64(i+1) || attrs[i].Key != c.Name || attrs[i].Value.Uint64() != v {
+			t.Errorf("counter %s reads %d (attribute %v), want %d", c.Name, v, attrs[i], i+1)
+		}
+	}
+	if s.Captured.Load() != snap.Captured || snap.Captured != 1 {
+		t.Errorf("captured %d, snapshot %d", s.Captured.Load(), snap.Captured)
 	}
 }

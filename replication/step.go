@@ -32,8 +32,6 @@ func (n *Node) StepSender() (time.Time, error) { return n.sender.step() }
 // sends what the window and the pace allow. It returns when it wants to
 // be stepped again; the zero time if no transfer runs.
 func (n *Node) StepTransfers() time.Time {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	return n.server.step(n.time.Now())
 }
 
@@ -49,9 +47,7 @@ func (n *Node) BeginStop() { n.save = n.beginSave(false) }
 // or not stopped at all, crashed: it leaves no state file.
 func (n *Node) Stop() {
 	n.sender.sendLast()
-	n.mu.Lock()
 	n.server.shutdown()
-	n.mu.Unlock()
 	sv := n.save
 	n.save = nil
 	if sv != nil && !sv.drained(&n.sender.drainedAt) {

@@ -27,21 +27,28 @@ type Map struct {
 	// Options are the map's scanning and fields (package mapopt); the
 	// zero value copies values as they are and never scans.
 	Options mapopt.Options
+	// CPUs is, for a per-CPU map, the possible CPUs of this node: its
+	// values, and Desc.ValueSize, hold a slot for each. Zero otherwise.
+	CPUs uint32
 }
 
-// MapFromLoader describes a map opened by the loader for [NewTable].
+// MapFromLoader describes a map opened by the loader for [NewTable]. A
+// per-CPU map's value travels whole, every CPU's slot: its descriptor's
+// value size is that of the whole ([loader.Map.ValueLen]), so that a peer
+// with another number of possible CPUs announces another schema.
 func MapFromLoader(m *loader.Map) Map {
 	return Map{
 		Desc: wire.Descriptor{
 			Name:       m.Name,
 			Type:       uint32(m.Type),
 			KeySize:    m.KeySize,
-			ValueSize:  m.ValueSize,
+			ValueSize:  m.ValueLen,
 			MaxEntries: m.MaxEntries,
 			Flags:      m.Flags,
 		},
 		ID:     m.ID,
 		Target: m,
+		CPUs:   m.CPUs,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -85,9 +86,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	}
 	switch h.Kind {
 	case wire.KindChanges, wire.KindSnapshot:
-		s.work.learn(s, &h, d[wire.HeaderSize:])
+		s.work.learn(s, to, &h, d[wire.HeaderSize:])
 	case wire.KindAnnounce:
-		if h.Flags&wire.FlagReady != 0 && !from.n.Stats().Ready.Load() {
+		if h.Flags&wire.FlagReady != 0 && !isReady(from.n) {
 			s.fail("node %d announces itself ready before its initial sync", from.id)
 		}
 	case wire.KindSyncStart:
@@ -102,10 +103,12 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			// Sent with the node's receive lock held: its status is read
 			// once the event that sent it is over, at the same time. A
 			// ready requester takes only the server's own changes from it
-			// (see Node.answer): then the server need only be ready. A
-			// partial snapshot may lack only lost changes of peers not
-			// ready.
-			n, to, initial, partial := from.n, to.id, to.n == nil || !to.n.Stats().Ready.Load(), st.Status == wire.SyncPartial
+			// (see Node.answer): then the server need only be ready; so
+			// too if the requester's daemon has ended since it asked
+			// (the answer is then lost: a restarted daemon asks anew,
+			// under its new epoch). A partial snapshot may lack only lost
+			// changes of peers not ready.
+			n, to, initial, partial := from.n, to.id, to.n != nil && !isReady(to.n), st.Status == wire.SyncPartial
 			s.at(s.now, 0, func() {
 				status := n.Status()
 				if !status.Ready || initial && status.Resync != nil {
@@ -123,8 +126,45 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	}
 }
 
-// learn takes the stamped records of a change or snapshot datagram.
-func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
+// checkEvery is how often the invariants of a running daemon's state are
+// checked.
+const checkEvery = 250 * time.Millisecond
+
+// check checks the invariants of the node's running daemon: its memory
+// stays within its bounds, and it reports itself in sync only if it is.
+func (n *simNode) check() {
+	f := n.n.Footprint()
+	if why := f.Exceeded(); why != "" {
+		n.s.fail("node %d: %s", n.id, why)
+	}
+	if f.Keys > n.s.sc.keys {
+		n.s.fail("node %d knows %d keys, of %d written", n.id, f.Keys, n.s.sc.keys)
+	}
+	// In sync as the status command says it (control.Status.InSync):
+	// ready, receiving no resync, lagging behind no peer, owing no resync
+	// from one. Then every change datagram of each peer's current stream
+	// that it received, or that an announce it received claimed, is
+	// applied.
+	st := n.n.Status()
+	if !st.Ready || st.Resync != nil {
+		return
+	}
+	for _, p := range st.Peers {
+		if p.Lag() != 0 || p.ResyncOwed {
+			return
+		}
+	}
+	for _, p := range st.Peers {
+		if seq := n.received[streamKey{n.run, p.Node, p.Epoch}]; seq > p.Applied {
+			n.s.fail("node %d reports itself in sync, but received datagram %d of node %d's epoch %d and applied up to %d",
+				n.id, seq, p.Node, p.Epoch, p.Applied)
+		}
+	}
+}
+
+// learn takes the stamped records of a change or snapshot datagram sent
+// to a node (to), or to the group (nil).
+func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 	w.secs.Reset(body, h.Count)
 	for {
 		sec, err := w.secs.Next()
@@ -145,18 +185,26 @@ func (w *workload) learn(s *Sim, h *wire.Header, body []byte) {
 				s.fail("node %d sent a record it cannot have encoded: %v", h.Node, err)
 				return
 			}
+			s.tracef("  record %s %x %x stamp %v origin %d", rec.Op, rec.Key, rec.Value, hlc.Stamp(rec.Stamp), rec.Origin)
 			if rec.Stamp == 0 {
+				if to != nil && rec.Op == ops.Update {
+					to.holdUnstamped(rec.Key, rec.Value)
+				}
 				continue // unstamped: loses to every stamped write
 			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
 			// lost changes, which stamps anew what its maps hold; or one
 			// whose digest repairs healed a key, which writes the value
-			// it picked as its own. (A snapshot may carry a local write
-			// not yet read from the capture under the version of the
-			// write it replaced: the change follows it.)
-			if h.Kind == wire.KindChanges && rec.Op == ops.Update && rec.Origin <= uint32(len(s.nodes)) &&
-				!s.nodes[rec.Origin-1].lostCaptures && !s.nodes[rec.Origin-1].healed() {
+			// it picked as its own; or one that held the value unstamped
+			// (its daemon started without a state file with the value in
+			// its map, or a snapshot carried it unstamped), which stamps
+			// it as its own write when a peer lacks it: no node knows
+			// whose it was. (A snapshot may carry a local write not yet
+			// read from the capture under the version of the write it
+			// replaced: the change follows it.)
+			if o := rec.Origin; h.Kind == wire.KindChanges && rec.Op == ops.Update && o <= uint32(len(s.nodes)) &&
+				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
 					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
 					return
@@ -205,8 +253,8 @@ func (s *Sim) settle() {
 }
 
 // converged says why the cluster has not converged yet, nil once it has:
-// every node ready, nothing missing, no resync running, every map the
-// same.
+// every node ready, nothing missing, no resync running or owed, nothing
+// held back or waiting to be sent, every map the same.
 func (s *Sim) converged() error {
 	for _, n := range s.nodes {
 		st := n.n.Status()
@@ -216,12 +264,15 @@ func (s *Sim) converged() error {
 		if st.Resync != nil {
 			return fmt.Errorf("node %d receiving a resync", n.id)
 		}
+		if f := n.n.Footprint(); f.Held > 0 || f.Relayed > 0 {
+			return fmt.Errorf("node %d holds %d datagrams, and %d entries to send", n.id, f.Held, f.Relayed)
+		}
 		if len(st.Peers) != len(s.nodes)-1 {
 			return fmt.Errorf("node %d knows %d peers of %d", n.id, len(st.Peers), len(s.nodes)-1)
 		}
 		for _, p := range st.Peers {
-			if p.Lag() != 0 || !p.MissingSince.IsZero() {
-				return fmt.Errorf("node %d lags %d datagrams behind node %d", n.id, p.Lag(), p.Node)
+			if p.Lag() != 0 || !p.MissingSince.IsZero() || p.ResyncOwed {
+				return fmt.Errorf("node %d lags %d datagrams behind node %d (a resync owed: %v)", n.id, p.Lag(), p.Node, p.ResyncOwed)
 			}
 		}
 	}
@@ -236,13 +287,7 @@ func (s *Sim) converged() error {
 // checkEnd checks the invariants of a converged cluster.
 func (s *Sim) checkEnd() {
 	for _, n := range s.nodes {
-		st := n.n.Stats()
-		if held := st.Held.Load(); held > 0 {
-			s.fail("node %d still holds %d datagrams", n.id, held)
-		}
-		if known := st.KnownKeys.Load(); known > uint64(s.sc.keys) {
-			s.fail("node %d knows %d keys, of %d written", n.id, known, s.sc.keys)
-		}
+		n.check()
 	}
 	if s.sc.crashes() {
 		return // a crashed daemon's last writes are not promised: see the README's guarantees

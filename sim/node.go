@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -60,6 +61,14 @@ type simNode struct {
 	stopping bool // BeginStop was called
 	// lostCaptures: a capture ring of the node's lost changes.
 	lostCaptures bool
+	// received is the highest change datagram of each peer's stream that
+	// the node's daemons received, or that an announce they received
+	// claimed.
+	received map[streamKey]uint64
+	// unstamped holds the keys and values (back to back) the node held
+	// with no version: in its map when a daemon started without a state
+	// file, or from a snapshot that carried them so.
+	unstamped map[string]bool
 	// sendAt and serveAt are when the sender and the transfers are next
 	// stepped; an event for another time is stale.
 	sendAt, serveAt time.Time
@@ -86,6 +95,16 @@ func (n *simNode) start() {
 	}
 	n.run++
 	n.ring = &ring{size: n.s.sc.ringBytes}
+	if n.received == nil {
+		n.received = make(map[streamKey]uint64)
+	}
+	if _, err := os.Stat(n.state); err != nil {
+		for _, m := range n.maps {
+			for k, v := range m.entries {
+				n.holdUnstamped([]byte(k), v)
+			}
+		}
+	}
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
@@ -112,6 +131,28 @@ func (n *simNode) start() {
 	n.wakeSender(n.s.now)
 	n.every(replication.RetryTick, kindTimers, n.n.FireTimers)
 	n.every(digestEvery, kindDigests, n.n.ReadDigests)
+	n.every(checkEvery, kindChecks, n.check)
+}
+
+// streamKey names a peer's stream as one daemon of a node receives it:
+// the daemon's run, the peer, and the peer's epoch.
+type streamKey struct {
+	run   uint64
+	node  uint32
+	epoch uint64
+}
+
+// holdUnstamped records that the node holds key's value unstamped.
+func (n *simNode) holdUnstamped(key, value []byte) {
+	if n.unstamped == nil {
+		n.unstamped = make(map[string]bool)
+	}
+	n.unstamped[string(key)+string(value)] = true
+}
+
+// heldUnstamped reports whether the node ever held key's value unstamped.
+func (n *simNode) heldUnstamped(key, value []byte) bool {
+	return n.unstamped[string(key)+string(value)]
 }
 
 // every runs step every period while this run of the daemon lasts.
@@ -174,6 +215,7 @@ const (
 	kindTimers
 	kindTransfers
 	kindDigests
+	kindChecks
 )
 
 func (n *simNode) key(kind int) uint64 { return uint64(kind)<<40 | uint64(n.id)<<8 }
@@ -240,6 +282,11 @@ func (n *simNode) traceApply(op ops.Op, key, value []byte) {
 func (n *simNode) deliver(from netip.AddrPort, d []byte, unicast bool) {
 	if !n.up() {
 		return
+	}
+	var h wire.Header
+	if h.Unmarshal(d) == nil && (h.Kind == wire.KindChanges || h.Kind == wire.KindAnnounce) {
+		k := streamKey{n.run, h.Node, h.Epoch}
+		n.received[k] = max(n.received[k], h.Seq)
 	}
 	n.n.Deliver([]transport.Packet{{From: from, Data: d, Unicast: unicast}})
 	n.wakeTransfers(n.s.now) // an acknowledgement or a request moves a transfer
@@ -335,3 +382,14 @@ func (e *endpoint) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
 }
 
 func (e *endpoint) Receive() ([]transport.Packet, error) { return nil, errStepped }
+
+// isReady reads whether n completed its initial sync without its receive
+// lock, which is held while a datagram it sends is observed.
+func isReady(n *replication.Node) bool {
+	select {
+	case <-n.Ready():
+		return true
+	default:
+		return false
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/ipv4"
@@ -59,6 +60,14 @@ type Packet struct {
 	// source must share what it may send there with the others; when
 	// the kernel does not say, Unicast is false.
 	Unicast bool
+	// ReplyTo, when valid, is where to answer the datagram's sender
+	// rather than From, and ReplyToSince when it last changed. A layer
+	// that authenticates datagrams sets them (replication's sealing): a
+	// datagram that opened may still be a replay sent from anywhere, but
+	// only its sender sends the ones carrying its newest counters, so
+	// their address is the sender's.
+	ReplyTo      netip.AddrPort
+	ReplyToSince time.Time
 }
 
 // Config says where a [UDP] transport sends and listens.

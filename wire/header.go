@@ -81,6 +81,12 @@ func (h *Header) Unmarshal(b []byte) error {
 	return nil
 }
 
+// MarkedSealed reports whether the header at the start of d says that
+// its datagram is sealed, without reading the rest: a sealing layer
+// checks it before it seals a datagram whose header the protocol wrote
+// with [Header.Sealed] set. It returns false for d shorter than a header.
+func MarkedSealed(d []byte) bool { return len(d) >= HeaderSize && d[offsetSeal] == SealSize }
+
 // CheckSeq returns [ErrBadSeq] for a [KindChanges] header whose Seq is 0
 // or above [MaxSeq], and for a [KindAnnounce] header whose Seq is above
 // MaxSeq (an announce carries 0 while its sender has sent no change

@@ -83,8 +83,8 @@ func TestAdvice(t *testing.T) {
 			"--map name:flows: ambiguous map name: 2 maps are named flows (ids 5, 6); give the map as its pinned path or as id:N (bpftool map show lists the ids)"},
 		{"unsupported map", mapErr("id:5", false, "%w: key size 513 B is over the 512 B limit", loader.ErrUnsupportedMap), loader.ErrUnsupportedMap, "--map",
 			"--map id:5: map cannot be replicated: key size 513 B is over the 512 B limit; " + unsupported + "; leave this --map out"},
-		{"unsupported pinned map", mapErr(pinned, true, "%w: type PerCPUHash is not one of hash, lru_hash and array", loader.ErrUnsupportedMap), loader.ErrUnsupportedMap, "--map",
-			"pinned map /sys/fs/bpf/udpmapsync/flows (no --map given): map cannot be replicated: type PerCPUHash is not one of hash, lru_hash and array; " +
+		{"unsupported pinned map", mapErr(pinned, true, "%w: type DevMap is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie", loader.ErrUnsupportedMap), loader.ErrUnsupportedMap, "--map",
+			"pinned map /sys/fs/bpf/udpmapsync/flows (no --map given): map cannot be replicated: type DevMap is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie; " +
 				unsupported + "; unpin it from /sys/fs/bpf/udpmapsync, or pass --map PATH|name:NAME|id:N for each map to replicate"},
 		{"map given twice", mapErr("id:5", false, "%w: flows (id 5) is also given as /sys/fs/bpf/flows", loader.ErrDuplicateMap), loader.ErrDuplicateMap, "--map",
 			"--map id:5: duplicate map: flows (id 5) is also given as /sys/fs/bpf/flows; give each map once"},

@@ -128,6 +128,14 @@ func mapType(t ebpf.MapType) string {
 		return "lru_hash"
 	case ebpf.Array:
 		return "array"
+	case ebpf.PerCPUHash:
+		return "percpu_hash"
+	case ebpf.LRUCPUHash:
+		return "lru_percpu_hash"
+	case ebpf.PerCPUArray:
+		return "percpu_array"
+	case ebpf.LPMTrie:
+		return "lpm_trie"
 	}
 	return t.String()
 }

@@ -462,8 +462,12 @@ func startCPUProfile(path string) (func(), error) {
 func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 	capture := d.capture
 	for i, m := range d.maps {
-		log.Info("replicating map", "name", m.Name, "type", m.Type, "key_size", m.KeySize,
-			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID, "options", d.options[i].String())
+		args := []any{"name", m.Name, "type", m.Type, "key_size", m.KeySize,
+			"value_size", m.ValueSize, "max_entries", m.MaxEntries, "id", m.ID, "options", d.options[i].String()}
+		if m.CPUs > 0 { // peers need as many
+			args = append(args, "possible_cpus", m.CPUs)
+		}
+		log.Info("replicating map", args...)
 	}
 	log.Info("capture attached", "backend", capture.Backend())
 	if !capture.SeesProgramWrites() {
@@ -486,8 +490,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 // logStats writes the one-line summary, and a line per peer at debug level:
 // the counters the metrics and the status command read.
 func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
-	peers := d.Status().Peers
-	attrs := append(d.Stats().Attrs(), slog.Int("peers", len(peers)))
+	st := d.Status()
+	peers := st.Peers
+	attrs := append(d.Stats().Attrs(), slog.Bool("ready", st.Ready), slog.Int("peers", len(peers)))
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
 	}

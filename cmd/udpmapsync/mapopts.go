@@ -5,8 +5,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 )
@@ -66,8 +64,12 @@ func resolveOptions(maps []*loader.Map, specs []mapopt.Spec, scan time.Duration)
 		if err != nil {
 			return nil, optionAdvice(err)
 		}
-		if o.Vanished == mapopt.Delete && m.Type == ebpf.Array {
+		if o.Vanished == mapopt.Delete && loader.ArrayType(m.Type) {
 			return nil, fmt.Errorf("--map %s: vanished=delete on an array map, whose entries never vanish: leave it out", name)
+		}
+		if m.CPUs > 0 && (len(o.Clocks) > 0 || len(o.Local) > 0 || len(o.Refresh) > 0 || o.Lock != nil) {
+			return nil, fmt.Errorf("--map %s: clock=, local= and refresh= name bytes of a value, and a per-CPU map holds one value per CPU: "+
+				"leave them out for this map (scan= and vanished= work)", name)
 		}
 		if o.Lock != nil {
 			m.UseSpinLock()

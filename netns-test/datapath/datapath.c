@@ -62,6 +62,8 @@ struct args {
 	__u64 timeout_ns; /* for refresh */
 	__u32 timeout_s;
 	__u32 bytes;      /* added per packet */
+	__u32 limit;      /* for limit: the packets a client may send */
+	__u32 repeat;     /* for count: packets per client */
 };
 
 /* For bpf2go's -type: a type only used through casts is not in the BTF. */
@@ -184,6 +186,115 @@ SEC("xdp")
 int bump(struct xdp_md *ctx)
 {
 	return for_each(ctx, bump_one);
+}
+
+/* A rate limiter's counters, per client: what a merge=sum map holds. */
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct counter);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct counter);
+} counters_percpu SEC(".maps");
+
+/* counter_of finds client key's counters in m, creating them at zero. */
+static __always_inline struct counter *counter_of(void *m, __u32 *key)
+{
+	struct counter zero = {};
+	struct counter *c = bpf_map_lookup_elem(m, key);
+
+	if (c)
+		return c;
+	bpf_map_update_elem(m, key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(m, key);
+}
+
+/* for_each_packet runs fn repeat times on each of the packet's keys: a
+ * run of BPF_PROG_TEST_RUN with a repeat count is run again whole when a
+ * signal interrupts it, which would count some packets twice. */
+static __always_inline int for_each_packet(struct xdp_md *ctx, void *fn)
+{
+	struct args *a = get_args(ctx);
+	struct loop l;
+
+	if (!a || a->count == 0)
+		return XDP_ABORTED;
+	l.a = *a;
+	bpf_loop(a->count * a->repeat, fn, &l, 0);
+	return XDP_PASS;
+}
+
+static long count_one(__u32 i, void *data)
+{
+	struct loop *l = data;
+	__u32 key = l->a.first + i % l->a.count;
+	struct counter *c = counter_of(&counters, &key);
+
+	if (c) {
+		__sync_fetch_and_add(&c->packets, 1);
+		__sync_fetch_and_add(&c->bytes, l->a.bytes);
+	}
+	return 0;
+}
+
+/* count counts repeat packets of the given bytes for each of count
+ * clients, in place, as xdp-tools' DNS rate limiter does. */
+SEC("xdp")
+int count(struct xdp_md *ctx)
+{
+	return for_each_packet(ctx, count_one);
+}
+
+static long count_one_percpu(__u32 i, void *data)
+{
+	struct loop *l = data;
+	__u32 key = l->a.first + i % l->a.count;
+	struct counter *c = counter_of(&counters_percpu, &key);
+
+	if (c) {
+		c->packets++; /* this CPU's own slot: no other CPU writes it */
+		c->bytes += l->a.bytes;
+	}
+	return 0;
+}
+
+/* count_percpu is count on the per-CPU map, in this CPU's slot. */
+SEC("xdp")
+int count_percpu(struct xdp_md *ctx)
+{
+	return for_each_packet(ctx, count_one_percpu);
+}
+
+/* limit is a rate limiter for client first: it counts the packet and
+ * passes it while the client's count, the packet included, is at most
+ * limit; otherwise it drops it. */
+SEC("xdp")
+int limit(struct xdp_md *ctx)
+{
+	struct args *a = get_args(ctx);
+	struct counter *c;
+	__u32 key;
+
+	if (!a)
+		return XDP_ABORTED;
+	key = a->first;
+	c = counter_of(&counters, &key);
+	if (!c)
+		return XDP_ABORTED;
+	if (__sync_fetch_and_add(&c->packets, 1) + 1 > a->limit)
+		return XDP_DROP;
+	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

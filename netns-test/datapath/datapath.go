@@ -35,8 +35,17 @@ func (e *LockedEntry) Torn() bool {
 // them.
 type Node struct {
 	Flows, LRUFlows, Locked *ebpf.Map
-	objs                    datapathObjects
+	// Counters and CountersPerCPU are a rate limiter's counters per
+	// client (a hash and a per-CPU hash of 4-byte keys and [Counter]
+	// values), bumped in place by [Node.Count], [Node.CountPerCPU] and
+	// [Node.Limit].
+	Counters, CountersPerCPU *ebpf.Map
+	objs                     datapathObjects
 }
+
+// Counter is the value of the counters maps: a client's packets and
+// bytes.
+type Counter = datapathCounter
 
 // New creates a node's maps and loads its programs.
 func New() (*Node, error) { return load(nil) }
@@ -54,6 +63,7 @@ func load(opts *ebpf.CollectionOptions) (*Node, error) {
 		return nil, fmt.Errorf("load the test datapath: %w", err)
 	}
 	n.Flows, n.LRUFlows, n.Locked = n.objs.Flows, n.objs.LruFlows, n.objs.Locked
+	n.Counters, n.CountersPerCPU = n.objs.Counters, n.objs.CountersPercpu
 	return n, nil
 }
 
@@ -80,19 +90,61 @@ func (n *Node) Bump(first, count uint32) error {
 	return run(n.objs.Bump, datapathArgs{First: first, Count: count})
 }
 
-// run runs prog once on a packet that starts with args.
-func run(prog *ebpf.Program, args datapathArgs) error {
-	var pkt bytes.Buffer
-	if err := binary.Write(&pkt, binary.NativeEndian, args); err != nil {
-		return err
-	}
-	pkt.Write(make([]byte, 64-pkt.Len())) // more than an Ethernet header
-	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt.Bytes()})
+// Count plays repeat packets of bytesPerPacket bytes from each of the
+// clients first..first+count-1 in one run of the program: each packet
+// adds 1 and bytesPerPacket to the client's Counters in place with
+// atomic adds, creating it at zero.
+func (n *Node) Count(first, count, bytesPerPacket, repeat uint32) error {
+	return run(n.objs.Count, datapathArgs{First: first, Count: count, Bytes: bytesPerPacket, Repeat: repeat})
+}
+
+// CountPerCPU is [Node.Count] on CountersPerCPU, in the slot of the CPU
+// the calling thread runs on.
+func (n *Node) CountPerCPU(first, count, bytesPerPacket, repeat uint32) error {
+	return run(n.objs.CountPercpu, datapathArgs{First: first, Count: count, Bytes: bytesPerPacket, Repeat: repeat})
+}
+
+// Limit plays one packet of client through the rate limiter: it counts
+// it in Counters and reports whether it passed, that is whether the
+// client's packets, this one included, are at most limit.
+func (n *Node) Limit(client, limit uint32) (bool, error) {
+	ret, err := runOnce(n.objs.Limit, datapathArgs{First: client, Limit: limit})
 	if err != nil {
-		return fmt.Errorf("run %s: %w", prog, err)
+		return false, err
+	}
+	switch ret {
+	case 2: // XDP_PASS
+		return true, nil
+	case 1: // XDP_DROP
+		return false, nil
+	}
+	return false, fmt.Errorf("run %s: returned %d", n.objs.Limit, ret)
+}
+
+// run runs prog once on a packet that starts with args; it must pass.
+func run(prog *ebpf.Program, args datapathArgs) error {
+	ret, err := runOnce(prog, args)
+	if err != nil {
+		return err
 	}
 	if ret != 2 { // XDP_PASS
 		return fmt.Errorf("run %s: returned %d", prog, ret)
 	}
 	return nil
+}
+
+// runOnce runs prog once on a packet that starts with args (once: a
+// repeat count makes cilium/ebpf run it again whole when a signal
+// interrupts it) and returns what it returned.
+func runOnce(prog *ebpf.Program, args datapathArgs) (uint32, error) {
+	var pkt bytes.Buffer
+	if err := binary.Write(&pkt, binary.NativeEndian, args); err != nil {
+		return 0, err
+	}
+	pkt.Write(make([]byte, 64-pkt.Len())) // more than an Ethernet header
+	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt.Bytes()})
+	if err != nil {
+		return 0, fmt.Errorf("run %s: %w", prog, err)
+	}
+	return ret, nil
 }

@@ -20,6 +20,14 @@ type datapathArgs struct {
 	TimeoutNs uint64
 	TimeoutS  uint32
 	Bytes     uint32
+	Limit     uint32
+	Repeat    uint32
+}
+
+type datapathCounter struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
 }
 
 type datapathCtEntry struct {
@@ -50,13 +58,18 @@ type datapathLockedEntry struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapFlows      = "flows"
-	datapathMapLocked     = "locked"
-	datapathMapLruFlows   = "lru_flows"
-	datapathProgBump      = "bump"
-	datapathProgChurn     = "churn"
-	datapathProgRefresh   = "refresh"
-	datapathVarUnusedArgs = "unused_args"
+	datapathMapCounters       = "counters"
+	datapathMapCountersPercpu = "counters_percpu"
+	datapathMapFlows          = "flows"
+	datapathMapLocked         = "locked"
+	datapathMapLruFlows       = "lru_flows"
+	datapathProgBump          = "bump"
+	datapathProgChurn         = "churn"
+	datapathProgCount         = "count"
+	datapathProgCountPercpu   = "count_percpu"
+	datapathProgLimit         = "limit"
+	datapathProgRefresh       = "refresh"
+	datapathVarUnusedArgs     = "unused_args"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -101,18 +114,23 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	Bump    *ebpf.ProgramSpec `ebpf:"bump"`
-	Churn   *ebpf.ProgramSpec `ebpf:"churn"`
-	Refresh *ebpf.ProgramSpec `ebpf:"refresh"`
+	Bump        *ebpf.ProgramSpec `ebpf:"bump"`
+	Churn       *ebpf.ProgramSpec `ebpf:"churn"`
+	Count       *ebpf.ProgramSpec `ebpf:"count"`
+	CountPercpu *ebpf.ProgramSpec `ebpf:"count_percpu"`
+	Limit       *ebpf.ProgramSpec `ebpf:"limit"`
+	Refresh     *ebpf.ProgramSpec `ebpf:"refresh"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	Flows    *ebpf.MapSpec `ebpf:"flows"`
-	Locked   *ebpf.MapSpec `ebpf:"locked"`
-	LruFlows *ebpf.MapSpec `ebpf:"lru_flows"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	CountersPercpu *ebpf.MapSpec `ebpf:"counters_percpu"`
+	Flows          *ebpf.MapSpec `ebpf:"flows"`
+	Locked         *ebpf.MapSpec `ebpf:"locked"`
+	LruFlows       *ebpf.MapSpec `ebpf:"lru_flows"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,13 +160,17 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	Flows    *ebpf.Map `ebpf:"flows"`
-	Locked   *ebpf.Map `ebpf:"locked"`
-	LruFlows *ebpf.Map `ebpf:"lru_flows"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	CountersPercpu *ebpf.Map `ebpf:"counters_percpu"`
+	Flows          *ebpf.Map `ebpf:"flows"`
+	Locked         *ebpf.Map `ebpf:"locked"`
+	LruFlows       *ebpf.Map `ebpf:"lru_flows"`
 }
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
+		m.Counters,
+		m.CountersPercpu,
 		m.Flows,
 		m.Locked,
 		m.LruFlows,
@@ -166,15 +188,21 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	Bump    *ebpf.Program `ebpf:"bump"`
-	Churn   *ebpf.Program `ebpf:"churn"`
-	Refresh *ebpf.Program `ebpf:"refresh"`
+	Bump        *ebpf.Program `ebpf:"bump"`
+	Churn       *ebpf.Program `ebpf:"churn"`
+	Count       *ebpf.Program `ebpf:"count"`
+	CountPercpu *ebpf.Program `ebpf:"count_percpu"`
+	Limit       *ebpf.Program `ebpf:"limit"`
+	Refresh     *ebpf.Program `ebpf:"refresh"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.Bump,
 		p.Churn,
+		p.Count,
+		p.CountPercpu,
+		p.Limit,
 		p.Refresh,
 	)
 }
