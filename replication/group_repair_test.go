@@ -3,7 +3,7 @@ package replication
 // Loss repair in multicast mode (Config.Group): a receiver waits a random
 // back-off before it asks, asks the group, and holds back when it hears
 // another receiver ask for what it lacks; the sender resends to the group
-// once for every request within groupHoldoff.
+// once for every request within GroupHoldoff.
 
 import (
 	"fmt"
@@ -118,7 +118,7 @@ func TestGroupRepairSuppressed(t *testing.T) {
 
 // The sender answers a request that came to the group with one resend to
 // the group, however many receivers ask for the same datagrams within
-// groupHoldoff; one sent to it alone is answered to the requester alone;
+// GroupHoldoff; one sent to it alone is answered to the requester alone;
 // and an address that has not proved itself gets a cookie, not a resend.
 func TestGroupRepairResendOnce(t *testing.T) {
 	f, _ := ownDatagrams(t, 64<<20, 10)
@@ -148,13 +148,13 @@ func TestGroupRepairResendOnce(t *testing.T) {
 	if got := ask(t0, peerA, peerNode, false, wire.Range{First: 3, Last: 4}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{testGroup: {3, 4}}) {
 		t.Fatalf("resent %v, want 3 and 4 to the group", got)
 	}
-	if got := ask(t0.Add(groupHoldoff/2), peerC, thirdNode, false, wire.Range{First: 3, Last: 5}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{testGroup: {5}}) {
+	if got := ask(t0.Add(GroupHoldoff/2), peerC, thirdNode, false, wire.Range{First: 3, Last: 5}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{testGroup: {5}}) {
 		t.Fatalf("resent %v for a second request, want only 5 to the group", got)
 	}
-	if got := ask(t0.Add(groupHoldoff), peerC, thirdNode, false, wire.Range{First: 3, Last: 3}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{testGroup: {3}}) {
+	if got := ask(t0.Add(GroupHoldoff), peerC, thirdNode, false, wire.Range{First: 3, Last: 3}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{testGroup: {3}}) {
 		t.Fatalf("resent %v after the hold-off, want 3 again", got)
 	}
-	if got := ask(t0.Add(groupHoldoff), peerA, peerNode, true, wire.Range{First: 3, Last: 3}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{peerA: {3}}) {
+	if got := ask(t0.Add(GroupHoldoff), peerA, peerNode, true, wire.Range{First: 3, Last: 3}); fmt.Sprint(got) != fmt.Sprint(map[netip.AddrPort][]uint64{peerA: {3}}) {
 		t.Fatalf("resent %v for a request to this node alone, want 3 to the requester", got)
 	}
 	if f.stats.DatagramsResent.Load() != 5 {

@@ -13,18 +13,19 @@ import (
 // resend; the peer's answer budget bounds them over time.
 const maxResendPerNack = 256
 
-// A datagram resent to the group is not resent to the group again for
-// groupHoldoff: the requests of the receivers that lost it and asked
+// GroupHoldoff is how long a datagram resent to the group is not resent
+// there again: the requests of the receivers that lost it and asked
 // before they heard each other's arrive within it, and each asks again
-// only firstRetry after the request it sent or heard. resentSlots
-// datagrams are remembered, by sequence number.
-const (
-	groupHoldoff = firstRetry / 2
-	resentSlots  = 1024
-)
+// only firstRetry after the request it sent or heard.
+const GroupHoldoff = firstRetry / 2
 
-// errNackNotOurs rejects a repair request for another node's datagrams:
-// requests are sent by unicast to the node whose sequence they name.
+// resentSlots datagrams resent to the group are remembered, by sequence
+// number.
+const resentSlots = 1024
+
+// errNackNotOurs rejects a repair request for another node's datagrams
+// that came to this node alone: one that came to the group is another
+// receiver's, heard.
 var errNackNotOurs = errors.New("repair request names another node")
 
 // repairResponder answers peers' repair requests from this node's own
@@ -63,7 +64,7 @@ func newRepairResponder(resend *resendBuffer, payload int, ctl controlSender, st
 
 // serve answers req, a repair request from p, at to: p's address, or
 // the group, where every receiver that lost the datagrams gets them from
-// one resend (within groupHoldoff, one resend serves every request).
+// one resend (within GroupHoldoff, one resend serves every request).
 // Resends to the group are paid from p's answer budget like the others.
 func (r *repairResponder) serve(p *peer, req *wire.Nack, to netip.AddrPort, now time.Time) error {
 	if req.Node != r.ctl.node {
@@ -113,10 +114,10 @@ func (r *repairResponder) serve(p *peer, req *wire.Nack, to netip.AddrPort, now 
 }
 
 // resentLately reports whether datagram seq was resent to the group
-// within groupHoldoff.
+// within GroupHoldoff.
 func (r *repairResponder) resentLately(seq uint64, now time.Time) bool {
 	slot := r.toGroup[seq%resentSlots]
-	return slot.seq == seq && now.Sub(slot.at) < groupHoldoff
+	return slot.seq == seq && now.Sub(slot.at) < GroupHoldoff
 }
 
 type queueResult uint8
