@@ -324,7 +324,11 @@ func (d *dispatcher) changes(p *peer, h *wire.Header, dgram []byte, now time.Tim
 // asked for once the back-off has passed (see [dispatcher.askNew]).
 func (d *dispatcher) sent(p *peer, seq uint64, arrived bool, now time.Time) {
 	gaps := p.stream.gaps
-	p.stream.sent(seq, arrived, now, d.backoff())
+	var wait time.Duration
+	if p.stream.reveals(seq, arrived) {
+		wait = d.backoff() // drawn only when it is used
+	}
+	p.stream.sent(seq, arrived, now, wait)
 	d.stats.GapsSeen.Add(p.stream.gaps - gaps)
 }
 
@@ -404,7 +408,11 @@ func (d *dispatcher) release(p *peer, now time.Time) {
 		s.recycle(b)
 	}
 	gaps := s.gaps
-	s.settle(now, d.backoff())
+	var wait time.Duration
+	if s.latest > s.seen || s.next <= s.seen { // a gap pending, or a claim the window may take in
+		wait = d.backoff()
+	}
+	s.settle(now, wait)
 	d.stats.GapsSeen.Add(s.gaps - gaps)
 }
 

@@ -130,6 +130,16 @@ func (s *orderedStream) sent(seq uint64, arrived bool, now time.Time, wait time.
 	}
 }
 
+// reveals reports whether seq, as [orderedStream.sent] takes it, may
+// show datagrams missing.
+func (s *orderedStream) reveals(seq uint64, arrived bool) bool {
+	top := max(seq, s.latest)
+	if arrived {
+		return top > s.seen+1
+	}
+	return top > s.seen
+}
+
 // extend moves seen toward latest, within the window, and returns the
 // numbers that it newly takes as sent without their having arrived:
 // first..last, empty if first > last.
