@@ -168,3 +168,36 @@ func TestGroupRepairResendOnce(t *testing.T) {
 		t.Fatalf("resent %v to a requester whose address is not proved", got)
 	}
 }
+
+// Numbers found missing but not yet asked for when an older gap is given
+// up are still asked for: giving up stops the timers, and the gap that
+// remains starts them again.
+func TestStreamAsksAfterGiveUp(t *testing.T) {
+	const wait = 7 * time.Millisecond
+	s := newStream(1, maxHeld)
+	t0 := time.Now()
+	s.sent(5, true, t0, wait) // 1..4 missing
+	s.hold(5, []byte{5})
+	s.asked(4, t0.Add(wait), wait, false)
+	s.sent(8, true, t0.Add(wait+time.Millisecond), wait) // 6 and 7 missing too, not asked yet
+	s.hold(8, []byte{8})
+	t1 := t0.Add(repairTimeout)
+	if r := s.due(t1); r != retryGiveUp {
+		t.Fatalf("due %v after the timeout, want give up", r)
+	}
+	s.giveUp()
+	for b := s.release(); b != nil; b = s.release() {
+	}
+	s.settle(t1, wait)
+	if s.next != 6 {
+		t.Fatalf("next %d, want 6: 1..4 given up, 5 applied", s.next)
+	}
+	if r := s.due(t1.Add(wait)); r != retryAsk {
+		t.Fatalf("due %v once the back-off passed, want ask: 6 and 7 were never asked for", r)
+	}
+	var req wire.Nack
+	s.missing(s.askedThrough+1, &req)
+	if req.N != 1 || req.Ranges[0] != (wire.Range{First: 6, Last: 7}) {
+		t.Errorf("asks for %v, want [6,7]", req.Ranges[:req.N])
+	}
+}

@@ -164,14 +164,19 @@ func (s *orderedStream) missed(first, last uint64, now time.Time, wait time.Dura
 }
 
 // noticeGap starts the gap's timers unless a gap is already pending:
-// numbers asked for before are asked again after firstRetry and wait.
+// numbers asked for before are asked again after firstRetry and wait,
+// the others asked for first after wait.
 func (s *orderedStream) noticeGap(now time.Time, wait time.Duration) {
-	if s.since.IsZero() {
-		s.since, s.gapAt, s.interval = now, s.next, firstRetry
-		s.retryAt = time.Time{}
-		if s.askedThrough >= s.next {
-			s.retryAt = now.Add(firstRetry + wait)
-		}
+	if !s.since.IsZero() {
+		return
+	}
+	s.since, s.gapAt, s.interval = now, s.next, firstRetry
+	s.retryAt = time.Time{}
+	if s.askedThrough >= s.next {
+		s.retryAt = now.Add(firstRetry + wait)
+	}
+	if s.askedThrough < s.seen && s.askAt.IsZero() {
+		s.askAt = now.Add(wait)
 	}
 }
 
