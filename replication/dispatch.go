@@ -475,10 +475,12 @@ func (d *dispatcher) nack(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 		return nil
 	}
 	if d.in.Node != d.node {
-		if d.unicast || !d.group.IsValid() {
+		if d.unicast {
 			return errNackNotOurs
 		}
-		d.overheard(&d.in, now)
+		if d.group.IsValid() { // else this node asks by unicast (--repair unicast), whatever it hears
+			d.overheard(&d.in, now)
+		}
 		return nil
 	}
 	if !d.gate.admit(p, now) {
