@@ -864,7 +864,7 @@ func TestCaptureProgramWrites(t *testing.T) {
 	for _, backend := range captureBackends(t) {
 		t.Run(string(backend), func(t *testing.T) {
 			m := captureTestMap(t, "progwrite", ebpf.Hash, 4, 8, 4)
-			prog := updateProgram(t, m, 7, 0x0102_0304)
+			prog := updateProgram(t, m, []int32{7}, 0x0102_0304)
 			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
 			if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
 				t.Fatal(err)

@@ -393,10 +393,19 @@ const lpmPrefixLen = 4
 // replicated as they are, two spellings of one prefix would be two keys
 // with versions of their own, and the older write could win on a peer.
 func (m *Map) Canonical(keys []byte) {
-	if m.Type != ebpf.LPMTrie || m.KeySize <= lpmPrefixLen {
+	if m.Type == ebpf.LPMTrie {
+		CanonicalPrefixes(keys, int(m.KeySize))
+	}
+}
+
+// CanonicalPrefixes is [Map.Canonical] for the keys of an LPM trie whose
+// keys are keySize bytes: for the receiving side, where a key may come
+// from a peer that did not clear them.
+func CanonicalPrefixes(keys []byte, keySize int) {
+	if keySize <= lpmPrefixLen {
 		return
 	}
-	ks := int(m.KeySize)
+	ks := keySize
 	bits := uint32(ks-lpmPrefixLen) * 8
 	for len(keys) >= ks {
 		plen := binary.NativeEndian.Uint32(keys)

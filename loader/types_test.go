@@ -204,7 +204,7 @@ func TestCapturePerCPUProgramWrites(t *testing.T) {
 		for _, typ := range []ebpf.MapType{ebpf.PerCPUHash, ebpf.LRUCPUHash, ebpf.PerCPUArray} {
 			t.Run(fmt.Sprintf("%s/%s", backend, typ), func(t *testing.T) {
 				m := captureTestMap(t, "progpercpu", typ, 4, 8, uint32(256*ebpf.MustPossibleCPU()))
-				prog := updateProgram(t, m, 3, 0x0102_0304)
+				prog := updateProgram(t, m, []int32{3}, 0x0102_0304)
 				c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
 				if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
 					t.Fatal(err)
@@ -228,33 +228,57 @@ func TestCapturePerCPUProgramWrites(t *testing.T) {
 	}
 }
 
-// updateProgram returns an XDP program that sets key k (4 bytes) of m to
-// v (8 bytes) with bpf_map_update_elem.
-func updateProgram(t *testing.T, m *Map, k int32, v int32) *ebpf.Program {
+// updateProgram returns an XDP program that sets the key of m made of the
+// 4-byte words key (in the machine's byte order) to v (8 bytes) with
+// bpf_map_update_elem.
+func updateProgram(t *testing.T, m *Map, key []int32, v int32) *ebpf.Program {
 	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.XDP,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.StoreImm(asm.RFP, -4, int64(k), asm.Word),
-			asm.Mov.Imm(asm.R0, v),
-			asm.StoreMem(asm.RFP, -16, asm.R0, asm.DWord),
-			asm.LoadMapPtr(asm.R1, m.m.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -4),
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, -16),
-			asm.Mov.Imm(asm.R4, 0),
-			asm.FnMapUpdateElem.Call(),
-			asm.Mov.Imm(asm.R0, 2), // XDP_PASS
-			asm.Return(),
-		},
-	})
+	at := int16(-4 * len(key)) // the key's offset from the frame pointer
+	val := (at - 8) &^ 7       // the value's, 8-byte aligned
+	var insns asm.Instructions
+	for i, w := range key {
+		insns = append(insns, asm.StoreImm(asm.RFP, at+int16(4*i), int64(w), asm.Word))
+	}
+	insns = append(insns,
+		asm.Mov.Imm(asm.R0, v),
+		asm.StoreMem(asm.RFP, val, asm.R0, asm.DWord),
+		asm.LoadMapPtr(asm.R1, m.m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(at)),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, int32(val)),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Imm(asm.R0, 2), // XDP_PASS
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { prog.Close() })
 	return prog
+}
+
+// TestCaptureTrieProgramWrites: a BPF program's update of an LPM trie is
+// reported by the fentry backend, its key canonical.
+func TestCaptureTrieProgramWrites(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			m := captureTestMap(t, "progtrie", ebpf.LPMTrie, 8, 8, 16)
+			addr := binary.NativeEndian.Uint32([]byte{10, 1, 2, 3})
+			prog := updateProgram(t, m, []int32{24, int32(addr)}, 0x0102_0304)
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+			if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
+				t.Fatal(err)
+			}
+			var want []Change
+			if c.SeesProgramWrites() {
+				want = append(want, upd(m, trieKey(24, 10, 1, 2, 0), binary.NativeEndian.AppendUint64(nil, 0x0102_0304)))
+			}
+			checkChanges(t, drain(t, c), want)
+		})
+	}
 }
 
 // Every fexit target a map type requires is one the fentry backend has a
@@ -275,4 +299,31 @@ func TestFentryTargetsOfTypes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BenchmarkPerCPUHash measures a dump and an apply of a per-CPU hash of
+// 10,000 keys with 8-byte values, whole (every possible CPU's slot), by
+// the kernel's batch commands.
+func BenchmarkPerCPUHash(b *testing.B) {
+	const n = 10000
+	m := testMap(b, ebpf.PerCPUHash, 4, 8, n)
+	keys, values := pack(m, 0, n, 1, nil, nil, nil)
+	b.Run("apply", func(b *testing.B) {
+		for b.Loop() {
+			if err := m.UpdateBatch(keys, values); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "entries/s")
+	})
+	b.Run("dump", func(b *testing.B) {
+		kb, vb := make([]byte, 256*4), make([]byte, 256*int(m.ValueLen))
+		got := 0
+		for b.Loop() {
+			if err := m.Dump(kb, vb, func(k, _ []byte) error { got += len(k) / 4; return nil }); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(got)/b.Elapsed().Seconds(), "entries/s")
+	})
 }

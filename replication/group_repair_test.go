@@ -60,15 +60,15 @@ func TestGroupRepairBackoff(t *testing.T) {
 	if b := f.n.peers.byNode[peerNode].stream.askAt.Sub(t0); b < 0 || b > limit {
 		t.Fatalf("back-off %v, want within [0, %v]", b, limit)
 	}
-	f.n.dispatch.tick(t0.Add(limit), nil)
+	f.n.dispatch.onTimers(t0.Add(limit), nil)
 	if got := f.groupNacks(t); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: 2, Last: 2}) {
 		t.Fatalf("requests %v after the back-off, want one for [2,2] to the group", got)
 	}
-	f.n.dispatch.tick(t0.Add(limit+firstRetry/2), nil)
+	f.n.dispatch.onTimers(t0.Add(limit+firstRetry/2), nil)
 	if got := f.groupNacks(t); len(got) != 0 {
 		t.Fatalf("requests %v before the retry interval", got)
 	}
-	f.n.dispatch.tick(t0.Add(2*limit+firstRetry), nil)
+	f.n.dispatch.onTimers(t0.Add(2*limit+firstRetry), nil)
 	if got := f.groupNacks(t); len(got) != 1 {
 		t.Fatalf("requests %v after the retry interval, want one", got)
 	}
@@ -86,13 +86,13 @@ func TestGroupRepairSuppressed(t *testing.T) {
 	t0 := time.Now()
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 4, "key1", "4")) // 2, 3 lost
 	f.overheard(t, t0.Add(time.Millisecond), wire.Range{First: 2, Last: 3})
-	f.n.dispatch.tick(t0.Add(firstRetry), nil)
+	f.n.dispatch.onTimers(t0.Add(firstRetry), nil)
 	if got := f.groupNacks(t); len(got) != 0 || f.stats.NacksSuppressed.Load() != 1 {
 		t.Fatalf("requests %v, suppressed %d, want none sent, 1 held back", got, f.stats.NacksSuppressed.Load())
 	}
 	// The repair of 2 came, 3's was lost: the node asks for 3 itself.
 	f.handleAt(t0.Add(2*time.Millisecond), peerA, retransmitted(f.peerDatagram(t, 1, 2, "key1", "2")))
-	f.n.dispatch.tick(t0.Add(firstRetry+2*RetryTick+10*time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(firstRetry+2*RetryTick+10*time.Millisecond), nil)
 	if got := f.groupNacks(t); len(got) != 1 || got[0][0] != (wire.Range{First: 3, Last: 3}) {
 		t.Fatalf("requests %v once the repair did not come, want [3,3]", got)
 	}
@@ -102,7 +102,7 @@ func TestGroupRepairSuppressed(t *testing.T) {
 	g.handleAt(t0, peerA, g.peerDatagram(t, 1, 3, "key1", "3"))
 	g.handleAt(t0, peerA, g.peerDatagram(t, 1, 5, "key1", "5")) // 2 and 4 lost
 	g.overheard(t, t0.Add(time.Millisecond), wire.Range{First: 2, Last: 2})
-	g.n.dispatch.tick(t0.Add(2*RetryTick), nil)
+	g.n.dispatch.onTimers(t0.Add(2*RetryTick), nil)
 	if got := g.groupNacks(t); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: 4, Last: 4}) {
 		t.Fatalf("requests %v, want [4,4] only: 2 was asked for by another", got)
 	}
@@ -110,7 +110,7 @@ func TestGroupRepairSuppressed(t *testing.T) {
 	h := groupFixture(t)
 	h.handleAt(t0, peerA, h.peerDatagram(t, 1, 4, "key1", "4")) // 2, 3 lost
 	h.overheard(t, t0, wire.Range{First: 3, Last: 3})
-	h.n.dispatch.tick(t0.Add(2*RetryTick), nil)
+	h.n.dispatch.onTimers(t0.Add(2*RetryTick), nil)
 	if got := h.groupNacks(t); len(got) != 1 || got[0][0] != (wire.Range{First: 2, Last: 3}) || h.stats.NacksSuppressed.Load() != 0 {
 		t.Fatalf("requests %v, suppressed %d; want [2,3], 0", got, h.stats.NacksSuppressed.Load())
 	}

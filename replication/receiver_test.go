@@ -7,6 +7,7 @@ package replication
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,11 +49,11 @@ func newReceiverFixture(t testing.TB, peers ...netip.Addr) *receiverFixture {
 }
 
 // newFixtureWith builds the fixture's node from cfg and the fixture's
-// table, fake transport and log.
-func newFixtureWith(t testing.TB, cfg Config) *receiverFixture {
+// table, with more maps after its own, fake transport and log.
+func newFixtureWith(t testing.TB, cfg Config, more ...Map) *receiverFixture {
 	t.Helper()
 	f := &receiverFixture{flows: newFakeTarget(4, 8), nat: newFakeTarget(2, 2), logs: new(logBuffer)}
-	f.tab = mustTable(t, testPayload, testMap("flows", 10, 4, 8, f.flows), testMap("nat", 11, 2, 2, f.nat))
+	f.tab = mustTable(t, testPayload, append([]Map{testMap("flows", 10, 4, 8, f.flows), testMap("nat", 11, 2, 2, f.nat)}, more...)...)
 	f.fpFlow, f.fpNAT = f.tab.byID(10).fp, f.tab.byID(11).fp
 	f.tr = newFakeTransport()
 	cfg.Table, cfg.Transport, cfg.Node, cfg.Epoch, cfg.Log = f.tab, f.tr, ourNode, ourEpoch, newLogger(f.logs)
@@ -71,7 +72,7 @@ func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
 func (f *receiverFixture) handleAt(now time.Time, from netip.AddrPort, d []byte) {
 	f.echoCookies(now)
 	f.dispatch(from, d, true, now)
-	f.n.apply.flush()
+	f.n.apply.applyRuns()
 }
 
 // dispatch hands d to the dispatcher alone, with what the sealing
@@ -164,6 +165,31 @@ func TestApplyRunsKeepPerKeyOrder(t *testing.T) {
 	}
 }
 
+// A peer's LPM trie key with bits set after its prefix length is the
+// trie's entry for that prefix: it is applied, and its version kept, as
+// the canonical key, so a later write of the canonical spelling is no
+// other key.
+func TestTrieKeysCanonical(t *testing.T) {
+	trie := newFakeTarget(8, 8)
+	m := testMap("blocks", 12, 8, 8, trie)
+	m.Desc.Type = uint32(ebpf.LPMTrie)
+	f := newFixtureWith(t, Config{}, m)
+	fp := f.tab.byID(12).fp
+	key := func(plen byte, addr string) string { return string([]byte{plen, 0, 0, 0}) + addr } // little-endian prefix length
+	var b changesBuilder
+	b.start()
+	b.add(t, fp, ops.Update, key(16, "\x0a\x01\x09\x09"), "value--1")
+	b.add(t, fp, ops.Update, key(12, "\xac\x1f\xff\xff"), "value--2")
+	f.handle(peerA, b.finish(peerNode, 1, 1))
+	want := map[string]string{key(16, "\x0a\x01\x00\x00"): "value--1", key(12, "\xac\x10\x00\x00"): "value--2"}
+	if got := trie.snapshot(); !maps.Equal(got, want) {
+		t.Errorf("trie holds %q, want %q", got, want)
+	}
+	if _, ok := knownVersion(f.n.know, 2, key(16, "\x0a\x01\x00\x00")); !ok {
+		t.Error("no version kept for the canonical key")
+	}
+}
+
 // A run continues across the datagrams of one receive batch, so a batch of
 // small datagrams costs one syscall per run, not one per datagram. The
 // runs are applied, in order, at the end of the batch, or before a
@@ -188,7 +214,7 @@ func TestApplyRunsSpanDatagrams(t *testing.T) {
 		t.Fatalf("batches when the sync request was handled: %q, want the update run and the delete run", f.flows.calls)
 	}
 	f.dispatch(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), true, now)
-	f.n.apply.flush()
+	f.n.apply.applyRuns()
 
 	want := []call{
 		{ops.Update, []byte("key1key2key3"), []byte("       1       2       3")},
@@ -467,7 +493,7 @@ func TestReceiverAllocs(t *testing.T) {
 		setSeq(d, seq)
 		seq++
 		n.dispatch.handle(&pkt, now)
-		n.apply.flush()
+		n.apply.applyRuns()
 	}
 	step() // the first datagram creates the peer
 	if raceEnabled {
@@ -522,7 +548,7 @@ func BenchmarkDecodeApply(b *testing.B) {
 		setSeq(d, seq)
 		seq++
 		n.dispatch.handle(&pkt, now)
-		n.apply.flush()
+		n.apply.applyRuns()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(uint64(b.N)*uint64(h.Count)), "ns/change")
 }

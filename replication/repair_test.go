@@ -151,21 +151,21 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if got := f.nacks(t, wire.KindNack); len(got) != 2 {
 		t.Fatalf("requests %v, want one per new gap", got)
 	}
-	f.n.dispatch.tick(t0.Add(firstRetry/2), nil)
+	f.n.dispatch.onTimers(t0.Add(firstRetry/2), nil)
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the first retry is due", got)
 	}
-	f.n.dispatch.tick(t0.Add(firstRetry), nil)
+	f.n.dispatch.onTimers(t0.Add(firstRetry), nil)
 	got := f.nacks(t, wire.KindNack)
 	if len(got) != 1 || len(got[0]) != 2 || got[0][0] != (wire.Range{First: 2, Last: 2}) || got[0][1] != (wire.Range{First: 4, Last: 4}) {
 		t.Fatalf("retry %v, want [2,2] [4,4]", got)
 	}
-	f.n.dispatch.tick(t0.Add(firstRetry+firstRetry), nil) // the interval doubled: not yet
+	f.n.dispatch.onTimers(t0.Add(firstRetry+firstRetry), nil) // the interval doubled: not yet
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the doubled interval passed", got)
 	}
 	t1 := t0.Add(repairTimeout)
-	f.n.dispatch.tick(t1, nil)
+	f.n.dispatch.onTimers(t1, nil)
 	s := f.stats.Snapshot()
 	if s.ResyncNeeded != 1 || f.value("key3") != "       3" {
 		t.Fatalf("after the timeout: resync_needed %d, key3 %q; want 1 and datagram 3 applied", s.ResyncNeeded, f.value("key3"))
@@ -176,14 +176,14 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if f.n.client.phase != syncRequested || len(f.tr.sentTo()) != 1 {
 		t.Fatal("no full resync requested after giving up")
 	}
-	f.n.dispatch.tick(t1.Add(repairTimeout), nil)
+	f.n.dispatch.onTimers(t1.Add(repairTimeout), nil)
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 1 || f.value("key5") != "" {
 		t.Fatalf("the second gap was given up while the resync request waits: resync_needed %d key5 %q", s.ResyncNeeded, f.value("key5"))
 	}
 	// The peer read its maps after datagram 3: 4 is still missing.
 	t2 := t1.Add(repairTimeout + time.Millisecond)
 	f.handleAt(t2, peerA, f.syncStart(wire.SyncStart{AsOf: 3}))
-	f.n.dispatch.tick(t2.Add(repairTimeout), nil)
+	f.n.dispatch.onTimers(t2.Add(repairTimeout), nil)
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 2 || s.Held != 0 || f.value("key5") != "       5" {
 		t.Errorf("after the second timeout: resync_needed %d held %d key5 %q; want 2, 0, applied", s.ResyncNeeded, s.Held, f.value("key5"))
 	}
@@ -438,7 +438,7 @@ func TestGivenUpGapLeavesResyncOwed(t *testing.T) {
 	t0 := time.Now()
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
 	f.handleAt(t0, peerA, announce(t, peerNode, 1, 3)) // 2 and 3 missing, nothing held
-	f.n.dispatch.tick(t0.Add(repairTimeout+time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(repairTimeout+time.Millisecond), nil)
 	if f.stats.ResyncNeeded.Load() != 1 {
 		t.Fatalf("resync_needed %d, want the gap given up", f.stats.ResyncNeeded.Load())
 	}

@@ -60,6 +60,10 @@ type localMap struct {
 	keySize   int
 	valueSize int
 	plan      *fieldPlan // nil: values are copied as they are and not scanned
+	// prefixes is set for an LPM trie, whose keys a receiver makes
+	// canonical ([loader.CanonicalPrefixes]) before it looks them up or
+	// applies them.
+	prefixes bool
 }
 
 // maxRecord is the size of this map's largest record: an update with the
@@ -109,6 +113,7 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 			index:     i,
 			keySize:   int(m.Desc.KeySize),
 			valueSize: int(m.Desc.ValueSize),
+			prefixes:  ebpf.MapType(m.Desc.Type) == ebpf.LPMTrie,
 		}
 		var err error
 		if lm.plan, err = newFieldPlan(m.Options, lm.valueSize, &t.mono); err != nil {
