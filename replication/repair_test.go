@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -55,8 +56,18 @@ func retransmitted(d []byte) []byte {
 // anything else.
 func (f *receiverFixture) nacks(t *testing.T, kind wire.Kind) [][]wire.Range {
 	t.Helper()
+	return f.nacksTo(t, kind, netip.AddrPort{})
+}
+
+// nacksTo is nacks, failing also on a request sent anywhere but to, if
+// to is valid.
+func (f *receiverFixture) nacksTo(t *testing.T, kind wire.Kind, to netip.AddrPort) [][]wire.Range {
+	t.Helper()
 	var out [][]wire.Range
 	for _, u := range f.tr.sentTo() {
+		if to.IsValid() && u.to != to {
+			t.Fatalf("sent to %v, want %v", u.to, to)
+		}
 		for _, d := range u.dgrams {
 			var h wire.Header
 			var n wire.Nack
@@ -180,8 +191,8 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 }
 
 // More datagrams behind a gap than the receive window takes: those beyond
-// it are dropped and counted, asked for again once the gap is filled, and
-// nothing is given up.
+// it are dropped and counted, asked for again as soon as the gap is
+// filled, and nothing is given up.
 func TestRepairHoldFull(t *testing.T) {
 	f := newReceiverFixture(t)
 	w := f.n.dispatch.window
@@ -199,7 +210,7 @@ func TestRepairHoldFull(t *testing.T) {
 	if got := f.value("key1"); got != fmt.Sprintf("%8d", w+1) {
 		t.Fatalf("key1 = %q once the gap was filled, want %d", got, w+1)
 	}
-	f.n.dispatch.onTimers(time.Now().Add(firstRetry), nil)
+	// The window moved over w+2: it is asked for at once.
 	if got := f.nacks(t, wire.KindNack); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: w + 2, Last: w + 2}) {
 		t.Fatalf("requests %v, want the dropped datagram %d", got, w+2)
 	}
