@@ -12,6 +12,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -78,7 +79,9 @@ func (w *workload) schedule(s *Sim) {
 				w.written++
 				var value []byte
 				if wr.op == ops.Update {
-					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+					value = make([]byte, s.sc.valueSize)
+					binary.BigEndian.PutUint32(value, n.id)
+					binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 				}
 				n.write(wr.op, wr.key, value)
 			}
@@ -92,7 +95,9 @@ func (w *workload) schedule(s *Sim) {
 		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
 		s.after(at, func() {
 			w.written++
-			value := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+			value := make([]byte, s.sc.valueSize)
+			binary.BigEndian.PutUint32(value, n.id)
+			binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 			if n.writeInPlace(key, value) {
 				w.inPlace[string(key)+string(value)] = true
 			}
@@ -111,6 +116,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	switch h.Kind {
 	case wire.KindChanges, wire.KindSnapshot:
 		s.work.learn(s, to, &h, d[wire.HeaderSize:])
+		if h.Kind == wire.KindChanges && h.Flags&wire.FlagRetransmit != 0 && to == nil {
+			s.resentToGroup(from, &h)
+		}
 	case wire.KindAnnounce:
 		if h.Flags&wire.FlagReady != 0 && !isReady(from.n) {
 			s.fail("node %d announces itself ready before its initial sync", from.id)
@@ -148,6 +156,23 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			})
 		}
 	}
+}
+
+// resend names one datagram resent to the group.
+type resend struct {
+	node       uint32
+	epoch, seq uint64
+}
+
+// resentToGroup checks that a datagram resent to the group was not
+// resent there within [replication.GroupHoldoff]: however many receivers
+// ask for it at about the same time, the group hears it once.
+func (s *Sim) resentToGroup(from *simNode, h *wire.Header) {
+	k := resend{from.id, h.Epoch, h.Seq}
+	if last, ok := s.resent[k]; ok && s.now.Sub(last) < replication.GroupHoldoff {
+		s.fail("node %d resent datagram %d to the group again %v after the last time", from.id, h.Seq, s.now.Sub(last))
+	}
+	s.resent[k] = s.now
 }
 
 // checkEvery is how often the invariants of a running daemon's state are
@@ -199,7 +224,7 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 			s.fail("node %d sent a datagram it cannot have encoded: %v", h.Node, err)
 			return
 		}
-		w.recs.Reset(sec, keySize, valueSize, w.secs.Base(), h.Node)
+		w.recs.Reset(sec, keySize, s.sc.valueSize, w.secs.Base(), h.Node)
 		for {
 			rec, err := w.recs.Next()
 			if err == io.EOF {
@@ -215,6 +240,15 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 					to.holdUnstamped(rec.Key, rec.Value)
 				}
 				continue // unstamped: loses to every stamped write
+			}
+			if f := rec.Fragment; f.Count != 0 {
+				// The first chunk holds the 8 bytes the workload wrote,
+				// the rest of the value is zeros: it stands for the
+				// record, which its sender sends whole or not at all.
+				if f.Index != 0 {
+					continue
+				}
+				rec.Value = append(bytes.Clone(rec.Value), make([]byte, f.Size-len(rec.Value))...)
 			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
@@ -234,7 +268,7 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) &&
 				!w.inPlace[string(rec.Key)+string(rec.Value)] {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
-					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
+					s.fail("node %d sent key %x's value %x, written by node %d, as a write of node %d", h.Node, rec.Key, rec.Value[:8], writer, rec.Origin)
 					return
 				}
 			}

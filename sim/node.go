@@ -29,6 +29,11 @@ const (
 	valueSize  = 8
 	maxEntries = 256 // of a hash map: more than the keys written
 	payload    = 1400
+	// largeValueSize is the value size of one run in largeEvery: a record
+	// three datagrams long, sent in fragments (wire/FORMAT.md,
+	// "Fragments"). The workload's values are 8 bytes then zeros.
+	largeValueSize = 3000
+	largeEvery     = 8
 )
 
 // How the simulated nodes are configured: announce intervals short
@@ -109,7 +114,7 @@ func (n *simNode) start() {
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
-			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: valueSize, MaxEntries: uint32(m.max)}}
+			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: uint32(n.s.sc.valueSize), MaxEntries: uint32(m.max)}}
 		if n.s.sc.scan > 0 {
 			maps[i].Options = mapopt.Options{Scan: n.s.sc.scan, Vanished: mapopt.Delete}
 		}
@@ -118,8 +123,12 @@ func (n *simNode) start() {
 	if err != nil {
 		panic(err)
 	}
+	var group netip.AddrPort
+	if !n.s.sc.unicast {
+		group = groupAddr
+	}
 	node, err := replication.NewNode(replication.Config{Node: n.id, Epoch: n.run, Table: tab, Source: n.ring,
-		Transport: &endpoint{n: n, run: n.run}, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
+		Transport: &endpoint{n: n, run: n.run}, Group: group, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
 		Time: n, Rand: n.random(), StateFile: n.state, DigestInterval: digestEvery,
 		Log: n.logger()})
 	if err != nil {
@@ -382,7 +391,14 @@ func (e *endpoint) Send(dgrams [][]byte) error {
 	return nil
 }
 
+// groupAddr is the simulated multicast group: what is sent there goes to
+// every other node, as [endpoint.Send] sends.
+var groupAddr = netip.MustParseAddrPort("239.1.1.1:3870")
+
 func (e *endpoint) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	if addr == groupAddr {
+		return e.Send(dgrams)
+	}
 	to := e.n.s.node(addr)
 	if !e.open() {
 		return nil

@@ -42,6 +42,9 @@ type Sim struct {
 	trace io.Writer
 	// answered holds the snapshot requests answered, by node and id.
 	answered map[[2]uint32]bool
+	// resent is when each datagram was last resent to the group, by
+	// node, epoch and sequence number.
+	resent map[resend]time.Time
 	// failed is the first invariant found broken; the run stops at it.
 	failed error
 }
@@ -57,8 +60,12 @@ func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
 	}
 	defer os.RemoveAll(dir)
 	s := &Sim{seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: epoch0, dir: dir, trace: trace,
-		answered: make(map[[2]uint32]bool)}
+		answered: make(map[[2]uint32]bool), resent: make(map[resend]time.Time)}
 	s.sc = drawScenario(s.rng, faults)
+	s.sc.valueSize = valueSize
+	if seed%largeEvery == largeEvery-1 {
+		s.sc.valueSize = largeValueSize
+	}
 	s.tracef("scenario %+v", s.sc)
 	defer func() {
 		if r := recover(); r != nil {
@@ -115,7 +122,7 @@ func (s *Sim) build() {
 		id := uint32(i + 1)
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
-		n.maps = []*memMap{newMemMap(keySize, valueSize, s.sc.maxEntries, s.sc.lru)}
+		n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.lru)}
 		for _, m := range n.maps {
 			m.applied, m.evicted = n.traceApply, n.evicted
 		}
