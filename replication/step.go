@@ -6,8 +6,8 @@ import "time"
 // simulator drives the same steps itself instead, every node in one
 // goroutine at virtual time (see package sim): [Node.Start] once, then
 // [Node.Deliver], [Node.FireTimers], [Node.StepSender],
-// [Node.StepTransfers] and [Node.ReadDigests] whenever Run's goroutines
-// would, then [Node.BeginStop] and [Node.Stop]. A node is driven one way
+// [Node.StepTransfers], [Node.StepScans] and [Node.ReadDigests] whenever
+// Run's goroutines would, then [Node.BeginStop] and [Node.Stop]. A node is driven one way
 // or the other, never both.
 
 // Start readies a node to be stepped: it takes the state file of the
@@ -75,4 +75,18 @@ func (n *Node) ReadDigests() {
 		return
 	}
 	n.log.Debug("maps read into digests", "took", set.took.Round(time.Millisecond))
+}
+
+// StepScans runs the scans the timers found due ([Node.FireTimers]), as
+// Run's scanning goroutine does.
+func (n *Node) StepScans() {
+	for {
+		select {
+		case m := <-n.scan.due:
+			n.scan.scan(m)
+			n.scan.done <- m
+		default:
+			return
+		}
+	}
 }

@@ -42,13 +42,19 @@ type Sim struct {
 	answered map[[2]uint32]bool
 	// failed is the first invariant found broken; the run stops at it.
 	failed error
+	// sum, in a run of counters (RunSum), replaces the map, the workload
+	// and the oracle; nil in the others.
+	sum *sumRun
 }
 
 // Run runs the cluster of seed, with the faults it draws of those in
 // faults, to its end and checks it: it returns the first invariant found
 // broken, nil if none. With trace, every datagram, apply and fault is
 // written to it as it happens.
-func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
+func Run(seed uint64, faults Faults, trace io.Writer) error { return run(seed, faults, trace, false) }
+
+// run is [Run], or [RunSum] with sum.
+func run(seed uint64, faults Faults, trace io.Writer, sum bool) (err error) {
 	dir, err := os.MkdirTemp("", "udpmapsync-sim-")
 	if err != nil {
 		return err
@@ -58,6 +64,11 @@ func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
 		answered: make(map[[2]uint32]bool)}
 	s.sc = drawScenario(s.rng, faults)
 	s.tracef("scenario %+v", s.sc)
+	if sum {
+		if s.sum, err = newSumRun(s); err != nil {
+			return err
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic at %v: %v\n%s", s.elapsed(), r, debug.Stack())
@@ -102,7 +113,9 @@ func (s *Sim) build() {
 		id := uint32(i + 1)
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
-		n.maps = []*memMap{newMemMap(keySize, valueSize, maxEntries)}
+		if s.sum == nil {
+			n.maps = []*memMap{newMemMap(keySize, valueSize, maxEntries)}
+		}
 		for _, m := range n.maps {
 			m.applied = n.traceApply
 		}
@@ -111,7 +124,11 @@ func (s *Sim) build() {
 	for i, n := range s.nodes {
 		s.after(s.sc.starts[i], n.start)
 	}
-	s.work.schedule(s)
+	if s.sum != nil {
+		s.sum.schedule()
+	} else {
+		s.work.schedule(s)
+	}
 	s.net.schedule(s)
 	s.scheduleLifecycles()
 }

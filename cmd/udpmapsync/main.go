@@ -331,7 +331,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 				return nil, err
 			}
 			d.counters = append(d.counters, cm)
-			local[i] = replication.CounterMap(m, cm.target, d.options[i])
+			local[i] = replication.CounterMap(replication.MapFromLoader(m), cm.target, d.options[i])
 			continue
 		}
 		local[i] = replication.MapFromLoader(m)
