@@ -415,6 +415,51 @@ func TestGoneKeepsHeld(t *testing.T) {
 	}
 }
 
+// Flow control: a peer's repair request for a datagram about to leave the
+// resend buffer, or far behind the latest, holds the sender back while it
+// is fresh; a request for a recent one does not, and neither does one past
+// its bounds.
+func TestResendHoldBack(t *testing.T) {
+	b, err := newResendBuffer(100*testPayload, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.lag = 40
+	d := make([]byte, testPayload)
+	for seq := uint64(1); seq <= 100; seq++ {
+		b.add(seq, d)
+	}
+	first, last, _ := b.held()
+	t0 := time.Now()
+	if b.pressed.Load() || b.holdBack(t0) {
+		t.Fatal("held back with no request")
+	}
+	b.asked(1, last-5, t0)
+	if !b.pressed.Load() || b.holdBack(t0) {
+		t.Error("a request for a recent datagram held the sender back, or was not recorded")
+	}
+	b.asked(1, first+1, t0) // near eviction
+	if !b.holdBack(t0.Add(needFresh - time.Millisecond)) {
+		t.Error("a fresh request for a datagram about to be evicted did not hold the sender back")
+	}
+	if b.holdBack(t0.Add(needFresh+time.Millisecond)) || b.pressed.Load() {
+		t.Error("a stale request still held the sender back")
+	}
+	b.asked(1, last-50, t0) // behind by more than lag
+	if !b.holdBack(t0.Add(lagHold - time.Millisecond)) {
+		t.Error("a request from a peer lagging behind did not hold the sender back")
+	}
+	if b.holdBack(t0.Add(lagHold + time.Millisecond)) {
+		t.Error("a lagging peer's request held the sender back past lagHold")
+	}
+	for i := range maxNeed / (needFresh / 2) {
+		b.asked(2, first, t0.Add(time.Duration(i)*needFresh/2)) // asked again and again
+	}
+	if at := t0.Add(maxNeed + time.Millisecond); b.holdBack(at) {
+		t.Error("one datagram asked for again and again held the sender back past maxNeed")
+	}
+}
+
 // Missing datagrams given up with nothing held behind them leave a full
 // resync owed, and the claim that showed them missing forgotten, so the
 // peer's lag reads 0: the status must still say the node is behind it

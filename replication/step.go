@@ -5,9 +5,9 @@ import "time"
 // Stepping. [Node.Run] drives a node with goroutines in real time. A
 // simulator drives the same steps itself instead, every node in one
 // goroutine at virtual time (see package sim): [Node.Start] once, then
-// [Node.Deliver], [Node.FireTimers], [Node.StepSender],
-// [Node.StepTransfers], [Node.StepScans] and [Node.ReadDigests] whenever
-// Run's goroutines would, then [Node.BeginStop] and [Node.Stop]. A node is driven one way
+// [Node.Deliver], [Node.FireTimers], [Node.StepScans], [Node.StepSender],
+// [Node.StepTransfers] and [Node.ReadDigests] whenever Run's goroutines
+// would, then [Node.BeginStop] and [Node.Stop]. A node is driven one way
 // or the other, never both.
 
 // Start readies a node to be stepped: it takes the state file of the
@@ -58,6 +58,21 @@ func (n *Node) Stop() {
 	n.finishSave(sv)
 }
 
+// StepScans runs the scans of the maps the timers found due (see
+// [Node.FireTimers]), as Run's scanning goroutine does: what a scan finds
+// changed in place goes to the sender, to be sent at its next step.
+func (n *Node) StepScans() {
+	for {
+		select {
+		case m := <-n.scan.due:
+			n.scan.scan(m)
+			n.scan.done <- m
+		default:
+			return
+		}
+	}
+}
+
 // CaptureSlack is how long after a write its change may still be on its
 // way into the capture ring; see [Node.BeginStop].
 const CaptureSlack = captureSlack
@@ -75,18 +90,4 @@ func (n *Node) ReadDigests() {
 		return
 	}
 	n.log.Debug("maps read into digests", "took", set.took.Round(time.Millisecond))
-}
-
-// StepScans runs the scans the timers found due ([Node.FireTimers]), as
-// Run's scanning goroutine does.
-func (n *Node) StepScans() {
-	for {
-		select {
-		case m := <-n.scan.due:
-			n.scan.scan(m)
-			n.scan.done <- m
-		default:
-			return
-		}
-	}
 }

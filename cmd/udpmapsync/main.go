@@ -55,6 +55,7 @@ type Flags struct {
 	NodeID           uint32
 	RingSize         byteSize
 	ResendBuffer     byteSize
+	ReassemblyMemory byteSize
 	KeyFile          string
 	InsecureNoKey    bool
 	StatsInterval    time.Duration
@@ -98,6 +99,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
+	f.ReassemblyMemory = replication.DefaultReassemblyBytes
+	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
 	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
 	fs.BoolVar(&f.InsecureNoKey, "insecure-no-key", false, "run without a key: sync traffic neither authenticated nor encrypted, only for a link where every host is trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
@@ -357,11 +360,13 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	}
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: source,
 		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
-		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
+		ResendBytes: int(f.ResendBuffer), ReassemblyBytes: int(f.ReassemblyMemory), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
 		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
 		DigestInterval: f.DigestInterval, Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
+	} else if errors.Is(err, replication.ErrReassemblySize) {
+		return nil, fmt.Errorf("--reassembly-memory %s: %w; raise it, or the MTU so that fewer records travel in fragments", f.ReassemblyMemory, err)
 	} else if errors.Is(err, replication.ErrDigestPayload) {
 		return nil, fmt.Errorf("--digest-interval %s: %w; raise --mtu (a digest needs %d bytes of payload) or set --digest-interval 0",
 			f.DigestInterval, err, wire.HeaderSize+wire.DigestSize)

@@ -292,3 +292,40 @@ func TestResyncTargets(t *testing.T) {
 		t.Errorf("late join with its transfer time:\n got %q\nwant %q", got, want)
 	}
 }
+
+// Issue 22's loss and fast-writer targets: a run that gave a gap up misses
+// them whatever its time, and too few runs miss them too.
+func TestIssue22Targets(t *testing.T) {
+	loss := func(seconds float64, resyncs uint64) Run {
+		return Run{System: UDPMapSync, Nodes: 2, Changes: 10, Seconds: seconds, Converged: true, ResyncNeeded: resyncs}
+	}
+	r := &Results{Resync: &Resync{LossPercent: 5, LossFree: []Run{loss(1, 0)}}}
+	for range ResyncLossRuns {
+		r.Resync.Loss = append(r.Resync.Loss, loss(1.4, 0))
+	}
+	if got := r.runningLossTarget(); got.Met == nil || !*got.Met {
+		t.Fatalf("5 runs at 1.4×, none resynced: %+v, want met", got)
+	}
+	r.Resync.Loss[2] = loss(1.2, 1)
+	if got := r.runningLossTarget(); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "1 of 5 runs gave a gap up") {
+		t.Errorf("a run that gave a gap up: %+v, want missed and counted", got)
+	}
+	for _, nodes := range []int{2, 3} {
+		for range FastWriterRuns {
+			x := loss(2, 0)
+			x.Nodes = nodes
+			r.Resync.FastWriter = append(r.Resync.FastWriter, x)
+		}
+	}
+	if got := r.fastWriterTarget(); got.Met == nil || !*got.Met {
+		t.Fatalf("fast writer without a gap given up: %+v, want met", got)
+	}
+	r.Resync.FastWriter[len(r.Resync.FastWriter)-1].ResyncNeeded = 2
+	if got := r.fastWriterTarget(); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "1 of 10 on 3 gave a gap up") {
+		t.Errorf("one 3-node run gave a gap up: %+v, want missed", got)
+	}
+	r.Resync.FastWriter = r.Resync.FastWriter[:3]
+	if got := r.fastWriterTarget(); got.Met == nil || *got.Met {
+		t.Errorf("3 runs: %+v, want missed for too few runs", got)
+	}
+}

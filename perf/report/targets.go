@@ -121,6 +121,7 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, r.counterTarget())
 	ts = append(ts, r.digestTarget())
 	ts = append(ts, r.sealingTarget())
+	ts = append(ts, r.largeValueTarget())
 	ts = append(ts, r.resyncTargets()...)
 
 	t = Target{Goal: "0 changes lost (udpmapsync, every run)"}
@@ -137,7 +138,8 @@ func (r *Results) Targets(profile string) []Target {
 	} else {
 		t.Measured = "not measured"
 	}
-	return append(ts, t)
+	ts = append(ts, t)
+	return append(ts, r.issue22Targets(profile)...)
 }
 
 func deref(r *Run) []Run {
