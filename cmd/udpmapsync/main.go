@@ -470,8 +470,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 		}
 		log.Info("replicating map", args...)
 	}
-	log.Info("capture attached", "backend", capture.Backend())
-	if !capture.SeesProgramWrites() {
+	if capture == nil {
+		log.Info("no capture attached", "backend", d.backend())
+	} else if log.Info("capture attached", "backend", capture.Backend()); !capture.SeesProgramWrites() {
 		args := []any{"backend", capture.Backend()}
 		if why := capture.Fallback(); why != nil {
 			args = append(args, "fentry_unavailable", why)
