@@ -12,6 +12,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -92,7 +93,9 @@ func (w *workload) schedule(s *Sim) {
 		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
 		s.after(at, func() {
 			w.written++
-			value := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+			value := make([]byte, s.sc.valueSize)
+			binary.BigEndian.PutUint32(value, n.id)
+			binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 			if n.writeInPlace(key, value) {
 				w.inPlace[string(key)+string(value)] = true
 			}
@@ -112,6 +115,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	case wire.KindChanges, wire.KindSnapshot:
 		if s.sum == nil {
 			s.work.learn(s, to, &h, d[wire.HeaderSize:])
+		}
+		if h.Kind == wire.KindChanges && h.Flags&wire.FlagRetransmit != 0 && to == nil {
+			s.resentToGroup(from, &h)
 		}
 	case wire.KindAnnounce:
 		if h.Flags&wire.FlagReady != 0 && !isReady(from.n) {
@@ -150,6 +156,23 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			})
 		}
 	}
+}
+
+// resend names one datagram resent to the group.
+type resend struct {
+	node       uint32
+	epoch, seq uint64
+}
+
+// resentToGroup checks that a datagram resent to the group was not
+// resent there within [replication.GroupHoldoff]: however many receivers
+// ask for it at about the same time, the group hears it once.
+func (s *Sim) resentToGroup(from *simNode, h *wire.Header) {
+	k := resend{from.id, h.Epoch, h.Seq}
+	if last, ok := s.resent[k]; ok && s.now.Sub(last) < replication.GroupHoldoff {
+		s.fail("node %d resent datagram %d to the group again %v after the last time", from.id, h.Seq, s.now.Sub(last))
+	}
+	s.resent[k] = s.now
 }
 
 // checkEvery is how often the invariants of a running daemon's state are

@@ -56,6 +56,7 @@ type Flags struct {
 	RingSize         byteSize
 	ResendBuffer     byteSize
 	ReassemblyMemory byteSize
+	Repair           string
 	KeyFile          string
 	InsecureNoKey    bool
 	StatsInterval    time.Duration
@@ -101,6 +102,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
 	f.ReassemblyMemory = replication.DefaultReassemblyBytes
 	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
+	fs.StringVar(&f.Repair, "repair", repairGroup, "how lost datagrams are asked for and resent with multicast: group (after a random back-off, "+
+		"to the group, so one request and one resend serve every node that lost them) or unicast (each node asks and is answered apart); always unicast with --peers")
 	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
 	fs.BoolVar(&f.InsecureNoKey, "insecure-no-key", false, "run without a key: sync traffic neither authenticated nor encrypted, only for a link where every host is trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
@@ -166,7 +169,16 @@ type config struct {
 	discover discovery.Source // --peers dns:NAME or file:PATH
 	level    slog.Level
 	node     uint32
+	// group is where repair requests and resends go to reach every node,
+	// for --repair group with multicast; zero otherwise.
+	repairTo netip.AddrPort
 }
+
+// The values of --repair.
+const (
+	repairGroup   = "group"
+	repairUnicast = "unicast"
+)
 
 // check validates the flags that need no privileges, so a typo is reported
 // before anything is opened. The capture backend and ring size are checked
@@ -207,6 +219,15 @@ func (f *Flags) check() (*config, error) {
 	}
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
+	}
+	switch f.Repair {
+	case repairGroup:
+		if c.peers == nil {
+			c.repairTo = netip.AddrPortFrom(c.group, f.Port)
+		}
+	case repairUnicast:
+	default:
+		return nil, fmt.Errorf("--repair %s: use group (the default) or unicast", f.Repair)
 	}
 	if err := c.level.UnmarshalText([]byte(f.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %s: use debug, info, warn or error", f.LogLevel)
@@ -359,7 +380,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 		return nil, fmt.Errorf("--state-dir %s: %w", f.StateDir, err)
 	}
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: source,
-		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
+		Transport: d.tr, Peers: c.peers, Group: c.repairTo, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
 		ResendBytes: int(f.ResendBuffer), ReassemblyBytes: int(f.ReassemblyMemory), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
 		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
 		DigestInterval: f.DigestInterval, Log: log})

@@ -329,3 +329,27 @@ func TestIssue22Targets(t *testing.T) {
 		t.Errorf("3 runs: %+v, want missed for too few runs", got)
 	}
 }
+
+func TestRepairTarget(t *testing.T) {
+	r := &Results{}
+	if tg := r.repairTarget(); tg.Met != nil || r.repairSection() != "" {
+		t.Fatalf("no runs: %+v, want not measured and no section", tg)
+	}
+	r.Repair = []RepairRun{
+		{Mode: RepairUnicast, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 1500, Resent: 1600, Sent: 2000, SenderCPU: 0.4},
+		{Mode: RepairGroup, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 90, Resent: 151, Sent: 2000, SenderCPU: 0.2},
+		{Mode: RepairPeers, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 1500, Resent: 1500, Sent: 2000, SenderCPU: 3},
+	}
+	if tg := r.repairTarget(); tg.Met == nil || *tg.Met || !strings.Contains(tg.Measured, "0.90 requests, 1.51 resends") {
+		t.Errorf("1.51 resends per lost: %+v, want unmet", tg)
+	}
+	r.Repair[1].Resent = 150
+	if tg := r.repairTarget(); tg.Met == nil || !*tg.Met || !strings.Contains(tg.Measured, "apart: 15.00, 16.00") {
+		t.Errorf("1.5 resends per lost: %+v, want met, beside the unicast figures", tg)
+	}
+	// --peers: 3 s against 0.2 s for 2000 datagrams to each of 15 peers
+	// is 2.8 s more, 93.3 µs a datagram and peer.
+	if s := r.repairSection(); !strings.Contains(s, "30000 datagrams on the wire") || !strings.Contains(s, "186.7 ms more per peer, 93.3 µs per datagram and peer") {
+		t.Errorf("section lacks the fan-out cost:\n%s", s)
+	}
+}

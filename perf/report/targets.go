@@ -123,6 +123,7 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, r.sealingTarget())
 	ts = append(ts, r.largeValueTarget())
 	ts = append(ts, r.resyncTargets()...)
+	ts = append(ts, r.repairTarget())
 
 	t = Target{Goal: "0 changes lost (udpmapsync, every run)"}
 	lost, runs := 0, 0

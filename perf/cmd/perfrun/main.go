@@ -51,6 +51,7 @@ type Flags struct {
 	DeleteShare                                       float64
 	Rates                                             []int
 	Nodes                                             []int
+	RepairNodes                                       []int
 	Systems, Profiles                                 []string
 	LatencyFor, Timeout, Settle, ConntrackdTimeout    time.Duration
 	Work                                              string
@@ -83,6 +84,7 @@ func main() {
 	fs.Float64Var(&f.DeleteShare, "delete-share", 0.1, "share of the changes that are deletes")
 	fs.IntSliceVar(&f.Rates, "rates", []int{10_000, 100_000}, "fixed rates of the latency runs, changes/s")
 	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3}, "cluster sizes")
+	fs.IntSliceVar(&f.RepairNodes, "repair-nodes", []int{4, 8, 16}, "cluster sizes of the repair runs, each with --loss-percent of node1's datagrams dropped upstream of every receiver (none: skip them)")
 	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCStream, report.GRPCUnary}, "systems to measure: "+strings.Join(systems, ", "))
 	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack", "large"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B), large (16 B / 4 KiB: records in fragments)")
 	fs.DurationVar(&f.LatencyFor, "latency-for", 3*time.Second, "length of a latency run")
@@ -223,6 +225,9 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 		if r.Resync, err = resyncRuns(ctx, f, log, r); err != nil {
 			return "", err
 		}
+	}
+	if r.Repair, err = repairRuns(ctx, f, log); err != nil {
+		return "", err
 	}
 	r.Conntrackd, r.ConntrackdNote = runConntrackd(ctx, f, log)
 	r.LoadAfter = loadavg()
