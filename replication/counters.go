@@ -42,6 +42,7 @@ type counterKernel interface {
 	Dump(keys, values []byte, fn func(keys, values []byte) error) error
 	Lookup(key, value []byte) (bool, error)
 	DeleteBatch(keys []byte) (missing int, err error)
+	UpdateBatch(keys, values []byte) error
 }
 
 // counterAdder adds deltas to the kernel map's counters atomically.
@@ -158,7 +159,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			if err := t.flushAdds(); err != nil {
 				return err
 			}
-			if _, err := t.kernel.DeleteBatch(key); err != nil {
+			if err := t.clear(key); err != nil {
 				return fmt.Errorf("counter map: reset a key: %w", err)
 			}
 		}
@@ -548,6 +549,19 @@ func (t *CounterTarget) Forget() error {
 	if len(keys) == 0 {
 		return nil
 	}
-	_, err = t.kernel.DeleteBatch(keys)
-	return err
+	return t.clear(keys)
+}
+
+// clear deletes keys from the kernel map, or, in an array, whose entries
+// cannot be deleted, writes zeros into them.
+func (t *CounterTarget) clear(keys []byte) error {
+	_, err := t.kernel.DeleteBatch(keys)
+	if err == nil {
+		return nil
+	}
+	zeros := make([]byte, len(keys)/t.keySize*8*t.words*t.cpus)
+	if t.kernel.UpdateBatch(keys, zeros) != nil {
+		return err
+	}
+	return nil
 }
