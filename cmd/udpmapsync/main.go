@@ -355,7 +355,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 				return nil, err
 			}
 			d.counters = append(d.counters, cm)
-			local[i] = replication.CounterMap(m, cm.target, d.options[i])
+			local[i] = replication.CounterMap(replication.MapFromLoader(m), cm.target, d.options[i])
 			continue
 		}
 		local[i] = replication.MapFromLoader(m)
@@ -491,8 +491,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 		}
 		log.Info("replicating map", args...)
 	}
-	log.Info("capture attached", "backend", capture.Backend())
-	if !capture.SeesProgramWrites() {
+	if capture == nil {
+		log.Info("no capture attached", "backend", d.backend())
+	} else if log.Info("capture attached", "backend", capture.Backend()); !capture.SeesProgramWrites() {
 		args := []any{"backend", capture.Backend()}
 		if why := capture.Fallback(); why != nil {
 			args = append(args, "fentry_unavailable", why)
