@@ -58,13 +58,15 @@ type applier struct {
 	same      []sameRecords // per map index
 	taken     int
 
-	secs wire.Sections
-	recs wire.Records
-	runs []run
-	keys []byte              // the runs' keys, packed back to back
-	vals []byte              // their values
-	vers []knowledge.Version // their versions
-	mine []byte              // an entry of this node's, read for its local fields
+	secs  wire.Sections
+	recs  wire.Records
+	frags []heldFragment // the fragment records of the datagram being collected
+	reasm reassembly
+	runs  []run
+	keys  []byte              // the runs' keys, packed back to back
+	vals  []byte              // their values
+	vers  []knowledge.Version // their versions
+	mine  []byte              // an entry of this node's, read for its local fields
 	// hashes are the keys' knowledge hashes, computed and their slots
 	// touched before the first look-up (see [applier.touch]); touched
 	// keeps what the touches read, so that they are not optimized away.
@@ -85,9 +87,10 @@ type run struct {
 	verEnd         int
 }
 
-func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
+func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter, reassemblyBytes int) applier {
 	return applier{time: SystemTime{}, table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
-		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
+		reasm: newReassembly(reassemblyBytes, stats, log, limit),
+		keys:  make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
 		same: make([]sameRecords, len(t.maps))}
 }
 
@@ -103,6 +106,7 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 	mark := a.mark()
 	taken, unknown, unknownFP, future := 0, 0, uint32(0), 0
 	limit, latest := a.clock.Limit(), hlc.Stamp(0)
+	a.frags = a.frags[:0]
 	a.secs.Reset(body, count)
 	for {
 		sec, err := a.secs.Next()
@@ -134,9 +138,22 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 				continue
 			}
 			latest = max(latest, st)
+			if rec.Fragment.Count != 0 {
+				// Taken once the whole datagram checked out.
+				a.frags = append(a.frags, heldFragment{m: m, rec: rec})
+				continue
+			}
 			a.add(node, m, rec.Op, knowledge.Version{Stamp: st, Origin: rec.Origin}, rec.Key, rec.Value, snapshot)
 			taken++
 		}
+	}
+	if len(a.frags) > 0 {
+		n, err := a.fragments(node, snapshot)
+		if err != nil {
+			a.rollBack(mark)
+			return 0, err
+		}
+		taken += n
 	}
 	if unknown > 0 {
 		a.unknownMap(node, unknownFP, unknown)
@@ -145,6 +162,42 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 		a.futureStamps(node, future)
 	}
 	a.clock.Observe(latest)
+	return taken, nil
+}
+
+// heldFragment is a fragment record of a datagram being collected.
+type heldFragment struct {
+	m   *localMap
+	rec wire.Record
+}
+
+// fragments hands the fragment records of a checked datagram of node to
+// the reassembly, and adds the records they complete to the pending runs.
+// A snapshot datagram is refused whole, before anything of it is taken,
+// if a fragment of it would pass the reassembly's bounds: the serving
+// node sends it again. A fragment of a change stream that would is
+// dropped, and counted, alone.
+func (a *applier) fragments(node uint32, snapshot bool) (int, error) {
+	now := a.time.Now()
+	if snapshot {
+		cost := 0
+		for i := range a.frags {
+			cost += a.reasm.startCost(node, a.frags[i].m.fp, &a.frags[i].rec)
+		}
+		if cost > 0 && !a.reasm.fits(node, cost, now) {
+			a.stats.FragmentsRefused.Add(uint64(len(a.frags)))
+			return 0, errFragmentsRefused
+		}
+	}
+	taken := 0
+	for i := range a.frags {
+		f := &a.frags[i]
+		if out, value := a.reasm.add(node, snapshot, f.m.fp, &f.rec, now); out == fragmentCompleted {
+			a.add(node, f.m, ops.Update, knowledge.Version{Stamp: hlc.Stamp(f.rec.Stamp), Origin: f.rec.Origin}, f.rec.Key, value, snapshot)
+			taken++
+		}
+	}
+	a.frags = a.frags[:0]
 	return taken, nil
 }
 

@@ -113,7 +113,10 @@ func (b *resendBuffer) add(seq uint64, d []byte) {
 		}
 		b.w = 0
 	}
-	for b.n > 0 && (b.n == uint64(len(b.offs)) || b.overlapsOldest(len(d))) {
+	// A datagram recorded lost holds no bytes, so only a held one can be
+	// in the way: a lost oldest goes first (a request for it is answered
+	// gone either way), and the oldest held is then the one checked.
+	for b.n > 0 && (b.n == uint64(len(b.offs)) || b.lens[b.first%uint64(len(b.offs))] == 0 || b.overlapsOldest(len(d))) {
 		b.evict()
 	}
 	copy(b.arena[b.w:], d)

@@ -150,10 +150,14 @@ type sender struct {
 	drainedAt atomic.Int64
 	// lookup is a value buffer per map, for the reads of [sender.stillHolds].
 	lookup [][]byte
+	// whole is a value of the largest map with fields whose updates
+	// travel in fragments, in the form it has on the wire, as
+	// [sender.fragment] cuts it.
+	whole []byte
 
 	// Counted locally and published at each send, to keep atomics off the
 	// per-change path.
-	captured, coalesced, bad, changes, superseded, relayed uint64
+	captured, coalesced, bad, changes, superseded, relayed, fragments uint64
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
@@ -192,7 +196,11 @@ func newSender(cfg senderConfig) *sender {
 		s.ringSize = r.Size()
 	}
 	for i := range cfg.Table.maps {
-		s.lookup = append(s.lookup, make([]byte, cfg.Table.maps[i].valueSize))
+		m := &cfg.Table.maps[i]
+		s.lookup = append(s.lookup, make([]byte, m.valueSize))
+		if m.fragments > 0 && m.plan != nil && m.valueSize > len(s.whole) {
+			s.whole = make([]byte, m.valueSize)
+		}
 	}
 	for i := range s.bufs {
 		s.bufs[i] = make([]byte, s.payload)
@@ -477,6 +485,10 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 		s.coalesced++
 		return
 	}
+	if m.fragments > 0 && op == ops.Update {
+		s.fragment(m, v, key, value)
+		return
+	}
 	grow := p.growth(e, m, op, v)
 	if p.size+grow > s.payload {
 		s.closeDatagram()
@@ -493,6 +505,30 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 		return
 	}
 	p.insert(slot, m, op, v, key, value)
+}
+
+// fragment sends an update of m too large for one datagram as its
+// fragment records, each in a datagram of its own, numbered, kept for
+// repair and sealed like any other, back to back: a receiver takes a
+// change stream in order, so it never sees two records' fragments
+// interleaved there. A pending change of the same key is older, and
+// loses to this one wherever it arrives.
+func (s *sender) fragment(m *localMap, v knowledge.Version, key, value []byte) {
+	whole := value
+	if m.plan != nil {
+		whole = s.whole[:m.valueSize]
+		copy(whole, value)
+		m.plan.toWire(whole)
+	}
+	for i := range m.fragments {
+		s.w.Reset(s.bufs[len(s.queued)], s.header.Node, uint64(v.Stamp))
+		if !s.w.AppendFragment(m.fp, uint64(v.Stamp), v.Origin, key, whole, i, m.fragments) {
+			panic("replication: a fragment does not fit the datagram NewTable planned it for")
+		}
+		s.queueDatagram()
+	}
+	s.changes++
+	s.fragments += uint64(m.fragments)
 }
 
 // takeRelayed queues the entries the receive side passes on, once the
@@ -554,13 +590,19 @@ func (s *sender) closeDatagram() {
 	}
 	s.pend.encode(&s.w, s.bufs[len(s.queued)])
 	s.changes += uint64(s.w.Count())
+	s.pend.reset()
+	s.queueDatagram()
+}
+
+// queueDatagram numbers the datagram the writer holds, keeps it in the
+// resend buffer and queues it, sending the queue once it is full.
+func (s *sender) queueDatagram() {
 	s.header.Seq++
 	d := s.w.Finish(s.header)
 	if s.resend != nil {
 		s.resend.add(s.header.Seq, d)
 	}
 	s.queued = append(s.queued, d)
-	s.pend.reset()
 	if len(s.queued) == sendBatch {
 		s.send()
 	}
@@ -593,7 +635,8 @@ func (s *sender) send() {
 	s.stats.ChangesSent.Add(s.changes)
 	s.stats.Superseded.Add(s.superseded)
 	s.stats.Relayed.Add(s.relayed)
-	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed = 0, 0, 0, 0, 0, 0
+	s.stats.FragmentsSent.Add(s.fragments)
+	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed, s.fragments = 0, 0, 0, 0, 0, 0, 0
 }
 
 // checkOverflows asks the source whether it lost changes since the last

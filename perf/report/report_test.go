@@ -104,6 +104,21 @@ BenchmarkScan/1000k-2        	       3	 438848370 ns/op	         0.4294 cpu-s/sc
 	}
 }
 
+// The counter target compares BenchmarkCounterApply's two rates.
+func TestCounterTarget(t *testing.T) {
+	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
+BenchmarkCounterApply/lww-2         	    6414	    122462 ns/op	   2090450 entries/s
+BenchmarkCounterApply/sum-2         	    1777	    199753 ns/op	   1281586 entries/s
+`))}
+	goal := "merge=sum apply ≥ 0.5 of the last-writer-wins apply rate"
+	if got := verdicts(r, "")[goal]; !strings.HasPrefix(got, "met: 0.61: sum 1.28M entries/s, last-writer-wins 2.09M entries/s") {
+		t.Errorf("counter target %q", got)
+	}
+	if got := verdicts(&Results{}, "")[goal]; !strings.HasPrefix(got, "n/a: not measured") {
+		t.Errorf("without benchmarks: %q", got)
+	}
+}
+
 // The digest target reads BenchmarkDigestHeal's figures.
 func TestDigestTarget(t *testing.T) {
 	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
@@ -312,5 +327,29 @@ func TestIssue22Targets(t *testing.T) {
 	r.Resync.FastWriter = r.Resync.FastWriter[:3]
 	if got := r.fastWriterTarget(); got.Met == nil || *got.Met {
 		t.Errorf("3 runs: %+v, want missed for too few runs", got)
+	}
+}
+
+func TestRepairTarget(t *testing.T) {
+	r := &Results{}
+	if tg := r.repairTarget(); tg.Met != nil || r.repairSection() != "" {
+		t.Fatalf("no runs: %+v, want not measured and no section", tg)
+	}
+	r.Repair = []RepairRun{
+		{Mode: RepairUnicast, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 1500, Resent: 1600, Sent: 2000, SenderCPU: 0.4},
+		{Mode: RepairGroup, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 90, Resent: 151, Sent: 2000, SenderCPU: 0.2},
+		{Mode: RepairPeers, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 1500, Resent: 1500, Sent: 2000, SenderCPU: 3},
+	}
+	if tg := r.repairTarget(); tg.Met == nil || *tg.Met || !strings.Contains(tg.Measured, "0.90 requests, 1.51 resends") {
+		t.Errorf("1.51 resends per lost: %+v, want unmet", tg)
+	}
+	r.Repair[1].Resent = 150
+	if tg := r.repairTarget(); tg.Met == nil || !*tg.Met || !strings.Contains(tg.Measured, "apart: 15.00, 16.00") {
+		t.Errorf("1.5 resends per lost: %+v, want met, beside the unicast figures", tg)
+	}
+	// --peers: 3 s against 0.2 s for 2000 datagrams to each of 15 peers
+	// is 2.8 s more, 93.3 µs a datagram and peer.
+	if s := r.repairSection(); !strings.Contains(s, "30000 datagrams on the wire") || !strings.Contains(s, "186.7 ms more per peer, 93.3 µs per datagram and peer") {
+		t.Errorf("section lacks the fan-out cost:\n%s", s)
 	}
 }
