@@ -3,12 +3,12 @@ package knowledge
 import (
 	"encoding/binary"
 	"fmt"
-	"math/bits"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/probe"
 )
 
 // Entry is what the knowledge holds of one key, packed into 20 bytes
@@ -156,18 +156,11 @@ func (t *keyTable) bytes() int {
 	return n
 }
 
-// home is where the probe run of h, a slotHash, starts.
-func (sh *shard) home(h uint64) int {
-	hi, _ := bits.Mul64(h<<16, uint64(len(sh.slots)))
-	return int(hi)
-}
+// home is where the probe run of h, a slotHash, starts: its 48 bits
+// shifted to the top.
+func (sh *shard) home(h uint64) int { return probe.Home(h<<16, len(sh.slots)) }
 
-func (sh *shard) next(i int) int {
-	if i++; i == len(sh.slots) {
-		return 0
-	}
-	return i
-}
+func (sh *shard) next(i int) int { return probe.Next(i, len(sh.slots)) }
 
 // index returns the position of hash h, or -1.
 func (sh *shard) index(h uint64) int {
@@ -247,9 +240,7 @@ func (sh *shard) remove(h uint64) bool {
 	}
 	sh.n--
 	for j := sh.next(i); sh.slots[j].hash() != 0; j = sh.next(j) {
-		home := sh.home(sh.slots[j].hash())
-		// Move j back to i unless its home lies cyclically in (i, j].
-		if i <= j && (home <= i || home > j) || i > j && home <= i && home > j {
+		if probe.MovesBack(sh.home(sh.slots[j].hash()), i, j) {
 			sh.slots[i] = sh.slots[j]
 			i = j
 		}

@@ -91,7 +91,6 @@ type Attacker struct {
 
 	sentBytes, sentDatagrams       atomic.Uint64 // IP bytes and datagrams sent, by either socket
 	unicastBytes, unicastDatagrams atomic.Uint64 // received at the attacker's address, not via the group
-	captureOn                      atomic.Bool
 
 	mu        sync.Mutex
 	captured  []Captured // ring of recorded multicast datagrams
@@ -118,7 +117,6 @@ func NewAttacker(node *Node, group string, port int) (*Attacker, error) {
 	}
 	a := &Attacker{Node: node, Group: g, Port: port, runs: make(map[uint32]*Run), unicastKinds: make(map[string]int),
 		done: make(chan struct{})}
-	a.captureOn.Store(true)
 	err = node.Do(func() error {
 		ifi, err := net.InterfaceByName(NodeIface)
 		if err != nil {
@@ -217,10 +215,6 @@ func (a *Attacker) OnUnicast(fn func(Captured)) {
 	a.mu.Unlock()
 }
 
-// SetCapture turns the recording of multicast datagrams on or off; the
-// node runs are learned either way.
-func (a *Attacker) SetCapture(on bool) { a.captureOn.Store(on) }
-
 func (a *Attacker) receive() {
 	defer a.wg.Done()
 	buf := make([]byte, 1<<16)
@@ -260,7 +254,7 @@ func (a *Attacker) receive() {
 			}
 			a.unicastKinds[what]++
 		}
-		if c.Multicast && c.OK && a.captureOn.Load() {
+		if c.Multicast && c.OK {
 			if len(a.captured) < maxCaptured {
 				a.captured = append(a.captured, c)
 			} else {
@@ -458,9 +452,6 @@ type Forger struct {
 func NewForger(keys *seal.Keys) *Forger {
 	return &Forger{keys: keys, sealers: make(map[[12]byte]*seal.Sealer)}
 }
-
-// Sealed reports whether the forger seals.
-func (f *Forger) Sealed() bool { return f.keys != nil }
 
 // Datagram is h and body as one datagram, sealed if the forger seals.
 // h.Sealed is set accordingly.

@@ -96,7 +96,7 @@ func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, lo
 // [hlc.MaxSkew]. It returns how many records it took.
 func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool) (int, error) {
 	if len(a.keys)+len(body) > cap(a.keys) || len(a.vals)+len(body) > cap(a.vals) {
-		a.flush() // the whole datagram fits in what is left
+		a.applyRuns() // the whole datagram fits in what is left
 	}
 	mark := a.mark()
 	taken, unknown, unknownFP, future := 0, 0, uint32(0), 0
@@ -244,7 +244,7 @@ func (a *applier) rollBack(m pendingMark) {
 // add appends one record to the last run, or starts a new run.
 func (a *applier) add(node uint32, m *localMap, op ops.Op, v knowledge.Version, key, value []byte, snapshot bool) {
 	if len(a.keys)+len(key) > cap(a.keys) || len(a.vals)+len(value) > cap(a.vals) {
-		a.flush()
+		a.applyRuns()
 	}
 	if n := len(a.runs); n == 0 || a.runs[n-1].m != m || a.runs[n-1].op != op ||
 		a.runs[n-1].node != node || a.runs[n-1].snapshot != snapshot {
@@ -261,10 +261,10 @@ func (a *applier) add(node uint32, m *localMap, op ops.Op, v knowledge.Version, 
 	r.keyEnd, r.valEnd, r.verEnd = len(a.keys), len(a.vals), len(a.vers)
 }
 
-// flush applies the pending runs in order. Whatever reads the local maps
-// or reports how far a peer's changes were applied flushes first; so
-// does every holder of the receive lock before releasing it.
-func (a *applier) flush() int {
+// applyRuns applies the pending runs in order. Whatever reads the local
+// maps or reports how far a peer's changes were applied applies them
+// first; so does every holder of the receive lock before releasing it.
+func (a *applier) applyRuns() int {
 	if len(a.runs) == 0 {
 		return 0
 	}

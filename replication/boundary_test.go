@@ -43,7 +43,7 @@ func TestSequenceEndOfRange(t *testing.T) {
 		f.handle(peerA, f.peerDatagram(t, 1, math.MaxUint64-5, "key1", "1"))
 		f.handle(peerA, announce(t, peerNode, 1, math.MaxUint64))
 		f.handle(peerB, announce(t, 9, 1, wire.MaxSeq+1))
-		f.n.dispatch.tick(time.Now().Add(repairTimeout), nil)
+		f.n.dispatch.onTimers(time.Now().Add(repairTimeout), nil)
 	})
 	if s := f.stats.Snapshot(); s.Malformed != 3 || s.NacksSent != 0 {
 		t.Errorf("malformed %d nacks %d, want 3 and 0", s.Malformed, s.NacksSent)
@@ -80,7 +80,7 @@ func TestFarAheadDatagramSkipsNothing(t *testing.T) {
 			f.handleAt(t0, peerA, forge.d(f))
 			// The claim is not repaired in time: given up, with nothing
 			// skipped, and a full resync asked of the peer, which answers.
-			f.n.dispatch.tick(t0.Add(repairTimeout), nil)
+			f.n.dispatch.onTimers(t0.Add(repairTimeout), nil)
 			t1 := t0.Add(repairTimeout)
 			f.handleAt(t1, peerA, f.peerDatagram(t, 1, 11, "key1", "11"))
 			if f.n.client.phase != syncRequested {
@@ -147,7 +147,7 @@ func TestSnapshotNumbersBounded(t *testing.T) {
 		f.handle(peerA, f.snapshotDatagram(t, id, math.MaxUint32, "big"))
 		f.handle(peerA, f.snapshotDatagram(t, id, transferWindow+1, "past"))
 		f.handle(peerA, syncEnd(id, math.MaxUint32))
-		f.n.dispatch.tick(time.Now(), nil)
+		f.n.dispatch.onTimers(time.Now(), nil)
 	})
 	after.read()
 	if grown := int64(after.heap) - int64(before.heap); grown > 64<<20 {
@@ -195,16 +195,16 @@ func TestSilentPeerForgotten(t *testing.T) {
 	f.n.ready.started = t0
 	f.handleAt(t0, peerA, readyAnnounce(t, peerNode, 1, 0))
 	silence := max(peerSilence*DefaultAnnounceInterval, minPeerSilence)
-	f.n.dispatch.tick(t0.Add(silence-time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(silence-time.Millisecond), nil)
 	if len(f.n.Peers()) != 1 {
 		t.Fatal("peer forgotten before its silence ran out")
 	}
-	f.n.dispatch.tick(t0.Add(silence), nil)
+	f.n.dispatch.onTimers(t0.Add(silence), nil)
 	if len(f.n.Peers()) != 0 || f.stats.PeersExpired.Load() != 1 {
 		t.Fatalf("peers %+v expired %d after the silence, want none and 1", f.n.Peers(), f.stats.PeersExpired.Load())
 	}
 	// It was asked for the initial sync, which was abandoned with it.
-	f.n.dispatch.tick(t0.Add(silence+syncRetryWait), nil)
+	f.n.dispatch.onTimers(t0.Add(silence+syncRetryWait), nil)
 	if !f.n.ready.isReady() {
 		t.Error("not ready with no peer left")
 	}
@@ -304,11 +304,11 @@ func TestGoneFromNewPeerWaitsToBeEstablished(t *testing.T) {
 		f.peerDatagram(t, 1, 3, "key3", "3"), goneDatagram(2, 2)} {
 		f.dispatch(peerA, d, true, t0) // no cookie echoed: the address proves nothing
 	}
-	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(time.Millisecond), nil)
 	if f.n.client.phase != syncIdle {
 		t.Fatal("a resync was asked of a peer heard a moment ago")
 	}
-	f.n.dispatch.tick(t0.Add(trustAfter*DefaultAnnounceInterval), nil)
+	f.n.dispatch.onTimers(t0.Add(trustAfter*DefaultAnnounceInterval), nil)
 	if f.n.client.phase != syncRequested {
 		t.Errorf("phase %d once the peer was heard long enough, want a resync requested", f.n.client.phase)
 	}

@@ -288,19 +288,19 @@ type digests struct {
 	gate   *answerGate // what may be sent to each peer's address
 	ctl    controlSender
 	stats  *Stats
-	// current reports whether this node may compare with p: ready and
-	// holding every peer's changes (see Node.current).
-	current func(p *peer) bool
-	round   digestRound
-	started *digestSet // the set the last round started from
-	buf     wire.Digest
-	settle  time.Duration // digestSettle; shorter in tests
+	// upToDate reports whether this node may compare with p: ready and
+	// holding every peer's changes (see Node.upToDate).
+	upToDate func(p *peer) bool
+	round    digestRound
+	started  *digestSet // the set the last round started from
+	buf      wire.Digest
+	settle   time.Duration // digestSettle; shorter in tests
 }
 
-// tick starts a round when a new read of the maps is in and the last
+// onTimers starts a round when a new read of the maps is in and the last
 // round's repairs are done, and the next repair once the resync client is
 // free.
-func (d *digests) tick(now time.Time) {
+func (d *digests) onTimers(now time.Time) {
 	r := &d.round
 	repairing := len(r.repairs) > 0 || d.client.filtered && d.client.phase != syncIdle
 	if set := d.source.latest.Load(); set != nil && set != d.started && !repairing {
@@ -311,7 +311,7 @@ func (d *digests) tick(now time.Time) {
 	if len(r.repairs) == 0 || d.client.phase != syncIdle || now.Before(d.client.retryAt) || now.Sub(d.client.since) < transferEvery {
 		return
 	}
-	if r.peer == nil || d.peers.byNode[r.peer.node] != r.peer || r.tries >= repairTries || !d.current(r.peer) {
+	if r.peer == nil || d.peers.byNode[r.peer.node] != r.peer || r.tries >= repairTries || !d.upToDate(r.peer) {
 		r.repairs, r.tries = r.repairs[:0], 0 // given up to the next round
 		return
 	}
@@ -349,7 +349,7 @@ func (d *digests) begin(set *digestSet, now time.Time) {
 func (d *digests) pick(after uint32, now time.Time) *peer {
 	var first, next *peer
 	for _, p := range d.peers.byNode {
-		if !p.announced || !p.ready || !d.peers.settled(p, now) || p.needSync || p.stream.paused || !d.current(p) {
+		if !p.announced || !p.ready || !d.peers.settled(p, now) || p.needSync || p.stream.paused || !d.upToDate(p) {
 			continue
 		}
 		if first == nil || p.node < first.node {
@@ -388,7 +388,7 @@ func (d *digests) ask(b wire.Bucket, now time.Time) {
 // tells it which children differ. The answer is smaller than the digest,
 // so it cannot be used to amplify; it is paid from the credit the digest
 // earned p's address. Without a read of its own yet, or while it is not
-// current, this node does not answer.
+// up to date, this node does not answer.
 func (d *digests) answer(p *peer, g *wire.Digest) error {
 	m := d.table.byFP[g.Map]
 	if m == nil || !digested(m) || int(g.Depth) >= digestDepth(m.Desc.MaxEntries) {
@@ -396,7 +396,7 @@ func (d *digests) answer(p *peer, g *wire.Digest) error {
 	}
 	d.stats.DigestBytes.Add(wire.HeaderSize + wire.DigestSize)
 	set := d.source.latest.Load()
-	if set == nil || !d.current(p) {
+	if set == nil || !d.upToDate(p) {
 		return nil
 	}
 	mask, busy := differ(set.trees[m.index].children(&g.Bucket), g.Children[:], set.stamp, hlc.Stamp(g.Stamp), d.settle)
@@ -507,7 +507,7 @@ func (d *digests) filter(f *wire.BucketFilter, body []byte) error {
 
 // readDigests reads the maps into digests every digest interval, once
 // the node is ready, until ctx is done; the timers start a round with
-// each new read (see digests.tick).
+// each new read (see digests.onTimers).
 func (n *Node) readDigests(ctx context.Context) error {
 	if n.digestEvery <= 0 {
 		<-ctx.Done()

@@ -73,6 +73,6 @@ func (c *resyncClient) reconcile(p *peer, now time.Time) int {
 		c.relay.add(m.index, ops.Update, w, key, val)
 		written++
 	}
-	c.apply.flush()
+	c.apply.applyRuns()
 	return written
 }

@@ -487,25 +487,25 @@ func TestDigestRoundWaitsForRepairs(t *testing.T) {
 	p.ready = true
 	d := &f.n.digests
 	d.round = digestRound{id: 7, peer: p, repairs: []wire.BucketFilter{{Bucket: wire.Bucket{Map: f.fpFlow, Depth: 1}, Children: 1}}}
-	d.tick(time.Now())
+	d.onTimers(time.Now())
 	if !f.n.client.filtered || d.round.id != 7 || f.stats.DigestRounds.Load() != 0 {
 		t.Fatalf("round %d, %d rounds, repair under way %v: want the repair started and no round", d.round.id, f.stats.DigestRounds.Load(), f.n.client.filtered)
 	}
-	d.tick(time.Now())
+	d.onTimers(time.Now())
 	if d.round.id != 7 {
 		t.Fatal("a round started while a repair was under way")
 	}
 	f.n.client.reset() // as at the repair's end
 	p.stream.paused = false
 	d.repaired()
-	d.tick(time.Now())
+	d.onTimers(time.Now())
 	if d.round.id != 8 || f.stats.DigestRounds.Load() != 1 {
 		t.Fatalf("round %d, %d rounds: want the next round once the repairs were done", d.round.id, f.stats.DigestRounds.Load())
 	}
 }
 
 // A digest repair is no full resync: the status reports none while it
-// runs, as it says (and a node repairing serves, see [Node.current]).
+// runs, as it says (and a node repairing serves, see [Node.upToDate]).
 func TestDigestRepairIsNoResyncInStatus(t *testing.T) {
 	f := newReceiverFixture(t)
 	f.handle(peerA, readyAnnounce(t, peerNode, 1, 0))

@@ -63,22 +63,22 @@ type route struct {
 	// epoch. The others come only from a peer known in that epoch at that
 	// address.
 	binds bool
-	// flush: what is collected from change datagrams is applied first,
+	// applyFirst: what is collected from change datagrams is applied first,
 	// because the handler reads the maps or reports how far they are.
-	flush bool
+	applyFirst bool
 }
 
 // routes maps each kind to its handler.
 var routes = map[wire.Kind]route{
 	wire.KindChanges:     {handle: (*dispatcher).changes, binds: true},
-	wire.KindAnnounce:    {handle: (*dispatcher).announce, binds: true, flush: true},
-	wire.KindNack:        {handle: (*dispatcher).nack, flush: true},
-	wire.KindGone:        {handle: (*dispatcher).gone, flush: true},
-	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, flush: true},
+	wire.KindAnnounce:    {handle: (*dispatcher).announce, binds: true, applyFirst: true},
+	wire.KindNack:        {handle: (*dispatcher).nack, applyFirst: true},
+	wire.KindGone:        {handle: (*dispatcher).gone, applyFirst: true},
+	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, applyFirst: true},
 	wire.KindSyncAck:     {handle: (*dispatcher).syncAck},
-	wire.KindSyncStart:   {handle: (*dispatcher).syncStart, flush: true},
-	wire.KindSnapshot:    {handle: (*dispatcher).snapshot, flush: true},
-	wire.KindSyncEnd:     {handle: (*dispatcher).syncEnd, flush: true},
+	wire.KindSyncStart:   {handle: (*dispatcher).syncStart, applyFirst: true},
+	wire.KindSnapshot:    {handle: (*dispatcher).snapshot, applyFirst: true},
+	wire.KindSyncEnd:     {handle: (*dispatcher).syncEnd, applyFirst: true},
 	wire.KindCookie:      {handle: (*dispatcher).cookie},
 	wire.KindCookieEcho:  {handle: (*dispatcher).cookieEcho},
 	wire.KindDigest:      {handle: (*dispatcher).digest},
@@ -92,7 +92,7 @@ func (d *dispatcher) init() {
 }
 
 // handle checks one datagram and acts on it; the changes it carries are
-// collected into runs that the caller applies with [applier.flush].
+// collected into runs that the caller applies with [applier.applyRuns].
 func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
 	from, b := pkt.From, pkt.Data
 	h := &d.hdr
@@ -139,8 +139,8 @@ func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
 	if from == p.addr {
 		d.gate.earn(p, len(b), pkt.Unicast)
 	}
-	if r.flush {
-		d.apply.flush()
+	if r.applyFirst {
+		d.apply.applyRuns()
 	}
 	if err := r.handle(d, p, h, b, now); err != nil {
 		if prev != p {
@@ -511,10 +511,10 @@ func (d *dispatcher) again(p *peer, now time.Time) {
 	d.client.again(p, now)
 }
 
-// tick runs the timers of every peer: repeats repair requests, gives up
+// onTimers runs the timers of every peer: repeats repair requests, gives up
 // on gaps not repaired in time, forgets silent peers and drives the
 // resync; then applies what that released.
-func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
+func (d *dispatcher) onTimers(now time.Time, silent []*peer) []*peer {
 	for _, p := range d.peers.silent(now, silent[:0]) {
 		if s, ok := d.limit.allow(reasonPeer); ok {
 			d.log.Warn("forgetting a silent peer", "node", p.node, "addr", p.addr,
@@ -536,15 +536,15 @@ func (d *dispatcher) tick(now time.Time, silent []*peer) []*peer {
 			d.release(p, now)
 		}
 	}
-	d.client.tick(now)
-	d.digests.tick(now)
-	d.apply.reasm.tick(now)
+	d.client.onTimers(now)
+	d.digests.onTimers(now)
+	d.apply.reasm.onTimers(now)
 	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
 		}
 	}
-	d.apply.flush()
+	d.apply.applyRuns()
 	return silent
 }
 

@@ -199,7 +199,7 @@ func TestReassemblyHostile(t *testing.T) {
 	}
 	// Never completed: expired by the timers after the timeout, not
 	// before.
-	f.r.tick(f.now.Add(reassemblyTimeout - time.Millisecond))
+	f.r.onTimers(f.now.Add(reassemblyTimeout - time.Millisecond))
 	if got := f.stats.FragmentsExpired.Load(); got != 0 {
 		t.Errorf("%d records expired before their time", got)
 	}
@@ -207,7 +207,7 @@ func TestReassemblyHostile(t *testing.T) {
 	if out, _ := f.add(5, true, frag("k005", 10, v1, 0, 3)); out != fragmentHeld {
 		t.Errorf("after the timeout: %v, want held", out)
 	}
-	f.r.tick(f.now)
+	f.r.onTimers(f.now)
 	if got := f.stats.FragmentsExpired.Load(); got != 3 {
 		t.Errorf("%d records expired, want the 3 left incomplete", got)
 	}
@@ -350,7 +350,7 @@ func TestFragmentRefusedBeyondBound(t *testing.T) {
 			t.Fatalf("fragment %d of the held record: %v", i, err)
 		}
 	}
-	a.flush()
+	a.applyRuns()
 	if got := big.snapshot()["key1"]; got != bigValue(4096, '1', 1) {
 		t.Errorf("key1 holds %d bytes, not the record put together", len(got))
 	}

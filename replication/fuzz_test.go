@@ -84,7 +84,7 @@ func FuzzStream(f *testing.F) {
 				case 0: // time passes
 					now = now.Add(time.Duration(arg&0xf) * 50 * time.Millisecond)
 					before := fx.stats.ResyncNeeded.Load()
-					fx.n.dispatch.tick(now, nil)
+					fx.n.dispatch.onTimers(now, nil)
 					gaveUp = gaveUp || fx.stats.ResyncNeeded.Load() > before
 				case 1: // an announce
 					fx.handleAt(now, peerA, announce(t, peerNode, 1, 1+arg&0xf*4))
@@ -243,7 +243,7 @@ func FuzzReceivePath(f *testing.F) {
 			fx.handleAt(now, peerA, d)
 			fx.handleAt(now, peerB, d)
 			now = now.Add(30 * time.Millisecond)
-			fx.n.dispatch.tick(now, nil)
+			fx.n.dispatch.onTimers(now, nil)
 		}
 		for _, tg := range []*fakeTarget{fx.flows, fx.nat} {
 			for _, c := range tg.calls {

@@ -127,7 +127,7 @@ func TestGateSharesWhatCameToTheGroup(t *testing.T) {
 		now := t0.Add(time.Duration(i) * 20 * time.Millisecond)
 		d := announce(t, 0xa77a0001, 1, uint64(10*(i+1)))
 		f.dispatch(victim, d, false, now)
-		f.n.dispatch.tick(now, nil)
+		f.n.dispatch.onTimers(now, nil)
 		received += float64(len(d)+ipv4Overhead) / float64(len(f.n.peers.byNode)+1)
 	}
 	all := append(f.tr.sentTo(), f.tr.sentCookies()...)

@@ -160,15 +160,15 @@ func readyWithTwoPeers(t *testing.T) (f *receiverFixture, a, b *peer) {
 // overflows).
 func TestServesOnlyWhenCurrent(t *testing.T) {
 	f, a, b := readyWithTwoPeers(t)
-	if !f.n.current(a) || !f.n.current(b) {
+	if !f.n.upToDate(a) || !f.n.upToDate(b) {
 		t.Fatal("a ready node in sync does not serve")
 	}
 	a.stream.lostFrom = 3
 	a.ready = true // else its lost changes would only make this node serve partially
-	if !f.n.current(a) {
+	if !f.n.upToDate(a) {
 		t.Error("refused the peer whose own changes were lost")
 	}
-	if f.n.current(b) {
+	if f.n.upToDate(b) {
 		t.Error("served another peer while behind on the first one's changes")
 	}
 	f.prove(t, peerB)

@@ -254,7 +254,7 @@ func NewNode(cfg Config) (*Node, error) {
 	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
 	n.digestEvery = cfg.DigestInterval
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
-		stats: &n.stats, current: n.current, settle: digestSettle}
+		stats: &n.stats, upToDate: n.upToDate, settle: digestSettle}
 	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
@@ -266,18 +266,18 @@ func NewNode(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// current reports whether this node may serve p a snapshot: it completed
+// upToDate reports whether this node may serve p a snapshot: it completed
 // its initial sync, is not receiving a resync itself, and lost no other
 // peer's changes, so what it serves is the group's state, not a stale
 // one. Changes of p's own it may have lost: p holds those itself, and two
 // nodes that lost each other's (a healed partition) still serve each
 // other.
-func (n *Node) current(p *peer) bool {
+func (n *Node) upToDate(p *peer) bool {
 	return n.ready.isReady() && !n.client.busy() && !n.peers.behindOn(p)
 }
 
 // answer is this node's answer to p's request for a snapshot: served if
-// it is current, and, once ready, whenever p is ready too. A ready
+// it is up to date, and, once ready, whenever p is ready too. A ready
 // requester follows every other peer's stream itself and resyncs from
 // each peer whose changes it lost: it asks this node only for this node's
 // own changes, which its maps hold however far behind on the others it
@@ -427,7 +427,7 @@ func (n *Node) Deliver(pkts []transport.Packet) {
 	for i := range pkts {
 		n.dispatch.handle(&pkts[i], now)
 	}
-	n.apply.flush()
+	n.apply.applyRuns()
 }
 
 // timers runs the receive side's timers until ctx is done.
@@ -451,9 +451,9 @@ func (n *Node) timers(ctx context.Context) error {
 func (n *Node) FireTimers() {
 	now := n.time.Now()
 	n.mu.Lock()
-	n.silent = n.dispatch.tick(now, n.silent)
+	n.silent = n.dispatch.onTimers(now, n.silent)
 	n.mu.Unlock()
-	n.scan.tick(now)
+	n.scan.onTimers(now)
 	if now.Sub(n.pruned) >= pruneEvery {
 		n.pruned = now
 		h := n.know.Lock()

@@ -38,7 +38,7 @@ type peer struct {
 	firstHeard time.Time
 	lastHeard  time.Time
 	// addrSince, with a key, is when addr last changed (see
-	// [sealedTransport.source]); nothing is sent there before it settled.
+	// [sealedTransport.open]); nothing is sent there before it settled.
 	addrSince time.Time
 	// announced is set by the peer's first valid announce. Answers
 	// (repairs, snapshots) go only to a peer that announced itself from
@@ -115,7 +115,7 @@ const (
 // impostor. A node that really moved to another address binds again once
 // its old entry has been forgotten after the silence period.
 // Authenticated datagrams are the node's wherever they come from; where
-// to answer it is decided by the seal (see [sealedTransport.source]).
+// to answer it is decided by the seal (see [sealedTransport.open]).
 func (t *peerTable) classify(node uint32, epoch uint64, from netip.AddrPort, authenticated bool) (*peer, binding) {
 	p := t.byNode[node]
 	switch {

@@ -2,12 +2,12 @@ package replication
 
 import (
 	"hash/maphash"
-	"math/bits"
 	"sync"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/probe"
 )
 
 // printTable is, for every key of every scanned map, the fingerprints of
@@ -118,17 +118,9 @@ func (pm *printMap) set(i int, fp uint64, rfp, ms uint32) {
 }
 
 // home is where the probe run of hash h starts.
-func (pm *printMap) home(h uint64) int {
-	hi, _ := bits.Mul64(h, uint64(len(pm.slots)))
-	return int(hi)
-}
+func (pm *printMap) home(h uint64) int { return probe.Home(h, len(pm.slots)) }
 
-func (pm *printMap) next(i int) int {
-	if i++; i == len(pm.slots) {
-		return 0
-	}
-	return i
-}
+func (pm *printMap) next(i int) int { return probe.Next(i, len(pm.slots)) }
 
 // find returns the index of hash h's print, or -1.
 func (pm *printMap) find(h uint64) int {
@@ -193,9 +185,7 @@ func (pm *printMap) removeAt(i int) {
 	}
 	pm.n--
 	for j := pm.next(i); pm.slots[j].hash != 0; j = pm.next(j) {
-		home := pm.home(pm.slots[j].hash)
-		// Move j back to i unless its home lies cyclically in (i, j].
-		if i <= j && (home <= i || home > j) || i > j && home <= i && home > j {
+		if probe.MovesBack(pm.home(pm.slots[j].hash), i, j) {
 			pm.slots[i] = pm.slots[j]
 			if pm.keep {
 				pm.keyAt[i] = pm.keyAt[j]

@@ -195,10 +195,10 @@ func (r *reassembly) fits(node uint32, cost int, now time.Time) bool {
 	return !over()
 }
 
-// tick drops the expired partials, if a quarter of the timeout passed
+// onTimers drops the expired partials, if a quarter of the timeout passed
 // since they were last looked for: an incomplete record that nothing
 // follows is dropped at most 37.5 s after it began.
-func (r *reassembly) tick(now time.Time) {
+func (r *reassembly) onTimers(now time.Time) {
 	if len(r.partials) > 0 && now.Sub(r.swept) >= r.timeout/4 {
 		r.expire(now)
 	}

@@ -72,7 +72,7 @@ func (f *receiverFixture) handle(from netip.AddrPort, d []byte) {
 func (f *receiverFixture) handleAt(now time.Time, from netip.AddrPort, d []byte) {
 	f.echoCookies(now)
 	f.dispatch(from, d, true, now)
-	f.n.apply.flush()
+	f.n.apply.applyRuns()
 }
 
 // dispatch hands d to the dispatcher alone, with what the sealing
@@ -214,7 +214,7 @@ func TestApplyRunsSpanDatagrams(t *testing.T) {
 		t.Fatalf("batches when the sync request was handled: %q, want the update run and the delete run", f.flows.calls)
 	}
 	f.dispatch(peerA, f.peerDatagram(t, 1, 4, "key4", "4"), true, now)
-	f.n.apply.flush()
+	f.n.apply.applyRuns()
 
 	want := []call{
 		{ops.Update, []byte("key1key2key3"), []byte("       1       2       3")},
@@ -493,7 +493,7 @@ func TestReceiverAllocs(t *testing.T) {
 		setSeq(d, seq)
 		seq++
 		n.dispatch.handle(&pkt, now)
-		n.apply.flush()
+		n.apply.applyRuns()
 	}
 	step() // the first datagram creates the peer
 	if raceEnabled {
@@ -548,7 +548,7 @@ func BenchmarkDecodeApply(b *testing.B) {
 		setSeq(d, seq)
 		seq++
 		n.dispatch.handle(&pkt, now)
-		n.apply.flush()
+		n.apply.applyRuns()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(uint64(b.N)*uint64(h.Count)), "ns/change")
 }

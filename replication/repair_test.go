@@ -140,21 +140,21 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if got := f.nacks(t, wire.KindNack); len(got) != 2 {
 		t.Fatalf("requests %v, want one per new gap", got)
 	}
-	f.n.dispatch.tick(t0.Add(firstRetry/2), nil)
+	f.n.dispatch.onTimers(t0.Add(firstRetry/2), nil)
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the first retry is due", got)
 	}
-	f.n.dispatch.tick(t0.Add(firstRetry), nil)
+	f.n.dispatch.onTimers(t0.Add(firstRetry), nil)
 	got := f.nacks(t, wire.KindNack)
 	if len(got) != 1 || len(got[0]) != 2 || got[0][0] != (wire.Range{First: 2, Last: 2}) || got[0][1] != (wire.Range{First: 4, Last: 4}) {
 		t.Fatalf("retry %v, want [2,2] [4,4]", got)
 	}
-	f.n.dispatch.tick(t0.Add(firstRetry+firstRetry), nil) // the interval doubled: not yet
+	f.n.dispatch.onTimers(t0.Add(firstRetry+firstRetry), nil) // the interval doubled: not yet
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v before the doubled interval passed", got)
 	}
 	t1 := t0.Add(repairTimeout)
-	f.n.dispatch.tick(t1, nil)
+	f.n.dispatch.onTimers(t1, nil)
 	s := f.stats.Snapshot()
 	if s.ResyncNeeded != 1 || f.value("key3") != "       3" {
 		t.Fatalf("after the timeout: resync_needed %d, key3 %q; want 1 and datagram 3 applied", s.ResyncNeeded, f.value("key3"))
@@ -165,14 +165,14 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 	if f.n.client.phase != syncRequested || len(f.tr.sentTo()) != 1 {
 		t.Fatal("no full resync requested after giving up")
 	}
-	f.n.dispatch.tick(t1.Add(repairTimeout), nil)
+	f.n.dispatch.onTimers(t1.Add(repairTimeout), nil)
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 1 || f.value("key5") != "" {
 		t.Fatalf("the second gap was given up while the resync request waits: resync_needed %d key5 %q", s.ResyncNeeded, f.value("key5"))
 	}
 	// The peer read its maps after datagram 3: 4 is still missing.
 	t2 := t1.Add(repairTimeout + time.Millisecond)
 	f.handleAt(t2, peerA, f.syncStart(wire.SyncStart{AsOf: 3}))
-	f.n.dispatch.tick(t2.Add(repairTimeout), nil)
+	f.n.dispatch.onTimers(t2.Add(repairTimeout), nil)
 	if s := f.stats.Snapshot(); s.ResyncNeeded != 2 || s.Held != 0 || f.value("key5") != "       5" {
 		t.Errorf("after the second timeout: resync_needed %d held %d key5 %q; want 2, 0, applied", s.ResyncNeeded, s.Held, f.value("key5"))
 	}
@@ -198,7 +198,7 @@ func TestRepairHoldFull(t *testing.T) {
 	if got := f.value("key1"); got != fmt.Sprintf("%8d", w+1) {
 		t.Fatalf("key1 = %q once the gap was filled, want %d", got, w+1)
 	}
-	f.n.dispatch.tick(time.Now().Add(firstRetry), nil)
+	f.n.dispatch.onTimers(time.Now().Add(firstRetry), nil)
 	if got := f.nacks(t, wire.KindNack); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: w + 2, Last: w + 2}) {
 		t.Fatalf("requests %v, want the dropped datagram %d", got, w+2)
 	}
@@ -391,6 +391,44 @@ func TestResendRing(t *testing.T) {
 	}
 }
 
+// A lost sequence number (an empty entry) at the offset where the next
+// datagram goes is the oldest in the way, though it has no bytes: the
+// datagram after it must be evicted, not overwritten while still listed
+// (seen with the simulator's capture overflows and 3000-byte values).
+func TestResendRingLostAtWrite(t *testing.T) {
+	rs, err := newResendBuffer(300, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	datagram := func(seq uint64) []byte {
+		d := make([]byte, 100)
+		binary.BigEndian.PutUint64(d, seq)
+		return d
+	}
+	for seq := uint64(1); seq <= 9; seq++ {
+		if seq == 3 {
+			rs.add(seq, nil) // lost: at offset 200, where seq 4 goes too
+			continue
+		}
+		rs.add(seq, datagram(seq))
+		first, last, _ := rs.held()
+		used := 0
+		for s := first; s <= last; s++ {
+			got, ok := rs.copyOut(s, nil)
+			if s == 3 {
+				continue
+			}
+			if !ok || binary.BigEndian.Uint64(got) != s {
+				t.Fatalf("after adding %d: seq %d held %v, reads back as %x", seq, s, ok, got)
+			}
+			used += len(got)
+		}
+		if used > 300 {
+			t.Fatalf("after adding %d: %d bytes held in a 300-byte arena", seq, used)
+		}
+	}
+}
+
 // A "gone" for a range gives up only what is missing in it: what was held
 // inside the range is applied, in order. The node still serves that peer
 // a resync: only the changes of other peers would make its snapshot stale.
@@ -427,7 +465,7 @@ func TestGivenUpGapLeavesResyncOwed(t *testing.T) {
 	t0 := time.Now()
 	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
 	f.handleAt(t0, peerA, announce(t, peerNode, 1, 3)) // 2 and 3 missing, nothing held
-	f.n.dispatch.tick(t0.Add(repairTimeout+time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(repairTimeout+time.Millisecond), nil)
 	if f.stats.ResyncNeeded.Load() != 1 {
 		t.Fatalf("resync_needed %d, want the gap given up", f.stats.ResyncNeeded.Load())
 	}

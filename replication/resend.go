@@ -92,10 +92,12 @@ func (b *resendBuffer) evict() {
 
 // overlapsOldest reports whether writing size bytes at w would overwrite
 // the oldest datagram. Datagrams sit in the arena in sequence order from
-// the oldest round to w, so the oldest is the first in the way.
+// the oldest round to w, so the oldest is the first in the way. A lost
+// sequence number has no bytes, but one at w is in the way all the same:
+// the datagram after it starts there.
 func (b *resendBuffer) overlapsOldest(size int) bool {
 	o := b.oldest
-	l := int(b.lens[b.first%uint64(len(b.offs))])
+	l := max(int(b.lens[b.first%uint64(len(b.offs))]), 1)
 	return b.w < o+l && o < b.w+size
 }
 

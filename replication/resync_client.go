@@ -168,10 +168,10 @@ func (c *resyncClient) status() *ResyncStatus {
 // catching up.
 func (c *resyncClient) busy() bool { return c.phase != syncIdle && !c.filtered }
 
-// tick drives the resync from the timer: it asks for a snapshot when one
+// onTimers drives the resync from the timers: it asks for a snapshot when one
 // is needed, repeats requests and acknowledgements, abandons a stalled
 // transfer, and decides readiness when no peer can serve the initial sync.
-func (c *resyncClient) tick(now time.Time) {
+func (c *resyncClient) onTimers(now time.Time) {
 	switch c.phase {
 	case syncRequested:
 		if now.Sub(c.since) >= syncStall {
@@ -344,7 +344,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
 	c.partial = st.Status == wire.SyncPartial
 	// From here on, p's records mark the keys p knows (see finish).
-	c.apply.flush()
+	c.apply.applyRuns()
 	kh := c.know.Lock()
 	c.apply.marking, c.apply.gen = p.node, kh.NextGen()
 	c.empty = c.empty[:0]
@@ -466,7 +466,7 @@ func (c *resyncClient) finish(now time.Time) {
 	}
 	p := c.from
 	c.sendAck(now)
-	c.apply.flush()
+	c.apply.applyRuns()
 	pushed := c.pushBack(p)
 	c.stats.SyncPushed.Add(uint64(pushed))
 	if c.filtered {
@@ -629,7 +629,7 @@ func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
 	for o := 0; o < len(keys); o += m.keySize {
 		c.apply.add(p.node, m, ops.Delete, v, keys[o:o+m.keySize], nil, true)
 	}
-	c.apply.flush()
+	c.apply.applyRuns()
 }
 
 // pushTombstones queues the remembered deletes of map index i that the

@@ -385,7 +385,7 @@ func TestResyncHoldsThroughRepairTimeout(t *testing.T) {
 	p := f.n.peers.byNode[peerNode]
 	p.needSync = true
 	f.n.client.begin(p, t0)
-	f.n.dispatch.tick(t0.Add(repairTimeout), nil) // the gap's timeout, before the request's
+	f.n.dispatch.onTimers(t0.Add(repairTimeout), nil) // the gap's timeout, before the request's
 	if got := f.value("key3"); got != "" {
 		t.Fatalf("key3 = %q applied while the resync request waits", got)
 	}

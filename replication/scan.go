@@ -20,7 +20,7 @@ import (
 // and joins the sender's change stream through the relay queue: the one
 // path into a peer's map.
 //
-// The node's timers decide when a map is due ([scanner.tick]); the scans
+// The node's timers decide when a map is due ([scanner.onTimers]); the scans
 // run on a goroutine of their own ([scanner.run]), so that a long one
 // does not hold up the receive side's timers.
 type scanner struct {
@@ -52,11 +52,11 @@ func newScanner(s scanner) *scanner {
 	return &s
 }
 
-// tick hands the maps whose scan is due at now to the scanning goroutine.
+// onTimers hands the maps whose scan is due at now to the scanning goroutine.
 // Scans begin once the node is ready: until its initial sync is complete
 // it cannot tell its own changes from what it has yet to learn. The
 // next scan of a map is due one period after its last one began.
-func (s *scanner) tick(now time.Time) {
+func (s *scanner) onTimers(now time.Time) {
 drain:
 	for {
 		select {
@@ -79,7 +79,7 @@ drain:
 	}
 }
 
-// run scans the maps tick hands it until ctx is done.
+// run scans the maps onTimers hands it until ctx is done.
 func (s *scanner) run(ctx context.Context) error {
 	for {
 		select {

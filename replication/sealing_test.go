@@ -233,7 +233,7 @@ func TestKeyedRequestWaitsForTheAddressToSettle(t *testing.T) {
 	if got := f.nacks(t, wire.KindNack); len(got) != 0 {
 		t.Fatalf("requests %v sent to an address heard a moment ago", got)
 	}
-	f.n.dispatch.tick(t0.Add(DefaultAnnounceInterval+maxRetry), nil)
+	f.n.dispatch.onTimers(t0.Add(DefaultAnnounceInterval+maxRetry), nil)
 	f.echoCookies(t0.Add(DefaultAnnounceInterval + maxRetry)) // the request waits for the cookie's echo
 	if got := f.nacks(t, wire.KindNack); len(got) != 1 || got[0][0] != (wire.Range{First: 1, Last: 49}) {
 		t.Errorf("requests %v once the address settled, want [1,49]", got)

@@ -61,13 +61,13 @@ func TestReadyPeerNotYetTrustedIsWaitedFor(t *testing.T) {
 	f.n.ready.started = t0.Add(-time.Hour) // waited long enough
 	d := readyAnnounce(t, peerNode, 1, 0)
 	f.handleAt(t0, peerA, d)
-	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(time.Millisecond), nil)
 	if f.n.ready.isReady() || f.n.client.phase != syncIdle {
 		t.Fatalf("ready %v, phase %d right after hearing a ready peer: want neither ready nor asking yet",
 			f.n.ready.isReady(), f.n.client.phase)
 	}
 	f.handleAt(t0.Add(trustAfter*DefaultAnnounceInterval), peerA, d)
-	f.n.dispatch.tick(t0.Add(trustAfter*DefaultAnnounceInterval), nil)
+	f.n.dispatch.onTimers(t0.Add(trustAfter*DefaultAnnounceInterval), nil)
 	if f.n.ready.isReady() || f.n.client.phase != syncRequested {
 		t.Errorf("ready %v, phase %d once the peer is trusted: want a resync requested", f.n.ready.isReady(), f.n.client.phase)
 	}
@@ -81,7 +81,7 @@ func TestReadyPeerProvenByCookieServesAtOnce(t *testing.T) {
 	f := newReceiverFixture(t)
 	t0 := time.Now()
 	f.dispatch(peerA, readyAnnounce(t, peerNode, 1, 0), true, t0)
-	f.n.dispatch.tick(t0.Add(time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(time.Millisecond), nil)
 	if f.n.client.phase != syncIdle {
 		t.Fatal("a resync was asked of a peer heard a moment ago whose address proved nothing")
 	}
@@ -89,7 +89,7 @@ func TestReadyPeerProvenByCookieServesAtOnce(t *testing.T) {
 		t.Fatalf("%d cookies sent to the ready peer heard a moment ago, want 1", f.stats.CookiesSent.Load())
 	}
 	f.echoCookies(t0.Add(2 * time.Millisecond))
-	f.n.dispatch.tick(t0.Add(3*time.Millisecond), nil)
+	f.n.dispatch.onTimers(t0.Add(3*time.Millisecond), nil)
 	if f.n.client.phase != syncRequested {
 		t.Errorf("phase %d once the peer's address echoed the cookie, want a resync requested", f.n.client.phase)
 	}

@@ -49,7 +49,7 @@ type orderedStream struct {
 	// lostFrom is the lowest number given up without being applied, 0 if
 	// none was since the last resync from the peer: this node has not
 	// applied the peer's changes from there on, and serves no other peer
-	// until it has (see Node.current).
+	// until it has (see Node.upToDate).
 	lostFrom uint64
 
 	since    time.Time // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
