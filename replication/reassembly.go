@@ -15,6 +15,10 @@ const (
 	// DefaultReassemblyBytes is what a node holds at most of incomplete
 	// records, from all peers together.
 	DefaultReassemblyBytes = 32 << 20
+	// MinReassemblyBytes is the least bound a daemon takes: a quarter of
+	// it holds a record of the largest map the capture takes (a 512-byte
+	// key, a 16383-byte value) several times over.
+	MinReassemblyBytes = 1 << 20
 	// reassemblyPeerShare is the part of the bound one peer may hold: a
 	// quarter, so that a peer that never completes its records leaves
 	// room for three others.
