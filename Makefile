@@ -149,7 +149,7 @@ bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
 
 .PHONY: perf
 perf: PERFFLAGS ?=
-perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~5 min)
+perf: deps build ## Compare with gRPC and conntrackd, and repair at 4-16 nodes, in namespaces; writes perf/results/<date>-<host>.md (root, ~7 min)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \

@@ -67,6 +67,11 @@ type applier struct {
 	vals  []byte              // their values
 	vers  []knowledge.Version // their versions
 	mine  []byte              // an entry of this node's, read for its local fields
+	// hashes are the keys' knowledge hashes, computed and their slots
+	// touched before the first look-up (see [applier.touch]); touched
+	// keeps what the touches read, so that they are not optimized away.
+	hashes  []uint64
+	touched uint64
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
@@ -270,13 +275,15 @@ func (a *applier) applyRuns() int {
 	}
 	h := a.know.Lock()
 	defer h.Unlock()
+	a.touch(h)
 	applied, keyStart, valStart, verStart := 0, 0, 0, 0
 	for i := range a.runs {
 		r := &a.runs[i]
 		keys, vals, vers := a.keys[keyStart:r.keyEnd], a.vals[valStart:r.valEnd], a.vers[verStart:r.verEnd]
+		hashes := a.hashes[verStart:r.verEnd]
 		keyStart, valStart, verStart = r.keyEnd, r.valEnd, r.verEnd
 		began := a.time.Now()
-		keys, vals, n := a.merge(h, r, keys, vals, vers, began.Add(applyBound))
+		keys, vals, n := a.merge(h, r, keys, vals, vers, hashes, began.Add(applyBound))
 		if n == 0 {
 			continue
 		}
@@ -291,6 +298,25 @@ func (a *applier) applyRuns() int {
 	}
 	a.runs, a.keys, a.vals, a.vers = a.runs[:0], a.keys[:0], a.vals[:0], a.vers[:0]
 	return applied
+}
+
+// touch computes the knowledge hash of every pending key, and reads the
+// slot where its look-up starts: the reads do not depend on each other,
+// so the processor waits for their cache misses together, and the
+// look-ups that follow find the slots in the cache. Without it each
+// look-up waited for its own cache miss, one after the other.
+func (a *applier) touch(h knowledge.Held) {
+	a.hashes = a.hashes[:0]
+	keyStart := 0
+	for i := range a.runs {
+		r := &a.runs[i]
+		for o := keyStart; o < r.keyEnd; o += r.m.keySize {
+			hash := a.know.Hash(a.keys[o : o+r.m.keySize])
+			a.hashes = append(a.hashes, hash)
+			a.touched += h.Touch(r.m.index, hash)
+		}
+		keyStart = r.keyEnd
+	}
 }
 
 // applyBound is how long a batch write is expected to take at most. Keys
@@ -313,7 +339,7 @@ const applyBound = 5 * time.Millisecond
 // [applier.marking] marks its key as known to that peer; of those not
 // kept, the ones this node holds a newer version of are noted in
 // newerHere.
-func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []knowledge.Version, appliedAt time.Time) ([]byte, []byte, int) {
+func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []knowledge.Version, hashes []uint64, appliedAt time.Time) ([]byte, []byte, int) {
 	m := r.m
 	ks, vs := m.keySize, 0
 	if r.op == ops.Update {
@@ -327,9 +353,9 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		// once; an unstamped live one never is, and adds none.
 		var e *knowledge.Entry
 		if v.Stamp != 0 || r.snapshot {
-			e = h.Put(m.index, key)
+			e = h.PutHash(m.index, hashes[i])
 		} else {
-			e = h.Lookup(m.index, key)
+			e = h.LookupHash(m.index, hashes[i])
 		}
 		newer := e != nil && (v.Newer(e.Version()) || r.snapshot && v.Stamp == 0 && e.Version().Stamp == 0)
 		if !newer {

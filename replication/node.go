@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -43,11 +45,22 @@ type Config struct {
 	Source Source
 	// Transport carries the datagrams.
 	Transport Transport
-	// Peers, when set without Keys, are the only source addresses
-	// accepted; datagrams from anywhere else count as forged. Zones are
-	// ignored. With Keys the seal decides whom to trust, not the address.
-	// [Node.SetPeers] replaces them.
+	// Peers, set (even empty), say that the transport sends to a list of
+	// peers (--peers), not to a group: a peer whose own list does not name
+	// this node, so that it announces nothing here, may still ask this
+	// node for a resync, and is answered once its address proved itself.
+	// Without Keys they are the only source addresses accepted; datagrams
+	// from anywhere else count as forged. Zones are ignored. With Keys the
+	// seal decides whom to trust, not the address. [Node.SetPeers]
+	// replaces them.
 	Peers []netip.Addr
+	// Group is the multicast group and port the transport sends to, if it
+	// sends to one: then a receiver asks for a lost datagram there, after
+	// a random back-off, so that the others that lost it hear the request
+	// and hold theirs back, and the sender resends it there once for all
+	// of them (see "Loss repair" in docs/ARCHITECTURE.md). Zero (unicast,
+	// --peers): each receiver asks the sender, and is answered, apart.
+	Group netip.AddrPort
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
 	FlushInterval time.Duration
@@ -256,7 +269,12 @@ func NewNode(cfg Config) (*Node, error) {
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
 		stats: &n.stats, upToDate: n.upToDate, settle: digestSettle}
 	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
+	var seed [16]byte
+	if _, err := io.ReadFull(random, seed[:]); err != nil {
+		return nil, fmt.Errorf("seeding the repair back-off: %w", err)
+	}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
+		group: cfg.Group, listed: cfg.Peers != nil, rng: mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(seed[:]), binary.BigEndian.Uint64(seed[8:]))),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		greet: &n.sender.greet, stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if cfg.Peers != nil && cfg.Keys == nil {

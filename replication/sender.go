@@ -135,6 +135,12 @@ type sender struct {
 	// greet asks for an announce now: discovery found new peers
 	// ([Node.SetPeers]). Set by another goroutine.
 	greet atomic.Bool
+	// ringSize is the source's capacity in bytes, 0 if it does not say:
+	// the sender holds back for a peer's repair only while the source
+	// has room (see [sender.holdBack]). checked is the last datagram
+	// sealed when it looked.
+	ringSize int
+	checked  uint64
 
 	// drained is when the sender last found the source empty: every
 	// change read after it was made after drained less captureSlack, or
@@ -186,6 +192,9 @@ func newSender(cfg senderConfig) *sender {
 		queued:        make([][]byte, 0, sendBatch),
 	}
 	s.limit.time = s.time
+	if r, ok := cfg.Source.(interface{ Size() int }); ok {
+		s.ringSize = r.Size()
+	}
 	for i := range cfg.Table.maps {
 		m := &cfg.Table.maps[i]
 		s.lookup = append(s.lookup, make([]byte, m.valueSize))
@@ -238,6 +247,35 @@ func (s *sender) Run(ctx context.Context) error {
 			s.src.SetDeadline(s.time.Now())
 		}
 		s.due()
+		s.holdBack()
+	}
+}
+
+// holdBackStep is how long the sender waits before it looks again whether
+// a peer still needs what it would evict.
+const holdBackStep = time.Millisecond
+
+// holdBack is flow control: while a peer still asks for a datagram the
+// resend buffer is about to evict (see [resendBuffer.holdBack]), the
+// sender sends what it sealed and waits, and the changes wait in the
+// capture ring, up to half of it; so a receiver slower than the writers
+// lags behind instead of losing datagrams nobody holds any more, which
+// only a full resync would bring. It looks once per datagram sealed,
+// and only while a peer's request is recorded. A simulated sender
+// ([sender.step]) never waits.
+func (s *sender) holdBack() {
+	if s.ringSize == 0 || s.resend == nil || !s.resend.pressed.Load() || s.checked == s.header.Seq {
+		return
+	}
+	s.checked = s.header.Seq
+	start := s.time.Now()
+	for now := start; s.resend.holdBack(now) && s.src.Buffered() < s.ringSize/2; now = s.time.Now() {
+		s.send()
+		s.time.Sleep(holdBackStep)
+	}
+	if s.time.Now().Sub(start) >= holdBackStep {
+		s.stats.HeldBack.Add(1)
+		s.now = s.time.Now()
 	}
 }
 

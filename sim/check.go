@@ -12,6 +12,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -118,6 +119,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	switch h.Kind {
 	case wire.KindChanges, wire.KindSnapshot:
 		s.work.learn(s, to, &h, d[wire.HeaderSize:])
+		if h.Kind == wire.KindChanges && h.Flags&wire.FlagRetransmit != 0 && to == nil {
+			s.resentToGroup(from, &h)
+		}
 	case wire.KindAnnounce:
 		if h.Flags&wire.FlagReady != 0 && !isReady(from.n) {
 			s.fail("node %d announces itself ready before its initial sync", from.id)
@@ -155,6 +159,23 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			})
 		}
 	}
+}
+
+// resend names one datagram resent to the group.
+type resend struct {
+	node       uint32
+	epoch, seq uint64
+}
+
+// resentToGroup checks that a datagram resent to the group was not
+// resent there within [replication.GroupHoldoff]: however many receivers
+// ask for it at about the same time, the group hears it once.
+func (s *Sim) resentToGroup(from *simNode, h *wire.Header) {
+	k := resend{from.id, h.Epoch, h.Seq}
+	if last, ok := s.resent[k]; ok && s.now.Sub(last) < replication.GroupHoldoff {
+		s.fail("node %d resent datagram %d to the group again %v after the last time", from.id, h.Seq, s.now.Sub(last))
+	}
+	s.resent[k] = s.now
 }
 
 // checkEvery is how often the invariants of a running daemon's state are

@@ -123,8 +123,12 @@ func (n *simNode) start() {
 	if err != nil {
 		panic(err)
 	}
+	var group netip.AddrPort
+	if !n.s.sc.unicast {
+		group = groupAddr
+	}
 	node, err := replication.NewNode(replication.Config{Node: n.id, Epoch: n.run, Table: tab, Source: n.ring,
-		Transport: &endpoint{n: n, run: n.run}, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
+		Transport: &endpoint{n: n, run: n.run}, Group: group, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
 		Time: n, Rand: n.random(), StateFile: n.state, DigestInterval: digestEvery,
 		Log: n.logger()})
 	if err != nil {
@@ -387,7 +391,14 @@ func (e *endpoint) Send(dgrams [][]byte) error {
 	return nil
 }
 
+// groupAddr is the simulated multicast group: what is sent there goes to
+// every other node, as [endpoint.Send] sends.
+var groupAddr = netip.MustParseAddrPort("239.1.1.1:3870")
+
 func (e *endpoint) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	if addr == groupAddr {
+		return e.Send(dgrams)
+	}
 	to := e.n.s.node(addr)
 	if !e.open() {
 		return nil

@@ -16,8 +16,13 @@ type scenario struct {
 	offsets []time.Duration // each node's clock offset, within hlc.MaxSkew of every other's
 
 	lossPermille, dupPermille int
-	delay, jitter             time.Duration // a datagram's delay: delay plus up to jitter
-	ringBytes                 int           // each capture ring's size
+	// upstreamPermille: a datagram a node sends is lost for every
+	// receiver, as on the sender's own link.
+	upstreamPermille int
+	// unicast: the nodes send to each peer (--peers), not to a group.
+	unicast       bool
+	delay, jitter time.Duration // a datagram's delay: delay plus up to jitter
+	ringBytes     int           // each capture ring's size
 
 	cuts  []cut
 	stops []lifecycle // clean stops and crashes, each followed by a restart
@@ -134,6 +139,15 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 	}
 	if faults&InPlace == 0 {
 		sc.scan, sc.inPlace = 0, 0
+	}
+	sc.upstreamPermille = []int{0, 0, 20, 100}[r.IntN(4)]
+	sc.unicast = r.IntN(4) == 0
+	if r.IntN(8) == 0 { // a larger group, whose nodes are neither cut nor stopped
+		for range 2 + r.IntN(3) {
+			sc.nodes++
+			sc.starts = append(sc.starts, time.Duration(r.IntN(600))*time.Millisecond)
+			sc.offsets = append(sc.offsets, time.Duration(r.Int64N(int64(skew)))-skew/2)
+		}
 	}
 	for _, l := range sc.stops {
 		sc.heal = max(sc.heal, l.restart+100*time.Millisecond)

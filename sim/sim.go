@@ -42,6 +42,9 @@ type Sim struct {
 	trace io.Writer
 	// answered holds the snapshot requests answered, by node and id.
 	answered map[[2]uint32]bool
+	// resent is when each datagram was last resent to the group, by
+	// node, epoch and sequence number.
+	resent map[resend]time.Time
 	// failed is the first invariant found broken; the run stops at it.
 	failed error
 }
@@ -57,7 +60,7 @@ func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
 	}
 	defer os.RemoveAll(dir)
 	s := &Sim{seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: epoch0, dir: dir, trace: trace,
-		answered: make(map[[2]uint32]bool)}
+		answered: make(map[[2]uint32]bool), resent: make(map[resend]time.Time)}
 	s.sc = drawScenario(s.rng, faults)
 	s.sc.valueSize = valueSize
 	if seed%largeEvery == largeEvery-1 {

@@ -46,10 +46,12 @@ type Flags struct {
 	LargeChanges                                      int
 	SealingRounds                                     int
 	ResyncRuns, JoinEntries, LossPercent              int
+	FastRuns, FastBatch                               int
 	RingSize                                          int
 	DeleteShare                                       float64
 	Rates                                             []int
 	Nodes                                             []int
+	RepairNodes                                       []int
 	Systems, Profiles                                 []string
 	LatencyFor, Timeout, Settle, ConntrackdTimeout    time.Duration
 	Work                                              string
@@ -74,12 +76,15 @@ func main() {
 	fs.IntVar(&f.MemoryEntries, "memory-entries", 1_000_000, "entries of the memory run (0: skip it)")
 	fs.IntVar(&f.ResyncRuns, "resync-runs", 5, "pairs of full-speed runs of two running nodes, without loss and with --loss-percent into the receiver, before a join under load with that loss and a late join (the resync targets); 0 skips all resync runs")
 	fs.IntVar(&f.JoinEntries, "join-entries", 1_000_000, "entries a late joiner's peer holds, in the resync runs (0: no late join)")
+	fs.IntVar(&f.FastRuns, "fast-runs", 10, "runs on 2 and on 3 nodes of a writer of --changes distinct keys in batches of --fast-batch, in the resync runs (0: none)")
+	fs.IntVar(&f.FastBatch, "fast-batch", 4096, "changes per batch syscall of the fast writer")
 	fs.IntVar(&f.LossPercent, "loss-percent", 5, "datagrams into the receiver dropped at random in the resync runs, %")
 	fs.IntVar(&f.Batch, "batch", 512, "changes per batch syscall at full speed")
 	fs.IntVar(&f.RingSize, "ring-size", 64<<20, "capture ring of the replicators in throughput and latency runs")
 	fs.Float64Var(&f.DeleteShare, "delete-share", 0.1, "share of the changes that are deletes")
 	fs.IntSliceVar(&f.Rates, "rates", []int{10_000, 100_000}, "fixed rates of the latency runs, changes/s")
 	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3}, "cluster sizes")
+	fs.IntSliceVar(&f.RepairNodes, "repair-nodes", []int{4, 8, 16}, "cluster sizes of the repair runs, each with --loss-percent of node1's datagrams dropped upstream of every receiver (none: skip them)")
 	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCStream, report.GRPCUnary}, "systems to measure: "+strings.Join(systems, ", "))
 	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack", "large"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B), large (16 B / 4 KiB: records in fragments)")
 	fs.DurationVar(&f.LatencyFor, "latency-for", 3*time.Second, "length of a latency run")
@@ -220,6 +225,9 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 		if r.Resync, err = resyncRuns(ctx, f, log, r); err != nil {
 			return "", err
 		}
+	}
+	if r.Repair, err = repairRuns(ctx, f, log); err != nil {
+		return "", err
 	}
 	r.Conntrackd, r.ConntrackdNote = runConntrackd(ctx, f, log)
 	r.LoadAfter = loadavg()
@@ -462,8 +470,8 @@ func newResults(f *Flags) *report.Results {
 		},
 	}
 	if f.ResyncRuns > 0 {
-		r.Settings = append(r.Settings, [2]string{"resync runs", fmt.Sprintf("udpmapsync, 2 nodes, 16 B / 64 B, %d changes at full speed: %d pairs of runs of running nodes without loss and with %d %% loss into node2 (--resync-runs, --loss-percent), one joining under that loss; a late join of %d entries (--join-entries)",
-			f.Changes, f.ResyncRuns, f.LossPercent, f.JoinEntries)})
+		r.Settings = append(r.Settings, [2]string{"resync runs", fmt.Sprintf("udpmapsync, 2 nodes, 16 B / 64 B, %d changes at full speed: %d pairs of runs of running nodes without loss and with %d %% loss into node2 (--resync-runs, --loss-percent), one joining under that loss; a late join of %d entries (--join-entries); %d runs on 2 and on 3 nodes of a writer of distinct keys in batches of %d (--fast-runs, --fast-batch)",
+			f.Changes, f.ResyncRuns, f.LossPercent, f.JoinEntries, f.FastRuns, f.FastBatch)})
 	}
 	if f.CPUProfile != "" {
 		r.Settings = append(r.Settings, [2]string{"daemons profiled", "--cpuprofile: every udpmapsync daemon ran with the CPU profiler, whose own cost is in its CPU figures"})
