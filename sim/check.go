@@ -79,9 +79,7 @@ func (w *workload) schedule(s *Sim) {
 				w.written++
 				var value []byte
 				if wr.op == ops.Update {
-					value = make([]byte, s.sc.valueSize)
-					binary.BigEndian.PutUint32(value, n.id)
-					binary.BigEndian.PutUint32(value[4:], uint32(w.written))
+					value = s.value(n.id, w.written)
 				}
 				n.write(wr.op, wr.key, value)
 			}
@@ -95,14 +93,21 @@ func (w *workload) schedule(s *Sim) {
 		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
 		s.after(at, func() {
 			w.written++
-			value := make([]byte, s.sc.valueSize)
-			binary.BigEndian.PutUint32(value, n.id)
-			binary.BigEndian.PutUint32(value[4:], uint32(w.written))
+			value := s.value(n.id, w.written)
 			if n.writeInPlace(key, value) {
 				w.inPlace[string(key)+string(value)] = true
 			}
 		})
 	}
+}
+
+// value is the workload's value of its write number n, on node: the
+// node's id and n, then zeros to the map's value size.
+func (s *Sim) value(node uint32, n int) []byte {
+	v := make([]byte, s.sc.valueSize)
+	binary.BigEndian.PutUint32(v, node)
+	binary.BigEndian.PutUint32(v[4:], uint32(n))
+	return v
 }
 
 // observe watches every datagram a node sends: the oracle learns the

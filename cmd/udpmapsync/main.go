@@ -220,6 +220,10 @@ func (f *Flags) check() (*config, error) {
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
 	}
+	if f.ReassemblyMemory < replication.MinReassemblyBytes || f.ReassemblyMemory > 1<<40 {
+		return nil, fmt.Errorf("--reassembly-memory %s: use 1MiB to 1TiB (default %s); a peer may hold a quarter of it in records larger than a datagram whose fragments are still arriving",
+			f.ReassemblyMemory, byteSize(replication.DefaultReassemblyBytes))
+	}
 	switch f.Repair {
 	case repairGroup:
 		if c.peers == nil {
