@@ -157,8 +157,8 @@ perf: deps build ## Compare with gRPC and conntrackd, and repair at 4-16 nodes, 
 
 .PHONY: sim
 sim: SEEDS ?= 100000
-sim: FAULTS ?= 15
-sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (15: all; see sim/) and check every invariant
+sim: FAULTS ?= 63
+sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (63: all; see sim/) and check every invariant
 	$(GO) test -count=1 -timeout 0 ./sim -run '^TestSeeds$$' -sim.seeds=$(SEEDS) -sim.faults=$(FAULTS)
 
 .PHONY: fuzz

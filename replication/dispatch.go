@@ -160,6 +160,9 @@ func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
 		if prev != p {
 			d.unbind(p, prev) // a malformed datagram leaves no peer state
 		}
+		if errors.Is(err, errFragmentsRefused) {
+			return // well formed, and counted by the reassembly
+		}
 		d.malformed(from, err)
 		return
 	}
@@ -274,6 +277,8 @@ func (d *dispatcher) unbind(p, prev *peer) {
 func (d *dispatcher) retire(p *peer, now time.Time) {
 	d.stats.Held.Add(-uint64(p.stream.n))
 	p.stream.reset()
+	d.apply.reasm.forget(p.node, false)
+	d.apply.reasm.forget(p.node, true)
 	d.client.forget(p, now)
 	d.server.forget(p)
 }
@@ -640,6 +645,7 @@ func (d *dispatcher) onTimers(now time.Time, silent []*peer) []*peer {
 	}
 	d.client.onTimers(now)
 	d.digests.onTimers(now)
+	d.apply.reasm.onTimers(now)
 	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
@@ -693,6 +699,9 @@ func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 
 func (d *dispatcher) malformed(from netip.AddrPort, err error) {
 	d.stats.Malformed.Add(1)
+	if errors.Is(err, wire.ErrBadFragment) {
+		d.stats.FragmentsMalformed.Add(1)
+	}
 	if s, ok := d.limit.allow(reasonMalformed); ok {
 		d.log.Warn("dropping malformed datagram", "from", from, "error", err, "suppressed", s)
 	}

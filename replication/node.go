@@ -72,6 +72,12 @@ type Config struct {
 	// ResendBytes sizes the buffer of sent datagrams that peers' repair
 	// requests are answered from (default [DefaultResendBytes]).
 	ResendBytes int
+	// ReassemblyBytes bounds what the node holds of records that arrive
+	// in fragments and are not complete yet (see "Fragments" in
+	// wire/FORMAT.md), from all peers together; one peer may hold a
+	// quarter of it (default [DefaultReassemblyBytes]). A quarter must
+	// hold the largest value of a map whose records travel in fragments.
+	ReassemblyBytes int
 	// Keys, when set, seal every datagram sent and open every one
 	// received (see package seal and "Sealed datagrams" in
 	// wire/FORMAT.md): a node without them can neither inject nor read
@@ -122,7 +128,10 @@ const DefaultTombstoneHorizon = knowledge.DefaultTombstoneHorizon
 var (
 	ErrNoNodeID   = errors.New("node id 0 is not an id")
 	ErrResendSize = errors.New("resend buffer size out of range")
-	ErrIncomplete = errors.New("config lacks a table, source or transport")
+	// ErrReassemblySize refuses a reassembly bound whose peer's share
+	// cannot hold one record of the largest fragmented map.
+	ErrReassemblySize = errors.New("reassembly memory too small")
+	ErrIncomplete     = errors.New("config lacks a table, source or transport")
 	// ErrDigestPayload refuses digest rounds in datagrams too small for a
 	// digest: the MTU must grow, or the rounds be turned off.
 	ErrDigestPayload = errors.New("datagrams too small for a digest")
@@ -205,6 +214,11 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	reassembly := cmp.Or(cfg.ReassemblyBytes, DefaultReassemblyBytes)
+	if need := cfg.Table.largestFragmented() * reassemblyPeerShare; reassembly < need || reassembly > 1<<40 {
+		return nil, fmt.Errorf("%w: %d bytes; want at least %d (%d times the largest fragmented record's %d) and at most 1 TiB",
+			ErrReassemblySize, reassembly, need, reassemblyPeerShare, need/reassemblyPeerShare)
+	}
 	clock := cfg.Clock
 	if clock == nil {
 		clock = hlc.New(cfg.Time.Now, 0)
@@ -241,7 +255,7 @@ func NewNode(cfg Config) (*Node, error) {
 	if cfg.Keys != nil {
 		n.gate.seal = wire.SealSize
 	}
-	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
+	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit, reassembly)
 	n.apply.time, n.apply.prints = cfg.Time, n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
 	n.client = resyncClient{time: cfg.Time, rand: random, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock,

@@ -375,9 +375,16 @@ func TestResendRing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The first three and every seventh seq are recorded as lost (an
+	// empty datagram): they hold no bytes, and must not let the datagram
+	// after them be overwritten when they are the oldest.
+	lost := func(seq uint64) bool { return seq <= 3 || seq%7 == 0 }
 	for seq := uint64(1); seq <= 500; seq++ {
-		d := make([]byte, 40+seq%50)
-		binary.BigEndian.PutUint64(d, seq)
+		var d []byte
+		if !lost(seq) {
+			d = bytes.Repeat([]byte{byte(seq)}, int(40+seq%50))
+			binary.BigEndian.PutUint64(d, seq)
+		}
 		rs.add(seq, d)
 		first, last, _ := rs.held()
 		if last != seq {
@@ -386,14 +393,24 @@ func TestResendRing(t *testing.T) {
 		used := 0
 		for s := first; s <= last; s++ {
 			got, ok := rs.copyOut(s, nil)
-			if !ok || binary.BigEndian.Uint64(got) != s || len(got) != int(40+s%50) {
+			if lost(s) {
+				if ok {
+					t.Fatalf("after adding %d: seq %d, recorded lost, reads back as %x", seq, s, got)
+				}
+				continue
+			}
+			if !ok || binary.BigEndian.Uint64(got) != s || len(got) != int(40+s%50) || bytes.Count(got[8:], []byte{byte(s)}) != len(got)-8 {
 				t.Fatalf("after adding %d: seq %d held %v, reads back as %x", seq, s, ok, got)
 			}
 			used += len(got)
 		}
+		if used > 1000 {
+			t.Fatalf("after adding %d: %d bytes held in a 1000-byte arena", seq, used)
+		}
 		// At most one datagram's worth is skipped at the end of the arena
-		// and at most one more lies free in front of the oldest.
-		if used+2*90 < 1000 && first > 1 {
+		// and at most one more lies free in front of the oldest (a lost
+		// oldest may go early: it holds nothing).
+		if used+2*90 < 1000 && first > 1 && !lost(first-1) {
 			t.Fatalf("after adding %d: evicted down to %d with only %d bytes in use", seq, first, used)
 		}
 		if _, ok := rs.copyOut(first-1, nil); ok && first > 1 {
@@ -423,6 +440,51 @@ func TestGoneKeepsHeld(t *testing.T) {
 	st := f.sentSyncStart(t)
 	if st.Status != wire.SyncOK {
 		t.Errorf("sync start %+v, want OK: only the requester's own changes were given up", st)
+	}
+}
+
+// Flow control: a peer's repair request for a datagram about to leave the
+// resend buffer, or far behind the latest, holds the sender back while it
+// is fresh; a request for a recent one does not, and neither does one past
+// its bounds.
+func TestResendHoldBack(t *testing.T) {
+	b, err := newResendBuffer(100*testPayload, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.lag = 40
+	d := make([]byte, testPayload)
+	for seq := uint64(1); seq <= 100; seq++ {
+		b.add(seq, d)
+	}
+	first, last, _ := b.held()
+	t0 := time.Now()
+	if b.pressed.Load() || b.holdBack(t0) {
+		t.Fatal("held back with no request")
+	}
+	b.asked(1, last-5, t0)
+	if !b.pressed.Load() || b.holdBack(t0) {
+		t.Error("a request for a recent datagram held the sender back, or was not recorded")
+	}
+	b.asked(1, first+1, t0) // near eviction
+	if !b.holdBack(t0.Add(needFresh - time.Millisecond)) {
+		t.Error("a fresh request for a datagram about to be evicted did not hold the sender back")
+	}
+	if b.holdBack(t0.Add(needFresh+time.Millisecond)) || b.pressed.Load() {
+		t.Error("a stale request still held the sender back")
+	}
+	b.asked(1, last-50, t0) // behind by more than lag
+	if !b.holdBack(t0.Add(lagHold - time.Millisecond)) {
+		t.Error("a request from a peer lagging behind did not hold the sender back")
+	}
+	if b.holdBack(t0.Add(lagHold + time.Millisecond)) {
+		t.Error("a lagging peer's request held the sender back past lagHold")
+	}
+	for i := range maxNeed / (needFresh / 2) {
+		b.asked(2, first, t0.Add(time.Duration(i)*needFresh/2)) // asked again and again
+	}
+	if at := t0.Add(maxNeed + time.Millisecond); b.holdBack(at) {
+		t.Error("one datagram asked for again and again held the sender back past maxNeed")
 	}
 }
 

@@ -76,6 +76,7 @@ func (r *repairResponder) serve(p *peer, req *wire.Nack, to netip.AddrPort, now 
 	}
 	r.gone = wire.Nack{Node: req.Node, Epoch: req.Epoch}
 	budget := maxResendPerNack
+	noted := false
 	for _, rg := range req.Ranges[:req.N] {
 		if !ok || rg.First < first {
 			hi := rg.Last
@@ -88,6 +89,14 @@ func (r *repairResponder) serve(p *peer, req *wire.Nack, to netip.AddrPort, now 
 			continue
 		}
 		lo, hi := max(rg.First, first), min(rg.Last, last)
+		if !noted && p.ready {
+			// The oldest held it lacks, for flow control. Not for a peer
+			// in its initial sync: it holds our stream until its snapshot
+			// has come, and holding back for it would only slow the
+			// writers while it applies that.
+			r.resend.asked(p.node, lo, now)
+			noted = true
+		}
 		for i := uint64(0); i <= hi-lo && budget > 0; i++ {
 			group := to != p.addr
 			if group && r.resentLately(lo+i, now) {

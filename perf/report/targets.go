@@ -118,8 +118,10 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, t)
 
 	ts = append(ts, r.scanTarget())
+	ts = append(ts, r.counterTarget())
 	ts = append(ts, r.digestTarget())
 	ts = append(ts, r.sealingTarget())
+	ts = append(ts, r.largeValueTarget())
 	ts = append(ts, r.resyncTargets()...)
 	ts = append(ts, r.repairTarget())
 
@@ -137,7 +139,8 @@ func (r *Results) Targets(profile string) []Target {
 	} else {
 		t.Measured = "not measured"
 	}
-	return append(ts, t)
+	ts = append(ts, t)
+	return append(ts, r.issue22Targets(profile)...)
 }
 
 func deref(r *Run) []Run {
