@@ -264,7 +264,7 @@ func NewNode(cfg Config) (*Node, error) {
 		epoch: cfg.Epoch, sealed: cfg.Keys != nil, own: resend,
 		stats: &n.stats, log: log, answer: n.answer, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{})}
-	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
+	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize, time: n.time}
 	n.digestEvery = cfg.DigestInterval
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
 		stats: &n.stats, upToDate: n.upToDate, settle: digestSettle}

@@ -7,6 +7,7 @@ package replication
 // with random loss.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"

@@ -93,7 +93,9 @@ func (w *workload) schedule(s *Sim) {
 		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
 		s.after(at, func() {
 			w.written++
-			value := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+			value := make([]byte, s.sc.valueSize)
+			binary.BigEndian.PutUint32(value, n.id)
+			binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 			if n.writeInPlace(key, value) {
 				w.inPlace[string(key)+string(value)] = true
 			}

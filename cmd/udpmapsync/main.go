@@ -55,8 +55,8 @@ type Flags struct {
 	NodeID           uint32
 	RingSize         byteSize
 	ResendBuffer     byteSize
-	Repair           string
 	ReassemblyMemory byteSize
+	Repair           string
 	KeyFile          string
 	InsecureNoKey    bool
 	StatsInterval    time.Duration
@@ -100,10 +100,10 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
-	fs.StringVar(&f.Repair, "repair", repairGroup, "how lost datagrams are asked for and resent with multicast: group (after a random back-off, "+
-		"to the group, so one request and one resend serve every node that lost them) or unicast (each node asks and is answered apart); always unicast with --peers")
 	f.ReassemblyMemory = replication.DefaultReassemblyBytes
 	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
+	fs.StringVar(&f.Repair, "repair", repairGroup, "how lost datagrams are asked for and resent with multicast: group (after a random back-off, "+
+		"to the group, so one request and one resend serve every node that lost them) or unicast (each node asks and is answered apart); always unicast with --peers")
 	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
 	fs.BoolVar(&f.InsecureNoKey, "insecure-no-key", false, "run without a key: sync traffic neither authenticated nor encrypted, only for a link where every host is trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
