@@ -104,8 +104,9 @@ const (
 const btfPath = "/sys/kernel/btf/vmlinux"
 
 // fentryRequired are the fexit targets without which the fentry backend
-// would miss plain updates and deletes; the others (lookup-and-delete) are
-// attached where the kernel has them.
+// would miss plain updates and deletes, when it attaches them (see
+// fentryTargetTypes); the others (lookup-and-delete) are attached where the
+// kernel has them.
 var fentryRequired = []string{
 	"htab_map_update_elem",
 	"htab_map_delete_elem",
@@ -122,6 +123,45 @@ var fentryRequiredFor = map[ebpf.MapType][]string{
 	ebpf.LRUCPUHash:  {"bpf_percpu_hash_update", "htab_lru_percpu_map_update_elem"},
 	ebpf.PerCPUArray: {"bpf_percpu_array_update"},
 	ebpf.LPMTrie:     {"trie_update_elem", "trie_delete_elem"},
+}
+
+// fentryTargetTypes are the map types whose writes each fexit target of
+// the fentry backend sees. A program is attached only when a watched map
+// has one of its types, so that writes to maps of other types run no
+// program at all: a trampoline costs about as much as a hash map update
+// (perf/PROFILE.md). Targets not listed (the batch functions, which every
+// type's batch commands call) are attached always.
+var fentryTargetTypes = map[string][]ebpf.MapType{
+	"htab_map_update_elem":                        {ebpf.Hash},
+	"htab_map_delete_elem":                        {ebpf.Hash, ebpf.PerCPUHash},
+	"htab_lru_map_update_elem":                    {ebpf.LRUHash},
+	"htab_lru_map_delete_elem":                    {ebpf.LRUHash, ebpf.LRUCPUHash},
+	"array_map_update_elem":                       {ebpf.Array, ebpf.PerCPUArray},
+	"htab_map_lookup_and_delete_elem":             {ebpf.Hash},
+	"htab_lru_map_lookup_and_delete_elem":         {ebpf.LRUHash},
+	"htab_map_lookup_and_delete_batch":            {ebpf.Hash},
+	"htab_lru_map_lookup_and_delete_batch":        {ebpf.LRUHash},
+	"bpf_percpu_hash_update":                      {ebpf.PerCPUHash, ebpf.LRUCPUHash},
+	"bpf_percpu_array_update":                     {ebpf.PerCPUArray},
+	"htab_percpu_map_update_elem":                 {ebpf.PerCPUHash},
+	"htab_lru_percpu_map_update_elem":             {ebpf.LRUCPUHash},
+	"htab_percpu_map_lookup_and_delete_elem":      {ebpf.PerCPUHash},
+	"htab_lru_percpu_map_lookup_and_delete_elem":  {ebpf.LRUCPUHash},
+	"htab_percpu_map_lookup_and_delete_batch":     {ebpf.PerCPUHash},
+	"htab_lru_percpu_map_lookup_and_delete_batch": {ebpf.LRUCPUHash},
+	"trie_update_elem":                            {ebpf.LPMTrie},
+	"trie_delete_elem":                            {ebpf.LPMTrie},
+}
+
+// dropUnwatchedTypes removes the programs whose target sees writes only to
+// maps of types no watched map has (see fentryTargetTypes).
+func dropUnwatchedTypes(spec *ebpf.CollectionSpec, maps []*Map) {
+	for name, prog := range spec.Programs {
+		types, ok := fentryTargetTypes[prog.AttachTo]
+		if ok && !slices.ContainsFunc(maps, func(m *Map) bool { return slices.Contains(types, m.Type) }) {
+			delete(spec.Programs, name)
+		}
+	}
 }
 
 // Capture reports successful writes to a set of maps, made by other
@@ -301,6 +341,7 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 		return nil, err
 	}
 	if backend == BackendFentry {
+		dropUnwatchedTypes(spec, opts.Maps)
 		required := slices.Clone(fentryRequired)
 		for _, m := range opts.Maps {
 			required = append(required, fentryRequiredFor[m.Type]...)
