@@ -149,7 +149,7 @@ bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
 
 .PHONY: perf
 perf: PERFFLAGS ?=
-perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/results/<date>-<host>.md (root, ~5 min)
+perf: deps build ## Compare with gRPC and conntrackd, and repair at 4-16 nodes, in namespaces; writes perf/results/<date>-<host>.md (root, ~7 min)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
@@ -157,8 +157,8 @@ perf: deps build ## Compare with gRPC and conntrackd in namespaces; writes perf/
 
 .PHONY: sim
 sim: SEEDS ?= 100000
-sim: FAULTS ?= 15
-sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (15: all; see sim/) and check every invariant
+sim: FAULTS ?= 63
+sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (63: all; see sim/) and check every invariant
 	$(GO) test -count=1 -timeout 0 ./sim -run '^TestSeeds$$' -sim.seeds=$(SEEDS) -sim.faults=$(FAULTS)
 
 .PHONY: fuzz

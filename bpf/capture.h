@@ -15,7 +15,7 @@
 #include <bpf/bpf_tracing.h>
 
 #define CAPTURE_MAX_KEY 512
-#define CAPTURE_MAX_VALUE 4096
+#define CAPTURE_MAX_VALUE 16383
 
 /*
  * A sample is assembled in a scratch buffer whose data holds a key region

@@ -19,15 +19,6 @@ import (
 	"github.com/udpmapsync/udpmapsync/knowledge"
 )
 
-// Limits of a key's contributions.
-const (
-	// DefaultOrigins is how many nodes' contributions a key holds unless
-	// the map's origins option says otherwise.
-	DefaultOrigins = 16
-	// MaxOrigins is the most: the replication tracks at most 64 peers.
-	MaxOrigins = 64
-)
-
 // ErrOriginsFull is a contribution of one origin more than a key holds.
 var ErrOriginsFull = errors.New("the key holds contributions of as many origins as it may")
 
@@ -182,9 +173,3 @@ func equal(a, b []uint64) bool {
 	}
 	return true
 }
-
-// BytesPerKey is the memory a key of words 64-bit counters costs with
-// origins contributions: the reset version (12 bytes), and per
-// contribution its origin (4), stamp (8) and words. It is what the
-// start-up check of a map's size multiplies by its max_entries.
-func BytesPerKey(words, origins int) int { return 12 + origins*(4+8+8*words) }

@@ -10,6 +10,9 @@ import (
 	"github.com/udpmapsync/udpmapsync/knowledge"
 )
 
+// origins is the most contributions a key holds in these tests.
+const origins = 16
+
 // node is one node's copy of a key: its state and its map's value.
 type node struct {
 	id    uint32
@@ -21,7 +24,7 @@ type node struct {
 func (n *node) merge(t *testing.T, c Contribution) {
 	t.Helper()
 	delta := make([]uint64, len(c.Words))
-	reset, add, err := n.key.Merge(c, DefaultOrigins, delta)
+	reset, add, err := n.key.Merge(c, origins, delta)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +45,7 @@ func (n *node) send(t *testing.T, stamp hlc.Stamp) (Contribution, bool) {
 	t.Helper()
 	local := make([]uint64, len(n.value))
 	n.key.Local(n.id, n.value, local)
-	changed, err := n.key.SetOwn(n.id, stamp, local, DefaultOrigins)
+	changed, err := n.key.SetOwn(n.id, stamp, local, origins)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,14 +182,5 @@ func TestOriginsFull(t *testing.T) {
 	// a held origin still merges
 	if _, add, err := k.Merge(Contribution{Origin: 2, Stamp: 2, Words: []uint64{5}}, 3, delta); err != nil || !add || delta[0] != 4 {
 		t.Errorf("a held origin: %v, add %v, delta %d", err, add, delta[0])
-	}
-}
-
-func TestBytesPerKey(t *testing.T) {
-	if got := BytesPerKey(1, 3); got != 12+3*20 {
-		t.Errorf("1 word, 3 origins: %d", got)
-	}
-	if got := BytesPerKey(1, 16); got != 12+16*20 {
-		t.Errorf("1 word, 16 origins: %d", got)
 	}
 }

@@ -130,11 +130,24 @@ func (k *Store) Horizon() time.Duration { return k.horizon }
 
 // Lookup returns the entry of key in map index m, or nil if none is
 // known.
-func (h Held) Lookup(m int, key []byte) *Entry { return h.k.maps[m].find(h.k.Hash(key)) }
+func (h Held) Lookup(m int, key []byte) *Entry { return h.LookupHash(m, h.k.Hash(key)) }
 
 // Put returns the entry of key in map index m, adding an empty
 // (unstamped, never applied) one if none is known.
-func (h Held) Put(m int, key []byte) *Entry { return h.k.maps[m].put(h.k.Hash(key)) }
+func (h Held) Put(m int, key []byte) *Entry { return h.PutHash(m, h.k.Hash(key)) }
+
+// LookupHash is [Held.Lookup] of the key whose [Store.Hash] is hash.
+func (h Held) LookupHash(m int, hash uint64) *Entry { return h.k.maps[m].find(hash) }
+
+// PutHash is [Held.Put] of the key whose [Store.Hash] is hash.
+func (h Held) PutHash(m int, hash uint64) *Entry { return h.k.maps[m].put(hash) }
+
+// Touch reads the slot where the look-up of hash in map index m starts
+// and returns a word of it, for the caller to keep: touching every key of
+// a batch before looking any up lets the processor wait for their cache
+// misses at once rather than one after the other, since no touch depends
+// on another (see [Held.LookupHash]).
+func (h Held) Touch(m int, hash uint64) uint64 { return h.k.maps[m].touch(hash) }
 
 // tick is the applied-at clock at t: 256 ms ticks since the store was
 // made, wrapping at 256. up rounds up, for the time of an apply, so that

@@ -247,3 +247,27 @@ func newStore(horizon time.Duration, dropped *atomic.Uint64) *Store {
 	return New(Config{KeySizes: []int{4}, Horizon: horizon, Clock: hlc.New(nil, 0), Node: 1, Start: time.Now(),
 		TombstonesDropped: dropped})
 }
+
+// The look-ups by a hash computed before are the look-ups by key, and a
+// touch of a key alone in the table reads its own slot.
+func TestLookupByHash(t *testing.T) {
+	k := newStore(time.Minute, nil)
+	h := k.Lock()
+	defer h.Unlock()
+	if h.Touch(0, k.Hash([]byte("none"))) != 0 {
+		t.Error("a touch of an empty table read something")
+	}
+	key := []byte{1, 2, 3, 4}
+	hash := k.Hash(key)
+	e := h.PutHash(0, hash)
+	h.Set(e, 0, key, Version{Stamp: 5, Origin: 2}, false, true, k.started)
+	if h.Lookup(0, key) != h.LookupHash(0, hash) || h.Put(0, key) != e {
+		t.Error("the look-ups by hash and by key found different entries")
+	}
+	if h.Touch(0, hash) != e.hash() {
+		t.Errorf("touch read %#x, want the key's own slot %#x", h.Touch(0, hash), e.hash())
+	}
+	if h.LookupHash(0, k.Hash([]byte{9})) != nil {
+		t.Error("found an entry for a key never put")
+	}
+}

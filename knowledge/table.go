@@ -109,6 +109,15 @@ type shard struct {
 // find returns the slot of hash h, or nil.
 func (t *keyTable) find(h uint64) *Entry { return t.shards[h>>shardShift].find(slotHash(h)) }
 
+// touch reads the home slot of hash h and returns its stored hash.
+func (t *keyTable) touch(h uint64) uint64 {
+	sh := &t.shards[h>>shardShift]
+	if len(sh.slots) == 0 {
+		return 0
+	}
+	return sh.slots[sh.home(slotHash(h))].hash()
+}
+
 // put returns the slot of hash h, adding an empty version for it if it
 // had none; the pointer is valid until the next put or remove.
 func (t *keyTable) put(h uint64) *Entry { return t.shards[h>>shardShift].put(slotHash(h)) }

@@ -609,6 +609,10 @@ func (s *sample) next(ch *Change) {
 // block.
 func (c *Capture) Buffered() int { return int(c.pending.Load()) + c.reader.AvailableBytes() }
 
+// Size returns the capacity of the capture ring in bytes: what Buffered
+// may reach before changes are lost.
+func (c *Capture) Size() int { return c.reader.BufferSize() }
+
 // Overflows returns how many changes were lost since the capture started:
 // made while the ring was full, or whose bytes the kernel could not read.
 // It also counts the runs of the capture programs the kernel skipped

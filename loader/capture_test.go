@@ -1069,7 +1069,7 @@ func TestCaptureOptionErrors(t *testing.T) {
 		{CaptureOptions{Maps: []*Map{m}, RingSize: 1024}, ErrRingSize, "capture ring size 1024: invalid capture ring size: want a power of two"},
 		{CaptureOptions{Maps: []*Map{m}, RingSize: 4096, WakeBytes: 8192}, nil, "capture wake bytes 8192"},
 		{CaptureOptions{}, nil, "capture: no maps to watch"},
-		{CaptureOptions{Maps: []*Map{m, big}}, nil, "capture big (Hash, key 4 B, value 4097 B, max 0, id "},
+		{CaptureOptions{Maps: []*Map{m, big}}, nil, "capture big (Hash, key 4 B, value 16384 B, max 0, id "},
 	} {
 		c, err := NewCapture(tc.opts)
 		if err == nil {
@@ -1239,7 +1239,7 @@ func TestCaptureParseRecord(t *testing.T) {
 		"touch with a value":  {record(1, opTouch, 4, 8, 1, 12), "op(3) with a 8-byte value"},
 		"no key":              {record(1, ops.Delete, 0, 0, 1, 0), "key 0 B, value 0 B out of range"},
 		"key too big":         {record(1, ops.Delete, MaxKeySize+1, 0, 1, MaxKeySize+1), "key 513 B, value 0 B out of range"},
-		"value too big":       {record(1, ops.Update, 4, MaxValueSize+1, 1, 4+MaxValueSize+1), "key 4 B, value 4097 B out of range"},
+		"value too big":       {record(1, ops.Update, 4, MaxValueSize+1, 1, 4+MaxValueSize+1), "key 4 B, value 16384 B out of range"},
 		"delete with a value": {record(1, ops.Delete, 4, 8, 1, 12), "delete with a 8-byte value"},
 		"no changes":          {record(1, ops.Update, 4, 8, 0, 0), "no changes"},
 		"truncated":           {record(1, ops.Update, 4, 8, 2, 23), "capture sample of 39 bytes: header says 2 changes of 12 bytes, 40 in all"},

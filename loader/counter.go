@@ -59,7 +59,7 @@ func newAdder(m *ebpf.Map) (*Adder, error) {
 		return nil, fmt.Errorf("load the counter program's spec: %w", err)
 	}
 	prog, target, other, otherTarget := "add_deltas", "target", "add_deltas_percpu", "target_percpu"
-	if perCPU(m.Type()) {
+	if PerCPU(m.Type()) {
 		prog, target, other, otherTarget = other, otherTarget, prog, target
 	}
 	delete(spec.Programs, other)
@@ -79,11 +79,6 @@ func newAdder(m *ebpf.Map) (*Adder, error) {
 	p := coll.DetachProgram(prog)
 	coll.Close()
 	return &Adder{prog: p, keySize: keySize, valueSize: valueSize}, nil
-}
-
-// perCPU reports whether maps of type t hold a value per CPU.
-func perCPU(t ebpf.MapType) bool {
-	return t == ebpf.PerCPUHash || t == ebpf.PerCPUArray || t == ebpf.LRUCPUHash
 }
 
 // Add adds deltas to the values of keys: keys holds n keys back to back,

@@ -23,11 +23,13 @@ import (
 // specs: every map pinned directly below it is replicated.
 const DefaultPinDir = "/sys/fs/bpf/udpmapsync"
 
-// Size limits of a replicated map. They bound the capture records and the
-// datagrams a single change can need, so every change fits one datagram.
+// Size limits of a replicated map: what one change of the capture's
+// scratch buffer holds (bpf/capture.h, CAPTURE_MAX_KEY and
+// CAPTURE_MAX_VALUE: a value region of 16 KiB less a byte). A change too
+// large for one datagram travels in fragments (wire/FORMAT.md).
 const (
 	MaxKeySize   = 512
-	MaxValueSize = 4096
+	MaxValueSize = 16383
 )
 
 // maxNameLen is the longest map name the kernel keeps (BPF_OBJ_NAME_LEN - 1).

@@ -257,6 +257,7 @@ func TestOpenMapsRefusals(t *testing.T) {
 	}
 	// A value that fits alone but not once per CPU.
 	perCPUSize := uint32(MaxValueSize/cpus + 8)
+	perCPUSlot := (perCPUSize + 7) &^ 7 // the kernel's round_up(value_size, 8)
 	bigPerCPU, _ := pinned(randomName(t), ebpf.PerCPUHash, 4, perCPUSize)
 	bigKey, _ := pinned(randomName(t), ebpf.Hash, MaxKeySize+1, 8)
 	bigValue, _ := pinned(randomName(t), ebpf.Array, 4, MaxValueSize+1)
@@ -275,11 +276,11 @@ func TestOpenMapsRefusals(t *testing.T) {
 		sentinel error
 		want     string // after "open map SPEC: ", SPEC the last of specs
 	}{
-		{[]string{bigPerCPU}, ErrUnsupportedMap, fmt.Sprintf("map cannot be replicated: a per-CPU value of %d B holds a slot of %d B for each of the %d possible CPUs, %d B in all, over the 4096 B limit: shrink the value",
-			perCPUSize, perCPUSize, cpus, int(perCPUSize)*cpus)},
+		{[]string{bigPerCPU}, ErrUnsupportedMap, fmt.Sprintf("map cannot be replicated: a per-CPU value of %d B holds a slot of %d B for each of the %d possible CPUs, %d B in all, over the %d B limit: shrink the value",
+			perCPUSize, perCPUSlot, cpus, int(perCPUSlot)*cpus, MaxValueSize)},
 		{[]string{devMap}, ErrUnsupportedMap, "map cannot be replicated: type DevMap is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie"},
 		{[]string{okPath, bigKey}, ErrUnsupportedMap, "map cannot be replicated: key size 513 B is over the 512 B limit"},
-		{[]string{bigValue}, ErrUnsupportedMap, "map cannot be replicated: value size 4097 B is over the 4096 B limit"},
+		{[]string{bigValue}, ErrUnsupportedMap, "map cannot be replicated: value size 16384 B is over the 16383 B limit"},
 		{[]string{noName}, ErrUnsupportedMap, "map cannot be replicated: it has no name, and nodes match maps by name"},
 		{[]string{"name:" + ambiguous}, ErrAmbiguousName, fmt.Sprintf("ambiguous map name: 2 maps are named %s (ids %d, %d)", ambiguous, id1, id2)},
 		{[]string{"name:" + missingName}, ErrMapNotFound, "no such map: no map is named " + missingName},

@@ -3,6 +3,7 @@ package mapopt
 import (
 	"errors"
 	"fmt"
+	"strconv"
 
 	"sigs.k8s.io/yaml"
 )
@@ -21,6 +22,9 @@ var ErrConfig = errors.New("bad configuration file")
 //	    clock: [lifetime:mono-s]
 //	    refresh: [lifetime:30s]
 //	    local: [ifindex, nh.mac]
+//	  - map: name:ratelimit
+//	    merge: sum                   # counters: every node holds the cluster-wide total
+//	    origins: 3
 type configFile struct {
 	Maps []struct {
 		Map      string   `json:"map"`
@@ -29,6 +33,8 @@ type configFile struct {
 		Refresh  []string `json:"refresh,omitempty"`
 		Clock    []string `json:"clock,omitempty"`
 		Local    []string `json:"local,omitempty"`
+		Merge    string   `json:"merge,omitempty"`
+		Origins  int      `json:"origins,omitempty"`
 	} `json:"maps"`
 }
 
@@ -58,6 +64,10 @@ func ParseConfig(data []byte) ([]Spec, error) {
 		add(keyRefresh, m.Refresh...)
 		add(keyClock, m.Clock...)
 		add(keyLocal, m.Local...)
+		add(keyMerge, m.Merge)
+		if m.Origins != 0 {
+			add(keyOrigins, strconv.Itoa(m.Origins))
+		}
 		specs = append(specs, sp)
 	}
 	return specs, nil

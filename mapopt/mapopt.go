@@ -29,6 +29,8 @@ var (
 	ErrClockSize     = errors.New("a clock field must be 4 or 8 bytes")
 	ErrNeedsScan     = errors.New("the option needs scanning")
 	ErrRepeated      = errors.New("option given twice")
+	ErrCounterValue  = errors.New("merge=sum needs a value of 64-bit counters")
+	ErrCounterMemory = errors.New("the map's counters cannot fit")
 )
 
 // Error is an error about one option of one map.
@@ -66,10 +68,12 @@ const (
 	keyRefresh  = "refresh"
 	keyClock    = "clock"
 	keyLocal    = "local"
+	keyMerge    = "merge"
+	keyOrigins  = "origins"
 )
 
 // Keys lists the option keys, for messages.
-var Keys = []string{keyScan, keyVanished, keyRefresh, keyClock, keyLocal}
+var Keys = []string{keyScan, keyVanished, keyRefresh, keyClock, keyLocal, keyMerge, keyOrigins}
 
 // ParseSpec splits "MAP,key=value,..." into the map and its options.
 // Only the form is checked here; [Resolve] checks the values.
@@ -156,8 +160,60 @@ func (v Vanished) String() string {
 	return "keep"
 }
 
+// Merge is a map's merge rule: what a node's map holds of its peers'
+// writes.
+type Merge uint8
+
+const (
+	// LastWriterWins keeps, key by key, the write with the latest version
+	// (the default).
+	LastWriterWins Merge = iota
+	// Sum holds, key by key, the cluster-wide total of every node's
+	// counters: the value is a vector of 64-bit counters, and each node's
+	// contribution is kept apart (package counter).
+	Sum
+)
+
+func (m Merge) String() string {
+	if m == Sum {
+		return "sum"
+	}
+	return "lww"
+}
+
+// Counter limits and defaults of merge=sum maps.
+const (
+	// DefaultOrigins is how many nodes' contributions each key of a sum
+	// map holds unless its origins option says otherwise.
+	DefaultOrigins = 16
+	// MaxOrigins is the most: the replication tracks at most 64 peers.
+	MaxOrigins = 64
+	// MaxCounterWords is the most 64-bit counters a value holds (the
+	// kernel program's scratch space).
+	MaxCounterWords = 64
+	// MaxCounterMemory bounds what a sum map's contributions may take in
+	// the daemon: max_entries times [CounterBytesPerKey].
+	MaxCounterMemory = 1 << 30
+	// DefaultCounterScan is a sum map's scan period when neither its
+	// scan option nor --scan-interval gives one: its increments are found
+	// only by scanning.
+	DefaultCounterScan = 100 * time.Millisecond
+)
+
+// CounterBytesPerKey is the memory a key of a sum map costs the daemon,
+// for words counters and origins contributions, as measured
+// (BenchmarkCounterBytes in replication: 294 bytes a key of one counter
+// with 3 origins, 941 with 16): the table of contributions (about 150
+// bytes a key, and 42 and the words per contribution), and the
+// knowledge's entry of each contribution (about 32 bytes).
+func CounterBytesPerKey(words, origins int) int { return 150 + origins*(42+32+8*words) }
+
 // Options are one map's options, resolved against its value layout.
 type Options struct {
+	// Merge is the map's merge rule; Origins, for Sum, how many nodes'
+	// contributions each key holds.
+	Merge   Merge
+	Origins int
 	// Scan is the period of the scans for in-place changes; 0: none.
 	Scan time.Duration
 	// Vanished is the rule for keys gone without a captured delete.
@@ -186,6 +242,9 @@ func (o *Options) InPlace() bool {
 // byte range: what `udpmapsync status` shows.
 func (o *Options) String() string {
 	var parts []string
+	if o.Merge == Sum {
+		parts = append(parts, keyMerge+"="+o.Merge.String(), keyOrigins+"="+strconv.Itoa(o.Origins))
+	}
 	if o.Scan > 0 {
 		parts = append(parts, keyScan+"="+o.Scan.String(), keyVanished+"="+o.Vanished.String())
 	}
@@ -215,6 +274,8 @@ type Layout struct {
 	ValueSize int
 	// Value is the value's BTF type; nil when the map carries none.
 	Value btf.Type
+	// MaxEntries is the map's, for the memory a sum map's counters take.
+	MaxEntries int
 }
 
 // Resolve checks the options of the map named name (as given, for
@@ -228,9 +289,9 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 	}
 	o.Lock = findLock(l.Value)
 	var seen []string
-	var refresh, vanished *Option
+	var refresh, vanished, origins *Option
 	for i, opt := range opts {
-		if (opt.Key == keyScan || opt.Key == keyVanished) && slices.Contains(seen, opt.Key) {
+		if (opt.Key == keyScan || opt.Key == keyVanished || opt.Key == keyMerge || opt.Key == keyOrigins) && slices.Contains(seen, opt.Key) {
 			return fail(opt, fmt.Errorf("%w: give %s once", ErrRepeated, opt.Key))
 		}
 		seen = append(seen, opt.Key)
@@ -286,9 +347,28 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 				return fail(opt, err)
 			}
 			o.Local = append(o.Local, f)
+		case keyMerge:
+			switch opt.Value {
+			case "lww":
+				o.Merge = LastWriterWins
+			case "sum":
+				o.Merge = Sum
+			default:
+				return fail(opt, fmt.Errorf("%w: want lww (last writer wins, the default) or sum (counters)", ErrBadValue))
+			}
+		case keyOrigins:
+			n, err := strconv.Atoi(opt.Value)
+			if err != nil || n < 2 || n > MaxOrigins {
+				return fail(opt, fmt.Errorf("%w: want the most nodes that count a key, 2 to %d", ErrBadValue, MaxOrigins))
+			}
+			o.Origins = n
+			origins = &opts[i]
 		default:
 			return fail(opt, fmt.Errorf("%w %q: use %s", ErrUnknownOption, opt.Key, strings.Join(Keys, ", ")))
 		}
+	}
+	if err := o.checkCounters(name, origins, l); err != nil {
+		return Options{}, err
 	}
 	if o.Scan == 0 {
 		for _, opt := range []*Option{refresh, vanished} {
@@ -301,6 +381,40 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 		return Options{}, &Error{Map: name, Err: err}
 	}
 	return o, nil
+}
+
+// checkCounters checks a sum map: a value of 64-bit counters and nothing
+// else, and contributions that fit in [MaxCounterMemory]. It gives the
+// map its default origins and scan period.
+func (o *Options) checkCounters(name string, origins *Option, l Layout) error {
+	if o.Merge != Sum {
+		if origins != nil {
+			return &Error{Map: name, Option: origins.String(), Err: fmt.Errorf("%w: origins is for merge=sum maps", ErrBadValue)}
+		}
+		return nil
+	}
+	fail := func(err error) error { return &Error{Map: name, Option: keyMerge + "=sum", Err: err} }
+	if l.ValueSize%8 != 0 || l.ValueSize == 0 || l.ValueSize/8 > MaxCounterWords {
+		return fail(fmt.Errorf("%w: the value is %d bytes, not a multiple of 8 of at most %d (__u64 counters only)", ErrCounterValue, l.ValueSize, 8*MaxCounterWords))
+	}
+	if len(o.Clocks) > 0 || len(o.Local) > 0 || len(o.Refresh) > 0 || o.Lock != nil {
+		return fail(fmt.Errorf("%w: a counter map's value has no clock, local, refresh or spin-lock fields: every word is a counter", ErrCounterValue))
+	}
+	if o.Vanished == Delete {
+		return fail(fmt.Errorf("%w: a counter key that vanished is reset on every node whatever vanished says: leave vanished out", ErrBadValue))
+	}
+	if o.Origins == 0 {
+		o.Origins = DefaultOrigins
+	}
+	per := CounterBytesPerKey(l.ValueSize/8, o.Origins)
+	if total := uint64(l.MaxEntries) * uint64(per); total > MaxCounterMemory {
+		return fail(fmt.Errorf("%w: %d entries of %d bytes of contributions (%d origins) are %d MiB, more than %d MiB: lower origins= (the most nodes that count a key) or the map's max_entries",
+			ErrCounterMemory, l.MaxEntries, per, o.Origins, total>>20, MaxCounterMemory>>20))
+	}
+	if o.Scan == 0 {
+		o.Scan = DefaultCounterScan
+	}
+	return nil
 }
 
 // MinScan is the shortest scan period: a scan reads the whole map.

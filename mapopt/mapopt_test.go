@@ -170,3 +170,53 @@ maps:
 		}
 	}
 }
+
+// merge=sum: counters only, contributions that fit, a default scan.
+func TestResolveSum(t *testing.T) {
+	counters := Layout{ValueSize: 16, MaxEntries: 1 << 16}
+	o, err := resolve(t, "/sys/fs/bpf/ct,merge=sum", 0, counters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Merge != Sum || o.Origins != DefaultOrigins || o.Scan != DefaultCounterScan {
+		t.Errorf("merge=sum: %s, want the default origins and scan", o.String())
+	}
+	if o, err = resolve(t, "/sys/fs/bpf/ct,merge=sum,origins=3,scan=50ms", 0, counters); err != nil || o.Origins != 3 || o.Scan != 50*time.Millisecond {
+		t.Errorf("origins=3,scan=50ms: %s, %v", o.String(), err)
+	}
+	if o, err = resolve(t, "/sys/fs/bpf/ct", 0, counters); err != nil || o.Merge != LastWriterWins || o.Scan != 0 {
+		t.Errorf("the default: %s, %v", o.String(), err)
+	}
+	for _, c := range []struct {
+		spec   string
+		l      Layout
+		want   error
+		advice string
+	}{
+		{"merge=sum", Layout{ValueSize: 12, MaxEntries: 16}, ErrCounterValue, "not a multiple of 8"},
+		{"merge=sum", Layout{ValueSize: 56, Value: ctEntry(), MaxEntries: 16}, ErrCounterValue, "spin-lock"},
+		{"merge=sum,local=0:8", counters, ErrCounterValue, "every word is a counter"},
+		{"merge=sum", Layout{ValueSize: 8, MaxEntries: 1 << 24}, ErrCounterMemory, "lower origins="},
+		{"merge=sum,origins=65", counters, ErrBadValue, "2 to 64"},
+		{"origins=3", counters, ErrBadValue, "for merge=sum maps"},
+		{"merge=max", counters, ErrBadValue, "lww"},
+		{"merge=sum,merge=lww", counters, ErrRepeated, "once"},
+		{"merge=sum,scan=1s,vanished=delete", counters, ErrBadValue, "leave vanished out"},
+	} {
+		_, err := resolve(t, "/sys/fs/bpf/ct,"+c.spec, 0, c.l)
+		var oe *Error
+		if !errors.Is(err, c.want) || !errors.As(err, &oe) || oe.Map != "/sys/fs/bpf/ct" || !strings.Contains(err.Error(), c.advice) {
+			t.Errorf("%s: %v, want %v naming the map and saying %q", c.spec, err, c.want, c.advice)
+		}
+	}
+}
+
+// The estimate covers what BenchmarkCounterBytes (replication) measured,
+// with the knowledge's 32 bytes per contribution on top.
+func TestCounterBytesPerKey(t *testing.T) {
+	for _, c := range []struct{ origins, measured int }{{3, 294}, {16, 941}} {
+		if got := CounterBytesPerKey(1, c.origins); got < c.measured+32*c.origins {
+			t.Errorf("1 word, %d origins: %d bytes, less than the %d measured and the knowledge's", c.origins, got, c.measured)
+		}
+	}
+}

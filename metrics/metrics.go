@@ -62,6 +62,10 @@ var families = map[string]family{
 		"Datagrams dropped, by reason. unknown_map counts records (for a map this node lacks with that schema), not datagrams.", "reason"), "reason"},
 	"resyncs_total": {newDesc("resyncs_total",
 		"Full resyncs completed: snapshots of the local maps streamed to a peer (sent) or received from one and applied (received).", "direction"), "direction"},
+	"fragments_dropped_total": {newDesc("fragments_dropped_total",
+		"Fragments of records larger than a datagram dropped, by reason: malformed (datagrams, also in datagrams_dropped_total), duplicate, inconsistent, refused.", "reason"), "reason"},
+	"records_incomplete_dropped_total": {newDesc("records_incomplete_dropped_total",
+		"Records whose fragments never all arrived, dropped: abandoned (the sender moved on, restarted or began a new snapshot) or expired (30 s).", "reason"), "reason"},
 }
 
 // series is one counter of the table as Prometheus exports it.

@@ -238,7 +238,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // peers' multicast announces still arrive (so the node knows it has ready
 // peers to wait for, and does not seed the group with its empty maps).
 func dropUnicast(ctx context.Context, n *Node) (*Filter, error) {
-	return n.addFilter(ctx, fmt.Sprintf(`
+	return n.addFilter(ctx, "inet", fmt.Sprintf(`
 	chain input {
 		type filter hook input priority 0; policy accept;
 		iifname %q meta pkttype host udp dport %d drop

@@ -110,7 +110,7 @@ func TestObservability(t *testing.T) {
 	}
 
 	// node2 can hear node1's multicast but not its unicast answers.
-	block, err := n2.addFilter(ctx, fmt.Sprintf(`
+	block, err := n2.addFilter(ctx, "inet", fmt.Sprintf(`
 	chain input {
 		type filter hook input priority 0; policy accept;
 		iifname %q ip daddr %s udp dport %d drop

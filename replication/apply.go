@@ -58,13 +58,20 @@ type applier struct {
 	same      []sameRecords // per map index
 	taken     int
 
-	secs wire.Sections
-	recs wire.Records
-	runs []run
-	keys []byte              // the runs' keys, packed back to back
-	vals []byte              // their values
-	vers []knowledge.Version // their versions
-	mine []byte              // an entry of this node's, read for its local fields
+	secs  wire.Sections
+	recs  wire.Records
+	frags []heldFragment // the fragment records of the datagram being collected
+	reasm reassembly
+	runs  []run
+	keys  []byte              // the runs' keys, packed back to back
+	vals  []byte              // their values
+	vers  []knowledge.Version // their versions
+	mine  []byte              // an entry of this node's, read for its local fields
+	// hashes are the keys' knowledge hashes, computed and their slots
+	// touched before the first look-up (see [applier.touch]); touched
+	// keeps what the touches read, so that they are not optimized away.
+	hashes  []uint64
+	touched uint64
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
@@ -80,9 +87,10 @@ type run struct {
 	verEnd         int
 }
 
-func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter) applier {
+func newApplier(t *Table, k *knowledge.Store, clock *hlc.Clock, stats *Stats, log *slog.Logger, limit *limiter, reassemblyBytes int) applier {
 	return applier{time: SystemTime{}, table: t, know: k, clock: clock, stats: stats, log: log, limit: limit,
-		keys: make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
+		reasm: newReassembly(reassemblyBytes, stats, log, limit),
+		keys:  make([]byte, 0, runKeyBytes), vals: make([]byte, 0, runValueBytes), newerHere: make([][]byte, len(t.maps)),
 		same: make([]sameRecords, len(t.maps))}
 }
 
@@ -98,6 +106,7 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 	mark := a.mark()
 	taken, unknown, unknownFP, future := 0, 0, uint32(0), 0
 	limit, latest := a.clock.Limit(), hlc.Stamp(0)
+	a.frags = a.frags[:0]
 	a.secs.Reset(body, count)
 	for {
 		sec, err := a.secs.Next()
@@ -129,9 +138,22 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 				continue
 			}
 			latest = max(latest, st)
+			if rec.Fragment.Count != 0 {
+				// Taken once the whole datagram checked out.
+				a.frags = append(a.frags, heldFragment{m: m, rec: rec})
+				continue
+			}
 			a.add(node, m, rec.Op, knowledge.Version{Stamp: st, Origin: rec.Origin}, rec.Key, rec.Value, snapshot)
 			taken++
 		}
+	}
+	if len(a.frags) > 0 {
+		n, err := a.fragments(node, snapshot)
+		if err != nil {
+			a.rollBack(mark)
+			return 0, err
+		}
+		taken += n
 	}
 	if unknown > 0 {
 		a.unknownMap(node, unknownFP, unknown)
@@ -140,6 +162,42 @@ func (a *applier) collect(node uint32, body []byte, count uint16, snapshot bool)
 		a.futureStamps(node, future)
 	}
 	a.clock.Observe(latest)
+	return taken, nil
+}
+
+// heldFragment is a fragment record of a datagram being collected.
+type heldFragment struct {
+	m   *localMap
+	rec wire.Record
+}
+
+// fragments hands the fragment records of a checked datagram of node to
+// the reassembly, and adds the records they complete to the pending runs.
+// A snapshot datagram is refused whole, before anything of it is taken,
+// if a fragment of it would pass the reassembly's bounds: the serving
+// node sends it again. A fragment of a change stream that would is
+// dropped, and counted, alone.
+func (a *applier) fragments(node uint32, snapshot bool) (int, error) {
+	now := a.time.Now()
+	if snapshot {
+		cost := 0
+		for i := range a.frags {
+			cost += a.reasm.startCost(node, a.frags[i].m.fp, &a.frags[i].rec)
+		}
+		if cost > 0 && !a.reasm.fits(node, cost, now) {
+			a.stats.FragmentsRefused.Add(uint64(len(a.frags)))
+			return 0, errFragmentsRefused
+		}
+	}
+	taken := 0
+	for i := range a.frags {
+		f := &a.frags[i]
+		if out, value := a.reasm.add(node, snapshot, f.m.fp, &f.rec, now); out == fragmentCompleted {
+			a.add(node, f.m, ops.Update, knowledge.Version{Stamp: hlc.Stamp(f.rec.Stamp), Origin: f.rec.Origin}, f.rec.Key, value, snapshot)
+			taken++
+		}
+	}
+	a.frags = a.frags[:0]
 	return taken, nil
 }
 
@@ -217,13 +275,15 @@ func (a *applier) applyRuns() int {
 	}
 	h := a.know.Lock()
 	defer h.Unlock()
+	a.touch(h)
 	applied, keyStart, valStart, verStart := 0, 0, 0, 0
 	for i := range a.runs {
 		r := &a.runs[i]
 		keys, vals, vers := a.keys[keyStart:r.keyEnd], a.vals[valStart:r.valEnd], a.vers[verStart:r.verEnd]
+		hashes := a.hashes[verStart:r.verEnd]
 		keyStart, valStart, verStart = r.keyEnd, r.valEnd, r.verEnd
 		began := a.time.Now()
-		keys, vals, n := a.merge(h, r, keys, vals, vers, began.Add(applyBound))
+		keys, vals, n := a.merge(h, r, keys, vals, vers, hashes, began.Add(applyBound))
 		if n == 0 {
 			continue
 		}
@@ -238,6 +298,25 @@ func (a *applier) applyRuns() int {
 	}
 	a.runs, a.keys, a.vals, a.vers = a.runs[:0], a.keys[:0], a.vals[:0], a.vers[:0]
 	return applied
+}
+
+// touch computes the knowledge hash of every pending key, and reads the
+// slot where its look-up starts: the reads do not depend on each other,
+// so the processor waits for their cache misses together, and the
+// look-ups that follow find the slots in the cache. Without it each
+// look-up waited for its own cache miss, one after the other.
+func (a *applier) touch(h knowledge.Held) {
+	a.hashes = a.hashes[:0]
+	keyStart := 0
+	for i := range a.runs {
+		r := &a.runs[i]
+		for o := keyStart; o < r.keyEnd; o += r.m.keySize {
+			hash := a.know.Hash(a.keys[o : o+r.m.keySize])
+			a.hashes = append(a.hashes, hash)
+			a.touched += h.Touch(r.m.index, hash)
+		}
+		keyStart = r.keyEnd
+	}
 }
 
 // applyBound is how long a batch write is expected to take at most. Keys
@@ -260,7 +339,7 @@ const applyBound = 5 * time.Millisecond
 // [applier.marking] marks its key as known to that peer; of those not
 // kept, the ones this node holds a newer version of are noted in
 // newerHere.
-func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []knowledge.Version, appliedAt time.Time) ([]byte, []byte, int) {
+func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []knowledge.Version, hashes []uint64, appliedAt time.Time) ([]byte, []byte, int) {
 	m := r.m
 	ks, vs := m.keySize, 0
 	if r.op == ops.Update {
@@ -274,9 +353,9 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		// once; an unstamped live one never is, and adds none.
 		var e *knowledge.Entry
 		if v.Stamp != 0 || r.snapshot {
-			e = h.Put(m.index, key)
+			e = h.PutHash(m.index, hashes[i])
 		} else {
-			e = h.Lookup(m.index, key)
+			e = h.LookupHash(m.index, hashes[i])
 		}
 		newer := e != nil && (v.Newer(e.Version()) || r.snapshot && v.Stamp == 0 && e.Version().Stamp == 0)
 		if !newer {

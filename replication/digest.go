@@ -167,13 +167,14 @@ type digester struct {
 	know      *knowledge.Store
 	clock     *hlc.Clock
 	normalize DigestNormalizer
+	time      Time                      // Config.Time, for how long a read took
 	latest    atomic.Pointer[digestSet] // the last complete read
 }
 
 // read reads every digested map into a new digest set and keeps it as
 // the latest.
 func (g *digester) read() (*digestSet, error) {
-	began := time.Now()
+	began := g.time.Now()
 	set := &digestSet{stamp: g.clock.Now(), trees: make([]digestTree, len(g.table.maps))}
 	for i := range g.table.maps {
 		m := &g.table.maps[i]
@@ -187,7 +188,7 @@ func (g *digester) read() (*digestSet, error) {
 		t.sum()
 		set.trees[i] = t
 	}
-	set.took = time.Since(began)
+	set.took = g.time.Now().Sub(began)
 	g.latest.Store(set)
 	return set, nil
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -24,13 +26,21 @@ var errImplausible = errors.New("number outside what the sender can have sent")
 // handler its kind routes to. Anything wrong is counted, logged at a
 // limited rate, and dropped before a local map is touched.
 type dispatcher struct {
-	node   uint32
-	allow  acceptList // --peers without a key: the only source addresses accepted
-	window uint64     // of every peer's stream
+	node  uint32
+	allow acceptList // --peers without a key: the only source addresses accepted
+	// listed: this node sends to a list of peers (--peers), not to a
+	// group; their lists may not name this node.
+	listed bool
+	window uint64 // of every peer's stream
 	// keyed: every datagram that reaches the dispatcher was sealed by a
 	// node holding the key, whatever address it came from; without a key
 	// a sealed datagram cannot be read.
-	keyed   bool
+	keyed bool
+	// group, in multicast mode, is where repair requests go, so that the
+	// other receivers hear them (zero with --peers: to the peer alone);
+	// rng draws the back-off before them.
+	group   netip.AddrPort
+	rng     *rand.Rand
 	peers   *peerTable
 	gate    *answerGate // what may be sent to each peer's address
 	apply   *applier
@@ -53,7 +63,8 @@ type dispatcher struct {
 	descs    wire.Descriptors
 	got      []wire.Descriptor // of one announce
 
-	from netip.AddrPort // where the datagram being handled came from
+	from    netip.AddrPort // where the datagram being handled came from
+	unicast bool           // whether it was sent to this node alone
 }
 
 // route is how the dispatcher treats one kind of datagram.
@@ -63,6 +74,9 @@ type route struct {
 	// epoch. The others come only from a peer known in that epoch at that
 	// address.
 	binds bool
+	// bindsListed: so may one of this kind with --peers (see
+	// [dispatcher.syncRequest]).
+	bindsListed bool
 	// applyFirst: what is collected from change datagrams is applied first,
 	// because the handler reads the maps or reports how far they are.
 	applyFirst bool
@@ -74,7 +88,7 @@ var routes = map[wire.Kind]route{
 	wire.KindAnnounce:    {handle: (*dispatcher).announce, binds: true, applyFirst: true},
 	wire.KindNack:        {handle: (*dispatcher).nack, applyFirst: true},
 	wire.KindGone:        {handle: (*dispatcher).gone, applyFirst: true},
-	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, applyFirst: true},
+	wire.KindSyncRequest: {handle: (*dispatcher).syncRequest, bindsListed: true, applyFirst: true},
 	wire.KindSyncAck:     {handle: (*dispatcher).syncAck},
 	wire.KindSyncStart:   {handle: (*dispatcher).syncStart, applyFirst: true},
 	wire.KindSnapshot:    {handle: (*dispatcher).snapshot, applyFirst: true},
@@ -96,7 +110,7 @@ func (d *dispatcher) init() {
 func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
 	from, b := pkt.From, pkt.Data
 	h := &d.hdr
-	d.from = from
+	d.from, d.unicast = from, pkt.Unicast
 	if err := h.Unmarshal(b); err != nil {
 		d.malformed(from, err)
 		return
@@ -128,7 +142,7 @@ func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
 		d.malformed(from, wire.ErrBadKind)
 		return
 	}
-	p, prev, ok := d.peer(from, h, r.binds, now)
+	p, prev, ok := d.peer(from, h, r.binds || r.bindsListed && d.listed, now)
 	if !ok {
 		return
 	}
@@ -145,6 +159,9 @@ func (d *dispatcher) handle(pkt *transport.Packet, now time.Time) {
 	if err := r.handle(d, p, h, b, now); err != nil {
 		if prev != p {
 			d.unbind(p, prev) // a malformed datagram leaves no peer state
+		}
+		if errors.Is(err, errFragmentsRefused) {
+			return // well formed, and counted by the reassembly
 		}
 		d.malformed(from, err)
 		return
@@ -260,6 +277,8 @@ func (d *dispatcher) unbind(p, prev *peer) {
 func (d *dispatcher) retire(p *peer, now time.Time) {
 	d.stats.Held.Add(-uint64(p.stream.n))
 	p.stream.reset()
+	d.apply.reasm.forget(p.node, false)
+	d.apply.reasm.forget(p.node, true)
 	d.client.forget(p, now)
 	d.server.forget(p)
 }
@@ -286,9 +305,9 @@ func (d *dispatcher) changes(p *peer, h *wire.Header, dgram []byte, now time.Tim
 			return err
 		}
 	}
-	d.request(p, h.Seq, true, now)
+	d.sent(p, h.Seq, true, now)
 	if pos == posBeyond || pos == posLater && !s.fits(wire.HeaderSize+len(body)) {
-		d.stats.HoldFull.Add(1)
+		d.stats.HoldFull.Add(1) // asked for by the retry timer, once the window moved
 		return nil
 	}
 	d.stats.DatagramsReceived.Add(1)
@@ -298,31 +317,88 @@ func (d *dispatcher) changes(p *peer, h *wire.Header, dgram []byte, now time.Tim
 	if pos == posNext {
 		s.applied()
 		d.release(p, now)
-		return nil
+	} else {
+		s.hold(h.Seq, dgram)
+		d.stats.Held.Add(1)
 	}
-	s.hold(h.Seq, dgram)
-	d.stats.Held.Add(1)
+	d.askNew(p, now)
 	return nil
 }
 
-// request records what seq shows the peer sent, and asks for what that
-// shows missing.
-func (d *dispatcher) request(p *peer, seq uint64, arrived bool, now time.Time) {
-	d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+// sent records what seq shows the peer sent: what that shows missing is
+// asked for once the back-off has passed (see [dispatcher.askNew]).
+func (d *dispatcher) sent(p *peer, seq uint64, arrived bool, now time.Time) {
 	gaps := p.stream.gaps
-	p.stream.sent(seq, arrived, now, &d.req)
+	var wait time.Duration
+	if p.stream.reveals(seq, arrived) {
+		wait = d.backoff() // drawn only when it is used
+	}
+	p.stream.sent(seq, arrived, now, wait)
 	d.stats.GapsSeen.Add(p.stream.gaps - gaps)
+}
+
+// askNew asks p for what is newly missing if no back-off delays it: at
+// once without a group or another receiver; the timers ask otherwise.
+func (d *dispatcher) askNew(p *peer, now time.Time) {
+	if p.stream.due(now) == retryAsk {
+		d.askFor(p, false, now)
+	}
+}
+
+// askFor asks p for its datagrams missing here: those not asked for yet,
+// or, again, all of them.
+func (d *dispatcher) askFor(p *peer, again bool, now time.Time) {
+	d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
+	first := p.stream.askedThrough + 1
+	if again {
+		first = 1
+	}
+	p.stream.missing(first, &d.req)
+	through := p.stream.seen
+	if d.req.N == wire.MaxNackRanges {
+		through = d.req.Ranges[d.req.N-1].Last // the rest in the next request
+	}
+	p.stream.asked(through, now, d.backoff(), again)
 	d.sendRequest(p, now)
 }
 
-// sendRequest sends the repair request in d.req to p.
+// sendRequest sends the repair request in d.req: to the group, where the
+// other receivers hear it (see [orderedStream.heard]), or to p alone.
 func (d *dispatcher) sendRequest(p *peer, now time.Time) {
-	if d.req.N == 0 || !d.peers.settled(p, now) || !d.gate.ask(p, nackSize(&d.req), now) ||
-		d.ask.nack(p.addr, wire.KindNack, 0, &d.req) != nil {
-		return // not yet settled, or p's address not: the retry timer asks again
+	if d.req.N == 0 || !d.peers.settled(p, now) {
+		return // not yet settled: the retry timer asks again
+	}
+	to := d.group
+	if !to.IsValid() {
+		// p's address not proved: the retry timer asks again.
+		if to = p.addr; !d.gate.ask(p, nackSize(&d.req), now) {
+			return
+		}
+	}
+	if d.ask.nack(to, wire.KindNack, 0, &d.req) != nil {
+		return
 	}
 	d.stats.NacksSent.Add(1)
 	d.stats.RangesRequested.Add(uint64(d.req.N))
+}
+
+// backoff draws how long this node waits before it asks the group for
+// datagrams it found missing, so that of the receivers that lost the
+// same datagram one asks, and the others hear it and hold back. It is 0
+// without a group or another receiver; else at most 2 RetryTick times 1 +
+// ln(the other receivers), drawn from a truncated exponential whose
+// shape follows the group's size, as NORM's (RFC 5740): the larger the
+// group, the fewer draws fall early, so the first request is rarely
+// doubled before the others hear it.
+func (d *dispatcher) backoff() time.Duration {
+	others := len(d.peers.byNode) - 1 // receivers of a peer's stream besides this node
+	if !d.group.IsValid() || others < 1 {
+		return 0
+	}
+	n := float64(others)
+	limit := float64(2*RetryTick) * (1 + math.Log(n))
+	lambda := math.Log(n+1) + 1
+	return time.Duration(limit * math.Log1p(d.rng.Float64()*math.Expm1(lambda)) / lambda)
 }
 
 // release applies p's held datagrams that are next in order.
@@ -337,7 +413,11 @@ func (d *dispatcher) release(p *peer, now time.Time) {
 		s.recycle(b)
 	}
 	gaps := s.gaps
-	s.settle(now)
+	var wait time.Duration
+	if s.latest > s.seen || s.next <= s.seen { // a gap pending, or a claim the window may take in
+		wait = d.backoff()
+	}
+	s.settle(now, wait)
 	d.stats.GapsSeen.Add(s.gaps - gaps)
 }
 
@@ -381,10 +461,15 @@ func (d *dispatcher) announce(p *peer, h *wire.Header, dgram []byte, now time.Ti
 	p.announced = true
 	p.ready = ready
 	d.stats.DatagramsReceived.Add(1)
-	d.request(p, h.Seq, false, now)
+	d.sent(p, h.Seq, false, now)
+	d.askNew(p, now)
 	return nil
 }
 
+// nack takes a repair request: one for this node's datagrams is
+// answered, to the group if it came to the group; one for another node's,
+// which came to the group, tells this node that the group will hear
+// their repair.
 func (d *dispatcher) nack(p *peer, h *wire.Header, dgram []byte, now time.Time) error {
 	body := dgram[wire.HeaderSize:]
 	if err := d.in.Unmarshal(body, h.Count); err != nil {
@@ -394,10 +479,35 @@ func (d *dispatcher) nack(p *peer, h *wire.Header, dgram []byte, now time.Time) 
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
+	if d.in.Node != d.node {
+		if d.unicast {
+			return errNackNotOurs
+		}
+		if d.group.IsValid() { // else this node asks by unicast (--repair unicast), whatever it hears
+			d.overheard(&d.in, now)
+		}
+		return nil
+	}
 	if !d.gate.admit(p, now) {
 		return nil
 	}
-	return d.repair.serve(p, &d.in, now)
+	to := p.addr
+	if !d.unicast && d.group.IsValid() {
+		to = d.group // the others that lost them hold back their requests
+	}
+	return d.repair.serve(p, &d.in, to, now)
+}
+
+// overheard takes another receiver's request to the group for the
+// datagrams of a peer of this node's.
+func (d *dispatcher) overheard(req *wire.Nack, now time.Time) {
+	x := d.peers.byNode[req.Node]
+	if x == nil || x.epoch != req.Epoch {
+		return // a peer unknown here, or another run of it
+	}
+	if x.stream.heard(req.Ranges[:req.N], now, d.backoff()) {
+		d.stats.NacksSuppressed.Add(1)
+	}
 }
 
 // gone handles a peer's answer that it no longer holds some of what we
@@ -432,10 +542,14 @@ func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time
 			return err
 		}
 	}
-	if !p.announced || !d.peers.settled(p, now) {
+	if !p.announced && !d.listed || !d.peers.settled(p, now) {
 		d.stats.Unsolicited.Add(1)
 		return nil
 	}
+	// With --peers, a node whose list does not name this one sends it no
+	// announce, yet may hear this node and ask it for its initial sync:
+	// it is answered once its address proved itself, as any requester,
+	// else it would ask for ever while the lists disagree.
 	if !d.gate.admit(p, now) {
 		return nil
 	}
@@ -499,9 +613,7 @@ func (d *dispatcher) cookieEcho(p *peer, h *wire.Header, dgram []byte, now time.
 // resync request, if any.
 func (d *dispatcher) again(p *peer, now time.Time) {
 	if !p.stream.since.IsZero() && !p.stream.paused { // as the retry timer would
-		d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
-		p.stream.missing(&d.req)
-		d.sendRequest(p, now)
+		d.askFor(p, true, now)
 	}
 	d.client.again(p, now)
 }
@@ -522,9 +634,9 @@ func (d *dispatcher) onTimers(now time.Time, silent []*peer) []*peer {
 	for _, p := range d.peers.inOrder() {
 		switch p.stream.due(now) {
 		case retryAsk:
-			d.req = wire.Nack{Node: p.node, Epoch: p.epoch}
-			p.stream.missing(&d.req)
-			d.sendRequest(p, now)
+			d.askFor(p, false, now)
+		case retryAgain:
+			d.askFor(p, true, now)
 		case retryGiveUp:
 			d.resyncNeeded(p, "missing datagrams not repaired in time")
 			p.stream.giveUp()
@@ -533,6 +645,7 @@ func (d *dispatcher) onTimers(now time.Time, silent []*peer) []*peer {
 	}
 	d.client.onTimers(now)
 	d.digests.onTimers(now)
+	d.apply.reasm.onTimers(now)
 	for _, p := range d.peers.inOrder() {
 		if !p.stream.paused && p.stream.n > 0 {
 			d.release(p, now)
@@ -586,6 +699,9 @@ func (d *dispatcher) compare(p *peer, desc *wire.Descriptor) {
 
 func (d *dispatcher) malformed(from netip.AddrPort, err error) {
 	d.stats.Malformed.Add(1)
+	if errors.Is(err, wire.ErrBadFragment) {
+		d.stats.FragmentsMalformed.Add(1)
+	}
 	if s, ok := d.limit.allow(reasonMalformed); ok {
 		d.log.Warn("dropping malformed datagram", "from", from, "error", err, "suppressed", s)
 	}

@@ -228,6 +228,7 @@ func FuzzReceivePath(f *testing.F) {
 	for _, d := range [][]byte{
 		fx.seqDatagram(f, 1), announce(f, peerNode, 1, 3), announce(f, peerNode, 1, 3, clocked), goneDatagram(1, 2), syncRequest(peerNode, 1, 4),
 		syncEnd(7, 1), fx.snapshotDatagram(f, 7, 1, "snap"), cookie(wire.KindCookie), cookie(wire.KindCookieEcho),
+		fx.fragmentDatagram(f, 2, "frag", 1, 0), fx.fragmentDatagram(f, 3, "half", 0), fx.fragmentDatagram(f, 4, "twic", 1, 1),
 	} {
 		f.Add(append([]byte{byte(len(d))}, d...))
 	}

@@ -13,12 +13,13 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// nackDatagram is peerNode's request for ranges of this node's stream.
-func nackDatagram(t *testing.T, ranges ...wire.Range) []byte {
+// nackDatagram is a request (or gone answer) from node from, naming n's
+// node and epoch, for ranges.
+func nackDatagram(t *testing.T, from uint32, n wire.Nack, ranges ...wire.Range) []byte {
 	t.Helper()
-	n := wire.Nack{Node: ourNode, Epoch: ourEpoch, N: len(ranges)}
+	n.N = len(ranges)
 	copy(n.Ranges[:], ranges)
-	h := wire.Header{Kind: wire.KindNack, Count: uint16(n.N), Node: peerNode, Epoch: 1}
+	h := wire.Header{Kind: wire.KindNack, Count: uint16(n.N), Node: from, Epoch: 1}
 	d, err := h.AppendTo(nil)
 	if err == nil {
 		d, err = n.AppendTo(d)
@@ -49,7 +50,7 @@ func sentBytes(us []unicast, addr netip.AddrPort) (bytes, dgrams int) {
 func TestAnswerGate(t *testing.T) {
 	f, _ := ownDatagrams(t, 64<<20, 300)
 	f.handle(peerA, announce(t, peerNode, 1, 0))
-	req := nackDatagram(t, wire.Range{First: 1, Last: 200})
+	req := nackDatagram(t, peerNode, wire.Nack{Node: ourNode, Epoch: ourEpoch}, wire.Range{First: 1, Last: 200})
 	f.handle(peerA, req)
 	if u := f.tr.sentTo(); len(u) != 0 {
 		t.Fatalf("answered an address that has not proved itself: %d sends", len(u))

@@ -71,29 +71,7 @@ type ipCluster struct {
 // opts with those options (mapopt's form), sealed with one key.
 func startInPlace(t *testing.T, opts map[string]string, offsets ...time.Duration) *ipCluster {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for namespaces and BPF")
-	}
-	topo, err := netnstest.NewTopology(len(offsets))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	keys, _, err := netnstest.RandomKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := new(logBuffer)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs)
-		}
-	})
-	c := &ipCluster{topo: topo, keys: keys, log: newLogger(logs)}
+	c := newIPCluster(t, len(offsets))
 	dir := t.TempDir()
 	for i, off := range offsets {
 		dp, err := datapath.New()
@@ -128,6 +106,42 @@ func startInPlace(t *testing.T, opts map[string]string, offsets ...time.Duration
 		}
 		c.nodes = append(c.nodes, n)
 	}
+	c.startAll(t)
+	return c
+}
+
+// newIPCluster makes the namespaces of n nodes, a key and a log for them;
+// the caller adds the nodes.
+func newIPCluster(t *testing.T, n int) *ipCluster {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for namespaces and BPF")
+	}
+	topo, err := netnstest.NewTopology(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	keys, _, err := netnstest.RandomKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := new(logBuffer)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs)
+		}
+	})
+	return &ipCluster{topo: topo, keys: keys, log: newLogger(logs)}
+}
+
+// startAll starts every node and waits until all are ready.
+func (c *ipCluster) startAll(t *testing.T) {
+	t.Helper()
 	for i := range c.nodes {
 		c.start(t, i)
 	}
@@ -138,7 +152,6 @@ func startInPlace(t *testing.T, opts map[string]string, offsets ...time.Duration
 			t.Fatal("a node never became ready")
 		}
 	}
-	return c
 }
 
 // start runs node i in a new epoch, as a restarted daemon would.

@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -43,11 +45,22 @@ type Config struct {
 	Source Source
 	// Transport carries the datagrams.
 	Transport Transport
-	// Peers, when set without Keys, are the only source addresses
-	// accepted; datagrams from anywhere else count as forged. Zones are
-	// ignored. With Keys the seal decides whom to trust, not the address.
-	// [Node.SetPeers] replaces them.
+	// Peers, set (even empty), say that the transport sends to a list of
+	// peers (--peers), not to a group: a peer whose own list does not name
+	// this node, so that it announces nothing here, may still ask this
+	// node for a resync, and is answered once its address proved itself.
+	// Without Keys they are the only source addresses accepted; datagrams
+	// from anywhere else count as forged. Zones are ignored. With Keys the
+	// seal decides whom to trust, not the address. [Node.SetPeers]
+	// replaces them.
 	Peers []netip.Addr
+	// Group is the multicast group and port the transport sends to, if it
+	// sends to one: then a receiver asks for a lost datagram there, after
+	// a random back-off, so that the others that lost it hear the request
+	// and hold theirs back, and the sender resends it there once for all
+	// of them (see "Loss repair" in docs/ARCHITECTURE.md). Zero (unicast,
+	// --peers): each receiver asks the sender, and is answered, apart.
+	Group netip.AddrPort
 	// FlushInterval bounds how long a captured change waits for more
 	// changes to share its datagram (default [DefaultFlushInterval]).
 	FlushInterval time.Duration
@@ -59,6 +72,12 @@ type Config struct {
 	// ResendBytes sizes the buffer of sent datagrams that peers' repair
 	// requests are answered from (default [DefaultResendBytes]).
 	ResendBytes int
+	// ReassemblyBytes bounds what the node holds of records that arrive
+	// in fragments and are not complete yet (see "Fragments" in
+	// wire/FORMAT.md), from all peers together; one peer may hold a
+	// quarter of it (default [DefaultReassemblyBytes]). A quarter must
+	// hold the largest value of a map whose records travel in fragments.
+	ReassemblyBytes int
 	// Keys, when set, seal every datagram sent and open every one
 	// received (see package seal and "Sealed datagrams" in
 	// wire/FORMAT.md): a node without them can neither inject nor read
@@ -109,7 +128,10 @@ const DefaultTombstoneHorizon = knowledge.DefaultTombstoneHorizon
 var (
 	ErrNoNodeID   = errors.New("node id 0 is not an id")
 	ErrResendSize = errors.New("resend buffer size out of range")
-	ErrIncomplete = errors.New("config lacks a table, source or transport")
+	// ErrReassemblySize refuses a reassembly bound whose peer's share
+	// cannot hold one record of the largest fragmented map.
+	ErrReassemblySize = errors.New("reassembly memory too small")
+	ErrIncomplete     = errors.New("config lacks a table, source or transport")
 	// ErrDigestPayload refuses digest rounds in datagrams too small for a
 	// digest: the MTU must grow, or the rounds be turned off.
 	ErrDigestPayload = errors.New("datagrams too small for a digest")
@@ -192,6 +214,11 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	reassembly := cmp.Or(cfg.ReassemblyBytes, DefaultReassemblyBytes)
+	if need := cfg.Table.largestFragmented() * reassemblyPeerShare; reassembly < need || reassembly > 1<<40 {
+		return nil, fmt.Errorf("%w: %d bytes; want at least %d (%d times the largest fragmented record's %d) and at most 1 TiB",
+			ErrReassemblySize, reassembly, need, reassemblyPeerShare, need/reassemblyPeerShare)
+	}
 	clock := cfg.Clock
 	if clock == nil {
 		clock = hlc.New(cfg.Time.Now, 0)
@@ -228,7 +255,7 @@ func NewNode(cfg Config) (*Node, error) {
 	if cfg.Keys != nil {
 		n.gate.seal = wire.SealSize
 	}
-	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit)
+	n.apply = newApplier(cfg.Table, n.know, clock, &n.stats, log, &n.limit, reassembly)
 	n.apply.time, n.apply.prints = cfg.Time, n.prints
 	n.repair = newRepairResponder(resend, cfg.Table.payload, ctl(), &n.stats, log, &n.limit)
 	n.client = resyncClient{time: cfg.Time, rand: random, peers: &n.peers, apply: &n.apply, know: n.know, clock: clock,
@@ -237,12 +264,17 @@ func NewNode(cfg Config) (*Node, error) {
 		epoch: cfg.Epoch, sealed: cfg.Keys != nil, own: resend,
 		stats: &n.stats, log: log, answer: n.answer, transfers: make(map[uint32]*transfer),
 		started: make(map[uint32]time.Time), stop: make(chan struct{})}
-	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize}
+	n.digester = digester{table: cfg.Table, know: n.know, clock: clock, normalize: cfg.DigestNormalize, time: n.time}
 	n.digestEvery = cfg.DigestInterval
 	n.digests = digests{table: cfg.Table, source: &n.digester, peers: &n.peers, client: &n.client, gate: &n.gate, ctl: ctl(),
 		stats: &n.stats, upToDate: n.upToDate, settle: digestSettle}
 	n.client.repaired, n.client.normalize = n.digests.repaired, cfg.DigestNormalize
+	var seed [16]byte
+	if _, err := io.ReadFull(random, seed[:]); err != nil {
+		return nil, fmt.Errorf("seeding the repair back-off: %w", err)
+	}
 	n.dispatch = dispatcher{node: cfg.Node, window: uint64(min(maxHeld, maxHeldBytes/cfg.Table.payload)),
+		group: cfg.Group, listed: cfg.Peers != nil, rng: mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(seed[:]), binary.BigEndian.Uint64(seed[8:]))),
 		peers: &n.peers, gate: &n.gate, apply: &n.apply, repair: &n.repair, client: &n.client, server: &n.server, digests: &n.digests, ask: ctl(),
 		greet: &n.sender.greet, stats: &n.stats, log: log, limit: &n.limit, keyed: cfg.Keys != nil}
 	if cfg.Peers != nil && cfg.Keys == nil {

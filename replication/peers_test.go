@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // A node missing datagrams of one peer is behind for every other: a
@@ -61,5 +62,46 @@ func TestRestartWithMissingDatagramsResyncs(t *testing.T) {
 		if p := f.n.peers.byNode[peerNode]; p == nil || p.epoch != 2 || p.needSync != ready {
 			t.Fatalf("ready %v: after the restart the peer is %+v: want its new run, with a resync due %v", ready, p, ready)
 		}
+	}
+}
+
+// With --peers, a node whose list does not name this one announces
+// nothing here, yet hears this node and asks it for its initial sync: it
+// is answered once its address echoed a cookie. Ignored as unsolicited,
+// it asked for ever while the lists disagreed. With a group every node
+// hears every announce, and a request from a node never heard stays
+// unsolicited.
+func TestSyncRequestFromUnlistedPeer(t *testing.T) {
+	answered := func(f *receiverFixture) bool {
+		for _, u := range f.tr.sentTo() {
+			for _, d := range u.dgrams {
+				var h wire.Header
+				if h.Unmarshal(d) == nil && h.Kind == wire.KindSyncStart && u.to == peerA {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	f := newReceiverFixture(t, peerA.Addr(), peerB.Addr())
+	f.n.ready.become("test", 0)
+	f.handle(peerA, syncRequest(peerNode, 1, 7))
+	if answered(f) {
+		t.Fatal("answered a request from an address that proved nothing")
+	}
+	if p := f.n.peers.byNode[peerNode]; p == nil || p.announced {
+		t.Fatalf("peer %+v, want the requester known, not announced", p)
+	}
+	f.handle(peerA, syncRequest(peerNode, 1, 7)) // asked again, once it echoed the cookie (handle echoes first)
+	if !answered(f) {
+		t.Fatalf("no answer once the requester proved its address; unsolicited %d", f.stats.Unsolicited.Load())
+	}
+
+	g := newReceiverFixture(t)
+	g.n.ready.become("test", 0)
+	g.handle(peerA, syncRequest(peerNode, 1, 7))
+	g.handle(peerA, syncRequest(peerNode, 1, 7))
+	if answered(g) || g.stats.Unsolicited.Load() != 2 || len(g.n.peers.byNode) != 0 {
+		t.Errorf("multicast: answered %v, unsolicited %d, peers %d; want no answer, 2, none", answered(g), g.stats.Unsolicited.Load(), len(g.n.peers.byNode))
 	}
 }

@@ -19,6 +19,7 @@ const (
 	reasonAuth
 	reasonFuture
 	reasonCookie
+	reasonFragment
 	numReasons
 )
 

@@ -21,12 +21,13 @@ func _() {
 	_ = x[reasonAuth-10]
 	_ = x[reasonFuture-11]
 	_ = x[reasonCookie-12]
-	_ = x[numReasons-13]
+	_ = x[reasonFragment-13]
+	_ = x[numReasons-14]
 }
 
-const _reason_name = "MalformedUnknownMapForgedApplySchemaSendResyncOverflowSyncPeerAuthFutureCookienumReasons"
+const _reason_name = "MalformedUnknownMapForgedApplySchemaSendResyncOverflowSyncPeerAuthFutureCookieFragmentnumReasons"
 
-var _reason_index = [...]uint8{0, 9, 19, 25, 30, 36, 40, 46, 54, 58, 62, 66, 72, 78, 88}
+var _reason_index = [...]uint8{0, 9, 19, 25, 30, 36, 40, 46, 54, 58, 62, 66, 72, 78, 86, 96}
 
 func (i reason) String() string {
 	idx := int(i) - 0

@@ -7,8 +7,10 @@ package replication
 // with random loss.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -54,8 +56,18 @@ func retransmitted(d []byte) []byte {
 // anything else.
 func (f *receiverFixture) nacks(t *testing.T, kind wire.Kind) [][]wire.Range {
 	t.Helper()
+	return f.nacksTo(t, kind, netip.AddrPort{})
+}
+
+// nacksTo is nacks, failing also on a request sent anywhere but to, if
+// to is valid.
+func (f *receiverFixture) nacksTo(t *testing.T, kind wire.Kind, to netip.AddrPort) [][]wire.Range {
+	t.Helper()
 	var out [][]wire.Range
 	for _, u := range f.tr.sentTo() {
+		if to.IsValid() && u.to != to {
+			t.Fatalf("sent to %v, want %v", u.to, to)
+		}
 		for _, d := range u.dgrams {
 			var h wire.Header
 			var n wire.Nack
@@ -179,8 +191,8 @@ func TestRepairRetryAndGiveUp(t *testing.T) {
 }
 
 // More datagrams behind a gap than the receive window takes: those beyond
-// it are dropped and counted, asked for again once the gap is filled, and
-// nothing is given up.
+// it are dropped and counted, asked for again as soon as the gap is
+// filled, and nothing is given up.
 func TestRepairHoldFull(t *testing.T) {
 	f := newReceiverFixture(t)
 	w := f.n.dispatch.window
@@ -198,7 +210,7 @@ func TestRepairHoldFull(t *testing.T) {
 	if got := f.value("key1"); got != fmt.Sprintf("%8d", w+1) {
 		t.Fatalf("key1 = %q once the gap was filled, want %d", got, w+1)
 	}
-	f.n.dispatch.onTimers(time.Now().Add(firstRetry), nil)
+	// The window moved over w+2: it is asked for at once.
 	if got := f.nacks(t, wire.KindNack); len(got) != 1 || len(got[0]) != 1 || got[0][0] != (wire.Range{First: w + 2, Last: w + 2}) {
 		t.Fatalf("requests %v, want the dropped datagram %d", got, w+2)
 	}
@@ -364,9 +376,16 @@ func TestResendRing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The first three and every seventh seq are recorded as lost (an
+	// empty datagram): they hold no bytes, and must not let the datagram
+	// after them be overwritten when they are the oldest.
+	lost := func(seq uint64) bool { return seq <= 3 || seq%7 == 0 }
 	for seq := uint64(1); seq <= 500; seq++ {
-		d := make([]byte, 40+seq%50)
-		binary.BigEndian.PutUint64(d, seq)
+		var d []byte
+		if !lost(seq) {
+			d = bytes.Repeat([]byte{byte(seq)}, int(40+seq%50))
+			binary.BigEndian.PutUint64(d, seq)
+		}
 		rs.add(seq, d)
 		first, last, _ := rs.held()
 		if last != seq {
@@ -375,14 +394,24 @@ func TestResendRing(t *testing.T) {
 		used := 0
 		for s := first; s <= last; s++ {
 			got, ok := rs.copyOut(s, nil)
-			if !ok || binary.BigEndian.Uint64(got) != s || len(got) != int(40+s%50) {
+			if lost(s) {
+				if ok {
+					t.Fatalf("after adding %d: seq %d, recorded lost, reads back as %x", seq, s, got)
+				}
+				continue
+			}
+			if !ok || binary.BigEndian.Uint64(got) != s || len(got) != int(40+s%50) || bytes.Count(got[8:], []byte{byte(s)}) != len(got)-8 {
 				t.Fatalf("after adding %d: seq %d held %v, reads back as %x", seq, s, ok, got)
 			}
 			used += len(got)
 		}
+		if used > 1000 {
+			t.Fatalf("after adding %d: %d bytes held in a 1000-byte arena", seq, used)
+		}
 		// At most one datagram's worth is skipped at the end of the arena
-		// and at most one more lies free in front of the oldest.
-		if used+2*90 < 1000 && first > 1 {
+		// and at most one more lies free in front of the oldest (a lost
+		// oldest may go early: it holds nothing).
+		if used+2*90 < 1000 && first > 1 && !lost(first-1) {
 			t.Fatalf("after adding %d: evicted down to %d with only %d bytes in use", seq, first, used)
 		}
 		if _, ok := rs.copyOut(first-1, nil); ok && first > 1 {
@@ -412,6 +441,51 @@ func TestGoneKeepsHeld(t *testing.T) {
 	st := f.sentSyncStart(t)
 	if st.Status != wire.SyncOK {
 		t.Errorf("sync start %+v, want OK: only the requester's own changes were given up", st)
+	}
+}
+
+// Flow control: a peer's repair request for a datagram about to leave the
+// resend buffer, or far behind the latest, holds the sender back while it
+// is fresh; a request for a recent one does not, and neither does one past
+// its bounds.
+func TestResendHoldBack(t *testing.T) {
+	b, err := newResendBuffer(100*testPayload, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.lag = 40
+	d := make([]byte, testPayload)
+	for seq := uint64(1); seq <= 100; seq++ {
+		b.add(seq, d)
+	}
+	first, last, _ := b.held()
+	t0 := time.Now()
+	if b.pressed.Load() || b.holdBack(t0) {
+		t.Fatal("held back with no request")
+	}
+	b.asked(1, last-5, t0)
+	if !b.pressed.Load() || b.holdBack(t0) {
+		t.Error("a request for a recent datagram held the sender back, or was not recorded")
+	}
+	b.asked(1, first+1, t0) // near eviction
+	if !b.holdBack(t0.Add(needFresh - time.Millisecond)) {
+		t.Error("a fresh request for a datagram about to be evicted did not hold the sender back")
+	}
+	if b.holdBack(t0.Add(needFresh+time.Millisecond)) || b.pressed.Load() {
+		t.Error("a stale request still held the sender back")
+	}
+	b.asked(1, last-50, t0) // behind by more than lag
+	if !b.holdBack(t0.Add(lagHold - time.Millisecond)) {
+		t.Error("a request from a peer lagging behind did not hold the sender back")
+	}
+	if b.holdBack(t0.Add(lagHold + time.Millisecond)) {
+		t.Error("a lagging peer's request held the sender back past lagHold")
+	}
+	for i := range maxNeed / (needFresh / 2) {
+		b.asked(2, first, t0.Add(time.Duration(i)*needFresh/2)) // asked again and again
+	}
+	if at := t0.Add(maxNeed + time.Millisecond); b.holdBack(at) {
+		t.Error("one datagram asked for again and again held the sender back past maxNeed")
 	}
 }
 

@@ -3,6 +3,8 @@ package replication
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -35,6 +37,45 @@ type resendBuffer struct {
 	n      uint64   // datagrams held
 	w      int      // where the next datagram goes
 	oldest int      // arena offset of the oldest datagram held
+
+	// needs is, per peer, the oldest datagram its latest repair request
+	// asked for that the buffer held (see [resendBuffer.asked]); pressed
+	// is set while there are any, for the sender to check without the
+	// lock.
+	needs   map[uint32]need
+	pressed atomic.Bool
+	// lag is how far behind the latest datagram a peer may ask before
+	// the sender holds back: a quarter of the receive window, so that repairs
+	// reach a receiver before the window behind its gap fills and it
+	// drops what follows (hold_full), which then needs repairs too.
+	lag uint64
+}
+
+// Flow control: a sender holds back while a peer still asks for a
+// datagram its resend buffer is about to evict, or one far behind the
+// latest. See "Loss repair" in docs/ARCHITECTURE.md.
+const (
+	// needFresh is how long a request keeps its datagram from eviction:
+	// longer than the receiver's longest wait before it asks again
+	// (maxRetry), so a peer still missing it keeps it held.
+	needFresh = maxRetry + 50*time.Millisecond
+	// maxNeed bounds how long one datagram, asked again and again, holds
+	// the sender back: the receiver gives it up after repairTimeout anyway.
+	maxNeed = repairTimeout
+	// nearEviction is the share of the buffer, counted from its oldest
+	// datagram, in which a datagram asked for holds the sender back.
+	nearEviction = 8
+	// lagHold is how long a request from a peer more than the buffer's
+	// lag behind holds the sender back: the receiver asks again while it
+	// still misses something, and every new gap it finds asks at once,
+	// so a receiver still behind renews it.
+	lagHold = 2 * firstRetry
+)
+
+// need is the oldest datagram a peer's latest repair request asked for.
+type need struct {
+	seq       uint64
+	at, since time.Time // the latest request for it, the first
 }
 
 // newResendBuffer allocates a resend buffer of size bytes for datagrams of at
@@ -48,6 +89,7 @@ func newResendBuffer(size, payload int) (*resendBuffer, error) {
 		arena: make([]byte, size),
 		offs:  make([]uint32, slots),
 		lens:  make([]uint16, slots),
+		lag:   uint64(min(maxHeld, maxHeldBytes/payload) / 4),
 	}, nil
 }
 
@@ -71,7 +113,10 @@ func (b *resendBuffer) add(seq uint64, d []byte) {
 		}
 		b.w = 0
 	}
-	for b.n > 0 && (b.n == uint64(len(b.offs)) || b.overlapsOldest(len(d))) {
+	// A datagram recorded lost holds no bytes, so only a held one can be
+	// in the way: a lost oldest goes first (a request for it is answered
+	// gone either way), and the oldest held is then the one checked.
+	for b.n > 0 && (b.n == uint64(len(b.offs)) || b.lens[b.first%uint64(len(b.offs))] == 0 || b.overlapsOldest(len(d))) {
 		b.evict()
 	}
 	copy(b.arena[b.w:], d)
@@ -97,6 +142,48 @@ func (b *resendBuffer) overlapsOldest(size int) bool {
 	o := b.oldest
 	l := int(b.lens[b.first%uint64(len(b.offs))])
 	return b.w < o+l && o < b.w+size
+}
+
+// asked records that node's latest repair request asked for seq, the
+// oldest of it the buffer holds, at now.
+func (b *resendBuffer) asked(node uint32, seq uint64, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.needs == nil {
+		b.needs = make(map[uint32]need) // bounded by the peers, maxPeers
+	}
+	nd := b.needs[node]
+	if nd.seq != seq {
+		nd = need{seq: seq, since: now}
+	}
+	nd.at = now
+	b.needs[node] = nd
+	b.pressed.Store(true)
+}
+
+// holdBack reports whether a peer still asks for a datagram about to be
+// evicted (asked for within needFresh), or asked within lagHold for one
+// more than lag behind the latest datagram; in either case first asked
+// within maxNeed. The sender then waits before it adds more. Needs past
+// those bounds are dropped, and pressed is cleared with the last.
+func (b *resendBuffer) holdBack(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	back := false
+	for node, nd := range b.needs {
+		switch {
+		case now.Sub(nd.at) > needFresh || now.Sub(nd.since) > maxNeed || nd.seq < b.first:
+			delete(b.needs, node)
+		case nd.seq-b.first < max(b.n/nearEviction, 1):
+			back = true
+		case b.first+b.n-nd.seq > b.lag && now.Sub(nd.at) < lagHold:
+			back = true
+		}
+	}
+	if len(b.needs) == 0 {
+		b.pressed.Store(false)
+	}
+	return back
 }
 
 // held returns the range of sequence numbers held; ok is false when the

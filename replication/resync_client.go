@@ -282,6 +282,9 @@ func (c *resyncClient) prepare(p *peer, now time.Time) {
 
 // reset clears the state of one resync, keeping the request id.
 func (c *resyncClient) reset() {
+	if c.from != nil {
+		c.apply.reasm.forget(c.from.node, true) // what a snapshot left incomplete, it never completes
+	}
 	c.phase, c.from, c.owed, c.partial = syncIdle, nil, false, false
 	c.start, c.got, c.total, c.ended, c.unacked, c.received = wire.SyncStart{}, snapshotWindow{}, 0, false, 0, 0
 	c.apply.marking, c.apply.comparing, c.apply.taken = 0, false, 0
@@ -347,7 +350,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 	c.empty = c.empty[:0]
 	for i := range c.apply.table.maps {
 		m := &c.apply.table.maps[i]
-		c.empty = append(c.empty, !loader.ArrayType(ebpf.MapType(m.Desc.Type)) && isEmpty(m.Target))
+		c.empty = append(c.empty, !loader.ArrayType(ebpf.MapType(m.Desc.Type)) && isEmpty(m))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
 		if !c.filtered {
@@ -553,12 +556,12 @@ func (c *resyncClient) pushBack(p *peer) int {
 	return pushed
 }
 
-// isEmpty reports whether t holds no entry; a map it cannot read counts
+// isEmpty reports whether m holds no entry; a map it cannot read counts
 // as not empty.
-func isEmpty(t Target) bool {
+func isEmpty(m *localMap) bool {
 	empty := true
-	keys, vals := make([]byte, 512), make([]byte, 4096) // one entry of any map udpmapsync takes
-	err := t.Dump(keys, vals, func(ks, _ []byte) error {
+	keys, vals := make([]byte, m.keySize), make([]byte, m.valueSize) // one entry
+	err := m.Target.Dump(keys, vals, func(ks, _ []byte) error {
 		empty = len(ks) == 0
 		return errStopDump
 	})

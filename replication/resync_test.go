@@ -7,6 +7,7 @@ package replication
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -34,8 +35,10 @@ type memNet struct {
 	nodes map[netip.AddrPort]*memTransport
 	drop  func(d []byte) bool
 	opts  map[uint32]mapopt.Options // per node, the options of its map; none if absent
+	// valueSize is the value size of the nodes' map; 0 means 8 bytes.
+	valueSize uint32
 	// cpus makes a node's map a per-CPU hash of that many possible CPUs,
-	// 8 bytes a slot; absent: a hash of 8-byte values.
+	// 8 bytes a slot; absent: a hash of valueSize-byte values.
 	cpus map[uint32]uint32
 }
 
@@ -148,7 +151,7 @@ func startMemNode(t *testing.T, n *memNet, node uint32, state map[string]string)
 // startMemNodeWith starts a node that seals with keys, if not nil.
 func startMemNodeWith(t *testing.T, n *memNet, node uint32, state map[string]string, keys *seal.Keys) *memNode {
 	t.Helper()
-	valueSize, cpus := uint32(8), n.cpus[node]
+	valueSize, cpus := cmp.Or(n.valueSize, 8), n.cpus[node]
 	if cpus > 0 {
 		valueSize = 8 * cpus
 	}

@@ -10,12 +10,13 @@ func _() {
 	var x [1]struct{}
 	_ = x[retryNone-0]
 	_ = x[retryAsk-1]
-	_ = x[retryGiveUp-2]
+	_ = x[retryAgain-2]
+	_ = x[retryGiveUp-3]
 }
 
-const _retry_name = "NoneAskGiveUp"
+const _retry_name = "NoneAskAgainGiveUp"
 
-var _retry_index = [...]uint8{0, 4, 7, 13}
+var _retry_index = [...]uint8{0, 4, 7, 12, 18}
 
 func (i retry) String() string {
 	idx := int(i) - 0

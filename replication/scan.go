@@ -2,11 +2,13 @@ package replication
 
 import (
 	"context"
+	"encoding/binary"
 	"log/slog"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 )
 
@@ -126,14 +128,15 @@ func (s *scanner) scan(i int) {
 			fp, rfp := pm.plan.prints(pt.seed, val)
 			j := pm.find(kh)
 			switch {
-			case j < 0 && !pm.learnt && knownLive(h, i, key):
+			case j < 0 && !pm.learnt && knownLive(h, i, key) && !s.ownContribution(m, key):
 				// The first scan since the start meets every entry without
 				// a print: one with the version its capture, apply or the
 				// state file gave it is taken as it is. From then on the
 				// capture and the applier give a print to every key they
 				// write, so a key without one is a write nobody saw (a BPF
 				// program's create under the syscall backend, a key back
-				// after an eviction).
+				// after an eviction). A sum map's own contributions are
+				// sent: the datapath counted on while the node synced.
 				pm.set(pm.put(kh, key), fp, rfp, ms)
 				continue
 			case j >= 0 && pm.slots[j].fp == fp && (pm.slots[j].rfp() == rfp&rfpMask || ms-pm.slots[j].sent < pm.period):
@@ -157,6 +160,12 @@ func (s *scanner) scan(i int) {
 	s.stats.ScanFound.Add(uint64(found))
 	s.stats.ScanVanished.Add(uint64(vanished))
 	s.stats.ScanPrints.Store(uint64(pt.size()))
+}
+
+// ownContribution reports whether key of m is this node's contribution
+// to a sum map's counter (see [CounterTarget]).
+func (s *scanner) ownContribution(m *localMap, key []byte) bool {
+	return m.Options.Merge == mapopt.Sum && binary.BigEndian.Uint32(key[len(key)-originSize:]) == s.node
 }
 
 // knownLive reports whether this node knows key of map index i from a

@@ -135,6 +135,12 @@ type sender struct {
 	// greet asks for an announce now: discovery found new peers
 	// ([Node.SetPeers]). Set by another goroutine.
 	greet atomic.Bool
+	// ringSize is the source's capacity in bytes, 0 if it does not say:
+	// the sender holds back for a peer's repair only while the source
+	// has room (see [sender.holdBack]). checked is the last datagram
+	// sealed when it looked.
+	ringSize int
+	checked  uint64
 
 	// drained is when the sender last found the source empty: every
 	// change read after it was made after drained less captureSlack, or
@@ -144,10 +150,14 @@ type sender struct {
 	drainedAt atomic.Int64
 	// lookup is a value buffer per map, for the reads of [sender.stillHolds].
 	lookup [][]byte
+	// whole is a value of the largest map with fields whose updates
+	// travel in fragments, in the form it has on the wire, as
+	// [sender.fragment] cuts it.
+	whole []byte
 
 	// Counted locally and published at each send, to keep atomics off the
 	// per-change path.
-	captured, coalesced, bad, changes, superseded, relayed uint64
+	captured, coalesced, bad, changes, superseded, relayed, fragments uint64
 
 	overflows        uint64    // the source's count when last checked
 	overflowsChecked time.Time // when that was
@@ -182,8 +192,15 @@ func newSender(cfg senderConfig) *sender {
 		queued:        make([][]byte, 0, sendBatch),
 	}
 	s.limit.time = s.time
+	if r, ok := cfg.Source.(interface{ Size() int }); ok {
+		s.ringSize = r.Size()
+	}
 	for i := range cfg.Table.maps {
-		s.lookup = append(s.lookup, make([]byte, cfg.Table.maps[i].valueSize))
+		m := &cfg.Table.maps[i]
+		s.lookup = append(s.lookup, make([]byte, m.valueSize))
+		if m.fragments > 0 && m.plan != nil && m.valueSize > len(s.whole) {
+			s.whole = make([]byte, m.valueSize)
+		}
 	}
 	for i := range s.bufs {
 		s.bufs[i] = make([]byte, s.payload)
@@ -230,6 +247,35 @@ func (s *sender) Run(ctx context.Context) error {
 			s.src.SetDeadline(s.time.Now())
 		}
 		s.due()
+		s.holdBack()
+	}
+}
+
+// holdBackStep is how long the sender waits before it looks again whether
+// a peer still needs what it would evict.
+const holdBackStep = time.Millisecond
+
+// holdBack is flow control: while a peer still asks for a datagram the
+// resend buffer is about to evict (see [resendBuffer.holdBack]), the
+// sender sends what it sealed and waits, and the changes wait in the
+// capture ring, up to half of it; so a receiver slower than the writers
+// lags behind instead of losing datagrams nobody holds any more, which
+// only a full resync would bring. It looks once per datagram sealed,
+// and only while a peer's request is recorded. A simulated sender
+// ([sender.step]) never waits.
+func (s *sender) holdBack() {
+	if s.ringSize == 0 || s.resend == nil || !s.resend.pressed.Load() || s.checked == s.header.Seq {
+		return
+	}
+	s.checked = s.header.Seq
+	start := s.time.Now()
+	for now := start; s.resend.holdBack(now) && s.src.Buffered() < s.ringSize/2; now = s.time.Now() {
+		s.send()
+		s.time.Sleep(holdBackStep)
+	}
+	if s.time.Now().Sub(start) >= holdBackStep {
+		s.stats.HeldBack.Add(1)
+		s.now = s.time.Now()
 	}
 }
 
@@ -439,6 +485,10 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 		s.coalesced++
 		return
 	}
+	if m.fragments > 0 && op == ops.Update {
+		s.fragment(m, v, key, value)
+		return
+	}
 	grow := p.growth(e, m, op, v)
 	if p.size+grow > s.payload {
 		s.closeDatagram()
@@ -455,6 +505,30 @@ func (s *sender) queue(m *localMap, op ops.Op, v knowledge.Version, key, value [
 		return
 	}
 	p.insert(slot, m, op, v, key, value)
+}
+
+// fragment sends an update of m too large for one datagram as its
+// fragment records, each in a datagram of its own, numbered, kept for
+// repair and sealed like any other, back to back: a receiver takes a
+// change stream in order, so it never sees two records' fragments
+// interleaved there. A pending change of the same key is older, and
+// loses to this one wherever it arrives.
+func (s *sender) fragment(m *localMap, v knowledge.Version, key, value []byte) {
+	whole := value
+	if m.plan != nil {
+		whole = s.whole[:m.valueSize]
+		copy(whole, value)
+		m.plan.toWire(whole)
+	}
+	for i := range m.fragments {
+		s.w.Reset(s.bufs[len(s.queued)], s.header.Node, uint64(v.Stamp))
+		if !s.w.AppendFragment(m.fp, uint64(v.Stamp), v.Origin, key, whole, i, m.fragments) {
+			panic("replication: a fragment does not fit the datagram NewTable planned it for")
+		}
+		s.queueDatagram()
+	}
+	s.changes++
+	s.fragments += uint64(m.fragments)
 }
 
 // takeRelayed queues the entries the receive side passes on, once the
@@ -516,13 +590,19 @@ func (s *sender) closeDatagram() {
 	}
 	s.pend.encode(&s.w, s.bufs[len(s.queued)])
 	s.changes += uint64(s.w.Count())
+	s.pend.reset()
+	s.queueDatagram()
+}
+
+// queueDatagram numbers the datagram the writer holds, keeps it in the
+// resend buffer and queues it, sending the queue once it is full.
+func (s *sender) queueDatagram() {
 	s.header.Seq++
 	d := s.w.Finish(s.header)
 	if s.resend != nil {
 		s.resend.add(s.header.Seq, d)
 	}
 	s.queued = append(s.queued, d)
-	s.pend.reset()
 	if len(s.queued) == sendBatch {
 		s.send()
 	}
@@ -555,7 +635,8 @@ func (s *sender) send() {
 	s.stats.ChangesSent.Add(s.changes)
 	s.stats.Superseded.Add(s.superseded)
 	s.stats.Relayed.Add(s.relayed)
-	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed = 0, 0, 0, 0, 0, 0
+	s.stats.FragmentsSent.Add(s.fragments)
+	s.captured, s.coalesced, s.bad, s.changes, s.superseded, s.relayed, s.fragments = 0, 0, 0, 0, 0, 0, 0
 }
 
 // checkOverflows asks the source whether it lost changes since the last

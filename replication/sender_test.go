@@ -418,11 +418,11 @@ func TestAnnounceSplitsDescriptors(t *testing.T) {
 }
 
 func TestTableRefusesOversizedMap(t *testing.T) {
-	_, err := NewTable([]Map{testMap("big", 1, 64, 4096, nil)}, testPayload)
+	_, err := NewTable([]Map{testMap("big", 1, 512, 1<<20, nil)}, testPayload)
 	if err == nil {
-		t.Fatal("a 4 KiB value fits a 1472-byte payload?")
+		t.Fatal("a 1 MiB value fits 255 fragments of a 1472-byte payload?")
 	}
-	for _, want := range []string{`"big"`, "4173", "1472", "MTU"} {
+	for _, want := range []string{`"big"`, "255", "1472", "MTU"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

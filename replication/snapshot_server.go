@@ -345,6 +345,7 @@ type snapshotStream struct {
 	readErr error                      // what ended records early
 	cur     recordBatch                // the batch being added
 	pos     int                        // its next record
+	frag    int                        // the next fragment of that record, if it travels in fragments
 	open    bool                       // a datagram is being built in the next slot
 	// resendAt, while the stream waits for acknowledgements, is when
 	// the oldest unacknowledged datagram is sent again; zero otherwise.
@@ -524,6 +525,13 @@ func (st *snapshotStream) fill(now time.Time) error {
 			st.cur, st.pos = b, 0
 			continue
 		}
+		// An update too large for a datagram goes in fragments, each in
+		// a datagram of its own.
+		large := st.cur.op == ops.Update && st.cur.m.fragments > 0
+		if large && st.open && st.w.Count() > 0 {
+			st.closeDatagram(now)
+			continue
+		}
 		if !st.open {
 			next := st.closed + 1
 			if next-st.acked > st.cwnd {
@@ -535,6 +543,10 @@ func (st *snapshotStream) fill(now time.Time) error {
 			st.open, st.resendAt = true, time.Time{}
 		}
 		key, val, v := st.cur.at(st.pos)
+		if large {
+			st.addFragment(key, val, v, now)
+			continue
+		}
 		// NewTable checked that one record fits an empty datagram.
 		if !st.w.Append(st.cur.m.fp, st.cur.op, uint64(v.Stamp), v.Origin, key, val) {
 			st.closeDatagram(now)
@@ -544,6 +556,26 @@ func (st *snapshotStream) fill(now time.Time) error {
 		st.pos++
 	}
 	return nil
+}
+
+// addFragment writes the next fragment of the current record, an update
+// of a map whose values travel in fragments, into the open datagram, which
+// holds nothing else, and closes it; after the last fragment it moves on
+// to the next record.
+func (st *snapshotStream) addFragment(key, val []byte, v knowledge.Version, now time.Time) {
+	m := st.cur.m
+	// NewTable planned the fragments to fit an empty datagram each.
+	if !st.w.AppendFragment(m.fp, uint64(v.Stamp), v.Origin, key, val, st.frag, m.fragments) {
+		panic("replication: a fragment does not fit the datagram NewTable planned it for")
+	}
+	st.closeDatagram(now)
+	st.s.stats.FragmentsSent.Add(1)
+	if st.frag++; st.frag < m.fragments {
+		return
+	}
+	st.frag = 0
+	st.entries++
+	st.pos++
 }
 
 // finish closes the last datagram, once every record is in, and queues

@@ -26,7 +26,8 @@ type Counts[T any] struct {
 	ChangesSent     T `name:"changes_sent" metric:"changes_sent_total" help:"Change records sent to the peers."`
 	BadChanges      T `name:"bad_changes" help:"Captured changes of an unknown map, op or size, dropped."`
 	SendErrors      T `name:"send_errors" metric:"send_errors_total" help:"Sends that failed; their datagrams are lost until a repair or resync."`
-	DatagramsResent T `name:"datagrams_resent" metric:"datagrams_resent_total" help:"Change datagrams resent by unicast to peers that asked for them again."`
+	DatagramsResent T `name:"datagrams_resent" metric:"datagrams_resent_total" help:"Change datagrams resent to peers that asked for them again: to the group once for all that asked there, or to one peer."`
+	HeldBack        T `name:"held_back" metric:"held_back_total" help:"Times the sender waited for a peer still asking for a datagram about to leave the resend buffer (flow control); the capture ring held the changes meanwhile."`
 	RingOverflows   T `name:"ring_overflows" metric:"ringbuf_overflows_total" help:"Changes the kernel could not queue in the capture ring buffer; the peers resync from this node."`
 	Superseded      T `name:"superseded" metric:"changes_superseded_total" help:"Local changes a later write had overwritten by the time the capture delivered them, dropped: a local write and a peer's write of one key crossed, and the peer's came last."`
 	RaceChecks      T `name:"race_checks" metric:"race_checks_total" help:"Local changes of a key a peer's change was applied to meanwhile, read back from the map to order them."`
@@ -51,6 +52,7 @@ type Counts[T any] struct {
 	OwnDropped        T `name:"own_dropped" metric:"datagrams_dropped_total" label:"reason=own" help:"Datagrams carrying this node's id."`
 	GapsSeen          T `name:"gaps_seen" metric:"gaps_total" help:"Change datagrams of peers missed in sequence; each is asked for again."`
 	NacksSent         T `name:"nacks_sent" help:"Repair requests sent to peers."`
+	NacksSuppressed   T `name:"nacks_suppressed" help:"Repair requests not sent: another receiver was heard asking the group for the same datagrams."`
 	RangesRequested   T `name:"ranges_requested" help:"Sequence ranges in those requests."`
 	Repaired          T `name:"repaired" metric:"datagrams_repaired_total" help:"Missing peer datagrams filled by a peer's resend."`
 	Duplicates        T `name:"duplicates" metric:"datagrams_dropped_total" label:"reason=duplicate" help:"Datagrams already applied (or held), or from a peer's previous epoch, dropped."`
@@ -87,6 +89,19 @@ type Counts[T any] struct {
 	DigestRepairs T `name:"digest_repairs" metric:"digest_repairs_total" help:"Filtered resyncs that repaired the buckets a digest round found differing."`
 	DigestHealed  T `name:"digest_healed" metric:"digest_healed_total" help:"Entries digest repairs changed: applied here, sent back to the peer, or stamped anew where two nodes held the same version with different contents."`
 	DigestBytes   T `name:"digest_bytes" metric:"digest_bytes_total" help:"Bytes of digest datagrams sent and received (the repairs travel as snapshot datagrams)."`
+
+	// Fragments: updates too large for one datagram, see wire/FORMAT.md
+	// "Fragments".
+	FragmentsSent         T `name:"fragments_sent" metric:"fragments_sent_total" help:"Fragment records sent in change datagrams and snapshots: chunks of updates too large for one datagram."`
+	FragmentsReceived     T `name:"fragments_received" metric:"fragments_received_total" help:"Fragment records taken from peers' checked datagrams."`
+	RecordsReassembled    T `name:"records_reassembled" metric:"records_reassembled_total" help:"Records put together from all their fragments, then merged as any record."`
+	FragmentsMalformed    T `name:"fragments_malformed" metric:"fragments_dropped_total" label:"reason=malformed" help:"Datagrams dropped for a fragment of a delete or with an index or count that cannot be (also counted as malformed)."`
+	FragmentsDuplicate    T `name:"fragments_duplicate" metric:"fragments_dropped_total" label:"reason=duplicate" help:"Fragments whose chunk was held already, dropped."`
+	FragmentsInconsistent T `name:"fragments_inconsistent" metric:"fragments_dropped_total" label:"reason=inconsistent" help:"Fragments whose count differs from their record's other fragments, dropped."`
+	FragmentsRefused      T `name:"fragments_refused" metric:"fragments_dropped_total" label:"reason=refused" help:"Fragments that would have passed --reassembly-memory, dropped (a snapshot's are sent again)."`
+	FragmentsAbandoned    T `name:"fragments_abandoned" metric:"records_incomplete_dropped_total" label:"reason=abandoned" help:"Incomplete records dropped because their sender moved on, restarted or began a new snapshot."`
+	FragmentsExpired      T `name:"fragments_expired" metric:"records_incomplete_dropped_total" label:"reason=expired" help:"Incomplete records dropped because their missing fragments did not arrive within 30 s."`
+	ReassemblyBytes       T `name:"reassembly_bytes" metric:"reassembly_bytes" kind:"gauge" help:"Bytes held for incomplete records (at most --reassembly-memory)."`
 }
 
 // Stats counts what the sender and receiver did and everything they

@@ -5,7 +5,7 @@ import "time"
 // Stepping. [Node.Run] drives a node with goroutines in real time. A
 // simulator drives the same steps itself instead, every node in one
 // goroutine at virtual time (see package sim): [Node.Start] once, then
-// [Node.Deliver], [Node.FireTimers], [Node.StepSender],
+// [Node.Deliver], [Node.FireTimers], [Node.StepScans], [Node.StepSender],
 // [Node.StepTransfers] and [Node.ReadDigests] whenever Run's goroutines
 // would, then [Node.BeginStop] and [Node.Stop]. A node is driven one way
 // or the other, never both.
@@ -56,6 +56,21 @@ func (n *Node) Stop() {
 		return
 	}
 	n.finishSave(sv)
+}
+
+// StepScans runs the scans of the maps the timers found due (see
+// [Node.FireTimers]), as Run's scanning goroutine does: what a scan finds
+// changed in place goes to the sender, to be sent at its next step.
+func (n *Node) StepScans() {
+	for {
+		select {
+		case m := <-n.scan.due:
+			n.scan.scan(m)
+			n.scan.done <- m
+		default:
+			return
+		}
+	}
 }
 
 // CaptureSlack is how long after a write its change may still be on its

@@ -14,8 +14,9 @@ const (
 	maxHeld      = 4096
 	maxHeldBytes = 8 << 20
 	// A repair request is repeated after firstRetry, then after twice as
-	// long each time up to maxRetry, until the gap is filled or the oldest
-	// missing datagram has been missing for repairTimeout.
+	// long each time up to maxRetry (plus the back-off, asking the group),
+	// until the gap is filled or the oldest missing datagram has been
+	// missing for repairTimeout.
 	firstRetry    = 10 * time.Millisecond
 	maxRetry      = 200 * time.Millisecond
 	repairTimeout = 2 * time.Second
@@ -52,10 +53,17 @@ type orderedStream struct {
 	// until it has (see Node.upToDate).
 	lostFrom uint64
 
-	since    time.Time // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
-	gapAt    uint64    // the number that was next when since was set
-	retryAt  time.Time
-	interval time.Duration
+	since time.Time // when the oldest missing datagram, gapAt, was noticed missing; zero without a gap
+	gapAt uint64    // the number that was next when since was set
+	// askedThrough: every missing number up to it was asked for, by this
+	// node or by another whose request to the group it heard. askAt is
+	// when to ask first for the missing numbers after it (zero: none
+	// waits), retryAt when to ask again for every missing number (zero:
+	// nothing asked yet), interval the wait before that.
+	askedThrough uint64
+	askAt        time.Time
+	retryAt      time.Time
+	interval     time.Duration
 
 	gaps uint64 // datagrams found missing in this epoch
 }
@@ -106,20 +114,30 @@ func (s *orderedStream) isHeld(seq uint64) bool {
 func (s *orderedStream) windowEnd() uint64 { return s.next + s.window - 1 }
 
 // sent records that the peer sent datagrams up to seq, as one of its
-// datagrams (arrived) or its announce shows, and adds to req what that
-// shows missing. A claim beyond the window is believed only up to the
-// window's end, and further only as the window moves: a forged far number
-// moves nothing that the peer's real datagrams would then be refused by.
-func (s *orderedStream) sent(seq uint64, arrived bool, now time.Time, req *wire.Nack) {
+// datagrams (arrived) or its announce shows; what that shows missing is
+// first asked for after wait. A claim beyond the window is believed only
+// up to the window's end, and further only as the window moves: a forged
+// far number moves nothing that the peer's real datagrams would then be
+// refused by.
+func (s *orderedStream) sent(seq uint64, arrived bool, now time.Time, wait time.Duration) {
 	s.latest = max(s.latest, seq)
 	first, last := s.extend()
 	if arrived && last == seq {
 		last-- // seq itself is here
 	}
 	if first <= last {
-		s.missed(first, last, now)
-		req.Add(first, last)
+		s.missed(first, last, now, wait)
 	}
+}
+
+// reveals reports whether seq, as [orderedStream.sent] takes it, may
+// show datagrams missing.
+func (s *orderedStream) reveals(seq uint64, arrived bool) bool {
+	top := max(seq, s.latest)
+	if arrived {
+		return top > s.seen+1
+	}
+	return top > s.seen
 }
 
 // extend moves seen toward latest, within the window, and returns the
@@ -135,18 +153,36 @@ func (s *orderedStream) extend() (first, last uint64) {
 	return first, last
 }
 
-// missed counts first..last as missing and starts the retry timer.
-func (s *orderedStream) missed(first, last uint64, now time.Time) {
+// missed counts first..last as missing, to be asked for first after
+// wait unless a first request is already waiting.
+func (s *orderedStream) missed(first, last uint64, now time.Time, wait time.Duration) {
 	s.gaps += last - first + 1
-	s.noticeGap(now)
+	s.noticeGap(now, wait)
+	if s.askAt.IsZero() {
+		s.askAt = now.Add(wait)
+	}
 }
 
-// noticeGap starts the retry timer unless a gap is already pending.
-func (s *orderedStream) noticeGap(now time.Time) {
-	if s.since.IsZero() {
-		s.since, s.gapAt, s.interval = now, s.next, firstRetry
-		s.retryAt = now.Add(firstRetry)
+// noticeGap starts the gap's timers unless a gap is already pending:
+// numbers asked for before are asked again after firstRetry and wait,
+// the others asked for first after wait.
+func (s *orderedStream) noticeGap(now time.Time, wait time.Duration) {
+	if !s.since.IsZero() {
+		return
 	}
+	s.since, s.gapAt, s.interval = now, s.next, firstRetry
+	s.retryAt = time.Time{}
+	if s.askedThrough >= s.next {
+		s.retryAt = now.Add(firstRetry + wait)
+	}
+	if s.askedThrough < s.seen && s.askAt.IsZero() {
+		s.askAt = now.Add(wait)
+	}
+}
+
+// noGap stops the gap's timers.
+func (s *orderedStream) noGap() {
+	s.since, s.askAt, s.retryAt = time.Time{}, time.Time{}, time.Time{}
 }
 
 // fits reports whether a datagram of size bytes may be held.
@@ -209,19 +245,19 @@ func (s *orderedStream) release() []byte {
 	return d
 }
 
-// settle takes in what the window moved over, then stops the retry timer
-// if nothing is missing any more, or restarts it if the oldest missing
-// datagram is a newer one than when it started. Call it after releasing
-// what could be.
-func (s *orderedStream) settle(now time.Time) {
+// settle takes in what the window moved over, then stops the timers if
+// nothing is missing any more, or restarts them if the oldest missing
+// datagram is a newer one than when they started. Call it after
+// releasing what could be; wait is the back-off before a request.
+func (s *orderedStream) settle(now time.Time, wait time.Duration) {
 	if first, last := s.extend(); first <= last {
-		s.missed(first, last, now) // the window moved over numbers known sent
+		s.missed(first, last, now, wait) // the window moved over numbers known sent
 	}
-	if s.next > s.seen || s.next != s.gapAt {
+	if s.next > s.seen {
+		s.noGap()
+	} else if s.since.IsZero() || s.next != s.gapAt {
 		s.since = time.Time{}
-	}
-	if s.next <= s.seen {
-		s.noticeGap(now)
+		s.noticeGap(now, wait)
 	}
 }
 
@@ -230,37 +266,108 @@ type retry uint8
 
 const (
 	retryNone   retry = iota
-	retryAsk          // ask again for what is missing
+	retryAsk          // ask for the missing numbers not asked for yet
+	retryAgain        // ask again for everything missing
 	retryGiveUp       // the oldest missing datagram is lost: skip it
 )
 
-// due says whether the retry timer has fired; retryAsk also moves the
-// timer on.
+// due says whether a timer has fired. The caller asks, then calls
+// [orderedStream.asked].
 func (s *orderedStream) due(now time.Time) retry {
 	switch {
-	case s.since.IsZero() || s.paused || now.Before(s.retryAt):
+	case s.since.IsZero() || s.paused:
 		return retryNone
 	case now.Sub(s.since) >= repairTimeout:
 		return retryGiveUp
+	case !s.retryAt.IsZero() && !now.Before(s.retryAt):
+		return retryAgain
+	case !s.askAt.IsZero() && !now.Before(s.askAt):
+		return retryAsk
 	}
-	s.interval = min(2*s.interval, maxRetry)
-	s.retryAt = now.Add(s.interval)
-	return retryAsk
+	return retryNone
 }
 
-// missing adds to req the ranges of the window that are neither applied
-// nor held, as many as one request carries.
-func (s *orderedStream) missing(req *wire.Nack) {
-	if s.seen < s.next {
+// asked records that what is missing up to through was just asked for;
+// it is asked again after the interval (doubled by each retry) and wait,
+// unless a retry is due sooner, and what is missing after through after
+// wait. again: everything missing was asked for, not only what was new.
+func (s *orderedStream) asked(through uint64, now time.Time, wait time.Duration, again bool) {
+	s.askedThrough = max(s.askedThrough, min(through, s.seen))
+	s.askAt = time.Time{}
+	if s.askedThrough < s.seen {
+		s.askAt = now.Add(wait)
+	}
+	if again {
+		s.interval = min(2*s.interval, maxRetry)
+	}
+	if again || s.retryAt.IsZero() {
+		s.retryAt = now.Add(s.interval + wait)
+	}
+}
+
+// missing adds to req the ranges of the window from first on that are
+// neither applied nor held, as many as one request carries.
+func (s *orderedStream) missing(first uint64, req *wire.Nack) {
+	first = max(first, s.next)
+	if s.seen < first {
 		return
 	}
-	span := min(s.seen, s.windowEnd()) - s.next + 1
+	span := min(s.seen, s.windowEnd()) - first + 1
 	for i := range span {
-		seq := s.next + i
+		seq := first + i
 		if !s.isHeld(seq) && !req.Add(seq, seq) {
 			return
 		}
 	}
+}
+
+// heard takes another receiver's request to the group for this stream's
+// numbers in ranges: if it names every number missing here up to the
+// last it names (at least one), this node holds back its own request for
+// them, as if it had sent it, and waits for the repair the group will
+// hear. It reports whether it held a request back. A forged request can
+// delay this node's requests, never stop them: the gap is given up after
+// repairTimeout, as any other.
+func (s *orderedStream) heard(ranges []wire.Range, now time.Time, wait time.Duration) bool {
+	if s.since.IsZero() || s.paused || len(ranges) == 0 {
+		return false
+	}
+	top := min(ranges[len(ranges)-1].Last, s.seen, s.windowEnd())
+	if top < s.next {
+		return false
+	}
+	r, common := 0, false
+	for i := range top - s.next + 1 {
+		seq := s.next + i
+		if s.isHeld(seq) {
+			continue
+		}
+		for r < len(ranges) && ranges[r].Last < seq {
+			r++
+		}
+		if r == len(ranges) || ranges[r].First > seq {
+			return false // missing here, not asked for there
+		}
+		common = true
+	}
+	if !common {
+		return false
+	}
+	held := !s.askAt.IsZero() && s.askedThrough < top
+	s.askedThrough = max(s.askedThrough, top)
+	if s.askedThrough >= s.seen {
+		s.askAt = time.Time{}
+	}
+	s.retryAt = later(s.retryAt, now.Add(s.interval+wait))
+	return held
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // giveUp gives up the missing datagrams before the first one held, which
@@ -275,7 +382,7 @@ func (s *orderedStream) giveUp() {
 	} else {
 		s.seen, s.latest = s.next-1, s.next-1
 	}
-	s.since = time.Time{}
+	s.noGap()
 }
 
 // firstHeld returns the lowest number held.
@@ -299,7 +406,7 @@ func (s *orderedStream) gone(last uint64) bool {
 		return false // about datagrams we got in the meantime, or that a resync covers
 	}
 	s.skipUntil = max(s.skipUntil, last+1)
-	s.since = time.Time{}
+	s.noGap()
 	return true
 }
 

@@ -14,9 +14,9 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// ErrRecordTooLarge rejects a map whose largest change does not fit one
-// datagram: the MTU must grow.
-var ErrRecordTooLarge = errors.New("a change does not fit a datagram: raise the MTU")
+// ErrRecordTooLarge rejects a map whose largest change does not fit
+// [wire.MaxFragments] datagrams: the MTU must grow.
+var ErrRecordTooLarge = errors.New("a change does not fit the datagrams of its fragments: raise the MTU")
 
 // Map is one local map as the protocol sees it: the schema peers compare,
 // the local id the [Source] reports, and where received changes go.
@@ -60,6 +60,10 @@ type localMap struct {
 	keySize   int
 	valueSize int
 	plan      *fieldPlan // nil: values are copied as they are and not scanned
+	// fragments is how many fragment records an update of this map
+	// takes, for a value larger than a datagram holds; 0 if an update
+	// fits one datagram whole.
+	fragments int
 	// prefixes is set for an LPM trie, whose keys a receiver makes
 	// canonical ([loader.CanonicalPrefixes]) before it looks them up or
 	// applies them.
@@ -88,9 +92,10 @@ const (
 )
 
 // NewTable checks that every map can be replicated in datagrams of at most
-// payload bytes and indexes them. It refuses maps whose largest change
-// would not fit one datagram, two maps of one name, and fingerprint
-// collisions.
+// payload bytes and indexes them. A map whose largest change does not fit
+// one datagram sends its updates in fragments; it refuses maps whose
+// changes would take more than [wire.MaxFragments], two maps of one name,
+// and fingerprint collisions.
 func NewTable(maps []Map, payload int) (*Table, error) {
 	if len(maps) == 0 {
 		return nil, errors.New("no maps to replicate")
@@ -125,11 +130,8 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		if lm.keySize == 0 {
 			return nil, fmt.Errorf("map %q: key size 0 cannot be replicated", m.Desc.Name)
 		}
-		if need := wire.HeaderSize + wire.StampBaseSize + wire.SectionHeaderSize + lm.maxRecord(); need > payload {
-			return nil, fmt.Errorf("map %q: a change needs %d bytes (op 1 + stamp %d + key %d + value %d) plus %d bytes of headers, "+
-				"more than the %d-byte datagram payload: %w by at least %d bytes",
-				m.Desc.Name, lm.maxRecord(), wire.RelayedStampSize, lm.keySize, lm.valueSize,
-				wire.HeaderSize+wire.StampBaseSize+wire.SectionHeaderSize, payload, ErrRecordTooLarge, need-payload)
+		if err := lm.planFragments(payload); err != nil {
+			return nil, err
 		}
 		for _, prev := range t.maps[:i] {
 			switch {
@@ -142,6 +144,37 @@ func NewTable(maps []Map, payload int) (*Table, error) {
 		t.byFP[lm.fp] = lm
 	}
 	return t, nil
+}
+
+// planFragments decides whether an update of m fits a datagram of
+// payload bytes whole, and otherwise how many fragments it takes. It
+// refuses a map whose key leaves no room for a chunk, or whose values
+// take more than [wire.MaxFragments].
+func (m *localMap) planFragments(payload int) error {
+	const headers = wire.HeaderSize + wire.StampBaseSize + wire.SectionHeaderSize
+	if headers+m.maxRecord() <= payload {
+		return nil
+	}
+	room := wire.FragmentRoom(payload, m.keySize)
+	if m.fragments = wire.FragmentCount(m.valueSize, room); m.fragments == 0 {
+		need := headers + 1 + wire.RelayedStampSize + m.keySize + wire.FragmentHeaderSize +
+			(m.valueSize+wire.MaxFragments-1)/wire.MaxFragments
+		return fmt.Errorf("map %q: a change of key %d and value %d bytes takes more than %d fragments of a %d-byte datagram payload: %w by at least %d bytes",
+			m.Desc.Name, m.keySize, m.valueSize, wire.MaxFragments, payload, ErrRecordTooLarge, need-payload)
+	}
+	return nil
+}
+
+// largestFragmented is the value size of the largest map whose updates
+// travel in fragments; 0 if there is none.
+func (t *Table) largestFragmented() int {
+	n := 0
+	for i := range t.maps {
+		if t.maps[i].fragments > 0 {
+			n = max(n, t.maps[i].valueSize+t.maps[i].keySize+partialOverhead)
+		}
+	}
+	return n
 }
 
 // byID finds the map the source reports as id; nil if it is not replicated.

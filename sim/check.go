@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/ops"
+	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -24,6 +26,12 @@ import (
 type workload struct {
 	written int
 	latest  map[string]wireRecord
+	// stamped is the newest stamped update record of each key and value
+	// (back to back); evicted, the values of each key an LRU map evicted.
+	stamped map[string]wireRecord
+	evicted map[string][]eviction
+	// inPlace holds the keys and values (back to back) written in place.
+	inPlace map[string]bool
 	secs    wire.Sections
 	recs    wire.Records
 }
@@ -48,7 +56,8 @@ const writeFrom = 700 * time.Millisecond
 // and deletes, in bursts as a datapath does (which is what overflows a
 // short capture ring), whether a daemon runs on them or not.
 func (w *workload) schedule(s *Sim) {
-	w.latest = make(map[string]wireRecord)
+	w.latest, w.stamped, w.evicted = make(map[string]wireRecord), make(map[string]wireRecord), make(map[string][]eviction)
+	w.inPlace = make(map[string]bool)
 	for range s.sc.writes {
 		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
 		n := s.nodes[s.rng.IntN(len(s.nodes))]
@@ -68,9 +77,27 @@ func (w *workload) schedule(s *Sim) {
 				w.written++
 				var value []byte
 				if wr.op == ops.Update {
-					value = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, n.id), uint32(w.written))
+					value = make([]byte, s.sc.valueSize)
+					binary.BigEndian.PutUint32(value, n.id)
+					binary.BigEndian.PutUint32(value[4:], uint32(w.written))
 				}
 				n.write(wr.op, wr.key, value)
+			}
+		})
+	}
+	// The writes in place are drawn from a source of their own, so that
+	// the other draws of a seed stay what they were before them.
+	r := rand.New(rand.NewPCG(s.seed, 0x1a9ace))
+	for range s.sc.inPlace {
+		at := writeFrom + time.Duration(r.Int64N(int64(s.sc.writeUntil-writeFrom)))
+		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
+		s.after(at, func() {
+			w.written++
+			value := make([]byte, s.sc.valueSize)
+			binary.BigEndian.PutUint32(value, n.id)
+			binary.BigEndian.PutUint32(value[4:], uint32(w.written))
+			if n.writeInPlace(key, value) {
+				w.inPlace[string(key)+string(value)] = true
 			}
 		})
 	}
@@ -87,6 +114,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	switch h.Kind {
 	case wire.KindChanges, wire.KindSnapshot:
 		s.work.learn(s, to, &h, d[wire.HeaderSize:])
+		if h.Kind == wire.KindChanges && h.Flags&wire.FlagRetransmit != 0 && to == nil {
+			s.resentToGroup(from, &h)
+		}
 	case wire.KindAnnounce:
 		if h.Flags&wire.FlagReady != 0 && !isReady(from.n) {
 			s.fail("node %d announces itself ready before its initial sync", from.id)
@@ -124,6 +154,23 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 			})
 		}
 	}
+}
+
+// resend names one datagram resent to the group.
+type resend struct {
+	node       uint32
+	epoch, seq uint64
+}
+
+// resentToGroup checks that a datagram resent to the group was not
+// resent there within [replication.GroupHoldoff]: however many receivers
+// ask for it at about the same time, the group hears it once.
+func (s *Sim) resentToGroup(from *simNode, h *wire.Header) {
+	k := resend{from.id, h.Epoch, h.Seq}
+	if last, ok := s.resent[k]; ok && s.now.Sub(last) < replication.GroupHoldoff {
+		s.fail("node %d resent datagram %d to the group again %v after the last time", from.id, h.Seq, s.now.Sub(last))
+	}
+	s.resent[k] = s.now
 }
 
 // checkEvery is how often the invariants of a running daemon's state are
@@ -175,7 +222,7 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 			s.fail("node %d sent a datagram it cannot have encoded: %v", h.Node, err)
 			return
 		}
-		w.recs.Reset(sec, keySize, valueSize, w.secs.Base(), h.Node)
+		w.recs.Reset(sec, keySize, s.sc.valueSize, w.secs.Base(), h.Node)
 		for {
 			rec, err := w.recs.Next()
 			if err == io.EOF {
@@ -192,6 +239,15 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 				}
 				continue // unstamped: loses to every stamped write
 			}
+			if f := rec.Fragment; f.Count != 0 {
+				// The first chunk holds the 8 bytes the workload wrote,
+				// the rest of the value is zeros: it stands for the
+				// record, which its sender sends whole or not at all.
+				if f.Index != 0 {
+					continue
+				}
+				rec.Value = append(bytes.Clone(rec.Value), make([]byte, f.Size-len(rec.Value))...)
+			}
 			// A value names the node whose datapath wrote it. Only that
 			// node sends it as a change of its own; or one whose capture
 			// lost changes, which stamps anew what its maps hold; or one
@@ -202,18 +258,29 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 			// it as its own write when a peer lacks it: no node knows
 			// whose it was. (A snapshot may carry a local write not yet
 			// read from the capture under the version of the write it
-			// replaced: the change follows it.)
+			// replaced: the change follows it. So may a change, or a
+			// resync's sending back, carry a value written in place under
+			// the version of the write it replaced, until a scan finds it
+			// and sends it as a new write.)
 			if o := rec.Origin; h.Kind == wire.KindChanges && rec.Op == ops.Update && o <= uint32(len(s.nodes)) &&
-				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) {
+				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) &&
+				!w.inPlace[string(rec.Key)+string(rec.Value)] {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
-					s.fail("node %d sent key %x's value %x, written by node %d, as its own write", h.Node, rec.Key, rec.Value, writer)
+					s.fail("node %d sent key %x's value %x, written by node %d, as a write of node %d", h.Node, rec.Key, rec.Value[:8], writer, rec.Origin)
 					return
 				}
 			}
+			// Of two values under one version, the later written in place
+			// over the other: a value's last four bytes count the writes.
 			r := wireRecord{stamp: rec.Stamp, origin: rec.Origin, op: rec.Op, value: rec.Value}
-			if old, ok := w.latest[string(rec.Key)]; !ok || r.newer(old) {
+			if old, ok := w.latest[string(rec.Key)]; !ok || r.newer(old) || !old.newer(r) && w.inPlace[string(rec.Key)+string(rec.Value)] &&
+				old.op == ops.Update && binary.BigEndian.Uint32(rec.Value[4:]) > binary.BigEndian.Uint32(old.value[4:]) {
 				r.value = bytes.Clone(rec.Value)
 				w.latest[string(rec.Key)] = r
+			}
+			if kv := string(rec.Key) + string(rec.Value); rec.Op == ops.Update && r.newer(w.stamped[kv]) {
+				r.value = bytes.Clone(rec.Value)
+				w.stamped[kv] = r
 			}
 		}
 	}
@@ -254,7 +321,9 @@ func (s *Sim) settle() {
 
 // converged says why the cluster has not converged yet, nil once it has:
 // every node ready, nothing missing, no resync running or owed, nothing
-// held back or waiting to be sent, every map the same.
+// held back or waiting to be sent, every map the same; of an LRU map,
+// which evicts by each node's own use, every key the same on the nodes
+// that hold it (see "LRU evictions" in docs/ARCHITECTURE.md).
 func (s *Sim) converged() error {
 	for _, n := range s.nodes {
 		st := n.n.Status()
@@ -276,9 +345,11 @@ func (s *Sim) converged() error {
 			}
 		}
 	}
-	for _, n := range s.nodes[1:] {
-		if diff := mapDiff(s.nodes[0].maps[0], n.maps[0]); diff != "" {
-			return fmt.Errorf("nodes 1 and %d differ: %s", n.id, diff)
+	for i, a := range s.nodes {
+		for _, b := range s.nodes[i+1:] {
+			if diff := s.mapDiff(a.maps[0], b.maps[0]); diff != "" {
+				return fmt.Errorf("nodes %d and %d differ: %s", a.id, b.id, diff)
+			}
 		}
 	}
 	return nil
@@ -292,31 +363,102 @@ func (s *Sim) checkEnd() {
 	if s.sc.crashes() {
 		return // a crashed daemon's last writes are not promised: see the README's guarantees
 	}
-	m := s.nodes[0].maps[0]
-	for _, key := range slices.Sorted(maps.Keys(s.work.latest)) {
-		want := s.work.latest[key]
-		got, ok := m.entries[key]
-		switch {
-		case want.op == ops.Delete && ok:
-			s.fail("key %x holds %x; its latest write (%d from node %d) deletes it", key, got, want.stamp, want.origin)
-		case want.op == ops.Update && !ok && s.nodes[want.origin-1].lostCaptures:
-			// Its origin's capture lost changes: the key's delete may be
-			// among them, and deletes lost so are not promised.
-		case want.op == ops.Update && !bytes.Equal(got, want.value):
-			s.fail("key %x holds %x (present %v); its latest write (%d from node %d) wrote %x",
-				key, got, ok, want.stamp, want.origin, want.value)
+	if s.sc.lru && s.undigested() {
+		return // what only digest rounds heal is not promised of an LRU map
+	}
+	// Every node's map: the maps are the same, but for the keys an LRU
+	// map evicted.
+	for _, n := range s.nodes {
+		m := n.maps[0]
+		for _, key := range m.sortedKeys() {
+			if _, ok := s.work.latest[key]; !ok {
+				s.fail("node %d holds key %x (%x), which no node sent stamped", n.id, key, m.entries[key])
+			}
+		}
+		for _, key := range slices.Sorted(maps.Keys(s.work.latest)) {
+			want := s.work.latest[key]
+			got, ok := m.entries[key]
+			switch {
+			case ok && m.lru && want.op == ops.Update && s.work.evictedSince(key, got, 0):
+				// A newer write of the key was evicted from the maps that
+				// held it before it reached this node, which took an older
+				// one: no node holds the newer value to send it.
+			case ok && m.lru && want.op == ops.Delete && s.work.evictedSince(key, got, want.origin):
+				// The delete is an eviction: a resync from the node that
+				// evicted this value, or a newer one, deleted it on the
+				// requester as that node's delete (see "Full resync").
+			case want.op == ops.Delete && ok:
+				s.fail("node %d: key %x holds %x; its latest write (%d from node %d) deletes it", n.id, key, got, want.stamp, want.origin)
+			case want.op == ops.Update && !ok && (m.lru || s.nodes[want.origin-1].lostCaptures):
+				// Evicted; or its origin's capture lost changes: the key's
+				// delete may be among them, and deletes lost so are not
+				// promised.
+			case want.op == ops.Update && !bytes.Equal(got, want.value):
+				s.fail("node %d: key %x holds %x (present %v); its latest write (%d from node %d) wrote %x",
+					n.id, key, got, ok, want.stamp, want.origin, want.value)
+			}
 		}
 	}
 }
 
+// eviction is a value of a key an LRU map evicted, and its node.
+type eviction struct {
+	node  uint32
+	value []byte
+}
+
+// undigested reports whether the run's faults leave differences that
+// only digest rounds heal, which LRU maps take no part in: a change that
+// reached some peers only before its writer crashed, or stopped while
+// cut off from others; a delete lost to a capture overflow (see "Digest
+// rounds" and "LRU evictions" in docs/ARCHITECTURE.md).
+func (s *Sim) undigested() bool {
+	if len(s.sc.stops) > 0 {
+		return true
+	}
+	for _, n := range s.nodes {
+		if n.lostCaptures {
+			return true
+		}
+	}
+	return false
+}
+
+// evict records that node's LRU map evicted key's value.
+func (w *workload) evict(node uint32, key, value []byte) {
+	w.evicted[string(key)] = append(w.evicted[string(key)], eviction{node, bytes.Clone(value)})
+}
+
+// evictedSince reports whether an LRU map (node's, unless 0: any node's)
+// evicted a value of key stamped newer than value; with node, or value
+// itself.
+func (w *workload) evictedSince(key string, value []byte, node uint32) bool {
+	held := w.stamped[key+string(value)]
+	for _, e := range w.evicted[key] {
+		v := w.stamped[key+string(e.value)]
+		if node == 0 && v.newer(held) || node != 0 && e.node == node && !held.newer(v) {
+			return true
+		}
+	}
+	return false
+}
+
 // mapDiff describes how two maps differ, "" if they hold the same: the
-// first key, in key order, that they hold differently.
-func mapDiff(a, b *memMap) string {
+// first key, in key order, that they hold differently. Of LRU maps, only
+// keys both hold are compared, and they may hold two values of one if an
+// eviction lost a newer value than the older of the two: a snapshot
+// lacks what its server evicted, and its requester takes the server's
+// stream only after it, so a node that learned of the newer value only
+// from that stream never got it.
+func (s *Sim) mapDiff(a, b *memMap) string {
 	keys := append(a.sortedKeys(), b.sortedKeys()...)
 	slices.Sort(keys)
 	for _, k := range slices.Compact(keys) {
 		v, inA := a.entries[k]
 		w, inB := b.entries[k]
+		if a.lru && (inA != inB || s.work.evictedSince(k, v, 0) || s.work.evictedSince(k, w, 0) || s.undigested()) {
+			continue
+		}
 		if inA != inB || !bytes.Equal(v, w) {
 			return fmt.Sprintf("key %x: %x (present %v) and %x (present %v)", k, v, inA, w, inB)
 		}

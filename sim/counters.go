@@ -10,6 +10,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/counter"
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 )
 
 // The sum merge rule (merge=sum, package counter) is simulated in a model
@@ -250,7 +251,7 @@ func (r *counterRun) scan(n *counterNode) {
 			v = zero
 		}
 		k.Local(n.id, v, local)
-		changed, err := k.SetOwn(n.id, n.clock.Now(), local, counter.DefaultOrigins)
+		changed, err := k.SetOwn(n.id, n.clock.Now(), local, mapopt.DefaultOrigins)
 		if err != nil {
 			r.fail("node %d key %d: %v", n.id, key, err)
 			return
@@ -321,7 +322,7 @@ func (r *counterRun) receive(n *counterNode, from uint32, m counterMsg) {
 		if kc.c.Origin == n.id {
 			continue // its own, relayed back: it holds the latest
 		}
-		reset, add, err := n.keys[kc.key].Merge(kc.c, counter.DefaultOrigins, delta)
+		reset, add, err := n.keys[kc.key].Merge(kc.c, mapopt.DefaultOrigins, delta)
 		if err != nil {
 			r.fail("node %d key %d: %v", n.id, kc.key, err)
 			return

@@ -20,18 +20,37 @@ var errMapFull = errors.New("map full")
 // memMap is a BPF hash map in memory, as the kernel's behaves to its
 // users: batch writes apply in order and stop at the first failure, a
 // new key in a full map fails, and deletes of absent keys are counted.
-// Like the kernel's maps it outlives the daemon: a restarted node finds
-// what it held. It implements [replication.Target].
+// An LRU hash map instead makes room for a new key by evicting the
+// entry written least recently (by the datapath or the daemon; the
+// kernel's lookups from user space do not count as use), and no capture
+// sees the eviction. Like the kernel's maps it outlives the daemon: a
+// restarted node finds what it held. It implements [replication.Target].
 type memMap struct {
 	keySize, valueSize int
 	max                int
+	lru                bool
 	entries            map[string][]byte
-	// applied is told of every write the daemon makes: the trace.
+	// used is, for an LRU map, when each key was last written, in writes
+	// made to the map.
+	used   map[string]uint64
+	writes uint64
+	// applied is told of every write the daemon makes: the trace;
+	// evicted, of every key the map evicts.
 	applied func(op ops.Op, key, value []byte)
+	evicted func(key, value []byte)
 }
 
-func newMemMap(keySize, valueSize, max int) *memMap {
-	return &memMap{keySize: keySize, valueSize: valueSize, max: max, entries: make(map[string][]byte)}
+func newMemMap(keySize, valueSize, max int, lru bool) *memMap {
+	return &memMap{keySize: keySize, valueSize: valueSize, max: max, lru: lru, entries: make(map[string][]byte),
+		used: make(map[string]uint64)}
+}
+
+// mapType is the map's type, as its descriptor gives it.
+func (m *memMap) mapType() ebpf.MapType {
+	if m.lru {
+		return ebpf.LRUHash
+	}
+	return ebpf.Hash
 }
 
 // write is a write of the node's datapath: it reports whether it took.
@@ -39,13 +58,37 @@ func (m *memMap) write(op ops.Op, key, value []byte) bool {
 	if op == ops.Delete {
 		_, ok := m.entries[string(key)]
 		delete(m.entries, string(key))
+		delete(m.used, string(key))
 		return ok
 	}
 	if _, ok := m.entries[string(key)]; !ok && len(m.entries) >= m.max {
-		return false
+		if !m.lru {
+			return false
+		}
+		m.evict()
 	}
 	m.entries[string(key)] = bytes.Clone(value)
+	if m.lru {
+		m.writes++
+		m.used[string(key)] = m.writes
+	}
 	return true
+}
+
+// evict removes the entry of an LRU map written least recently.
+func (m *memMap) evict() {
+	var oldest string
+	first := true
+	for k, at := range m.used {
+		if first || at < m.used[oldest] {
+			oldest, first = k, false
+		}
+	}
+	if m.evicted != nil {
+		m.evicted([]byte(oldest), m.entries[oldest])
+	}
+	delete(m.entries, oldest)
+	delete(m.used, oldest)
 }
 
 // UpdateBatch writes the packed pairs in order, stopping at the first

@@ -10,9 +10,9 @@ import (
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
-// network is the simulated link between the nodes: every datagram to
-// every destination is lost, duplicated and delayed (so reordered) by
-// chance, and dropped while a partition or a one-way cut separates the
+// network is the simulated link between the nodes: every datagram is
+// lost for every destination (upstream of the receivers), and to each
+// destination lost, duplicated and delayed (so reordered), by chance, and dropped while a partition or a one-way cut separates the
 // two nodes. Each datagram's fate is drawn from a hash of the seed, its
 // ends, its bytes and the time, not from the run's sequence of draws, so
 // it does not depend on the order in which a node happened to send.
@@ -59,6 +59,19 @@ func (net *network) heal() {
 // is nil (multicast).
 func (net *network) send(s *Sim, from, to *simNode, d []byte) {
 	s.observe(from, to, d)
+	h := fnv.New64a()
+	var b [20]byte
+	binary.BigEndian.PutUint64(b[0:], s.seed)
+	binary.BigEndian.PutUint32(b[8:], from.id)
+	binary.BigEndian.PutUint64(b[12:], uint64(s.now.UnixNano()))
+	h.Write(b[:])
+	h.Write(d)
+	if mix(h.Sum64())%1000 < uint64(s.sc.upstreamPermille) {
+		if s.trace != nil {
+			s.tracef("drop %s %d-> (upstream loss)", kindOf(d), from.id)
+		}
+		return
+	}
 	for _, n := range s.nodes {
 		if n == from || to != nil && n != to {
 			continue

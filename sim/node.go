@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/ops"
 	"github.com/udpmapsync/udpmapsync/replication"
 	"github.com/udpmapsync/udpmapsync/transport"
@@ -26,8 +27,13 @@ const (
 	mapID      = ebpf.MapID(7)
 	keySize    = 4
 	valueSize  = 8
-	maxEntries = 256
+	maxEntries = 256 // of a hash map: more than the keys written
 	payload    = 1400
+	// largeValueSize is the value size of one run in largeEvery: a record
+	// three datagrams long, sent in fragments (wire/FORMAT.md,
+	// "Fragments"). The workload's values are 8 bytes then zeros.
+	largeValueSize = 3000
+	largeEvery     = 8
 )
 
 // How the simulated nodes are configured: announce intervals short
@@ -108,14 +114,21 @@ func (n *simNode) start() {
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
-			Type: uint32(ebpf.Hash), KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}}
+			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: uint32(n.s.sc.valueSize), MaxEntries: uint32(m.max)}}
+		if n.s.sc.scan > 0 {
+			maps[i].Options = mapopt.Options{Scan: n.s.sc.scan, Vanished: mapopt.Delete}
+		}
 	}
 	tab, err := replication.NewTable(maps, payload)
 	if err != nil {
 		panic(err)
 	}
+	var group netip.AddrPort
+	if !n.s.sc.unicast {
+		group = groupAddr
+	}
 	node, err := replication.NewNode(replication.Config{Node: n.id, Epoch: n.run, Table: tab, Source: n.ring,
-		Transport: &endpoint{n: n, run: n.run}, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
+		Transport: &endpoint{n: n, run: n.run}, Group: group, AnnounceInterval: announceEvery, ResendBytes: resendBytes,
 		Time: n, Rand: n.random(), StateFile: n.state, DigestInterval: digestEvery,
 		Log: n.logger()})
 	if err != nil {
@@ -125,7 +138,10 @@ func (n *simNode) start() {
 	n.s.tracef("node %d starts, epoch %d", n.id, n.run)
 	node.Start()
 	n.wakeSender(n.s.now)
-	n.every(replication.RetryTick, kindTimers, n.n.FireTimers)
+	n.every(replication.RetryTick, kindTimers, func() {
+		n.n.FireTimers()
+		n.n.StepScans()
+	})
 	n.every(digestEvery, kindDigests, n.n.ReadDigests)
 	n.every(checkEvery, kindChecks, n.check)
 }
@@ -270,8 +286,27 @@ func (n *simNode) write(op ops.Op, key, value []byte) {
 	}
 }
 
+// writeInPlace changes key's value in place, as a BPF program does
+// through the pointer bpf_map_lookup_elem returns: no capture sees it,
+// and a key the map does not hold is left alone. It reports whether the
+// map held the key.
+func (n *simNode) writeInPlace(key, value []byte) bool {
+	m := n.maps[0]
+	if _, ok := m.entries[string(key)]; !ok {
+		return false
+	}
+	m.entries[string(key)] = bytes.Clone(value)
+	n.s.tracef("write in place node %d %x %x", n.id, key, value)
+	return true
+}
+
 func (n *simNode) traceApply(op ops.Op, key, value []byte) {
 	n.s.tracef("apply node %d %s %x %x", n.id, op, key, value)
+}
+
+func (n *simNode) evicted(key, value []byte) {
+	n.s.tracef("evict node %d %x %x", n.id, key, value)
+	n.s.work.evict(n.id, key, value)
 }
 
 // deliver hands one datagram to the daemon, if one runs.
@@ -356,7 +391,14 @@ func (e *endpoint) Send(dgrams [][]byte) error {
 	return nil
 }
 
+// groupAddr is the simulated multicast group: what is sent there goes to
+// every other node, as [endpoint.Send] sends.
+var groupAddr = netip.MustParseAddrPort("239.1.1.1:3870")
+
 func (e *endpoint) SendTo(addr netip.AddrPort, dgrams [][]byte) error {
+	if addr == groupAddr {
+		return e.Send(dgrams)
+	}
 	to := e.n.s.node(addr)
 	if !e.open() {
 		return nil

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // epoch0 is the virtual time every run starts at.
@@ -40,6 +42,9 @@ type Sim struct {
 	trace io.Writer
 	// answered holds the snapshot requests answered, by node and id.
 	answered map[[2]uint32]bool
+	// resent is when each datagram was last resent to the group, by
+	// node, epoch and sequence number.
+	resent map[resend]time.Time
 	// failed is the first invariant found broken; the run stops at it.
 	failed error
 }
@@ -49,14 +54,18 @@ type Sim struct {
 // broken, nil if none. With trace, every datagram, apply and fault is
 // written to it as it happens.
 func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
-	dir, err := os.MkdirTemp("", "udpmapsync-sim-")
+	dir, err := os.MkdirTemp(stateRoot(), "udpmapsync-sim-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
 	s := &Sim{seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: epoch0, dir: dir, trace: trace,
-		answered: make(map[[2]uint32]bool)}
+		answered: make(map[[2]uint32]bool), resent: make(map[resend]time.Time)}
 	s.sc = drawScenario(s.rng, faults)
+	s.sc.valueSize = valueSize
+	if seed%largeEvery == largeEvery-1 {
+		s.sc.valueSize = largeValueSize
+	}
 	s.tracef("scenario %+v", s.sc)
 	defer func() {
 		if r := recover(); r != nil {
@@ -76,6 +85,17 @@ func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
 		s.checkEnd()
 	}
 	return s.failed
+}
+
+// stateRoot is where the runs' state files go: a tmpfs if the machine
+// has one, where the daemons' fsyncs of their state files cost nothing
+// (on a disk they were most of a run's time), else the temporary
+// directory.
+func stateRoot() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() && unix.Access("/dev/shm", unix.W_OK) == nil {
+		return "/dev/shm"
+	}
+	return ""
 }
 
 // elapsed is the virtual time since the run began.
@@ -102,9 +122,9 @@ func (s *Sim) build() {
 		id := uint32(i + 1)
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
-		n.maps = []*memMap{newMemMap(keySize, valueSize, maxEntries)}
+		n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.lru)}
 		for _, m := range n.maps {
-			m.applied = n.traceApply
+			m.applied, m.evicted = n.traceApply, n.evicted
 		}
 		s.nodes = append(s.nodes, n)
 	}

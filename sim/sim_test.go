@@ -12,9 +12,8 @@ var (
 	seeds     = flag.Int("sim.seeds", 2000, "how many seeds TestSeeds runs")
 	firstSeed = flag.Uint64("sim.seed", 1, "the first seed TestSeeds runs")
 	trace     = flag.Bool("sim.trace", false, "write every datagram, apply and fault of the runs to stdout")
-	// The default leaves out the faults under which the protocol still
-	// fails on some seeds: see "Simulation" in docs/ARCHITECTURE.md.
-	faults = flag.Uint("sim.faults", uint(DefaultFaults), "the faults runs may draw: 1 cuts, 2 capture overflows, 4 clean stops, 8 crashes")
+	// Every fault, by default: see DefaultFaults.
+	faults = flag.Uint("sim.faults", uint(DefaultFaults), "the faults runs may draw: 1 cuts, 2 capture overflows, 4 clean stops, 8 crashes, 16 LRU maps that evict, 32 values changed in place and scans")
 )
 
 // TestSeeds runs a cluster per seed and checks every invariant. A

@@ -43,6 +43,21 @@ const (
 	RelayedStampSize = 12
 )
 
+// Fragments, see FORMAT.md "Fragments": an update too large for one
+// datagram travels as fragment records, each one chunk of the value.
+const (
+	// RecordFragment is the op byte bit of a fragment record: an update
+	// whose key is followed by the fragment's index and count
+	// ([FragmentHeaderSize]) and one chunk of the value instead of the
+	// whole value.
+	RecordFragment = 0x40
+	// FragmentHeaderSize is the index (u8) and count (u8) of a fragment
+	// record, after its key.
+	FragmentHeaderSize = 2
+	// MaxFragments is the most fragments one value is split into.
+	MaxFragments = 255
+)
+
 // Limits of the 16-bit count and length fields. A record is at least its
 // op byte, so a section within maxSectionLen also holds at most 0xffff
 // records: its 16-bit count needs no limit of its own.
@@ -75,6 +90,48 @@ func StampSize(node, origin uint32, base, stamp uint64) int {
 		return RelayedStampSize
 	}
 	return uvarintLen(stamp - base)
+}
+
+// FragmentRange returns the bytes [lo, hi) of a value of valueSize bytes
+// that fragment index of count carries: the value is cut into count
+// chunks of ceil(valueSize / count) bytes, the last one shorter. ok is
+// false, and the fragment invalid, unless 2 <= count <= [MaxFragments],
+// index < count and every chunk, the last included, holds a byte.
+func FragmentRange(valueSize, index, count int) (lo, hi int, ok bool) {
+	if count < 2 || count > MaxFragments || index < 0 || index >= count || valueSize < count {
+		return 0, 0, false
+	}
+	chunk := (valueSize + count - 1) / count
+	if (count-1)*chunk >= valueSize {
+		return 0, 0, false // the last chunk would be empty
+	}
+	return index * chunk, min(valueSize, (index+1)*chunk), true
+}
+
+// FragmentCount returns into how many fragments a sender cuts a value of
+// valueSize bytes so that no chunk is longer than room bytes: at least
+// 2, or 0 if that takes more than [MaxFragments].
+func FragmentCount(valueSize, room int) int {
+	if room < 1 {
+		return 0
+	}
+	n := max(2, (valueSize+room-1)/room)
+	for n <= MaxFragments {
+		if _, hi, ok := FragmentRange(valueSize, 0, n); ok && hi <= room {
+			return n
+		}
+		n++
+	}
+	return 0
+}
+
+// FragmentRoom is how many value bytes a fragment record of a map with
+// keySize-byte keys carries at most in a datagram of payload bytes that
+// holds nothing else: the payload less the header, the base stamp, a
+// section header, the op byte, the longest stamp part, the key and the
+// fragment's index and count.
+func FragmentRoom(payload, keySize int) int {
+	return payload - HeaderSize - StampBaseSize - SectionHeaderSize - 1 - RelayedStampSize - keySize - FragmentHeaderSize
 }
 
 // ChangeWriter builds one [KindChanges] or [KindSnapshot] datagram in a
@@ -135,6 +192,29 @@ func (w *ChangeWriter) Append(fp uint32, op ops.Op, stamp uint64, origin uint32,
 	default:
 		panic("wire: ChangeWriter.Append with unknown op")
 	}
+	return w.put(fp, byte(op), stamp, origin, key, nil, value)
+}
+
+// AppendFragment adds fragment index of count of an update of the map
+// with fingerprint fp at version (stamp, origin): a fragment record that
+// carries the bytes of value that [FragmentRange] gives for them. value
+// is the whole value, of the map's value size. It returns false and
+// writes nothing if the record does not fit, as [ChangeWriter.Append].
+//
+// It panics if the fragment is invalid for a value of len(value) bytes,
+// or if exactly one of stamp and origin is 0.
+func (w *ChangeWriter) AppendFragment(fp uint32, stamp uint64, origin uint32, key, value []byte, index, count int) bool {
+	lo, hi, ok := FragmentRange(len(value), index, count)
+	if !ok {
+		panic("wire: ChangeWriter.AppendFragment with an invalid index or count")
+	}
+	frag := [FragmentHeaderSize]byte{byte(index), byte(count)}
+	return w.put(fp, byte(ops.Update)|RecordFragment, stamp, origin, key, frag[:], value[lo:hi])
+}
+
+// put writes one record: op (with [RecordFragment] if frag is set), the
+// stamp part, the key, frag and value.
+func (w *ChangeWriter) put(fp uint32, op byte, stamp uint64, origin uint32, key, frag, value []byte) bool {
 	if (stamp == 0) != (origin == 0) {
 		panic("wire: ChangeWriter.Append with a stamp but no origin, or an origin but no stamp")
 	}
@@ -144,7 +224,7 @@ func (w *ChangeWriter) Append(fp uint32, op ops.Op, stamp uint64, origin uint32,
 		stampSize = uvarintLen(stamp - w.base)
 	}
 	keyAt := offsetRecordStamp + stampSize
-	size := keyAt + len(key) + len(value)
+	size := keyAt + len(key) + len(frag) + len(value)
 	if w.count == maxCount || size > maxSectionLen {
 		return false
 	}
@@ -163,15 +243,16 @@ func (w *ChangeWriter) Append(fp uint32, op ops.Op, stamp uint64, origin uint32,
 	}
 	rec := w.buf[w.n : w.n+size]
 	if rel {
-		rec[offsetRecordOp] = byte(op) | RecordRelayed
+		rec[offsetRecordOp] = op | RecordRelayed
 		binary.BigEndian.PutUint64(rec[offsetRecordStamp:], stamp)
 		binary.BigEndian.PutUint32(rec[offsetRecordStamp+8:], origin)
 	} else {
-		rec[offsetRecordOp] = byte(op)
+		rec[offsetRecordOp] = op
 		binary.PutUvarint(rec[offsetRecordStamp:], stamp-w.base)
 	}
-	copy(rec[keyAt:], key)
-	copy(rec[keyAt+len(key):], value)
+	at := keyAt + copy(rec[keyAt:], key)
+	at += copy(rec[at:], frag)
+	copy(rec[at:], value)
 	w.n += size
 	w.count++
 	w.sectionN++
@@ -301,7 +382,17 @@ type Record struct {
 	Stamp  uint64
 	Origin uint32
 	Key    []byte
-	Value  []byte // nil for [ops.Delete]
+	Value  []byte // nil for [ops.Delete]; a fragment's chunk for a fragment
+	// Fragment places a fragment record's chunk in the value; its Count
+	// is 0 for a whole record.
+	Fragment Fragment
+}
+
+// Fragment is the place of a fragment record's chunk in its value.
+type Fragment struct {
+	Index, Count int // the chunk's index, of Count; Count is 0 for a whole record
+	Offset       int // the chunk's first byte in the value
+	Size         int // the whole value's size: the map's value size
 }
 
 // Records iterates over the change records of one [Section] without
@@ -327,9 +418,12 @@ func (r *Records) Reset(s Section, keySize, valueSize int, base uint64, node uin
 // records has been read and its data exactly consumed. It returns
 // [ErrBadLength] if the data runs out before the count or has bytes left
 // after it, [ErrBadOp] for an unknown operation or an op byte bit other
-// than [RecordRelayed], [ErrBadStamp] for a stamp part that gives no
-// valid version (see FORMAT.md "Stamps"), and keeps returning the same
-// error after one.
+// than [RecordRelayed] and [RecordFragment], [ErrBadStamp] for a stamp
+// part that gives no valid version (see FORMAT.md "Stamps"),
+// [ErrBadFragment] for a fragment of a delete or one whose index and
+// count [FragmentRange] refuses for the map's value size, and keeps
+// returning the same error after one. A fragment record's Value is its
+// chunk, at [Fragment.Offset] in the value.
 func (r *Records) Next() (Record, error) {
 	if r.err != nil {
 		return Record{}, r.err
@@ -344,9 +438,13 @@ func (r *Records) Next() (Record, error) {
 		return r.fail(ErrBadLength)
 	}
 	b := r.data[offsetRecordOp]
-	rec := Record{Op: ops.Op(b &^ RecordRelayed)}
+	rec := Record{Op: ops.Op(b &^ (RecordRelayed | RecordFragment))}
 	if !rec.Op.Valid() {
 		return r.fail(ErrBadOp)
+	}
+	frag := b&RecordFragment != 0
+	if frag && rec.Op != ops.Update {
+		return r.fail(ErrBadFragment) // a delete has no value to cut
 	}
 	keyAt := offsetRecordStamp
 	if b&RecordRelayed != 0 {
@@ -384,8 +482,20 @@ func (r *Records) Next() (Record, error) {
 		keyAt += n
 	}
 	keyEnd := keyAt + r.keySize
-	end := keyEnd
-	if rec.Op == ops.Update {
+	valueAt, end := keyEnd, keyEnd
+	if frag {
+		valueAt += FragmentHeaderSize
+		if len(r.data) < valueAt {
+			return r.fail(ErrBadLength)
+		}
+		index, count := int(r.data[keyEnd]), int(r.data[keyEnd+1])
+		lo, hi, ok := FragmentRange(r.valueSize, index, count)
+		if !ok {
+			return r.fail(ErrBadFragment)
+		}
+		rec.Fragment = Fragment{Index: index, Count: count, Offset: lo, Size: r.valueSize}
+		end = valueAt + hi - lo
+	} else if rec.Op == ops.Update {
 		end += r.valueSize
 	}
 	if len(r.data) < end {
@@ -393,7 +503,7 @@ func (r *Records) Next() (Record, error) {
 	}
 	rec.Key = r.data[keyAt:keyEnd:keyEnd]
 	if rec.Op == ops.Update {
-		rec.Value = r.data[keyEnd:end:end]
+		rec.Value = r.data[valueAt:end:end]
 	}
 	r.data = r.data[end:]
 	r.left--

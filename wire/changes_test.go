@@ -21,6 +21,7 @@ type change struct {
 	stamp      uint64
 	origin     uint32
 	key, value []byte
+	frag       wire.Fragment // places a fragment's chunk (value) in the whole value; Count 0 for a whole record
 }
 
 // sizes gives the key and value size of each map a test decodes.
@@ -90,7 +91,7 @@ func decodeAll(d []byte, known sizes) (decoded, error) {
 			if err != nil {
 				return out, err
 			}
-			out.changes = append(out.changes, change{sec.Map, r.Op, r.Stamp, r.Origin, r.Key, r.Value})
+			out.changes = append(out.changes, change{sec.Map, r.Op, r.Stamp, r.Origin, r.Key, r.Value, r.Fragment})
 		}
 	}
 }
@@ -121,13 +122,16 @@ func (c *checkedWriter) append(t testing.TB, ch change) bool {
 	if ch.op == ops.Update {
 		size += len(ch.value)
 	}
+	if ch.frag.Count != 0 {
+		size += wire.FragmentHeaderSize
+	}
 	opens := !c.open || c.fp != ch.fp || c.section+size > 0xffff
 	growth := size
 	if opens {
 		growth += wire.SectionHeaderSize
 	}
 	n := c.w.Len()
-	if !c.w.Append(ch.fp, ch.op, ch.stamp, ch.origin, ch.key, ch.value) {
+	if !c.appendRecord(ch) {
 		if c.w.Len() != n {
 			t.Fatalf("a refused Append of %+v grew the datagram from %d to %d bytes", ch, n, c.w.Len())
 		}
@@ -142,6 +146,18 @@ func (c *checkedWriter) append(t testing.TB, ch change) bool {
 	}
 	c.section += size
 	return true
+}
+
+// appendRecord appends ch, a fragment with AppendFragment: its chunk is
+// placed in a value of valueSize bytes, where its offset says, the rest
+// of which AppendFragment must not write.
+func (c *checkedWriter) appendRecord(ch change) bool {
+	if ch.frag.Count == 0 {
+		return c.w.Append(ch.fp, ch.op, ch.stamp, ch.origin, ch.key, ch.value)
+	}
+	value := make([]byte, ch.frag.Size)
+	copy(value[ch.frag.Offset:], ch.value)
+	return c.w.AppendFragment(ch.fp, ch.stamp, ch.origin, ch.key, value, ch.frag.Index, ch.frag.Count)
 }
 
 // encodeAll appends every change to a datagram of size bytes from h.Node
@@ -209,7 +225,7 @@ func TestChangesRoundTrip(t *testing.T) {
 		var cs []change
 		for i := range n {
 			c := change{d.Fingerprint(), ops.Update, testBase + uint64(i)*step, testNode,
-				pattern(int(d.KeySize), seed+i), pattern(int(d.ValueSize), seed+i+1000)}
+				pattern(int(d.KeySize), seed+i), pattern(int(d.ValueSize), seed+i+1000), wire.Fragment{}}
 			if del > 0 && i%del == del-1 {
 				c.op, c.value = ops.Delete, nil
 			}
@@ -392,7 +408,7 @@ func TestChangeWriterFull(t *testing.T) {
 			w.reset(buf[:tt.size], testNode, testBase)
 			var want []change
 			for i, s := range tt.steps {
-				c := change{s.fp, s.op, testBase + uint64(i), testNode, key, value}
+				c := change{s.fp, s.op, testBase + uint64(i), testNode, key, value, wire.Fragment{}}
 				if s.relayed {
 					c.origin = otherNode
 				}
@@ -568,9 +584,9 @@ func putIndex(key []byte, i int) {
 // parts.
 func validChanges(t testing.TB) []byte {
 	return encodeAll(t, 1400, wire.Header{Node: 1, Seq: 1}, validBase, []change{
-		{1, ops.Update, validBase, 1, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
-		{1, ops.Delete, validRelayed, 2, []byte{10, 0, 0, 3}, nil},
-		{2, ops.Update, validBase + 1, 1, []byte{0, 7}, []byte{0x1f, 0x90}},
+		{1, ops.Update, validBase, 1, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}, wire.Fragment{}},
+		{1, ops.Delete, validRelayed, 2, []byte{10, 0, 0, 3}, nil, wire.Fragment{}},
+		{2, ops.Update, validBase + 1, 1, []byte{0, 7}, []byte{0x1f, 0x90}, wire.Fragment{}},
 	})
 }
 
@@ -625,7 +641,8 @@ func TestChangesDecodeErrors(t *testing.T) {
 		{"op 255", put(sec2Records, 255), validSizes, wire.ErrBadOp},
 		{"relayed op 0", put(sec1Records, wire.RecordRelayed), validSizes, wire.ErrBadOp},
 		{"relayed op 3", put(sec1Records+14, wire.RecordRelayed|3), validSizes, wire.ErrBadOp},
-		{"op bit 6", put(sec2Records, 0x40|byte(ops.Update)), validSizes, wire.ErrBadOp},
+		{"op bit 5", put(sec2Records, 0x20|byte(ops.Update)), validSizes, wire.ErrBadOp},
+		{"fragment of a delete", put(sec1Records+14, wire.RecordRelayed|wire.RecordFragment|byte(ops.Delete)), validSizes, wire.ErrBadFragment},
 		{"op bit 2 of a relayed record", put(sec1Records+14, wire.RecordRelayed|4|byte(ops.Delete)), validSizes, wire.ErrBadOp},
 		// Records carry no length of their own: a wrong op, form or size
 		// shifts the next record, whose op is then another byte.
@@ -732,7 +749,7 @@ func TestChangesStamps(t *testing.T) {
 			if err != nil {
 				return
 			}
-			want := []change{{2, ops.Delete, tt.stamp, tt.origin, key, nil}}
+			want := []change{{2, ops.Delete, tt.stamp, tt.origin, key, nil, wire.Fragment{}}}
 			if !reflect.DeepEqual(got.changes, want) {
 				t.Fatalf("decoded %+v, want %+v", got.changes, want)
 			}

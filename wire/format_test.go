@@ -72,10 +72,10 @@ func TestGolden(t *testing.T) {
 		// | counter.
 		base := uint64(1700000000123<<16 | 4)
 		want := []change{
-			{flows.Fingerprint(), ops.Update, base, h.Node, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}},
-			{flows.Fingerprint(), ops.Delete, base + 1, h.Node, []byte{10, 0, 0, 3}, nil},
-			{flows.Fingerprint(), ops.Update, 1700000000124 << 16, h.Node, []byte{10, 0, 0, 4}, []byte{0, 0, 0, 0, 0, 0, 0, 6}},
-			{ports.Fingerprint(), ops.Update, 1700000000120<<16 | 2, 0x0a000002, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}},
+			{flows.Fingerprint(), ops.Update, base, h.Node, []byte{10, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 5}, wire.Fragment{}},
+			{flows.Fingerprint(), ops.Delete, base + 1, h.Node, []byte{10, 0, 0, 3}, nil, wire.Fragment{}},
+			{flows.Fingerprint(), ops.Update, 1700000000124 << 16, h.Node, []byte{10, 0, 0, 4}, []byte{0, 0, 0, 0, 0, 0, 0, 6}, wire.Fragment{}},
+			{ports.Fingerprint(), ops.Update, 1700000000120<<16 | 2, 0x0a000002, []byte{0, 0, 0, 7}, []byte{0x1f, 0x90}, wire.Fragment{}},
 		}
 		d := encodeAll(t, 1400, h, base, want)
 		golden := goldenBytes(t, "changes")
@@ -86,6 +86,29 @@ func TestGolden(t *testing.T) {
 		h.Kind, h.Count = wire.KindChanges, 4
 		if err != nil || got.h != h || got.h.CheckSeq() != nil || got.base != base || !reflect.DeepEqual(got.changes, want) {
 			t.Fatalf("decoding the golden changes = %+v, %v", got, err)
+		}
+	})
+
+	t.Run("fragment", func(t *testing.T) {
+		base := uint64(1700000000123<<16 | 4)
+		value := []byte{0, 0, 0, 0, 0, 0, 0, 5}
+		h := h
+		h.Seq = 43
+		var w wire.ChangeWriter
+		w.Reset(make([]byte, 1400), h.Node, base)
+		if !w.AppendFragment(flows.Fingerprint(), base, h.Node, []byte{10, 0, 0, 2}, value, 1, 2) {
+			t.Fatal("the fragment does not fit 1400 bytes")
+		}
+		d := w.Finish(h)
+		golden := goldenBytes(t, "fragment")
+		if !bytes.Equal(d, golden) {
+			t.Fatalf("encoded\n%s\nFORMAT.md has\n%s", hex.Dump(d), hex.Dump(golden))
+		}
+		got, err := decodeAll(golden, sizesOf(flows))
+		want := []change{{flows.Fingerprint(), ops.Update, base, h.Node, []byte{10, 0, 0, 2}, value[4:],
+			wire.Fragment{Index: 1, Count: 2, Offset: 4, Size: 8}}}
+		if err != nil || got.base != base || !reflect.DeepEqual(got.changes, want) {
+			t.Fatalf("decoding the golden fragment = %+v, %v; want %+v", got, err, want)
 		}
 	})
 

@@ -48,7 +48,7 @@ func (h *Header) AppendTo(b []byte) ([]byte, error) {
 
 // Unmarshal reads the header at the start of b, which must be a whole
 // datagram: the body starts at b[HeaderSize:]. It rejects anything a
-// version 4 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
+// version 5 receiver cannot interpret with [ErrShortBuffer], [ErrBadMagic],
 // [ErrBadVersion], [ErrBadKind], [ErrBadFlags] or [ErrBadSeal], leaving h
 // unchanged. The count is not checked against the body here: the body
 // decoders ([Sections], [Descriptors], [Nack.Unmarshal]) do that. Nor is

@@ -57,10 +57,10 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 	fl, po, odd, tiny := flows.Fingerprint(), ports.Fingerprint(), fuzzOdd.Fingerprint(), fuzzTiny.Fingerprint()
 	k := func(b ...byte) []byte { return b }
 	golden := encodeAll(t, 1400, h, base, []change{
-		{fl, ops.Update, base, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5)},
-		{fl, ops.Delete, base + 1, h.Node, k(10, 0, 0, 3), nil},
-		{fl, ops.Update, 1700000000124 << 16, h.Node, k(10, 0, 0, 4), k(0, 0, 0, 0, 0, 0, 0, 6)},
-		{po, ops.Update, 1700000000120<<16 | 2, 0x0a000002, k(0, 0, 0, 7), k(0x1f, 0x90)},
+		{fl, ops.Update, base, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5), wire.Fragment{}},
+		{fl, ops.Delete, base + 1, h.Node, k(10, 0, 0, 3), nil, wire.Fragment{}},
+		{fl, ops.Update, 1700000000124 << 16, h.Node, k(10, 0, 0, 4), k(0, 0, 0, 0, 0, 0, 0, 6), wire.Fragment{}},
+		{po, ops.Update, 1700000000120<<16 | 2, 0x0a000002, k(0, 0, 0, 7), k(0x1f, 0x90), wire.Fragment{}},
 	})
 	// Offsets of the golden datagram's parts, see FORMAT.md.
 	const (
@@ -84,20 +84,37 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 	retransmit.Flags, retransmit.Seq = wire.FlagRetransmit, 7
 	snapshot := wire.Header{Kind: wire.KindSnapshot, Node: 2, Epoch: 3, Seq: wire.SyncSeq(5, 1)}
 	mixed := encodeAll(t, 1400, snapshot, 1<<16, []change{
-		{odd, ops.Update, 0, 0, pattern(13, 1), pattern(37, 2)},
-		{odd, ops.Delete, 3<<16 | 9, 7, pattern(13, 3), nil},
-		{odd, ops.Update, 1<<16 | 200, 2, pattern(13, 4), pattern(37, 5)},
-		{tiny, ops.Update, 1 << 16, 2, k(1), k(2)},
-		{tiny, ops.Delete, 1<<16 | 1, 2, k(2), nil},
-		{0xdeadbeef, ops.Update, 9, 9, pattern(3, 6), pattern(4, 7)}, // a map the fuzzer does not know
-		{po, ops.Update, 1<<64 - 1, 2, k(0, 0, 0, 8), k(0, 1)},
+		{odd, ops.Update, 0, 0, pattern(13, 1), pattern(37, 2), wire.Fragment{}},
+		{odd, ops.Delete, 3<<16 | 9, 7, pattern(13, 3), nil, wire.Fragment{}},
+		{odd, ops.Update, 1<<16 | 200, 2, pattern(13, 4), pattern(37, 5), wire.Fragment{}},
+		{tiny, ops.Update, 1 << 16, 2, k(1), k(2), wire.Fragment{}},
+		{tiny, ops.Delete, 1<<16 | 1, 2, k(2), nil, wire.Fragment{}},
+		{0xdeadbeef, ops.Update, 9, 9, pattern(3, 6), pattern(4, 7), wire.Fragment{}}, // a map the fuzzer does not know
+		{po, ops.Update, 1<<64 - 1, 2, k(0, 0, 0, 8), k(0, 1), wire.Fragment{}},
 	})
 	split := encodeAll(t, 1400, h, base, []change{
-		{fl, ops.Update, base, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5)},
-		{po, ops.Update, base + 1, h.Node, k(0, 0, 0, 7), k(0x1f, 0x90)},
-		{fl, ops.Delete, base + 2, h.Node, k(10, 0, 0, 3), nil},
-		{fl, ops.Update, base - 1, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 6)}, // older than the base: relayed
+		{fl, ops.Update, base, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5), wire.Fragment{}},
+		{po, ops.Update, base + 1, h.Node, k(0, 0, 0, 7), k(0x1f, 0x90), wire.Fragment{}},
+		{fl, ops.Delete, base + 2, h.Node, k(10, 0, 0, 3), nil, wire.Fragment{}},
+		{fl, ops.Update, base - 1, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 6), wire.Fragment{}}, // older than the base: relayed
 	})
+	// frag is fragment index of count of an update of odd to value.
+	frag := func(stamp uint64, origin uint32, key, value []byte, index, count int) change {
+		lo, hi, _ := wire.FragmentRange(len(value), index, count)
+		return change{odd, ops.Update, stamp, origin, key, value[lo:hi], wire.Fragment{Index: index, Count: count, Offset: lo, Size: len(value)}}
+	}
+	fragments := encodeAll(t, 1400, h, base, []change{
+		frag(base, h.Node, pattern(13, 8), pattern(37, 9), 2, 3),
+		{tiny, ops.Update, base + 1, h.Node, k(3), k(4), wire.Fragment{}},
+		frag(base, h.Node, pattern(13, 8), pattern(37, 9), 0, 3),
+		frag(base-5, 3, pattern(13, 10), pattern(37, 11), 36, 37),
+	})
+	// Offsets in fragments: its first record's op, and its index and
+	// count after the one-byte offset and the 13-byte key.
+	const (
+		fragmentsOp    = wire.HeaderSize + wire.StampBaseSize + wire.SectionHeaderSize
+		fragmentsIndex = fragmentsOp + 1 + 1 + 13
+	)
 	// one is a datagram of a single delete of a tiny key with the stamp
 	// part rec, written by hand.
 	one := func(node uint32, base uint64, op byte, rec ...byte) []byte {
@@ -122,12 +139,20 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]any {
 		"empty":      {empty},
 		"no-base":    {empty[:wire.HeaderSize+4]},
 		"truncated":  {golden[:len(golden)-1]},
-		"retransmit": {encodeAll(t, 1400, retransmit, base, []change{{fl, ops.Update, base + 300, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5)}})},
+		"retransmit": {encodeAll(t, 1400, retransmit, base, []change{{fl, ops.Update, base + 300, h.Node, k(10, 0, 0, 2), k(0, 0, 0, 0, 0, 0, 0, 5), wire.Fragment{}}})},
 		"mixed":      {mixed},
 		"split":      {split},
 		"bad-op":     {edit(golden, goldenFirstOp, 3)},
-		"op-bit":     {edit(golden, goldenFirstOp, 0x40|byte(ops.Update))},
-		"relayed-op": {edit(golden, goldenRelayed, wire.RecordRelayed|3)},
+		"op-bit":     {edit(golden, goldenFirstOp, 0x20|byte(ops.Update))},
+		"fragments":  {fragments},
+		// A fragment of a delete, index past count, a count of 1, and a
+		// count that leaves the last chunk of a 37-byte value empty.
+		"fragment-delete":    {edit(fragments, fragmentsOp, wire.RecordFragment|byte(ops.Delete))},
+		"fragment-index":     {edit(fragments, fragmentsIndex, 3, 3)},
+		"fragment-one":       {edit(fragments, fragmentsIndex, 0, 1)},
+		"fragment-count":     {edit(fragments, fragmentsIndex, 2, 25)},
+		"fragment-truncated": {fragments[:fragmentsIndex+1]},
+		"relayed-op":         {edit(golden, goldenRelayed, wire.RecordRelayed|3)},
 		// A 10-byte offset, and the same over 64 bits, and an 11-byte one.
 		"long-offset":     {one(1, 0, del, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)},
 		"offset-64-bits":  {one(1, 0, del, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02)},

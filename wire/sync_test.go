@@ -143,9 +143,9 @@ func TestChangeWriterSnapshot(t *testing.T) {
 	got, err := decodeAll(w.Finish(h), sizes{1: {1, 1}})
 	h.Count = 3
 	want := []change{
-		{1, ops.Update, 0, 0, []byte{1}, []byte{2}},
-		{1, ops.Update, 1<<16 | 1, 4, []byte{2}, []byte{3}},
-		{1, ops.Delete, 5, 2, []byte{3}, nil},
+		{1, ops.Update, 0, 0, []byte{1}, []byte{2}, wire.Fragment{}},
+		{1, ops.Update, 1<<16 | 1, 4, []byte{2}, []byte{3}, wire.Fragment{}},
+		{1, ops.Delete, 5, 2, []byte{3}, nil, wire.Fragment{}},
 	}
 	if err != nil || got.h != h || got.base != 1<<16 || !reflect.DeepEqual(got.changes, want) {
 		t.Fatalf("snapshot = %+v, %v; want header %+v and records %+v", got, err, h, want)

@@ -20,7 +20,7 @@ import "errors"
 // Header layout. All multi-byte fields are big-endian.
 const (
 	Magic   uint16 = 0x756d // "um"
-	Version uint8  = 4      // 4 added the descriptor's fields; see FORMAT.md "Versioning"
+	Version uint8  = 5      // 5 added fragment records; see FORMAT.md "Versioning"
 
 	HeaderSize        = 28 // magic..seq, see FORMAT.md
 	SectionHeaderSize = 8  // map fingerprint, record count, byte length
@@ -95,6 +95,7 @@ var (
 	ErrBadStatus   = errors.New("wire: unknown sync status")
 	ErrBadSeq      = errors.New("wire: sequence number 0 or above MaxSeq")
 	ErrBadStamp    = errors.New("wire: invalid record stamp")
+	ErrBadFragment = errors.New("wire: invalid fragment record")
 )
 
 // SealSize is the length of the seal that ends a sealed datagram: an

@@ -133,7 +133,7 @@ func optionAdvice(err error) error {
 	switch {
 	case errors.Is(err, mapopt.ErrUnknownOption), errors.Is(err, mapopt.ErrBadValue), errors.Is(err, mapopt.ErrRepeated):
 		hint = "the options are scan=DURATION, vanished=keep|delete, refresh=FIELD:PERIOD, clock=FIELD:mono-ns|mono-s|boot-ns|boot-s " +
-			"and local=FIELD, FIELD a member name of the value or OFFSET:SIZE in bytes (README, \"Map options\")"
+			"local=FIELD, merge=lww|sum and origins=N (sum maps), FIELD a member name of the value or OFFSET:SIZE in bytes (README, \"Map options\")"
 	case errors.Is(err, mapopt.ErrNoField):
 		hint = "bpftool btf dump id ID (the map's btf_id in bpftool map show) lists the value's members; nested ones are named a.b"
 	case errors.Is(err, mapopt.ErrNoBTF):
@@ -144,6 +144,10 @@ func optionAdvice(err error) error {
 		hint = "a clock or refresh field cannot be local (local bytes are never sent), two clock fields cannot share a byte, and no field may cover the spin lock"
 	case errors.Is(err, mapopt.ErrClockSize):
 		hint = "a clock field is a __u32 or __u64 holding the clock's value (name the member, or give OFFSET:4 or OFFSET:8)"
+	case errors.Is(err, mapopt.ErrCounterValue):
+		hint = "a merge=sum map's value is __u64 counters and nothing else: count in __u64 fields, or replicate the map without merge=sum (last writer wins)"
+	case errors.Is(err, mapopt.ErrCounterMemory):
+		hint = "every key keeps the contributions of up to origins= nodes in the daemon's memory (README, \"Counters\")"
 	case errors.Is(err, mapopt.ErrNeedsScan):
 		hint = "add scan=DURATION to this map's options, or set --scan-interval"
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -23,15 +24,17 @@ type daemon struct {
 	flags   *Flags
 	started time.Time
 
-	maps    []*loader.Map
-	options []mapopt.Options // of maps[i]
-	tr      *transport.UDP
-	capture *loader.Capture
-	sealed  bool // --key-file: every datagram is sealed
-	epoch   uint64
-	node    *replication.Node
-	watch   *discovery.Watcher // of --peers dns:NAME or file:PATH; nil if none
-	entries *metrics.EntryCounter
+	maps     []*loader.Map
+	options  []mapopt.Options // of maps[i]
+	counters []*counterMap    // the sum maps'
+	log      *slog.Logger
+	tr       *transport.UDP
+	capture  *loader.Capture
+	sealed   bool // --key-file: every datagram is sealed
+	epoch    uint64
+	node     *replication.Node
+	watch    *discovery.Watcher // of --peers dns:NAME or file:PATH; nil if none
+	entries  *metrics.EntryCounter
 }
 
 // close releases what open opened, in reverse. The node closes the
@@ -40,6 +43,9 @@ type daemon struct {
 func (d *daemon) close() {
 	if d.capture != nil {
 		d.capture.Close()
+	}
+	for _, cm := range d.counters {
+		cm.close(d.log)
 	}
 	if d.tr != nil {
 		d.tr.Close()

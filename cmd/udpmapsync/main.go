@@ -55,6 +55,8 @@ type Flags struct {
 	NodeID           uint32
 	RingSize         byteSize
 	ResendBuffer     byteSize
+	ReassemblyMemory byteSize
+	Repair           string
 	KeyFile          string
 	InsecureNoKey    bool
 	StatsInterval    time.Duration
@@ -98,6 +100,10 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
 	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
+	f.ReassemblyMemory = replication.DefaultReassemblyBytes
+	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
+	fs.StringVar(&f.Repair, "repair", repairGroup, "how lost datagrams are asked for and resent with multicast: group (after a random back-off, "+
+		"to the group, so one request and one resend serve every node that lost them) or unicast (each node asks and is answered apart); always unicast with --peers")
 	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
 	fs.BoolVar(&f.InsecureNoKey, "insecure-no-key", false, "run without a key: sync traffic neither authenticated nor encrypted, only for a link where every host is trusted")
 	fs.DurationVar(&f.StatsInterval, "stats-interval", 5*time.Second, "period of the statistics log line (0: never)")
@@ -163,7 +169,16 @@ type config struct {
 	discover discovery.Source // --peers dns:NAME or file:PATH
 	level    slog.Level
 	node     uint32
+	// group is where repair requests and resends go to reach every node,
+	// for --repair group with multicast; zero otherwise.
+	repairTo netip.AddrPort
 }
+
+// The values of --repair.
+const (
+	repairGroup   = "group"
+	repairUnicast = "unicast"
+)
 
 // check validates the flags that need no privileges, so a typo is reported
 // before anything is opened. The capture backend and ring size are checked
@@ -204,6 +219,15 @@ func (f *Flags) check() (*config, error) {
 	}
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
+	}
+	switch f.Repair {
+	case repairGroup:
+		if c.peers == nil {
+			c.repairTo = netip.AddrPortFrom(c.group, f.Port)
+		}
+	case repairUnicast:
+	default:
+		return nil, fmt.Errorf("--repair %s: use group (the default) or unicast", f.Repair)
 	}
 	if err := c.level.UnmarshalText([]byte(f.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %s: use debug, info, warn or error", f.LogLevel)
@@ -294,7 +318,7 @@ func run(ctx context.Context, f *Flags) error {
 // open opens the maps, the socket and the capture, takes a new boot epoch
 // and makes the node; the daemon's close releases them.
 func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
-	d := &daemon{cfg: c, flags: f, started: time.Now()}
+	d := &daemon{cfg: c, flags: f, started: time.Now(), log: log}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -320,10 +344,23 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 		return nil, err
 	}
 	d.sealed = keys != nil
+	_, err = os.Stat(filepath.Join(f.StateDir, "epoch"))
+	ranBefore := err == nil
 	local := make([]replication.Map, len(d.maps))
+	var captured []*loader.Map // all but the sum maps, which only scans follow
 	for i, m := range d.maps {
+		if d.options[i].Merge == mapopt.Sum {
+			cm, err := openCounters(m, d.options[i], c.node, f.StateDir, ranBefore, log)
+			if err != nil {
+				return nil, err
+			}
+			d.counters = append(d.counters, cm)
+			local[i] = replication.CounterMap(m, cm.target, d.options[i])
+			continue
+		}
 		local[i] = replication.MapFromLoader(m)
 		local[i].Options = d.options[i]
+		captured = append(captured, m)
 	}
 	table, err := replication.NewTable(local, payload)
 	if errors.Is(err, replication.ErrRecordTooLarge) {
@@ -331,20 +368,26 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("--iface %s (MTU %d): %w", c.iface.Name, cmp.Or(f.MTU, c.iface.MTU), err)
 	}
-	d.capture, err = loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: d.maps, RingSize: int(f.RingSize)})
-	if err != nil {
-		return nil, advice(err)
+	var source replication.Source = newIdleSource()
+	if len(captured) > 0 {
+		d.capture, err = loader.NewCapture(loader.CaptureOptions{Backend: loader.Backend(f.Capture), Maps: captured, RingSize: int(f.RingSize)})
+		if err != nil {
+			return nil, advice(err)
+		}
+		source = d.capture
 	}
 	if d.epoch, err = epoch.Next(filepath.Join(f.StateDir, "epoch"), time.Now()); err != nil {
 		return nil, fmt.Errorf("--state-dir %s: %w", f.StateDir, err)
 	}
-	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: d.capture,
-		Transport: d.tr, Peers: c.peers, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
-		ResendBytes: int(f.ResendBuffer), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
+	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: source,
+		Transport: d.tr, Peers: c.peers, Group: c.repairTo, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
+		ResendBytes: int(f.ResendBuffer), ReassemblyBytes: int(f.ReassemblyMemory), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
 		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
 		DigestInterval: f.DigestInterval, Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
 		return nil, fmt.Errorf("--resend-buffer %s: %w", f.ResendBuffer, err)
+	} else if errors.Is(err, replication.ErrReassemblySize) {
+		return nil, fmt.Errorf("--reassembly-memory %s: %w; raise it, or the MTU so that fewer records travel in fragments", f.ReassemblyMemory, err)
 	} else if errors.Is(err, replication.ErrDigestPayload) {
 		return nil, fmt.Errorf("--digest-interval %s: %w; raise --mtu (a digest needs %d bytes of payload) or set --digest-interval 0",
 			f.DigestInterval, err, wire.HeaderSize+wire.DigestSize)
@@ -474,6 +517,14 @@ func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	attrs := append(d.Stats().Attrs(), slog.Bool("ready", st.Ready), slog.Int("peers", len(peers)))
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
+	}
+	var full, future uint64
+	for _, cm := range d.counters {
+		full += cm.target.OriginsFull.Load()
+		future += cm.target.FutureStamps.Load()
+	}
+	if len(d.counters) > 0 {
+		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future))
 	}
 	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {

@@ -51,6 +51,7 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--peers", "dns:a", "--peers-refresh", "10ms"}, []string{"--peers-refresh 10ms", "at least 1s"}},
 		{[]string{"--iface", "lo", "--peers", "dns:a", "--dns-server", "10.0.0.1"}, []string{"--dns-server 10.0.0.1", "address and port"}},
 		{[]string{"--iface", "lo", "--log-level", "loud"}, []string{"--log-level loud", "debug, info, warn or error"}},
+		{[]string{"--iface", "lo", "--repair", "multicast"}, []string{"--repair multicast", "group (the default) or unicast"}},
 		{[]string{"--iface", "lo", "--flush-interval", "0s"}, []string{"--flush-interval", "positive"}},
 		{[]string{"--iface", "lo", "--digest-interval", "10ms"}, []string{"--digest-interval 10ms", "at least 1s", "0 to turn digest rounds off"}},
 		{[]string{"--iface", "lo", "--digest-interval", "-1s"}, []string{"--digest-interval -1s", "at least 1s"}},

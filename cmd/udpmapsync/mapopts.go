@@ -60,7 +60,7 @@ func resolveOptions(maps []*loader.Map, specs []mapopt.Spec, scan time.Duration)
 		if err != nil {
 			return nil, fmt.Errorf("--map %s: %w", name, err)
 		}
-		o, err := mapopt.Resolve(name, opts, scan, mapopt.Layout{ValueSize: int(m.ValueSize), Value: vt})
+		o, err := mapopt.Resolve(name, opts, scan, mapopt.Layout{ValueSize: int(m.ValueSize), Value: vt, MaxEntries: int(m.MaxEntries)})
 		if err != nil {
 			return nil, optionAdvice(err)
 		}

@@ -38,16 +38,7 @@ func TestResolveOptionsPerCPU(t *testing.T) {
 		"scan=1s,clock=0:4:mono-s,local=4:4": "--map id:",
 	} {
 		spec := fmt.Sprintf("id:%d,%s", id, opts)
-		paths, specs, err := mapSpecs([]string{spec}, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		maps, err := loader.OpenMaps(paths)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = resolveOptions(maps, specs, time.Duration(0))
-		maps[0].Close()
+		err := resolveSpec(t, spec)
 		switch {
 		case want == "" && err != nil:
 			t.Errorf("%s: %v", spec, err)
@@ -55,4 +46,61 @@ func TestResolveOptionsPerCPU(t *testing.T) {
 			t.Errorf("%s: error %v, want one saying %q", spec, err, want)
 		}
 	}
+}
+
+// merge=sum is refused, with the map and the fix, for a value that is not
+// a vector of 64-bit counters and for counters that cannot fit; a per-CPU
+// map of counters takes it.
+func TestResolveOptionsSum(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for BPF maps")
+	}
+	for _, c := range []struct {
+		spec ebpf.MapSpec
+		opts string
+		want string
+	}{
+		{ebpf.MapSpec{Name: "sumok", Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: 64}, "merge=sum,origins=3", ""},
+		{ebpf.MapSpec{Name: "sumpcpu", Type: ebpf.PerCPUHash, KeySize: 4, ValueSize: 8, MaxEntries: 64}, "merge=sum", ""},
+		{ebpf.MapSpec{Name: "sum12", Type: ebpf.Hash, KeySize: 4, ValueSize: 12, MaxEntries: 64}, "merge=sum",
+			"option merge=sum: merge=sum needs a value of 64-bit counters: the value is 12 bytes, not a multiple of 8"},
+		{ebpf.MapSpec{Name: "sumbig", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 1 << 22, Flags: 1}, "merge=sum,origins=64",
+			"lower origins= (the most nodes that count a key) or the map's max_entries"},
+	} {
+		em, err := ebpf.NewMap(&c.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := em.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		spec := fmt.Sprintf("id:%d,%s", id, c.opts)
+		err = resolveSpec(t, spec)
+		em.Close()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s (%s): %v", spec, c.spec.Name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "--map "+spec[:strings.IndexByte(spec, ',')])):
+			t.Errorf("%s (%s): error %v, want one naming the map and saying %q", spec, c.spec.Name, err, c.want)
+		}
+	}
+}
+
+// resolveSpec opens the map of one --map value and resolves its options,
+// as the daemon does at start-up.
+func resolveSpec(t *testing.T, spec string) error {
+	t.Helper()
+	paths, specs, err := mapSpecs([]string{spec}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := loader.OpenMaps(paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps[0].Close()
+	_, err = resolveOptions(maps, specs, time.Duration(0))
+	return err
 }

@@ -139,6 +139,7 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 	}
 
 	p("%s", r.resyncSection())
+	p("%s", r.repairSection())
 
 	p("\n## Go benchmarks (`make bench`)\n\n")
 	if len(r.Benchmarks) == 0 {

@@ -104,6 +104,21 @@ BenchmarkScan/1000k-2        	       3	 438848370 ns/op	         0.4294 cpu-s/sc
 	}
 }
 
+// The counter target compares BenchmarkCounterApply's two rates.
+func TestCounterTarget(t *testing.T) {
+	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
+BenchmarkCounterApply/lww-2         	    6414	    122462 ns/op	   2090450 entries/s
+BenchmarkCounterApply/sum-2         	    1777	    199753 ns/op	   1281586 entries/s
+`))}
+	goal := "merge=sum apply ≥ 0.5 of the last-writer-wins apply rate"
+	if got := verdicts(r, "")[goal]; !strings.HasPrefix(got, "met: 0.61: sum 1.28M entries/s, last-writer-wins 2.09M entries/s") {
+		t.Errorf("counter target %q", got)
+	}
+	if got := verdicts(&Results{}, "")[goal]; !strings.HasPrefix(got, "n/a: not measured") {
+		t.Errorf("without benchmarks: %q", got)
+	}
+}
+
 // The digest target reads BenchmarkDigestHeal's figures.
 func TestDigestTarget(t *testing.T) {
 	r := &Results{Benchmarks: ParseBench([]byte(`pkg: github.com/udpmapsync/udpmapsync/replication
@@ -275,5 +290,66 @@ func TestResyncTargets(t *testing.T) {
 	want := "met: 1.20 of 500.0k/s (transfer: 600.0k entries/s, 600000 entries in 1.00 s); from the daemon's start 0.60 (2.00 s)"
 	if got := verdicts(r, p)["1M-entry late join at ≥ 0.5 of the raw batch-write rate"]; got != want {
 		t.Errorf("late join with its transfer time:\n got %q\nwant %q", got, want)
+	}
+}
+
+// Issue 22's loss and fast-writer targets: a run that gave a gap up misses
+// them whatever its time, and too few runs miss them too.
+func TestIssue22Targets(t *testing.T) {
+	loss := func(seconds float64, resyncs uint64) Run {
+		return Run{System: UDPMapSync, Nodes: 2, Changes: 10, Seconds: seconds, Converged: true, ResyncNeeded: resyncs}
+	}
+	r := &Results{Resync: &Resync{LossPercent: 5, LossFree: []Run{loss(1, 0)}}}
+	for range ResyncLossRuns {
+		r.Resync.Loss = append(r.Resync.Loss, loss(1.4, 0))
+	}
+	if got := r.runningLossTarget(); got.Met == nil || !*got.Met {
+		t.Fatalf("5 runs at 1.4×, none resynced: %+v, want met", got)
+	}
+	r.Resync.Loss[2] = loss(1.2, 1)
+	if got := r.runningLossTarget(); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "1 of 5 runs gave a gap up") {
+		t.Errorf("a run that gave a gap up: %+v, want missed and counted", got)
+	}
+	for _, nodes := range []int{2, 3} {
+		for range FastWriterRuns {
+			x := loss(2, 0)
+			x.Nodes = nodes
+			r.Resync.FastWriter = append(r.Resync.FastWriter, x)
+		}
+	}
+	if got := r.fastWriterTarget(); got.Met == nil || !*got.Met {
+		t.Fatalf("fast writer without a gap given up: %+v, want met", got)
+	}
+	r.Resync.FastWriter[len(r.Resync.FastWriter)-1].ResyncNeeded = 2
+	if got := r.fastWriterTarget(); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "1 of 10 on 3 gave a gap up") {
+		t.Errorf("one 3-node run gave a gap up: %+v, want missed", got)
+	}
+	r.Resync.FastWriter = r.Resync.FastWriter[:3]
+	if got := r.fastWriterTarget(); got.Met == nil || *got.Met {
+		t.Errorf("3 runs: %+v, want missed for too few runs", got)
+	}
+}
+
+func TestRepairTarget(t *testing.T) {
+	r := &Results{}
+	if tg := r.repairTarget(); tg.Met != nil || r.repairSection() != "" {
+		t.Fatalf("no runs: %+v, want not measured and no section", tg)
+	}
+	r.Repair = []RepairRun{
+		{Mode: RepairUnicast, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 1500, Resent: 1600, Sent: 2000, SenderCPU: 0.4},
+		{Mode: RepairGroup, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 90, Resent: 151, Sent: 2000, SenderCPU: 0.2},
+		{Mode: RepairPeers, Nodes: 16, Percent: 5, Changes: 100, Lost: 100, Requests: 1500, Resent: 1500, Sent: 2000, SenderCPU: 3},
+	}
+	if tg := r.repairTarget(); tg.Met == nil || *tg.Met || !strings.Contains(tg.Measured, "0.90 requests, 1.51 resends") {
+		t.Errorf("1.51 resends per lost: %+v, want unmet", tg)
+	}
+	r.Repair[1].Resent = 150
+	if tg := r.repairTarget(); tg.Met == nil || !*tg.Met || !strings.Contains(tg.Measured, "apart: 15.00, 16.00") {
+		t.Errorf("1.5 resends per lost: %+v, want met, beside the unicast figures", tg)
+	}
+	// --peers: 3 s against 0.2 s for 2000 datagrams to each of 15 peers
+	// is 2.8 s more, 93.3 µs a datagram and peer.
+	if s := r.repairSection(); !strings.Contains(s, "30000 datagrams on the wire") || !strings.Contains(s, "186.7 ms more per peer, 93.3 µs per datagram and peer") {
+		t.Errorf("section lacks the fan-out cost:\n%s", s)
 	}
 }

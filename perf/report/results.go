@@ -52,6 +52,9 @@ type Results struct {
 	Memory *Run
 	// Resync is the runs of the resync targets, nil if skipped.
 	Resync *Resync `json:",omitempty"`
+	// Repair is the runs with loss upstream of every receiver, per group
+	// size and way of repair.
+	Repair []RepairRun `json:",omitempty"`
 	// Conntrackd is the result perf/conntrackd/run printed, nil if it did
 	// not run; ConntrackdNote says why, or what it noted.
 	Conntrackd     *ConntrackdResult

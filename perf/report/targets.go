@@ -118,9 +118,12 @@ func (r *Results) Targets(profile string) []Target {
 	ts = append(ts, t)
 
 	ts = append(ts, r.scanTarget())
+	ts = append(ts, r.counterTarget())
 	ts = append(ts, r.digestTarget())
 	ts = append(ts, r.sealingTarget())
+	ts = append(ts, r.largeValueTarget())
 	ts = append(ts, r.resyncTargets()...)
+	ts = append(ts, r.repairTarget())
 
 	t = Target{Goal: "0 changes lost (udpmapsync, every run)"}
 	lost, runs := 0, 0
@@ -136,7 +139,8 @@ func (r *Results) Targets(profile string) []Target {
 	} else {
 		t.Measured = "not measured"
 	}
-	return append(ts, t)
+	ts = append(ts, t)
+	return append(ts, r.issue22Targets(profile)...)
 }
 
 func deref(r *Run) []Run {

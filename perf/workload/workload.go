@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/perf/report"
 )
 
 // Profile is the shape of the entries written.
@@ -28,16 +29,18 @@ type Profile struct {
 	KeySize, ValueSize int
 }
 
-// The profiles of the perf runs: the default, and one shaped like a
+// The profiles of the perf runs: the default, one shaped like a
 // connection-tracking entry (a 5-tuple with zone and direction as key, NAT
-// and counters as value).
+// and counters as value), and one of values larger than a datagram at a
+// 1500-byte MTU, which udpmapsync sends in fragments.
 var (
 	Small     = Profile{Name: "16 B / 64 B", KeySize: 16, ValueSize: 64}
 	Conntrack = Profile{Name: "40 B / 128 B", KeySize: 40, ValueSize: 128}
+	Large     = Profile{Name: report.LargeProfile, KeySize: 16, ValueSize: 4096}
 )
 
 // Profiles looks up profiles by the names perfrun's --profiles takes:
-// small ([Small]) and conntrack ([Conntrack]).
+// small ([Small]), conntrack ([Conntrack]) and large ([Large]).
 func Profiles(names []string) ([]Profile, error) {
 	var out []Profile
 	for _, n := range names {
@@ -46,8 +49,10 @@ func Profiles(names []string) ([]Profile, error) {
 			out = append(out, Small)
 		case "conntrack":
 			out = append(out, Conntrack)
+		case "large":
+			out = append(out, Large)
 		default:
-			return nil, fmt.Errorf("profile %q: unknown; use small or conntrack", n)
+			return nil, fmt.Errorf("profile %q: unknown; use small, conntrack or large", n)
 		}
 	}
 	if len(out) == 0 {

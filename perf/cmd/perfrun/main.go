@@ -43,12 +43,15 @@ import (
 type Flags struct {
 	Daemon, GRPCSync, Conntrackd, Bench, Out, Version string
 	Changes, UnaryChanges, MemoryEntries, Batch       int
+	LargeChanges                                      int
 	SealingRounds                                     int
 	ResyncRuns, JoinEntries, LossPercent              int
+	FastRuns, FastBatch                               int
 	RingSize                                          int
 	DeleteShare                                       float64
 	Rates                                             []int
 	Nodes                                             []int
+	RepairNodes                                       []int
 	Systems, Profiles                                 []string
 	LatencyFor, Timeout, Settle, ConntrackdTimeout    time.Duration
 	Work                                              string
@@ -67,19 +70,23 @@ func main() {
 	fs.StringVar(&f.Out, "out", "perf/results", "directory for the report")
 	fs.StringVar(&f.Version, "version", "dev", "the daemon's version, for the report")
 	fs.IntVar(&f.Changes, "changes", 1_000_000, "changes per throughput run: enough that socket buffers cannot absorb a run, so the rate is the sustained one")
+	fs.IntVar(&f.LargeChanges, "large-changes", 30_000, "changes per throughput run of the large profile (4 KiB values: the maps and the expected contents take about 60 MiB a node)")
 	fs.IntVar(&f.UnaryChanges, "unary-changes", 20_000, "changes per throughput run of the unary gRPC baseline (one call per change is slow)")
 	fs.IntVar(&f.SealingRounds, "sealing-rounds", 3, "pairs of full-speed runs of udpmapsync and udpmapsync (sealed) per node count and profile, when both are measured, counting the throughput table's: the cost of sealing is the median pair's")
 	fs.IntVar(&f.MemoryEntries, "memory-entries", 1_000_000, "entries of the memory run (0: skip it)")
 	fs.IntVar(&f.ResyncRuns, "resync-runs", 5, "pairs of full-speed runs of two running nodes, without loss and with --loss-percent into the receiver, before a join under load with that loss and a late join (the resync targets); 0 skips all resync runs")
 	fs.IntVar(&f.JoinEntries, "join-entries", 1_000_000, "entries a late joiner's peer holds, in the resync runs (0: no late join)")
+	fs.IntVar(&f.FastRuns, "fast-runs", 10, "runs on 2 and on 3 nodes of a writer of --changes distinct keys in batches of --fast-batch, in the resync runs (0: none)")
+	fs.IntVar(&f.FastBatch, "fast-batch", 4096, "changes per batch syscall of the fast writer")
 	fs.IntVar(&f.LossPercent, "loss-percent", 5, "datagrams into the receiver dropped at random in the resync runs, %")
 	fs.IntVar(&f.Batch, "batch", 512, "changes per batch syscall at full speed")
 	fs.IntVar(&f.RingSize, "ring-size", 64<<20, "capture ring of the replicators in throughput and latency runs")
 	fs.Float64Var(&f.DeleteShare, "delete-share", 0.1, "share of the changes that are deletes")
 	fs.IntSliceVar(&f.Rates, "rates", []int{10_000, 100_000}, "fixed rates of the latency runs, changes/s")
 	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3}, "cluster sizes")
+	fs.IntSliceVar(&f.RepairNodes, "repair-nodes", []int{4, 8, 16}, "cluster sizes of the repair runs, each with --loss-percent of node1's datagrams dropped upstream of every receiver (none: skip them)")
 	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCStream, report.GRPCUnary}, "systems to measure: "+strings.Join(systems, ", "))
-	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B)")
+	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack", "large"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B), large (16 B / 4 KiB: records in fragments)")
 	fs.DurationVar(&f.LatencyFor, "latency-for", 3*time.Second, "length of a latency run")
 	fs.DurationVar(&f.Timeout, "timeout", 2*time.Minute, "give up on a run whose last change has not reached every peer this long after it was written")
 	fs.DurationVar(&f.Settle, "settle", 30*time.Second, "after the last change arrived, how long maps may take to match before the differences count as lost")
@@ -171,9 +178,9 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 				if p != workload.Small && nodes != 2 {
 					continue // the second profile on 2 nodes only: the run stays under 10 minutes
 				}
-				changes := f.Changes
+				changes := changesOf(f, p)
 				if system == report.GRPCUnary {
-					changes = f.UnaryChanges
+					changes = min(changes, f.UnaryChanges)
 				}
 				cfg := workload.Config{Profile: p, Changes: changes, DeleteShare: f.DeleteShare, Batch: f.Batch}
 				x, err := scenario(ctx, f, log, system, nodes, cfg, setup{extra: ringArgs(f)})
@@ -218,6 +225,9 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 		if r.Resync, err = resyncRuns(ctx, f, log, r); err != nil {
 			return "", err
 		}
+	}
+	if r.Repair, err = repairRuns(ctx, f, log); err != nil {
+		return "", err
 	}
 	r.Conntrackd, r.ConntrackdNote = runConntrackd(ctx, f, log)
 	r.LoadAfter = loadavg()
@@ -321,7 +331,8 @@ func addStats(d *deployment, x *report.Run) {
 
 // measureRaw writes the throughput workload into a map nobody watches.
 func measureRaw(ctx context.Context, f *Flags, p workload.Profile) (*report.Raw, error) {
-	w, err := workload.New(workload.Config{Profile: p, Changes: f.Changes, DeleteShare: f.DeleteShare, Batch: f.Batch})
+	changes := changesOf(f, p)
+	w, err := workload.New(workload.Config{Profile: p, Changes: changes, DeleteShare: f.DeleteShare, Batch: f.Batch})
 	if err != nil {
 		return nil, err
 	}
@@ -344,8 +355,16 @@ func measureRaw(ctx context.Context, f *Flags, p workload.Profile) (*report.Raw,
 	if err != nil {
 		return nil, err
 	}
-	return &report.Raw{Profile: p.Name, Changes: f.Changes, PerSec: float64(f.Changes) / res.Seconds(),
-		CPUPerChange: us(res.CPU) / float64(f.Changes)}, nil
+	return &report.Raw{Profile: p.Name, Changes: changes, PerSec: float64(changes) / res.Seconds(),
+		CPUPerChange: us(res.CPU) / float64(changes)}, nil
+}
+
+// changesOf is how many changes a throughput run of profile p writes.
+func changesOf(f *Flags, p workload.Profile) int {
+	if p == workload.Large {
+		return f.LargeChanges
+	}
+	return f.Changes
 }
 
 // idleSettle is how long the memory run's daemons run with empty maps
@@ -451,8 +470,8 @@ func newResults(f *Flags) *report.Results {
 		},
 	}
 	if f.ResyncRuns > 0 {
-		r.Settings = append(r.Settings, [2]string{"resync runs", fmt.Sprintf("udpmapsync, 2 nodes, 16 B / 64 B, %d changes at full speed: %d pairs of runs of running nodes without loss and with %d %% loss into node2 (--resync-runs, --loss-percent), one joining under that loss; a late join of %d entries (--join-entries)",
-			f.Changes, f.ResyncRuns, f.LossPercent, f.JoinEntries)})
+		r.Settings = append(r.Settings, [2]string{"resync runs", fmt.Sprintf("udpmapsync, 2 nodes, 16 B / 64 B, %d changes at full speed: %d pairs of runs of running nodes without loss and with %d %% loss into node2 (--resync-runs, --loss-percent), one joining under that loss; a late join of %d entries (--join-entries); %d runs on 2 and on 3 nodes of a writer of distinct keys in batches of %d (--fast-runs, --fast-batch)",
+			f.Changes, f.ResyncRuns, f.LossPercent, f.JoinEntries, f.FastRuns, f.FastBatch)})
 	}
 	if f.CPUProfile != "" {
 		r.Settings = append(r.Settings, [2]string{"daemons profiled", "--cpuprofile: every udpmapsync daemon ran with the CPU profiler, whose own cost is in its CPU figures"})

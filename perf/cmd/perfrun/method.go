@@ -91,7 +91,10 @@ for 250 ms (it has sent what it captured); then node2's daemon starts, and the t
 just before its start to the later of its ready file and the first whole-map comparison that
 matches, both on node2 (the map is not compared while the daemon starts: reading 1M entries would
 compete with it for the cores). The target compares its entries/s with the raw batch-write rate of
-the same profile in this run. A run that fails (a daemon that does not start or get ready within
+the same profile in this run. Fast writer: --fast-runs runs on 2 and on 3 nodes, each on a fresh
+cluster without loss, of a writer of --changes distinct keys (nothing coalesces) in batches of
+--fast-batch at full speed, faster than a receiver applies them; what counts is whether a
+receiver gave a gap up (resync_needed). A run that fails (a daemon that does not start or get ready within
 --timeout) is shown as not measured and the others go on.
 
 **gRPC baselines.** perf/cmd/grpcsync, a separate Go module (perf/go.mod) so the daemon never

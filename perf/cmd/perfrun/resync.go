@@ -17,12 +17,14 @@ import (
 // before a late join.
 const idleWait = time.Minute
 
-// resyncRuns measures the resync targets (issue 12) on 2 nodes of
+// resyncRuns measures the resync targets (issues 12 and 22) on 2 nodes of
 // udpmapsync with the 16 B / 64 B profile, each run on a fresh cluster:
 // --resync-runs pairs of full-speed runs of two running nodes, without
 // loss (the live stream, which the others are compared with) and with
 // --loss-percent into node2; node2 joining as node1's writer starts, with
-// that loss; and node2 joining late a peer holding --join-entries entries.
+// that loss; node2 joining late a peer holding --join-entries entries;
+// and --fast-runs runs on 2 and on 3 nodes of a writer of --changes
+// distinct keys in batches of --fast-batch, faster than a receiver applies.
 // A run that fails is reported as not measured; only an interrupt stops
 // them.
 func resyncRuns(ctx context.Context, f *Flags, log *slog.Logger, r *report.Results) (*report.Resync, error) {
@@ -33,19 +35,20 @@ func resyncRuns(ctx context.Context, f *Flags, log *slog.Logger, r *report.Resul
 		}
 		r.Raw = append(r.Raw, *raw)
 	}
-	run := func(what string, cfg workload.Config, s setup) (*report.Run, error) {
-		log.Info("resync run", "run", what)
+	runOn := func(nodes int, what string, cfg workload.Config, s setup) (*report.Run, error) {
+		log.Info("resync run", "run", what, "nodes", nodes)
 		s.extra = ringArgs(f)
-		x, err := scenario(ctx, f, log, report.UDPMapSync, 2, cfg, s)
+		x, err := scenario(ctx, f, log, report.UDPMapSync, nodes, cfg, s)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, err
 			}
 			log.Warn("resync run failed", "run", what, "err", err)
-			x = &report.Run{System: report.UDPMapSync, Nodes: 2, Profile: cfg.Profile.Name, Changes: cfg.Changes, Skipped: err.Error()}
+			x = &report.Run{System: report.UDPMapSync, Nodes: nodes, Profile: cfg.Profile.Name, Changes: cfg.Changes, Skipped: err.Error()}
 		}
 		return x, nil
 	}
+	run := func(what string, cfg workload.Config, s setup) (*report.Run, error) { return runOn(2, what, cfg, s) }
 	rs := &report.Resync{LossPercent: f.LossPercent}
 	cfg := workload.Config{Profile: workload.Small, Changes: f.Changes, DeleteShare: f.DeleteShare, Batch: f.Batch}
 	// On a shared machine one loss-free run can be half as fast as the
@@ -71,6 +74,18 @@ func resyncRuns(ctx context.Context, f *Flags, log *slog.Logger, r *report.Resul
 		late := workload.Config{Profile: workload.Small, Changes: f.JoinEntries, Keys: f.JoinEntries - 1, Batch: f.Batch}
 		if rs.LateJoin, err = run("late join", late, setup{join: joinAfterWrites}); err != nil {
 			return nil, err
+		}
+	}
+	// A writer faster than the receivers: distinct keys, so nothing
+	// coalesces, in large batches, without loss.
+	fast := workload.Config{Profile: workload.Small, Changes: f.Changes, Keys: f.Changes - 1, Batch: f.FastBatch}
+	for _, nodes := range []int{2, 3} {
+		for i := range f.FastRuns {
+			x, err := runOn(nodes, fmt.Sprintf("fast writer, %d of %d", i+1, f.FastRuns), fast, setup{})
+			if err != nil {
+				return nil, err
+			}
+			rs.FastWriter = append(rs.FastWriter, *x)
 		}
 	}
 	return rs, nil

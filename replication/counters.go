@@ -1,0 +1,554 @@
+package replication
+
+import (
+	"encoding/binary"
+	"encoding/gob"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/udpmapsync/udpmapsync/counter"
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
+	"github.com/udpmapsync/udpmapsync/wire"
+)
+
+// A merge=sum map is replicated as its contributions: a map of its own,
+// the *contribution map*, whose key is the counter map's key followed by
+// the origin node's id (4 bytes, big-endian), and whose value is the
+// contribution (see package counter) in its wire form. Each origin writes
+// only its own keys, so last-writer-wins on the contribution map is
+// exactly the per-origin register the sum rule needs, and the protocol
+// carries it unchanged: sequences, repairs, resyncs, digest rounds and
+// the state file. [CounterTarget] is its [Target]: it merges what is
+// written into it into the kernel map's counters with the atomic adds of
+// a [loader.Adder], and reads this node's own contribution from the
+// kernel map's values, so that the scanner sends it when it moves.
+const (
+	originSize = 4
+	// contribHeader is the reset's stamp and origin, then the
+	// contribution's stamp, before the words.
+	contribHeader = 8 + 4 + 8
+)
+
+// counterKernel is the kernel map of a sum map, as a [CounterTarget] uses
+// it. *loader.Map implements it.
+type counterKernel interface {
+	Dump(keys, values []byte, fn func(keys, values []byte) error) error
+	Lookup(key, value []byte) (bool, error)
+	DeleteBatch(keys []byte) (missing int, err error)
+}
+
+// counterAdder adds deltas to the kernel map's counters atomically.
+// *loader.Adder implements it.
+type counterAdder interface {
+	Add(keys, deltas []byte) (failed int, err error)
+}
+
+// CounterTarget is the [Target] of a sum map's contribution map. It is
+// safe for concurrent use.
+type CounterTarget struct {
+	kernel  counterKernel
+	adder   counterAdder
+	self    uint32
+	origins int
+	keySize int // the counter map's
+	words   int
+	cpus    int // the kernel map's values per key: 1, or its CPUs for a per-CPU map
+	now     func() time.Time
+
+	// OriginsFull counts the contributions refused because their key held
+	// as many origins as it may (mapopt's origins option).
+	OriginsFull atomic.Uint64
+	// FutureStamps counts the contributions refused because their reset
+	// or their own stamp was more than hlc.MaxSkew ahead of this node's
+	// clock: taken, such a stamp would outrank every honest reset or
+	// contribution of the key until that time.
+	FutureStamps atomic.Uint64
+
+	mu   sync.Mutex
+	keys map[string]*counterKey
+	gen  uint32    // of the read in progress
+	last hlc.Stamp // the latest stamp this node gave a contribution or reset
+	// Buffers, reused under mu.
+	kkeys, kvals       []byte // a batch read from the kernel map
+	addKeys, addDeltas []byte // a batch of adds
+	value, local, d    []uint64
+	out                []byte // contribution entries built under mu
+}
+
+type counterKey struct {
+	k    counter.Key
+	seen uint32 // the read that found the key in the kernel map
+}
+
+// counterBatch is how many entries of the kernel map a read takes at once.
+const counterBatch = 256
+
+// CounterMap describes a sum map m for [NewTable]: its contribution map,
+// with t as its target. The descriptor differs from a last-writer-wins
+// map's of the same name (the key and value sizes), so a node that sums
+// never applies the records of one that does not.
+func CounterMap(m *loader.Map, t *CounterTarget, opts mapopt.Options) Map {
+	return Map{
+		Desc: wire.Descriptor{
+			Name:       m.Name,
+			Type:       uint32(m.Type),
+			KeySize:    m.KeySize + originSize,
+			ValueSize:  uint32(contribHeader + 8*t.words),
+			MaxEntries: m.MaxEntries * uint32(t.origins),
+			Flags:      m.Flags,
+		},
+		ID:      m.ID,
+		Target:  t,
+		Options: opts,
+	}
+}
+
+// NewCounterTarget makes the target of the sum map whose kernel map is
+// kernel (keySize and valueSize bytes; the value a vector of 64-bit
+// counters; cpus values per key, one per CPU, for a per-CPU map, whose
+// node's count is their sum, else 1), on node self, adding with adder;
+// origins is the map's origins option, now the node's clock.
+func NewCounterTarget(kernel counterKernel, adder counterAdder, keySize, valueSize, cpus int, self uint32, origins int, now func() time.Time) *CounterTarget {
+	w := valueSize / 8
+	return &CounterTarget{kernel: kernel, adder: adder, self: self, origins: origins, keySize: keySize, words: w, cpus: cpus, now: now,
+		keys:  make(map[string]*counterKey),
+		kkeys: make([]byte, counterBatch*keySize), kvals: make([]byte, counterBatch*valueSize*cpus),
+		value: make([]uint64, w), local: make([]uint64, w), d: make([]uint64, w)}
+}
+
+func (t *CounterTarget) entrySize() (int, int) {
+	return t.keySize + originSize, contribHeader + 8*t.words
+}
+
+// stamp is a stamp of this node's for a contribution or a reset, later
+// than every one it gave before and than after.
+func (t *CounterTarget) stamp(after hlc.Stamp) hlc.Stamp {
+	s := max(hlc.Make(t.now().UnixMilli(), 0), t.last+1, after+1)
+	t.last = s
+	return s
+}
+
+// UpdateBatch merges contributions written into the contribution map (a
+// peer's, applied by the receiver; this node's own only after it lost its
+// counters in a crash) into the kernel map: a contribution counted from a
+// newer reset deletes the key first, and what the contribution grew by
+// is added with the kernel program's atomic adds.
+func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
+	ks, vs := t.entrySize()
+	if len(keys)%ks != 0 || len(values) != len(keys)/ks*vs {
+		return fmt.Errorf("counter map: %d key bytes and %d value bytes are not whole entries", len(keys), len(values))
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	limit := hlc.Make(t.now().Add(hlc.MaxSkew).UnixMilli(), 0)
+	for o := range len(keys) / ks {
+		key, origin := keys[o*ks:o*ks+t.keySize], binary.BigEndian.Uint32(keys[o*ks+t.keySize:])
+		c := t.decode(origin, values[o*vs:(o+1)*vs])
+		if c.Reset.Stamp > limit || c.Stamp > limit {
+			t.FutureStamps.Add(1)
+			continue
+		}
+		ck := t.key(key)
+		reset, add, err := ck.k.Merge(c, t.origins, t.d)
+		if errors.Is(err, counter.ErrOriginsFull) {
+			t.OriginsFull.Add(1)
+		}
+		if reset {
+			if err := t.flushAdds(); err != nil {
+				return err
+			}
+			if _, err := t.kernel.DeleteBatch(key); err != nil {
+				return fmt.Errorf("counter map: reset a key: %w", err)
+			}
+		}
+		if add {
+			t.addKeys = append(t.addKeys, key...)
+			for _, d := range t.d {
+				t.addDeltas = binary.NativeEndian.AppendUint64(t.addDeltas, d)
+			}
+		}
+	}
+	return t.flushAdds()
+}
+
+func (t *CounterTarget) flushAdds() error {
+	if len(t.addKeys) == 0 {
+		return nil
+	}
+	failed, err := t.adder.Add(t.addKeys, t.addDeltas)
+	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	if err != nil {
+		return err
+	}
+	if failed > 0 {
+		return fmt.Errorf("counter map: %d contributions could not be added: the map is full", failed)
+	}
+	return nil
+}
+
+// DeleteBatch deletes contribution entries. Contributions are cleared
+// only by resets, which travel inside them, so it changes nothing: a
+// delete of one arrives only when a node found it missing from its
+// contribution map (it held no counters of the key), and the next
+// contribution of that origin is merged by its own stamp.
+func (t *CounterTarget) DeleteBatch(keys []byte) (missing int, err error) { return 0, nil }
+
+// Lookup reads one entry of the contribution map.
+func (t *CounterTarget) Lookup(key, value []byte) (bool, error) {
+	ks, vs := t.entrySize()
+	if len(key) != ks || len(value) != vs {
+		return false, fmt.Errorf("counter map: lookup with %d key bytes and %d value bytes", len(key), len(value))
+	}
+	k, origin := key[:t.keySize], binary.BigEndian.Uint32(key[t.keySize:])
+	raw := make([]byte, 8*t.words*t.cpus)
+	held, err := t.kernel.Lookup(k, raw)
+	if err != nil {
+		return false, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ck := t.keys[string(k)]
+	if origin == t.self {
+		if !held && ck == nil {
+			return false, nil
+		}
+		if ck == nil {
+			ck = t.key(k)
+		}
+		t.readOwn(ck, raw, held)
+		t.encodeOwn(ck, value)
+		return true, nil
+	}
+	found := false
+	if ck != nil {
+		ck.k.Contributions(func(c counter.Contribution) {
+			if c.Origin == origin {
+				t.encode(c, value)
+				found = true
+			}
+		})
+	}
+	return found, nil
+}
+
+// Dump reads the contribution map: for every key of the kernel map or
+// with contributions held, this node's own contribution, read from the
+// kernel map's value as it is now (the value less every peer's
+// contribution added to it), then every peer's. A key this node held
+// counts of that the kernel map no longer holds was deleted here: a
+// reset, which this node's contribution carries to the peers.
+func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	ks, vs := t.entrySize()
+	n := min(len(keys)/ks, len(values)/vs)
+	if n == 0 {
+		return fmt.Errorf("counter map: dump buffers hold no entry")
+	}
+	em := emitter{keys: keys[:n*ks], values: values[:n*vs], ks: ks, vs: vs, fn: fn}
+	t.mu.Lock()
+	t.gen++
+	gen := t.gen
+	t.mu.Unlock()
+	err := t.kernel.Dump(t.kkeys, t.kvals, func(kk, kv []byte) error {
+		t.mu.Lock()
+		t.out = t.out[:0]
+		for o := range len(kk) / t.keySize {
+			key := kk[o*t.keySize : (o+1)*t.keySize]
+			ck := t.key(key)
+			ck.seen = gen
+			vl := 8 * t.words * t.cpus
+			t.readOwn(ck, kv[o*vl:(o+1)*vl], true)
+			t.appendKey(ck, key)
+		}
+		out := t.out
+		t.mu.Unlock()
+		return em.emit(out)
+	})
+	if err != nil {
+		return err
+	}
+	// The keys the read did not find: deleted, or created by an apply
+	// after the read passed them.
+	t.mu.Lock()
+	var unseen []string
+	for k, ck := range t.keys {
+		if ck.seen != gen {
+			unseen = append(unseen, k)
+		}
+	}
+	t.mu.Unlock()
+	raw := make([]byte, 8*t.words*t.cpus)
+	for _, k := range unseen {
+		key := []byte(k)
+		t.mu.Lock()
+		held, err := t.kernel.Lookup(key, raw) // under mu: no apply in between
+		if err != nil {
+			t.mu.Unlock()
+			return err
+		}
+		ck := t.keys[k]
+		t.out = t.out[:0]
+		t.readOwn(ck, raw, held)
+		t.appendKey(ck, key)
+		out := t.out
+		t.mu.Unlock()
+		if err := em.emit(out); err != nil {
+			return err
+		}
+	}
+	return em.flush()
+}
+
+// readOwn reads this node's contribution to ck from the kernel map's
+// value raw (native-endian words, a value per CPU for a per-CPU map,
+// summed), held false if the map does not hold the key: then, if the key
+// held any count, it was deleted here, and is reset.
+func (t *CounterTarget) readOwn(ck *counterKey, raw []byte, held bool) {
+	if !held {
+		counted := false
+		ck.k.Contributions(func(c counter.Contribution) {
+			for _, w := range c.Words {
+				counted = counted || w != 0
+			}
+		})
+		if counted {
+			ck.k.ApplyReset(knowledge.Version{Stamp: t.stamp(ck.k.Reset().Stamp), Origin: t.self})
+		}
+		clear(t.value)
+	} else {
+		clear(t.value)
+		for cpu := range t.cpus {
+			for i := range t.value {
+				t.value[i] += binary.NativeEndian.Uint64(raw[8*(cpu*t.words+i):])
+			}
+		}
+	}
+	ck.k.Local(t.self, t.value, t.local)
+	own, _ := ck.k.Own(t.self)
+	changed, err := ck.k.SetOwn(t.self, t.stampAfter(own.Stamp), t.local, t.origins)
+	if err != nil {
+		t.OriginsFull.Add(1)
+	} else if changed {
+		own, _ = ck.k.Own(t.self)
+		t.last = max(t.last, own.Stamp)
+	}
+}
+
+// stampAfter is a stamp for a contribution that may replace one stamped
+// s, without using one up: SetOwn takes it only if the contribution
+// changed.
+func (t *CounterTarget) stampAfter(s hlc.Stamp) hlc.Stamp {
+	return max(hlc.Make(t.now().UnixMilli(), 0), t.last+1, s+1)
+}
+
+// appendKey appends ck's entries to t.out: this node's own, even when it
+// holds none (it carries the key's reset), then every peer's.
+func (t *CounterTarget) appendKey(ck *counterKey, key []byte) {
+	_, vs := t.entrySize()
+	put := func(origin uint32) []byte {
+		t.out = append(t.out, key...)
+		t.out = binary.BigEndian.AppendUint32(t.out, origin)
+		t.out = append(t.out, make([]byte, vs)...)
+		return t.out[len(t.out)-vs:]
+	}
+	t.encodeOwn(ck, put(t.self))
+	ck.k.Contributions(func(c counter.Contribution) {
+		if c.Origin != t.self {
+			t.encode(c, put(c.Origin))
+		}
+	})
+}
+
+// encodeOwn writes this node's contribution to ck into b: the key's
+// reset, with zeros if it holds none.
+func (t *CounterTarget) encodeOwn(ck *counterKey, b []byte) {
+	c, ok := ck.k.Own(t.self)
+	if !ok {
+		c = counter.Contribution{Reset: ck.k.Reset(), Origin: t.self, Words: t.d[:0]}
+	}
+	t.encode(c, b)
+}
+
+// encode writes c's wire form into b: the reset's stamp and origin, the
+// contribution's stamp, then the words, big-endian; missing words are
+// zeros.
+func (t *CounterTarget) encode(c counter.Contribution, b []byte) {
+	binary.BigEndian.PutUint64(b[0:], uint64(c.Reset.Stamp))
+	binary.BigEndian.PutUint32(b[8:], c.Reset.Origin)
+	binary.BigEndian.PutUint64(b[12:], uint64(c.Stamp))
+	for i := range t.words {
+		var w uint64
+		if i < len(c.Words) {
+			w = c.Words[i]
+		}
+		binary.BigEndian.PutUint64(b[contribHeader+8*i:], w)
+	}
+}
+
+// decode reads a contribution of origin from its wire form; its words
+// are t.value's until the next decode.
+func (t *CounterTarget) decode(origin uint32, b []byte) counter.Contribution {
+	c := counter.Contribution{
+		Reset:  knowledge.Version{Stamp: hlc.Stamp(binary.BigEndian.Uint64(b[0:])), Origin: binary.BigEndian.Uint32(b[8:])},
+		Origin: origin,
+		Stamp:  hlc.Stamp(binary.BigEndian.Uint64(b[12:])),
+		Words:  t.value,
+	}
+	for i := range t.words {
+		t.value[i] = binary.BigEndian.Uint64(b[contribHeader+8*i:])
+	}
+	return c
+}
+
+// key returns the state of key, made if new.
+func (t *CounterTarget) key(key []byte) *counterKey {
+	ck := t.keys[string(key)]
+	if ck == nil {
+		ck = &counterKey{}
+		t.keys[string(key)] = ck
+	}
+	return ck
+}
+
+// emitter hands entries to a Dump's fn in batches of its buffers' size.
+type emitter struct {
+	keys, values []byte
+	ks, vs, n    int
+	fn           func(keys, values []byte) error
+}
+
+// emit adds entries (key and value back to back) to the batch, handing
+// full batches on.
+func (e *emitter) emit(entries []byte) error {
+	for len(entries) > 0 {
+		copy(e.keys[e.n*e.ks:], entries[:e.ks])
+		copy(e.values[e.n*e.vs:], entries[e.ks:e.ks+e.vs])
+		entries = entries[e.ks+e.vs:]
+		if e.n++; e.n*e.ks == len(e.keys) {
+			if err := e.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (e *emitter) flush() error {
+	if e.n == 0 {
+		return nil
+	}
+	n := e.n
+	e.n = 0
+	return e.fn(e.keys[:n*e.ks], e.values[:n*e.vs])
+}
+
+// savedCounters is the file a stopping daemon keeps a sum map's
+// contributions in, with the stamp it gave last.
+type savedCounters struct {
+	Last hlc.Stamp
+	Keys []savedKey
+}
+
+type savedKey struct {
+	Key      []byte
+	Reset    knowledge.Version
+	Contribs []counter.Contribution
+}
+
+// Save writes every contribution held to path, for [CounterTarget.Load]
+// at the next start: without them, the next daemon could not tell which
+// part of the kernel map's values its peers' contributions are.
+func (t *CounterTarget) Save(path string) error {
+	t.mu.Lock()
+	s := savedCounters{Last: t.last}
+	for k, ck := range t.keys {
+		sk := savedKey{Key: []byte(k), Reset: ck.k.Reset()}
+		ck.k.Contributions(func(c counter.Contribution) {
+			c.Words = append([]uint64(nil), c.Words...)
+			sk.Contribs = append(sk.Contribs, c)
+		})
+		s.Keys = append(s.Keys, sk)
+	}
+	t.mu.Unlock()
+	f, err := os.CreateTemp(filepath.Dir(path), ".counters-")
+	if err != nil {
+		return fmt.Errorf("save counters: %w", err)
+	}
+	defer os.Remove(f.Name())
+	if err := gob.NewEncoder(f).Encode(&s); err != nil {
+		f.Close()
+		return fmt.Errorf("save counters: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("save counters: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("save counters: %w", err)
+	}
+	return nil
+}
+
+// Load reads the contributions [CounterTarget.Save] wrote to path, then
+// removes the file. It reports false if there is none.
+func (t *CounterTarget) Load(path string) (bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("load counters: %w", err)
+	}
+	defer f.Close()
+	var s savedCounters
+	if err := gob.NewDecoder(f).Decode(&s); err != nil {
+		return false, fmt.Errorf("load counters %s: %w", path, err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.last = max(t.last, s.Last)
+	for _, sk := range s.Keys {
+		if len(sk.Key) != t.keySize {
+			return false, fmt.Errorf("load counters %s: a %d-byte key in a map of %d-byte keys", path, len(sk.Key), t.keySize)
+		}
+		ck := t.key(sk.Key)
+		ck.k.ApplyReset(sk.Reset)
+		for _, c := range sk.Contribs {
+			if len(c.Words) != t.words {
+				return false, fmt.Errorf("load counters %s: %d words in a map of %d", path, len(c.Words), t.words)
+			}
+			if _, _, err := ck.k.Merge(c, t.origins, t.d); err != nil {
+				return false, fmt.Errorf("load counters %s: %w", path, err)
+			}
+		}
+	}
+	return true, os.Remove(path)
+}
+
+// Forget clears the kernel map: what a daemon does for a sum map whose
+// contributions it lost (a crash: no file for [CounterTarget.Load]). Its
+// values hold its peers' contributions, which it can no longer tell from
+// its own; its peers hold both and give them back in its initial sync.
+// The increments its datapath made since it last sent its contribution
+// are lost; none is counted twice.
+func (t *CounterTarget) Forget() error {
+	var keys []byte
+	err := t.kernel.Dump(t.kkeys, t.kvals, func(kk, _ []byte) error {
+		keys = append(keys, kk...)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("forget counters: %w", err)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err = t.kernel.DeleteBatch(keys)
+	return err
+}

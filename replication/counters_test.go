@@ -1,0 +1,140 @@
+package replication
+
+import (
+	"encoding/binary"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/udpmapsync/udpmapsync/hlc"
+	"github.com/udpmapsync/udpmapsync/loader"
+)
+
+// memKernel is a kernel map in memory, for the measure of the daemon's
+// own memory: only what a CounterTarget uses.
+type memKernel map[string][]byte
+
+func (m memKernel) Dump(keys, values []byte, fn func(keys, values []byte) error) error { return nil }
+func (m memKernel) Lookup(key, value []byte) (bool, error)                             { return false, nil }
+func (m memKernel) DeleteBatch(keys []byte) (int, error)                               { return 0, nil }
+func (m memKernel) Add(keys, deltas []byte) (int, error)                               { return 0, nil }
+
+// A contribution whose reset or stamp is far ahead of the clock is
+// refused and counted: it would outrank every honest one.
+func TestCounterFutureStamp(t *testing.T) {
+	k := memKernel{}
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	ct := NewCounterTarget(k, k, 4, 8, 1, 1, 3, func() time.Time { return now })
+	ks, vs := ct.entrySize()
+	ahead := uint64(hlc.Make(now.Add(time.Hour).UnixMilli(), 0))
+	for _, field := range []int{0, 12} { // the reset's stamp, the contribution's
+		key, val := make([]byte, ks), make([]byte, vs)
+		binary.BigEndian.PutUint32(key[4:], 2)
+		binary.BigEndian.PutUint64(val[12:], uint64(hlc.Make(now.UnixMilli(), 0)))
+		binary.BigEndian.PutUint64(val[field:], ahead)
+		binary.BigEndian.PutUint64(val[20:], 5)
+		if err := ct.UpdateBatch(key, val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := ct.FutureStamps.Load(); n != 2 || len(ct.keys) != 0 {
+		t.Errorf("%d refused, %d keys held; want 2 and none", n, len(ct.keys))
+	}
+}
+
+// BenchmarkCounterBytes measures what a sum map's contributions cost the
+// daemon per key (one 8-byte counter), with 3 and 16 origins counting
+// every key, beside the knowledge's 25 to 32 bytes per contribution
+// entry.
+func BenchmarkCounterBytes(b *testing.B) {
+	const keys = 1 << 16
+	for _, origins := range []int{3, 16} {
+		b.Run(map[int]string{3: "3-origins", 16: "16-origins"}[origins], func(b *testing.B) {
+			for range b.N {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				k := memKernel{}
+				ct := NewCounterTarget(k, k, 4, 8, 1, 1, origins, time.Now)
+				ks, vs := ct.entrySize()
+				key, val := make([]byte, ks), make([]byte, vs)
+				for o := range origins {
+					for i := range keys {
+						binary.NativeEndian.PutUint32(key, uint32(i))
+						binary.BigEndian.PutUint32(key[4:], uint32(o+2))
+						binary.BigEndian.PutUint64(val[12:], uint64(hlc.Make(1, 1)))
+						binary.BigEndian.PutUint64(val[20:], 1)
+						if err := ct.UpdateBatch(key, val); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/keys, "B/key")
+				runtime.KeepAlive(ct)
+			}
+		})
+	}
+}
+
+// BenchmarkCounterApply compares the apply of peers' contributions to a
+// sum map (merge, then the kernel program's atomic adds) with the apply
+// of as many last-writer-wins values (one batch update), both into kernel
+// hash maps of 4-byte keys and 16-byte values, 256 entries a batch.
+func BenchmarkCounterApply(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root for BPF maps")
+	}
+	const batch, keys = 256, 1 << 14
+	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sum_bench", Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: keys})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer em.Close()
+	lm := openLoaderMap(b, em)
+	b.Run("lww", func(b *testing.B) {
+		ks, vs := make([]byte, 4*batch), make([]byte, 16*batch)
+		next := 0
+		for b.Loop() {
+			for i := range batch {
+				binary.NativeEndian.PutUint32(ks[4*i:], uint32(next%keys))
+				binary.NativeEndian.PutUint64(vs[16*i:], uint64(next))
+				next++
+			}
+			if err := lm.UpdateBatch(ks, vs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "entries/s")
+	})
+	b.Run("sum", func(b *testing.B) {
+		adder, err := loader.NewAdder(lm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer adder.Close()
+		ct := NewCounterTarget(lm, adder, 4, 16, 1, 1, 3, time.Now)
+		eks, evs := ct.entrySize()
+		ks, vs := make([]byte, eks*batch), make([]byte, evs*batch)
+		next := 0
+		for b.Loop() {
+			for i := range batch {
+				k, v := ks[eks*i:], vs[evs*i:]
+				binary.NativeEndian.PutUint32(k, uint32(next%keys))
+				binary.BigEndian.PutUint32(k[4:], 2) // a peer's contribution, growing
+				binary.BigEndian.PutUint64(v[12:], uint64(next+1))
+				binary.BigEndian.PutUint64(v[20:], uint64(next))
+				binary.BigEndian.PutUint64(v[28:], uint64(next))
+				next++
+			}
+			if err := ct.UpdateBatch(ks, vs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "entries/s")
+	})
+}
