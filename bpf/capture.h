@@ -119,19 +119,24 @@ volatile const __u32 self_tgid;
 volatile const __u64 wake_bytes = 1 << 21;
 
 /*
- * A writer that was quiet for this long gets an immediate wake-up for its
- * next sample; see wake_flags. Set by the loader (loader.IdleWake).
- */
-volatile const __u64 idle_ns = 250000;
-
-/*
  * Changes that were made but could not be queued: ring full, or their bytes
  * could not be read. The loader reads it.
  */
 __u64 overflows;
 
-/* When the last sample was queued (bpf_ktime_get_ns), for wake_flags. */
-__u64 last_emit_ns;
+/*
+ * reader_waiting is 1 when the reader may be waiting for a wake-up: the
+ * loader sets it, through a shared mapping, before each read that may wait
+ * longer than loader.IdleWake (loader.Capture.Read); the first sample
+ * queued after that clears it and wakes the reader. See wake_reader.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u32);
+} reader_waiting SEC(".maps");
 
 static __always_inline void lost(__u64 n)
 {
@@ -139,38 +144,45 @@ static __always_inline void lost(__u64 n)
 }
 
 /*
- * wake_flags decides whether queuing a sample of size bytes at time now
- * (bpf_ktime_get_ns) wakes the reader. Waking it for every sample costs more than the write itself, so
- * samples normally go in silently and are collected in bulk; a wake-up is
- * forced when the queue reaches wake_bytes, or when nothing was queued for
- * idle_ns, so the first change after a quiet spell is not delayed.
+ * wake_reader wakes the reader if it said it may be waiting, after a sample
+ * was queued. Samples go in silently otherwise (a wake-up costs more than
+ * the write itself) and are collected in bulk, or wake the reader when
+ * wake_bytes are queued; no clock is read (in a VM without a usable TSC a
+ * clock read costs several times a map write).
  *
- * Why a silent sample cannot be stranded. The reader (replication.Sender)
- * polls with a short deadline while samples flow, and blocks without one
- * only after it found the ring empty at some time B with no sample received
- * during the 2 * idle_ns before B. Let F be the first sample
- * committed after B, and suppose it went in silently. Then F decided at d_F
- * less than idle_ns after the stamp it read, which is the time some sample
- * E read before it was committed, and was written after that commit
- * (last_emit_ns is only written after a successful bpf_ringbuf_output, with
- * the time its wake_flags read). E was committed before F, so before B,
- * and the reader, finding the ring empty at B, had received it between E's
- * commit and B: at least 2 * idle_ns before B. So F decided, and committed,
- * less than idle_ns + e after the reader received E, where e bounds the
- * time from deciding to committing (microseconds): before B, a
- * contradiction. So F forced a wake-up, which reaches the reader whether it
- * is already in epoll_wait or about to enter it (the ring polls readable
- * until drained); samples after F are read with F. The argument needs e well below
- * idle_ns: a program preempted that long in between (preemptible
- * kernels only) can leave samples queued until the next change or deadline.
+ * Why a silent sample cannot be stranded. A read that may wait long first
+ * sets reader_waiting, then looks at the ring, then waits. A sample's
+ * commit (an xchg in the kernel, a full barrier) comes before this load of
+ * reader_waiting, and the reader's store comes before its look at the ring
+ * (a sequentially consistent atomic store in Go): so either the reader sees
+ * the sample, or this load sees the flag and the sample's program wakes the
+ * reader, whether it is in epoll_wait already or about to enter it (the
+ * ring polls readable until drained). Whoever clears the flag wakes the
+ * reader after clearing it, so a read that set it again in between is
+ * woken too, by that wake-up. The wake-up is a discarded record's, which
+ * the reader skips: the helpers wake only on a commit. A read with a
+ * nearer deadline does not set the flag and collects what was queued
+ * silently when the deadline passes.
  */
-static __always_inline __u64 wake_flags(__u64 now, __u64 size)
+static __always_inline void wake_reader(void)
 {
-	if (now - last_emit_ns > idle_ns)
-		return BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) + size >= wake_bytes)
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
+	__u32 zero = 0;
+	__u32 *waiting = bpf_map_lookup_elem(&reader_waiting, &zero);
+	void *w;
+
+	if (!waiting || !*(volatile __u32 *)waiting)
+		return;
+	*(volatile __u32 *)waiting = 0;
+	w = bpf_ringbuf_reserve(&ring, 8, 0);
+	if (!w) {
+		/*
+		 * The ring is full: the samples that filled it woke the reader
+		 * (wake_bytes). The next sample tries again anyway.
+		 */
+		*(volatile __u32 *)waiting = 1;
+		return;
+	}
+	bpf_ringbuf_discard(w, BPF_RB_FORCE_WAKEUP);
 }
 
 /* set_header describes the sample being assembled in rec. */
@@ -192,20 +204,20 @@ static __always_inline void set_header(struct record *rec, __u32 map_id, __u8 op
 static __always_inline void output(struct record *rec, __u64 keys_len, __u64 values_len,
 				   __u32 count)
 {
-	__u64 size, now;
+	__u64 size, flags = BPF_RB_NO_WAKEUP;
 
 	/* The callers' lengths are within the masks; see emit. */
 	barrier_var(keys_len);
 	barrier_var(values_len);
 	size = sizeof(rec->hdr) + (keys_len & CAPTURE_KEYS_MASK) +
 	       (values_len & CAPTURE_VALUES_MASK);
-	/* One clock read serves the decision and the stamp; see wake_flags. */
-	now = bpf_ktime_get_ns();
-	if (bpf_ringbuf_output(&ring, rec, size, wake_flags(now, size))) {
+	if (bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) + size >= wake_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&ring, rec, size, flags)) {
 		lost(count);
 		return;
 	}
-	last_emit_ns = now;
+	wake_reader();
 }
 
 /*

@@ -53,6 +53,9 @@ enum bpf_map_type {
 /* Map flag that local storage maps require. */
 #define BPF_F_NO_PREALLOC 1
 
+/* Map flag of an array user space maps into its memory. */
+#define BPF_F_MMAPABLE (1U << 10)
+
 /* Flag of bpf_task_storage_get: create the task's element if missing. */
 #define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -61,16 +63,16 @@ type CaptureOptions struct {
 }
 
 // The wake-up contract between the capture and its reader, stated here
-// once; the argument that no change is stranded is in bpf/capture.h, and
-// TestWakeContract checks the programs get these numbers.
+// once; the argument that no change is stranded is in bpf/capture.h.
 const (
-	// IdleWake is how long the ring must have been quiet for a change to
-	// wake its reader at once; other changes wait to be collected in bulk
-	// (see [Capture.SetDeadline]).
+	// IdleWake is the longest wait of a Read that does not ask to be woken
+	// by the next change: changes queued during it are collected in bulk
+	// when its deadline passes (see [Capture.SetDeadline]).
 	IdleWake = 250 * time.Microsecond
-	// PollWindow is how long after its last change a reader must keep
-	// reading with short deadlines before it may block without one: twice
-	// IdleWake, so a change queued silently in between is always read.
+	// PollWindow is how long after its last change a reader keeps polling
+	// (reads with a deadline already passed, a pause between them) before
+	// it waits with a long deadline, whose Read asks for a wake-up: while
+	// changes flow, their writers then wake nobody.
 	PollWindow = 2 * IdleWake
 )
 
@@ -104,8 +106,9 @@ const (
 const btfPath = "/sys/kernel/btf/vmlinux"
 
 // fentryRequired are the fexit targets without which the fentry backend
-// would miss plain updates and deletes; the others (lookup-and-delete) are
-// attached where the kernel has them.
+// would miss plain updates and deletes, when it attaches them (see
+// fentryTargetTypes); the others (lookup-and-delete) are attached where the
+// kernel has them.
 var fentryRequired = []string{
 	"htab_map_update_elem",
 	"htab_map_delete_elem",
@@ -122,6 +125,45 @@ var fentryRequiredFor = map[ebpf.MapType][]string{
 	ebpf.LRUCPUHash:  {"bpf_percpu_hash_update", "htab_lru_percpu_map_update_elem"},
 	ebpf.PerCPUArray: {"bpf_percpu_array_update"},
 	ebpf.LPMTrie:     {"trie_update_elem", "trie_delete_elem"},
+}
+
+// fentryTargetTypes are the map types whose writes each fexit target of
+// the fentry backend sees. A program is attached only when a watched map
+// has one of its types, so that writes to maps of other types run no
+// program at all: a trampoline costs about as much as a hash map update
+// (perf/PROFILE.md). Targets not listed (the batch functions, which every
+// type's batch commands call) are attached always.
+var fentryTargetTypes = map[string][]ebpf.MapType{
+	"htab_map_update_elem":                        {ebpf.Hash},
+	"htab_map_delete_elem":                        {ebpf.Hash, ebpf.PerCPUHash},
+	"htab_lru_map_update_elem":                    {ebpf.LRUHash},
+	"htab_lru_map_delete_elem":                    {ebpf.LRUHash, ebpf.LRUCPUHash},
+	"array_map_update_elem":                       {ebpf.Array, ebpf.PerCPUArray},
+	"htab_map_lookup_and_delete_elem":             {ebpf.Hash},
+	"htab_lru_map_lookup_and_delete_elem":         {ebpf.LRUHash},
+	"htab_map_lookup_and_delete_batch":            {ebpf.Hash},
+	"htab_lru_map_lookup_and_delete_batch":        {ebpf.LRUHash},
+	"bpf_percpu_hash_update":                      {ebpf.PerCPUHash, ebpf.LRUCPUHash},
+	"bpf_percpu_array_update":                     {ebpf.PerCPUArray},
+	"htab_percpu_map_update_elem":                 {ebpf.PerCPUHash},
+	"htab_lru_percpu_map_update_elem":             {ebpf.LRUCPUHash},
+	"htab_percpu_map_lookup_and_delete_elem":      {ebpf.PerCPUHash},
+	"htab_lru_percpu_map_lookup_and_delete_elem":  {ebpf.LRUCPUHash},
+	"htab_percpu_map_lookup_and_delete_batch":     {ebpf.PerCPUHash},
+	"htab_lru_percpu_map_lookup_and_delete_batch": {ebpf.LRUCPUHash},
+	"trie_update_elem":                            {ebpf.LPMTrie},
+	"trie_delete_elem":                            {ebpf.LPMTrie},
+}
+
+// dropUnwatchedTypes removes the programs whose target sees writes only to
+// maps of types no watched map has (see fentryTargetTypes).
+func dropUnwatchedTypes(spec *ebpf.CollectionSpec, maps []*Map) {
+	for name, prog := range spec.Programs {
+		types, ok := fentryTargetTypes[prog.AttachTo]
+		if ok && !slices.ContainsFunc(maps, func(m *Map) bool { return slices.Contains(types, m.Type) }) {
+			delete(spec.Programs, name)
+		}
+	}
 }
 
 // Capture reports successful writes to a set of maps, made by other
@@ -151,7 +193,13 @@ type Capture struct {
 	// pending is, for Buffered, the bytes of the changes cur had left after
 	// its first was read, until its last is read; then zero.
 	pending atomic.Int64
-	closed  atomic.Bool
+	// waiting is the programs' reader_waiting flag, mapped into this
+	// process: set before a read that may wait long (see SetDeadline).
+	waiting *uint32
+	// waitsLong says the deadline, when SetDeadline set it, was more than
+	// IdleWake away, or none.
+	waitsLong atomic.Bool
+	closed    atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -243,6 +291,10 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 		c.maps[m.ID] = m
 	}
 	c.overflows = c.coll.Variables["overflows"]
+	if err := c.mapWaiting(); err != nil {
+		return nil, err
+	}
+	c.waitsLong.Store(true) // no deadline yet
 	if c.reader, err = ringbuf.NewReader(c.coll.Maps["ring"]); err != nil {
 		return nil, fmt.Errorf("capture ring reader: %w", err)
 	}
@@ -262,6 +314,20 @@ func newCapture(backend Backend, opts *CaptureOptions) (_ *Capture, err error) {
 		c.links = append(c.links, l)
 	}
 	return c, nil
+}
+
+// mapWaiting maps the programs' reader_waiting flag into this process. The
+// mapping outlives Close, which may run during a Read that stores into it,
+// and is removed once c is unreachable.
+func (c *Capture) mapWaiting() error {
+	mem, err := unix.Mmap(c.coll.Maps["reader_waiting"].FD(), 0, os.Getpagesize(),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map the capture's reader_waiting flag: %w", err)
+	}
+	runtime.AddCleanup(c, func(mem []byte) { unix.Munmap(mem) }, mem)
+	c.waiting = (*uint32)(unsafe.Pointer(&mem[0]))
+	return nil
 }
 
 // captureRefusal explains an EPERM from loading or attaching the capture:
@@ -301,6 +367,7 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 		return nil, err
 	}
 	if backend == BackendFentry {
+		dropUnwatchedTypes(spec, opts.Maps)
 		required := slices.Clone(fentryRequired)
 		for _, m := range opts.Maps {
 			required = append(required, fentryRequiredFor[m.Type]...)
@@ -323,7 +390,6 @@ func captureSpec(backend Backend, opts *CaptureOptions) (*ebpf.CollectionSpec, e
 		"self_pidns_ino": st.Ino,
 		"self_tgid":      uint32(os.Getpid()),
 		"wake_bytes":     uint64(opts.WakeBytes),
-		"idle_ns":        uint64(IdleWake.Nanoseconds()),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
@@ -368,13 +434,19 @@ func (c *Capture) SeesProgramWrites() bool { return c.backend == BackendFentry }
 // SetDeadline bounds Read: once t has passed and the ring is drained, Read
 // returns os.ErrDeadlineExceeded. The zero time means no deadline.
 //
-// The kernel only wakes the reader for the first change after the ring was
-// quiet for [IdleWake], or once [CaptureOptions.WakeBytes] are queued;
-// changes in between are collected by the next Read. A reader that keeps a
-// short deadline while changes flow, and blocks without one only after
-// [PollWindow] without any, never leaves a change waiting (see
-// bpf/capture.h).
-func (c *Capture) SetDeadline(t time.Time) { c.reader.SetDeadline(t) }
+// With no deadline, or one more than [IdleWake] away, each Read asks the
+// kernel first to wake it for the next change; otherwise changes are
+// queued without waking the reader, and the Read collects them when its
+// deadline passes (or once [CaptureOptions.WakeBytes] are queued, which
+// wakes it). So no change waits longer than the deadline of a Read, nor
+// longer than IdleWake beyond it (see bpf/capture.h). A reader that keeps
+// up should poll while changes flow (a deadline already passed, and a
+// pause between drains): a Read that asks for a wake-up makes the next
+// change's writer pay for one.
+func (c *Capture) SetDeadline(t time.Time) {
+	c.waitsLong.Store(t.IsZero() || time.Until(t) > IdleWake)
+	c.reader.SetDeadline(t)
+}
 
 // Read fills ch with the next captured change, blocking until there is one
 // or the deadline passes (os.ErrDeadlineExceeded). After [Capture.Close] it
@@ -427,6 +499,10 @@ func (c *Capture) complete(ch *Change) bool {
 // next is Read without complete: the next change as the ring holds it.
 func (c *Capture) next(ch *Change) error {
 	if len(c.cur.keys) == 0 {
+		if c.waitsLong.Load() {
+			// Before ReadInto looks at the ring: see bpf/capture.h.
+			atomic.StoreUint32(c.waiting, 1)
+		}
 		// ReadInto reuses the buffer of the sample read before: only now
 		// that all of its changes were returned.
 		if err := c.reader.ReadInto(&c.rec); err != nil {

@@ -361,8 +361,9 @@ func TestCaptureReaderProcess(t *testing.T) {
 	}
 }
 
-// Poll intervals of drainCapture: short while changes flow, so silently
-// queued ones are collected (see [Capture.SetDeadline]), longer when idle.
+// Poll intervals of drainCapture: while changes flow it polls, as the
+// daemon's sender does, so that their writers wake nobody (see
+// [Capture.SetDeadline]); when idle it waits to be woken.
 const (
 	drainBusyPoll = time.Millisecond
 	drainIdlePoll = 20 * time.Millisecond
@@ -373,18 +374,20 @@ const (
 // queued when it arrived is read.
 func drainCapture(c *Capture, id ebpf.MapID, requests <-chan chan captureCounts) error {
 	var read uint64
-	poll := drainIdlePoll
+	busy := false
 	for {
-		c.SetDeadline(time.Now().Add(poll))
+		if busy {
+			time.Sleep(drainBusyPoll)
+			c.SetDeadline(time.Now())
+		} else {
+			c.SetDeadline(time.Now().Add(drainIdlePoll))
+		}
 		n, err := readQueued(c, id)
 		read += n
 		if err != nil {
 			return err
 		}
-		poll = drainIdlePoll
-		if n > 0 {
-			poll = drainBusyPoll
-		}
+		busy = n > 0
 		select {
 		case reply := <-requests:
 			c.SetDeadline(time.Now())

@@ -55,6 +55,7 @@ type captureFentryRecord struct {
 const (
 	captureFentryMapBatchArgs                            = "batch_args"
 	captureFentryMapBatchMarks                           = "batch_marks"
+	captureFentryMapReaderWaiting                        = "reader_waiting"
 	captureFentryMapRing                                 = "ring"
 	captureFentryMapScratch                              = "scratch"
 	captureFentryMapWatched                              = "watched"
@@ -82,8 +83,6 @@ const (
 	captureFentryProgFexitTrieDelete                     = "fexit_trie_delete"
 	captureFentryProgFexitTrieUpdate                     = "fexit_trie_update"
 	captureFentryVarBatchesRunning                       = "batches_running"
-	captureFentryVarIdleNs                               = "idle_ns"
-	captureFentryVarLastEmitNs                           = "last_emit_ns"
 	captureFentryVarOverflows                            = "overflows"
 	captureFentryVarSelfPidnsDev                         = "self_pidns_dev"
 	captureFentryVarSelfPidnsIno                         = "self_pidns_ino"
@@ -162,11 +161,12 @@ type captureFentryProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryMapSpecs struct {
-	BatchArgs  *ebpf.MapSpec `ebpf:"batch_args"`
-	BatchMarks *ebpf.MapSpec `ebpf:"batch_marks"`
-	Ring       *ebpf.MapSpec `ebpf:"ring"`
-	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
-	Watched    *ebpf.MapSpec `ebpf:"watched"`
+	BatchArgs     *ebpf.MapSpec `ebpf:"batch_args"`
+	BatchMarks    *ebpf.MapSpec `ebpf:"batch_marks"`
+	ReaderWaiting *ebpf.MapSpec `ebpf:"reader_waiting"`
+	Ring          *ebpf.MapSpec `ebpf:"ring"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Watched       *ebpf.MapSpec `ebpf:"watched"`
 }
 
 // captureFentryVariableSpecs contains global variables before they are loaded into the kernel.
@@ -174,8 +174,6 @@ type captureFentryMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureFentryVariableSpecs struct {
 	BatchesRunning *ebpf.VariableSpec `ebpf:"batches_running"`
-	IdleNs         *ebpf.VariableSpec `ebpf:"idle_ns"`
-	LastEmitNs     *ebpf.VariableSpec `ebpf:"last_emit_ns"`
 	Overflows      *ebpf.VariableSpec `ebpf:"overflows"`
 	SelfPidnsDev   *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
 	SelfPidnsIno   *ebpf.VariableSpec `ebpf:"self_pidns_ino"`
@@ -203,17 +201,19 @@ func (o *captureFentryObjects) Close() error {
 //
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryMaps struct {
-	BatchArgs  *ebpf.Map `ebpf:"batch_args"`
-	BatchMarks *ebpf.Map `ebpf:"batch_marks"`
-	Ring       *ebpf.Map `ebpf:"ring"`
-	Scratch    *ebpf.Map `ebpf:"scratch"`
-	Watched    *ebpf.Map `ebpf:"watched"`
+	BatchArgs     *ebpf.Map `ebpf:"batch_args"`
+	BatchMarks    *ebpf.Map `ebpf:"batch_marks"`
+	ReaderWaiting *ebpf.Map `ebpf:"reader_waiting"`
+	Ring          *ebpf.Map `ebpf:"ring"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Watched       *ebpf.Map `ebpf:"watched"`
 }
 
 func (m *captureFentryMaps) Close() error {
 	return _CaptureFentryClose(
 		m.BatchArgs,
 		m.BatchMarks,
+		m.ReaderWaiting,
 		m.Ring,
 		m.Scratch,
 		m.Watched,
@@ -225,8 +225,6 @@ func (m *captureFentryMaps) Close() error {
 // It can be passed to loadCaptureFentryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureFentryVariables struct {
 	BatchesRunning *ebpf.Variable `ebpf:"batches_running"`
-	IdleNs         *ebpf.Variable `ebpf:"idle_ns"`
-	LastEmitNs     *ebpf.Variable `ebpf:"last_emit_ns"`
 	Overflows      *ebpf.Variable `ebpf:"overflows"`
 	SelfPidnsDev   *ebpf.Variable `ebpf:"self_pidns_dev"`
 	SelfPidnsIno   *ebpf.Variable `ebpf:"self_pidns_ino"`

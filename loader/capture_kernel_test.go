@@ -164,12 +164,14 @@ func TestCaptureFentryTargets(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := captureTestMap(t, "targets", ebpf.Hash, 4, 4, 1)
-	c := startCapture(t, CaptureOptions{Backend: BackendFentry, Maps: []*Map{m}, RingSize: 4096})
+	maps := []*Map{m}
+	c := startCapture(t, CaptureOptions{Backend: BackendFentry, Maps: maps, RingSize: 4096})
+	dropUnwatchedTypes(spec, maps)
 	if len(c.links) != len(spec.Programs) {
 		var targets []string
 		for _, p := range spec.Programs {
 			targets = append(targets, p.AttachTo)
 		}
-		t.Errorf("attached %d of the %d fexit programs; targets: %v", len(c.links), len(spec.Programs), targets)
+		t.Errorf("attached %d of the %d fexit programs a hash map needs; targets: %v", len(c.links), len(spec.Programs), targets)
 	}
 }

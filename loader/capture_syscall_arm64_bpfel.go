@@ -46,18 +46,17 @@ type captureSyscallRecord struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	captureSyscallMapBatchArgs    = "batch_args"
-	captureSyscallMapRing         = "ring"
-	captureSyscallMapScratch      = "scratch"
-	captureSyscallMapWatched      = "watched"
-	captureSyscallProgSysExitBpf  = "sys_exit_bpf"
-	captureSyscallVarIdleNs       = "idle_ns"
-	captureSyscallVarLastEmitNs   = "last_emit_ns"
-	captureSyscallVarOverflows    = "overflows"
-	captureSyscallVarSelfPidnsDev = "self_pidns_dev"
-	captureSyscallVarSelfPidnsIno = "self_pidns_ino"
-	captureSyscallVarSelfTgid     = "self_tgid"
-	captureSyscallVarWakeBytes    = "wake_bytes"
+	captureSyscallMapBatchArgs     = "batch_args"
+	captureSyscallMapReaderWaiting = "reader_waiting"
+	captureSyscallMapRing          = "ring"
+	captureSyscallMapScratch       = "scratch"
+	captureSyscallMapWatched       = "watched"
+	captureSyscallProgSysExitBpf   = "sys_exit_bpf"
+	captureSyscallVarOverflows     = "overflows"
+	captureSyscallVarSelfPidnsDev  = "self_pidns_dev"
+	captureSyscallVarSelfPidnsIno  = "self_pidns_ino"
+	captureSyscallVarSelfTgid      = "self_tgid"
+	captureSyscallVarWakeBytes     = "wake_bytes"
 )
 
 // loadCaptureSyscall returns the embedded CollectionSpec for captureSyscall.
@@ -109,18 +108,17 @@ type captureSyscallProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureSyscallMapSpecs struct {
-	BatchArgs *ebpf.MapSpec `ebpf:"batch_args"`
-	Ring      *ebpf.MapSpec `ebpf:"ring"`
-	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
-	Watched   *ebpf.MapSpec `ebpf:"watched"`
+	BatchArgs     *ebpf.MapSpec `ebpf:"batch_args"`
+	ReaderWaiting *ebpf.MapSpec `ebpf:"reader_waiting"`
+	Ring          *ebpf.MapSpec `ebpf:"ring"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Watched       *ebpf.MapSpec `ebpf:"watched"`
 }
 
 // captureSyscallVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureSyscallVariableSpecs struct {
-	IdleNs       *ebpf.VariableSpec `ebpf:"idle_ns"`
-	LastEmitNs   *ebpf.VariableSpec `ebpf:"last_emit_ns"`
 	Overflows    *ebpf.VariableSpec `ebpf:"overflows"`
 	SelfPidnsDev *ebpf.VariableSpec `ebpf:"self_pidns_dev"`
 	SelfPidnsIno *ebpf.VariableSpec `ebpf:"self_pidns_ino"`
@@ -148,15 +146,17 @@ func (o *captureSyscallObjects) Close() error {
 //
 // It can be passed to loadCaptureSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureSyscallMaps struct {
-	BatchArgs *ebpf.Map `ebpf:"batch_args"`
-	Ring      *ebpf.Map `ebpf:"ring"`
-	Scratch   *ebpf.Map `ebpf:"scratch"`
-	Watched   *ebpf.Map `ebpf:"watched"`
+	BatchArgs     *ebpf.Map `ebpf:"batch_args"`
+	ReaderWaiting *ebpf.Map `ebpf:"reader_waiting"`
+	Ring          *ebpf.Map `ebpf:"ring"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Watched       *ebpf.Map `ebpf:"watched"`
 }
 
 func (m *captureSyscallMaps) Close() error {
 	return _CaptureSyscallClose(
 		m.BatchArgs,
+		m.ReaderWaiting,
 		m.Ring,
 		m.Scratch,
 		m.Watched,
@@ -167,8 +167,6 @@ func (m *captureSyscallMaps) Close() error {
 //
 // It can be passed to loadCaptureSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureSyscallVariables struct {
-	IdleNs       *ebpf.Variable `ebpf:"idle_ns"`
-	LastEmitNs   *ebpf.Variable `ebpf:"last_emit_ns"`
 	Overflows    *ebpf.Variable `ebpf:"overflows"`
 	SelfPidnsDev *ebpf.Variable `ebpf:"self_pidns_dev"`
 	SelfPidnsIno *ebpf.Variable `ebpf:"self_pidns_ino"`

@@ -339,6 +339,34 @@ func (s *writeScript) run(t *testing.T, watched ...*Map) []Change {
 	return want
 }
 
+// A Read that waits without a deadline, or with a far one, is woken by the
+// next change; the ring's wake-up threshold is far above what is written, so
+// only the reader_waiting flag can wake it (bpf/capture.h). Before each
+// write the Read has waited a while, so the write comes after it looked at
+// the ring. A Read that is never woken fails the test at the test's timeout.
+func TestCaptureWakesWaitingRead(t *testing.T) {
+	for _, backend := range captureBackends(t) {
+		t.Run(string(backend), func(t *testing.T) {
+			m := captureTestMap(t, "wake", ebpf.Hash, 4, 8, 16)
+			c := startCapture(t, CaptureOptions{Backend: backend, Maps: []*Map{m}})
+			for i, deadline := range []time.Time{{}, time.Now().Add(time.Hour), {}} {
+				c.SetDeadline(deadline)
+				read := make(chan error, 1)
+				var ch Change
+				go func() { read <- c.Read(&ch) }()
+				time.Sleep(50 * time.Millisecond)
+				var s writeScript
+				s.put(m, key(m, i), value(m, i, 1))
+				want := s.run(t, m)
+				if err := <-read; err != nil {
+					t.Fatalf("read %d: %v", i, err)
+				}
+				checkChanges(t, []Change{ch}, want)
+			}
+		})
+	}
+}
+
 // TestCaptureWriterProcess is the writer process of the capture tests; it
 // does nothing unless one of them starts it.
 func TestCaptureWriterProcess(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -297,6 +298,56 @@ func TestFentryTargetsOfTypes(t *testing.T) {
 			if !attached[target] {
 				t.Errorf("%s requires fexit %s, which no program of the fentry backend attaches to", typ, target)
 			}
+		}
+	}
+}
+
+// The fentry backend attaches only the programs that see writes to a
+// watched map's type (and the batch functions', which see every type's), so
+// that writes to other maps run none; each of its targets is in
+// fentryTargetTypes or is a batch function.
+func TestFentryProgramsOfWatchedTypes(t *testing.T) {
+	full, err := loadCaptureFentry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	batchFunctions := []string{"generic_map_update_batch", "generic_map_delete_batch"}
+	for _, p := range full.Programs {
+		if _, ok := fentryTargetTypes[p.AttachTo]; !ok && !slices.Contains(batchFunctions, p.AttachTo) {
+			t.Errorf("fexit %s is in no row of fentryTargetTypes: it would be attached for every map type", p.AttachTo)
+		}
+	}
+	for _, tc := range []struct {
+		types []ebpf.MapType
+		want  []string // targets attached, besides the batch functions
+	}{
+		{[]ebpf.MapType{ebpf.Hash}, []string{"htab_map_update_elem", "htab_map_delete_elem",
+			"htab_map_lookup_and_delete_elem", "htab_map_lookup_and_delete_batch"}},
+		{[]ebpf.MapType{ebpf.Array}, []string{"array_map_update_elem"}},
+		{[]ebpf.MapType{ebpf.LPMTrie, ebpf.PerCPUArray}, []string{"trie_update_elem", "trie_delete_elem",
+			"array_map_update_elem", "bpf_percpu_array_update"}},
+	} {
+		var maps []*Map
+		for _, typ := range tc.types {
+			maps = append(maps, &Map{Type: typ})
+		}
+		spec := full.Copy()
+		dropUnwatchedTypes(spec, maps)
+		var got []string
+		for _, p := range spec.Programs {
+			if !slices.Contains(batchFunctions, p.AttachTo) {
+				got = append(got, p.AttachTo)
+			}
+		}
+		want := slices.Clone(tc.want)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("watching %v: attach %v, want %v", tc.types, got, want)
+		}
+		// Both programs (fentry and fexit) of each batch function stay.
+		if n := len(spec.Programs) - len(got); n != 4 {
+			t.Errorf("watching %v: %d batch programs, want 4", tc.types, n)
 		}
 	}
 }
