@@ -68,7 +68,7 @@ vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
 	@echo "vmtest: arm64 (the whole: make vmtest-arm64)"
-	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCapture(Writes|FentryTargets|PerCPUProgramWrites)$$' -exec "$(VMRUN_612)" ./loader
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCapture(Writes|FentryTargets|PerCPUProgramWrites|WakesWaitingRead)$$' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^(TestConverge|TestNewMapTypes)$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
