@@ -107,6 +107,30 @@ func (k *Key) Local(self uint32, value, local []uint64) {
 	}
 }
 
+// WentDown reports whether value, the map's value of the key on node
+// self, is less in some word than what the key's contributions account
+// for: than the peers' contributions added to it, or than the
+// contribution self last read from it plus them. Increments and the adds
+// of peers' contributions only ever raise it, so it went down in place:
+// the datapath deleted the key and counted anew before the scan saw the
+// delete, or wrote a smaller value into it. That is read as a reset.
+func (k *Key) WentDown(self uint32, value []uint64) bool {
+	for i, v := range value {
+		var others, own uint64
+		for _, s := range k.slots {
+			if s.origin == self {
+				own = s.words[i]
+			} else {
+				others += s.words[i]
+			}
+		}
+		if v < others || v-others < own {
+			return true
+		}
+	}
+	return false
+}
+
 // SetOwn records local as node self's contribution, stamped stamp, if it
 // differs from the one held; it reports whether it did, and then the
 // caller sends [Key.Own]. It is refused with [ErrOriginsFull] like a

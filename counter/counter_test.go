@@ -146,24 +146,29 @@ func TestReset(t *testing.T) {
 	}
 }
 
-// A counter written down in place lowers its node's contribution by as
-// much, modulo 2^64: an in-place zero on one node makes the total zero on
-// every node.
-func TestDecrementInPlace(t *testing.T) {
+// A counter that went down in place, below what its contributions
+// account for, is seen: a delete and a new count before the scan, or a
+// smaller value written, is read as a reset. Growth and peers' adds are
+// not.
+func TestWentDown(t *testing.T) {
 	a, b := &node{id: 1, value: make([]uint64, 1)}, &node{id: 2, value: make([]uint64, 1)}
 	a.value[0], b.value[0] = 4, 6
 	ca, _ := a.send(t, 1)
 	cb, _ := b.send(t, 2)
 	a.merge(t, cb)
 	b.merge(t, ca)
-	a.value[0] = 0 // a's datapath zeroes the counter
-	ca, _ = a.send(t, 3)
-	if ca.Words[0] != ^uint64(0)-5 {
-		t.Fatalf("a's contribution is %d, want -6", int64(ca.Words[0]))
+	a.value[0] += 3 // counted on
+	if a.key.WentDown(a.id, a.value) {
+		t.Fatal("an increment read as going down")
 	}
-	b.merge(t, ca)
-	if a.value[0] != 0 || b.value[0] != 0 {
-		t.Errorf("values %d and %d, want 0", a.value[0], b.value[0])
+	ca, _ = a.send(t, 3)
+	for _, v := range []uint64{6, 12} { // below b's 6 and a's 7 together; below a's own 7 after b's
+		if !a.key.WentDown(a.id, []uint64{v - 1}) {
+			t.Errorf("a value of %d, after %d: not read as going down", v-1, a.value[0])
+		}
+	}
+	if b.merge(t, ca); b.key.WentDown(b.id, b.value) {
+		t.Errorf("a peer's add read as going down: %d", b.value[0])
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,9 +15,7 @@ import (
 	"github.com/udpmapsync/udpmapsync/counter"
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
-	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
-	"github.com/udpmapsync/udpmapsync/wire"
 )
 
 // A merge=sum map is replicated as its contributions: a map of its own,
@@ -43,6 +42,7 @@ type counterKernel interface {
 	Dump(keys, values []byte, fn func(keys, values []byte) error) error
 	Lookup(key, value []byte) (bool, error)
 	DeleteBatch(keys []byte) (missing int, err error)
+	UpdateBatch(keys, values []byte) error
 }
 
 // counterAdder adds deltas to the kernel map's counters atomically.
@@ -91,24 +91,17 @@ type counterKey struct {
 // counterBatch is how many entries of the kernel map a read takes at once.
 const counterBatch = 256
 
-// CounterMap describes a sum map m for [NewTable]: its contribution map,
-// with t as its target. The descriptor differs from a last-writer-wins
-// map's of the same name (the key and value sizes), so a node that sums
-// never applies the records of one that does not.
-func CounterMap(m *loader.Map, t *CounterTarget, opts mapopt.Options) Map {
-	return Map{
-		Desc: wire.Descriptor{
-			Name:       m.Name,
-			Type:       uint32(m.Type),
-			KeySize:    m.KeySize + originSize,
-			ValueSize:  uint32(contribHeader + 8*t.words),
-			MaxEntries: m.MaxEntries * uint32(t.origins),
-			Flags:      m.Flags,
-		},
-		ID:      m.ID,
-		Target:  t,
-		Options: opts,
-	}
+// CounterMap describes the sum map m (as [MapFromLoader] describes it)
+// for [NewTable]: its contribution map, with t as its target. The
+// descriptor differs from a last-writer-wins map's of the same name (the
+// key and value sizes), so a node that sums never applies the records of
+// one that does not.
+func CounterMap(m Map, t *CounterTarget, opts mapopt.Options) Map {
+	d := m.Desc
+	d.KeySize += originSize
+	d.ValueSize = uint32(contribHeader + 8*t.words)
+	d.MaxEntries *= uint32(t.origins)
+	return Map{Desc: d, ID: m.ID, Target: t, Options: opts}
 }
 
 // NewCounterTarget makes the target of the sum map whose kernel map is
@@ -166,7 +159,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			if err := t.flushAdds(); err != nil {
 				return err
 			}
-			if _, err := t.kernel.DeleteBatch(key); err != nil {
+			if err := t.clear(key); err != nil {
 				return fmt.Errorf("counter map: reset a key: %w", err)
 			}
 		}
@@ -285,6 +278,7 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 		}
 	}
 	t.mu.Unlock()
+	slices.Sort(unseen) // the same order on every run: a simulator replays it
 	raw := make([]byte, 8*t.words*t.cpus)
 	for _, k := range unseen {
 		key := []byte(k)
@@ -329,6 +323,12 @@ func (t *CounterTarget) readOwn(ck *counterKey, raw []byte, held bool) {
 			for i := range t.value {
 				t.value[i] += binary.NativeEndian.Uint64(raw[8*(cpu*t.words+i):])
 			}
+		}
+		if ck.k.WentDown(t.self, t.value) {
+			// Deleted and counted anew since the last read, or written
+			// down in place: a reset, and what the map holds now is this
+			// node's count from it.
+			ck.k.ApplyReset(knowledge.Version{Stamp: t.stamp(ck.k.Reset().Stamp), Origin: t.self})
 		}
 	}
 	ck.k.Local(t.self, t.value, t.local)
@@ -549,6 +549,19 @@ func (t *CounterTarget) Forget() error {
 	if len(keys) == 0 {
 		return nil
 	}
-	_, err = t.kernel.DeleteBatch(keys)
-	return err
+	return t.clear(keys)
+}
+
+// clear deletes keys from the kernel map, or, in an array, whose entries
+// cannot be deleted, writes zeros into them.
+func (t *CounterTarget) clear(keys []byte) error {
+	_, err := t.kernel.DeleteBatch(keys)
+	if err == nil {
+		return nil
+	}
+	zeros := make([]byte, len(keys)/t.keySize*8*t.words*t.cpus)
+	if t.kernel.UpdateBatch(keys, zeros) != nil {
+		return err
+	}
+	return nil
 }

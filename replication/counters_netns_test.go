@@ -119,7 +119,7 @@ func (cn *counterNode) open(t *testing.T, c *ipCluster, i int, spec string) {
 	} else if !loaded && c.nodes[i].epoch > 0 {
 		t.Fatalf("node %d restarted without its saved counters", i+1)
 	}
-	c.nodes[i].local = []Map{CounterMap(cn.lm, cn.target, o)}
+	c.nodes[i].local = []Map{CounterMap(MapFromLoader(cn.lm), cn.target, o)}
 }
 
 // restart stops node i's daemon, which saves its contributions, lets its

@@ -20,6 +20,7 @@ type memKernel map[string][]byte
 func (m memKernel) Dump(keys, values []byte, fn func(keys, values []byte) error) error { return nil }
 func (m memKernel) Lookup(key, value []byte) (bool, error)                             { return false, nil }
 func (m memKernel) DeleteBatch(keys []byte) (int, error)                               { return 0, nil }
+func (m memKernel) UpdateBatch(keys, values []byte) error                              { return nil }
 func (m memKernel) Add(keys, deltas []byte) (int, error)                               { return 0, nil }
 
 // A contribution whose reset or stamp is far ahead of the clock is
@@ -42,6 +43,47 @@ func TestCounterFutureStamp(t *testing.T) {
 	}
 	if n := ct.FutureStamps.Load(); n != 2 || len(ct.keys) != 0 {
 		t.Errorf("%d refused, %d keys held; want 2 and none", n, len(ct.keys))
+	}
+}
+
+// On an array map, whose entries cannot be deleted, a reset zeroes the
+// key's counters before the contribution counted from it is added.
+func TestCounterResetArray(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for BPF maps")
+	}
+	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sum_array", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer em.Close()
+	lm := openLoaderMap(t, em)
+	adder, err := loader.NewAdder(lm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adder.Close()
+	now := time.Now()
+	ct := NewCounterTarget(lm, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+	ks, vs := ct.entrySize()
+	contribution := func(reset, stamp, count uint64) error {
+		key, val := make([]byte, ks), make([]byte, vs)
+		binary.BigEndian.PutUint32(key[4:], 2) // node 2's, to key 0
+		binary.BigEndian.PutUint64(val[0:], reset)
+		binary.BigEndian.PutUint32(val[8:], 2)
+		binary.BigEndian.PutUint64(val[12:], stamp)
+		binary.BigEndian.PutUint64(val[20:], count)
+		return ct.UpdateBatch(key, val)
+	}
+	if err := contribution(0, 1, 40); err != nil {
+		t.Fatal(err)
+	}
+	if err := contribution(uint64(hlc.Make(now.UnixMilli(), 0)), 2, 3); err != nil {
+		t.Fatalf("a reset of an array's key: %v", err)
+	}
+	var got uint64
+	if err := em.Lookup(uint32(0), &got); err != nil || got != 3 {
+		t.Errorf("key 0 holds %d (%v), want 3: the 40 counted before the reset cleared", got, err)
 	}
 }
 

@@ -104,8 +104,12 @@ func digestDepth(maxEntries uint32) int {
 // digested reports whether a map takes part in digest rounds: not LRU
 // maps, which evict by local use (see "LRU evictions"), nor scanned maps
 // whose vanished keys stay on the peers: on both, which keys a node holds
-// differs by design.
+// differs by design. A sum map's contribution map does, whatever its
+// counters' map: every node holds every contribution.
 func digested(m *localMap) bool {
+	if m.plan != nil && m.plan.opts.Merge == mapopt.Sum {
+		return true
+	}
 	if t := ebpf.MapType(m.Desc.Type); t == ebpf.LRUHash || t == ebpf.LRUCPUHash {
 		return false
 	}

@@ -1,8 +1,10 @@
 package replication
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
@@ -15,6 +17,10 @@ const (
 	// DefaultReassemblyBytes is what a node holds at most of incomplete
 	// records, from all peers together.
 	DefaultReassemblyBytes = 32 << 20
+	// MinReassemblyBytes is the least bound a daemon takes: a quarter of
+	// it holds a record of the largest map the capture takes (a 512-byte
+	// key, a 16383-byte value) several times over.
+	MinReassemblyBytes = 1 << 20
 	// reassemblyPeerShare is the part of the bound one peer may hold: a
 	// quarter, so that a peer that never completes its records leaves
 	// room for three others.
@@ -204,13 +210,24 @@ func (r *reassembly) onTimers(now time.Time) {
 	}
 }
 
-// expire drops the partials older than the timeout.
+// expire drops the partials older than the timeout, oldest first (and
+// so in an order that does not depend on the map's, for the log line a
+// simulator's replay compares).
 func (r *reassembly) expire(now time.Time) {
 	r.swept = now
+	var old []partialKey
 	for k, p := range r.partials {
 		if now.Sub(p.began) >= r.timeout {
-			r.drop(k, &r.stats.FragmentsExpired, "dropping an incomplete record: its missing fragments did not arrive in time")
+			old = append(old, k)
 		}
+	}
+	slices.SortFunc(old, func(a, b partialKey) int {
+		return cmp.Or(r.partials[a].began.Compare(r.partials[b].began), cmp.Compare(a.node, b.node),
+			cmp.Compare(a.fp, b.fp), cmp.Compare(a.key, b.key), cmp.Compare(a.version.Stamp, b.version.Stamp),
+			cmp.Compare(a.version.Origin, b.version.Origin), cmp.Compare(boolInt(a.snapshot), boolInt(b.snapshot)))
+	})
+	for _, k := range old {
+		r.drop(k, &r.stats.FragmentsExpired, "dropping an incomplete record: its missing fragments did not arrive in time")
 	}
 }
 
@@ -252,6 +269,14 @@ func (r *reassembly) bad(c interface{ Add(uint64) uint64 }, node uint32, why str
 	if s, ok := r.lim.allow(reasonFragment); ok {
 		r.log.Warn(why, "peer", node, "index", f.Index, "count", f.Count, "suppressed", s)
 	}
+}
+
+// boolInt orders false before true.
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // buffer returns a value buffer of size bytes, the spare one if it is

@@ -632,3 +632,50 @@ func sentVersions(t testing.TB, tab *Table, d []byte, key string) []knowledge.Ve
 	}
 	return vs
 }
+
+// sizedSource is a scripted source that says how large its ring is, as
+// the capture does.
+type sizedSource struct {
+	*scriptSource
+	size int
+}
+
+func (s sizedSource) Size() int { return s.size }
+
+// Flow control: while a peer asks for a datagram about to leave the
+// resend buffer, the sender waits, as long as half its ring has room, and
+// no longer than the request is fresh; with the ring half full it reads on
+// at once, since waiting longer would overflow the ring.
+func TestSenderHoldsBackForAPeer(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	src := sizedSource{&scriptSource{}, 1 << 20}
+	resend, err := newResendBuffer(64*testPayload, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &fixedTime{now: time.Date(2041, 3, 4, 5, 6, 7, 0, time.UTC)}
+	s, stats := newTestSender(t, tab, src, nopTransport{}, senderConfig{Resend: resend, Time: clk})
+	d := make([]byte, testPayload)
+	for seq := uint64(1); seq <= 64; seq++ {
+		resend.add(seq, d)
+	}
+	s.header.Seq = 64
+	first, _, _ := resend.held()
+	start := clk.now
+	resend.asked(peerNode, first, start)
+	s.holdBack()
+	if waited := clk.now.Sub(start); waited < needFresh || waited > needFresh+2*holdBackStep || stats.HeldBack.Load() != 1 {
+		t.Errorf("waited %v (held_back %d) for a peer asking for the oldest datagram, want the request's freshness, %v, once",
+			waited, stats.HeldBack.Load(), needFresh)
+	}
+	src.buffered = src.size / 2
+	s.header.Seq++
+	resend.add(s.header.Seq, d)
+	first, _, _ = resend.held()
+	start = clk.now
+	resend.asked(peerNode, first, start)
+	s.holdBack()
+	if clk.now != start {
+		t.Errorf("waited %v with the ring half full", clk.now.Sub(start))
+	}
+}

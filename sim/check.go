@@ -29,7 +29,9 @@ type workload struct {
 	// stamped is the newest stamped update record of each key and value
 	// (back to back); evicted, the values of each key an LRU map evicted.
 	stamped map[string]wireRecord
-	evicted map[string][]eviction
+	evicted map[string][][]byte
+	// own holds the records (ownKey) their origin sent itself.
+	own map[string]bool
 	// inPlace holds the keys and values (back to back) written in place.
 	inPlace map[string]bool
 	secs    wire.Sections
@@ -56,8 +58,8 @@ const writeFrom = 700 * time.Millisecond
 // and deletes, in bursts as a datapath does (which is what overflows a
 // short capture ring), whether a daemon runs on them or not.
 func (w *workload) schedule(s *Sim) {
-	w.latest, w.stamped, w.evicted = make(map[string]wireRecord), make(map[string]wireRecord), make(map[string][]eviction)
-	w.inPlace = make(map[string]bool)
+	w.latest, w.stamped, w.evicted = make(map[string]wireRecord), make(map[string]wireRecord), make(map[string][][]byte)
+	w.inPlace, w.own = make(map[string]bool), make(map[string]bool)
 	for range s.sc.writes {
 		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
 		n := s.nodes[s.rng.IntN(len(s.nodes))]
@@ -77,9 +79,7 @@ func (w *workload) schedule(s *Sim) {
 				w.written++
 				var value []byte
 				if wr.op == ops.Update {
-					value = make([]byte, s.sc.valueSize)
-					binary.BigEndian.PutUint32(value, n.id)
-					binary.BigEndian.PutUint32(value[4:], uint32(w.written))
+					value = s.value(n.id, w.written)
 				}
 				n.write(wr.op, wr.key, value)
 			}
@@ -93,14 +93,21 @@ func (w *workload) schedule(s *Sim) {
 		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
 		s.after(at, func() {
 			w.written++
-			value := make([]byte, s.sc.valueSize)
-			binary.BigEndian.PutUint32(value, n.id)
-			binary.BigEndian.PutUint32(value[4:], uint32(w.written))
+			value := s.value(n.id, w.written)
 			if n.writeInPlace(key, value) {
 				w.inPlace[string(key)+string(value)] = true
 			}
 		})
 	}
+}
+
+// value is the workload's value of its write number n, on node: the
+// node's id and n, then zeros to the map's value size.
+func (s *Sim) value(node uint32, n int) []byte {
+	v := make([]byte, s.sc.valueSize)
+	binary.BigEndian.PutUint32(v, node)
+	binary.BigEndian.PutUint32(v[4:], uint32(n))
+	return v
 }
 
 // observe watches every datagram a node sends: the oracle learns the
@@ -113,7 +120,9 @@ func (s *Sim) observe(from, to *simNode, d []byte) {
 	}
 	switch h.Kind {
 	case wire.KindChanges, wire.KindSnapshot:
-		s.work.learn(s, to, &h, d[wire.HeaderSize:])
+		if s.sum == nil {
+			s.work.learn(s, to, &h, d[wire.HeaderSize:])
+		}
 		if h.Kind == wire.KindChanges && h.Flags&wire.FlagRetransmit != 0 && to == nil {
 			s.resentToGroup(from, &h)
 		}
@@ -184,7 +193,7 @@ func (n *simNode) check() {
 	if why := f.Exceeded(); why != "" {
 		n.s.fail("node %d: %s", n.id, why)
 	}
-	if f.Keys > n.s.sc.keys {
+	if f.Keys > n.s.sc.keys && n.s.sum == nil {
 		n.s.fail("node %d knows %d keys, of %d written", n.id, f.Keys, n.s.sc.keys)
 	}
 	// In sync as the status command says it (control.Status.InSync):
@@ -270,6 +279,9 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 					return
 				}
 			}
+			if rec.Origin == h.Node {
+				w.own[ownKey(string(rec.Key), rec.Stamp, rec.Origin)] = true
+			}
 			// Of two values under one version, the later written in place
 			// over the other: a value's last four bytes count the writes.
 			r := wireRecord{stamp: rec.Stamp, origin: rec.Origin, op: rec.Op, value: rec.Value}
@@ -345,6 +357,9 @@ func (s *Sim) converged() error {
 			}
 		}
 	}
+	if s.sum != nil {
+		return s.sum.diff()
+	}
 	for i, a := range s.nodes {
 		for _, b := range s.nodes[i+1:] {
 			if diff := s.mapDiff(a.maps[0], b.maps[0]); diff != "" {
@@ -359,6 +374,10 @@ func (s *Sim) converged() error {
 func (s *Sim) checkEnd() {
 	for _, n := range s.nodes {
 		n.check()
+	}
+	if s.sum != nil {
+		s.sum.checkEnd()
+		return
 	}
 	if s.sc.crashes() {
 		return // a crashed daemon's last writes are not promised: see the README's guarantees
@@ -379,14 +398,14 @@ func (s *Sim) checkEnd() {
 			want := s.work.latest[key]
 			got, ok := m.entries[key]
 			switch {
-			case ok && m.lru && want.op == ops.Update && s.work.evictedSince(key, got, 0):
+			case ok && m.lru && want.op == ops.Update && s.work.evictedNewer(key, got):
 				// A newer write of the key was evicted from the maps that
 				// held it before it reached this node, which took an older
 				// one: no node holds the newer value to send it.
-			case ok && m.lru && want.op == ops.Delete && s.work.evictedSince(key, got, want.origin):
-				// The delete is an eviction: a resync from the node that
-				// evicted this value, or a newer one, deleted it on the
-				// requester as that node's delete (see "Full resync").
+			case ok && m.lru && want.op == ops.Delete && !s.work.sentOwn(key, want):
+				// The delete is an eviction, which its node never sent: a
+				// resync from it, which lacked the key, deleted the key on
+				// the requester as its delete (see "Full resync").
 			case want.op == ops.Delete && ok:
 				s.fail("node %d: key %x holds %x; its latest write (%d from node %d) deletes it", n.id, key, got, want.stamp, want.origin)
 			case want.op == ops.Update && !ok && (m.lru || s.nodes[want.origin-1].lostCaptures):
@@ -399,12 +418,6 @@ func (s *Sim) checkEnd() {
 			}
 		}
 	}
-}
-
-// eviction is a value of a key an LRU map evicted, and its node.
-type eviction struct {
-	node  uint32
-	value []byte
 }
 
 // undigested reports whether the run's faults leave differences that
@@ -424,23 +437,31 @@ func (s *Sim) undigested() bool {
 	return false
 }
 
-// evict records that node's LRU map evicted key's value.
-func (w *workload) evict(node uint32, key, value []byte) {
-	w.evicted[string(key)] = append(w.evicted[string(key)], eviction{node, bytes.Clone(value)})
+// evict records that an LRU map evicted key's value.
+func (w *workload) evict(key, value []byte) {
+	w.evicted[string(key)] = append(w.evicted[string(key)], bytes.Clone(value))
 }
 
-// evictedSince reports whether an LRU map (node's, unless 0: any node's)
-// evicted a value of key stamped newer than value; with node, or value
-// itself.
-func (w *workload) evictedSince(key string, value []byte, node uint32) bool {
+// evictedNewer reports whether an LRU map evicted a value of key stamped
+// newer than value.
+func (w *workload) evictedNewer(key string, value []byte) bool {
 	held := w.stamped[key+string(value)]
 	for _, e := range w.evicted[key] {
-		v := w.stamped[key+string(e.value)]
-		if node == 0 && v.newer(held) || node != 0 && e.node == node && !held.newer(v) {
+		if w.stamped[key+string(e)].newer(held) {
 			return true
 		}
 	}
 	return false
+}
+
+// ownKey names a record by its key and version.
+func ownKey(key string, stamp uint64, origin uint32) string {
+	return key + string(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(nil, origin), stamp))
+}
+
+// sentOwn reports whether r, key's record, was sent by its origin itself.
+func (w *workload) sentOwn(key string, r wireRecord) bool {
+	return w.own[ownKey(key, r.stamp, r.origin)]
 }
 
 // mapDiff describes how two maps differ, "" if they hold the same: the
@@ -456,7 +477,7 @@ func (s *Sim) mapDiff(a, b *memMap) string {
 	for _, k := range slices.Compact(keys) {
 		v, inA := a.entries[k]
 		w, inB := b.entries[k]
-		if a.lru && (inA != inB || s.work.evictedSince(k, v, 0) || s.work.evictedSince(k, w, 0) || s.undigested()) {
+		if a.lru && (inA != inB || s.work.evictedNewer(k, v) || s.work.evictedNewer(k, w) || s.undigested()) {
 			continue
 		}
 		if inA != inB || !bytes.Equal(v, w) {

@@ -119,6 +119,9 @@ func (n *simNode) start() {
 			maps[i].Options = mapopt.Options{Scan: n.s.sc.scan, Vanished: mapopt.Delete}
 		}
 	}
+	if n.s.sum != nil {
+		maps = n.s.sum.maps(n)
+	}
 	tab, err := replication.NewTable(maps, payload)
 	if err != nil {
 		panic(err)
@@ -207,6 +210,8 @@ func (n *simNode) logger() *slog.Logger {
 				return slog.Attr{} // the trace has the virtual time
 			case "file":
 				return slog.String(a.Key, filepath.Base(a.Value.String())) // the run's directory differs
+			case "took":
+				return slog.Attr{} // the real time a read took differs from run to run
 			}
 			return a
 		}}))
@@ -306,7 +311,7 @@ func (n *simNode) traceApply(op ops.Op, key, value []byte) {
 
 func (n *simNode) evicted(key, value []byte) {
 	n.s.tracef("evict node %d %x %x", n.id, key, value)
-	n.s.work.evict(n.id, key, value)
+	n.s.work.evict(key, value)
 }
 
 // deliver hands one datagram to the daemon, if one runs.

@@ -47,13 +47,19 @@ type Sim struct {
 	resent map[resend]time.Time
 	// failed is the first invariant found broken; the run stops at it.
 	failed error
+	// sum, in a run of counters (RunSum), replaces the map, the workload
+	// and the oracle; nil in the others.
+	sum *sumRun
 }
 
 // Run runs the cluster of seed, with the faults it draws of those in
 // faults, to its end and checks it: it returns the first invariant found
 // broken, nil if none. With trace, every datagram, apply and fault is
 // written to it as it happens.
-func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
+func Run(seed uint64, faults Faults, trace io.Writer) error { return run(seed, faults, trace, false) }
+
+// run is [Run], or [RunSum] with sum.
+func run(seed uint64, faults Faults, trace io.Writer, sum bool) (err error) {
 	dir, err := os.MkdirTemp(stateRoot(), "udpmapsync-sim-")
 	if err != nil {
 		return err
@@ -67,6 +73,11 @@ func Run(seed uint64, faults Faults, trace io.Writer) (err error) {
 		s.sc.valueSize = largeValueSize
 	}
 	s.tracef("scenario %+v", s.sc)
+	if sum {
+		if s.sum, err = newSumRun(s); err != nil {
+			return err
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic at %v: %v\n%s", s.elapsed(), r, debug.Stack())
@@ -122,7 +133,9 @@ func (s *Sim) build() {
 		id := uint32(i + 1)
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
-		n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.lru)}
+		if s.sum == nil {
+			n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.lru)}
+		}
 		for _, m := range n.maps {
 			m.applied, m.evicted = n.traceApply, n.evicted
 		}
@@ -131,7 +144,11 @@ func (s *Sim) build() {
 	for i, n := range s.nodes {
 		s.after(s.sc.starts[i], n.start)
 	}
-	s.work.schedule(s)
+	if s.sum != nil {
+		s.sum.schedule()
+	} else {
+		s.work.schedule(s)
+	}
 	s.net.schedule(s)
 	s.scheduleLifecycles()
 }

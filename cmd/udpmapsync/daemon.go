@@ -115,8 +115,23 @@ func (d *daemon) Maps() []control.Map {
 	return out
 }
 
+// noCapture is the backend a daemon whose maps are all sum maps reports:
+// it runs no capture, their scans find every change.
+const noCapture = "none (sum maps only: scans find every change)"
+
+// backend is the capture's backend, or noCapture.
+func (d *daemon) backend() string {
+	if d.capture == nil {
+		return noCapture
+	}
+	return string(d.capture.Backend())
+}
+
 // Capture says how changes are captured, and what goes unseen.
 func (d *daemon) Capture() control.Capture {
+	if d.capture == nil {
+		return control.Capture{Backend: noCapture, SeesProgramWrites: true}
+	}
 	c := control.Capture{Backend: string(d.capture.Backend()), SeesProgramWrites: d.capture.SeesProgramWrites(),
 		CannotSee: control.BlindSpots(d.capture.SeesProgramWrites())}
 	if why := d.capture.Fallback(); why != nil {

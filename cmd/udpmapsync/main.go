@@ -220,6 +220,10 @@ func (f *Flags) check() (*config, error) {
 	if f.MTU < 0 {
 		return nil, fmt.Errorf("--mtu %d: must be positive, or 0 for the interface's MTU", f.MTU)
 	}
+	if f.ReassemblyMemory < replication.MinReassemblyBytes || f.ReassemblyMemory > 1<<40 {
+		return nil, fmt.Errorf("--reassembly-memory %s: use 1MiB to 1TiB (default %s); a peer may hold a quarter of it in records larger than a datagram whose fragments are still arriving",
+			f.ReassemblyMemory, byteSize(replication.DefaultReassemblyBytes))
+	}
 	switch f.Repair {
 	case repairGroup:
 		if c.peers == nil {
@@ -355,7 +359,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 				return nil, err
 			}
 			d.counters = append(d.counters, cm)
-			local[i] = replication.CounterMap(m, cm.target, d.options[i])
+			local[i] = replication.CounterMap(replication.MapFromLoader(m), cm.target, d.options[i])
 			continue
 		}
 		local[i] = replication.MapFromLoader(m)
@@ -491,8 +495,9 @@ func logStartup(log *slog.Logger, c *config, f *Flags, d *daemon) {
 		}
 		log.Info("replicating map", args...)
 	}
-	log.Info("capture attached", "backend", capture.Backend())
-	if !capture.SeesProgramWrites() {
+	if capture == nil {
+		log.Info("no capture attached", "backend", d.backend())
+	} else if log.Info("capture attached", "backend", capture.Backend()); !capture.SeesProgramWrites() {
 		args := []any{"backend", capture.Backend()}
 		if why := capture.Fallback(); why != nil {
 			args = append(args, "fentry_unavailable", why)

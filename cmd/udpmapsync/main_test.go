@@ -56,6 +56,7 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--digest-interval", "10ms"}, []string{"--digest-interval 10ms", "at least 1s", "0 to turn digest rounds off"}},
 		{[]string{"--iface", "lo", "--digest-interval", "-1s"}, []string{"--digest-interval -1s", "at least 1s"}},
 		{[]string{"--iface", "lo", "--scan-interval", "1ms"}, []string{"--scan-interval 1ms", "at least 10ms", "reads every map whole"}},
+		{[]string{"--iface", "lo", "--reassembly-memory", "64KiB"}, []string{"--reassembly-memory 64KiB", "1MiB to 1TiB", "a quarter"}},
 		// lo has no MAC address to derive the node id from.
 		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
 		// A key is the default: without one the daemon says how to make

@@ -54,7 +54,7 @@ func (s *services) serve(ctx context.Context, d *daemon, log *slog.Logger) <-cha
 		log.Info("control socket listening", "path", s.control.Path())
 	}
 	if s.metrics != nil {
-		reg := metrics.Registry(d, metrics.BuildInfo{Version: version, Backend: string(d.capture.Backend())})
+		reg := metrics.Registry(d, metrics.BuildInfo{Version: version, Backend: d.backend()})
 		s.http = &http.Server{Handler: metrics.Handler(reg, d.node.Ready()), ReadHeaderTimeout: 10 * time.Second}
 		s.wg.Go(func() {
 			if err := s.http.Serve(s.metrics); !errors.Is(err, http.ErrServerClosed) {

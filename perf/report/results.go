@@ -101,6 +101,10 @@ type Run struct {
 	// CPU per change in µs: the sender daemon (node1) and the mean of the
 	// receivers, from /proc/PID/stat.
 	CPUSender, CPUReceiver float64
+	// CPUSenderUser is the sender's user-space part of CPUSender: on veth
+	// the kernel's multicast fan-out runs on the sender's thread, in its
+	// system time.
+	CPUSenderUser float64 `json:",omitempty"`
 	// Bytes and packets sent by all nodes' interfaces, per change.
 	BytesPerChange, PacketsPerChange float64
 	// Peak resident set (VmHWM), KiB: sender and the largest receiver.

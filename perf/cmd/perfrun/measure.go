@@ -21,22 +21,29 @@ const clockTicks = 100
 // procCPU is a process's user plus system time, all threads, from
 // /proc/PID/stat.
 func procCPU(pid int) (time.Duration, error) {
+	user, system, err := procTimes(pid)
+	return user + system, err
+}
+
+// procTimes is a process's user and system time apart, all threads, from
+// /proc/PID/stat.
+func procTimes(pid int) (user, system time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read CPU time: %w", err)
+		return 0, 0, fmt.Errorf("read CPU time: %w", err)
 	}
 	// The command name may hold spaces; the fields after it do not.
 	i := bytes.LastIndexByte(b, ')')
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("read CPU time: /proc/%d/stat has %d fields after the name", pid, len(f))
+		return 0, 0, fmt.Errorf("read CPU time: /proc/%d/stat has %d fields after the name", pid, len(f))
 	}
 	utime, err1 := strconv.ParseUint(f[11], 10, 64)
 	stime, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("read CPU time: /proc/%d/stat: utime %q, stime %q", pid, f[11], f[12])
+		return 0, 0, fmt.Errorf("read CPU time: /proc/%d/stat: utime %q, stime %q", pid, f[11], f[12])
 	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+	return time.Duration(utime) * time.Second / clockTicks, time.Duration(stime) * time.Second / clockTicks, nil
 }
 
 // peakRSS is a process's VmHWM in KiB.
@@ -79,20 +86,24 @@ func txCounters(n *netnstest.Node) (bytes, packets uint64, err error) {
 // snapshot is the counters of a deployment at one moment.
 type snapshot struct {
 	cpu            []time.Duration // per node's replicator; 0 before it started
+	senderUser     time.Duration   // node1's replicator's user-space time alone
 	bytes, packets uint64          // all nodes' interfaces
 }
 
 func (d *deployment) snapshot() (snapshot, error) {
 	var s snapshot
-	for _, pid := range d.pids {
-		var c time.Duration
+	for i, pid := range d.pids {
+		var user, system time.Duration
 		if pid != 0 {
 			var err error
-			if c, err = procCPU(pid); err != nil {
+			if user, system, err = procTimes(pid); err != nil {
 				return s, err
 			}
 		}
-		s.cpu = append(s.cpu, c)
+		s.cpu = append(s.cpu, user+system)
+		if i == 0 {
+			s.senderUser = user
+		}
 	}
 	for _, n := range d.c.Topology.Nodes {
 		b, p, err := txCounters(n)

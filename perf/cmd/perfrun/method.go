@@ -45,7 +45,9 @@ below 1.2× the offered rate is not run at that rate (changes would queue withou
 **CPU.** utime + stime of each replicator process from /proc/PID/stat (all threads, 10 ms ticks),
 from just before the first write to the sentinel's arrival, divided by the changes written. The
 capture program itself runs inside the writer's syscalls and is charged to the writer ("writer"
-column; compare with the raw CPU per change).
+column; compare with the raw CPU per change). The sender's utime alone is kept too (issue 22's
+target 2): on veth the kernel's multicast fan-out to every peer runs on the sender's thread, in
+its stime, which on a real NIC it would not.
 
 **Sealing.** "udpmapsync" is the daemon started with --insecure-no-key, unsealed as on a trusted
 link; "udpmapsync (sealed)" is the same daemon with the same flags and --key-file, as it runs by

@@ -14,7 +14,7 @@ import (
 // repairChanges and repairBatch shape the repair runs' writes: some
 // thousand datagrams, so that a few percent lost is tens of them.
 const (
-	repairChanges = 20_000
+	repairChanges = 50_000
 	repairBatch   = 500
 )
 

@@ -159,6 +159,7 @@ func (d *deployment) source(cfg workload.Config) (*workload.Writer, *loader.Map,
 func addCosts(run *report.Run, before, after snapshot, changes int) {
 	n := float64(changes)
 	run.CPUSender = us(after.cpu[0]-before.cpu[0]) / n
+	run.CPUSenderUser = us(after.senderUser-before.senderUser) / n
 	var recv time.Duration
 	for i := 1; i < len(after.cpu); i++ {
 		recv += after.cpu[i] - before.cpu[i]
