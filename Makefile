@@ -175,12 +175,24 @@ sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (63: all; see sim/) 
 
 .PHONY: fuzz
 fuzz: FUZZTIME ?= 30s
+# Go 1.26's fuzz coordinator may fail a target with a bare "context
+# deadline exceeded" when -fuzztime ends while a worker is busy, a busy
+# machine's race in Go itself (golang/go#75804, fixed in Go 1.27) that
+# writes no failing input. A failure that wrote no new input under
+# testdata/fuzz and says only that is reported and passed over; any other
+# failure fails.
 fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@set -e; out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	for pkg in $$($(GO) list ./...); do \
 		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$dir/*_test.go 2>/dev/null); do \
 			echo "fuzz: $$pkg $$t"; \
-			$(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME); \
+			before=$$(ls $$dir/testdata/fuzz/$$t 2>/dev/null | wc -l); \
+			if $(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) >$$out 2>&1; then cat $$out; continue; fi; \
+			cat $$out; after=$$(ls $$dir/testdata/fuzz/$$t 2>/dev/null | wc -l); \
+			if [ "$$after" = "$$before" ] && grep -q '^    context deadline exceeded$$' $$out && ! grep -q 'Failing input' $$out; then \
+				echo "fuzz: $$t: Go's coordinator stopped on its own deadline (golang/go#75804), no failing input: passed over"; \
+			else exit 1; fi; \
 		done; \
 	done
 
