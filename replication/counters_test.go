@@ -272,7 +272,8 @@ func TestCounterKeysChurn(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			em, lm, adder := sumMap(t, "sum_churn", ebpf.Hash)
-			now := time.Now()
+			start := time.Now()
+			now := start
 			ct := NewCounterTarget(lm, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
 			CounterMap(MapFromLoader(lm), ct, mapopt.Options{Merge: mapopt.Sum, Origins: 3})
 			ct.SetHorizon(c.horizon)
@@ -314,6 +315,12 @@ func TestCounterKeysChurn(t *testing.T) {
 			}
 			if d := ct.ResetsDropped.Load(); (d > 0) != c.dropped {
 				t.Errorf("%d resets dropped before the horizon", d)
+			}
+			// A peer's reset of the first window, which carries no
+			// counts and is older than the horizon, is not learned again.
+			contribution(0, uint64(hlc.Make(start.UnixMilli(), 0)), uint64(hlc.Make(now.UnixMilli(), 0)), 0)
+			if ck := ct.keys[string([]byte{0, 0, 0, 0})]; c.name == "horizon" && ck != nil {
+				t.Errorf("the first window's key, forgotten, was learned again from a reset older than the horizon")
 			}
 			// The peer's contribution to the last window, counted before
 			// its reset and arriving late, is refused.
