@@ -77,6 +77,8 @@ type Counts[T any] struct {
 	// Full resync.
 	ResyncsSent       T `name:"resyncs_sent" metric:"resyncs_total" label:"direction=sent" help:"Snapshots of the local maps streamed to a peer to the end."`
 	ResyncsReceived   T `name:"resyncs_received" metric:"resyncs_total" label:"direction=received" help:"Snapshots received from a peer to the end and applied."`
+	ResyncsDelta      T `name:"resyncs_delta" metric:"resyncs_delta_total" help:"Of the resyncs received, deltas: only what the peer wrote or passed on since the first of its changes lost here."`
+	SyncEntries       T `name:"sync_entries" metric:"resync_entries_total" help:"Entries and deletes received in resyncs, full or delta."`
 	SyncDeleted       T `name:"sync_deleted" metric:"resync_deleted_total" help:"Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."`
 	SyncPushed        T `name:"sync_pushed" metric:"resync_sent_back_total" help:"Entries and deletes a full resync found the serving peer lacking, or holding older, and sent back to the group."`
 	TombstonesDropped T `name:"tombstones_dropped" metric:"tombstones_dropped_total" help:"Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."`
