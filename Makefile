@@ -68,7 +68,7 @@ vmtest: ## Prove the fentry capture path in Debian 6.1 and 6.12 VMs (qemu TCG, a
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'Capture' -exec "$(VMRUN_612)" ./loader
 	@echo "vmtest: arm64 (the whole: make vmtest-arm64)"
-	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCapture(Writes|FentryTargets|PerCPUProgramWrites)$$' -exec "$(VMRUN_612)" ./loader
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) test -count=1 -timeout 5m -run '^TestCapture(Writes|FentryTargets|PerCPUProgramWrites|WakesWaitingRead)$$' -exec "$(VMRUN_612)" ./loader
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run '^(TestConverge|TestNewMapTypes)$$' \
 		-exec "$(VMRUN) --file $(VMDAEMON) --env UDPMAPSYNC_BIN=$(VMDAEMON) --env UDPMAPSYNC_CAPTURE=fentry" ./netns-test
 
@@ -95,8 +95,9 @@ vmtest-arm64: ## Prove both capture backends on arm64: Debian's arm64 kernels un
 define VMBENCH_TABLE
 { print }
 /^ok/ { ok = 1 }
-/^BenchmarkCaptureCost\// {
-	cell = $$1; sub(/^BenchmarkCaptureCost\//, "", cell); sub(/-[0-9]+$$/, "", cell); gsub(/#[0-9]+/, "", cell)
+/^BenchmarkCapture(Batch)?Cost\// {
+	cell = $$1; sub(/-[0-9]+$$/, "", cell); gsub(/#[0-9]+/, "", cell)
+	sub(/^BenchmarkCaptureCost\//, "", cell); sub(/^BenchmarkCaptureBatchCost\//, "batch/", cell)
 	for (i = 3; i < NF; i++) if ($$(i + 1) == "ns/write") ns[cell, ++n[cell]] = $$i
 }
 function least(v, k,   i, m) {
@@ -117,26 +118,37 @@ END {
 	printf "\ncapture cost per map write, %d rounds (in the VM the ratios matter, not the ns)\n", n["none/user"]
 	printf "%-24s %10s %11s %17s %10s\n", "writer/hook/map", "x no hook", "range", "fastest ns/write", "fastest x"
 	split("user/none user/syscall/unwatched user/syscall/watched user/fentry/unwatched user/fentry/watched " \
-		"prog/none prog/fentry/unwatched prog/fentry/watched", rows, " ")
+		"prog/none prog/fentry/unwatched prog/fentry/watched " \
+		"batch/none batch/syscall/unwatched batch/syscall/watched batch/fentry/unwatched batch/fentry/watched", rows, " ")
 	for (r = 1; r in rows; r++) {
 		split(rows[r], p, "/"); base = "none/" p[1]; cell = p[2] "/" p[1] (p[3] == "" ? "" : "/" p[3])
+		if (p[1] == "batch") { base = "batch/none"; cell = rows[r] }
 		if (!n[cell]) { printf "%-24s %10s\n", rows[r], "skipped"; continue }
 		if (n[cell] != n[base]) { print "vmbench: " cell " lacks figures for some rounds" > "/dev/stderr"; exit 1 }
 		split("", x); split("", y); split("", z)
 		for (k = 1; k <= n[cell]; k++) { x[k] = ns[cell, k]; z[k] = ns[base, k]; y[k] = x[k] / z[k] }
-		ratio = median(y, n[cell]); fastest = least(x, n[cell])
+		ratio = median(y, n[cell]); fastest = least(x, n[cell]); med[rows[r]] = ratio
 		printf "%-24s %10.2f %11s %17.0f %10.2f\n", rows[r], ratio, sprintf("%.2f-%.2f", lo, hi),
 			fastest, fastest / least(z, n[cell])
 	}
+	print "\nissue 22, target 8 (medians of the ratios above)"
+	target("watched program write, at most 2x a bare one", med["prog/fentry/watched"], 2)
+	target("unwatched program write, at most 1.2x", med["prog/fentry/unwatched"], 1.2)
+	target("fentry batch element, at most the syscall backend's " sprintf("%.2fx", med["batch/syscall/watched"]),
+		med["batch/fentry/watched"], med["batch/syscall/watched"])
+}
+function target(what, got, limit) {
+	if (got == "") { printf "  %-62s skipped\n", what; return }
+	printf "  %-62s %5.2fx  %s\n", what, got, got <= limit ? "met" : "missed"
 }
 endef
 export VMBENCH_TABLE
 
 .PHONY: vmbench
 vmbench: VMRUN := $(CURDIR)/bin/vmrun
-vmbench: ## Measure the capture cost per map write in the Debian 6.1 VM and print a table (qemu TCG, about 2 minutes; root)
+vmbench: ## Measure the capture cost per map write and batch element in the Debian 6.1 VM, print a table and issue 22's target 8 (qemu TCG, about 4 minutes; root)
 	$(GO) build -o bin/vmrun ./vmtest/cmd/vmrun
-	CGO_ENABLED=0 $(GO) test -count=1 -timeout 8m -run '^$$' -bench '^BenchmarkCaptureCost$$' -benchtime 20000x \
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 12m -run '^$$' -bench '^BenchmarkCapture(Batch)?Cost$$' -benchtime 20000x \
 		-exec "$(VMRUN)" ./loader -args -capture-cost-rounds=9 | awk "$$VMBENCH_TABLE"
 
 .PHONY: demo
@@ -163,12 +175,24 @@ sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (63: all; see sim/) 
 
 .PHONY: fuzz
 fuzz: FUZZTIME ?= 30s
+# Go 1.26's fuzz coordinator may fail a target with a bare "context
+# deadline exceeded" when -fuzztime ends while a worker is busy, a busy
+# machine's race in Go itself (golang/go#75804, fixed in Go 1.27) that
+# writes no failing input. A failure that wrote no new input under
+# testdata/fuzz and says only that is reported and passed over; any other
+# failure fails.
 fuzz: ## Run every fuzz target of the module for FUZZTIME (30s) each
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@set -e; out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	for pkg in $$($(GO) list ./...); do \
 		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$dir/*_test.go 2>/dev/null); do \
 			echo "fuzz: $$pkg $$t"; \
-			$(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME); \
+			before=$$(ls $$dir/testdata/fuzz/$$t 2>/dev/null | wc -l); \
+			if $(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) >$$out 2>&1; then cat $$out; continue; fi; \
+			cat $$out; after=$$(ls $$dir/testdata/fuzz/$$t 2>/dev/null | wc -l); \
+			if [ "$$after" = "$$before" ] && grep -q '^    context deadline exceeded$$' $$out && ! grep -q 'Failing input' $$out; then \
+				echo "fuzz: $$t: Go's coordinator stopped on its own deadline (golang/go#75804), no failing input: passed over"; \
+			else exit 1; fi; \
 		done; \
 	done
 

@@ -74,8 +74,10 @@ type CounterTarget struct {
 
 	mu   sync.Mutex
 	keys map[string]*counterKey
-	gen  uint32    // of the read in progress
-	last hlc.Stamp // the latest stamp this node gave a contribution or reset
+	gen  uint32 // of the read in progress
+	// writes counts UpdateBatch's calls (see [counterKey.merged]).
+	writes uint32
+	last   hlc.Stamp // the latest stamp this node gave a contribution or reset
 	// Buffers, reused under mu.
 	kkeys, kvals       []byte // a batch read from the kernel map
 	addKeys, addDeltas []byte // a batch of adds
@@ -86,6 +88,10 @@ type CounterTarget struct {
 type counterKey struct {
 	k    counter.Key
 	seen uint32 // the read that found the key in the kernel map
+	// merged is the writes count of the UpdateBatch that last merged a
+	// contribution into the key: a value of the kernel map read before
+	// it, without mu, lacks what it added (see [CounterTarget.Dump]).
+	merged uint32
 }
 
 // counterBatch is how many entries of the kernel map a read takes at once.
@@ -141,6 +147,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.writes++
 	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
 	limit := hlc.Make(t.now().Add(hlc.MaxSkew).UnixMilli(), 0)
 	for o := range len(keys) / ks {
@@ -151,6 +158,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			continue
 		}
 		ck := t.key(key)
+		ck.merged = t.writes
 		reset, add, err := ck.k.Merge(c, t.origins, t.d)
 		if errors.Is(err, counter.ErrOriginsFull) {
 			t.OriginsFull.Add(1)
@@ -248,8 +256,10 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 	em := emitter{keys: keys[:n*ks], values: values[:n*vs], ks: ks, vs: vs, fn: fn}
 	t.mu.Lock()
 	t.gen++
-	gen := t.gen
+	gen, writes := t.gen, t.writes
 	t.mu.Unlock()
+	vl := 8 * t.words * t.cpus
+	raw := make([]byte, vl)
 	err := t.kernel.Dump(t.kkeys, t.kvals, func(kk, kv []byte) error {
 		t.mu.Lock()
 		t.out = t.out[:0]
@@ -257,11 +267,24 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 			key := kk[o*t.keySize : (o+1)*t.keySize]
 			ck := t.key(key)
 			ck.seen = gen
-			vl := 8 * t.words * t.cpus
-			t.readOwn(ck, kv[o*vl:(o+1)*vl], true)
+			value, held := kv[o*vl:(o+1)*vl], true
+			if int32(ck.merged-writes) > 0 {
+				// A peer's contribution merged after the batch was read
+				// (a digest round reads without the knowledge lock that
+				// keeps applies out) is held but not in the value read,
+				// which would look gone down: a reset. Read it again.
+				var err error
+				if held, err = t.kernel.Lookup(key, raw); err != nil {
+					t.mu.Unlock()
+					return err
+				}
+				value = raw
+			}
+			t.readOwn(ck, value, held)
 			t.appendKey(ck, key)
 		}
 		out := t.out
+		writes = t.writes // the next batch is read after this
 		t.mu.Unlock()
 		return em.emit(out)
 	})
@@ -279,7 +302,6 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 	}
 	t.mu.Unlock()
 	slices.Sort(unseen) // the same order on every run: a simulator replays it
-	raw := make([]byte, 8*t.words*t.cpus)
 	for _, k := range unseen {
 		key := []byte(k)
 		t.mu.Lock()

@@ -49,32 +49,10 @@ func TestCounterFutureStamp(t *testing.T) {
 // On an array map, whose entries cannot be deleted, a reset zeroes the
 // key's counters before the contribution counted from it is added.
 func TestCounterResetArray(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for BPF maps")
-	}
-	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sum_array", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer em.Close()
-	lm := openLoaderMap(t, em)
-	adder, err := loader.NewAdder(lm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adder.Close()
+	em, lm, adder := sumMap(t, "sum_array", ebpf.Array)
 	now := time.Now()
 	ct := NewCounterTarget(lm, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
-	ks, vs := ct.entrySize()
-	contribution := func(reset, stamp, count uint64) error {
-		key, val := make([]byte, ks), make([]byte, vs)
-		binary.BigEndian.PutUint32(key[4:], 2) // node 2's, to key 0
-		binary.BigEndian.PutUint64(val[0:], reset)
-		binary.BigEndian.PutUint32(val[8:], 2)
-		binary.BigEndian.PutUint64(val[12:], stamp)
-		binary.BigEndian.PutUint64(val[20:], count)
-		return ct.UpdateBatch(key, val)
-	}
+	contribution := func(reset, stamp, count uint64) error { return peerContribution(ct, reset, stamp, count) }
 	if err := contribution(0, 1, 40); err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +62,99 @@ func TestCounterResetArray(t *testing.T) {
 	var got uint64
 	if err := em.Lookup(uint32(0), &got); err != nil || got != 3 {
 		t.Errorf("key 0 holds %d (%v), want 3: the 40 counted before the reset cleared", got, err)
+	}
+}
+
+// sumMap makes a kernel map of one 8-byte counter per 4-byte key, of
+// type typ, and the counter program that adds to it; it skips the test
+// without root.
+func sumMap(t *testing.T, name string, typ ebpf.MapType) (*ebpf.Map, *loader.Map, *loader.Adder) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for BPF maps")
+	}
+	em, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: typ, KeySize: 4, ValueSize: 8, MaxEntries: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { em.Close() })
+	lm := openLoaderMap(t, em)
+	adder, err := loader.NewAdder(lm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adder.Close() })
+	return em, lm, adder
+}
+
+// peerContribution writes node 2's contribution to key 0, counted from
+// the reset at stamp reset of node 2 (0: none), into ct.
+func peerContribution(ct *CounterTarget, reset, stamp, count uint64) error {
+	ks, vs := ct.entrySize()
+	key, val := make([]byte, ks), make([]byte, vs)
+	binary.BigEndian.PutUint32(key[4:], 2)
+	binary.BigEndian.PutUint64(val[0:], reset)
+	if reset != 0 {
+		binary.BigEndian.PutUint32(val[8:], 2)
+	}
+	binary.BigEndian.PutUint64(val[12:], stamp)
+	binary.BigEndian.PutUint64(val[20:], count)
+	return ct.UpdateBatch(key, val)
+}
+
+// racingKernel is a kernel map whose Dump runs between before each batch
+// is read and when it is handed on: a peer's contribution applied in
+// that moment, as the receiver applies one while a digest round reads.
+type racingKernel struct {
+	*loader.Map
+	between func()
+}
+
+func (k racingKernel) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	return k.Map.Dump(keys, values, func(ks, vs []byte) error {
+		if k.between != nil {
+			k.between()
+		}
+		return fn(ks, vs)
+	})
+}
+
+// A peer's contribution applied after a read of the kernel map took its
+// batch and before the batch is compared with the contributions held is
+// not read as the value gone down: that was a reset of the key on every
+// node, its counts lost.
+func TestCounterReadRacesApply(t *testing.T) {
+	em, lm, adder := sumMap(t, "sum_race", ebpf.Hash)
+	now := time.Now()
+	kernel := &racingKernel{Map: lm}
+	ct := NewCounterTarget(kernel, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+	ks, vs := ct.entrySize()
+	contribution := func(stamp, count uint64) {
+		if err := peerContribution(ct, 0, stamp, count); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() {
+		keys, vals := make([]byte, 4*ks), make([]byte, 4*vs)
+		if err := ct.Dump(keys, vals, func(_, _ []byte) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	contribution(1, 40)
+	if err := em.Update(uint32(0), uint64(45), ebpf.UpdateExist); err != nil { // this node's datapath counts 5
+		t.Fatal(err)
+	}
+	read()
+	kernel.between = func() { kernel.between = nil; contribution(2, 100) }
+	read()
+	ck := ct.keys[string([]byte{0, 0, 0, 0})]
+	own, _ := ck.k.Own(1)
+	if r := ck.k.Reset(); r.Stamp != 0 || len(own.Words) != 1 || own.Words[0] != 5 {
+		t.Errorf("after the racing read: reset %v, own contribution %v; want no reset and 5", r, own.Words)
+	}
+	var got uint64
+	if err := em.Lookup(uint32(0), &got); err != nil || got != 105 {
+		t.Errorf("key 0 holds %d (%v), want 105", got, err)
 	}
 }
 

@@ -138,7 +138,7 @@ type sender struct {
 	// ringSize is the source's capacity in bytes, 0 if it does not say:
 	// the sender holds back for a peer's repair only while the source
 	// has room (see [sender.holdBack]). checked is the last datagram
-	// sealed when it looked.
+	// closed when it looked.
 	ringSize int
 	checked  uint64
 
@@ -257,10 +257,10 @@ const holdBackStep = time.Millisecond
 
 // holdBack is flow control: while a peer still asks for a datagram the
 // resend buffer is about to evict (see [resendBuffer.holdBack]), the
-// sender sends what it sealed and waits, and the changes wait in the
+// sender sends what it closed and waits, and the changes wait in the
 // capture ring, up to half of it; so a receiver slower than the writers
 // lags behind instead of losing datagrams nobody holds any more, which
-// only a full resync would bring. It looks once per datagram sealed,
+// only a full resync would bring. It looks once per datagram closed,
 // and only while a peer's request is recorded. A simulated sender
 // ([sender.step]) never waits.
 func (s *sender) holdBack() {

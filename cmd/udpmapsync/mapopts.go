@@ -5,6 +5,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 )
@@ -66,6 +68,12 @@ func resolveOptions(maps []*loader.Map, specs []mapopt.Spec, scan time.Duration)
 		}
 		if o.Vanished == mapopt.Delete && loader.ArrayType(m.Type) {
 			return nil, fmt.Errorf("--map %s: vanished=delete on an array map, whose entries never vanish: leave it out", name)
+		}
+		if o.Merge == mapopt.Sum && m.Type == ebpf.LPMTrie {
+			// The counter program's lookup would find the longest prefix
+			// that holds a key's and add a peer's count there.
+			return nil, fmt.Errorf("--map %s: merge=sum on an lpm_trie: a trie's lookup finds the longest prefix that holds a key's, "+
+				"so counts would land on another key; keep the counters in a hash map, or leave merge=sum out", name)
 		}
 		if m.CPUs > 0 && (len(o.Clocks) > 0 || len(o.Local) > 0 || len(o.Refresh) > 0 || o.Lock != nil) {
 			return nil, fmt.Errorf("--map %s: clock=, local= and refresh= name bytes of a value, and a per-CPU map holds one value per CPU: "+

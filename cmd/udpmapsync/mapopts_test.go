@@ -49,8 +49,8 @@ func TestResolveOptionsPerCPU(t *testing.T) {
 }
 
 // merge=sum is refused, with the map and the fix, for a value that is not
-// a vector of 64-bit counters and for counters that cannot fit; a per-CPU
-// map of counters takes it.
+// a vector of 64-bit counters, for counters that cannot fit and for an
+// LPM trie; a per-CPU map of counters takes it.
 func TestResolveOptionsSum(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for BPF maps")
@@ -66,6 +66,10 @@ func TestResolveOptionsSum(t *testing.T) {
 			"option merge=sum: merge=sum needs a value of 64-bit counters: the value is 12 bytes, not a multiple of 8"},
 		{ebpf.MapSpec{Name: "sumbig", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 1 << 22, Flags: 1}, "merge=sum,origins=64",
 			"lower origins= (the most nodes that count a key) or the map's max_entries"},
+		// A trie's lookup finds the longest prefix that holds a key's,
+		// where the counter program would add a peer's count.
+		{ebpf.MapSpec{Name: "sumlpm", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 8, MaxEntries: 64, Flags: 1}, "merge=sum",
+			"merge=sum on an lpm_trie"},
 	} {
 		em, err := ebpf.NewMap(&c.spec)
 		if err != nil {
