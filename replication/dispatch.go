@@ -670,7 +670,7 @@ func (d *dispatcher) resyncNeeded(p *peer, why string) {
 	d.stats.ResyncNeeded.Add(1)
 	p.needSync = true
 	if s, ok := d.limit.allow(reasonResync); ok {
-		d.log.Warn("giving up on missing datagrams; a full resync from the peer follows", "peer", p.node, "addr", p.addr,
+		d.log.Warn("giving up on missing datagrams; a resync from the peer follows", "peer", p.node, "addr", p.addr,
 			"epoch", p.epoch, "next", p.stream.next, "latest", p.stream.latest, "reason", why, "suppressed", s)
 	}
 }

@@ -58,7 +58,7 @@ type Counts[T any] struct {
 	Duplicates        T `name:"duplicates" metric:"datagrams_dropped_total" label:"reason=duplicate" help:"Datagrams already applied (or held), or from a peer's previous epoch, dropped."`
 	Held              T `name:"held" metric:"datagrams_held" kind:"gauge" help:"Peer datagrams held back behind a missing one."`
 	HoldFull          T `name:"hold_full" metric:"datagrams_dropped_total" label:"reason=hold_full" help:"Change datagrams beyond the receive window, dropped to be asked for again."`
-	ResyncNeeded      T `name:"resync_needed" metric:"resyncs_needed_total" help:"Gaps that could not be repaired by a resend: a full resync from that peer follows."`
+	ResyncNeeded      T `name:"resync_needed" metric:"resyncs_needed_total" help:"Gaps that could not be repaired by a resend: a resync from that peer follows, a delta of what it sent since if it can."`
 	Unsolicited       T `name:"unsolicited" metric:"datagrams_dropped_total" label:"reason=unsolicited" help:"Requests and answers from a node not known as a peer, dropped."`
 	PeerLimit         T `name:"peer_limit" metric:"datagrams_dropped_total" label:"reason=peer_limit" help:"Datagrams from a new node beyond the peer limit, dropped."`
 	PeersExpired      T `name:"peers_expired" help:"Peers forgotten after a silence."`
