@@ -192,7 +192,7 @@ const (
 	// kernel program's scratch space).
 	MaxCounterWords = 64
 	// MaxCounterMemory bounds what a sum map's contributions may take in
-	// the daemon: max_entries times [CounterBytesPerKey].
+	// the daemon: [CounterKeys] times [CounterBytesPerKey].
 	MaxCounterMemory = 1 << 30
 	// DefaultCounterScan is a sum map's scan period when neither its
 	// scan option nor --scan-interval gives one: its increments are found
@@ -207,6 +207,12 @@ const (
 // bytes a key, and 42 and the words per contribution), and the
 // knowledge's entry of each contribution (about 32 bytes).
 func CounterBytesPerKey(words, origins int) int { return 150 + origins*(42+32+8*words) }
+
+// CounterKeys is the most keys of a sum map of maxEntries entries the
+// daemon keeps: those the map holds, and the resets of as many it no
+// longer holds, each kept until --tombstone-horizon or, past as many,
+// forgotten earlier (the oldest first).
+func CounterKeys(maxEntries int) uint64 { return 2 * uint64(maxEntries) }
 
 // Options are one map's options, resolved against its value layout.
 type Options struct {
@@ -384,7 +390,8 @@ func Resolve(name string, opts []Option, scan time.Duration, l Layout) (Options,
 }
 
 // checkCounters checks a sum map: a value of 64-bit counters and nothing
-// else, and contributions that fit in [MaxCounterMemory]. It gives the
+// else, and contributions of [CounterKeys] keys that fit in
+// [MaxCounterMemory]. It gives the
 // map its default origins and scan period.
 func (o *Options) checkCounters(name string, origins *Option, l Layout) error {
 	if o.Merge != Sum {
@@ -407,9 +414,9 @@ func (o *Options) checkCounters(name string, origins *Option, l Layout) error {
 		o.Origins = DefaultOrigins
 	}
 	per := CounterBytesPerKey(l.ValueSize/8, o.Origins)
-	if total := uint64(l.MaxEntries) * uint64(per); total > MaxCounterMemory {
-		return fail(fmt.Errorf("%w: %d entries of %d bytes of contributions (%d origins) are %d MiB, more than %d MiB: lower origins= (the most nodes that count a key) or the map's max_entries",
-			ErrCounterMemory, l.MaxEntries, per, o.Origins, total>>20, MaxCounterMemory>>20))
+	if total := CounterKeys(l.MaxEntries) * uint64(per); total > MaxCounterMemory {
+		return fail(fmt.Errorf("%w: %d keys (max_entries held, and as many reset keys remembered) of %d bytes of contributions (%d origins) are %d MiB, more than %d MiB: lower origins= (the most nodes that count a key) or the map's max_entries",
+			ErrCounterMemory, CounterKeys(l.MaxEntries), per, o.Origins, total>>20, MaxCounterMemory>>20))
 	}
 	if o.Scan == 0 {
 		o.Scan = DefaultCounterScan

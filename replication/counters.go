@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,10 @@ type CounterTarget struct {
 	// clock: taken, such a stamp would outrank every honest reset or
 	// contribution of the key until that time.
 	FutureStamps atomic.Uint64
+	// ResetsDropped counts the resets of keys the kernel map no longer
+	// holds forgotten before the horizon, because as many as the map's
+	// max_entries were remembered (see [CounterTarget.forget]).
+	ResetsDropped atomic.Uint64
 
 	mu   sync.Mutex
 	keys map[string]*counterKey
@@ -78,6 +83,11 @@ type CounterTarget struct {
 	// writes counts UpdateBatch's calls (see [counterKey.merged]).
 	writes uint32
 	last   hlc.Stamp // the latest stamp this node gave a contribution or reset
+	// horizon is how long the reset of a key the kernel map no longer
+	// holds is remembered, the tombstone horizon; maxGone how many such
+	// keys at most, the map's max_entries (see [CounterTarget.forget]).
+	horizon time.Duration
+	maxGone int
 	// Buffers, reused under mu.
 	kkeys, kvals       []byte // a batch read from the kernel map
 	addKeys, addDeltas []byte // a batch of adds
@@ -98,7 +108,9 @@ type counterKey struct {
 const counterBatch = 256
 
 // CounterMap describes the sum map m (as [MapFromLoader] describes it)
-// for [NewTable]: its contribution map, with t as its target. The
+// for [NewTable]: its contribution map, with t as its target, which
+// remembers the resets of at most the map's max_entries keys it no longer
+// holds (see [CounterTarget.forget]). The
 // descriptor differs from a last-writer-wins map's of the same name (the
 // key and value sizes), so a node that sums never applies the records of
 // one that does not.
@@ -106,6 +118,9 @@ func CounterMap(m Map, t *CounterTarget, opts mapopt.Options) Map {
 	d := m.Desc
 	d.KeySize += originSize
 	d.ValueSize = uint32(contribHeader + 8*t.words)
+	t.mu.Lock()
+	t.maxGone = int(max(d.MaxEntries, 1))
+	t.mu.Unlock()
 	d.MaxEntries *= uint32(t.origins)
 	return Map{Desc: d, ID: m.ID, Target: t, Options: opts}
 }
@@ -114,13 +129,25 @@ func CounterMap(m Map, t *CounterTarget, opts mapopt.Options) Map {
 // kernel (keySize and valueSize bytes; the value a vector of 64-bit
 // counters; cpus values per key, one per CPU, for a per-CPU map, whose
 // node's count is their sum, else 1), on node self, adding with adder;
-// origins is the map's origins option, now the node's clock.
+// origins is the map's origins option, now the node's clock. It
+// remembers resets for [DefaultTombstoneHorizon] unless
+// [CounterTarget.SetHorizon] says otherwise.
 func NewCounterTarget(kernel counterKernel, adder counterAdder, keySize, valueSize, cpus int, self uint32, origins int, now func() time.Time) *CounterTarget {
 	w := valueSize / 8
 	return &CounterTarget{kernel: kernel, adder: adder, self: self, origins: origins, keySize: keySize, words: w, cpus: cpus, now: now,
+		horizon: DefaultTombstoneHorizon, maxGone: counterBatch,
 		keys:  make(map[string]*counterKey),
 		kkeys: make([]byte, counterBatch*keySize), kvals: make([]byte, counterBatch*valueSize*cpus),
 		value: make([]uint64, w), local: make([]uint64, w), d: make([]uint64, w)}
+}
+
+// SetHorizon sets how long the reset of a key the kernel map no longer
+// holds is remembered: the node's --tombstone-horizon, the time its
+// deletes are remembered.
+func (t *CounterTarget) SetHorizon(h time.Duration) {
+	t.mu.Lock()
+	t.horizon = h
+	t.mu.Unlock()
 }
 
 func (t *CounterTarget) entrySize() (int, int) {
@@ -155,6 +182,11 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 		c := t.decode(origin, values[o*vs:(o+1)*vs])
 		if c.Reset.Stamp > limit || c.Stamp > limit {
 			t.FutureStamps.Add(1)
+			continue
+		}
+		if t.keys[string(key)] == nil && !counted(c.Words) && c.Reset.Stamp < t.forgotten() {
+			// A reset older than the horizon of a key not held, and
+			// nothing counted from it: what [CounterTarget.forget] forgot.
 			continue
 		}
 		ck := t.key(key)
@@ -302,6 +334,7 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 	}
 	t.mu.Unlock()
 	slices.Sort(unseen) // the same order on every run: a simulator replays it
+	var gone []string
 	for _, k := range unseen {
 		key := []byte(k)
 		t.mu.Lock()
@@ -311,8 +344,20 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 			return err
 		}
 		ck := t.keys[k]
-		t.out = t.out[:0]
+		if ck == nil { // forgotten by a Dump run meanwhile
+			t.mu.Unlock()
+			continue
+		}
 		t.readOwn(ck, raw, held)
+		if !held && !ck.counted() {
+			if ck.k.Reset().Stamp < t.forgotten() {
+				delete(t.keys, k)
+				t.mu.Unlock()
+				continue
+			}
+			gone = append(gone, k)
+		}
+		t.out = t.out[:0]
 		t.appendKey(ck, key)
 		out := t.out
 		t.mu.Unlock()
@@ -320,7 +365,69 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 			return err
 		}
 	}
+	t.forget(gone)
 	return em.flush()
+}
+
+// counted reports whether any word of the key's contributions is not
+// zero.
+func (ck *counterKey) counted() bool {
+	n := false
+	ck.k.Contributions(func(c counter.Contribution) { n = n || counted(c.Words) })
+	return n
+}
+
+func counted(words []uint64) bool {
+	for _, w := range words {
+		if w != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// forgotten is the stamp before which the reset of a key the kernel map
+// does not hold is forgotten: the horizon ago.
+func (t *CounterTarget) forgotten() hlc.Stamp {
+	return hlc.Make(t.now().Add(-t.horizon).UnixMilli(), 0)
+}
+
+// forget bounds what the target keeps of the keys the kernel map no
+// longer holds. Such a key (gone, found by a Dump: reset, and nothing
+// counted since) is kept only for its reset, which refuses a peer's late
+// contribution counted from before it, and is forgotten once the reset
+// is older than the horizon, as a delete's tombstone is: a contribution
+// counted from before it that arrives later still, from a node cut off
+// longer than that, counts again. Of more gone keys than the map's
+// max_entries, those of the oldest resets are forgotten at once, and
+// counted, so the target holds at most twice max_entries keys.
+func (t *CounterTarget) forget(gone []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(gone) <= t.maxGone {
+		return
+	}
+	reset := func(k string) knowledge.Version {
+		if ck := t.keys[k]; ck != nil {
+			return ck.k.Reset()
+		}
+		return knowledge.Version{}
+	}
+	slices.SortFunc(gone, func(a, b string) int {
+		switch ra, rb := reset(a), reset(b); {
+		case rb.Newer(ra):
+			return -1
+		case ra.Newer(rb):
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	for _, k := range gone[:len(gone)-t.maxGone] {
+		if ck := t.keys[k]; ck != nil && !ck.counted() {
+			delete(t.keys, k)
+			t.ResetsDropped.Add(1)
+		}
+	}
 }
 
 // readOwn reads this node's contribution to ck from the kernel map's
@@ -329,13 +436,7 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 // held any count, it was deleted here, and is reset.
 func (t *CounterTarget) readOwn(ck *counterKey, raw []byte, held bool) {
 	if !held {
-		counted := false
-		ck.k.Contributions(func(c counter.Contribution) {
-			for _, w := range c.Words {
-				counted = counted || w != 0
-			}
-		})
-		if counted {
+		if ck.counted() {
 			ck.k.ApplyReset(knowledge.Version{Stamp: t.stamp(ck.k.Reset().Stamp), Origin: t.self})
 		}
 		clear(t.value)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/loader"
+	"github.com/udpmapsync/udpmapsync/mapopt"
 )
 
 // memKernel is a kernel map in memory, for the measure of the daemon's
@@ -250,4 +251,84 @@ func BenchmarkCounterApply(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "entries/s")
 	})
+}
+
+// The keys of a sum map whose windows end with a delete (a rate
+// limiter's) come and go; what the target keeps of each gone key, its
+// reset, is forgotten once the reset is older than the horizon, and of
+// more gone keys than the map's max_entries the oldest at once: the
+// daemon does not grow with every key ever counted. A peer's late
+// contribution counted from before a reset it still remembers is
+// refused.
+func TestCounterKeysChurn(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		horizon time.Duration
+		most    int // keys held at the end
+		dropped bool
+	}{
+		{"horizon", 3 * time.Second, 4, false},  // a window a second: the last three windows' resets
+		{"max_entries", time.Hour, 2 * 4, true}, // the map's 4 entries, and 4 resets
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			em, lm, adder := sumMap(t, "sum_churn", ebpf.Hash)
+			start := time.Now()
+			now := start
+			ct := NewCounterTarget(lm, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+			CounterMap(MapFromLoader(lm), ct, mapopt.Options{Merge: mapopt.Sum, Origins: 3})
+			ct.SetHorizon(c.horizon)
+			ks, vs := ct.entrySize()
+			dump := func() {
+				t.Helper()
+				if err := ct.Dump(make([]byte, 16*ks), make([]byte, 16*vs), func(_, _ []byte) error { return nil }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			contribution := func(key uint32, reset, stamp, count uint64) {
+				t.Helper()
+				k, v := make([]byte, ks), make([]byte, vs)
+				binary.NativeEndian.PutUint32(k, key)
+				binary.BigEndian.PutUint32(k[4:], 2)
+				binary.BigEndian.PutUint64(v[0:], reset)
+				binary.BigEndian.PutUint64(v[12:], stamp)
+				binary.BigEndian.PutUint64(v[20:], count)
+				if err := ct.UpdateBatch(k, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const windows = 300
+			for i := range uint32(windows) {
+				contribution(i, 0, uint64(hlc.Make(now.UnixMilli(), 0)), 5)         // the peer counts
+				if err := em.Update(i, uint64(5+1), ebpf.UpdateExist); err != nil { // and so does this node
+					t.Fatal(err)
+				}
+				dump()
+				if err := em.Delete(i); err != nil { // the window ends
+					t.Fatal(err)
+				}
+				dump() // the reset
+				now = now.Add(time.Second)
+			}
+			dump()
+			if n := len(ct.keys); n > c.most || n == 0 {
+				t.Errorf("%d keys held after %d windows, want 1 to %d", n, windows, c.most)
+			}
+			if d := ct.ResetsDropped.Load(); (d > 0) != c.dropped {
+				t.Errorf("%d resets dropped before the horizon", d)
+			}
+			// A peer's reset of the first window, which carries no
+			// counts and is older than the horizon, is not learned again.
+			contribution(0, uint64(hlc.Make(start.UnixMilli(), 0)), uint64(hlc.Make(now.UnixMilli(), 0)), 0)
+			if ck := ct.keys[string([]byte{0, 0, 0, 0})]; c.name == "horizon" && ck != nil {
+				t.Errorf("the first window's key, forgotten, was learned again from a reset older than the horizon")
+			}
+			// The peer's contribution to the last window, counted before
+			// its reset and arriving late, is refused.
+			contribution(windows-1, 0, uint64(hlc.Make(now.UnixMilli(), 0)), 9)
+			var got uint64
+			if err := em.Lookup(uint32(windows-1), &got); err == nil {
+				t.Errorf("the last window's key holds %d: a contribution from before its reset counted", got)
+			}
+		})
+	}
 }

@@ -550,27 +550,32 @@ func (s *sender) takeRelayed() {
 	suspect := h.SuspectBefore()
 	h.Unlock()
 	n := s.relay.drain(func(m int, op ops.Op, v knowledge.Version, key, value []byte) {
-		if op == ops.Update && v.Stamp < suspect {
-			var ok bool
-			if v, ok = s.restampRelayed(m, v, key, now); !ok {
-				return
-			}
+		var ok bool
+		if v, ok = s.relayedVersion(m, op, v, key, suspect, now); !ok {
+			s.superseded++
+			return
 		}
 		s.queue(&s.table.maps[m], op, v, key, value, now)
 	})
 	s.relayed += uint64(n)
 }
 
-// restampRelayed stamps anew a relayed update of key in map index m
-// whose version v a capture loss made suspect, if v is still the version
-// known of it; if not, a later write superseded it, and goes on its own.
-func (s *sender) restampRelayed(m int, v knowledge.Version, key []byte, now time.Time) (knowledge.Version, bool) {
+// relayedVersion is the version a relayed write of key in map index m,
+// recorded at v, goes at: none if v is no longer the version known of the
+// key, since a later write superseded it and goes on its own (the value
+// was read from the map, where it may be that later write, a local one
+// not yet read from the capture); stamped anew if it is an update whose
+// version a capture loss made suspect.
+func (s *sender) relayedVersion(m int, op ops.Op, v knowledge.Version, key []byte, suspect hlc.Stamp, now time.Time) (knowledge.Version, bool) {
 	h := s.know.Lock()
 	defer h.Unlock()
-	if e := h.Lookup(m, key); e == nil || e.Deleted() || e.Version() != v {
+	if e := h.Lookup(m, key); e == nil || e.Deleted() != (op == ops.Delete) || e.Version() != v {
 		return v, false
 	}
-	return h.Current(m, key, now), true
+	if op == ops.Update && v.Stamp < suspect {
+		return h.Current(m, key, now), true
+	}
+	return v, true
 }
 
 // badChange drops a change the source should never have produced.

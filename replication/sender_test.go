@@ -679,3 +679,34 @@ func TestSenderHoldsBackForAPeer(t *testing.T) {
 		t.Errorf("waited %v with the ring half full", clk.now.Sub(start))
 	}
 }
+
+// A relayed write whose version is no longer the one known of its key was
+// superseded by a later write, which goes on its own: the relayed value,
+// read from the map, may be that later write (a local one not yet read
+// from the capture), and sent at the old version it claimed to be node
+// 5's. Values too large for one datagram, sent as fragments, are not
+// coalesced with the pending later write, so it went out (simulated
+// 3000-byte values, seed 7495).
+func TestSupersededRelayedDropped(t *testing.T) {
+	tab := mustTable(t, testPayload, testMap("flows", 1, 4, 8, nil))
+	tr := newFakeTransport()
+	relay := new(relayQueue)
+	s, _ := newTestSender(t, tab, &scriptSource{}, tr, senderConfig{Relay: relay})
+	now := time.Now()
+	theirs := knowledge.Version{Stamp: s.clock.At(now), Origin: 5}
+	relay.add(0, ops.Update, theirs, []byte("key1"), []byte("newlocal"))
+	mine := knowledge.Version{Stamp: s.clock.At(now), Origin: 7}
+	h := s.know.Lock()
+	h.Set(h.Put(0, []byte("key1")), 0, []byte("key1"), mine, false, false, now) // the local write, captured since
+	h.Unlock()
+	if _, err := s.took(os.ErrDeadlineExceeded); err != nil {
+		t.Fatal(err)
+	}
+	for _, batch := range tr.sent() {
+		for _, d := range batch {
+			if vs := sentVersions(t, tab, d, "key1"); len(vs) > 0 {
+				t.Fatalf("a superseded relayed write was sent at %+v", vs)
+			}
+		}
+	}
+}

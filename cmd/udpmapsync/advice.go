@@ -147,7 +147,7 @@ func optionAdvice(err error) error {
 	case errors.Is(err, mapopt.ErrCounterValue):
 		hint = "a merge=sum map's value is __u64 counters and nothing else: count in __u64 fields, or replicate the map without merge=sum (last writer wins)"
 	case errors.Is(err, mapopt.ErrCounterMemory):
-		hint = "every key keeps the contributions of up to origins= nodes in the daemon's memory (README, \"Counters\")"
+		hint = "every key the map holds, and every key reset within --tombstone-horizon (as many again at most), keeps the contributions of up to origins= nodes in the daemon's memory (README, \"Counters\")"
 	case errors.Is(err, mapopt.ErrNeedsScan):
 		hint = "add scan=DURATION to this map's options, or set --scan-interval"
 	}

@@ -28,14 +28,17 @@ type counterMap struct {
 // Without them, if a daemon ran here before (ranBefore: it crashed), the
 // kernel map's values mix this node's counts with its peers' in a way it
 // can no longer tell apart: it clears them, and its initial sync brings
-// every contribution back, its own as last sent included.
-func openCounters(m *loader.Map, o mapopt.Options, node uint32, stateDir string, ranBefore bool, log *slog.Logger) (*counterMap, error) {
+// every contribution back, its own as last sent included. The resets of
+// keys the map no longer holds are remembered for horizon, the
+// --tombstone-horizon.
+func openCounters(m *loader.Map, o mapopt.Options, node uint32, stateDir string, ranBefore bool, horizon time.Duration, log *slog.Logger) (*counterMap, error) {
 	adder, err := loader.NewAdder(m)
 	if err != nil {
 		return nil, fmt.Errorf("--map %s, merge=sum: %w", m.Name, err)
 	}
 	cm := &counterMap{adder: adder, saved: filepath.Join(stateDir, "counters-"+m.Name)}
 	cm.target = replication.NewCounterTarget(m, adder, int(m.KeySize), int(m.ValueSize), int(max(m.CPUs, 1)), node, o.Origins, time.Now)
+	cm.target.SetHorizon(horizon)
 	loaded, err := cm.target.Load(cm.saved)
 	if err != nil {
 		adder.Close()

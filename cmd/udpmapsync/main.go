@@ -354,7 +354,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	var captured []*loader.Map // all but the sum maps, which only scans follow
 	for i, m := range d.maps {
 		if d.options[i].Merge == mapopt.Sum {
-			cm, err := openCounters(m, d.options[i], c.node, f.StateDir, ranBefore, log)
+			cm, err := openCounters(m, d.options[i], c.node, f.StateDir, ranBefore, f.TombstoneHorizon, log)
 			if err != nil {
 				return nil, err
 			}
@@ -523,13 +523,15 @@ func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
 	}
-	var full, future uint64
+	var full, future, dropped uint64
 	for _, cm := range d.counters {
 		full += cm.target.OriginsFull.Load()
 		future += cm.target.FutureStamps.Load()
+		dropped += cm.target.ResetsDropped.Load()
 	}
 	if len(d.counters) > 0 {
-		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future))
+		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future),
+			slog.Uint64("counter_resets_dropped", dropped))
 	}
 	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {
