@@ -81,8 +81,11 @@ type Store struct {
 	// suspectBefore is the clock when the capture last lost changes: a
 	// version recorded before it may sit under a lost write (see Current).
 	suspectBefore hlc.Stamp
-	clock         *hlc.Clock
-	node          uint32
+	// forgotten is the newest stamp of a delete Prune forgot: a delta
+	// resync reaching back to it or before would miss that delete.
+	forgotten hlc.Stamp
+	clock     *hlc.Clock
+	node      uint32
 
 	restamped, tombstonesDropped *atomic.Uint64
 }
@@ -230,12 +233,18 @@ func (h Held) Prune(now time.Time) int {
 			if e := k.maps[m].find(hash); e != nil && e.Deleted() && e.Version() == v {
 				k.maps[m].remove(hash)
 			}
+			k.forgotten = max(k.forgotten, v.Stamp)
 			l.head++
 			n++
 		}
 	}
 	return n
 }
+
+// Forgotten returns the newest stamp of a delete [Held.Prune] forgot, 0 if
+// none: the deletes stamped after it are all remembered, still the latest
+// write of their keys or superseded by a newer one.
+func (h Held) Forgotten() hlc.Stamp { return h.k.forgotten }
 
 // NextGen starts a resync generation: the keys a snapshot carries are
 // marked with it ([Entry.SetGen]), to find those it did not carry.

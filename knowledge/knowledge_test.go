@@ -125,6 +125,9 @@ func TestTombstonesPruned(t *testing.T) {
 	// Key 2 was written again after its delete: its tombstone is stale
 	// and pruning must not forget the newer write.
 	set(2, Version{Stamp: old.Stamp + 1, Origin: 1}, false)
+	if f := h.Forgotten(); f != 0 {
+		t.Errorf("forgotten %d before any prune, want 0", f)
+	}
 	if n := h.Prune(now); n != 2 {
 		t.Fatalf("pruned %d log entries, want 2", n)
 	}
@@ -136,6 +139,10 @@ func TestTombstonesPruned(t *testing.T) {
 	}
 	if e := h.Lookup(0, key(3)); e == nil || !e.Deleted() {
 		t.Error("a delete within the horizon was forgotten")
+	}
+	// A delta resync from old or before would miss key 1's delete.
+	if f := h.Forgotten(); f != old.Stamp {
+		t.Errorf("forgotten %d, want the pruned deletes' %d", f, old.Stamp)
 	}
 	if k.tombs[0].len() != 1 || dropped.Load() != 0 {
 		t.Errorf("log holds %d, dropped %d", k.tombs[0].len(), dropped.Load())

@@ -210,6 +210,7 @@ func (d *dispatcher) peer(from netip.AddrPort, h *wire.Header, binds bool, now t
 			// its initial sync brings them; asking a restarted node,
 			// itself not ready, would only be refused, for ever.)
 			d.resyncNeeded(n, "peer restarted before its missing datagrams were repaired")
+			n.full = true // they were of its last run, which no delta of this one carries
 		}
 		return n, p, ok
 	default:
@@ -452,7 +453,7 @@ func (d *dispatcher) announce(p *peer, h *wire.Header, dgram []byte, now time.Ti
 		// held before, which can be newer than what this node holds (a
 		// write this node's crash forgot, a state file's entries). A
 		// full resync from it merges both ways.
-		p.needSync = true
+		p.needSync, p.full = true, true
 		if s, ok := d.limit.allow(reasonResync); ok {
 			d.log.Info("a peer that became ready apart from this node is heard; a full resync from it merges the two",
 				"peer", p.node, "addr", p.addr, "epoch", p.epoch, "suppressed", s)
@@ -536,7 +537,15 @@ func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time
 		return wire.ErrBadLength
 	}
 	var filter *wire.BucketFilter
-	if len(body) > 0 {
+	var from uint64
+	switch len(body) {
+	case 0:
+	case wire.SyncDeltaSize:
+		var err error
+		if from, err = wire.SyncDelta(body); err != nil {
+			return err
+		}
+	default:
 		filter = new(wire.BucketFilter)
 		if err := d.digests.filter(filter, body); err != nil {
 			return err
@@ -553,7 +562,7 @@ func (d *dispatcher) syncRequest(p *peer, h *wire.Header, dgram []byte, now time
 	if !d.gate.admit(p, now) {
 		return nil
 	}
-	return d.server.request(p, h, filter, now)
+	return d.server.request(p, h, filter, from, now)
 }
 
 func (d *dispatcher) syncAck(p *peer, h *wire.Header, dgram []byte, _ time.Time) error {
@@ -661,7 +670,7 @@ func (d *dispatcher) resyncNeeded(p *peer, why string) {
 	d.stats.ResyncNeeded.Add(1)
 	p.needSync = true
 	if s, ok := d.limit.allow(reasonResync); ok {
-		d.log.Warn("giving up on missing datagrams; a full resync from the peer follows", "peer", p.node, "addr", p.addr,
+		d.log.Warn("giving up on missing datagrams; a resync from the peer follows", "peer", p.node, "addr", p.addr,
 			"epoch", p.epoch, "next", p.stream.next, "latest", p.stream.latest, "reason", why, "suppressed", s)
 	}
 }

@@ -58,8 +58,11 @@ type peer struct {
 	// the peer's (see [dispatcher.announce]).
 	boundReady bool
 	// needSync is set when its changes were lost beyond repair: a full
-	// resync from it is due.
+	// resync from it is due, or only a delta of what it sent since the
+	// first change lost (see [resyncClient.begin]), unless full is set:
+	// what is due is more than its stream since then carried.
 	needSync bool
+	full     bool
 	// passOver is when it may again be chosen as a resync source, after
 	// it did not answer one.
 	passOver  time.Time

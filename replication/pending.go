@@ -3,6 +3,7 @@ package replication
 import (
 	"bytes"
 	"hash/maphash"
+	"math"
 	"math/bits"
 
 	"github.com/udpmapsync/udpmapsync/hlc"
@@ -146,7 +147,9 @@ func (p *pending) insert(slot int, m *localMap, op ops.Op, v knowledge.Version, 
 
 // encode writes every entry as a datagram in buf, grouped by map so that
 // each map costs one section header, and in arrival order within a map.
-func (p *pending) encode(w *wire.ChangeWriter, buf []byte) {
+// It returns the oldest stamp among them.
+func (p *pending) encode(w *wire.ChangeWriter, buf []byte) (floor hlc.Stamp) {
+	floor = hlc.Stamp(math.MaxUint64)
 	w.Reset(buf, p.node, uint64(p.base))
 	for _, head := range p.heads {
 		for i := head; i >= 0; i = p.entries[i].next {
@@ -162,8 +165,10 @@ func (p *pending) encode(w *wire.ChangeWriter, buf []byte) {
 			if !w.Append(e.m.fp, e.op, uint64(e.v.Stamp), e.v.Origin, key, value) {
 				panic("replication: pending size out of step with wire.ChangeWriter")
 			}
+			floor = min(floor, e.v.Stamp)
 		}
 	}
+	return floor
 }
 
 // reset empties the set, clearing only the index slots in use.

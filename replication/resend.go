@@ -2,10 +2,12 @@ package replication
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
 
@@ -49,7 +51,23 @@ type resendBuffer struct {
 	// reach a receiver before the window behind its gap fills and it
 	// drops what follows (hold_full), which then needs repairs too.
 	lag uint64
+	// floors is, per chunk of floorChunk consecutive datagrams, the
+	// oldest stamp among their records, far further back than the
+	// datagrams held: what a delta resync from a given datagram on must
+	// carry (see [resendBuffer.floor]).
+	floors     [floorChunks]hlc.Stamp
+	floorFirst uint64 // the first datagram noted; 0 before any
+	floorLast  uint64 // the latest noted
 }
+
+// The stamp floors cover floorChunks × floorChunk datagrams, 1M: tens of
+// seconds of the busiest sender, minutes of most, in 512 KiB. A delta
+// carries the records of up to floorChunk-1 datagrams before the first
+// one the requester lacks as well.
+const (
+	floorChunk  = 16
+	floorChunks = 1 << 16
+)
 
 // Flow control: a sender holds back while a peer still asks for a
 // datagram its resend buffer is about to evict, or one far behind the
@@ -124,6 +142,45 @@ func (b *resendBuffer) add(seq uint64, d []byte) {
 	b.offs[i], b.lens[i] = uint32(b.w), uint16(len(d))
 	b.w += len(d)
 	b.n++
+}
+
+// note records floor, the oldest stamp among the records of datagram seq
+// (0 for a datagram recorded lost, or one with an unstamped record),
+// which must follow the previous one noted.
+func (b *resendBuffer) note(seq uint64, floor hlc.Stamp) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.floorFirst == 0 || seq != b.floorLast+1 {
+		b.floorFirst = seq // cannot happen with one sender but for the first: start afresh
+	}
+	i := seq / floorChunk % floorChunks
+	if seq == b.floorFirst || seq%floorChunk == 0 {
+		b.floors[i] = floor
+	} else {
+		b.floors[i] = min(b.floors[i], floor)
+	}
+	b.floorLast = seq
+}
+
+// floor returns the oldest stamp among the records of the datagrams from
+// datagram from on, or of a few before it; ok is false when they are no
+// longer covered (from is before the first noted, or so far back that its
+// chunk was reused). After the latest datagram it returns ok and the
+// highest stamp: nothing was sent since.
+func (b *resendBuffer) floor(from uint64) (f hlc.Stamp, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.floorFirst == 0 || from < b.floorFirst || b.floorLast/floorChunk-from/floorChunk >= floorChunks && from <= b.floorLast:
+		return 0, false
+	case from > b.floorLast:
+		return hlc.Stamp(math.MaxUint64), true
+	}
+	f = hlc.Stamp(math.MaxUint64)
+	for c := from / floorChunk; c <= b.floorLast/floorChunk; c++ {
+		f = min(f, b.floors[c%floorChunks])
+	}
+	return f, true
 }
 
 // evict forgets the oldest datagram.

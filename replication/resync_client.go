@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -63,8 +64,11 @@ type resyncClient struct {
 
 	phase   syncPhase
 	from    *peer
-	owed    bool   // from's changes were lost: this is not only the initial sync
-	partial bool   // from lacks changes of other peers (wire.SyncPartial)
+	owed    bool // from's changes were lost: this is not only the initial sync
+	partial bool // from lacks changes of other peers (wire.SyncPartial)
+	// delta, unless 0, asks from for a delta resync: this node applied
+	// every change datagram of its before delta (see begin).
+	delta   uint64
 	id      uint32 // of the current request; the next is id+1
 	start   wire.SyncStart
 	since   time.Time // the phase began
@@ -246,11 +250,22 @@ func (c *resyncClient) source(now time.Time) *peer {
 
 // begin asks p for a snapshot of its maps. From now on p's change
 // datagrams are held until the answer says where the snapshot stands.
+// A ready node that gave up p's datagrams, and owes p nothing else, asks
+// for a delta: what p's stream carried from the first datagram not
+// applied here on (the first given up without being applied, else the
+// next), the same result as if nothing had been lost.
 func (c *resyncClient) begin(p *peer, now time.Time) {
 	c.prepare(p, now)
 	c.owed = p.needSync
 	p.needSync = false
-	c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
+	if c.owed && !p.full && c.ready.isReady() {
+		c.delta = cmp.Or(p.stream.lostFrom, p.stream.next)
+	}
+	if c.delta != 0 {
+		c.log.Info("requesting a delta resync", "peer", p.node, "addr", p.addr, "request", c.id, "from", c.delta)
+	} else {
+		c.log.Info("requesting a full resync", "peer", p.node, "addr", p.addr, "request", c.id)
+	}
 	c.sendRequest(now)
 }
 
@@ -285,7 +300,7 @@ func (c *resyncClient) reset() {
 	if c.from != nil {
 		c.apply.reasm.forget(c.from.node, true) // what a snapshot left incomplete, it never completes
 	}
-	c.phase, c.from, c.owed, c.partial = syncIdle, nil, false, false
+	c.phase, c.from, c.owed, c.partial, c.delta = syncIdle, nil, false, false, 0
 	c.start, c.got, c.total, c.ended, c.unacked, c.received = wire.SyncStart{}, snapshotWindow{}, 0, false, 0, 0
 	c.apply.marking, c.apply.comparing, c.apply.taken = 0, false, 0
 	for i := range c.apply.same {
@@ -298,8 +313,12 @@ func (c *resyncClient) sendRequest(now time.Time) {
 	c.sent = now
 	var body func([]byte) ([]byte, error)
 	size := wire.HeaderSize
-	if c.filtered {
+	switch {
+	case c.filtered:
 		body, size = c.filter.AppendTo, wire.HeaderSize+wire.BucketFilterSize
+	case c.delta != 0:
+		body = func(b []byte) ([]byte, error) { return wire.AppendSyncDelta(b, c.delta), nil }
+		size = wire.HeaderSize + wire.SyncDeltaSize
 	}
 	if c.gate.ask(c.from, size, now) {
 		_ = c.ctl.send(c.from.addr, wire.KindSyncRequest, 0, wire.SyncSeq(c.id, 0), body)
@@ -341,6 +360,11 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 		c.abandon(now, "the peer's answer is stamped further ahead of this node's clock than hlc.MaxSkew")
 		return errImplausible
 	}
+	// A delta only if one was asked for, from no later than the answer.
+	if st.Since != 0 && (c.delta == 0 || st.Since > st.Stamp) {
+		c.abandon(now, "the peer's answer is a delta that was not asked for, or from after its own stamp")
+		return errImplausible
+	}
 	c.phase, c.start, c.since, c.moved, c.logged = syncStreaming, st, now, now, now
 	c.partial = st.Status == wire.SyncPartial
 	// From here on, p's records mark the keys p knows (see finish).
@@ -353,7 +377,7 @@ func (c *resyncClient) started(p *peer, h *wire.Header, body []byte, now time.Ti
 		c.empty = append(c.empty, !loader.ArrayType(ebpf.MapType(m.Desc.Type)) && isEmpty(m))
 		// Room for what the snapshot brings, at once rather than growing
 		// through it; at most the map's size, whatever the peer claims.
-		if !c.filtered {
+		if !c.filtered && st.Since == 0 {
 			kh.Reserve(i, int(min(st.Entries, uint64(m.Desc.MaxEntries))))
 		}
 	}
@@ -481,14 +505,24 @@ func (c *resyncClient) finish(now time.Time) {
 		return
 	}
 	c.stats.ResyncsReceived.Add(1)
+	c.stats.SyncEntries.Add(c.received)
 	p.resyncs++
-	c.log.Info("full resync complete", "peer", p.node, "entries", c.received, "sent_back", pushed,
+	kind := "full"
+	if c.start.Since != 0 {
+		kind = "delta"
+		c.stats.ResyncsDelta.Add(1)
+	} else {
+		p.full = false
+	}
+	c.log.Info(kind+" resync complete", "peer", p.node, "entries", c.received, "sent_back", pushed,
 		"datagrams", c.total, "took", now.Sub(c.since).Round(time.Millisecond), "partial", c.partial)
 	if c.partial {
 		// What p lacked of the others, each of them holds: their streams
-		// here began after it, so only a resync from each brings it.
+		// here began after it, so only a full resync from each brings it.
 		for _, q := range c.peers.byNode {
-			q.needSync = q.needSync || q != p
+			if q != p {
+				q.needSync, q.full = true, true
+			}
 		}
 	}
 	c.reset()
@@ -505,6 +539,11 @@ func (c *resyncClient) finish(now time.Time) {
 // carry whose latest write known here is p's own, p deleted: it is
 // deleted here as p's delete at the start's stamp. It returns how many
 // entries it sent back.
+//
+// After a delta, only what p carried older goes back, and the deletes
+// remembered here since the delta's stamp that p did not carry: what p's
+// stream would have met here had nothing been lost. Nothing is deleted
+// but by the deletes p carried: it sent only what changed since.
 func (c *resyncClient) pushBack(p *peer) int {
 	k, gen, pushed := c.know, c.apply.gen, 0
 	for i := range c.apply.table.maps {
@@ -512,7 +551,7 @@ func (c *resyncClient) pushBack(p *peer) int {
 		if c.filtered && m.fp != c.filter.Map {
 			continue
 		}
-		if c.empty[i] {
+		if c.empty[i] || c.start.Since != 0 {
 			pushed += c.pushTombstones(i, gen)
 			pushed += c.pushNewer(m)
 			continue
@@ -633,13 +672,13 @@ func (c *resyncClient) deleteAs(p *peer, m *localMap, keys []byte) {
 }
 
 // pushTombstones queues the remembered deletes of map index i that the
-// snapshot did not mark.
+// snapshot did not mark (of a delta, those stamped since it).
 func (c *resyncClient) pushTombstones(i int, gen uint8) int {
 	pushed := 0
 	h := c.know.Lock()
 	defer h.Unlock()
 	for key, e := range h.Tombstones(i) {
-		if e.Gen() != gen && (!c.filtered || inFilter(&c.filter, digestKeyHash(key))) {
+		if e.Gen() != gen && (!c.filtered || inFilter(&c.filter, digestKeyHash(key))) && e.Version().Stamp >= hlc.Stamp(c.start.Since) {
 			c.relay.add(i, ops.Delete, e.Version(), key, nil)
 			pushed++
 		}

@@ -525,7 +525,7 @@ func (s *sender) fragment(m *localMap, v knowledge.Version, key, value []byte) {
 		if !s.w.AppendFragment(m.fp, uint64(v.Stamp), v.Origin, key, whole, i, m.fragments) {
 			panic("replication: a fragment does not fit the datagram NewTable planned it for")
 		}
-		s.queueDatagram()
+		s.queueDatagram(v.Stamp)
 	}
 	s.changes++
 	s.fragments += uint64(m.fragments)
@@ -593,18 +593,20 @@ func (s *sender) closeDatagram() {
 	if s.pend.empty() {
 		return
 	}
-	s.pend.encode(&s.w, s.bufs[len(s.queued)])
+	floor := s.pend.encode(&s.w, s.bufs[len(s.queued)])
 	s.changes += uint64(s.w.Count())
 	s.pend.reset()
-	s.queueDatagram()
+	s.queueDatagram(floor)
 }
 
-// queueDatagram numbers the datagram the writer holds, keeps it in the
-// resend buffer and queues it, sending the queue once it is full.
-func (s *sender) queueDatagram() {
+// queueDatagram numbers the datagram the writer holds, whose oldest
+// record is stamped floor, keeps it in the resend buffer and queues it,
+// sending the queue once it is full.
+func (s *sender) queueDatagram(floor hlc.Stamp) {
 	s.header.Seq++
 	d := s.w.Finish(s.header)
 	if s.resend != nil {
+		s.resend.note(s.header.Seq, floor)
 		s.resend.add(s.header.Seq, d)
 	}
 	s.queued = append(s.queued, d)
@@ -680,6 +682,7 @@ func (s *sender) lostChanges(now time.Time) {
 	s.flush()
 	s.header.Seq++
 	if s.resend != nil {
+		s.resend.note(s.header.Seq, 0)
 		s.resend.add(s.header.Seq, nil)
 	}
 }

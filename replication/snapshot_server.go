@@ -58,6 +58,9 @@ var (
 // of the latest one. [*resendBuffer] implements it.
 type ownStream interface {
 	held() (first, last uint64, ok bool)
+	// floor is the oldest stamp among the records of the datagrams from
+	// from on; ok is false when it is no longer known.
+	floor(from uint64) (f hlc.Stamp, ok bool)
 }
 
 // snapshotServer streams snapshots of the local maps to peers that ask
@@ -109,6 +112,9 @@ type transfer struct {
 	// filter, unless nil, limits the snapshot to the buckets of one map
 	// that a digest round of the requester's found to differ.
 	filter *wire.BucketFilter
+	// since, unless 0, makes the snapshot a delta: only the entries and
+	// deletes stamped at or after it (see [wire.SyncStart].Since).
+	since hlc.Stamp
 	// stream is the transfer's sending state; began, when it began.
 	stream *snapshotStream
 	began  time.Time
@@ -124,7 +130,9 @@ type syncAck struct {
 // request answers p's request for a snapshot: with a refusal, or with
 // where the snapshot stands, after which a transfer streams it. A
 // repeated request (its answer was lost) gets the same answer again.
-func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFilter, now time.Time) error {
+// from, unless 0, asks for a delta: p applied every change datagram of
+// this node's before it (see [snapshotServer.deltaSince]).
+func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFilter, from uint64, now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	id, _ := wire.SplitSyncSeq(h.Seq)
@@ -151,6 +159,9 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 			h.Unlock()
 		}
 		st.Stamp = uint64(s.clock.Now())
+		if from != 0 && filter == nil {
+			st.Since = uint64(s.deltaSince(from, hlc.Stamp(st.Stamp)))
+		}
 	}
 	answer := wire.Header{Kind: wire.KindSyncStart, Node: s.node, Epoch: s.epoch, Seq: h.Seq, Sealed: s.sealed}
 	b, err := answer.AppendTo(make([]byte, 0, wire.HeaderSize+wire.SyncStartSize))
@@ -169,11 +180,15 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 		s.stopTransfer(old)
 	}
 	t := &transfer{to: p.addr, node: p.node, id: id, start: start,
-		acks: make(chan syncAck, 16), stop: make(chan struct{}), filter: filter, began: now}
+		acks: make(chan syncAck, 16), stop: make(chan struct{}), filter: filter, since: hlc.Stamp(st.Since), began: now}
 	t.stream = newSnapshotStream(s, t)
 	s.transfers[p.node] = t
 	s.started[p.node] = now
-	if filter == nil {
+	switch {
+	case st.Since != 0:
+		s.log.Info("serving a delta resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf,
+			"from", from, "since", hlc.Stamp(st.Since))
+	case filter == nil:
 		s.log.Info("serving a full resync", "peer", p.node, "addr", p.addr, "request", id, "as_of", st.AsOf)
 	}
 	if s.spawn {
@@ -181,6 +196,32 @@ func (s *snapshotServer) request(p *peer, h *wire.Header, filter *wire.BucketFil
 		go s.serve(t)
 	}
 	return nil
+}
+
+// deltaSince returns the oldest stamp a delta resync for a requester that
+// applied every change datagram of this node's before from must carry, or
+// 0 for a full one: the oldest stamp among the records of those datagrams
+// (a relayed record may be far older than its datagram), when it is still
+// known, and no delete stamped since is forgotten, and the capture lost
+// nothing since (a delete it lost would be found only by a full one). A
+// from after the latest datagram gets now: nothing was sent since. Any
+// from, forged or not, gets a snapshot no larger than a full one.
+func (s *snapshotServer) deltaSince(from uint64, now hlc.Stamp) hlc.Stamp {
+	f, ok := s.own.floor(from)
+	if !ok {
+		s.log.Debug("a delta resync is asked from a datagram whose stamps are forgotten: serving a full one", "from", from)
+		return 0
+	}
+	f = min(f, now)
+	h := s.know.Lock()
+	forgotten, suspect := h.Forgotten(), h.SuspectBefore()
+	h.Unlock()
+	if f == 0 || forgotten >= f || suspect >= f {
+		s.log.Debug("a delta resync is asked from before a forgotten delete, a capture loss or an unstamped record: serving a full one",
+			"from", from, "since", f, "forgotten", forgotten, "suspect", suspect)
+		return 0
+	}
+	return f
 }
 
 // stopTransfer stops t, replaced or forgotten. Its goroutine, if it has
@@ -308,7 +349,11 @@ func (s *snapshotServer) ended(t *transfer, err error) {
 		return
 	}
 	s.stats.ResyncsSent.Add(1)
-	s.log.Info("full resync served", "peer", t.node, "entries", st.entries, "datagrams", st.closed,
+	kind := "full"
+	if t.since != 0 {
+		kind = "delta"
+	}
+	s.log.Info(kind+" resync served", "peer", t.node, "entries", st.entries, "datagrams", st.closed,
 		"resent", st.resent, "took", took)
 }
 
@@ -455,10 +500,12 @@ func (st *snapshotStream) step(now time.Time) (wake time.Time, done bool, err er
 }
 
 // records yields every local map's entries (those of the filter's map
-// and buckets, with a filter), a read batch at a time, each with the
+// and buckets, with a filter; those stamped at or after since, in a
+// delta), a read batch at a time, each with the
 // version this node knows of it, looked up under the knowledge lock with
 // the read of the entry; then the map's deletes this node remembers and
-// still takes as the latest write of their keys.
+// still takes as the latest write of their keys (in a delta, those stamped
+// at or after since).
 func (st *snapshotStream) records(yield func(recordBatch) bool) {
 	f := st.t.filter
 	for i := range st.s.table.maps {
@@ -474,7 +521,11 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 				if f != nil && !inFilter(f, digestKeyHash(key)) {
 					continue
 				}
-				st.vers, st.pick = append(st.vers, h.Current(m.index, key, now)), append(st.pick, o)
+				v := h.Current(m.index, key, now)
+				if v.Stamp < st.t.since {
+					continue // a delta's requester has it
+				}
+				st.vers, st.pick = append(st.vers, v), append(st.pick, o)
 			}
 		}, func(ks, vs []byte) error {
 			if m.plan != nil {
@@ -497,7 +548,7 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 		st.vers = st.vers[:0]
 		h := st.know.Lock()
 		for key, e := range h.Tombstones(m.index) {
-			if f == nil || inFilter(f, digestKeyHash(key)) {
+			if (f == nil || inFilter(f, digestKeyHash(key))) && e.Version().Stamp >= st.t.since {
 				keys = append(keys, key...)
 				st.vers = append(st.vers, e.Version())
 			}

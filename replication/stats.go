@@ -58,7 +58,7 @@ type Counts[T any] struct {
 	Duplicates        T `name:"duplicates" metric:"datagrams_dropped_total" label:"reason=duplicate" help:"Datagrams already applied (or held), or from a peer's previous epoch, dropped."`
 	Held              T `name:"held" metric:"datagrams_held" kind:"gauge" help:"Peer datagrams held back behind a missing one."`
 	HoldFull          T `name:"hold_full" metric:"datagrams_dropped_total" label:"reason=hold_full" help:"Change datagrams beyond the receive window, dropped to be asked for again."`
-	ResyncNeeded      T `name:"resync_needed" metric:"resyncs_needed_total" help:"Gaps that could not be repaired by a resend: a full resync from that peer follows."`
+	ResyncNeeded      T `name:"resync_needed" metric:"resyncs_needed_total" help:"Gaps that could not be repaired by a resend: a resync from that peer follows, a delta of what it sent since if it can."`
 	Unsolicited       T `name:"unsolicited" metric:"datagrams_dropped_total" label:"reason=unsolicited" help:"Requests and answers from a node not known as a peer, dropped."`
 	PeerLimit         T `name:"peer_limit" metric:"datagrams_dropped_total" label:"reason=peer_limit" help:"Datagrams from a new node beyond the peer limit, dropped."`
 	PeersExpired      T `name:"peers_expired" help:"Peers forgotten after a silence."`
@@ -77,6 +77,8 @@ type Counts[T any] struct {
 	// Full resync.
 	ResyncsSent       T `name:"resyncs_sent" metric:"resyncs_total" label:"direction=sent" help:"Snapshots of the local maps streamed to a peer to the end."`
 	ResyncsReceived   T `name:"resyncs_received" metric:"resyncs_total" label:"direction=received" help:"Snapshots received from a peer to the end and applied."`
+	ResyncsDelta      T `name:"resyncs_delta" metric:"resyncs_delta_total" help:"Of the resyncs received, deltas: only what the peer wrote or passed on since the first of its changes lost here."`
+	SyncEntries       T `name:"sync_entries" metric:"resync_entries_total" help:"Entries and deletes received in resyncs, full or delta."`
 	SyncDeleted       T `name:"sync_deleted" metric:"resync_deleted_total" help:"Local entries a full resync deleted: a newer delete the peer remembered, or a key the peer wrote last and no longer holds."`
 	SyncPushed        T `name:"sync_pushed" metric:"resync_sent_back_total" help:"Entries and deletes a full resync found the serving peer lacking, or holding older, and sent back to the group."`
 	TombstonesDropped T `name:"tombstones_dropped" metric:"tombstones_dropped_total" help:"Deletes forgotten before --tombstone-horizon because a map had more than a million remembered."`

@@ -3,7 +3,29 @@ package wire
 import "encoding/binary"
 
 // SyncStartSize is the length of a [KindSyncStart] body.
-const SyncStartSize = 25
+const SyncStartSize = 33
+
+// SyncDeltaSize is the length of a [KindSyncRequest] body that asks for a
+// delta resync: the sequence number, u64, of the first of the serving
+// node's change datagrams the requester has not applied (see
+// [AppendSyncDelta]).
+const SyncDeltaSize = 8
+
+// AppendSyncDelta appends the body of a delta [KindSyncRequest]: the
+// requester applied every change datagram of the serving node before from.
+func AppendSyncDelta(b []byte, from uint64) []byte { return binary.BigEndian.AppendUint64(b, from) }
+
+// SyncDelta decodes the body of a delta [KindSyncRequest], exactly
+// [SyncDeltaSize] bytes; from 0 asks for no delta and is [ErrBadLength].
+func SyncDelta(body []byte) (from uint64, err error) {
+	if err := exactly(body, SyncDeltaSize); err != nil {
+		return 0, err
+	}
+	if from = binary.BigEndian.Uint64(body); from == 0 {
+		return 0, ErrBadLength
+	}
+	return from, nil
+}
 
 // Answers to a [KindSyncRequest], in [SyncStart].Status.
 const (
@@ -34,6 +56,12 @@ type SyncStart struct {
 	// its maps: a key whose latest write the requester has from that node
 	// and that the snapshot does not carry was deleted there by then.
 	Stamp uint64
+	// Since, unless 0, makes the snapshot a delta: it carries only the
+	// entries and deletes whose version is stamped at or after Since, all
+	// the requester can lack; 0 is a full snapshot. The requester infers
+	// deletes (a key it has from the serving node that the snapshot does
+	// not carry) only of versions stamped at or after Since.
+	Since uint64
 }
 
 // AppendTo appends the encoded body, [SyncStartSize] bytes, to b. It
@@ -46,7 +74,8 @@ func (s *SyncStart) AppendTo(b []byte) ([]byte, error) {
 	b = append(b, s.Status)
 	b = binary.BigEndian.AppendUint64(b, s.AsOf)
 	b = binary.BigEndian.AppendUint64(b, s.Entries)
-	return binary.BigEndian.AppendUint64(b, s.Stamp), nil
+	b = binary.BigEndian.AppendUint64(b, s.Stamp)
+	return binary.BigEndian.AppendUint64(b, s.Since), nil
 }
 
 // Unmarshal decodes a [KindSyncStart] body. It returns [ErrShortBuffer] or
@@ -66,6 +95,7 @@ func (s *SyncStart) Unmarshal(body []byte) error {
 		AsOf:    binary.BigEndian.Uint64(body[1:]),
 		Entries: binary.BigEndian.Uint64(body[9:]),
 		Stamp:   binary.BigEndian.Uint64(body[17:]),
+		Since:   binary.BigEndian.Uint64(body[25:]),
 	}
 	return nil
 }

@@ -11,7 +11,8 @@ import (
 
 func TestSyncStartRoundTrip(t *testing.T) {
 	for _, s := range []wire.SyncStart{
-		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Entries: 1<<64 - 1, Stamp: 1<<64 - 1},
+		{Status: wire.SyncOK, AsOf: 1<<64 - 1, Entries: 1<<64 - 1, Stamp: 1<<64 - 1, Since: 1<<64 - 1},
+		{Status: wire.SyncOK, AsOf: 5, Stamp: 9, Since: 8},
 		{Status: wire.SyncNotReady},
 		{Status: wire.SyncBusy, AsOf: 3, Entries: 1_000_000, Stamp: 7},
 		{Status: wire.SyncPartial, AsOf: 9, Stamp: 1},
@@ -24,6 +25,30 @@ func TestSyncStartRoundTrip(t *testing.T) {
 		var got wire.SyncStart
 		if err := got.Unmarshal(b); err != nil || got != s {
 			t.Errorf("Unmarshal(AppendTo(%+v)) = %+v, %v", s, got, err)
+		}
+	}
+}
+
+// A delta request names the first datagram the requester lacks, any
+// number but 0, in exactly 8 bytes.
+func TestSyncDelta(t *testing.T) {
+	for _, from := range []uint64{1, 2, 1<<64 - 1} {
+		b := wire.AppendSyncDelta(nil, from)
+		if got, err := wire.SyncDelta(b); len(b) != wire.SyncDeltaSize || got != from || err != nil {
+			t.Errorf("SyncDelta(AppendSyncDelta(%d)) = %d, %v (%d bytes)", from, got, err, len(b))
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		body []byte
+		want error
+	}{
+		{"zero", wire.AppendSyncDelta(nil, 0), wire.ErrBadLength},
+		{"short", wire.AppendSyncDelta(nil, 1)[:7], wire.ErrShortBuffer},
+		{"long", append(wire.AppendSyncDelta(nil, 1), 0), wire.ErrBadLength},
+	} {
+		if _, err := wire.SyncDelta(tc.body); !errors.Is(err, tc.want) {
+			t.Errorf("%s: SyncDelta = %v, want %v", tc.name, err, tc.want)
 		}
 	}
 }
