@@ -88,7 +88,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.PeersRefresh, "peers-refresh", discovery.DefaultRefresh, "how often --peers dns:NAME or file:PATH is looked up again")
 	fs.StringVar(&f.DNSServer, "dns-server", "", "test hook: resolve --peers dns:NAME with this server (ADDR:PORT) instead of the system's")
 	_ = fs.MarkHidden("dns-server")
-	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N, then its options: SPEC,scan=1s,clock=FIELD:KIND,refresh=FIELD:PERIOD,local=FIELD,vanished=keep|delete (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
+	fs.StringArrayVar(&f.Maps, "map", nil, "map to replicate: a pinned path, name:NAME or id:N, then its options: SPEC,scan=1s,clock=FIELD:KIND,refresh=FIELD:PERIOD,local=FIELD,vanished=keep|delete,merge=lww|sum,origins=N (repeatable; default: every map pinned in "+loader.DefaultPinDir+")")
 	fs.StringVar(&f.Config, "config", "", "YAML file listing maps with their options (maps: [{map: SPEC, scan: 1s, clock: [...], ...}]), in addition to --map")
 	fs.DurationVar(&f.ScanInterval, "scan-interval", 0, "scan every map this often for in-place changes and evictions (0: never); a map's scan option overrides it")
 	fs.StringVar(&f.Capture, "capture", string(loader.BackendAuto), "capture backend: auto, fentry or syscall")
