@@ -342,14 +342,42 @@ func valueLen(size, cpus uint32) uint32 {
 	return cpus * ((size + 7) &^ 7)
 }
 
+// replicable are the map types udpmapsync replicates, each with its name
+// as bpftool and the kernel's documentation give it.
+var replicable = []struct {
+	typ  ebpf.MapType
+	name string
+}{
+	{ebpf.Hash, "hash"},
+	{ebpf.LRUHash, "lru_hash"},
+	{ebpf.Array, "array"},
+	{ebpf.PerCPUHash, "percpu_hash"},
+	{ebpf.LRUCPUHash, "lru_percpu_hash"},
+	{ebpf.PerCPUArray, "percpu_array"},
+	{ebpf.LPMTrie, "lpm_trie"},
+}
+
+// TypeName names a map type udpmapsync replicates as bpftool does
+// ("lru_percpu_hash"); ok is false for any other type.
+func TypeName(t ebpf.MapType) (name string, ok bool) {
+	for _, r := range replicable {
+		if r.typ == t {
+			return r.name, true
+		}
+	}
+	return "", false
+}
+
 // checkReplicable refuses the maps udpmapsync cannot replicate faithfully.
 // cpus is the possible CPUs for a per-CPU map, else 0.
 func checkReplicable(info *ebpf.MapInfo, cpus uint32) error {
-	switch info.Type {
-	case ebpf.Hash, ebpf.LRUHash, ebpf.Array, ebpf.PerCPUHash, ebpf.LRUCPUHash, ebpf.PerCPUArray, ebpf.LPMTrie:
-	default:
-		return fmt.Errorf("%w: type %s is not one of hash, lru_hash, array, percpu_hash, lru_percpu_hash, percpu_array and lpm_trie",
-			ErrUnsupportedMap, info.Type)
+	if _, ok := TypeName(info.Type); !ok {
+		names := make([]string, len(replicable))
+		for i, r := range replicable {
+			names[i] = r.name
+		}
+		return fmt.Errorf("%w: type %s is not one of %s and %s",
+			ErrUnsupportedMap, info.Type, strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 	}
 	if info.KeySize > MaxKeySize {
 		return fmt.Errorf("%w: key size %d B is over the %d B limit", ErrUnsupportedMap, info.KeySize, MaxKeySize)

@@ -53,21 +53,8 @@ func DefaultMaps() []MapSpec {
 
 // bpftoolType is the type's name on bpftool's command line.
 func (s MapSpec) bpftoolType() (string, error) {
-	switch s.Type {
-	case ebpf.Hash:
-		return "hash", nil
-	case ebpf.LRUHash:
-		return "lru_hash", nil
-	case ebpf.Array:
-		return "array", nil
-	case ebpf.PerCPUHash:
-		return "percpu_hash", nil
-	case ebpf.LRUCPUHash:
-		return "lru_percpu_hash", nil
-	case ebpf.PerCPUArray:
-		return "percpu_array", nil
-	case ebpf.LPMTrie:
-		return "lpm_trie", nil
+	if name, ok := loader.TypeName(s.Type); ok {
+		return name, nil
 	}
 	return "", fmt.Errorf("map %s: type %s is not one udpmapsync replicates", s.Name, s.Type)
 }

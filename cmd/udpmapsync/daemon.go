@@ -142,21 +142,8 @@ func (d *daemon) Capture() control.Capture {
 
 // mapType names a map type as bpftool does.
 func mapType(t ebpf.MapType) string {
-	switch t {
-	case ebpf.Hash:
-		return "hash"
-	case ebpf.LRUHash:
-		return "lru_hash"
-	case ebpf.Array:
-		return "array"
-	case ebpf.PerCPUHash:
-		return "percpu_hash"
-	case ebpf.LRUCPUHash:
-		return "lru_percpu_hash"
-	case ebpf.PerCPUArray:
-		return "percpu_array"
-	case ebpf.LPMTrie:
-		return "lpm_trie"
+	if name, ok := loader.TypeName(t); ok {
+		return name
 	}
 	return t.String()
 }
