@@ -513,7 +513,7 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 		if f != nil && f.Map != m.fp {
 			continue
 		}
-		err := st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
+		err := st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			st.vers, st.pick = st.vers[:0], st.pick[:0]
 			now := st.s.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
@@ -521,7 +521,7 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 				if f != nil && !inFilter(f, digestKeyHash(key)) {
 					continue
 				}
-				v := h.Current(m.index, key, now)
+				v := h.Current(m.index, key, vs[o*m.valueSize:(o+1)*m.valueSize], now)
 				if v.Stamp < st.t.since {
 					continue // a delta's requester has it
 				}
