@@ -150,6 +150,16 @@ func (t *CounterTarget) SetHorizon(h time.Duration) {
 	t.mu.Unlock()
 }
 
+// Keys returns how many keys the target keeps state of (a reset, or
+// contributions), and the bound it keeps them within: the keys the kernel
+// map holds, at most its max_entries, and as many it no longer holds
+// (see [CounterTarget.forget]).
+func (t *CounterTarget) Keys() (keys, bound int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.keys), 2 * t.maxGone
+}
+
 func (t *CounterTarget) entrySize() (int, int) {
 	return t.keySize + originSize, contribHeader + 8*t.words
 }
