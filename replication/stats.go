@@ -102,6 +102,7 @@ type Counts[T any] struct {
 	FragmentsDuplicate    T `name:"fragments_duplicate" metric:"fragments_dropped_total" label:"reason=duplicate" help:"Fragments whose chunk was held already, dropped."`
 	FragmentsInconsistent T `name:"fragments_inconsistent" metric:"fragments_dropped_total" label:"reason=inconsistent" help:"Fragments whose count differs from their record's other fragments, dropped."`
 	FragmentsRefused      T `name:"fragments_refused" metric:"fragments_dropped_total" label:"reason=refused" help:"Fragments that would have passed --reassembly-memory, dropped (a snapshot's are sent again)."`
+	RecordsRefused        T `name:"records_refused" metric:"records_refused_total" help:"Records of a peer's change stream whose fragments were refused for lack of --reassembly-memory: each is given up like a gap, and a resync from the peer (a delta when it can) brings it."`
 	FragmentsAbandoned    T `name:"fragments_abandoned" metric:"records_incomplete_dropped_total" label:"reason=abandoned" help:"Incomplete records dropped because their sender moved on, restarted or began a new snapshot."`
 	FragmentsExpired      T `name:"fragments_expired" metric:"records_incomplete_dropped_total" label:"reason=expired" help:"Incomplete records dropped because their missing fragments did not arrive within 30 s."`
 	ReassemblyBytes       T `name:"reassembly_bytes" metric:"reassembly_bytes" kind:"gauge" help:"Bytes held for incomplete records (at most --reassembly-memory)."`
