@@ -121,15 +121,21 @@ func (k racingKernel) Dump(keys, values []byte, fn func(keys, values []byte) err
 	})
 }
 
+// racingSum is a sum map (see sumMap) read through a racingKernel, and
+// node 1's target of it.
+func racingSum(t *testing.T, name string) (*ebpf.Map, *racingKernel, *CounterTarget) {
+	em, lm, adder := sumMap(t, name, ebpf.Hash)
+	now := time.Now()
+	kernel := &racingKernel{Map: lm}
+	return em, kernel, NewCounterTarget(kernel, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+}
+
 // A peer's contribution applied after a read of the kernel map took its
 // batch and before the batch is compared with the contributions held is
 // not read as the value gone down: that was a reset of the key on every
 // node, its counts lost.
 func TestCounterReadRacesApply(t *testing.T) {
-	em, lm, adder := sumMap(t, "sum_race", ebpf.Hash)
-	now := time.Now()
-	kernel := &racingKernel{Map: lm}
-	ct := NewCounterTarget(kernel, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+	em, kernel, ct := racingSum(t, "sum_race")
 	ks, vs := ct.entrySize()
 	contribution := func(stamp, count uint64) {
 		if err := peerContribution(ct, 0, stamp, count); err != nil {
@@ -169,10 +175,7 @@ func TestCounterReadRacesApply(t *testing.T) {
 // on every node, the peer's count lost (and the reads shared one batch
 // buffer, so either could read the other's).
 func TestCounterOwnAdvancesOnlyInScans(t *testing.T) {
-	em, lm, adder := sumMap(t, "sum_own", ebpf.Hash)
-	now := time.Now()
-	kernel := &racingKernel{Map: lm}
-	ct := NewCounterTarget(kernel, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+	em, kernel, ct := racingSum(t, "sum_own")
 	ks, vs := ct.entrySize()
 	key0 := []byte{0, 0, 0, 0}
 	count := func(n uint64) { // this node's datapath counts n in place
