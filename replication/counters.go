@@ -92,6 +92,7 @@ type CounterTarget struct {
 	// Buffers, reused under mu.
 	kkeys, kvals       []byte // a batch read from the kernel map
 	addKeys, addDeltas []byte // a batch of adds
+	addNew             []bool // per add: whether the batch made its key's state
 	value, local, d    []uint64
 }
 
@@ -185,7 +186,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.writes++
-	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	t.addKeys, t.addDeltas, t.addNew = t.addKeys[:0], t.addDeltas[:0], t.addNew[:0]
 	limit := hlc.Make(t.now().Add(hlc.MaxSkew).UnixMilli(), 0)
 	for o := range len(keys) / ks {
 		key, origin := keys[o*ks:o*ks+t.keySize], binary.BigEndian.Uint32(keys[o*ks+t.keySize:])
@@ -199,6 +200,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			// nothing counted from it: what [CounterTarget.forget] forgot.
 			continue
 		}
+		_, known := t.keys[string(key)]
 		ck := t.key(key)
 		ck.merged = t.writes
 		reset, add, err := ck.k.Merge(c, t.origins, t.d)
@@ -214,7 +216,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			}
 		}
 		if add {
-			t.addKeys = append(t.addKeys, key...)
+			t.addKeys, t.addNew = append(t.addKeys, key...), append(t.addNew, !known)
 			for _, d := range t.d {
 				t.addDeltas = binary.NativeEndian.AppendUint64(t.addDeltas, d)
 			}
@@ -228,14 +230,30 @@ func (t *CounterTarget) flushAdds() error {
 		return nil
 	}
 	failed, err := t.adder.Add(t.addKeys, t.addDeltas)
-	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	defer func() { t.addKeys, t.addDeltas, t.addNew = t.addKeys[:0], t.addDeltas[:0], t.addNew[:0] }()
 	if err != nil {
 		return err
 	}
-	if failed > 0 {
-		return fmt.Errorf("counter map: %d contributions could not be added: the map is full", failed)
+	if failed == 0 {
+		return nil
 	}
-	return nil
+	// The map is full. A key the batch made whose add found no room is
+	// forgotten: kept, the contribution would count as applied to a
+	// value the map does not hold, and the next scan would read the key
+	// as deleted here, a reset of its counts on every node; and the keys
+	// kept would grow past the map's. Its contribution comes again (a
+	// repair, a digest round) once there is room.
+	raw := make([]byte, 8*t.words*t.cpus)
+	for i, made := range t.addNew {
+		key := t.addKeys[i*t.keySize : (i+1)*t.keySize]
+		if !made {
+			continue
+		}
+		if held, err := t.kernel.Lookup(key, raw); err == nil && !held {
+			delete(t.keys, string(key))
+		}
+	}
+	return fmt.Errorf("counter map: %d contributions could not be added: the map is full", failed)
 }
 
 // DeleteBatch deletes contribution entries. Contributions are cleared

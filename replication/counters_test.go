@@ -247,6 +247,39 @@ func TestCounterOwnAdvancesOnlyInScans(t *testing.T) {
 	}
 }
 
+// Peers' contributions to more keys than the kernel map has room for are
+// refused with an error, and the keys they would have made are not kept:
+// kept, the next scan read each as deleted here, a reset of the peers'
+// counts of it on every node, and the keys kept grew past the map's.
+func TestCounterFullMap(t *testing.T) {
+	_, lm, adder := sumMap(t, "sum_full", ebpf.Hash) // 4 entries
+	ct := NewCounterTarget(lm, adder, 4, 8, 1, 1, 3, time.Now)
+	CounterMap(MapFromLoader(lm), ct, mapopt.Options{Merge: mapopt.Sum, Origins: 3})
+	ks, vs := ct.entrySize()
+	refused := 0
+	for i := range uint32(12) {
+		k, v := make([]byte, ks), make([]byte, vs)
+		binary.NativeEndian.PutUint32(k, i)
+		binary.BigEndian.PutUint32(k[4:], 2)
+		binary.BigEndian.PutUint64(v[12:], 1)
+		binary.BigEndian.PutUint64(v[20:], uint64(i+1))
+		if ct.UpdateBatch(k, v) != nil {
+			refused++
+		}
+	}
+	if keys, _ := ct.Keys(); refused != 8 || keys != 4 {
+		t.Fatalf("%d contributions refused, %d keys kept; want 8 and the map's 4", refused, keys)
+	}
+	if err := ct.Scanning().Dump(make([]byte, 16*ks), make([]byte, 16*vs), func(_, _ []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for k, ck := range ct.keys {
+		if r := ck.k.Reset(); r.Stamp != 0 {
+			t.Errorf("key %x reset by node %d after a full map refused contributions", k, r.Origin)
+		}
+	}
+}
+
 // BenchmarkCounterBytes measures what a sum map's contributions cost the
 // daemon per key (one 8-byte counter), with 3 and 16 origins counting
 // every key, beside the knowledge's 25 to 32 bytes per contribution
