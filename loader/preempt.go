@@ -24,7 +24,12 @@ func ProcessPreemptible() (bool, string) {
 	if err := unix.Uname(&u); err != nil {
 		return true, "uname failed: " + err.Error()
 	}
-	version := unix.ByteSliceToString(u.Version[:])
+	return preemptible(unix.ByteSliceToString(u.Version[:]), dynamicPreemption)
+}
+
+// preemptible is [ProcessPreemptible] for the kernel of uname's version,
+// whose preemption model, if chosen at boot, model reads.
+func preemptible(version string, model func() (string, bool)) (bool, string) {
 	fields := strings.Fields(version)
 	has := func(w string) bool {
 		for _, f := range fields {
@@ -37,13 +42,13 @@ func ProcessPreemptible() (bool, string) {
 	switch {
 	case has("PREEMPT_RT"):
 		return true, "the kernel is built with PREEMPT_RT (" + version + ")"
-	case has("PREEMPT"):
-		return true, "the kernel is built with full preemption (" + version + ")"
+	case has("PREEMPT"), has("PREEMPT_LAZY"):
+		return true, "the kernel is built to preempt kernel code (" + version + ")"
 	case !has("PREEMPT_DYNAMIC"):
 		return false, "the kernel is built without preemption of kernel code (" + version + ")"
 	}
-	if model, ok := dynamicPreemption(); ok {
-		return model == "full" || model == "lazy" || model == "laziest", "the kernel preempts kernel code as " + model
+	if m, ok := model(); ok {
+		return m == "full" || m == "lazy" || m == "laziest", "the kernel's preemption model is " + m
 	}
 	return true, "the kernel's preemption model is chosen at boot, and neither its command line, debugfs nor its config says which (" + version + ")"
 }
