@@ -48,6 +48,14 @@ func newTestSender(t testing.TB, tab *Table, src Source, tr Transport, cfg sende
 	return newSender(cfg), stats
 }
 
+// stampOne stamps one change as [sender.stampStaged] does, with the
+// knowledge held for it alone.
+func stampOne(s *sender, m *localMap, op ops.Op, key, value []byte, now time.Time) (knowledge.Version, bool) {
+	h := s.know.Lock()
+	defer h.Unlock()
+	return s.stamp(h, m, op, s.know.Hash(key), key, value, now)
+}
+
 func upd(id ebpf.MapID, key, value string) loader.Change {
 	return loader.Change{MapID: id, Op: ops.Update, Key: []byte(key), Value: []byte(value)}
 }
@@ -535,7 +543,7 @@ func TestLossActedOnOnceDrained(t *testing.T) {
 	s.checkOverflows(now)
 	seq := s.header.Seq
 	// Read after the check, queued before the loss.
-	v, ok := s.stamp(&tab.maps[0], ops.Update, []byte("key1"), []byte("value--1"), now)
+	v, ok := stampOne(s, &tab.maps[0], ops.Update, []byte("key1"), []byte("value--1"), now)
 	if !ok {
 		t.Fatal("a change was not stamped")
 	}
