@@ -141,6 +141,8 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 	p("%s", r.resyncSection())
 	p("%s", r.repairSection())
 
+	p("%s", r.captureCostSection())
+
 	p("\n## Go benchmarks (`make bench`)\n\n")
 	if len(r.Benchmarks) == 0 {
 		p("Not measured: %s\n", r.BenchNote)

@@ -353,3 +353,48 @@ func TestRepairTarget(t *testing.T) {
 		t.Errorf("section lacks the fan-out cost:\n%s", s)
 	}
 }
+
+func TestLargeRecordTarget(t *testing.T) {
+	large := func(system string, perSec float64, frags uint64) Run {
+		return Run{System: system, Nodes: 2, Profile: LargeProfile, Changes: 100, PerSec: perSec, Converged: true,
+			Stats: map[string]uint64{"fragments_sent": frags}}
+	}
+	r := &Results{}
+	if got := r.largeRecordTarget(); got.Met != nil {
+		t.Errorf("no large run: %+v, want not measured", got)
+	}
+	r.Runs = []Run{large(UDPMapSync, 800, 300), large(UDPMapSyncSealed, 600, 300), large(GRPCStream, 1000, 0)}
+	got := r.largeRecordTarget()
+	if got.Met == nil || !*got.Met || !strings.Contains(got.Measured, "0.80× the gRPC stream's 1.0k/s") || !strings.Contains(got.Measured, "3.0 fragments a change") {
+		t.Errorf("both replicated in fragments: %+v, want met with the ratio", got)
+	}
+	r.Runs[1].Lost, r.Runs[1].Converged = 3, false
+	if got := r.largeRecordTarget(); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "never held every entry") {
+		t.Errorf("sealed lost entries: %+v, want missed", got)
+	}
+	r.Runs[1] = large(UDPMapSyncSealed, 600, 0)
+	if got := r.largeRecordTarget(); got.Met == nil || *got.Met {
+		t.Errorf("no fragment sent: %+v, want missed: the profile did not test records larger than a datagram", got)
+	}
+}
+
+func TestMulticastTarget(t *testing.T) {
+	p := "16 B / 64 B"
+	r := &Results{Runs: []Run{
+		{System: GRPCStream, Nodes: 3, Profile: p, PerSec: 100},
+		{System: UDPMapSync, Nodes: 3, Profile: p, PerSec: 160, CPUSender: 0.5, CPUSenderUser: 0.2},
+		{System: UDPMapSync, Nodes: 2, Profile: p, PerSec: 200, CPUSender: 0.4, CPUSenderUser: 0.2},
+	}}
+	got := r.multicastTarget(p)
+	if got.Met == nil || *got.Met || !strings.Contains(got.Measured, "4 nodes not measured") || !strings.Contains(got.Measured, "0.20 + 0.30 µs at 3 nodes") {
+		t.Errorf("without 4 nodes: %+v, want missed, 4 nodes not measured, user + system apart", got)
+	}
+	r.Runs = append(r.Runs, Run{System: UDPMapSync, Nodes: 4, Profile: p, PerSec: 150, CPUSender: 0.6, CPUSenderUser: 0.22})
+	if got := r.multicastTarget(p); got.Met == nil || !*got.Met || !strings.Contains(got.Measured, "most / least 1.10") {
+		t.Errorf("flat user-space CPU: %+v, want met", got)
+	}
+	r.Runs[3].CPUSenderUser = 0.3
+	if got := r.multicastTarget(p); got.Met == nil || *got.Met {
+		t.Errorf("user-space CPU 1.5× at 4 nodes: %+v, want missed", got)
+	}
+}

@@ -62,6 +62,10 @@ type Results struct {
 
 	Benchmarks []Benchmark
 	BenchNote  string
+	// CaptureCost is make vmbench's figures, run within make perf; nil
+	// with CaptureCostNote saying why not.
+	CaptureCost     *CaptureCost `json:",omitempty"`
+	CaptureCostNote string       `json:",omitempty"`
 	// Profile is a pprof summary (top functions) of a daemon, when one was
 	// taken.
 	Profile string
