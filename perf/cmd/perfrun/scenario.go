@@ -64,6 +64,11 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	if err != nil {
 		return nil, err
 	}
+	var waits *waitWatch
+	if observe {
+		waits = startWaitWatch(d.pids)
+		defer waits.end() // on an early return; ends once
+	}
 	joined := d.startLate()
 	res, err := w.Run(ctx, src)
 	if err != nil {
@@ -93,6 +98,7 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	var samples [][]sample
 	if obs != nil {
 		samples = obs.stop()
+		run.Waits = waits.end()
 	}
 
 	n := float64(cfg.Changes)
