@@ -234,7 +234,11 @@ func (r *Results) latencyTarget(profile string) Target {
 					continue
 				}
 				seen++
-				each = append(each, fmt.Sprintf("%s %d nodes %s/s %s", system, nodes, si(float64(c.rate)), us(x.Latency.P99)))
+				s := fmt.Sprintf("%s %d nodes %s/s %s", system, nodes, si(float64(c.rate)), us(x.Latency.P99))
+				if w := x.Waits; w != nil {
+					s += fmt.Sprintf(" (a thread waited for a core up to %s)", us(max(w.ReplicatorMs, w.HarnessMs)*1e3))
+				}
+				each = append(each, s)
 				met = met && x.Latency.P99 < c.bound
 			}
 		}

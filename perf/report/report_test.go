@@ -398,3 +398,28 @@ func TestMulticastTarget(t *testing.T) {
 		t.Errorf("user-space CPU 1.5× at 4 nodes: %+v, want missed", got)
 	}
 }
+
+func TestLatencyTarget(t *testing.T) {
+	p := "16 B / 64 B"
+	r := &Results{}
+	for _, system := range []string{UDPMapSync, UDPMapSyncSealed} {
+		for _, nodes := range []int{2, 3} {
+			for _, rate := range []int{10000, 100000} {
+				r.Runs = append(r.Runs, Run{System: system, Nodes: nodes, Profile: p, Rate: rate, Latency: &Latency{P99: 900}})
+			}
+		}
+	}
+	if got := r.latencyTarget(p); got.Met == nil || !*got.Met {
+		t.Fatalf("every p99 under 1 ms: %+v, want met", got)
+	}
+	r.Runs[2].Latency.P99 = 226970
+	r.Runs[2].Waits = &Waits{ReplicatorMs: 230.4, HarnessMs: 12}
+	got := r.latencyTarget(p)
+	if got.Met == nil || *got.Met || !strings.Contains(got.Measured, "udpmapsync 3 nodes 10.0k/s 226.97 ms (a thread waited for a core up to 230.40 ms)") {
+		t.Errorf("a 3-node tail with its wait: %+v, want missed, the wait beside it", got)
+	}
+	r.Runs = r.Runs[1:]
+	if got := r.latencyTarget(p); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "7 of 8 measured") {
+		t.Errorf("one run missing: %+v, want missed", got)
+	}
+}
