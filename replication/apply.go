@@ -72,6 +72,10 @@ type applier struct {
 	// keeps what the touches read, so that they are not optimized away.
 	hashes  []uint64
 	touched uint64
+	// worker, if set, writes half of each large run (see [applyWorker]);
+	// side holds the keys or values of that half while a run is split.
+	worker *applyWorker
+	side   []byte
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
@@ -287,7 +291,7 @@ func (a *applier) applyRuns() int {
 		if n == 0 {
 			continue
 		}
-		done := a.write(r.node, r.m, r.op, n, keys, vals)
+		done := a.write(r.node, r.m, r.op, n, keys, vals, hashes[:n])
 		if r.snapshot && r.op == ops.Delete {
 			a.stats.SyncDeleted.Add(uint64(done))
 		}
@@ -340,8 +344,9 @@ const applyBound = 5 * time.Millisecond
 // merge keeps, of one run's records, those newer than what this node
 // knows of their key, packing them to the front of keys and vals, and
 // records their versions as applied at appliedAt; it returns the kept
-// keys and values and how many there are. The knowledge lock h stays held
-// until they are written.
+// keys and values and how many there are, and packs their hashes to the
+// front of hashes likewise. The knowledge lock h stays held until they are
+// written.
 //
 // A snapshot's unstamped entry (version zero) is kept unless this node
 // knows the key from a stamped write, so that a requester takes the
@@ -394,6 +399,7 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		}
 		copy(keys[n*ks:], key)
 		copy(vals[n*vs:], vals[i*vs:(i+1)*vs])
+		hashes[n] = hashes[i]
 		n++
 	}
 	if stale > 0 {
@@ -411,18 +417,22 @@ func (a *applier) remark(h knowledge.Held, m *localMap, keys []byte, now time.Ti
 	}
 }
 
-// write applies n packed records to m in one batch syscall and returns
-// how many took effect: not the deletes of absent keys, none on an error.
-func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals []byte) int {
-	var err error
-	applied := n
+// write applies n packed records to m, whose keys' knowledge hashes are
+// hashes, in one batch syscall, or in two at once when a second worker
+// takes half of them, and returns how many took effect: not the deletes
+// of absent keys, none on an error. Split, keys and vals hold the same
+// records after it, in another order (see [applier.split]).
+func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals []byte, hashes []uint64) int {
 	began := a.time.Now()
-	if op == ops.Update {
-		err = m.Target.UpdateBatch(keys, vals)
+	var missing int
+	var err error
+	if a.worker != nil && n >= splitMin && splits(m) {
+		missing, err = a.writeSplit(m, op, keys, vals, hashes)
 	} else {
-		var missing int
-		missing, err = m.Target.DeleteBatch(keys)
-		applied -= missing
+		missing, err = batchWrite(m, op, keys, vals)
+	}
+	applied := n - missing
+	if missing > 0 {
 		a.stats.DeletesMissing.Add(uint64(missing))
 	}
 	a.stats.ApplySeconds.Observe(a.time.Now().Sub(began))
