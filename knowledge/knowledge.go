@@ -347,8 +347,13 @@ type Dumper interface {
 }
 
 // readBatch is how many entries one read of a map takes (one
-// BPF_MAP_LOOKUP_BATCH).
-const readBatch = 1024
+// BPF_MAP_LOOKUP_BATCH), but for values larger than 256 bytes:
+// readValueBytes bounds the values one read takes, so that a read of
+// 16 KiB values holds 16 of them, not 16 MiB.
+const (
+	readBatch      = 1024
+	readValueBytes = 256 << 10
+)
 
 // ReadMap reads every entry of map d, with keys and values of the sizes
 // given, a batch at a time, and calls locked with each batch, packed keys
@@ -357,7 +362,8 @@ const readBatch = 1024
 // unless nil, it calls unlocked with the same batch and the lock
 // released, for work that may wait. Call it without the lock.
 func (k *Store) ReadMap(d Dumper, keySize, valueSize int, locked func(h Held, ks, vs []byte), unlocked func(ks, vs []byte) error) error {
-	keys, vals := make([]byte, readBatch*keySize), make([]byte, readBatch*valueSize)
+	n := max(1, min(readBatch, readValueBytes/max(valueSize, 1)))
+	keys, vals := make([]byte, n*keySize), make([]byte, n*valueSize)
 	h := k.Lock()
 	held := true
 	defer func() {

@@ -324,3 +324,38 @@ func TestLookupByHash(t *testing.T) {
 		t.Error("found an entry for a key never put")
 	}
 }
+
+// sizedDumper holds n entries of a value size and records the largest
+// batch of values it was handed room for.
+type sizedDumper struct {
+	n, valueSize int
+	largest      int
+}
+
+func (d *sizedDumper) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	d.largest = max(d.largest, len(values))
+	batch := len(values) / d.valueSize
+	for done := 0; done < d.n; done += batch {
+		k := min(batch, d.n-done)
+		if err := fn(keys[:4*k], values[:k*d.valueSize]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestReadMapBoundsLargeValues checks that a read of a map whose values
+// are large takes at most readValueBytes of them at once, not 1,024
+// values (16 MiB of the largest), and still reads every entry.
+func TestReadMapBoundsLargeValues(t *testing.T) {
+	k := newStore(time.Minute, nil)
+	for _, size := range []int{8, 3000, 16383} {
+		d := &sizedDumper{n: 2000, valueSize: size}
+		read := 0
+		err := k.ReadMap(d, 4, size, func(_ Held, ks, _ []byte) { read += len(ks) / 4 }, nil)
+		if err != nil || read != d.n || d.largest > max(readValueBytes, size) {
+			t.Errorf("%d-byte values: read %d of %d entries (%v), %d bytes of values at once; want all, at most %d",
+				size, read, d.n, err, d.largest, readValueBytes)
+		}
+	}
+}
