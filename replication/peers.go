@@ -156,9 +156,10 @@ func (t *peerTable) inOrder() []*peer {
 	return t.ordered
 }
 
-// silent returns the peers not heard for the silence period.
+// silent returns the peers not heard for the silence period, in node id
+// order: they are forgotten in that order, the same on every run.
 func (t *peerTable) silent(now time.Time, out []*peer) []*peer {
-	for _, p := range t.byNode {
+	for _, p := range t.inOrder() {
 		if now.Sub(p.lastHeard) >= t.silence {
 			out = append(out, p)
 		}
