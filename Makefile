@@ -180,8 +180,8 @@ perf: deps build ## Compare with gRPC and conntrackd, repair at 4-16 nodes in na
 
 .PHONY: sim
 sim: SEEDS ?= 100000
-sim: FAULTS ?= 63
-sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (63: all; see sim/) and check every invariant
+sim: FAULTS ?= 127
+sim: ## Simulate SEEDS (100000) seeded clusters with FAULTS (127: all; see sim/) and check every invariant
 	$(GO) test -count=1 -timeout 0 ./sim -run '^TestSeeds$$' -sim.seeds=$(SEEDS) -sim.faults=$(FAULTS)
 
 .PHONY: fuzz

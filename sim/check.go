@@ -34,8 +34,12 @@ type workload struct {
 	own map[string]bool
 	// inPlace holds the keys and values (back to back) written in place.
 	inPlace map[string]bool
-	secs    wire.Sections
-	recs    wire.Records
+	// zerosSent holds the array keys whose zeros went on the wire
+	// stamped; of the datapaths' writes, wrote holds the keys given a
+	// value other than zeros, and zeroed those given zeros.
+	zerosSent, wrote, zeroed map[string]bool
+	secs                     wire.Sections
+	recs                     wire.Records
 }
 
 // wireRecord is one stamped record seen on the wire.
@@ -59,7 +63,8 @@ const writeFrom = 700 * time.Millisecond
 // short capture ring), whether a daemon runs on them or not.
 func (w *workload) schedule(s *Sim) {
 	w.latest, w.stamped, w.evicted = make(map[string]wireRecord), make(map[string]wireRecord), make(map[string][][]byte)
-	w.inPlace, w.own = make(map[string]bool), make(map[string]bool)
+	w.inPlace, w.own, w.zerosSent = make(map[string]bool), make(map[string]bool), make(map[string]bool)
+	w.wrote, w.zeroed = make(map[string]bool), make(map[string]bool)
 	for range s.sc.writes {
 		at := writeFrom + time.Duration(s.rng.Int64N(int64(s.sc.writeUntil-writeFrom)))
 		n := s.nodes[s.rng.IntN(len(s.nodes))]
@@ -69,36 +74,63 @@ func (w *workload) schedule(s *Sim) {
 		}
 		burst := make([]write, 1+s.rng.IntN(s.sc.burst))
 		for i := range burst {
-			burst[i] = write{ops.Update, binary.BigEndian.AppendUint32(nil, uint32(s.rng.IntN(s.sc.keys)))}
+			burst[i] = write{ops.Update, s.key(s.rng.IntN(s.sc.keys))}
 			if s.rng.IntN(4) == 0 {
 				burst[i].op = ops.Delete
 			}
 		}
 		s.after(at, func() {
 			for _, wr := range burst {
-				w.written++
-				var value []byte
-				if wr.op == ops.Update {
-					value = s.value(n.id, w.written)
-				}
-				n.write(wr.op, wr.key, value)
+				w.write(s, n, wr.key, wr.op == ops.Delete)
 			}
 		})
 	}
 	// The writes in place are drawn from a source of their own, so that
-	// the other draws of a seed stay what they were before them.
+	// the other draws of a seed stay what they were before them; so are
+	// the late ones.
+	late := rand.New(rand.NewPCG(s.seed, 0x1a7e))
+	for range s.sc.lateWrites {
+		at := s.sc.writeUntil + time.Duration(late.Int64N(int64(s.sc.lateUntil-s.sc.writeUntil)))
+		n, key, del := s.nodes[late.IntN(len(s.nodes))], s.key(late.IntN(s.sc.keys)), late.IntN(4) == 0
+		s.after(at, func() { w.write(s, n, key, del) })
+	}
 	r := rand.New(rand.NewPCG(s.seed, 0x1a9ace))
 	for range s.sc.inPlace {
 		at := writeFrom + time.Duration(r.Int64N(int64(s.sc.writeUntil-writeFrom)))
-		n, key := s.nodes[r.IntN(len(s.nodes))], binary.BigEndian.AppendUint32(nil, uint32(r.IntN(s.sc.keys)))
+		n, key := s.nodes[r.IntN(len(s.nodes))], s.key(r.IntN(s.sc.keys))
 		s.after(at, func() {
 			w.written++
 			value := s.value(n.id, w.written)
 			if n.writeInPlace(key, value) {
 				w.inPlace[string(key)+string(value)] = true
+				w.wrote[string(key)] = true
 			}
 		})
 	}
+}
+
+// write is one write of the workload on n: an update, or a delete,
+// which zeroes an array's entry.
+func (w *workload) write(s *Sim, n *simNode, key []byte, del bool) {
+	w.written++
+	switch {
+	case !del:
+		w.wrote[string(key)] = true
+		n.write(ops.Update, key, s.value(n.id, w.written))
+	case s.sc.array:
+		w.zeroed[string(key)] = true
+		n.write(ops.Update, key, make([]byte, s.sc.valueSize))
+	default:
+		n.write(ops.Delete, key, nil)
+	}
+}
+
+// key is the workload's key number i: big-endian, or an array's index.
+func (s *Sim) key(i int) []byte {
+	if s.sc.array {
+		return arrayKey(i)
+	}
+	return binary.BigEndian.AppendUint32(nil, uint32(i))
 }
 
 // value is the workload's value of its write number n, on node: the
@@ -193,8 +225,12 @@ func (n *simNode) check() {
 	if why := f.Exceeded(); why != "" {
 		n.s.fail("node %d: %s", n.id, why)
 	}
-	if f.Keys > n.s.sc.keys && n.s.sum == nil {
-		n.s.fail("node %d knows %d keys, of %d written", n.id, f.Keys, n.s.sc.keys)
+	known := n.s.sc.keys
+	if n.s.sc.array {
+		known = n.s.sc.maxEntries // an array's every entry, written or not
+	}
+	if f.Keys > known && n.s.sum == nil {
+		n.s.fail("node %d knows %d keys, of %d", n.id, f.Keys, known)
 	}
 	// In sync as the status command says it (control.Status.InSync):
 	// ready, receiving no resync, lagging behind no peer, owing no resync
@@ -271,7 +307,29 @@ func (w *workload) learn(s *Sim, to *simNode, h *wire.Header, body []byte) {
 			// resync's sending back, carry a value written in place under
 			// the version of the write it replaced, until a scan finds it
 			// and sends it as a new write.)
-			if o := rec.Origin; h.Kind == wire.KindChanges && rec.Op == ops.Update && o <= uint32(len(s.nodes)) &&
+			//
+			// An array's zeros name no writer, and were in every node's
+			// array from its creation: a stamped record of them is a
+			// write only if its origin's array was written there (a
+			// zeroing, or a value over which the zeros are a lost one),
+			// or the zeros nobody wrote would win over real writes. (Or
+			// if its sender's capture lost its own zeroing, which a
+			// snapshot read before the sender found the loss carries at
+			// the version of the write it replaced.)
+			if s.sc.array && rec.Op == ops.Delete {
+				s.fail("node %d sent a delete of array key %x (origin %d)", h.Node, rec.Key, rec.Origin)
+				return
+			}
+			zero := s.sc.array && isZero(rec.Value)
+			if o, from := rec.Origin, s.nodes[h.Node-1]; zero && o <= uint32(len(s.nodes)) && !s.nodes[o-1].maps[0].written[string(rec.Key)] &&
+				!w.zerosSent[string(rec.Key)] && !(from.lostCaptures && from.maps[0].written[string(rec.Key)]) {
+				s.fail("node %d sent array key %x's zeros, which node %d never wrote, stamped as its write", h.Node, rec.Key, o)
+				return
+			}
+			if zero {
+				w.zerosSent[string(rec.Key)] = true // a zeroing: a node may hold its zeros as its own now
+			}
+			if o := rec.Origin; h.Kind == wire.KindChanges && rec.Op == ops.Update && !zero && o <= uint32(len(s.nodes)) &&
 				!s.nodes[o-1].lostCaptures && !s.nodes[o-1].healed() && !s.nodes[o-1].heldUnstamped(rec.Key, rec.Value) &&
 				!w.inPlace[string(rec.Key)+string(rec.Value)] {
 				if writer := binary.BigEndian.Uint32(rec.Value); writer != rec.Origin {
@@ -390,27 +448,33 @@ func (s *Sim) checkEnd() {
 	for _, n := range s.nodes {
 		m := n.maps[0]
 		for _, key := range m.sortedKeys() {
-			if _, ok := s.work.latest[key]; !ok {
+			if _, ok := s.work.latest[key]; !ok && !(m.array() && isZero(m.entries[key])) {
 				s.fail("node %d holds key %x (%x), which no node sent stamped", n.id, key, m.entries[key])
+			}
+			// Zeros where datapaths wrote and none zeroed: a write lost,
+			// whose loss the wire never showed (the oracle learns only
+			// what was sent).
+			if m.array() && isZero(m.entries[key]) && s.work.wrote[key] && !s.work.zeroed[key] {
+				s.fail("node %d: array key %x holds zeros; datapaths wrote it and none zeroed it", n.id, key)
 			}
 		}
 		for _, key := range slices.Sorted(maps.Keys(s.work.latest)) {
 			want := s.work.latest[key]
 			got, ok := m.entries[key]
 			switch {
-			case ok && m.lru && want.op == ops.Update && s.work.evictedNewer(key, got):
+			case ok && m.lru() && want.op == ops.Update && s.work.evictedNewer(key, got):
 				// A newer write of the key was evicted from the maps that
 				// held it before it reached this node, which took an older
 				// one: no node holds the newer value to send it.
-			case ok && m.lru && want.op == ops.Delete && !s.work.sentOwn(key, want):
+			case ok && m.lru() && want.op == ops.Delete && !s.work.sentOwn(key, want):
 				// The delete is an eviction, which its node never sent: a
 				// resync from it, which lacked the key, deleted the key on
 				// the requester as its delete (see "Full resync").
 			case want.op == ops.Delete && ok:
 				s.fail("node %d: key %x holds %x; its latest write (%d from node %d) deletes it", n.id, key, got, want.stamp, want.origin)
-			case want.op == ops.Update && !ok && m.lru:
+			case want.op == ops.Update && !ok && m.lru():
 				// Evicted.
-			case want.op == ops.Update && s.nodes[want.origin-1].lostCaptures && (!ok || want.newer(s.work.stamped[key+string(got)])):
+			case want.op == ops.Update && !m.array() && s.nodes[want.origin-1].lostCaptures && (!ok || want.newer(s.work.stamped[key+string(got)])):
 				// Its origin's capture lost changes: the key's delete may
 				// be among them, and deletes lost so are not promised; nor
 				// is what is left once a merge brought back an older
@@ -482,7 +546,7 @@ func (s *Sim) mapDiff(a, b *memMap) string {
 	for _, k := range slices.Compact(keys) {
 		v, inA := a.entries[k]
 		w, inB := b.entries[k]
-		if a.lru && (inA != inB || s.work.evictedNewer(k, v) || s.work.evictedNewer(k, w) || s.undigested()) {
+		if a.lru() && (inA != inB || s.work.evictedNewer(k, v) || s.work.evictedNewer(k, w) || s.undigested()) {
 			continue
 		}
 		if inA != inB || !bytes.Equal(v, w) {
@@ -490,4 +554,13 @@ func (s *Sim) mapDiff(a, b *memMap) string {
 		}
 	}
 	return ""
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -2,7 +2,9 @@ package sim
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"time"
@@ -23,38 +25,57 @@ var errMapFull = errors.New("map full")
 // An LRU hash map instead makes room for a new key by evicting the
 // entry written least recently (by the datapath or the daemon; the
 // kernel's lookups from user space do not count as use), and no capture
-// sees the eviction. Like the kernel's maps it outlives the daemon: a
-// restarted node finds what it held. It implements [replication.Target].
+// sees the eviction. An array holds every key from 0 to its maximum
+// entries less one (a native-endian index) from its creation, zeros at
+// first; a key outside fails, and so does every delete, as
+// [loader.Map.DeleteBatch] refuses them. Like the kernel's maps it
+// outlives the daemon: a restarted node finds what it held. It
+// implements [replication.Target].
 type memMap struct {
 	keySize, valueSize int
 	max                int
-	lru                bool
+	typ                ebpf.MapType // Hash, LRUHash or Array
 	entries            map[string][]byte
 	// used is, for an LRU map, when each key was last written, in writes
 	// made to the map.
 	used   map[string]uint64
 	writes uint64
+	// written holds an array's keys written since its creation by the
+	// datapath, or by an apply of a value other than zeros: the others
+	// hold zeros, from the array's creation or a peer's zeroing.
+	written map[string]bool
 	// applied is told of every write the daemon makes: the trace;
 	// evicted, of every key the map evicts.
 	applied func(op ops.Op, key, value []byte)
 	evicted func(key, value []byte)
 }
 
-func newMemMap(keySize, valueSize, max int, lru bool) *memMap {
-	return &memMap{keySize: keySize, valueSize: valueSize, max: max, lru: lru, entries: make(map[string][]byte),
-		used: make(map[string]uint64)}
+func newMemMap(keySize, valueSize, max int, typ ebpf.MapType) *memMap {
+	m := &memMap{keySize: keySize, valueSize: valueSize, max: max, typ: typ, entries: make(map[string][]byte),
+		used: make(map[string]uint64), written: make(map[string]bool)}
+	if typ == ebpf.Array {
+		for i := range max {
+			m.entries[string(arrayKey(i))] = make([]byte, valueSize)
+		}
+	}
+	return m
 }
 
-// mapType is the map's type, as its descriptor gives it.
-func (m *memMap) mapType() ebpf.MapType {
-	if m.lru {
-		return ebpf.LRUHash
-	}
-	return ebpf.Hash
-}
+// arrayKey is an array's key of index i.
+func arrayKey(i int) []byte { return binary.NativeEndian.AppendUint32(nil, uint32(i)) }
+
+func (m *memMap) lru() bool   { return m.typ == ebpf.LRUHash }
+func (m *memMap) array() bool { return m.typ == ebpf.Array }
 
 // write is a write of the node's datapath: it reports whether it took.
 func (m *memMap) write(op ops.Op, key, value []byte) bool {
+	if m.array() {
+		_, ok := m.entries[string(key)]
+		if ok && op == ops.Update {
+			m.entries[string(key)] = bytes.Clone(value)
+		}
+		return ok && op == ops.Update
+	}
 	if op == ops.Delete {
 		_, ok := m.entries[string(key)]
 		delete(m.entries, string(key))
@@ -62,13 +83,13 @@ func (m *memMap) write(op ops.Op, key, value []byte) bool {
 		return ok
 	}
 	if _, ok := m.entries[string(key)]; !ok && len(m.entries) >= m.max {
-		if !m.lru {
+		if !m.lru() {
 			return false
 		}
 		m.evict()
 	}
 	m.entries[string(key)] = bytes.Clone(value)
-	if m.lru {
+	if m.lru() {
 		m.writes++
 		m.used[string(key)] = m.writes
 	}
@@ -99,6 +120,9 @@ func (m *memMap) UpdateBatch(keys, values []byte) error {
 		if !m.write(ops.Update, k, v) {
 			return errMapFull
 		}
+		if m.array() && !isZero(v) {
+			m.written[string(k)] = true
+		}
 		if m.applied != nil {
 			m.applied(ops.Update, k, v)
 		}
@@ -106,8 +130,12 @@ func (m *memMap) UpdateBatch(keys, values []byte) error {
 	return nil
 }
 
-// DeleteBatch deletes the packed keys and counts the absent ones.
+// DeleteBatch deletes the packed keys and counts the absent ones; an
+// array's are refused, none deleted.
 func (m *memMap) DeleteBatch(keys []byte) (int, error) {
+	if m.array() {
+		return 0, fmt.Errorf("delete from map %s: %w", mapName, loader.ErrNotDeletable)
+	}
 	missing := 0
 	for i := 0; i*m.keySize < len(keys); i++ {
 		k := keys[i*m.keySize : (i+1)*m.keySize]

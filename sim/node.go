@@ -45,7 +45,7 @@ const (
 	digestEvery = 5 * time.Second
 	resendBytes = 64 << 10
 	// wakeLatency is how long after a change is captured the sender
-	// wakes to read it.
+	// wakes to read it, but on a busy machine (see scenario.busy).
 	wakeLatency = 50 * time.Microsecond
 )
 
@@ -114,9 +114,14 @@ func (n *simNode) start() {
 	maps := make([]replication.Map, len(n.maps))
 	for i, m := range n.maps {
 		maps[i] = replication.Map{ID: mapID + ebpf.MapID(i), Target: m, Desc: wire.Descriptor{Name: mapName,
-			Type: uint32(m.mapType()), KeySize: keySize, ValueSize: uint32(n.s.sc.valueSize), MaxEntries: uint32(m.max)}}
+			Type: uint32(m.typ), KeySize: keySize, ValueSize: uint32(n.s.sc.valueSize), MaxEntries: uint32(m.max)}}
 		if n.s.sc.scan > 0 {
+			// An array's entries never vanish: vanished=delete is refused
+			// for it (cmd/udpmapsync).
 			maps[i].Options = mapopt.Options{Scan: n.s.sc.scan, Vanished: mapopt.Delete}
+			if m.array() {
+				maps[i].Options.Vanished = mapopt.Keep
+			}
 		}
 	}
 	if n.s.sum != nil {
@@ -281,13 +286,16 @@ func (n *simNode) write(op ops.Op, key, value []byte) {
 	if !m.write(op, key, value) {
 		return // a new key in a full map: the kernel refuses it
 	}
+	if m.array() {
+		m.written[string(key)] = true
+	}
 	n.s.tracef("write node %d %s %x %x", n.id, op, key, value)
 	if n.up() {
 		if !n.ring.capture(mapID, op, key, value) {
 			n.lostCaptures = true
 			n.s.tracef("capture of node %d lost the write", n.id)
 		}
-		n.wakeSender(n.s.now.Add(wakeLatency))
+		n.wakeSender(n.s.now.Add(max(wakeLatency, n.s.sc.busy)))
 	}
 }
 
@@ -301,6 +309,9 @@ func (n *simNode) writeInPlace(key, value []byte) bool {
 		return false
 	}
 	m.entries[string(key)] = bytes.Clone(value)
+	if m.array() {
+		m.written[string(key)] = true
+	}
 	n.s.tracef("write in place node %d %x %x", n.id, key, value)
 	return true
 }

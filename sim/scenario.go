@@ -5,6 +5,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/udpmapsync/udpmapsync/hlc"
 )
 
@@ -30,6 +32,10 @@ type scenario struct {
 	// than the keys written, so it evicts.
 	lru        bool
 	maxEntries int
+	// array: the replicated map is an array of maxEntries, a few more
+	// than the keys written, whose entries are never deleted: the
+	// workload's deletes zero them, as a BPF program resets an entry.
+	array bool
 	// scan is the map's scan period (its vanished keys deleted on the
 	// peers), 0 if it is not scanned; inPlace, how many values the
 	// datapath changes in place, unseen by the capture, for the scans to
@@ -45,7 +51,23 @@ type scenario struct {
 	valueSize int
 	// writeUntil is when the workload stops; heal when the faults end.
 	writeUntil, heal time.Duration
+	// busy is how long after a change is captured the sender wakes to
+	// read it on a busy machine, where the daemon waits for a processor
+	// (0: at once, after wakeLatency): meanwhile its maps change under
+	// what the capture holds.
+	busy time.Duration
+	// cutNodes is how many nodes cuts and stops may touch: the first.
+	cutNodes int
+	// lateWrites are writes drawn until lateUntil, after writeUntil: in
+	// a run with a long partition, so that writes go on through it and
+	// its heal.
+	lateWrites int
+	lateUntil  time.Duration
 }
+
+// silence is how long a peer not heard is remembered (peerSilence
+// announce intervals, at least 10 s: replication/peers.go), and a bit.
+const silence = 10*time.Second + 500*time.Millisecond
 
 // cut separates the nodes in side (a bit per node) from the others from
 // one time to another: both ways, or only from side to the others.
@@ -74,8 +96,9 @@ const (
 	Crashes                      // crashes without state files, and restarts
 	Evictions                    // an LRU map that evicts
 	InPlace                      // values changed in place, which no capture sees, and the scans that find them
+	Arrays                       // an array map, whose entries are never deleted: the datapath zeroes them
 
-	AllFaults = Cuts | Overflows | Stops | Crashes | Evictions | InPlace
+	AllFaults = Cuts | Overflows | Stops | Crashes | Evictions | InPlace | Arrays
 	// DefaultFaults are those every run of go test ./sim draws from,
 	// besides the network's (loss, duplication, reordering, delay) and the
 	// clocks' offsets: all of them. A fault left out of it must say here
@@ -140,6 +163,7 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 	if faults&InPlace == 0 {
 		sc.scan, sc.inPlace = 0, 0
 	}
+	sc.cutNodes = sc.nodes // the larger group's nodes drawn below are never cut
 	sc.upstreamPermille = []int{0, 0, 20, 100}[r.IntN(4)]
 	sc.unicast = r.IntN(4) == 0
 	if r.IntN(8) == 0 { // a larger group, whose nodes are neither cut nor stopped
@@ -156,6 +180,39 @@ func drawScenario(r *rand.Rand, faults Faults) scenario {
 		sc.heal = max(sc.heal, c.to)
 	}
 	return sc
+}
+
+// drawMore draws into sc what runs were given after the first draws,
+// from r, a source of their own: so the draws of drawScenario, and the
+// workload's after them, stay what they were for every seed.
+func (sc *scenario) drawMore(r *rand.Rand, faults Faults) {
+	if array, extra := r.IntN(4) == 0, r.IntN(8); array && !sc.lru && faults&Arrays != 0 {
+		sc.array, sc.maxEntries = true, sc.keys+extra
+	}
+	// A partition longer than the peers' silence period, after which
+	// each side has forgotten the other and hears it anew, ready (see
+	// "Full resync"), with writes on both sides until after it heals.
+	long := cut{side: 1 + uint32(r.IntN(1<<sc.cutNodes-1)), from: writeFrom + time.Duration(r.Int64N(int64(sc.writeUntil-writeFrom)))}
+	long.to = long.from + silence + time.Duration(r.IntN(4000))*time.Millisecond
+	if r.IntN(8) == 0 && faults&Cuts != 0 {
+		sc.cuts = append(sc.cuts, long)
+		sc.lateWrites, sc.lateUntil = 5+r.IntN(20), long.to+time.Second
+	}
+	if busy := time.Duration(1+r.IntN(20)) * time.Millisecond; r.IntN(4) == 0 {
+		sc.busy = busy
+	}
+	sc.heal = max(sc.heal, sc.lateUntil)
+}
+
+// mapType is the type of the replicated map.
+func (sc *scenario) mapType() ebpf.MapType {
+	switch {
+	case sc.lru:
+		return ebpf.LRUHash
+	case sc.array:
+		return ebpf.Array
+	}
+	return ebpf.Hash
 }
 
 // crashes reports whether a daemon of the run crashes.

@@ -68,6 +68,7 @@ func run(seed uint64, faults Faults, trace io.Writer, sum bool) (err error) {
 	s := &Sim{seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: epoch0, dir: dir, trace: trace,
 		answered: make(map[[2]uint32]bool), resent: make(map[resend]time.Time)}
 	s.sc = drawScenario(s.rng, faults)
+	s.sc.drawMore(rand.New(rand.NewPCG(seed, 0x3a7e)), faults)
 	s.sc.valueSize = valueSize
 	if seed%largeEvery == largeEvery-1 {
 		s.sc.valueSize = largeValueSize
@@ -134,7 +135,7 @@ func (s *Sim) build() {
 		n := &simNode{s: s, id: id, addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(id)}), 3870),
 			offset: s.sc.offsets[i], state: filepath.Join(s.dir, fmt.Sprintf("node%d.state", id))}
 		if s.sum == nil {
-			n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.lru)}
+			n.maps = []*memMap{newMemMap(keySize, s.sc.valueSize, s.sc.maxEntries, s.sc.mapType())}
 		}
 		for _, m := range n.maps {
 			m.applied, m.evicted = n.traceApply, n.evicted

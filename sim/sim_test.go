@@ -13,7 +13,7 @@ var (
 	firstSeed = flag.Uint64("sim.seed", 1, "the first seed TestSeeds runs")
 	trace     = flag.Bool("sim.trace", false, "write every datagram, apply and fault of the runs to stdout")
 	// Every fault, by default: see DefaultFaults.
-	faults = flag.Uint("sim.faults", uint(DefaultFaults), "the faults runs may draw: 1 cuts, 2 capture overflows, 4 clean stops, 8 crashes, 16 LRU maps that evict, 32 values changed in place and scans")
+	faults = flag.Uint("sim.faults", uint(DefaultFaults), "the faults runs may draw: 1 cuts (some longer than the peers' silence period), 2 capture overflows, 4 clean stops, 8 crashes, 16 LRU maps that evict, 32 values changed in place and scans, 64 array maps")
 )
 
 // TestSeeds runs a cluster per seed and checks every invariant. A
