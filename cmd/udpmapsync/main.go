@@ -529,15 +529,16 @@ func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
 	}
-	var full, future, dropped uint64
+	var full, future, dropped, atRisk uint64
 	for _, cm := range d.counters {
 		full += cm.target.OriginsFull.Load()
 		future += cm.target.FutureStamps.Load()
 		dropped += cm.target.ResetsDropped.Load()
+		atRisk += cm.adder.AddsAtRisk.Load()
 	}
 	if len(d.counters) > 0 {
 		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future),
-			slog.Uint64("counter_resets_dropped", dropped))
+			slog.Uint64("counter_resets_dropped", dropped), slog.Uint64("counter_adds_at_risk", atRisk))
 	}
 	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {
