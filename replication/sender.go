@@ -311,6 +311,13 @@ func (s *sender) holdBack() {
 		s.stats.HeldBack.Add(1)
 		s.now = s.time.Now()
 	}
+	if node, ok := s.resend.takeOverShare(); ok {
+		s.stats.HoldsRefused.Add(1)
+		if m, ok := s.limit.allow(reasonHold); ok {
+			s.log.Warn("a peer keeps asking for datagrams about to leave the resend buffer; the sender goes on without waiting for it beyond its share of the time",
+				"peer", node, "suppressed", m)
+		}
+	}
 }
 
 // step does the sender's work of the present moment without waiting:
