@@ -466,8 +466,8 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 	if m.plan != nil && op == ops.Update {
 		m.plan.clearLock(ch.Value) // as the map holds it, for the check against the map
 	}
-	if len(s.staged) == stageSize || len(s.stageData)+len(ch.Key)+len(ch.Value) > cap(s.stageData) {
-		s.stampStaged()
+	if len(s.stageData)+len(ch.Key)+len(ch.Value) > cap(s.stageData) {
+		s.stampStaged() // a large value: it waits with fewer others
 	}
 	if len(s.staged) == 0 {
 		s.stagedFrom = now
