@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -267,7 +268,7 @@ func BenchmarkKnowledgeFill(b *testing.B) {
 		_ = unix.Getrusage(unix.RUSAGE_SELF, &r1)
 		cpu += time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
 		for i := range kt.shards {
-			_ = unix.Munmap(kt.shards[i].mem)
+			_ = unix.MunmapPtr(unsafe.Pointer(&kt.shards[i].mem[0]), uintptr(len(kt.shards[i].mem)))
 		}
 	}
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N<<20), "cpu-ns/key")
