@@ -99,7 +99,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	f.RingSize = loader.DefaultRingSize
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
-	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
+	fs.Var(&f.ResendBuffer, "resend-buffer", "the most bytes of sent datagrams kept to repair peers' losses (the last 0.75 s's, in steps of 8MiB); older losses need a resync")
 	f.ReassemblyMemory = replication.DefaultReassemblyBytes
 	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
 	fs.StringVar(&f.Repair, "repair", repairGroup, "how lost datagrams are asked for and resent with multicast: group (after a random back-off, "+
