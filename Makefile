@@ -161,11 +161,22 @@ bench: ## Run the Go benchmarks (encode, decode, coalesce, apply)
 
 .PHONY: perf
 perf: PERFFLAGS ?=
-perf: deps build ## Compare with gRPC and conntrackd, and repair at 4-16 nodes, in namespaces; writes perf/results/<date>-<host>.md (root, ~7 min)
+# VMBENCH=no leaves the capture cost in the VM (issue 22's target 8) out;
+# without qemu-system-x86_64 it is left out anyway, and the report says
+# which command measures it. It runs before the namespaces' runs, not
+# beside them, and is stopped after VMBENCH_TIMEOUT.
+perf: VMBENCH ?= yes
+perf: VMBENCH_TIMEOUT ?= 15m
+perf: deps build ## Compare with gRPC and conntrackd, repair at 4-16 nodes in namespaces, and the capture cost in the VM if qemu is there; writes perf/results/<date>-<host>.md (root, ~7 min, and ~3 more in the VM)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
+	@if [ "$(VMBENCH)" = no ]; then echo "vmbench: not run: VMBENCH=no" > bin/perf-vmbench.txt; \
+	elif ! command -v qemu-system-x86_64 >/dev/null; then echo "vmbench: not run: qemu-system-x86_64 is not installed" > bin/perf-vmbench.txt; \
+	else echo "perf: make vmbench (the fentry capture's cost in the VM, up to $(VMBENCH_TIMEOUT)), output in bin/perf-vmbench.txt"; \
+		start=$$(date +%s); timeout $(VMBENCH_TIMEOUT) $(MAKE) --no-print-directory vmbench > bin/perf-vmbench.txt 2>&1; \
+		echo "vmbench: took $$(( $$(date +%s) - start )) s" >> bin/perf-vmbench.txt; fi
 	bin/perfrun --daemon $(BIN) --grpcsync bin/grpcsync --conntrackd perf/conntrackd/run \
-		--bench bin/perf-bench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
+		--bench bin/perf-bench.txt --vmbench bin/perf-vmbench.txt --out perf/results --version $(VERSION) $(PERFFLAGS)
 
 .PHONY: sim
 sim: SEEDS ?= 100000

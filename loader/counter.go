@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -27,13 +28,24 @@ const (
 // would lose them. It runs a BPF_PROG_TYPE_SYSCALL program (bpf/counter.c)
 // loaded for this map alone, with BPF_PROG_RUN. For a per-CPU map the
 // deltas go into the slot of the CPU the program runs on, which that
-// CPU's datapath cannot be halfway through writing. An Adder is safe
-// for concurrent use: the program runs one batch at a time.
+// CPU's datapath cannot be halfway through writing when it runs in
+// softirq (XDP, tc), nor in process context unless the kernel preempts
+// it there (see [ProcessPreemptible]): then a datapath that updates its
+// slot without an atomic instruction can overwrite an add, as it would
+// overwrite its own increments made by another task on that CPU, and
+// the adds made are counted in AddsAtRisk. An Adder is safe for
+// concurrent use: the program runs one batch at a time.
 type Adder struct {
 	mu        sync.Mutex
 	prog      *ebpf.Program
 	keySize   int
 	valueSize int
+	// AddsAtRisk counts the entries added to a per-CPU map on a kernel
+	// that preempts BPF programs in process context (see [Adder.AtRisk]).
+	AddsAtRisk atomic.Uint64
+	// atRisk is why the adds into a per-CPU map may be lost; "" if
+	// they may not, or the map is not per-CPU.
+	atRisk string
 }
 
 // NewAdder loads the counter program for m. A value that is not a vector
@@ -78,8 +90,22 @@ func newAdder(m *ebpf.Map) (*Adder, error) {
 	}
 	p := coll.DetachProgram(prog)
 	coll.Close()
-	return &Adder{prog: p, keySize: keySize, valueSize: valueSize}, nil
+	a := &Adder{prog: p, keySize: keySize, valueSize: valueSize}
+	if preemptible, why := ProcessPreemptible(); PerCPU(m.Type()) && preemptible {
+		a.atRisk = why
+	}
+	return a, nil
 }
+
+// AtRisk returns why an add into this per-CPU map may be lost, "" if it
+// may not: the kernel preempts BPF programs in process context, so a
+// datapath program there that updates its CPU's slot without an atomic
+// instruction can be preempted between its read and its write while the
+// add runs on that CPU. The kernel offers no way around it: an add into
+// another CPU's slot races that CPU's datapath at any time. A datapath
+// that updates its slot with __sync_fetch_and_add, or runs in softirq
+// (XDP, tc), loses nothing.
+func (a *Adder) AtRisk() string { return a.atRisk }
 
 // Add adds deltas to the values of keys: keys holds n keys back to back,
 // deltas n vectors of the value's size, each word in the host's byte
@@ -106,6 +132,9 @@ func (a *Adder) Add(keys, deltas []byte) (failed int, err error) {
 	ret, err := a.prog.Run(&ebpf.RunOptions{Context: args})
 	if err != nil {
 		return 0, fmt.Errorf("run the counter program: %w", err)
+	}
+	if a.atRisk != "" {
+		a.AddsAtRisk.Add(uint64(n - int(ret)))
 	}
 	return int(ret), nil
 }

@@ -72,6 +72,10 @@ type applier struct {
 	// keeps what the touches read, so that they are not optimized away.
 	hashes  []uint64
 	touched uint64
+	// worker, if set, writes half of each large run (see [applyWorker]);
+	// side holds the keys or values of that half while a run is split.
+	worker *applyWorker
+	side   []byte
 }
 
 // run is one pending batch: n changes of node to m with op, whose keys end
@@ -287,7 +291,7 @@ func (a *applier) applyRuns() int {
 		if n == 0 {
 			continue
 		}
-		done := a.write(r.node, r.m, r.op, n, keys, vals)
+		done := a.write(r.node, r.m, r.op, n, keys, vals, hashes[:n])
 		if r.snapshot && r.op == ops.Delete {
 			a.stats.SyncDeleted.Add(uint64(done))
 		}
@@ -305,18 +309,30 @@ func (a *applier) applyRuns() int {
 // so the processor waits for their cache misses together, and the
 // look-ups that follow find the slots in the cache. Without it each
 // look-up waited for its own cache miss, one after the other.
+//
+// The hashes are computed first and the slots touched in a loop of their
+// own: a touch between two hashes leaves the processor a window of only a
+// few keys' misses, a loop of touches alone one of many.
 func (a *applier) touch(h knowledge.Held) {
 	a.hashes = a.hashes[:0]
 	keyStart := 0
 	for i := range a.runs {
 		r := &a.runs[i]
 		for o := keyStart; o < r.keyEnd; o += r.m.keySize {
-			hash := a.know.Hash(a.keys[o : o+r.m.keySize])
-			a.hashes = append(a.hashes, hash)
-			a.touched += h.Touch(r.m.index, hash)
+			a.hashes = append(a.hashes, a.know.Hash(a.keys[o:o+r.m.keySize]))
 		}
 		keyStart = r.keyEnd
 	}
+	var touched uint64
+	verStart := 0
+	for i := range a.runs {
+		r := &a.runs[i]
+		for _, hash := range a.hashes[verStart:r.verEnd] {
+			touched += h.Touch(r.m.index, hash)
+		}
+		verStart = r.verEnd
+	}
+	a.touched += touched
 }
 
 // applyBound is how long a batch write is expected to take at most. Keys
@@ -328,8 +344,9 @@ const applyBound = 5 * time.Millisecond
 // merge keeps, of one run's records, those newer than what this node
 // knows of their key, packing them to the front of keys and vals, and
 // records their versions as applied at appliedAt; it returns the kept
-// keys and values and how many there are. The knowledge lock h stays held
-// until they are written.
+// keys and values and how many there are, and packs their hashes to the
+// front of hashes likewise. The knowledge lock h stays held until they are
+// written.
 //
 // A snapshot's unstamped entry (version zero) is kept unless this node
 // knows the key from a stamped write, so that a requester takes the
@@ -382,6 +399,7 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		}
 		copy(keys[n*ks:], key)
 		copy(vals[n*vs:], vals[i*vs:(i+1)*vs])
+		hashes[n] = hashes[i]
 		n++
 	}
 	if stale > 0 {
@@ -399,18 +417,22 @@ func (a *applier) remark(h knowledge.Held, m *localMap, keys []byte, now time.Ti
 	}
 }
 
-// write applies n packed records to m in one batch syscall and returns
-// how many took effect: not the deletes of absent keys, none on an error.
-func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals []byte) int {
-	var err error
-	applied := n
+// write applies n packed records to m, whose keys' knowledge hashes are
+// hashes, in one batch syscall, or in two at once when a second worker
+// takes half of them, and returns how many took effect: not the deletes
+// of absent keys, none on an error. Split, keys and vals hold the same
+// records after it, in another order (see [applier.split]).
+func (a *applier) write(node uint32, m *localMap, op ops.Op, n int, keys, vals []byte, hashes []uint64) int {
 	began := a.time.Now()
-	if op == ops.Update {
-		err = m.Target.UpdateBatch(keys, vals)
+	var missing int
+	var err error
+	if a.worker != nil && n >= splitMin && splits(m) {
+		missing, err = a.writeSplit(m, op, keys, vals, hashes)
 	} else {
-		var missing int
-		missing, err = m.Target.DeleteBatch(keys)
-		applied -= missing
+		missing, err = batchWrite(m, op, keys, vals)
+	}
+	applied := n - missing
+	if missing > 0 {
 		a.stats.DeletesMissing.Add(uint64(missing))
 	}
 	a.stats.ApplySeconds.Observe(a.time.Now().Sub(began))

@@ -5,6 +5,7 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -91,8 +92,8 @@ type CounterTarget struct {
 	// Buffers, reused under mu.
 	kkeys, kvals       []byte // a batch read from the kernel map
 	addKeys, addDeltas []byte // a batch of adds
+	addNew             []bool // per add: whether the batch made its key's state
 	value, local, d    []uint64
-	out                []byte // contribution entries built under mu
 }
 
 type counterKey struct {
@@ -150,6 +151,16 @@ func (t *CounterTarget) SetHorizon(h time.Duration) {
 	t.mu.Unlock()
 }
 
+// Keys returns how many keys the target keeps state of (a reset, or
+// contributions), and the bound it keeps them within: the keys the kernel
+// map holds, at most its max_entries, and as many it no longer holds
+// (see [CounterTarget.forget]).
+func (t *CounterTarget) Keys() (keys, bound int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.keys), 2 * t.maxGone
+}
+
 func (t *CounterTarget) entrySize() (int, int) {
 	return t.keySize + originSize, contribHeader + 8*t.words
 }
@@ -175,7 +186,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.writes++
-	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	t.addKeys, t.addDeltas, t.addNew = t.addKeys[:0], t.addDeltas[:0], t.addNew[:0]
 	limit := hlc.Make(t.now().Add(hlc.MaxSkew).UnixMilli(), 0)
 	for o := range len(keys) / ks {
 		key, origin := keys[o*ks:o*ks+t.keySize], binary.BigEndian.Uint32(keys[o*ks+t.keySize:])
@@ -189,6 +200,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			// nothing counted from it: what [CounterTarget.forget] forgot.
 			continue
 		}
+		_, known := t.keys[string(key)]
 		ck := t.key(key)
 		ck.merged = t.writes
 		reset, add, err := ck.k.Merge(c, t.origins, t.d)
@@ -204,7 +216,7 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 			}
 		}
 		if add {
-			t.addKeys = append(t.addKeys, key...)
+			t.addKeys, t.addNew = append(t.addKeys, key...), append(t.addNew, !known)
 			for _, d := range t.d {
 				t.addDeltas = binary.NativeEndian.AppendUint64(t.addDeltas, d)
 			}
@@ -218,14 +230,30 @@ func (t *CounterTarget) flushAdds() error {
 		return nil
 	}
 	failed, err := t.adder.Add(t.addKeys, t.addDeltas)
-	t.addKeys, t.addDeltas = t.addKeys[:0], t.addDeltas[:0]
+	defer func() { t.addKeys, t.addDeltas, t.addNew = t.addKeys[:0], t.addDeltas[:0], t.addNew[:0] }()
 	if err != nil {
 		return err
 	}
-	if failed > 0 {
-		return fmt.Errorf("counter map: %d contributions could not be added: the map is full", failed)
+	if failed == 0 {
+		return nil
 	}
-	return nil
+	// The map is full. A key the batch made whose add found no room is
+	// forgotten: kept, the contribution would count as applied to a
+	// value the map does not hold, and the next scan would read the key
+	// as deleted here, a reset of its counts on every node; and the keys
+	// kept would grow past the map's. Its contribution comes again (a
+	// repair, a digest round) once there is room.
+	raw := make([]byte, 8*t.words*t.cpus)
+	for i, made := range t.addNew {
+		key := t.addKeys[i*t.keySize : (i+1)*t.keySize]
+		if !made {
+			continue
+		}
+		if held, err := t.kernel.Lookup(key, raw); err == nil && !held {
+			delete(t.keys, string(key))
+		}
+	}
+	return fmt.Errorf("counter map: %d contributions could not be added: the map is full", failed)
 }
 
 // DeleteBatch deletes contribution entries. Contributions are cleared
@@ -235,66 +263,115 @@ func (t *CounterTarget) flushAdds() error {
 // contribution of that origin is merged by its own stamp.
 func (t *CounterTarget) DeleteBatch(keys []byte) (missing int, err error) { return 0, nil }
 
-// Lookup reads one entry of the contribution map.
+// Lookup reads one entry of the contribution map as recorded: this
+// node's own contribution as the last scan read it (see
+// [CounterTarget.Scanning]), a peer's as merged.
 func (t *CounterTarget) Lookup(key, value []byte) (bool, error) {
 	ks, vs := t.entrySize()
 	if len(key) != ks || len(value) != vs {
 		return false, fmt.Errorf("counter map: lookup with %d key bytes and %d value bytes", len(key), len(value))
 	}
 	k, origin := key[:t.keySize], binary.BigEndian.Uint32(key[t.keySize:])
-	raw := make([]byte, 8*t.words*t.cpus)
-	held, err := t.kernel.Lookup(k, raw)
-	if err != nil {
-		return false, err
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ck := t.keys[string(k)]
+	if ck == nil {
+		return false, nil
+	}
 	if origin == t.self {
-		if !held && ck == nil {
-			return false, nil
-		}
-		if ck == nil {
-			ck = t.key(k)
-		}
-		t.readOwn(ck, raw, held)
 		t.encodeOwn(ck, value)
 		return true, nil
 	}
 	found := false
-	if ck != nil {
-		ck.k.Contributions(func(c counter.Contribution) {
-			if c.Origin == origin {
-				t.encode(c, value)
-				found = true
-			}
-		})
-	}
+	ck.k.Contributions(func(c counter.Contribution) {
+		if c.Origin == origin {
+			t.encode(c, value)
+			found = true
+		}
+	})
 	return found, nil
 }
 
-// Dump reads the contribution map: for every key of the kernel map or
-// with contributions held, this node's own contribution, read from the
-// kernel map's value as it is now (the value less every peer's
-// contribution added to it), then every peer's. A key this node held
-// counts of that the kernel map no longer holds was deleted here: a
-// reset, which this node's contribution carries to the peers.
+// Dump reads the contribution map as recorded, in key order: every key
+// the target keeps, with this node's own contribution as the last scan
+// read it, even when it holds none (it carries the key's reset), then
+// every peer's. A digest round, a snapshot, the state file read it so:
+// only a scan reads the own contribution anew from the kernel map, and
+// records what moved (see [CounterTarget.Scanning]).
 func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	em, err := t.emitter(keys, values, fn)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	held := slices.Sorted(maps.Keys(t.keys))
+	t.mu.Unlock()
+	var out []byte
+	for len(held) > 0 {
+		n := min(len(held), counterBatch)
+		out = out[:0]
+		t.mu.Lock()
+		for _, k := range held[:n] {
+			if ck := t.keys[k]; ck != nil { // not forgotten meanwhile
+				out = t.appendKey(out, ck, []byte(k))
+			}
+		}
+		t.mu.Unlock()
+		if err := em.emit(out); err != nil {
+			return err
+		}
+		held = held[n:]
+	}
+	return em.flush()
+}
+
+// Scanning returns the reader of the contribution map for a scan, which
+// records every entry that moved as a write of this node: the
+// contribution map with this node's own contributions read anew from the
+// kernel map's values (see [CounterTarget.scan]). No other read advances
+// them: a contribution advanced but not recorded went to peers under the
+// version of an older one, and a read that took its kernel batch before
+// another read advanced it saw the value gone down, a reset of the key
+// on every node.
+func (t *CounterTarget) Scanning() knowledge.Dumper { return counterScan{t} }
+
+type counterScan struct{ t *CounterTarget }
+
+func (s counterScan) Dump(keys, values []byte, fn func(keys, values []byte) error) error {
+	return s.t.scan(keys, values, fn)
+}
+
+func (t *CounterTarget) emitter(keys, values []byte, fn func(keys, values []byte) error) (*emitter, error) {
 	ks, vs := t.entrySize()
 	n := min(len(keys)/ks, len(values)/vs)
 	if n == 0 {
-		return fmt.Errorf("counter map: dump buffers hold no entry")
+		return nil, fmt.Errorf("counter map: dump buffers hold no entry")
 	}
-	em := emitter{keys: keys[:n*ks], values: values[:n*vs], ks: ks, vs: vs, fn: fn}
+	return &emitter{keys: keys[:n*ks], values: values[:n*vs], ks: ks, vs: vs, fn: fn}, nil
+}
+
+// scan reads the contribution map for [CounterTarget.Scanning]: for every
+// key of the kernel map or with contributions held, this node's own
+// contribution, read from the kernel map's value as it is now (the value
+// less every peer's contribution added to it), then every peer's. A key
+// this node held counts of that the kernel map no longer holds was
+// deleted here: a reset, which this node's contribution carries to the
+// peers.
+func (t *CounterTarget) scan(keys, values []byte, fn func(keys, values []byte) error) error {
+	em, err := t.emitter(keys, values, fn)
+	if err != nil {
+		return err
+	}
 	t.mu.Lock()
 	t.gen++
 	gen, writes := t.gen, t.writes
 	t.mu.Unlock()
 	vl := 8 * t.words * t.cpus
 	raw := make([]byte, vl)
-	err := t.kernel.Dump(t.kkeys, t.kvals, func(kk, kv []byte) error {
+	var out []byte
+	err = t.kernel.Dump(t.kkeys, t.kvals, func(kk, kv []byte) error {
 		t.mu.Lock()
-		t.out = t.out[:0]
+		out = out[:0]
 		for o := range len(kk) / t.keySize {
 			key := kk[o*t.keySize : (o+1)*t.keySize]
 			ck := t.key(key)
@@ -302,9 +379,10 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 			value, held := kv[o*vl:(o+1)*vl], true
 			if int32(ck.merged-writes) > 0 {
 				// A peer's contribution merged after the batch was read
-				// (a digest round reads without the knowledge lock that
-				// keeps applies out) is held but not in the value read,
-				// which would look gone down: a reset. Read it again.
+				// is held but not in the value read, which would look
+				// gone down: a reset. Read it again. (A node's scan
+				// reads under the knowledge lock, which keeps applies
+				// out; a read without it does not.)
 				var err error
 				if held, err = t.kernel.Lookup(key, raw); err != nil {
 					t.mu.Unlock()
@@ -313,9 +391,8 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 				value = raw
 			}
 			t.readOwn(ck, value, held)
-			t.appendKey(ck, key)
+			out = t.appendKey(out, ck, key)
 		}
-		out := t.out
 		writes = t.writes // the next batch is read after this
 		t.mu.Unlock()
 		return em.emit(out)
@@ -357,9 +434,7 @@ func (t *CounterTarget) Dump(keys, values []byte, fn func(keys, values []byte) e
 			}
 			gone = append(gone, k)
 		}
-		t.out = t.out[:0]
-		t.appendKey(ck, key)
-		out := t.out
+		out = t.appendKey(out[:0], ck, key)
 		t.mu.Unlock()
 		if err := em.emit(out); err != nil {
 			return err
@@ -472,15 +547,16 @@ func (t *CounterTarget) stampAfter(s hlc.Stamp) hlc.Stamp {
 	return max(hlc.Make(t.now().UnixMilli(), 0), t.last+1, s+1)
 }
 
-// appendKey appends ck's entries to t.out: this node's own, even when it
-// holds none (it carries the key's reset), then every peer's.
-func (t *CounterTarget) appendKey(ck *counterKey, key []byte) {
+// appendKey appends ck's entries to out, key and value back to back, and
+// returns it: this node's own, even when it holds none (it carries the
+// key's reset), then every peer's.
+func (t *CounterTarget) appendKey(out []byte, ck *counterKey, key []byte) []byte {
 	_, vs := t.entrySize()
 	put := func(origin uint32) []byte {
-		t.out = append(t.out, key...)
-		t.out = binary.BigEndian.AppendUint32(t.out, origin)
-		t.out = append(t.out, make([]byte, vs)...)
-		return t.out[len(t.out)-vs:]
+		out = append(out, key...)
+		out = binary.BigEndian.AppendUint32(out, origin)
+		out = append(out, make([]byte, vs)...)
+		return out[len(out)-vs:]
 	}
 	t.encodeOwn(ck, put(t.self))
 	ck.k.Contributions(func(c counter.Contribution) {
@@ -488,6 +564,7 @@ func (t *CounterTarget) appendKey(ck *counterKey, key []byte) {
 			t.encode(c, put(c.Origin))
 		}
 	})
+	return out
 }
 
 // encodeOwn writes this node's contribution to ck into b: the key's

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -103,9 +104,9 @@ func peerContribution(ct *CounterTarget, reset, stamp, count uint64) error {
 	return ct.UpdateBatch(key, val)
 }
 
-// racingKernel is a kernel map whose Dump runs between before each batch
-// is read and when it is handed on: a peer's contribution applied in
-// that moment, as the receiver applies one while a digest round reads.
+// racingKernel is a kernel map whose Dump runs between after each batch
+// is read and before it is handed on: a peer's contribution applied, or
+// another read, in that moment.
 type racingKernel struct {
 	*loader.Map
 	between func()
@@ -120,15 +121,21 @@ func (k racingKernel) Dump(keys, values []byte, fn func(keys, values []byte) err
 	})
 }
 
+// racingSum is a sum map (see sumMap) read through a racingKernel, and
+// node 1's target of it.
+func racingSum(t *testing.T, name string) (*ebpf.Map, *racingKernel, *CounterTarget) {
+	em, lm, adder := sumMap(t, name, ebpf.Hash)
+	now := time.Now()
+	kernel := &racingKernel{Map: lm}
+	return em, kernel, NewCounterTarget(kernel, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+}
+
 // A peer's contribution applied after a read of the kernel map took its
 // batch and before the batch is compared with the contributions held is
 // not read as the value gone down: that was a reset of the key on every
 // node, its counts lost.
 func TestCounterReadRacesApply(t *testing.T) {
-	em, lm, adder := sumMap(t, "sum_race", ebpf.Hash)
-	now := time.Now()
-	kernel := &racingKernel{Map: lm}
-	ct := NewCounterTarget(kernel, adder, 4, 8, 1, 1, 3, func() time.Time { return now })
+	em, kernel, ct := racingSum(t, "sum_race")
 	ks, vs := ct.entrySize()
 	contribution := func(stamp, count uint64) {
 		if err := peerContribution(ct, 0, stamp, count); err != nil {
@@ -137,7 +144,7 @@ func TestCounterReadRacesApply(t *testing.T) {
 	}
 	read := func() {
 		keys, vals := make([]byte, 4*ks), make([]byte, 4*vs)
-		if err := ct.Dump(keys, vals, func(_, _ []byte) error { return nil }); err != nil {
+		if err := ct.Scanning().Dump(keys, vals, func(_, _ []byte) error { return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -156,6 +163,120 @@ func TestCounterReadRacesApply(t *testing.T) {
 	var got uint64
 	if err := em.Lookup(uint32(0), &got); err != nil || got != 105 {
 		t.Errorf("key 0 holds %d (%v), want 105", got, err)
+	}
+}
+
+// Only a scan, which records what moved as a write of this node, reads
+// the own contribution anew: a digest round, a snapshot, the state file
+// and a look-up read it as the last scan did. Every read advanced it, so
+// peers got it under the version of an older one, and a scan that took
+// its kernel batch before a digest round's read advanced it compared the
+// older value with the newer contribution: gone down, a reset of the key
+// on every node, the peer's count lost (and the reads shared one batch
+// buffer, so either could read the other's).
+func TestCounterOwnAdvancesOnlyInScans(t *testing.T) {
+	em, kernel, ct := racingSum(t, "sum_own")
+	ks, vs := ct.entrySize()
+	key0 := []byte{0, 0, 0, 0}
+	count := func(n uint64) { // this node's datapath counts n in place
+		t.Helper()
+		var v uint64
+		if err := em.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		if err := em.Update(uint32(0), v+n, ebpf.UpdateExist); err != nil {
+			t.Fatal(err)
+		}
+	}
+	own := func() uint64 { // as a digest round or a snapshot reads it
+		t.Helper()
+		var got uint64
+		found := false
+		err := ct.Dump(make([]byte, 4*ks), make([]byte, 4*vs), func(keys, vals []byte) error {
+			for o := 0; o*ks < len(keys); o++ {
+				if binary.BigEndian.Uint32(keys[o*ks+4:]) == 1 {
+					got, found = binary.BigEndian.Uint64(vals[o*vs+20:]), true
+				}
+			}
+			return nil
+		})
+		if err != nil || !found {
+			t.Fatalf("own contribution not read (%v)", err)
+		}
+		return got
+	}
+	scan := func() {
+		t.Helper()
+		if err := ct.Scanning().Dump(make([]byte, 4*ks), make([]byte, 4*vs), func(_, _ []byte) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := peerContribution(ct, 0, 1, 40); err != nil {
+		t.Fatal(err)
+	}
+	count(5)
+	scan()
+	count(10)
+	if got := own(); got != 5 {
+		t.Errorf("a read that is not a scan gives the own contribution as %d, want 5 as the scan read it", got)
+	}
+	lookup := make([]byte, vs)
+	if found, err := ct.Lookup(append(slices.Clone(key0), 0, 0, 0, 1), lookup); err != nil || !found || binary.BigEndian.Uint64(lookup[20:]) != 5 {
+		t.Errorf("a look-up gives the own contribution as %d (%v %v), want 5", binary.BigEndian.Uint64(lookup[20:]), found, err)
+	}
+	// A scan takes its batch (55), the datapath counts 7 more and a digest
+	// round reads (62), then the scan compares what it took.
+	kernel.between = func() {
+		kernel.between = nil
+		count(7)
+		own()
+	}
+	scan()
+	ck := ct.keys[string(key0)]
+	mine, _ := ck.k.Own(1)
+	if r := ck.k.Reset(); r.Stamp != 0 || mine.Words[0] != 15 || ck.k.Origins() != 2 {
+		t.Errorf("after a scan raced a digest round's read: reset %v, own %v, %d origins; want no reset, 15 and the peer's 40 held", r, mine.Words, ck.k.Origins())
+	}
+	scan()
+	if got := own(); got != 22 {
+		t.Errorf("after the next scan the own contribution reads %d, want 22", got)
+	}
+	var v uint64
+	if err := em.Lookup(uint32(0), &v); err != nil || v != 62 {
+		t.Errorf("key 0 holds %d (%v), want 62", v, err)
+	}
+}
+
+// Peers' contributions to more keys than the kernel map has room for are
+// refused with an error, and the keys they would have made are not kept:
+// kept, the next scan read each as deleted here, a reset of the peers'
+// counts of it on every node, and the keys kept grew past the map's.
+func TestCounterFullMap(t *testing.T) {
+	_, lm, adder := sumMap(t, "sum_full", ebpf.Hash) // 4 entries
+	ct := NewCounterTarget(lm, adder, 4, 8, 1, 1, 3, time.Now)
+	CounterMap(MapFromLoader(lm), ct, mapopt.Options{Merge: mapopt.Sum, Origins: 3})
+	ks, vs := ct.entrySize()
+	refused := 0
+	for i := range uint32(12) {
+		k, v := make([]byte, ks), make([]byte, vs)
+		binary.NativeEndian.PutUint32(k, i)
+		binary.BigEndian.PutUint32(k[4:], 2)
+		binary.BigEndian.PutUint64(v[12:], 1)
+		binary.BigEndian.PutUint64(v[20:], uint64(i+1))
+		if ct.UpdateBatch(k, v) != nil {
+			refused++
+		}
+	}
+	if keys, _ := ct.Keys(); refused != 8 || keys != 4 {
+		t.Fatalf("%d contributions refused, %d keys kept; want 8 and the map's 4", refused, keys)
+	}
+	if err := ct.Scanning().Dump(make([]byte, 16*ks), make([]byte, 16*vs), func(_, _ []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for k, ck := range ct.keys {
+		if r := ck.k.Reset(); r.Stamp != 0 {
+			t.Errorf("key %x reset by node %d after a full map refused contributions", k, r.Origin)
+		}
 	}
 }
 
@@ -280,7 +401,7 @@ func TestCounterKeysChurn(t *testing.T) {
 			ks, vs := ct.entrySize()
 			dump := func() {
 				t.Helper()
-				if err := ct.Dump(make([]byte, 16*ks), make([]byte, 16*vs), func(_, _ []byte) error { return nil }); err != nil {
+				if err := ct.Scanning().Dump(make([]byte, 16*ks), make([]byte, 16*vs), func(_, _ []byte) error { return nil }); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -301,6 +301,7 @@ func (d *dispatcher) changes(p *peer, h *wire.Header, dgram []byte, now time.Tim
 		if _, err := d.apply.collect(p.node, body, h.Count, false); err != nil {
 			return err
 		}
+		d.refusedRecord(p, h.Seq)
 	default:
 		if err := d.apply.check(p.node, body, h.Count); err != nil {
 			return err
@@ -410,6 +411,7 @@ func (d *dispatcher) release(p *peer, now time.Time) {
 		var h wire.Header
 		if h.Unmarshal(b) == nil {
 			_, _ = d.apply.collect(p.node, b[wire.HeaderSize:], h.Count, false) // checked when held
+			d.refusedRecord(p, h.Seq)
 		}
 		s.recycle(b)
 	}
@@ -420,6 +422,22 @@ func (d *dispatcher) release(p *peer, now time.Time) {
 	}
 	s.settle(now, wait)
 	d.stats.GapsSeen.Add(s.gaps - gaps)
+}
+
+// refusedRecord acts on a record of p's change stream whose fragment the
+// reassembly refused for lack of memory in datagram seq, just collected:
+// as for a gap given up, p's stream is not applied here from seq on,
+// and a resync from p follows, a delta from seq when p can serve one. The
+// record would otherwise be lost until the next write of its key or a
+// digest round found it.
+func (d *dispatcher) refusedRecord(p *peer, seq uint64) {
+	if !d.apply.reasm.takeRefused(p.node) {
+		return
+	}
+	if p.stream.lostFrom == 0 || seq < p.stream.lostFrom {
+		p.stream.lostFrom = seq
+	}
+	d.resyncNeeded(p, "a record's fragments were refused for lack of --reassembly-memory")
 }
 
 // announce takes a peer's map descriptors, its readiness and the latest

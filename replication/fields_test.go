@@ -198,6 +198,7 @@ func TestCapturedLockCleared(t *testing.T) {
 	}
 	f.flows.state["key1"] = "\x00\x00\x00\x00ocal" // the local write came after the apply
 	s.add(&loader.Change{MapID: 10, Op: ops.Update, Key: []byte("key1"), Value: []byte("LOCKocal")}, time.Now())
+	s.stampStaged()
 	if s.superseded != 0 || f.stats.RaceChecks.Load() != 1 {
 		t.Fatalf("superseded %d, race checks %d: the write the map holds was dropped", s.superseded, f.stats.RaceChecks.Load())
 	}

@@ -27,6 +27,13 @@ type Footprint struct {
 	// Relayed is the entries a merge passed to the sender that it has
 	// not taken yet.
 	Relayed int
+	// ReassemblyBytes is what the node holds of incomplete records, at
+	// most ReassemblyLimit ([Config.ReassemblyBytes]).
+	ReassemblyBytes, ReassemblyLimit int
+	// CounterKeys is the keys the sum maps' targets keep contributions or
+	// a reset of, at most CounterKeysBound: twice each map's max_entries
+	// (see [CounterTarget.Keys]).
+	CounterKeys, CounterKeysBound int
 }
 
 // Footprint reports the node's footprint. It reads the sender's state
@@ -41,6 +48,14 @@ func (n *Node) Footprint() Footprint {
 			f.ResendBytes += int(n.resend.lens[seq%uint64(len(n.resend.lens))])
 		}
 		n.resend.mu.Unlock()
+	}
+	f.ReassemblyBytes, f.ReassemblyLimit = n.apply.reasm.held, n.apply.reasm.limit
+	for _, m := range n.sender.table.maps {
+		if t, ok := m.Target.(*CounterTarget); ok {
+			keys, bound := t.Keys()
+			f.CounterKeys += keys
+			f.CounterKeysBound += bound
+		}
 	}
 	n.mu.Lock()
 	f.Peers, f.Transfers = len(n.peers.byNode), len(n.server.transfers)
@@ -74,6 +89,10 @@ func (f Footprint) Exceeded() string {
 		return fmt.Sprintf("%d transfers served, of %d", f.Transfers, maxTransfers)
 	case f.PendingBytes > f.Payload:
 		return fmt.Sprintf("the sender's pending changes make %d bytes, of a %d-byte datagram", f.PendingBytes, f.Payload)
+	case f.ReassemblyBytes > f.ReassemblyLimit:
+		return fmt.Sprintf("incomplete records hold %d bytes, of %d", f.ReassemblyBytes, f.ReassemblyLimit)
+	case f.CounterKeys > f.CounterKeysBound:
+		return fmt.Sprintf("the sum maps keep %d keys, of %d", f.CounterKeys, f.CounterKeysBound)
 	case f.Tombstones > f.Keys:
 		return fmt.Sprintf("%d deletes remembered, of %d keys known", f.Tombstones, f.Keys)
 	}

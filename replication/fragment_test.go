@@ -418,3 +418,44 @@ func (f *receiverFixture) fragmentDatagram(t testing.TB, seq uint64, k string, i
 	}
 	return b.finish(peerNode, 1, seq)
 }
+
+// A record of a change stream whose first fragment is refused for lack of
+// reassembly memory is a gap given up: its later fragments are dropped
+// too, counted, and a delta resync from the refused fragment's datagram
+// on is asked for. It was dropped and nothing else, so the record stayed
+// lost until its key was written again or a digest round found it.
+func TestRefusedRecordIsRepaired(t *testing.T) {
+	f := newReceiverFixture(t)
+	t0 := time.Now()
+	f.handleAt(t0, peerA, f.peerDatagram(t, 1, 1, "key1", "1"))
+	f.n.client.ready.become("test", 1)
+	f.n.apply.reasm.peerLimit = partialOverhead // less than any record costs
+	stamp := uint64(testClock.Now())
+	for i := range 2 { // the record's two chunks, in datagrams 2 and 3
+		var b changesBuilder
+		b.start()
+		b.w.AppendFragment(f.fpFlow, stamp, testWriter, []byte("big1"), []byte("12345678"), i, 2)
+		f.handleAt(t0, peerA, b.finish(peerNode, 1, uint64(2+i)))
+	}
+	p := f.n.peers.byNode[peerNode]
+	s := f.stats.Snapshot()
+	if s.RecordsRefused != 1 || s.FragmentsRefused != 2 || len(f.n.apply.reasm.partials) != 0 {
+		t.Fatalf("records_refused %d, fragments_refused %d, %d partials; want 1, 2 and none", s.RecordsRefused, s.FragmentsRefused, len(f.n.apply.reasm.partials))
+	}
+	if !p.needSync || p.stream.lostFrom != 2 || s.ResyncNeeded != 1 {
+		t.Fatalf("need sync %v, lost from %d, resync_needed %d; want a resync owed from datagram 2", p.needSync, p.stream.lostFrom, s.ResyncNeeded)
+	}
+	if !strings.Contains(f.logs.String(), "reassembly-memory") {
+		t.Errorf("no log line names --reassembly-memory:\n%s", f.logs)
+	}
+	f.n.client.begin(p, t0)
+	if f.n.client.delta != 2 {
+		t.Errorf("resync asked from %d, want a delta from datagram 2", f.n.client.delta)
+	}
+	// The delta's answer, as of datagram 3, brings what was lost.
+	at := uint64(f.n.client.clock.Now())
+	f.handleAt(t0, peerA, f.syncStart(wire.SyncStart{AsOf: 3, Stamp: at, Since: at}))
+	if p.stream.lostFrom != 0 {
+		t.Errorf("after a snapshot as of datagram 3, lost from %d, want 0", p.stream.lostFrom)
+	}
+}

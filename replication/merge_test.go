@@ -90,7 +90,7 @@ func TestCrossedApplyDecidedByTheMap(t *testing.T) {
 	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(time.Now().UnixMilli(), 0), 5))
 
 	// The local write came first: the map holds the peer's value.
-	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
+	if _, ok := stampOne(s, m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
 		t.Fatal("a local write the apply overwrote was stamped")
 	}
 	if f.stats.RaceChecks.Load() != 1 {
@@ -98,7 +98,7 @@ func TestCrossedApplyDecidedByTheMap(t *testing.T) {
 	}
 	// The local write came after the apply: the map holds it.
 	f.flows.state["key1"] = "  local2"
-	v, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("  local2"), time.Now())
+	v, ok := stampOne(s, m, ops.Update, []byte("key1"), []byte("  local2"), time.Now())
 	if !ok || v.Origin != ourNode {
 		t.Fatal("a local write made after the apply was dropped")
 	}
@@ -108,8 +108,33 @@ func TestCrossedApplyDecidedByTheMap(t *testing.T) {
 	// A key no peer wrote since the ring was drained is not read back.
 	checks := f.stats.RaceChecks.Load()
 	s.drained = time.Now().Add(time.Second)
-	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("  local3"), time.Now()); !ok || f.stats.RaceChecks.Load() != checks {
+	if _, ok := stampOne(s, m, ops.Update, []byte("key1"), []byte("  local3"), time.Now()); !ok || f.stats.RaceChecks.Load() != checks {
 		t.Fatalf("stamped %v, race_checks %d: a write after the ring was drained needs no check", ok, f.stats.RaceChecks.Load()-checks)
+	}
+}
+
+// The sender stamps the changes it read a batch at a time, and checks
+// each against the drained time of when it was read: a change staged
+// before the ring was last found empty is stamped before that time moves.
+// Checked against the later drain, the local write below, which the apply
+// overwrote, would count as made after the apply, and be stamped and sent
+// while this node holds the peer's value.
+func TestStagedChangeCheckedAgainstItsDrain(t *testing.T) {
+	f := newReceiverFixture(t)
+	s := crossSender(t, f)
+	now := time.Now()
+	s.drained = now.Add(-time.Second) // the ring was last empty before the apply
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(now.UnixMilli(), 0), 5))
+	s.add(&loader.Change{MapID: 10, Op: ops.Update, Key: []byte("key1"), Value: []byte("   local")}, now)
+	if f.stats.RaceChecks.Load() != 0 {
+		t.Fatal("one change was stamped alone: the test needs it staged")
+	}
+	s.setDrained(now.Add(2 * time.Second))
+	if s.superseded != 1 || f.stats.RaceChecks.Load() != 1 {
+		t.Fatalf("superseded %d, race checks %d: the local write the apply overwrote was not checked against the map", s.superseded, f.stats.RaceChecks.Load())
+	}
+	if v, _ := knownVersion(f.n.know, f.tab.byID(10).index, "key1"); v.Origin == ourNode {
+		t.Fatalf("knowledge %+v: the overwritten local write was recorded", v)
 	}
 }
 
@@ -135,7 +160,7 @@ func TestRestampKeepsTheCrossedApplyCheck(t *testing.T) {
 	if v.Origin != ourNode || v.Stamp <= remote || again != v {
 		t.Fatalf("read after the overflow as %+v, then %+v; want stamped anew as this node's, once", v, again)
 	}
-	if _, ok := s.stamp(m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
+	if _, ok := stampOne(s, m, ops.Update, []byte("key1"), []byte("   local"), time.Now()); ok {
 		t.Fatal("a local write made before the apply, delivered after the restamp, was stamped as the latest")
 	}
 }
@@ -374,7 +399,7 @@ func TestSlowBatchElementDecidedByTheMap(t *testing.T) {
 		}
 		s.drained = w.Add(30 * time.Millisecond)
 		clock.now = s.drained.Add(time.Millisecond)
-		if v, ok := s.stamp(m, ops.Update, []byte(key), []byte("   local"), clock.now); ok {
+		if v, ok := stampOne(s, m, ops.Update, []byte(key), []byte("   local"), clock.now); ok {
 			t.Errorf("%s: a batch element written before the peer's write was applied, read after the ring was found empty, was stamped %+v: "+
 				"the peers would take it while this node holds the peer's value", key, v)
 		}

@@ -78,6 +78,11 @@ type Config struct {
 	// quarter of it (default [DefaultReassemblyBytes]). A quarter must
 	// hold the largest value of a map whose records travel in fragments.
 	ReassemblyBytes int
+	// ApplyWorkers is how many goroutines write a peer's changes into the
+	// local maps: 1 (the default, also 0) or 2, which split each large
+	// batch of a kernel map between them by key, for a receiver with a
+	// core to spare (see "Two apply workers" in docs/ARCHITECTURE.md).
+	ApplyWorkers int
 	// Keys, when set, seal every datagram sent and open every one
 	// received (see package seal and "Sealed datagrams" in
 	// wire/FORMAT.md): a node without them can neither inject nor read
@@ -132,6 +137,8 @@ var (
 	// cannot hold one record of the largest fragmented map.
 	ErrReassemblySize = errors.New("reassembly memory too small")
 	ErrIncomplete     = errors.New("config lacks a table, source or transport")
+	// ErrApplyWorkers refuses a number of apply workers other than 1 or 2.
+	ErrApplyWorkers = errors.New("apply workers must be 1 or 2")
 	// ErrDigestPayload refuses digest rounds in datagrams too small for a
 	// digest: the MTU must grow, or the rounds be turned off.
 	ErrDigestPayload = errors.New("datagrams too small for a digest")
@@ -163,10 +170,13 @@ type Node struct {
 	know   *knowledge.Store // shared by the sender and the receive side, under its own lock
 	clock  *hlc.Clock
 	relay  relayQueue
-	state  string      // Config.StateFile
-	time   Time        // Config.Time
-	prints *printTable // of the scanned maps, under its own lock
-	scan   *scanner
+	state  string // Config.StateFile
+	// applyWorkers is Config.ApplyWorkers, 1 or 2: with 2, Run starts the
+	// applier's second worker.
+	applyWorkers int
+	time         Time        // Config.Time
+	prints       *printTable // of the scanned maps, under its own lock
+	scan         *scanner
 	// digester reads the maps into digests every digestEvery (0: never),
 	// outside every lock but the knowledge's.
 	digester    digester
@@ -199,6 +209,9 @@ func NewNode(cfg Config) (*Node, error) {
 	if cfg.Table == nil || cfg.Source == nil || cfg.Transport == nil {
 		return nil, ErrIncomplete
 	}
+	if cfg.ApplyWorkers < 0 || cfg.ApplyWorkers > 2 {
+		return nil, fmt.Errorf("%w: %d", ErrApplyWorkers, cfg.ApplyWorkers)
+	}
 	if cfg.DigestInterval > 0 && cfg.Table.payload < wire.HeaderSize+wire.DigestSize {
 		return nil, fmt.Errorf("%w: %d bytes, a digest takes %d", ErrDigestPayload, cfg.Table.payload, wire.HeaderSize+wire.DigestSize)
 	}
@@ -225,7 +238,8 @@ func NewNode(cfg Config) (*Node, error) {
 		clock = hlc.New(cfg.Time.Now, 0)
 	}
 	n := &Node{node: cfg.Node, epoch: cfg.Epoch, src: cfg.Source, tr: cfg.Transport, log: log, resend: resend,
-		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile, time: cfg.Time}
+		peers: newPeerTable(announce, cfg.Keys != nil), clock: clock, state: cfg.StateFile, time: cfg.Time,
+		applyWorkers: max(cfg.ApplyWorkers, 1)}
 	n.limit.time = cfg.Time
 	n.know = newKnowledge(cfg.Table, cfg.TombstoneHorizon, clock, cfg.Node, &n.stats, cfg.Time.Now())
 	cfg.Table.mono.offset = cfg.MonoOffset
@@ -338,6 +352,14 @@ func (n *Node) Run(ctx context.Context) error {
 	n.ready.started = n.time.Now()
 	n.mu.Unlock()
 	n.server.spawnEach()
+	if n.applyWorkers == 2 {
+		stop := make(chan struct{})
+		n.apply.worker = startApplyWorker(stop)
+		defer func() {
+			n.apply.worker = nil // every part ended: nothing applies any more
+			close(stop)
+		}()
+	}
 	// The parts run on until the state is saved, after ctx ended.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()

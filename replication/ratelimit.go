@@ -20,6 +20,7 @@ const (
 	reasonFuture
 	reasonCookie
 	reasonFragment
+	reasonHold
 	numReasons
 )
 

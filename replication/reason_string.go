@@ -22,12 +22,13 @@ func _() {
 	_ = x[reasonFuture-11]
 	_ = x[reasonCookie-12]
 	_ = x[reasonFragment-13]
-	_ = x[numReasons-14]
+	_ = x[reasonHold-14]
+	_ = x[numReasons-15]
 }
 
-const _reason_name = "MalformedUnknownMapForgedApplySchemaSendResyncOverflowSyncPeerAuthFutureCookieFragmentnumReasons"
+const _reason_name = "MalformedUnknownMapForgedApplySchemaSendResyncOverflowSyncPeerAuthFutureCookieFragmentHoldnumReasons"
 
-var _reason_index = [...]uint8{0, 9, 19, 25, 30, 36, 40, 46, 54, 58, 62, 66, 72, 78, 86, 96}
+var _reason_index = [...]uint8{0, 9, 19, 25, 30, 36, 40, 46, 54, 58, 62, 66, 72, 78, 86, 90, 100}
 
 func (i reason) String() string {
 	idx := int(i) - 0

@@ -58,6 +58,12 @@ type reassembly struct {
 	// never interleaves two records' fragments there, so another record
 	// beginning ends the hope of the one before.
 	streams map[uint32]partialKey
+	// refused is each node's record of its change stream whose fragment
+	// was refused for lack of memory: its later fragments are dropped as
+	// well, and the receiver asks the node for a delta resync from the
+	// refused one's datagram on (see [reassembly.takeRefused]). It holds
+	// at most a record per node.
+	refused map[uint32]refusal
 	swept   time.Time // when expired partials were last dropped
 	spare   []byte    // a completed partial's value, for the next one
 
@@ -75,6 +81,13 @@ type partialKey struct {
 	key      string
 }
 
+// refusal is the record of a change stream whose fragment was refused,
+// and whether the receiver has yet to act on it.
+type refusal struct {
+	k   partialKey
+	new bool
+}
+
 // partial is an incomplete record: its value so far, and which chunks
 // arrived.
 type partial struct {
@@ -88,7 +101,7 @@ type partial struct {
 
 func newReassembly(limit int, stats *Stats, log *slog.Logger, lim *limiter) reassembly {
 	return reassembly{limit: limit, peerLimit: limit / reassemblyPeerShare, timeout: reassemblyTimeout,
-		byNode: map[uint32]int{}, partials: map[partialKey]*partial{}, streams: map[uint32]partialKey{},
+		byNode: map[uint32]int{}, partials: map[partialKey]*partial{}, streams: map[uint32]partialKey{}, refused: map[uint32]refusal{},
 		stats: stats, log: log, lim: lim}
 }
 
@@ -124,13 +137,23 @@ func (r *reassembly) add(node uint32, snapshot bool, fp uint32, rec *wire.Record
 			if prev, ok := r.streams[node]; ok {
 				r.drop(prev, &r.stats.FragmentsAbandoned, "dropping an incomplete record: its sender's change stream moved on to another")
 			}
+			if rf, ok := r.refused[node]; ok && rf.k == k {
+				r.stats.FragmentsRefused.Add(1) // the rest of a record refused
+				return fragmentDropped, nil
+			} else if ok && !rf.new {
+				delete(r.refused, node) // the stream moved on
+			}
 		}
 		cost := r.costOf(rec)
 		if !r.fits(node, cost, now) {
 			r.stats.FragmentsRefused.Add(1)
+			if !snapshot {
+				r.refused[node] = refusal{k: k, new: true}
+				r.stats.RecordsRefused.Add(1)
+			}
 			if s, ok := r.lim.allow(reasonFragment); ok {
 				r.log.Warn("dropping a fragment: the memory for incomplete records is full; raise --reassembly-memory if peers send this many large records at once",
-					"peer", node, "held", r.held, "peer_held", r.byNode[node], "limit", r.limit, "suppressed", s)
+					"peer", node, "snapshot", snapshot, "held", r.held, "peer_held", r.byNode[node], "limit", r.limit, "suppressed", s)
 			}
 			return fragmentDropped, nil
 		}
@@ -164,10 +187,26 @@ func (r *reassembly) add(node uint32, snapshot bool, fp uint32, rec *wire.Record
 	return fragmentCompleted, p.value
 }
 
+// takeRefused reports whether a record of node's change stream was
+// refused since the last call: the receiver then has not applied that
+// node's stream from the datagram just collected on.
+func (r *reassembly) takeRefused(node uint32) bool {
+	rf, ok := r.refused[node]
+	if !ok || !rf.new {
+		return false
+	}
+	rf.new = false
+	r.refused[node] = rf
+	return true
+}
+
 // forget drops what node's change stream (snapshot false) or snapshots
 // (snapshot true) left incomplete: the node restarted, went silent, or
 // begins a new snapshot.
 func (r *reassembly) forget(node uint32, snapshot bool) {
+	if !snapshot {
+		delete(r.refused, node)
+	}
 	if r.byNode[node] == 0 {
 		return
 	}

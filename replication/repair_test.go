@@ -558,3 +558,49 @@ func TestResendSizedByTime(t *testing.T) {
 		})
 	}
 }
+
+// A peer that keeps asking for the oldest datagram, again once its need
+// expired, holds the sender back for maxNeed, then for at most
+// 1/holdShare of the time: renewed, maxNeed per datagram was no bound,
+// and the sender waited for it for ever. Another peer's request is
+// not charged with what the first one spent.
+func TestResendHoldBackShare(t *testing.T) {
+	b, err := newResendBuffer(100*testPayload, testPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := make([]byte, testPayload)
+	for seq := uint64(1); seq <= 100; seq++ {
+		b.add(seq, d)
+	}
+	first, _, _ := b.held()
+	t0 := time.Now()
+	const span = 60 * time.Second
+	const step = 10 * time.Millisecond
+	held := time.Duration(0)
+	for at := time.Duration(0); at < span; at += step {
+		if at%(100*time.Millisecond) == 0 {
+			b.asked(1, first, t0.Add(at)) // the sender waits, so the oldest stays the oldest
+		}
+		if b.holdBack(t0.Add(at)) {
+			held += step
+		}
+		if at == maxNeed-step && held != maxNeed {
+			t.Fatalf("held back %v of the first %v, want all of it: a request within its credit holds", held, maxNeed)
+		}
+	}
+	if most := maxNeed + (span-maxNeed)/holdShare + time.Second; held > most {
+		t.Errorf("one peer asking for the same datagram for %v held the sender back %v, more than %v", span, held, most)
+	}
+	if node, ok := b.takeOverShare(); !ok || node != 1 {
+		t.Errorf("over its share: peer %d (%v), want 1", node, ok)
+	}
+	if _, ok := b.takeOverShare(); ok {
+		t.Error("takeOverShare reported a peer twice")
+	}
+	at := t0.Add(span)
+	b.asked(2, first, at)
+	if !b.holdBack(at) {
+		t.Error("another peer's request did not hold the sender back")
+	}
+}

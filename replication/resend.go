@@ -70,6 +70,12 @@ type resendBuffer struct {
 	// lock.
 	needs   map[uint32]need
 	pressed atomic.Bool
+	// credits is, per peer whose requests held the sender back, how much
+	// longer they may (see [resendBuffer.spend]); overShare is a peer
+	// whose request did not hold it back for lack of credit, 0 if none
+	// since [resendBuffer.takeOverShare].
+	credits   map[uint32]holdCredit
+	overShare uint32
 	// lag is how far behind the latest datagram a peer may ask before
 	// the sender holds back: a quarter of the receive window, so that repairs
 	// reach a receiver before the window behind its gap fills and it
@@ -112,7 +118,20 @@ const (
 	// still misses something, and every new gap it finds asks at once,
 	// so a receiver still behind renews it.
 	lagHold = 2 * firstRetry
+	// holdShare bounds the share of the time one peer's requests hold the
+	// sender back: maxNeed at once, then 1/holdShare of the time. Without
+	// it a peer that asks for one datagram, then again once its need
+	// expired, or for another each time, held the sender back for ever.
+	holdShare = 2
 )
+
+// holdCredit is how long one peer's requests may still hold the sender
+// back: it refills at 1/holdShare of the time passing, up to maxNeed.
+type holdCredit struct {
+	left    time.Duration
+	at      time.Time // when left was brought up to date
+	holding bool      // whether the peer held the sender back since at
+}
 
 // need is the oldest datagram a peer's latest repair request asked for.
 type need struct {
@@ -273,19 +292,62 @@ func (b *resendBuffer) holdBack(now time.Time) bool {
 	defer b.mu.Unlock()
 	back := false
 	for node, nd := range b.needs {
+		wants := false
 		switch {
 		case now.Sub(nd.at) > needFresh || now.Sub(nd.since) > maxNeed || nd.seq < b.first:
 			delete(b.needs, node)
 		case nd.seq-b.first < max(b.n/nearEviction, 1):
-			back = true
+			wants = true
 		case b.first+b.n-nd.seq > b.lag && now.Sub(nd.at) < lagHold:
+			wants = true
+		}
+		if b.spend(node, wants, now) {
 			back = true
+		} else if wants {
+			b.overShare = node
+		}
+	}
+	for node := range b.credits {
+		if _, ok := b.needs[node]; !ok && !b.spend(node, false, now) && b.credits[node].left == maxNeed {
+			delete(b.credits, node) // bounded by the peers that asked
 		}
 	}
 	if len(b.needs) == 0 {
 		b.pressed.Store(false)
 	}
 	return back
+}
+
+// spend charges node's credit with the time it held the sender back
+// since it was last brought up to date, refills it, and reports whether
+// node may hold the sender back from now on, if it wants to (see
+// holdShare). Called with mu held.
+func (b *resendBuffer) spend(node uint32, wants bool, now time.Time) bool {
+	if b.credits == nil {
+		b.credits = make(map[uint32]holdCredit)
+	}
+	c, ok := b.credits[node]
+	if !ok {
+		c = holdCredit{left: maxNeed, at: now}
+	}
+	since := max(now.Sub(c.at), 0)
+	if c.holding {
+		c.left -= since
+	}
+	c.left = min(c.left+since/holdShare, maxNeed)
+	c.at, c.holding = now, wants && c.left > 0
+	b.credits[node] = c
+	return c.holding
+}
+
+// takeOverShare returns a peer whose request did not hold the sender
+// back since the last call because it held it back its share already,
+// and forgets it; ok is false if there was none.
+func (b *resendBuffer) takeOverShare() (node uint32, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	node, b.overShare = b.overShare, 0
+	return node, node != 0
 }
 
 // held returns the range of sequence numbers held; ok is false when the

@@ -103,7 +103,7 @@ func (s *scanner) scan(i int) {
 	gen := pm.gen
 	pt.mu.Unlock()
 	found := 0
-	err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
+	err := k.ReadMap(scanReader(m), m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 		// With the knowledge lock held across the read and the compare,
 		// no apply of a peer's write falls between them: what the read
 		// found is either before the apply, or its print is the
@@ -160,6 +160,17 @@ func (s *scanner) scan(i int) {
 	s.stats.ScanFound.Add(uint64(found))
 	s.stats.ScanVanished.Add(uint64(vanished))
 	s.stats.ScanPrints.Store(uint64(pt.size()))
+}
+
+// scanReader is what a scan reads m through: a sum map's contributions
+// with this node's own read anew from the kernel map (see
+// [CounterTarget.Scanning]), which only a scan may do, since it records
+// what moved; any other map's target.
+func scanReader(m *localMap) knowledge.Dumper {
+	if t, ok := m.Target.(*CounterTarget); ok {
+		return t.Scanning()
+	}
+	return m.Target
 }
 
 // ownContribution reports whether key of m is this node's contribution

@@ -31,6 +31,11 @@ const (
 	// clockEvery is how many changes the sender reads between two clock
 	// reads while it drains the source.
 	clockEvery = 32
+	// stageSize is how many changes the sender reads before it stamps
+	// them together (see [sender.stampStaged]): enough for their
+	// knowledge look-ups to wait for memory at once, few enough that the
+	// knowledge lock is held for a few microseconds at most.
+	stageSize = 32
 	// overflowCheck is how often the sender asks the source whether it
 	// lost changes.
 	overflowCheck = 10 * time.Millisecond
@@ -165,6 +170,28 @@ type sender struct {
 
 	last *localMap // map of the previous change: changes come in runs
 	ch   loader.Change
+
+	// staged is the changes read and not yet stamped, whose keys and
+	// values stageData holds back to back, copied out of the source's
+	// buffer, which the next read reuses.
+	staged    []stagedChange
+	stageData []byte
+	// stagedFrom and stagedAt are when the first and the last of them
+	// were read.
+	stagedFrom, stagedAt time.Time
+	// touched sums what the touches of the knowledge read, so that the
+	// compiler keeps them.
+	touched uint64
+}
+
+// stagedChange is a change read from the source, checked, and waiting to
+// be stamped.
+type stagedChange struct {
+	m    *localMap
+	op   ops.Op
+	hash uint64            // of the key, in the knowledge
+	at   int               // where its key starts in stageData; its value follows
+	v    knowledge.Version // once stamped
 }
 
 // newSender prepares a sender for datagrams of the table's payload size;
@@ -190,18 +217,25 @@ func newSender(cfg senderConfig) *sender {
 		header:        wire.Header{Node: cfg.Node, Epoch: cfg.Epoch, Sealed: cfg.Sealed},
 		pend:          newPending(cfg.Table, cfg.Node),
 		queued:        make([][]byte, 0, sendBatch),
+		staged:        make([]stagedChange, 0, stageSize),
 	}
 	s.limit.time = s.time
 	if r, ok := cfg.Source.(interface{ Size() int }); ok {
 		s.ringSize = r.Size()
 	}
+	record := 0 // the largest key and value of a map
 	for i := range cfg.Table.maps {
 		m := &cfg.Table.maps[i]
 		s.lookup = append(s.lookup, make([]byte, m.valueSize))
 		if m.fragments > 0 && m.plan != nil && m.valueSize > len(s.whole) {
 			s.whole = make([]byte, m.valueSize)
 		}
+		record = max(record, m.keySize+m.valueSize)
 	}
+	// Room for stageSize changes of a datagram's size, and for one of any
+	// size: a larger value (one sent in fragments) is stamped with fewer
+	// changes staged beside it.
+	s.stageData = make([]byte, 0, stageSize*min(record, s.payload)+record)
 	for i := range s.bufs {
 		s.bufs[i] = make([]byte, s.payload)
 	}
@@ -277,6 +311,13 @@ func (s *sender) holdBack() {
 		s.stats.HeldBack.Add(1)
 		s.now = s.time.Now()
 	}
+	if node, ok := s.resend.takeOverShare(); ok {
+		s.stats.HoldsRefused.Add(1)
+		if m, ok := s.limit.allow(reasonHold); ok {
+			s.log.Warn("a peer keeps asking for datagrams about to leave the resend buffer; the sender goes on without waiting for it beyond its share of the time",
+				"peer", node, "suppressed", m)
+		}
+	}
 }
 
 // step does the sender's work of the present moment without waiting:
@@ -344,7 +385,9 @@ func (s *sender) took(err error) (drained bool, _ error) {
 			s.lastChange = s.now
 			s.takeRelayed()
 			s.flush()
-		} else if s.now.Sub(s.since) >= s.flushInterval {
+		} else if !s.pend.empty() && s.now.Sub(s.since) >= s.flushInterval {
+			// since is the oldest pending change's: staged ones are not
+			// yet pending, and wait no more than stageSize reads.
 			s.flush()
 		}
 		return false, nil
@@ -379,6 +422,7 @@ func (s *sender) due() {
 }
 
 func (s *sender) setDrained(now time.Time) {
+	s.stampStaged() // read before now: see stampStaged
 	s.drained = now
 	s.drainedAt.Store(now.UnixNano())
 	if s.lossPending {
@@ -396,8 +440,9 @@ func idleDeadline(nextAnnounce, now time.Time) time.Time {
 	return nextAnnounce
 }
 
-// add coalesces one change into the datagram being built, closing that
-// datagram first when the change would not fit.
+// add checks one change and stages it: it is stamped and queued with the
+// changes read after it, at the latest once the source has drained (see
+// [sender.stampStaged]).
 func (s *sender) add(ch *loader.Change, now time.Time) {
 	s.captured++
 	m := s.last
@@ -421,16 +466,80 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 	if m.plan != nil && op == ops.Update {
 		m.plan.clearLock(ch.Value) // as the map holds it, for the check against the map
 	}
-	v, ok := s.stamp(m, op, ch.Key, ch.Value, now)
-	if !ok {
-		s.superseded++
+	if len(s.staged) == stageSize || len(s.stageData)+len(ch.Key)+len(ch.Value) > cap(s.stageData) {
+		s.stampStaged()
+	}
+	if len(s.staged) == 0 {
+		s.stagedFrom = now
+	}
+	s.staged = append(s.staged, stagedChange{m: m, op: op, hash: s.know.Hash(ch.Key), at: len(s.stageData)})
+	s.stageData = append(s.stageData, ch.Key...)
+	if op == ops.Update {
+		s.stageData = append(s.stageData, ch.Value...)
+	}
+	if s.stagedAt = now; len(s.staged) == stageSize {
+		s.stampStaged()
+	}
+}
+
+// stampStaged stamps the staged changes, in the order they were read, at
+// the time the last was read, and queues those no later write superseded
+// as pending since the first was read.
+//
+// Their versions are recorded under one hold of the knowledge lock, and
+// the slot of every key is touched before any is looked up: the touches
+// do not depend on one another, so the processor waits for their cache
+// misses together, where one look-up per change waited for its own (a key
+// not written recently is not in the cache). Stamping them later than
+// they were read changes nothing the other readers of the knowledge can
+// see: a change is stamped before anything is sent or queued after it,
+// and the race check uses the drained time of when it was read, since the
+// sender stamps what it staged before it moves that time (see
+// [sender.setDrained]).
+func (s *sender) stampStaged() {
+	if len(s.staged) == 0 {
 		return
 	}
-	s.queue(m, op, v, ch.Key, ch.Value, now)
+	now := s.stagedAt
+	h := s.know.Lock()
+	for i := range s.staged {
+		s.touched += h.Touch(s.staged[i].m.index, s.staged[i].hash)
+	}
+	for i := range s.staged {
+		c := &s.staged[i]
+		key, value := s.stagedRecord(i)
+		var ok bool
+		if c.v, ok = s.stamp(h, c.m, c.op, c.hash, key, value, now); !ok {
+			c.m = nil // superseded: a later write holds the key
+		}
+	}
+	h.Unlock()
+	for i := range s.staged {
+		c := &s.staged[i]
+		if c.m == nil {
+			s.superseded++
+			continue
+		}
+		key, value := s.stagedRecord(i)
+		s.queue(c.m, c.op, c.v, key, value, s.stagedFrom) // pending since the first was read
+	}
+	s.staged, s.stageData = s.staged[:0], s.stageData[:0]
+}
+
+// stagedRecord returns the key and value of staged change i, the value
+// nil for a delete.
+func (s *sender) stagedRecord(i int) (key, value []byte) {
+	c := &s.staged[i]
+	at := c.at + c.m.keySize
+	if c.op == ops.Update {
+		value = s.stageData[at : at+c.m.valueSize]
+	}
+	return s.stageData[c.at:at], value
 }
 
 // stamp gives a captured change its version and records it as the
-// latest write of its key, unless a later write already superseded it.
+// latest write of its key, whose knowledge hash is hash, unless a later
+// write already superseded it; h is the knowledge, held.
 //
 // The kernel map is written outside any lock of ours: a local write and
 // this node's apply of a peer's change of the same key can cross, and the
@@ -442,11 +551,9 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 // the apply or a local one still to be read, then holds the key. The
 // receive side applies under the same lock, so nothing writes the key
 // between that read and the version it decides.
-func (s *sender) stamp(m *localMap, op ops.Op, key, value []byte, now time.Time) (knowledge.Version, bool) {
-	h := s.know.Lock()
-	defer h.Unlock()
+func (s *sender) stamp(h knowledge.Held, m *localMap, op ops.Op, hash uint64, key, value []byte, now time.Time) (knowledge.Version, bool) {
 	// One look-up, adding the key if new: a new entry was applied by no one.
-	e := h.Put(m.index, key)
+	e := h.PutHash(m.index, hash)
 	if h.AppliedSince(e, s.drained.Add(-raceSlack), now) && !s.stillHolds(m, op, key, value) {
 		return knowledge.Version{}, false
 	}
@@ -617,6 +724,7 @@ func (s *sender) queueDatagram(floor hlc.Stamp) {
 
 // flush closes and sends everything held.
 func (s *sender) flush() {
+	s.stampStaged()
 	s.closeDatagram()
 	s.send()
 }

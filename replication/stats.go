@@ -28,6 +28,7 @@ type Counts[T any] struct {
 	SendErrors      T `name:"send_errors" metric:"send_errors_total" help:"Sends that failed; their datagrams are lost until a repair or resync."`
 	DatagramsResent T `name:"datagrams_resent" metric:"datagrams_resent_total" help:"Change datagrams resent to peers that asked for them again: to the group once for all that asked there, or to one peer."`
 	HeldBack        T `name:"held_back" metric:"held_back_total" help:"Times the sender waited for a peer still asking for a datagram about to leave the resend buffer (flow control); the capture ring held the changes meanwhile."`
+	HoldsRefused    T `name:"holds_refused" metric:"holds_refused_total" help:"Times the sender went on although a peer asked for a datagram about to leave the resend buffer, because that peer's requests had held it back their share of the time already (2 s at once, then half the time)."`
 	RingOverflows   T `name:"ring_overflows" metric:"ringbuf_overflows_total" help:"Changes the kernel could not queue in the capture ring buffer; the peers resync from this node."`
 	Superseded      T `name:"superseded" metric:"changes_superseded_total" help:"Local changes a later write had overwritten by the time the capture delivered them, dropped: a local write and a peer's write of one key crossed, and the peer's came last."`
 	RaceChecks      T `name:"race_checks" metric:"race_checks_total" help:"Local changes of a key a peer's change was applied to meanwhile, read back from the map to order them."`
@@ -101,6 +102,7 @@ type Counts[T any] struct {
 	FragmentsDuplicate    T `name:"fragments_duplicate" metric:"fragments_dropped_total" label:"reason=duplicate" help:"Fragments whose chunk was held already, dropped."`
 	FragmentsInconsistent T `name:"fragments_inconsistent" metric:"fragments_dropped_total" label:"reason=inconsistent" help:"Fragments whose count differs from their record's other fragments, dropped."`
 	FragmentsRefused      T `name:"fragments_refused" metric:"fragments_dropped_total" label:"reason=refused" help:"Fragments that would have passed --reassembly-memory, dropped (a snapshot's are sent again)."`
+	RecordsRefused        T `name:"records_refused" metric:"records_refused_total" help:"Records of a peer's change stream whose fragments were refused for lack of --reassembly-memory: each is given up like a gap, and a resync from the peer (a delta when it can) brings it."`
 	FragmentsAbandoned    T `name:"fragments_abandoned" metric:"records_incomplete_dropped_total" label:"reason=abandoned" help:"Incomplete records dropped because their sender moved on, restarted or began a new snapshot."`
 	FragmentsExpired      T `name:"fragments_expired" metric:"records_incomplete_dropped_total" label:"reason=expired" help:"Incomplete records dropped because their missing fragments did not arrive within 30 s."`
 	ReassemblyBytes       T `name:"reassembly_bytes" metric:"reassembly_bytes" kind:"gauge" help:"Bytes held for incomplete records (at most --reassembly-memory)."`

@@ -36,6 +36,11 @@ func openCounters(m *loader.Map, o mapopt.Options, node uint32, stateDir string,
 	if err != nil {
 		return nil, fmt.Errorf("--map %s, merge=sum: %w", m.Name, err)
 	}
+	if why := adder.AtRisk(); why != "" {
+		log.Warn("a per-CPU datapath program that runs in process context (cgroup, tracing, syscall programs; not XDP or tc) "+
+			"must update its CPU's slot with __sync_fetch_and_add: one read then written can be preempted here, and overwrite the peers' counts added meanwhile "+
+			"(counter_adds_at_risk counts those adds)", "map", m.Name, "why", why)
+	}
 	cm := &counterMap{adder: adder, saved: filepath.Join(stateDir, "counters-"+m.Name)}
 	cm.target = replication.NewCounterTarget(m, adder, int(m.KeySize), int(m.ValueSize), int(max(m.CPUs, 1)), node, o.Origins, time.Now)
 	cm.target.SetHorizon(horizon)

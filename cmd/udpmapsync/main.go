@@ -56,6 +56,7 @@ type Flags struct {
 	RingSize         byteSize
 	ResendBuffer     byteSize
 	ReassemblyMemory byteSize
+	ApplyWorkers     int
 	Repair           string
 	KeyFile          string
 	InsecureNoKey    bool
@@ -102,6 +103,8 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.ResendBuffer, "resend-buffer", "the most bytes of sent datagrams kept to repair peers' losses (the last 0.75 s's, in steps of 8MiB); older losses need a resync")
 	f.ReassemblyMemory = replication.DefaultReassemblyBytes
 	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
+	fs.IntVar(&f.ApplyWorkers, "apply-workers", 1, "goroutines that write peers' changes into the local maps, 1 or 2: two split each large batch by key "+
+		"between two batch syscalls at once, for a receiver with a core to spare")
 	fs.StringVar(&f.Repair, "repair", repairGroup, "how lost datagrams are asked for and resent with multicast: group (after a random back-off, "+
 		"to the group, so one request and one resend serve every node that lost them) or unicast (each node asks and is answered apart); always unicast with --peers")
 	fs.StringVar(&f.KeyFile, "key-file", "", "seal every datagram with the pre-shared key in this file (base64, one a line, a second for rotation; mode 0600); required unless --insecure-no-key")
@@ -223,6 +226,9 @@ func (f *Flags) check() (*config, error) {
 	if f.ReassemblyMemory < replication.MinReassemblyBytes || f.ReassemblyMemory > 1<<40 {
 		return nil, fmt.Errorf("--reassembly-memory %s: use 1MiB to 1TiB (default %s); a peer may hold a quarter of it in records larger than a datagram whose fragments are still arriving",
 			f.ReassemblyMemory, byteSize(replication.DefaultReassemblyBytes))
+	}
+	if f.ApplyWorkers < 1 || f.ApplyWorkers > 2 {
+		return nil, fmt.Errorf("--apply-workers %d: use 1, or 2 on a receiver with a core to spare", f.ApplyWorkers)
 	}
 	switch f.Repair {
 	case repairGroup:
@@ -385,7 +391,7 @@ func open(f *Flags, c *config, log *slog.Logger) (_ *daemon, err error) {
 	}
 	d.node, err = replication.NewNode(replication.Config{Node: c.node, Epoch: d.epoch, Table: table, Source: source,
 		Transport: d.tr, Peers: c.peers, Group: c.repairTo, FlushInterval: f.FlushInterval, AnnounceInterval: f.AnnounceInterval,
-		ResendBytes: int(f.ResendBuffer), ReassemblyBytes: int(f.ReassemblyMemory), Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
+		ResendBytes: int(f.ResendBuffer), ReassemblyBytes: int(f.ReassemblyMemory), ApplyWorkers: f.ApplyWorkers, Keys: keys, TombstoneHorizon: f.TombstoneHorizon,
 		StateFile: filepath.Join(f.StateDir, "state"), Clock: hlc.New(nil, f.ClockOffset), MonoOffset: f.MonoOffset,
 		DigestInterval: f.DigestInterval, Log: log})
 	if errors.Is(err, replication.ErrResendSize) {
@@ -523,15 +529,16 @@ func logStats(ctx context.Context, log *slog.Logger, d *daemon) {
 	if d.watch != nil {
 		attrs = append(attrs, d.watch.Stats().Attrs()...)
 	}
-	var full, future, dropped uint64
+	var full, future, dropped, atRisk uint64
 	for _, cm := range d.counters {
 		full += cm.target.OriginsFull.Load()
 		future += cm.target.FutureStamps.Load()
 		dropped += cm.target.ResetsDropped.Load()
+		atRisk += cm.adder.AddsAtRisk.Load()
 	}
 	if len(d.counters) > 0 {
 		attrs = append(attrs, slog.Uint64("counter_origins_full", full), slog.Uint64("counter_future_stamps", future),
-			slog.Uint64("counter_resets_dropped", dropped))
+			slog.Uint64("counter_resets_dropped", dropped), slog.Uint64("counter_adds_at_risk", atRisk))
 	}
 	log.LogAttrs(ctx, slog.LevelInfo, "stats", attrs...)
 	for _, p := range peers {

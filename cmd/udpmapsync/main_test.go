@@ -57,6 +57,7 @@ func TestCheckErrors(t *testing.T) {
 		{[]string{"--iface", "lo", "--digest-interval", "-1s"}, []string{"--digest-interval -1s", "at least 1s"}},
 		{[]string{"--iface", "lo", "--scan-interval", "1ms"}, []string{"--scan-interval 1ms", "at least 10ms", "reads every map whole"}},
 		{[]string{"--iface", "lo", "--reassembly-memory", "64KiB"}, []string{"--reassembly-memory 64KiB", "1MiB to 1TiB", "a quarter"}},
+		{[]string{"--iface", "lo", "--apply-workers", "3"}, []string{"--apply-workers 3", "use 1, or 2"}},
 		// lo has no MAC address to derive the node id from.
 		{[]string{"--iface", "lo", "--insecure-no-key"}, []string{"--iface lo has no MAC address", "--node-id"}},
 		// A key is the default: without one the daemon says how to make

@@ -100,9 +100,9 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 
 	p("%s", r.sealingSection())
 
-	p("\n## Latency\n\nChanges written at a fixed rate; time from the start of the batch syscall that wrote a change on node1 to its apply on a peer (all peers pooled). \n\n")
+	p("\n## Latency\n\nChanges written at a fixed rate; time from the start of the batch syscall that wrote a change on node1 to its apply on a peer (all peers pooled). Waited for a core: the longest any replicator's thread, or the harness's (its observers time the applies), was runnable but not running between two reads of its run delay, and all their waits summed, per second of the run: on a shared machine a tail with no repair, hold or resync in the daemons' counters is these waits.\n\n")
 	p("![latency CDF](%s)\n\n", latencyPNG)
-	p("| system | nodes | rate | samples | p50 | p99 | p99.9 | max | CPU µs/change sender | receiver | lost |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| system | nodes | rate | samples | p50 | p99 | p99.9 | max | waited for a core, longest: replicator / harness | summed, ms/s | CPU µs/change sender | receiver | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Runs {
 		if x.Rate == 0 {
 			continue
@@ -112,12 +112,17 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 			if why == "" {
 				why = "no samples"
 			}
-			p("| %s | %d | %s/s | | not measured: %s | | | | | | |\n", x.System, x.Nodes, si(float64(x.Rate)), why)
+			p("| %s | %d | %s/s | | not measured: %s | | | | | | | | |\n", x.System, x.Nodes, si(float64(x.Rate)), why)
 			continue
 		}
 		l := x.Latency
-		p("| %s | %d | %s/s | %d | %s | **%s** | %s | %s | %.2f | %.2f | %s |\n", x.System, x.Nodes, si(float64(x.Rate)),
-			l.Samples, us(l.P50), us(l.P99), us(l.P999), us(l.Max), x.CPUSender, x.CPUReceiver, lostCell(&x))
+		waited, summed := "", ""
+		if w := x.Waits; w != nil {
+			waited = fmt.Sprintf("%s / %s", us(w.ReplicatorMs*1e3), us(w.HarnessMs*1e3))
+			summed = fmt.Sprintf("%.0f / %.0f", w.ReplicatorPerSec, w.HarnessPerSec)
+		}
+		p("| %s | %d | %s/s | %d | %s | **%s** | %s | %s | %s | %s | %.2f | %.2f | %s |\n", x.System, x.Nodes, si(float64(x.Rate)),
+			l.Samples, us(l.P50), us(l.P99), us(l.P999), us(l.Max), waited, summed, x.CPUSender, x.CPUReceiver, lostCell(&x))
 	}
 
 	if m := r.Memory; m != nil {
@@ -140,6 +145,8 @@ func (r *Results) markdown(method, throughputPNG, latencyPNG string) string {
 
 	p("%s", r.resyncSection())
 	p("%s", r.repairSection())
+
+	p("%s", r.captureCostSection())
 
 	p("\n## Go benchmarks (`make bench`)\n\n")
 	if len(r.Benchmarks) == 0 {

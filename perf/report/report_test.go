@@ -353,3 +353,90 @@ func TestRepairTarget(t *testing.T) {
 		t.Errorf("section lacks the fan-out cost:\n%s", s)
 	}
 }
+
+func TestLargeRecordTarget(t *testing.T) {
+	large := func(system string, perSec float64, frags uint64) Run {
+		return Run{System: system, Nodes: 2, Profile: LargeProfile, Changes: 100, PerSec: perSec, Converged: true,
+			Stats: map[string]uint64{"fragments_sent": frags}}
+	}
+	r := &Results{}
+	if got := r.largeRecordTarget(); got.Met != nil {
+		t.Errorf("no large run: %+v, want not measured", got)
+	}
+	r.Runs = []Run{large(UDPMapSync, 800, 300), large(UDPMapSyncSealed, 600, 300), large(GRPCStream, 1000, 0)}
+	got := r.largeRecordTarget()
+	if got.Met == nil || !*got.Met || !strings.Contains(got.Measured, "0.80× the gRPC stream's 1.0k/s") || !strings.Contains(got.Measured, "3.0 fragments a change") {
+		t.Errorf("both replicated in fragments: %+v, want met with the ratio", got)
+	}
+	r.Runs[1].Lost, r.Runs[1].Converged = 3, false
+	if got := r.largeRecordTarget(); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "never held every entry") {
+		t.Errorf("sealed lost entries: %+v, want missed", got)
+	}
+	r.Runs[1] = large(UDPMapSyncSealed, 600, 0)
+	if got := r.largeRecordTarget(); got.Met == nil || *got.Met {
+		t.Errorf("no fragment sent: %+v, want missed: the profile did not test records larger than a datagram", got)
+	}
+}
+
+func TestMulticastTarget(t *testing.T) {
+	p := "16 B / 64 B"
+	r := &Results{Runs: []Run{
+		{System: GRPCStream, Nodes: 3, Profile: p, PerSec: 100},
+		{System: UDPMapSync, Nodes: 3, Profile: p, PerSec: 160, CPUSender: 0.5, CPUSenderUser: 0.2},
+		{System: UDPMapSync, Nodes: 2, Profile: p, PerSec: 200, CPUSender: 0.4, CPUSenderUser: 0.2},
+	}}
+	got := r.multicastTarget(p)
+	if got.Met == nil || *got.Met || !strings.Contains(got.Measured, "4 nodes not measured") || !strings.Contains(got.Measured, "0.20 + 0.30 µs at 3 nodes") {
+		t.Errorf("without 4 nodes: %+v, want missed, 4 nodes not measured, user + system apart", got)
+	}
+	r.Runs = append(r.Runs, Run{System: UDPMapSync, Nodes: 4, Profile: p, PerSec: 150, CPUSender: 0.6, CPUSenderUser: 0.22})
+	if got := r.multicastTarget(p); got.Met == nil || !*got.Met || !strings.Contains(got.Measured, "most / least 1.10") {
+		t.Errorf("flat user-space CPU: %+v, want met", got)
+	}
+	r.Runs[3].CPUSenderUser = 0.3
+	if got := r.multicastTarget(p); got.Met == nil || *got.Met {
+		t.Errorf("user-space CPU 1.5× at 4 nodes: %+v, want missed", got)
+	}
+}
+
+func TestLatencyTarget(t *testing.T) {
+	p := "16 B / 64 B"
+	r := &Results{}
+	for _, system := range []string{UDPMapSync, UDPMapSyncSealed} {
+		for _, nodes := range []int{2, 3} {
+			for _, rate := range []int{10000, 100000} {
+				r.Runs = append(r.Runs, Run{System: system, Nodes: nodes, Profile: p, Rate: rate, Latency: &Latency{P99: 900}})
+			}
+		}
+	}
+	if got := r.latencyTarget(p); got.Met == nil || !*got.Met {
+		t.Fatalf("every p99 under 1 ms: %+v, want met", got)
+	}
+	r.Runs[2].Latency.P99 = 226970
+	r.Runs[2].Waits = &Waits{ReplicatorMs: 230.4, HarnessMs: 12}
+	got := r.latencyTarget(p)
+	if got.Met == nil || *got.Met || !strings.Contains(got.Measured, "udpmapsync 3 nodes 10.0k/s 226.97 ms (a thread waited for a core up to 230.40 ms)") {
+		t.Errorf("a 3-node tail with its wait: %+v, want missed, the wait beside it", got)
+	}
+	r.Runs = r.Runs[1:]
+	if got := r.latencyTarget(p); got.Met == nil || *got.Met || !strings.Contains(got.Measured, "7 of 8 measured") {
+		t.Errorf("one run missing: %+v, want missed", got)
+	}
+}
+
+// The overrun target counts the conntrack profile's full-speed runs, not
+// another profile's, whatever profiles ran.
+func TestOverrunTarget(t *testing.T) {
+	r := &Results{Raw: []Raw{{Profile: "16 B / 64 B"}, {Profile: ConntrackProfile}, {Profile: LargeProfile}}}
+	for i := range 5 {
+		r.Runs = append(r.Runs, Run{System: UDPMapSync, Nodes: 2, Profile: ConntrackProfile, Converged: true, Round: i})
+	}
+	r.Runs = append(r.Runs, Run{System: UDPMapSync, Nodes: 2, Profile: LargeProfile, ResyncNeeded: 3})
+	if got := r.overrunTarget(); got.Met == nil || !*got.Met || !strings.Contains(got.Measured, "0 of 5 runs (40 B / 128 B") {
+		t.Errorf("5 conntrack runs without a gap given up, a large one with: %+v, want met", got)
+	}
+	r.Runs[4].ResyncNeeded = 1
+	if got := r.overrunTarget(); got.Met == nil || *got.Met {
+		t.Errorf("one overrun: %+v, want missed", got)
+	}
+}

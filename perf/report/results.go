@@ -62,6 +62,10 @@ type Results struct {
 
 	Benchmarks []Benchmark
 	BenchNote  string
+	// CaptureCost is make vmbench's figures, run within make perf; nil
+	// with CaptureCostNote saying why not.
+	CaptureCost     *CaptureCost `json:",omitempty"`
+	CaptureCostNote string       `json:",omitempty"`
 	// Profile is a pprof summary (top functions) of a daemon, when one was
 	// taken.
 	Profile string
@@ -121,6 +125,8 @@ type Run struct {
 	Lost      int
 	Converged bool
 	Latency   *Latency `json:",omitempty"`
+	// Waits is how long threads waited for a core during a latency run.
+	Waits *Waits `json:",omitempty"`
 	// Stats are the daemon's own counters (udpmapsync's stats line).
 	Stats map[string]uint64 `json:",omitempty"`
 	Notes []string          `json:",omitempty"`
@@ -137,6 +143,17 @@ type Latency struct {
 	P50, P99, P999, Max float64
 	// CDF holds up to a few hundred points (µs, fraction) for the chart.
 	CDF [][2]float64
+}
+
+// Waits is how long threads were runnable but waited for a core during a
+// run (the kernel's run_delay, read every Poll ms): the replicators' and
+// the harness's own, whose observers time each apply. Longest is the most
+// one thread waited between two reads; PerSec the waits of all their
+// threads summed, ms per second of the run.
+type Waits struct {
+	Poll                            float64
+	ReplicatorMs, HarnessMs         float64
+	ReplicatorPerSec, HarnessPerSec float64
 }
 
 // NewLatency summarises samples (µs); it sorts them.

@@ -30,6 +30,7 @@ const mapName = "perf"
 // an empty map.
 type deployment struct {
 	system string
+	dir    string // the run's files: logs, state, the latency samples with --keep
 	c      *netnstest.Cluster
 	// pids[i] is the replicator on node i; for udpmapsync the cluster's
 	// daemons, for the baselines procs. 0 for a daemon not started yet.
@@ -116,7 +117,7 @@ func deploy(ctx context.Context, f *Flags, system string, nodes int, prof worklo
 	if err != nil {
 		return nil, fmt.Errorf("deploy %s on %d nodes: %w", system, nodes, err)
 	}
-	d := &deployment{system: system, c: c}
+	d := &deployment{system: system, dir: dir, c: c}
 	defer func() {
 		if err != nil {
 			d.close()

@@ -42,6 +42,7 @@ import (
 // Flags are the command line.
 type Flags struct {
 	Daemon, GRPCSync, Conntrackd, Bench, Out, Version string
+	VMBench                                           string
 	Changes, UnaryChanges, MemoryEntries, Batch       int
 	LargeChanges                                      int
 	SealingRounds                                     int
@@ -67,6 +68,7 @@ func main() {
 	fs.StringVar(&f.GRPCSync, "grpcsync", "bin/grpcsync", "the gRPC baseline binary (perf/cmd/grpcsync)")
 	fs.StringVar(&f.Conntrackd, "conntrackd", "perf/conntrackd/run", "program measuring conntrackd; prints a JSON result line")
 	fs.StringVar(&f.Bench, "bench", "", "output of go test -bench -benchmem to include")
+	fs.StringVar(&f.VMBench, "vmbench", "", "output of make vmbench to include (issue 22's target 8: the fentry capture's cost in the VM); make perf runs it first when qemu is there")
 	fs.StringVar(&f.Out, "out", "perf/results", "directory for the report")
 	fs.StringVar(&f.Version, "version", "dev", "the daemon's version, for the report")
 	fs.IntVar(&f.Changes, "changes", 1_000_000, "changes per throughput run: enough that socket buffers cannot absorb a run, so the rate is the sustained one")
@@ -83,8 +85,8 @@ func main() {
 	fs.IntVar(&f.RingSize, "ring-size", 64<<20, "capture ring of the replicators in throughput and latency runs")
 	fs.Float64Var(&f.DeleteShare, "delete-share", 0.1, "share of the changes that are deletes")
 	fs.IntSliceVar(&f.Rates, "rates", []int{10_000, 100_000}, "fixed rates of the latency runs, changes/s")
-	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3}, "cluster sizes")
-	fs.IntSliceVar(&f.RepairNodes, "repair-nodes", []int{4, 8, 16}, "cluster sizes of the repair runs, each with --loss-percent of node1's datagrams dropped upstream of every receiver (none: skip them)")
+	fs.IntSliceVar(&f.Nodes, "nodes", []int{2, 3, 4}, "cluster sizes; beyond 3 nodes only full-speed runs of udpmapsync and the gRPC stream, 16 B / 64 B (issue 22's target 2: the sender's CPU per change as N grows)")
+	fs.IntSliceVar(&f.RepairNodes, "repair-nodes", []int{4, 8, 16}, "cluster sizes of the repair runs, each with --loss-percent of node1's datagrams dropped upstream of every receiver (0: none)")
 	fs.StringSliceVar(&f.Systems, "systems", []string{report.UDPMapSync, report.UDPMapSyncSealed, report.GRPCStream, report.GRPCUnary}, "systems to measure: "+strings.Join(systems, ", "))
 	fs.StringSliceVar(&f.Profiles, "profiles", []string{"small", "conntrack", "large"}, "key/value profiles of the throughput runs: small (16 B / 64 B), conntrack (40 B / 128 B), large (16 B / 4 KiB: records in fragments)")
 	fs.DurationVar(&f.LatencyFor, "latency-for", 3*time.Second, "length of a latency run")
@@ -112,6 +114,12 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	}
 	if f.ResyncRuns > 0 && (f.JoinEntries == 1 || f.JoinEntries < 0 || f.LossPercent < 1 || f.LossPercent > 100) {
 		return "", fmt.Errorf("--join-entries %d, --loss-percent %d: want 0 or at least 2 entries, and 1 to 100 %%", f.JoinEntries, f.LossPercent)
+	}
+	f.RepairNodes = slices.DeleteFunc(f.RepairNodes, func(n int) bool { return n == 0 })
+	for _, n := range f.RepairNodes {
+		if n < 2 {
+			return "", fmt.Errorf("--repair-nodes %d: a repair run needs at least 2 nodes (0: no repair runs)", n)
+		}
 	}
 	for _, s := range f.Systems {
 		if !slices.Contains(systems, s) {
@@ -158,6 +166,13 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 	} else {
 		r.BenchNote = "perfrun ran without --bench"
 	}
+	if f.VMBench == "" {
+		r.CaptureCostNote = "perfrun ran without --vmbench"
+	} else if b, err := os.ReadFile(f.VMBench); err != nil {
+		r.CaptureCostNote = err.Error()
+	} else if r.CaptureCost, err = report.ParseVMBench(b); err != nil {
+		r.CaptureCostNote = err.Error()
+	}
 
 	profiles, err := workload.Profiles(f.Profiles)
 	if err != nil {
@@ -174,6 +189,9 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 
 	for _, nodes := range f.Nodes {
 		for _, system := range f.Systems {
+			if nodes > 3 && system != report.UDPMapSync && system != report.GRPCStream {
+				continue // beyond 3 nodes only what target 2 compares: the run stays bounded
+			}
 			for _, p := range profiles {
 				if p != workload.Small && nodes != 2 {
 					continue // the second profile on 2 nodes only: the run stays under 10 minutes
@@ -196,6 +214,9 @@ func run(ctx context.Context, f *Flags, log *slog.Logger) (string, error) {
 			}
 			top := r.Find(system, nodes, workload.Small.Name, 0)
 			for _, rate := range f.Rates {
+				if nodes > 3 {
+					break
+				}
 				changes := int(float64(rate) * f.LatencyFor.Seconds())
 				cfg := workload.Config{Profile: workload.Small, Changes: changes, DeleteShare: f.DeleteShare, Batch: max(rate/1000, 1), Rate: rate, Tick: time.Millisecond}
 				if top == nil || top.PerSec < 1.2*float64(rate) {
@@ -456,6 +477,7 @@ func newResults(f *Flags) *report.Results {
 		Version:    f.Version,
 		LoadBefore: loadavg(),
 		Settings: [][2]string{
+			{"cluster sizes", fmt.Sprintf("%v nodes (--nodes); beyond 3 only full-speed runs of udpmapsync and the gRPC stream, 16 B / 64 B", f.Nodes)},
 			{"changes per throughput run", strconv.Itoa(f.Changes)},
 			{"changes per unary gRPC throughput run", strconv.Itoa(f.UnaryChanges)},
 			{"distinct keys", "changes / 2 (each key written about twice, never twice in one batch)"},

@@ -41,6 +41,13 @@ process) and the observer's wake-ups, which is why CPU is taken from the through
 observer runs. The time includes the observer's wake-up (tens of µs on a busy 2-core machine), so
 it is an upper bound. Deletes carry no value and are not timed. A system whose full-speed rate is
 below 1.2× the offered rate is not run at that rate (changes would queue without bound).
+During each latency run the harness also reads, every 20 ms, the kernel's run delay of every
+thread of the replicators and of its own process (/proc/PID/task/TID/schedstat: time runnable
+but not running): the longest any thread waited between two reads, and all their waits summed
+per second of the run, are in the latency table. On this shared machine a daemon that waits
+200 ms for a core delays every change it holds by as much, with nothing in its counters; these
+columns say whether a tail was that. With --keep every sample (peer, batch, its syscall's start
+and return, the apply seen) is written to latency.tsv beside the daemons' logs.
 
 **CPU.** utime + stime of each replicator process from /proc/PID/stat (all threads, 10 ms ticks),
 from just before the first write to the sentinel's arrival, divided by the changes written. The

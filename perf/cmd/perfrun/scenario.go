@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -63,6 +64,11 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	if err != nil {
 		return nil, err
 	}
+	var waits *waitWatch
+	if observe {
+		waits = startWaitWatch(d.pids)
+		defer waits.end() // on an early return; ends once
+	}
 	joined := d.startLate()
 	res, err := w.Run(ctx, src)
 	if err != nil {
@@ -92,6 +98,7 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 	var samples [][]sample
 	if obs != nil {
 		samples = obs.stop()
+		run.Waits = waits.end()
 	}
 
 	n := float64(cfg.Changes)
@@ -134,6 +141,11 @@ func (d *deployment) measure(ctx context.Context, f *Flags, cfg workload.Config,
 			}
 		}
 		run.Latency = report.NewLatency(lat)
+		if f.Keep {
+			if err := writeSamples(filepath.Join(d.dir, "latency.tsv"), samples, res.Batches); err != nil {
+				run.Notes = append(run.Notes, err.Error())
+			}
+		}
 	}
 	return run, nil
 }
@@ -339,6 +351,24 @@ func startObserver(paths []string, expect int) (_ *observer, err error) {
 		})
 	}
 	return o, nil
+}
+
+// writeSamples writes every latency sample to path, one a line: the peer
+// (1 for node2), the batch, when its syscall started and returned (done) and
+// when the peer applied it, ns in [workload.Now]'s clock. --keep leaves it
+// with the daemons' logs, to line a slow change up with what they logged.
+func writeSamples(path string, samples [][]sample, batches []workload.Batch) error {
+	var b bytes.Buffer
+	b.WriteString("peer\tbatch\tstart\tdone\tseen\n")
+	for i, peer := range samples {
+		for _, s := range peer {
+			if int(s.batch) < len(batches) {
+				x := batches[s.batch]
+				fmt.Fprintf(&b, "%d\t%d\t%d\t%d\t%d\n", i+1, s.batch, x.Start, x.Done, s.seen)
+			}
+		}
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
 // stop detaches the observers and returns their samples, per peer.
