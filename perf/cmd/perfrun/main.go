@@ -429,7 +429,7 @@ func measureMemory(ctx context.Context, f *Flags, log *slog.Logger, r *report.Re
 	}
 	x.IdleRSSSender, x.IdleRSSReceiver = idleSender, idleReceiver
 	addStats(d, x)
-	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (8 MiB) and --resend-buffer (16 MiB)", maxEntries, f.MemoryEntries))
+	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (8 MiB) and --resend-buffer (64 MiB, 0.75 s of datagrams)", maxEntries, f.MemoryEntries))
 	log.Info("result", "rss_sender_kib", x.RSSSender, "rss_receiver_kib", x.RSSReceiver,
 		"idle_rss_sender_kib", x.IdleRSSSender, "idle_rss_receiver_kib", x.IdleRSSReceiver, "lost", x.Lost)
 	return x, nil
