@@ -167,7 +167,7 @@ perf: PERFFLAGS ?=
 # beside them, and is stopped after VMBENCH_TIMEOUT.
 perf: VMBENCH ?= yes
 perf: VMBENCH_TIMEOUT ?= 15m
-perf: deps build ## Compare with gRPC and conntrackd, repair at 4-16 nodes in namespaces, the capture cost in the VM if qemu is there (~4 min of it); writes perf/results/<date>-<host>.md (root, ~13 min)
+perf: deps build ## Compare with gRPC and conntrackd, repair at 4-16 nodes in namespaces, and the capture cost in the VM if qemu is there; writes perf/results/<date>-<host>.md (root, ~7 min, and ~3 more in the VM)
 	cd perf && $(GO) build -o ../bin/grpcsync ./cmd/grpcsync && $(GO) build -o ../bin/perfrun ./cmd/perfrun
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300ms ./wire ./loader ./knowledge ./replication > bin/perf-bench.txt
 	@if [ "$(VMBENCH)" = no ]; then echo "vmbench: not run: VMBENCH=no" > bin/perf-vmbench.txt; \

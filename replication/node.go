@@ -227,6 +227,7 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	resend.time = cfg.Time
 	reassembly := cmp.Or(cfg.ReassemblyBytes, DefaultReassemblyBytes)
 	if need := cfg.Table.largestFragmented() * reassemblyPeerShare; reassembly < need || reassembly > 1<<40 {
 		return nil, fmt.Errorf("%w: %d bytes; want at least %d (%d times the largest fragmented record's %d) and at most 1 TiB",

@@ -511,6 +511,54 @@ func TestGivenUpGapLeavesResyncOwed(t *testing.T) {
 	}
 }
 
+// The resend buffer is sized by time: a sender whose rounds of the arena
+// take less than resendKeep grows into the whole arena, a slower one
+// stays within resendStep, and every datagram held, across the growth,
+// is the one added under its number.
+func TestResendSizedByTime(t *testing.T) {
+	const size = 1400
+	for _, tc := range []struct {
+		name      string
+		each      time.Duration // between two datagrams
+		min, most int           // bytes held at the end
+	}{
+		{"fast", time.Microsecond, 3*resendStep + resendStep/2, 4 * resendStep},
+		{"slow", time.Millisecond, resendStep - resendStep/8, resendStep},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := newResendBuffer(4*resendStep, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock := &fixedTime{now: time.Unix(1, 0)}
+			b.time = clock
+			d := make([]byte, size)
+			last := uint64(3 * 4 * resendStep / size)
+			for seq := uint64(1); seq <= last; seq++ {
+				binary.BigEndian.PutUint64(d, seq)
+				b.add(seq, d)
+				clock.now = clock.now.Add(tc.each)
+			}
+			first, top, ok := b.held()
+			if !ok || top != last {
+				t.Fatalf("held up to %d (%v), want %d", top, ok, last)
+			}
+			if held := int(top-first+1) * size; held < tc.min || held > tc.most {
+				t.Errorf("holds %d bytes, want %d to %d", held, tc.min, tc.most)
+			}
+			for seq := first; seq <= top; seq++ {
+				got, ok := b.copyOut(seq, nil)
+				if !ok || len(got) != size {
+					t.Fatalf("datagram %d: held %v, %d bytes; want %d", seq, ok, len(got), size)
+				}
+				if n := binary.BigEndian.Uint64(got); n != seq {
+					t.Fatalf("datagram %d holds the bytes of %d", seq, n)
+				}
+			}
+		})
+	}
+}
+
 // A peer that keeps asking for the oldest datagram, again once its need
 // expired, holds the sender back for maxNeed, then for at most
 // 1/holdShare of the time: renewed, maxNeed per datagram was no bound,

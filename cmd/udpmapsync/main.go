@@ -100,7 +100,7 @@ func (f *Flags) register(fs *pflag.FlagSet) {
 	f.RingSize = loader.DefaultRingSize
 	fs.Var(&f.RingSize, "ring-size", "capture ring buffer size, a power of two (e.g. 16MiB); what a burst may queue while the daemon catches up")
 	f.ResendBuffer = replication.DefaultResendBytes
-	fs.Var(&f.ResendBuffer, "resend-buffer", "bytes of sent datagrams kept to repair peers' losses; older losses need a full resync")
+	fs.Var(&f.ResendBuffer, "resend-buffer", "the most bytes of sent datagrams kept to repair peers' losses (the last 0.75 s's, in steps of 8MiB); older losses need a resync")
 	f.ReassemblyMemory = replication.DefaultReassemblyBytes
 	fs.Var(&f.ReassemblyMemory, "reassembly-memory", "bytes held at most of records larger than a datagram whose fragments are still arriving, from all peers; one peer may hold a quarter")
 	fs.IntVar(&f.ApplyWorkers, "apply-workers", 1, "goroutines that write peers' changes into the local maps, 1 or 2: two split each large batch by key "+

@@ -3,6 +3,7 @@ package report
 import (
 	"fmt"
 	"image/color"
+	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -23,7 +24,14 @@ func (r *Results) throughputChart(path string) error {
 	p.Y.Label.Text = "changes/s"
 	p.Y.Min = 0
 	w := vg.Points(28)
-	for i, nodes := range []int{2, 3} {
+	var counts []int // the cluster sizes measured at full speed: 2, 3 and 4 by default
+	for _, x := range r.Runs {
+		if x.Profile == profile && x.Rate == 0 && x.Skipped == "" && !slices.Contains(counts, x.Nodes) {
+			counts = append(counts, x.Nodes)
+		}
+	}
+	slices.Sort(counts)
+	for i, nodes := range counts {
 		vals := make(plotter.Values, len(systems))
 		for j, s := range systems {
 			if x := r.Find(s, nodes, profile, 0); x != nil {
@@ -38,7 +46,7 @@ func (r *Results) throughputChart(path string) error {
 		}
 		bars.Color = plotutil.Color(i)
 		bars.LineStyle.Width = 0
-		bars.Offset = vg.Length(2*i-1) * w / 2
+		bars.Offset = vg.Length(2*i-len(counts)+1) * w / 2
 		p.Add(bars)
 		p.Legend.Add(fmt.Sprintf("%d nodes", nodes), bars)
 	}

@@ -5,6 +5,10 @@ import (
 	"strings"
 )
 
+// ConntrackProfile names the perf profile shaped like a connection-tracking
+// entry, whose larger records overrun a receiver sooner (issue 22's #6).
+const ConntrackProfile = "40 B / 128 B"
+
 // LargeProfile names the perf profile of 4 KiB values: records larger than
 // a datagram at a 1500-byte MTU, which udpmapsync sends in fragments
 // (wire/FORMAT.md, "Fragments") and the gRPC stream as any message.

@@ -423,3 +423,20 @@ func TestLatencyTarget(t *testing.T) {
 		t.Errorf("one run missing: %+v, want missed", got)
 	}
 }
+
+// The overrun target counts the conntrack profile's full-speed runs, not
+// another profile's, whatever profiles ran.
+func TestOverrunTarget(t *testing.T) {
+	r := &Results{Raw: []Raw{{Profile: "16 B / 64 B"}, {Profile: ConntrackProfile}, {Profile: LargeProfile}}}
+	for i := range 5 {
+		r.Runs = append(r.Runs, Run{System: UDPMapSync, Nodes: 2, Profile: ConntrackProfile, Converged: true, Round: i})
+	}
+	r.Runs = append(r.Runs, Run{System: UDPMapSync, Nodes: 2, Profile: LargeProfile, ResyncNeeded: 3})
+	if got := r.overrunTarget(); got.Met == nil || !*got.Met || !strings.Contains(got.Measured, "0 of 5 runs (40 B / 128 B") {
+		t.Errorf("5 conntrack runs without a gap given up, a large one with: %+v, want met", got)
+	}
+	r.Runs[4].ResyncNeeded = 1
+	if got := r.overrunTarget(); got.Met == nil || *got.Met {
+		t.Errorf("one overrun: %+v, want missed", got)
+	}
+}

@@ -35,7 +35,7 @@ type Profile struct {
 // 1500-byte MTU, which udpmapsync sends in fragments.
 var (
 	Small     = Profile{Name: "16 B / 64 B", KeySize: 16, ValueSize: 64}
-	Conntrack = Profile{Name: "40 B / 128 B", KeySize: 40, ValueSize: 128}
+	Conntrack = Profile{Name: report.ConntrackProfile, KeySize: 40, ValueSize: 128}
 	Large     = Profile{Name: report.LargeProfile, KeySize: 16, ValueSize: 4096}
 )
 

@@ -307,7 +307,9 @@ func scenario(ctx context.Context, f *Flags, log *slog.Logger, system string, no
 		return nil, fmt.Errorf("%s on %d nodes: %w", system, nodes, err)
 	}
 	addStats(d, x)
-	args := []any{"changes_per_sec", int(x.PerSec), "lost", x.Lost, "cpu_us_sender", x.CPUSender, "cpu_us_receiver", x.CPUReceiver}
+	args := []any{"changes_per_sec", int(x.PerSec), "lost", x.Lost, "writer_per_sec", int(x.WriterPerSec),
+		"cpu_us_writer", x.WriterCPU, "cpu_us_sender", x.CPUSender, "cpu_us_sender_user", x.CPUSenderUser,
+		"cpu_us_receiver", x.CPUReceiver, "cpu_us_receiver_user", x.CPUReceiverUser}
 	if x.Latency != nil {
 		args = append(args, "p50_us", x.Latency.P50, "p99_us", x.Latency.P99, "p999_us", x.Latency.P999)
 	}
@@ -427,7 +429,7 @@ func measureMemory(ctx context.Context, f *Flags, log *slog.Logger, r *report.Re
 	}
 	x.IdleRSSSender, x.IdleRSSReceiver = idleSender, idleReceiver
 	addStats(d, x)
-	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (8 MiB) and --resend-buffer (16 MiB)", maxEntries, f.MemoryEntries))
+	x.Notes = append(x.Notes, fmt.Sprintf("map of %d max entries, %d held at the end; default --ring-size (8 MiB) and --resend-buffer (64 MiB, 0.75 s of datagrams)", maxEntries, f.MemoryEntries))
 	log.Info("result", "rss_sender_kib", x.RSSSender, "rss_receiver_kib", x.RSSReceiver,
 		"idle_rss_sender_kib", x.IdleRSSSender, "idle_rss_receiver_kib", x.IdleRSSReceiver, "lost", x.Lost)
 	return x, nil
