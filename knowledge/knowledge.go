@@ -7,7 +7,7 @@
 //
 //	h := k.Lock()
 //	defer h.Unlock()
-//	v := h.Current(m, key, now)
+//	v := h.Current(m, key, val, now)
 //
 // Maps are named by their index in the replicated table (0..n-1), fixed
 // when the store is made.
@@ -59,6 +59,10 @@ type Config struct {
 	// Start is the origin of the applied-at clock (see [Held.AppliedSince]):
 	// the time the store is made.
 	Start time.Time
+	// Arrays marks, by map index, the maps that are arrays: every key
+	// exists from the map's creation and holds zeros until written (see
+	// [Held.Blank]).
+	Arrays []bool
 	// Restamped counts the entries [Held.Current] stamped anew;
 	// TombstonesDropped the deletes forgotten before the horizon because
 	// too many were remembered. Either may be nil.
@@ -86,6 +90,7 @@ type Store struct {
 	forgotten hlc.Stamp
 	clock     *hlc.Clock
 	node      uint32
+	arrays    []bool // by map index
 
 	restamped, tombstonesDropped *atomic.Uint64
 }
@@ -94,7 +99,7 @@ type Store struct {
 func New(cfg Config) *Store {
 	k := &Store{seed: maphash.MakeSeed(), maps: make([]keyTable, len(cfg.KeySizes)),
 		tombs: make([]tombstoneLog, len(cfg.KeySizes)), horizon: cfg.Horizon, gen: 1, started: cfg.Start,
-		clock: cfg.Clock, node: cfg.Node, restamped: cfg.Restamped, tombstonesDropped: cfg.TombstonesDropped}
+		clock: cfg.Clock, node: cfg.Node, arrays: cfg.Arrays, restamped: cfg.Restamped, tombstonesDropped: cfg.TombstonesDropped}
 	if k.horizon == 0 {
 		k.horizon = DefaultTombstoneHorizon
 	}
@@ -286,16 +291,21 @@ func (h Held) SuspectSince(s hlc.Stamp) { h.k.suspectBefore = s }
 func (h Held) SuspectBefore() hlc.Stamp { return h.k.suspectBefore }
 
 // Current returns the version of an entry read from the map, key in map
-// index m, to send with its value: the version known, unstamped if none.
-// After a capture overflow, an entry whose version is older than the
-// overflow, or that the knowledge has as deleted or not at all, may hold
-// a write that was lost: it is stamped anew, as a write of this node's
-// read from the map, so that the value read wins where it has to. Call
-// it with the value read under the same lock.
-func (h Held) Current(m int, key []byte, now time.Time) Version {
+// index m holding val, to send with its value: the version known,
+// unstamped if none. After a capture overflow, an entry whose version is
+// older than the overflow, or that the knowledge has as deleted or not at
+// all, may hold a write that was lost: it is stamped anew, as a write of
+// this node's read from the map, so that the value read wins where it has
+// to; but not a blank one (see [Held.Blank]). Call it with the value read
+// under the same lock.
+func (h Held) Current(m int, key, val []byte, now time.Time) Version {
 	k := h.k
 	e := h.Lookup(m, key)
-	if k.suspectBefore != 0 && (e == nil || e.Deleted() || e.Version().Stamp < k.suspectBefore) {
+	known := Version{}
+	if e != nil {
+		known = e.Version()
+	}
+	if k.suspectBefore != 0 && (e == nil || e.Deleted() || known.Stamp < k.suspectBefore) && !h.Blank(m, known, val) {
 		v := Version{Stamp: k.clock.At(now), Origin: k.node}
 		if e == nil {
 			e = h.Put(m, key)
@@ -308,6 +318,24 @@ func (h Held) Current(m int, key []byte, now time.Time) Version {
 		return Version{}
 	}
 	return e.Version()
+}
+
+// Blank reports whether val, the value of an entry of map index m known
+// at v (the zero Version if not known), holds nothing: zeros in an
+// array, unstamped. The array held them from its creation: they are its
+// counterpart of a key a hash map does not hold, never a write. Stamped
+// as one, or taken over another unstamped value, the zeros nobody wrote
+// would win over the writes of the key that nodes made before.
+func (h Held) Blank(m int, v Version, val []byte) bool {
+	if m >= len(h.k.arrays) || !h.k.arrays[m] || v.Stamp != 0 {
+		return false
+	}
+	for _, b := range val {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Dumper reads a map a batch at a time: [replication.Target] is one.

@@ -215,15 +215,12 @@ func (sh *shard) grow() { sh.resize(max(minSlots, len(sh.slots)+len(sh.slots)/4)
 // resize moves the shard's slots into a table of n.
 func (sh *shard) resize(n int) {
 	old, oldMem := sh.slots, sh.mem
-	mem, err := unix.Mmap(-1, 0, n*entrySize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		panic(fmt.Sprintf("knowledge: cannot map %d bytes for the knowledge of keys: %v", n*entrySize, err))
-	}
-	if len(mem) >= hugePage {
-		// The table is read at random: with 4 KiB pages nearly every
-		// look-up of a large one also misses the TLB.
-		_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
-	}
+	mem := mapSlots(n * entrySize)
+	// Fault every page in now, in one call: the moves below write all of
+	// them anyway, and a fault per page taken from the loop was a quarter
+	// of the cost of filling a table (BenchmarkKnowledgeFill). Kernels
+	// before 5.14 refuse it, and fault as the pages are written.
+	_ = unix.Madvise(mem, unix.MADV_POPULATE_WRITE)
 	sh.mem, sh.slots = mem, unsafe.Slice((*Entry)(unsafe.Pointer(&mem[0])), n)
 	for i := range old {
 		if old[i].hash() == 0 {
@@ -236,8 +233,38 @@ func (sh *shard) resize(n int) {
 		sh.slots[j] = old[i]
 	}
 	if oldMem != nil {
-		_ = unix.Munmap(oldMem)
+		_ = unix.MunmapPtr(unsafe.Pointer(&oldMem[0]), uintptr(len(oldMem)))
 	}
+}
+
+// mapSlots maps size bytes of zeroed memory for slots. The slots are
+// read at random: with 4 KiB pages nearly every look-up of a large table
+// also misses the TLB, so a mapping of a huge page or more starts at a
+// huge page's boundary (mapped larger, the rest given back) and asks for
+// huge pages: every whole huge page of it can then be one. Unaligned, a
+// mapping of less than two huge pages held none in most cases.
+func mapSlots(size int) []byte {
+	length := size
+	if size >= hugePage {
+		length += hugePage
+	}
+	p, err := unix.MmapPtr(-1, 0, nil, uintptr(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		panic(fmt.Sprintf("knowledge: cannot map %d bytes for the knowledge of keys: %v", length, err))
+	}
+	if size < hugePage {
+		return unsafe.Slice((*byte)(p), size)
+	}
+	head := (hugePage - int(uintptr(p)%hugePage)) % hugePage
+	if head > 0 {
+		_ = unix.MunmapPtr(p, uintptr(head))
+	}
+	if tail := length - head - size; tail > 0 {
+		_ = unix.MunmapPtr(unsafe.Add(p, head+size), uintptr(tail))
+	}
+	mem := unsafe.Slice((*byte)(unsafe.Add(p, head)), size)
+	_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
+	return mem
 }
 
 // remove forgets hash h, shifting later slots of its probe run back so

@@ -350,7 +350,8 @@ const applyBound = 5 * time.Millisecond
 //
 // A snapshot's unstamped entry (version zero) is kept unless this node
 // knows the key from a stamped write, so that a requester takes the
-// server's entry over its own unstamped one; it is recorded as unstamped
+// server's entry over its own unstamped one, but for an array's zeros,
+// which hold nothing (see [knowledge.Held.Blank]); it is recorded as unstamped
 // with the server as its origin, so that a later resync from that server
 // can tell the server deleted it. Every record of the peer in
 // [applier.marking] marks its key as known to that peer; of those not
@@ -374,7 +375,8 @@ func (a *applier) merge(h knowledge.Held, r *run, keys, vals []byte, vers []know
 		} else {
 			e = h.LookupHash(m.index, hashes[i])
 		}
-		newer := e != nil && (v.Newer(e.Version()) || r.snapshot && v.Stamp == 0 && e.Version().Stamp == 0)
+		newer := e != nil && (v.Newer(e.Version()) || r.snapshot && v.Stamp == 0 && e.Version().Stamp == 0 &&
+			!h.Blank(m.index, v, vals[i*vs:(i+1)*vs]))
 		if !newer {
 			if e != nil && r.node == a.marking {
 				e.SetGen(a.gen)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpmapsync/udpmapsync/hlc"
 	"github.com/udpmapsync/udpmapsync/knowledge"
+	"github.com/udpmapsync/udpmapsync/loader"
 	"github.com/udpmapsync/udpmapsync/mapopt"
 	"github.com/udpmapsync/udpmapsync/wire"
 )
@@ -105,12 +106,14 @@ func digestDepth(maxEntries uint32) int {
 // maps, which evict by local use (see "LRU evictions"), nor scanned maps
 // whose vanished keys stay on the peers: on both, which keys a node holds
 // differs by design. A sum map's contribution map does, whatever its
-// counters' map: every node holds every contribution.
+// counters' map: every node holds every contribution; and so does an
+// array, whose keys never vanish, whatever its scan's rule.
 func digested(m *localMap) bool {
-	if m.plan != nil && m.plan.opts.Merge == mapopt.Sum {
+	t := ebpf.MapType(m.Desc.Type)
+	switch {
+	case m.plan != nil && m.plan.opts.Merge == mapopt.Sum, loader.ArrayType(t):
 		return true
-	}
-	if t := ebpf.MapType(m.Desc.Type); t == ebpf.LRUHash || t == ebpf.LRUCPUHash {
+	case t == ebpf.LRUHash || t == ebpf.LRUCPUHash:
 		return false
 	}
 	return m.plan == nil || m.plan.opts.Scan == 0 || m.plan.opts.Vanished == mapopt.Delete

@@ -154,8 +154,8 @@ func TestRestampKeepsTheCrossedApplyCheck(t *testing.T) {
 	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", remote, 5))
 	h := f.n.know.Lock()
 	h.SuspectSince(f.n.clock.Now()) // the capture overflowed
-	v := h.Current(m.index, []byte("key1"), time.Now())
-	again := h.Current(m.index, []byte("key1"), time.Now())
+	v := h.Current(m.index, []byte("key1"), []byte("remote"), time.Now())
+	again := h.Current(m.index, []byte("key1"), []byte("remote"), time.Now())
 	h.Unlock()
 	if v.Origin != ourNode || v.Stamp <= remote || again != v {
 		t.Fatalf("read after the overflow as %+v, then %+v; want stamped anew as this node's, once", v, again)

@@ -572,7 +572,10 @@ func (c *resyncClient) pushBack(p *peer) int {
 					deleted = append(deleted, key...)
 					continue
 				}
-				v := h.Current(i, key, now)
+				v := h.Current(i, key, val, now)
+				if h.Blank(i, v, val) {
+					continue // an array's zeros nobody wrote: nothing to send
+				}
 				if v.Stamp == 0 { // unknown to the peer and unstamped here: this node's write
 					v = knowledge.Version{Stamp: c.clock.At(now), Origin: c.node}
 					h.Set(h.Put(i, key), i, key, v, false, true, now) // read from the map: see knowledge.Held.Set
@@ -641,7 +644,7 @@ func (c *resyncClient) pushNewer(m *localMap) int {
 		switch {
 		case err != nil:
 		case found:
-			c.relay.add(m.index, ops.Update, h.Current(m.index, key, now), key, val)
+			c.relay.add(m.index, ops.Update, h.Current(m.index, key, val, now), key, val)
 			pushed++
 		case digested(m) && e.Version().Stamp < h.SuspectBefore():
 			c.deletedUnseen(h, m, e, key, now)

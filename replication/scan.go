@@ -128,10 +128,12 @@ func (s *scanner) scan(i int) {
 			fp, rfp := pm.plan.prints(pt.seed, val)
 			j := pm.find(kh)
 			switch {
-			case j < 0 && !pm.learnt && knownLive(h, i, key) && !s.ownContribution(m, key):
+			case j < 0 && !pm.learnt && (knownLive(h, i, key) || h.Blank(i, knowledge.Version{}, val)) && !s.ownContribution(m, key):
 				// The first scan since the start meets every entry without
 				// a print: one with the version its capture, apply or the
-				// state file gave it is taken as it is. From then on the
+				// state file gave it is taken as it is, and so are an
+				// array's zeros nobody wrote (known unstamped, if at all,
+				// when not live). From then on the
 				// capture and the applier give a print to every key they
 				// write, so a key without one is a write nobody saw (a BPF
 				// program's create under the syscall backend, a key back

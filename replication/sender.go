@@ -466,8 +466,8 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 	if m.plan != nil && op == ops.Update {
 		m.plan.clearLock(ch.Value) // as the map holds it, for the check against the map
 	}
-	if len(s.staged) == stageSize || len(s.stageData)+len(ch.Key)+len(ch.Value) > cap(s.stageData) {
-		s.stampStaged()
+	if len(s.stageData)+len(ch.Key)+len(ch.Value) > cap(s.stageData) {
+		s.stampStaged() // a large value: it waits with fewer others
 	}
 	if len(s.staged) == 0 {
 		s.stagedFrom = now
@@ -658,7 +658,7 @@ func (s *sender) takeRelayed() {
 	h.Unlock()
 	n := s.relay.drain(func(m int, op ops.Op, v knowledge.Version, key, value []byte) {
 		var ok bool
-		if v, ok = s.relayedVersion(m, op, v, key, suspect, now); !ok {
+		if v, ok = s.relayedVersion(m, op, v, key, value, suspect, now); !ok {
 			s.superseded++
 			return
 		}
@@ -673,14 +673,14 @@ func (s *sender) takeRelayed() {
 // was read from the map, where it may be that later write, a local one
 // not yet read from the capture); stamped anew if it is an update whose
 // version a capture loss made suspect.
-func (s *sender) relayedVersion(m int, op ops.Op, v knowledge.Version, key []byte, suspect hlc.Stamp, now time.Time) (knowledge.Version, bool) {
+func (s *sender) relayedVersion(m int, op ops.Op, v knowledge.Version, key, value []byte, suspect hlc.Stamp, now time.Time) (knowledge.Version, bool) {
 	h := s.know.Lock()
 	defer h.Unlock()
 	if e := h.Lookup(m, key); e == nil || e.Deleted() != (op == ops.Delete) || e.Version() != v {
 		return v, false
 	}
 	if op == ops.Update && v.Stamp < suspect {
-		return h.Current(m, key, now), true
+		return h.Current(m, key, value, now), true
 	}
 	return v, true
 }

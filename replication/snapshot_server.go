@@ -369,7 +369,7 @@ type snapshotStream struct {
 	t       *transfer
 	w       wire.ChangeWriter
 	header  wire.Header
-	slots   [transferWindow][]byte // each of the payload size
+	slots   [transferWindow][]byte // each of the payload size, made when first used (see slot)
 	lens    [transferWindow]int    // of the datagram in each slot
 	sentAt  [transferWindow]time.Time
 	end     []byte // the end datagram, once every record is in a closed one
@@ -428,11 +428,19 @@ func newSnapshotStream(s *snapshotServer, t *transfer) *snapshotStream {
 	st := &snapshotStream{s: s, t: t, heard: s.time.Now(), cwnd: initialWindow, rto: transferRTO,
 		budget: byteBudget{rate: transferRate, burst: transferBurst}, batch: make([][]byte, 0, sendBatch),
 		header: wire.Header{Kind: wire.KindSnapshot, Node: s.node, Epoch: s.epoch, Sealed: s.sealed}, know: s.know}
-	for i := range st.slots {
-		st.slots[i] = make([]byte, s.table.payload)
-	}
 	st.next, st.stop = iter.Pull(st.records)
 	return st
+}
+
+// slot is the buffer of datagram n, made when first used: a small map's
+// snapshot fills few of the window's, and making all 1,024 up front
+// (1.4 MiB) was most of what serving it cost.
+func (st *snapshotStream) slot(n uint32) []byte {
+	b := &st.slots[n%transferWindow]
+	if *b == nil {
+		*b = make([]byte, st.s.table.payload)
+	}
+	return *b
 }
 
 // endReads ends the reading of the maps, if it has not ended.
@@ -515,7 +523,7 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 		if f != nil && f.Map != m.fp {
 			continue
 		}
-		err := st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, _ []byte) {
+		err := st.know.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			st.vers, st.pick = st.vers[:0], st.pick[:0]
 			now := st.s.time.Now()
 			for o := 0; o*m.keySize < len(ks); o++ {
@@ -523,7 +531,7 @@ func (st *snapshotStream) records(yield func(recordBatch) bool) {
 				if f != nil && !inFilter(f, digestKeyHash(key)) {
 					continue
 				}
-				v := h.Current(m.index, key, now)
+				v := h.Current(m.index, key, vs[o*m.valueSize:(o+1)*m.valueSize], now)
 				if v.Stamp < st.t.since {
 					continue // a delta's requester has it
 				}
@@ -592,7 +600,7 @@ func (st *snapshotStream) fill(now time.Time) error {
 			}
 			// Base 0: the snapshot's own entries are stamped at all
 			// times, so offsets from any one base save little.
-			st.w.Reset(st.slots[next%transferWindow], st.s.node, 0)
+			st.w.Reset(st.slot(next), st.s.node, 0)
 			st.open, st.resendAt = true, time.Time{}
 		}
 		key, val, v := st.cur.at(st.pos)

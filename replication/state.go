@@ -147,8 +147,8 @@ func (n *Node) startState(path string) (_ *stateSave, err error) {
 		err := k.ReadMap(m.Target, m.keySize, m.valueSize, func(h knowledge.Held, ks, vs []byte) {
 			for o := 0; o*m.keySize < len(ks); o++ {
 				key := ks[o*m.keySize : (o+1)*m.keySize]
-				v := h.Current(i, key, n.time.Now())
-				sw.version(stateEntry, v, knowledge.ValueHash(vs[o*m.valueSize:(o+1)*m.valueSize]), key)
+				val := vs[o*m.valueSize : (o+1)*m.valueSize]
+				sw.version(stateEntry, h.Current(i, key, val, n.time.Now()), knowledge.ValueHash(val), key)
 			}
 		}, nil)
 		if err != nil {

@@ -200,10 +200,12 @@ func (t *Table) byName(name string) *localMap {
 // newKnowledge makes the knowledge of the maps of t, counting into stats,
 // started at start.
 func newKnowledge(t *Table, horizon time.Duration, clock *hlc.Clock, node uint32, stats *Stats, start time.Time) *knowledge.Store {
-	sizes := make([]int, len(t.maps))
+	sizes, arrays := make([]int, len(t.maps)), make([]bool, len(t.maps))
 	for i := range t.maps {
 		sizes[i] = t.maps[i].keySize
+		// A sum map's keys are its counters' contributions, not the array's.
+		arrays[i] = loader.ArrayType(ebpf.MapType(t.maps[i].Desc.Type)) && t.maps[i].Options.Merge != mapopt.Sum
 	}
-	return knowledge.New(knowledge.Config{KeySizes: sizes, Horizon: horizon, Clock: clock, Node: node, Start: start,
+	return knowledge.New(knowledge.Config{KeySizes: sizes, Arrays: arrays, Horizon: horizon, Clock: clock, Node: node, Start: start,
 		Restamped: &stats.Restamped, TombstonesDropped: &stats.TombstonesDropped})
 }
