@@ -138,6 +138,30 @@ func TestStagedChangeCheckedAgainstItsDrain(t *testing.T) {
 	}
 }
 
+// A peer's write of a key applied while a local change of it waits in the
+// stage is the apply race, as when the change waited in the capture
+// ring: the map decides. Here the apply came last: the local write is
+// dropped, and every node keeps the peer's value.
+func TestApplyWhileStagedDecidedByTheMap(t *testing.T) {
+	f := newReceiverFixture(t)
+	s := crossSender(t, f)
+	now := time.Now()
+	s.drained = now.Add(-time.Second)
+	f.flows.state["key1"] = "   local"
+	s.add(&loader.Change{MapID: 10, Op: ops.Update, Key: []byte("key1"), Value: []byte("   local")}, now)
+	f.handle(peerA, f.stampedDatagram(t, 1, "key1", "remote", hlc.Make(now.UnixMilli(), 0), 5))
+	if got := f.value("key1"); got != "  remote" {
+		t.Fatalf("key1 = %q, want the peer's write applied", got)
+	}
+	s.setDrained(now.Add(time.Millisecond))
+	if s.superseded != 1 || f.stats.RaceChecks.Load() != 1 {
+		t.Fatalf("superseded %d, race checks %d: the local write the apply overwrote was sent", s.superseded, f.stats.RaceChecks.Load())
+	}
+	if v, _ := knownVersion(f.n.know, f.tab.byID(10).index, "key1"); v.Origin == ourNode {
+		t.Fatalf("knowledge %+v: the overwritten local write was recorded", v)
+	}
+}
+
 // After a capture overflow, an entry a snapshot reads is stamped anew, as
 // read: the map may hold a lost write under its recorded version. A local
 // write the capture still holds, made before a peer's write was applied

@@ -490,12 +490,12 @@ func (s *sender) add(ch *loader.Change, now time.Time) {
 // the slot of every key is touched before any is looked up: the touches
 // do not depend on one another, so the processor waits for their cache
 // misses together, where one look-up per change waited for its own (a key
-// not written recently is not in the cache). Stamping them later than
-// they were read changes nothing the other readers of the knowledge can
-// see: a change is stamped before anything is sent or queued after it,
-// and the race check uses the drained time of when it was read, since the
-// sender stamps what it staged before it moves that time (see
-// [sender.setDrained]).
+// not written recently is not in the cache). A staged change waits as it
+// waited in the capture ring: an apply of its key meanwhile is the apply
+// race, which the check in [sender.stamp] decides by the map, against the
+// drained time of when the change was read, since the sender stamps what
+// it staged before it moves that time (see [sender.setDrained]). Nothing
+// read after a change is stamped, queued or sent before it.
 func (s *sender) stampStaged() {
 	if len(s.staged) == 0 {
 		return

@@ -109,6 +109,10 @@ type Run struct {
 	// the kernel's multicast fan-out runs on the sender's thread, in its
 	// system time.
 	CPUSenderUser float64 `json:",omitempty"`
+	// CPUReceiverUser is the receivers' user-space part of CPUReceiver:
+	// with it, the receivers' own code is told apart from the kernel's
+	// map updates and socket reads.
+	CPUReceiverUser float64 `json:",omitempty"`
 	// Bytes and packets sent by all nodes' interfaces, per change.
 	BytesPerChange, PacketsPerChange float64
 	// Peak resident set (VmHWM), KiB: sender and the largest receiver.

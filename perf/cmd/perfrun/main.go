@@ -307,7 +307,9 @@ func scenario(ctx context.Context, f *Flags, log *slog.Logger, system string, no
 		return nil, fmt.Errorf("%s on %d nodes: %w", system, nodes, err)
 	}
 	addStats(d, x)
-	args := []any{"changes_per_sec", int(x.PerSec), "lost", x.Lost, "cpu_us_sender", x.CPUSender, "cpu_us_receiver", x.CPUReceiver}
+	args := []any{"changes_per_sec", int(x.PerSec), "lost", x.Lost, "writer_per_sec", int(x.WriterPerSec),
+		"cpu_us_writer", x.WriterCPU, "cpu_us_sender", x.CPUSender, "cpu_us_sender_user", x.CPUSenderUser,
+		"cpu_us_receiver", x.CPUReceiver, "cpu_us_receiver_user", x.CPUReceiverUser}
 	if x.Latency != nil {
 		args = append(args, "p50_us", x.Latency.P50, "p99_us", x.Latency.P99, "p999_us", x.Latency.P999)
 	}

@@ -86,13 +86,13 @@ func txCounters(n *netnstest.Node) (bytes, packets uint64, err error) {
 // snapshot is the counters of a deployment at one moment.
 type snapshot struct {
 	cpu            []time.Duration // per node's replicator; 0 before it started
-	senderUser     time.Duration   // node1's replicator's user-space time alone
+	user           []time.Duration // the user-space part of cpu
 	bytes, packets uint64          // all nodes' interfaces
 }
 
 func (d *deployment) snapshot() (snapshot, error) {
 	var s snapshot
-	for i, pid := range d.pids {
+	for _, pid := range d.pids {
 		var user, system time.Duration
 		if pid != 0 {
 			var err error
@@ -101,9 +101,7 @@ func (d *deployment) snapshot() (snapshot, error) {
 			}
 		}
 		s.cpu = append(s.cpu, user+system)
-		if i == 0 {
-			s.senderUser = user
-		}
+		s.user = append(s.user, user)
 	}
 	for _, n := range d.c.Topology.Nodes {
 		b, p, err := txCounters(n)

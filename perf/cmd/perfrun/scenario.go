@@ -171,12 +171,15 @@ func (d *deployment) source(cfg workload.Config) (*workload.Writer, *loader.Map,
 func addCosts(run *report.Run, before, after snapshot, changes int) {
 	n := float64(changes)
 	run.CPUSender = us(after.cpu[0]-before.cpu[0]) / n
-	run.CPUSenderUser = us(after.senderUser-before.senderUser) / n
-	var recv time.Duration
+	run.CPUSenderUser = us(after.user[0]-before.user[0]) / n
+	var recv, recvUser time.Duration
 	for i := 1; i < len(after.cpu); i++ {
 		recv += after.cpu[i] - before.cpu[i]
+		recvUser += after.user[i] - before.user[i]
 	}
-	run.CPUReceiver = us(recv) / float64(len(after.cpu)-1) / n
+	peers := float64(len(after.cpu) - 1)
+	run.CPUReceiver = us(recv) / peers / n
+	run.CPUReceiverUser = us(recvUser) / peers / n
 	run.BytesPerChange = float64(after.bytes-before.bytes) / n
 	run.PacketsPerChange = float64(after.packets-before.packets) / n
 }
