@@ -80,7 +80,13 @@ func (k *Key) Merge(c Contribution, origins int, delta []uint64) (reset, add boo
 		}
 		k.slots = append(k.slots, slot{origin: c.Origin, words: make([]uint64, len(c.Words))})
 		s = &k.slots[len(k.slots)-1]
-	} else if c.Stamp <= s.stamp {
+	} else if c.Stamp <= s.stamp || below(c.Words, s.words) {
+		// Below the held one in some word, from the same reset: the
+		// origin lost counts it had sent (it crashed without its state
+		// file) and counts anew. Taking it would subtract what the map
+		// may no longer hold, the datapath having deleted the key, and
+		// wrap the value below zero; the origin gets its sent counts
+		// back from its peers ([Key.Regain]) and sends them again.
 		return reset, false, nil
 	}
 	for i, w := range c.Words {
@@ -158,6 +164,28 @@ func (k *Key) SetOwn(self uint32, stamp hlc.Stamp, local []uint64, origins int) 
 	return true, nil
 }
 
+// Regain merges into k, on node self, self's own contribution c as a
+// peer held it, counted from k's reset: one sent before this node lost
+// its counts in a crash, which its peers keep and may hold above what
+// self counted since (they refuse a contribution below it: see
+// [Key.Merge]). Each word of self's contribution becomes the larger of
+// the two, stamped stamp (later than both), and delta gets what it grew
+// by, for the caller to add to its map; it reports whether it grew. An
+// echo of a contribution self sent in this run is never above the one
+// it holds, and changes nothing.
+func (k *Key) Regain(self uint32, c Contribution, stamp hlc.Stamp, delta []uint64) bool {
+	s := k.find(self)
+	if s == nil || c.Reset != k.reset || !below(s.words, c.Words) {
+		return false
+	}
+	for i, w := range c.Words {
+		delta[i] = max(w, s.words[i]) - s.words[i]
+		s.words[i] += delta[i]
+	}
+	s.stamp = max(stamp, s.stamp+1, c.Stamp+1)
+	return true
+}
+
 // Own returns node self's contribution as held, to send; ok is false if
 // it holds none.
 func (k *Key) Own(self uint32) (c Contribution, ok bool) {
@@ -187,6 +215,16 @@ func (k *Key) find(origin uint32) *slot {
 		}
 	}
 	return nil
+}
+
+// below reports whether a is less than b in some word.
+func below(a, b []uint64) bool {
+	for i := range a {
+		if a[i] < b[i] {
+			return true
+		}
+	}
+	return false
 }
 
 func equal(a, b []uint64) bool {

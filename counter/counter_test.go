@@ -189,3 +189,34 @@ func TestOriginsFull(t *testing.T) {
 		t.Errorf("a held origin: %v, add %v, delta %d", err, add, delta[0])
 	}
 }
+
+// A node that lost its counts in a crash sends a contribution below the
+// one it sent before: its peer keeps the higher one (subtracting the
+// difference could wrap a value below zero), and the node, given its own
+// back, takes the larger of each word, once, and sends it on.
+func TestCrashedOrigin(t *testing.T) {
+	a, b := &node{id: 1, value: make([]uint64, 2)}, &node{id: 2, value: []uint64{1, 1263}}
+	before, _ := b.send(t, 1)
+	a.merge(t, before)
+	b = &node{id: 2, value: []uint64{2, 138}} // restarted: cleared, counted anew
+	after, _ := b.send(t, 2)
+	a.merge(t, after)
+	if want := []uint64{1, 1263}; !slices.Equal(a.value, want) {
+		t.Errorf("after the lower contribution node 1 holds %v, want %v", a.value, want)
+	}
+	delta := make([]uint64, 2)
+	if !b.key.Regain(2, before, 3, delta) || !slices.Equal(delta, []uint64{0, 1125}) {
+		t.Fatalf("node 2 regains %v, want [0 1125]", delta)
+	}
+	if b.key.Regain(2, before, 4, delta) {
+		t.Errorf("node 2 regains its contribution a second time")
+	}
+	for i, d := range []uint64{0, 1125} {
+		b.value[i] += d
+	}
+	mine, _ := b.key.Own(2)
+	a.merge(t, Contribution{Reset: mine.Reset, Origin: 2, Stamp: mine.Stamp, Words: slices.Clone(mine.Words)})
+	if want := []uint64{2, 1263}; !slices.Equal(a.value, want) || !slices.Equal(b.value, want) {
+		t.Errorf("nodes hold %v and %v, want %v", a.value, b.value, want)
+	}
+}

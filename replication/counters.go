@@ -203,8 +203,14 @@ func (t *CounterTarget) UpdateBatch(keys, values []byte) error {
 		_, known := t.keys[string(key)]
 		ck := t.key(key)
 		ck.merged = t.writes
-		reset, add, err := ck.k.Merge(c, t.origins, t.d)
-		if errors.Is(err, counter.ErrOriginsFull) {
+		var reset, add bool
+		var err error
+		if own, _ := ck.k.Own(t.self); origin == t.self && ck.k.Regain(t.self, c, t.stampAfter(own.Stamp), t.d) {
+			// Counts this node sent before a crash, above what it
+			// counted since: added again, and sent at the next scan.
+			own, _ = ck.k.Own(t.self)
+			t.last, add = max(t.last, own.Stamp), true
+		} else if reset, add, err = ck.k.Merge(c, t.origins, t.d); errors.Is(err, counter.ErrOriginsFull) {
 			t.OriginsFull.Add(1)
 		}
 		if reset {

@@ -453,3 +453,88 @@ func TestCounterKeysChurn(t *testing.T) {
 		})
 	}
 }
+
+// crashedPeer is node 1 and node 2 of a sum map, each on a kernel map of
+// its own: node 2 counted 1263 of key 0, sent it to node 1, then crashed
+// without its state file, cleared its map at its restart and counted 138
+// more before it heard node 1 again. pass sends one node's scan to the
+// other, as the other's receiver applies it.
+func crashedPeer(t *testing.T) (em1, em2 *ebpf.Map, pass func(from, to *CounterTarget), ct1, ct2 *CounterTarget) {
+	t.Helper()
+	em1, lm1, adder1 := sumMap(t, "sum_crash1", ebpf.Hash)
+	em2, lm2, adder2 := sumMap(t, "sum_crash2", ebpf.Hash)
+	now := time.Now()
+	clock := func() time.Time { return now }
+	ct1 = NewCounterTarget(lm1, adder1, 4, 8, 1, 1, 3, clock)
+	ct2 = NewCounterTarget(lm2, adder2, 4, 8, 1, 2, 3, clock)
+	ks, vs := ct1.entrySize()
+	pass = func(from, to *CounterTarget) {
+		t.Helper()
+		err := from.Scanning().Dump(make([]byte, 4*ks), make([]byte, 4*vs), func(keys, vals []byte) error {
+			return to.UpdateBatch(keys, vals)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := em2.Update(uint32(0), uint64(1263), ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	pass(ct2, ct1)
+	ct2 = NewCounterTarget(lm2, adder2, 4, 8, 1, 2, 3, clock) // the crash
+	if err := ct2.Forget(); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Millisecond)
+	if err := em2.Update(uint32(0), uint64(138), ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	return em1, em2, pass, ct1, ct2
+}
+
+// A peer that crashed without its state file sends a contribution below
+// the one it sent before: a receiver took it as one that went down and
+// added the difference, which, to a key its datapath had just deleted,
+// made a value wrapped below zero, read by its next scan as its own
+// count and sent to every node (TestSumSeeds seed 31, with other draws
+// of its faults). The receiver keeps the higher one.
+func TestCounterCrashedPeerBelow(t *testing.T) {
+	em1, em2, pass, ct1, ct2 := crashedPeer(t)
+	if err := em1.Delete(uint32(0)); err != nil { // node 1's datapath resets the key
+		t.Fatal(err)
+	}
+	pass(ct2, ct1)
+	var v uint64
+	if err := em1.Lookup(uint32(0), &v); err == nil {
+		t.Fatalf("node 1's deleted key holds %d after node 2's lower contribution, want it not held", int64(v))
+	}
+	pass(ct1, ct2) // node 1's reset
+	pass(ct2, ct1)
+	for i, em := range []*ebpf.Map{em1, em2} {
+		if err := em.Lookup(uint32(0), &v); err == nil {
+			t.Errorf("node %d holds %d after the reset, want the key not held", i+1, int64(v))
+		}
+	}
+}
+
+// A node that crashed without its state file gets its contribution from
+// before the crash back from a peer that holds it above what the node
+// counted since, and counts on from it: every node then holds the same.
+func TestCounterCrashedNodeRegains(t *testing.T) {
+	em1, em2, pass, ct1, ct2 := crashedPeer(t)
+	pass(ct2, ct1) // 138, below the 1263 node 1 holds: refused
+	pass(ct1, ct2) // node 2's 1263 back
+	var v uint64
+	if err := em2.Lookup(uint32(0), &v); err != nil || v != 1263 {
+		t.Fatalf("node 2 holds %d (%v) after its contribution came back, want 1263", v, err)
+	}
+	if err := em2.Update(uint32(0), v+5, ebpf.UpdateExist); err != nil { // node 2 counts 5
+		t.Fatal(err)
+	}
+	pass(ct2, ct1)
+	for i, em := range []*ebpf.Map{em1, em2} {
+		if err := em.Lookup(uint32(0), &v); err != nil || v != 1268 {
+			t.Errorf("node %d holds %d (%v), want 1268", i+1, v, err)
+		}
+	}
+}
