@@ -558,3 +558,18 @@ func TestFilters(t *testing.T) {
 	}
 	t.Logf("node2 drops 30%%: %d of 1000 datagrams delivered", got)
 }
+
+// A diff spells out at most the first bytes of a long value, with its
+// length: a report of 4 KiB values that differ stays readable (it printed
+// every byte of three of them, 24 kB a line).
+func TestCompareShortensLongValues(t *testing.T) {
+	long := strings.Repeat("\xab", 4096)
+	d := Compare(Contents{"k": long}, Contents{"k": long[:4095] + "\x00"})
+	s := d.String()
+	if d.Wrong != 1 || !strings.Contains(s, "… (4096 B)") || len(s) > 300 {
+		t.Fatalf("diff %q (%d bytes): want one wrong value, shortened", s, len(s))
+	}
+	if s := Compare(Contents{"k": "ab"}, Contents{}).String(); !strings.Contains(s, "missing, want 6162") {
+		t.Fatalf("diff %q: want a short value spelled out whole", s)
+	}
+}

@@ -274,15 +274,27 @@ func Compare(want, have Contents) Diff {
 		var what string
 		switch {
 		case !held:
-			what = "missing, want " + hex.EncodeToString([]byte(w))
+			what = "missing, want " + shown(w)
 		case !wanted:
-			what = "extra, holds " + hex.EncodeToString([]byte(h))
+			what = "extra, holds " + shown(h)
 		default:
-			what = "holds " + hex.EncodeToString([]byte(h)) + ", want " + hex.EncodeToString([]byte(w))
+			what = "holds " + shown(h) + ", want " + shown(w)
 		}
-		d.First = append(d.First, "key "+hex.EncodeToString([]byte(k))+" "+what)
+		d.First = append(d.First, "key "+shown(k)+" "+what)
 	}
 	return d
+}
+
+// maxShown is how many bytes of a key or value a diff spells out.
+const maxShown = 32
+
+// shown spells out b in hex, its first maxShown bytes and its length if
+// longer: a diff of 4 KiB values stays one readable line.
+func shown(b string) string {
+	if len(b) <= maxShown {
+		return hex.EncodeToString([]byte(b))
+	}
+	return fmt.Sprintf("%x… (%d B)", b[:maxShown], len(b))
 }
 
 // Equal reports whether the contents were identical.
