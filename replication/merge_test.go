@@ -130,12 +130,7 @@ func TestStagedChangeCheckedAgainstItsDrain(t *testing.T) {
 		t.Fatal("one change was stamped alone: the test needs it staged")
 	}
 	s.setDrained(now.Add(2 * time.Second))
-	if s.superseded != 1 || f.stats.RaceChecks.Load() != 1 {
-		t.Fatalf("superseded %d, race checks %d: the local write the apply overwrote was not checked against the map", s.superseded, f.stats.RaceChecks.Load())
-	}
-	if v, _ := knownVersion(f.n.know, f.tab.byID(10).index, "key1"); v.Origin == ourNode {
-		t.Fatalf("knowledge %+v: the overwritten local write was recorded", v)
-	}
+	checkOverwrittenDropped(t, f, s, "was not checked against the map")
 }
 
 // A peer's write of a key applied while a local change of it waits in the
@@ -154,8 +149,17 @@ func TestApplyWhileStagedDecidedByTheMap(t *testing.T) {
 		t.Fatalf("key1 = %q, want the peer's write applied", got)
 	}
 	s.setDrained(now.Add(time.Millisecond))
+	checkOverwrittenDropped(t, f, s, "was sent")
+}
+
+// checkOverwrittenDropped fails t unless s, once its stage was stamped,
+// dropped the local write of key1 that a peer's apply overwrote, after
+// one race check, and left the peer's version in the knowledge; what
+// says what went wrong otherwise.
+func checkOverwrittenDropped(t *testing.T, f *receiverFixture, s *sender, what string) {
+	t.Helper()
 	if s.superseded != 1 || f.stats.RaceChecks.Load() != 1 {
-		t.Fatalf("superseded %d, race checks %d: the local write the apply overwrote was sent", s.superseded, f.stats.RaceChecks.Load())
+		t.Fatalf("superseded %d, race checks %d: the local write the apply overwrote %s", s.superseded, f.stats.RaceChecks.Load(), what)
 	}
 	if v, _ := knownVersion(f.n.know, f.tab.byID(10).index, "key1"); v.Origin == ourNode {
 		t.Fatalf("knowledge %+v: the overwritten local write was recorded", v)
