@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"compress/gzip"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -31,14 +32,7 @@ func ProcessPreemptible() (bool, string) {
 // whose preemption model, if chosen at boot, model reads.
 func preemptible(version string, model func() (string, bool)) (bool, string) {
 	fields := strings.Fields(version)
-	has := func(w string) bool {
-		for _, f := range fields {
-			if f == w {
-				return true
-			}
-		}
-		return false
-	}
+	has := func(w string) bool { return slices.Contains(fields, w) }
 	switch {
 	case has("PREEMPT_RT"):
 		return true, "the kernel is built with PREEMPT_RT (" + version + ")"
